@@ -1,0 +1,37 @@
+# Two entry points for people (README): `make run` and `make test`. Each creates the virtual
+# environment it needs; everything else here serves them and CI.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+CONFIG ?= config/gateway.toml
+
+.PHONY: run test lint typecheck check clean
+
+$(BIN)/gateway: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+## Set up and run the gateway on its embedded defaults (SQLite, Maildir, loopback, the seed's directory).
+run: $(BIN)/gateway
+	$(BIN)/gateway --config $(CONFIG) db upgrade
+	$(BIN)/gateway --config $(CONFIG) directory load config/example/directory.yaml
+	$(BIN)/gateway --config $(CONFIG) serve
+
+## Set up and run the whole test suite (SQLite and the PostgreSQL on 127.0.0.1:5432).
+test: $(BIN)/gateway
+	$(BIN)/pytest
+
+lint: $(BIN)/gateway
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff format --check gateway tests bench
+
+typecheck: $(BIN)/gateway
+	$(BIN)/mypy --strict gateway
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .hypothesis

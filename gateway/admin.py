@@ -1,0 +1,354 @@
+"""The admin API behind the CLI: directory changes, exports and who-can-see, one function per command.
+
+Each change is a small edit of the portfolio's spec that ``gateway.db.directory.apply_spec`` checks and
+applies, so a single command obeys exactly the rules a directory file does. Functions take an open
+session and leave committing to the caller; they raise ``GatewayError``s and never print.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.db import directory as db
+from gateway.db.messages import get_message, participants_of
+from gateway.db.models import PortfolioRow
+from gateway.domain.addresses import InvalidAddress, normalise_address
+from gateway.domain.audience import Audience, audience
+from gateway.domain.directory import (
+    BackOfficeSpec,
+    Change,
+    DirectorySpec,
+    MemberSpec,
+    PortfolioSpec,
+    ReleaseSpec,
+    sharing_still_used,
+)
+from gateway.domain.model import Member, Participant, ParticipantRole, ReadSync
+from gateway.errors import DirectoryConflict, InputError, NotFound
+
+
+def address(text: str) -> str:
+    """A member or back-office address as typed by an admin, normalised; an InputError when invalid."""
+    try:
+        return normalise_address(text)
+    except InvalidAddress as exc:
+        raise InputError(str(exc)) from None
+
+
+async def _spec(session: AsyncSession, portfolio: str) -> PortfolioSpec:
+    return await db.read_spec(session, await db.get_portfolio(session, portfolio))
+
+
+async def _apply(session: AsyncSession, spec: PortfolioSpec, actor: str) -> list[Change]:
+    return await db.apply_spec(session, spec, prune=True, actor=actor)
+
+
+# --- directory files ---------------------------------------------------------------------------------
+
+
+async def load_directory(
+    session: AsyncSession, spec: DirectorySpec, *, prune: bool, actor: str, dry_run: bool = False
+) -> dict[str, list[Change]]:
+    """Apply every portfolio of a (checked) directory file; the changes per portfolio."""
+    return {
+        p.name: await db.apply_spec(session, p, prune=prune, actor=actor, dry_run=dry_run)
+        for p in spec.portfolios
+    }
+
+
+async def export_directory(session: AsyncSession, portfolios: Sequence[str] = ()) -> DirectorySpec:
+    names = list(portfolios) or await db.portfolio_names(session)
+    return DirectorySpec(portfolios=tuple([await _spec(session, name) for name in names]))
+
+
+# --- portfolios ----------------------------------------------------------------------------------------
+
+
+async def create_portfolio(session: AsyncSession, name: str, display_name: str, actor: str) -> list[Change]:
+    if await db.find_portfolio(session, name) is not None:
+        raise DirectoryConflict(f"portfolio {name} exists already")
+    if not name or any(c.isspace() for c in name):
+        raise InputError(f"portfolio name {name!r} must be one word without spaces, like makler-muster")
+    return await _apply(session, PortfolioSpec(name=name, display_name=display_name), actor)
+
+
+async def set_portfolio(
+    session: AsyncSession,
+    name: str,
+    *,
+    display_name: str | None = None,
+    share_vorgaenge_available: bool | None = None,
+    actor: str,
+) -> list[Change]:
+    spec = await _spec(session, name)
+    if share_vorgaenge_available is False and (
+        sharing := [r.name for r in spec.releases if r.share_vorgaenge]
+    ):
+        raise DirectoryConflict(sharing_still_used(name, sharing))
+    changed: dict[str, object] = {}
+    if display_name is not None:
+        changed["display_name"] = display_name
+    if share_vorgaenge_available is not None:
+        changed["share_vorgaenge_available"] = share_vorgaenge_available
+    return await _apply(session, dataclasses.replace(spec, **changed), actor)  # type: ignore[arg-type]
+
+
+async def list_portfolios(session: AsyncSession) -> list[PortfolioSpec]:
+    return [await _spec(session, name) for name in await db.portfolio_names(session)]
+
+
+async def show_portfolio(session: AsyncSession, name: str) -> PortfolioSpec:
+    return await _spec(session, name)
+
+
+# --- members ---------------------------------------------------------------------------------------------
+
+
+def _member(spec: PortfolioSpec, member_address: str) -> MemberSpec:
+    found = next((m for m in spec.members if m.address == member_address), None)
+    if found is None:
+        raise NotFound(f"there is no member {member_address} in portfolio {spec.name}")
+    return found
+
+
+def _replace_member(spec: PortfolioSpec, new: MemberSpec) -> PortfolioSpec:
+    members = tuple(new if m.address == new.address else m for m in spec.members)
+    return dataclasses.replace(spec, members=members)
+
+
+async def add_member(
+    session: AsyncSession, portfolio: str, member_address: str, display_name: str, actor: str
+) -> list[Change]:
+    spec = await _spec(session, portfolio)
+    member_address = address(member_address)
+    if any(m.address == member_address for m in spec.members):
+        raise DirectoryConflict(f"member {member_address} exists already in portfolio {portfolio}")
+    member = MemberSpec(member_address, display_name)
+    return await _apply(session, dataclasses.replace(spec, members=(*spec.members, member)), actor)
+
+
+async def set_member(
+    session: AsyncSession, portfolio: str, member_address: str, display_name: str, actor: str
+) -> list[Change]:
+    spec = await _spec(session, portfolio)
+    member = _member(spec, address(member_address))
+    return await _apply(
+        session, _replace_member(spec, dataclasses.replace(member, display_name=display_name)), actor
+    )
+
+
+async def remove_member(
+    session: AsyncSession, portfolio: str, member_address: str, actor: str
+) -> list[Change]:
+    spec = await _spec(session, portfolio)
+    member = _member(spec, address(member_address))
+    members = tuple(m for m in spec.members if m is not member)
+    return await _apply(session, dataclasses.replace(spec, members=members), actor)
+
+
+# --- releases ----------------------------------------------------------------------------------------------
+
+
+def _release(spec: PortfolioSpec, name: str) -> ReleaseSpec:
+    release = spec.release(name)
+    if release is None:
+        known = ", ".join(f'"{r.name}"' for r in spec.releases) or "none"
+        raise NotFound(f'there is no release "{name}" in portfolio {spec.name} (releases: {known})')
+    return release
+
+
+async def create_release(
+    session: AsyncSession,
+    portfolio: str,
+    name: str,
+    *,
+    primary: bool,
+    share_vorgaenge: bool,
+    read_sync: ReadSync,
+    actor: str,
+) -> list[Change]:
+    spec = await _spec(session, portfolio)
+    if spec.release(name) is not None:
+        raise DirectoryConflict(f'release "{name}" exists already in portfolio {portfolio}')
+    if not name.strip():
+        raise InputError("a release needs a name")
+    release = ReleaseSpec(name.strip(), primary, share_vorgaenge, read_sync)
+    return await _apply(session, dataclasses.replace(spec, releases=(*spec.releases, release)), actor)
+
+
+async def set_release(
+    session: AsyncSession,
+    portfolio: str,
+    name: str,
+    *,
+    primary: bool | None = None,
+    share_vorgaenge: bool | None = None,
+    read_sync: ReadSync | None = None,
+    actor: str,
+) -> list[Change]:
+    spec = await _spec(session, portfolio)
+    release = _release(spec, name)
+    changed = {
+        k: v
+        for k, v in (("primary", primary), ("share_vorgaenge", share_vorgaenge), ("read_sync", read_sync))
+        if v is not None
+    }
+    new = dataclasses.replace(release, **changed)  # type: ignore[arg-type]
+    releases = tuple(new if r.name == name else r for r in spec.releases)
+    return await _apply(session, dataclasses.replace(spec, releases=releases), actor)
+
+
+async def delete_release(session: AsyncSession, portfolio: str, name: str, actor: str) -> list[Change]:
+    spec = await _spec(session, portfolio)
+    _release(spec, name)
+    members = tuple(
+        dataclasses.replace(m, releases=tuple(r for r in m.releases if r != name)) for m in spec.members
+    )
+    releases = tuple(r for r in spec.releases if r.name != name)
+    return await _apply(session, dataclasses.replace(spec, releases=releases, members=members), actor)
+
+
+async def add_release_member(
+    session: AsyncSession, portfolio: str, release: str, member_address: str, actor: str
+) -> list[Change]:
+    spec = await _spec(session, portfolio)
+    _release(spec, release)
+    member = _member(spec, address(member_address))
+    if release in member.releases:
+        raise DirectoryConflict(f'member {member.address} is already in release "{release}"')
+    new = dataclasses.replace(member, releases=(*member.releases, release))
+    return await _apply(session, _replace_member(spec, new), actor)
+
+
+async def remove_release_member(
+    session: AsyncSession, portfolio: str, release: str, member_address: str, actor: str
+) -> list[Change]:
+    spec = await _spec(session, portfolio)
+    _release(spec, release)
+    member = _member(spec, address(member_address))
+    if release not in member.releases:
+        raise NotFound(f'member {member.address} is not in release "{release}"')
+    new = dataclasses.replace(member, releases=tuple(r for r in member.releases if r != release))
+    return await _apply(session, _replace_member(spec, new), actor)
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseView:
+    portfolio: str
+    release: ReleaseSpec
+    members: tuple[MemberSpec, ...]
+
+
+async def show_release(session: AsyncSession, portfolio: str, name: str) -> ReleaseView:
+    spec = await _spec(session, portfolio)
+    release = _release(spec, name)
+    return ReleaseView(portfolio, release, tuple(m for m in spec.members if name in m.releases))
+
+
+# --- back offices ----------------------------------------------------------------------------------------
+
+
+def _backoffice(spec: PortfolioSpec, name: str) -> BackOfficeSpec:
+    found = next((b for b in spec.backoffices if b.name == name), None)
+    if found is None:
+        raise NotFound(f"there is no back office {name} in portfolio {spec.name}")
+    return found
+
+
+async def add_backoffice(
+    session: AsyncSession, portfolio: str, name: str, ams_version: str, addresses: Sequence[str], actor: str
+) -> list[Change]:
+    spec = await _spec(session, portfolio)
+    if any(b.name == name for b in spec.backoffices):
+        raise DirectoryConflict(f"back office {name} exists already in portfolio {portfolio}")
+    _check_version(ams_version)
+    new = BackOfficeSpec(name, ams_version, tuple(address(a) for a in addresses))
+    return await _apply(session, dataclasses.replace(spec, backoffices=(*spec.backoffices, new)), actor)
+
+
+async def set_backoffice(
+    session: AsyncSession,
+    portfolio: str,
+    name: str,
+    *,
+    ams_version: str | None = None,
+    add_addresses: Sequence[str] = (),
+    remove_addresses: Sequence[str] = (),
+    actor: str,
+) -> list[Change]:
+    spec = await _spec(session, portfolio)
+    backoffice = _backoffice(spec, name)
+    if ams_version is not None:
+        _check_version(ams_version)
+    removed = {address(a) for a in remove_addresses}
+    if unknown := removed - set(backoffice.addresses):
+        raise NotFound(f"back office {name} does not send from {', '.join(sorted(unknown))}")
+    kept = tuple(a for a in backoffice.addresses if a not in removed)
+    added = tuple(a for a in dict.fromkeys(address(a) for a in add_addresses) if a not in kept)
+    new = dataclasses.replace(
+        backoffice,
+        ams_version=backoffice.ams_version if ams_version is None else ams_version,
+        addresses=kept + added,
+    )
+    backoffices = tuple(new if b.name == name else b for b in spec.backoffices)
+    return await _apply(session, dataclasses.replace(spec, backoffices=backoffices), actor)
+
+
+async def remove_backoffice(session: AsyncSession, portfolio: str, name: str, actor: str) -> list[Change]:
+    spec = await _spec(session, portfolio)
+    _backoffice(spec, name)
+    backoffices = tuple(b for b in spec.backoffices if b.name != name)
+    return await _apply(session, dataclasses.replace(spec, backoffices=backoffices), actor)
+
+
+def _check_version(version: str) -> None:
+    if version and not all(part.isdigit() for part in version.split(".")):
+        raise InputError(f"ams version {version!r} must be numbers separated by dots, like 4.8.0.64470")
+
+
+# --- who can see -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """The audience of a real or hypothetical message, with the members it names."""
+
+    portfolio: str
+    message: str | None  # the gateway id, None for a hypothetical message
+    audience: Audience
+    members: dict[int, Member]
+
+    def name_of(self, member_id: int) -> str:
+        member = self.members[member_id]
+        return member.display_name or member.address
+
+
+async def who_can_see_message(session: AsyncSession, gateway_id: str) -> Explanation:
+    message = await get_message(session, gateway_id)
+    portfolio = await session.get(PortfolioRow, message.portfolio_id)
+    assert portfolio is not None, "messages keep their portfolio"
+    snap = await db.snapshot(session, portfolio)
+    result = audience(snap.portfolio_id, await participants_of(session, message), snap.releases)
+    return Explanation(snap.portfolio_name, gateway_id, result, snap.members)
+
+
+async def who_can_see_hypothetical(
+    session: AsyncSession, portfolio: str, addressed: Sequence[tuple[ParticipantRole, str]]
+) -> Explanation:
+    """The audience a message would have if it were sent to or by the given member addresses."""
+    if not addressed:
+        raise InputError("name at least one member with --to, --cc or --from")
+    snap = await db.snapshot(session, await db.get_portfolio(session, portfolio))
+    participants = []
+    for role, text in addressed:
+        member = snap.member_by_address(address(text))
+        if member is None:
+            raise NotFound(f"there is no member {text} in portfolio {portfolio}")
+        participants.append(Participant(member.id, role))
+    return Explanation(
+        portfolio, None, audience(snap.portfolio_id, participants, snap.releases), snap.members
+    )

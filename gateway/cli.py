@@ -1,0 +1,802 @@
+"""The ``gateway`` command: the only place that turns errors into messages for people and exit codes.
+
+Exit status: 0 done, 2 for usage and input errors (a bad option, file, name or rule), 1 when the gateway
+could not do the work (database unreachable, not migrated). Every command that prints data takes --json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import getpass
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway import __version__, admin
+from gateway.config import Settings, config_path, describe, load_settings
+from gateway.db.engine import create_engine, session_factory
+from gateway.db.migrate import require_current, schema_state, upgrade
+from gateway.directory_file import dump_directory, read_directory_file
+from gateway.domain.directory import Change, MemberSpec, PortfolioSpec, ReleaseSpec
+from gateway.domain.model import ParticipantRole, ReadSync
+from gateway.errors import (
+    GatewayError,
+    InputError,
+    OperationalError,
+    ProblemsError,
+    StorageError,
+)
+
+T = TypeVar("T")
+
+EXIT_FAILURE = 1
+EXIT_INPUT = 2
+
+
+# --- plumbing ----------------------------------------------------------------------------------------------
+
+
+class Context:
+    """What every command needs: where the configuration is, and who is acting (for the event log)."""
+
+    def __init__(self, config: Path | None) -> None:
+        self.config_file = config_path(config, os.environ)
+        self._settings: Settings | None = None
+        self.actor = f"cli:{_login()}"
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_file, os.environ)
+        return self._settings
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    click.echo(f"gateway: error: {message}", err=True)
+    sys.exit(status)
+
+
+@contextmanager
+def _errors_for_people() -> Iterator[None]:
+    """Turn the gateway's errors into one clear message and the documented exit status."""
+    try:
+        yield
+    except ProblemsError as exc:
+        click.echo(f"gateway: error: {exc.summary}", err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(EXIT_INPUT)
+    except InputError as exc:
+        _fail(str(exc), EXIT_INPUT)
+    except OperationalError as exc:
+        _fail(str(exc), EXIT_FAILURE)
+    except GatewayError as exc:
+        _fail(str(exc), EXIT_FAILURE)
+
+
+def command(func: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run an async command body in a fresh event loop, with errors turned into messages."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        with _errors_for_people():
+            asyncio.run(func(*args, **kwargs))
+
+    return wrapper
+
+
+async def _in_transaction(
+    ctx: Context, work: Callable[[AsyncSession], Awaitable[T]], *, write: bool = True
+) -> T:
+    """Run ``work`` in one transaction on the configured, migrated database; commit only if it succeeds."""
+    settings = ctx.settings
+    engine = create_engine(settings.database_url, echo=settings.database.echo)
+    try:
+        await require_current(engine)
+        async with session_factory(engine)() as session:
+            try:
+                result = await work(session)
+                if write:
+                    await session.commit()
+                return result
+            except (DBAPIError, SQLAlchemyError) as exc:
+                raise StorageError(f"the database refused the change: {exc}") from exc
+    finally:
+        await engine.dispose()
+
+
+def _emit_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def _print_changes(changes: Sequence[Change], as_json: bool, *, dry_run: bool = False) -> None:
+    if as_json:
+        _emit_json(
+            [{"change": c.describe(), "action": c.action, "kind": c.kind, "name": c.name} for c in changes]
+        )
+        return
+    prefix = "would " if dry_run else ""
+    for change in changes:
+        click.echo(prefix + change.describe())
+    if not changes:
+        click.echo("nothing to change")
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+portfolio_option = click.option(
+    "-p",
+    "--portfolio",
+    envvar="GATEWAY_PORTFOLIO",
+    required=True,
+    help="The portfolio (Bestand) to work in; also $GATEWAY_PORTFOLIO.",
+)
+
+
+# --- the command tree ------------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option(
+    "-c",
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Configuration file (default: $GATEWAY_CONFIG, else config/gateway.toml).",
+)
+@click.version_option(__version__, prog_name="gateway")
+@click.pass_context
+def cli(click_ctx: click.Context, config: Path | None) -> None:
+    """vorgang-gateway: shares a customer's Vorgänge across the members of a release group by mail."""
+    click_ctx.obj = Context(config)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("check")
+@click.argument("file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@json_option
+@pass_context
+def config_check(ctx: Context, file: Path | None, as_json: bool) -> None:
+    """Validate FILE (default: the configured file) and print the resolved settings."""
+    with _errors_for_people():
+        settings = load_settings(file or ctx.config_file, os.environ)
+        data = describe(settings)
+        if as_json:
+            _emit_json(data)
+        else:
+            click.echo(f"# {settings.source or 'built-in defaults'}: valid")
+            for line in _flatten(data):
+                click.echo(line)
+
+
+def _flatten(data: object, prefix: str = "") -> Iterator[str]:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield f"{prefix} = {json.dumps(data, ensure_ascii=False)}"
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Create and migrate the database."""
+
+
+@db_group.command("upgrade")
+@pass_context
+@command
+async def db_upgrade(ctx: Context) -> None:
+    """Migrate the database to this gateway's schema (creates it when new)."""
+    engine = create_engine(ctx.settings.database_url)
+    try:
+        before = await schema_state(engine)
+        after = await upgrade(engine)
+    finally:
+        await engine.dispose()
+    if before.current == after.current:
+        click.echo(f"database is up to date (revision {after.current})")
+    else:
+        click.echo(f"database migrated from {before.current or 'empty'} to {after.current}")
+
+
+@db_group.command("status")
+@json_option
+@pass_context
+@command
+async def db_status(ctx: Context, as_json: bool) -> None:
+    """Show the database's schema revision and whether it is current."""
+    engine = create_engine(ctx.settings.database_url)
+    try:
+        state = await schema_state(engine)
+    finally:
+        await engine.dispose()
+    if as_json:
+        _emit_json({"current": state.current, "head": state.head, "up_to_date": state.up_to_date})
+    elif state.up_to_date:
+        click.echo(f"database is up to date (revision {state.current})")
+    else:
+        click.echo(
+            f"database is at {state.current or 'no schema'}, this gateway needs {state.head}: "
+            "run `gateway db upgrade`"
+        )
+        sys.exit(EXIT_FAILURE)
+
+
+@cli.command("serve")
+@pass_context
+def serve(ctx: Context) -> None:
+    """Run the gateway until SIGTERM or SIGINT."""
+    from gateway.service import run
+
+    with _errors_for_people():
+        run(ctx.settings)
+
+
+# --- directory -------------------------------------------------------------------------------------------
+
+
+@cli.group("directory")
+def directory_group() -> None:
+    """Load and export the whole directory as YAML."""
+
+
+@directory_group.command("load")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--prune", is_flag=True, help="Also delete what the file's portfolios have but the file lacks.")
+@click.option("--dry-run", is_flag=True, help="Check the file and show the changes without making them.")
+@json_option
+@pass_context
+@command
+async def directory_load(ctx: Context, file: Path, prune: bool, dry_run: bool, as_json: bool) -> None:
+    """Apply a directory FILE: create or update every portfolio it describes, all or nothing."""
+    spec = read_directory_file(file)
+    result = await _in_transaction(
+        ctx,
+        lambda s: admin.load_directory(s, spec, prune=prune, actor=ctx.actor, dry_run=dry_run),
+        write=not dry_run,
+    )
+    if as_json:
+        _emit_json({name: [c.describe() for c in changes] for name, changes in result.items()})
+        return
+    for name, changes in result.items():
+        click.echo(f"portfolio {name}: {len(changes)} change(s){' (dry run)' if dry_run else ''}")
+        for change in changes:
+            click.echo(f"  {change.describe()}")
+
+
+@directory_group.command("export")
+@click.option("-p", "--portfolio", "portfolios", multiple=True, help="Only these portfolios (repeatable).")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Write to a file.")
+@pass_context
+@command
+async def directory_export(ctx: Context, portfolios: tuple[str, ...], output: Path | None) -> None:
+    """Print the directory in the format `directory load` reads."""
+    spec = await _in_transaction(ctx, lambda s: admin.export_directory(s, portfolios), write=False)
+    text = dump_directory(spec)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        await asyncio.to_thread(output.write_text, text, encoding="utf-8")
+        click.echo(f"wrote {len(spec.portfolios)} portfolio(s) to {output}")
+
+
+# --- portfolios ------------------------------------------------------------------------------------------
+
+
+@cli.group("portfolio")
+def portfolio_group() -> None:
+    """Create and configure portfolios (Bestände)."""
+
+
+@portfolio_group.command("create")
+@click.argument("name")
+@click.option("--display-name", default="", help="Name shown to people.")
+@json_option
+@pass_context
+@command
+async def portfolio_create(ctx: Context, name: str, display_name: str, as_json: bool) -> None:
+    """Create the portfolio NAME."""
+    changes = await _in_transaction(ctx, lambda s: admin.create_portfolio(s, name, display_name, ctx.actor))
+    _print_changes(changes, as_json)
+
+
+@portfolio_group.command("set")
+@click.argument("name")
+@click.option("--display-name", default=None)
+@click.option(
+    "--share-vorgaenge-available/--no-share-vorgaenge-available",
+    default=None,
+    help="Operator switch: make the 'Vorgänge teilen' feature available to this portfolio's releases.",
+)
+@json_option
+@pass_context
+@command
+async def portfolio_set(
+    ctx: Context, name: str, display_name: str | None, share_vorgaenge_available: bool | None, as_json: bool
+) -> None:
+    """Change the portfolio NAME."""
+    changes = await _in_transaction(
+        ctx,
+        lambda s: admin.set_portfolio(
+            s,
+            name,
+            display_name=display_name,
+            share_vorgaenge_available=share_vorgaenge_available,
+            actor=ctx.actor,
+        ),
+    )
+    _print_changes(changes, as_json)
+
+
+def _portfolio_data(p: PortfolioSpec) -> dict[str, object]:
+    return {
+        "name": p.name,
+        "display_name": p.display_name,
+        "share_vorgaenge_available": p.share_vorgaenge_available,
+        "backoffices": [
+            {"name": b.name, "ams_version": b.ams_version, "addresses": list(b.addresses)}
+            for b in p.backoffices
+        ],
+        "releases": [_release_data(r, p.members) for r in p.releases],
+        "members": [_member_data(m) for m in p.members],
+    }
+
+
+def _release_data(r: ReleaseSpec, members: Sequence[MemberSpec]) -> dict[str, object]:
+    return {
+        "name": r.name,
+        "primary": r.primary,
+        "share_vorgaenge": r.share_vorgaenge,
+        "read_sync": r.read_sync.value,
+        "members": [m.address for m in members if r.name in m.releases],
+    }
+
+
+def _member_data(m: MemberSpec) -> dict[str, object]:
+    return {"address": m.address, "name": m.display_name, "releases": list(m.releases)}
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+@portfolio_group.command("list")
+@json_option
+@pass_context
+@command
+async def portfolio_list(ctx: Context, as_json: bool) -> None:
+    """List the portfolios."""
+    portfolios = await _in_transaction(ctx, admin.list_portfolios, write=False)
+    if as_json:
+        _emit_json([_portfolio_data(p) for p in portfolios])
+        return
+    for p in portfolios:
+        click.echo(
+            f"{p.name}\t{p.display_name}\tsharing available: {_yes(p.share_vorgaenge_available)}\t"
+            f"{len(p.members)} member(s), {len(p.releases)} release(s)"
+        )
+
+
+@portfolio_group.command("show")
+@click.argument("name")
+@json_option
+@pass_context
+@command
+async def portfolio_show(ctx: Context, name: str, as_json: bool) -> None:
+    """Show the portfolio NAME with its back offices, releases and members."""
+    p = await _in_transaction(ctx, lambda s: admin.show_portfolio(s, name), write=False)
+    if as_json:
+        _emit_json(_portfolio_data(p))
+        return
+    click.echo(f"portfolio {p.name} ({p.display_name})")
+    click.echo(f"  sharing available: {_yes(p.share_vorgaenge_available)}")
+    for b in p.backoffices:
+        click.echo(
+            f"  back office {b.name}: ams {b.ams_version or '?'}, sends as {', '.join(b.addresses) or '-'}"
+        )
+    for r in p.releases:
+        click.echo(f"  {_release_line(r)}")
+        for m in p.members:
+            if r.name in m.releases:
+                click.echo(f"    {m.display_name or '-'} <{m.address}>")
+
+
+def _release_line(r: ReleaseSpec) -> str:
+    return (
+        f'release "{r.name}": primary {_yes(r.primary)}, share_vorgaenge {_yes(r.share_vorgaenge)}, '
+        f"read_sync {r.read_sync.value}"
+    )
+
+
+# --- members ---------------------------------------------------------------------------------------------
+
+
+@cli.group("member")
+def member_group() -> None:
+    """Add, rename, remove and list members."""
+
+
+@member_group.command("add")
+@click.argument("address")
+@click.option("--name", "display_name", default="", help="Display name, like SB-A1.")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def member_add(ctx: Context, address: str, display_name: str, portfolio: str, as_json: bool) -> None:
+    """Add the member ADDRESS to a portfolio."""
+    changes = await _in_transaction(
+        ctx, lambda s: admin.add_member(s, portfolio, address, display_name, ctx.actor)
+    )
+    _print_changes(changes, as_json)
+
+
+@member_group.command("set")
+@click.argument("address")
+@click.option("--name", "display_name", required=True, help="New display name.")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def member_set(ctx: Context, address: str, display_name: str, portfolio: str, as_json: bool) -> None:
+    """Change the member ADDRESS."""
+    changes = await _in_transaction(
+        ctx, lambda s: admin.set_member(s, portfolio, address, display_name, ctx.actor)
+    )
+    _print_changes(changes, as_json)
+
+
+@member_group.command("remove")
+@click.argument("address")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def member_remove(ctx: Context, address: str, portfolio: str, as_json: bool) -> None:
+    """Delete the member ADDRESS (only a member without messages; otherwise remove it from its releases)."""
+    changes = await _in_transaction(ctx, lambda s: admin.remove_member(s, portfolio, address, ctx.actor))
+    _print_changes(changes, as_json)
+
+
+@member_group.command("list")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def member_list(ctx: Context, portfolio: str, as_json: bool) -> None:
+    """List the members of a portfolio with their releases."""
+    p = await _in_transaction(ctx, lambda s: admin.show_portfolio(s, portfolio), write=False)
+    if as_json:
+        _emit_json([_member_data(m) for m in p.members])
+        return
+    for m in p.members:
+        click.echo(f"{m.address}\t{m.display_name}\t{', '.join(m.releases) or '-'}")
+
+
+# --- releases --------------------------------------------------------------------------------------------
+
+
+@cli.group("release")
+def release_group() -> None:
+    """Create and change releases (Freischaltungen) and their members."""
+
+
+read_sync_option = click.option(
+    "--read-sync",
+    type=click.Choice([r.value for r in ReadSync]),
+    help="Which read state members of the release share: answered (default), seen, off.",
+)
+
+
+@release_group.command("create")
+@click.argument("name")
+@click.option("--primary", is_flag=True, help="Make it a primary release (Hauptfreischaltung).")
+@click.option("--share-vorgaenge", is_flag=True, help="Members see and answer each other's Vorgänge.")
+@read_sync_option
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def release_create(
+    ctx: Context,
+    name: str,
+    primary: bool,
+    share_vorgaenge: bool,
+    read_sync: str | None,
+    portfolio: str,
+    as_json: bool,
+) -> None:
+    """Create the release NAME."""
+    changes = await _in_transaction(
+        ctx,
+        lambda s: admin.create_release(
+            s,
+            portfolio,
+            name,
+            primary=primary,
+            share_vorgaenge=share_vorgaenge,
+            read_sync=ReadSync(read_sync or ReadSync.ANSWERED),
+            actor=ctx.actor,
+        ),
+    )
+    _print_changes(changes, as_json)
+
+
+@release_group.command("set")
+@click.argument("name")
+@click.option("--primary/--no-primary", default=None)
+@click.option("--share-vorgaenge/--no-share-vorgaenge", default=None)
+@read_sync_option
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def release_set(
+    ctx: Context,
+    name: str,
+    primary: bool | None,
+    share_vorgaenge: bool | None,
+    read_sync: str | None,
+    portfolio: str,
+    as_json: bool,
+) -> None:
+    """Change the flags of the release NAME."""
+    changes = await _in_transaction(
+        ctx,
+        lambda s: admin.set_release(
+            s,
+            portfolio,
+            name,
+            primary=primary,
+            share_vorgaenge=share_vorgaenge,
+            read_sync=ReadSync(read_sync) if read_sync else None,
+            actor=ctx.actor,
+        ),
+    )
+    _print_changes(changes, as_json)
+
+
+@release_group.command("delete")
+@click.argument("name")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def release_delete(ctx: Context, name: str, portfolio: str, as_json: bool) -> None:
+    """Delete the release NAME (its members lose what it gave them)."""
+    changes = await _in_transaction(ctx, lambda s: admin.delete_release(s, portfolio, name, ctx.actor))
+    _print_changes(changes, as_json)
+
+
+@release_group.command("add-member")
+@click.argument("name")
+@click.argument("address")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def release_add_member(ctx: Context, name: str, address: str, portfolio: str, as_json: bool) -> None:
+    """Add the member ADDRESS to the release NAME."""
+    changes = await _in_transaction(
+        ctx, lambda s: admin.add_release_member(s, portfolio, name, address, ctx.actor)
+    )
+    _print_changes(changes, as_json)
+
+
+@release_group.command("remove-member")
+@click.argument("name")
+@click.argument("address")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def release_remove_member(ctx: Context, name: str, address: str, portfolio: str, as_json: bool) -> None:
+    """Remove the member ADDRESS from the release NAME."""
+    changes = await _in_transaction(
+        ctx, lambda s: admin.remove_release_member(s, portfolio, name, address, ctx.actor)
+    )
+    _print_changes(changes, as_json)
+
+
+@release_group.command("show")
+@click.argument("name")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def release_show(ctx: Context, name: str, portfolio: str, as_json: bool) -> None:
+    """Show the release NAME and its members."""
+    view = await _in_transaction(ctx, lambda s: admin.show_release(s, portfolio, name), write=False)
+    if as_json:
+        _emit_json(_release_data(view.release, view.members) | {"portfolio": view.portfolio})
+        return
+    click.echo(_release_line(view.release))
+    for m in view.members:
+        click.echo(f"  {m.display_name or '-'} <{m.address}>")
+
+
+@release_group.command("list")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def release_list(ctx: Context, portfolio: str, as_json: bool) -> None:
+    """List the releases of a portfolio."""
+    p = await _in_transaction(ctx, lambda s: admin.show_portfolio(s, portfolio), write=False)
+    if as_json:
+        _emit_json([_release_data(r, p.members) for r in p.releases])
+        return
+    for r in p.releases:
+        members = [m.display_name or m.address for m in p.members if r.name in m.releases]
+        click.echo(f"{_release_line(r)}: {', '.join(members) or 'no members'}")
+
+
+# --- back offices ----------------------------------------------------------------------------------------
+
+
+@cli.group("backoffice")
+def backoffice_group() -> None:
+    """Register the back-office systems (ams …) that send into a portfolio."""
+
+
+@backoffice_group.command("add")
+@click.argument("name")
+@click.option("--ams-version", default="", help="Version of the back office, like 4.8.0.64470.")
+@click.option("--address", "addresses", multiple=True, help="An address it sends from (repeatable).")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def backoffice_add(
+    ctx: Context, name: str, ams_version: str, addresses: tuple[str, ...], portfolio: str, as_json: bool
+) -> None:
+    """Register the back office NAME."""
+    changes = await _in_transaction(
+        ctx, lambda s: admin.add_backoffice(s, portfolio, name, ams_version, addresses, ctx.actor)
+    )
+    _print_changes(changes, as_json)
+
+
+@backoffice_group.command("set")
+@click.argument("name")
+@click.option("--ams-version", default=None)
+@click.option("--add-address", "add_addresses", multiple=True)
+@click.option("--remove-address", "remove_addresses", multiple=True)
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def backoffice_set(
+    ctx: Context,
+    name: str,
+    ams_version: str | None,
+    add_addresses: tuple[str, ...],
+    remove_addresses: tuple[str, ...],
+    portfolio: str,
+    as_json: bool,
+) -> None:
+    """Change the back office NAME."""
+    changes = await _in_transaction(
+        ctx,
+        lambda s: admin.set_backoffice(
+            s,
+            portfolio,
+            name,
+            ams_version=ams_version,
+            add_addresses=add_addresses,
+            remove_addresses=remove_addresses,
+            actor=ctx.actor,
+        ),
+    )
+    _print_changes(changes, as_json)
+
+
+@backoffice_group.command("remove")
+@click.argument("name")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def backoffice_remove(ctx: Context, name: str, portfolio: str, as_json: bool) -> None:
+    """Remove the back office NAME."""
+    changes = await _in_transaction(ctx, lambda s: admin.remove_backoffice(s, portfolio, name, ctx.actor))
+    _print_changes(changes, as_json)
+
+
+@backoffice_group.command("list")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def backoffice_list(ctx: Context, portfolio: str, as_json: bool) -> None:
+    """List the back offices of a portfolio."""
+    p = await _in_transaction(ctx, lambda s: admin.show_portfolio(s, portfolio), write=False)
+    if as_json:
+        _emit_json(_portfolio_data(p)["backoffices"])
+        return
+    for b in p.backoffices:
+        click.echo(f"{b.name}\tams {b.ams_version or '?'}\t{', '.join(b.addresses) or '-'}")
+
+
+# --- who can see -----------------------------------------------------------------------------------------
+
+
+@cli.command("who-can-see")
+@click.argument("message", required=False)
+@click.option("-p", "--portfolio", envvar="GATEWAY_PORTFOLIO", help="Portfolio of a hypothetical message.")
+@click.option("--to", "to", multiple=True, help="A member the hypothetical message is sent to (repeatable).")
+@click.option("--cc", "cc", multiple=True, help="A member in Cc (repeatable).")
+@click.option("--from", "sender", default=None, help="The member who sends the hypothetical message.")
+@json_option
+@pass_context
+@command
+async def who_can_see(
+    ctx: Context,
+    message: str | None,
+    portfolio: str | None,
+    to: tuple[str, ...],
+    cc: tuple[str, ...],
+    sender: str | None,
+    as_json: bool,
+) -> None:
+    """Who may see MESSAGE (a gateway message id), or a message --to/--cc/--from members, and why."""
+    addressed = [(ParticipantRole.SENDER, sender)] if sender else []
+    addressed += [(ParticipantRole.TO, a) for a in to] + [(ParticipantRole.CC, a) for a in cc]
+    if message and addressed:
+        raise InputError("give either a message id or --to/--cc/--from, not both")
+    if message:
+        explanation = await _in_transaction(ctx, lambda s: admin.who_can_see_message(s, message), write=False)
+    else:
+        if not portfolio:
+            raise InputError("a hypothetical message needs --portfolio (or $GATEWAY_PORTFOLIO)")
+        explanation = await _in_transaction(
+            ctx, lambda s: admin.who_can_see_hypothetical(s, portfolio, addressed), write=False
+        )
+    audience = explanation.audience
+    rows = [
+        {
+            "address": explanation.members[mid].address,
+            "name": explanation.members[mid].display_name,
+            "reasons": [r.describe(explanation.name_of) for r in audience.via(mid)],
+        }
+        for mid in audience.ordered()
+    ]
+    if as_json:
+        _emit_json({"portfolio": explanation.portfolio, "message": explanation.message, "audience": rows})
+        return
+    subject = f"message {explanation.message}" if explanation.message else "such a message"
+    click.echo(f"{subject} in portfolio {explanation.portfolio} is seen by {len(rows)} member(s):")
+    for row in rows:
+        label = f"{row['name']} <{row['address']}>" if row["name"] else str(row["address"])
+        click.echo(f"  {label}")
+        for reason in row["reasons"]:  # type: ignore[attr-defined]
+            click.echo(f"      {reason}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="gateway")
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)

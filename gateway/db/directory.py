@@ -1,0 +1,308 @@
+"""The directory in the database: reads portfolios as specs and snapshots, applies planned changes.
+
+Every change goes the same way, whether it comes from a directory file or a single CLI command: read the
+portfolio as a ``PortfolioSpec``, build the wanted spec, check it with ``gateway.domain.directory``, and
+apply ``plan_changes`` here, one event-log row per change, in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.db.events import record_event
+from gateway.db.models import (
+    BackOfficeAddressRow,
+    BackOfficeRow,
+    CopyRow,
+    MemberRow,
+    ParticipantRow,
+    PortfolioRow,
+    ReleaseMemberRow,
+    ReleaseRow,
+)
+from gateway.domain.directory import (
+    BackOfficeSpec,
+    Change,
+    MemberSpec,
+    PortfolioSpec,
+    ReleaseSpec,
+    check_portfolio,
+    merge_portfolio,
+    plan_changes,
+)
+from gateway.domain.model import Member, ReadSync, Release
+from gateway.errors import DirectoryConflict, NotFound
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A portfolio's members and releases as domain values, for the audience rule."""
+
+    portfolio_id: int
+    portfolio_name: str
+    members: dict[int, Member]
+    releases: tuple[Release, ...]
+
+    def member_by_address(self, address: str) -> Member | None:
+        return next((m for m in self.members.values() if m.address == address), None)
+
+
+async def portfolio_names(session: AsyncSession) -> list[str]:
+    return list(await session.scalars(select(PortfolioRow.name).order_by(PortfolioRow.name)))
+
+
+async def find_portfolio(session: AsyncSession, name: str) -> PortfolioRow | None:
+    return await session.scalar(select(PortfolioRow).where(PortfolioRow.name == name))
+
+
+async def get_portfolio(session: AsyncSession, name: str) -> PortfolioRow:
+    row = await find_portfolio(session, name)
+    if row is None:
+        known = ", ".join(await portfolio_names(session)) or "none yet"
+        raise NotFound(f"there is no portfolio {name!r} (portfolios: {known})")
+    return row
+
+
+async def read_spec(session: AsyncSession, portfolio: PortfolioRow) -> PortfolioSpec:
+    """The portfolio as it is now, in the same shape a directory file describes it."""
+    pid = portfolio.id
+    backoffices = list(
+        await session.scalars(
+            select(BackOfficeRow).where(BackOfficeRow.portfolio_id == pid).order_by(BackOfficeRow.id)
+        )
+    )
+    addresses: dict[int, list[str]] = defaultdict(list)
+    for bo_id, address in await session.execute(
+        select(BackOfficeAddressRow.backoffice_id, BackOfficeAddressRow.address)
+        .where(BackOfficeAddressRow.portfolio_id == pid)
+        .order_by(BackOfficeAddressRow.id)
+    ):
+        addresses[bo_id].append(address)
+    releases = list(
+        await session.scalars(
+            select(ReleaseRow).where(ReleaseRow.portfolio_id == pid).order_by(ReleaseRow.id)
+        )
+    )
+    release_names = {r.id: r.name for r in releases}
+    memberships: dict[int, list[str]] = defaultdict(list)
+    for member_id, release_id in await session.execute(
+        select(ReleaseMemberRow.member_id, ReleaseMemberRow.release_id)
+        .where(ReleaseMemberRow.portfolio_id == pid)
+        .order_by(ReleaseMemberRow.release_id)
+    ):
+        memberships[member_id].append(release_names[release_id])
+    members = await session.scalars(
+        select(MemberRow).where(MemberRow.portfolio_id == pid).order_by(MemberRow.id)
+    )
+    return PortfolioSpec(
+        name=portfolio.name,
+        display_name=portfolio.display_name,
+        share_vorgaenge_available=portfolio.share_vorgaenge_available,
+        backoffices=tuple(BackOfficeSpec(b.name, b.ams_version, tuple(addresses[b.id])) for b in backoffices),
+        releases=tuple(ReleaseSpec(r.name, r.primary, r.share_vorgaenge, r.read_sync) for r in releases),
+        members=tuple(MemberSpec(m.address, m.display_name, tuple(memberships[m.id])) for m in members),
+    )
+
+
+async def snapshot(session: AsyncSession, portfolio: PortfolioRow) -> Snapshot:
+    pid = portfolio.id
+    members = {
+        m.id: Member(m.id, pid, m.address, m.display_name)
+        for m in await session.scalars(select(MemberRow).where(MemberRow.portfolio_id == pid))
+    }
+    by_release: dict[int, set[int]] = defaultdict(set)
+    for release_id, member_id in await session.execute(
+        select(ReleaseMemberRow.release_id, ReleaseMemberRow.member_id).where(
+            ReleaseMemberRow.portfolio_id == pid
+        )
+    ):
+        by_release[release_id].add(member_id)
+    releases = tuple(
+        Release(r.id, pid, r.name, r.primary, r.share_vorgaenge, r.read_sync, frozenset(by_release[r.id]))
+        for r in await session.scalars(
+            select(ReleaseRow).where(ReleaseRow.portfolio_id == pid).order_by(ReleaseRow.name)
+        )
+    )
+    return Snapshot(pid, portfolio.name, members, releases)
+
+
+async def apply_spec(
+    session: AsyncSession, wanted: PortfolioSpec, *, prune: bool, actor: str, dry_run: bool = False
+) -> list[Change]:
+    """Make the portfolio match ``wanted`` (keeping unnamed objects unless ``prune``); return the changes.
+
+    Raises :class:`DirectoryConflict` naming every broken rule of the resulting directory; nothing is
+    written then. With ``dry_run`` the changes are planned and checked but not written.
+    """
+    row = await find_portfolio(session, wanted.name)
+    current = await read_spec(session, row) if row is not None else None
+    result = merge_portfolio(current, wanted, prune=prune)
+    problems = check_portfolio(result)
+    if problems:
+        raise DirectoryConflict("; ".join(v.reason for v in problems))
+    changes = plan_changes(current, result)
+    if not dry_run:
+        await _execute(session, row, wanted.name, changes, actor)
+    return changes
+
+
+async def _execute(
+    session: AsyncSession, portfolio: PortfolioRow | None, name: str, changes: Sequence[Change], actor: str
+) -> None:
+    for change in changes:
+        if change.kind == "portfolio" and change.action == "create":
+            portfolio = PortfolioRow(name=name, display_name=str(change.field("display_name") or ""))
+            session.add(portfolio)
+            await session.flush()
+        assert portfolio is not None, "the plan creates the portfolio before anything in it"
+        member_id = await _apply_one(session, portfolio, change)
+        await record_event(
+            session,
+            actor=actor,
+            kind=f"{change.kind}.{change.action}",
+            portfolio_id=portfolio.id,
+            member_id=member_id,
+            detail={"portfolio": portfolio.name, "change": change.describe(), "name": change.name}
+            | ({"release": change.release} if change.release else {})
+            | {k: _jsonable(v) for k, v in change.fields},
+        )
+
+
+async def _apply_one(session: AsyncSession, portfolio: PortfolioRow, change: Change) -> int | None:
+    """Write one change; returns the member it concerns, for the event log."""
+    pid = portfolio.id
+    kind, action, f = change.kind, change.action, dict(change.fields)
+    if kind == "portfolio":
+        if action == "update":
+            for key, value in f.items():
+                setattr(portfolio, key, value)
+        return None
+    if kind == "backoffice":
+        await _apply_backoffice(session, pid, change)
+        return None
+    if kind == "release":
+        if action == "create":
+            session.add(
+                ReleaseRow(
+                    portfolio_id=pid,
+                    name=change.name,
+                    primary=bool(f["primary"]),
+                    share_vorgaenge=bool(f["share_vorgaenge"]),
+                    read_sync=ReadSync(str(f["read_sync"])),
+                )
+            )
+        else:
+            release = await _release(session, pid, change.name)
+            if action == "delete":
+                await session.delete(release)
+            else:
+                for key, value in f.items():
+                    setattr(release, key, ReadSync(str(value)) if key == "read_sync" else value)
+                if "primary" in f:
+                    await session.execute(
+                        update(ReleaseMemberRow)
+                        .where(ReleaseMemberRow.release_id == release.id)
+                        .values(release_primary=bool(f["primary"]))
+                    )
+        await session.flush()
+        return None
+    if kind == "member":
+        if action == "create":
+            member = MemberRow(portfolio_id=pid, address=change.name, display_name=str(f["display_name"]))
+            session.add(member)
+        else:
+            member = await _member(session, pid, change.name)
+            if action == "delete":
+                await _refuse_delete_with_history(session, member)
+                await session.delete(member)
+            else:
+                member.display_name = str(f["display_name"])
+        await session.flush()
+        return member.id
+    # membership
+    member = await _member(session, pid, change.name)
+    release = await _release(session, pid, change.release)
+    if action == "add":
+        session.add(
+            ReleaseMemberRow(
+                release_id=release.id, member_id=member.id, portfolio_id=pid, release_primary=release.primary
+            )
+        )
+    else:
+        await session.execute(
+            delete(ReleaseMemberRow).where(
+                ReleaseMemberRow.release_id == release.id, ReleaseMemberRow.member_id == member.id
+            )
+        )
+    await session.flush()
+    return member.id
+
+
+async def _apply_backoffice(session: AsyncSession, pid: int, change: Change) -> None:
+    f = dict(change.fields)
+    if change.action == "create":
+        backoffice = BackOfficeRow(portfolio_id=pid, name=change.name, ams_version=str(f["ams_version"]))
+        session.add(backoffice)
+        await session.flush()
+    else:
+        found = await session.scalar(
+            select(BackOfficeRow).where(BackOfficeRow.portfolio_id == pid, BackOfficeRow.name == change.name)
+        )
+        assert found is not None, "the plan only touches back offices it read"
+        backoffice = found
+        if change.action == "delete":
+            await session.delete(backoffice)
+            await session.flush()
+            return
+        if "ams_version" in f:
+            backoffice.ams_version = str(f["ams_version"])
+    if "addresses" in f:
+        addresses = f["addresses"]
+        assert isinstance(addresses, tuple)
+        await session.execute(
+            delete(BackOfficeAddressRow).where(BackOfficeAddressRow.backoffice_id == backoffice.id)
+        )
+        session.add_all(
+            BackOfficeAddressRow(backoffice_id=backoffice.id, portfolio_id=pid, address=str(a))
+            for a in addresses
+        )
+    await session.flush()
+
+
+async def _member(session: AsyncSession, pid: int, address: str) -> MemberRow:
+    row = await session.scalar(
+        select(MemberRow).where(MemberRow.portfolio_id == pid, MemberRow.address == address)
+    )
+    if row is None:
+        raise NotFound(f"there is no member {address} in this portfolio")
+    return row
+
+
+async def _release(session: AsyncSession, pid: int, name: str) -> ReleaseRow:
+    row = await session.scalar(
+        select(ReleaseRow).where(ReleaseRow.portfolio_id == pid, ReleaseRow.name == name)
+    )
+    if row is None:
+        raise NotFound(f'there is no release "{name}" in this portfolio')
+    return row
+
+
+async def _refuse_delete_with_history(session: AsyncSession, member: MemberRow) -> None:
+    # Messages and copies are the Vorgang's history and the member's mailbox; deleting the member
+    # would orphan both. Removing the member from every release withdraws the rights instead.
+    messages = await session.scalar(select(func.count()).where(ParticipantRow.member_id == member.id)) or 0
+    copies = await session.scalar(select(func.count()).where(CopyRow.member_id == member.id)) or 0
+    if messages or copies:
+        raise DirectoryConflict(
+            f"member {member.address} takes part in {messages} message(s) and has {copies} copy(ies); "
+            "a member with history cannot be deleted: remove the member from its releases instead"
+        )
+
+
+def _jsonable(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value

@@ -1,0 +1,299 @@
+"""The database schema as SQLAlchemy 2 declarative models; migrations in ``migrations/`` create it.
+
+Every row that belongs to a tenant carries ``portfolio_id`` itself (not only through a parent), so that
+every query can be scoped to one portfolio without a join and a cross-portfolio reference is refused by
+the composite foreign keys below rather than by care in each caller.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from gateway.domain.model import ParticipantRole, ReadSync
+
+# Stable constraint names make migrations reviewable and portable between SQLite and PostgreSQL.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; BigInteger elsewhere keeps room for big event logs.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dt.datetime: DateTime(timezone=True),
+        dict[str, Any]: JSON,
+    }
+
+
+class PortfolioRow(Base):
+    """A broker's customer portfolio (Bestand): the tenant."""
+
+    __tablename__ = "portfolios"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    share_vorgaenge_available: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=_now)
+
+
+class BackOfficeRow(Base):
+    """A back-office system (ams …) that sends mail into one portfolio."""
+
+    __tablename__ = "backoffices"
+    __table_args__ = (
+        UniqueConstraint("portfolio_id", "name"),
+        UniqueConstraint("id", "portfolio_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    portfolio_id: Mapped[int] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    ams_version: Mapped[str] = mapped_column(String(40), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=_now)
+
+
+class BackOfficeAddressRow(Base):
+    """An address a back office sends from; the gateway relays members' replies back to it."""
+
+    __tablename__ = "backoffice_addresses"
+    __table_args__ = (
+        UniqueConstraint("portfolio_id", "address"),
+        ForeignKeyConstraint(
+            ["backoffice_id", "portfolio_id"],
+            ["backoffices.id", "backoffices.portfolio_id"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    backoffice_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    portfolio_id: Mapped[int] = mapped_column(BigInteger)
+    address: Mapped[str] = mapped_column(String(320))
+
+
+class MemberRow(Base):
+    """A person on the customer side; the address is unique within the portfolio."""
+
+    __tablename__ = "members"
+    __table_args__ = (
+        UniqueConstraint("portfolio_id", "address"),
+        UniqueConstraint("id", "portfolio_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    portfolio_id: Mapped[int] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(320))
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=_now)
+
+
+class ReleaseRow(Base):
+    """A release group (Freischaltung) of one portfolio with its flags."""
+
+    __tablename__ = "releases"
+    __table_args__ = (
+        UniqueConstraint("portfolio_id", "name"),
+        UniqueConstraint("id", "portfolio_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    portfolio_id: Mapped[int] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    primary: Mapped[bool] = mapped_column(Boolean, default=False)
+    share_vorgaenge: Mapped[bool] = mapped_column(Boolean, default=False)
+    read_sync: Mapped[ReadSync] = mapped_column(
+        Enum(ReadSync, name="read_sync", native_enum=False, values_callable=lambda e: [m.value for m in e]),
+        default=ReadSync.ANSWERED,
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(default=_now)
+
+
+class ReleaseMemberRow(Base):
+    """Membership of a member in a release, both of the same portfolio.
+
+    ``release_primary`` mirrors ``releases.primary`` so that the database itself can refuse a second
+    primary release for one member (a partial unique index); the directory code keeps it in step.
+    """
+
+    __tablename__ = "release_members"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["release_id", "portfolio_id"], ["releases.id", "releases.portfolio_id"], ondelete="CASCADE"
+        ),
+        ForeignKeyConstraint(
+            ["member_id", "portfolio_id"], ["members.id", "members.portfolio_id"], ondelete="CASCADE"
+        ),
+        Index(
+            "uq_release_members_one_primary",
+            "member_id",
+            unique=True,
+            sqlite_where=text("release_primary"),
+            postgresql_where=text("release_primary"),
+        ),
+    )
+
+    release_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, index=True)
+    portfolio_id: Mapped[int] = mapped_column(BigInteger)
+    release_primary: Mapped[bool] = mapped_column(Boolean, default=False)
+    added_at: Mapped[dt.datetime] = mapped_column(default=_now)
+
+
+class VorgangRow(Base):
+    """A case: the thread of messages between the back office and members, with its public reference."""
+
+    __tablename__ = "vorgaenge"
+    __table_args__ = (
+        UniqueConstraint("portfolio_id", "reference"),
+        UniqueConstraint("id", "portfolio_id"),
+        Index("ix_vorgaenge_key", "portfolio_id", "key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    portfolio_id: Mapped[int] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), index=True)
+    reference: Mapped[str] = mapped_column(String(40))
+    key: Mapped[str | None] = mapped_column(String(200))
+    subject: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=_now)
+
+
+class MessageRow(Base):
+    """One mail, stored as the exact bytes received plus the parsed headers routing needs."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        ForeignKeyConstraint(["vorgang_id", "portfolio_id"], ["vorgaenge.id", "vorgaenge.portfolio_id"]),
+        UniqueConstraint("id", "portfolio_id"),
+        UniqueConstraint("gateway_id"),
+        Index("ix_messages_message_id", "portfolio_id", "message_id"),
+        Index("ix_messages_sha256", "portfolio_id", "sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    gateway_id: Mapped[str] = mapped_column(String(64))
+    portfolio_id: Mapped[int] = mapped_column(BigInteger)
+    vorgang_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    direction: Mapped[str] = mapped_column(String(20))
+    backoffice_id: Mapped[int | None] = mapped_column(ForeignKey("backoffices.id", ondelete="SET NULL"))
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    message_id: Mapped[str | None] = mapped_column(String(998))
+    in_reply_to: Mapped[str | None] = mapped_column(String(998))
+    references: Mapped[str | None] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    from_address: Mapped[str | None] = mapped_column(String(320))
+    envelope_sender: Mapped[str] = mapped_column(String(320), default="")
+    received_at: Mapped[dt.datetime] = mapped_column(default=_now, index=True)
+
+
+class ParticipantRow(Base):
+    """A member who sent a message or was addressed by it, with the role."""
+
+    __tablename__ = "participants"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["message_id", "portfolio_id"], ["messages.id", "messages.portfolio_id"], ondelete="CASCADE"
+        ),
+        ForeignKeyConstraint(["member_id", "portfolio_id"], ["members.id", "members.portfolio_id"]),
+    )
+
+    message_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, index=True)
+    role: Mapped[ParticipantRole] = mapped_column(
+        Enum(
+            ParticipantRole,
+            name="participant_role",
+            native_enum=False,
+            values_callable=lambda e: [m.value for m in e],
+        ),
+        primary_key=True,
+    )
+    portfolio_id: Mapped[int] = mapped_column(BigInteger)
+
+
+class CopyRow(Base):
+    """One delivered (or to-be-delivered) instance of a message in one audience member's mailbox.
+
+    It doubles as the fan-out queue: ``state``, ``attempts`` and ``next_attempt_at`` drive the worker.
+    """
+
+    __tablename__ = "copies"
+    __table_args__ = (
+        UniqueConstraint("message_id", "member_id"),
+        ForeignKeyConstraint(
+            ["message_id", "portfolio_id"], ["messages.id", "messages.portfolio_id"], ondelete="CASCADE"
+        ),
+        ForeignKeyConstraint(["member_id", "portfolio_id"], ["members.id", "members.portfolio_id"]),
+        Index("ix_copies_queue", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    copy_id: Mapped[str] = mapped_column(String(64), unique=True)
+    message_id: Mapped[int] = mapped_column(BigInteger)
+    member_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    portfolio_id: Mapped[int] = mapped_column(BigInteger)
+    shared_via_release_id: Mapped[int | None] = mapped_column(ForeignKey("releases.id", ondelete="SET NULL"))
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(default=_now)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    mailbox_ref: Mapped[str | None] = mapped_column(String(500))
+    seen: Mapped[bool] = mapped_column(Boolean, default=False)
+    answered: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=_now)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=_now, onupdate=_now)
+
+
+class EventRow(Base):
+    """The append-only log: who changed what, and which message went where.
+
+    The migration adds triggers on both databases that refuse UPDATE and DELETE on this table.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_portfolio_at", "portfolio_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=_now, server_default=func.now())
+    # No foreign keys: the log outlives what it talks about, and a cascading SET NULL would be an UPDATE.
+    portfolio_id: Mapped[int | None] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(60), index=True)
+    member_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    vorgang_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    message_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -1,0 +1,287 @@
+"""Reads and writes the directory YAML format (``gateway directory load|export``), with line numbers.
+
+The file is read as a YAML node tree rather than as plain data so that every problem (a wrong key, a bad
+address, an unknown release, two primary releases) is reported as ``FILE:LINE: reason``, all of them at
+once, and nothing is applied unless the whole file is valid. The format::
+
+    portfolios:
+      - name: makler-muster
+        display_name: Makler Muster GmbH
+        share_vorgaenge_available: true
+        backoffices:
+          - {name: ams, ams_version: 4.8.0.64470, addresses: [ams@makler-muster.example]}
+        releases:
+          - {name: Kunde A Sachbearbeiter, primary: true, share_vorgaenge: true, read_sync: answered}
+        members:
+          - address: sb-a1@kunde-a.example
+            name: SB-A1
+            releases: [Kunde A Sachbearbeiter]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from gateway.domain.addresses import InvalidAddress, normalise_address
+from gateway.domain.directory import (
+    BackOfficeSpec,
+    DirectorySpec,
+    MemberSpec,
+    PortfolioSpec,
+    ReleaseSpec,
+    check_directory,
+)
+from gateway.domain.model import ReadSync
+from gateway.errors import DirectoryFileError, Problem
+
+FORMAT_VERSION = 1
+T = TypeVar("T")
+
+
+class _Reader:
+    """Collects problems while turning YAML nodes into specs; one instance per file."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.problems: list[tuple[int, str]] = []
+
+    def fail(self, node: yaml.Node, reason: str) -> None:
+        self.problems.append((node.start_mark.line + 1, reason))
+
+    def mapping(self, node: yaml.Node, what: str, allowed: dict[str, bool]) -> dict[str, yaml.Node] | None:
+        """The keys of a mapping node; unknown keys, duplicates and missing required keys are problems.
+
+        ``allowed`` maps each key to whether it is required.
+        """
+        if not isinstance(node, yaml.MappingNode):
+            self.fail(node, f"{what} must be a mapping of keys to values")
+            return None
+        found: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key not in allowed:
+                known = ", ".join(allowed)
+                self.fail(key_node, f"unknown key {key!r} in {what} (known keys: {known})")
+            elif key in found:
+                self.fail(key_node, f"key {key!r} appears twice in {what}")
+            else:
+                found[key] = value_node
+        for key, required in allowed.items():
+            if required and key not in found:
+                self.fail(node, f"{what} lacks the required key {key!r}")
+        return found
+
+    def sequence(self, node: yaml.Node | None, what: str) -> list[yaml.Node]:
+        if node is None:
+            return []
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+            return []
+        if not isinstance(node, yaml.SequenceNode):
+            self.fail(node, f"{what} must be a list")
+            return []
+        return list(node.value)
+
+    def text(self, node: yaml.Node | None, what: str, default: str = "") -> str:
+        if node is None:
+            return default
+        if not isinstance(node, yaml.ScalarNode) or node.tag == "tag:yaml.org,2002:null":
+            self.fail(node, f"{what} must be a text value")
+            return default
+        return str(node.value).strip()
+
+    def flag(self, node: yaml.Node | None, what: str) -> bool:
+        if node is None:
+            return False
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:bool":
+            return bool(yaml.safe_load(node.value))
+        self.fail(node, f"{what} must be true or false")
+        return False
+
+    def address(self, node: yaml.Node, what: str) -> str | None:
+        value = self.text(node, what)
+        try:
+            return normalise_address(value)
+        except InvalidAddress as exc:
+            self.fail(node, f"{what}: {exc}")
+            return None
+
+    def each(self, node: yaml.Node | None, what: str, read: Callable[[yaml.Node], T | None]) -> list[T]:
+        return [item for item in (read(n) for n in self.sequence(node, what)) if item is not None]
+
+
+def parse_directory(text: str, name: str = "<directory>") -> DirectorySpec:
+    """Parse and check a directory file; raise :class:`DirectoryFileError` listing every problem."""
+    reader = _Reader(name)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise DirectoryFileError(
+            f"{name} is not valid YAML", [Problem(f"{name}:{line}", f"YAML syntax: {problem}")]
+        ) from None
+    if root is None:
+        raise DirectoryFileError(f"{name} is empty", [Problem(f"{name}:1", "the file has no portfolios")])
+
+    spec = DirectorySpec()
+    top = reader.mapping(root, "the file", {"version": False, "portfolios": True})
+    if top is not None:
+        if "version" in top and reader.text(top["version"], "version") != str(FORMAT_VERSION):
+            reader.fail(top["version"], f"unsupported version; this gateway reads version {FORMAT_VERSION}")
+        spec = DirectorySpec(
+            portfolios=tuple(
+                reader.each(top.get("portfolios"), "portfolios", lambda n: _portfolio(reader, n))
+            )
+        )
+    for violation in check_directory(spec):
+        reader.problems.append((violation.line, violation.reason))
+    if reader.problems:
+        problems = [Problem(f"{name}:{line}", reason) for line, reason in sorted(reader.problems)]
+        raise DirectoryFileError(f"{name} has {len(problems)} problem(s); nothing was changed", problems)
+    return spec
+
+
+def read_directory_file(path: Path) -> DirectorySpec:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DirectoryFileError(f"cannot read {path}", [Problem(str(path), str(exc))]) from None
+    return parse_directory(text, str(path))
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _portfolio(reader: _Reader, node: yaml.Node) -> PortfolioSpec | None:
+    keys = reader.mapping(
+        node,
+        "a portfolio",
+        {
+            "name": True,
+            "display_name": False,
+            "share_vorgaenge_available": False,
+            "backoffices": False,
+            "releases": False,
+            "members": False,
+        },
+    )
+    if keys is None:
+        return None
+    name = reader.text(keys.get("name"), "portfolio name")
+    return PortfolioSpec(
+        name=name,
+        display_name=reader.text(keys.get("display_name"), "display_name"),
+        share_vorgaenge_available=reader.flag(
+            keys.get("share_vorgaenge_available"), "share_vorgaenge_available"
+        ),
+        backoffices=tuple(
+            reader.each(keys.get("backoffices"), "backoffices", lambda n: _backoffice(reader, n))
+        ),
+        releases=tuple(reader.each(keys.get("releases"), "releases", lambda n: _release(reader, n))),
+        members=tuple(reader.each(keys.get("members"), "members", lambda n: _member(reader, n))),
+        line=_line(node),
+    )
+
+
+def _backoffice(reader: _Reader, node: yaml.Node) -> BackOfficeSpec | None:
+    keys = reader.mapping(node, "a back office", {"name": True, "ams_version": False, "addresses": False})
+    if keys is None:
+        return None
+    version_node = keys.get("ams_version")
+    version = reader.text(version_node, "ams_version")
+    if version_node is not None and version and not _is_version(version):
+        reader.fail(
+            version_node, f"ams_version {version!r} must be numbers separated by dots, like 4.8.0.64470"
+        )
+    addresses = reader.each(
+        keys.get("addresses"), "addresses", lambda n: reader.address(n, "back-office address")
+    )
+    return BackOfficeSpec(
+        name=reader.text(keys.get("name"), "back-office name"),
+        ams_version=version,
+        addresses=tuple(addresses),
+        line=_line(node),
+    )
+
+
+def _release(reader: _Reader, node: yaml.Node) -> ReleaseSpec | None:
+    keys = reader.mapping(
+        node, "a release", {"name": True, "primary": False, "share_vorgaenge": False, "read_sync": False}
+    )
+    if keys is None:
+        return None
+    read_sync = ReadSync.ANSWERED
+    if "read_sync" in keys:
+        value = reader.text(keys["read_sync"], "read_sync")
+        try:
+            read_sync = ReadSync(value)
+        except ValueError:
+            choices = ", ".join(r.value for r in ReadSync)
+            reader.fail(keys["read_sync"], f"read_sync {value!r} is not one of {choices}")
+    return ReleaseSpec(
+        name=reader.text(keys.get("name"), "release name"),
+        primary=reader.flag(keys.get("primary"), "primary"),
+        share_vorgaenge=reader.flag(keys.get("share_vorgaenge"), "share_vorgaenge"),
+        read_sync=read_sync,
+        line=_line(node),
+    )
+
+
+def _member(reader: _Reader, node: yaml.Node) -> MemberSpec | None:
+    keys = reader.mapping(node, "a member", {"address": True, "name": False, "releases": False})
+    if keys is None or "address" not in keys:
+        return None
+    address = reader.address(keys["address"], "member address")
+    release_nodes = reader.sequence(keys.get("releases"), "releases")
+    if address is None:
+        return None
+    return MemberSpec(
+        address=address,
+        display_name=reader.text(keys.get("name"), "name"),
+        releases=tuple(reader.text(n, "release name") for n in release_nodes),
+        release_lines=tuple(_line(n) for n in release_nodes),
+        line=_line(node),
+    )
+
+
+def _is_version(text: str) -> bool:
+    return all(part.isdigit() for part in text.split("."))
+
+
+def dump_directory(spec: DirectorySpec) -> str:
+    """The YAML text of ``spec``; ``parse_directory(dump_directory(s))`` gives ``s`` back (lines aside)."""
+    data: dict[str, Any] = {
+        "version": FORMAT_VERSION,
+        "portfolios": [
+            {
+                "name": p.name,
+                "display_name": p.display_name,
+                "share_vorgaenge_available": p.share_vorgaenge_available,
+                "backoffices": [
+                    {"name": b.name, "ams_version": b.ams_version, "addresses": list(b.addresses)}
+                    for b in p.backoffices
+                ],
+                "releases": [
+                    {
+                        "name": r.name,
+                        "primary": r.primary,
+                        "share_vorgaenge": r.share_vorgaenge,
+                        "read_sync": r.read_sync.value,
+                    }
+                    for r in p.releases
+                ],
+                "members": [
+                    {"address": m.address, "name": m.display_name, "releases": list(m.releases)}
+                    for m in p.members
+                ],
+            }
+            for p in spec.portfolios
+        ],
+    }
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=110)

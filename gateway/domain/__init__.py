@@ -1,0 +1,1 @@
+"""Pure decisions of the gateway: no asyncio, no SQLAlchemy, no sockets."""

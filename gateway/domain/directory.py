@@ -1,0 +1,338 @@
+"""The directory's rules (one primary release per member, sharing only where available) as pure checks.
+
+A directory is described by ``*Spec`` values, whether it comes from a YAML file or from the database
+before and after a single CLI change; the same checks run on both, so a file and a command can never
+disagree about what is allowed. Each spec keeps the line it came from (0 when it did not come from a file).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from gateway.domain.model import ReadSync
+
+T_spec = TypeVar("T_spec")
+
+
+@dataclass(frozen=True, slots=True)
+class BackOfficeSpec:
+    name: str
+    ams_version: str = ""
+    addresses: tuple[str, ...] = ()
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSpec:
+    address: str
+    display_name: str = ""
+    releases: tuple[str, ...] = ()
+    line: int = 0
+    # Line of each entry of ``releases``, so a problem with one membership points at its own line.
+    release_lines: tuple[int, ...] = ()
+
+    def line_of_release(self, index: int) -> int:
+        return self.release_lines[index] if index < len(self.release_lines) else self.line
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseSpec:
+    name: str
+    primary: bool = False
+    share_vorgaenge: bool = False
+    read_sync: ReadSync = ReadSync.ANSWERED
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PortfolioSpec:
+    name: str
+    display_name: str = ""
+    share_vorgaenge_available: bool = False
+    backoffices: tuple[BackOfficeSpec, ...] = ()
+    members: tuple[MemberSpec, ...] = ()
+    releases: tuple[ReleaseSpec, ...] = ()
+    line: int = 0
+
+    def release(self, name: str) -> ReleaseSpec | None:
+        return next((r for r in self.releases if r.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectorySpec:
+    portfolios: tuple[PortfolioSpec, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One broken rule, with the line of the object that breaks it."""
+
+    line: int
+    reason: str
+
+
+def primary_conflict(member: str, primaries: Sequence[str], portfolio: str) -> str | None:
+    """The reason a member may not be in these primary releases together, or None when it may."""
+    if len(primaries) < 2:
+        return None
+    names = " and ".join(f'"{name}"' for name in primaries)
+    return (
+        f"member {member} would be in the primary releases {names} of portfolio {portfolio}; "
+        "a member can be in only one primary release per portfolio "
+        "(to give extra rights, add the member to a release that is not primary)"
+    )
+
+
+def sharing_unavailable(portfolio: str, release: str) -> str:
+    return (
+        f'release "{release}" cannot share Vorgänge: the feature is not available in portfolio {portfolio} '
+        f"(an operator enables it with `gateway portfolio set {portfolio} --share-vorgaenge-available`)"
+    )
+
+
+def sharing_still_used(portfolio: str, releases: Iterable[str]) -> str:
+    names = ", ".join(f'"{name}"' for name in releases)
+    return (
+        f"portfolio {portfolio} still has releases that share Vorgänge ({names}); "
+        "switch sharing off on them before making the feature unavailable"
+    )
+
+
+def check_portfolio(portfolio: PortfolioSpec) -> list[Violation]:
+    """Every rule a portfolio's directory breaks, in line order."""
+    found: list[Violation] = []
+    found += _duplicates("member", ((m.address, m.line) for m in portfolio.members), portfolio.name)
+    found += _duplicates("release", ((r.name, r.line) for r in portfolio.releases), portfolio.name)
+    found += _duplicates("back office", ((b.name, b.line) for b in portfolio.backoffices), portfolio.name)
+    found += _duplicates(
+        "back-office address",
+        ((a, b.line) for b in portfolio.backoffices for a in b.addresses),
+        portfolio.name,
+    )
+    member_addresses = {m.address for m in portfolio.members}
+    for backoffice in portfolio.backoffices:
+        for address in backoffice.addresses:
+            if address in member_addresses:
+                found.append(
+                    Violation(
+                        backoffice.line,
+                        f"{address} is both a back-office address of {backoffice.name} and a member",
+                    )
+                )
+    if not portfolio.share_vorgaenge_available:
+        found += [
+            Violation(r.line, sharing_unavailable(portfolio.name, r.name))
+            for r in portfolio.releases
+            if r.share_vorgaenge
+        ]
+    for member in portfolio.members:
+        primaries: list[str] = []
+        for index, name in enumerate(member.releases):
+            release = portfolio.release(name)
+            if release is None:
+                found.append(
+                    Violation(
+                        member.line_of_release(index),
+                        f'member {member.address} names the unknown release "{name}" '
+                        f"(releases of {portfolio.name}: {_names(portfolio.releases)})",
+                    )
+                )
+            elif release.primary:
+                primaries.append(name)
+        reason = primary_conflict(member.address, primaries, portfolio.name)
+        if reason:
+            found.append(Violation(member.line, reason))
+    return sorted(found, key=lambda v: v.line)
+
+
+def check_directory(directory: DirectorySpec) -> list[Violation]:
+    found = _duplicates("portfolio", ((p.name, p.line) for p in directory.portfolios), "the file")
+    for portfolio in directory.portfolios:
+        found += check_portfolio(portfolio)
+    return sorted(found, key=lambda v: v.line)
+
+
+def _duplicates(kind: str, names: Iterable[tuple[str, int]], scope: str) -> list[Violation]:
+    seen: Counter[str] = Counter()
+    found = []
+    for name, line in names:
+        seen[name] += 1
+        if seen[name] == 2:
+            found.append(Violation(line, f'{kind} "{name}" appears more than once in {scope}'))
+    return found
+
+
+def _names(releases: Sequence[ReleaseSpec]) -> str:
+    return ", ".join(f'"{r.name}"' for r in releases) or "none"
+
+
+# --- Planning changes -------------------------------------------------------------------------------
+#
+# Loading a file and single CLI commands both work by describing the portfolio they want, checking it
+# with the rules above, and applying the difference to the current state as a list of ``Change`` values.
+# That list is also what ``--dry-run`` prints and what the event log records, one event per change.
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One step from the current directory towards the wanted one."""
+
+    action: str  # create | update | delete | add | remove
+    kind: str  # portfolio | backoffice | release | member | membership
+    name: str  # the object's name (address for members and memberships)
+    fields: tuple[tuple[str, object], ...] = ()
+    release: str = ""  # for memberships: the release
+
+    def field(self, key: str) -> object:
+        return dict(self.fields).get(key)
+
+    def describe(self) -> str:
+        if self.kind == "membership":
+            preposition = "to" if self.action == "add" else "from"
+            return f'{self.action} member {self.name} {preposition} release "{self.release}"'
+        shown = ", ".join(f"{k}={_show(v)}" for k, v in self.fields)
+        return f"{self.action} {self.kind} {self.name!s}" + (f" ({shown})" if shown else "")
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def merge_portfolio(current: PortfolioSpec | None, wanted: PortfolioSpec, *, prune: bool) -> PortfolioSpec:
+    """The portfolio that results from applying ``wanted`` over ``current``.
+
+    Objects named in ``wanted`` take its values (a member's release list included); objects only in
+    ``current`` are kept as they are unless ``prune``, which removes them.
+    """
+    if current is None or prune:
+        return wanted
+
+    def keep(
+        old: tuple[T_spec, ...], new: tuple[T_spec, ...], key: Callable[[T_spec], str]
+    ) -> tuple[T_spec, ...]:
+        named = {key(o) for o in new}
+        return new + tuple(o for o in old if key(o) not in named)
+
+    return PortfolioSpec(
+        name=wanted.name,
+        display_name=wanted.display_name,
+        share_vorgaenge_available=wanted.share_vorgaenge_available,
+        backoffices=keep(current.backoffices, wanted.backoffices, lambda b: b.name),
+        releases=keep(current.releases, wanted.releases, lambda r: r.name),
+        members=keep(current.members, wanted.members, lambda m: m.address),
+        line=wanted.line,
+    )
+
+
+def plan_changes(current: PortfolioSpec | None, wanted: PortfolioSpec) -> list[Change]:
+    """The changes that turn ``current`` (None: the portfolio does not exist) into exactly ``wanted``.
+
+    The order is safe for the database's one-primary index: memberships are removed and releases lose
+    their primary flag before any release gains it or any membership is added.
+    """
+    p = wanted.name
+    changes: list[Change] = []
+    if current is None:
+        current = PortfolioSpec(name=p, display_name=wanted.display_name)
+        changes.append(
+            Change(
+                "create",
+                "portfolio",
+                p,
+                (("display_name", wanted.display_name), ("share_vorgaenge_available", False)),
+            )
+        )
+    portfolio_fields = _changed(current, wanted, ("display_name", "share_vorgaenge_available"))
+    # Availability is switched on before releases may share, and off only after they stopped sharing.
+    turn_on = (
+        portfolio_fields
+        if wanted.share_vorgaenge_available
+        else _without(portfolio_fields, "share_vorgaenge_available")
+    )
+    turn_off = (
+        _only(portfolio_fields, "share_vorgaenge_available") if not wanted.share_vorgaenge_available else ()
+    )
+    if turn_on:
+        changes.append(Change("update", "portfolio", p, turn_on))
+
+    old_bo = {b.name: b for b in current.backoffices}
+    new_bo = {b.name: b for b in wanted.backoffices}
+    for name, b in new_bo.items():
+        if name not in old_bo:
+            changes.append(
+                Change(
+                    "create", "backoffice", name, (("ams_version", b.ams_version), ("addresses", b.addresses))
+                )
+            )
+        elif fields := _changed(old_bo[name], b, ("ams_version", "addresses")):
+            changes.append(Change("update", "backoffice", name, fields))
+    changes += [Change("delete", "backoffice", name) for name in old_bo if name not in new_bo]
+
+    old_members = {m.address: m for m in current.members}
+    new_members = {m.address: m for m in wanted.members}
+    for address, old in old_members.items():
+        keep = set(new_members[address].releases) if address in new_members else set()
+        changes += [Change("remove", "membership", address, release=r) for r in old.releases if r not in keep]
+
+    old_rel = {r.name: r for r in current.releases}
+    new_rel = {r.name: r for r in wanted.releases}
+    changes += [Change("delete", "release", name) for name in old_rel if name not in new_rel]
+    updates = [
+        Change("update", "release", name, fields)
+        for name, r in new_rel.items()
+        if name in old_rel
+        and (fields := _changed(old_rel[name], r, ("primary", "share_vorgaenge", "read_sync")))
+    ]
+    # Releases losing their primary flag go first, so no member holds two primaries mid-transaction.
+    changes += sorted(updates, key=lambda c: c.field("primary") is True)
+    changes += [
+        Change(
+            "create",
+            "release",
+            name,
+            (
+                ("primary", r.primary),
+                ("share_vorgaenge", r.share_vorgaenge),
+                ("read_sync", r.read_sync.value),
+            ),
+        )
+        for name, r in new_rel.items()
+        if name not in old_rel
+    ]
+
+    changes += [Change("delete", "member", address) for address in old_members if address not in new_members]
+    for address, m in new_members.items():
+        if address not in old_members:
+            changes.append(Change("create", "member", address, (("display_name", m.display_name),)))
+        elif fields := _changed(old_members[address], m, ("display_name",)):
+            changes.append(Change("update", "member", address, fields))
+    for address, m in new_members.items():
+        had = set(old_members[address].releases) if address in old_members else set()
+        changes += [Change("add", "membership", address, release=r) for r in m.releases if r not in had]
+    if turn_off:
+        changes.append(Change("update", "portfolio", p, turn_off))
+    return changes
+
+
+def _changed(old: object, new: object, names: Sequence[str]) -> tuple[tuple[str, object], ...]:
+    out = []
+    for name in names:
+        before, after = getattr(old, name), getattr(new, name)
+        if before != after:
+            out.append((name, after.value if isinstance(after, ReadSync) else after))
+    return tuple(out)
+
+
+def _without(fields: tuple[tuple[str, object], ...], key: str) -> tuple[tuple[str, object], ...]:
+    return tuple(f for f in fields if f[0] != key)
+
+
+def _only(fields: tuple[tuple[str, object], ...], key: str) -> tuple[tuple[str, object], ...]:
+    return tuple(f for f in fields if f[0] == key)

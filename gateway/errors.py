@@ -1,0 +1,78 @@
+"""The gateway's one error tree; library code raises these, only ``cli.py`` turns them into exit codes.
+
+    GatewayError
+    ├── InputError                  the person or file asked for something invalid (CLI exit status 2)
+    │   ├── ConfigError             config/*.toml or a GATEWAY_… variable is invalid; carries every problem
+    │   ├── DirectoryFileError      a directory YAML file is invalid; carries FILE:LINE problems
+    │   ├── NotFound                a named portfolio, member, release, back office or message does not exist
+    │   └── DirectoryConflict       a change would break a directory rule (one primary release, sharing…)
+    └── OperationalError            the gateway could not do its work (CLI exit status 1)
+        ├── DatabaseNotReady        the database is unreachable or not migrated to the code's schema
+        └── StorageError            a database operation failed
+
+Errors that reach an SMTP client later carry their reply code as attributes (aiosmtplib's convention).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class InputError(GatewayError):
+    """Something a person typed or wrote is invalid; saying what and where is the whole answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with an input, located as precisely as the input allows.
+
+    ``where`` is ``FILE:LINE`` for files, or a dotted key (``database.url``) for configuration.
+    """
+
+    where: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+class ProblemsError(InputError):
+    """An input error that lists every problem found, not just the first."""
+
+    def __init__(self, summary: str, problems: Sequence[Problem]) -> None:
+        self.summary = summary
+        self.problems = tuple(problems)
+        super().__init__(summary + "".join(f"\n  {p}" for p in self.problems))
+
+
+class ConfigError(ProblemsError):
+    """The configuration file or an environment override is invalid."""
+
+
+class DirectoryFileError(ProblemsError):
+    """A directory YAML file is invalid; nothing of it was applied."""
+
+
+class NotFound(InputError):
+    """A named object does not exist (in the portfolio asked about)."""
+
+
+class DirectoryConflict(InputError):
+    """A directory change would break one of the directory's rules; names the conflicting objects."""
+
+
+class OperationalError(GatewayError):
+    """The gateway could not do its work although the request was valid."""
+
+
+class DatabaseNotReady(OperationalError):
+    """The database cannot be used yet; the message says which command fixes it."""
+
+
+class StorageError(OperationalError):
+    """A database operation failed."""

@@ -1,0 +1,119 @@
+"""DESIGN.md §3's two tables, reproduced through the CLI on a loaded directory, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from sqlalchemy import select
+
+from gateway.db.engine import create_engine, session_factory
+from gateway.db.messages import NewMessage, add_message, add_vorgang
+from gateway.db.models import MemberRow, PortfolioRow
+from gateway.domain.model import Participant, ParticipantRole
+from tests.conftest import Gateway
+
+ADDRESS = {
+    "SB-A1": "sb-a1@kunde-a.example",
+    "SB-A2": "sb-a2@kunde-a.example",
+    "GF-A": "gf-a@kunde-a.example",
+    "SB-B1": "sb-b1@kunde-b.example",
+    "SB-B2": "sb-b2@kunde-b.example",
+    "GF-B": "gf-b@kunde-b.example",
+}
+
+# DESIGN.md §3, first table: release, primary, share_vorgaenge, members.
+RELEASES = {
+    "Kunde A Sachbearbeiter": (True, True, {"SB-A1", "SB-A2"}),
+    "Kunde B Sachbearbeiter": (True, True, {"SB-B1", "SB-B2"}),
+    "Geschäftsführer": (True, True, {"GF-A", "GF-B"}),
+    "Kunde B mit GF": (False, True, {"SB-B1", "SB-B2", "GF-B"}),
+}
+
+# DESIGN.md §3, second table: a message sent to or by ... is seen by ...
+SEEN_BY = {
+    "SB-A1": {"SB-A1", "SB-A2"},
+    "SB-B1": {"SB-B1", "SB-B2", "GF-B"},
+    "GF-A": {"GF-A", "GF-B"},
+    "GF-B": {"GF-B", "GF-A", "SB-B1", "SB-B2"},
+}
+
+
+def test_loaded_directory_is_the_first_table(seeded: Gateway) -> None:
+    releases = json.loads(seeded("release", "list", "-p", "makler-muster", "--json").stdout)
+    by_address = {v: k for k, v in ADDRESS.items()}
+    got = {
+        r["name"]: (r["primary"], r["share_vorgaenge"], {by_address[a] for a in r["members"]})
+        for r in releases
+    }
+    assert got == RELEASES
+    portfolio = json.loads(seeded("portfolio", "show", "makler-muster", "--json").stdout)
+    assert portfolio["share_vorgaenge_available"] is True
+    assert portfolio["backoffices"] == [
+        {"name": "ams", "ams_version": "4.8.0.64470", "addresses": ["ams@makler-muster.example"]}
+    ]
+    assert {m["name"]: m["address"] for m in portfolio["members"]} == ADDRESS
+
+
+@pytest.mark.parametrize("direction", ["--to", "--from"])
+@pytest.mark.parametrize("person", sorted(SEEN_BY))
+def test_who_can_see_is_the_second_table(seeded: Gateway, person: str, direction: str) -> None:
+    out = seeded("who-can-see", "-p", "makler-muster", direction, ADDRESS[person], "--json")
+    seen = {row["name"] for row in json.loads(out.stdout)["audience"]}
+    assert seen == SEEN_BY[person]
+
+
+def test_who_can_see_explains_gf_b(seeded: Gateway) -> None:
+    out = seeded("who-can-see", "-p", "makler-muster", "--to", "gf-b@kunde-b.example").stdout
+    assert "such a message in portfolio makler-muster is seen by 4 member(s):" in out
+    assert 'shared through release "Geschäftsführer" because GF-B takes part' in out
+    assert 'shared through release "Kunde B mit GF" because GF-B takes part' in out
+    rows = json.loads(
+        seeded("who-can-see", "-p", "makler-muster", "--to", "gf-b@kunde-b.example", "--json").stdout
+    )
+    reasons = {row["name"]: row["reasons"] for row in rows["audience"]}
+    assert reasons["GF-B"] == ["participant (to)"]
+    assert reasons["GF-A"] == ['shared through release "Geschäftsführer" because GF-B takes part']
+    assert reasons["SB-B1"] == ['shared through release "Kunde B mit GF" because GF-B takes part']
+
+
+def test_clerks_of_b_never_see_gf_a(seeded: Gateway) -> None:
+    out = seeded("who-can-see", "-p", "makler-muster", "--from", "gf-a@kunde-a.example", "--json").stdout
+    assert not {row["name"] for row in json.loads(out)["audience"]} & {"SB-B1", "SB-B2", "SB-A1", "SB-A2"}
+
+
+async def _store_message(database_url: str, sender: str, recipients: list[str]) -> str:
+    engine = create_engine(database_url)
+    try:
+        async with session_factory(engine).begin() as session:
+            portfolio = await session.scalar(select(PortfolioRow).where(PortfolioRow.name == "makler-muster"))
+            assert portfolio is not None
+            members = {m.address: m.id for m in await session.scalars(select(MemberRow))}
+            vorgang = await add_vorgang(session, portfolio.id, "VG-2026-000001", "Schadenmeldung")
+            participants = [Participant(members[a], ParticipantRole.TO) for a in recipients]
+            if sender in members:
+                participants.append(Participant(members[sender], ParticipantRole.SENDER))
+            raw = (
+                f"From: {sender}\r\nTo: {', '.join(recipients)}\r\nSubject: Schaden\r\n\r\nText\r\n".encode()
+            )
+            message = await add_message(
+                session, vorgang, NewMessage(raw=raw, direction="inbound", subject="Schaden"), participants
+            )
+            return message.gateway_id
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("person", sorted(SEEN_BY))
+def test_who_can_see_a_stored_message(seeded: Gateway, database_url: str, person: str) -> None:
+    gateway_id = asyncio.run(_store_message(database_url, "ams@makler-muster.example", [ADDRESS[person]]))
+    out = json.loads(seeded("who-can-see", gateway_id, "--json").stdout)
+    assert out["message"] == gateway_id
+    assert {row["name"] for row in out["audience"]} == SEEN_BY[person]
+
+
+def test_who_can_see_an_unknown_message(seeded: Gateway) -> None:
+    result = seeded("who-can-see", "gw-doesnotexist", expect=2)
+    assert "there is no message with id 'gw-doesnotexist'" in result.stderr
+    assert "Traceback" not in result.stderr
