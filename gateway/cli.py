@@ -12,7 +12,7 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -93,7 +93,7 @@ def _errors_for_people() -> Iterator[None]:
         _fail(str(exc), EXIT_FAILURE)
 
 
-def command(func: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+def command(func: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
     """Run an async command body in a fresh event loop, with errors turned into messages."""
 
     @functools.wraps(func)
@@ -774,7 +774,7 @@ async def who_can_see(
             ctx, lambda s: admin.who_can_see_hypothetical(s, portfolio, addressed), write=False
         )
     audience = explanation.audience
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "address": explanation.members[mid].address,
             "name": explanation.members[mid].display_name,
@@ -790,7 +790,7 @@ async def who_can_see(
     for row in rows:
         label = f"{row['name']} <{row['address']}>" if row["name"] else str(row["address"])
         click.echo(f"  {label}")
-        for reason in row["reasons"]:  # type: ignore[attr-defined]
+        for reason in row["reasons"]:
             click.echo(f"      {reason}")
 
 

@@ -43,18 +43,18 @@ def test_serve_refuses_an_unmigrated_database(tmp_path: Path, empty_database_url
 
 
 def test_serve_starts_and_stops_cleanly_on_sigterm(config_file: Path) -> None:
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [GATEWAY, "--config", str(config_file), "serve"], stderr=subprocess.PIPE, text=True
-    )
-    try:
-        _wait_for(process, "gateway ready")
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
-        assert process.stderr is not None
-        assert "gateway stopped" in process.stderr.read()
-    finally:
-        if process.poll() is None:
-            process.kill()
+    ) as process:
+        try:
+            _wait_for(process, "gateway ready")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=20) == 0
+            assert process.stderr is not None
+            assert "gateway stopped" in process.stderr.read()
+        finally:
+            if process.poll() is None:
+                process.kill()
 
 
 @pytest.mark.parametrize(
