@@ -35,3 +35,5 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Alembic announces its dialect at INFO each time serve checks the schema; that is noise there.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))

@@ -156,7 +156,11 @@ async def _execute(
 ) -> None:
     for change in changes:
         if change.kind == "portfolio" and change.action == "create":
-            portfolio = PortfolioRow(name=name, display_name=str(change.field("display_name") or ""))
+            portfolio = PortfolioRow(
+                name=name,
+                display_name=str(change.field("display_name") or ""),
+                share_vorgaenge_available=change.field("share_vorgaenge_available") is True,
+            )
             session.add(portfolio)
             await session.flush()
         assert portfolio is not None, "the plan creates the portfolio before anything in it"

@@ -240,13 +240,21 @@ def plan_changes(current: PortfolioSpec | None, wanted: PortfolioSpec) -> list[C
     p = wanted.name
     changes: list[Change] = []
     if current is None:
-        current = PortfolioSpec(name=p, display_name=wanted.display_name)
+        # A new portfolio has no releases yet, so it can be created with sharing already available.
+        current = PortfolioSpec(
+            name=p,
+            display_name=wanted.display_name,
+            share_vorgaenge_available=wanted.share_vorgaenge_available,
+        )
         changes.append(
             Change(
                 "create",
                 "portfolio",
                 p,
-                (("display_name", wanted.display_name), ("share_vorgaenge_available", False)),
+                (
+                    ("display_name", wanted.display_name),
+                    ("share_vorgaenge_available", wanted.share_vorgaenge_available),
+                ),
             )
         )
     portfolio_fields = _changed(current, wanted, ("display_name", "share_vorgaenge_available"))

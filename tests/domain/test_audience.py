@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from gateway.domain.audience import AsParticipant, Audience, SharedThrough, audience
 from gateway.domain.model import Member, Participant, ParticipantRole, Release
+from tests.seed import ADDRESS, RELEASES, SEEN_BY
 
 SENDER, TO, CC = ParticipantRole.SENDER, ParticipantRole.TO, ParticipantRole.CC
 
@@ -20,15 +21,8 @@ SENDER, TO, CC = ParticipantRole.SENDER, ParticipantRole.TO, ParticipantRole.CC
 
 SEED_PORTFOLIO = 1
 SEED_MEMBERS = {
-    m.display_name: m
-    for m in (
-        Member(1, SEED_PORTFOLIO, "sb-a1@kunde-a.example", "SB-A1"),
-        Member(2, SEED_PORTFOLIO, "sb-a2@kunde-a.example", "SB-A2"),
-        Member(3, SEED_PORTFOLIO, "gf-a@kunde-a.example", "GF-A"),
-        Member(4, SEED_PORTFOLIO, "sb-b1@kunde-b.example", "SB-B1"),
-        Member(5, SEED_PORTFOLIO, "sb-b2@kunde-b.example", "SB-B2"),
-        Member(6, SEED_PORTFOLIO, "gf-b@kunde-b.example", "GF-B"),
-    )
+    name: Member(number, SEED_PORTFOLIO, address, name)
+    for number, (name, address) in enumerate(ADDRESS.items(), 1)
 }
 NAME_OF = {m.id: name for name, m in SEED_MEMBERS.items()}
 
@@ -41,23 +35,11 @@ def names(member_ids: Iterable[int]) -> set[str]:
     return {NAME_OF[member_id] for member_id in member_ids}
 
 
-SEED_RELEASES = (
-    Release(11, SEED_PORTFOLIO, "Kunde A Sachbearbeiter", True, True, member_ids=ids("SB-A1", "SB-A2")),
-    Release(12, SEED_PORTFOLIO, "Kunde B Sachbearbeiter", True, True, member_ids=ids("SB-B1", "SB-B2")),
-    Release(13, SEED_PORTFOLIO, "Geschäftsführer", True, True, member_ids=ids("GF-A", "GF-B")),
-    Release(14, SEED_PORTFOLIO, "Kunde B mit GF", False, True, member_ids=ids("SB-B1", "SB-B2", "GF-B")),
+SEED_RELEASES = tuple(
+    Release(number, SEED_PORTFOLIO, name, primary, share, member_ids=ids(*members))
+    for number, (name, (primary, share, members)) in enumerate(RELEASES.items(), 11)
 )
 RELEASE = {r.name: r for r in SEED_RELEASES}
-
-# The second table of §3, plus the two clerks the table leaves out.
-SEEN_BY = {
-    "SB-A1": {"SB-A1", "SB-A2"},
-    "SB-A2": {"SB-A1", "SB-A2"},
-    "SB-B1": {"SB-B1", "SB-B2", "GF-B"},
-    "SB-B2": {"SB-B1", "SB-B2", "GF-B"},
-    "GF-A": {"GF-A", "GF-B"},
-    "GF-B": {"GF-B", "GF-A", "SB-B1", "SB-B2"},
-}
 
 
 def seed_audience(name: str, role: ParticipantRole) -> Audience:

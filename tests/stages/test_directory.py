@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.models import EventRow, MemberRow, ReleaseMemberRow, ReleaseRow
 from tests.conftest import EXAMPLE_DIRECTORY, Gateway
-from tests.stages.test_seed_cli import ADDRESS, RELEASES
+from tests.seed import ADDRESS, RELEASES
 
 P = ("-p", "makler-muster")
 

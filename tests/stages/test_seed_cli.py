@@ -13,31 +13,7 @@ from gateway.db.messages import NewMessage, add_message, add_vorgang
 from gateway.db.models import MemberRow, PortfolioRow
 from gateway.domain.model import Participant, ParticipantRole
 from tests.conftest import Gateway
-
-ADDRESS = {
-    "SB-A1": "sb-a1@kunde-a.example",
-    "SB-A2": "sb-a2@kunde-a.example",
-    "GF-A": "gf-a@kunde-a.example",
-    "SB-B1": "sb-b1@kunde-b.example",
-    "SB-B2": "sb-b2@kunde-b.example",
-    "GF-B": "gf-b@kunde-b.example",
-}
-
-# DESIGN.md §3, first table: release, primary, share_vorgaenge, members.
-RELEASES = {
-    "Kunde A Sachbearbeiter": (True, True, {"SB-A1", "SB-A2"}),
-    "Kunde B Sachbearbeiter": (True, True, {"SB-B1", "SB-B2"}),
-    "Geschäftsführer": (True, True, {"GF-A", "GF-B"}),
-    "Kunde B mit GF": (False, True, {"SB-B1", "SB-B2", "GF-B"}),
-}
-
-# DESIGN.md §3, second table: a message sent to or by ... is seen by ...
-SEEN_BY = {
-    "SB-A1": {"SB-A1", "SB-A2"},
-    "SB-B1": {"SB-B1", "SB-B2", "GF-B"},
-    "GF-A": {"GF-A", "GF-B"},
-    "GF-B": {"GF-B", "GF-A", "SB-B1", "SB-B2"},
-}
+from tests.seed import ADDRESS, RELEASES, SEEN_BY
 
 
 def test_loaded_directory_is_the_first_table(seeded: Gateway) -> None:
