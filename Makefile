@@ -21,8 +21,10 @@ run: $(BIN)/gateway
 	$(BIN)/gateway --config $(CONFIG) serve
 
 ## Set up and run the whole test suite (SQLite and the PostgreSQL on 127.0.0.1:5432).
+## The corpus tests read real-world mail from ../shared/corpora unless GATEWAY_TEST_CORPORA says otherwise.
 test: $(BIN)/gateway
-	$(BIN)/pytest
+	scripts/install-debian-packages.sh
+	GATEWAY_TEST_CORPORA="$${GATEWAY_TEST_CORPORA:-$(abspath ..)/shared/corpora}" $(BIN)/pytest
 
 lint: $(BIN)/gateway
 	$(BIN)/ruff check gateway tests bench

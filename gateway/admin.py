@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.db import accounts
 from gateway.db import directory as db
-from gateway.db.messages import get_message, participants_of
+from gateway.db.messages import VorgangView, get_message, participants_of, vorgang_view
 from gateway.db.models import PortfolioRow
 from gateway.domain.addresses import InvalidAddress, normalise_address
 from gateway.domain.audience import Audience, audience
@@ -28,6 +29,7 @@ from gateway.domain.directory import (
     sharing_still_used,
 )
 from gateway.domain.model import Member, Participant, ParticipantRole, ReadSync
+from gateway.domain.passwords import WeakPassword, hash_password
 from gateway.errors import DirectoryConflict, InputError, NotFound
 
 
@@ -305,9 +307,38 @@ async def remove_backoffice(session: AsyncSession, portfolio: str, name: str, ac
     return await _apply(session, dataclasses.replace(spec, backoffices=backoffices), actor)
 
 
+async def set_backoffice_password(
+    session: AsyncSession, portfolio: str, name: str, password: str, login: str | None, actor: str
+) -> tuple[str, bool]:
+    """Set the SMTP AUTH password of a back office; the login defaults to its first sending address.
+
+    Returns the login and whether it is new.
+    """
+    spec = await _spec(session, portfolio)
+    backoffice = _backoffice(spec, name)
+    if login is None:
+        if not backoffice.addresses:
+            raise InputError(f"back office {name} has no sending address to use as login; give --login")
+        login = backoffice.addresses[0]
+    try:
+        hashed = hash_password(password)
+    except WeakPassword as exc:
+        raise InputError(str(exc)) from None
+    created = await accounts.set_password(session, portfolio, name, login, hashed, actor)
+    return login, created
+
+
 def _check_version(version: str) -> None:
     if version and not all(part.isdigit() for part in version.split(".")):
         raise InputError(f"ams version {version!r} must be numbers separated by dots, like 4.8.0.64470")
+
+
+# --- Vorgänge ------------------------------------------------------------------------------------------
+
+
+async def show_vorgang(session: AsyncSession, portfolio: str, reference: str) -> VorgangView:
+    row = await db.get_portfolio(session, portfolio)
+    return await vorgang_view(session, row.id, row.name, reference)
 
 
 # --- who can see -----------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ could not do the work (database unreachable, not migrated). Every command that p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import getpass
 import json
@@ -724,6 +725,31 @@ async def backoffice_remove(ctx: Context, name: str, portfolio: str, as_json: bo
     _print_changes(changes, as_json)
 
 
+@backoffice_group.command("password")
+@click.argument("name")
+@click.option("--login", default=None, help="Login for SMTP AUTH (default: the first sending address).")
+@click.option(
+    "--password-file",
+    type=click.File("r"),
+    help="Read the password from this file ('-' for standard input) instead of asking.",
+)
+@portfolio_option
+@pass_context
+@command
+async def backoffice_password(
+    ctx: Context, name: str, login: str | None, password_file: Any, portfolio: str
+) -> None:
+    """Set the password the back office NAME logs in with on the submission listener."""
+    if password_file is not None:
+        password = password_file.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    login, created = await _in_transaction(
+        ctx, lambda s: admin.set_backoffice_password(s, portfolio, name, password, login, ctx.actor)
+    )
+    click.echo(f"{'created' if created else 'changed'} login {login} for back office {name}")
+
+
 @backoffice_group.command("list")
 @portfolio_option
 @json_option
@@ -737,6 +763,62 @@ async def backoffice_list(ctx: Context, portfolio: str, as_json: bool) -> None:
         return
     for b in p.backoffices:
         click.echo(f"{b.name}\tams {b.ams_version or '?'}\t{', '.join(b.addresses) or '-'}")
+
+
+# --- Vorgänge and TLS -----------------------------------------------------------------------------------
+
+
+@cli.group("vorgang")
+def vorgang_group() -> None:
+    """Look at Vorgänge (cases) and where their copies stand."""
+
+
+@vorgang_group.command("show")
+@click.argument("reference")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def vorgang_show(ctx: Context, reference: str, portfolio: str, as_json: bool) -> None:
+    """List the messages of the Vorgang REFERENCE (VG-YYYY-NNNNNN) and each copy's state."""
+    view = await _in_transaction(ctx, lambda s: admin.show_vorgang(s, portfolio, reference), write=False)
+    if as_json:
+        _emit_json(dataclasses.asdict(view))
+        return
+    click.echo(f"{view.reference} in portfolio {view.portfolio}: {view.subject}")
+    for m in view.messages:
+        click.echo(f"  {m.received_at}  {m.gateway_id}  {m.direction}  {m.subject}")
+        for c in m.copies:
+            via = f" (shared via {c.shared_via})" if c.shared_via else ""
+            error = f" last error: {c.last_error}" if c.last_error else ""
+            click.echo(f"      {c.state:<9} {c.address}{via} attempts {c.attempts}{error}")
+
+
+@cli.group("tls")
+def tls_group() -> None:
+    """TLS helpers for development."""
+
+
+@tls_group.command("selfsigned")
+@click.option(
+    "--cert", type=click.Path(path_type=Path, dir_okay=False), required=True, help="Certificate file."
+)
+@click.option(
+    "--key", type=click.Path(path_type=Path, dir_okay=False), required=True, help="Private key file."
+)
+@click.option("--hostname", default=None, help="Name in the certificate (default: gateway.hostname).")
+@pass_context
+def tls_selfsigned(ctx: Context, cert: Path, key: Path, hostname: str | None) -> None:
+    """Write a self-signed certificate and key for local STARTTLS (point listeners.*.tls_cert/key at them)."""
+    from gateway.tls import write_selfsigned
+
+    with _errors_for_people():
+        name = hostname or ctx.settings.gateway.hostname
+        try:
+            write_selfsigned(cert, key, name)
+        except OSError as exc:
+            raise OperationalError(f"cannot write {cert} / {key}: {exc}") from exc
+        click.echo(f"wrote {cert} and {key} for {name}")
 
 
 # --- who can see -----------------------------------------------------------------------------------------

@@ -55,8 +55,10 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DatabaseSettings",
     "DomainsSettings",
+    "FanoutSettings",
     "GatewaySettings",
     "ImapSettings",
+    "IntakeSettings",
     "LimitsSettings",
     "ListenerSettings",
     "ListenersSettings",
@@ -425,7 +427,7 @@ class LimitsSettings(_Section):
     """Largest header section accepted."""
 
     max_line_length: PositiveInt = 998
-    """Longest line accepted, without CRLF (RFC 5322's limit)."""
+    """Longest line accepted, without CRLF (RFC 5322's limit); longer lines are refused with 500 5.5.2."""
 
     max_connections_per_client: PositiveInt = 20
     """Concurrent connections from one client address."""
@@ -435,6 +437,44 @@ class LimitsSettings(_Section):
 
     max_received_hops: PositiveInt = 30
     """Received headers after which a message is refused as a mail loop."""
+
+    idle_timeout: Annotated[float, Field(gt=0)] = 300.0
+    """Seconds an SMTP client may stay silent before the gateway hangs up (RFC 5321 4.5.3.2: 5 minutes)."""
+
+
+class IntakeSettings(_Section):
+    """``[intake]``: how accepted mail is attached to Vorgänge and how members' copies look."""
+
+    vorgang_header: Word = "X-Gateway-Vorgang"
+    """Header a back office may set to name the Vorgang a message belongs to (VG-YYYY-NNNNNN)."""
+
+    tag_subject: bool = True
+    """Put the Vorgang's tag ([VG-…]) in front of a copy's subject when the subject lacks it."""
+
+
+class FanoutSettings(_Section):
+    """``[fanout]``: the worker that writes pending copies into members' mailboxes."""
+
+    concurrency: PositiveInt = 8
+    """Copies written at the same time."""
+
+    batch_size: PositiveInt = 100
+    """Copies taken from the queue in one go."""
+
+    max_attempts: PositiveInt = 12
+    """Attempts before a copy is held for an admin (with exponential backoff in between)."""
+
+    retry_base: Annotated[float, Field(gt=0)] = 5.0
+    """Seconds before the first retry; each further retry waits twice as long."""
+
+    retry_max: Annotated[float, Field(gt=0)] = 3600.0
+    """Longest wait between two attempts, in seconds."""
+
+    poll_interval: Annotated[float, Field(gt=0)] = 1.0
+    """Seconds between looks at the queue when nothing woke the worker (other processes' mail)."""
+
+    lease: Annotated[float, Field(gt=0)] = 60.0
+    """Seconds a taken copy stays reserved for this process before another may retry it."""
 
 
 class LoggingSettings(_Section):
@@ -453,6 +493,8 @@ _SECTIONS: Mapping[str, type[_Section]] = {
     "domains": DomainsSettings,
     "listeners": ListenersSettings,
     "mailbox": MailboxSettings,
+    "intake": IntakeSettings,
+    "fanout": FanoutSettings,
     "secrets": SecretsSettings,
     "limits": LimitsSettings,
     "logging": LoggingSettings,
@@ -471,6 +513,8 @@ class Settings(BaseModel):
     domains: DomainsSettings = Field(default_factory=DomainsSettings)
     listeners: ListenersSettings = Field(default_factory=ListenersSettings)
     mailbox: MailboxSettings = Field(default_factory=MailboxSettings)
+    intake: IntakeSettings = Field(default_factory=IntakeSettings)
+    fanout: FanoutSettings = Field(default_factory=FanoutSettings)
     secrets: SecretsSettings = Field(default_factory=SecretsSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)

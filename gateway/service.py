@@ -1,40 +1,173 @@
-"""The composition root: builds the engine and the stages from the settings, runs them, shuts them down.
+"""The composition root: builds the stages from the settings, runs them, and shuts them down in order.
 
-The order of stages stands here, top to bottom, as they are wired: ingress -> routing -> fan-out -> relay.
-Today the service checks its database and waits for a stop signal; the listeners and workers of the
-message path join it stage by stage.
+The message path, as wired below, top to bottom:
+
+    ingress (submission listener) -> acceptance (one transaction, then 250) -> fan-out (mailboxes)
+
+Shutdown runs it backwards: stop taking connections, let messages in DATA finish and commit, store
+what is queued, stop the fan-out between copies (a copy it had begun is found again next start).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import ssl
+import warnings
+from dataclasses import dataclass
 
-from gateway.config import Settings
+from aiosmtpd.smtp import SMTP
+
+from gateway.acceptance import Acceptance
+from gateway.config import ListenerSettings, Settings
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.migrate import require_current
+from gateway.errors import OperationalError
+from gateway.fanout import FanOut
+from gateway.ingress import Accounts, GatewaySMTP, ListenerState, Members, SubmissionHandler
 from gateway.logs import configure_logging
+from gateway.mailbox import Mailbox, MaildirMailbox
+from gateway.replies import Reply
 
 log = logging.getLogger("gateway.service")
+
+SHUTDOWN_GRACE = 10.0
+
+
+@dataclass
+class Listener:
+    state: ListenerState
+    server: asyncio.Server
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+
+def tls_context(settings: ListenerSettings) -> ssl.SSLContext | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise OperationalError(
+            f"cannot load the TLS certificate {settings.tls_cert} and key {settings.tls_key}: {exc} "
+            "(for development, `gateway tls selfsigned` writes a pair)"
+        ) from exc
+    return context
 
 
 class Service:
     """One gateway process: ``startup``, ``wait``, ``shutdown`` (uvicorn's Server shape)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, mailbox: Mailbox | None = None) -> None:
         self.settings = settings
         self.engine = create_engine(
             settings.database_url, echo=settings.database.echo, pool_size=settings.database.pool_size
         )
         self.sessions = session_factory(self.engine)
+        self.mailbox = mailbox or MaildirMailbox(
+            settings.mailbox.maildir_root, hostname=settings.gateway.node_name
+        )
+        self.fanout = FanOut(
+            self.sessions,
+            self.mailbox,
+            settings.fanout,
+            node=settings.gateway.node_name,
+            vorgang_header=settings.intake.vorgang_header,
+            tag_subject=settings.intake.tag_subject,
+        )
+        self.acceptance = Acceptance(
+            self.sessions, hostname=settings.gateway.hostname, on_accepted=self.fanout.wake
+        )
+        self.listeners: dict[str, Listener] = {}
+        self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
 
     async def startup(self) -> None:
-        # Refuse an unmigrated database before accepting anything: a message we could not store would
-        # otherwise be answered with 451 forever.
+        # Refuse an unmigrated database before taking any mail: every message would get 451.
         await require_current(self.engine)
+        await self.fanout.start()
+        self._tasks = [
+            asyncio.create_task(self.acceptance.run(), name="acceptance"),
+            asyncio.create_task(self.fanout.run(), name="fanout"),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(self._stage_ended)
+        submission = self.settings.listeners.submission
+        if submission.enabled:
+            self.listeners["submission"] = await self._start_submission(submission)
+        for name, listener in self.listeners.items():
+            host, port = listener.address
+            log.info("listening: %s on %s:%d", name, host, port, extra={"listener": name, "port": port})
         log.info("gateway ready: database %s", self.engine.url.render_as_string(hide_password=True))
+
+    async def _start_submission(self, config: ListenerSettings) -> Listener:
+        limits = self.settings.limits
+        state = ListenerState("submission", config.max_connections, limits.max_connections_per_client)
+        handler = SubmissionHandler(
+            acceptance=self.acceptance,
+            members=Members(self.sessions),
+            state=state,
+            max_recipients=limits.max_recipients,
+            max_header_size=limits.max_header_size,
+            max_received_hops=limits.max_received_hops,
+            vorgang_header=self.settings.intake.vorgang_header,
+        )
+        # aiosmtpd reads the line limit from the class when it builds its stream reader; a class per
+        # listener carries this listener's limit and shared state.
+        protocol = type(
+            "SubmissionSMTP",
+            (GatewaySMTP,),
+            {
+                "line_length_limit": limits.max_line_length + 2,
+                "state": state,
+                "accounts": Accounts(self.sessions),
+            },
+        )
+        context = tls_context(config)
+        loop = asyncio.get_running_loop()
+
+        def factory() -> SMTP:
+            smtp: SMTP = protocol(
+                handler,
+                data_size_limit=limits.max_message_size,
+                enable_SMTPUTF8=True,
+                decode_data=False,
+                hostname=self.settings.gateway.hostname,
+                ident="vorgang-gateway",
+                tls_context=context,
+                require_starttls=False,
+                timeout=limits.idle_timeout,
+                auth_required=True,
+                auth_require_tls=not config.local_only,
+                loop=loop,
+            )
+            return smtp
+
+        if config.local_only:
+            # AUTH without TLS is what local_only means; config validation keeps such a listener on
+            # a loopback address, so aiosmtpd's general warning does not apply.
+            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS", UserWarning)
+        try:
+            server = await loop.create_server(factory, host=config.host, port=config.port)
+        except OSError as exc:
+            raise OperationalError(
+                f"cannot listen on {config.host}:{config.port} for submission: {exc}"
+            ) from exc
+        return Listener(state, server)
+
+    def _stage_ended(self, task: asyncio.Task[None]) -> None:
+        # Stages run until shutdown cancels them; one that ends by itself leaves mail unprocessed, so
+        # the process stops (and its supervisor restarts it) rather than limp on.
+        if task.cancelled():
+            return
+        log.critical("stage %s ended unexpectedly: %r; stopping", task.get_name(), task.exception())
+        self.stop()
 
     def stop(self) -> None:
         self._stop.set()
@@ -42,7 +175,29 @@ class Service:
     async def wait(self) -> None:
         await self._stop.wait()
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
+        log.info("gateway stopping")
+        for listener in self.listeners.values():
+            listener.state.closing = True
+            listener.server.close()
+        # Messages in DATA finish and commit; idle sessions are told to come back later.
+        deadline = asyncio.get_running_loop().time() + grace
+        while any(listener.state.in_data for listener in self.listeners.values()):
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        for listener in self.listeners.values():
+            for protocol in list(listener.state.protocols):
+                if protocol.transport is not None:
+                    protocol.transport.write(f"{Reply.SHUTTING_DOWN}\r\n".encode())  # type: ignore[attr-defined]
+                    protocol.transport.close()
+        await self.acceptance.drain()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.mailbox.close()
         await self.engine.dispose()
         log.info("gateway stopped")
 

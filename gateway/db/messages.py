@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db.models import MessageRow, ParticipantRow, VorgangRow
+from gateway.db.models import CopyRow, MemberRow, MessageRow, ParticipantRow, ReleaseRow, VorgangRow
 from gateway.domain.model import Participant, ParticipantRole
 from gateway.errors import NotFound
 
@@ -90,3 +90,87 @@ async def participants_of(session: AsyncSession, message: MessageRow) -> list[Pa
         )
     )
     return [Participant(member_id, ParticipantRole(role)) for member_id, role in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class CopyState:
+    copy_id: str
+    address: str
+    state: str
+    attempts: int
+    shared_via: str | None
+    mailbox_ref: str | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    gateway_id: str
+    direction: str
+    received_at: str
+    subject: str
+    message_id: str | None
+    copies: tuple[CopyState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VorgangView:
+    portfolio: str
+    reference: str
+    subject: str
+    messages: tuple[MessageView, ...]
+
+
+async def vorgang_view(
+    session: AsyncSession, portfolio_id: int, portfolio: str, reference: str
+) -> VorgangView:
+    """A Vorgang's messages, oldest first, each with where its copies stand."""
+    vorgang = await session.scalar(
+        select(VorgangRow).where(
+            VorgangRow.portfolio_id == portfolio_id, VorgangRow.reference == reference.upper()
+        )
+    )
+    if vorgang is None:
+        raise NotFound(f"there is no Vorgang {reference} in portfolio {portfolio}")
+    messages = list(
+        await session.execute(
+            select(
+                MessageRow.id,
+                MessageRow.gateway_id,
+                MessageRow.direction,
+                MessageRow.received_at,
+                MessageRow.subject,
+                MessageRow.message_id,
+            )
+            .where(MessageRow.vorgang_id == vorgang.id, MessageRow.portfolio_id == portfolio_id)
+            .order_by(MessageRow.received_at, MessageRow.id)
+        )
+    )
+    copies: dict[int, list[CopyState]] = {m[0]: [] for m in messages}
+    rows = await session.execute(
+        select(
+            CopyRow.message_id,
+            CopyRow.copy_id,
+            MemberRow.address,
+            CopyRow.state,
+            CopyRow.attempts,
+            ReleaseRow.name,
+            CopyRow.mailbox_ref,
+            CopyRow.last_error,
+        )
+        .join(MemberRow, MemberRow.id == CopyRow.member_id)
+        .outerjoin(ReleaseRow, ReleaseRow.id == CopyRow.shared_via_release_id)
+        .where(CopyRow.message_id.in_(list(copies)), CopyRow.portfolio_id == portfolio_id)
+        .order_by(CopyRow.id)
+    )
+    for message_pk, copy_id, address, state, attempts, shared_via, ref, error in rows:
+        copies[message_pk].append(CopyState(copy_id, address, state, attempts, shared_via, ref, error))
+    return VorgangView(
+        portfolio,
+        vorgang.reference,
+        vorgang.subject,
+        tuple(
+            MessageView(gid, direction, at.isoformat(), subject, mid, tuple(copies[pk]))
+            for pk, gid, direction, at, subject, mid in messages
+        ),
+    )

@@ -104,6 +104,31 @@ class BackOfficeAddressRow(Base):
     address: Mapped[str] = mapped_column(String(320))
 
 
+class BackOfficeAccountRow(Base):
+    """A login a back office authenticates with on the submission listener (SMTP AUTH).
+
+    Logins are unique across portfolios because SMTP AUTH names no portfolio; the password is kept only
+    as a slow hash (``gateway.domain.passwords``).
+    """
+
+    __tablename__ = "backoffice_accounts"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["backoffice_id", "portfolio_id"],
+            ["backoffices.id", "backoffices.portfolio_id"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    backoffice_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    portfolio_id: Mapped[int] = mapped_column(BigInteger)
+    login: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[dt.datetime] = mapped_column(default=_now)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=_now, onupdate=_now)
+
+
 class MemberRow(Base):
     """A person on the customer side; the address is unique within the portfolio."""
 
@@ -190,6 +215,22 @@ class VorgangRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
 
 
+class VorgangCounterRow(Base):
+    """The last Vorgang number handed out per portfolio and year (``VG-2026-000123``).
+
+    Taking a number is one UPDATE of this row, which serialises concurrent sessions and gateway
+    processes on both databases without gaps from rolled-back sequences mattering.
+    """
+
+    __tablename__ = "vorgang_counters"
+
+    portfolio_id: Mapped[int] = mapped_column(
+        ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True
+    )
+    year: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_number: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class MessageRow(Base):
     """One mail, stored as the exact bytes received plus the parsed headers routing needs."""
 
@@ -200,6 +241,8 @@ class MessageRow(Base):
         UniqueConstraint("gateway_id"),
         Index("ix_messages_message_id", "portfolio_id", "message_id"),
         Index("ix_messages_sha256", "portfolio_id", "sha256"),
+        # A back office re-sending the same message (same Message-ID, same bytes) gets the first one back.
+        Index("uq_messages_resend", "backoffice_id", "message_id", "sha256", unique=True),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -212,6 +255,8 @@ class MessageRow(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     message_id: Mapped[str | None] = mapped_column(String(998))
+    # True when the message came without a Message-ID and the gateway gave it one (recorded, DESIGN §8).
+    message_id_assigned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     in_reply_to: Mapped[str | None] = mapped_column(String(998))
     references: Mapped[str | None] = mapped_column(Text)
     subject: Mapped[str] = mapped_column(Text, default="")
@@ -270,6 +315,9 @@ class CopyRow(Base):
     state: Mapped[str] = mapped_column(String(20), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(default=_now)
+    # The node (``gateway.node_name``) that took the copy from the queue; until ``next_attempt_at`` no
+    # one else takes it, and the node itself takes back its own leases when it restarts after a crash.
+    leased_by: Mapped[str | None] = mapped_column(String(200))
     last_error: Mapped[str | None] = mapped_column(Text)
     mailbox_ref: Mapped[str | None] = mapped_column(String(500))
     seen: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -1,0 +1,80 @@
+"""Back-office submission accounts: set a login's password hash, and find a login for SMTP AUTH."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.db.events import record_event
+from gateway.db.models import BackOfficeAccountRow, BackOfficeRow, PortfolioRow
+from gateway.errors import DirectoryConflict, NotFound
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A back office as the submission listener knows it once it has logged in."""
+
+    login: str
+    password_hash: str
+    backoffice_id: int
+    backoffice: str
+    portfolio_id: int
+    portfolio: str
+
+
+async def find_account(session: AsyncSession, login: str) -> Account | None:
+    row = (
+        await session.execute(
+            select(BackOfficeAccountRow, BackOfficeRow.name, PortfolioRow.name)
+            .join(BackOfficeRow, BackOfficeRow.id == BackOfficeAccountRow.backoffice_id)
+            .join(PortfolioRow, PortfolioRow.id == BackOfficeAccountRow.portfolio_id)
+            .where(BackOfficeAccountRow.login == login)
+        )
+    ).first()
+    if row is None:
+        return None
+    account, backoffice, portfolio = row
+    return Account(
+        account.login,
+        account.password_hash,
+        account.backoffice_id,
+        backoffice,
+        account.portfolio_id,
+        portfolio,
+    )
+
+
+async def set_password(
+    session: AsyncSession, portfolio: str, backoffice: str, login: str, password_hash: str, actor: str
+) -> bool:
+    """Give ``login`` of the back office this password hash; True when the login is new."""
+    found = (
+        await session.execute(
+            select(BackOfficeRow)
+            .join(PortfolioRow, PortfolioRow.id == BackOfficeRow.portfolio_id)
+            .where(PortfolioRow.name == portfolio, BackOfficeRow.name == backoffice)
+        )
+    ).scalar_one_or_none()
+    if found is None:
+        raise NotFound(f"there is no back office {backoffice} in portfolio {portfolio}")
+    account = await session.scalar(select(BackOfficeAccountRow).where(BackOfficeAccountRow.login == login))
+    if account is not None and account.backoffice_id != found.id:
+        raise DirectoryConflict(
+            f"the login {login} belongs to another back office; choose another with --login"
+        )
+    created = account is None
+    if account is None:
+        account = BackOfficeAccountRow(backoffice_id=found.id, portfolio_id=found.portfolio_id, login=login)
+        session.add(account)
+    account.password_hash = password_hash
+    await session.flush()
+    await record_event(
+        session,
+        actor=actor,
+        kind="backoffice.password",
+        portfolio_id=found.portfolio_id,
+        detail={"backoffice": backoffice, "login": login, "created": created},
+    )
+    return created

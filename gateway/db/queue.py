@@ -1,0 +1,189 @@
+"""The copy queue in the database: take due copies with a lease, and record how each attempt went.
+
+On PostgreSQL several gateway processes share the queue: ``FOR UPDATE SKIP LOCKED`` lets each take
+different copies without waiting for the others. SQLite has one writer at a time, and the clause is
+left out there by SQLAlchemy; the lease (``next_attempt_at`` in the future plus ``leased_by``) does the
+rest on both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.db.models import CopyRow, MemberRow, MessageRow, PortfolioRow, ReleaseRow, VorgangRow
+
+# Executemany updates go through the Core table: the ORM would treat a list of parameters as its own
+# bulk-update-by-primary-key, which has no WHERE of ours.
+COPIES = cast(Table, CopyRow.__table__)
+
+
+@dataclass(frozen=True, slots=True)
+class CopyJob:
+    """Everything needed to write one copy, read in the claiming transaction."""
+
+    id: int
+    copy_id: str
+    attempts: int
+    portfolio_id: int
+    portfolio: str
+    member_id: int
+    address: str
+    message_pk: int
+    gateway_id: str
+    message_id: str | None
+    message_id_assigned: bool
+    vorgang_id: int
+    vorgang: str
+    shared_via: str | None
+    seen: bool
+    answered: bool
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    job: CopyJob
+    mailbox_ref: str | None = None
+    error: str | None = None
+
+
+async def release_own_leases(session: AsyncSession, node: str, now: dt.datetime) -> int:
+    """Make copies this node had taken before it stopped due at once (after a crash or kill)."""
+    result = await session.execute(
+        update(CopyRow)
+        .where(CopyRow.state == "pending", CopyRow.leased_by == node)
+        .values(next_attempt_at=now, leased_by=None)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def claim(
+    session: AsyncSession, node: str, now: dt.datetime, lease: float, limit: int
+) -> list[CopyJob]:
+    ids = list(
+        await session.scalars(
+            select(CopyRow.id)
+            .where(CopyRow.state == "pending", CopyRow.next_attempt_at <= now)
+            .order_by(CopyRow.next_attempt_at, CopyRow.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if not ids:
+        return []
+    await session.execute(
+        update(CopyRow)
+        .where(CopyRow.id.in_(ids))
+        .values(next_attempt_at=now + dt.timedelta(seconds=lease), leased_by=node)
+    )
+    rows = await session.execute(
+        select(
+            CopyRow.id,
+            CopyRow.copy_id,
+            CopyRow.attempts,
+            CopyRow.portfolio_id,
+            PortfolioRow.name,
+            CopyRow.member_id,
+            MemberRow.address,
+            MessageRow.id,
+            MessageRow.gateway_id,
+            MessageRow.message_id,
+            MessageRow.message_id_assigned,
+            VorgangRow.id,
+            VorgangRow.reference,
+            ReleaseRow.name,
+            CopyRow.seen,
+            CopyRow.answered,
+        )
+        .join(PortfolioRow, PortfolioRow.id == CopyRow.portfolio_id)
+        .join(MemberRow, MemberRow.id == CopyRow.member_id)
+        .join(MessageRow, MessageRow.id == CopyRow.message_id)
+        .join(VorgangRow, VorgangRow.id == MessageRow.vorgang_id)
+        .outerjoin(ReleaseRow, ReleaseRow.id == CopyRow.shared_via_release_id)
+        .where(CopyRow.id.in_(ids))
+        .order_by(CopyRow.id)
+    )
+    facts = list(rows)
+    # Several copies share one message; read each message's bytes once.
+    raws: dict[int, bytes] = {
+        int(pk): bytes(raw)
+        for pk, raw in await session.execute(
+            select(MessageRow.id, MessageRow.raw).where(MessageRow.id.in_({f[7] for f in facts}))
+        )
+    }
+    return [
+        CopyJob(
+            id=f[0],
+            copy_id=f[1],
+            attempts=f[2],
+            portfolio_id=f[3],
+            portfolio=f[4],
+            member_id=f[5],
+            address=f[6],
+            message_pk=f[7],
+            gateway_id=f[8],
+            message_id=f[9],
+            message_id_assigned=f[10],
+            vorgang_id=f[11],
+            vorgang=f[12],
+            shared_via=f[13],
+            seen=f[14],
+            answered=f[15],
+            raw=raws[f[7]],
+        )
+        for f in facts
+    ]
+
+
+async def record(
+    session: AsyncSession,
+    outcomes: Sequence[Outcome],
+    now: dt.datetime,
+    retry_at: dict[int, dt.datetime | None],
+) -> None:
+    """Store how each attempt went; ``retry_at`` maps a failed copy to its next attempt (None: hold it)."""
+    delivered = [o for o in outcomes if o.error is None]
+    if delivered:
+        await session.execute(
+            update(COPIES)
+            .where(COPIES.c.id == bindparam("b_id"))
+            .values(
+                state="delivered",
+                mailbox_ref=bindparam("b_ref"),
+                attempts=COPIES.c.attempts + 1,
+                next_attempt_at=None,
+                leased_by=None,
+                last_error=None,
+                updated_at=now,
+            ),
+            [{"b_id": o.job.id, "b_ref": o.mailbox_ref} for o in delivered],
+        )
+    failed = [o for o in outcomes if o.error is not None]
+    if failed:
+        await session.execute(
+            update(COPIES)
+            .where(COPIES.c.id == bindparam("b_id"))
+            .values(
+                state=bindparam("b_state"),
+                attempts=COPIES.c.attempts + 1,
+                next_attempt_at=bindparam("b_next"),
+                leased_by=None,
+                last_error=bindparam("b_error"),
+                updated_at=now,
+            ),
+            [
+                {
+                    "b_id": o.job.id,
+                    "b_state": "pending" if retry_at[o.job.id] else "held",
+                    "b_next": retry_at[o.job.id],
+                    "b_error": (o.error or "")[:2000],
+                }
+                for o in failed
+            ],
+        )

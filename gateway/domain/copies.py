@@ -1,0 +1,211 @@
+"""The bytes of one member's copy of a stored message: our headers on top, everything else as it was.
+
+A copy is the stored raw message with a few changes in its header section and nowhere else: the
+gateway's headers added at the top, headers of given names removed (so that a back office cannot smuggle
+our own ``X-Gateway-…`` headers into a copy), and the Vorgang tag put in front of the subject. Every other
+byte stays as it came, 8-bit, NUL and broken MIME included; the body is never decoded, let alone
+re-encoded, so a signature over it stays valid and nothing a parser does not understand is lost.
+
+The header section is split into lines and fields the way Python's email parser does it (a line ends at
+CRLF, CR or LF; a field line is a name of printable ASCII and a colon; a line starting with a space or a
+tab continues the field before it). One addition: the obsolete ``Name : value`` form (RFC 5322 4.5),
+which Python's parser takes for the start of the body but many mail readers take for a header, is a
+field too when it comes to removing headers, because a header someone else reads must not survive.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from email.header import Header
+
+from gateway.parsing import decode_header_value
+
+__all__ = ["render_copy"]
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+# Python's header line (email.feedparser.headerRE without its "From " and continuation cases).
+_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]*):")
+_OBSOLETE_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]+:")
+_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
+
+# What may never reach a header line from a value: C0 and C1 controls (CR, LF and NUL among them) and
+# the Unicode line and paragraph separators.
+_CONTROLS: dict[int, None] = dict.fromkeys((*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029))
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+# RFC 5322 2.1.1: lines SHOULD stay within 78 characters; values longer than that are folded.
+_LINE_LENGTH = 78
+
+
+@dataclass(slots=True)
+class _Item:
+    """One field of the header section with its continuation lines, or a line that is no field.
+
+    ``kind`` is ``field``; ``envelope`` (an mbox ``From `` line); ``orphan`` (continuation lines with
+    nothing to continue); or ``nameless`` (a line starting with a colon, which Python's parser skips).
+    """
+
+    kind: str
+    name: str
+    start: int
+    first_line_end: int  # where the first line's text ends, before its line end
+    end: int  # after the last line's line end
+    eol: bytes  # the first line's line end
+    visible: bool  # Python's parser reads it as a header (false after an obsolete-form field)
+
+
+def render_copy(
+    raw: bytes,
+    *,
+    headers: Sequence[tuple[str, str]],
+    remove: Collection[str] = (),
+    subject_prefix: str | None = None,
+) -> bytes:
+    """The copy of ``raw`` with ``headers`` added on top, ``remove`` removed and the subject prefixed.
+
+    Header values lose every control character (so no value can start a header of its own) and are
+    RFC 2047 encoded when not ASCII, folded when long. ``remove`` names headers case-insensitively;
+    each goes with its continuation lines. ``subject_prefix`` goes in front of the first Subject's raw
+    value, which stays as it was, encoded words and folding included, unless the decoded subject already
+    contains the prefix in any case; a message without a Subject gets ``Subject: <prefix>``. Added lines
+    end in CRLF if the message's first header line does, else in LF.
+
+    Raises ``ValueError`` only for a header name that cannot be one (empty, spaces, a colon, non-ASCII).
+    """
+    raw = bytes(raw)
+    for name, _ in headers:
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"not a header name: {name!r}")
+    removing = {name.strip().lower() for name in remove}
+    prefix = _clean(subject_prefix) if subject_prefix is not None else ""
+
+    items, section_end = _header_items(raw)
+
+    # Our headers go above the first field: after an mbox "From " line (which Python's parser takes as
+    # the envelope only on the very first line) and after continuation lines that continue nothing,
+    # which would otherwise become part of our last header's value.
+    skip = 0
+    while skip < len(items) and (
+        items[skip].kind == "orphan" or (items[skip].kind == "envelope" and items[skip].start == 0)
+    ):
+        skip += 1
+    insert_at = items[skip - 1].end if skip else 0
+
+    fields = [item for item in items if item.kind == "field"]
+    eol = b"\r\n" if fields and fields[0].eol == b"\r\n" else b"\n"
+    kept = [item for item in items[skip:] if not (item.kind == "field" and item.name in removing)]
+    subject = next((i for i in kept if i.kind == "field" and i.visible and i.name == "subject"), None)
+
+    added = [_header_line(name, value, eol) for name, value in headers]
+    rewritten: bytes | None = None
+    if prefix and subject is None:
+        added.append(_header_line("Subject", prefix, eol))
+    elif prefix and subject is not None:
+        rewritten = _prefixed_subject(raw, subject, prefix)
+
+    out = bytearray(raw[:insert_at])
+    if added and insert_at and not out.endswith((b"\r", b"\n")):
+        out += eol  # the skipped line was the last one and had no line end of its own
+    out += b"".join(added)
+    for item in kept:
+        out += rewritten if item is subject and rewritten is not None else raw[item.start : item.end]
+    if out.endswith(b"\r") and raw.startswith(b"\n", section_end):
+        # A removed field stood between a line ending in a lone CR and the blank line; joined, they
+        # would read as one CRLF and the blank line would be gone, moving the body into the header.
+        out += b"\n"
+    out += raw[section_end:]
+    return bytes(out)
+
+
+def _header_items(raw: bytes) -> tuple[list[_Item], int]:
+    """The header section's items in order, and the offset where the section ends (blank line or body)."""
+    items: list[_Item] = []
+    position = 0
+    visible = True
+    while position < len(raw):
+        line_end = _LINE_END.search(raw, position)
+        text_end, end = (line_end.start(), line_end.end()) if line_end else (len(raw), len(raw))
+        if text_end == position:
+            break  # the blank line between header and body
+        first = raw[position]
+        if first in b" \t":
+            if items:
+                items[-1].end = end
+            else:
+                items.append(_Item("orphan", "", position, text_end, end, raw[text_end:end], visible))
+            position = end
+            continue
+        if raw.startswith(b"From ", position):
+            kind, name = "envelope", ""
+        elif match := _FIELD.match(raw, position, text_end):
+            kind, name = (
+                ("field", match.group(1).decode("ascii").lower()) if match.group(1) else ("nameless", "")
+            )
+        elif match := _OBSOLETE_FIELD.match(raw, position, text_end):
+            kind, name = "field", match.group(1).decode("ascii").lower()
+            visible = False
+        else:
+            break  # a line that is no header: the body starts here, without a blank line
+        items.append(_Item(kind, name, position, text_end, end, raw[text_end:end], visible))
+        position = end
+    return items, position
+
+
+def _prefixed_subject(raw: bytes, subject: _Item, prefix: str) -> bytes | None:
+    """The Subject field's bytes with ``prefix`` in front of its value; None if it already has it."""
+    colon = raw.index(b":", subject.start, subject.first_line_end)
+    if prefix.casefold() in decode_header_value(raw[colon + 1 : subject.end]).casefold():
+        return None
+    rest = raw[colon + 1 : subject.first_line_end]
+    text = rest.lstrip(b" \t")
+    space = rest[: len(rest) - len(text)] or b" "
+    line = raw[subject.start : colon + 1] + space + _encoded(prefix) + (b" " + text if text else b"")
+    return line + raw[subject.first_line_end : subject.end]
+
+
+def _header_line(name: str, value: str, eol: bytes) -> bytes:
+    """``Name: value`` and its line end, folded if long, RFC 2047 encoded if not plain ASCII."""
+    text = _clean(value)
+    if text.isascii() and "=?" not in text:
+        return eol.join(_fold(f"{name}: {text}".encode("ascii"))) + eol
+    # Header folds between encoded words and may open with an empty line when the name is long;
+    # empty lines are dropped, because a line of only whitespace ends the header section for some
+    # readers. What is left is ASCII: encoded words and the spaces between them.
+    pieces = [
+        piece.strip() for piece in Header(text, "utf-8", header_name=name).encode(linesep="\n").split("\n")
+    ]
+    words = [piece.encode("ascii") for piece in pieces if piece]
+    return eol.join([f"{name}: ".encode("ascii") + words[0], *(b" " + word for word in words[1:])]) + eol
+
+
+def _fold(line: bytes) -> list[bytes]:
+    """An ASCII header line folded before spaces so that lines stay short where the words allow.
+
+    A fold goes before the last space of a run only, so every continuation line has text on it.
+    """
+    tokens = re.findall(rb" *[^ ]+", line)
+    if not tokens:
+        return [line]
+    lines = [tokens[0]]
+    for token in tokens[1:]:
+        if len(lines[-1]) + len(token) > _LINE_LENGTH:
+            spaces = len(token) - len(token.lstrip(b" "))
+            lines[-1] += token[: spaces - 1]
+            lines.append(token[spaces - 1 :])
+        else:
+            lines[-1] += token
+    return lines
+
+
+def _encoded(prefix: str) -> bytes:
+    # A prefix is normally a plain "[VG-…]" tag; anything else is encoded on one line, because it goes
+    # into the middle of an existing subject line that we do not re-fold.
+    if prefix.isascii() and "=?" not in prefix:
+        return prefix.encode("ascii")
+    return Header(prefix, "utf-8").encode(maxlinelen=0).encode("ascii")
+
+
+def _clean(value: str) -> str:
+    return _SURROGATES.sub("\ufffd", value).translate(_CONTROLS).strip()

@@ -1,0 +1,169 @@
+"""Fan-out: writes pending copies into members' mailboxes, retries with backoff, holds what keeps failing.
+
+A copy is the stored message with the gateway's headers in front (``gateway.domain.copies``). Writing is
+idempotent per copy id (the mailbox finds a copy it wrote before a crash instead of writing it again),
+so the order "write, then mark delivered" loses nothing and repeats nothing visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Sequence
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.config import FanoutSettings
+from gateway.db import queue
+from gateway.db.intake import insert_events
+from gateway.db.queue import CopyJob, Outcome
+from gateway.domain.copies import render_copy
+from gateway.mailbox import Flag, Mailbox, MailboxOwner
+
+log = logging.getLogger("gateway.fanout")
+
+# Headers a copy carries that only the gateway may set; any that came with the message are dropped.
+GATEWAY_HEADERS = ("X-Gateway-Vorgang", "X-Gateway-Copy-Id", "X-Gateway-Shared-Via")
+
+
+def copy_bytes(job: CopyJob, *, vorgang_header: str, tag_subject: bool) -> bytes:
+    headers = [("X-Gateway-Vorgang", job.vorgang), ("X-Gateway-Copy-Id", job.copy_id)]
+    if job.shared_via:
+        headers.append(("X-Gateway-Shared-Via", job.shared_via))
+    remove = [*GATEWAY_HEADERS, vorgang_header]
+    if job.message_id_assigned and job.message_id:
+        # The message came without a Message-ID; the copy carries the one the gateway assigned, so
+        # replies can thread to it.
+        headers.append(("Message-ID", job.message_id))
+        remove.append("Message-ID")
+    return render_copy(
+        job.raw, headers=headers, remove=remove, subject_prefix=f"[{job.vorgang}]" if tag_subject else None
+    )
+
+
+def backoff(attempts: int, settings: FanoutSettings) -> float:
+    """Seconds before attempt ``attempts + 1``: retry_base doubled per attempt, capped at retry_max."""
+    return float(min(settings.retry_max, settings.retry_base * 2 ** max(attempts - 1, 0)))
+
+
+class FanOut:
+    """The fan-out worker: ``run()`` loops until cancelled; ``wake()`` says new copies are waiting."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        mailbox: Mailbox,
+        settings: FanoutSettings,
+        *,
+        node: str,
+        vorgang_header: str,
+        tag_subject: bool,
+    ) -> None:
+        self.sessions = sessions
+        self.mailbox = mailbox
+        self.settings = settings
+        self.node = node
+        self.vorgang_header = vorgang_header
+        self.tag_subject = tag_subject
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        async with self.sessions.begin() as session:
+            released = await queue.release_own_leases(session, self.node, dt.datetime.now(dt.UTC))
+        if released:
+            log.info("took back %d copies this node had started before it stopped", released)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                busy = await self.run_once()
+            except (SQLAlchemyError, OSError) as exc:
+                log.error("fan-out could not reach the database: %s; retrying", exc)
+                busy = 0
+                await asyncio.sleep(self.settings.poll_interval)
+            except Exception:
+                # A bug must not end fan-out for good: log it loudly, pause, and go on; copies stay
+                # pending and are retried.
+                log.exception("fan-out failed unexpectedly; retrying")
+                busy = 0
+                await asyncio.sleep(self.settings.poll_interval)
+            if busy:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+            self._wake.clear()
+
+    async def run_once(self) -> int:
+        """Take one batch of due copies and write them; returns how many were taken."""
+        now = dt.datetime.now(dt.UTC)
+        async with self.sessions.begin() as session:
+            jobs = await queue.claim(session, self.node, now, self.settings.lease, self.settings.batch_size)
+        if not jobs:
+            return 0
+        limit = asyncio.Semaphore(self.settings.concurrency)
+        outcomes = await asyncio.gather(*(self._deliver(job, limit) for job in jobs))
+        await self._record(outcomes)
+        return len(jobs)
+
+    async def _deliver(self, job: CopyJob, limit: asyncio.Semaphore) -> Outcome:
+        async with limit:
+            try:
+                data = copy_bytes(job, vorgang_header=self.vorgang_header, tag_subject=self.tag_subject)
+                flags = frozenset(
+                    flag for flag, on in ((Flag.SEEN, job.seen), (Flag.ANSWERED, job.answered)) if on
+                )
+                located = await self.mailbox.append(
+                    MailboxOwner(job.portfolio, job.address), job.copy_id, data, flags
+                )
+            except Exception as exc:
+                log.warning("copy %s for %s failed: %s", job.copy_id, job.address, exc)
+                return Outcome(job, error=f"{type(exc).__name__}: {exc}")
+            return Outcome(job, mailbox_ref=located.ref)
+
+    async def _record(self, outcomes: Sequence[Outcome]) -> None:
+        now = dt.datetime.now(dt.UTC)
+        retry_at: dict[int, dt.datetime | None] = {}
+        events: list[dict[str, object]] = []
+        for o in outcomes:
+            job = o.job
+            base = {
+                "at": now,
+                "portfolio_id": job.portfolio_id,
+                "actor": f"gateway:{self.node}",
+                "member_id": job.member_id,
+                "vorgang_id": job.vorgang_id,
+                "message_id": job.message_pk,
+            }
+            if o.error is None:
+                events.append(
+                    base
+                    | {
+                        "kind": "copy.delivered",
+                        "detail": {"copy_id": job.copy_id, "to": job.address, "ref": o.mailbox_ref},
+                    }
+                )
+                continue
+            attempts = job.attempts + 1
+            held = attempts >= self.settings.max_attempts
+            retry_at[job.id] = None if held else now + dt.timedelta(seconds=backoff(attempts, self.settings))
+            events.append(
+                base
+                | {
+                    "kind": "copy.held" if held else "copy.failed",
+                    "detail": {
+                        "copy_id": job.copy_id,
+                        "to": job.address,
+                        "attempt": attempts,
+                        "error": o.error,
+                    },
+                }
+            )
+        async with self.sessions.begin() as session:
+            await queue.record(session, outcomes, now, retry_at)
+            await insert_events(session, events)

@@ -1,0 +1,275 @@
+"""The submission listener: back offices hand in mail by SMTP (AUTH, STARTTLS) and get 250 once it is stored.
+
+aiosmtpd speaks the protocol; this module decides what each command is answered: who may log in, which
+recipients exist, which messages are too big, too deep in a loop or malformed beyond use. Everything a
+client can hear is named in ``gateway.replies``. The DATA handler hands the message to the acceptance
+stage and answers only after its commit (DESIGN.md §2, §8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, AnyStr
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.acceptance import Acceptance, NotStored, Submission
+from gateway.db.accounts import Account, find_account
+from gateway.db.intake import member_ids
+from gateway.domain.addresses import InvalidAddress, normalise_address
+from gateway.domain.passwords import verify_password
+from gateway.parsing import parse_message
+from gateway.replies import AIOSMTPD_REPLIES, Reply
+
+log = logging.getLogger("gateway.ingress")
+
+# A failed login costs the client this long, which makes guessing passwords slow without a lockout
+# that an attacker could use to lock a back office out.
+FAILED_LOGIN_DELAY = 1.0
+CACHE_SECONDS = 10.0
+
+
+class Accounts:
+    """Checks back-office logins; the slow hash runs in a thread so sessions keep being served.
+
+    A successful check is remembered briefly (by a digest of the password), so a back office that
+    opens a session per message does not pay the scrypt cost each time.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+        self._verified: dict[tuple[str, bytes], tuple[Account, float]] = {}
+
+    async def verify(self, login: bytes, password: bytes) -> Account | None:
+        name = login.decode("utf-8", "replace").strip().lower()
+        key = (name, hashlib.sha256(password).digest())
+        cached = self._verified.get(key)
+        if cached and cached[1] > time.monotonic():
+            return cached[0]
+        async with self.sessions() as session:
+            account = await find_account(session, name)
+        if account is None or not await asyncio.to_thread(verify_password, password, account.password_hash):
+            await asyncio.sleep(FAILED_LOGIN_DELAY)
+            return None
+        self._verified[key] = (account, time.monotonic() + CACHE_SECONDS)
+        return account
+
+
+class Members:
+    """Which addresses are members of a portfolio, remembered for a few seconds (RCPT checks)."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+        self._known: dict[tuple[int, str], float] = {}
+
+    async def exists(self, portfolio_id: int, address: str) -> bool:
+        key = (portfolio_id, address)
+        if self._known.get(key, 0.0) > time.monotonic():
+            return True
+        async with self.sessions() as session:
+            found = await member_ids(session, portfolio_id, [address])
+        if found:
+            self._known[key] = time.monotonic() + CACHE_SECONDS
+        return bool(found)
+
+
+@dataclass
+class ListenerState:
+    """What all sessions of one listener share: connection counts, sessions in DATA, shutdown."""
+
+    name: str
+    max_connections: int
+    max_per_client: int
+    connections: Counter[str] = field(default_factory=Counter)
+    in_data: int = 0
+    closing: bool = False
+    protocols: set[SMTP] = field(default_factory=set)
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's SMTP with our replies, connection limits and an asynchronous password check."""
+
+    state: ListenerState
+    accounts: Accounts
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self._original_transport is None and self.transport is None
+        super().connection_made(transport)
+        if not first:
+            return  # the same connection after STARTTLS
+        self._client = _client_of(transport)
+        state = self.state
+        too_many = state.connections[self._client] >= state.max_per_client
+        if state.closing or too_many or sum(state.connections.values()) >= state.max_connections:
+            reply = Reply.SHUTTING_DOWN if state.closing else Reply.TOO_MANY_CONNECTIONS
+            assert self._handler_coroutine is not None
+            self._handler_coroutine.cancel()
+            transport.write(f"{reply}\r\n".encode())  # type: ignore[attr-defined]
+            transport.close()
+            self._client = ""
+            return
+        state.connections[self._client] += 1
+        state.protocols.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        client = getattr(self, "_client", "")
+        if client and self in self.state.protocols:
+            self.state.protocols.discard(self)
+            self.state.connections[client] -= 1
+            if self.state.connections[client] <= 0:
+                del self.state.connections[client]
+        super().connection_lost(error)
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str):
+            await super().push(AIOSMTPD_REPLIES.get(status, status))
+        else:
+            await super().push(status)
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        # aiosmtpd calls this synchronously from its PLAIN and LOGIN decoders; we only collect the
+        # credentials here and check them in _verify, off the event loop.
+        return AuthResult(success=True, handled=False, auth_data=auth_data)
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802 (aiosmtpd's name)
+        return await self._verify(await super().auth_PLAIN(server, args))
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802 (aiosmtpd's name)
+        return await self._verify(await super().auth_LOGIN(server, args))
+
+    async def _verify(self, result: AuthResult) -> AuthResult:
+        if not result.success or not isinstance(result.auth_data, LoginPassword):
+            return result
+        account = await self.accounts.verify(result.auth_data.login, result.auth_data.password)
+        if account is None:
+            log.warning("failed login %r from %s", result.auth_data.login, getattr(self, "_client", "?"))
+            return AuthResult(success=False, handled=False)
+        return AuthResult(success=True, auth_data=account)
+
+
+def _client_of(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+
+
+def normalise_bare_newlines(data: bytes) -> bytes:
+    """Treat a bare LF as CRLF, as Postfix does with ``smtpd_forbid_bare_newline = normalize``.
+
+    aiosmtpd ends DATA only at <CRLF>.<CRLF> (so <LF>.<CRLF> can never end a message early and smuggle
+    a second one); what is left is to store lines consistently, so copies and relays never carry bare
+    LFs that another server would read differently.
+    """
+    if b"\n" not in data.replace(b"\r\n", b""):
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+class SubmissionHandler:
+    """aiosmtpd hooks of the submission listener."""
+
+    def __init__(
+        self,
+        *,
+        acceptance: Acceptance,
+        members: Members,
+        state: ListenerState,
+        max_recipients: int,
+        max_header_size: int,
+        max_received_hops: int,
+        vorgang_header: str,
+    ) -> None:
+        self.acceptance = acceptance
+        self.members = members
+        self.state = state
+        self.max_recipients = max_recipients
+        self.max_header_size = max_header_size
+        self.max_received_hops = max_received_hops
+        self.vorgang_header = vorgang_header
+
+    async def handle_EHLO(  # noqa: N802 (aiosmtpd's hook name)
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        # aiosmtpd reads commands one by one from its stream, so pipelined commands simply queue up.
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_MAIL(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return str(Reply.SENDER_OK)
+
+    async def handle_RCPT(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return str(Reply.TOO_MANY_RECIPIENTS)
+        account = session.auth_data
+        assert isinstance(account, Account), "aiosmtpd asks for AUTH before RCPT"
+        try:
+            member = normalise_address(address)
+        except InvalidAddress:
+            return Reply.UNKNOWN_RECIPIENT.with_text(f"<{address}>: not a valid address")
+        if not await self.members.exists(account.portfolio_id, member):
+            return Reply.UNKNOWN_RECIPIENT.with_text(
+                f"<{address}>: no such member in portfolio {account.portfolio}"
+            )
+        envelope.rcpt_tos.append(member)
+        envelope.rcpt_options.extend(options)
+        return str(Reply.RECIPIENT_OK)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+        account = session.auth_data
+        assert isinstance(account, Account)
+        raw = envelope.original_content
+        assert isinstance(raw, bytes), "decode_data=False keeps the bytes"
+        raw = normalise_bare_newlines(raw)
+        header_end = raw.find(b"\r\n\r\n")
+        if (header_end if header_end >= 0 else len(raw)) > self.max_header_size:
+            return str(Reply.HEADER_TOO_BIG)
+        parsed = parse_message(raw, vorgang_header=self.vorgang_header)
+        if parsed.received_count > self.max_received_hops:
+            return str(Reply.LOOP)
+        submission = Submission(
+            account=account,
+            envelope_sender=envelope.mail_from or "",
+            recipients=tuple(envelope.rcpt_tos),
+            raw=raw,
+            parsed=parsed,
+            listener=self.state.name,
+            peer=_peer(session),
+        )
+        self.state.in_data += 1
+        try:
+            accepted = await self.acceptance.submit(submission)
+        except NotStored:
+            return str(Reply.TRY_AGAIN)
+        finally:
+            self.state.in_data -= 1
+        log.info(
+            "accepted %s vorgang %s audience %d%s",
+            accepted.gateway_id,
+            accepted.vorgang,
+            accepted.audience,
+            " (re-send)" if accepted.duplicate else "",
+            extra={
+                "gateway_id": accepted.gateway_id,
+                "vorgang": accepted.vorgang,
+                "audience": accepted.audience,
+                "found": accepted.found,
+                "backoffice": account.login,
+            },
+        )
+        return Reply.ACCEPTED.with_text(f"Accepted as {accepted.gateway_id} in {accepted.vorgang}")
+
+
+def _peer(session: Session) -> str:
+    peer = session.peer
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)

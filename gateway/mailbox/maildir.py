@@ -1,0 +1,364 @@
+"""Members' mailboxes as Maildirs on local disk, the embedded default that Dovecot can serve over IMAP.
+
+Layout: ``<root>/<portfolio>/<address>/`` is a standard Maildir (``cur/ new/ tmp/``), created with mode
+0o700 on the first delivery, and its Maildir++ subfolders are ``.<Folder>/`` beside them, with "." as
+the hierarchy separator as Dovecot's Maildir++ layout has it; the top level is folder ``"INBOX"``.
+
+A copy's file name is ``<copy_id>.<hostname>[:2,<info>]``. The copy id at the front is how the gateway
+finds its copies again in any folder: mail clients and Dovecot keep a file's base name when they change
+its flags or move it (Dovecot keeps it as the message's GUID even when copying between folders), and may
+only append ``,S=<size>,W=<vsize>`` before the ``:``. Files whose name does not start with a valid copy
+id are members' own mail and are never touched.
+
+Every operation runs its blocking file I/O in one worker thread (``asyncio.to_thread``), so the event
+loop never waits for the disk and one operation sees one consistent pass over the directories.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.mailbox.base import (
+    Flag,
+    FlagChange,
+    Located,
+    Mailbox,
+    MailboxError,
+    MailboxOwner,
+    check_copy_id,
+    check_owner,
+    decode_flag_view,
+    encode_flag_view,
+    flag_changes_between,
+    flag_letters,
+    flags_from_letters,
+    is_copy_id,
+)
+
+INBOX = "INBOX"
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+
+
+def sanitise_hostname(hostname: str) -> str:
+    """The host part of a Maildir file name: "/" and ":" escaped as the Maildir specification says.
+
+    "," is escaped as well (as Dovecot does), because a "," in the base name starts Dovecot's size fields.
+    """
+    return (hostname or "localhost").replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
+
+
+@dataclass(frozen=True, slots=True)
+class _File:
+    """One gateway copy's file as found in a folder's ``new/`` or ``cur/``."""
+
+    copy_id: str
+    folder: str
+    folder_dir: Path
+    subdir: str
+    name: str
+
+    @property
+    def path(self) -> Path:
+        return self.folder_dir / self.subdir / self.name
+
+    @property
+    def base(self) -> str:
+        """The name without its info: the message's identity within the folder."""
+        return self.name.partition(":")[0]
+
+    @property
+    def letters(self) -> str:
+        """The info letters after ``:2,``; empty for files without (standard) info."""
+        info = self.name.partition(":")[2]
+        return info[2:] if info.startswith("2,") else ""
+
+    def located(self, owner_dir: Path) -> Located:
+        ref = (self.path.relative_to(owner_dir)).as_posix()
+        return Located(self.copy_id, self.folder, ref, flags_from_letters(self.letters))
+
+
+def _copy_id_of(name: str) -> str | None:
+    """The copy id a file name starts with, or None for members' own mail and Maildir's hidden files."""
+    if name.startswith("."):
+        return None
+    # Dovecot may put ",S=…,W=…" between the unique part and the ":2," info; neither belongs to the id.
+    unique = name.partition(":")[0].partition(",")[0]
+    copy_id, dot, host = unique.partition(".")
+    if not dot or not host or not is_copy_id(copy_id):
+        return None
+    return copy_id
+
+
+def _folders(owner_dir: Path) -> list[tuple[str, Path]]:
+    """INBOX and every Maildir++ subfolder (a directory ``.<Folder>``), INBOX first, then by name."""
+    try:
+        entries = list(os.scandir(owner_dir))
+    except FileNotFoundError:
+        return []
+    subfolders = sorted(
+        (entry.name[1:], Path(entry.path))
+        for entry in entries
+        if entry.name.startswith(".") and len(entry.name) > 1 and entry.is_dir(follow_symlinks=False)
+    )
+    return [(INBOX, owner_dir), *subfolders]
+
+
+def _scan(owner_dir: Path, copy_id: str | None = None) -> list[_File]:
+    """The gateway's files in every folder (only ``copy_id``'s when given), in a stable order.
+
+    ``new/`` is listed before ``cur/``: a file a client moves from new/ to cur/ meanwhile is then seen
+    twice rather than missed, and the duplicate is dropped by its base name, keeping the cur/ one.
+    """
+    prefix = None if copy_id is None else copy_id + "."
+    found: dict[tuple[str, str], _File] = {}
+    for folder, folder_dir in _folders(owner_dir):
+        for subdir in ("new", "cur"):
+            try:
+                names = sorted(os.listdir(folder_dir / subdir))
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if prefix is not None and not name.startswith(prefix):
+                    continue
+                name_copy_id = _copy_id_of(name)
+                if name_copy_id is None or (copy_id is not None and name_copy_id != copy_id):
+                    continue
+                file = _File(name_copy_id, folder, folder_dir, subdir, name)
+                found[(folder, file.base)] = file
+    return list(found.values())
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _as_mailbox_error(action: str, path: Path) -> Iterator[None]:
+    """Turn the file system's errors into MailboxError naming the path and the reason."""
+    try:
+        yield
+    except MailboxError:
+        raise
+    except OSError as exc:
+        where = str(path) if exc.filename is None else os.fsdecode(exc.filename)
+        raise MailboxError(exc.errno, f"{action}: {exc.strerror or exc}", where) from exc
+
+
+@dataclass(slots=True)
+class _Held:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0
+
+
+class _KeyedLocks:
+    """One lock per (mailbox, copy id), taken inside the worker thread.
+
+    The lock lives in the thread, not in the event loop, so a cancelled caller cannot release it while
+    its thread is still writing: a retry of the same copy then waits instead of racing it. It serialises
+    this process only; across processes the fan-out queue hands each copy to one worker at a time.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._held: dict[tuple[str, str], _Held] = {}
+
+    @contextmanager
+    def hold(self, key: tuple[str, str]) -> Iterator[None]:
+        with self._guard:
+            held = self._held.setdefault(key, _Held())
+            held.users += 1
+        try:
+            with held.lock:
+                yield
+        finally:
+            with self._guard:
+                held.users -= 1
+                if not held.users:
+                    del self._held[key]
+
+
+class MaildirMailbox(Mailbox):
+    """The Mailbox protocol over Maildirs under ``root``; see the module docstring for the layout."""
+
+    def __init__(self, root: Path, *, hostname: str | None = None) -> None:
+        self.root = root
+        self.hostname = sanitise_hostname(socket.gethostname() if hostname is None else hostname)
+        self._locks = _KeyedLocks()
+
+    def maildir_path(self, owner: MailboxOwner) -> Path:
+        """The owner's Maildir (it may not exist yet); ``ValueError`` for an unsafe owner."""
+        check_owner(owner)
+        return self.root / owner.portfolio / owner.address
+
+    async def append(
+        self, owner: MailboxOwner, copy_id: str, data: bytes, flags: frozenset[Flag] = frozenset()
+    ) -> Located:
+        check_copy_id(copy_id)
+        owner_dir = self.maildir_path(owner)
+        return await asyncio.to_thread(self._append, owner_dir, copy_id, data, frozenset(flags))
+
+    async def find(self, owner: MailboxOwner, copy_id: str) -> list[Located]:
+        check_copy_id(copy_id)
+        owner_dir = self.maildir_path(owner)
+        return await asyncio.to_thread(self._find, owner_dir, copy_id)
+
+    async def add_flags(self, owner: MailboxOwner, copy_id: str, flags: frozenset[Flag]) -> list[Located]:
+        check_copy_id(copy_id)
+        owner_dir = self.maildir_path(owner)
+        return await asyncio.to_thread(self._change_flags, owner_dir, copy_id, flag_letters(flags), "")
+
+    async def remove_flags(self, owner: MailboxOwner, copy_id: str, flags: frozenset[Flag]) -> list[Located]:
+        check_copy_id(copy_id)
+        owner_dir = self.maildir_path(owner)
+        return await asyncio.to_thread(self._change_flags, owner_dir, copy_id, "", flag_letters(flags))
+
+    async def remove(self, owner: MailboxOwner, copy_id: str) -> int:
+        check_copy_id(copy_id)
+        owner_dir = self.maildir_path(owner)
+        return await asyncio.to_thread(self._remove, owner_dir, copy_id)
+
+    async def flag_changes(self, owner: MailboxOwner, since: str | None) -> tuple[list[FlagChange], str]:
+        owner_dir = self.maildir_path(owner)
+        before = None if since is None else decode_flag_view(since)
+        now = await asyncio.to_thread(self._flag_view, owner_dir)
+        return flag_changes_between(before, now), encode_flag_view(now)
+
+    async def close(self) -> None:
+        """Nothing to release: every operation opens and closes its own files."""
+
+    # --- the blocking halves, one worker-thread call per operation ------------------------------------
+
+    def _find(self, owner_dir: Path, copy_id: str) -> list[Located]:
+        with _as_mailbox_error(f"find copy {copy_id}", owner_dir):
+            return [file.located(owner_dir) for file in _scan(owner_dir, copy_id)]
+
+    def _append(self, owner_dir: Path, copy_id: str, data: bytes, flags: frozenset[Flag]) -> Located:
+        with (
+            _as_mailbox_error(f"append copy {copy_id}", owner_dir),
+            self._locks.hold((str(owner_dir), copy_id)),
+        ):
+            existing = _scan(owner_dir, copy_id)
+            if existing:
+                return existing[0].located(owner_dir)
+            self._create_maildir(owner_dir)
+            name = f"{copy_id}.{self.hostname}"
+            # Without flags the copy goes to new/, where clients pick it up as newly arrived; flags can
+            # only be written in a cur/ name, so a copy delivered with flags goes straight to cur/.
+            if flags:
+                target = owner_dir / "cur" / f"{name}:2,{flag_letters(flags)}"
+            else:
+                target = owner_dir / "new" / name
+            # The temporary name is unique per attempt, so a file left in tmp/ by a crash is never
+            # mistaken for this one, and is never counted as the copy (tmp/ is not searched).
+            temporary = owner_dir / "tmp" / f"{name}.{os.getpid()}_{secrets.token_hex(8)}"
+            try:
+                self._write_synced(temporary, data)
+                try:
+                    # link() refuses to replace an existing name, unlike rename(): the last guard
+                    # against a second delivery of the same copy.
+                    os.link(temporary, target)
+                except FileExistsError:
+                    existing = _scan(owner_dir, copy_id)
+                    if existing:
+                        return existing[0].located(owner_dir)
+                    raise
+                _fsync_dir(target.parent)
+            finally:
+                with suppress(FileNotFoundError):
+                    os.unlink(temporary)
+            return Located(copy_id, INBOX, target.relative_to(owner_dir).as_posix(), flags)
+
+    def _change_flags(self, owner_dir: Path, copy_id: str, add: str, drop: str) -> list[Located]:
+        with (
+            _as_mailbox_error(f"change flags of copy {copy_id}", owner_dir),
+            self._locks.hold((str(owner_dir), copy_id)),
+        ):
+            # A client may move a file between our listing and our rename; the rename then fails with
+            # ENOENT and one more pass finds it where it went. Files already changed need no rename then.
+            for _ in range(2):
+                result: list[Located] = []
+                vanished = False
+                for file in _scan(owner_dir, copy_id):
+                    # Keyword letters (lower case) and letters we do not know are kept as they are.
+                    letters = "".join(sorted((set(file.letters) | set(add)) - set(drop)))
+                    if letters == file.letters and (file.subdir == "cur" or not letters):
+                        result.append(file.located(owner_dir))
+                        continue
+                    changed = _File(copy_id, file.folder, file.folder_dir, "cur", f"{file.base}:2,{letters}")
+                    try:
+                        os.rename(file.path, changed.path)
+                    except FileNotFoundError:
+                        vanished = True
+                        continue
+                    result.append(changed.located(owner_dir))
+                if not vanished:
+                    return result
+            raise MailboxError(
+                errno.ENOENT, f"change flags of copy {copy_id}: its file kept moving", str(owner_dir)
+            )
+
+    def _remove(self, owner_dir: Path, copy_id: str) -> int:
+        with (
+            _as_mailbox_error(f"remove copy {copy_id}", owner_dir),
+            self._locks.hold((str(owner_dir), copy_id)),
+        ):
+            removed = 0
+            for _ in range(2):
+                vanished = False
+                for file in _scan(owner_dir, copy_id):
+                    try:
+                        os.unlink(file.path)
+                    except FileNotFoundError:
+                        vanished = True
+                        continue
+                    removed += 1
+                if not vanished:
+                    return removed
+            raise MailboxError(errno.ENOENT, f"remove copy {copy_id}: its file kept moving", str(owner_dir))
+
+    def _flag_view(self, owner_dir: Path) -> dict[tuple[str, str], frozenset[Flag]]:
+        with _as_mailbox_error("list flags", owner_dir):
+            view: dict[tuple[str, str], frozenset[Flag]] = {}
+            for file in _scan(owner_dir):
+                # Two files of one copy in one folder (a client duplicated it) count as one, with the
+                # flags of both: a flag set on either is a flag the member set.
+                key = (file.copy_id, file.folder)
+                view[key] = view.get(key, frozenset()) | flags_from_letters(file.letters)
+            return view
+
+    def _create_maildir(self, owner_dir: Path) -> None:
+        if (owner_dir / "tmp").is_dir():
+            return
+        self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        for directory in (
+            owner_dir.parent,
+            owner_dir,
+            owner_dir / "cur",
+            owner_dir / "new",
+            owner_dir / "tmp",
+        ):
+            with suppress(FileExistsError):
+                directory.mkdir(mode=_DIR_MODE)
+                _fsync_dir(directory.parent)
+
+    @staticmethod
+    def _write_synced(path: Path, data: bytes) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), _FILE_MODE)
+        with _as_mailbox_error("write", path), open(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())

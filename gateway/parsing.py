@@ -1,0 +1,408 @@
+"""Raw message bytes to the header facts ingress and routing need, without ever raising.
+
+Only the header section is read: the body is never parsed here, so a 3 MB message with 3,000 MIME parts
+costs no more than its headers. The header section itself is cut at :data:`MAX_HEADER_BYTES`, which keeps
+time and memory bounded even for a message that never ends its headers.
+
+Python's parser splits the header section into fields (``compat32``, because it never interprets a
+value); every value is then decoded here, one header at a time, so that one broken header costs a defect
+note and not the message: 8-bit bytes are read as UTF-8 or else as windows-1252, RFC 2047 encoded words
+in any charset Python knows are decoded with undecodable bytes replaced, and control characters never
+reach a caller, because a subject ends up in mailbox listings, logs and relayed mail.
+"""
+
+from __future__ import annotations
+
+import binascii
+import codecs
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from email import errors
+from email.parser import BytesParser
+from email.policy import Compat32
+from email.utils import getaddresses
+from typing import TypeVar
+
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "ParsedMessage",
+    "decode_header_value",
+    "extract_msg_ids",
+    "parse_message",
+]
+
+# Far above any honest header section (Received chains and DKIM signatures stay well below 100 kB), far
+# below what would make parsing slow; ingress refuses oversized headers with a clear answer before this.
+MAX_HEADER_BYTES = 1024 * 1024
+
+# A hostile message can be all defects; the first ones say what is wrong, the rest only cost memory.
+_MAX_DEFECTS = 50
+
+_T = TypeVar("_T")
+_Addresses = tuple[tuple[str, str], ...]
+_NO_IDS: tuple[str, ...] = ()
+_NO_ADDRESSES: _Addresses = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    """What the gateway needs to know about one message, read from its header section.
+
+    Addresses are bare addr-specs in lower case; message ids keep their angle brackets; every text is
+    decoded and free of control characters. ``defects`` says, in short sentences, what was odd.
+    """
+
+    message_id: str | None
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    subject: str
+    from_addresses: tuple[str, ...]
+    from_display_name: str
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    vorgang_header: str | None
+    received_count: int
+    auto_submitted: str | None
+    defects: tuple[str, ...]
+
+
+class _RawValues(Compat32):
+    """compat32, but values come back exactly as they were parsed, so that decoding them stays ours.
+
+    Plain compat32 wraps a value with 8-bit bytes in a ``Header`` object that replaces those bytes;
+    we want them, to read them as UTF-8 or windows-1252.
+    """
+
+    def header_fetch_parse(self, name: str, value: str) -> str:
+        return value
+
+
+_POLICY = _RawValues()
+
+# A blank line: an empty first line, or a line end followed by another. "\r" followed by "\n" is one
+# line end, never two, exactly as Python's parser splits lines.
+_BLANK_LINE = re.compile(rb"(?:\A|\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+_LINE_BREAKS = re.compile(r"\r\n|\r|\n")
+
+# An RFC 2047 encoded word, read liberally as every mail client does: also inside a word, also with
+# spaces in the encoded text. The text excludes "?", so a search never scans past the next word.
+_ENCODED_WORD = re.compile(r"=\?([^?\s*]{1,64})(?:\*[^?\s]{0,64})?\?([bBqQ])\?([\x20-\x3e\x40-\x7e]*)\?=")
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
+
+# C0 and C1 control characters and the Unicode line and paragraph separators.
+_CONTROLS = (*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+_CONTROLS_TO_SPACE = dict.fromkeys(_CONTROLS, " ")
+_CONTROLS_REMOVED: dict[int, None] = dict.fromkeys(_CONTROLS)
+
+# Mail that says latin-1 (or ASCII) is nearly always windows-1252, which only adds printable characters
+# (€, „, “, –) where latin-1 has C1 controls; browsers read these labels the same way.
+_AS_WINDOWS_1252 = frozenset({"iso-8859-1", "iso8859-1", "iso_8859-1", "latin1", "latin-1", "l1", "us-ascii"})
+_AS_8BIT = frozenset({"unknown-8bit", "x-unknown", "unknown", "8bit", "x-user-defined"})
+# Text codecs that interpret their input instead of merely decoding it.
+_NOT_CHARSETS = frozenset({"unicode_escape", "raw_unicode_escape", "punycode", "idna"})
+
+_ADDR_SPEC = re.compile(r"[^\s@<>,;\ufffd]+@[^\s@<>,;\ufffd]+")
+_REPLACEMENT = "\ufffd"
+
+_PARSER_DEFECTS: dict[type[errors.MessageDefect], str] = {
+    errors.MissingHeaderBodySeparatorDefect: "no blank line between header and body",
+    errors.FirstHeaderLineIsContinuationDefect: "the header section starts with a continuation line",
+    errors.MisplacedEnvelopeHeaderDefect: "a 'From ' envelope line inside the header section",
+    errors.InvalidHeaderDefect: "a header line without a name",
+}
+
+
+class _Defects:
+    """Collects defect notes, keeping the first :data:`_MAX_DEFECTS` and counting the rest."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self.dropped = 0
+
+    def add(self, note: str) -> None:
+        if len(self.notes) < _MAX_DEFECTS:
+            self.notes.append(note)
+        else:
+            self.dropped += 1
+
+    def result(self) -> tuple[str, ...]:
+        if self.dropped:
+            return (*self.notes, f"{self.dropped} more defects not listed")
+        return tuple(self.notes)
+
+
+def parse_message(raw: bytes, *, vorgang_header: str = "X-Gateway-Vorgang") -> ParsedMessage:
+    """The facts of ``raw``; never raises, whatever the bytes are.
+
+    ``vorgang_header`` names the header that carries an explicit Vorgang reference (case-insensitive).
+    """
+    defects = _Defects()
+    try:
+        return _parse(bytes(raw), vorgang_header, defects)
+    except Exception as exc:  # the promise is "never raises"; every header is guarded on its own too
+        defects.add(f"the header section could not be read ({type(exc).__name__})")
+        return ParsedMessage(None, (), (), "", (), "", (), (), None, 0, None, defects.result())
+
+
+def decode_header_value(raw: bytes) -> str:
+    """A raw header value as people read it, one line of text: what a subject line shows.
+
+    Folding is undone, 8-bit bytes are read as UTF-8 or else windows-1252, RFC 2047 encoded words are
+    decoded (undecodable bytes replaced), every control character becomes a space, and the ends are
+    stripped. Never raises.
+    """
+    return _decode_words(_unfold(_bytes_to_text(raw))).translate(_CONTROLS_TO_SPACE).strip()
+
+
+def extract_msg_ids(value: str) -> tuple[str, ...]:
+    """The message ids in a Message-ID, In-Reply-To or References value, in order, as ``<local@domain>``.
+
+    Sloppy writing is tolerated: ids run together or separated by commas, whitespace or control
+    characters inside the brackets (left by bad folding), and a single bare id with no brackets at all.
+    """
+    ids: list[str] = []
+    for match in re.finditer(r"<([^<>]*)>", value):
+        inner = "".join(match.group(1).translate(_CONTROLS_REMOVED).split())
+        if inner:
+            ids.append(f"<{inner}>")
+    if ids:
+        return tuple(ids)
+    bare = value.translate(_CONTROLS_TO_SPACE).strip().strip("<>").strip()
+    if "@" in bare and not any(ch.isspace() or ch in "<>" for ch in bare):
+        return (f"<{bare}>",)
+    return ()
+
+
+# --- the parse ---------------------------------------------------------------------------------------
+
+
+def _parse(raw: bytes, vorgang_header: str, defects: _Defects) -> ParsedMessage:
+    head = _header_section(raw, defects)
+    message = BytesParser(policy=_POLICY).parsebytes(head, headersonly=True)
+    for defect in message.defects:
+        defects.add(_PARSER_DEFECTS.get(type(defect), type(defect).__name__))
+
+    fields: dict[str, list[str]] = {}
+    for name, value in message.items():
+        fields.setdefault(name.strip().lower(), []).append(value)
+    for name, values in fields.items():
+        if any(not value.isascii() for value in values):
+            defects.add(f"8-bit bytes in {name.title()}")
+
+    def first(name: str) -> str | None:
+        values = fields.get(name.lower())
+        if not values:
+            return None
+        if len(values) > 1:
+            defects.add(f"{len(values)} {name} headers; the first one was used")
+        return values[0]
+
+    def guarded(name: str, compute: Callable[[], _T], fallback: _T) -> _T:
+        try:
+            return compute()
+        except Exception as exc:  # one broken header must not cost the others
+            defects.add(f"{name} could not be read ({type(exc).__name__})")
+            return fallback
+
+    def msg_ids(name: str, values: Sequence[str]) -> tuple[str, ...]:
+        found: list[str] = []
+        for value in values:
+            text = _header_text(value)
+            ids = extract_msg_ids(text)
+            if not ids and text.strip():
+                defects.add(f"{name} holds no message id: {_excerpt(text)}")
+            found.extend(ids)
+        return tuple(found)
+
+    message_id_value = first("Message-ID")
+    message_ids = guarded(
+        "Message-ID", lambda: msg_ids("Message-ID", [message_id_value] if message_id_value else []), _NO_IDS
+    )
+    in_reply_to_value = first("In-Reply-To")
+    in_reply_to = guarded(
+        "In-Reply-To",
+        lambda: msg_ids("In-Reply-To", [in_reply_to_value] if in_reply_to_value else []),
+        _NO_IDS,
+    )
+    references = guarded("References", lambda: msg_ids("References", fields.get("references", [])), _NO_IDS)
+
+    subject_value = first("Subject")
+    subject = guarded("Subject", lambda: _decode_value(subject_value), "")
+
+    from_value = first("From")
+    senders = guarded(
+        "From", lambda: _addresses("From", [from_value] if from_value else [], defects), _NO_ADDRESSES
+    )
+    to = guarded("To", lambda: _addresses("To", fields.get("to", []), defects), _NO_ADDRESSES)
+    cc = guarded("Cc", lambda: _addresses("Cc", fields.get("cc", []), defects), _NO_ADDRESSES)
+
+    explicit_value = first(vorgang_header.strip())
+    explicit = guarded(vorgang_header, lambda: _plain_value(explicit_value), None)
+    auto_value = first("Auto-Submitted")
+    auto_submitted = guarded("Auto-Submitted", lambda: _plain_value(auto_value), None)
+
+    return ParsedMessage(
+        message_id=message_ids[0] if message_ids else None,
+        in_reply_to=in_reply_to,
+        references=references,
+        subject=subject,
+        from_addresses=_unique(address for _, address in senders),
+        from_display_name=senders[0][0] if senders else "",
+        to=_unique(address for _, address in to),
+        cc=_unique(address for _, address in cc),
+        vorgang_header=explicit,
+        received_count=len(fields.get("received", [])),
+        auto_submitted=auto_submitted.lower() if auto_submitted is not None else None,
+        defects=defects.result(),
+    )
+
+
+def _header_section(raw: bytes, defects: _Defects) -> bytes:
+    # Up to and including the first blank line; the body never reaches the parser. A message without
+    # a blank line is all header section to this search; Python's parser then finds where the body
+    # really starts, within the cut.
+    blank = _BLANK_LINE.search(raw, 0, MAX_HEADER_BYTES)
+    if blank is not None:
+        return raw[: blank.end()]
+    if len(raw) > MAX_HEADER_BYTES:
+        defects.add(f"the header section is longer than {MAX_HEADER_BYTES} bytes; the rest was not read")
+    return raw[:MAX_HEADER_BYTES]
+
+
+def _addresses(name: str, values: Sequence[str], defects: _Defects) -> _Addresses:
+    """(display name, lower-case addr-spec) for every readable address; the others become defects."""
+    found: list[tuple[str, str]] = []
+    for value in values:
+        # Non-ASCII addresses are real only as UTF-8 (SMTPUTF8); in legacy 8-bit they are garbage.
+        international = value.isascii() or _is_utf8(_to_bytes(value))
+        text = _unfold(_header_text(value)).translate(_CONTROLS_TO_SPACE)
+        for display_name, address in getaddresses([text]):
+            address = address.strip()
+            if not address:
+                # getaddresses says ('', '') for what it cannot read and for an empty group such as
+                # "undisclosed-recipients:;"; only the first is worth a note.
+                if display_name.strip():
+                    defects.add(f"{name}: no address in {_excerpt(display_name)}")
+                continue
+            if not _ADDR_SPEC.fullmatch(address) or not (international or address.isascii()):
+                defects.add(f"{name}: not an address: {_excerpt(address)}")
+                continue
+            decoded_name = _decode_words(display_name).translate(_CONTROLS_REMOVED).strip()
+            found.append((decoded_name, address.lower()))
+    return tuple(found)
+
+
+def _decode_value(value: str | None) -> str:
+    if value is None:
+        return ""
+    return decode_header_value(_to_bytes(value))
+
+
+def _plain_value(value: str | None) -> str | None:
+    # A token-like header (a reference, "auto-replied"): no encoded words, only the text, stripped.
+    if value is None:
+        return None
+    return _unfold(_header_text(value)).translate(_CONTROLS_TO_SPACE).strip()
+
+
+def _header_text(value: str) -> str:
+    """A value as the parser hands it over (8-bit bytes as surrogates) to real text."""
+    return _bytes_to_text(_to_bytes(value)) if not value.isascii() else value
+
+
+def _to_bytes(value: str) -> bytes:
+    try:
+        return value.encode("ascii", "surrogateescape")
+    except UnicodeEncodeError:
+        # Cannot happen for what BytesParser produces; a str handed in some other way still must not fail.
+        return value.encode("utf-8", "surrogateescape")
+
+
+def _bytes_to_text(raw: bytes) -> str:
+    """8-bit header bytes as text: UTF-8 where they mostly are, else windows-1252 (replacing the rest)."""
+    if raw.isascii():
+        return raw.decode("ascii")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    # UTF-8 with a damaged character (a header cut in the middle of one) is still UTF-8; legacy 8-bit
+    # text almost never forms a valid UTF-8 sequence at all, so more good characters than bad decides.
+    as_utf8 = raw.decode("utf-8", "replace")
+    bad = as_utf8.count(_REPLACEMENT)
+    if sum(1 for ch in as_utf8 if ord(ch) > 0x7F) - bad > bad:
+        return as_utf8
+    return raw.decode("cp1252", "replace")
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _unfold(text: str) -> str:
+    # RFC 5322 2.2.3: unfolding removes the line breaks and keeps the whitespace after them.
+    return _LINE_BREAKS.sub("", text)
+
+
+def _decode_words(text: str) -> str:
+    """``text`` with its RFC 2047 encoded words decoded; everything else stays as it is."""
+    if "=?" not in text:
+        return text
+    # Whitespace between two encoded words is dropped (RFC 2047 6.2), and adjacent words of one charset
+    # are joined before decoding, because encoders split multi-byte characters across words.
+    pieces: list[str | tuple[str, bytes]] = []
+    position = 0
+    for match in _ENCODED_WORD.finditer(text):
+        between = text[position : match.start()]
+        previous_encoded = bool(pieces) and isinstance(pieces[-1], tuple)
+        if between and not (previous_encoded and between.isspace()):
+            pieces.append(between)
+        position = match.end()
+        charset, encoding, encoded = match.groups()
+        if encoding in "bB":
+            data = _decode_b(encoded)
+        else:
+            data = binascii.a2b_qp(encoded.encode("ascii"), header=True)
+        last = pieces[-1] if pieces else None
+        if isinstance(last, tuple) and last[0] == charset.lower():
+            pieces[-1] = (last[0], last[1] + data)
+        else:
+            pieces.append((charset.lower(), data))
+    pieces.append(text[position:])
+    return "".join(piece if isinstance(piece, str) else _decode_charset(*piece) for piece in pieces)
+
+
+def _decode_b(encoded: str) -> bytes:
+    # Lenient like mail clients: stray characters are dropped, missing padding is added, and a final
+    # lone character (which cannot carry a whole byte) is ignored.
+    data = _NOT_BASE64.sub("", encoded)
+    if len(data) % 4 == 1:
+        data = data[:-1]
+    return binascii.a2b_base64((data + "=" * (-len(data) % 4)).encode("ascii"))
+
+
+def _decode_charset(charset: str, data: bytes) -> str:
+    if charset in _AS_WINDOWS_1252:
+        charset = "cp1252"
+    if charset in _AS_8BIT:
+        return _bytes_to_text(data)
+    try:
+        if codecs.lookup(charset).name in _NOT_CHARSETS:
+            return _bytes_to_text(data)
+        return data.decode(charset, "replace")
+    except (LookupError, UnicodeError, ValueError):
+        return _bytes_to_text(data)
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def _excerpt(text: str, limit: int = 60) -> str:
+    text = text.translate(_CONTROLS_TO_SPACE).strip()
+    return repr(text if len(text) <= limit else text[:limit] + "…")

@@ -1,0 +1,159 @@
+"""A real ``gateway serve`` as a subprocess, with the seed's directory, for clients we did not write."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLE_DIRECTORY, Gateway
+
+GATEWAY = str(Path(sys.executable).parent / "gateway")
+PORTFOLIO = "makler-muster"
+LOGIN = "ams@makler-muster.example"
+PASSWORD = "ams-test-password-1"
+
+
+@dataclass
+class RunningGateway:
+    """A gateway process and what a test needs to talk to it and look at its results."""
+
+    config: Path
+    maildir_root: Path
+    cli: Gateway
+    process: subprocess.Popen[str] | None = None
+    port: int = 0
+    log: list[str] = field(default_factory=list)
+
+    def start(self, timeout: float = 30) -> None:
+        self.process = subprocess.Popen(
+            [GATEWAY, "--config", str(self.config), "serve"],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        )
+        assert self.process.stderr is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.process.stderr.readline()
+            if not line and self.process.poll() is not None:
+                break
+            self.log.append(line)
+            if match := re.search(r"listening: submission on [\d.]+:(\d+)", line):
+                self.port = int(match.group(1))
+            if "gateway ready" in line:
+                # Keep reading stderr in the background so the pipe never fills up.
+                import threading
+
+                threading.Thread(target=self._drain, daemon=True).start()
+                return
+        raise AssertionError("gateway did not start:\n" + "".join(self.log))
+
+    def _drain(self) -> None:
+        assert self.process is not None
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log.append(line)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=30)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        return code
+
+    def mailbox(self, address: str) -> list[EmailMessage]:
+        """Every message in a member's Maildir, in every folder."""
+        found = []
+        root = self.maildir_root / PORTFOLIO / address
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and path.parent.name in ("new", "cur"):
+                found.append(email.message_from_bytes(path.read_bytes(), policy=email.policy.default))
+        return found  # type: ignore[return-value]
+
+    def copies_of(self, marker: str) -> dict[str, list[EmailMessage]]:
+        """Which member mailboxes hold a copy whose subject contains ``marker``."""
+        root = self.maildir_root / PORTFOLIO
+        result: dict[str, list[EmailMessage]] = {}
+        if not root.exists():
+            return result
+        for member_dir in root.iterdir():
+            matches = [m for m in self.mailbox(member_dir.name) if marker in str(m["Subject"])]
+            if matches:
+                result[member_dir.name] = matches
+        return result
+
+    def wait_for_copies(self, marker: str, count: int, timeout: float = 20) -> dict[str, list[EmailMessage]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            copies = self.copies_of(marker)
+            if sum(len(v) for v in copies.values()) >= count:
+                time.sleep(0.2)  # a late extra copy would show up now
+                return self.copies_of(marker)
+            time.sleep(0.05)
+        return self.copies_of(marker)
+
+
+def write_config(tmp_path: Path, database_url: str, **limits: object) -> Path:
+    limits = {"idle_timeout": 5.0} | limits
+    limit_lines = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in limits.items())
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        f"""
+[gateway]
+data_dir = "data"
+hostname = "gateway.test.example"
+
+[database]
+url = "{database_url}"
+
+[listeners.submission]
+port = 0
+
+[listeners.mx]
+enabled = false
+
+[fanout]
+poll_interval = 0.2
+retry_base = 0.2
+
+[limits]
+{limit_lines}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def prepare(tmp_path: Path, database_url: str, **limits: object) -> RunningGateway:
+    config = write_config(tmp_path, database_url, **limits)
+    cli = Gateway(config)
+    cli("directory", "load", str(EXAMPLE_DIRECTORY))
+    password = tmp_path / "ams.password"
+    password.write_text(PASSWORD + "\n", encoding="utf-8")
+    cli("backoffice", "password", "ams", "-p", PORTFOLIO, "--password-file", str(password))
+    return RunningGateway(config, tmp_path / "data" / "mail", cli)
+
+
+@pytest.fixture
+def running(tmp_path: Path, database_url: str) -> Iterator[RunningGateway]:
+    gateway = prepare(tmp_path, database_url)
+    gateway.start()
+    try:
+        yield gateway
+    finally:
+        if gateway.process is not None and gateway.process.poll() is None:
+            gateway.stop()

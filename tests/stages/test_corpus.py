@@ -1,0 +1,99 @@
+"""Every sample of the shared mail corpora through parsing and copy rendering: no crash, fast, body intact.
+
+The corpora live outside the repository (see their README.md); ``GATEWAY_TEST_CORPORA`` names the folder,
+locally ``/work/shared/corpora``. Without it the suite fails instead of quietly testing nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
+
+import pytest
+
+from gateway.domain.copies import render_copy
+from gateway.parsing import parse_message
+
+VARIABLE = "GATEWAY_TEST_CORPORA"
+HEADERS = [
+    ("X-Gateway-Vorgang", "VG-2026-000001"),
+    ("X-Gateway-Copy-Id", "c1"),
+    ("X-Gateway-Shared-Via", "Geschäftsführer"),
+]
+PREFIX = "[VG-2026-000001]"
+PARSE_SECONDS = 2.0
+
+
+def _is_sample(path: Path) -> bool:
+    return path.is_file() and not path.name.upper().startswith(("LICENSE", "README"))
+
+
+def _collect() -> tuple[Path | None, list[str], str]:
+    """The corpus folder, every sample in it (relative, sorted), and what is wrong if nothing is found."""
+    value = os.environ.get(VARIABLE, "")
+    if not value:
+        return (
+            None,
+            [],
+            (f"{VARIABLE} is not set: point it at the mail corpora, e.g. {VARIABLE}=/work/shared/corpora"),
+        )
+    root = Path(value)
+    if not root.is_dir():
+        return None, [], f"{VARIABLE}={value!r} is not a folder; it must name the mail corpora"
+    samples = sorted(path.relative_to(root).as_posix() for path in root.rglob("*") if _is_sample(path))
+    if not samples:
+        return None, [], f"{VARIABLE}={value!r} holds no samples"
+    return root, samples, ""
+
+
+ROOT, SAMPLES, PROBLEM = _collect()
+
+
+def body(raw: bytes) -> bytes | None:
+    """Everything after the first empty line (CRLF, CR or LF), or None if there is none."""
+    offset = 0
+    for line in raw.splitlines(keepends=True):
+        offset += len(line)
+        if not line.strip(b"\r\n"):
+            return raw[offset:]
+    return None
+
+
+if PROBLEM:
+
+    def test_corpora_are_there() -> None:
+        pytest.fail(PROBLEM)
+
+else:
+
+    def _read(relative: str) -> bytes:
+        assert ROOT is not None
+        return (ROOT / relative).read_bytes()
+
+    @pytest.mark.parametrize("relative", SAMPLES, ids=SAMPLES)
+    def test_parse_message_reads_sample(relative: str) -> None:
+        raw = _read(relative)
+        started = time.perf_counter()
+        parsed = parse_message(raw)
+        elapsed = time.perf_counter() - started
+        assert elapsed < PARSE_SECONDS, f"parsing took {elapsed:.2f} s"
+        assert all(
+            "\n" not in text and "\r" not in text for text in (parsed.subject, parsed.from_display_name)
+        )
+
+    @pytest.mark.parametrize("relative", SAMPLES, ids=SAMPLES)
+    def test_render_copy_keeps_body_and_adds_headers_once(relative: str) -> None:
+        raw = _read(relative)
+        copy = render_copy(raw, headers=HEADERS, remove=[name for name, _ in HEADERS], subject_prefix=PREFIX)
+
+        assert body(copy) == body(raw)
+        message = BytesParser(policy=policy.default).parsebytes(copy, headersonly=True)
+        for name, value in HEADERS:
+            assert message.get_all(name) is not None, name
+            assert [str(v) for v in message.get_all(name, [])] == [value]
+        reparsed = parse_message(copy)
+        assert reparsed.vorgang_header == "VG-2026-000001"
+        assert PREFIX.casefold() in reparsed.subject.casefold()
