@@ -143,7 +143,7 @@ def gateway_run(args: argparse.Namespace, workdir: Path) -> Run:
     config.write_text(
         f'[gateway]\ndata_dir = "data"\n[database]\nurl = "{database}"\n'
         f"[listeners.submission]\nport = {port}\n[listeners.mx]\nenabled = false\n"
-        '[logging]\nlevel = "WARNING"\n',
+        f'[logging]\nlevel = "{args.log_level}"\n',
         encoding="utf-8",
     )
     gateway = [str(BIN / "gateway"), "--config", str(config)]
@@ -160,15 +160,39 @@ def gateway_run(args: argparse.Namespace, workdir: Path) -> Run:
         check=True,
         capture_output=True,
     )
-    process = subprocess.Popen([*gateway, "serve"], stderr=subprocess.PIPE, text=True)
+    log = open(args.log, "w") if args.log else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the process
+    process = subprocess.Popen([*gateway, "serve"], stderr=log, text=True)
+    profiler = None
     try:
         wait_listening(port)
+        if args.profile:
+            # py-spy samples the running gateway from outside: collapsed stacks for a flame graph.
+            profiler = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "--gil",
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "200",
+                    "-o",
+                    args.profile,
+                    "-p",
+                    str(process.pid),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         run = Run(f"gateway ({'PostgreSQL' if args.database else 'SQLite'})")
         asyncio.run(drive(run, port, args.messages, args.concurrency, args.size, login=True))
         wait_for_copies(run, workdir / "data" / "mail", args.messages)
         run.peak_rss_kib = peak_rss(process.pid)
         return run
     finally:
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(timeout=60)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
 
@@ -224,6 +248,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--size", type=int, default=1024, help="approximate message size in bytes")
     parser.add_argument("--database", help="PostgreSQL URL (default: SQLite in a temporary directory)")
+    parser.add_argument("--log", help="write the gateway's log to this file")
+    parser.add_argument("--log-level", default="WARNING", help="the gateway's log level (default WARNING)")
+    parser.add_argument("--profile", help="record the gateway with py-spy into this file (collapsed stacks)")
     args = parser.parse_args()
     print(
         f"{args.messages} messages of ~{args.size} bytes over {args.concurrency} sessions, "

@@ -1,11 +1,10 @@
-"""Durable acceptance: stores each submitted message, its Vorgang, participants and pending copies at once.
+"""Durable acceptance: stores submitted messages, their Vorgänge, participants and pending copies at once.
 
-Submissions from all SMTP sessions meet in one queue and are stored in shared transactions (group
-commit): while one transaction commits, the next batch gathers, so a busy gateway pays for one commit
-per batch rather than per message, and an idle one adds no delay. Each message gets a savepoint of its
-own, so one bad message cannot take its batch-mates down. A session hears ``250`` only after the commit
-that holds its message; if that commit fails, every message in the batch gets ``451`` and nothing of
-them is stored.
+Submissions from all SMTP sessions meet in one queue and are stored batch by batch in one transaction
+each (group commit): while one transaction commits, the next batch gathers, so a busy gateway pays for
+one commit and a handful of statements per batch rather than per message, and an idle one adds no
+delay. A session hears ``250`` only after the commit that holds its message; if the commit fails, every
+message of the batch gets ``451`` and nothing of them is stored (DESIGN.md §8).
 """
 
 from __future__ import annotations
@@ -15,20 +14,21 @@ import datetime as dt
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db import intake
 from gateway.db.accounts import Account
-from gateway.db.directory import Snapshot, snapshot
 from gateway.db.messages import new_gateway_id
-from gateway.db.models import PortfolioRow
 from gateway.domain.audience import AsParticipant, Audience, SharedThrough, audience
 from gateway.domain.model import Participant, ParticipantRole
-from gateway.domain.threading import choose_vorgang, vorgang_hints
+from gateway.domain.threading import Found, choose_vorgang, vorgang_hints
 from gateway.errors import OperationalError
 from gateway.parsing import ParsedMessage
 
@@ -63,6 +63,9 @@ class Accepted:
     duplicate: bool
 
 
+Waiting = tuple[Submission, "asyncio.Future[Accepted]"]
+
+
 class Acceptance:
     """The accept stage; ``run()`` is its worker task, ``submit()`` what each SMTP session awaits."""
 
@@ -76,13 +79,13 @@ class Acceptance:
         self.sessions = sessions
         self.hostname = hostname
         self.on_accepted = on_accepted
-        self._queue: asyncio.Queue[tuple[Submission, asyncio.Future[Accepted]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[Waiting] = asyncio.Queue()
 
     async def submit(self, submission: Submission) -> Accepted:
         """Store ``submission``; returns once it is committed. Raises NotStored when it could not be.
 
         The wait is shielded: a client that disconnects mid-way cancels its wait, not the commit, so
-        a message is never half stored and a re-send after the lost reply is recognised as such.
+        a message is never half stored, and a re-send after the lost reply is recognised as such.
         """
         future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((submission, future))
@@ -98,19 +101,21 @@ class Acceptance:
     async def drain(self) -> None:
         """Store what is queued (on shutdown, after the listeners stopped taking mail)."""
         while not self._queue.empty():
-            batch = [self._queue.get_nowait() for _ in range(min(MAX_BATCH, self._queue.qsize()))]
-            await self._store(batch)
+            await self._store([self._queue.get_nowait() for _ in range(min(MAX_BATCH, self._queue.qsize()))])
 
-    async def _store(self, batch: list[tuple[Submission, asyncio.Future[Accepted]]]) -> None:
-        results: list[tuple[asyncio.Future[Accepted], Accepted | Exception]] = []
+    async def _store(self, batch: list[Waiting]) -> None:
+        submissions = [submission for submission, _ in batch]
+        started = time.perf_counter()
         try:
-            async with self.sessions() as session, session.begin():
-                snapshots: dict[int, Snapshot] = {}
-                for submission, future in batch:
-                    results.append((future, await self._accept_isolated(session, submission, snapshots)))
+            try:
+                results = await self._store_once(submissions)
+            except IntegrityError:
+                # Another process stored one of these re-sent messages at the same moment; a second
+                # go finds it. Anything else, or failing again, answers 451 below.
+                results = await self._store_once(submissions)
         except Exception as exc:
             # Whatever went wrong, no session may wait forever: all of the batch gets 451 and the
-            # transaction is rolled back, so nothing of it is stored.
+            # transaction was rolled back, so nothing of it is stored.
             if isinstance(exc, SQLAlchemyError | OSError):
                 log.error("could not store %d message(s): %s", len(batch), exc)
             else:
@@ -119,129 +124,247 @@ class Acceptance:
                 if not future.done():
                     future.set_exception(NotStored(str(exc)))
             return
-        for future, result in results:
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
                 future.set_result(result)
+        log.debug("stored a batch of %d in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
         self.on_accepted()
 
-    async def _accept_isolated(
-        self, session: AsyncSession, submission: Submission, snapshots: dict[int, Snapshot]
-    ) -> Accepted | Exception:
-        for attempt in (1, 2):
-            try:
-                async with session.begin_nested():
-                    return await self._accept(session, submission, snapshots)
-            except IntegrityError as exc:
-                # Another session stored the same re-sent message at the same moment: the second try
-                # finds it. Anything else is reported for this message only.
-                if attempt == 2:
-                    log.error("message from %s not stored: %s", submission.account.login, exc)
-                    return NotStored("conflict while storing")
-            except SQLAlchemyError as exc:
-                log.error("message from %s not stored: %s", submission.account.login, exc)
-                return NotStored(str(exc))
-        raise AssertionError("unreachable")
+    async def _store_once(self, submissions: list[Submission]) -> list[Accepted]:
+        async with self.sessions() as session, session.begin():
+            return await _accept_batch(session, submissions, self.hostname)
 
-    async def _accept(self, session: AsyncSession, s: Submission, snapshots: dict[int, Snapshot]) -> Accepted:
-        account, parsed = s.account, s.parsed
-        pid = account.portfolio_id
-        sha256 = hashlib.sha256(s.raw).hexdigest()
-        if parsed.message_id:
-            resend = await intake.find_resend(session, account.backoffice_id, parsed.message_id, sha256)
-            if resend is not None:
-                log.info("re-sent message %s recognised as %s", parsed.message_id, resend.gateway_id)
-                return Accepted(resend.gateway_id, resend.vorgang, "re-send", 0, duplicate=True)
 
-        now = dt.datetime.now(dt.UTC)
-        hints = vorgang_hints(
-            explicit_header=parsed.vorgang_header,
-            in_reply_to=parsed.in_reply_to,
-            references=parsed.references,
-            subject=parsed.subject,
+# --- one batch ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Planned:
+    """One message of a batch on its way into the database."""
+
+    submission: Submission
+    sha256: str
+    found: Found
+    vorgang_id: int  # negative: a Vorgang opened in this batch, not inserted yet
+    participants: list[Participant]
+    gateway_id: str
+    message_id: str
+    audience: Audience | None = None
+
+
+async def _accept_batch(
+    session: AsyncSession, submissions: Sequence[Submission], hostname: str
+) -> list[Accepted]:
+    now = dt.datetime.now(dt.UTC)
+    results: list[Accepted | None] = [None] * len(submissions)
+    by_backoffice: dict[int, list[int]] = defaultdict(list)
+    for index, s in enumerate(submissions):
+        by_backoffice[s.account.backoffice_id].append(index)
+    digests = [hashlib.sha256(s.raw).hexdigest() for s in submissions]
+
+    # Re-sends: already stored (earlier batch), or twice in this batch (the first one counts).
+    first_in_batch: dict[tuple[int, str, str], int] = {}
+    fresh: list[int] = []
+    for backoffice_id, indexes in by_backoffice.items():
+        keys = {(m, digests[i]) for i in indexes if (m := submissions[i].parsed.message_id)}
+        stored = await intake.find_resends(session, backoffice_id, keys)
+        for i in indexes:
+            message_id = submissions[i].parsed.message_id
+            key = (message_id or "", digests[i])
+            if message_id and key in stored:
+                results[i] = Accepted(
+                    stored[key].gateway_id, stored[key].vorgang, "re-send", 0, duplicate=True
+                )
+            elif message_id and (backoffice_id, *key) in first_in_batch:
+                results[i] = None  # filled in from its twin once that is stored
+            else:
+                if message_id:
+                    first_in_batch[(backoffice_id, *key)] = i
+                fresh.append(i)
+
+    by_portfolio: dict[int, list[int]] = defaultdict(list)
+    for i in fresh:
+        by_portfolio[submissions[i].account.portfolio_id].append(i)
+    planned: dict[int, _Planned] = {}
+    for portfolio_id, indexes in by_portfolio.items():
+        planned |= await _plan_portfolio(session, portfolio_id, indexes, submissions, digests, hostname, now)
+
+    for i, plan in planned.items():
+        results[i] = Accepted(
+            plan.gateway_id, "", plan.found.value, len(plan.audience.members) if plan.audience else 0, False
         )
-        references = {r for r in (hints.explicit, *hints.subject_references) if r}
-        found, vorgang_id = choose_vorgang(
-            hints,
-            known_references=await intake.vorgaenge_by_reference(session, pid, references),
-            known_message_ids=await intake.vorgaenge_by_message_id(session, pid, hints.message_ids),
+    references = await _write(session, planned, now)
+    for i, plan in planned.items():
+        result = results[i]
+        assert result is not None
+        results[i] = Accepted(
+            result.gateway_id, references[plan.vorgang_id], result.found, result.audience, False
         )
+    for i, result in enumerate(results):
+        if result is None:  # a twin within the batch
+            s = submissions[i]
+            twin = first_in_batch[(s.account.backoffice_id, s.parsed.message_id or "", digests[i])]
+            original = results[twin]
+            assert original is not None
+            results[i] = Accepted(original.gateway_id, original.vorgang, "re-send", 0, duplicate=True)
+    return [r for r in results if r is not None]
+
+
+async def _plan_portfolio(
+    session: AsyncSession,
+    portfolio_id: int,
+    indexes: list[int],
+    submissions: Sequence[Submission],
+    digests: Sequence[str],
+    hostname: str,
+    now: dt.datetime,
+) -> dict[int, _Planned]:
+    """Decide Vorgang, participants and audience of each message of one portfolio in the batch."""
+    hints = {
+        i: vorgang_hints(
+            explicit_header=submissions[i].parsed.vorgang_header,
+            in_reply_to=submissions[i].parsed.in_reply_to,
+            references=submissions[i].parsed.references,
+            subject=submissions[i].parsed.subject,
+        )
+        for i in indexes
+    }
+    wanted_refs = {r for h in hints.values() for r in (h.explicit, *h.subject_references) if r}
+    wanted_ids = {m for h in hints.values() for m in h.message_ids}
+    known_refs = await intake.vorgaenge_by_reference(session, portfolio_id, wanted_refs)
+    known_ids = {
+        m: vid
+        for m, (vid, _) in (await intake.vorgaenge_by_message_id(session, portfolio_id, wanted_ids)).items()
+    }
+    recipients = {a for i in indexes for a in submissions[i].recipients}
+    members = await intake.member_ids(session, portfolio_id, recipients)
+
+    planned: dict[int, _Planned] = {}
+    opened = 0
+    for i in indexes:
+        s = submissions[i]
+        found, vorgang_id = choose_vorgang(hints[i], known_references=known_refs, known_message_ids=known_ids)
         if vorgang_id is None:
-            vorgang_id, reference = await intake.new_vorgang(session, pid, parsed.subject, now)
-        else:
-            reference = await intake.vorgang_reference(session, vorgang_id)
-
-        if pid not in snapshots:
-            portfolio = await session.get(PortfolioRow, pid)
-            assert portfolio is not None, "an account's portfolio exists (foreign key)"
-            snapshots[pid] = await snapshot(session, portfolio)
-        directory = snapshots[pid]
-        members = {m.address: m.id for m in directory.members.values()}
-        cc = set(parsed.cc)
+            opened += 1
+            vorgang_id = -opened
+        cc = set(s.parsed.cc)
         participants = [
             Participant(members[a], ParticipantRole.CC if a in cc else ParticipantRole.TO)
             for a in dict.fromkeys(s.recipients)
             if a in members
         ]
-        seen = audience(pid, participants, directory.releases)
-
         gateway_id = new_gateway_id()
-        message_id = parsed.message_id or f"<{gateway_id}@{self.hostname}>"
-        message_pk = await intake.insert_message(
-            session,
-            {
-                "gateway_id": gateway_id,
-                "portfolio_id": pid,
-                "vorgang_id": vorgang_id,
-                "direction": "inbound",
-                "backoffice_id": account.backoffice_id,
-                "raw": s.raw,
-                "size": len(s.raw),
-                "sha256": sha256,
-                "message_id": message_id,
-                "message_id_assigned": parsed.message_id is None,
-                "in_reply_to": " ".join(parsed.in_reply_to) or None,
-                "references": " ".join(parsed.references) or None,
-                "subject": parsed.subject,
-                "from_address": parsed.from_addresses[0] if parsed.from_addresses else None,
-                "envelope_sender": s.envelope_sender,
-                "received_at": now,
-            },
-        )
-        await intake.insert_participants(session, message_pk, pid, participants)
-        await intake.insert_copies(session, _copy_rows(message_pk, pid, seen, now))
-        await intake.insert_event(
-            session,
-            {
-                "at": now,
-                "portfolio_id": pid,
-                "actor": f"backoffice:{account.login}",
-                "kind": "message.accepted",
-                "vorgang_id": vorgang_id,
-                "message_id": message_pk,
-                "detail": {
-                    "gateway_id": gateway_id,
-                    "vorgang": reference,
-                    "found": found.value,
-                    "recipients": list(s.recipients),
-                    "audience": sorted(directory.members[m].address for m in seen.members),
-                    "listener": s.listener,
-                    "peer": s.peer,
-                    "message_id": message_id,
-                    "message_id_assigned": parsed.message_id is None,
-                    "defects": list(parsed.defects),
-                },
-            },
-        )
-        return Accepted(gateway_id, reference, found.value, len(seen.members), duplicate=False)
+        message_id = s.parsed.message_id or f"<{gateway_id}@{hostname}>"
+        # Later messages of the same batch may answer this one: make it known to them.
+        known_ids[message_id] = vorgang_id
+        planned[i] = _Planned(s, digests[i], found, vorgang_id, participants, gateway_id, message_id)
+
+    everyone = {p.member_id for plan in planned.values() for p in plan.participants}
+    releases = await intake.sharing_releases(session, portfolio_id, everyone)
+    for plan in planned.values():
+        plan.audience = audience(portfolio_id, plan.participants, releases)
+    return planned
 
 
-def _copy_rows(
-    message_pk: int, portfolio_id: int, seen: Audience, now: dt.datetime
-) -> list[dict[str, object]]:
+async def _write(session: AsyncSession, planned: dict[int, _Planned], now: dt.datetime) -> dict[int, str]:
+    """Insert Vorgänge, messages, participants, copies and events; the reference of every Vorgang used."""
+    references: dict[int, str] = {}
+    by_portfolio: dict[int, list[_Planned]] = defaultdict(list)
+    for plan in planned.values():
+        by_portfolio[plan.submission.account.portfolio_id].append(plan)
+    for portfolio_id, plans in by_portfolio.items():
+        openers: dict[int, _Planned] = {}
+        for plan in plans:
+            if plan.vorgang_id < 0:
+                openers.setdefault(plan.vorgang_id, plan)
+        order = sorted(openers, reverse=True)  # -1, -2, …: the order they were opened in
+        opened = await intake.new_vorgaenge(
+            session, portfolio_id, [openers[k].submission.parsed.subject for k in order], now
+        )
+        new_ids = {placeholder: vid for placeholder, (vid, _) in zip(order, opened, strict=True)}
+        references |= dict(opened)
+        for plan in plans:
+            if plan.vorgang_id < 0:
+                plan.vorgang_id = new_ids[plan.vorgang_id]
+    references |= await intake.references_of(
+        session, {p.vorgang_id for p in planned.values()} - set(references)
+    )
+
+    plans = list(planned.values())
+    message_pks = await intake.insert_returning_ids(
+        session, intake.MESSAGES, [_message_row(p, now) for p in plans]
+    )
+    participants: list[dict[str, Any]] = []
+    copies: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    audience_ids = {m for p in plans if p.audience for m in p.audience.members}
+    addresses = await intake.member_addresses(session, audience_ids)
+    for plan, pk in zip(plans, message_pks, strict=True):
+        pid = plan.submission.account.portfolio_id
+        participants += [
+            {"message_id": pk, "member_id": p.member_id, "role": p.role.value, "portfolio_id": pid}
+            for p in dict.fromkeys(plan.participants)
+        ]
+        assert plan.audience is not None
+        copies += _copy_rows(pk, pid, plan.audience, now)
+        events.append(_accepted_event(plan, pk, references[plan.vorgang_id], addresses, now))
+    await intake.insert_rows(session, intake.PARTICIPANTS, participants)
+    await intake.insert_rows(session, intake.COPIES, copies)
+    await intake.insert_rows(session, intake.EVENTS, events)
+    return references
+
+
+def _message_row(plan: _Planned, now: dt.datetime) -> dict[str, Any]:
+    s, parsed = plan.submission, plan.submission.parsed
+    return {
+        "gateway_id": plan.gateway_id,
+        "portfolio_id": s.account.portfolio_id,
+        "vorgang_id": plan.vorgang_id,
+        "direction": "inbound",
+        "backoffice_id": s.account.backoffice_id,
+        "raw": s.raw,
+        "size": len(s.raw),
+        "sha256": plan.sha256,
+        "message_id": plan.message_id,
+        "message_id_assigned": parsed.message_id is None,
+        "in_reply_to": " ".join(parsed.in_reply_to) or None,
+        "references": " ".join(parsed.references) or None,
+        "subject": parsed.subject,
+        "from_address": parsed.from_addresses[0] if parsed.from_addresses else None,
+        "envelope_sender": s.envelope_sender,
+        "received_at": now,
+    }
+
+
+def _accepted_event(
+    plan: _Planned, message_pk: int, reference: str, addresses: dict[int, str], now: dt.datetime
+) -> dict[str, Any]:
+    s = plan.submission
+    assert plan.audience is not None
+    return {
+        "at": now,
+        "portfolio_id": s.account.portfolio_id,
+        "actor": f"backoffice:{s.account.login}",
+        "kind": "message.accepted",
+        "member_id": None,
+        "vorgang_id": plan.vorgang_id,
+        "message_id": message_pk,
+        "detail": {
+            "gateway_id": plan.gateway_id,
+            "vorgang": reference,
+            "found": plan.found.value,
+            "recipients": list(s.recipients),
+            "audience": sorted(addresses[m] for m in plan.audience.members),
+            "listener": s.listener,
+            "peer": s.peer,
+            "message_id": plan.message_id,
+            "message_id_assigned": s.parsed.message_id is None,
+            "defects": list(s.parsed.defects),
+        },
+    }
+
+
+def _copy_rows(message_pk: int, portfolio_id: int, seen: Audience, now: dt.datetime) -> list[dict[str, Any]]:
     rows = []
     for member_id in seen.ordered():
         reasons = seen.via(member_id)
@@ -258,6 +381,11 @@ def _copy_rows(
                 "state": "pending",
                 "attempts": 0,
                 "next_attempt_at": now,
+                "leased_by": None,
+                "last_error": None,
+                "mailbox_ref": None,
+                "seen": False,
+                "answered": False,
                 "created_at": now,
                 "updated_at": now,
             }
@@ -266,5 +394,5 @@ def _copy_rows(
 
 
 def new_copy_id() -> str:
-    """The id a copy carries in its X-Gateway-Copy-Id header and Maildir file name."""
+    """The id a copy carries in its X-Gateway-Copy-Id header and Maildir file name (never all digits)."""
     return "c" + secrets.token_hex(10)

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.config import FanoutSettings
 from gateway.db import queue
-from gateway.db.intake import insert_events
+from gateway.db.intake import EVENTS, insert_rows
 from gateway.db.queue import CopyJob, Outcome
 from gateway.domain.copies import render_copy
 from gateway.mailbox import Flag, Mailbox, MailboxOwner
@@ -27,6 +27,7 @@ log = logging.getLogger("gateway.fanout")
 
 # Headers a copy carries that only the gateway may set; any that came with the message are dropped.
 GATEWAY_HEADERS = ("X-Gateway-Vorgang", "X-Gateway-Copy-Id", "X-Gateway-Shared-Via")
+COALESCE = 0.05
 
 
 def copy_bytes(job: CopyJob, *, vorgang_header: str, tag_subject: bool) -> bytes:
@@ -97,6 +98,9 @@ class FanOut:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+                # Let a burst gather for a moment: one queue transaction for many copies keeps the
+                # database's write lock free for the acceptance stage most of the time.
+                await asyncio.sleep(COALESCE)
             self._wake.clear()
 
     async def run_once(self) -> int:
@@ -166,4 +170,4 @@ class FanOut:
             )
         async with self.sessions.begin() as session:
             await queue.record(session, outcomes, now, retry_at)
-            await insert_events(session, events)
+            await insert_rows(session, EVENTS, events)

@@ -26,7 +26,10 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> AsyncE
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, echo=echo)
+        # One connection per process: SQLite has one writer at a time anyway (every transaction here
+        # begins IMMEDIATE), and waiting for the pool is an asyncio wait, where waiting for SQLite's
+        # lock would be its busy handler sleeping in steps of up to 100 ms.
+        engine = create_async_engine(url, echo=echo, pool_size=1, max_overflow=0, pool_timeout=120)
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
         return engine

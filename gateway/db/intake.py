@@ -1,18 +1,19 @@
-"""The SQL of accepting a message: re-send detection, Vorgang lookups and numbers, and the inserts.
+"""The SQL of accepting messages: set-based lookups and inserts for a whole batch at once.
 
-Core statements through the caller's session: the accept path runs many of these per second, and the
-ORM's unit of work would cost more than the statements themselves. Every statement is scoped to the
-portfolio of the authenticated back office.
+The accept path runs these for every batch of messages the acceptance stage gathers, so each is one
+statement per batch (not per message), through Core tables rather than the ORM's unit of work, with
+``RETURNING`` to learn new ids. Every lookup is scoped to one portfolio.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import Table, and_, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,36 +23,43 @@ from gateway.db.models import (
     MemberRow,
     MessageRow,
     ParticipantRow,
+    ReleaseMemberRow,
+    ReleaseRow,
     VorgangCounterRow,
     VorgangRow,
 )
-from gateway.domain.model import Participant
+from gateway.domain.model import Release
 from gateway.domain.threading import format_reference
+
+MESSAGES = cast(Table, MessageRow.__table__)
+VORGAENGE = cast(Table, VorgangRow.__table__)
+PARTICIPANTS = cast(Table, ParticipantRow.__table__)
+COPIES = cast(Table, CopyRow.__table__)
+EVENTS = cast(Table, EventRow.__table__)
+# Built once: an alias made per call would defeat SQLAlchemy's statement cache.
+_VIA = cast(Table, ReleaseMemberRow.__table__).alias("via")
 
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    id: int
     gateway_id: str
-    vorgang_id: int
     vorgang: str
 
 
-async def find_resend(
-    session: AsyncSession, backoffice_id: int, message_id: str, sha256: str
-) -> StoredMessage | None:
-    row = (
-        await session.execute(
-            select(MessageRow.id, MessageRow.gateway_id, MessageRow.vorgang_id, VorgangRow.reference)
-            .join(VorgangRow, VorgangRow.id == MessageRow.vorgang_id)
-            .where(
-                MessageRow.backoffice_id == backoffice_id,
-                MessageRow.message_id == message_id,
-                MessageRow.sha256 == sha256,
-            )
-        )
-    ).first()
-    return StoredMessage(row[0], row[1], row[2], row[3]) if row else None
+async def find_resends(
+    session: AsyncSession, backoffice_id: int, keys: Collection[tuple[str, str]]
+) -> dict[tuple[str, str], StoredMessage]:
+    """Messages this back office already handed in, by (Message-ID, sha256)."""
+    if not keys:
+        return {}
+    rows = await session.execute(
+        select(MessageRow.message_id, MessageRow.sha256, MessageRow.gateway_id, VorgangRow.reference)
+        .join(VorgangRow, VorgangRow.id == MessageRow.vorgang_id)
+        .where(MessageRow.backoffice_id == backoffice_id, MessageRow.message_id.in_({k[0] for k in keys}))
+    )
+    return {
+        (str(mid), str(sha)): StoredMessage(gid, ref) for mid, sha, gid, ref in rows if (mid, sha) in keys
+    }
 
 
 async def vorgaenge_by_reference(
@@ -69,55 +77,30 @@ async def vorgaenge_by_reference(
 
 async def vorgaenge_by_message_id(
     session: AsyncSession, portfolio_id: int, message_ids: Collection[str]
-) -> dict[str, int]:
+) -> dict[str, tuple[int, str]]:
+    """The Vorgang (id, reference) of each known message among ``message_ids``."""
     if not message_ids:
         return {}
     rows = await session.execute(
-        select(MessageRow.message_id, MessageRow.vorgang_id).where(
-            MessageRow.portfolio_id == portfolio_id, MessageRow.message_id.in_(list(message_ids))
-        )
+        select(MessageRow.message_id, VorgangRow.id, VorgangRow.reference)
+        .join(VorgangRow, VorgangRow.id == MessageRow.vorgang_id)
+        .where(MessageRow.portfolio_id == portfolio_id, MessageRow.message_id.in_(list(message_ids)))
     )
-    return {message_id: vorgang_id for message_id, vorgang_id in rows if message_id is not None}
+    return {str(mid): (int(vid), str(ref)) for mid, vid, ref in rows}
 
 
-async def vorgang_reference(session: AsyncSession, vorgang_id: int) -> str:
-    return str(
-        (await session.execute(select(VorgangRow.reference).where(VorgangRow.id == vorgang_id))).scalar_one()
+async def references_of(session: AsyncSession, vorgang_ids: Collection[int]) -> dict[int, str]:
+    if not vorgang_ids:
+        return {}
+    rows = await session.execute(
+        select(VorgangRow.id, VorgangRow.reference).where(VorgangRow.id.in_(vorgang_ids))
     )
-
-
-async def new_vorgang(
-    session: AsyncSession, portfolio_id: int, subject: str, now: dt.datetime
-) -> tuple[int, str]:
-    """Open a Vorgang with the portfolio's next number of this year.
-
-    One upsert takes the number: the row lock it holds until commit makes concurrent sessions and
-    processes queue for it on PostgreSQL; on SQLite the write lock does the same.
-    """
-    dialect = session.get_bind().dialect.name
-    upsert: Any = (postgresql if dialect == "postgresql" else sqlite).insert(VorgangCounterRow)
-    number = (
-        await session.execute(
-            upsert.values(portfolio_id=portfolio_id, year=now.year, last_number=1)
-            .on_conflict_do_update(
-                index_elements=["portfolio_id", "year"],
-                set_={"last_number": VorgangCounterRow.last_number + 1},
-            )
-            .returning(VorgangCounterRow.last_number)
-        )
-    ).scalar_one()
-    reference = format_reference(now.year, int(number))
-    vorgang_id = (
-        await session.execute(
-            insert(VorgangRow)
-            .values(portfolio_id=portfolio_id, reference=reference, subject=subject[:1000], created_at=now)
-            .returning(VorgangRow.id)
-        )
-    ).scalar_one()
-    return int(vorgang_id), reference
+    return {int(vid): str(ref) for vid, ref in rows}
 
 
 async def member_ids(session: AsyncSession, portfolio_id: int, addresses: Collection[str]) -> dict[str, int]:
+    if not addresses:
+        return {}
     rows = await session.execute(
         select(MemberRow.address, MemberRow.id).where(
             MemberRow.portfolio_id == portfolio_id, MemberRow.address.in_(list(addresses))
@@ -126,39 +109,102 @@ async def member_ids(session: AsyncSession, portfolio_id: int, addresses: Collec
     return {str(address): int(member_id) for address, member_id in rows}
 
 
-async def insert_message(session: AsyncSession, values: dict[str, Any]) -> int:
-    return int(
-        (await session.execute(insert(MessageRow).values(**values).returning(MessageRow.id))).scalar_one()
-    )
+async def member_addresses(session: AsyncSession, ids: Collection[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    rows = await session.execute(select(MemberRow.id, MemberRow.address).where(MemberRow.id.in_(ids)))
+    return {int(member_id): str(address) for member_id, address in rows}
 
 
-async def insert_participants(
-    session: AsyncSession, message_id: int, portfolio_id: int, participants: Sequence[Participant]
-) -> None:
-    if participants:
-        await session.execute(
-            insert(ParticipantRow),
-            [
-                {
-                    "message_id": message_id,
-                    "member_id": p.member_id,
-                    "role": p.role,
-                    "portfolio_id": portfolio_id,
-                }
-                for p in participants
-            ],
+async def sharing_releases(
+    session: AsyncSession, portfolio_id: int, participants: Collection[int]
+) -> list[Release]:
+    """The releases that share Vorgänge and contain one of ``participants``, with all their members.
+
+    Only these can widen an audience (DESIGN.md §3), so this is all the audience rule needs, however
+    large the portfolio's directory is.
+    """
+    if not participants:
+        return []
+    via = _VIA
+    rows = await session.execute(
+        select(
+            ReleaseRow.id,
+            ReleaseRow.name,
+            ReleaseRow.primary,
+            ReleaseRow.share_vorgaenge,
+            ReleaseRow.read_sync,
+            ReleaseMemberRow.member_id,
         )
+        .join(via, and_(via.c.release_id == ReleaseRow.id, via.c.member_id.in_(participants)))
+        .join(ReleaseMemberRow, ReleaseMemberRow.release_id == ReleaseRow.id)
+        .where(ReleaseRow.portfolio_id == portfolio_id, ReleaseRow.share_vorgaenge.is_(True))
+        .distinct()
+    )
+    members: dict[int, set[int]] = defaultdict(set)
+    facts: dict[int, tuple[Any, ...]] = {}
+    for release_id, name, primary, share, read_sync, member_id in rows:
+        facts[release_id] = (name, primary, share, read_sync)
+        members[release_id].add(int(member_id))
+    return [
+        Release(rid, portfolio_id, name, primary, share, read_sync, frozenset(members[rid]))
+        for rid, (name, primary, share, read_sync) in facts.items()
+    ]
 
 
-async def insert_copies(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+async def new_vorgaenge(
+    session: AsyncSession, portfolio_id: int, subjects: Sequence[str], now: dt.datetime
+) -> list[tuple[int, str]]:
+    """Open one Vorgang per subject with the portfolio's next numbers of this year; (id, reference) each.
+
+    One upsert takes all the numbers: the row lock it holds until commit makes concurrent sessions and
+    processes queue for it on PostgreSQL; on SQLite the write lock does the same.
+    """
+    if not subjects:
+        return []
+    count = len(subjects)
+    dialect = session.get_bind().dialect.name
+    upsert: Any = (postgresql if dialect == "postgresql" else sqlite).insert(VorgangCounterRow)
+    last = (
+        await session.execute(
+            upsert.values(portfolio_id=portfolio_id, year=now.year, last_number=count)
+            .on_conflict_do_update(
+                index_elements=["portfolio_id", "year"],
+                set_={"last_number": VorgangCounterRow.last_number + count},
+            )
+            .returning(VorgangCounterRow.last_number)
+        )
+    ).scalar_one()
+    references = [format_reference(now.year, int(last) - count + 1 + i) for i in range(count)]
+    ids = await insert_returning_ids(
+        session,
+        VORGAENGE,
+        [
+            {
+                "portfolio_id": portfolio_id,
+                "reference": ref,
+                "key": None,
+                "subject": subject[:1000],
+                "created_at": now,
+            }
+            for ref, subject in zip(references, subjects, strict=True)
+        ],
+    )
+    return list(zip(ids, references, strict=True))
+
+
+async def insert_returning_ids(
+    session: AsyncSession, table: Table, rows: Sequence[dict[str, Any]]
+) -> list[int]:
+    """Insert ``rows`` in one statement and return their new ids in the order of ``rows``."""
+    if not rows:
+        return []
+    result = await session.execute(
+        insert(table).returning(table.c.id, sort_by_parameter_order=True), list(rows)
+    )
+    return [int(row[0]) for row in result]
+
+
+async def insert_rows(session: AsyncSession, table: Table, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        await session.execute(insert(CopyRow), list(rows))
-
-
-async def insert_event(session: AsyncSession, values: dict[str, Any]) -> None:
-    await session.execute(insert(EventRow).values(**values))
-
-
-async def insert_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        await session.execute(insert(EventRow), list(rows))
+        await session.execute(insert(table), list(rows))

@@ -44,6 +44,8 @@ class CopyJob:
     seen: bool
     answered: bool
     raw: bytes
+    # False when an earlier attempt may have written the copy (its lease was taken before).
+    first_attempt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +56,14 @@ class Outcome:
 
 
 async def release_own_leases(session: AsyncSession, node: str, now: dt.datetime) -> int:
-    """Make copies this node had taken before it stopped due at once (after a crash or kill)."""
+    """Make copies this node had taken before it stopped due at once (after a crash or kill).
+
+    ``leased_by`` stays set: it tells the next attempt that this one may have written the copy.
+    """
     result = await session.execute(
         update(CopyRow)
         .where(CopyRow.state == "pending", CopyRow.leased_by == node)
-        .values(next_attempt_at=now, leased_by=None)
+        .values(next_attempt_at=now)
     )
     return int(getattr(result, "rowcount", 0) or 0)
 
@@ -66,15 +71,18 @@ async def release_own_leases(session: AsyncSession, node: str, now: dt.datetime)
 async def claim(
     session: AsyncSession, node: str, now: dt.datetime, lease: float, limit: int
 ) -> list[CopyJob]:
-    ids = list(
-        await session.scalars(
-            select(CopyRow.id)
+    # A comprehension, not dict(result): a Result has keys() and would be read as a mapping.
+    taken: dict[int, str | None] = {
+        int(copy_pk): leased_by
+        for copy_pk, leased_by in await session.execute(
+            select(CopyRow.id, CopyRow.leased_by)
             .where(CopyRow.state == "pending", CopyRow.next_attempt_at <= now)
             .order_by(CopyRow.next_attempt_at, CopyRow.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-    )
+    }
+    ids = list(taken)
     if not ids:
         return []
     await session.execute(
@@ -136,6 +144,7 @@ async def claim(
             seen=f[14],
             answered=f[15],
             raw=raws[f[7]],
+            first_attempt=f[2] == 0 and taken[f[0]] is None,
         )
         for f in facts
     ]

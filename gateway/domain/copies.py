@@ -19,6 +19,7 @@ import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from email.header import Header
+from typing import Literal
 
 from gateway.parsing import decode_header_value
 
@@ -39,6 +40,9 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 _LINE_LENGTH = 78
 
 
+_Kind = Literal["field", "envelope", "orphan", "nameless"]
+
+
 @dataclass(slots=True)
 class _Item:
     """One field of the header section with its continuation lines, or a line that is no field.
@@ -47,7 +51,7 @@ class _Item:
     nothing to continue); or ``nameless`` (a line starting with a colon, which Python's parser skips).
     """
 
-    kind: str
+    kind: _Kind
     name: str
     start: int
     first_line_end: int  # where the first line's text ends, before its line end
@@ -137,12 +141,13 @@ def _header_items(raw: bytes) -> tuple[list[_Item], int]:
                 items.append(_Item("orphan", "", position, text_end, end, raw[text_end:end], visible))
             position = end
             continue
+        kind: _Kind
+        name = ""
         if raw.startswith(b"From ", position):
-            kind, name = "envelope", ""
+            kind = "envelope"
         elif match := _FIELD.match(raw, position, text_end):
-            kind, name = (
-                ("field", match.group(1).decode("ascii").lower()) if match.group(1) else ("nameless", "")
-            )
+            kind = "field" if match.group(1) else "nameless"
+            name = match.group(1).decode("ascii").lower()
         elif match := _OBSOLETE_FIELD.match(raw, position, text_end):
             kind, name = "field", match.group(1).decode("ascii").lower()
             visible = False

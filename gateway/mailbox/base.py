@@ -83,12 +83,20 @@ class Mailbox(Protocol):
     """
 
     async def append(
-        self, owner: MailboxOwner, copy_id: str, data: bytes, flags: frozenset[Flag] = frozenset()
+        self,
+        owner: MailboxOwner,
+        copy_id: str,
+        data: bytes,
+        flags: frozenset[Flag] = frozenset(),
+        *,
+        first_attempt: bool = False,
     ) -> Located:
         """Deliver ``data`` to the owner's INBOX with ``flags``, unless the copy is already there.
 
         Idempotent per (owner, copy_id): when the copy exists in any folder, that instance is returned
-        as it is (its flags are not changed) and nothing is written.
+        as it is (its flags are not changed) and nothing is written. ``first_attempt`` tells that no
+        earlier attempt can have written the copy, so the mailbox may skip looking for it in every
+        folder (it still never writes a second instance under the same name).
         """
         ...
 

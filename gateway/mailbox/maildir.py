@@ -205,11 +205,19 @@ class MaildirMailbox(Mailbox):
         return self.root / owner.portfolio / owner.address
 
     async def append(
-        self, owner: MailboxOwner, copy_id: str, data: bytes, flags: frozenset[Flag] = frozenset()
+        self,
+        owner: MailboxOwner,
+        copy_id: str,
+        data: bytes,
+        flags: frozenset[Flag] = frozenset(),
+        *,
+        first_attempt: bool = False,
     ) -> Located:
         check_copy_id(copy_id)
         owner_dir = self.maildir_path(owner)
-        return await asyncio.to_thread(self._append, owner_dir, copy_id, data, frozenset(flags))
+        return await asyncio.to_thread(
+            self._append, owner_dir, copy_id, data, frozenset(flags), first_attempt
+        )
 
     async def find(self, owner: MailboxOwner, copy_id: str) -> list[Located]:
         check_copy_id(copy_id)
@@ -246,12 +254,16 @@ class MaildirMailbox(Mailbox):
         with _as_mailbox_error(f"find copy {copy_id}", owner_dir):
             return [file.located(owner_dir) for file in _scan(owner_dir, copy_id)]
 
-    def _append(self, owner_dir: Path, copy_id: str, data: bytes, flags: frozenset[Flag]) -> Located:
+    def _append(
+        self, owner_dir: Path, copy_id: str, data: bytes, flags: frozenset[Flag], first_attempt: bool
+    ) -> Located:
         with (
             _as_mailbox_error(f"append copy {copy_id}", owner_dir),
             self._locks.hold((str(owner_dir), copy_id)),
         ):
-            existing = _scan(owner_dir, copy_id)
+            # Listing every folder costs time that grows with the mailbox; a first attempt cannot
+            # have left a copy behind, and link() below still refuses a second file of the same name.
+            existing = [] if first_attempt else _scan(owner_dir, copy_id)
             if existing:
                 return existing[0].located(owner_dir)
             self._create_maildir(owner_dir)

@@ -79,7 +79,13 @@ class MemoryMailbox(Mailbox):
     # --- the protocol ---------------------------------------------------------------------------------
 
     async def append(
-        self, owner: MailboxOwner, copy_id: str, data: bytes, flags: frozenset[Flag] = frozenset()
+        self,
+        owner: MailboxOwner,
+        copy_id: str,
+        data: bytes,
+        flags: frozenset[Flag] = frozenset(),
+        *,
+        first_attempt: bool = False,  # the fake always looks: finding is free in memory
     ) -> Located:
         self._check(owner, copy_id)
         for folder, stored in self._instances(owner, copy_id):
