@@ -55,6 +55,8 @@ class Run:
     copies_done: float | None = None
     copy_latencies: list[float] = field(default_factory=list)
     peak_rss_kib: int | None = None
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -107,6 +109,12 @@ async def drive(run: Run, port: int, messages: int, concurrency: int, size: int,
     run.elapsed = time.perf_counter() - run.started
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -143,7 +151,8 @@ def gateway_run(args: argparse.Namespace, workdir: Path) -> Run:
     config.write_text(
         f'[gateway]\ndata_dir = "data"\n[database]\nurl = "{database}"\n'
         f"[listeners.submission]\nport = {port}\n[listeners.mx]\nenabled = false\n"
-        f'[logging]\nlevel = "{args.log_level}"\n',
+        f'[logging]\nlevel = "{args.log_level}"\n'
+        f"[fanout]\nenabled = {'false' if args.no_fanout or args.split else 'true'}\n",
         encoding="utf-8",
     )
     gateway = [str(BIN / "gateway"), "--config", str(config)]
@@ -162,6 +171,18 @@ def gateway_run(args: argparse.Namespace, workdir: Path) -> Run:
     )
     log = open(args.log, "w") if args.log else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen([*gateway, "serve"], stderr=log, text=True)
+    helper = None
+    if args.split:
+        # A second process on the same database that only writes copies: fan-out on the other core.
+        fanout_config = workdir / "fanout.toml"
+        fanout_config.write_text(
+            config.read_text(encoding="utf-8")
+            .replace("[fanout]\nenabled = false", "[fanout]\nenabled = true")
+            .replace(f"[listeners.submission]\nport = {port}", "[listeners.submission]\nenabled = false")
+            .replace("[gateway]\n", '[gateway]\nnode_name = "fanout-node"\n'),
+            encoding="utf-8",
+        )
+        helper = subprocess.Popen([str(BIN / "gateway"), "--config", str(fanout_config), "serve"], stderr=log)
     profiler = None
     try:
         wait_listening(port)
@@ -185,8 +206,12 @@ def gateway_run(args: argparse.Namespace, workdir: Path) -> Run:
                 stderr=subprocess.DEVNULL,
             )
         run = Run(f"gateway ({'PostgreSQL' if args.database else 'SQLite'})")
+        before, client_before = cpu_seconds(process.pid), time.process_time()
         asyncio.run(drive(run, port, args.messages, args.concurrency, args.size, login=True))
-        wait_for_copies(run, workdir / "data" / "mail", args.messages)
+        run.client_cpu = time.process_time() - client_before
+        if not args.no_fanout:
+            wait_for_copies(run, workdir / "data" / "mail", args.messages)
+        run.server_cpu = cpu_seconds(process.pid) - before
         run.peak_rss_kib = peak_rss(process.pid)
         return run
     finally:
@@ -195,6 +220,9 @@ def gateway_run(args: argparse.Namespace, workdir: Path) -> Run:
             profiler.wait(timeout=60)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+        if helper is not None:
+            helper.send_signal(signal.SIGTERM)
+            helper.wait(timeout=60)
 
 
 def aiosmtpd_run(args: argparse.Namespace) -> Run:
@@ -206,7 +234,10 @@ def aiosmtpd_run(args: argparse.Namespace) -> Run:
     try:
         wait_listening(port)
         run = Run("bare aiosmtpd (250, no storage)")
+        before, client_before = cpu_seconds(process.pid), time.process_time()
         asyncio.run(drive(run, port, args.messages, args.concurrency, args.size, login=False))
+        run.client_cpu = time.process_time() - client_before
+        run.server_cpu = cpu_seconds(process.pid) - before
         run.peak_rss_kib = peak_rss(process.pid)
         return run
     finally:
@@ -236,7 +267,9 @@ def report(runs: list[Run], baseline: Run) -> None:
             f"{run.name:<34} {run.rate:>8.0f} {run.pct(50):>8.1f} {run.pct(95):>8.1f} {run.pct(99):>8.1f} "
             f"{run.errors:>6} {run.copies_done if run.copies_done is not None else float('nan'):>13.2f} "
             f"{copy95 if copy95 is not None else float('nan'):>10.3f} "
-            f"{(run.peak_rss_kib or 0) / 1024:>12.1f} {run.rate / baseline.rate:>10.0%}"
+            f"{(run.peak_rss_kib or 0) / 1024:>12.1f} {run.rate / baseline.rate:>10.0%} "
+            f"{run.server_cpu * 1000 / max(len(run.latencies), 1):>17.2f} "
+            f"{run.client_cpu * 1000 / max(len(run.latencies), 1):>17.2f}"
         )
 
 
@@ -248,6 +281,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--size", type=int, default=1024, help="approximate message size in bytes")
     parser.add_argument("--database", help="PostgreSQL URL (default: SQLite in a temporary directory)")
+    parser.add_argument(
+        "--no-fanout", action="store_true", help="measure accepting alone (no copies written)"
+    )
+    parser.add_argument("--split", action="store_true", help="fan-out in a second gateway process")
     parser.add_argument("--log", help="write the gateway's log to this file")
     parser.add_argument("--log-level", default="WARNING", help="the gateway's log level (default WARNING)")
     parser.add_argument("--profile", help="record the gateway with py-spy into this file (collapsed stacks)")

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from gateway.db import intake
 from gateway.db.accounts import Account
 from gateway.db.messages import new_gateway_id
+from gateway.db.writer import Writer
 from gateway.domain.audience import AsParticipant, Audience, SharedThrough, audience
 from gateway.domain.model import Participant, ParticipantRole
 from gateway.domain.threading import Found, choose_vorgang, vorgang_hints
@@ -71,12 +72,12 @@ class Acceptance:
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        writer: Writer,
         *,
         hostname: str,
         on_accepted: Callable[[], None] = lambda: None,
     ) -> None:
-        self.sessions = sessions
+        self.writer = writer
         self.hostname = hostname
         self.on_accepted = on_accepted
         self._queue: asyncio.Queue[Waiting] = asyncio.Queue()
@@ -131,8 +132,7 @@ class Acceptance:
         self.on_accepted()
 
     async def _store_once(self, submissions: list[Submission]) -> list[Accepted]:
-        async with self.sessions() as session, session.begin():
-            return await _accept_batch(session, submissions, self.hostname)
+        return await self.writer.run(_accept_batch, submissions, self.hostname)
 
 
 # --- one batch ---------------------------------------------------------------------------------------------
@@ -152,9 +152,7 @@ class _Planned:
     audience: Audience | None = None
 
 
-async def _accept_batch(
-    session: AsyncSession, submissions: Sequence[Submission], hostname: str
-) -> list[Accepted]:
+def _accept_batch(session: Session, submissions: Sequence[Submission], hostname: str) -> list[Accepted]:
     now = dt.datetime.now(dt.UTC)
     results: list[Accepted | None] = [None] * len(submissions)
     by_backoffice: dict[int, list[int]] = defaultdict(list)
@@ -167,7 +165,7 @@ async def _accept_batch(
     fresh: list[int] = []
     for backoffice_id, indexes in by_backoffice.items():
         keys = {(m, digests[i]) for i in indexes if (m := submissions[i].parsed.message_id)}
-        stored = await intake.find_resends(session, backoffice_id, keys)
+        stored = intake.find_resends(session, backoffice_id, keys)
         for i in indexes:
             message_id = submissions[i].parsed.message_id
             key = (message_id or "", digests[i])
@@ -187,13 +185,13 @@ async def _accept_batch(
         by_portfolio[submissions[i].account.portfolio_id].append(i)
     planned: dict[int, _Planned] = {}
     for portfolio_id, indexes in by_portfolio.items():
-        planned |= await _plan_portfolio(session, portfolio_id, indexes, submissions, digests, hostname, now)
+        planned |= _plan_portfolio(session, portfolio_id, indexes, submissions, digests, hostname, now)
 
     for i, plan in planned.items():
         results[i] = Accepted(
             plan.gateway_id, "", plan.found.value, len(plan.audience.members) if plan.audience else 0, False
         )
-    references = await _write(session, planned, now)
+    references = _write(session, planned, now)
     for i, plan in planned.items():
         result = results[i]
         assert result is not None
@@ -210,8 +208,8 @@ async def _accept_batch(
     return [r for r in results if r is not None]
 
 
-async def _plan_portfolio(
-    session: AsyncSession,
+def _plan_portfolio(
+    session: Session,
     portfolio_id: int,
     indexes: list[int],
     submissions: Sequence[Submission],
@@ -231,13 +229,12 @@ async def _plan_portfolio(
     }
     wanted_refs = {r for h in hints.values() for r in (h.explicit, *h.subject_references) if r}
     wanted_ids = {m for h in hints.values() for m in h.message_ids}
-    known_refs = await intake.vorgaenge_by_reference(session, portfolio_id, wanted_refs)
+    known_refs = intake.vorgaenge_by_reference(session, portfolio_id, wanted_refs)
     known_ids = {
-        m: vid
-        for m, (vid, _) in (await intake.vorgaenge_by_message_id(session, portfolio_id, wanted_ids)).items()
+        m: vid for m, (vid, _) in (intake.vorgaenge_by_message_id(session, portfolio_id, wanted_ids)).items()
     }
     recipients = {a for i in indexes for a in submissions[i].recipients}
-    members = await intake.member_ids(session, portfolio_id, recipients)
+    members = intake.member_ids(session, portfolio_id, recipients)
 
     planned: dict[int, _Planned] = {}
     opened = 0
@@ -260,13 +257,13 @@ async def _plan_portfolio(
         planned[i] = _Planned(s, digests[i], found, vorgang_id, participants, gateway_id, message_id)
 
     everyone = {p.member_id for plan in planned.values() for p in plan.participants}
-    releases = await intake.sharing_releases(session, portfolio_id, everyone)
+    releases = intake.sharing_releases(session, portfolio_id, everyone)
     for plan in planned.values():
         plan.audience = audience(portfolio_id, plan.participants, releases)
     return planned
 
 
-async def _write(session: AsyncSession, planned: dict[int, _Planned], now: dt.datetime) -> dict[int, str]:
+def _write(session: Session, planned: dict[int, _Planned], now: dt.datetime) -> dict[int, str]:
     """Insert Vorgänge, messages, participants, copies and events; the reference of every Vorgang used."""
     references: dict[int, str] = {}
     by_portfolio: dict[int, list[_Planned]] = defaultdict(list)
@@ -278,7 +275,7 @@ async def _write(session: AsyncSession, planned: dict[int, _Planned], now: dt.da
             if plan.vorgang_id < 0:
                 openers.setdefault(plan.vorgang_id, plan)
         order = sorted(openers, reverse=True)  # -1, -2, …: the order they were opened in
-        opened = await intake.new_vorgaenge(
+        opened = intake.new_vorgaenge(
             session, portfolio_id, [openers[k].submission.parsed.subject for k in order], now
         )
         new_ids = {placeholder: vid for placeholder, (vid, _) in zip(order, opened, strict=True)}
@@ -286,19 +283,15 @@ async def _write(session: AsyncSession, planned: dict[int, _Planned], now: dt.da
         for plan in plans:
             if plan.vorgang_id < 0:
                 plan.vorgang_id = new_ids[plan.vorgang_id]
-    references |= await intake.references_of(
-        session, {p.vorgang_id for p in planned.values()} - set(references)
-    )
+    references |= intake.references_of(session, {p.vorgang_id for p in planned.values()} - set(references))
 
     plans = list(planned.values())
-    message_pks = await intake.insert_returning_ids(
-        session, intake.MESSAGES, [_message_row(p, now) for p in plans]
-    )
+    message_pks = intake.insert_returning_ids(session, intake.MESSAGES, [_message_row(p, now) for p in plans])
     participants: list[dict[str, Any]] = []
     copies: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     audience_ids = {m for p in plans if p.audience for m in p.audience.members}
-    addresses = await intake.member_addresses(session, audience_ids)
+    addresses = intake.member_addresses(session, audience_ids)
     for plan, pk in zip(plans, message_pks, strict=True):
         pid = plan.submission.account.portfolio_id
         participants += [
@@ -308,9 +301,9 @@ async def _write(session: AsyncSession, planned: dict[int, _Planned], now: dt.da
         assert plan.audience is not None
         copies += _copy_rows(pk, pid, plan.audience, now)
         events.append(_accepted_event(plan, pk, references[plan.vorgang_id], addresses, now))
-    await intake.insert_rows(session, intake.PARTICIPANTS, participants)
-    await intake.insert_rows(session, intake.COPIES, copies)
-    await intake.insert_rows(session, intake.EVENTS, events)
+    intake.insert_rows(session, intake.PARTICIPANTS, participants)
+    intake.insert_rows(session, intake.COPIES, copies)
+    intake.insert_rows(session, intake.EVENTS, events)
     return references
 
 

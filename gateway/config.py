@@ -455,6 +455,9 @@ class IntakeSettings(_Section):
 class FanoutSettings(_Section):
     """``[fanout]``: the worker that writes pending copies into members' mailboxes."""
 
+    enabled: bool = True
+    """Run the fan-out worker in this process (off: another gateway process sharing the database does)."""
+
     concurrency: PositiveInt = 8
     """Copies written at the same time."""
 

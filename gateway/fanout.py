@@ -14,12 +14,13 @@ import logging
 from collections.abc import Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from gateway.config import FanoutSettings
 from gateway.db import queue
 from gateway.db.intake import EVENTS, insert_rows
 from gateway.db.queue import CopyJob, Outcome
+from gateway.db.writer import Writer
 from gateway.domain.copies import render_copy
 from gateway.mailbox import Flag, Mailbox, MailboxOwner
 
@@ -55,7 +56,7 @@ class FanOut:
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        writer: Writer,
         mailbox: Mailbox,
         settings: FanoutSettings,
         *,
@@ -63,7 +64,7 @@ class FanOut:
         vorgang_header: str,
         tag_subject: bool,
     ) -> None:
-        self.sessions = sessions
+        self.writer = writer
         self.mailbox = mailbox
         self.settings = settings
         self.node = node
@@ -75,8 +76,7 @@ class FanOut:
         self._wake.set()
 
     async def start(self) -> None:
-        async with self.sessions.begin() as session:
-            released = await queue.release_own_leases(session, self.node, dt.datetime.now(dt.UTC))
+        released = await self.writer.run(queue.release_own_leases, self.node, dt.datetime.now(dt.UTC))
         if released:
             log.info("took back %d copies this node had started before it stopped", released)
 
@@ -106,8 +106,9 @@ class FanOut:
     async def run_once(self) -> int:
         """Take one batch of due copies and write them; returns how many were taken."""
         now = dt.datetime.now(dt.UTC)
-        async with self.sessions.begin() as session:
-            jobs = await queue.claim(session, self.node, now, self.settings.lease, self.settings.batch_size)
+        jobs = await self.writer.run(
+            queue.claim, self.node, now, self.settings.lease, self.settings.batch_size
+        )
         if not jobs:
             return 0
         limit = asyncio.Semaphore(self.settings.concurrency)
@@ -168,6 +169,15 @@ class FanOut:
                     },
                 }
             )
-        async with self.sessions.begin() as session:
-            await queue.record(session, outcomes, now, retry_at)
-            await insert_rows(session, EVENTS, events)
+        await self.writer.run(_record, outcomes, now, retry_at, events)
+
+
+def _record(
+    session: Session,
+    outcomes: Sequence[Outcome],
+    now: dt.datetime,
+    retry_at: dict[int, dt.datetime | None],
+    events: list[dict[str, object]],
+) -> None:
+    queue.record(session, outcomes, now, retry_at)
+    insert_rows(session, EVENTS, events)

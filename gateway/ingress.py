@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.acceptance import Acceptance, NotStored, Submission
 from gateway.db.accounts import Account, find_account
 from gateway.db.intake import member_ids
+from gateway.db.writer import Writer
 from gateway.domain.addresses import InvalidAddress, normalise_address
 from gateway.domain.passwords import verify_password
 from gateway.parsing import parse_message
@@ -42,8 +42,8 @@ class Accounts:
     opens a session per message does not pay the scrypt cost each time.
     """
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self.sessions = sessions
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
         self._verified: dict[tuple[str, bytes], tuple[Account, float]] = {}
 
     async def verify(self, login: bytes, password: bytes) -> Account | None:
@@ -52,8 +52,7 @@ class Accounts:
         cached = self._verified.get(key)
         if cached and cached[1] > time.monotonic():
             return cached[0]
-        async with self.sessions() as session:
-            account = await find_account(session, name)
+        account = await self.writer.run(find_account, name)
         if account is None or not await asyncio.to_thread(verify_password, password, account.password_hash):
             await asyncio.sleep(FAILED_LOGIN_DELAY)
             return None
@@ -64,16 +63,15 @@ class Accounts:
 class Members:
     """Which addresses are members of a portfolio, remembered for a few seconds (RCPT checks)."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self.sessions = sessions
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
         self._known: dict[tuple[int, str], float] = {}
 
     async def exists(self, portfolio_id: int, address: str) -> bool:
         key = (portfolio_id, address)
         if self._known.get(key, 0.0) > time.monotonic():
             return True
-        async with self.sessions() as session:
-            found = await member_ids(session, portfolio_id, [address])
+        found = await self.writer.run(member_ids, portfolio_id, [address])
         if found:
             self._known[key] = time.monotonic() + CACHE_SECONDS
         return bool(found)

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import signal
 import ssl
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -22,8 +23,9 @@ from aiosmtpd.smtp import SMTP
 
 from gateway.acceptance import Acceptance
 from gateway.config import ListenerSettings, Settings
-from gateway.db.engine import create_engine, session_factory
+from gateway.db.engine import create_engine
 from gateway.db.migrate import require_current
+from gateway.db.writer import Writer
 from gateway.errors import OperationalError
 from gateway.fanout import FanOut
 from gateway.ingress import Accounts, GatewaySMTP, ListenerState, Members, SubmissionHandler
@@ -34,6 +36,7 @@ from gateway.replies import Reply
 log = logging.getLogger("gateway.service")
 
 SHUTDOWN_GRACE = 10.0
+SWITCH_INTERVAL = 0.0005
 
 
 @dataclass
@@ -69,12 +72,12 @@ class Service:
         self.engine = create_engine(
             settings.database_url, echo=settings.database.echo, pool_size=settings.database.pool_size
         )
-        self.sessions = session_factory(self.engine)
+        self.writer = Writer(settings.database_url, echo=settings.database.echo)
         self.mailbox = mailbox or MaildirMailbox(
             settings.mailbox.maildir_root, hostname=settings.gateway.node_name
         )
         self.fanout = FanOut(
-            self.sessions,
+            self.writer,
             self.mailbox,
             settings.fanout,
             node=settings.gateway.node_name,
@@ -82,7 +85,7 @@ class Service:
             tag_subject=settings.intake.tag_subject,
         )
         self.acceptance = Acceptance(
-            self.sessions, hostname=settings.gateway.hostname, on_accepted=self.fanout.wake
+            self.writer, hostname=settings.gateway.hostname, on_accepted=self.fanout.wake
         )
         self.listeners: dict[str, Listener] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -91,11 +94,11 @@ class Service:
     async def startup(self) -> None:
         # Refuse an unmigrated database before taking any mail: every message would get 451.
         await require_current(self.engine)
-        await self.fanout.start()
-        self._tasks = [
-            asyncio.create_task(self.acceptance.run(), name="acceptance"),
-            asyncio.create_task(self.fanout.run(), name="fanout"),
-        ]
+        if self.settings.fanout.enabled:
+            await self.fanout.start()
+        self._tasks = [asyncio.create_task(self.acceptance.run(), name="acceptance")]
+        if self.settings.fanout.enabled:
+            self._tasks.append(asyncio.create_task(self.fanout.run(), name="fanout"))
         for task in self._tasks:
             task.add_done_callback(self._stage_ended)
         submission = self.settings.listeners.submission
@@ -111,7 +114,7 @@ class Service:
         state = ListenerState("submission", config.max_connections, limits.max_connections_per_client)
         handler = SubmissionHandler(
             acceptance=self.acceptance,
-            members=Members(self.sessions),
+            members=Members(self.writer),
             state=state,
             max_recipients=limits.max_recipients,
             max_header_size=limits.max_header_size,
@@ -126,7 +129,7 @@ class Service:
             {
                 "line_length_limit": limits.max_line_length + 2,
                 "state": state,
-                "accounts": Accounts(self.sessions),
+                "accounts": Accounts(self.writer),
             },
         )
         context = tls_context(config)
@@ -198,6 +201,7 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.mailbox.close()
+        await self.writer.close()
         await self.engine.dispose()
         log.info("gateway stopped")
 
@@ -217,4 +221,7 @@ async def serve(settings: Settings) -> None:
 def run(settings: Settings) -> None:
     """Run the gateway in the foreground until SIGTERM or SIGINT; return normally on a clean stop."""
     configure_logging(settings.logging.level, settings.logging.format)
+    # The writer thread gives up the GIL at every database call and must get it back from a busy event
+    # loop; with the default 5 ms switch interval each of its statements could wait that long.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     asyncio.run(serve(settings))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from gateway.db.events import record_event
 from gateway.db.models import BackOfficeAccountRow, BackOfficeRow, PortfolioRow
@@ -24,9 +25,10 @@ class Account:
     portfolio: str
 
 
-async def find_account(session: AsyncSession, login: str) -> Account | None:
+def find_account(session: Session, login: str) -> Account | None:
+    """The account of ``login`` (synchronous: the submission listener asks through the writer thread)."""
     row = (
-        await session.execute(
+        session.execute(
             select(BackOfficeAccountRow, BackOfficeRow.name, PortfolioRow.name)
             .join(BackOfficeRow, BackOfficeRow.id == BackOfficeAccountRow.backoffice_id)
             .join(PortfolioRow, PortfolioRow.id == BackOfficeAccountRow.portfolio_id)

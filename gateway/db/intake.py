@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, and_, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from gateway.db.models import (
     CopyRow,
@@ -46,13 +46,13 @@ class StoredMessage:
     vorgang: str
 
 
-async def find_resends(
-    session: AsyncSession, backoffice_id: int, keys: Collection[tuple[str, str]]
+def find_resends(
+    session: Session, backoffice_id: int, keys: Collection[tuple[str, str]]
 ) -> dict[tuple[str, str], StoredMessage]:
     """Messages this back office already handed in, by (Message-ID, sha256)."""
     if not keys:
         return {}
-    rows = await session.execute(
+    rows = session.execute(
         select(MessageRow.message_id, MessageRow.sha256, MessageRow.gateway_id, VorgangRow.reference)
         .join(VorgangRow, VorgangRow.id == MessageRow.vorgang_id)
         .where(MessageRow.backoffice_id == backoffice_id, MessageRow.message_id.in_({k[0] for k in keys}))
@@ -62,12 +62,12 @@ async def find_resends(
     }
 
 
-async def vorgaenge_by_reference(
-    session: AsyncSession, portfolio_id: int, references: Collection[str]
+def vorgaenge_by_reference(
+    session: Session, portfolio_id: int, references: Collection[str]
 ) -> dict[str, int]:
     if not references:
         return {}
-    rows = await session.execute(
+    rows = session.execute(
         select(VorgangRow.reference, VorgangRow.id).where(
             VorgangRow.portfolio_id == portfolio_id, VorgangRow.reference.in_(list(references))
         )
@@ -75,13 +75,13 @@ async def vorgaenge_by_reference(
     return {str(reference): int(vorgang_id) for reference, vorgang_id in rows}
 
 
-async def vorgaenge_by_message_id(
-    session: AsyncSession, portfolio_id: int, message_ids: Collection[str]
+def vorgaenge_by_message_id(
+    session: Session, portfolio_id: int, message_ids: Collection[str]
 ) -> dict[str, tuple[int, str]]:
     """The Vorgang (id, reference) of each known message among ``message_ids``."""
     if not message_ids:
         return {}
-    rows = await session.execute(
+    rows = session.execute(
         select(MessageRow.message_id, VorgangRow.id, VorgangRow.reference)
         .join(VorgangRow, VorgangRow.id == MessageRow.vorgang_id)
         .where(MessageRow.portfolio_id == portfolio_id, MessageRow.message_id.in_(list(message_ids)))
@@ -89,19 +89,17 @@ async def vorgaenge_by_message_id(
     return {str(mid): (int(vid), str(ref)) for mid, vid, ref in rows}
 
 
-async def references_of(session: AsyncSession, vorgang_ids: Collection[int]) -> dict[int, str]:
+def references_of(session: Session, vorgang_ids: Collection[int]) -> dict[int, str]:
     if not vorgang_ids:
         return {}
-    rows = await session.execute(
-        select(VorgangRow.id, VorgangRow.reference).where(VorgangRow.id.in_(vorgang_ids))
-    )
+    rows = session.execute(select(VorgangRow.id, VorgangRow.reference).where(VorgangRow.id.in_(vorgang_ids)))
     return {int(vid): str(ref) for vid, ref in rows}
 
 
-async def member_ids(session: AsyncSession, portfolio_id: int, addresses: Collection[str]) -> dict[str, int]:
+def member_ids(session: Session, portfolio_id: int, addresses: Collection[str]) -> dict[str, int]:
     if not addresses:
         return {}
-    rows = await session.execute(
+    rows = session.execute(
         select(MemberRow.address, MemberRow.id).where(
             MemberRow.portfolio_id == portfolio_id, MemberRow.address.in_(list(addresses))
         )
@@ -109,16 +107,14 @@ async def member_ids(session: AsyncSession, portfolio_id: int, addresses: Collec
     return {str(address): int(member_id) for address, member_id in rows}
 
 
-async def member_addresses(session: AsyncSession, ids: Collection[int]) -> dict[int, str]:
+def member_addresses(session: Session, ids: Collection[int]) -> dict[int, str]:
     if not ids:
         return {}
-    rows = await session.execute(select(MemberRow.id, MemberRow.address).where(MemberRow.id.in_(ids)))
+    rows = session.execute(select(MemberRow.id, MemberRow.address).where(MemberRow.id.in_(ids)))
     return {int(member_id): str(address) for member_id, address in rows}
 
 
-async def sharing_releases(
-    session: AsyncSession, portfolio_id: int, participants: Collection[int]
-) -> list[Release]:
+def sharing_releases(session: Session, portfolio_id: int, participants: Collection[int]) -> list[Release]:
     """The releases that share Vorgänge and contain one of ``participants``, with all their members.
 
     Only these can widen an audience (DESIGN.md §3), so this is all the audience rule needs, however
@@ -127,7 +123,7 @@ async def sharing_releases(
     if not participants:
         return []
     via = _VIA
-    rows = await session.execute(
+    rows = session.execute(
         select(
             ReleaseRow.id,
             ReleaseRow.name,
@@ -152,8 +148,8 @@ async def sharing_releases(
     ]
 
 
-async def new_vorgaenge(
-    session: AsyncSession, portfolio_id: int, subjects: Sequence[str], now: dt.datetime
+def new_vorgaenge(
+    session: Session, portfolio_id: int, subjects: Sequence[str], now: dt.datetime
 ) -> list[tuple[int, str]]:
     """Open one Vorgang per subject with the portfolio's next numbers of this year; (id, reference) each.
 
@@ -166,7 +162,7 @@ async def new_vorgaenge(
     dialect = session.get_bind().dialect.name
     upsert: Any = (postgresql if dialect == "postgresql" else sqlite).insert(VorgangCounterRow)
     last = (
-        await session.execute(
+        session.execute(
             upsert.values(portfolio_id=portfolio_id, year=now.year, last_number=count)
             .on_conflict_do_update(
                 index_elements=["portfolio_id", "year"],
@@ -176,7 +172,7 @@ async def new_vorgaenge(
         )
     ).scalar_one()
     references = [format_reference(now.year, int(last) - count + 1 + i) for i in range(count)]
-    ids = await insert_returning_ids(
+    ids = insert_returning_ids(
         session,
         VORGAENGE,
         [
@@ -193,18 +189,14 @@ async def new_vorgaenge(
     return list(zip(ids, references, strict=True))
 
 
-async def insert_returning_ids(
-    session: AsyncSession, table: Table, rows: Sequence[dict[str, Any]]
-) -> list[int]:
+def insert_returning_ids(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> list[int]:
     """Insert ``rows`` in one statement and return their new ids in the order of ``rows``."""
     if not rows:
         return []
-    result = await session.execute(
-        insert(table).returning(table.c.id, sort_by_parameter_order=True), list(rows)
-    )
+    result = session.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), list(rows))
     return [int(row[0]) for row in result]
 
 
-async def insert_rows(session: AsyncSession, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        await session.execute(insert(table), list(rows))
+        session.execute(insert(table), list(rows))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from sqlalchemy import Table, bindparam, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from gateway.db.models import CopyRow, MemberRow, MessageRow, PortfolioRow, ReleaseRow, VorgangRow
 
@@ -55,12 +55,12 @@ class Outcome:
     error: str | None = None
 
 
-async def release_own_leases(session: AsyncSession, node: str, now: dt.datetime) -> int:
+def release_own_leases(session: Session, node: str, now: dt.datetime) -> int:
     """Make copies this node had taken before it stopped due at once (after a crash or kill).
 
     ``leased_by`` stays set: it tells the next attempt that this one may have written the copy.
     """
-    result = await session.execute(
+    result = session.execute(
         update(CopyRow)
         .where(CopyRow.state == "pending", CopyRow.leased_by == node)
         .values(next_attempt_at=now)
@@ -68,13 +68,11 @@ async def release_own_leases(session: AsyncSession, node: str, now: dt.datetime)
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-async def claim(
-    session: AsyncSession, node: str, now: dt.datetime, lease: float, limit: int
-) -> list[CopyJob]:
+def claim(session: Session, node: str, now: dt.datetime, lease: float, limit: int) -> list[CopyJob]:
     # A comprehension, not dict(result): a Result has keys() and would be read as a mapping.
     taken: dict[int, str | None] = {
         int(copy_pk): leased_by
-        for copy_pk, leased_by in await session.execute(
+        for copy_pk, leased_by in session.execute(
             select(CopyRow.id, CopyRow.leased_by)
             .where(CopyRow.state == "pending", CopyRow.next_attempt_at <= now)
             .order_by(CopyRow.next_attempt_at, CopyRow.id)
@@ -85,12 +83,12 @@ async def claim(
     ids = list(taken)
     if not ids:
         return []
-    await session.execute(
+    session.execute(
         update(CopyRow)
         .where(CopyRow.id.in_(ids))
         .values(next_attempt_at=now + dt.timedelta(seconds=lease), leased_by=node)
     )
-    rows = await session.execute(
+    rows = session.execute(
         select(
             CopyRow.id,
             CopyRow.copy_id,
@@ -121,7 +119,7 @@ async def claim(
     # Several copies share one message; read each message's bytes once.
     raws: dict[int, bytes] = {
         int(pk): bytes(raw)
-        for pk, raw in await session.execute(
+        for pk, raw in session.execute(
             select(MessageRow.id, MessageRow.raw).where(MessageRow.id.in_({f[7] for f in facts}))
         )
     }
@@ -150,8 +148,8 @@ async def claim(
     ]
 
 
-async def record(
-    session: AsyncSession,
+def record(
+    session: Session,
     outcomes: Sequence[Outcome],
     now: dt.datetime,
     retry_at: dict[int, dt.datetime | None],
@@ -159,7 +157,7 @@ async def record(
     """Store how each attempt went; ``retry_at`` maps a failed copy to its next attempt (None: hold it)."""
     delivered = [o for o in outcomes if o.error is None]
     if delivered:
-        await session.execute(
+        session.execute(
             update(COPIES)
             .where(COPIES.c.id == bindparam("b_id"))
             .values(
@@ -175,7 +173,7 @@ async def record(
         )
     failed = [o for o in outcomes if o.error is not None]
     if failed:
-        await session.execute(
+        session.execute(
             update(COPIES)
             .where(COPIES.c.id == bindparam("b_id"))
             .values(
