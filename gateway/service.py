@@ -15,7 +15,6 @@ import contextlib
 import logging
 import signal
 import ssl
-import sys
 import warnings
 from dataclasses import dataclass
 
@@ -36,7 +35,6 @@ from gateway.replies import Reply
 log = logging.getLogger("gateway.service")
 
 SHUTDOWN_GRACE = 10.0
-SWITCH_INTERVAL = 0.0005
 
 
 @dataclass
@@ -221,7 +219,4 @@ async def serve(settings: Settings) -> None:
 def run(settings: Settings) -> None:
     """Run the gateway in the foreground until SIGTERM or SIGINT; return normally on a clean stop."""
     configure_logging(settings.logging.level, settings.logging.format)
-    # The writer thread gives up the GIL at every database call and must get it back from a busy event
-    # loop; with the default 5 ms switch interval each of its statements could wait that long.
-    sys.setswitchinterval(SWITCH_INTERVAL)
     asyncio.run(serve(settings))

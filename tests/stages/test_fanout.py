@@ -1,0 +1,139 @@
+"""Acceptance and fan-out as stages, on SQLite and PostgreSQL, with the in-memory mailbox.
+
+The end-to-end tests show the happy path through real clients; these pin down what is hard to provoke
+from outside: retries with backoff, held copies, a copy written just before a crash, re-sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import errno
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from gateway.acceptance import Acceptance, Submission
+from gateway.config import FanoutSettings
+from gateway.db.accounts import find_account
+from gateway.db.models import CopyRow, EventRow
+from gateway.db.writer import Writer
+from gateway.fanout import FanOut, backoff
+from gateway.mailbox import MailboxError, MailboxOwner, MemoryMailbox
+from gateway.parsing import parse_message
+from tests.conftest import Gateway
+
+PORTFOLIO = "makler-muster"
+SETTINGS = FanoutSettings(retry_base=10.0, retry_max=60.0, max_attempts=3)
+
+
+@pytest.fixture
+def with_login(seeded: Gateway, tmp_path: Path) -> Gateway:
+    password = tmp_path / "pw"
+    password.write_text("stage-test-password\n", encoding="utf-8")
+    seeded("backoffice", "password", "ams", "-p", PORTFOLIO, "--password-file", str(password))
+    return seeded
+
+
+@pytest.fixture
+async def writer(with_login: Gateway, database_url: str) -> AsyncIterator[Writer]:
+    w = Writer(database_url)
+    try:
+        yield w
+    finally:
+        await w.close()
+
+
+async def accept(writer: Writer, to: str, subject: str, message_id: str | None = None) -> str:
+    account = await writer.run(find_account, "ams@makler-muster.example")
+    assert account is not None
+    mid = f"Message-ID: {message_id}\r\n" if message_id else ""
+    raw = f"From: ams@makler-muster.example\r\nTo: {to}\r\nSubject: {subject}\r\n{mid}\r\nText\r\n".encode()
+    acceptance = Acceptance(writer, hostname="gw.example")
+    submission = Submission(
+        account, "ams@makler-muster.example", (to,), raw, parse_message(raw), "submission", "x"
+    )
+    await acceptance._store([(submission, fut := _future())])
+    return (await fut).gateway_id
+
+
+def _future() -> object:
+
+    return asyncio.get_running_loop().create_future()
+
+
+def copies(session: Session) -> list[CopyRow]:
+    return list(session.scalars(select(CopyRow).order_by(CopyRow.id)))
+
+
+async def test_a_failed_copy_is_retried_with_backoff_then_held(writer: Writer) -> None:
+    await accept(writer, "sb-a1@kunde-a.example", "Retry")
+    mailbox = MemoryMailbox()
+    fanout = FanOut(
+        writer, mailbox, SETTINGS, node="n1", vorgang_header="X-Gateway-Vorgang", tag_subject=True
+    )
+    mailbox.fail_next(2, MailboxError(errno.ENOSPC, "disk full", "/x"))
+    assert await fanout.run_once() == 2
+    rows = await writer.run(copies)
+    assert sorted(r.state for r in rows) == ["pending", "pending"]
+    assert all(r.attempts == 1 and "disk full" in (r.last_error or "") for r in rows)
+    now = dt.datetime.now(dt.UTC)
+    for row in rows:
+        due = row.next_attempt_at
+        assert due is not None
+        wait = (due.replace(tzinfo=dt.UTC) if due.tzinfo is None else due) - now
+        assert (
+            dt.timedelta(seconds=backoff(1, SETTINGS) - 2)
+            < wait
+            <= dt.timedelta(seconds=backoff(1, SETTINGS))
+        )
+    assert await fanout.run_once() == 0, "not due before the backoff ends"
+
+    async def make_due() -> None:
+        await writer.run(lambda s: s.execute(update(CopyRow).values(next_attempt_at=dt.datetime(2000, 1, 1))))
+
+    for _ in (2, 3):
+        mailbox.fail_next(2, MailboxError(errno.ENOSPC, "disk full", "/x"))
+        await make_due()
+        assert await fanout.run_once() == 2
+    rows = await writer.run(copies)
+    assert [r.state for r in rows] == ["held", "held"], "after max_attempts a copy is held for an admin"
+    events = await writer.run(lambda s: [e.kind for e in s.scalars(select(EventRow).order_by(EventRow.id))])
+    assert events.count("copy.failed") == 4
+    assert events.count("copy.held") == 2
+    await make_due()
+    assert await fanout.run_once() == 0, "held copies are not retried"
+
+
+async def test_a_copy_written_before_a_crash_is_found_not_written_again(writer: Writer) -> None:
+    await accept(writer, "gf-a@kunde-a.example", "Crash")
+    mailbox = MemoryMailbox()
+    fanout = FanOut(
+        writer, mailbox, SETTINGS, node="n1", vorgang_header="X-Gateway-Vorgang", tag_subject=True
+    )
+    # The first run claimed and wrote the copies, then the process died before recording it.
+    jobs = await writer.run(
+        lambda s: __import__("gateway.db.queue", fromlist=["claim"]).claim(
+            s, "n1", dt.datetime.now(dt.UTC), 60, 100
+        )
+    )
+    assert len(jobs) == 2
+    for job in jobs:
+        await mailbox.append(MailboxOwner(PORTFOLIO, job.address), job.copy_id, b"Subject: x\r\n\r\nx\r\n")
+    assert await fanout.run_once() == 0, "leased copies wait for their lease"
+    await fanout.start()  # the restarted node takes its own leases back at once
+    assert await fanout.run_once() == 2
+    for job in jobs:
+        assert len(await mailbox.find(MailboxOwner(PORTFOLIO, job.address), job.copy_id)) == 1
+    assert {r.state for r in await writer.run(copies)} == {"delivered"}
+
+
+async def test_a_re_sent_message_is_stored_and_fanned_out_once(writer: Writer) -> None:
+    first = await accept(writer, "sb-b1@kunde-b.example", "Once", "<once@ams.example>")
+    again = await accept(writer, "sb-b1@kunde-b.example", "Once", "<once@ams.example>")
+    assert first == again
+    rows = await writer.run(copies)
+    assert len(rows) == 3, "SB-B1, SB-B2 and GF-B, once each"
