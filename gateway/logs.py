@@ -35,5 +35,7 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Alembic announces its dialect at INFO each time serve checks the schema; that is noise there.
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    # Alembic announces its dialect at INFO each time serve checks the schema, and aiosmtpd ("mail.log")
+    # logs every connection and peer at INFO; our own lines say what matters about each message.
+    for chatty in ("alembic", "mail.log"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
