@@ -10,6 +10,7 @@ message of the batch gets ``451`` and nothing of them is stored (DESIGN.md §8).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -81,6 +82,8 @@ class Acceptance:
         self.hostname = hostname
         self.on_accepted = on_accepted
         self._queue: asyncio.Queue[Waiting] = asyncio.Queue()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def submit(self, submission: Submission) -> Accepted:
         """Store ``submission``; returns once it is committed. Raises NotStored when it could not be.
@@ -97,12 +100,22 @@ class Acceptance:
             batch = [await self._queue.get()]
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._store(batch)
+            self._idle.clear()
+            try:
+                await self._store(batch)
+            finally:
+                if self._queue.empty():
+                    self._idle.set()
 
     async def drain(self) -> None:
-        """Store what is queued (on shutdown, after the listeners stopped taking mail)."""
-        while not self._queue.empty():
-            await self._store([self._queue.get_nowait() for _ in range(min(MAX_BATCH, self._queue.qsize()))])
+        """Wait until everything queued is stored (on shutdown, after the listeners stopped taking mail)."""
+        while not (self._queue.empty() and self._idle.is_set()):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), 0.1)
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
 
     async def _store(self, batch: list[Waiting]) -> None:
         submissions = [submission for submission, _ in batch]

@@ -192,7 +192,13 @@ class Service:
                 if protocol.transport is not None:
                     protocol.transport.write(f"{Reply.SHUTTING_DOWN}\r\n".encode())  # type: ignore[attr-defined]
                     protocol.transport.close()
-        await self.acceptance.drain()
+        try:
+            async with asyncio.timeout(grace):
+                await self.acceptance.drain()
+        except TimeoutError:
+            log.warning(
+                "stopping with %d message(s) not stored; their senders will retry", self.acceptance.queued
+            )
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
