@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 from gateway.acceptance import Acceptance, NotStored, Submission
 from gateway.db.accounts import Account, find_account
@@ -124,6 +124,76 @@ class GatewaySMTP(SMTP):
                 del self.state.connections[client]
         super().connection_lost(error)
 
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
+        """aiosmtpd's DATA, reading lines the way Postfix does with ``smtpd_forbid_bare_newline = normalize``.
+
+        A bare LF ends a line as CRLF does (and is stored as CRLF), so a client with bare LF line
+        endings is neither refused for one "line" as long as its whole message nor stored with mixed
+        endings that other servers read differently. DATA still ends only at <CR><LF>.<CR><LF>: a dot
+        line after a bare LF is content, so <LF>.<CR><LF> can never end a message early and smuggle
+        the next one past us (CVE-2023-51766 and its relatives).
+        """
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        lines: list[bytes] = []
+        size = 0
+        refusal: Reply | None = None
+        after_crlf = True  # the previous line ended in CRLF, so a "." line now ends DATA
+        tail_of: bytes | None = None  # what was read of an overlong line, whose rest comes next
+        while self.transport is not None:
+            try:
+                line = await self._reader.readuntil(b"\n")
+            except asyncio.CancelledError:
+                log.info("connection lost during DATA")
+                self._writer.close()
+                raise
+            except asyncio.LimitOverrunError as exc:
+                # Longer than the line limit: drop what we have, read on to the end, then refuse.
+                refusal = refusal or Reply.LINE_TOO_LONG
+                lines.clear()
+                tail_of = await self._reader.read(exc.consumed)
+                continue
+            except asyncio.IncompleteReadError:
+                return  # the client went away mid-DATA; nothing is stored
+            if tail_of is not None:
+                # The rest of an overlong line: never a "." line, and its CRLF may be split in two.
+                after_crlf = line.endswith(b"\r\n") or (line == b"\n" and tail_of.endswith(b"\r"))
+                tail_of = None
+                continue
+            crlf = line.endswith(b"\r\n")
+            if crlf and after_crlf and line == b".\r\n":
+                break
+            after_crlf = crlf
+            text = line[:-2] if crlf else line[:-1]
+            if text.startswith(b"."):
+                text = text[1:]  # RFC 5321 4.5.2 transparency
+            size += len(text) + 2
+            if self.data_size_limit and size > self.data_size_limit:
+                refusal = refusal or Reply.TOO_BIG
+            if refusal is not None:
+                lines.clear()  # keep reading to the end, but not in memory
+                continue
+            lines.append(text + b"\r\n")
+        if refusal is not None:
+            self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
+            await self.push(str(refusal))
+            return
+        content = b"".join(lines)
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
+        await self.push(status)
+
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str):
             await super().push(AIOSMTPD_REPLIES.get(status, status))
@@ -154,18 +224,6 @@ class GatewaySMTP(SMTP):
 def _client_of(transport: asyncio.BaseTransport) -> str:
     peer = transport.get_extra_info("peername")
     return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
-
-
-def normalise_bare_newlines(data: bytes) -> bytes:
-    """Treat a bare LF as CRLF, as Postfix does with ``smtpd_forbid_bare_newline = normalize``.
-
-    aiosmtpd ends DATA only at <CRLF>.<CRLF> (so <LF>.<CRLF> can never end a message early and smuggle
-    a second one); what is left is to store lines consistently, so copies and relays never carry bare
-    LFs that another server would read differently.
-    """
-    if b"\n" not in data.replace(b"\r\n", b""):
-        return data
-    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 class SubmissionHandler:
@@ -228,7 +286,6 @@ class SubmissionHandler:
         assert isinstance(account, Account)
         raw = envelope.original_content
         assert isinstance(raw, bytes), "decode_data=False keeps the bytes"
-        raw = normalise_bare_newlines(raw)
         header_end = raw.find(b"\r\n\r\n")
         if (header_end if header_end >= 0 else len(raw)) > self.max_header_size:
             return str(Reply.HEADER_TOO_BIG)
