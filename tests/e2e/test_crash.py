@@ -151,3 +151,35 @@ def assert_nothing_half_stored(database_url: str) -> None:
     assert messages == MESSAGES, "each message stored once, re-sends recognised"
     assert pending == 0
     assert without_copies == []
+
+
+def test_sigterm_during_a_burst_stops_cleanly(tmp_path: Path, database_url: str) -> None:
+    """SIGTERM: stop taking mail, finish what is in flight, exit 0; nothing that got 250 is lost."""
+    port = free_port()
+    gateway = prepare(tmp_path, database_url)
+    gateway.config.write_text(
+        gateway.config.read_text(encoding="utf-8").replace("port = 0", f"port = {port}"), encoding="utf-8"
+    )
+    gateway.start()
+    senders = [Sender(port, list(range(i, MESSAGES, CLIENTS))) for i in range(CLIENTS)]
+    for sender in senders:
+        sender.start()
+    while sum(len(s.accepted) for s in senders) < MESSAGES // 3:
+        time.sleep(0.01)
+    assert gateway.stop(signal.SIGTERM) == 0, "a clean stop exits 0"
+    assert any("gateway stopped" in line for line in gateway.log)
+    restarted = RunningGateway(gateway.config, gateway.maildir_root, gateway.cli)
+    restarted.start()
+    try:
+        for sender in senders:
+            sender.join(timeout=150)
+        assert len(set().union(*(s.accepted for s in senders))) == MESSAGES
+        expected = sum(len(SEEN_BY[PEOPLE[n % len(PEOPLE)]]) for n in range(MESSAGES))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and count_files(gateway.maildir_root) < expected:
+            time.sleep(0.2)
+        time.sleep(0.5)
+        assert count_files(gateway.maildir_root) == expected
+        assert_nothing_half_stored(database_url)
+    finally:
+        restarted.stop()
