@@ -1,10 +1,8 @@
-"""Stores Vorgänge and messages with their participants, and reads them back by their public ids."""
+"""Reads messages and Vorgänge back by their public ids (``gw-…``, ``VG-…``) for admins."""
 
 from __future__ import annotations
 
-import hashlib
 import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -15,65 +13,9 @@ from gateway.domain.model import Participant, ParticipantRole
 from gateway.errors import NotFound
 
 
-@dataclass(frozen=True, slots=True)
-class NewMessage:
-    """What ingress knows about a message once it has parsed it, ready to be stored."""
-
-    raw: bytes
-    direction: str  # "inbound" (from a back office) or "reply" (from a member)
-    subject: str = ""
-    message_id: str | None = None
-    in_reply_to: str | None = None
-    references: str | None = None
-    from_address: str | None = None
-    envelope_sender: str = ""
-    backoffice_id: int | None = None
-
-
 def new_gateway_id() -> str:
     """A public message id that reveals nothing about volume or order (unlike the row id)."""
     return "gw-" + secrets.token_hex(12)
-
-
-async def add_vorgang(
-    session: AsyncSession, portfolio_id: int, reference: str, subject: str = ""
-) -> VorgangRow:
-    row = VorgangRow(portfolio_id=portfolio_id, reference=reference, subject=subject)
-    session.add(row)
-    await session.flush()
-    return row
-
-
-async def add_message(
-    session: AsyncSession, vorgang: VorgangRow, message: NewMessage, participants: Sequence[Participant]
-) -> MessageRow:
-    """Store a message's raw bytes, parsed facts and participants in the caller's transaction."""
-    row = MessageRow(
-        gateway_id=new_gateway_id(),
-        portfolio_id=vorgang.portfolio_id,
-        vorgang_id=vorgang.id,
-        direction=message.direction,
-        backoffice_id=message.backoffice_id,
-        raw=message.raw,
-        size=len(message.raw),
-        sha256=hashlib.sha256(message.raw).hexdigest(),
-        message_id=message.message_id,
-        in_reply_to=message.in_reply_to,
-        references=message.references,
-        subject=message.subject,
-        from_address=message.from_address,
-        envelope_sender=message.envelope_sender,
-    )
-    session.add(row)
-    await session.flush()
-    session.add_all(
-        ParticipantRow(
-            message_id=row.id, member_id=p.member_id, role=p.role, portfolio_id=vorgang.portfolio_id
-        )
-        for p in dict.fromkeys(participants)
-    )
-    await session.flush()
-    return row
 
 
 async def get_message(session: AsyncSession, gateway_id: str) -> MessageRow:

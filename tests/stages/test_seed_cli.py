@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
-from gateway.db.engine import create_engine, session_factory
-from gateway.db.messages import NewMessage, add_message, add_vorgang
-from gateway.db.models import MemberRow, PortfolioRow
-from gateway.domain.model import Participant, ParticipantRole
+from gateway.acceptance import Acceptance, Submission
+from gateway.db.accounts import find_account
+from gateway.db.writer import Writer
+from gateway.parsing import parse_message
 from tests.conftest import Gateway
 from tests.seed import ADDRESS, RELEASES, SEEN_BY
 
@@ -59,31 +59,34 @@ def test_clerks_of_b_never_see_gf_a(seeded: Gateway) -> None:
     assert not {row["name"] for row in json.loads(out)["audience"]} & {"SB-B1", "SB-B2", "SB-A1", "SB-A2"}
 
 
-async def _store_message(database_url: str, sender: str, recipients: list[str]) -> str:
-    engine = create_engine(database_url)
+async def _store_message(database_url: str, recipient: str) -> str:
+    """Accept a back-office message the way the submission listener does, and return its id."""
+    writer = Writer(database_url)
+    acceptance = Acceptance(writer, hostname="gw.example")
+    task = asyncio.create_task(acceptance.run())
     try:
-        async with session_factory(engine).begin() as session:
-            portfolio = await session.scalar(select(PortfolioRow).where(PortfolioRow.name == "makler-muster"))
-            assert portfolio is not None
-            members = {m.address: m.id for m in await session.scalars(select(MemberRow))}
-            vorgang = await add_vorgang(session, portfolio.id, "VG-2026-000001", "Schadenmeldung")
-            participants = [Participant(members[a], ParticipantRole.TO) for a in recipients]
-            if sender in members:
-                participants.append(Participant(members[sender], ParticipantRole.SENDER))
-            raw = (
-                f"From: {sender}\r\nTo: {', '.join(recipients)}\r\nSubject: Schaden\r\n\r\nText\r\n".encode()
-            )
-            message = await add_message(
-                session, vorgang, NewMessage(raw=raw, direction="inbound", subject="Schaden"), participants
-            )
-            return message.gateway_id
+        account = await writer.run(find_account, "ams@makler-muster.example")
+        assert account is not None
+        raw = (
+            f"From: ams@makler-muster.example\r\nTo: {recipient}\r\nSubject: Schaden\r\n\r\nText\r\n".encode()
+        )
+        submission = Submission(
+            account, account.login, (recipient,), raw, parse_message(raw), "submission", "x"
+        )
+        return (await acceptance.submit(submission)).gateway_id
     finally:
-        await engine.dispose()
+        task.cancel()
+        await writer.close()
 
 
 @pytest.mark.parametrize("person", sorted(SEEN_BY))
-def test_who_can_see_a_stored_message(seeded: Gateway, database_url: str, person: str) -> None:
-    gateway_id = asyncio.run(_store_message(database_url, "ams@makler-muster.example", [ADDRESS[person]]))
+def test_who_can_see_a_stored_message(
+    seeded: Gateway, database_url: str, tmp_path: Path, person: str
+) -> None:
+    password = tmp_path / "pw"
+    password.write_text("seed-test-password\n", encoding="utf-8")
+    seeded("backoffice", "password", "ams", "-p", "makler-muster", "--password-file", str(password))
+    gateway_id = asyncio.run(_store_message(database_url, ADDRESS[person]))
     out = json.loads(seeded("who-can-see", gateway_id, "--json").stdout)
     assert out["message"] == gateway_id
     assert {row["name"] for row in out["audience"]} == SEEN_BY[person]
