@@ -432,7 +432,7 @@ class LimitsSettings(_Section):
     max_connections_per_client: PositiveInt = 20
     """Concurrent connections from one client address."""
 
-    max_messages_per_minute_per_client: PositiveInt = 120
+    max_messages_per_minute_per_client: PositiveInt = 6000
     """Messages accepted per minute from one client address."""
 
     max_received_hops: PositiveInt = 30

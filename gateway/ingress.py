@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, AnyStr
 
@@ -84,10 +84,23 @@ class ListenerState:
     name: str
     max_connections: int
     max_per_client: int
+    max_messages_per_minute: int = 120
     connections: Counter[str] = field(default_factory=Counter)
     in_data: int = 0
     closing: bool = False
     protocols: set[SMTP] = field(default_factory=set)
+    recent: dict[str, deque[float]] = field(default_factory=dict)
+
+    def allow_message(self, client: str) -> bool:
+        """Count a new message from ``client``; False when it sent its allowance in the last minute."""
+        now = time.monotonic()
+        times = self.recent.setdefault(client, deque())
+        while times and times[0] <= now - 60.0:
+            times.popleft()
+        if len(times) >= self.max_messages_per_minute:
+            return False
+        times.append(now)
+        return True
 
 
 class GatewaySMTP(SMTP):
@@ -258,6 +271,10 @@ class SubmissionHandler:
     async def handle_MAIL(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        peer = session.peer
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        if not self.state.allow_message(client):
+            return str(Reply.RATE_LIMITED)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return str(Reply.SENDER_OK)

@@ -109,7 +109,12 @@ class Service:
 
     async def _start_submission(self, config: ListenerSettings) -> Listener:
         limits = self.settings.limits
-        state = ListenerState("submission", config.max_connections, limits.max_connections_per_client)
+        state = ListenerState(
+            "submission",
+            config.max_connections,
+            limits.max_connections_per_client,
+            limits.max_messages_per_minute_per_client,
+        )
         handler = SubmissionHandler(
             acceptance=self.acceptance,
             members=Members(self.writer),

@@ -285,3 +285,17 @@ def test_auth_needs_tls_on_a_public_listener(tmp_path: Path, database_url: str) 
         assert gateway.wait_for_copies("over tls", 2)
     finally:
         gateway.stop()
+
+
+def test_a_client_over_its_message_rate_is_told_to_slow_down(tmp_path: Path, database_url: str) -> None:
+    gateway = prepare(tmp_path, database_url, max_messages_per_minute_per_client=3)
+    gateway.start()
+    try:
+        with login(gateway) as client:
+            for _ in range(3):
+                assert send_raw(client, raw_message(b"within the rate") + b".\r\n")[0] == 250
+            code, reply = client.docmd("MAIL FROM:<ams@makler-muster.example>")
+            assert (code, reply[:5]) == (451, b"4.7.1")
+            assert client.noop()[0] == 250, "the session goes on"
+    finally:
+        gateway.stop()
