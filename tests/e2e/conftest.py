@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class RunningGateway:
     process: subprocess.Popen[str] | None = None
     port: int = 0
     log: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
 
     def start(self, timeout: float = 30) -> None:
         self.process = subprocess.Popen(
@@ -54,9 +56,8 @@ class RunningGateway:
                 self.port = int(match.group(1))
             if "gateway ready" in line:
                 # Keep reading stderr in the background so the pipe never fills up.
-                import threading
-
-                threading.Thread(target=self._drain, daemon=True).start()
+                self._reader = threading.Thread(target=self._drain, daemon=True)
+                self._reader.start()
                 return
         raise AssertionError("gateway did not start:\n" + "".join(self.log))
 
@@ -71,6 +72,8 @@ class RunningGateway:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         code = self.process.wait(timeout=30)
+        if self._reader is not None:
+            self._reader.join(timeout=10)  # the log's last lines are in before anyone reads it
         if self.process.stderr is not None:
             self.process.stderr.close()
         return code

@@ -71,7 +71,10 @@ def message(number: int, person: str) -> bytes:
     ).encode()
 
 
-def test_kill_9_during_a_burst(tmp_path: Path, database_url: str) -> None:
+def stop_during_a_burst(
+    tmp_path: Path, database_url: str, sig: int
+) -> tuple[list[Sender], int, RunningGateway]:
+    """Start a gateway and the senders, stop it with ``sig`` a third of the way in, start it again."""
     port = free_port()
     gateway = prepare(tmp_path, database_url)
     gateway.config.write_text(
@@ -83,31 +86,54 @@ def test_kill_9_during_a_burst(tmp_path: Path, database_url: str) -> None:
         sender.start()
     while sum(len(s.accepted) for s in senders) < MESSAGES // 3:
         time.sleep(0.01)
-    assert gateway.stop(signal.SIGKILL) == -signal.SIGKILL
+    code = gateway.stop(sig)
+    assert sig != signal.SIGTERM or any("gateway stopped" in line for line in gateway.log)
     time.sleep(0.5)
     restarted = RunningGateway(gateway.config, gateway.maildir_root, gateway.cli)
     restarted.start()
+    return senders, code, restarted
+
+
+def assert_every_message_reached_its_audience(
+    senders: list[Sender], gateway: RunningGateway, database_url: str
+) -> None:
+    for sender in senders:
+        sender.join(timeout=150)
+    accepted = set().union(*(s.accepted for s in senders))
+    assert len(accepted) == MESSAGES, "every message got its 250 in the end (resent after the restart)"
+    expected = sum(len(SEEN_BY[PEOPLE[n % len(PEOPLE)]]) for n in range(MESSAGES))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and count_files(gateway.maildir_root) < expected:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    files = copies_by_subject(gateway.maildir_root)
+    for number in range(MESSAGES):
+        person = PEOPLE[number % len(PEOPLE)]
+        holders = files.get(f"burst {number:04d}", [])
+        assert sorted(holders) == sorted(ADDRESS[p] for p in SEEN_BY[person]), (
+            f"message {number} to {person}: copies in {holders}"
+        )
+    assert_nothing_half_stored(database_url)
+
+
+def test_kill_9_during_a_burst(tmp_path: Path, database_url: str) -> None:
+    senders, code, restarted = stop_during_a_burst(tmp_path, database_url, signal.SIGKILL)
     try:
-        for sender in senders:
-            sender.join(timeout=150)
-        accepted = set().union(*(s.accepted for s in senders))
+        assert code == -signal.SIGKILL
+        assert_every_message_reached_its_audience(senders, restarted, database_url)
         interrupted = set().union(*(s.unanswered for s in senders))
         assert interrupted, "the kill interrupted messages in flight (the clients never pause)"
-        assert len(accepted) == MESSAGES, "every message got its 250 in the end (resent after the restart)"
-        expected = sum(len(SEEN_BY[PEOPLE[n % len(PEOPLE)]]) for n in range(MESSAGES))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and count_files(gateway.maildir_root) < expected:
-            time.sleep(0.2)
-        time.sleep(0.5)
-        files = copies_by_subject(gateway.maildir_root)
-        for number in range(MESSAGES):
-            person = PEOPLE[number % len(PEOPLE)]
-            holders = files.get(f"burst {number:04d}", [])
-            assert sorted(holders) == sorted(ADDRESS[p] for p in SEEN_BY[person]), (
-                f"message {number} to {person}: copies in {holders}"
-            )
-        assert_nothing_half_stored(database_url)
         print(f"{len(interrupted)} message(s) got no answer during the kill and were sent again")
+    finally:
+        restarted.stop()
+
+
+def test_sigterm_during_a_burst_stops_cleanly(tmp_path: Path, database_url: str) -> None:
+    """SIGTERM: stop taking mail, finish what is in flight, exit 0; nothing that got 250 is lost."""
+    senders, code, restarted = stop_during_a_burst(tmp_path, database_url, signal.SIGTERM)
+    try:
+        assert code == 0, "a clean stop exits 0"
+        assert_every_message_reached_its_audience(senders, restarted, database_url)
     finally:
         restarted.stop()
 
@@ -151,35 +177,3 @@ def assert_nothing_half_stored(database_url: str) -> None:
     assert messages == MESSAGES, "each message stored once, re-sends recognised"
     assert pending == 0
     assert without_copies == []
-
-
-def test_sigterm_during_a_burst_stops_cleanly(tmp_path: Path, database_url: str) -> None:
-    """SIGTERM: stop taking mail, finish what is in flight, exit 0; nothing that got 250 is lost."""
-    port = free_port()
-    gateway = prepare(tmp_path, database_url)
-    gateway.config.write_text(
-        gateway.config.read_text(encoding="utf-8").replace("port = 0", f"port = {port}"), encoding="utf-8"
-    )
-    gateway.start()
-    senders = [Sender(port, list(range(i, MESSAGES, CLIENTS))) for i in range(CLIENTS)]
-    for sender in senders:
-        sender.start()
-    while sum(len(s.accepted) for s in senders) < MESSAGES // 3:
-        time.sleep(0.01)
-    assert gateway.stop(signal.SIGTERM) == 0, "a clean stop exits 0"
-    assert any("gateway stopped" in line for line in gateway.log)
-    restarted = RunningGateway(gateway.config, gateway.maildir_root, gateway.cli)
-    restarted.start()
-    try:
-        for sender in senders:
-            sender.join(timeout=150)
-        assert len(set().union(*(s.accepted for s in senders))) == MESSAGES
-        expected = sum(len(SEEN_BY[PEOPLE[n % len(PEOPLE)]]) for n in range(MESSAGES))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and count_files(gateway.maildir_root) < expected:
-            time.sleep(0.2)
-        time.sleep(0.5)
-        assert count_files(gateway.maildir_root) == expected
-        assert_nothing_half_stored(database_url)
-    finally:
-        restarted.stop()
