@@ -123,8 +123,9 @@ class FanOut:
                 flags = frozenset(
                     flag for flag, on in ((Flag.SEEN, job.seen), (Flag.ANSWERED, job.answered)) if on
                 )
+                owner = MailboxOwner(job.portfolio, job.address)
                 located = await self.mailbox.append(
-                    MailboxOwner(job.portfolio, job.address), job.copy_id, data, flags
+                    owner, job.copy_id, data, flags, first_attempt=job.first_attempt
                 )
             except Exception as exc:
                 log.warning("copy %s for %s failed: %s", job.copy_id, job.address, exc)

@@ -22,7 +22,7 @@ from gateway.db.accounts import find_account
 from gateway.db.models import CopyRow, EventRow
 from gateway.db.writer import Writer
 from gateway.fanout import FanOut, backoff
-from gateway.mailbox import MailboxError, MailboxOwner, MemoryMailbox
+from gateway.mailbox import Flag, Located, MailboxError, MailboxOwner, MemoryMailbox
 from gateway.parsing import parse_message
 from tests.conftest import Gateway
 
@@ -137,3 +137,32 @@ async def test_a_re_sent_message_is_stored_and_fanned_out_once(writer: Writer) -
     assert first == again
     rows = await writer.run(copies)
     assert len(rows) == 3, "SB-B1, SB-B2 and GF-B, once each"
+
+
+class RecordingMailbox(MemoryMailbox):
+    """The fake mailbox, noting what each append was told about earlier attempts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_attempts: list[bool] = []
+
+    async def append(  # type: ignore[override]
+        self, owner: MailboxOwner, copy_id: str, data: bytes, flags: frozenset[Flag] = frozenset(), **kw: bool
+    ) -> Located:
+        self.first_attempts.append(kw.get("first_attempt", False))
+        return await super().append(owner, copy_id, data, flags, **kw)
+
+
+async def test_fresh_copies_are_written_as_first_attempts_and_retries_are_not(writer: Writer) -> None:
+    """A first attempt lets Maildir skip listing every folder; a retry must look (it may have written)."""
+    await accept(writer, "sb-a1@kunde-a.example", "First")
+    mailbox = RecordingMailbox()
+    fanout = FanOut(
+        writer, mailbox, SETTINGS, node="n1", vorgang_header="X-Gateway-Vorgang", tag_subject=True
+    )
+    mailbox.fail_next(1, MailboxError(errno.EIO, "i/o error", "/x"))
+    await fanout.run_once()
+    assert mailbox.first_attempts == [True, True]
+    await writer.run(lambda s: s.execute(update(CopyRow).values(next_attempt_at=dt.datetime(2000, 1, 1))))
+    await fanout.run_once()
+    assert mailbox.first_attempts[2:] == [False]
