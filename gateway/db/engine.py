@@ -12,10 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
-def is_sqlite(url: str) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
-
-
 def create_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> AsyncEngine:
     """An engine for ``url``; SQLite gets WAL, enforced foreign keys and a busy timeout on every connection.
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from gateway.db.engine import sqlite_on_begin, sqlite_on_connect
 
@@ -58,6 +58,3 @@ class Writer:
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self.engine.dispose)
         self._thread.shutdown(wait=True)
-
-
-__all__ = ["Session", "Writer", "sync_url"]
