@@ -58,6 +58,8 @@ class Sender(threading.Thread):
                 except (OSError, smtplib.SMTPException):
                     # No 250: the message may or may not have been committed before the kill.
                     self.unanswered.add(number)
+                    if client is not None:
+                        client.close()
                     client = None
                     time.sleep(0.2)
         if client is not None:
