@@ -114,7 +114,7 @@ class GatewaySMTP(SMTP):
         super().connection_made(transport)
         if not first:
             return  # the same connection after STARTTLS
-        self._client = _client_of(transport)
+        self._client = _client_of(transport.get_extra_info("peername"))
         state = self.state
         too_many = state.connections[self._client] >= state.max_per_client
         if state.closing or too_many or sum(state.connections.values()) >= state.max_connections:
@@ -234,8 +234,8 @@ class GatewaySMTP(SMTP):
         return AuthResult(success=True, auth_data=account)
 
 
-def _client_of(transport: asyncio.BaseTransport) -> str:
-    peer = transport.get_extra_info("peername")
+def _client_of(peer: object) -> str:
+    """The client's IP address from a socket peer name; what connection and rate limits count by."""
     return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
 
 
@@ -271,9 +271,7 @@ class SubmissionHandler:
     async def handle_MAIL(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        peer = session.peer
-        client = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
-        if not self.state.allow_message(client):
+        if not self.state.allow_message(_client_of(session.peer)):
             return str(Reply.RATE_LIMITED)
         envelope.mail_from = address
         envelope.mail_options.extend(options)

@@ -13,8 +13,6 @@ reach a caller, because a subject ends up in mailbox listings, logs and relayed 
 
 from __future__ import annotations
 
-import binascii
-import codecs
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +21,15 @@ from email.parser import BytesParser
 from email.policy import Compat32
 from email.utils import getaddresses
 from typing import TypeVar
+
+from gateway.domain.headers import (
+    CONTROLS_REMOVED,
+    CONTROLS_TO_SPACE,
+    bytes_to_text,
+    decode_header_value,
+    decode_words,
+    unfold,
+)
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -83,27 +90,8 @@ _POLICY = _RawValues()
 # A blank line: an empty first line, or a line end followed by another. "\r" followed by "\n" is one
 # line end, never two, exactly as Python's parser splits lines.
 _BLANK_LINE = re.compile(rb"(?:\A|\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
-_LINE_BREAKS = re.compile(r"\r\n|\r|\n")
-
-# An RFC 2047 encoded word, read liberally as every mail client does: also inside a word, also with
-# spaces in the encoded text. The text excludes "?", so a search never scans past the next word.
-_ENCODED_WORD = re.compile(r"=\?([^?\s*]{1,64})(?:\*[^?\s]{0,64})?\?([bBqQ])\?([\x20-\x3e\x40-\x7e]*)\?=")
-_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
-
-# C0 and C1 control characters and the Unicode line and paragraph separators.
-_CONTROLS = (*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
-_CONTROLS_TO_SPACE = dict.fromkeys(_CONTROLS, " ")
-_CONTROLS_REMOVED: dict[int, None] = dict.fromkeys(_CONTROLS)
-
-# Mail that says latin-1 (or ASCII) is nearly always windows-1252, which only adds printable characters
-# (€, „, “, –) where latin-1 has C1 controls; browsers read these labels the same way.
-_AS_WINDOWS_1252 = frozenset({"iso-8859-1", "iso8859-1", "iso_8859-1", "latin1", "latin-1", "l1", "us-ascii"})
-_AS_8BIT = frozenset({"unknown-8bit", "x-unknown", "unknown", "8bit", "x-user-defined"})
-# Text codecs that interpret their input instead of merely decoding it.
-_NOT_CHARSETS = frozenset({"unicode_escape", "raw_unicode_escape", "punycode", "idna"})
 
 _ADDR_SPEC = re.compile(r"[^\s@<>,;\ufffd]+@[^\s@<>,;\ufffd]+")
-_REPLACEMENT = "\ufffd"
 
 _PARSER_DEFECTS: dict[type[errors.MessageDefect], str] = {
     errors.MissingHeaderBodySeparatorDefect: "no blank line between header and body",
@@ -145,16 +133,6 @@ def parse_message(raw: bytes, *, vorgang_header: str = "X-Gateway-Vorgang") -> P
         return ParsedMessage(None, (), (), "", (), "", (), (), None, 0, None, defects.result())
 
 
-def decode_header_value(raw: bytes) -> str:
-    """A raw header value as people read it, one line of text: what a subject line shows.
-
-    Folding is undone, 8-bit bytes are read as UTF-8 or else windows-1252, RFC 2047 encoded words are
-    decoded (undecodable bytes replaced), every control character becomes a space, and the ends are
-    stripped. Never raises.
-    """
-    return _decode_words(_unfold(_bytes_to_text(raw))).translate(_CONTROLS_TO_SPACE).strip()
-
-
 def extract_msg_ids(value: str) -> tuple[str, ...]:
     """The message ids in a Message-ID, In-Reply-To or References value, in order, as ``<local@domain>``.
 
@@ -163,12 +141,12 @@ def extract_msg_ids(value: str) -> tuple[str, ...]:
     """
     ids: list[str] = []
     for match in re.finditer(r"<([^<>]*)>", value):
-        inner = "".join(match.group(1).translate(_CONTROLS_REMOVED).split())
+        inner = "".join(match.group(1).translate(CONTROLS_REMOVED).split())
         if inner:
             ids.append(f"<{inner}>")
     if ids:
         return tuple(ids)
-    bare = value.translate(_CONTROLS_TO_SPACE).strip().strip("<>").strip()
+    bare = value.translate(CONTROLS_TO_SPACE).strip().strip("<>").strip()
     if "@" in bare and not any(ch.isspace() or ch in "<>" for ch in bare):
         return (f"<{bare}>",)
     return ()
@@ -276,7 +254,7 @@ def _addresses(name: str, values: Sequence[str], defects: _Defects) -> _Addresse
     for value in values:
         # Non-ASCII addresses are real only as UTF-8 (SMTPUTF8); in legacy 8-bit they are garbage.
         international = value.isascii() or _is_utf8(_to_bytes(value))
-        text = _unfold(_header_text(value)).translate(_CONTROLS_TO_SPACE)
+        text = unfold(_header_text(value)).translate(CONTROLS_TO_SPACE)
         for display_name, address in getaddresses([text]):
             address = address.strip()
             if not address:
@@ -288,7 +266,7 @@ def _addresses(name: str, values: Sequence[str], defects: _Defects) -> _Addresse
             if not _ADDR_SPEC.fullmatch(address) or not (international or address.isascii()):
                 defects.add(f"{name}: not an address: {_excerpt(address)}")
                 continue
-            decoded_name = _decode_words(display_name).translate(_CONTROLS_REMOVED).strip()
+            decoded_name = decode_words(display_name).translate(CONTROLS_REMOVED).strip()
             found.append((decoded_name, address.lower()))
     return tuple(found)
 
@@ -303,12 +281,12 @@ def _plain_value(value: str | None) -> str | None:
     # A token-like header (a reference, "auto-replied"): no encoded words, only the text, stripped.
     if value is None:
         return None
-    return _unfold(_header_text(value)).translate(_CONTROLS_TO_SPACE).strip()
+    return unfold(_header_text(value)).translate(CONTROLS_TO_SPACE).strip()
 
 
 def _header_text(value: str) -> str:
     """A value as the parser hands it over (8-bit bytes as surrogates) to real text."""
-    return _bytes_to_text(_to_bytes(value)) if not value.isascii() else value
+    return bytes_to_text(_to_bytes(value)) if not value.isascii() else value
 
 
 def _to_bytes(value: str) -> bytes:
@@ -319,23 +297,6 @@ def _to_bytes(value: str) -> bytes:
         return value.encode("utf-8", "surrogateescape")
 
 
-def _bytes_to_text(raw: bytes) -> str:
-    """8-bit header bytes as text: UTF-8 where they mostly are, else windows-1252 (replacing the rest)."""
-    if raw.isascii():
-        return raw.decode("ascii")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    # UTF-8 with a damaged character (a header cut in the middle of one) is still UTF-8; legacy 8-bit
-    # text almost never forms a valid UTF-8 sequence at all, so more good characters than bad decides.
-    as_utf8 = raw.decode("utf-8", "replace")
-    bad = as_utf8.count(_REPLACEMENT)
-    if sum(1 for ch in as_utf8 if ord(ch) > 0x7F) - bad > bad:
-        return as_utf8
-    return raw.decode("cp1252", "replace")
-
-
 def _is_utf8(raw: bytes) -> bool:
     try:
         raw.decode("utf-8")
@@ -344,65 +305,10 @@ def _is_utf8(raw: bytes) -> bool:
     return True
 
 
-def _unfold(text: str) -> str:
-    # RFC 5322 2.2.3: unfolding removes the line breaks and keeps the whitespace after them.
-    return _LINE_BREAKS.sub("", text)
-
-
-def _decode_words(text: str) -> str:
-    """``text`` with its RFC 2047 encoded words decoded; everything else stays as it is."""
-    if "=?" not in text:
-        return text
-    # Whitespace between two encoded words is dropped (RFC 2047 6.2), and adjacent words of one charset
-    # are joined before decoding, because encoders split multi-byte characters across words.
-    pieces: list[str | tuple[str, bytes]] = []
-    position = 0
-    for match in _ENCODED_WORD.finditer(text):
-        between = text[position : match.start()]
-        previous_encoded = bool(pieces) and isinstance(pieces[-1], tuple)
-        if between and not (previous_encoded and between.isspace()):
-            pieces.append(between)
-        position = match.end()
-        charset, encoding, encoded = match.groups()
-        if encoding in "bB":
-            data = _decode_b(encoded)
-        else:
-            data = binascii.a2b_qp(encoded.encode("ascii"), header=True)
-        last = pieces[-1] if pieces else None
-        if isinstance(last, tuple) and last[0] == charset.lower():
-            pieces[-1] = (last[0], last[1] + data)
-        else:
-            pieces.append((charset.lower(), data))
-    pieces.append(text[position:])
-    return "".join(piece if isinstance(piece, str) else _decode_charset(*piece) for piece in pieces)
-
-
-def _decode_b(encoded: str) -> bytes:
-    # Lenient like mail clients: stray characters are dropped, missing padding is added, and a final
-    # lone character (which cannot carry a whole byte) is ignored.
-    data = _NOT_BASE64.sub("", encoded)
-    if len(data) % 4 == 1:
-        data = data[:-1]
-    return binascii.a2b_base64((data + "=" * (-len(data) % 4)).encode("ascii"))
-
-
-def _decode_charset(charset: str, data: bytes) -> str:
-    if charset in _AS_WINDOWS_1252:
-        charset = "cp1252"
-    if charset in _AS_8BIT:
-        return _bytes_to_text(data)
-    try:
-        if codecs.lookup(charset).name in _NOT_CHARSETS:
-            return _bytes_to_text(data)
-        return data.decode(charset, "replace")
-    except (LookupError, UnicodeError, ValueError):
-        return _bytes_to_text(data)
-
-
 def _unique(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
 def _excerpt(text: str, limit: int = 60) -> str:
-    text = text.translate(_CONTROLS_TO_SPACE).strip()
+    text = text.translate(CONTROLS_TO_SPACE).strip()
     return repr(text if len(text) <= limit else text[:limit] + "…")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from email.header import Header
 from typing import Literal
 
-from gateway.parsing import decode_header_value
+from gateway.domain.headers import decode_header_value
 
 __all__ = ["render_copy"]
 
