@@ -21,12 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from gateway.db import intake
 from gateway.db.accounts import Account
 from gateway.db.messages import new_gateway_id
+from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
 from gateway.domain.audience import AsParticipant, Audience, SharedThrough, audience
 from gateway.domain.model import Participant, ParticipantRole
@@ -72,6 +73,21 @@ class Accepted:
 Waiting = tuple[Submission, "asyncio.Future[Accepted]"]
 
 
+@dataclass(frozen=True, slots=True)
+class HandOff:
+    """Fan-out in this process takes new copies straight from acceptance instead of from the queue.
+
+    The copies are stored already leased to ``node`` for ``lease`` seconds, and handed to ``take`` after
+    the commit: the fan-out then needs no transaction to claim them and no read of the message back.
+    If the process dies first, the lease runs out (or the restarted node releases it) and the copies
+    are taken from the queue like any other.
+    """
+
+    node: str
+    lease: float
+    take: Callable[[list[CopyJob]], None]
+
+
 class Acceptance:
     """The accept stage; ``run()`` is its worker task, ``submit()`` what each SMTP session awaits."""
 
@@ -81,10 +97,12 @@ class Acceptance:
         *,
         hostname: str,
         on_accepted: Callable[[], None] = lambda: None,
+        handoff: HandOff | None = None,
     ) -> None:
         self.writer = writer
         self.hostname = hostname
         self.on_accepted = on_accepted
+        self.handoff = handoff
         self._queue: asyncio.Queue[Waiting] = asyncio.Queue()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -127,11 +145,11 @@ class Acceptance:
         started = time.perf_counter()
         try:
             try:
-                results = await self._store_once(submissions)
+                results, jobs = await self._store_once(submissions)
             except IntegrityError:
                 # Another process stored one of these re-sent messages at the same moment; a second
                 # go finds it. Anything else, or failing again, answers 451 below.
-                results = await self._store_once(submissions)
+                results, jobs = await self._store_once(submissions)
         except Exception as exc:
             # Whatever went wrong, no session may wait forever: all of the batch gets 451 and the
             # transaction was rolled back, so nothing of it is stored.
@@ -147,10 +165,16 @@ class Acceptance:
             if not future.done():
                 future.set_result(result)
         log.debug("stored a batch of %d in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
+        if self.handoff is not None and jobs:
+            self.handoff.take(jobs)
         self.on_accepted()
 
-    async def _store_once(self, submissions: list[Submission]) -> list[Accepted]:
-        return await self.writer.run(_accept_batch, submissions, self.hostname)
+    async def _store_once(self, submissions: list[Submission]) -> tuple[list[Accepted], list[CopyJob]]:
+        lease = None
+        if self.handoff is not None:
+            until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.handoff.lease)
+            lease = (self.handoff.node, until)
+        return await self.writer.run(_accept_batch, submissions, self.hostname, lease)
 
 
 # --- one batch ---------------------------------------------------------------------------------------------
@@ -170,7 +194,14 @@ class _Planned:
     audience: Audience | None = None
 
 
-def _accept_batch(session: Session, submissions: Sequence[Submission], hostname: str) -> list[Accepted]:
+def _accept_batch(
+    connection: Connection,
+    submissions: Sequence[Submission],
+    hostname: str,
+    lease: tuple[str, dt.datetime] | None = None,
+) -> tuple[list[Accepted], list[CopyJob]]:
+    """Store one batch; the answer for each submission, and (with ``lease``) the copies, leased to
+    ``lease[0]`` until ``lease[1]``, as jobs for the fan-out in this process."""
     now = dt.datetime.now(dt.UTC)
     results: list[Accepted | None] = [None] * len(submissions)
     by_backoffice: dict[int, list[int]] = defaultdict(list)
@@ -183,7 +214,7 @@ def _accept_batch(session: Session, submissions: Sequence[Submission], hostname:
     fresh: list[int] = []
     for backoffice_id, indexes in by_backoffice.items():
         keys = {(m, digests[i]) for i in indexes if (m := submissions[i].parsed.message_id)}
-        stored = intake.find_resends(session, backoffice_id, keys)
+        stored = intake.find_resends(connection, backoffice_id, keys)
         for i in indexes:
             message_id = submissions[i].parsed.message_id
             key = (message_id or "", digests[i])
@@ -203,13 +234,13 @@ def _accept_batch(session: Session, submissions: Sequence[Submission], hostname:
         by_portfolio[submissions[i].account.portfolio_id].append(i)
     planned: dict[int, _Planned] = {}
     for portfolio_id, indexes in by_portfolio.items():
-        planned |= _plan_portfolio(session, portfolio_id, indexes, submissions, digests, hostname, now)
+        planned |= _plan_portfolio(connection, portfolio_id, indexes, submissions, digests, hostname, now)
 
     for i, plan in planned.items():
         results[i] = Accepted(
             plan.gateway_id, "", plan.found.value, len(plan.audience.members) if plan.audience else 0, False
         )
-    references = _write(session, planned, now)
+    references, jobs = _write(connection, planned, now, lease)
     for i, plan in planned.items():
         result = results[i]
         assert result is not None
@@ -223,11 +254,11 @@ def _accept_batch(session: Session, submissions: Sequence[Submission], hostname:
             original = results[twin]
             assert original is not None
             results[i] = Accepted(original.gateway_id, original.vorgang, "re-send", 0, duplicate=True)
-    return [r for r in results if r is not None]
+    return [r for r in results if r is not None], jobs
 
 
 def _plan_portfolio(
-    session: Session,
+    connection: Connection,
     portfolio_id: int,
     indexes: list[int],
     submissions: Sequence[Submission],
@@ -247,12 +278,13 @@ def _plan_portfolio(
     }
     wanted_refs = {r for h in hints.values() for r in (h.explicit, *h.subject_references) if r}
     wanted_ids = {m for h in hints.values() for m in h.message_ids}
-    known_refs = intake.vorgaenge_by_reference(session, portfolio_id, wanted_refs)
+    known_refs = intake.vorgaenge_by_reference(connection, portfolio_id, wanted_refs)
     known_ids = {
-        m: vid for m, (vid, _) in (intake.vorgaenge_by_message_id(session, portfolio_id, wanted_ids)).items()
+        m: vid
+        for m, (vid, _) in (intake.vorgaenge_by_message_id(connection, portfolio_id, wanted_ids)).items()
     }
     recipients = {a for i in indexes for a in submissions[i].recipients}
-    members = intake.member_ids(session, portfolio_id, recipients)
+    members = intake.member_ids(connection, portfolio_id, recipients)
 
     planned: dict[int, _Planned] = {}
     opened = 0
@@ -275,14 +307,22 @@ def _plan_portfolio(
         planned[i] = _Planned(s, digests[i], found, vorgang_id, participants, gateway_id, message_id)
 
     everyone = {p.member_id for plan in planned.values() for p in plan.participants}
-    releases = intake.sharing_releases(session, portfolio_id, everyone)
+    releases = intake.sharing_releases(connection, portfolio_id, everyone)
     for plan in planned.values():
         plan.audience = audience(portfolio_id, plan.participants, releases)
     return planned
 
 
-def _write(session: Session, planned: dict[int, _Planned], now: dt.datetime) -> dict[int, str]:
-    """Insert Vorgänge, messages, participants, copies and events; the reference of every Vorgang used."""
+def _write(
+    connection: Connection,
+    planned: dict[int, _Planned],
+    now: dt.datetime,
+    lease: tuple[str, dt.datetime] | None,
+) -> tuple[dict[int, str], list[CopyJob]]:
+    """Insert Vorgänge, messages, participants, copies and events.
+
+    Returns the reference of every Vorgang used, and with ``lease`` the new copies as fan-out jobs.
+    """
     references: dict[int, str] = {}
     by_portfolio: dict[int, list[_Planned]] = defaultdict(list)
     for plan in planned.values():
@@ -294,22 +334,25 @@ def _write(session: Session, planned: dict[int, _Planned], now: dt.datetime) -> 
                 openers.setdefault(plan.vorgang_id, plan)
         order = sorted(openers, reverse=True)  # -1, -2, …: the order they were opened in
         opened = intake.new_vorgaenge(
-            session, portfolio_id, [openers[k].submission.parsed.subject for k in order], now
+            connection, portfolio_id, [openers[k].submission.parsed.subject for k in order], now
         )
         new_ids = {placeholder: vid for placeholder, (vid, _) in zip(order, opened, strict=True)}
         references |= dict(opened)
         for plan in plans:
             if plan.vorgang_id < 0:
                 plan.vorgang_id = new_ids[plan.vorgang_id]
-    references |= intake.references_of(session, {p.vorgang_id for p in planned.values()} - set(references))
+    references |= intake.references_of(connection, {p.vorgang_id for p in planned.values()} - set(references))
 
     plans = list(planned.values())
-    message_pks = intake.insert_returning_ids(session, intake.MESSAGES, [_message_row(p, now) for p in plans])
+    message_pks = intake.insert_returning_ids(
+        connection, intake.MESSAGES, [_message_row(p, now) for p in plans]
+    )
     participants: list[dict[str, Any]] = []
     copies: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     audience_ids = {m for p in plans if p.audience for m in p.audience.members}
-    addresses = intake.member_addresses(session, audience_ids)
+    addresses = intake.member_addresses(connection, audience_ids)
+    copy_plans: list[tuple[_Planned, int]] = []
     for plan, pk in zip(plans, message_pks, strict=True):
         pid = plan.submission.account.portfolio_id
         participants += [
@@ -317,12 +360,56 @@ def _write(session: Session, planned: dict[int, _Planned], now: dt.datetime) -> 
             for p in dict.fromkeys(plan.participants)
         ]
         assert plan.audience is not None
-        copies += _copy_rows(pk, pid, plan.audience, now)
+        rows = _copy_rows(pk, pid, plan.audience, now, lease)
+        copies += rows
+        copy_plans += [(plan, pk)] * len(rows)
         events.append(_accepted_event(plan, pk, references[plan.vorgang_id], addresses, now))
-    intake.insert_rows(session, intake.PARTICIPANTS, participants)
-    intake.insert_rows(session, intake.COPIES, copies)
-    intake.insert_rows(session, intake.EVENTS, events)
-    return references
+    intake.insert_rows(connection, intake.PARTICIPANTS, participants)
+    intake.insert_rows(connection, intake.EVENTS, events)
+    shared_via = [row.pop("shared_via") for row in copies]
+    if lease is None:
+        intake.insert_rows(connection, intake.COPIES, copies)
+        return references, []
+    copy_pks = intake.insert_returning_ids(connection, intake.COPIES, copies)
+    jobs = [
+        _job(plan, message_pk, row, copy_pk, shared, references[plan.vorgang_id], addresses[row["member_id"]])
+        for (plan, message_pk), row, copy_pk, shared in zip(
+            copy_plans, copies, copy_pks, shared_via, strict=True
+        )
+    ]
+    return references, jobs
+
+
+def _job(
+    plan: _Planned,
+    message_pk: int,
+    row: dict[str, Any],
+    copy_pk: int,
+    shared_via: str | None,
+    reference: str,
+    address: str,
+) -> CopyJob:
+    s = plan.submission
+    return CopyJob(
+        id=copy_pk,
+        copy_id=row["copy_id"],
+        attempts=0,
+        portfolio_id=s.account.portfolio_id,
+        portfolio=s.account.portfolio,
+        member_id=row["member_id"],
+        address=address,
+        message_pk=message_pk,
+        gateway_id=plan.gateway_id,
+        message_id=plan.message_id,
+        message_id_assigned=s.parsed.message_id is None,
+        vorgang_id=plan.vorgang_id,
+        vorgang=reference,
+        shared_via=shared_via,
+        seen=False,
+        answered=False,
+        raw=s.raw,
+        first_attempt=True,
+    )
 
 
 def _message_row(plan: _Planned, now: dt.datetime) -> dict[str, Any]:
@@ -375,24 +462,32 @@ def _accepted_event(
     }
 
 
-def _copy_rows(message_pk: int, portfolio_id: int, seen: Audience, now: dt.datetime) -> list[dict[str, Any]]:
+def _copy_rows(
+    message_pk: int,
+    portfolio_id: int,
+    seen: Audience,
+    now: dt.datetime,
+    lease: tuple[str, dt.datetime] | None,
+) -> list[dict[str, Any]]:
     rows = []
     for member_id in seen.ordered():
         reasons = seen.via(member_id)
-        shared = None
+        shared: SharedThrough | None = None
         if not any(isinstance(r, AsParticipant) for r in reasons):
-            shared = next(r.release_id for r in reasons if isinstance(r, SharedThrough))
+            shared = next(r for r in reasons if isinstance(r, SharedThrough))
         rows.append(
             {
                 "copy_id": new_copy_id(),
                 "message_id": message_pk,
                 "member_id": member_id,
                 "portfolio_id": portfolio_id,
-                "shared_via_release_id": shared,
+                "shared_via_release_id": shared.release_id if shared else None,
+                # Not a column: the release's name, for the copy's X-Gateway-Shared-Via header.
+                "shared_via": shared.release_name if shared else None,
                 "state": "pending",
                 "attempts": 0,
-                "next_attempt_at": now,
-                "leased_by": None,
+                "next_attempt_at": lease[1] if lease else now,
+                "leased_by": lease[0] if lease else None,
                 "last_error": None,
                 "mailbox_ref": None,
                 "seen": False,

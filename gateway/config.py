@@ -394,6 +394,13 @@ class MailboxSettings(_Section):
     maildir_root: ResolvedPath = DEFAULT_DATA_DIR / "mail"
     """Root of the members' Maildirs. Default: <data_dir>/mail."""
 
+    maildir_sync: Annotated[Literal["batch", "each"], BeforeValidator(_lower)] = "batch"
+    """How Maildir copies are made durable before they count as delivered. "batch": the copies of a
+    fan-out batch are written, then the file system is synced once (Linux syncfs(2)); "each": every
+    file and its directory are fsynced on their own, as most delivery agents do (portable, and much
+    slower where a sync is expensive: 0.75 ms of kernel time per copy on the project's machine).
+    Where syncfs is not available, "batch" falls back to "each"."""
+
     imap: ImapSettings = Field(default_factory=ImapSettings)
     """IMAP server settings, used when backend = "imap"."""
 
@@ -457,9 +464,6 @@ class FanoutSettings(_Section):
 
     enabled: bool = True
     """Run the fan-out worker in this process (off: another gateway process sharing the database does)."""
-
-    concurrency: PositiveInt = 8
-    """Copies written at the same time."""
 
     batch_size: PositiveInt = 100
     """Copies taken from the queue in one go."""

@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
+from collections import deque
 from collections.abc import Sequence
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from gateway.config import FanoutSettings
 from gateway.db import queue
@@ -22,7 +24,7 @@ from gateway.db.intake import EVENTS, insert_rows
 from gateway.db.queue import CopyJob, Outcome
 from gateway.db.writer import Writer
 from gateway.domain.copies import render_copy
-from gateway.mailbox import Flag, Mailbox, MailboxOwner
+from gateway.mailbox import Delivery, Flag, Located, Mailbox, MailboxOwner
 
 log = logging.getLogger("gateway.fanout")
 
@@ -71,8 +73,15 @@ class FanOut:
         self.vorgang_header = vorgang_header
         self.tag_subject = tag_subject
         self._wake = asyncio.Event()
+        self._handed: deque[CopyJob] = deque()
+        self._last_claim = 0.0
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def take(self, jobs: list[CopyJob]) -> None:
+        """New copies from acceptance in this process, already leased to this node (``HandOff``)."""
+        self._handed.extend(jobs)
         self._wake.set()
 
     async def start(self) -> None:
@@ -104,33 +113,60 @@ class FanOut:
             self._wake.clear()
 
     async def run_once(self) -> int:
-        """Take one batch of due copies and write them; returns how many were taken."""
-        now = dt.datetime.now(dt.UTC)
-        jobs = await self.writer.run(
-            queue.claim, self.node, now, self.settings.lease, self.settings.batch_size
-        )
+        """Write one batch of copies: those handed over by acceptance first, else due ones from the
+        queue (which is still read every ``poll_interval`` under load, so retries are not starved).
+        Returns how many were taken."""
+        jobs = [self._handed.popleft() for _ in range(min(len(self._handed), self.settings.batch_size))]
+        if not jobs or time.monotonic() - self._last_claim >= self.settings.poll_interval:
+            self._last_claim = time.monotonic()
+            jobs += await self.writer.run(
+                queue.claim, self.node, dt.datetime.now(dt.UTC), self.settings.lease, self.settings.batch_size
+            )
         if not jobs:
             return 0
-        limit = asyncio.Semaphore(self.settings.concurrency)
-        outcomes = await asyncio.gather(*(self._deliver(job, limit) for job in jobs))
+        # Copies of one mailbox go together: a Maildir then syncs each directory once per batch.
+        jobs.sort(key=lambda job: (job.portfolio, job.address))
+        outcomes = await self._deliver(jobs)
         await self._record(outcomes)
         return len(jobs)
 
-    async def _deliver(self, job: CopyJob, limit: asyncio.Semaphore) -> Outcome:
-        async with limit:
+    async def _deliver(self, jobs: Sequence[CopyJob]) -> list[Outcome]:
+        deliveries: list[Delivery] = []
+        outcomes: list[Outcome | None] = []
+        for job in jobs:
             try:
                 data = copy_bytes(job, vorgang_header=self.vorgang_header, tag_subject=self.tag_subject)
-                flags = frozenset(
-                    flag for flag, on in ((Flag.SEEN, job.seen), (Flag.ANSWERED, job.answered)) if on
+            except Exception as exc:  # a message the renderer cannot handle is one failed copy, no more
+                outcomes.append(self._failed(job, exc))
+                continue
+            flags = frozenset(
+                flag for flag, on in ((Flag.SEEN, job.seen), (Flag.ANSWERED, job.answered)) if on
+            )
+            deliveries.append(
+                Delivery(
+                    MailboxOwner(job.portfolio, job.address), job.copy_id, data, flags, job.first_attempt
                 )
-                owner = MailboxOwner(job.portfolio, job.address)
-                located = await self.mailbox.append(
-                    owner, job.copy_id, data, flags, first_attempt=job.first_attempt
+            )
+            outcomes.append(None)
+        try:
+            results: list[Located | Exception] = await self.mailbox.append_batch(deliveries)
+        except Exception as exc:
+            results = [exc] * len(deliveries)
+        written = iter(results)
+        done: list[Outcome] = []
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if outcome is None:
+                result = next(written)
+                outcome = (
+                    self._failed(job, result) if isinstance(result, Exception) else Outcome(job, result.ref)
                 )
-            except Exception as exc:
-                log.warning("copy %s for %s failed: %s", job.copy_id, job.address, exc)
-                return Outcome(job, error=f"{type(exc).__name__}: {exc}")
-            return Outcome(job, mailbox_ref=located.ref)
+            done.append(outcome)
+        return done
+
+    @staticmethod
+    def _failed(job: CopyJob, exc: Exception) -> Outcome:
+        log.warning("copy %s for %s failed: %s", job.copy_id, job.address, exc)
+        return Outcome(job, error=f"{type(exc).__name__}: {exc}")
 
     async def _record(self, outcomes: Sequence[Outcome]) -> None:
         now = dt.datetime.now(dt.UTC)
@@ -147,13 +183,8 @@ class FanOut:
                 "message_id": job.message_pk,
             }
             if o.error is None:
-                events.append(
-                    base
-                    | {
-                        "kind": "copy.delivered",
-                        "detail": {"copy_id": job.copy_id, "to": job.address, "ref": o.mailbox_ref},
-                    }
-                )
+                # A delivery is recorded in the copy's own row (state, mailbox_ref, updated_at); the
+                # event log keeps what needs attention, not one row per copy of every message.
                 continue
             attempts = job.attempts + 1
             held = attempts >= self.settings.max_attempts
@@ -174,11 +205,11 @@ class FanOut:
 
 
 def _record(
-    session: Session,
+    connection: Connection,
     outcomes: Sequence[Outcome],
     now: dt.datetime,
     retry_at: dict[int, dt.datetime | None],
     events: list[dict[str, object]],
 ) -> None:
-    queue.record(session, outcomes, now, retry_at)
-    insert_rows(session, EVENTS, events)
+    queue.record(connection, outcomes, now, retry_at)
+    insert_rows(connection, EVENTS, events)

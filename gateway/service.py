@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from aiosmtpd.smtp import SMTP
 
-from gateway.acceptance import Acceptance
+from gateway.acceptance import Acceptance, HandOff
 from gateway.config import ListenerSettings, Settings
 from gateway.db.engine import create_engine
 from gateway.db.migrate import require_current
@@ -72,7 +72,9 @@ class Service:
         )
         self.writer = Writer(settings.database_url, echo=settings.database.echo)
         self.mailbox = mailbox or MaildirMailbox(
-            settings.mailbox.maildir_root, hostname=settings.gateway.node_name
+            settings.mailbox.maildir_root,
+            hostname=settings.gateway.node_name,
+            batch_sync=settings.mailbox.maildir_sync == "batch",
         )
         self.fanout = FanOut(
             self.writer,
@@ -82,8 +84,11 @@ class Service:
             vorgang_header=settings.intake.vorgang_header,
             tag_subject=settings.intake.tag_subject,
         )
+        handoff = None
+        if settings.fanout.enabled:
+            handoff = HandOff(settings.gateway.node_name, settings.fanout.lease, self.fanout.take)
         self.acceptance = Acceptance(
-            self.writer, hostname=settings.gateway.hostname, on_accepted=self.fanout.wake
+            self.writer, hostname=settings.gateway.hostname, on_accepted=self.fanout.wake, handoff=handoff
         )
         self.listeners: dict[str, Listener] = {}
         self._tasks: list[asyncio.Task[None]] = []

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
 
 from gateway.db.events import record_event
 from gateway.db.models import BackOfficeAccountRow, BackOfficeRow, PortfolioRow
@@ -25,11 +24,18 @@ class Account:
     portfolio: str
 
 
-def find_account(session: Session, login: str) -> Account | None:
+def find_account(connection: Connection, login: str) -> Account | None:
     """The account of ``login`` (synchronous: the submission listener asks through the writer thread)."""
     row = (
-        session.execute(
-            select(BackOfficeAccountRow, BackOfficeRow.name, PortfolioRow.name)
+        connection.execute(
+            select(
+                BackOfficeAccountRow.login,
+                BackOfficeAccountRow.password_hash,
+                BackOfficeAccountRow.backoffice_id,
+                BackOfficeRow.name,
+                BackOfficeAccountRow.portfolio_id,
+                PortfolioRow.name,
+            )
             .join(BackOfficeRow, BackOfficeRow.id == BackOfficeAccountRow.backoffice_id)
             .join(PortfolioRow, PortfolioRow.id == BackOfficeAccountRow.portfolio_id)
             .where(BackOfficeAccountRow.login == login)
@@ -37,15 +43,8 @@ def find_account(session: Session, login: str) -> Account | None:
     ).first()
     if row is None:
         return None
-    account, backoffice, portfolio = row
-    return Account(
-        account.login,
-        account.password_hash,
-        account.backoffice_id,
-        backoffice,
-        account.portfolio_id,
-        portfolio,
-    )
+    login_, password_hash, backoffice_id, backoffice, portfolio_id, portfolio = row
+    return Account(login_, password_hash, backoffice_id, backoffice, portfolio_id, portfolio)
 
 
 async def set_password(

@@ -13,9 +13,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, insert, select
+from sqlalchemy import Connection, Table, and_, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
 
 from gateway.db.models import (
     CopyRow,
@@ -47,12 +46,12 @@ class StoredMessage:
 
 
 def find_resends(
-    session: Session, backoffice_id: int, keys: Collection[tuple[str, str]]
+    connection: Connection, backoffice_id: int, keys: Collection[tuple[str, str]]
 ) -> dict[tuple[str, str], StoredMessage]:
     """Messages this back office already handed in, by (Message-ID, sha256)."""
     if not keys:
         return {}
-    rows = session.execute(
+    rows = connection.execute(
         select(MessageRow.message_id, MessageRow.sha256, MessageRow.gateway_id, VorgangRow.reference)
         .join(VorgangRow, VorgangRow.id == MessageRow.vorgang_id)
         .where(MessageRow.backoffice_id == backoffice_id, MessageRow.message_id.in_({k[0] for k in keys}))
@@ -63,11 +62,11 @@ def find_resends(
 
 
 def vorgaenge_by_reference(
-    session: Session, portfolio_id: int, references: Collection[str]
+    connection: Connection, portfolio_id: int, references: Collection[str]
 ) -> dict[str, int]:
     if not references:
         return {}
-    rows = session.execute(
+    rows = connection.execute(
         select(VorgangRow.reference, VorgangRow.id).where(
             VorgangRow.portfolio_id == portfolio_id, VorgangRow.reference.in_(list(references))
         )
@@ -76,12 +75,12 @@ def vorgaenge_by_reference(
 
 
 def vorgaenge_by_message_id(
-    session: Session, portfolio_id: int, message_ids: Collection[str]
+    connection: Connection, portfolio_id: int, message_ids: Collection[str]
 ) -> dict[str, tuple[int, str]]:
     """The Vorgang (id, reference) of each known message among ``message_ids``."""
     if not message_ids:
         return {}
-    rows = session.execute(
+    rows = connection.execute(
         select(MessageRow.message_id, VorgangRow.id, VorgangRow.reference)
         .join(VorgangRow, VorgangRow.id == MessageRow.vorgang_id)
         .where(MessageRow.portfolio_id == portfolio_id, MessageRow.message_id.in_(list(message_ids)))
@@ -89,17 +88,19 @@ def vorgaenge_by_message_id(
     return {str(mid): (int(vid), str(ref)) for mid, vid, ref in rows}
 
 
-def references_of(session: Session, vorgang_ids: Collection[int]) -> dict[int, str]:
+def references_of(connection: Connection, vorgang_ids: Collection[int]) -> dict[int, str]:
     if not vorgang_ids:
         return {}
-    rows = session.execute(select(VorgangRow.id, VorgangRow.reference).where(VorgangRow.id.in_(vorgang_ids)))
+    rows = connection.execute(
+        select(VorgangRow.id, VorgangRow.reference).where(VorgangRow.id.in_(vorgang_ids))
+    )
     return {int(vid): str(ref) for vid, ref in rows}
 
 
-def member_ids(session: Session, portfolio_id: int, addresses: Collection[str]) -> dict[str, int]:
+def member_ids(connection: Connection, portfolio_id: int, addresses: Collection[str]) -> dict[str, int]:
     if not addresses:
         return {}
-    rows = session.execute(
+    rows = connection.execute(
         select(MemberRow.address, MemberRow.id).where(
             MemberRow.portfolio_id == portfolio_id, MemberRow.address.in_(list(addresses))
         )
@@ -107,14 +108,16 @@ def member_ids(session: Session, portfolio_id: int, addresses: Collection[str]) 
     return {str(address): int(member_id) for address, member_id in rows}
 
 
-def member_addresses(session: Session, ids: Collection[int]) -> dict[int, str]:
+def member_addresses(connection: Connection, ids: Collection[int]) -> dict[int, str]:
     if not ids:
         return {}
-    rows = session.execute(select(MemberRow.id, MemberRow.address).where(MemberRow.id.in_(ids)))
+    rows = connection.execute(select(MemberRow.id, MemberRow.address).where(MemberRow.id.in_(ids)))
     return {int(member_id): str(address) for member_id, address in rows}
 
 
-def sharing_releases(session: Session, portfolio_id: int, participants: Collection[int]) -> list[Release]:
+def sharing_releases(
+    connection: Connection, portfolio_id: int, participants: Collection[int]
+) -> list[Release]:
     """The releases that share Vorgänge and contain one of ``participants``, with all their members.
 
     Only these can widen an audience (DESIGN.md §3), so this is all the audience rule needs, however
@@ -123,7 +126,7 @@ def sharing_releases(session: Session, portfolio_id: int, participants: Collecti
     if not participants:
         return []
     via = _VIA
-    rows = session.execute(
+    rows = connection.execute(
         select(
             ReleaseRow.id,
             ReleaseRow.name,
@@ -149,7 +152,7 @@ def sharing_releases(session: Session, portfolio_id: int, participants: Collecti
 
 
 def new_vorgaenge(
-    session: Session, portfolio_id: int, subjects: Sequence[str], now: dt.datetime
+    connection: Connection, portfolio_id: int, subjects: Sequence[str], now: dt.datetime
 ) -> list[tuple[int, str]]:
     """Open one Vorgang per subject with the portfolio's next numbers of this year; (id, reference) each.
 
@@ -159,10 +162,10 @@ def new_vorgaenge(
     if not subjects:
         return []
     count = len(subjects)
-    dialect = session.get_bind().dialect.name
+    dialect = connection.dialect.name
     upsert: Any = (postgresql if dialect == "postgresql" else sqlite).insert(VorgangCounterRow)
     last = (
-        session.execute(
+        connection.execute(
             upsert.values(portfolio_id=portfolio_id, year=now.year, last_number=count)
             .on_conflict_do_update(
                 index_elements=["portfolio_id", "year"],
@@ -173,7 +176,7 @@ def new_vorgaenge(
     ).scalar_one()
     references = [format_reference(now.year, int(last) - count + 1 + i) for i in range(count)]
     ids = insert_returning_ids(
-        session,
+        connection,
         VORGAENGE,
         [
             {
@@ -189,14 +192,14 @@ def new_vorgaenge(
     return list(zip(ids, references, strict=True))
 
 
-def insert_returning_ids(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> list[int]:
+def insert_returning_ids(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> list[int]:
     """Insert ``rows`` in one statement and return their new ids in the order of ``rows``."""
     if not rows:
         return []
-    result = session.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), list(rows))
+    result = connection.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), list(rows))
     return [int(row[0]) for row in result]
 
 
-def insert_rows(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+def insert_rows(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        session.execute(insert(table), list(rows))
+        connection.execute(insert(table), list(rows))

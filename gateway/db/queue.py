@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import Table, bindparam, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Table, bindparam, select, update
 
 from gateway.db.models import CopyRow, MemberRow, MessageRow, PortfolioRow, ReleaseRow, VorgangRow
 
@@ -55,12 +54,12 @@ class Outcome:
     error: str | None = None
 
 
-def release_own_leases(session: Session, node: str, now: dt.datetime) -> int:
+def release_own_leases(connection: Connection, node: str, now: dt.datetime) -> int:
     """Make copies this node had taken before it stopped due at once (after a crash or kill).
 
     ``leased_by`` stays set: it tells the next attempt that this one may have written the copy.
     """
-    result = session.execute(
+    result = connection.execute(
         update(CopyRow)
         .where(CopyRow.state == "pending", CopyRow.leased_by == node)
         .values(next_attempt_at=now)
@@ -68,11 +67,11 @@ def release_own_leases(session: Session, node: str, now: dt.datetime) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def claim(session: Session, node: str, now: dt.datetime, lease: float, limit: int) -> list[CopyJob]:
+def claim(connection: Connection, node: str, now: dt.datetime, lease: float, limit: int) -> list[CopyJob]:
     # A comprehension, not dict(result): a Result has keys() and would be read as a mapping.
     taken: dict[int, str | None] = {
         int(copy_pk): leased_by
-        for copy_pk, leased_by in session.execute(
+        for copy_pk, leased_by in connection.execute(
             select(CopyRow.id, CopyRow.leased_by)
             .where(CopyRow.state == "pending", CopyRow.next_attempt_at <= now)
             .order_by(CopyRow.next_attempt_at, CopyRow.id)
@@ -83,12 +82,12 @@ def claim(session: Session, node: str, now: dt.datetime, lease: float, limit: in
     ids = list(taken)
     if not ids:
         return []
-    session.execute(
+    connection.execute(
         update(CopyRow)
         .where(CopyRow.id.in_(ids))
         .values(next_attempt_at=now + dt.timedelta(seconds=lease), leased_by=node)
     )
-    rows = session.execute(
+    rows = connection.execute(
         select(
             CopyRow.id,
             CopyRow.copy_id,
@@ -119,7 +118,7 @@ def claim(session: Session, node: str, now: dt.datetime, lease: float, limit: in
     # Several copies share one message; read each message's bytes once.
     raws: dict[int, bytes] = {
         int(pk): bytes(raw)
-        for pk, raw in session.execute(
+        for pk, raw in connection.execute(
             select(MessageRow.id, MessageRow.raw).where(MessageRow.id.in_({f[7] for f in facts}))
         )
     }
@@ -149,7 +148,7 @@ def claim(session: Session, node: str, now: dt.datetime, lease: float, limit: in
 
 
 def record(
-    session: Session,
+    connection: Connection,
     outcomes: Sequence[Outcome],
     now: dt.datetime,
     retry_at: dict[int, dt.datetime | None],
@@ -157,7 +156,7 @@ def record(
     """Store how each attempt went; ``retry_at`` maps a failed copy to its next attempt (None: hold it)."""
     delivered = [o for o in outcomes if o.error is None]
     if delivered:
-        session.execute(
+        connection.execute(
             update(COPIES)
             .where(COPIES.c.id == bindparam("b_id"))
             .values(
@@ -173,7 +172,7 @@ def record(
         )
     failed = [o for o in outcomes if o.error is not None]
     if failed:
-        session.execute(
+        connection.execute(
             update(COPIES)
             .where(COPIES.c.id == bindparam("b_id"))
             .values(

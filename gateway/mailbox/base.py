@@ -11,10 +11,11 @@ and flag-state tokens are valid, and how a flag-state token is read and compared
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
@@ -61,6 +62,17 @@ class FlagChange:
     flags: frozenset[Flag]
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One copy to append: the arguments of ``Mailbox.append`` as a value, for ``append_batch``."""
+
+    owner: MailboxOwner
+    copy_id: str
+    data: bytes
+    flags: frozenset[Flag] = frozenset()
+    first_attempt: bool = False
+
+
 class MailboxError(OSError):
     """Temporary trouble with the mailbox store (disk, server); the caller retries the whole operation.
 
@@ -100,6 +112,16 @@ class Mailbox(Protocol):
         """
         ...
 
+    async def append_batch(self, deliveries: Sequence[Delivery]) -> list[Located | Exception]:
+        """``append`` for every delivery, in order, as cheaply as the store allows.
+
+        Each result is what ``append`` would have returned or raised (``MailboxError``,
+        ``ValueError``); one failing copy never fails the others. Fan-out writes all its copies
+        through here, so a store can share work across a batch (Maildir: one thread hop, and one
+        directory sync per folder rather than per copy).
+        """
+        ...
+
     async def find(self, owner: MailboxOwner, copy_id: str) -> list[Located]:
         """Every instance of the copy, in every folder (members move mail); usually none or one."""
         ...
@@ -128,6 +150,24 @@ class Mailbox(Protocol):
     async def close(self) -> None:
         """Release connections and other resources; the mailbox is not used afterwards."""
         ...
+
+
+async def append_each(mailbox: Mailbox, deliveries: Sequence[Delivery]) -> list[Located | Exception]:
+    """``append_batch`` for a store with nothing to share across a batch: each ``append`` on its own."""
+
+    async def one(delivery: Delivery) -> Located | Exception:
+        try:
+            return await mailbox.append(
+                delivery.owner,
+                delivery.copy_id,
+                delivery.data,
+                delivery.flags,
+                first_attempt=delivery.first_attempt,
+            )
+        except (MailboxError, ValueError) as exc:
+            return exc
+
+    return list(await asyncio.gather(*(one(d) for d in deliveries)))
 
 
 # --- what every implementation validates alike -------------------------------------------------------

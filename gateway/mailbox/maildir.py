@@ -17,17 +17,21 @@ loop never waits for the disk and one operation sees one consistent pass over th
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import os
 import secrets
 import socket
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from gateway.mailbox.base import (
+    Delivery,
     Flag,
     FlagChange,
     Located,
@@ -138,6 +142,34 @@ def _scan(owner_dir: Path, copy_id: str | None = None) -> list[_File]:
     return list(found.values())
 
 
+def _load_syncfs() -> Callable[[int], int] | None:
+    """libc's syncfs(2), or None where there is none (not Linux, or a libc without it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+    return cast(Callable[[int], int], function)
+
+
+_SYNCFS = _load_syncfs()
+
+
+def _syncfs(directory: Path) -> None:
+    """Make everything written to ``directory``'s file system durable (data, names, journal)."""
+    assert _SYNCFS is not None
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        if _SYNCFS(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error), str(directory))
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
@@ -147,7 +179,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextmanager
-def _as_mailbox_error(action: str, path: Path) -> Iterator[None]:
+def _as_mailbox_error(action: str, path: Path | str) -> Iterator[None]:
     """Turn the file system's errors into MailboxError naming the path and the reason."""
     try:
         yield
@@ -194,8 +226,11 @@ class _KeyedLocks:
 class MaildirMailbox(Mailbox):
     """The Mailbox protocol over Maildirs under ``root``; see the module docstring for the layout."""
 
-    def __init__(self, root: Path, *, hostname: str | None = None) -> None:
+    def __init__(self, root: Path, *, hostname: str | None = None, batch_sync: bool = True) -> None:
         self.root = root
+        # One syncfs(2) after a batch of copies instead of an fsync per file and directory: on the
+        # project's VM each fsync costs 0.75 ms of kernel time, a synced batch 0.05 ms per copy.
+        self.batch_sync = batch_sync and _SYNCFS is not None
         self.hostname = sanitise_hostname(socket.gethostname() if hostname is None else hostname)
         self._locks = _KeyedLocks()
 
@@ -218,6 +253,22 @@ class MaildirMailbox(Mailbox):
         return await asyncio.to_thread(
             self._append, owner_dir, copy_id, data, frozenset(flags), first_attempt
         )
+
+    async def append_batch(self, deliveries: Sequence[Delivery]) -> list[Located | Exception]:
+        results: list[Located | Exception | None] = [None] * len(deliveries)
+        work: list[tuple[Path, Delivery]] = []
+        placed: list[int] = []
+        for index, d in enumerate(deliveries):
+            try:
+                check_copy_id(d.copy_id)
+                work.append((self.maildir_path(d.owner), d))
+                placed.append(index)
+            except ValueError as exc:
+                results[index] = exc
+        if work:
+            for index, result in zip(placed, await asyncio.to_thread(self._append_batch, work), strict=True):
+                results[index] = result
+        return [r for r in results if r is not None]
 
     async def find(self, owner: MailboxOwner, copy_id: str) -> list[Located]:
         check_copy_id(copy_id)
@@ -257,6 +308,56 @@ class MaildirMailbox(Mailbox):
     def _append(
         self, owner_dir: Path, copy_id: str, data: bytes, flags: frozenset[Flag], first_attempt: bool
     ) -> Located:
+        located, written_in = self._place(owner_dir, copy_id, data, flags, first_attempt)
+        if written_in is not None:
+            with _as_mailbox_error(f"append copy {copy_id}", owner_dir):
+                _fsync_dir(written_in)
+        return located
+
+    def _append_batch(self, work: Sequence[tuple[Path, Delivery]]) -> list[Located | Exception]:
+        results: list[Located | Exception] = []
+        # None is reported written before it is durable: either one sync of the file system after
+        # the whole batch, or its file synced as it is written and one sync per directory here.
+        waiting: dict[Path, list[int]] = {}
+        for owner_dir, d in work:
+            try:
+                located, written_in = self._place(
+                    owner_dir, d.copy_id, d.data, d.flags, d.first_attempt, sync=not self.batch_sync
+                )
+            except MailboxError as exc:
+                results.append(exc)
+                continue
+            if written_in is not None:
+                waiting.setdefault(written_in, []).append(len(results))
+            results.append(located)
+        if self.batch_sync and waiting:
+            try:
+                with _as_mailbox_error("sync", self.root):
+                    _syncfs(self.root)
+            except MailboxError as exc:
+                written = {index for indexes in waiting.values() for index in indexes}
+                return [exc if index in written else r for index, r in enumerate(results)]
+            return results
+        for directory, indexes in waiting.items():
+            try:
+                with _as_mailbox_error("sync", directory):
+                    _fsync_dir(directory)
+            except MailboxError as exc:
+                for index in indexes:
+                    results[index] = exc
+        return results
+
+    def _place(
+        self,
+        owner_dir: Path,
+        copy_id: str,
+        data: bytes,
+        flags: frozenset[Flag],
+        first_attempt: bool,
+        *,
+        sync: bool = True,
+    ) -> tuple[Located, Path | None]:
+        """Write the copy unless it is there; where it is, and the directory to sync if it was written."""
         with (
             _as_mailbox_error(f"append copy {copy_id}", owner_dir),
             self._locks.hold((str(owner_dir), copy_id)),
@@ -265,34 +366,34 @@ class MaildirMailbox(Mailbox):
             # have left a copy behind, and link() below still refuses a second file of the same name.
             existing = [] if first_attempt else _scan(owner_dir, copy_id)
             if existing:
-                return existing[0].located(owner_dir)
+                return existing[0].located(owner_dir), None
             self._create_maildir(owner_dir)
             name = f"{copy_id}.{self.hostname}"
             # Without flags the copy goes to new/, where clients pick it up as newly arrived; flags can
             # only be written in a cur/ name, so a copy delivered with flags goes straight to cur/.
             if flags:
-                target = owner_dir / "cur" / f"{name}:2,{flag_letters(flags)}"
+                subdir, filename = "cur", f"{name}:2,{flag_letters(flags)}"
             else:
-                target = owner_dir / "new" / name
+                subdir, filename = "new", name
+            target_dir = owner_dir / subdir
             # The temporary name is unique per attempt, so a file left in tmp/ by a crash is never
             # mistaken for this one, and is never counted as the copy (tmp/ is not searched).
-            temporary = owner_dir / "tmp" / f"{name}.{os.getpid()}_{secrets.token_hex(8)}"
+            temporary = f"{owner_dir}/tmp/{name}.{os.getpid()}_{secrets.token_hex(8)}"
             try:
-                self._write_synced(temporary, data)
+                self._write(temporary, data, sync=sync)
                 try:
                     # link() refuses to replace an existing name, unlike rename(): the last guard
                     # against a second delivery of the same copy.
-                    os.link(temporary, target)
+                    os.link(temporary, f"{target_dir}/{filename}")
                 except FileExistsError:
                     existing = _scan(owner_dir, copy_id)
                     if existing:
-                        return existing[0].located(owner_dir)
+                        return existing[0].located(owner_dir), None
                     raise
-                _fsync_dir(target.parent)
             finally:
                 with suppress(FileNotFoundError):
                     os.unlink(temporary)
-            return Located(copy_id, INBOX, target.relative_to(owner_dir).as_posix(), flags)
+            return Located(copy_id, INBOX, f"{subdir}/{filename}", flags), target_dir
 
     def _change_flags(self, owner_dir: Path, copy_id: str, add: str, drop: str) -> list[Located]:
         with (
@@ -368,9 +469,14 @@ class MaildirMailbox(Mailbox):
                 _fsync_dir(directory.parent)
 
     @staticmethod
-    def _write_synced(path: Path, data: bytes) -> None:
+    def _write(path: str, data: bytes, *, sync: bool) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), _FILE_MODE)
-        with _as_mailbox_error("write", path), open(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
+        with _as_mailbox_error("write", path):
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)

@@ -7,15 +7,17 @@ troubled store (``fail_next`` makes the next operations raise), and shows what w
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from gateway.mailbox.base import (
+    Delivery,
     Flag,
     FlagChange,
     Located,
     Mailbox,
     MailboxOwner,
+    append_each,
     check_copy_id,
     check_owner,
     decode_flag_view,
@@ -93,6 +95,9 @@ class MemoryMailbox(Mailbox):
         stored = _Stored(copy_id, bytes(data), frozenset(flags), next(self._uids))
         self._boxes.setdefault(owner, {}).setdefault(INBOX, []).append(stored)
         return stored.located(INBOX)
+
+    async def append_batch(self, deliveries: Sequence[Delivery]) -> list[Located | Exception]:
+        return await append_each(self, deliveries)
 
     async def find(self, owner: MailboxOwner, copy_id: str) -> list[Located]:
         self._check(owner, copy_id)

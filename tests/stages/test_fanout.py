@@ -13,8 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Row, select, update
 
 from gateway.acceptance import Acceptance, Submission
 from gateway.config import FanoutSettings
@@ -65,8 +64,8 @@ def _future() -> object:
     return asyncio.get_running_loop().create_future()
 
 
-def copies(session: Session) -> list[CopyRow]:
-    return list(session.scalars(select(CopyRow).order_by(CopyRow.id)))
+def copies(connection: Connection) -> list[Row[tuple[CopyRow]]]:
+    return list(connection.execute(select(CopyRow.__table__).order_by(CopyRow.id)))
 
 
 async def test_a_failed_copy_is_retried_with_backoff_then_held(writer: Writer) -> None:
@@ -101,7 +100,7 @@ async def test_a_failed_copy_is_retried_with_backoff_then_held(writer: Writer) -
         assert await fanout.run_once() == 2
     rows = await writer.run(copies)
     assert [r.state for r in rows] == ["held", "held"], "after max_attempts a copy is held for an admin"
-    events = await writer.run(lambda s: [e.kind for e in s.scalars(select(EventRow).order_by(EventRow.id))])
+    events = await writer.run(lambda c: list(c.scalars(select(EventRow.kind).order_by(EventRow.id))))
     assert events.count("copy.failed") == 4
     assert events.count("copy.held") == 2
     await make_due()
