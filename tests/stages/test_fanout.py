@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, Row, select, update
 
-from gateway.acceptance import Acceptance, Submission
+from gateway.acceptance import Acceptance, HandOff, Submission
 from gateway.config import FanoutSettings
 from gateway.db.accounts import find_account
 from gateway.db.models import CopyRow, EventRow
+from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
 from gateway.fanout import FanOut, backoff
 from gateway.mailbox import Flag, Located, MailboxError, MailboxOwner, MemoryMailbox
@@ -46,12 +47,14 @@ async def writer(with_login: Gateway, database_url: str) -> AsyncIterator[Writer
         await w.close()
 
 
-async def accept(writer: Writer, to: str, subject: str, message_id: str | None = None) -> str:
+async def accept(
+    writer: Writer, to: str, subject: str, message_id: str | None = None, handoff: HandOff | None = None
+) -> str:
     account = await writer.run(find_account, "ams@makler-muster.example")
     assert account is not None
     mid = f"Message-ID: {message_id}\r\n" if message_id else ""
     raw = f"From: ams@makler-muster.example\r\nTo: {to}\r\nSubject: {subject}\r\n{mid}\r\nText\r\n".encode()
-    acceptance = Acceptance(writer, hostname="gw.example")
+    acceptance = Acceptance(writer, hostname="gw.example", handoff=handoff)
     submission = Submission(
         account, "ams@makler-muster.example", (to,), raw, parse_message(raw), "submission", "x"
     )
@@ -165,3 +168,56 @@ async def test_fresh_copies_are_written_as_first_attempts_and_retries_are_not(wr
     await writer.run(lambda s: s.execute(update(CopyRow).values(next_attempt_at=dt.datetime(2000, 1, 1))))
     await fanout.run_once()
     assert mailbox.first_attempts[2:] == [False]
+
+
+async def test_copies_handed_over_in_memory_are_written_without_a_claim(writer: Writer) -> None:
+    """Acceptance stores new copies leased to its own node and hands them over after the commit."""
+    handed: list[CopyJob] = []
+    await accept(writer, "sb-b1@kunde-b.example", "Handed", handoff=HandOff("n1", 60.0, handed.extend))
+    assert sorted(j.address for j in handed) == [
+        "gf-b@kunde-b.example",
+        "sb-b1@kunde-b.example",
+        "sb-b2@kunde-b.example",
+    ]
+    assert {j.address: j.shared_via for j in handed} == {
+        "sb-b1@kunde-b.example": None,
+        "sb-b2@kunde-b.example": "Kunde B Sachbearbeiter",
+        "gf-b@kunde-b.example": "Kunde B mit GF",
+    }
+    rows = await writer.run(copies)
+    assert {r.leased_by for r in rows} == {"n1"}, "stored already taken by the accepting node"
+    other_node = FanOut(
+        writer, MemoryMailbox(), SETTINGS, node="n2", vorgang_header="X-Gateway-Vorgang", tag_subject=True
+    )
+    assert await other_node.run_once() == 0, "leased: no other node takes them from the queue"
+
+    mailbox = MemoryMailbox()
+    fanout = FanOut(
+        writer, mailbox, SETTINGS, node="n1", vorgang_header="X-Gateway-Vorgang", tag_subject=True
+    )
+    fanout.take(handed)
+    assert await fanout.run_once() == 3
+    rows = await writer.run(copies)
+    assert {r.state for r in rows} == {"delivered"}
+    assert {r.leased_by for r in rows} == {None}
+    for job in handed:
+        (found,) = await mailbox.find(MailboxOwner(PORTFOLIO, job.address), job.copy_id)
+        data = mailbox.read(MailboxOwner(PORTFOLIO, job.address), found.ref)
+        assert f"X-Gateway-Copy-Id: {job.copy_id}".encode() in data
+        shared = f"X-Gateway-Shared-Via: {job.shared_via}".encode()
+        assert (shared in data) == (job.shared_via is not None)
+
+
+async def test_handed_over_copies_lost_with_the_process_come_back_from_the_queue(writer: Writer) -> None:
+    """The process died after the commit, before writing: the restarted node takes its leases back."""
+    handed: list[CopyJob] = []
+    await accept(writer, "gf-a@kunde-a.example", "Lost", handoff=HandOff("n1", 60.0, handed.extend))
+    assert len(handed) == 2
+    mailbox = RecordingMailbox()
+    restarted = FanOut(
+        writer, mailbox, SETTINGS, node="n1", vorgang_header="X-Gateway-Vorgang", tag_subject=True
+    )
+    await restarted.start()
+    assert await restarted.run_once() == 2
+    assert mailbox.first_attempts == [False, False], "it may have written them before it died: look first"
+    assert {r.state for r in await writer.run(copies)} == {"delivered"}

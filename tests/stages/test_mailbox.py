@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.mailbox import (
+    Delivery,
     Flag,
     FlagChange,
     Located,
@@ -507,6 +508,74 @@ async def test_a_failed_link_leaves_no_temporary_file(maildir: MaildirMailbox) -
         await maildir.append(OWNER, "c2", MESSAGE)
     assert caught.value.filename is not None
     assert os.listdir(maildir.maildir_path(OWNER) / "tmp") == []
+
+
+# --- batches ------------------------------------------------------------------------------------------
+
+
+async def test_a_batch_answers_each_copy_in_order_and_one_bad_copy_fails_alone(mailbox: Mailbox) -> None:
+    await mailbox.append(OTHER, "c2", MESSAGE)
+    results = await mailbox.append_batch(
+        [
+            Delivery(OWNER, "c1", MESSAGE),
+            Delivery(OWNER, "../evil", MESSAGE),  # refused: not a copy id
+            Delivery(OTHER, "c2", b"other bytes"),  # there already: found, not written again
+            Delivery(OTHER, "c3", MESSAGE, frozenset({Flag.SEEN}), first_attempt=True),
+        ]
+    )
+    assert [type(r).__name__ for r in results] == ["Located", "ValueError", "Located", "Located"]
+    first, _, again, flagged = results
+    assert isinstance(first, Located)
+    assert isinstance(again, Located)
+    assert isinstance(flagged, Located)
+    assert stored_bytes(mailbox, OWNER, first) == MESSAGE
+    assert stored_bytes(mailbox, OTHER, again) == MESSAGE, "the earlier copy stays as it was"
+    assert flagged.flags == {Flag.SEEN}
+    assert [len(await mailbox.find(OTHER, c)) for c in ("c2", "c3")] == [1, 1]
+
+
+@pytest.mark.parametrize("batch_sync", [True, False], ids=["syncfs", "fsync-each"])
+async def test_a_maildir_batch_is_synced_before_it_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_sync: bool
+) -> None:
+    box = MaildirMailbox(tmp_path / "mail", hostname=HOST, batch_sync=batch_sync)
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append("fsync"), real_fsync(fd))[1])
+    if batch_sync:
+        import gateway.mailbox.maildir as maildir_module
+
+        real_syncfs = maildir_module._syncfs
+        monkeypatch.setattr(
+            maildir_module, "_syncfs", lambda path: (synced.append("syncfs"), real_syncfs(path))[1]
+        )
+    await box.append(OWNER, "c-first", MESSAGE)  # the Maildir exists: no directories made below
+    synced.clear()
+    deliveries = [Delivery(OWNER, f"c{n}", MESSAGE, first_attempt=True) for n in range(5)]
+    results = await box.append_batch(deliveries)
+    assert all(isinstance(r, Located) for r in results)
+    assert all(len(files_of(box, OWNER, f"c{n}")) == 1 for n in range(5))
+    if batch_sync:
+        assert synced == ["syncfs"], "one sync of the file system for the whole batch, after the writes"
+    else:
+        assert synced == ["fsync"] * 6, "each of the five files, then their directory once"
+
+
+async def test_a_failed_batch_sync_fails_every_copy_it_wrote(
+    maildir: MaildirMailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.mailbox.maildir as maildir_module
+
+    await maildir.append(OTHER, "c0", MESSAGE)
+
+    def broken(path: Path) -> None:
+        raise OSError(5, "Input/output error", str(path))
+
+    monkeypatch.setattr(maildir_module, "_syncfs", broken)
+    results = await maildir.append_batch([Delivery(OWNER, "c1", MESSAGE), Delivery(OTHER, "c0", MESSAGE)])
+    assert isinstance(results[0], MailboxError)
+    assert "Input/output error" in str(results[0])
+    assert isinstance(results[1], Located), "a copy found, not written, needs no sync"
 
 
 # --- the fake's test controls -------------------------------------------------------------------------
