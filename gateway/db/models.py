@@ -263,6 +263,13 @@ class MessageRow(Base):
     from_address: Mapped[str | None] = mapped_column(String(320))
     envelope_sender: Mapped[str] = mapped_column(String(320), default="")
     received_at: Mapped[dt.datetime] = mapped_column(default=_now, index=True)
+    # "message", or what arrived at a reply address without being an answer: "auto-reply", "bounce",
+    # "loop" (kept byte for byte in the Vorgang, never relayed, never fanned out).
+    kind: Mapped[str] = mapped_column(String(20), default="message", server_default=text("'message'"))
+    # For mail from members (direction "reply" or "intake"): the member who actually wrote it.
+    sender_member_id: Mapped[int | None] = mapped_column(BigInteger)
+    # For replies: the message answered (the one whose copy's reply address the member wrote to).
+    answers_message_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
 
 
 class ParticipantRow(Base):
@@ -345,3 +352,43 @@ class EventRow(Base):
     vorgang_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     message_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class RelayRow(Base):
+    """A member's mail on its way to the back office: the relay queue (one row per message relayed).
+
+    ``data`` holds the exact bytes to send, rendered when the reply was accepted, so every attempt sends
+    the same mail with the same Message-ID; ``expires_at`` ends the retries with a DSN to the member.
+    """
+
+    __tablename__ = "relays"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["message_id", "portfolio_id"], ["messages.id", "messages.portfolio_id"], ondelete="CASCADE"
+        ),
+        UniqueConstraint("message_id"),
+        Index("ix_relays_queue", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    portfolio_id: Mapped[int] = mapped_column(BigInteger)
+    message_id: Mapped[int] = mapped_column(BigInteger)
+    backoffice_id: Mapped[int | None] = mapped_column(ForeignKey("backoffices.id", ondelete="SET NULL"))
+    # The member who wrote the mail: a failure report (DSN) goes to this member's mailbox.
+    member_id: Mapped[int] = mapped_column(BigInteger)
+    envelope_sender: Mapped[str] = mapped_column(String(320))
+    recipients: Mapped[list[str]] = mapped_column(JSON)
+    relay_message_id: Mapped[str] = mapped_column(String(998))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    # pending -> sent | failed (a DSN was put into the member's mailbox)
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(default=_now)
+    leased_by: Mapped[str | None] = mapped_column(String(200))
+    expires_at: Mapped[dt.datetime] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # The back office's answer to the last attempt, e.g. "250 2.0.0 Ok: queued as 4711".
+    last_reply: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=_now)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=_now, onupdate=_now)
+    sent_at: Mapped[dt.datetime | None] = mapped_column()
