@@ -329,6 +329,9 @@ class CopyRow(Base):
     mailbox_ref: Mapped[str | None] = mapped_column(String(500))
     seen: Mapped[bool] = mapped_column(Boolean, default=False)
     answered: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A delivered copy whose flags in the mailbox must catch up with ``seen``/``answered`` (set, never
+    # cleared there: clearing stays local, DESIGN.md §4); the fan-out takes these like pending copies.
+    flags_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(default=_now, onupdate=_now)
 
