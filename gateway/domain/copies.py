@@ -30,6 +30,7 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 _FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]*):")
 _OBSOLETE_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]+:")
 _NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
+_PRINTABLE = re.compile(rb"[\x20-\x7e]*")
 
 # What may never reach a header line from a value: C0 and C1 controls (CR, LF and NUL among them) and
 # the Unicode line and paragraph separators.
@@ -63,7 +64,7 @@ class _Item:
 def render_copy(
     raw: bytes,
     *,
-    headers: Sequence[tuple[str, str]],
+    headers: Sequence[tuple[str, str | bytes]],
     remove: Collection[str] = (),
     subject_prefix: str | None = None,
 ) -> bytes:
@@ -76,7 +77,11 @@ def render_copy(
     contains the prefix in any case; a message without a Subject gets ``Subject: <prefix>``. Added lines
     end in CRLF if the message's first header line does, else in LF.
 
-    Raises ``ValueError`` only for a header name that cannot be one (empty, spaces, a colon, non-ASCII).
+    A value given as ``bytes`` is taken as already encoded (an address field with an RFC 2047 display
+    name, say): it is only folded, and must be printable ASCII.
+
+    Raises ``ValueError`` for a header name that cannot be one (empty, spaces, a colon, non-ASCII), or a
+    pre-encoded value that is not printable ASCII.
     """
     raw = bytes(raw)
     for name, _ in headers:
@@ -170,8 +175,12 @@ def _prefixed_subject(raw: bytes, subject: _Item, prefix: str) -> bytes | None:
     return line + raw[subject.first_line_end : subject.end]
 
 
-def _header_line(name: str, value: str, eol: bytes) -> bytes:
+def _header_line(name: str, value: str | bytes, eol: bytes) -> bytes:
     """``Name: value`` and its line end, folded if long, RFC 2047 encoded if not plain ASCII."""
+    if isinstance(value, bytes):
+        if not _PRINTABLE.fullmatch(value):
+            raise ValueError(f"a pre-encoded {name} value must be printable ASCII: {value!r}")
+        return eol.join(_fold(f"{name}: ".encode("ascii") + value.strip())) + eol
     text = _clean(value)
     if text.isascii() and "=?" not in text:
         return eol.join(_fold(f"{name}: {text}".encode("ascii"))) + eol

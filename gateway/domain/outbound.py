@@ -1,0 +1,124 @@
+"""The mail relayed to a back office from a member's reply: its sender, recipients, threading, and bytes.
+
+The member's mail goes out as the member wrote it (body, MIME structure and subject byte for byte), with
+a header section the back office can rely on: From names the member who actually wrote (or, for legacy
+ams, the Vorgang's original participant, ``gateway.domain.senders``), To is the back-office address that
+sent the answered message, the other people the member addressed stay in To/Cc for the record,
+In-Reply-To/References thread to the back office's own Message-IDs, and the gateway's headers say which
+Vorgang and who really wrote. Headers that only made sense on the way in (Received, signatures, our
+reply addresses, tokens in References) are dropped: the back office must never learn a reply token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.utils import formataddr
+
+from gateway.domain.copies import render_copy
+
+# Removed from the member's header section before ours go on top. Signatures would no longer verify
+# once From and the threading headers change; trace and authentication headers describe the hop into
+# the gateway, not the mail the back office receives.
+REPLACED_HEADERS = (
+    "From",
+    "Sender",
+    "Reply-To",
+    "To",
+    "Cc",
+    "Bcc",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "Received",
+    "Return-Path",
+    "Delivered-To",
+    "DKIM-Signature",
+    "ARC-Seal",
+    "ARC-Message-Signature",
+    "ARC-Authentication-Results",
+    "Authentication-Results",
+    "Received-SPF",
+    "X-Gateway-Vorgang",
+    "X-Gateway-Copy-Id",
+    "X-Gateway-Shared-Via",
+    "X-Gateway-Original-From",
+    "X-Gateway-Actual-Sender",
+    "X-Gateway-Loop",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayHeaders:
+    """What the relayed mail says about itself; ``render_relay`` writes it over the member's mail."""
+
+    from_address: str
+    from_name: str
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    message_id: str
+    in_reply_to: str | None
+    references: tuple[str, ...]
+    vorgang: str
+    actual_sender: str
+    loop_marker: str  # our node name: a relayed mail that comes back to us is recognised as a loop
+
+
+def recipients_kept(
+    to: Sequence[str], cc: Sequence[str], *, backoffice: str, reply_domain: str
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """To and Cc for the relayed mail: the back office first in To, then whom the member added.
+
+    Addresses of the reply domain (our reply addresses, in any form) never go out; each address
+    appears once, in the first place it was named.
+    """
+    domain = "@" + reply_domain.lower()
+    seen = {backoffice.lower()}
+    kept_to = [backoffice]
+    kept_cc: list[str] = []
+    for field, kept in ((to, kept_to), (cc, kept_cc)):
+        for address in field:
+            lowered = address.lower()
+            if lowered.endswith(domain) or lowered in seen:
+                continue
+            seen.add(lowered)
+            kept.append(address)
+    return tuple(kept_to), tuple(kept_cc)
+
+
+def threading_ids(
+    answered_message_id: str | None, answered_references: Sequence[str], *, reply_domain: str
+) -> tuple[str | None, tuple[str, ...]]:
+    """In-Reply-To and References threading to the answered message, without our own token ids."""
+    suffix = "@" + reply_domain.lower() + ">"
+    references = [r for r in answered_references if not r.lower().endswith(suffix)]
+    if answered_message_id and answered_message_id not in references:
+        references.append(answered_message_id)
+    return answered_message_id, tuple(dict.fromkeys(references))
+
+
+def render_relay(raw: bytes, headers: RelayHeaders) -> bytes:
+    """The member's mail ``raw`` with the header section the back office receives (see the module)."""
+    fields: list[tuple[str, str | bytes]] = [
+        ("From", address_field(headers.from_name, headers.from_address)),
+        ("To", ", ".join(headers.to)),
+    ]
+    if headers.cc:
+        fields.append(("Cc", ", ".join(headers.cc)))
+    fields.append(("Message-ID", headers.message_id))
+    if headers.in_reply_to:
+        fields.append(("In-Reply-To", headers.in_reply_to))
+    if headers.references:
+        fields.append(("References", " ".join(headers.references)))
+    fields += [
+        ("X-Gateway-Vorgang", headers.vorgang),
+        ("X-Gateway-Actual-Sender", headers.actual_sender),
+        ("X-Gateway-Loop", headers.loop_marker),
+    ]
+    return render_copy(raw, headers=fields, remove=REPLACED_HEADERS)
+
+
+def address_field(display_name: str, address: str) -> bytes:
+    """``"Name" <address>`` as header bytes, the name RFC 2047 encoded when it is not ASCII."""
+    # formataddr quotes what needs quoting and encodes only the name, never the address itself.
+    return formataddr((display_name.strip(), address), charset="utf-8").encode("ascii")
