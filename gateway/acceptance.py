@@ -14,7 +14,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
-import secrets
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -29,7 +28,7 @@ from gateway.db.accounts import Account
 from gateway.db.messages import new_gateway_id
 from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
-from gateway.domain.audience import AsParticipant, Audience, SharedThrough, audience
+from gateway.domain.audience import Audience, audience
 from gateway.domain.model import Participant, ParticipantRole
 from gateway.domain.threading import Found, choose_vorgang, vorgang_hints
 from gateway.errors import OperationalError
@@ -360,7 +359,7 @@ def _write(
             for p in dict.fromkeys(plan.participants)
         ]
         assert plan.audience is not None
-        rows = _copy_rows(pk, pid, plan.audience, now, lease)
+        rows = intake.copy_rows(pk, pid, plan.audience, now, lease)
         copies += rows
         copy_plans += [(plan, pk)] * len(rows)
         events.append(_accepted_event(plan, pk, references[plan.vorgang_id], addresses, now))
@@ -460,45 +459,3 @@ def _accepted_event(
             "defects": list(s.parsed.defects),
         },
     }
-
-
-def _copy_rows(
-    message_pk: int,
-    portfolio_id: int,
-    seen: Audience,
-    now: dt.datetime,
-    lease: tuple[str, dt.datetime] | None,
-) -> list[dict[str, Any]]:
-    rows = []
-    for member_id in seen.ordered():
-        reasons = seen.via(member_id)
-        shared: SharedThrough | None = None
-        if not any(isinstance(r, AsParticipant) for r in reasons):
-            shared = next(r for r in reasons if isinstance(r, SharedThrough))
-        rows.append(
-            {
-                "copy_id": new_copy_id(),
-                "message_id": message_pk,
-                "member_id": member_id,
-                "portfolio_id": portfolio_id,
-                "shared_via_release_id": shared.release_id if shared else None,
-                # Not a column: the release's name, for the copy's X-Gateway-Shared-Via header.
-                "shared_via": shared.release_name if shared else None,
-                "state": "pending",
-                "attempts": 0,
-                "next_attempt_at": lease[1] if lease else now,
-                "leased_by": lease[0] if lease else None,
-                "last_error": None,
-                "mailbox_ref": None,
-                "seen": False,
-                "answered": False,
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
-    return rows
-
-
-def new_copy_id() -> str:
-    """The id a copy carries in its X-Gateway-Copy-Id header and Maildir file name (never all digits)."""
-    return "c" + secrets.token_hex(10)

@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.config import FanoutSettings
 from gateway.db import queue
 from gateway.db.intake import EVENTS, insert_rows
-from gateway.db.queue import CopyJob, Outcome
+from gateway.db.queue import CopyJob, FlagJob, Outcome
 from gateway.db.writer import Writer
 from gateway.domain.copies import render_copy
 from gateway.mailbox import Delivery, Flag, Located, Mailbox, MailboxOwner
@@ -75,6 +75,7 @@ class FanOut:
         self._wake = asyncio.Event()
         self._handed: deque[CopyJob] = deque()
         self._last_claim = 0.0
+        self._last_flag_claim = 0.0
 
     def wake(self) -> None:
         self._wake.set()
@@ -122,8 +123,20 @@ class FanOut:
             jobs += await self.writer.run(
                 queue.claim, self.node, dt.datetime.now(dt.UTC), self.settings.lease, self.settings.batch_size
             )
+        flag_jobs: list[FlagJob] = []
+        if not jobs or time.monotonic() - self._last_flag_claim >= self.settings.poll_interval:
+            self._last_flag_claim = time.monotonic()
+            flag_jobs = await self.writer.run(
+                queue.claim_flags,
+                self.node,
+                dt.datetime.now(dt.UTC),
+                self.settings.lease,
+                self.settings.batch_size,
+            )
+        if flag_jobs:
+            await self._catch_up_flags(flag_jobs)
         if not jobs:
-            return 0
+            return len(flag_jobs)
         # Copies of one mailbox go together: a Maildir then syncs each directory once per batch.
         jobs.sort(key=lambda job: (job.portfolio, job.address))
         outcomes = await self._deliver(jobs)
@@ -162,6 +175,28 @@ class FanOut:
                 )
             done.append(outcome)
         return done
+
+    async def _catch_up_flags(self, jobs: Sequence[FlagJob]) -> None:
+        """Set on delivered copies the flags the database has for them (clearing stays local)."""
+
+        async def one(job: FlagJob) -> tuple[FlagJob, str | None]:
+            flags = _flags(seen=job.seen, answered=job.answered)
+            try:
+                await self.mailbox.add_flags(MailboxOwner(job.portfolio, job.address), job.copy_id, flags)
+            except Exception as exc:
+                log.warning("flags of copy %s for %s not set: %s", job.copy_id, job.address, exc)
+                return job, f"{type(exc).__name__}: {exc}"
+            return job, None
+
+        results = await asyncio.gather(*(one(job) for job in jobs))
+        now = dt.datetime.now(dt.UTC)
+        done = [job for job, error in results if error is None]
+        failed = [
+            (job, error, now + dt.timedelta(seconds=backoff(job.attempts + 1, self.settings)))
+            for job, error in results
+            if error is not None
+        ]
+        await self.writer.run(queue.record_flags, done, failed, now)
 
     @staticmethod
     def _failed(job: CopyJob, exc: Exception) -> Outcome:
@@ -213,3 +248,7 @@ def _record(
 ) -> None:
     queue.record(connection, outcomes, now, retry_at)
     insert_rows(connection, EVENTS, events)
+
+
+def _flags(*, seen: bool, answered: bool) -> frozenset[Flag]:
+    return frozenset(flag for flag, on in ((Flag.SEEN, seen), (Flag.ANSWERED, answered)) if on)

@@ -8,6 +8,7 @@ statement per batch (not per message), through Core tables rather than the ORM's
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from gateway.db.models import (
     VorgangCounterRow,
     VorgangRow,
 )
+from gateway.domain.audience import AsParticipant, Audience, SharedThrough
 from gateway.domain.model import Release
 from gateway.domain.threading import format_reference
 
@@ -203,3 +205,51 @@ def insert_returning_ids(connection: Connection, table: Table, rows: Sequence[di
 def insert_rows(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
         connection.execute(insert(table), list(rows))
+
+
+def copy_rows(
+    message_pk: int,
+    portfolio_id: int,
+    seen: Audience,
+    now: dt.datetime,
+    lease: tuple[str, dt.datetime] | None,
+) -> list[dict[str, Any]]:
+    """One pending copy row per audience member, in the audience's order.
+
+    A member who sees the message only through a release gets that release (``shared_via_release_id``,
+    and its name under the non-column key ``shared_via``, which the caller pops before inserting). With
+    ``lease`` the copies are stored already taken by node ``lease[0]`` until ``lease[1]``.
+    """
+    rows = []
+    for member_id in seen.ordered():
+        reasons = seen.via(member_id)
+        shared: SharedThrough | None = None
+        if not any(isinstance(r, AsParticipant) for r in reasons):
+            shared = next(r for r in reasons if isinstance(r, SharedThrough))
+        rows.append(
+            {
+                "copy_id": new_copy_id(),
+                "message_id": message_pk,
+                "member_id": member_id,
+                "portfolio_id": portfolio_id,
+                "shared_via_release_id": shared.release_id if shared else None,
+                # Not a column: the release's name, for the copy's X-Gateway-Shared-Via header.
+                "shared_via": shared.release_name if shared else None,
+                "state": "pending",
+                "attempts": 0,
+                "next_attempt_at": lease[1] if lease else now,
+                "leased_by": lease[0] if lease else None,
+                "last_error": None,
+                "mailbox_ref": None,
+                "seen": False,
+                "answered": False,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    return rows
+
+
+def new_copy_id() -> str:
+    """The id a copy carries in its X-Gateway-Copy-Id header and Maildir file name (never all digits)."""
+    return "c" + secrets.token_hex(10)

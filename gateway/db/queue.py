@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import Connection, Table, bindparam, select, update
+from sqlalchemy import Connection, Table, bindparam, or_, select, update
 
 from gateway.db.models import CopyRow, MemberRow, MessageRow, PortfolioRow, ReleaseRow, VorgangRow
 
@@ -161,6 +161,10 @@ def record(
             .where(COPIES.c.id == bindparam("b_id"))
             .values(
                 state="delivered",
+                # Flags set while the write was under way (an answer came in) are caught up later.
+                flags_pending=or_(
+                    COPIES.c.answered != bindparam("b_answered"), COPIES.c.seen != bindparam("b_seen")
+                ),
                 mailbox_ref=bindparam("b_ref"),
                 attempts=COPIES.c.attempts + 1,
                 next_attempt_at=None,
@@ -168,7 +172,10 @@ def record(
                 last_error=None,
                 updated_at=now,
             ),
-            [{"b_id": o.job.id, "b_ref": o.mailbox_ref} for o in delivered],
+            [
+                {"b_id": o.job.id, "b_ref": o.mailbox_ref, "b_answered": o.job.answered, "b_seen": o.job.seen}
+                for o in delivered
+            ],
         )
     failed = [o for o in outcomes if o.error is not None]
     if failed:
@@ -192,4 +199,98 @@ def record(
                 }
                 for o in failed
             ],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FlagJob:
+    """A delivered copy whose mailbox flags must catch up with the database (``flags_pending``)."""
+
+    id: int
+    copy_id: str
+    attempts: int
+    portfolio_id: int
+    portfolio: str
+    member_id: int
+    address: str
+    seen: bool
+    answered: bool
+
+
+def claim_flags(
+    connection: Connection, node: str, now: dt.datetime, lease: float, limit: int
+) -> list[FlagJob]:
+    rows = list(
+        connection.execute(
+            select(
+                CopyRow.id,
+                CopyRow.copy_id,
+                CopyRow.attempts,
+                CopyRow.portfolio_id,
+                PortfolioRow.name,
+                CopyRow.member_id,
+                MemberRow.address,
+                CopyRow.seen,
+                CopyRow.answered,
+            )
+            .join(PortfolioRow, PortfolioRow.id == CopyRow.portfolio_id)
+            .join(MemberRow, MemberRow.id == CopyRow.member_id)
+            .where(
+                CopyRow.state == "delivered",
+                CopyRow.flags_pending.is_(True),
+                CopyRow.next_attempt_at <= now,
+            )
+            .order_by(CopyRow.next_attempt_at, CopyRow.id)
+            .limit(limit)
+            .with_for_update(of=CopyRow, skip_locked=True)
+        )
+    )
+    if not rows:
+        return []
+    connection.execute(
+        update(CopyRow)
+        .where(CopyRow.id.in_([r[0] for r in rows]))
+        .values(next_attempt_at=now + dt.timedelta(seconds=lease), leased_by=node)
+    )
+    return [FlagJob(*row) for row in rows]
+
+
+def record_flags(
+    connection: Connection,
+    done: Sequence[FlagJob],
+    failed: Sequence[tuple[FlagJob, str, dt.datetime]],
+    now: dt.datetime,
+) -> None:
+    """Flags written (``done``), or not (with the error and the next attempt)."""
+    if done:
+        # Only what was written counts: a flag set in the database meanwhile keeps the copy pending.
+        connection.execute(
+            update(COPIES)
+            .where(
+                COPIES.c.id == bindparam("b_id"),
+                COPIES.c.seen == bindparam("b_seen"),
+                COPIES.c.answered == bindparam("b_answered"),
+            )
+            .values(
+                flags_pending=False, next_attempt_at=None, leased_by=None, last_error=None, updated_at=now
+            ),
+            [{"b_id": j.id, "b_seen": j.seen, "b_answered": j.answered} for j in done],
+        )
+        connection.execute(
+            update(COPIES)
+            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.flags_pending.is_(True))
+            .values(next_attempt_at=now, leased_by=None),
+            [{"b_id": j.id} for j in done],
+        )
+    if failed:
+        connection.execute(
+            update(COPIES)
+            .where(COPIES.c.id == bindparam("b_id"))
+            .values(
+                next_attempt_at=bindparam("b_next"),
+                leased_by=None,
+                last_error=bindparam("b_error"),
+                updated_at=now,
+            ),
+            [{"b_id": j.id, "b_next": at, "b_error": error[:2000]} for j, error, at in failed],
         )

@@ -221,3 +221,31 @@ async def test_handed_over_copies_lost_with_the_process_come_back_from_the_queue
     assert await restarted.run_once() == 2
     assert mailbox.first_attempts == [False, False], "it may have written them before it died: look first"
     assert {r.state for r in await writer.run(copies)} == {"delivered"}
+
+
+async def test_answered_flags_reach_delivered_copies_and_copies_written_meanwhile(writer: Writer) -> None:
+    """``\\Answered`` set in the database reaches every copy: delivered ones through a flag catch-up,
+    one whose write was under way when the answer came in through the record of that write."""
+    from gateway.db.replies import mark_answered
+
+    handed: list[CopyJob] = []
+    await accept(writer, "sb-b1@kunde-b.example", "Answered", handoff=HandOff("n1", 60.0, handed.extend))
+    mailbox = MemoryMailbox()
+    fanout = FanOut(
+        writer, mailbox, SETTINGS, node="n1", vorgang_header="X-Gateway-Vorgang", tag_subject=True
+    )
+    fanout.take(handed[:2])  # the third copy's write is "under way": it was taken before the answer
+    assert await fanout.run_once() == 2
+    message_pk, portfolio_id = handed[0].message_pk, handed[0].portfolio_id
+    changed = await writer.run(mark_answered, portfolio_id, message_pk, dt.datetime.now(dt.UTC))
+    assert changed == 3
+    fanout.take(handed[2:])  # written without the flag (its job predates the answer)
+    assert await fanout.run_once() >= 1
+    await writer.run(lambda c: c.execute(update(CopyRow).values(next_attempt_at=dt.datetime(2000, 1, 1))))
+    fanout._last_flag_claim = 0.0
+    await fanout.run_once()
+    for job in handed:
+        (found,) = await mailbox.find(MailboxOwner(PORTFOLIO, job.address), job.copy_id)
+        assert Flag.ANSWERED in found.flags, job.address
+    rows = await writer.run(copies)
+    assert [(r.answered, r.flags_pending) for r in rows] == [(True, False)] * 3

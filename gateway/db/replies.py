@@ -1,0 +1,169 @@
+"""The SQL of the reply path: what a reply token points at, who may answer now, and the answered flags.
+
+Synchronous functions on a Core ``Connection``: the reply stage runs them on the writer thread, inside
+the transaction that stores the reply (so the audience it checks is the one it stores against).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, and_, select, update
+
+from gateway.db.intake import sharing_releases
+from gateway.db.models import (
+    BackOfficeRow,
+    CopyRow,
+    MemberRow,
+    MessageRow,
+    ParticipantRow,
+    PortfolioRow,
+    VorgangRow,
+)
+from gateway.domain.audience import Audience, audience
+from gateway.domain.model import Participant, ParticipantRole
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """The copy a reply token names, and the message it is a copy of."""
+
+    copy_pk: int
+    copy_id: str
+    member_id: int
+    portfolio_id: int
+    portfolio: str
+    message_pk: int
+    message_id: str | None
+    references: tuple[str, ...]
+    from_address: str | None
+    backoffice_id: int | None
+    ams_version: str
+    vorgang_id: int
+    vorgang: str
+
+
+def answered_by_copy(connection: Connection, copy_id: str) -> Answered | None:
+    row = connection.execute(
+        select(
+            CopyRow.id,
+            CopyRow.copy_id,
+            CopyRow.member_id,
+            CopyRow.portfolio_id,
+            PortfolioRow.name,
+            MessageRow.id,
+            MessageRow.message_id,
+            MessageRow.references,
+            MessageRow.from_address,
+            MessageRow.backoffice_id,
+            BackOfficeRow.ams_version,
+            VorgangRow.id,
+            VorgangRow.reference,
+        )
+        .join(PortfolioRow, PortfolioRow.id == CopyRow.portfolio_id)
+        .join(MessageRow, MessageRow.id == CopyRow.message_id)
+        .join(VorgangRow, VorgangRow.id == MessageRow.vorgang_id)
+        .outerjoin(BackOfficeRow, BackOfficeRow.id == MessageRow.backoffice_id)
+        .where(CopyRow.copy_id == copy_id)
+    ).first()
+    if row is None:
+        return None
+    return Answered(
+        copy_pk=row[0],
+        copy_id=row[1],
+        member_id=row[2],
+        portfolio_id=row[3],
+        portfolio=row[4],
+        message_pk=row[5],
+        message_id=row[6],
+        references=tuple((row[7] or "").split()),
+        from_address=row[8],
+        backoffice_id=row[9],
+        ams_version=row[10] or "",
+        vorgang_id=row[11],
+        vorgang=row[12],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Author:
+    """The member who wrote a reply, as the reply path needs them."""
+
+    id: int
+    address: str
+    display_name: str
+
+
+def member_by_address(connection: Connection, portfolio_id: int, address: str) -> Author | None:
+    row = connection.execute(
+        select(MemberRow.id, MemberRow.address, MemberRow.display_name).where(
+            MemberRow.portfolio_id == portfolio_id, MemberRow.address == address
+        )
+    ).first()
+    return None if row is None else Author(row[0], row[1], row[2])
+
+
+def members_by_address(connection: Connection, portfolio_id: int, addresses: set[str]) -> dict[str, int]:
+    if not addresses:
+        return {}
+    rows = connection.execute(
+        select(MemberRow.address, MemberRow.id).where(
+            MemberRow.portfolio_id == portfolio_id, MemberRow.address.in_(addresses)
+        )
+    )
+    return {str(address): int(member_id) for address, member_id in rows}
+
+
+def participants(connection: Connection, portfolio_id: int, message_pk: int) -> list[Participant]:
+    rows = connection.execute(
+        select(ParticipantRow.member_id, ParticipantRow.role).where(
+            ParticipantRow.message_id == message_pk, ParticipantRow.portfolio_id == portfolio_id
+        )
+    )
+    return [Participant(int(member_id), ParticipantRole(role)) for member_id, role in rows]
+
+
+def audience_now(connection: Connection, portfolio_id: int, message_pk: int) -> Audience:
+    """Who may see the message under today's directory (DESIGN.md §3), not when it was delivered."""
+    taking_part = participants(connection, portfolio_id, message_pk)
+    releases = sharing_releases(connection, portfolio_id, {p.member_id for p in taking_part})
+    return audience(portfolio_id, taking_part, releases)
+
+
+def original_participant(connection: Connection, portfolio_id: int, vorgang_id: int) -> str | None:
+    """The member the back office first wrote to in the Vorgang (the legacy-ams From, DESIGN.md §5)."""
+    row = connection.execute(
+        select(MemberRow.address)
+        .join(
+            ParticipantRow,
+            and_(ParticipantRow.member_id == MemberRow.id, ParticipantRow.portfolio_id == portfolio_id),
+        )
+        .join(MessageRow, MessageRow.id == ParticipantRow.message_id)
+        .where(
+            MessageRow.portfolio_id == portfolio_id,
+            MessageRow.vorgang_id == vorgang_id,
+            MessageRow.direction == "inbound",
+            ParticipantRow.role == ParticipantRole.TO.value,
+        )
+        .order_by(MessageRow.received_at, MessageRow.id, MemberRow.id)
+        .limit(1)
+    ).first()
+    return None if row is None else str(row[0])
+
+
+def mark_answered(connection: Connection, portfolio_id: int, message_pk: int, now: dt.datetime) -> int:
+    """``\\Answered`` on every copy of the message: in the database at once, in the mailboxes by the
+    fan-out (copies still pending get it with their first write). Returns how many copies changed."""
+    unanswered = and_(
+        CopyRow.portfolio_id == portfolio_id, CopyRow.message_id == message_pk, CopyRow.answered.is_(False)
+    )
+    # A delivered copy is due at once for its flag; a pending one keeps its lease and retry time and
+    # is written with the flag (or caught up by the fan-out's record, if its write was under way).
+    delivered = connection.execute(
+        update(CopyRow)
+        .where(unanswered, CopyRow.state == "delivered")
+        .values(answered=True, flags_pending=True, next_attempt_at=now, updated_at=now)
+    )
+    others = connection.execute(update(CopyRow).where(unanswered).values(answered=True, updated_at=now))
+    return sum(int(getattr(r, "rowcount", 0) or 0) for r in (delivered, others))
