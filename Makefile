@@ -17,6 +17,7 @@ $(BIN)/gateway: pyproject.toml
 ## Set up and run the gateway on its embedded defaults (SQLite, Maildir, loopback, the seed's directory).
 run: $(BIN)/gateway
 	$(BIN)/gateway --config $(CONFIG) db upgrade
+	$(BIN)/gateway --config $(CONFIG) secrets init
 	$(BIN)/gateway --config $(CONFIG) directory load config/example/directory.yaml
 	$(BIN)/gateway --config $(CONFIG) backoffice password ams -p makler-muster \
 		--password-file config/example/ams.password

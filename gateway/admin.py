@@ -8,6 +8,7 @@ session and leave committing to the caller; they raise ``GatewayError``s and nev
 from __future__ import annotations
 
 import dataclasses
+import os.path
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,12 +21,16 @@ from gateway.db.models import PortfolioRow
 from gateway.domain.addresses import InvalidAddress, normalise_address
 from gateway.domain.audience import Audience, audience
 from gateway.domain.directory import (
+    DEFAULT_SENDER_AUTH,
     BackOfficeSpec,
     Change,
     DirectorySpec,
     MemberSpec,
     PortfolioSpec,
+    RelaySpec,
+    RelayTls,
     ReleaseSpec,
+    SenderAuth,
     sharing_still_used,
 )
 from gateway.domain.model import Member, Participant, ParticipantRole, ReadSync
@@ -70,12 +75,20 @@ async def export_directory(session: AsyncSession, portfolios: Sequence[str] = ()
 # --- portfolios ----------------------------------------------------------------------------------------
 
 
-async def create_portfolio(session: AsyncSession, name: str, display_name: str, actor: str) -> list[Change]:
+async def create_portfolio(
+    session: AsyncSession,
+    name: str,
+    display_name: str,
+    actor: str,
+    *,
+    sender_auth: SenderAuth = DEFAULT_SENDER_AUTH,
+) -> list[Change]:
     if await db.find_portfolio(session, name) is not None:
         raise DirectoryConflict(f"portfolio {name} exists already")
     if not name or any(c.isspace() for c in name):
         raise InputError(f"portfolio name {name!r} must be one word without spaces, like makler-muster")
-    return await _apply(session, PortfolioSpec(name=name, display_name=display_name), actor)
+    spec = PortfolioSpec(name=name, display_name=display_name, sender_auth=sender_auth)
+    return await _apply(session, spec, actor)
 
 
 async def set_portfolio(
@@ -84,6 +97,7 @@ async def set_portfolio(
     *,
     display_name: str | None = None,
     share_vorgaenge_available: bool | None = None,
+    sender_auth: SenderAuth | None = None,
     actor: str,
 ) -> list[Change]:
     spec = await _spec(session, name)
@@ -96,6 +110,8 @@ async def set_portfolio(
         changed["display_name"] = display_name
     if share_vorgaenge_available is not None:
         changed["share_vorgaenge_available"] = share_vorgaenge_available
+    if sender_auth is not None:
+        changed["sender_auth"] = sender_auth
     return await _apply(session, dataclasses.replace(spec, **changed), actor)  # type: ignore[arg-type]
 
 
@@ -254,6 +270,54 @@ async def show_release(session: AsyncSession, portfolio: str, name: str) -> Rele
 # --- back offices ----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class RelayOptions:
+    """Relay settings as given to a back-office command; None leaves a setting as it is.
+
+    ``login`` and ``password_file`` given as "" remove them; ``remove`` drops the relay settings, so the
+    back office receives no replies. A relative ``password_file`` is relative to the working directory.
+    """
+
+    host: str | None = None
+    port: int | None = None
+    tls: RelayTls | None = None
+    login: str | None = None
+    password_file: str | None = None
+    timeout: int | None = None
+    remove: bool = False
+
+    def given(self) -> bool:
+        values = (self.host, self.port, self.tls, self.login, self.password_file, self.timeout)
+        return any(v is not None for v in values)
+
+    def apply(self, current: RelaySpec | None, backoffice: str) -> RelaySpec | None:
+        """The relay settings after this change; an InputError saying what to give when they are invalid."""
+        if self.remove:
+            if self.given():
+                raise InputError("--no-relay removes the relay settings; it takes no other --relay-… option")
+            return None
+        if not self.given():
+            return current
+        if current is None and not self.host:
+            raise InputError(
+                f"back office {backoffice} has no relay settings yet: give --relay-host (its SMTP server) "
+                "along with the other --relay-… options"
+            )
+        base = current or RelaySpec(host="")
+        password_file = base.password_file if self.password_file is None else self.password_file.strip()
+        relay = RelaySpec(
+            host=base.host if self.host is None else self.host.strip(),
+            port=base.port if self.port is None else self.port,
+            tls=base.tls if self.tls is None else self.tls,
+            login=base.login if self.login is None else self.login.strip(),
+            password_file=os.path.abspath(password_file) if password_file else "",
+            timeout=base.timeout if self.timeout is None else self.timeout,
+        )
+        if problems := relay.problems():
+            raise InputError("; ".join(reason for _, reason in problems))
+        return relay
+
+
 def _backoffice(spec: PortfolioSpec, name: str) -> BackOfficeSpec:
     found = next((b for b in spec.backoffices if b.name == name), None)
     if found is None:
@@ -262,13 +326,20 @@ def _backoffice(spec: PortfolioSpec, name: str) -> BackOfficeSpec:
 
 
 async def add_backoffice(
-    session: AsyncSession, portfolio: str, name: str, ams_version: str, addresses: Sequence[str], actor: str
+    session: AsyncSession,
+    portfolio: str,
+    name: str,
+    ams_version: str,
+    addresses: Sequence[str],
+    actor: str,
+    *,
+    relay: RelayOptions = RelayOptions(),
 ) -> list[Change]:
     spec = await _spec(session, portfolio)
     if any(b.name == name for b in spec.backoffices):
         raise DirectoryConflict(f"back office {name} exists already in portfolio {portfolio}")
     _check_version(ams_version)
-    new = BackOfficeSpec(name, ams_version, tuple(address(a) for a in addresses))
+    new = BackOfficeSpec(name, ams_version, tuple(address(a) for a in addresses), relay.apply(None, name))
     return await _apply(session, dataclasses.replace(spec, backoffices=(*spec.backoffices, new)), actor)
 
 
@@ -280,6 +351,7 @@ async def set_backoffice(
     ams_version: str | None = None,
     add_addresses: Sequence[str] = (),
     remove_addresses: Sequence[str] = (),
+    relay: RelayOptions = RelayOptions(),
     actor: str,
 ) -> list[Change]:
     spec = await _spec(session, portfolio)
@@ -295,6 +367,7 @@ async def set_backoffice(
         backoffice,
         ams_version=backoffice.ams_version if ams_version is None else ams_version,
         addresses=kept + added,
+        relay=relay.apply(backoffice.relay, name),
     )
     backoffices = tuple(new if b.name == name else b for b in spec.backoffices)
     return await _apply(session, dataclasses.replace(spec, backoffices=backoffices), actor)

@@ -26,8 +26,16 @@ from gateway import __version__, admin
 from gateway.config import Settings, config_path, describe, load_settings
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.migrate import require_current, schema_state, upgrade
-from gateway.directory_file import dump_directory, read_directory_file
-from gateway.domain.directory import Change, MemberSpec, PortfolioSpec, ReleaseSpec
+from gateway.directory_file import dump_directory, read_directory_file, relay_data
+from gateway.domain.directory import (
+    Change,
+    MemberSpec,
+    PortfolioSpec,
+    RelaySpec,
+    RelayTls,
+    ReleaseSpec,
+    SenderAuth,
+)
 from gateway.domain.model import ParticipantRole, ReadSync
 from gateway.errors import (
     GatewayError,
@@ -254,6 +262,47 @@ def serve(ctx: Context) -> None:
         run(ctx.settings)
 
 
+# --- secrets ---------------------------------------------------------------------------------------------
+
+
+@cli.group("secrets")
+def secrets_group() -> None:
+    """Create the reply-token keys the configuration names."""
+
+
+@secrets_group.command("init")
+@pass_context
+def secrets_init(ctx: Context) -> None:
+    """Create the signing key (the first of secrets.token_key_files) unless it exists."""
+    from gateway.keys import create_token_key
+
+    with _errors_for_people():
+        path = ctx.settings.secrets.token_key_files[0]
+        try:
+            created = create_token_key(path)
+        except OSError as exc:
+            raise OperationalError(f"cannot write the reply-token key {path}: {exc}") from exc
+        click.echo(f"{'created' if created else 'kept the existing'} reply-token key {path}")
+
+
+@secrets_group.command("new-key")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@pass_context
+def secrets_new_key(ctx: Context, file: Path) -> None:
+    """Write a new key to FILE, for rotation: put FILE first in token_key_files and keep the old ones
+    after it, so replies to copies made before the change still verify."""
+    from gateway.keys import create_token_key
+
+    with _errors_for_people():
+        try:
+            created = create_token_key(file)
+        except OSError as exc:
+            raise OperationalError(f"cannot write {file}: {exc}") from exc
+        if not created:
+            raise OperationalError(f"{file} exists already; a key is never overwritten (choose another name)")
+        click.echo(f"wrote a new reply-token key to {file}")
+
+
 # --- directory -------------------------------------------------------------------------------------------
 
 
@@ -310,15 +359,31 @@ def portfolio_group() -> None:
     """Create and configure portfolios (Bestände)."""
 
 
+sender_auth_option = click.option(
+    "--sender-auth",
+    type=click.Choice([a.value for a in SenderAuth]),
+    help="How members' replies prove their sender: off (no check), trust-authentication-results (believe "
+    "our border MTA's Authentication-Results), verify (the gateway checks DKIM/SPF/DMARC).",
+)
+
+
 @portfolio_group.command("create")
 @click.argument("name")
 @click.option("--display-name", default="", help="Name shown to people.")
+@sender_auth_option
 @json_option
 @pass_context
 @command
-async def portfolio_create(ctx: Context, name: str, display_name: str, as_json: bool) -> None:
+async def portfolio_create(
+    ctx: Context, name: str, display_name: str, sender_auth: str | None, as_json: bool
+) -> None:
     """Create the portfolio NAME."""
-    changes = await _in_transaction(ctx, lambda s: admin.create_portfolio(s, name, display_name, ctx.actor))
+    changes = await _in_transaction(
+        ctx,
+        lambda s: admin.create_portfolio(
+            s, name, display_name, ctx.actor, sender_auth=SenderAuth(sender_auth or SenderAuth.OFF)
+        ),
+    )
     _print_changes(changes, as_json)
 
 
@@ -330,11 +395,17 @@ async def portfolio_create(ctx: Context, name: str, display_name: str, as_json: 
     default=None,
     help="Operator switch: make the 'Vorgänge teilen' feature available to this portfolio's releases.",
 )
+@sender_auth_option
 @json_option
 @pass_context
 @command
 async def portfolio_set(
-    ctx: Context, name: str, display_name: str | None, share_vorgaenge_available: bool | None, as_json: bool
+    ctx: Context,
+    name: str,
+    display_name: str | None,
+    share_vorgaenge_available: bool | None,
+    sender_auth: str | None,
+    as_json: bool,
 ) -> None:
     """Change the portfolio NAME."""
     changes = await _in_transaction(
@@ -344,6 +415,7 @@ async def portfolio_set(
             name,
             display_name=display_name,
             share_vorgaenge_available=share_vorgaenge_available,
+            sender_auth=SenderAuth(sender_auth) if sender_auth else None,
             actor=ctx.actor,
         ),
     )
@@ -355,8 +427,14 @@ def _portfolio_data(p: PortfolioSpec) -> dict[str, object]:
         "name": p.name,
         "display_name": p.display_name,
         "share_vorgaenge_available": p.share_vorgaenge_available,
+        "sender_auth": p.sender_auth.value,
         "backoffices": [
-            {"name": b.name, "ams_version": b.ams_version, "addresses": list(b.addresses)}
+            {
+                "name": b.name,
+                "ams_version": b.ams_version,
+                "addresses": list(b.addresses),
+                "relay": relay_data(b.relay) if b.relay else None,
+            }
             for b in p.backoffices
         ],
         "releases": [_release_data(r, p.members) for r in p.releases],
@@ -412,15 +490,23 @@ async def portfolio_show(ctx: Context, name: str, as_json: bool) -> None:
         return
     click.echo(f"portfolio {p.name} ({p.display_name})")
     click.echo(f"  sharing available: {_yes(p.share_vorgaenge_available)}")
+    click.echo(f"  sender authentication of replies: {p.sender_auth.value}")
     for b in p.backoffices:
         click.echo(
-            f"  back office {b.name}: ams {b.ams_version or '?'}, sends as {', '.join(b.addresses) or '-'}"
+            f"  back office {b.name}: ams {b.ams_version or '?'}, sends as {', '.join(b.addresses) or '-'}, "
+            f"{_relay_text(b.relay)}"
         )
     for r in p.releases:
         click.echo(f"  {_release_line(r)}")
         for m in p.members:
             if r.name in m.releases:
                 click.echo(f"    {m.display_name or '-'} <{m.address}>")
+
+
+def _relay_text(relay: RelaySpec | None) -> str:
+    if relay is None:
+        return "no relay (receives no replies; set one with `gateway backoffice set NAME --relay-host …`)"
+    return f"replies relayed to {relay}"
 
 
 def _release_line(r: ReleaseSpec) -> str:
@@ -661,20 +747,78 @@ def backoffice_group() -> None:
     """Register the back-office systems (ams …) that send into a portfolio."""
 
 
+_RELAY_OPTIONS = (
+    click.option("--relay-host", help="The back office's SMTP server that members' replies are relayed to."),
+    click.option("--relay-port", type=int, help="Its port (default 25)."),
+    click.option(
+        "--relay-tls",
+        type=click.Choice([t.value for t in RelayTls]),
+        help="none (plain), starttls (default), tls (TLS from the first byte, usually port 465).",
+    ),
+    click.option(
+        "--relay-login", help="Login for SMTP AUTH at the back office (with --relay-password-file)."
+    ),
+    click.option(
+        "--relay-password-file",
+        help="File holding that password; only the path is stored (relative: to the working directory).",
+    ),
+    click.option(
+        "--relay-timeout", type=int, help="Seconds to wait for the back office's server (default 30)."
+    ),
+)
+
+
+def relay_options(func: Callable[..., T]) -> Callable[..., T]:
+    """The --relay-… options of `backoffice add|set`, handed to the command as one ``relay`` argument."""
+
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any,
+        relay_host: str | None,
+        relay_port: int | None,
+        relay_tls: str | None,
+        relay_login: str | None,
+        relay_password_file: str | None,
+        relay_timeout: int | None,
+        **kwargs: Any,
+    ) -> T:
+        relay = admin.RelayOptions(
+            host=relay_host,
+            port=relay_port,
+            tls=RelayTls(relay_tls) if relay_tls else None,
+            login=relay_login,
+            password_file=relay_password_file,
+            timeout=relay_timeout,
+        )
+        return func(*args, relay=relay, **kwargs)
+
+    for option in reversed(_RELAY_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
+
+
 @backoffice_group.command("add")
 @click.argument("name")
 @click.option("--ams-version", default="", help="Version of the back office, like 4.8.0.64470.")
 @click.option("--address", "addresses", multiple=True, help="An address it sends from (repeatable).")
+@relay_options
 @portfolio_option
 @json_option
 @pass_context
 @command
 async def backoffice_add(
-    ctx: Context, name: str, ams_version: str, addresses: tuple[str, ...], portfolio: str, as_json: bool
+    ctx: Context,
+    name: str,
+    ams_version: str,
+    addresses: tuple[str, ...],
+    relay: admin.RelayOptions,
+    portfolio: str,
+    as_json: bool,
 ) -> None:
-    """Register the back office NAME."""
+    """Register the back office NAME; without --relay-host it receives no replies."""
     changes = await _in_transaction(
-        ctx, lambda s: admin.add_backoffice(s, portfolio, name, ams_version, addresses, ctx.actor)
+        ctx,
+        lambda s: admin.add_backoffice(s, portfolio, name, ams_version, addresses, ctx.actor, relay=relay),
     )
     _print_changes(changes, as_json)
 
@@ -684,6 +828,10 @@ async def backoffice_add(
 @click.option("--ams-version", default=None)
 @click.option("--add-address", "add_addresses", multiple=True)
 @click.option("--remove-address", "remove_addresses", multiple=True)
+@relay_options
+@click.option(
+    "--no-relay", is_flag=True, help="Remove the relay settings: the back office receives no replies."
+)
 @portfolio_option
 @json_option
 @pass_context
@@ -694,10 +842,12 @@ async def backoffice_set(
     ams_version: str | None,
     add_addresses: tuple[str, ...],
     remove_addresses: tuple[str, ...],
+    relay: admin.RelayOptions,
+    no_relay: bool,
     portfolio: str,
     as_json: bool,
 ) -> None:
-    """Change the back office NAME."""
+    """Change the back office NAME; --relay-… options change only what they name ('' removes a login)."""
     changes = await _in_transaction(
         ctx,
         lambda s: admin.set_backoffice(
@@ -707,6 +857,7 @@ async def backoffice_set(
             ams_version=ams_version,
             add_addresses=add_addresses,
             remove_addresses=remove_addresses,
+            relay=dataclasses.replace(relay, remove=no_relay),
             actor=ctx.actor,
         ),
     )
@@ -762,7 +913,9 @@ async def backoffice_list(ctx: Context, portfolio: str, as_json: bool) -> None:
         _emit_json(_portfolio_data(p)["backoffices"])
         return
     for b in p.backoffices:
-        click.echo(f"{b.name}\tams {b.ams_version or '?'}\t{', '.join(b.addresses) or '-'}")
+        click.echo(
+            f"{b.name}\tams {b.ams_version or '?'}\t{', '.join(b.addresses) or '-'}\t{_relay_text(b.relay)}"
+        )
 
 
 # --- Vorgänge and TLS -----------------------------------------------------------------------------------

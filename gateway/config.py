@@ -484,6 +484,39 @@ class FanoutSettings(_Section):
     """Seconds a taken copy stays reserved for this process before another may retry it."""
 
 
+class RepliesSettings(_Section):
+    """``[replies]``: how members' replies at the MX listener are checked."""
+
+    authserv_id: str | None = None
+    """The authserv-id our own border MTA writes into Authentication-Results; needed by portfolios whose
+    sender_auth is "trust-authentication-results" (headers with any other id are ignored). Default: none."""
+
+    dns_timeout: Annotated[float, Field(gt=0)] = 5.0
+    """Seconds a DNS lookup may take when a portfolio's sender_auth is "verify"."""
+
+
+class RelaySettings(_Section):
+    """``[relay]``: the queue that delivers members' replies to the back offices' SMTP servers."""
+
+    enabled: bool = True
+    """Run the relay worker in this process (off: another gateway process sharing the database does)."""
+
+    lifetime: Annotated[float, Field(gt=0)] = 5 * 24 * 3600.0
+    """Seconds a reply is retried before the member gets a failure report (DSN). Default: 5 days."""
+
+    retry_base: Annotated[float, Field(gt=0)] = 60.0
+    """Seconds before the first retry; each further retry waits twice as long."""
+
+    retry_max: Annotated[float, Field(gt=0)] = 3600.0
+    """Longest wait between two attempts, in seconds."""
+
+    poll_interval: Annotated[float, Field(gt=0)] = 1.0
+    """Seconds between looks at the queue when nothing woke the worker."""
+
+    lease: Annotated[float, Field(gt=0)] = 300.0
+    """Seconds a taken mail stays reserved for this process; longer than any SMTP conversation."""
+
+
 class LoggingSettings(_Section):
     """``[logging]``: how much the gateway logs, and in which shape."""
 
@@ -502,6 +535,8 @@ _SECTIONS: Mapping[str, type[_Section]] = {
     "mailbox": MailboxSettings,
     "intake": IntakeSettings,
     "fanout": FanoutSettings,
+    "replies": RepliesSettings,
+    "relay": RelaySettings,
     "secrets": SecretsSettings,
     "limits": LimitsSettings,
     "logging": LoggingSettings,
@@ -522,6 +557,8 @@ class Settings(BaseModel):
     mailbox: MailboxSettings = Field(default_factory=MailboxSettings)
     intake: IntakeSettings = Field(default_factory=IntakeSettings)
     fanout: FanoutSettings = Field(default_factory=FanoutSettings)
+    replies: RepliesSettings = Field(default_factory=RepliesSettings)
+    relay: RelaySettings = Field(default_factory=RelaySettings)
     secrets: SecretsSettings = Field(default_factory=SecretsSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)

@@ -8,18 +8,29 @@ once, and nothing is applied unless the whole file is valid. The format::
       - name: makler-muster
         display_name: Makler Muster GmbH
         share_vorgaenge_available: true
+        sender_auth: off              # off | trust-authentication-results | verify
         backoffices:
-          - {name: ams, ams_version: 4.8.0.64470, addresses: [ams@makler-muster.example]}
+          - name: ams
+            ams_version: 4.8.0.64470
+            addresses: [ams@makler-muster.example]
+            # where members' replies go; without it the back office receives no replies
+            relay: {host: smtp.makler-muster.example, port: 587, tls: starttls,
+                    login: gateway, password_file: secrets/ams-relay.password, timeout: 30}
         releases:
           - {name: Kunde A Sachbearbeiter, primary: true, share_vorgaenge: true, read_sync: answered}
         members:
           - address: sb-a1@kunde-a.example
             name: SB-A1
             releases: [Kunde A Sachbearbeiter]
+
+A relative ``password_file`` is taken relative to the directory file and stored as an absolute path; only
+the path is stored, never the password.
 """
 
 from __future__ import annotations
 
+import enum
+import os.path
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,11 +39,17 @@ import yaml
 
 from gateway.domain.addresses import InvalidAddress, normalise_address
 from gateway.domain.directory import (
+    RELAY_PORT,
+    RELAY_TIMEOUT,
+    RELAY_TLS,
     BackOfficeSpec,
     DirectorySpec,
     MemberSpec,
     PortfolioSpec,
+    RelaySpec,
+    RelayTls,
     ReleaseSpec,
+    SenderAuth,
     check_directory,
 )
 from gateway.domain.model import ReadSync
@@ -40,13 +57,16 @@ from gateway.errors import DirectoryFileError, Problem
 
 FORMAT_VERSION = 1
 T = TypeVar("T")
+E = TypeVar("E", bound=enum.StrEnum)
 
 
 class _Reader:
     """Collects problems while turning YAML nodes into specs; one instance per file."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, base: Path) -> None:
         self.name = name
+        # Relative paths in the file (a relay's password_file) are relative to this directory.
+        self.base = base
         self.problems: list[tuple[int, str]] = []
 
     def fail(self, node: yaml.Node, reason: str) -> None:
@@ -101,6 +121,27 @@ class _Reader:
         self.fail(node, f"{what} must be true or false")
         return False
 
+    def integer(self, node: yaml.Node | None, what: str, default: int) -> int | None:
+        """A whole number; None (after recording the problem) when the value is something else."""
+        if node is None:
+            return default
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:int":
+            return int(yaml.safe_load(node.value))
+        self.fail(node, f"{what} must be a whole number, like {default}")
+        return None
+
+    def choice(self, node: yaml.Node | None, what: str, choices: type[E], default: E) -> E:
+        """One value of a string enum; written as text, so ``off`` is the word, not YAML 1.1's false."""
+        if node is None:
+            return default
+        value = self.text(node, what, default.value)
+        try:
+            return choices(value)
+        except ValueError:
+            known = ", ".join(c.value for c in choices)
+            self.fail(node, f"{what} {value!r} is not one of {known}")
+            return default
+
     def address(self, node: yaml.Node, what: str) -> str | None:
         value = self.text(node, what)
         try:
@@ -113,9 +154,12 @@ class _Reader:
         return [item for item in (read(n) for n in self.sequence(node, what)) if item is not None]
 
 
-def parse_directory(text: str, name: str = "<directory>") -> DirectorySpec:
-    """Parse and check a directory file; raise :class:`DirectoryFileError` listing every problem."""
-    reader = _Reader(name)
+def parse_directory(text: str, name: str = "<directory>", *, base: Path | None = None) -> DirectorySpec:
+    """Parse and check a directory file; raise :class:`DirectoryFileError` listing every problem.
+
+    ``base`` is the directory relative paths in the file are relative to (default: the working directory).
+    """
+    reader = _Reader(name, Path(os.path.abspath(base or Path.cwd())))
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -151,7 +195,7 @@ def read_directory_file(path: Path) -> DirectorySpec:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DirectoryFileError(f"cannot read {path}", [Problem(str(path), str(exc))]) from None
-    return parse_directory(text, str(path))
+    return parse_directory(text, str(path), base=path.parent)
 
 
 def _line(node: yaml.Node) -> int:
@@ -166,6 +210,7 @@ def _portfolio(reader: _Reader, node: yaml.Node) -> PortfolioSpec | None:
             "name": True,
             "display_name": False,
             "share_vorgaenge_available": False,
+            "sender_auth": False,
             "backoffices": False,
             "releases": False,
             "members": False,
@@ -180,6 +225,7 @@ def _portfolio(reader: _Reader, node: yaml.Node) -> PortfolioSpec | None:
         share_vorgaenge_available=reader.flag(
             keys.get("share_vorgaenge_available"), "share_vorgaenge_available"
         ),
+        sender_auth=reader.choice(keys.get("sender_auth"), "sender_auth", SenderAuth, SenderAuth.OFF),
         backoffices=tuple(
             reader.each(keys.get("backoffices"), "backoffices", lambda n: _backoffice(reader, n))
         ),
@@ -190,7 +236,9 @@ def _portfolio(reader: _Reader, node: yaml.Node) -> PortfolioSpec | None:
 
 
 def _backoffice(reader: _Reader, node: yaml.Node) -> BackOfficeSpec | None:
-    keys = reader.mapping(node, "a back office", {"name": True, "ams_version": False, "addresses": False})
+    keys = reader.mapping(
+        node, "a back office", {"name": True, "ams_version": False, "addresses": False, "relay": False}
+    )
     if keys is None:
         return None
     version_node = keys.get("ams_version")
@@ -206,8 +254,52 @@ def _backoffice(reader: _Reader, node: yaml.Node) -> BackOfficeSpec | None:
         name=reader.text(keys.get("name"), "back-office name"),
         ams_version=version,
         addresses=tuple(addresses),
+        relay=_relay(reader, keys["relay"]) if "relay" in keys else None,
         line=_line(node),
     )
+
+
+RELAY_KEYS = {
+    "host": True,
+    "port": False,
+    "tls": False,
+    "login": False,
+    "password_file": False,
+    "timeout": False,
+}
+
+
+def _relay(reader: _Reader, node: yaml.Node) -> RelaySpec | None:
+    """A back office's relay settings; ``relay:`` left empty (or null) means none."""
+    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+        return None
+    keys = reader.mapping(node, "a relay", RELAY_KEYS)
+    if keys is None:
+        return None
+    port = reader.integer(keys.get("port"), "relay port", RELAY_PORT)
+    timeout = reader.integer(keys.get("timeout"), "relay timeout (seconds)", RELAY_TIMEOUT)
+    password_file = reader.text(keys.get("password_file"), "password_file")
+    relay = RelaySpec(
+        host=reader.text(keys.get("host"), "relay host"),
+        port=RELAY_PORT if port is None else port,
+        tls=reader.choice(keys.get("tls"), "relay tls", RelayTls, RELAY_TLS),
+        login=reader.text(keys.get("login"), "relay login"),
+        # normpath, not resolve: a symlinked secret (as Kubernetes mounts them) must stay a symlink.
+        password_file=os.path.normpath(reader.base / password_file) if password_file else "",
+        timeout=RELAY_TIMEOUT if timeout is None else timeout,
+    )
+    # Problems the reader reported already (no host, a port that is no number) are not repeated.
+    host_node = keys.get("host")
+    host_given = isinstance(host_node, yaml.ScalarNode) and host_node.tag != "tag:yaml.org,2002:null"
+    reported = {
+        key
+        for key, missing in (("host", not host_given), ("port", port is None), ("timeout", timeout is None))
+        if missing
+    }
+    for key, reason in relay.problems():
+        if key not in reported:
+            reader.fail(keys.get(key, node), reason)
+    return relay
 
 
 def _release(reader: _Reader, node: yaml.Node) -> ReleaseSpec | None:
@@ -263,8 +355,10 @@ def dump_directory(spec: DirectorySpec) -> str:
                 "name": p.name,
                 "display_name": p.display_name,
                 "share_vorgaenge_available": p.share_vorgaenge_available,
+                "sender_auth": p.sender_auth.value,
                 "backoffices": [
                     {"name": b.name, "ams_version": b.ams_version, "addresses": list(b.addresses)}
+                    | ({"relay": relay_data(b.relay)} if b.relay is not None else {})
                     for b in p.backoffices
                 ],
                 "releases": [
@@ -285,3 +379,11 @@ def dump_directory(spec: DirectorySpec) -> str:
         ],
     }
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=110)
+
+
+def relay_data(relay: RelaySpec) -> dict[str, object]:
+    """A relay as the file (and ``--json``) writes it: login and password_file only when set."""
+    data: dict[str, object] = {"host": relay.host, "port": relay.port, "tls": relay.tls.value}
+    if relay.login or relay.password_file:
+        data |= {"login": relay.login, "password_file": relay.password_file}
+    return data | {"timeout": relay.timeout}

@@ -14,6 +14,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,20 +25,61 @@ from gateway.db.intake import EVENTS, insert_rows
 from gateway.db.queue import CopyJob, FlagJob, Outcome
 from gateway.db.writer import Writer
 from gateway.domain.copies import render_copy
+from gateway.domain.outbound import address_field
+from gateway.domain.tokens import TokenKeys, make_token, reference_id, reply_address
 from gateway.mailbox import Delivery, Flag, Located, Mailbox, MailboxOwner
+from gateway.parsing import parse_message
 
 log = logging.getLogger("gateway.fanout")
 
 # Headers a copy carries that only the gateway may set; any that came with the message are dropped.
-GATEWAY_HEADERS = ("X-Gateway-Vorgang", "X-Gateway-Copy-Id", "X-Gateway-Shared-Via")
+GATEWAY_HEADERS = (
+    "X-Gateway-Vorgang",
+    "X-Gateway-Copy-Id",
+    "X-Gateway-Shared-Via",
+    "X-Gateway-Original-From",
+)
+# Replaced on copies with a reply path: every answer, with "Reply" or "Reply all", comes back to us.
+REPLY_PATH_HEADERS = ("From", "Sender", "Reply-To", "References")
 COALESCE = 0.05
 
 
-def copy_bytes(job: CopyJob, *, vorgang_header: str, tag_subject: bool) -> bytes:
-    headers = [("X-Gateway-Vorgang", job.vorgang), ("X-Gateway-Copy-Id", job.copy_id)]
+@dataclass(frozen=True, slots=True)
+class ReplyPath:
+    """How copies are answered: the keys that sign reply tokens, and the reply domain."""
+
+    keys: TokenKeys
+    reply_domain: str
+
+
+def copy_bytes(
+    job: CopyJob, *, vorgang_header: str, tag_subject: bool, reply_path: ReplyPath | None = None
+) -> bytes:
+    """A copy of ``job``'s message for its member (DESIGN.md §5 for the reply address)."""
+    headers: list[tuple[str, str | bytes]] = [
+        ("X-Gateway-Vorgang", job.vorgang),
+        ("X-Gateway-Copy-Id", job.copy_id),
+    ]
     if job.shared_via:
         headers.append(("X-Gateway-Shared-Via", job.shared_via))
     remove = [*GATEWAY_HEADERS, vorgang_header]
+    if reply_path is not None:
+        parsed = parse_message(job.raw, vorgang_header=vorgang_header)
+        token = make_token(reply_path.keys, portfolio=job.portfolio, copy_id=job.copy_id)
+        address = reply_address(token, reply_path.reply_domain)
+        original = parsed.from_addresses[0] if parsed.from_addresses else ""
+        # The name people know the sender by; the address itself where the sender gave no name.
+        shown = address_field(parsed.from_display_name or original, address)
+        headers += [("From", shown), ("Reply-To", shown)]
+        if original:
+            original_field = (
+                address_field(parsed.from_display_name, original) if parsed.from_display_name else original
+            )
+            headers.append(("X-Gateway-Original-From", original_field))
+        # The token as a message id too: a reply whose address lost "+TOKEN" still names it (GitLab).
+        references = [*parsed.references, reference_id(token, reply_path.reply_domain)]
+        headers.append(("References", " ".join(dict.fromkeys(references))))
+        remove += REPLY_PATH_HEADERS
     if job.message_id_assigned and job.message_id:
         # The message came without a Message-ID; the copy carries the one the gateway assigned, so
         # replies can thread to it.
@@ -65,6 +107,7 @@ class FanOut:
         node: str,
         vorgang_header: str,
         tag_subject: bool,
+        reply_path: ReplyPath | None = None,
     ) -> None:
         self.writer = writer
         self.mailbox = mailbox
@@ -72,6 +115,7 @@ class FanOut:
         self.node = node
         self.vorgang_header = vorgang_header
         self.tag_subject = tag_subject
+        self.reply_path = reply_path
         self._wake = asyncio.Event()
         self._handed: deque[CopyJob] = deque()
         self._last_claim = 0.0
@@ -148,7 +192,12 @@ class FanOut:
         outcomes: list[Outcome | None] = []
         for job in jobs:
             try:
-                data = copy_bytes(job, vorgang_header=self.vorgang_header, tag_subject=self.tag_subject)
+                data = copy_bytes(
+                    job,
+                    vorgang_header=self.vorgang_header,
+                    tag_subject=self.tag_subject,
+                    reply_path=self.reply_path,
+                )
             except Exception as exc:  # a message the renderer cannot handle is one failed copy, no more
                 outcomes.append(self._failed(job, exc))
                 continue

@@ -1,9 +1,11 @@
-"""The submission listener: back offices hand in mail by SMTP (AUTH, STARTTLS) and get 250 once it is stored.
+"""The SMTP listeners: back offices hand in mail (submission), members' mail servers deliver replies (MX).
 
 aiosmtpd speaks the protocol; this module decides what each command is answered: who may log in, which
 recipients exist, which messages are too big, too deep in a loop or malformed beyond use. Everything a
-client can hear is named in ``gateway.replies``. The DATA handler hands the message to the acceptance
-stage and answers only after its commit (DESIGN.md §2, §8).
+client can hear is named in ``gateway.replies``. The submission DATA handler hands the message to the
+acceptance stage, the MX one to the reply stage, and both answer only after the commit (DESIGN.md §2,
+§8). The MX listener takes only reply addresses and the bounce address of the reply domain: it is
+nobody's relay.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from gateway.db.intake import member_ids
 from gateway.db.writer import Writer
 from gateway.domain.addresses import InvalidAddress, normalise_address
 from gateway.domain.passwords import verify_password
+from gateway.domain.tokens import is_reply_address
 from gateway.parsing import parse_message
 from gateway.replies import AIOSMTPD_REPLIES, Reply
+from gateway.reply import BOUNCES_LOCAL_PART, Incoming, ReplyIntake
 
 log = logging.getLogger("gateway.ingress")
 
@@ -343,3 +347,76 @@ class SubmissionHandler:
 def _peer(session: Session) -> str:
     peer = session.peer
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
+
+
+class MxHandler:
+    """aiosmtpd hooks of the MX listener: members' replies, and bounces of what the gateway relayed."""
+
+    def __init__(
+        self,
+        *,
+        replies: ReplyIntake,
+        state: ListenerState,
+        reply_domain: str,
+        max_recipients: int,
+        max_header_size: int,
+    ) -> None:
+        self.replies = replies
+        self.state = state
+        self.reply_domain = reply_domain.lower()
+        self.max_recipients = max_recipients
+        self.max_header_size = max_header_size
+
+    async def handle_EHLO(  # noqa: N802 (aiosmtpd's hook name)
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_MAIL(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if not self.state.allow_message(_client_of(session.peer)):
+            return str(Reply.RATE_LIMITED)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return str(Reply.SENDER_OK)
+
+    async def handle_RCPT(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return str(Reply.TOO_MANY_RECIPIENTS)
+        lowered = address.strip().lower()
+        if not (is_reply_address(lowered, self.reply_domain) or lowered == self._bounce_address):
+            return Reply.NOT_HERE.with_text(f"<{address}>: no such address here; this gateway does not relay")
+        envelope.rcpt_tos.append(lowered)
+        envelope.rcpt_options.extend(options)
+        return str(Reply.RECIPIENT_OK)
+
+    @property
+    def _bounce_address(self) -> str:
+        return f"{BOUNCES_LOCAL_PART}@{self.reply_domain}"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+        raw = envelope.original_content
+        assert isinstance(raw, bytes), "decode_data=False keeps the bytes"
+        header_end = raw.find(b"\r\n\r\n")
+        if (header_end if header_end >= 0 else len(raw)) > self.max_header_size:
+            return str(Reply.HEADER_TOO_BIG)
+        mail = Incoming(
+            envelope_sender=envelope.mail_from or "",
+            recipients=tuple(envelope.rcpt_tos),
+            raw=raw,
+            parsed=parse_message(raw),
+            client_ip=_client_of(session.peer),
+            helo=session.host_name or "",
+            peer=_peer(session),
+        )
+        self.state.in_data += 1
+        try:
+            return await self.replies.receive(mail)
+        except NotStored:
+            return str(Reply.TRY_AGAIN)
+        finally:
+            self.state.in_data -= 1

@@ -28,6 +28,12 @@ class Reply(enum.Enum):
     TOO_BIG = (552, "5.3.4", "Message too big for this gateway")
     HEADER_TOO_BIG = (552, "5.3.4", "Header section too big")
     LOOP = (554, "5.4.6", "Too many Received headers: mail loop")
+    # The MX listener (members' mail).
+    NOT_HERE = (550, "5.1.1", "No such address here; this gateway does not relay")
+    NOT_A_REPLY = (550, "5.7.1", "This address only takes answers to the gateway's mail")
+    REFUSED = (550, "5.7.1", "Refused")
+    SENDER_CHECK_TEMPORARY = (451, "4.7.0", "Could not check the sender now, try again later")
+    RECORDED = (250, "2.0.0", "Recorded; not relayed")
 
     @property
     def code(self) -> int:

@@ -1,8 +1,10 @@
-"""The composition root: builds the stages from the settings, runs them, and shuts them down in order.
+r"""The composition root: builds the stages from the settings, runs them, and shuts them down in order.
 
 The message path, as wired below, top to bottom:
 
     ingress (submission listener) -> acceptance (one transaction, then 250) -> fan-out (mailboxes)
+    ingress (MX listener) -> reply (checks, one transaction, then 250) -> relay (back office)
+                                                                       -> fan-out (copies, \Answered)
 
 Shutdown runs it backwards: stop taking connections, let messages in DATA finish and commit, store
 what is queued, stop the fan-out between copies (a copy it had begun is found again next start).
@@ -26,11 +28,15 @@ from gateway.db.engine import create_engine
 from gateway.db.migrate import require_current
 from gateway.db.writer import Writer
 from gateway.errors import OperationalError
-from gateway.fanout import FanOut
-from gateway.ingress import Accounts, GatewaySMTP, ListenerState, Members, SubmissionHandler
+from gateway.fanout import FanOut, ReplyPath
+from gateway.ingress import Accounts, GatewaySMTP, ListenerState, Members, MxHandler, SubmissionHandler
+from gateway.keys import load_token_keys
 from gateway.logs import configure_logging
 from gateway.mailbox import Mailbox, MaildirMailbox
+from gateway.relay import Relay
 from gateway.replies import Reply
+from gateway.reply import ReplyContext, ReplyIntake
+from gateway.resolver import DnsResolver, SystemResolver
 
 log = logging.getLogger("gateway.service")
 
@@ -65,12 +71,16 @@ def tls_context(settings: ListenerSettings) -> ssl.SSLContext | None:
 class Service:
     """One gateway process: ``startup``, ``wait``, ``shutdown`` (uvicorn's Server shape)."""
 
-    def __init__(self, settings: Settings, *, mailbox: Mailbox | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, mailbox: Mailbox | None = None, resolver: DnsResolver | None = None
+    ) -> None:
         self.settings = settings
         self.engine = create_engine(
             settings.database_url, echo=settings.database.echo, pool_size=settings.database.pool_size
         )
         self.writer = Writer(settings.database_url, echo=settings.database.echo)
+        # Every copy carries a signed reply address; without the keys the gateway does not start.
+        self.keys = load_token_keys(settings.secrets.token_key_files)
         self.mailbox = mailbox or MaildirMailbox(
             settings.mailbox.maildir_root,
             hostname=settings.gateway.node_name,
@@ -83,13 +93,23 @@ class Service:
             node=settings.gateway.node_name,
             vorgang_header=settings.intake.vorgang_header,
             tag_subject=settings.intake.tag_subject,
+            reply_path=ReplyPath(self.keys, settings.domains.reply_domain),
         )
-        handoff = None
+        handoff: HandOff | None = None
         if settings.fanout.enabled:
             handoff = HandOff(settings.gateway.node_name, settings.fanout.lease, self.fanout.take)
         self.acceptance = Acceptance(
             self.writer, hostname=settings.gateway.hostname, on_accepted=self.fanout.wake, handoff=handoff
         )
+        self.relay = Relay(
+            self.writer,
+            self.mailbox,
+            settings.relay,
+            node=settings.gateway.node_name,
+            hostname=settings.gateway.hostname,
+        )
+        self.resolver = resolver or SystemResolver(timeout=settings.replies.dns_timeout)
+        self.handoff = handoff
         self.listeners: dict[str, Listener] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
@@ -99,18 +119,58 @@ class Service:
         await require_current(self.engine)
         if self.settings.fanout.enabled:
             await self.fanout.start()
+        if self.settings.relay.enabled:
+            await self.relay.start()
         self._tasks = [asyncio.create_task(self.acceptance.run(), name="acceptance")]
         if self.settings.fanout.enabled:
             self._tasks.append(asyncio.create_task(self.fanout.run(), name="fanout"))
+        if self.settings.relay.enabled:
+            self._tasks.append(asyncio.create_task(self.relay.run(), name="relay"))
         for task in self._tasks:
             task.add_done_callback(self._stage_ended)
         submission = self.settings.listeners.submission
         if submission.enabled:
             self.listeners["submission"] = await self._start_submission(submission)
+        mx = self.settings.listeners.mx
+        if mx.enabled:
+            self.listeners["mx"] = await self._start_mx(mx)
         for name, listener in self.listeners.items():
             host, port = listener.address
             log.info("listening: %s on %s:%d", name, host, port, extra={"listener": name, "port": port})
         log.info("gateway ready: database %s", self.engine.url.render_as_string(hide_password=True))
+
+    async def _start_mx(self, config: ListenerSettings) -> Listener:
+        settings, limits = self.settings, self.settings.limits
+        replies = ReplyIntake(
+            self.writer,
+            keys=self.keys,
+            context=ReplyContext(
+                reply_domain=settings.domains.reply_domain,
+                hostname=settings.gateway.hostname,
+                node=settings.gateway.node_name,
+                max_received=limits.max_received_hops,
+                authserv_id=settings.replies.authserv_id,
+                relay_lifetime=settings.relay.lifetime,
+            ),
+            resolver=self.resolver,
+            handoff=self.handoff,
+            on_relay=self.relay.wake,
+            on_copies=self.fanout.wake,
+        )
+        state = ListenerState(
+            "mx",
+            config.max_connections,
+            limits.max_connections_per_client,
+            limits.max_messages_per_minute_per_client,
+        )
+        handler = MxHandler(
+            replies=replies,
+            state=state,
+            reply_domain=settings.domains.reply_domain,
+            max_recipients=limits.max_recipients,
+            max_header_size=limits.max_header_size,
+        )
+        return await self._listen("mx", config, state, handler, auth=False)
 
     async def _start_submission(self, config: ListenerSettings) -> Listener:
         limits = self.settings.limits
@@ -120,7 +180,7 @@ class Service:
             limits.max_connections_per_client,
             limits.max_messages_per_minute_per_client,
         )
-        handler = SubmissionHandler(
+        handler: object = SubmissionHandler(
             acceptance=self.acceptance,
             members=Members(self.writer),
             state=state,
@@ -129,10 +189,16 @@ class Service:
             max_received_hops=limits.max_received_hops,
             vorgang_header=self.settings.intake.vorgang_header,
         )
+        return await self._listen("submission", config, state, handler, auth=True)
+
+    async def _listen(
+        self, name: str, config: ListenerSettings, state: ListenerState, handler: object, *, auth: bool
+    ) -> Listener:
+        limits = self.settings.limits
         # aiosmtpd reads the line limit from the class when it builds its stream reader; a class per
         # listener carries this listener's limit and shared state.
         protocol = type(
-            "SubmissionSMTP",
+            f"{name.title()}SMTP",
             (GatewaySMTP,),
             {
                 "line_length_limit": limits.max_line_length + 2,
@@ -154,8 +220,8 @@ class Service:
                 tls_context=context,
                 require_starttls=False,
                 timeout=limits.idle_timeout,
-                auth_required=True,
-                auth_require_tls=not config.local_only,
+                auth_required=auth,
+                auth_require_tls=auth and not config.local_only,
                 loop=loop,
             )
             return smtp
@@ -167,9 +233,7 @@ class Service:
         try:
             server = await loop.create_server(factory, host=config.host, port=config.port)
         except OSError as exc:
-            raise OperationalError(
-                f"cannot listen on {config.host}:{config.port} for submission: {exc}"
-            ) from exc
+            raise OperationalError(f"cannot listen on {config.host}:{config.port} for {name}: {exc}") from exc
         return Listener(state, server)
 
     def _stage_ended(self, task: asyncio.Task[None]) -> None:

@@ -3,15 +3,20 @@
 Every change goes the same way, whether it comes from a directory file or a single CLI command: read the
 portfolio as a ``PortfolioSpec``, build the wanted spec, check it with ``gateway.domain.directory``, and
 apply ``plan_changes`` here, one event-log row per change, in the caller's transaction.
+
+The reply path reads its two directory settings with small sync functions on a Core ``Connection``
+(``relay_target``, ``portfolio_policy``), as its workers run on the writer thread.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.events import record_event
@@ -26,11 +31,18 @@ from gateway.db.models import (
     ReleaseRow,
 )
 from gateway.domain.directory import (
+    DEFAULT_SENDER_AUTH,
+    RELAY_PORT,
+    RELAY_TIMEOUT,
+    RELAY_TLS,
     BackOfficeSpec,
     Change,
     MemberSpec,
     PortfolioSpec,
+    RelaySpec,
+    RelayTls,
     ReleaseSpec,
+    SenderAuth,
     check_portfolio,
     merge_portfolio,
     plan_changes,
@@ -103,9 +115,25 @@ async def read_spec(session: AsyncSession, portfolio: PortfolioRow) -> Portfolio
         name=portfolio.name,
         display_name=portfolio.display_name,
         share_vorgaenge_available=portfolio.share_vorgaenge_available,
-        backoffices=tuple(BackOfficeSpec(b.name, b.ams_version, tuple(addresses[b.id])) for b in backoffices),
+        sender_auth=SenderAuth(portfolio.sender_auth),
+        backoffices=tuple(
+            BackOfficeSpec(b.name, b.ams_version, tuple(addresses[b.id]), _relay_spec(b)) for b in backoffices
+        ),
         releases=tuple(ReleaseSpec(r.name, r.primary, r.share_vorgaenge, r.read_sync) for r in releases),
         members=tuple(MemberSpec(m.address, m.display_name, tuple(memberships[m.id])) for m in members),
+    )
+
+
+def _relay_spec(backoffice: BackOfficeRow) -> RelaySpec | None:
+    if backoffice.relay_host is None:
+        return None
+    return RelaySpec(
+        host=backoffice.relay_host,
+        port=backoffice.relay_port,
+        tls=RelayTls(backoffice.relay_tls),
+        login=backoffice.relay_login or "",
+        password_file=backoffice.relay_password_file or "",
+        timeout=backoffice.relay_timeout,
     )
 
 
@@ -160,6 +188,7 @@ async def _execute(
                 name=name,
                 display_name=str(change.field("display_name") or ""),
                 share_vorgaenge_available=change.field("share_vorgaenge_available") is True,
+                sender_auth=str(change.field("sender_auth") or DEFAULT_SENDER_AUTH.value),
             )
             session.add(portfolio)
             await session.flush()
@@ -265,6 +294,10 @@ async def _apply_backoffice(session: AsyncSession, pid: int, change: Change) -> 
             return
         if "ams_version" in f:
             backoffice.ams_version = str(f["ams_version"])
+    if "relay" in f:
+        relay = f["relay"]
+        assert relay is None or isinstance(relay, RelaySpec)
+        _write_relay(backoffice, relay)
     if "addresses" in f:
         addresses = f["addresses"]
         assert isinstance(addresses, tuple)
@@ -276,6 +309,21 @@ async def _apply_backoffice(session: AsyncSession, pid: int, change: Change) -> 
             for a in addresses
         )
     await session.flush()
+
+
+def _write_relay(backoffice: BackOfficeRow, relay: RelaySpec | None) -> None:
+    """Store a back office's relay settings; None clears them (back to the defaults, without a host)."""
+    if relay is None:
+        backoffice.relay_host = backoffice.relay_login = backoffice.relay_password_file = None
+        backoffice.relay_port, backoffice.relay_tls = RELAY_PORT, RELAY_TLS.value
+        backoffice.relay_timeout = RELAY_TIMEOUT
+        return
+    backoffice.relay_host = relay.host
+    backoffice.relay_port = relay.port
+    backoffice.relay_tls = relay.tls.value
+    backoffice.relay_login = relay.login or None
+    backoffice.relay_password_file = relay.password_file or None
+    backoffice.relay_timeout = relay.timeout
 
 
 async def _member(session: AsyncSession, pid: int, address: str) -> MemberRow:
@@ -309,4 +357,63 @@ async def _refuse_delete_with_history(session: AsyncSession, member: MemberRow) 
 
 
 def _jsonable(value: object) -> object:
+    if isinstance(value, RelaySpec):
+        return asdict(value) | {"tls": value.tls.value}
     return list(value) if isinstance(value, tuple) else value
+
+
+# --- reads for the reply path (sync, on the writer thread's Core connection) ----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RelayTarget:
+    """Where and how to deliver members' replies to one back office, as the relay worker needs it."""
+
+    host: str
+    port: int
+    tls: RelayTls
+    login: str | None
+    # The file holding the SMTP AUTH password; read when connecting, so a rotated secret needs no reload.
+    password_file: Path | None
+    timeout: int
+    ams_version: str
+    backoffice_name: str
+    portfolio_id: int
+
+
+def relay_target(connection: Connection, backoffice_id: int) -> RelayTarget | None:
+    """The relay settings of a back office; None when it does not exist or has none (it takes no replies)."""
+    row = connection.execute(
+        select(
+            BackOfficeRow.relay_host,
+            BackOfficeRow.relay_port,
+            BackOfficeRow.relay_tls,
+            BackOfficeRow.relay_login,
+            BackOfficeRow.relay_password_file,
+            BackOfficeRow.relay_timeout,
+            BackOfficeRow.ams_version,
+            BackOfficeRow.name,
+            BackOfficeRow.portfolio_id,
+        ).where(BackOfficeRow.id == backoffice_id)
+    ).one_or_none()
+    if row is None or row.relay_host is None:
+        return None
+    return RelayTarget(
+        host=row.relay_host,
+        port=row.relay_port,
+        tls=RelayTls(row.relay_tls),
+        login=row.relay_login,
+        password_file=Path(row.relay_password_file) if row.relay_password_file else None,
+        timeout=row.relay_timeout,
+        ams_version=row.ams_version,
+        backoffice_name=row.name,
+        portfolio_id=row.portfolio_id,
+    )
+
+
+def portfolio_policy(connection: Connection, portfolio_id: int) -> str:
+    """The portfolio's sender-authentication policy, a ``SenderAuth`` value (a ``str``)."""
+    value = connection.scalar(select(PortfolioRow.sender_auth).where(PortfolioRow.id == portfolio_id))
+    if value is None:
+        raise NotFound(f"there is no portfolio with id {portfolio_id}")
+    return SenderAuth(value)

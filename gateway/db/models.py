@@ -66,11 +66,21 @@ class PortfolioRow(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     display_name: Mapped[str] = mapped_column(String(200), default="")
     share_vorgaenge_available: Mapped[bool] = mapped_column(Boolean, default=False)
+    # How members' replies prove their sender: a ``gateway.domain.directory.SenderAuth`` value. A plain
+    # server default, not ``text()``, as on BackOfficeRow: SQLite adds the column without a table rebuild.
+    sender_auth: Mapped[str] = mapped_column(String(40), default="off", server_default="off")
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
 
 
 class BackOfficeRow(Base):
-    """A back-office system (ams …) that sends mail into one portfolio."""
+    """A back-office system (ams …) that sends mail into one portfolio and receives members' replies.
+
+    The ``relay_*`` columns say how replies reach the back office's SMTP server; without ``relay_host``
+    it receives none. Their defaults are those of ``gateway.domain.directory`` (RELAY_PORT, RELAY_TLS,
+    RELAY_TIMEOUT). The password is never stored: ``relay_password_file`` names the file that holds it.
+    Server defaults are plain constants, not ``text()``: SQLite can then add the columns in place, where
+    a table rebuild's DROP TABLE would cascade-delete what refers to back offices (foreign keys are on).
+    """
 
     __tablename__ = "backoffices"
     __table_args__ = (
@@ -82,6 +92,14 @@ class BackOfficeRow(Base):
     portfolio_id: Mapped[int] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(100))
     ams_version: Mapped[str] = mapped_column(String(40), default="")
+    relay_host: Mapped[str | None] = mapped_column(String(255))
+    relay_port: Mapped[int] = mapped_column(Integer, default=25, server_default="25")
+    # A ``gateway.domain.directory.RelayTls`` value: none, starttls or tls.
+    relay_tls: Mapped[str] = mapped_column(String(20), default="starttls", server_default="starttls")
+    relay_login: Mapped[str | None] = mapped_column(String(320))
+    relay_password_file: Mapped[str | None] = mapped_column(Text)
+    # Seconds the relay waits for the back office's server at each step.
+    relay_timeout: Mapped[int] = mapped_column(Integer, default=30, server_default="30")
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
 
 

@@ -42,6 +42,7 @@ class Answered:
     ams_version: str
     vorgang_id: int
     vorgang: str
+    direction: str = "inbound"
 
 
 def answered_by_copy(connection: Connection, copy_id: str) -> Answered | None:
@@ -60,6 +61,7 @@ def answered_by_copy(connection: Connection, copy_id: str) -> Answered | None:
             BackOfficeRow.ams_version,
             VorgangRow.id,
             VorgangRow.reference,
+            MessageRow.direction,
         )
         .join(PortfolioRow, PortfolioRow.id == CopyRow.portfolio_id)
         .join(MessageRow, MessageRow.id == CopyRow.message_id)
@@ -83,7 +85,53 @@ def answered_by_copy(connection: Connection, copy_id: str) -> Answered | None:
         ams_version=row[10] or "",
         vorgang_id=row[11],
         vorgang=row[12],
+        direction=row[13],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadTarget:
+    """The back-office mail a reply answers on the back office's side: whom to send to, how to thread."""
+
+    message_id: str | None
+    references: tuple[str, ...]
+    backoffice_address: str | None
+    backoffice_id: int | None
+    ams_version: str
+
+
+def thread_target(connection: Connection, answered: Answered) -> ThreadTarget | None:
+    """The answered message itself when the back office sent it; when a member answers a colleague's
+    reply, the Vorgang's latest mail from the back office (the back office never saw the colleague's
+    copy, only the relayed mail, which threads to that same back-office mail)."""
+    if answered.direction == "inbound":
+        return ThreadTarget(
+            answered.message_id,
+            answered.references,
+            answered.from_address,
+            answered.backoffice_id,
+            answered.ams_version,
+        )
+    row = connection.execute(
+        select(
+            MessageRow.message_id,
+            MessageRow.references,
+            MessageRow.from_address,
+            MessageRow.backoffice_id,
+            BackOfficeRow.ams_version,
+        )
+        .outerjoin(BackOfficeRow, BackOfficeRow.id == MessageRow.backoffice_id)
+        .where(
+            MessageRow.portfolio_id == answered.portfolio_id,
+            MessageRow.vorgang_id == answered.vorgang_id,
+            MessageRow.direction == "inbound",
+        )
+        .order_by(MessageRow.received_at.desc(), MessageRow.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    return ThreadTarget(row[0], tuple((row[1] or "").split()), row[2], row[3], row[4] or "")
 
 
 @dataclass(frozen=True, slots=True)

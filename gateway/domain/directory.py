@@ -3,10 +3,16 @@
 A directory is described by ``*Spec`` values, whether it comes from a YAML file or from the database
 before and after a single CLI change; the same checks run on both, so a file and a command can never
 disagree about what is allowed. Each spec keeps the line it came from (0 when it did not come from a file).
+
+Two settings serve the reply path (DESIGN.md §5): a portfolio's ``sender_auth`` says how a member's reply
+must prove its sender, and a back office's ``relay`` says where members' replies to it are delivered.
 """
 
 from __future__ import annotations
 
+import enum
+import ipaddress
+import os.path
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,11 +23,111 @@ from gateway.domain.model import ReadSync
 T_spec = TypeVar("T_spec")
 
 
+class SenderAuth(enum.StrEnum):
+    """How a member's reply must prove its sender before it is relayed (DESIGN.md §5); per portfolio."""
+
+    # No check beyond the reply token and the audience: for the embedded default without a border MTA.
+    OFF = "off"
+    # Believe the Authentication-Results header our own border MTA adds (its authserv-id is configured).
+    TRUST_AUTHENTICATION_RESULTS = "trust-authentication-results"
+    # The gateway checks DKIM, SPF and DMARC itself.
+    VERIFY = "verify"
+
+
+class RelayTls(enum.StrEnum):
+    """How the relay talks to a back office's SMTP server."""
+
+    NONE = "none"  # plain SMTP, for a server on the same host or a trusted network
+    STARTTLS = "starttls"  # plain connect, then STARTTLS (ports 25 and 587); refused if not offered
+    TLS = "tls"  # TLS from the first byte (implicit TLS, usually port 465)
+
+
+# The defaults of a back office's relay settings, in the YAML file, the CLI and the database.
+RELAY_PORT = 25
+RELAY_TLS = RelayTls.STARTTLS
+RELAY_TIMEOUT = 30
+# RFC 5321 4.5.3.2 has an SMTP client wait at most 10 minutes for any reply; longer only hides a dead peer.
+RELAY_TIMEOUT_MAX = 600
+DEFAULT_SENDER_AUTH = SenderAuth.OFF
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySpec:
+    """Where and how members' replies are delivered to a back office's SMTP server.
+
+    ``password_file`` is the absolute path of a file holding the SMTP AUTH password (the secret itself
+    never enters the directory); ``login`` and ``password_file`` are given together or not at all.
+    """
+
+    host: str
+    port: int = RELAY_PORT
+    tls: RelayTls = RELAY_TLS
+    login: str = ""
+    password_file: str = ""
+    timeout: int = RELAY_TIMEOUT
+
+    def __str__(self) -> str:
+        auth = f" login={self.login} password_file={self.password_file}" if self.login else ""
+        return f"{self.host}:{self.port} tls={self.tls.value} timeout={self.timeout}{auth}"
+
+    def problems(self) -> list[tuple[str, str]]:
+        """What is wrong with these settings, as (key, reason); the key is "" for the settings as a whole."""
+        found: list[tuple[str, str]] = []
+        if reason := _host_problem(self.host):
+            found.append(("host", reason))
+        if not 1 <= self.port <= 65535:
+            found.append(
+                (
+                    "port",
+                    f"relay port {self.port} is not a TCP port: use 1 to 65535 (SMTP servers listen on 25)",
+                )
+            )
+        if not 1 <= self.timeout <= RELAY_TIMEOUT_MAX:
+            found.append(
+                (
+                    "timeout",
+                    f"relay timeout {self.timeout} must be 1 to {RELAY_TIMEOUT_MAX} seconds "
+                    f"(default {RELAY_TIMEOUT})",
+                )
+            )
+        if bool(self.login) != bool(self.password_file):
+            given, lacking = ("login", "password file") if self.login else ("password file", "login")
+            found.append(
+                (
+                    given.replace(" ", "_"),
+                    f"the relay has a {given} but no {lacking}: logging in to the back office's SMTP server "
+                    "needs both; give both, or neither to send without logging in",
+                )
+            )
+        if len(self.login) > 320:
+            found.append(("login", "the relay login is longer than 320 characters"))
+        if self.password_file and not os.path.isabs(self.password_file):
+            found.append(
+                ("password_file", f"relay password file {self.password_file!r} must be an absolute path")
+            )
+        return found
+
+
+def _host_problem(host: str) -> str | None:
+    if not host:
+        return "the relay needs a host: the name or IP address of the back office's SMTP server"
+    if len(host) > 253 or any(c.isspace() or c in "/@[]" for c in host):
+        return f"relay host {host!r} is not a host name or IP address"
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"relay host {host!r} contains a colon: give the port separately, not as host:port"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class BackOfficeSpec:
     name: str
     ams_version: str = ""
     addresses: tuple[str, ...] = ()
+    # None: the back office has no relay settings and cannot receive members' replies.
+    relay: RelaySpec | None = None
     line: int = 0
 
 
@@ -55,6 +161,7 @@ class PortfolioSpec:
     backoffices: tuple[BackOfficeSpec, ...] = ()
     members: tuple[MemberSpec, ...] = ()
     releases: tuple[ReleaseSpec, ...] = ()
+    sender_auth: SenderAuth = DEFAULT_SENDER_AUTH
     line: int = 0
 
     def release(self, name: str) -> ReleaseSpec | None:
@@ -198,6 +305,8 @@ class Change:
 
 
 def _show(value: object) -> str:
+    if value is None:
+        return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):
@@ -224,6 +333,7 @@ def merge_portfolio(current: PortfolioSpec | None, wanted: PortfolioSpec, *, pru
         name=wanted.name,
         display_name=wanted.display_name,
         share_vorgaenge_available=wanted.share_vorgaenge_available,
+        sender_auth=wanted.sender_auth,
         backoffices=keep(current.backoffices, wanted.backoffices, lambda b: b.name),
         releases=keep(current.releases, wanted.releases, lambda r: r.name),
         members=keep(current.members, wanted.members, lambda m: m.address),
@@ -245,6 +355,7 @@ def plan_changes(current: PortfolioSpec | None, wanted: PortfolioSpec) -> list[C
             name=p,
             display_name=wanted.display_name,
             share_vorgaenge_available=wanted.share_vorgaenge_available,
+            sender_auth=wanted.sender_auth,
         )
         changes.append(
             Change(
@@ -254,10 +365,11 @@ def plan_changes(current: PortfolioSpec | None, wanted: PortfolioSpec) -> list[C
                 (
                     ("display_name", wanted.display_name),
                     ("share_vorgaenge_available", wanted.share_vorgaenge_available),
+                    ("sender_auth", wanted.sender_auth.value),
                 ),
             )
         )
-    portfolio_fields = _changed(current, wanted, ("display_name", "share_vorgaenge_available"))
+    portfolio_fields = _changed(current, wanted, ("display_name", "share_vorgaenge_available", "sender_auth"))
     # Availability is switched on before releases may share, and off only after they stopped sharing.
     turn_on = (
         portfolio_fields
@@ -276,10 +388,13 @@ def plan_changes(current: PortfolioSpec | None, wanted: PortfolioSpec) -> list[C
         if name not in old_bo:
             changes.append(
                 Change(
-                    "create", "backoffice", name, (("ams_version", b.ams_version), ("addresses", b.addresses))
+                    "create",
+                    "backoffice",
+                    name,
+                    (("ams_version", b.ams_version), ("addresses", b.addresses), ("relay", b.relay)),
                 )
             )
-        elif fields := _changed(old_bo[name], b, ("ams_version", "addresses")):
+        elif fields := _changed(old_bo[name], b, ("ams_version", "addresses", "relay")):
             changes.append(Change("update", "backoffice", name, fields))
     changes += [Change("delete", "backoffice", name) for name in old_bo if name not in new_bo]
 
@@ -334,7 +449,7 @@ def _changed(old: object, new: object, names: Sequence[str]) -> tuple[tuple[str,
     for name in names:
         before, after = getattr(old, name), getattr(new, name)
         if before != after:
-            out.append((name, after.value if isinstance(after, ReadSync) else after))
+            out.append((name, after.value if isinstance(after, enum.Enum) else after))
     return tuple(out)
 
 

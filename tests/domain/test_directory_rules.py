@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -12,7 +13,10 @@ from gateway.domain.directory import (
     Change,
     MemberSpec,
     PortfolioSpec,
+    RelaySpec,
+    RelayTls,
     ReleaseSpec,
+    SenderAuth,
     check_portfolio,
     merge_portfolio,
     plan_changes,
@@ -46,10 +50,29 @@ def portfolios(draw: st.DrawFn, *, valid: bool = True) -> PortfolioSpec:
             chosen = [r for r in chosen if r not in primaries or r == first_primary]
         members.append(MemberSpec(address, draw(st.sampled_from(["", "X", "Y"])), tuple(chosen)))
     backoffices = tuple(
-        BackOfficeSpec(name, draw(st.sampled_from(["", "4.7.0.1", "4.8.0.64470"])), (f"{name}@bo.example",))
+        BackOfficeSpec(
+            name,
+            draw(st.sampled_from(["", "4.7.0.1", "4.8.0.64470"])),
+            (f"{name}@bo.example",),
+            draw(st.none() | relays()),
+        )
         for name in draw(st.lists(st.sampled_from(["ams", "other"]), unique=True, max_size=2))
     )
-    return PortfolioSpec("p", "P", available, backoffices, tuple(members), releases)
+    sender_auth = draw(st.sampled_from(list(SenderAuth)))
+    return PortfolioSpec("p", "P", available, backoffices, tuple(members), releases, sender_auth)
+
+
+@st.composite
+def relays(draw: st.DrawFn) -> RelaySpec:
+    login = draw(st.sampled_from(["", "gateway"]))
+    return RelaySpec(
+        draw(st.sampled_from(["127.0.0.1", "smtp.bo.example"])),
+        draw(st.sampled_from([25, 587, 2526])),
+        draw(st.sampled_from(list(RelayTls))),
+        login,
+        "/run/secrets/relay" if login else "",
+        draw(st.sampled_from([30, 60])),
+    )
 
 
 @dataclass
@@ -58,6 +81,7 @@ class Model:
 
     available: bool = False
     display_name: str = ""
+    sender_auth: SenderAuth = SenderAuth.OFF
     releases: dict[str, ReleaseSpec] = field(default_factory=dict)
     members: dict[str, tuple[str, set[str]]] = field(default_factory=dict)
     backoffices: dict[str, BackOfficeSpec] = field(default_factory=dict)
@@ -67,6 +91,7 @@ class Model:
         return cls(
             spec.share_vorgaenge_available,
             spec.display_name,
+            spec.sender_auth,
             {r.name: r for r in spec.releases},
             {m.address: (m.display_name, set(m.releases)) for m in spec.members},
             {b.name: b for b in spec.backoffices},
@@ -77,6 +102,7 @@ class Model:
         if change.kind == "portfolio":
             self.available = bool(f.get("share_vorgaenge_available", self.available))
             self.display_name = str(f.get("display_name", self.display_name))
+            self.sender_auth = SenderAuth(str(f.get("sender_auth", self.sender_auth)))
         elif change.kind == "release":
             if change.action == "delete":
                 del self.releases[change.name]
@@ -116,6 +142,7 @@ class Model:
                 change.name,
                 str(f.get("ams_version", old.ams_version)),
                 tuple(f.get("addresses", old.addresses)),  # type: ignore[call-overload]
+                f.get("relay", old.relay),  # type: ignore[arg-type]
             )
 
     def rules_hold(self) -> bool:
@@ -199,3 +226,85 @@ def test_the_seeds_primary_conflict_names_both_releases() -> None:
     [violation] = check_portfolio(spec)
     assert violation.line == 7
     assert '"Geschäftsführer" and "Kunde B Sachbearbeiter"' in violation.reason
+
+
+# --- the reply path's settings: sender_auth and a back office's relay -------------------------------------
+
+
+RELAY = RelaySpec("127.0.0.1", 2526, RelayTls.NONE)
+
+
+def test_a_changed_relay_or_sender_auth_is_one_update_with_the_new_value() -> None:
+    current = PortfolioSpec("p", backoffices=(BackOfficeSpec("ams", relay=RELAY),))
+    wanted = PortfolioSpec(
+        "p",
+        backoffices=(BackOfficeSpec("ams", relay=RelaySpec("127.0.0.1", 2527, RelayTls.NONE)),),
+        sender_auth=SenderAuth.VERIFY,
+    )
+    changes = plan_changes(current, wanted)
+    assert [c.describe() for c in changes] == [
+        "update portfolio p (sender_auth=verify)",
+        "update backoffice ams (relay=127.0.0.1:2527 tls=none timeout=30)",
+    ]
+    assert changes[0].field("sender_auth") == "verify"
+    assert changes[1].field("relay") == wanted.backoffices[0].relay
+
+
+def test_removing_a_relay_is_an_update_to_none() -> None:
+    current = PortfolioSpec("p", backoffices=(BackOfficeSpec("ams", relay=RELAY),))
+    wanted = PortfolioSpec("p", backoffices=(BackOfficeSpec("ams"),))
+    [change] = plan_changes(current, wanted)
+    assert change.describe() == "update backoffice ams (relay=none)"
+    assert change.fields == (("relay", None),)
+
+
+def test_a_new_portfolio_and_back_office_carry_their_reply_settings() -> None:
+    wanted = PortfolioSpec(
+        "p",
+        backoffices=(BackOfficeSpec("ams", relay=RELAY),),
+        sender_auth=SenderAuth.TRUST_AUTHENTICATION_RESULTS,
+    )
+    portfolio, backoffice = plan_changes(None, wanted)
+    assert portfolio.field("sender_auth") == "trust-authentication-results"
+    assert backoffice.field("relay") == RELAY
+
+
+def test_a_relay_login_is_shown_with_its_password_file_never_a_password() -> None:
+    relay = RelaySpec("smtp.bo.example", 587, RelayTls.STARTTLS, "gateway", "/run/secrets/relay", 60)
+    assert str(relay) == (
+        "smtp.bo.example:587 tls=starttls timeout=60 login=gateway password_file=/run/secrets/relay"
+    )
+
+
+@pytest.mark.parametrize(
+    ("relay", "key", "reason"),
+    [
+        (RelaySpec(""), "host", "the relay needs a host"),
+        (RelaySpec("smtp bo"), "host", "is not a host name or IP address"),
+        (RelaySpec("smtp.bo.example:587"), "host", "give the port separately"),
+        (RelaySpec("h", port=0), "port", "relay port 0 is not a TCP port: use 1 to 65535"),
+        (RelaySpec("h", port=65536), "port", "relay port 65536 is not a TCP port"),
+        (RelaySpec("h", timeout=0), "timeout", "relay timeout 0 must be 1 to 600 seconds"),
+        (RelaySpec("h", timeout=601), "timeout", "relay timeout 601 must be 1 to 600 seconds"),
+        (RelaySpec("h", login="gw"), "login", "has a login but no password file"),
+        (RelaySpec("h", password_file="/p"), "password_file", "has a password file but no login"),
+        (RelaySpec("h", login="gw", password_file="p"), "password_file", "must be an absolute path"),
+    ],
+)
+def test_relay_problems_name_the_setting(relay: RelaySpec, key: str, reason: str) -> None:
+    [(found_key, found_reason)] = relay.problems()
+    assert found_key == key
+    assert reason in found_reason
+
+
+@pytest.mark.parametrize(
+    "relay",
+    [
+        RelaySpec("127.0.0.1", 2526, RelayTls.NONE),
+        RelaySpec("::1", 25),
+        RelaySpec("smtp.bo.example", 465, RelayTls.TLS, "gw", "/run/secrets/relay", 600),
+        RelaySpec("h", 65535, timeout=1),
+    ],
+)
+def test_valid_relays_have_no_problems(relay: RelaySpec) -> None:
+    assert relay.problems() == []

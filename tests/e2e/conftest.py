@@ -7,6 +7,7 @@ import email.policy
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +18,8 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import Envelope
 
 from tests.conftest import EXAMPLE_DIRECTORY, Gateway
 
@@ -24,6 +27,7 @@ GATEWAY = str(Path(sys.executable).parent / "gateway")
 PORTFOLIO = "makler-muster"
 LOGIN = "ams@makler-muster.example"
 PASSWORD = "ams-test-password-1"
+REPLY_DOMAIN = "reply.gateway.test.example"
 
 
 @dataclass
@@ -35,6 +39,7 @@ class RunningGateway:
     cli: Gateway
     process: subprocess.Popen[str] | None = None
     port: int = 0
+    mx_port: int = 0
     log: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
 
@@ -54,6 +59,8 @@ class RunningGateway:
             self.log.append(line)
             if match := re.search(r"listening: submission on [\d.]+:(\d+)", line):
                 self.port = int(match.group(1))
+            if match := re.search(r"listening: mx on [\d.]+:(\d+)", line):
+                self.mx_port = int(match.group(1))
             if "gateway ready" in line:
                 # Keep reading stderr in the background so the pipe never fills up.
                 self._reader = threading.Thread(target=self._drain, daemon=True)
@@ -126,8 +133,16 @@ url = "{database_url}"
 [listeners.submission]
 port = 0
 
+[domains]
+reply_domain = "{REPLY_DOMAIN}"
+
 [listeners.mx]
-enabled = false
+port = 0
+
+[relay]
+poll_interval = 0.2
+retry_base = 0.3
+retry_max = 1.0
 
 [fanout]
 poll_interval = 0.2
@@ -144,6 +159,7 @@ retry_base = 0.2
 def prepare(tmp_path: Path, database_url: str, **limits: object) -> RunningGateway:
     config = write_config(tmp_path, database_url, **limits)
     cli = Gateway(config)
+    cli("secrets", "init")
     cli("directory", "load", str(EXAMPLE_DIRECTORY))
     password = tmp_path / "ams.password"
     password.write_text(PASSWORD + "\n", encoding="utf-8")
@@ -160,3 +176,70 @@ def running(tmp_path: Path, database_url: str) -> Iterator[RunningGateway]:
     finally:
         if gateway.process is not None and gateway.process.poll() is None:
             gateway.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        return email.message_from_bytes(self.data, policy=email.policy.default)  # type: ignore[return-value]
+
+
+class BackOfficeSink:
+    """The back office's SMTP server in a test: an aiosmtpd server that keeps what it is given.
+
+    ``answers`` lists replies to give to the next DATA commands instead of 250 (``"451 4.3.0 later"``);
+    ``down()``/``up()`` stop and start the server on the same port.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.received: list[Received] = []
+        self.answers: list[str] = []
+        self.attempts = 0
+        self._controller: Controller | None = None
+
+    async def handle_DATA(self, server: object, session: object, envelope: Envelope) -> str:  # noqa: N802
+        self.attempts += 1
+        if self.answers:
+            return self.answers.pop(0)
+        assert isinstance(envelope.original_content, bytes)
+        self.received.append(
+            Received(envelope.mail_from or "", list(envelope.rcpt_tos), envelope.original_content)
+        )
+        return "250 2.0.0 Ok: queued"
+
+    def up(self) -> None:
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port, decode_data=False)
+        self._controller.start()
+
+    def down(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def wait_for(self, count: int, timeout: float = 20) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self.received) < count:
+            time.sleep(0.05)
+        return list(self.received)
+
+
+@pytest.fixture
+def sink() -> Iterator[BackOfficeSink]:
+    server = BackOfficeSink()
+    server.up()
+    try:
+        yield server
+    finally:
+        server.down()

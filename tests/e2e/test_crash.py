@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import smtplib
-import socket
 import threading
 import time
 from pathlib import Path
@@ -18,18 +17,12 @@ from sqlalchemy import func, select
 
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.models import CopyRow, MessageRow
-from tests.e2e.conftest import LOGIN, PASSWORD, RunningGateway, prepare
+from tests.e2e.conftest import LOGIN, PASSWORD, RunningGateway, free_port, prepare
 from tests.seed import ADDRESS, SEEN_BY
 
 MESSAGES = 300
 CLIENTS = 4
 PEOPLE = sorted(SEEN_BY)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Sender(threading.Thread):

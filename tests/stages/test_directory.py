@@ -283,7 +283,12 @@ def test_single_commands(gateway: Gateway) -> None:
     )
     backoffices = json.loads(gateway("backoffice", "list", "-p", "mm", "--json").stdout)
     assert backoffices == [
-        {"name": "ams", "ams_version": "4.8.0.64470", "addresses": ["ams@mm.example", "ams2@mm.example"]}
+        {
+            "name": "ams",
+            "ams_version": "4.8.0.64470",
+            "addresses": ["ams@mm.example", "ams2@mm.example"],
+            "relay": None,
+        }
     ]
     result = gateway("backoffice", "set", "ams", "--ams-version", "vier", "-p", "mm", expect=2)
     assert "must be numbers separated by dots" in result.stderr
@@ -319,6 +324,7 @@ def test_single_commands(gateway: Gateway) -> None:
         "name": "mm",
         "display_name": "MM",
         "share_vorgaenge_available": True,
+        "sender_auth": "off",
         "backoffices": [],
         "releases": [],
         "members": [],

@@ -26,8 +26,14 @@ def test_loaded_directory_is_the_first_table(seeded: Gateway) -> None:
     assert got == RELEASES
     portfolio = json.loads(seeded("portfolio", "show", "makler-muster", "--json").stdout)
     assert portfolio["share_vorgaenge_available"] is True
+    assert portfolio["sender_auth"] == "off"
     assert portfolio["backoffices"] == [
-        {"name": "ams", "ams_version": "4.8.0.64470", "addresses": ["ams@makler-muster.example"]}
+        {
+            "name": "ams",
+            "ams_version": "4.8.0.64470",
+            "addresses": ["ams@makler-muster.example"],
+            "relay": {"host": "127.0.0.1", "port": 2526, "tls": "none", "timeout": 30},
+        }
     ]
     assert {m["name"]: m["address"] for m in portfolio["members"]} == ADDRESS
 

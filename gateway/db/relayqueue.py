@@ -1,0 +1,128 @@
+"""The relay queue in the database: take due mail for the back offices with a lease, record each attempt.
+
+Like the copy queue (``gateway.db.queue``): ``FOR UPDATE SKIP LOCKED`` lets several processes share it on
+PostgreSQL, the lease (``next_attempt_at`` in the future plus ``leased_by``) keeps a taken mail from
+being sent twice while its attempt runs, and a restarted node takes its own leases back at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, select, update
+
+from gateway.db.directory import RelayTarget, relay_target
+from gateway.db.models import MemberRow, PortfolioRow, RelayRow
+
+
+@dataclass(frozen=True, slots=True)
+class RelayJob:
+    """One mail to send to a back office, with everything the attempt needs."""
+
+    id: int
+    portfolio_id: int
+    portfolio: str
+    member_id: int
+    member_address: str
+    envelope_sender: str
+    recipients: tuple[str, ...]
+    relay_message_id: str
+    data: bytes
+    attempts: int
+    expires_at: dt.datetime
+    backoffice_id: int | None
+    target: RelayTarget | None
+
+
+@dataclass(frozen=True, slots=True)
+class RelayResult:
+    """How an attempt went: ``state`` is "sent", "pending" (retry at ``retry_at``) or "failed"."""
+
+    job: RelayJob
+    state: str
+    reply: str | None = None
+    error: str | None = None
+    retry_at: dt.datetime | None = None
+
+
+def release_own_leases(connection: Connection, node: str, now: dt.datetime) -> int:
+    result = connection.execute(
+        update(RelayRow)
+        .where(RelayRow.state == "pending", RelayRow.leased_by == node)
+        .values(next_attempt_at=now)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def claim(connection: Connection, node: str, now: dt.datetime, lease: float, limit: int) -> list[RelayJob]:
+    rows = list(
+        connection.execute(
+            select(
+                RelayRow.id,
+                RelayRow.portfolio_id,
+                PortfolioRow.name,
+                RelayRow.member_id,
+                MemberRow.address,
+                RelayRow.envelope_sender,
+                RelayRow.recipients,
+                RelayRow.relay_message_id,
+                RelayRow.data,
+                RelayRow.attempts,
+                RelayRow.expires_at,
+                RelayRow.backoffice_id,
+            )
+            .join(PortfolioRow, PortfolioRow.id == RelayRow.portfolio_id)
+            .join(MemberRow, MemberRow.id == RelayRow.member_id)
+            .where(RelayRow.state == "pending", RelayRow.next_attempt_at <= now)
+            .order_by(RelayRow.next_attempt_at, RelayRow.id)
+            .limit(limit)
+            .with_for_update(of=RelayRow, skip_locked=True)
+        )
+    )
+    if not rows:
+        return []
+    connection.execute(
+        update(RelayRow)
+        .where(RelayRow.id.in_([r[0] for r in rows]))
+        .values(next_attempt_at=now + dt.timedelta(seconds=lease), leased_by=node)
+    )
+    targets: dict[int, RelayTarget | None] = {}
+    for row in rows:
+        if row[11] is not None and row[11] not in targets:
+            targets[row[11]] = relay_target(connection, row[11])
+    return [
+        RelayJob(
+            id=row[0],
+            portfolio_id=row[1],
+            portfolio=row[2],
+            member_id=row[3],
+            member_address=row[4],
+            envelope_sender=row[5],
+            recipients=tuple(row[6]),
+            relay_message_id=row[7],
+            data=bytes(row[8]),
+            attempts=row[9],
+            expires_at=row[10] if row[10].tzinfo else row[10].replace(tzinfo=dt.UTC),
+            backoffice_id=row[11],
+            target=targets.get(row[11]) if row[11] is not None else None,
+        )
+        for row in rows
+    ]
+
+
+def record(connection: Connection, results: Sequence[RelayResult], now: dt.datetime) -> None:
+    for result in results:
+        values: dict[str, object] = {
+            "state": result.state,
+            "attempts": RelayRow.attempts + 1,
+            "leased_by": None,
+            "last_reply": result.reply,
+            "last_error": (result.error or "")[:2000] or None,
+            "updated_at": now,
+            "next_attempt_at": result.retry_at,
+        }
+        if result.state == "sent":
+            values["sent_at"] = now
+        connection.execute(update(RelayRow).where(RelayRow.id == result.job.id).values(**values))

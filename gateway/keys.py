@@ -1,0 +1,58 @@
+"""Reply-token keys: read from the files the configuration names, and created on request.
+
+A key file holds one key as 64 hexadecimal characters (32 random bytes) and nothing else; the first
+file of ``secrets.token_key_files`` signs new tokens, the others only verify (rotation). The keys never
+stand in the configuration itself, and a missing or unreadable file stops the gateway with the command
+that fixes it rather than letting it run with tokens nobody can check.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.domain.tokens import TokenKeys
+from gateway.errors import OperationalError
+
+KEY_BYTES = 32
+
+
+def load_token_keys(paths: Sequence[Path]) -> TokenKeys:
+    """The keys in ``paths`` (first signs); OperationalError naming the file and the fix otherwise."""
+    keys: list[bytes] = []
+    for path in paths:
+        try:
+            text = path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            raise OperationalError(
+                f"the reply-token key file {path} does not exist; create it with `gateway secrets init`"
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise OperationalError(f"cannot read the reply-token key file {path}: {exc}") from exc
+        try:
+            key = bytes.fromhex(text)
+        except ValueError:
+            raise OperationalError(
+                f"the reply-token key file {path} must hold {KEY_BYTES * 2} hexadecimal characters; "
+                "write a new one with `gateway secrets new-key FILE`"
+            ) from None
+        if len(key) < 16:
+            raise OperationalError(
+                f"the reply-token key in {path} is too short: at least 16 bytes (32 hex digits)"
+            )
+        keys.append(key)
+    return TokenKeys(keys)
+
+
+def create_token_key(path: Path) -> bool:
+    """Write a new random key to ``path`` (mode 0600) unless the file exists; True if it was written."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="ascii") as file:
+        file.write(secrets.token_hex(KEY_BYTES) + "\n")
+    return True

@@ -1,0 +1,203 @@
+"""The relay: members' replies to the back offices' SMTP servers, retried, or reported back with a DSN.
+
+Each mail is sent with ``aiosmtplib.send`` on its own connection (no client shared between concurrent
+sends), with the TLS and AUTH of its back office. A temporary failure (4xx, a refused or dropped
+connection, a timeout) is retried with exponential backoff until the mail's lifetime ends; a permanent
+one (5xx), or the end of the lifetime, puts a delivery status notification (RFC 3464) into the
+mailbox of the member who wrote, saying what failed and why. The DSN is a copy with an id derived from
+the relay row, so a crash between writing it and recording the failure never writes a second one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import email.utils
+import logging
+from collections.abc import Sequence
+from email.parser import BytesHeaderParser
+
+import aiosmtplib
+from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.config import RelaySettings
+from gateway.db import intake, relayqueue
+from gateway.db.relayqueue import RelayJob, RelayResult
+from gateway.db.writer import Writer
+from gateway.domain.dsn import build_failure_report
+from gateway.mailbox import Mailbox, MailboxOwner
+
+log = logging.getLogger("gateway.relay")
+
+BATCH = 20
+
+
+def backoff(attempts: int, settings: RelaySettings) -> float:
+    """Seconds before attempt ``attempts + 1``: retry_base doubled per attempt, capped at retry_max."""
+    return float(min(settings.retry_max, settings.retry_base * 2 ** max(attempts - 1, 0)))
+
+
+class Relay:
+    """The relay worker: ``run()`` loops until cancelled; ``wake()`` says a mail is waiting."""
+
+    def __init__(
+        self, writer: Writer, mailbox: Mailbox, settings: RelaySettings, *, node: str, hostname: str
+    ) -> None:
+        self.writer = writer
+        self.mailbox = mailbox
+        self.settings = settings
+        self.node = node
+        self.hostname = hostname
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        released = await self.writer.run(relayqueue.release_own_leases, self.node, dt.datetime.now(dt.UTC))
+        if released:
+            log.info("took back %d mail(s) to back offices this node had started before it stopped", released)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                busy = await self.run_once()
+            except (SQLAlchemyError, OSError) as exc:
+                log.error("relay could not reach the database: %s; retrying", exc)
+                busy = 0
+                await asyncio.sleep(self.settings.poll_interval)
+            except Exception:
+                log.exception("relay failed unexpectedly; retrying")
+                busy = 0
+                await asyncio.sleep(self.settings.poll_interval)
+            if busy:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+            self._wake.clear()
+
+    async def run_once(self) -> int:
+        """Send the mail that is due; returns how many were taken."""
+        now = dt.datetime.now(dt.UTC)
+        jobs = await self.writer.run(relayqueue.claim, self.node, now, self.settings.lease, BATCH)
+        if not jobs:
+            return 0
+        results = await asyncio.gather(*(self._attempt(job) for job in jobs))
+        await self.writer.run(_record, list(results), self.node)
+        return len(jobs)
+
+    async def _attempt(self, job: RelayJob) -> RelayResult:
+        try:
+            reply = await self._send(job)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [e.code for e in exc.recipients]
+            text = "; ".join(f"{e.code} {e.message}" for e in exc.recipients)
+            return await self._failed(job, text, permanent=all(500 <= c < 600 for c in codes))
+        except aiosmtplib.SMTPResponseException as exc:
+            return await self._failed(job, f"{exc.code} {exc.message}", permanent=500 <= exc.code < 600)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError, _NoTarget) as exc:
+            return await self._failed(job, str(exc) or type(exc).__name__, permanent=False)
+        log.info("relayed %s to %s: %s", job.relay_message_id, ", ".join(job.recipients), reply)
+        return RelayResult(job, "sent", reply=reply)
+
+    async def _send(self, job: RelayJob) -> str:
+        target = job.target
+        if target is None:
+            raise _NoTarget("the back office has no relay settings (relay: host …) in the directory")
+        password = None
+        if target.password_file is not None:
+            password = (await asyncio.to_thread(target.password_file.read_text, encoding="utf-8")).strip()
+        errors, message = await aiosmtplib.send(
+            job.data,
+            sender=job.envelope_sender,
+            recipients=list(job.recipients),
+            hostname=target.host,
+            port=target.port,
+            use_tls=target.tls == "tls",
+            start_tls=target.tls == "starttls",
+            username=target.login,
+            password=password,
+            timeout=float(target.timeout),
+            local_hostname=self.hostname,
+        )
+        if errors:
+            # Some recipients refused, others taken: the back office has the mail; say who refused.
+            refused = "; ".join(f"{rcpt}: {resp.code} {resp.message}" for rcpt, resp in errors.items())
+            log.warning("relayed %s, but refused for %s", job.relay_message_id, refused)
+        return message
+
+    async def _failed(self, job: RelayJob, error: str, *, permanent: bool) -> RelayResult:
+        now = dt.datetime.now(dt.UTC)
+        retry_at = now + dt.timedelta(seconds=backoff(job.attempts + 1, self.settings))
+        if not permanent and retry_at < job.expires_at:
+            log.warning("relay of %s failed, retrying at %s: %s", job.relay_message_id, retry_at, error)
+            return RelayResult(job, "pending", error=error, retry_at=retry_at)
+        status, action = ("5.0.0", "failed") if permanent else ("4.4.7", "failed")
+        explanation = (
+            f"The back office's mail server refused the mail: {error}"
+            if permanent
+            else f"The back office's mail server could not be reached in time; last error: {error}"
+        )
+        try:
+            await self._report(job, status=status, action=action, diagnostic=error, explanation=explanation)
+        except Exception as exc:
+            # No report, no giving up: the mail stays queued and the report is tried again.
+            log.error("could not put the failure report for %s into a mailbox: %s", job.relay_message_id, exc)
+            return RelayResult(job, "pending", error=f"{error}; report not written: {exc}", retry_at=retry_at)
+        log.warning("relay of %s failed for good: %s", job.relay_message_id, error)
+        return RelayResult(job, "failed", error=error)
+
+    async def _report(
+        self, job: RelayJob, *, status: str, action: str, diagnostic: str, explanation: str
+    ) -> None:
+        headers = job.data.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+        subject = BytesHeaderParser().parsebytes(headers).get("Subject", "")
+        now = dt.datetime.now(dt.UTC)
+        report = build_failure_report(
+            reporting_mta=self.hostname,
+            original_envelope_id=None,
+            recipient=job.recipients[0],
+            status=status,
+            action=action,
+            diagnostic=diagnostic,
+            original_headers=headers,
+            to=job.member_address,
+            subject=f"Nicht zugestellt / Undelivered: {subject}",
+            message_id=email.utils.make_msgid(domain=self.hostname),
+            date=now,
+            explanation=explanation,
+        )
+        await self.mailbox.append(MailboxOwner(job.portfolio, job.member_address), f"dsn{job.id}", report)
+
+
+class _NoTarget(Exception):
+    """The back office of a queued mail has no relay settings (a temporary state an admin can fix)."""
+
+
+def _record(connection: Connection, results: Sequence[RelayResult], node: str) -> None:
+    now = dt.datetime.now(dt.UTC)
+    relayqueue.record(connection, results, now)
+    events = []
+    for r in results:
+        kind = {"sent": "relay.sent", "pending": "relay.deferred", "failed": "relay.failed"}[r.state]
+        events.append(
+            {
+                "at": now,
+                "portfolio_id": r.job.portfolio_id,
+                "actor": f"gateway:{node}",
+                "kind": kind,
+                "member_id": r.job.member_id,
+                "vorgang_id": None,
+                "message_id": None,
+                "detail": {
+                    "relay_message_id": r.job.relay_message_id,
+                    "to": list(r.job.recipients),
+                    "attempt": r.job.attempts + 1,
+                    "reply": r.reply,
+                    "error": r.error,
+                },
+            }
+        )
+    intake.insert_rows(connection, intake.EVENTS, events)

@@ -1,0 +1,574 @@
+"""Members' mail at the MX listener: reply address -> copy and member -> checks -> stored, relayed, copied.
+
+The path of one reply, in order (DESIGN.md §5, §8):
+
+1. Find the token: in a recipient ``reply+TOKEN@<reply domain>``, else (a server stripped the
+   sub-address) in References/In-Reply-To as ``<TOKEN@<reply domain>>``. The token names one copy; its
+   MAC, bound to the copy's portfolio, must verify under one of the configured keys.
+2. Not every mail to a reply address is an answer: auto-replies, bounces and loops are kept in the
+   Vorgang byte for byte and recorded, never relayed, never flag anything ``\\Answered``.
+3. The portfolio's sender-authentication policy must pass for the From address.
+4. In one transaction, against the directory as it is now: the From address must be a member in the
+   audience of the answered message; then the reply is stored in that Vorgang with its author, copied
+   to the audience of the reply (not to its author, whose client keeps it in Sent), queued for the relay
+   to the back office with the actual sender, and every copy of the answered message gets ``\\Answered``.
+
+Every refusal answers ``550 5.7.1`` with a reason a person can act on and is recorded in the event log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from gateway.acceptance import HandOff, NotStored
+from gateway.db import intake, replies
+from gateway.db.directory import portfolio_policy
+from gateway.db.messages import new_gateway_id
+from gateway.db.models import MessageRow, RelayRow
+from gateway.db.queue import CopyJob
+from gateway.db.writer import Writer
+from gateway.domain.answers import Kind, classify, delivery_report
+from gateway.domain.audience import audience
+from gateway.domain.model import Participant, ParticipantRole
+from gateway.domain.outbound import RelayHeaders, recipients_kept, render_relay, threading_ids
+from gateway.domain.senderauth_rules import Policy
+from gateway.domain.senders import InvalidVersion, relay_sender
+from gateway.domain.tokens import (
+    TokenKeys,
+    parse_token,
+    token_from_address,
+    token_from_references,
+    verify_token,
+)
+from gateway.parsing import ParsedMessage
+from gateway.replies import Reply
+from gateway.resolver import DnsResolver
+from gateway.senderauth import check_sender
+
+log = logging.getLogger("gateway.reply")
+
+LOOP_MARKER = "X-Gateway-Loop"
+# The envelope sender of relayed mail: bounces from back offices come back to this address.
+BOUNCES_LOCAL_PART = "bounces"
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A mail as the MX listener received it."""
+
+    envelope_sender: str
+    recipients: tuple[str, ...]
+    raw: bytes
+    parsed: ParsedMessage
+    client_ip: str
+    helo: str
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyContext:
+    """What the reply path needs from the configuration."""
+
+    reply_domain: str
+    hostname: str
+    node: str
+    max_received: int
+    authserv_id: str | None
+    relay_lifetime: float
+
+    @property
+    def bounce_address(self) -> str:
+        return f"{BOUNCES_LOCAL_PART}@{self.reply_domain}"
+
+
+class ReplyIntake:
+    """The reply stage: ``receive`` answers one mail from the MX listener with the SMTP reply to give."""
+
+    def __init__(
+        self,
+        writer: Writer,
+        *,
+        keys: TokenKeys,
+        context: ReplyContext,
+        resolver: DnsResolver,
+        handoff: HandOff | None = None,
+        on_relay: Callable[[], None] = lambda: None,
+        on_copies: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.writer = writer
+        self.keys = keys
+        self.context = context
+        self.resolver = resolver
+        self.handoff = handoff
+        self.on_relay = on_relay
+        self.on_copies = on_copies
+
+    async def receive(self, mail: Incoming) -> str:
+        ctx = self.context
+        kind = classify(mail.raw, envelope_sender=mail.envelope_sender, max_received=ctx.max_received)
+        token = _token_of(mail, ctx.reply_domain)
+        if token is None:
+            if kind.kind is Kind.BOUNCE:
+                return await self._bounce(mail, kind.reason)
+            await self._refused(None, mail, "no reply code in the address or in References")
+            return Reply.NOT_A_REPLY.with_text(
+                "This address only takes answers to the gateway's mail, and this mail names none: "
+                "please use Reply in your mail program on the message you want to answer"
+            )
+        parts = parse_token(token)
+        answered = None if parts is None else await self.writer.run(replies.answered_by_copy, parts.copy_id)
+        if (
+            parts is None
+            or answered is None
+            or not verify_token(self.keys, parts, portfolio=answered.portfolio)
+        ):
+            await self._refused(answered, mail, f"reply code {token!r} is not valid")
+            return Reply.REFUSED.with_text(
+                "The reply address is not valid (it was changed, or it is not one of this gateway's): "
+                "please answer the original message with Reply"
+            )
+        if kind.kind is not Kind.ANSWER:
+            if kind.kind is Kind.BOUNCE:
+                await self._match_bounce(mail)
+            await self.writer.run(_store_not_an_answer, mail, answered, kind.kind.value, kind.reason, ctx)
+            log.info("recorded %s in %s: %s", kind.kind.value, answered.vorgang, kind.reason)
+            return Reply.RECORDED.with_text(
+                f"Recorded in {answered.vorgang} as {kind.kind.value}; not relayed"
+            )
+        from_address = mail.parsed.from_addresses[0] if mail.parsed.from_addresses else ""
+        policy = Policy(await self.writer.run(portfolio_policy, answered.portfolio_id))
+        verdict = await check_sender(
+            policy,
+            raw=mail.raw,
+            from_address=from_address,
+            envelope_sender=mail.envelope_sender,
+            client_ip=mail.client_ip,
+            helo=mail.helo,
+            authserv_id=ctx.authserv_id,
+            resolver=self.resolver,
+        )
+        if not verdict.passed:
+            await self._refused(answered, mail, f"sender not verified ({policy.value}): {verdict.reason}")
+            if verdict.temporary:
+                return Reply.SENDER_CHECK_TEMPORARY.with_text(
+                    f"Could not check the sender now, try again later: {verdict.reason}"
+                )
+            return Reply.REFUSED.with_text(f"The sender could not be verified: {verdict.reason}")
+        try:
+            outcome = await self.writer.run(_store_reply, mail, answered, from_address, ctx, self._lease())
+        except Exception as exc:
+            log.error("could not store a reply to %s: %s", answered.vorgang, exc)
+            raise NotStored(str(exc)) from exc
+        if isinstance(outcome, Refusal):
+            return Reply.REFUSED.with_text(outcome.reason)
+        if self.handoff is not None and outcome.jobs:
+            self.handoff.take(outcome.jobs)
+        self.on_copies()
+        if outcome.relayed:
+            self.on_relay()
+        log.info(
+            "reply %s from %s in %s: %d copies%s",
+            outcome.gateway_id,
+            from_address,
+            answered.vorgang,
+            outcome.copies,
+            ", relayed" if outcome.relayed else ", no back office to relay to",
+            extra={"gateway_id": outcome.gateway_id, "vorgang": answered.vorgang, "author": from_address},
+        )
+        return Reply.ACCEPTED.with_text(f"Accepted as {outcome.gateway_id} in {answered.vorgang}")
+
+    def _lease(self) -> tuple[str, dt.datetime] | None:
+        if self.handoff is None:
+            return None
+        return self.handoff.node, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.handoff.lease)
+
+    async def _refused(self, answered: replies.Answered | None, mail: Incoming, reason: str) -> None:
+        log.warning("refused mail from %s (%s): %s", mail.peer, mail.envelope_sender or "<>", reason)
+        await self.writer.run(_record_refusal, mail, answered, reason, self.context.node)
+
+    async def _bounce(self, mail: Incoming, reason: str) -> str:
+        matched = await self._match_bounce(mail)
+        if matched is None:
+            await self._refused(None, mail, f"a bounce that matches no relayed mail ({reason})")
+            return Reply.RECORDED.with_text("Bounce recorded; it matches no mail of this gateway")
+        return Reply.RECORDED.with_text(f"Bounce recorded for {matched}")
+
+    async def _match_bounce(self, mail: Incoming) -> str | None:
+        report = delivery_report(mail.raw)
+        ids = set(mail.parsed.in_reply_to) | set(mail.parsed.references)
+        if report is not None and report.original_message_id:
+            ids.add(report.original_message_id)
+        return await self.writer.run(_record_bounce, sorted(ids), mail, report, self.context.node)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    gateway_id: str
+    copies: int
+    relayed: bool
+    jobs: list[CopyJob]
+
+
+def _token_of(mail: Incoming, reply_domain: str) -> str | None:
+    for recipient in mail.recipients:
+        token = token_from_address(recipient, reply_domain)
+        if token is not None:
+            return token
+    ids = [*mail.parsed.in_reply_to, *mail.parsed.references]
+    return token_from_references(ids, reply_domain)
+
+
+# --- the transactions (on the writer thread) ------------------------------------------------------------
+
+
+def _store_reply(
+    connection: Connection,
+    mail: Incoming,
+    answered: replies.Answered,
+    from_address: str,
+    ctx: ReplyContext,
+    lease: tuple[str, dt.datetime] | None,
+) -> Stored | Refusal:
+    now = dt.datetime.now(dt.UTC)
+    pid = answered.portfolio_id
+    author = replies.member_by_address(connection, pid, from_address) if from_address else None
+    seen_by = replies.audience_now(connection, pid, answered.message_pk)
+    if author is None or author.id not in seen_by:
+        reason = f"{from_address or 'a mail without From'} may not answer this message: " + (
+            "not a member of this portfolio" if author is None else "not among the people who may see it now"
+        )
+        _record_refusal(connection, mail, answered, reason, ctx.node)
+        return Refusal(reason[0].upper() + reason[1:])
+
+    cc = set(mail.parsed.cc)
+    named = replies.members_by_address(connection, pid, {*mail.parsed.to, *cc} - {author.address})
+    taking_part = [Participant(author.id, ParticipantRole.SENDER)] + [
+        Participant(member_id, ParticipantRole.CC if address in cc else ParticipantRole.TO)
+        for address, member_id in sorted(named.items())
+    ]
+    releases = intake.sharing_releases(connection, pid, {p.member_id for p in taking_part})
+    reply_audience = audience(pid, taking_part, releases)
+
+    gateway_id = new_gateway_id()
+    message_id = mail.parsed.message_id or f"<{gateway_id}@{ctx.hostname}>"
+    message_pk = intake.insert_returning_ids(
+        connection,
+        intake.MESSAGES,
+        [
+            {
+                "gateway_id": gateway_id,
+                "portfolio_id": pid,
+                "vorgang_id": answered.vorgang_id,
+                "direction": "reply",
+                "backoffice_id": answered.backoffice_id,
+                "raw": mail.raw,
+                "size": len(mail.raw),
+                "sha256": hashlib.sha256(mail.raw).hexdigest(),
+                "message_id": message_id,
+                "message_id_assigned": mail.parsed.message_id is None,
+                "in_reply_to": " ".join(mail.parsed.in_reply_to) or None,
+                "references": " ".join(mail.parsed.references) or None,
+                "subject": mail.parsed.subject,
+                "from_address": author.address,
+                "envelope_sender": mail.envelope_sender,
+                "received_at": now,
+                "kind": "message",
+                "sender_member_id": author.id,
+                "answers_message_id": answered.message_pk,
+            }
+        ],
+    )[0]
+    intake.insert_rows(
+        connection,
+        intake.PARTICIPANTS,
+        [
+            {"message_id": message_pk, "member_id": p.member_id, "role": p.role.value, "portfolio_id": pid}
+            for p in dict.fromkeys(taking_part)
+        ],
+    )
+    # The author's own client keeps the reply in Sent; a copy in the inbox would only be noise.
+    rows = [
+        r
+        for r in intake.copy_rows(message_pk, pid, reply_audience, now, lease)
+        if r["member_id"] != author.id
+    ]
+    shared_via = [row.pop("shared_via") for row in rows]
+    copy_pks = intake.insert_returning_ids(connection, intake.COPIES, rows) if rows else []
+    addresses = intake.member_addresses(connection, {r["member_id"] for r in rows})
+
+    relayed, relay_detail = _queue_relay(connection, mail, answered, author, message_pk, gateway_id, ctx, now)
+    answered_copies = replies.mark_answered(connection, pid, answered.message_pk, now)
+    intake.insert_rows(
+        connection,
+        intake.EVENTS,
+        [
+            {
+                "at": now,
+                "portfolio_id": pid,
+                "actor": f"member:{author.address}",
+                "kind": "reply.accepted",
+                "member_id": author.id,
+                "vorgang_id": answered.vorgang_id,
+                "message_id": message_pk,
+                "detail": {
+                    "gateway_id": gateway_id,
+                    "vorgang": answered.vorgang,
+                    "answers_copy": answered.copy_id,
+                    "token_member_id": answered.member_id,
+                    "audience": sorted(addresses.values()),
+                    "answered_copies_flagged": answered_copies,
+                    "peer": mail.peer,
+                    **relay_detail,
+                },
+            }
+        ],
+    )
+    jobs: list[CopyJob] = []
+    if lease is not None:
+        jobs = [
+            CopyJob(
+                id=copy_pk,
+                copy_id=row["copy_id"],
+                attempts=0,
+                portfolio_id=pid,
+                portfolio=answered.portfolio,
+                member_id=row["member_id"],
+                address=addresses[row["member_id"]],
+                message_pk=message_pk,
+                gateway_id=gateway_id,
+                message_id=message_id,
+                message_id_assigned=mail.parsed.message_id is None,
+                vorgang_id=answered.vorgang_id,
+                vorgang=answered.vorgang,
+                shared_via=via,
+                seen=False,
+                answered=False,
+                raw=mail.raw,
+                first_attempt=True,
+            )
+            for row, copy_pk, via in zip(rows, copy_pks, shared_via, strict=True)
+        ]
+    return Stored(gateway_id, len(rows), relayed, jobs)
+
+
+def _queue_relay(
+    connection: Connection,
+    mail: Incoming,
+    answered: replies.Answered,
+    author: replies.Author,
+    message_pk: int,
+    gateway_id: str,
+    ctx: ReplyContext,
+    now: dt.datetime,
+) -> tuple[bool, dict[str, Any]]:
+    """Queue the mail for the back office of the Vorgang; False (and why) when there is none."""
+    target = replies.thread_target(connection, answered)
+    if target is None or target.backoffice_address is None:
+        return False, {"relayed": False, "why_not": "the Vorgang has no back-office mail to answer"}
+    original = replies.original_participant(connection, answered.portfolio_id, answered.vorgang_id)
+    try:
+        sender = relay_sender(
+            actual_sender=author.address, original_participant=original, ams_version=target.ams_version
+        )
+    except InvalidVersion:
+        sender = relay_sender(actual_sender=author.address, original_participant=original, ams_version="")
+    name = author.display_name
+    if sender.from_address != author.address:
+        named = replies.member_by_address(connection, answered.portfolio_id, sender.from_address)
+        name = named.display_name if named else ""
+    to, cc = recipients_kept(
+        mail.parsed.to, mail.parsed.cc, backoffice=target.backoffice_address, reply_domain=ctx.reply_domain
+    )
+    in_reply_to, references = threading_ids(
+        target.message_id, target.references, reply_domain=ctx.reply_domain
+    )
+    relay_message_id = f"<{gateway_id}@{ctx.hostname}>"
+    data = render_relay(
+        mail.raw,
+        RelayHeaders(
+            from_address=sender.from_address,
+            from_name=name,
+            to=to,
+            cc=cc,
+            message_id=relay_message_id,
+            in_reply_to=in_reply_to,
+            references=references,
+            vorgang=answered.vorgang,
+            actual_sender=author.address,
+            loop_marker=ctx.node,
+        ),
+    )
+    intake.insert_rows(
+        connection,
+        RelayRow.__table__,  # type: ignore[arg-type]
+        [
+            {
+                "portfolio_id": answered.portfolio_id,
+                "message_id": message_pk,
+                "backoffice_id": target.backoffice_id,
+                "member_id": author.id,
+                "envelope_sender": ctx.bounce_address,
+                # Only the back office: the others the member named are kept in the headers for the
+                # record, but the gateway relays to nobody outside the back office (no open relay).
+                "recipients": [target.backoffice_address],
+                "relay_message_id": relay_message_id,
+                "data": data,
+                "state": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "leased_by": None,
+                "expires_at": now + dt.timedelta(seconds=ctx.relay_lifetime),
+                "last_error": None,
+                "last_reply": None,
+                "created_at": now,
+                "updated_at": now,
+                "sent_at": None,
+            }
+        ],
+    )
+    return True, {
+        "relayed": True,
+        "relay_to": target.backoffice_address,
+        "relay_from": sender.from_address,
+        "actual_sender": author.address,
+        "legacy_ams": sender.legacy,
+        "relay_message_id": relay_message_id,
+    }
+
+
+def _store_not_an_answer(
+    connection: Connection,
+    mail: Incoming,
+    answered: replies.Answered,
+    kind: str,
+    reason: str,
+    ctx: ReplyContext,
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    gateway_id = new_gateway_id()
+    message_pk = intake.insert_returning_ids(
+        connection,
+        intake.MESSAGES,
+        [
+            {
+                "gateway_id": gateway_id,
+                "portfolio_id": answered.portfolio_id,
+                "vorgang_id": answered.vorgang_id,
+                "direction": "reply",
+                "backoffice_id": answered.backoffice_id,
+                "raw": mail.raw,
+                "size": len(mail.raw),
+                "sha256": hashlib.sha256(mail.raw).hexdigest(),
+                "message_id": mail.parsed.message_id or f"<{gateway_id}@{ctx.hostname}>",
+                "message_id_assigned": mail.parsed.message_id is None,
+                "in_reply_to": " ".join(mail.parsed.in_reply_to) or None,
+                "references": " ".join(mail.parsed.references) or None,
+                "subject": mail.parsed.subject,
+                "from_address": mail.parsed.from_addresses[0] if mail.parsed.from_addresses else None,
+                "envelope_sender": mail.envelope_sender,
+                "received_at": now,
+                "kind": kind,
+                "sender_member_id": None,
+                "answers_message_id": answered.message_pk,
+            }
+        ],
+    )[0]
+    intake.insert_rows(
+        connection,
+        intake.EVENTS,
+        [
+            {
+                "at": now,
+                "portfolio_id": answered.portfolio_id,
+                "actor": f"gateway:{ctx.node}",
+                "kind": "reply.not_an_answer",
+                "member_id": answered.member_id,
+                "vorgang_id": answered.vorgang_id,
+                "message_id": message_pk,
+                "detail": {"gateway_id": gateway_id, "kind": kind, "reason": reason, "peer": mail.peer},
+            }
+        ],
+    )
+
+
+def _record_refusal(
+    connection: Connection, mail: Incoming, answered: replies.Answered | None, reason: str, node: str
+) -> None:
+    intake.insert_rows(
+        connection,
+        intake.EVENTS,
+        [
+            {
+                "at": dt.datetime.now(dt.UTC),
+                "portfolio_id": answered.portfolio_id if answered else None,
+                "actor": f"gateway:{node}",
+                "kind": "reply.refused",
+                "member_id": answered.member_id if answered else None,
+                "vorgang_id": answered.vorgang_id if answered else None,
+                "message_id": answered.message_pk if answered else None,
+                "detail": {
+                    "reason": reason,
+                    "from": list(mail.parsed.from_addresses),
+                    "envelope_sender": mail.envelope_sender,
+                    "recipients": list(mail.recipients),
+                    "peer": mail.peer,
+                    "message_id": mail.parsed.message_id,
+                },
+            }
+        ],
+    )
+
+
+def _record_bounce(
+    connection: Connection, message_ids: Sequence[str], mail: Incoming, report: Any, node: str
+) -> str | None:
+    """Match a bounce to the relayed mail it returns (by that mail's Message-ID) and record it."""
+    if not message_ids:
+        return None
+    row = connection.execute(
+        select(
+            RelayRow.id,
+            RelayRow.portfolio_id,
+            RelayRow.member_id,
+            RelayRow.relay_message_id,
+            MessageRow.vorgang_id,
+        )
+        .join(MessageRow, MessageRow.id == RelayRow.message_id)
+        .where(RelayRow.relay_message_id.in_(list(message_ids)))
+    ).first()
+    if row is None:
+        return None
+    relay_pk, portfolio_id, member_id, relay_message_id, vorgang_id = row
+    recipients = [
+        {"recipient": r.final_recipient, "action": r.action, "status": r.status, "diagnostic": r.diagnostic_code}
+        for r in (report.recipients if report is not None else ())
+    ]
+    intake.insert_rows(
+        connection,
+        intake.EVENTS,
+        [
+            {
+                "at": dt.datetime.now(dt.UTC),
+                "portfolio_id": portfolio_id,
+                "actor": f"gateway:{node}",
+                "kind": "relay.bounced",
+                "member_id": member_id,
+                "vorgang_id": vorgang_id,
+                "message_id": None,
+                "detail": {"relay": relay_pk, "relay_message_id": relay_message_id, "recipients": recipients},
+            }
+        ],
+    )
+    return str(relay_message_id)
