@@ -213,3 +213,191 @@ def test_legacy_ams_gets_the_original_participant_as_from(
         assert relayed.message["X-Gateway-Actual-Sender"] == ADDRESS["SB-B2"]
     finally:
         gateway.stop()
+
+
+# --- refusals -------------------------------------------------------------------------------------------
+
+
+def events_of(database_url: str, kind: str) -> list[dict[str, object]]:
+    """The event log's entries of ``kind``, read straight from the database."""
+    from sqlalchemy import create_engine, select
+
+    from gateway.db.models import EventRow
+    from gateway.db.writer import sync_url
+
+    engine = create_engine(sync_url(database_url))
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                select(EventRow.detail).where(EventRow.kind == kind).order_by(EventRow.id)
+            )
+            return [dict(detail) for (detail,) in rows]
+    finally:
+        engine.dispose()
+
+
+def tampered(address: str) -> str:
+    """The reply address with one character of its token changed."""
+    local, _, domain = address.partition("@")
+    position = len(local) - 5
+    changed = "a" if local[position] != "a" else "b"
+    return f"{local[:position]}{changed}{local[position + 1 :]}@{domain}"
+
+
+def test_refusals_each_with_its_code_and_an_event(
+    gateway: RunningGateway, sink: BackOfficeSink, database_url: str, tmp_path: Path
+) -> None:
+    send_from_backoffice(gateway, ADDRESS["SB-B1"], "Refusals", "<refusals@ams.example>")
+    copy = copy_for(gateway, "SB-B1", "Refusals")
+    address = reply_address_of(copy)
+
+    def reply_as(person: str, to: str) -> tuple[int, bytes]:
+        raw = client_reply("thunderbird", author=ADDRESS[person], copy=copy, subject="Refusals")
+        return send_reply(gateway, raw, to, ADDRESS[person])
+
+    code, text = reply_as("SB-B1", tampered(address))
+    assert (code, text[:5]) == (550, b"5.7.1"), text
+    assert b"reply address is not valid" in text
+
+    code, text = reply_as("SB-A1", address)
+    assert (code, text[:5]) == (550, b"5.7.1"), "SB-A1 may not see (so not answer) SB-B1's mail"
+    assert b"not among the people who may see it" in text
+
+    code, text = reply_as("GF-A", address)
+    assert code == 550, "GF-A shares a release with GF-B, but not one that shows SB-B1's mail"
+
+    # SB-B2 saw the message through two releases; taken out of both, the token no longer helps.
+    gateway.cli("release", "remove-member", "Kunde B Sachbearbeiter", ADDRESS["SB-B2"], "-p", PORTFOLIO)
+    gateway.cli("release", "remove-member", "Kunde B mit GF", ADDRESS["SB-B2"], "-p", PORTFOLIO)
+    sb_b2_copy = copy_for(gateway, "SB-B2", "Refusals")
+    raw = client_reply("thunderbird", author=ADDRESS["SB-B2"], copy=sb_b2_copy, subject="Refusals")
+    code, text = send_reply(gateway, raw, reply_address_of(sb_b2_copy), ADDRESS["SB-B2"])
+    assert (code, text[:5]) == (550, b"5.7.1"), "removed from the release since the copy was made"
+
+    code, text = send_reply(
+        gateway, b"Subject: x\r\n\r\nx\r\n", "someone@elsewhere.example", ADDRESS["SB-B1"]
+    )
+    assert (code, text[:5]) == (550, b"5.1.1"), "no open relay"
+
+    refused = events_of(database_url, "reply.refused")
+    reasons = [str(e["reason"]) for e in refused]
+    assert len(refused) == 4, reasons
+    assert "not valid" in reasons[0]
+    assert all("may not answer" in r for r in reasons[1:]), reasons
+    assert sink.wait_for(0, timeout=1) == [], "nothing refused is relayed"
+    assert flags_of(gateway, "SB-B1", "<refusals@ams.example>") == [""], "nor marked answered"
+
+
+def test_a_token_of_another_portfolio_is_refused(
+    gateway: RunningGateway, sink: BackOfficeSink, database_url: str, tmp_path: Path
+) -> None:
+    other = tmp_path / "other.yaml"
+    other.write_text(
+        "version: 1\nportfolios:\n  - name: makler-zwei\n    backoffices:\n"
+        "      - {name: ams2, ams_version: 4.8.0.64470, addresses: [ams@makler-zwei.example]}\n"
+        "    members:\n      - {address: kunde@zwei.example, name: Zwei}\n",
+        encoding="utf-8",
+    )
+    gateway.cli("directory", "load", str(other))
+    password = tmp_path / "zwei.password"
+    password.write_text("zwei-password-123\n", encoding="utf-8")
+    gateway.cli("backoffice", "password", "ams2", "-p", "makler-zwei", "--password-file", str(password))
+    message = EmailMessage()
+    message["From"] = "ams@makler-zwei.example"
+    message["To"] = "kunde@zwei.example"
+    message["Subject"] = "Zwei"
+    message["Message-ID"] = "<zwei@ams.example>"
+    message.set_content("x\n")
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
+        client.login("ams@makler-zwei.example", "zwei-password-123")
+        client.send_message(message)
+    deadline = time.monotonic() + 15
+    folder = gateway.maildir_root / "makler-zwei" / "kunde@zwei.example"
+    while time.monotonic() < deadline and not list(folder.glob("*/*")):
+        time.sleep(0.05)
+    (path,) = [p for p in folder.glob("*/*") if p.parent.name in ("new", "cur")]
+    copy = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    assert isinstance(copy, EmailMessage)
+    raw = client_reply("thunderbird", author=ADDRESS["SB-B2"], copy=copy, subject="Zwei")
+    code, text = send_reply(gateway, raw, reply_address_of(copy), ADDRESS["SB-B2"])
+    assert (code, text[:5]) == (550, b"5.7.1"), text
+    assert b"not a member of this portfolio" in text
+    assert [e["reason"] for e in events_of(database_url, "reply.refused")] == [
+        f"{ADDRESS['SB-B2']} may not answer this message: not a member of this portfolio"
+    ]
+
+
+# --- the relay queue ------------------------------------------------------------------------------------
+
+
+def answer(gateway: RunningGateway, marker: str) -> None:
+    send_from_backoffice(gateway, ADDRESS["SB-B1"], marker, f"<{marker.replace(' ', '-')}@ams.example>")
+    copy = copy_for(gateway, "SB-B2", marker)
+    raw = client_reply("thunderbird", author=ADDRESS["SB-B2"], copy=copy, subject=marker)
+    code, text = send_reply(gateway, raw, reply_address_of(copy), ADDRESS["SB-B2"])
+    assert code == 250, text
+
+
+def test_the_back_office_down_for_a_while_gets_the_mail_once_when_it_returns(
+    gateway: RunningGateway, sink: BackOfficeSink
+) -> None:
+    sink.down()
+    answer(gateway, "Server down")
+    time.sleep(2.0)  # several attempts fail meanwhile
+    assert sink.received == []
+    sink.up()
+    (relayed,) = sink.wait_for(1)
+    time.sleep(1.5)
+    assert len(sink.received) == 1, "relayed once"
+    assert relayed.message["X-Gateway-Actual-Sender"] == ADDRESS["SB-B2"]
+
+
+def test_a_4xx_is_retried(gateway: RunningGateway, sink: BackOfficeSink) -> None:
+    sink.answers = ["451 4.3.0 Try again later", "421 4.3.2 Busy"]
+    answer(gateway, "Busy back office")
+    (relayed,) = sink.wait_for(1)
+    assert sink.attempts == 3
+    assert relayed.rcpt_tos == [BACKOFFICE]
+
+
+def test_a_5xx_puts_a_dsn_into_the_members_mailbox(gateway: RunningGateway, sink: BackOfficeSink) -> None:
+    sink.answers = ["550 5.1.1 No such mailbox here"]
+    answer(gateway, "Rejected")
+    assert wait_until(
+        lambda: any(m.get_content_type() == "multipart/report" for m in gateway.mailbox(ADDRESS["SB-B2"]))
+    )
+    (report,) = [m for m in gateway.mailbox(ADDRESS["SB-B2"]) if m.get_content_type() == "multipart/report"]
+    assert report.get_param("report-type") == "delivery-status"
+    text = report.as_string()
+    assert "550 5.1.1 No such mailbox here" in text
+    assert "Action: failed" in text
+    assert sink.received == []
+    time.sleep(1.5)
+    assert sink.attempts == 1, "a permanent failure is not retried"
+
+
+def test_kill_9_between_accepting_a_reply_and_relaying_it(
+    tmp_path: Path, database_url: str, sink: BackOfficeSink
+) -> None:
+    import signal
+
+    gateway = prepare(tmp_path, database_url)
+    configure(gateway, sink, tmp_path)
+    gateway.start()
+    sink.down()  # the reply is accepted, but cannot be relayed before the kill
+    try:
+        answer(gateway, "Killed")
+        gateway.stop(signal.SIGKILL)
+        sink.up()
+        restarted = RunningGateway(gateway.config, gateway.maildir_root, gateway.cli)
+        restarted.start()
+        try:
+            (relayed,) = sink.wait_for(1)
+            time.sleep(2.0)
+            assert len(sink.received) == 1, "relayed exactly once after the restart"
+            assert relayed.message["X-Gateway-Actual-Sender"] == ADDRESS["SB-B2"]
+        finally:
+            restarted.stop()
+    finally:
+        if gateway.process is not None and gateway.process.poll() is None:
+            gateway.stop()
