@@ -401,3 +401,88 @@ def test_kill_9_between_accepting_a_reply_and_relaying_it(
     finally:
         if gateway.process is not None and gateway.process.poll() is None:
             gateway.stop()
+
+
+# --- not answers ----------------------------------------------------------------------------------------
+
+OUT_OF_OFFICE = (
+    b"From: SB-B2 <sb-b2@kunde-b.example>\r\n"
+    b"Subject: Abwesenheitsnotiz: Schaden\r\n"
+    b"Message-ID: <ooo-1@kunde-b.example>\r\n"
+    b"\r\n"
+    b"Ich bin bis 5. Januar nicht im Haus.\r\n"
+)
+LOOPED = (
+    b"From: SB-B2 <sb-b2@kunde-b.example>\r\n"
+    b"Subject: Re: Schaden\r\n"
+    b"Message-ID: <loop-1@kunde-b.example>\r\n"
+    b"X-Gateway-Loop: another-node\r\n"
+    b"\r\n"
+    b"Round and round\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("sample", "sender", "kind"),
+    [
+        ("autoreplies/sisimai/rfc3834-01.eml", "kijitora@example.net", "auto-reply"),
+        ("bounces/sisimai/rfc3464-01.eml", "", "bounce"),
+        ("out-of-office", ADDRESS["SB-B2"], "auto-reply"),
+        ("loop", ADDRESS["SB-B2"], "loop"),
+    ],
+)
+def test_auto_replies_bounces_and_loops_are_recorded_not_relayed(
+    gateway: RunningGateway, sink: BackOfficeSink, database_url: str, sample: str, sender: str, kind: str
+) -> None:
+    send_from_backoffice(gateway, ADDRESS["SB-B1"], f"Not an answer {kind}", "<not-an-answer@ams.example>")
+    copy = copy_for(gateway, "SB-B2", "Not an answer")
+    raw = {"out-of-office": OUT_OF_OFFICE, "loop": LOOPED}.get(sample) or (corpus() / sample).read_bytes()
+    raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    code, text = send_reply(gateway, raw, reply_address_of(copy), sender)
+    assert code == 250, text
+    assert b"not relayed" in text
+    recorded = events_of(database_url, "reply.not_an_answer")
+    assert [e["kind"] for e in recorded] == [kind]
+    time.sleep(1.0)
+    assert sink.received == []
+    assert flags_of(gateway, "SB-B1", "<not-an-answer@ams.example>") == [""], "never \\Answered"
+    assert not [m for m in gateway.mailbox(ADDRESS["SB-B1"]) if "Abwesenheit" in str(m["Subject"])]
+
+
+def test_a_bounce_of_a_relayed_reply_is_matched_to_it(
+    gateway: RunningGateway, sink: BackOfficeSink, database_url: str
+) -> None:
+    from gateway.domain.dsn import build_failure_report
+
+    answer(gateway, "Bounced later")
+    (relayed,) = sink.wait_for(1)
+    headers = relayed.data.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    import datetime as dt
+
+    dsn = build_failure_report(
+        reporting_mta="mx.ams.example",
+        original_envelope_id=None,
+        recipient=BACKOFFICE,
+        status="5.2.2",
+        action="failed",
+        diagnostic="552 5.2.2 mailbox full",
+        original_headers=headers,
+        to=relayed.mail_from,
+        subject="Undelivered Mail Returned to Sender",
+        message_id="<dsn-1@mx.ams.example>",
+        date=dt.datetime.now(dt.UTC),
+        explanation="The mailbox is full.",
+    )
+    code, text = send_reply(gateway, dsn, relayed.mail_from, "")
+    assert code == 250, text
+    assert str(relayed.message["Message-ID"]).encode() in text
+    (bounced,) = events_of(database_url, "relay.bounced")
+    assert bounced["relay_message_id"] == relayed.message["Message-ID"]
+    assert bounced["recipients"] == [
+        {
+            "recipient": BACKOFFICE,
+            "action": "failed",
+            "status": "5.2.2",
+            "diagnostic": "552 5.2.2 mailbox full",
+        }
+    ]
