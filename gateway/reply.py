@@ -552,7 +552,12 @@ def _record_bounce(
         return None
     relay_pk, portfolio_id, member_id, relay_message_id, vorgang_id = row
     recipients = [
-        {"recipient": r.final_recipient, "action": r.action, "status": r.status, "diagnostic": r.diagnostic_code}
+        {
+            "recipient": r.final_recipient,
+            "action": r.action,
+            "status": r.status,
+            "diagnostic": r.diagnostic_code,
+        }
         for r in (report.recipients if report is not None else ())
     ]
     intake.insert_rows(

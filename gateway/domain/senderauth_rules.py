@@ -308,7 +308,8 @@ MAX_RESULTS_HEADER = 4 * 1024
 MAX_TRUSTED_HEADERS = 10
 _RESULTS_NAMED = 4
 
-_HEADER_SECTION_END = re.compile(rb"\r?\n\r?\n")
+# The empty line that ends the header section; at the very start, there is no header section at all.
+_HEADER_SECTION_END = re.compile(rb"(?:\A|\r?\n)\r?\n")
 _RESULTS_FIELD = re.compile(
     rb"^authentication-results[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE
 )
@@ -322,7 +323,7 @@ def authentication_results_of(raw: bytes) -> list[str]:
     Only the header section (up to the first empty line, at most 1 MiB) is searched. Never raises.
     """
     end = _HEADER_SECTION_END.search(raw, 0, _MAX_HEADER_SECTION)
-    section = raw[: end.start() + 1] if end else raw[:_MAX_HEADER_SECTION]
+    section = raw[: end.start()] if end else raw[:_MAX_HEADER_SECTION]
     return [unfold(bytes_to_text(m.group(1))).strip() for m in _RESULTS_FIELD.finditer(section)]
 
 
@@ -346,11 +347,11 @@ def judge_authentication_results(headers: Sequence[str], *, authserv_id: str, fr
     """The verdict on the results our border MTA (``authserv_id``) wrote into ``headers`` for ``from_domain``.
 
     ``headers`` are the unfolded values of the message's ``Authentication-Results`` headers. A DMARC
-    result whose ``header.from`` is the From domain decides when there is one (``fail`` beats ``pass``, should both appear):
-    the MTA applied the domain's own alignment modes and organisational domain. Otherwise a ``dkim=pass``
-    whose ``header.d`` (or ``header.i``) aligns with the From domain passes, or an ``spf=pass`` whose
-    ``smtp.mailfrom`` (or, for an empty MAIL FROM, ``smtp.helo``) does. A ``temperror`` that could have
-    passed makes a failing verdict temporary. Never raises.
+    result whose ``header.from`` is the From domain decides when there is one (``fail`` beats ``pass``
+    should both appear): the MTA applied the domain's own alignment modes and organisational domain.
+    Otherwise a ``dkim=pass`` whose ``header.d`` (or ``header.i``) aligns with the From domain passes, or
+    an ``spf=pass`` whose ``smtp.mailfrom`` (or, for an empty MAIL FROM, ``smtp.helo``) does. A
+    ``temperror`` that could have passed makes a failing verdict temporary. Never raises.
     """
     ours = authserv_id.strip().lower()
     results: list[_Result] = []
@@ -407,13 +408,10 @@ def _claims(value: str, authserv_id: str) -> bool:
     if text.startswith("("):  # a comment may come first (CFWS); a nested one is not worth the trouble
         text = text[text.find(")") + 1 :].lstrip()
     text = text.lower()
-    return text.startswith(authserv_id) and text[len(authserv_id) : len(authserv_id) + 1] in (
-        "",
-        " ",
-        "\t",
-        ";",
-        "(",
-    )
+    if not text.startswith(authserv_id):
+        return False
+    rest = text[len(authserv_id) :]
+    return not rest or rest[0] in " \t;("
 
 
 def _parse_results(value: str) -> list[_Result] | None:
@@ -473,7 +471,8 @@ def _identity(result: _Result) -> str | None:
 def one_line(text: str, *, limit: int = 400) -> str:
     """``text`` as one line of printable ASCII of at most ``limit`` characters, fit for an SMTP reply.
 
-    Anything else becomes ``?`` (a reason can quote what a sender wrote), runs of spaces become one.
+    Runs of whitespace (line breaks included) become one space, anything else that is not printable ASCII
+    becomes ``?``: a reason can quote what a sender wrote.
     """
-    cleaned = " ".join("".join(ch if " " <= ch <= "~" else "?" for ch in text).split())
+    cleaned = "".join(ch if " " <= ch <= "~" else "?" for ch in " ".join(text.split()))
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 3].rstrip() + "..."

@@ -6,65 +6,21 @@ from outside: retries with backoff, held copies, a copy written just before a cr
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import errno
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 from sqlalchemy import Connection, Row, select, update
 
-from gateway.acceptance import Acceptance, HandOff, Submission
+from gateway.acceptance import HandOff
 from gateway.config import FanoutSettings
-from gateway.db.accounts import find_account
 from gateway.db.models import CopyRow, EventRow
 from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
 from gateway.fanout import FanOut, backoff
 from gateway.mailbox import Flag, Located, MailboxError, MailboxOwner, MemoryMailbox
-from gateway.parsing import parse_message
-from tests.conftest import Gateway
+from tests.stages.conftest import PORTFOLIO, accept
 
-PORTFOLIO = "makler-muster"
 SETTINGS = FanoutSettings(retry_base=10.0, retry_max=60.0, max_attempts=3)
-
-
-@pytest.fixture
-def with_login(seeded: Gateway, tmp_path: Path) -> Gateway:
-    password = tmp_path / "pw"
-    password.write_text("stage-test-password\n", encoding="utf-8")
-    seeded("backoffice", "password", "ams", "-p", PORTFOLIO, "--password-file", str(password))
-    return seeded
-
-
-@pytest.fixture
-async def writer(with_login: Gateway, database_url: str) -> AsyncIterator[Writer]:
-    w = Writer(database_url)
-    try:
-        yield w
-    finally:
-        await w.close()
-
-
-async def accept(
-    writer: Writer, to: str, subject: str, message_id: str | None = None, handoff: HandOff | None = None
-) -> str:
-    account = await writer.run(find_account, "ams@makler-muster.example")
-    assert account is not None
-    mid = f"Message-ID: {message_id}\r\n" if message_id else ""
-    raw = f"From: ams@makler-muster.example\r\nTo: {to}\r\nSubject: {subject}\r\n{mid}\r\nText\r\n".encode()
-    acceptance = Acceptance(writer, hostname="gw.example", handoff=handoff)
-    submission = Submission(
-        account, "ams@makler-muster.example", (to,), raw, parse_message(raw), "submission", "x"
-    )
-    await acceptance._store([(submission, fut := _future())])
-    return (await fut).gateway_id
-
-
-def _future() -> object:
-
-    return asyncio.get_running_loop().create_future()
 
 
 def copies(connection: Connection) -> list[Row[tuple[CopyRow]]]:
