@@ -4,9 +4,13 @@ The same client (aiosmtplib over TCP, a real SMTP client) drives, in one run:
   * the gateway (`gateway serve` with the seed's directory, SQLite or PostgreSQL, Maildir), every message
     to one of the six people of DESIGN.md §3, so each has an audience of 2-4 copies;
   * a bare aiosmtpd server answering 250 without storing anything (the floor of any aiosmtpd server);
-  * Postfix's own queue on loopback, where Debian's postfix is installed (otherwise reported as absent).
+  * Postfix's own queue on loopback, where Debian's postfix is installed (otherwise reported as absent):
+    a private instance in a temporary directory (its own main.cf, master.cf, queue and data directories;
+    needs root, as `postfix start` does), smtpd on a free loopback port without AUTH, every message
+    queued and relayed to an aiosmtpd sink that counts what arrives: what a user would run instead.
 It prints messages/s accepted, p50/p95/p99 time to 250, the time until every copy is in its Maildir
-(and p95 per copy), the gateway's peak RSS, and the ratios to the baselines.
+(for Postfix: until every message reached the sink), p95 per copy, peak RSS, server and client CPU per
+message, and the ratios to the baselines.
 
     .venv/bin/python bench/ingest.py --messages 3000 --concurrency 10
     .venv/bin/python bench/ingest.py --database postgresql+asyncpg://postgres@127.0.0.1/bench_ingest
@@ -16,7 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import grp
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -25,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +50,93 @@ PEOPLE = {
     "gf-b@kunde-b.example": 4,
 }
 LOGIN, PASSWORD = "ams@makler-muster.example", "bench-password-123"
+POSTFIX = Path("/usr/sbin/postfix")
+POSTFIX_NAME = "postfix (queue -> relay to a sink)"
+
+# The sink Postfix relays to: answers 250 and appends "<bench number> <arrival time>" per message to a file.
+SINK = r"""
+import asyncio, re, sys, time
+from aiosmtpd.smtp import SMTP
+
+class Counter:
+    def __init__(self, out):
+        self.out = out
+        self.pattern = re.compile(rb"Subject: bench (\d+)")
+
+    async def handle_DATA(self, server, session, envelope):
+        match = self.pattern.search(envelope.content[:4000])
+        self.out.write(f"{int(match.group(1)) if match else -1} {time.time()}\n")
+        return "250 OK"
+
+async def main():
+    handler = Counter(open(sys.argv[2], "a", buffering=1))
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(handler, hostname="sink"), "127.0.0.1", int(sys.argv[1]))
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+# Debian's default services, none chrooted (the instance lives in a temporary directory), smtpd on loopback.
+POSTFIX_MASTER_CF = """\
+127.0.0.1:{port} inet n - n - - smtpd
+pickup     unix  n - n 60 1 pickup
+cleanup    unix  n - n -  0 cleanup
+qmgr       unix  n - n 300 1 qmgr
+rewrite    unix  - - n -  - trivial-rewrite
+bounce     unix  - - n -  0 bounce
+defer      unix  - - n -  0 bounce
+trace      unix  - - n -  0 bounce
+verify     unix  - - n -  1 verify
+flush      unix  n - n 1000? 0 flush
+proxymap   unix  - - n -  - proxymap
+proxywrite unix  - - n -  1 proxymap
+smtp       unix  - - n -  - smtp
+relay      unix  - - n -  - smtp
+showq      unix  n - n -  - showq
+error      unix  - - n -  - error
+retry      unix  - - n -  - error
+discard    unix  - - n -  - discard
+local      unix  - n n -  - local
+lmtp       unix  - - n -  - lmtp
+anvil      unix  - - n -  1 anvil
+scache     unix  - - n -  1 scache
+postlog    unix-dgram n - n - 1 postlogd
+"""
+
+# Nothing is local, everything goes to the sink, no DNS, no TLS, loopback clients may relay (no AUTH).
+# Queue-file fsyncs, in_flow_delay, process limits and logging (to a file here) stay Postfix's defaults.
+POSTFIX_MAIN_CF = """\
+compatibility_level = 3.6
+config_directory = {root}/conf
+queue_directory = {root}/queue
+data_directory = {root}/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = postfix-bench.localdomain
+mydomain = localdomain
+myorigin = $myhostname
+mydestination =
+local_recipient_maps =
+relay_domains =
+alias_maps =
+alias_database =
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtpd_recipient_restrictions = permit_mynetworks, reject
+relayhost = [127.0.0.1]:{sink_port}
+smtp_host_lookup = native
+smtp_dns_support_level = disabled
+smtpd_peername_lookup = no
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+notify_classes =
+biff = no
+maillog_file = {root}/maillog
+maillog_file_prefixes = {root}
+"""
 
 
 @dataclass
@@ -109,10 +204,72 @@ async def drive(run: Run, port: int, messages: int, concurrency: int, size: int,
     run.elapsed = time.perf_counter() - run.started
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time the process has used so far."""
+def cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """User plus system CPU time the process has used so far (with `reaped`, also its waited-for children)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of Postfix's master, its live daemons and the daemons it has reaped (they come and go)."""
+    total = 0.0
+    for process in [*children(pid), pid]:
+        # One that exited in between is counted in the master's reaped time once waited for.
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(process, reaped=True)
+    return total
+
+
+class TreeMemory(threading.Thread):
+    """Samples the summed memory of a process and its children every `interval` seconds; keeps the peaks.
+
+    PSS shares each page among the processes that map it, so Postfix's daemons sum sensibly (their
+    summed RSS counts libc and Postfix's shared libraries once per process). Reading smaps_rollup of
+    ~55 daemons costs the bench ~10 ms of CPU, hence the long interval (the daemons live 100 s, so the
+    sum moves slowly) and `cpu`, the sampler thread's own CPU, to take out of the client's."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.stopped = threading.Event()
+        self.peak_pss_kib = self.peak_rss_kib = self.peak_processes = 0
+        self.cpu = 0.0
+
+    def sample(self) -> None:
+        pss = rss = count = 0
+        for process in [self.pid, *children(self.pid)]:
+            try:
+                lines = Path(f"/proc/{process}/smaps_rollup").read_text().splitlines()
+            except OSError:
+                continue
+            count += 1
+            for line in lines:
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+        self.peak_pss_kib, self.peak_rss_kib = max(self.peak_pss_kib, pss), max(self.peak_rss_kib, rss)
+        self.peak_processes = max(self.peak_processes, count)
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            started = time.thread_time()
+            self.sample()
+            self.cpu += time.thread_time() - started
+
+    def stop(self) -> None:
+        if not self.stopped.is_set():
+            self.stopped.set()
+            self.join(timeout=10)
+            self.sample()
 
 
 def peak_rss(pid: int) -> int | None:
@@ -159,6 +316,7 @@ def gateway_run(args: argparse.Namespace, workdir: Path) -> Run:
     )
     gateway = [str(BIN / "gateway"), "--config", str(config)]
     subprocess.run([*gateway, "db", "upgrade"], check=True, capture_output=True)
+    subprocess.run([*gateway, "secrets", "init"], check=True, capture_output=True)
     subprocess.run(
         [*gateway, "directory", "load", str(REPO / "config/example/directory.yaml")],
         check=True,
@@ -247,6 +405,139 @@ def aiosmtpd_run(args: argparse.Namespace) -> Run:
         process.wait(timeout=30)
 
 
+class PostfixUnavailable(Exception):
+    """Postfix is installed but no private instance could be run here; the message says why."""
+
+
+def wait_for_sink(run: Run, path: Path, expected: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    lines: list[bytes] = []
+    while time.monotonic() < deadline:
+        lines = path.read_bytes().splitlines() if path.exists() else []
+        if len(lines) >= expected:
+            break
+        time.sleep(0.05)
+    run.copies_done = time.perf_counter() - run.started
+    for line in lines:
+        number, arrived = line.split()
+        if int(number) in run.sent_at:
+            run.copy_latencies.append(float(arrived) - run.sent_at[int(number)])
+    if len(lines) < expected:
+        print(
+            f"  only {len(lines)} of {expected} messages reached the sink within {timeout:.0f} s",
+            file=sys.stderr,
+        )
+
+
+def tail(path: Path, lines: int = 8) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:]) or "(empty)"
+    except OSError:
+        return "(none)"
+
+
+def on_terminal(command: list[str], timeout: float) -> tuple[int, str]:
+    """Runs a command on a pseudo-terminal: Postfix writes its messages to stderr only if that is a tty."""
+    controller, terminal = os.openpty()
+    output = bytearray()
+    try:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+        deadline = time.monotonic() + timeout
+        os.set_blocking(controller, False)
+        while True:
+            done = process.poll() is not None
+            with contextlib.suppress(BlockingIOError, OSError):
+                while chunk := os.read(controller, 65536):
+                    output += chunk
+            if done:
+                break
+            if time.monotonic() > deadline:
+                process.kill()
+            time.sleep(0.05)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    return process.returncode, " | ".join(output.decode(errors="replace").split("\r\n")).strip(" |")
+
+
+def postfix_run(args: argparse.Namespace, notes: list[str]) -> Run:
+    """Postfix's own queue: a private instance on loopback relaying every message to a counting sink."""
+    if os.geteuid() != 0:
+        raise PostfixUnavailable("a private instance needs root (`postfix start` runs its master as root)")
+    try:
+        owner = pwd.getpwnam("postfix")
+        grp.getgrnam("postdrop")
+    except KeyError as error:
+        raise PostfixUnavailable(
+            f"{error} is missing (Debian's package creates the user and group)"
+        ) from None
+    # Not under the bench's workdir (mode 0700): Postfix's daemons run as `postfix` and must reach the queue.
+    root = Path(tempfile.mkdtemp(prefix="bench-postfix-"))
+    root.chmod(0o755)
+    conf, queue, data = root / "conf", root / "queue", root / "data"
+    for directory, mode in ((conf, 0o755), (queue, 0o755), (data, 0o700)):
+        directory.mkdir(mode=mode)
+    os.chown(data, owner.pw_uid, owner.pw_gid)
+    port, sink_port = free_port(), free_port()
+    (conf / "main.cf").write_text(POSTFIX_MAIN_CF.format(root=root, sink_port=sink_port), encoding="utf-8")
+    (conf / "master.cf").write_text(POSTFIX_MASTER_CF.format(port=port), encoding="utf-8")
+    postfix = [str(POSTFIX), "-c", str(conf)]
+    received = root / "sink.log"
+    sink_log = open(root / "sink.stderr", "w")  # noqa: SIM115 - closed in finally, after the sink
+    sink = subprocess.Popen([sys.executable, "-c", SINK, str(sink_port), str(received)], stderr=sink_log)
+    memory = None
+    try:
+        wait_listening(sink_port)
+        code, output = on_terminal([*postfix, "start"], timeout=120)
+        if code != 0:
+            raise PostfixUnavailable(
+                f"`postfix -c {conf} start` exited {code}: {output or '(no output)'} "
+                f"(its maillog: {tail(root / 'maillog')})"
+            )
+        master = int((queue / "pid" / "master.pid").read_text().split()[0])
+        try:
+            wait_listening(port)
+        except SystemExit as error:
+            raise PostfixUnavailable(f"{error} (maillog: {tail(root / 'maillog')})") from None
+        version = subprocess.run(
+            [str(POSTFIX.with_name("postconf")), "-c", str(conf), "-h", "mail_version"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        run = Run(POSTFIX_NAME)
+        memory = TreeMemory(master)
+        memory.start()
+        before, client_before = tree_cpu_seconds(master), time.process_time()
+        asyncio.run(drive(run, port, args.messages, args.concurrency, args.size, login=False))
+        run.client_cpu = time.process_time() - client_before - memory.cpu
+        wait_for_sink(run, received, len(run.sent_at))
+        run.server_cpu = tree_cpu_seconds(master) - before
+        memory.stop()
+        run.peak_rss_kib = memory.peak_pss_kib
+        notes.append(
+            f"postfix {version or '?'}: a private instance (postfix -c <tmp>/conf start), smtpd on "
+            f"127.0.0.1:{port} without AUTH (loopback clients relay by mynetworks; the gateway's run logs "
+            f"in), relayhost [127.0.0.1]:{sink_port}: an aiosmtpd sink, not counted in CPU or memory"
+        )
+        notes.append(
+            f"postfix: peak RSS is the peak summed PSS of the master and its daemons (up to "
+            f"{memory.peak_processes} processes, sampled every 0.5 s; their summed RSS peaked at "
+            f"{memory.peak_rss_kib / 1024:.1f} MiB); server CPU includes daemons that exited during the run"
+        )
+        return run
+    finally:
+        if memory is not None:
+            memory.stop()
+        if (queue / "pid" / "master.pid").exists():  # also after a failed start that left a master behind
+            code, output = on_terminal([*postfix, "stop"], timeout=60)
+            if code != 0 and "not running" not in output:
+                print(f"postfix: `postfix -c {conf} stop` exited {code}: {output}", file=sys.stderr)
+        sink.terminate()
+        sink.wait(timeout=30)
+        sink_log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def wait_listening(port: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -258,18 +549,21 @@ def wait_listening(port: int, timeout: float = 30) -> None:
     raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
 
 
-def report(runs: list[Run], baseline: Run) -> None:
+def report(runs: list[Run], baseline: Run, postfix: Run | None = None) -> None:
+    versus = f" {'vs postfix':>10}" if postfix is not None else ""
     print(
         f"{'target':<34} {'msg/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6} "
-        f"{'copies done s':>13} {'copy p95 s':>10} {'peak RSS MiB':>12} {'vs aiosmtpd':>11}"
+        f"{'copies done s':>13} {'copy p95 s':>10} {'peak RSS MiB':>12} {'vs aiosmtpd':>11}{versus} "
+        f"{'server CPU ms/msg':>17} {'client CPU ms/msg':>17}"
     )
     for run in runs:
         copy95 = statistics.quantiles(run.copy_latencies, n=20)[18] if len(run.copy_latencies) > 20 else None
+        versus = f" {run.rate / postfix.rate:>10.0%}" if postfix is not None and postfix.rate else ""
         print(
             f"{run.name:<34} {run.rate:>8.0f} {run.pct(50):>8.1f} {run.pct(95):>8.1f} {run.pct(99):>8.1f} "
             f"{run.errors:>6} {run.copies_done if run.copies_done is not None else float('nan'):>13.2f} "
             f"{copy95 if copy95 is not None else float('nan'):>10.3f} "
-            f"{(run.peak_rss_kib or 0) / 1024:>12.1f} {run.rate / baseline.rate:>10.0%} "
+            f"{(run.peak_rss_kib or 0) / 1024:>12.1f} {run.rate / baseline.rate:>11.0%}{versus} "
             f"{run.server_cpu * 1000 / max(len(run.latencies), 1):>17.2f} "
             f"{run.client_cpu * 1000 / max(len(run.latencies), 1):>17.2f}"
         )
@@ -300,11 +594,18 @@ def main() -> None:
         baseline = aiosmtpd_run(args)
         gateway = gateway_run(args, workdir)
         runs = [baseline, gateway]
-        if shutil.which("postfix"):
-            print("postfix is installed, but the Postfix baseline is not wired up yet")
+        postfix, notes = None, []
+        if POSTFIX.exists():
+            try:
+                postfix = postfix_run(args, notes)
+                runs.append(postfix)
+            except PostfixUnavailable as error:
+                notes.append(f"postfix: installed, but no private instance could be run: {error}")
         else:
             print("postfix: not installed (apt-get install postfix to compare against its queue)")
-        report(runs, baseline)
+        report(runs, baseline, postfix)
+        for note in notes:
+            print(note)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

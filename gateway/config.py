@@ -273,13 +273,10 @@ class DomainsSettings(_Section):
     reply_domain: DomainName = "reply.gateway.localhost"
     """Domain of the reply addresses (``reply+TOKEN@<reply_domain>``) handed to members."""
 
-    intake_addresses: tuple[Address, ...] = ()
-    """Further addresses the MX listener accepts (stored lower-case); everything else is refused."""
-
-    @field_validator("intake_addresses")
-    @classmethod
-    def _drop_repeats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(value))
+    intake: dict[Address, Word] = Field(default_factory=dict)
+    """Addresses at which members open a new Vorgang, each with the portfolio it belongs to
+    (``"neu@makler-muster.example" = "makler-muster"``); the MX listener accepts these and reply
+    addresses, and refuses everything else. Addresses are stored lower-case."""
 
 
 class ListenerSettings(_Section):
@@ -818,6 +815,9 @@ def _apply_overrides(
 
 def _problem_from(error: ErrorDetails, origins: Mapping[tuple[str, ...], str]) -> Problem:
     loc: list[str | int] = list(error["loc"])
+    if loc and loc[-1] == "[key]":
+        # pydantic says a mapping's key is wrong with a "[key]" step; the key itself names the place.
+        loc = loc[:-1]
     cause = (error.get("ctx") or {}).get("error")
     if isinstance(cause, _FieldProblem):
         # Keys starting with ".." replace the field the validator ran on with a sibling.

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, AnyStr
 
@@ -358,10 +359,12 @@ class MxHandler:
         replies: ReplyIntake,
         state: ListenerState,
         reply_domain: str,
+        intake: Collection[str],
         max_recipients: int,
         max_header_size: int,
     ) -> None:
         self.replies = replies
+        self.intake = frozenset(intake)
         self.state = state
         self.reply_domain = reply_domain.lower()
         self.max_recipients = max_recipients
@@ -388,7 +391,11 @@ class MxHandler:
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return str(Reply.TOO_MANY_RECIPIENTS)
         lowered = address.strip().lower()
-        if not (is_reply_address(lowered, self.reply_domain) or lowered == self._bounce_address):
+        if not (
+            is_reply_address(lowered, self.reply_domain)
+            or lowered == self._bounce_address
+            or lowered in self.intake
+        ):
             return Reply.NOT_HERE.with_text(f"<{address}>: no such address here; this gateway does not relay")
         envelope.rcpt_tos.append(lowered)
         envelope.rcpt_options.extend(options)

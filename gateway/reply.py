@@ -21,11 +21,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Table, select
 
 from gateway.acceptance import HandOff, NotStored
 from gateway.db import intake, replies
@@ -34,7 +34,7 @@ from gateway.db.messages import new_gateway_id
 from gateway.db.models import MessageRow, RelayRow
 from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
-from gateway.domain.answers import Kind, classify, delivery_report
+from gateway.domain.answers import Classification, Kind, classify, delivery_report
 from gateway.domain.audience import audience
 from gateway.domain.model import Participant, ParticipantRole
 from gateway.domain.outbound import RelayHeaders, recipients_kept, render_relay, threading_ids
@@ -53,6 +53,8 @@ from gateway.resolver import DnsResolver
 from gateway.senderauth import check_sender
 
 log = logging.getLogger("gateway.reply")
+
+RELAYS = cast(Table, RelayRow.__table__)
 
 LOOP_MARKER = "X-Gateway-Loop"
 # The envelope sender of relayed mail: bounces from back offices come back to this address.
@@ -77,6 +79,7 @@ class ReplyContext:
     """What the reply path needs from the configuration."""
 
     reply_domain: str
+    intake: Mapping[str, str]  # intake address -> portfolio name
     hostname: str
     node: str
     max_received: int
@@ -117,7 +120,10 @@ class ReplyIntake:
         if token is None:
             if kind.kind is Kind.BOUNCE:
                 return await self._bounce(mail, kind.reason)
-            await self._refused(None, mail, "no reply code in the address or in References")
+            opened_in = next((ctx.intake[r] for r in mail.recipients if r in ctx.intake), None)
+            if opened_in is not None:
+                return await self._open(mail, opened_in, kind)
+            await self._refused(mail, "no reply code in the address or in References")
             return Reply.NOT_A_REPLY.with_text(
                 "This address only takes answers to the gateway's mail, and this mail names none: "
                 "please use Reply in your mail program on the message you want to answer"
@@ -129,7 +135,7 @@ class ReplyIntake:
             or answered is None
             or not verify_token(self.keys, parts, portfolio=answered.portfolio)
         ):
-            await self._refused(answered, mail, f"reply code {token!r} is not valid")
+            await self._refused(mail, f"reply code {token!r} is not valid", answered)
             return Reply.REFUSED.with_text(
                 "The reply address is not valid (it was changed, or it is not one of this gateway's): "
                 "please answer the original message with Reply"
@@ -142,8 +148,41 @@ class ReplyIntake:
             return Reply.RECORDED.with_text(
                 f"Recorded in {answered.vorgang} as {kind.kind.value}; not relayed"
             )
-        from_address = mail.parsed.from_addresses[0] if mail.parsed.from_addresses else ""
-        policy = Policy(await self.writer.run(portfolio_policy, answered.portfolio_id))
+        from_address = _from_of(mail)
+        refused = await self._check_sender(mail, answered.portfolio_id, from_address, answered)
+        if refused is not None:
+            return refused
+        return await self._store(_store_reply, mail, answered, from_address, ctx, self._lease())
+
+    async def _open(self, mail: Incoming, portfolio_name: str, kind: Classification) -> str:
+        """Mail from a member to a portfolio's intake address: a new Vorgang (DESIGN.md §2)."""
+        portfolio = await self.writer.run(replies.portfolio_by_name, portfolio_name)
+        if portfolio is None:
+            log.error(
+                "intake address of portfolio %r, which does not exist: fix [domains.intake]", portfolio_name
+            )
+            return Reply.NOT_HERE.with_text("No such address here")
+        if kind.kind is not Kind.ANSWER:
+            await self._refused(
+                mail, f"{kind.kind.value} at the intake address: {kind.reason}", portfolio=portfolio
+            )
+            return Reply.RECORDED.with_text(f"Recorded as {kind.kind.value}; no Vorgang opened, not relayed")
+        from_address = _from_of(mail)
+        refused = await self._check_sender(mail, portfolio.id, from_address, portfolio=portfolio)
+        if refused is not None:
+            return refused
+        return await self._store(_open_vorgang, mail, portfolio, from_address, self.context, self._lease())
+
+    async def _check_sender(
+        self,
+        mail: Incoming,
+        portfolio_id: int,
+        from_address: str,
+        answered: replies.Answered | None = None,
+        portfolio: replies.Portfolio | None = None,
+    ) -> str | None:
+        """None when the portfolio's sender-authentication policy passes; else the SMTP answer."""
+        policy = Policy(await self.writer.run(portfolio_policy, portfolio_id))
         verdict = await check_sender(
             policy,
             raw=mail.raw,
@@ -151,20 +190,25 @@ class ReplyIntake:
             envelope_sender=mail.envelope_sender,
             client_ip=mail.client_ip,
             helo=mail.helo,
-            authserv_id=ctx.authserv_id,
+            authserv_id=self.context.authserv_id,
             resolver=self.resolver,
         )
-        if not verdict.passed:
-            await self._refused(answered, mail, f"sender not verified ({policy.value}): {verdict.reason}")
-            if verdict.temporary:
-                return Reply.SENDER_CHECK_TEMPORARY.with_text(
-                    f"Could not check the sender now, try again later: {verdict.reason}"
-                )
-            return Reply.REFUSED.with_text(f"The sender could not be verified: {verdict.reason}")
+        if verdict.passed:
+            return None
+        await self._refused(
+            mail, f"sender not verified ({policy.value}): {verdict.reason}", answered, portfolio
+        )
+        if verdict.temporary:
+            return Reply.SENDER_CHECK_TEMPORARY.with_text(
+                f"Could not check the sender now, try again later: {verdict.reason}"
+            )
+        return Reply.REFUSED.with_text(f"The sender could not be verified: {verdict.reason}")
+
+    async def _store(self, transaction: Callable[..., Stored | Refusal], *args: Any) -> str:
         try:
-            outcome = await self.writer.run(_store_reply, mail, answered, from_address, ctx, self._lease())
+            outcome = await self.writer.run(transaction, *args)
         except Exception as exc:
-            log.error("could not store a reply to %s: %s", answered.vorgang, exc)
+            log.error("could not store a member's mail: %s", exc)
             raise NotStored(str(exc)) from exc
         if isinstance(outcome, Refusal):
             return Reply.REFUSED.with_text(outcome.reason)
@@ -174,29 +218,36 @@ class ReplyIntake:
         if outcome.relayed:
             self.on_relay()
         log.info(
-            "reply %s from %s in %s: %d copies%s",
+            "%s %s from %s in %s: %d copies%s",
+            outcome.direction,
             outcome.gateway_id,
-            from_address,
-            answered.vorgang,
+            outcome.author,
+            outcome.vorgang,
             outcome.copies,
             ", relayed" if outcome.relayed else ", no back office to relay to",
-            extra={"gateway_id": outcome.gateway_id, "vorgang": answered.vorgang, "author": from_address},
+            extra={"gateway_id": outcome.gateway_id, "vorgang": outcome.vorgang, "author": outcome.author},
         )
-        return Reply.ACCEPTED.with_text(f"Accepted as {outcome.gateway_id} in {answered.vorgang}")
+        return Reply.ACCEPTED.with_text(f"Accepted as {outcome.gateway_id} in {outcome.vorgang}")
 
     def _lease(self) -> tuple[str, dt.datetime] | None:
         if self.handoff is None:
             return None
         return self.handoff.node, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.handoff.lease)
 
-    async def _refused(self, answered: replies.Answered | None, mail: Incoming, reason: str) -> None:
+    async def _refused(
+        self,
+        mail: Incoming,
+        reason: str,
+        answered: replies.Answered | None = None,
+        portfolio: replies.Portfolio | None = None,
+    ) -> None:
         log.warning("refused mail from %s (%s): %s", mail.peer, mail.envelope_sender or "<>", reason)
-        await self.writer.run(_record_refusal, mail, answered, reason, self.context.node)
+        await self.writer.run(_record_refusal, mail, answered, reason, self.context.node, portfolio)
 
     async def _bounce(self, mail: Incoming, reason: str) -> str:
         matched = await self._match_bounce(mail)
         if matched is None:
-            await self._refused(None, mail, f"a bounce that matches no relayed mail ({reason})")
+            await self._refused(mail, f"a bounce that matches no relayed mail ({reason})")
             return Reply.RECORDED.with_text("Bounce recorded; it matches no mail of this gateway")
         return Reply.RECORDED.with_text(f"Bounce recorded for {matched}")
 
@@ -215,10 +266,18 @@ class Refusal:
 
 @dataclass(frozen=True, slots=True)
 class Stored:
+    direction: str
     gateway_id: str
+    vorgang: str
+    author: str
     copies: int
     relayed: bool
     jobs: list[CopyJob]
+    detail: dict[str, Any]
+
+
+def _from_of(mail: Incoming) -> str:
+    return mail.parsed.from_addresses[0] if mail.parsed.from_addresses else ""
 
 
 def _token_of(mail: Incoming, reply_domain: str) -> str | None:
@@ -241,7 +300,6 @@ def _store_reply(
     ctx: ReplyContext,
     lease: tuple[str, dt.datetime] | None,
 ) -> Stored | Refusal:
-    now = dt.datetime.now(dt.UTC)
     pid = answered.portfolio_id
     author = replies.member_by_address(connection, pid, from_address) if from_address else None
     seen_by = replies.audience_now(connection, pid, answered.message_pk)
@@ -251,7 +309,110 @@ def _store_reply(
         )
         _record_refusal(connection, mail, answered, reason, ctx.node)
         return Refusal(reason[0].upper() + reason[1:])
+    now = dt.datetime.now(dt.UTC)
+    stored = _store_member_mail(
+        connection,
+        mail,
+        ctx,
+        lease,
+        now,
+        portfolio=replies.Portfolio(pid, answered.portfolio),
+        vorgang=(answered.vorgang_id, answered.vorgang),
+        author=author,
+        answers=answered.message_pk,
+        target=replies.thread_target(connection, answered),
+    )
+    flagged = replies.mark_answered(connection, pid, answered.message_pk, now)
+    _record(
+        connection,
+        now,
+        stored,
+        "reply.accepted",
+        pid,
+        author,
+        answered.vorgang_id,
+        answers_copy=answered.copy_id,
+        token_member_id=answered.member_id,
+        answered_copies_flagged=flagged,
+    )
+    return stored
 
+
+def _open_vorgang(
+    connection: Connection,
+    mail: Incoming,
+    portfolio: replies.Portfolio,
+    from_address: str,
+    ctx: ReplyContext,
+    lease: tuple[str, dt.datetime] | None,
+) -> Stored | Refusal:
+    author = replies.member_by_address(connection, portfolio.id, from_address) if from_address else None
+    if author is None:
+        who = from_address or "a mail without From"
+        reason = f"{who} may not open a Vorgang: not a member of {portfolio.name}"
+        _record_refusal(connection, mail, None, reason, ctx.node, portfolio)
+        return Refusal(reason[0].upper() + reason[1:])
+    now = dt.datetime.now(dt.UTC)
+    ((vorgang_id, reference),) = intake.new_vorgaenge(connection, portfolio.id, [mail.parsed.subject], now)
+    stored = _store_member_mail(
+        connection,
+        mail,
+        ctx,
+        lease,
+        now,
+        portfolio=portfolio,
+        vorgang=(vorgang_id, reference),
+        author=author,
+        answers=None,
+        target=replies.portfolio_target(connection, portfolio.id),
+    )
+    _record(connection, now, stored, "intake.accepted", portfolio.id, author, vorgang_id)
+    return stored
+
+
+def _record(
+    connection: Connection,
+    now: dt.datetime,
+    stored: Stored,
+    kind: str,
+    portfolio_id: int,
+    author: replies.Author,
+    vorgang_id: int,
+    **detail: Any,
+) -> None:
+    intake.insert_rows(
+        connection,
+        intake.EVENTS,
+        [
+            {
+                "at": now,
+                "portfolio_id": portfolio_id,
+                "actor": f"member:{author.address}",
+                "kind": kind,
+                "member_id": author.id,
+                "vorgang_id": vorgang_id,
+                "message_id": stored.detail["message_pk"],
+                "detail": {k: v for k, v in stored.detail.items() if k != "message_pk"} | detail,
+            }
+        ],
+    )
+
+
+def _store_member_mail(
+    connection: Connection,
+    mail: Incoming,
+    ctx: ReplyContext,
+    lease: tuple[str, dt.datetime] | None,
+    now: dt.datetime,
+    *,
+    portfolio: replies.Portfolio,
+    vorgang: tuple[int, str],
+    author: replies.Author,
+    answers: int | None,
+    target: replies.ThreadTarget | None,
+) -> Stored:
+    """Store a member's mail in a Vorgang, copy it to its audience, and queue it for the back office."""
+    pid = portfolio.id
     cc = set(mail.parsed.cc)
     named = replies.members_by_address(connection, pid, {*mail.parsed.to, *cc} - {author.address})
     taking_part = [Participant(author.id, ParticipantRole.SENDER)] + [
@@ -259,20 +420,21 @@ def _store_reply(
         for address, member_id in sorted(named.items())
     ]
     releases = intake.sharing_releases(connection, pid, {p.member_id for p in taking_part})
-    reply_audience = audience(pid, taking_part, releases)
+    seen_by = audience(pid, taking_part, releases)
 
+    direction = "reply" if answers is not None else "intake"
     gateway_id = new_gateway_id()
     message_id = mail.parsed.message_id or f"<{gateway_id}@{ctx.hostname}>"
-    message_pk = intake.insert_returning_ids(
+    (message_pk,) = intake.insert_returning_ids(
         connection,
         intake.MESSAGES,
         [
             {
                 "gateway_id": gateway_id,
                 "portfolio_id": pid,
-                "vorgang_id": answered.vorgang_id,
-                "direction": "reply",
-                "backoffice_id": answered.backoffice_id,
+                "vorgang_id": vorgang[0],
+                "direction": direction,
+                "backoffice_id": target.backoffice_id if target else None,
                 "raw": mail.raw,
                 "size": len(mail.raw),
                 "sha256": hashlib.sha256(mail.raw).hexdigest(),
@@ -286,10 +448,10 @@ def _store_reply(
                 "received_at": now,
                 "kind": "message",
                 "sender_member_id": author.id,
-                "answers_message_id": answered.message_pk,
+                "answers_message_id": answers,
             }
         ],
-    )[0]
+    )
     intake.insert_rows(
         connection,
         intake.PARTICIPANTS,
@@ -298,43 +460,15 @@ def _store_reply(
             for p in dict.fromkeys(taking_part)
         ],
     )
-    # The author's own client keeps the reply in Sent; a copy in the inbox would only be noise.
-    rows = [
-        r
-        for r in intake.copy_rows(message_pk, pid, reply_audience, now, lease)
-        if r["member_id"] != author.id
-    ]
+    # The author's own client keeps the mail in Sent; a copy in the inbox would only be noise.
+    rows = [r for r in intake.copy_rows(message_pk, pid, seen_by, now, lease) if r["member_id"] != author.id]
     shared_via = [row.pop("shared_via") for row in rows]
     copy_pks = intake.insert_returning_ids(connection, intake.COPIES, rows) if rows else []
     addresses = intake.member_addresses(connection, {r["member_id"] for r in rows})
 
-    relayed, relay_detail = _queue_relay(connection, mail, answered, author, message_pk, gateway_id, ctx, now)
-    answered_copies = replies.mark_answered(connection, pid, answered.message_pk, now)
-    intake.insert_rows(
-        connection,
-        intake.EVENTS,
-        [
-            {
-                "at": now,
-                "portfolio_id": pid,
-                "actor": f"member:{author.address}",
-                "kind": "reply.accepted",
-                "member_id": author.id,
-                "vorgang_id": answered.vorgang_id,
-                "message_id": message_pk,
-                "detail": {
-                    "gateway_id": gateway_id,
-                    "vorgang": answered.vorgang,
-                    "answers_copy": answered.copy_id,
-                    "token_member_id": answered.member_id,
-                    "audience": sorted(addresses.values()),
-                    "answered_copies_flagged": answered_copies,
-                    "peer": mail.peer,
-                    **relay_detail,
-                },
-            }
-        ],
-    )
+    relay: dict[str, Any] = {"relayed": False, "why_not": "the portfolio has no back office to relay to"}
+    if target is not None and target.backoffice_address is not None:
+        relay = _queue_relay(connection, mail, pid, vorgang, author, message_pk, gateway_id, target, ctx, now)
     jobs: list[CopyJob] = []
     if lease is not None:
         jobs = [
@@ -343,15 +477,15 @@ def _store_reply(
                 copy_id=row["copy_id"],
                 attempts=0,
                 portfolio_id=pid,
-                portfolio=answered.portfolio,
+                portfolio=portfolio.name,
                 member_id=row["member_id"],
                 address=addresses[row["member_id"]],
                 message_pk=message_pk,
                 gateway_id=gateway_id,
                 message_id=message_id,
                 message_id_assigned=mail.parsed.message_id is None,
-                vorgang_id=answered.vorgang_id,
-                vorgang=answered.vorgang,
+                vorgang_id=vorgang[0],
+                vorgang=vorgang[1],
                 shared_via=via,
                 seen=False,
                 answered=False,
@@ -360,33 +494,44 @@ def _store_reply(
             )
             for row, copy_pk, via in zip(rows, copy_pks, shared_via, strict=True)
         ]
-    return Stored(gateway_id, len(rows), relayed, jobs)
+    detail = {
+        "message_pk": message_pk,
+        "gateway_id": gateway_id,
+        "vorgang": vorgang[1],
+        "audience": sorted(addresses.values()),
+        "peer": mail.peer,
+        **relay,
+    }
+    return Stored(
+        direction, gateway_id, vorgang[1], author.address, len(rows), bool(relay["relayed"]), jobs, detail
+    )
 
 
 def _queue_relay(
     connection: Connection,
     mail: Incoming,
-    answered: replies.Answered,
+    portfolio_id: int,
+    vorgang: tuple[int, str],
     author: replies.Author,
     message_pk: int,
     gateway_id: str,
+    target: replies.ThreadTarget,
     ctx: ReplyContext,
     now: dt.datetime,
-) -> tuple[bool, dict[str, Any]]:
-    """Queue the mail for the back office of the Vorgang; False (and why) when there is none."""
-    target = replies.thread_target(connection, answered)
-    if target is None or target.backoffice_address is None:
-        return False, {"relayed": False, "why_not": "the Vorgang has no back-office mail to answer"}
-    original = replies.original_participant(connection, answered.portfolio_id, answered.vorgang_id)
+) -> dict[str, Any]:
+    """Queue the mail for the back office; what was decided, for the event log."""
+    assert target.backoffice_address is not None
+    original = replies.original_participant(connection, portfolio_id, vorgang[0]) or author.address
     try:
         sender = relay_sender(
             actual_sender=author.address, original_participant=original, ams_version=target.ams_version
         )
     except InvalidVersion:
+        # The directory refuses such versions; one that slipped in counts as current (actual sender).
         sender = relay_sender(actual_sender=author.address, original_participant=original, ams_version="")
     name = author.display_name
     if sender.from_address != author.address:
-        named = replies.member_by_address(connection, answered.portfolio_id, sender.from_address)
+        named = replies.member_by_address(connection, portfolio_id, sender.from_address)
         name = named.display_name if named else ""
     to, cc = recipients_kept(
         mail.parsed.to, mail.parsed.cc, backoffice=target.backoffice_address, reply_domain=ctx.reply_domain
@@ -405,17 +550,17 @@ def _queue_relay(
             message_id=relay_message_id,
             in_reply_to=in_reply_to,
             references=references,
-            vorgang=answered.vorgang,
+            vorgang=vorgang[1],
             actual_sender=author.address,
             loop_marker=ctx.node,
         ),
     )
     intake.insert_rows(
         connection,
-        RelayRow.__table__,  # type: ignore[arg-type]
+        RELAYS,
         [
             {
-                "portfolio_id": answered.portfolio_id,
+                "portfolio_id": portfolio_id,
                 "message_id": message_pk,
                 "backoffice_id": target.backoffice_id,
                 "member_id": author.id,
@@ -438,7 +583,7 @@ def _queue_relay(
             }
         ],
     )
-    return True, {
+    return {
         "relayed": True,
         "relay_to": target.backoffice_address,
         "relay_from": sender.from_address,
@@ -504,15 +649,21 @@ def _store_not_an_answer(
 
 
 def _record_refusal(
-    connection: Connection, mail: Incoming, answered: replies.Answered | None, reason: str, node: str
+    connection: Connection,
+    mail: Incoming,
+    answered: replies.Answered | None,
+    reason: str,
+    node: str,
+    portfolio: replies.Portfolio | None = None,
 ) -> None:
+    portfolio_id = answered.portfolio_id if answered else (portfolio.id if portfolio else None)
     intake.insert_rows(
         connection,
         intake.EVENTS,
         [
             {
                 "at": dt.datetime.now(dt.UTC),
-                "portfolio_id": answered.portfolio_id if answered else None,
+                "portfolio_id": portfolio_id,
                 "actor": f"gateway:{node}",
                 "kind": "reply.refused",
                 "member_id": answered.member_id if answered else None,

@@ -146,6 +146,7 @@ class Service:
             keys=self.keys,
             context=ReplyContext(
                 reply_domain=settings.domains.reply_domain,
+                intake=settings.domains.intake,
                 hostname=settings.gateway.hostname,
                 node=settings.gateway.node_name,
                 max_received=limits.max_received_hops,
@@ -167,6 +168,7 @@ class Service:
             replies=replies,
             state=state,
             reply_domain=settings.domains.reply_domain,
+            intake=settings.domains.intake,
             max_recipients=limits.max_recipients,
             max_header_size=limits.max_header_size,
         )

@@ -274,7 +274,7 @@ class MessageRow(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     message_id: Mapped[str | None] = mapped_column(String(998))
     # True when the message came without a Message-ID and the gateway gave it one (recorded, DESIGN §8).
-    message_id_assigned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    message_id_assigned: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     in_reply_to: Mapped[str | None] = mapped_column(String(998))
     references: Mapped[str | None] = mapped_column(Text)
     subject: Mapped[str] = mapped_column(Text, default="")
@@ -283,7 +283,7 @@ class MessageRow(Base):
     received_at: Mapped[dt.datetime] = mapped_column(default=_now, index=True)
     # "message", or what arrived at a reply address without being an answer: "auto-reply", "bounce",
     # "loop" (kept byte for byte in the Vorgang, never relayed, never fanned out).
-    kind: Mapped[str] = mapped_column(String(20), default="message", server_default=text("'message'"))
+    kind: Mapped[str] = mapped_column(String(20), default="message", server_default="message")
     # For mail from members (direction "reply" or "intake"): the member who actually wrote it.
     sender_member_id: Mapped[int | None] = mapped_column(BigInteger)
     # For replies: the message answered (the one whose copy's reply address the member wrote to).
@@ -349,7 +349,7 @@ class CopyRow(Base):
     answered: Mapped[bool] = mapped_column(Boolean, default=False)
     # A delivered copy whose flags in the mailbox must catch up with ``seen``/``answered`` (set, never
     # cleared there: clearing stays local, DESIGN.md §4); the fan-out takes these like pending copies.
-    flags_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    flags_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(default=_now, onupdate=_now)
 

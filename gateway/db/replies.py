@@ -13,6 +13,7 @@ from sqlalchemy import Connection, and_, select, update
 
 from gateway.db.intake import sharing_releases
 from gateway.db.models import (
+    BackOfficeAddressRow,
     BackOfficeRow,
     CopyRow,
     MemberRow,
@@ -215,3 +216,31 @@ def mark_answered(connection: Connection, portfolio_id: int, message_pk: int, no
     )
     others = connection.execute(update(CopyRow).where(unanswered).values(answered=True, updated_at=now))
     return sum(int(getattr(r, "rowcount", 0) or 0) for r in (delivered, others))
+
+
+@dataclass(frozen=True, slots=True)
+class Portfolio:
+    id: int
+    name: str
+
+
+def portfolio_by_name(connection: Connection, name: str) -> Portfolio | None:
+    row = connection.execute(
+        select(PortfolioRow.id, PortfolioRow.name).where(PortfolioRow.name == name)
+    ).first()
+    return None if row is None else Portfolio(int(row[0]), str(row[1]))
+
+
+def portfolio_target(connection: Connection, portfolio_id: int) -> ThreadTarget | None:
+    """Where a Vorgang a member opens goes: the portfolio's first back office that takes replies (it has
+    relay settings), at its first address; nothing to thread to yet."""
+    row = connection.execute(
+        select(BackOfficeRow.id, BackOfficeAddressRow.address, BackOfficeRow.ams_version)
+        .join(BackOfficeAddressRow, BackOfficeAddressRow.backoffice_id == BackOfficeRow.id)
+        .where(BackOfficeRow.portfolio_id == portfolio_id, BackOfficeRow.relay_host.is_not(None))
+        .order_by(BackOfficeRow.id, BackOfficeAddressRow.id)
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    return ThreadTarget(None, (), str(row[1]), int(row[0]), row[2] or "")

@@ -36,7 +36,7 @@ what it needs does not fire.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesParser
@@ -361,8 +361,10 @@ def delivery_report(raw: bytes) -> DeliveryReport | None:
     text_blocks = no_blocks
     if not any(_is_recipient_block(block) for block in blocks):
         # Boundaries that do not match (seen in the wild) hide every part; the fields are still there.
-        text_blocks = _guarded(lambda: _text_report(bytes(raw)), no_blocks)
-        blocks = [block for block in text_blocks if _is_status_block(block)]
+        found = _guarded(lambda: _text_report(bytes(raw)), no_blocks)
+        if any(_is_recipient_block(block) for block in found):
+            text_blocks = found
+            blocks = [block for block in found if _is_status_block(block)]
 
     per_message: dict[str, str] = {}
     recipients: list[RecipientStatus] = []
@@ -459,7 +461,7 @@ def _text_blocks(text: str) -> list[dict[str, str]]:
     return blocks
 
 
-def _fields(items: Iterator[tuple[str, str]] | Sequence[tuple[str, str]]) -> dict[str, str]:
+def _fields(items: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Lower-case names to decoded one-line values, runs of spaces left by folding made one; the first
     of each name wins."""
     fields: dict[str, str] = {}
@@ -524,9 +526,13 @@ def _returned_message_id(root: Message) -> str | None:
     return None
 
 
+# A blank line: an empty first line, or a line end followed by another; CR LF is one line end, never two.
+_BLANK_LINE = re.compile(rb"(?:\A|\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+
+
 def _text_report(raw: bytes) -> list[dict[str, str]]:
     """The field groups of a report's body read as plain text (for MIME too broken to find parts in)."""
-    blank = re.search(rb"(?:\r\n|\r|\n)(?:\r\n|\r|\n)", raw[:MAX_READ_BYTES])
+    blank = _BLANK_LINE.search(raw, 0, MAX_READ_BYTES)
     if blank is None:
         return []
     return _text_blocks(bytes_to_text(raw[blank.end() : blank.end() + _MAX_TEXT_REPORT_CHARS]))
@@ -563,7 +569,11 @@ def _parse(raw: bytes) -> Message:
 def _text(value: object) -> str:
     """A raw header or field value as one line of text (8-bit and RFC 2047 decoded)."""
     text = value if isinstance(value, str) else str(value)
-    return decode_header_value(text.encode("utf-8", "surrogateescape"))
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte; the parser makes none, but str is str
+        raw = text.encode("utf-8", "replace")
+    return decode_header_value(raw)
 
 
 def _subject(message: Message) -> str:
@@ -581,7 +591,8 @@ def _report_type(message: Message) -> str:
     value = message.get_param("report-type", header="content-type")
     if value is None:
         return ""
-    return _text(collapse_rfc2231_value(value)).lower()
+    # A quote left open is still the value it meant.
+    return _text(collapse_rfc2231_value(value)).strip().strip('"').strip().lower()
 
 
 def _bare(path: str) -> str:

@@ -13,9 +13,11 @@ auto-responder answers it), answers the member's mail in In-Reply-To/References 
 show it in the thread), and has CRLF line endings throughout. The bytes are a function of the arguments
 alone, the MIME boundary included, so a retried build writes the same report.
 
-Everything the caller passes into a header line is checked: a line break or control character in one
-would let a remote server's reply text write headers of its own, so such values are refused with
-``ValueError``. The remote server's diagnostic, which may span several reply lines, is joined into one.
+Nothing the caller passes can write a header line of its own. Addresses, host name, ids, status and
+action are checked and refused with ``ValueError`` when malformed or carrying a line break; the texts
+are made one line instead: the subject is read as a mail client shows it (a raw, folded or RFC 2047
+encoded value is fine), and the remote server's diagnostic, which may span several reply lines, is
+joined into one.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
 
+from gateway.domain.headers import bytes_to_text, decode_header_value
 from gateway.parsing import parse_message
 
 __all__ = ["build_failure_report"]
@@ -105,9 +108,10 @@ def build_failure_report(
     5.x.x) or ``delayed`` (4.x.x); ``diagnostic`` the remote server's reply, or the gateway's words when
     there was none (an SMTP reply starts with its three-digit code and is typed ``smtp``, anything else
     ``X-Gateway``); ``original_headers`` the header section of the member's mail (a whole message is
-    cut at its first blank line); ``to``, ``subject``, ``message_id`` and an aware ``date`` are the
-    report's own; ``explanation`` is the gateway's note to the member (for example how long it tried),
-    shown as given. Raises ``ValueError`` for a value that cannot be written safely.
+    cut at its first blank line); ``to``, ``subject`` (text, or a raw header value), ``message_id`` and
+    an aware ``date`` are the report's own; ``explanation`` is the gateway's note to the member (for
+    example how long it tried), shown as given. Raises ``ValueError`` for a value that cannot be written
+    safely.
     """
     reporting_mta = _checked("reporting_mta", reporting_mta)
     if not _HOST.fullmatch(reporting_mta):
@@ -134,7 +138,13 @@ def build_failure_report(
     if date.tzinfo is None or date.utcoffset() is None:
         raise ValueError("date must be timezone-aware: a Date header without a zone is a lie")
     to_header = _address_header("to", to)
-    subject = _checked("subject", subject)
+    # A subject is text for people: a raw header value (folded, encoded words, 8-bit) reads as it would
+    # in a mail client, and no control character survives into the header line.
+    subject = decode_header_value(_as_bytes(subject))
+    # Text from a server reply may carry its 8-bit bytes as surrogates (surrogateescape); read them as
+    # header bytes are read, so that no surrogate reaches the UTF-8 of the report.
+    diagnostic = bytes_to_text(_as_bytes(diagnostic))
+    explanation = bytes_to_text(_as_bytes(explanation))
 
     diagnostic_line = " ".join(diagnostic.split())[:_MAX_DIAGNOSTIC]
     headers = _header_section(original_headers)
@@ -286,6 +296,13 @@ def _reason(subject: str, detail: str) -> tuple[str, str]:
     return _REASONS.get(f"{int(subject)}.{int(detail)}") or _REASONS.get(str(int(subject))) or _UNKNOWN_REASON
 
 
+def _as_bytes(text: str) -> bytes:
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        return text.encode("utf-8", "replace")
+
+
 def _checked(name: str, value: str) -> str:
     if _CONTROLS.search(value):
         raise ValueError(f"{name} must be one line without control characters: {value!r}")
@@ -300,7 +317,11 @@ def _address_header(name: str, value: str) -> str:
 
 
 def _subject_header(subject: str) -> str:
-    charset = "us-ascii" if subject.isascii() else "utf-8"
+    # Plain ASCII where it can be read as it is; encoded words where it cannot: non-ASCII text, text that
+    # a reader would take for an encoded word, and words too long for a line, which only encoded words
+    # may split.
+    plain = subject.isascii() and "=?" not in subject and all(len(word) <= 60 for word in subject.split())
+    charset = "us-ascii" if plain else "utf-8"
     header = Header(subject, charset, maxlinelen=_LINE_LENGTH, header_name="Subject")
     return "Subject: " + header.encode(linesep=_CRLF)
 

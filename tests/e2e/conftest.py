@@ -28,6 +28,7 @@ PORTFOLIO = "makler-muster"
 LOGIN = "ams@makler-muster.example"
 PASSWORD = "ams-test-password-1"
 REPLY_DOMAIN = "reply.gateway.test.example"
+INTAKE = "neu@makler-muster.example"
 
 
 @dataclass
@@ -135,6 +136,9 @@ port = 0
 
 [domains]
 reply_domain = "{REPLY_DOMAIN}"
+
+[domains.intake]
+"{INTAKE}" = "{PORTFOLIO}"
 
 [listeners.mx]
 port = 0

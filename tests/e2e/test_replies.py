@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import EXAMPLE_DIRECTORY
 from tests.e2e.conftest import (
+    INTAKE,
     LOGIN,
     PASSWORD,
     PORTFOLIO,
@@ -61,6 +62,7 @@ def gateway(tmp_path: Path, database_url: str, sink: BackOfficeSink) -> RunningG
     yield running  # type: ignore[misc]
     if running.process is not None and running.process.poll() is None:
         running.stop()
+    print("".join(running.log))  # shown by pytest when the test failed
 
 
 def send_from_backoffice(gateway: RunningGateway, to: str, subject: str, message_id: str) -> None:
@@ -486,3 +488,46 @@ def test_a_bounce_of_a_relayed_reply_is_matched_to_it(
             "diagnostic": "552 5.2.2 mailbox full",
         }
     ]
+
+
+# --- a new Vorgang from a member ------------------------------------------------------------------------
+
+
+def test_a_member_opens_a_vorgang_at_the_intake_address(
+    gateway: RunningGateway, sink: BackOfficeSink, database_url: str
+) -> None:
+    message = EmailMessage()
+    message["From"] = f"SB-B2 <{ADDRESS['SB-B2']}>"
+    message["To"] = INTAKE
+    message["Cc"] = ADDRESS["SB-A1"]  # a participant too: SB-A1 and SB-A1's release see it
+    message["Subject"] = "Neuer Schaden: Wasserrohrbruch"
+    message["Message-ID"] = "<new-1@kunde-b.example>"
+    message.set_content("Bei uns ist ein Rohr gebrochen.\n")
+    code, text = send_reply(gateway, message.as_bytes(), INTAKE, ADDRESS["SB-B2"])
+    assert code == 250, text
+    vorgang = re.search(rb"VG-\d{4}-\d{6}", text)
+    assert vorgang, text
+
+    (relayed,) = sink.wait_for(1)
+    assert relayed.rcpt_tos == [BACKOFFICE]
+    assert relayed.message["From"].addresses[0].addr_spec == ADDRESS["SB-B2"]
+    assert relayed.message["X-Gateway-Vorgang"] == vorgang.group().decode()
+    assert relayed.message["In-Reply-To"] is None, "nothing to thread to: a new Vorgang"
+
+    copies = gateway.wait_for_copies("Wasserrohrbruch", 4)
+    assert sorted(copies) == sorted(ADDRESS[p] for p in ("SB-B1", "GF-B", "SB-A1", "SB-A2")), (
+        "the audience of SB-B2 and SB-A1 (DESIGN.md §3), without SB-B2 itself"
+    )
+
+
+def test_a_stranger_cannot_open_a_vorgang(gateway: RunningGateway, sink: BackOfficeSink) -> None:
+    message = EmailMessage()
+    message["From"] = "someone@elsewhere.example"
+    message["To"] = INTAKE
+    message["Subject"] = "Spam"
+    message.set_content("Buy now\n")
+    code, text = send_reply(gateway, message.as_bytes(), INTAKE, "someone@elsewhere.example")
+    assert (code, text[:5]) == (550, b"5.7.1"), text
+    assert b"not a member of makler-muster" in text
+    time.sleep(0.5)
+    assert sink.received == []

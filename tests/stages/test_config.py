@@ -195,9 +195,9 @@ def test_sizes_take_units(tmp_path: Path, written: str | int, size: int) -> None
 
 
 def test_intake_addresses_are_validated_and_stored_lower_case(tmp_path: Path) -> None:
-    path = write(tmp_path, '[domains]\nintake_addresses = ["Intake@Broker.Example", "post@broker.example"]\n')
+    path = write(tmp_path, '[domains.intake]\n"Intake@Broker.Example" = "p1"\n"post@broker.example" = "p2"\n')
     settings = load_settings(path, {})
-    assert settings.domains.intake_addresses == ("intake@broker.example", "post@broker.example")
+    assert settings.domains.intake == {"intake@broker.example": "p1", "post@broker.example": "p2"}
 
 
 def test_logging_level_is_case_insensitive(tmp_path: Path) -> None:
@@ -236,7 +236,7 @@ def test_environment_overrides_win_over_the_file(tmp_path: Path) -> None:
     environ = {
         "GATEWAY_LIMITS__MAX_RECIPIENTS": "50",
         "GATEWAY_DATABASE__ECHO": "true",
-        "GATEWAY_DOMAINS__INTAKE_ADDRESSES": '["A@B.example", "c@d.example"]',
+        "GATEWAY_DOMAINS__INTAKE": '{ "A@B.example" = "p1", "c@d.example" = "p2" }',
         "GATEWAY_LISTENERS__MX__PORT": "0",
         "gateway_logging__level": "warning",  # names are case-insensitive
         "GATEWAY_GATEWAY__HOSTNAME": "mx2.broker.example",
@@ -247,7 +247,7 @@ def test_environment_overrides_win_over_the_file(tmp_path: Path) -> None:
 
     assert settings.limits.max_recipients == 50
     assert settings.database.echo is True
-    assert settings.domains.intake_addresses == ("a@b.example", "c@d.example")
+    assert settings.domains.intake == {"a@b.example": "p1", "c@d.example": "p2"}
     assert settings.listeners.mx.port == 0
     assert settings.listeners.submission.port == 2587
     assert settings.logging.level == "WARNING"
@@ -312,8 +312,10 @@ def test_an_invalid_override_value_names_the_variable() -> None:
 
 
 def test_a_bad_address_from_the_environment_names_variable_and_entry() -> None:
-    problem = only_problem(None, {"GATEWAY_DOMAINS__INTAKE_ADDRESSES": '["ok@b.example", "not-an-address"]'})
-    assert problem.where == "GATEWAY_DOMAINS__INTAKE_ADDRESSES[1]"
+    problem = only_problem(
+        None, {"GATEWAY_DOMAINS__INTAKE": '{ "ok@b.example" = "p", "not-an-address" = "p" }'}
+    )
+    assert problem.where == "GATEWAY_DOMAINS__INTAKE.not-an-address"
     assert "not-an-address" in problem.reason
 
 
@@ -361,8 +363,8 @@ def test_a_toml_syntax_error_gives_file_and_line(tmp_path: Path) -> None:
         ("[gateway]\nhostname = 5\n", "gateway.hostname", "must be a string"),
         ('[gateway]\nhostname = "bad host"\n', "gateway.hostname", "not a valid domain name"),
         ('[gateway]\ndata_dir = ""\n', "gateway.data_dir", "must not be empty"),
-        ('[domains]\nintake_addresses = "a@b.example"\n', "domains.intake_addresses", "must be a list"),
-        ('[domains]\nintake_addresses = ["a@b"]\n', "domains.intake_addresses[0]", "is not a valid address"),
+        ('[domains]\nintake = "a@b.example"\n', "domains.intake", "must be a table"),
+        ('[domains.intake]\n"a@b" = "p1"\n', "domains.intake.a@b", "is not a valid address"),
         ('[mailbox]\nbackend = "mbox"\n', "mailbox.backend", "must be 'maildir' or 'imap', got \"mbox\""),
         (
             '[mailbox]\nbackend = "imap"\n',
@@ -430,7 +432,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         host = "0.0.0.0"
         tls_cert = "a.crt"
         [domains]
-        intake_addresses = ["ok@b.example", "broken"]
+        intake = { "ok@b.example" = "p1", "broken" = "p1" }
         """,
     )
 
@@ -445,7 +447,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         "listeners.mx.colour",
         "listeners.submission.host",
         "listeners.submission.tls_key",
-        "domains.intake_addresses[1]",
+        "domains.intake.broken",
         "GATEWAY_LOGGING__LEVLE",
         "GATEWAY_DATABASE__POOL_SIZE",
     }

@@ -83,3 +83,62 @@ def test_unreachable_database_is_a_failure_not_a_traceback(tmp_path: Path) -> No
     result = gateway("portfolio", "list", expect=1)
     assert "cannot open the database" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# Rows of the first schema, written as plain SQL so they do not depend on today's models.
+_FIRST_ROWS = (
+    "INSERT INTO portfolios (id, name, display_name, share_vorgaenge_available, created_at) "
+    "VALUES (1, 'p', '', false, CURRENT_TIMESTAMP)",
+    "INSERT INTO members (id, portfolio_id, address, display_name, created_at) "
+    "VALUES (1, 1, 'm@x.example', '', CURRENT_TIMESTAMP)",
+    "INSERT INTO vorgaenge (id, portfolio_id, reference, subject, created_at) "
+    "VALUES (1, 1, 'VG-2026-000001', 's', CURRENT_TIMESTAMP)",
+    "INSERT INTO messages (id, gateway_id, portfolio_id, vorgang_id, direction, raw, size, sha256, subject, "
+    "envelope_sender, received_at) "
+    "VALUES (1, 'gw-1', 1, 1, 'inbound', :raw, 1, 'h', 's', '', CURRENT_TIMESTAMP)",
+    "INSERT INTO participants (message_id, member_id, role, portfolio_id) VALUES (1, 1, 'to', 1)",
+    "INSERT INTO copies (id, copy_id, message_id, member_id, portfolio_id, state, attempts, seen, answered, "
+    "created_at, updated_at) VALUES (1, 'c1', 1, 1, 1, 'delivered', 1, false, false, CURRENT_TIMESTAMP, "
+    "CURRENT_TIMESTAMP)",
+)
+
+
+async def test_every_migration_keeps_the_rows_there_are(empty_database_url: str) -> None:
+    """Up from the first schema and down again, no row is lost.
+
+    On SQLite, Alembic rebuilds a table for some changes (an added column whose default is an SQL
+    expression, a dropped column); the rebuild drops the old table, and ON DELETE CASCADE would then
+    empty every table that refers to it. The migrations alter in place instead.
+    """
+    from sqlalchemy import text
+
+    engine = create_engine(empty_database_url)
+
+    def migrate(connection: Connection, action: str, revision: str) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        getattr(command, action)(config, revision)
+
+    async def counts() -> list[int]:
+        async with engine.connect() as connection:
+            return [
+                int(await connection.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
+                for table in ("messages", "participants", "copies")
+            ]
+
+    try:
+        await upgrade(engine, "0001")
+        async with engine.begin() as connection:
+            for statement in _FIRST_ROWS:
+                await connection.execute(text(statement), {"raw": b"x"})
+        await upgrade(engine)
+        assert await counts() == [1, 1, 1]
+        async with engine.connect() as connection:
+            row = (await connection.execute(text("SELECT kind, message_id_assigned FROM messages"))).one()
+            assert (row[0], bool(row[1])) == ("message", False)
+            assert not await connection.scalar(text("SELECT flags_pending FROM copies"))
+        async with engine.begin() as connection:
+            await connection.run_sync(migrate, "downgrade", "0001")
+        assert await counts() == [1, 1, 1]
+    finally:
+        await engine.dispose()

@@ -102,6 +102,7 @@ def outside(mail: Incoming) -> Incoming:
 def intake(writer: Writer, resolver: StaticResolver) -> ReplyIntake:
     context = ReplyContext(
         reply_domain=REPLY_DOMAIN,
+        intake={},
         hostname="gw.test",
         node="n1",
         max_received=30,
