@@ -35,6 +35,7 @@ from gateway.domain.directory import (
 )
 from gateway.domain.model import Member, Participant, ParticipantRole, ReadSync
 from gateway.domain.passwords import WeakPassword, hash_password
+from gateway.domain.senders import InvalidVersion, parse_ams_version
 from gateway.errors import DirectoryConflict, InputError, NotFound
 
 
@@ -402,8 +403,14 @@ async def set_backoffice_password(
 
 
 def _check_version(version: str) -> None:
-    if version and not all(part.isdigit() for part in version.split(".")):
-        raise InputError(f"ams version {version!r} must be numbers separated by dots, like 4.8.0.64470")
+    if not version:
+        return
+    try:
+        parse_ams_version(version)
+    except InvalidVersion:
+        raise InputError(
+            f"ams version {version!r} must be four numbers separated by dots, like 4.8.0.64470"
+        ) from None
 
 
 # --- Vorgänge ------------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from gateway.domain.directory import (
     check_directory,
 )
 from gateway.domain.model import ReadSync
+from gateway.domain.senders import InvalidVersion, parse_ams_version
 from gateway.errors import DirectoryFileError, Problem
 
 FORMAT_VERSION = 1
@@ -245,7 +246,7 @@ def _backoffice(reader: _Reader, node: yaml.Node) -> BackOfficeSpec | None:
     version = reader.text(version_node, "ams_version")
     if version_node is not None and version and not _is_version(version):
         reader.fail(
-            version_node, f"ams_version {version!r} must be numbers separated by dots, like 4.8.0.64470"
+            version_node, f"ams_version {version!r} must be four numbers separated by dots, like 4.8.0.64470"
         )
     addresses = reader.each(
         keys.get("addresses"), "addresses", lambda n: reader.address(n, "back-office address")
@@ -343,7 +344,12 @@ def _member(reader: _Reader, node: yaml.Node) -> MemberSpec | None:
 
 
 def _is_version(text: str) -> bool:
-    return all(part.isdigit() for part in text.split("."))
+    # The relay compares versions as ams writes them: four numbers (gateway.domain.senders).
+    try:
+        parse_ams_version(text)
+    except InvalidVersion:
+        return False
+    return True
 
 
 def dump_directory(spec: DirectorySpec) -> str:

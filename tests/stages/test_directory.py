@@ -217,6 +217,11 @@ def test_a_broken_directory_file_is_refused_as_a_whole(seeded: Gateway, tmp_path
             "      - {address: a@b.example}\n      - {address: A@b.example}\n",
             ':5: member "a@b.example" appears more than once',
         ),
+        (
+            # The relay compares four numbers; "4.8" would silently count as a current ams.
+            "portfolios:\n  - name: p\n    backoffices:\n      - {name: ams, ams_version: '4.8'}\n",
+            ":4: ams_version '4.8' must be four numbers separated by dots",
+        ),
     ],
 )
 def test_directory_file_problems_name_the_line(
@@ -291,7 +296,7 @@ def test_single_commands(gateway: Gateway) -> None:
         }
     ]
     result = gateway("backoffice", "set", "ams", "--ams-version", "vier", "-p", "mm", expect=2)
-    assert "must be numbers separated by dots" in result.stderr
+    assert "must be four numbers separated by dots" in result.stderr
 
     gateway("member", "add", "Anna@Kunde.example", "--name", "Anna", "-p", "mm")
     gateway("member", "set", "anna@kunde.example", "--name", "Anna B.", "-p", "mm")
