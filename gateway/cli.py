@@ -940,7 +940,15 @@ async def vorgang_show(ctx: Context, reference: str, portfolio: str, as_json: bo
         return
     click.echo(f"{view.reference} in portfolio {view.portfolio}: {view.subject}")
     for m in view.messages:
-        click.echo(f"  {m.received_at}  {m.gateway_id}  {m.direction}  {m.subject}")
+        kind = "" if m.kind == "message" else f" ({m.kind}, not relayed)"
+        author = f" from {m.author}" if m.author else ""
+        click.echo(f"  {m.received_at}  {m.gateway_id}  {m.direction}{author}{kind}  {m.subject}")
+        if m.relay is not None:
+            relay = m.relay
+            said = relay.last_reply or relay.last_error or "not tried yet"
+            click.echo(
+                f"      relay to {', '.join(relay.to)}: {relay.state}, attempts {relay.attempts}: {said}"
+            )
         for c in m.copies:
             via = f" (shared via {c.shared_via})" if c.shared_via else ""
             error = f" last error: {c.last_error}" if c.last_error else ""

@@ -126,7 +126,7 @@ class Relay:
             # Some recipients refused, others taken: the back office has the mail; say who refused.
             refused = "; ".join(f"{rcpt}: {resp.code} {resp.message}" for rcpt, resp in errors.items())
             log.warning("relayed %s, but refused for %s", job.relay_message_id, refused)
-        return message
+        return f"250 {message}"  # no exception: the server took the mail with a 2xx
 
     async def _failed(self, job: RelayJob, error: str, *, permanent: bool) -> RelayResult:
         now = dt.datetime.now(dt.UTC)
@@ -142,6 +142,12 @@ class Relay:
         )
         try:
             await self._report(job, status=status, action=action, diagnostic=error, explanation=explanation)
+        except ValueError as exc:
+            # The report cannot be built from what this mail holds; trying again would not change that.
+            log.error(
+                "no failure report for %s can be written (%s); giving up on it", job.relay_message_id, exc
+            )
+            return RelayResult(job, "failed", error=f"{error}; no report written: {exc}")
         except Exception as exc:
             # No report, no giving up: the mail stays queued and the report is tried again.
             log.error("could not put the failure report for %s into a mailbox: %s", job.relay_message_id, exc)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db.models import CopyRow, MemberRow, MessageRow, ParticipantRow, ReleaseRow, VorgangRow
+from gateway.db.models import CopyRow, MemberRow, MessageRow, ParticipantRow, RelayRow, ReleaseRow, VorgangRow
 from gateway.domain.model import Participant, ParticipantRole
 from gateway.errors import NotFound
 
@@ -46,6 +46,17 @@ class CopyState:
 
 
 @dataclass(frozen=True, slots=True)
+class RelayState:
+    """Where a member's mail to the back office stands."""
+
+    to: tuple[str, ...]
+    state: str
+    attempts: int
+    last_reply: str | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class MessageView:
     gateway_id: str
     direction: str
@@ -53,6 +64,9 @@ class MessageView:
     subject: str
     message_id: str | None
     copies: tuple[CopyState, ...]
+    kind: str = "message"
+    author: str | None = None  # the member who wrote a reply or opened the Vorgang
+    relay: RelayState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +97,10 @@ async def vorgang_view(
                 MessageRow.received_at,
                 MessageRow.subject,
                 MessageRow.message_id,
+                MessageRow.kind,
+                MemberRow.address,
             )
+            .outerjoin(MemberRow, MemberRow.id == MessageRow.sender_member_id)
             .where(MessageRow.vorgang_id == vorgang.id, MessageRow.portfolio_id == portfolio_id)
             .order_by(MessageRow.received_at, MessageRow.id)
         )
@@ -107,12 +124,27 @@ async def vorgang_view(
     )
     for message_pk, copy_id, address, state, attempts, shared_via, ref, error in rows:
         copies[message_pk].append(CopyState(copy_id, address, state, attempts, shared_via, ref, error))
+    relays = {
+        message_pk: RelayState(tuple(to), state, attempts, reply, error)
+        for message_pk, to, state, attempts, reply, error in await session.execute(
+            select(
+                RelayRow.message_id,
+                RelayRow.recipients,
+                RelayRow.state,
+                RelayRow.attempts,
+                RelayRow.last_reply,
+                RelayRow.last_error,
+            ).where(RelayRow.message_id.in_(list(copies)), RelayRow.portfolio_id == portfolio_id)
+        )
+    }
     return VorgangView(
         portfolio,
         vorgang.reference,
         vorgang.subject,
         tuple(
-            MessageView(gid, direction, at.isoformat(), subject, mid, tuple(copies[pk]))
-            for pk, gid, direction, at, subject, mid in messages
+            MessageView(
+                gid, direction, at.isoformat(), subject, mid, tuple(copies[pk]), kind, author, relays.get(pk)
+            )
+            for pk, gid, direction, at, subject, mid, kind, author in messages
         ),
     )

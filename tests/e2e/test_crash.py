@@ -73,7 +73,10 @@ def stop_during_a_burst(
     port = free_port()
     gateway = prepare(tmp_path, database_url)
     gateway.config.write_text(
-        gateway.config.read_text(encoding="utf-8").replace("port = 0", f"port = {port}"), encoding="utf-8"
+        gateway.config.read_text(encoding="utf-8").replace(
+            "[listeners.submission]\nport = 0", f"[listeners.submission]\nport = {port}"
+        ),
+        encoding="utf-8",
     )
     gateway.start()
     senders = [Sender(port, list(range(i, MESSAGES, CLIENTS))) for i in range(CLIENTS)]
