@@ -223,11 +223,16 @@ class Service:
                 require_starttls=False,
                 timeout=limits.idle_timeout,
                 auth_required=auth,
+                # Without AUTH every mechanism is excluded, so an AUTH command is refused (504).
+                auth_exclude_mechanism=None if auth else ["PLAIN", "LOGIN"],
                 auth_require_tls=auth and not config.local_only,
                 loop=loop,
             )
             return smtp
 
+        # aiosmtpd 1.4 sets its own deprecated Session.login_data after every successful AUTH; the
+        # warning says nothing about our code and would be logged for every back-office login.
+        warnings.filterwarnings("ignore", "Session.login_data is deprecated", DeprecationWarning)
         if config.local_only:
             # AUTH without TLS is what local_only means; config validation keeps such a listener on
             # a loopback address, so aiosmtpd's general warning does not apply.

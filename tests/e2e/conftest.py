@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import Envelope
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from tests.conftest import EXAMPLE_DIRECTORY, Gateway
 
@@ -206,25 +207,47 @@ class BackOfficeSink:
     ``down()``/``up()`` stop and start the server on the same port.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: ssl.SSLContext | None = None, login: tuple[str, str] | None = None) -> None:
         self.port = free_port()
         self.received: list[Received] = []
         self.answers: list[str] = []
         self.attempts = 0
+        self.tls = tls
+        self.login = login
+        self.logins: list[str] = []
+        self.encrypted: list[bool] = []
         self._controller: Controller | None = None
 
-    async def handle_DATA(self, server: object, session: object, envelope: Envelope) -> str:  # noqa: N802
+    def _authenticate(
+        self, server: object, session: Session, envelope: Envelope, mechanism: str, data: object
+    ) -> AuthResult:
+        assert self.login is not None
+        if isinstance(data, LoginPassword) and (data.login.decode(), data.password.decode()) == self.login:
+            self.logins.append(data.login.decode())
+            return AuthResult(success=True)
+        return AuthResult(success=False, handled=False)
+
+    async def handle_DATA(self, server: object, session: Session, envelope: Envelope) -> str:  # noqa: N802
         self.attempts += 1
         if self.answers:
             return self.answers.pop(0)
         assert isinstance(envelope.original_content, bytes)
+        self.encrypted.append(getattr(session, "ssl", None) is not None)
         self.received.append(
             Received(envelope.mail_from or "", list(envelope.rcpt_tos), envelope.original_content)
         )
         return "250 2.0.0 Ok: queued"
 
     def up(self) -> None:
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port, decode_data=False)
+        options: dict[str, object] = {}
+        if self.tls is not None:
+            options |= {"tls_context": self.tls, "require_starttls": True}
+        if self.login is not None:
+            options |= {"auth_required": True, "auth_require_tls": self.tls is not None}
+            options["authenticator"] = self._authenticate
+        self._controller = Controller(
+            self, hostname="127.0.0.1", port=self.port, decode_data=False, **options
+        )
         self._controller.start()
 
     def down(self) -> None:

@@ -12,6 +12,7 @@ import email.policy
 import os
 import re
 import smtplib
+import ssl
 import time
 from email.encoders import encode_quopri
 from email.message import EmailMessage, Message
@@ -531,3 +532,70 @@ def test_a_stranger_cannot_open_a_vorgang(gateway: RunningGateway, sink: BackOff
     assert b"not a member of makler-muster" in text
     time.sleep(0.5)
     assert sink.received == []
+
+
+def test_the_relay_uses_starttls_and_auth_as_the_back_office_is_configured(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The back office's server wants STARTTLS (its own certificate) and AUTH; the password is a file."""
+    from gateway.tls import write_selfsigned
+
+    cert, key = tmp_path / "bo.crt", tmp_path / "bo.key"
+    write_selfsigned(cert, key, "localhost")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    sink = BackOfficeSink(tls=context, login=("relay@makler-muster.example", "relay-secret-1"))
+    sink.up()
+    secret = tmp_path / "relay.password"
+    secret.write_text("relay-secret-1\n", encoding="utf-8")
+    gateway = prepare(tmp_path, database_url)
+    text = EXAMPLE_DIRECTORY.read_text(encoding="utf-8").replace(
+        "relay: {host: 127.0.0.1, port: 2526, tls: none}",
+        f"relay: {{host: 127.0.0.1, port: {sink.port}, tls: starttls, "
+        f"login: relay@makler-muster.example, password_file: {secret}}}",
+    )
+    directory = tmp_path / "directory.yaml"
+    directory.write_text(text, encoding="utf-8")
+    gateway.cli("directory", "load", str(directory))
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the gateway trusts the back office's certificate
+    gateway.start()
+    try:
+        answer(gateway, "Encrypted")
+        (relayed,) = sink.wait_for(1)
+        assert sink.logins == ["relay@makler-muster.example"]
+        assert sink.encrypted == [True]
+        assert relayed.message["X-Gateway-Actual-Sender"] == ADDRESS["SB-B2"]
+    finally:
+        gateway.stop()
+        sink.down()
+
+
+def test_the_mx_listener_offers_starttls_and_no_auth(tmp_path: Path, database_url: str) -> None:
+    from gateway.tls import write_selfsigned
+
+    cert, key = tmp_path / "mx.crt", tmp_path / "mx.key"
+    write_selfsigned(cert, key, "localhost")
+    gateway = prepare(tmp_path, database_url)
+    config = gateway.config.read_text(encoding="utf-8")
+    gateway.config.write_text(
+        config.replace("[listeners.mx]\n", f'[listeners.mx]\ntls_cert = "{cert}"\ntls_key = "{key}"\n'),
+        encoding="utf-8",
+    )
+    gateway.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", gateway.mx_port, timeout=10) as client:
+            client.ehlo("mx.kunde-b.example")
+            assert client.has_extn("starttls")
+            assert not client.has_extn("auth"), "the MX listener takes no logins"
+            client.starttls(context=ssl.create_default_context(cafile=str(cert)))
+            client.ehlo("mx.kunde-b.example")
+            assert not client.has_extn("auth")
+            code, _ = client.docmd("AUTH", "PLAIN AGFtcwBzZWNyZXQ=")
+            assert code == 504, "and refuses one"
+            client.mail(ADDRESS["SB-B2"])
+            code, text = client.rcpt(f"reply@{REPLY_DOMAIN}")
+            assert code == 250, text
+            code, text = client.rcpt("someone@elsewhere.example")
+            assert (code, text[:5]) == (550, b"5.1.1"), text
+    finally:
+        gateway.stop()
