@@ -79,8 +79,6 @@ class Service:
             settings.database_url, echo=settings.database.echo, pool_size=settings.database.pool_size
         )
         self.writer = Writer(settings.database_url, echo=settings.database.echo)
-        # Every copy carries a signed reply address; without the keys the gateway does not start.
-        self.keys = load_token_keys(settings.secrets.token_key_files)
         self.mailbox = mailbox or MaildirMailbox(
             settings.mailbox.maildir_root,
             hostname=settings.gateway.node_name,
@@ -93,7 +91,6 @@ class Service:
             node=settings.gateway.node_name,
             vorgang_header=settings.intake.vorgang_header,
             tag_subject=settings.intake.tag_subject,
-            reply_path=ReplyPath(self.keys, settings.domains.reply_domain),
         )
         handoff: HandOff | None = None
         if settings.fanout.enabled:
@@ -117,6 +114,9 @@ class Service:
     async def startup(self) -> None:
         # Refuse an unmigrated database before taking any mail: every message would get 451.
         await require_current(self.engine)
+        # Every copy carries a signed reply address; without the keys the gateway does not start.
+        self.keys = await asyncio.to_thread(load_token_keys, self.settings.secrets.token_key_files)
+        self.fanout.reply_path = ReplyPath(self.keys, self.settings.domains.reply_domain)
         if self.settings.fanout.enabled:
             await self.fanout.start()
         if self.settings.relay.enabled:

@@ -42,7 +42,16 @@ def test_serve_refuses_an_unmigrated_database(tmp_path: Path, empty_database_url
     assert "Traceback" not in result.stderr
 
 
+def test_serve_needs_the_reply_token_key(config_file: Path) -> None:
+    assert _run("--config", str(config_file), "db", "upgrade").returncode == 0
+    result = _run("--config", str(config_file), "serve")
+    assert result.returncode == 1
+    assert "token.key does not exist; create it with `gateway secrets init`" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_serve_starts_and_stops_cleanly_on_sigterm(config_file: Path) -> None:
+    assert _run("--config", str(config_file), "secrets", "init").returncode == 0
     with subprocess.Popen(
         [GATEWAY, "--config", str(config_file), "serve"], stderr=subprocess.PIPE, text=True
     ) as process:
