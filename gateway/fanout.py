@@ -8,7 +8,6 @@ so the order "write, then mark delivered" loses nothing and repeats nothing visi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -17,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.config import FanoutSettings
 from gateway.db import queue
@@ -29,6 +27,7 @@ from gateway.domain.outbound import address_field
 from gateway.domain.tokens import TokenKeys, make_token, reference_id, reply_address
 from gateway.mailbox import Delivery, Flag, Located, Mailbox, MailboxOwner
 from gateway.parsing import parse_message
+from gateway.workers import work_until_cancelled
 
 log = logging.getLogger("gateway.fanout")
 
@@ -135,27 +134,16 @@ class FanOut:
             log.info("took back %d copies this node had started before it stopped", released)
 
     async def run(self) -> None:
-        while True:
-            try:
-                busy = await self.run_once()
-            except (SQLAlchemyError, OSError) as exc:
-                log.error("fan-out could not reach the database: %s; retrying", exc)
-                busy = 0
-                await asyncio.sleep(self.settings.poll_interval)
-            except Exception:
-                # A bug must not end fan-out for good: log it loudly, pause, and go on; copies stay
-                # pending and are retried.
-                log.exception("fan-out failed unexpectedly; retrying")
-                busy = 0
-                await asyncio.sleep(self.settings.poll_interval)
-            if busy:
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
-                # Let a burst gather for a moment: one queue transaction for many copies keeps the
-                # database's write lock free for the acceptance stage most of the time.
-                await asyncio.sleep(COALESCE)
-            self._wake.clear()
+        # COALESCE: one queue transaction for a burst keeps the database's write lock free for the
+        # acceptance stage most of the time.
+        await work_until_cancelled(
+            self.run_once,
+            self._wake,
+            poll_interval=self.settings.poll_interval,
+            log=log,
+            name="fan-out",
+            settle=COALESCE,
+        )
 
     async def run_once(self) -> int:
         """Write one batch of copies: those handed over by acceptance first, else due ones from the

@@ -244,7 +244,29 @@ def _client_of(peer: object) -> str:
     return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
 
 
-class SubmissionHandler:
+class _Hooks:
+    """The hooks both listeners answer alike: EHLO's extensions, and MAIL with the per-client rate."""
+
+    state: ListenerState
+
+    async def handle_EHLO(  # noqa: N802 (aiosmtpd's hook name)
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        # aiosmtpd reads commands one by one from its stream, so pipelined commands simply queue up.
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_MAIL(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if not self.state.allow_message(_client_of(session.peer)):
+            return str(Reply.RATE_LIMITED)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return str(Reply.SENDER_OK)
+
+
+class SubmissionHandler(_Hooks):
     """aiosmtpd hooks of the submission listener."""
 
     def __init__(
@@ -265,22 +287,6 @@ class SubmissionHandler:
         self.max_header_size = max_header_size
         self.max_received_hops = max_received_hops
         self.vorgang_header = vorgang_header
-
-    async def handle_EHLO(  # noqa: N802 (aiosmtpd's hook name)
-        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
-    ) -> list[str]:
-        session.host_name = hostname
-        # aiosmtpd reads commands one by one from its stream, so pipelined commands simply queue up.
-        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
-
-    async def handle_MAIL(  # noqa: N802
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        if not self.state.allow_message(_client_of(session.peer)):
-            return str(Reply.RATE_LIMITED)
-        envelope.mail_from = address
-        envelope.mail_options.extend(options)
-        return str(Reply.SENDER_OK)
 
     async def handle_RCPT(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -350,7 +356,7 @@ def _peer(session: Session) -> str:
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
 
 
-class MxHandler:
+class MxHandler(_Hooks):
     """aiosmtpd hooks of the MX listener: members' replies, and bounces of what the gateway relayed."""
 
     def __init__(
@@ -373,19 +379,9 @@ class MxHandler:
     async def handle_EHLO(  # noqa: N802 (aiosmtpd's hook name)
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
-        session.host_name = hostname
         # No AUTH here: nobody logs in to the MX listener (aiosmtpd would announce it regardless).
         kept = [r for r in responses if not r[4:].upper().startswith("AUTH")]
-        return [*kept[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", kept[-1]]
-
-    async def handle_MAIL(  # noqa: N802
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        if not self.state.allow_message(_client_of(session.peer)):
-            return str(Reply.RATE_LIMITED)
-        envelope.mail_from = address
-        envelope.mail_options.extend(options)
-        return str(Reply.SENDER_OK)
+        return await super().handle_EHLO(server, session, envelope, hostname, kept)
 
     async def handle_RCPT(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]

@@ -11,7 +11,6 @@ the relay row, so a crash between writing it and recording the failure never wri
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import email.utils
 import logging
@@ -20,7 +19,6 @@ from email.parser import BytesHeaderParser
 
 import aiosmtplib
 from sqlalchemy import Connection
-from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.config import RelaySettings
 from gateway.db import intake, relayqueue
@@ -28,6 +26,7 @@ from gateway.db.relayqueue import RelayJob, RelayResult
 from gateway.db.writer import Writer
 from gateway.domain.dsn import build_failure_report
 from gateway.mailbox import Mailbox, MailboxOwner
+from gateway.workers import work_until_cancelled
 
 log = logging.getLogger("gateway.relay")
 
@@ -61,22 +60,9 @@ class Relay:
             log.info("took back %d mail(s) to back offices this node had started before it stopped", released)
 
     async def run(self) -> None:
-        while True:
-            try:
-                busy = await self.run_once()
-            except (SQLAlchemyError, OSError) as exc:
-                log.error("relay could not reach the database: %s; retrying", exc)
-                busy = 0
-                await asyncio.sleep(self.settings.poll_interval)
-            except Exception:
-                log.exception("relay failed unexpectedly; retrying")
-                busy = 0
-                await asyncio.sleep(self.settings.poll_interval)
-            if busy:
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
-            self._wake.clear()
+        await work_until_cancelled(
+            self.run_once, self._wake, poll_interval=self.settings.poll_interval, log=log, name="relay"
+        )
 
     async def run_once(self) -> int:
         """Send the mail that is due; returns how many were taken."""
