@@ -481,6 +481,16 @@ class FanoutSettings(_Section):
     """Seconds a taken copy stays reserved for this process before another may retry it."""
 
 
+class FlagSyncSettings(_Section):
+    """``[flagsync]``: the watcher that carries flags members set to their co-members' copies."""
+
+    enabled: bool = True
+    """Run the flag watcher in this process (off: another gateway process sharing the database does)."""
+
+    poll_interval: Annotated[float, Field(gt=0)] = 1.0
+    """Seconds between two looks at every mailbox holding gateway copies."""
+
+
 class RepliesSettings(_Section):
     """``[replies]``: how members' replies at the MX listener are checked."""
 
@@ -532,6 +542,7 @@ _SECTIONS: Mapping[str, type[_Section]] = {
     "mailbox": MailboxSettings,
     "intake": IntakeSettings,
     "fanout": FanoutSettings,
+    "flagsync": FlagSyncSettings,
     "replies": RepliesSettings,
     "relay": RelaySettings,
     "secrets": SecretsSettings,
@@ -554,6 +565,7 @@ class Settings(BaseModel):
     mailbox: MailboxSettings = Field(default_factory=MailboxSettings)
     intake: IntakeSettings = Field(default_factory=IntakeSettings)
     fanout: FanoutSettings = Field(default_factory=FanoutSettings)
+    flagsync: FlagSyncSettings = Field(default_factory=FlagSyncSettings)
     replies: RepliesSettings = Field(default_factory=RepliesSettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
     secrets: SecretsSettings = Field(default_factory=SecretsSettings)

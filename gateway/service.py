@@ -29,6 +29,7 @@ from gateway.db.migrate import require_current
 from gateway.db.writer import Writer
 from gateway.errors import OperationalError
 from gateway.fanout import FanOut, ReplyPath
+from gateway.flagsync import FlagSync
 from gateway.ingress import Accounts, GatewaySMTP, ListenerState, Members, MxHandler, SubmissionHandler
 from gateway.keys import load_token_keys
 from gateway.logs import configure_logging
@@ -105,6 +106,13 @@ class Service:
             node=settings.gateway.node_name,
             hostname=settings.gateway.hostname,
         )
+        self.flagsync = FlagSync(
+            self.writer,
+            self.mailbox,
+            settings.flagsync,
+            node=settings.gateway.node_name,
+            on_propagated=self.fanout.wake,
+        )
         self.resolver = resolver or SystemResolver(timeout=settings.replies.dns_timeout)
         self.handoff = handoff
         self.listeners: dict[str, Listener] = {}
@@ -126,6 +134,8 @@ class Service:
             self._tasks.append(asyncio.create_task(self.fanout.run(), name="fanout"))
         if self.settings.relay.enabled:
             self._tasks.append(asyncio.create_task(self.relay.run(), name="relay"))
+        if self.settings.flagsync.enabled:
+            self._tasks.append(asyncio.create_task(self.flagsync.run(), name="flagsync"))
         for task in self._tasks:
             task.add_done_callback(self._stage_ended)
         submission = self.settings.listeners.submission
