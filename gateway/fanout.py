@@ -26,7 +26,7 @@ from gateway.domain.copies import render_copy
 from gateway.domain.outbound import address_field
 from gateway.domain.tokens import TokenKeys, make_token, reference_id, reply_address
 from gateway.mailbox import Delivery, Flag, Located, Mailbox, MailboxOwner
-from gateway.parsing import parse_message
+from gateway.parsing import ParsedMessage, parse_message
 from gateway.workers import work_until_cancelled
 
 log = logging.getLogger("gateway.fanout")
@@ -52,9 +52,17 @@ class ReplyPath:
 
 
 def copy_bytes(
-    job: CopyJob, *, vorgang_header: str, tag_subject: bool, reply_path: ReplyPath | None = None
+    job: CopyJob,
+    *,
+    vorgang_header: str,
+    tag_subject: bool,
+    reply_path: ReplyPath | None = None,
+    parsed: ParsedMessage | None = None,
 ) -> bytes:
-    """A copy of ``job``'s message for its member (DESIGN.md §5 for the reply address)."""
+    """A copy of ``job``'s message for its member (DESIGN.md §5 for the reply address).
+
+    ``parsed`` is ``job.raw`` parsed, when the caller has it already (all copies of a message share it).
+    """
     headers: list[tuple[str, str | bytes]] = [
         ("X-Gateway-Vorgang", job.vorgang),
         ("X-Gateway-Copy-Id", job.copy_id),
@@ -63,7 +71,7 @@ def copy_bytes(
         headers.append(("X-Gateway-Shared-Via", job.shared_via))
     remove = [*GATEWAY_HEADERS, vorgang_header]
     if reply_path is not None:
-        parsed = parse_message(job.raw, vorgang_header=vorgang_header)
+        parsed = parsed or parse_message(job.raw, vorgang_header=vorgang_header)
         token = make_token(reply_path.keys, portfolio=job.portfolio, copy_id=job.copy_id)
         address = reply_address(token, reply_path.reply_domain)
         original = parsed.from_addresses[0] if parsed.from_addresses else ""
@@ -178,13 +186,18 @@ class FanOut:
     async def _deliver(self, jobs: Sequence[CopyJob]) -> list[Outcome]:
         deliveries: list[Delivery] = []
         outcomes: list[Outcome | None] = []
+        # The copies of one message differ only in the gateway's headers: read the message once.
+        parsed: dict[int, ParsedMessage] = {}
         for job in jobs:
             try:
+                if job.message_pk not in parsed:
+                    parsed[job.message_pk] = parse_message(job.raw, vorgang_header=self.vorgang_header)
                 data = copy_bytes(
                     job,
                     vorgang_header=self.vorgang_header,
                     tag_subject=self.tag_subject,
                     reply_path=self.reply_path,
+                    parsed=parsed[job.message_pk],
                 )
             except Exception as exc:  # a message the renderer cannot handle is one failed copy, no more
                 outcomes.append(self._failed(job, exc))
