@@ -24,6 +24,7 @@ import secrets
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -142,6 +143,27 @@ def _scan(owner_dir: Path, copy_id: str | None = None) -> list[_File]:
     return list(found.values())
 
 
+# A directory whose mtime is this recent may change again within the file system's timestamp granularity
+# without its mtime moving on; only older ones are trusted to tell "nothing changed".
+_SETTLE_NS = 2_000_000_000
+
+
+def _cur_stamps(owner_dir: Path) -> tuple[tuple[str, int], ...]:
+    """The mtime of every folder's cur/ (0 where there is none), in folder order."""
+    stamps = []
+    for folder, folder_dir in _folders(owner_dir):
+        try:
+            stamps.append((folder, os.stat(folder_dir / "cur").st_mtime_ns))
+        except FileNotFoundError:
+            stamps.append((folder, 0))
+    return tuple(stamps)
+
+
+def _settled(stamps: tuple[tuple[str, int], ...]) -> bool:
+    newest = max((stamp for _, stamp in stamps), default=0)
+    return time.time_ns() - newest > _SETTLE_NS
+
+
 def _load_syncfs() -> Callable[[int], int] | None:
     """libc's syncfs(2), or None where there is none (not Linux, or a libc without it)."""
     if not sys.platform.startswith("linux"):
@@ -233,6 +255,7 @@ class MaildirMailbox(Mailbox):
         self.batch_sync = batch_sync and _SYNCFS is not None
         self.hostname = sanitise_hostname(socket.gethostname() if hostname is None else hostname)
         self._locks = _KeyedLocks()
+        self._quiet: dict[Path, tuple[str, tuple[tuple[str, int], ...]]] = {}
 
     def maildir_path(self, owner: MailboxOwner) -> Path:
         """The owner's Maildir (it may not exist yet); ``ValueError`` for an unsafe owner."""
@@ -293,8 +316,18 @@ class MaildirMailbox(Mailbox):
     async def flag_changes(self, owner: MailboxOwner, since: str | None) -> tuple[list[FlagChange], str]:
         owner_dir = self.maildir_path(owner)
         before = None if since is None else decode_flag_view(since)
+        # Flags live in cur/ names: a flag set, cleared or moved renames a file in some cur/, which
+        # changes that directory's mtime. While no cur/ changed since the view behind ``since`` was
+        # taken, nothing can have changed, and the mailbox need not be listed (flag sync asks every
+        # mailbox every second; listing one with thousands of copies each time would not do).
+        stamps = await asyncio.to_thread(_cur_stamps, owner_dir)
+        if since is not None and self._quiet.get(owner_dir) == (since, stamps):
+            return [], since
         now = await asyncio.to_thread(self._flag_view, owner_dir)
-        return flag_changes_between(before, now), encode_flag_view(now)
+        token = encode_flag_view(now)
+        if _settled(stamps):
+            self._quiet[owner_dir] = (token, stamps)
+        return flag_changes_between(before, now), token
 
     async def close(self) -> None:
         """Nothing to release: every operation opens and closes its own files."""

@@ -607,3 +607,30 @@ async def test_memory_move_and_close() -> None:
     assert not box.closed
     await box.close()
     assert box.closed
+
+
+async def test_maildir_flag_changes_skip_the_listing_while_no_cur_changed(
+    maildir: MaildirMailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.mailbox.maildir as maildir_module
+
+    await maildir.append(OWNER, "c1", MESSAGE)
+    _, token = await maildir.flag_changes(OWNER, None)
+    old = time.time() - 60
+    for cur in maildir.maildir_path(OWNER).rglob("cur"):
+        os.utime(cur, (old, old))  # nothing happened here for a minute
+    changes, token = await maildir.flag_changes(OWNER, token)
+    assert changes == []
+
+    real_scan = maildir_module._scan
+
+    def no_listing(*args: object) -> object:
+        raise AssertionError("listed a mailbox whose cur/ did not change")
+
+    monkeypatch.setattr(maildir_module, "_scan", no_listing)
+    assert await maildir.flag_changes(OWNER, token) == ([], token)
+
+    monkeypatch.setattr(maildir_module, "_scan", real_scan)
+    await member_reads(maildir, OWNER, "c1")  # a rename into cur/: its mtime moves
+    changes, _ = await maildir.flag_changes(OWNER, token)
+    assert changes == [FlagChange("c1", "INBOX", frozenset({Flag.SEEN}))]
