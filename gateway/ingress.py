@@ -423,5 +423,10 @@ class MxHandler(_Hooks):
             return await self.replies.receive(mail)
         except NotStored:
             return str(Reply.TRY_AGAIN)
+        except Exception:
+            # aiosmtpd would answer an exception with 500, and the member's server would bounce a
+            # reply that a database hiccup kept us from checking: 451 makes it try again.
+            log.exception("could not take a mail from %s", mail.peer)
+            return str(Reply.TRY_AGAIN)
         finally:
             self.state.in_data -= 1

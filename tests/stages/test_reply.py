@@ -205,3 +205,31 @@ async def test_off_takes_the_reply_without_looking_anything_up(writer: Writer) -
     answer = await intake(writer, resolver).receive(incoming(job, reply_to(job)))
     assert answer.startswith("250"), answer
     assert resolver.queries == []
+
+
+async def test_trouble_while_taking_a_reply_answers_451_not_500() -> None:
+    """aiosmtpd answers an exception with 500, which would bounce the member's reply for our fault."""
+    from aiosmtpd.smtp import Envelope, Session
+
+    from gateway.ingress import ListenerState, MxHandler
+
+    class Broken:
+        async def receive(self, mail: Incoming) -> str:
+            raise RuntimeError("database went away")
+
+    handler = MxHandler(
+        replies=Broken(),  # type: ignore[arg-type]
+        state=ListenerState("mx", 10, 10, 100),
+        reply_domain=REPLY_DOMAIN,
+        intake=(),
+        max_recipients=10,
+        max_header_size=65536,
+    )
+    session = Session(loop=None)  # type: ignore[arg-type]
+    session.peer = ("192.0.2.1", 4711)
+    envelope = Envelope()
+    envelope.mail_from = SB_B2
+    envelope.rcpt_tos = [f"reply@{REPLY_DOMAIN}"]
+    envelope.original_content = b"From: sb-b2@kunde-b.example\r\n\r\nx\r\n"
+    answer = await handler.handle_DATA(None, session, envelope)  # type: ignore[arg-type]
+    assert answer.startswith("451 4.3.0"), answer
