@@ -14,6 +14,7 @@ import asyncio
 import datetime as dt
 import email.utils
 import logging
+import re
 from collections.abc import Sequence
 from email.parser import BytesHeaderParser
 
@@ -31,6 +32,7 @@ from gateway.workers import work_until_cancelled
 log = logging.getLogger("gateway.relay")
 
 BATCH = 20
+_ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 
 
 def backoff(attempts: int, settings: RelaySettings) -> float:
@@ -120,7 +122,10 @@ class Relay:
         if not permanent and retry_at < job.expires_at:
             log.warning("relay of %s failed, retrying at %s: %s", job.relay_message_id, retry_at, error)
             return RelayResult(job, "pending", error=error, retry_at=retry_at)
-        status, action = ("5.0.0", "failed") if permanent else ("4.4.7", "failed")
+        # The server's own enhanced code says most ("5.1.1": no such mailbox); 4.4.7: time ran out.
+        given = _ENHANCED.search(error)
+        status = (given.group(1) if given and given.group(1)[0] == "5" else "5.0.0") if permanent else "4.4.7"
+        action = "failed"
         explanation = (
             f"The back office's mail server refused the mail: {error}"
             if permanent

@@ -374,6 +374,7 @@ def test_a_5xx_puts_a_dsn_into_the_members_mailbox(gateway: RunningGateway, sink
     text = report.as_string()
     assert "550 5.1.1 No such mailbox here" in text
     assert "Action: failed" in text
+    assert "Status: 5.1.1" in text, "the back office's own enhanced code"
     assert sink.received == []
     time.sleep(1.5)
     assert sink.attempts == 1, "a permanent failure is not retried"
