@@ -2,7 +2,7 @@
 # Installs the Debian packages the test suite talks to (real clients and servers we did not write).
 # Used by `make test` and so by CI; does nothing when they are all there.
 set -euo pipefail
-packages=(swaks)
+packages=(swaks dovecot-imapd isync)
 need=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
@@ -14,3 +14,13 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+# The tests start their own private Dovecot on free loopback ports; the system service the package may
+# have started is not wanted on ports 143/993.
+if [[ " ${need[*]} " == *" dovecot-imapd "* ]]; then
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now dovecot.service dovecot.socket >/dev/null 2>&1 || true
+  else
+    invoke-rc.d dovecot stop >/dev/null 2>&1 || true
+    update-rc.d dovecot disable >/dev/null 2>&1 || true
+  fi
+fi

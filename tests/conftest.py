@@ -155,3 +155,6 @@ def seeded(gateway: Gateway) -> Gateway:
     """The gateway with the seed's example directory (DESIGN.md §3) loaded through the CLI."""
     gateway("directory", "load", str(EXAMPLE_DIRECTORY))
     return gateway
+
+
+from tests.dovecot_fixtures import dovecot  # noqa: E402, F401  (the private Dovecot for IMAP tests)

@@ -1,4 +1,4 @@
-"""The mailbox layer: Maildir and the in-memory fake behave alike, and real Maildir readers agree."""
+"""The mailbox layer: Maildir, IMAP (a real Dovecot) and the in-memory fake behave alike; readers agree."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from gateway.mailbox import (
     MaildirMailbox,
     MemoryMailbox,
 )
+from gateway.mailbox.imap import ImapMailbox, message_for_append, parse_ref
+from tests.dovecot import Dovecot
 
 OWNER = MailboxOwner("makler-muster", "sb-a1@kunde-a.example")
 OTHER = MailboxOwner("makler-muster", "sb-a2@kunde-a.example")
@@ -30,13 +32,28 @@ HOST = "gw1.example"
 MESSAGE = b"From: ams@makler.example\r\nSubject: Schaden 4711\r\n\r\nHallo\r\n"
 
 
-@pytest.fixture(params=["maildir", "memory"])
+# The Dovecot behind each IMAP mailbox under test, for the helpers that act as its member.
+_DOVECOT: dict[int, Dovecot] = {}
+
+
+@pytest.fixture(params=["maildir", "memory", "imap"])
 async def mailbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Mailbox]:
-    box: Mailbox = (
-        MaildirMailbox(tmp_path / "mail", hostname=HOST) if request.param == "maildir" else MemoryMailbox()
-    )
+    box: Mailbox
+    if request.param == "imap":
+        dovecot: Dovecot = request.getfixturevalue("dovecot")
+        for owner in (OWNER, OTHER):
+            dovecot.add_user(owner.address)
+        box = ImapMailbox.from_settings(dovecot.imap_settings(), timeout=10)
+        _DOVECOT[id(box)] = dovecot
+    else:
+        box = (
+            MaildirMailbox(tmp_path / "mail", hostname=HOST)
+            if request.param == "maildir"
+            else MemoryMailbox()
+        )
     yield box
     await box.close()
+    _DOVECOT.pop(id(box), None)
 
 
 @pytest.fixture
@@ -67,6 +84,8 @@ async def member_moves(box: Mailbox, owner: MailboxOwner, copy_id: str, folder: 
     if isinstance(box, MaildirMailbox):
         for path in files_of(box, owner, copy_id):
             os.rename(path, folder_dir(box, owner, folder) / "cur" / path.name)
+    elif isinstance(box, ImapMailbox):
+        _DOVECOT[id(box)].member_moves(owner.address, copy_id, folder)  # imaplib, UID MOVE
     else:
         assert isinstance(box, MemoryMailbox)
         box.move(owner, copy_id, folder)
@@ -79,6 +98,8 @@ async def member_reads(box: Mailbox, owner: MailboxOwner, copy_id: str) -> None:
             base, _, info = path.name.partition(":")
             letters = "".join(sorted(set(info.removeprefix("2,")) | {"S"}))
             os.rename(path, path.parent.parent / "cur" / f"{base}:2,{letters}")
+    elif isinstance(box, ImapMailbox):
+        _DOVECOT[id(box)].member_stores(owner.address, copy_id, "+FLAGS", r"(\Seen)")  # imaplib
     else:
         await box.add_flags(owner, copy_id, frozenset({Flag.SEEN}))
 
@@ -86,8 +107,17 @@ async def member_reads(box: Mailbox, owner: MailboxOwner, copy_id: str) -> None:
 def stored_bytes(box: Mailbox, owner: MailboxOwner, located: Located) -> bytes:
     if isinstance(box, MaildirMailbox):
         return (box.maildir_path(owner) / located.ref).read_bytes()
+    if isinstance(box, ImapMailbox):
+        folder, _, uid = parse_ref(located.ref)
+        return _DOVECOT[id(box)].message(owner.address, folder, uid)
     assert isinstance(box, MemoryMailbox)
     return box.read(owner, located.ref)
+
+
+def as_stored(box: Mailbox, copy_id: str, data: bytes) -> bytes:
+    """The bytes a mailbox keeps of ``data``: the same bytes, but on IMAP in IMAP's form (CRLF line ends,
+    no NUL) and led by the X-Gateway-Copy-Id header IMAP finds copies by, where the message lacks it."""
+    return message_for_append(copy_id, data) if isinstance(box, ImapMailbox) else data
 
 
 # --- shared semantics ---------------------------------------------------------------------------------
@@ -110,7 +140,7 @@ async def test_append_twice_keeps_one_copy_and_returns_it(mailbox: Mailbox) -> N
 
     assert again == first
     assert await mailbox.find(OWNER, "c1") == [first]
-    assert stored_bytes(mailbox, OWNER, first) == MESSAGE
+    assert stored_bytes(mailbox, OWNER, first) == as_stored(mailbox, "c1", MESSAGE)
     if isinstance(mailbox, MaildirMailbox):
         assert len(files_of(mailbox, OWNER, "c1")) == 1
 
@@ -149,7 +179,7 @@ async def test_a_copy_the_member_moved_is_found_flagged_and_removed_there(mailbo
 
     [found] = await mailbox.find(OWNER, "c1")
     assert found.folder == "Archiv"
-    assert stored_bytes(mailbox, OWNER, found) == MESSAGE
+    assert stored_bytes(mailbox, OWNER, found) == as_stored(mailbox, "c1", MESSAGE)
 
     [flagged] = await mailbox.add_flags(OWNER, "c1", frozenset({Flag.ANSWERED}))
     assert (flagged.folder, flagged.flags) == ("Archiv", frozenset({Flag.ANSWERED}))
@@ -207,6 +237,10 @@ async def test_flag_changes_of_an_empty_mailbox(mailbox: Mailbox) -> None:
     changes, token = await mailbox.flag_changes(OWNER, None)
     assert changes == []
     await mailbox.append(OWNER, "c1", MESSAGE)
+    # A new copy without flags is no change; the token may move on all the same (on IMAP the folder's
+    # HIGHESTMODSEQ did).
+    changes, token = await mailbox.flag_changes(OWNER, token)
+    assert changes == []
     assert await mailbox.flag_changes(OWNER, token) == ([], token)
 
 
@@ -274,7 +308,7 @@ async def test_unsafe_copy_ids_are_refused(mailbox: Mailbox, copy_id: str, tmp_p
 )
 async def test_bytes_are_stored_exactly(mailbox: Mailbox, data: bytes) -> None:
     located = await mailbox.append(OWNER, "c1", data)
-    assert stored_bytes(mailbox, OWNER, located) == data
+    assert stored_bytes(mailbox, OWNER, located) == as_stored(mailbox, "c1", data)
 
 
 async def test_concurrent_appends_of_one_copy_deliver_it_once(
@@ -528,8 +562,8 @@ async def test_a_batch_answers_each_copy_in_order_and_one_bad_copy_fails_alone(m
     assert isinstance(first, Located)
     assert isinstance(again, Located)
     assert isinstance(flagged, Located)
-    assert stored_bytes(mailbox, OWNER, first) == MESSAGE
-    assert stored_bytes(mailbox, OTHER, again) == MESSAGE, "the earlier copy stays as it was"
+    assert stored_bytes(mailbox, OWNER, first) == as_stored(mailbox, "c1", MESSAGE)
+    assert stored_bytes(mailbox, OTHER, again) == as_stored(mailbox, "c2", MESSAGE), "the earlier copy stays"
     assert flagged.flags == {Flag.SEEN}
     assert [len(await mailbox.find(OTHER, c)) for c in ("c2", "c3")] == [1, 1]
 

@@ -1,0 +1,615 @@
+"""ImapMailbox against a real Dovecot (tests/dovecot.py), and its response parsers on their own.
+
+The semantics every mailbox shares are tested in test_mailbox.py, IMAP included; here is what is
+particular to IMAP: the master-user login, TLS, folders a member made, exact matching of copy ids,
+CONDSTORE tokens, the connection pool, and a server that is down, hangs or hangs up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ImapSettings
+from gateway.mailbox import Delivery, Flag, FlagChange, Located, MailboxError, MailboxOwner
+from gateway.mailbox.imap import (
+    FolderState,
+    ImapMailbox,
+    ImapServer,
+    Listed,
+    decode_token,
+    encode_folder_name,
+    encode_token,
+    flag_list,
+    header_values,
+    imap_ref,
+    message_copy_id,
+    message_for_append,
+    parse_appenduid,
+    parse_capabilities,
+    parse_fetch,
+    parse_list,
+    parse_ref,
+    parse_search,
+    parse_select,
+    parse_status,
+    parse_untagged,
+    response_codes,
+    system_flags,
+    uid_set,
+)
+from tests.dovecot import Dovecot
+
+OWNER = MailboxOwner("makler-muster", "sb-a1@kunde-a.example")
+OTHER = MailboxOwner("makler-muster", "sb-a2@kunde-a.example")
+MESSAGE = b"From: ams@makler.example\r\nSubject: Schaden 4711\r\n\r\nHallo\r\n"
+
+
+def copy(copy_id: str) -> bytes:
+    """A copy as fan-out writes it: its id in the X-Gateway-Copy-Id header."""
+    return f"X-Gateway-Copy-Id: {copy_id}\r\n".encode() + MESSAGE
+
+
+# --- the parsers, on responses as aioimaplib hands them over ---------------------------------------------
+
+
+def test_fetch_responses_with_literals_and_unsolicited_updates() -> None:
+    lines = [
+        b"1 FETCH (UID 7 FLAGS (\\Seen \\Recent) MODSEQ (12) BODY[HEADER.FIELDS (X-GATEWAY-COPY-ID)] {25}",
+        bytearray(b"X-Gateway-Copy-Id: c1\r\n\r\n"),
+        b")",
+        b"2 FETCH (UID 9 FLAGS () BODY[HEADER.FIELDS (X-GATEWAY-COPY-ID)] {2}",
+        bytearray(b"\r\n"),
+        b" MODSEQ (3))",
+        b"3 FETCH (FLAGS (\\Answered $Forwarded))",  # unsolicited: another session changed flags
+        b"4 EXPUNGE",
+        b"Fetch completed (0.001 + 0.000 secs).",
+    ]
+    first, second, third = parse_fetch(lines)
+    assert (first.seq, first.uid, first.flags, first.modseq) == (1, 7, ("\\Seen", "\\Recent"), 12)
+    assert first.header == b"X-Gateway-Copy-Id: c1\r\n\r\n"
+    assert (second.uid, second.flags, second.modseq, second.header) == (9, (), 3, b"\r\n")
+    assert (third.seq, third.uid, third.flags, third.header) == (3, None, ("\\Answered", "$Forwarded"), None)
+    assert system_flags(first.flags) == {Flag.SEEN}
+    assert system_flags(third.flags) == {Flag.ANSWERED}
+
+
+def test_a_literal_may_hold_anything_imap_syntax_has() -> None:
+    header = b'X-Gateway-Copy-Id: c1\r\nX-Other: ( ) "quoted" {3}\r\n\r\n'
+    lines = [f"5 FETCH (UID 1 BODY[HEADER] {{{len(header)}}}".encode(), bytearray(header), b")", b"done"]
+    [fetched] = parse_fetch(lines)
+    assert (fetched.uid, fetched.header) == (1, header)
+
+
+def test_search_status_list_select_and_codes() -> None:
+    assert parse_search([b"1 3 17", b"Search completed"]) == [1, 3, 17]
+    assert parse_search([b"1 3 (MODSEQ 6)", b"Search completed"]) == [1, 3]
+    assert parse_search([b"", b"Search completed"]) == []
+
+    status = [b"INBOX (MESSAGES 2 UIDNEXT 4 UIDVALIDITY 1795 HIGHESTMODSEQ 7)", b"Status completed."]
+    assert parse_status(status) == {"MESSAGES": 2, "UIDNEXT": 4, "UIDVALIDITY": 1795, "HIGHESTMODSEQ": 7}
+
+    listed = [
+        b'(\\HasNoChildren) "." INBOX',
+        b'(\\HasChildren \\Noselect) "." "Kunden"',
+        b'(\\HasNoChildren) "." "Kunden.M\\"uller \\\\ Co"',
+        b'(\\HasNoChildren) "." {9}',
+        bytearray(b"Vorg&AOQ-"),
+        b'(\\HasNoChildren) NIL "Flat"',
+        b"List completed.",
+    ]
+    assert parse_list(listed) == [
+        Listed("INBOX", ".", frozenset({"\\HASNOCHILDREN"})),
+        Listed("Kunden", ".", frozenset({"\\HASCHILDREN", "\\NOSELECT"})),
+        Listed('Kunden.M"uller \\ Co', ".", frozenset({"\\HASNOCHILDREN"})),
+        Listed("Vorg&AOQ-", ".", frozenset({"\\HASNOCHILDREN"})),
+        Listed("Flat", None, frozenset({"\\HASNOCHILDREN"})),
+    ]
+    assert [folder.selectable for folder in parse_list(listed)] == [True, False, True, True, True]
+
+    select = [
+        b"FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
+        b"OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted.",
+        b"3 EXISTS",
+        b"0 RECENT",
+        b"OK [UIDVALIDITY 1795752475] UIDs valid",
+        b"OK [UIDNEXT 4] Predicted next UID",
+        b"OK [HIGHESTMODSEQ 5] Highest",
+        b"[READ-WRITE] Select completed (0.001 + 0.000 secs).",
+    ]
+    state = parse_select(select)
+    assert (state.uidvalidity, state.uidnext, state.exists, state.highestmodseq) == (1795752475, 4, 3, 5)
+    nomodseq = [b"1 EXISTS", b"OK [UIDVALIDITY 9] x", b"OK [NOMODSEQ] none", b"[READ-ONLY] done"]
+    assert parse_select(nomodseq).highestmodseq is None
+    with pytest.raises(ValueError, match="UIDVALIDITY"):
+        parse_select([b"3 EXISTS", b"Select completed"])
+
+    assert parse_appenduid([b"[APPENDUID 1795751100 42] Append completed (0.005 secs)."]) == (1795751100, 42)
+    assert parse_appenduid([b"Append completed."]) is None
+    assert "TRYCREATE" in response_codes([b"[TRYCREATE] Mailbox doesn't exist: Archiv"])
+    caps = parse_capabilities([b"IMAP4rev1 UIDPLUS CONDSTORE auth=PLAIN", b"Capability completed"])
+    assert caps == {"IMAP4REV1", "UIDPLUS", "CONDSTORE", "AUTH=PLAIN"}
+    assert parse_untagged([b"done"]) == []
+
+
+def test_copy_id_headers() -> None:
+    folded = (
+        b"Subject: x\r\nX-Gateway-Copy-Id:\r\n  c1 \r\nx-gateway-copy-id: c1\r\n\r\nX-Gateway-Copy-Id: c2\r\n"
+    )
+    assert header_values(folded) == ["c1", "c1"], "unfolded, any case, the body does not count"
+    assert message_copy_id(folded) == "c1"
+    assert message_copy_id(b"X-Gateway-Copy-Id: c1\r\nX-Gateway-Copy-Id: c2\r\n\r\n") is None
+    assert message_copy_id(b"X-Gateway-Copy-Id: ../evil\r\n\r\n") is None
+    assert message_copy_id(b"\r\n") is None
+    assert message_copy_id(None) is None
+
+
+def test_the_bytes_appended() -> None:
+    assert message_for_append("c1", MESSAGE) == copy("c1")
+    assert message_for_append("c1", copy("c1")) == copy("c1"), "a copy that names itself stays as it is"
+    assert message_for_append("c1", b"Subject: x\n\nline\nend") == (
+        b"X-Gateway-Copy-Id: c1\r\nSubject: x\r\n\r\nline\r\nend"
+    )
+    assert (
+        message_for_append("c1", b"Subject: nul\r\n\r\na\x00b")
+        == b"X-Gateway-Copy-Id: c1\r\nSubject: nul\r\n\r\na\x80b"
+    )
+    assert message_for_append("c1", b"") == b"X-Gateway-Copy-Id: c1\r\n"
+    assert message_for_append("c1", b"\r\nbody only") == b"X-Gateway-Copy-Id: c1\r\n\r\nbody only"
+    # A header in the body is not the message's header.
+    body_mention = b"Subject: x\r\n\r\nX-Gateway-Copy-Id: c9\r\n"
+    assert message_for_append("c1", body_mention) == b"X-Gateway-Copy-Id: c1\r\n" + body_mention
+    with pytest.raises(ValueError, match="carries X-Gateway-Copy-Id c2"):
+        message_for_append("c1", copy("c2"))
+
+
+def test_names_sets_references_and_flags() -> None:
+    assert encode_folder_name("Vorgänge") == "Vorg&AOQ-nge"
+    assert encode_folder_name("Akten & Co") == "Akten &- Co"
+    assert encode_folder_name("日本語") == "&ZeVnLIqe-"
+    assert encode_folder_name("inbox") == "INBOX"
+    assert encode_folder_name("Archiv.2026") == "Archiv.2026"
+
+    assert uid_set([3, 1, 2, 7, 9, 10, 2]) == "1:3,7,9:10"
+    assert uid_set([5]) == "5"
+    with pytest.raises(ValueError, match="empty"):
+        uid_set([])
+
+    ref = imap_ref("Kunden;Archiv", 1795, 42)
+    assert ref == "Kunden;Archiv;UIDVALIDITY=1795/;UID=42"
+    assert parse_ref(ref) == ("Kunden;Archiv", 1795, 42)
+    for bad in ["new/c1.host", "INBOX;UIDVALIDITY=x/;UID=1", "INBOX/1"]:
+        with pytest.raises(ValueError, match="reference"):
+            parse_ref(bad)
+
+    assert flag_list({Flag.SEEN, Flag.ANSWERED}) == "(\\Answered \\Seen)"
+    assert system_flags(["\\SEEN", "\\recent", "$Label1", "\\Deleted"]) == {Flag.SEEN, Flag.DELETED}
+    assert system_flags(None) == frozenset()
+
+
+def test_tokens() -> None:
+    states = {"INBOX": FolderState(1795, 12, 40), "Archiv": FolderState(1796, 3, 2)}
+    token = encode_token(states)
+    assert token == '{"v":"imap1","f":{"Archiv":[1796,3,2],"INBOX":[1795,12,40]}}'
+    assert decode_token(token) == states
+    for bad in ["", "[]", '{"v": 1, "f": {}}', '{"v": "imap1"}', '{"v": "imap1", "f": {"INBOX": [1, 2]}}']:
+        with pytest.raises(ValueError, match="flag-state token"):
+            decode_token(bad)
+    with pytest.raises(ValueError, match="flag-state token"):
+        decode_token('{"v": "imap1", "f": {"INBOX": [1, true, 3]}}')
+
+
+# --- against Dovecot -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def imap(dovecot: Dovecot) -> AsyncIterator[ImapMailbox]:
+    for owner in (OWNER, OTHER):
+        dovecot.add_user(owner.address)
+    box = ImapMailbox.from_settings(dovecot.imap_settings(), timeout=10)
+    yield box
+    await box.close()
+
+
+def logins(dovecot: Dovecot, address: str) -> int:
+    return dovecot.log_text().count(f"imap-login: Info: Login: user=<{address}>")
+
+
+@pytest.mark.parametrize("tls", ["none", "starttls", "tls"])
+async def test_the_gateway_logs_in_as_member_star_master(dovecot: Dovecot, tls: str) -> None:
+    dovecot.add_user(OWNER.address)
+    box = ImapMailbox.from_settings(dovecot.imap_settings(tls=tls), ssl_context=dovecot.ssl_context())
+    try:
+        located = await box.append(OWNER, "c1", copy("c1"), frozenset({Flag.SEEN}), first_attempt=True)
+    finally:
+        await box.close()
+
+    folder, uidvalidity, uid = parse_ref(located.ref)
+    assert (located.folder, folder) == ("INBOX", "INBOX")
+    assert dovecot.copies(OWNER.address, "c1") == [("INBOX", uid)], "APPENDUID's UID is the member's message"
+    assert dovecot.message(OWNER.address, "INBOX", uid) == copy("c1")
+    assert uidvalidity > 0
+    assert f"user=<{OWNER.address}>, method=PLAIN" in dovecot.log_text()
+    if tls != "none":
+        assert "TLS" in dovecot.log_text()
+
+
+async def test_tls_needs_a_certificate_the_gateway_trusts(dovecot: Dovecot) -> None:
+    dovecot.add_user(OWNER.address)
+    box = ImapMailbox.from_settings(dovecot.imap_settings(tls="tls"), timeout=5)  # the system's CAs
+    try:
+        with pytest.raises(MailboxError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            await box.find(OWNER, "c1")
+    finally:
+        await box.close()
+
+
+async def test_settings_need_the_master_user_and_its_password_file(dovecot: Dovecot, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="master_user"):
+        ImapMailbox.from_settings(ImapSettings())
+    dovecot.add_user(OWNER.address)
+    missing = dovecot.imap_settings().model_copy(update={"master_password_file": tmp_path / "nope"})
+    box = ImapMailbox.from_settings(missing)
+    try:
+        with pytest.raises(MailboxError, match="master password file") as caught:
+            await box.find(OWNER, "c1")
+        assert caught.value.filename == str(tmp_path / "nope")
+    finally:
+        await box.close()
+
+
+async def test_refused_logins_are_mailbox_errors_and_do_not_stop_other_members(
+    dovecot: Dovecot, tmp_path: Path
+) -> None:
+    dovecot.add_user(OWNER.address)
+    box = ImapMailbox.from_settings(dovecot.imap_settings(), timeout=5)
+    try:
+        stranger = MailboxOwner("makler-muster", "unknown@kunde-a.example")
+        with pytest.raises(
+            MailboxError, match=r"LOGIN as unknown@kunde-a.example\*gateway refused"
+        ) as caught:
+            await box.append(stranger, "c1", copy("c1"))
+        assert isinstance(caught.value, OSError)
+        assert caught.value.filename == f"imap://{dovecot.host}:{dovecot.port}"
+        # A member the server does not know is no reason to stop delivering to those it knows.
+        await box.append(OWNER, "c1", copy("c1"))
+    finally:
+        await box.close()
+
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not the password\n")
+    box = ImapMailbox.from_settings(
+        dovecot.imap_settings().model_copy(update={"master_password_file": wrong})
+    )
+    try:
+        with pytest.raises(MailboxError, match="AUTHENTICATIONFAILED"):
+            await box.find(OWNER, "c1")
+    finally:
+        await box.close()
+
+
+async def test_a_configured_folder_is_created_on_first_delivery(dovecot: Dovecot) -> None:
+    dovecot.add_user(OWNER.address)
+    box = ImapMailbox.from_settings(dovecot.imap_settings(folder="Vorgänge"))
+    try:
+        located = await box.append(OWNER, "c1", copy("c1"), first_attempt=True)
+        assert located.folder == "Vorg&AOQ-nge"
+        assert await box.find(OWNER, "c1") == [located]
+        assert await box.append(OWNER, "c2", copy("c2"), first_attempt=True) != located
+    finally:
+        await box.close()
+    assert dovecot.copy_counts(OWNER.address) == {"c1": 1, "c2": 1}
+    assert (dovecot.maildir(OWNER.address) / ".Vorg&AOQ-nge" / "cur").is_dir()
+
+
+async def test_copy_ids_match_exactly_and_members_own_mail_is_never_touched(
+    imap: ImapMailbox, dovecot: Dovecot
+) -> None:
+    member = dovecot.client(OWNER.address)
+    member.append("INBOX", r"(\Seen \Deleted)", None, MESSAGE)  # the member's own mail, marked deleted
+    member.append("INBOX", None, None, b"Subject: mentions\r\n\r\nX-Gateway-Copy-Id: c1\r\n")
+    member.logout()
+    c10 = await imap.append(OWNER, "c10", copy("c10"))
+    c1 = await imap.append(OWNER, "c1", copy("c1"))
+
+    assert await imap.find(OWNER, "c1") == [c1], "SEARCH HEADER matches c10 too; we compare exactly"
+    changes, _ = await imap.flag_changes(OWNER, None)
+    assert [change.copy_id for change in changes] == ["c1", "c10"]
+    assert await imap.remove(OWNER, "c1") == 1
+    assert await imap.find(OWNER, "c10") == [c10]
+
+    # UID EXPUNGE took our copy only: the member's own message marked \Deleted is still there.
+    member = dovecot.client(OWNER.address)
+    member.select("INBOX")
+    status, data = member.uid("SEARCH", "DELETED")
+    member.logout()
+    assert status == "OK"
+    assert data == [b"1"]
+
+
+async def test_instances_in_several_folders_are_found_flagged_and_removed(
+    imap: ImapMailbox, dovecot: Dovecot
+) -> None:
+    await imap.append(OWNER, "c1", copy("c1"))
+    # The member copies it into a nested folder, then moves the original into another one.
+    member = dovecot.client(OWNER.address)
+    member.create('"Archiv.2026"')
+    member.create("Erledigt")
+    member.select("INBOX")
+    member.uid("COPY", "1", '"Archiv.2026"')
+    member.uid("MOVE", "1", "Erledigt")
+    member.logout()
+
+    found = await imap.find(OWNER, "c1")
+    assert [(f.folder, f.flags) for f in found] == [("Archiv.2026", frozenset()), ("Erledigt", frozenset())]
+
+    flagged = await imap.add_flags(OWNER, "c1", frozenset({Flag.ANSWERED, Flag.SEEN}))
+    assert [(f.folder, f.flags) for f in flagged] == [
+        ("Archiv.2026", {Flag.ANSWERED, Flag.SEEN}),
+        ("Erledigt", {Flag.ANSWERED, Flag.SEEN}),
+    ]
+    assert await imap.find(OWNER, "c1") == flagged
+    [first, second] = await imap.remove_flags(OWNER, "c1", frozenset({Flag.SEEN}))
+    assert first.flags == second.flags == {Flag.ANSWERED}
+
+    # Appending it again finds it (in both places) and writes nothing.
+    assert await imap.append(OWNER, "c1", copy("c1")) == first
+    assert await imap.remove(OWNER, "c1") == 2
+    assert dovecot.copy_counts(OWNER.address) == {}
+
+
+async def test_a_retry_finds_the_copy_wherever_the_member_put_it(imap: ImapMailbox, dovecot: Dovecot) -> None:
+    first = await imap.append(OWNER, "c1", copy("c1"), first_attempt=True)
+    dovecot.member_moves(OWNER.address, "c1", "Archiv")
+    dovecot.member_stores(OWNER.address, "c1", "+FLAGS", r"(\Flagged)")
+
+    again = await imap.append(OWNER, "c1", copy("c1"), frozenset({Flag.SEEN}))
+    assert again != first
+    assert (again.folder, again.flags) == ("Archiv", {Flag.FLAGGED})
+    assert dovecot.copy_counts(OWNER.address) == {"c1": 1}
+
+
+async def test_concurrent_first_attempts_of_one_copy_deliver_it_once(
+    imap: ImapMailbox, dovecot: Dovecot
+) -> None:
+    results = await asyncio.gather(
+        *(imap.append(OWNER, "c1", copy("c1"), first_attempt=True) for _ in range(10))
+    )
+    assert len(set(results)) == 1
+    assert dovecot.copy_counts(OWNER.address) == {"c1": 1}
+
+
+async def test_flag_changes_follow_condstore(imap: ImapMailbox, dovecot: Dovecot) -> None:
+    await imap.append(OWNER, "c1", copy("c1"))
+    await imap.append(OWNER, "c2", copy("c2"), frozenset({Flag.ANSWERED}))
+    changes, token = await imap.flag_changes(OWNER, None)
+    assert changes == [
+        FlagChange("c1", "INBOX", frozenset()),
+        FlagChange("c2", "INBOX", frozenset({Flag.ANSWERED})),
+    ]
+    [(folder, [uidvalidity, modseq, uidnext])] = json.loads(token)["f"].items()
+    assert (folder, uidnext) == ("INBOX", 3)
+    assert modseq > 0
+    assert uidvalidity > 0
+
+    # The member reads c1 in another folder; new copies arrive, one flagged, one not.
+    dovecot.member_moves(OWNER.address, "c1", "Archiv")
+    dovecot.member_stores(OWNER.address, "c1", "+FLAGS", r"(\Seen)")
+    await imap.append(OWNER, "c3", copy("c3"))
+    await imap.append(OWNER, "c4", copy("c4"), frozenset({Flag.FLAGGED}))
+    changes, token = await imap.flag_changes(OWNER, token)
+    assert changes == [
+        FlagChange("c1", "Archiv", frozenset({Flag.SEEN})),
+        FlagChange("c4", "INBOX", frozenset({Flag.FLAGGED})),
+    ]
+
+    # The member clears \Answered: a change, reported where it happened only.
+    dovecot.member_stores(OWNER.address, "c2", "-FLAGS", r"(\Answered)")
+    changes, token = await imap.flag_changes(OWNER, token)
+    assert changes == [FlagChange("c2", "INBOX", frozenset())]
+    assert await imap.flag_changes(OWNER, token) == ([], token)
+
+
+async def test_an_unchanged_mailbox_is_looked_at_with_status_only(
+    imap: ImapMailbox, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await imap.append(OWNER, "c1", copy("c1"))
+    dovecot.member_moves(OWNER.address, "c1", "Archiv")
+    await imap.append(OWNER, "c2", copy("c2"))
+    _, token = await imap.flag_changes(OWNER, None)
+
+    import gateway.mailbox.imap as imap_module
+
+    selected: list[str] = []
+    real_select = imap_module._Connection.select
+
+    async def counting_select(self: object, folder: str) -> object:
+        selected.append(folder)
+        return await real_select(self, folder)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(imap_module._Connection, "select", counting_select)
+    assert await imap.flag_changes(OWNER, token) == ([], token)
+    # No SELECT but possibly of the folder the pooled connection still had selected (STATUS on the
+    # selected folder is a client bug to Dovecot): LIST, then STATUS per folder.
+    assert len(selected) <= 1
+    dovecot.member_stores(OWNER.address, "c1", "+FLAGS", r"(\Seen)")
+    selected.clear()
+    changes, _ = await imap.flag_changes(OWNER, token)
+    assert changes == [FlagChange("c1", "Archiv", frozenset({Flag.SEEN}))]
+    assert "Archiv" in selected
+
+
+async def test_many_copies_are_fetched_in_chunks(imap: ImapMailbox, dovecot: Dovecot) -> None:
+    # aioimaplib's reader overflows the stack on a FETCH answered with some thousand messages at once.
+    count = 700
+    started = time.monotonic()
+    results = await imap.append_batch(
+        [Delivery(OWNER, f"m{n}", copy(f"m{n}"), first_attempt=True) for n in range(count)]
+    )
+    elapsed = time.monotonic() - started
+    assert all(isinstance(r, Located) for r in results)
+    changes, _ = await imap.flag_changes(OWNER, None)
+    assert len(changes) == count
+    assert sum(dovecot.copy_counts(OWNER.address).values()) == count
+    print(f"{count} copies appended in {elapsed:.2f} s ({count / elapsed:.0f} copies/s, 2 connections)")
+
+
+async def test_connections_are_pooled_per_member(dovecot: Dovecot) -> None:
+    for owner in (OWNER, OTHER):
+        dovecot.add_user(owner.address)
+    box = ImapMailbox.from_settings(dovecot.imap_settings(), connections_per_member=2)
+    try:
+        for n in range(5):
+            await box.append(OWNER, f"s{n}", copy(f"s{n}"), first_attempt=True)
+            await box.find(OWNER, f"s{n}")
+        assert logins(dovecot, OWNER.address) == 1, "one connection, reused"
+
+        deliveries = [Delivery(o, f"b{n}", copy(f"b{n}")) for n in range(20) for o in (OWNER, OTHER)]
+        results = await box.append_batch(deliveries)
+        assert all(isinstance(r, Located) for r in results)
+        assert logins(dovecot, OWNER.address) <= 2
+        assert logins(dovecot, OTHER.address) <= 2
+    finally:
+        await box.close()
+    await asyncio.sleep(0.1)
+    assert dovecot.log_text().count("Disconnected: Logged out") >= 2, "close() logs out"
+
+
+async def test_a_restarted_server_is_reconnected_to(imap: ImapMailbox, dovecot: Dovecot) -> None:
+    await imap.append(OWNER, "c1", copy("c1"))
+    # The gateway's event loop keeps running while the server restarts, and sees its connections end.
+    await asyncio.to_thread(dovecot.stop)
+    await asyncio.to_thread(dovecot.start)
+    # The pooled connection died with the old server; the next operation takes a fresh one.
+    assert len(await imap.find(OWNER, "c1")) == 1
+    assert logins(dovecot, OWNER.address) == 2
+
+
+async def test_a_server_that_is_down_fails_fast_and_recovers_without_duplicates(dovecot: Dovecot) -> None:
+    owners = [MailboxOwner("makler-muster", f"sb-{n}@kunde-a.example") for n in range(5)]
+    for owner in owners:
+        dovecot.add_user(owner.address)
+    box = ImapMailbox.from_settings(dovecot.imap_settings(), timeout=5, backoff_first=0.05, backoff_max=0.2)
+    pending = {(owner, f"b{n}") for owner in owners for n in range(40)}
+    try:
+        # A burst: Dovecot is stopped while 200 copies are on their way, then started again.
+        async def stop_soon() -> None:
+            await asyncio.sleep(0.05)
+            await asyncio.to_thread(dovecot.stop)
+
+        stopping = asyncio.create_task(stop_soon())
+        deliveries = [Delivery(o, c, copy(c), first_attempt=True) for o, c in sorted(pending, key=str)]
+        results = await box.append_batch(deliveries)
+        await stopping
+        for delivery, result in zip(deliveries, results, strict=True):
+            if isinstance(result, Located):
+                pending.discard((delivery.owner, delivery.copy_id))
+            else:
+                assert isinstance(result, MailboxError), result
+        assert pending, "the server went down before the burst was through"
+
+        # While it is down every attempt fails at once, as an OSError the fan-out retries.
+        started = time.monotonic()
+        with pytest.raises(MailboxError) as caught:
+            await box.append(owners[0], "down", copy("down"))
+        assert time.monotonic() - started < 2
+        assert caught.value.errno in (errno.ECONNREFUSED, errno.ECONNRESET, errno.ENOTCONN)
+        assert "append copy down for sb-0@kunde-a.example" in str(caught.value)
+
+        await asyncio.to_thread(dovecot.start)
+        for _ in range(50):
+            retries = [Delivery(o, c, copy(c)) for o, c in sorted(pending, key=str)]  # not first attempts
+            for delivery, result in zip(retries, await box.append_batch(retries), strict=True):
+                if isinstance(result, Located):
+                    pending.discard((delivery.owner, delivery.copy_id))
+            if not pending:
+                break
+            await asyncio.sleep(0.1)
+        assert not pending
+    finally:
+        await box.close()
+    for owner in owners:
+        assert dovecot.copy_counts(owner.address) == {f"b{n}": 1 for n in range(40)}, owner
+
+
+# --- servers that misbehave ------------------------------------------------------------------------------
+
+
+async def fake_server(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> tuple[asyncio.Server, int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port: int = server.sockets[0].getsockname()[1]
+    return server, port
+
+
+def fake_settings(port: int, tmp_path: Path) -> ImapSettings:
+    password = tmp_path / "master.password"
+    password.write_text("secret\n")
+    return ImapSettings(
+        host="127.0.0.1", port=port, tls="none", master_user="gw", master_password_file=password
+    )
+
+
+async def test_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read()
+
+    server, port = await fake_server(silent)
+    box = ImapMailbox.from_settings(fake_settings(port, tmp_path), timeout=0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(MailboxError) as caught:
+            await box.find(OWNER, "c1")
+        assert caught.value.errno == errno.ETIMEDOUT
+        assert time.monotonic() - started < 2
+        # The pool now backs off instead of hammering the server.
+        with pytest.raises(MailboxError, match="next attempt in"):
+            await box.find(OWNER, "c1")
+    finally:
+        await box.close()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("hang_up_at", [b"CAPABILITY", b"LOGIN"])
+async def test_a_server_that_hangs_up_mid_command_fails_the_command_at_once(
+    tmp_path: Path, hang_up_at: bytes
+) -> None:
+    async def hangs_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK fake IMAP ready\r\n")
+        while line := await reader.readline():
+            tag, command = line.split()[:2]
+            if command.upper() == hang_up_at:
+                break  # hang up without a word
+            if command.upper() == b"CAPABILITY":
+                writer.write(b"* CAPABILITY IMAP4rev1 UIDPLUS\r\n" + tag + b" OK done\r\n")
+        writer.close()
+
+    server, port = await fake_server(hangs_up)
+    box = ImapMailbox.from_settings(fake_settings(port, tmp_path), timeout=30)
+    try:
+        started = time.monotonic()
+        with pytest.raises(MailboxError, match="hung up"):
+            await box.find(OWNER, "c1")
+        assert time.monotonic() - started < 2, "not after the 30 s timeout"
+    finally:
+        await box.close()
+        server.close()
+        await server.wait_closed()
+
+
+def test_the_server_settings_name_the_server() -> None:
+    server = ImapServer("mail.example", 993, "tls", "gw", Path("/run/secret"))
+    assert server.where == "imap://mail.example:993"
