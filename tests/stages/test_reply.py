@@ -8,13 +8,10 @@ our own border MTA is believed and the same header from another one is not.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import replace
 
 import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select, update
 
 from gateway.acceptance import HandOff
@@ -26,26 +23,13 @@ from gateway.parsing import parse_message
 from gateway.reply import Incoming, ReplyContext, ReplyIntake
 from gateway.resolver import StaticResolver
 from tests.stages.conftest import PORTFOLIO, accept
+from tests.stages.test_senderauth import Key
 
 REPLY_DOMAIN = "reply.gateway.test"
 AUTHSERV_ID = "mx.gateway.test"
 KEYS = TokenKeys([b"reply-token-key-for-the-stage-tests"])
 SB_B2 = "sb-b2@kunde-b.example"
 CLIENT_IP = "192.0.2.10"
-
-
-class Key:
-    def __init__(self) -> None:
-        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.pem = private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-        public = private.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        self.record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
 
 
 @pytest.fixture(scope="module")
