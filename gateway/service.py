@@ -34,6 +34,7 @@ from gateway.ingress import Accounts, GatewaySMTP, ListenerState, Members, MxHan
 from gateway.keys import load_token_keys
 from gateway.logs import configure_logging
 from gateway.mailbox import Mailbox, MaildirMailbox
+from gateway.mailbox.imap import ImapMailbox
 from gateway.relay import Relay
 from gateway.replies import Reply
 from gateway.reply import ReplyContext, ReplyIntake
@@ -69,6 +70,17 @@ def tls_context(settings: ListenerSettings) -> ssl.SSLContext | None:
     return context
 
 
+def mailbox_for(settings: Settings) -> Mailbox:
+    """The members' mailboxes the configuration names: Maildirs under maildir_root, or an IMAP server."""
+    if settings.mailbox.backend == "imap":
+        return ImapMailbox.from_settings(settings.mailbox.imap)
+    return MaildirMailbox(
+        settings.mailbox.maildir_root,
+        hostname=settings.gateway.node_name,
+        batch_sync=settings.mailbox.maildir_sync == "batch",
+    )
+
+
 class Service:
     """One gateway process: ``startup``, ``wait``, ``shutdown`` (uvicorn's Server shape)."""
 
@@ -80,11 +92,7 @@ class Service:
             settings.database_url, echo=settings.database.echo, pool_size=settings.database.pool_size
         )
         self.writer = Writer(settings.database_url, echo=settings.database.echo)
-        self.mailbox = mailbox or MaildirMailbox(
-            settings.mailbox.maildir_root,
-            hostname=settings.gateway.node_name,
-            batch_sync=settings.mailbox.maildir_sync == "batch",
-        )
+        self.mailbox = mailbox or mailbox_for(settings)
         self.fanout = FanOut(
             self.writer,
             self.mailbox,

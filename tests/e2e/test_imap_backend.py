@@ -1,0 +1,95 @@
+"""``gateway serve`` with ``[mailbox] backend = "imap"``: copies and flags in a real Dovecot.
+
+The same flow as the Maildir tests, read back with Python's imaplib as the members: a back-office mail
+to SB-B1 reaches SB-B1, SB-B2 and GF-B (DESIGN.md §3) and nobody else; SB-B2 answers from its copy;
+every copy of the answered message carries \\Answered in Dovecot.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+import time
+from pathlib import Path
+
+from tests.dovecot import Dovecot
+from tests.e2e.conftest import BackOfficeSink, prepare
+from tests.e2e.test_replies import (
+    client_reply,
+    configure,
+    reply_address_of,
+    send_from_backoffice,
+    send_reply,
+)
+from tests.seed import ADDRESS
+
+
+def imap_copies(dovecot: Dovecot, address: str) -> list[tuple[bytes, bytes]]:
+    """(flags, header bytes) of every message in the member's INBOX, read as the member."""
+    client = dovecot.client(address)
+    try:
+        client.select("INBOX")
+        _, data = client.uid("FETCH", "1:*", "(FLAGS BODY.PEEK[HEADER])")
+        found = []
+        for item in data:
+            if isinstance(item, tuple):
+                found.append((item[0], item[1]))
+        return found
+    finally:
+        client.logout()
+
+
+def wait_for(check: object, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return bool(check())  # type: ignore[operator]
+
+
+def test_copies_and_answered_flags_in_dovecot(
+    tmp_path: Path, database_url: str, dovecot: Dovecot, sink: BackOfficeSink
+) -> None:
+    for address in ADDRESS.values():
+        dovecot.add_user(address)
+    gateway = prepare(tmp_path, database_url)
+    settings = dovecot.imap_settings(tls="none")
+    with gateway.config.open("a", encoding="utf-8") as config:
+        config.write(
+            f'\n[mailbox]\nbackend = "imap"\n\n[mailbox.imap]\nhost = "{settings.host}"\n'
+            f'port = {settings.port}\ntls = "none"\nmaster_user = "{settings.master_user}"\n'
+            f'master_password_file = "{settings.master_password_file}"\n'
+        )
+    configure(gateway, sink, tmp_path)
+    gateway.start()
+    try:
+        send_from_backoffice(gateway, ADDRESS["SB-B1"], "Schaden IMAP", "<imap-1@ams.example>")
+        seeing = ("SB-B1", "SB-B2", "GF-B")
+        assert wait_for(lambda: all(len(imap_copies(dovecot, ADDRESS[p])) == 1 for p in seeing))
+        for person in set(ADDRESS) - set(seeing):
+            assert imap_copies(dovecot, ADDRESS[person]) == [], f"{person} may not see it"
+        ((_, header),) = imap_copies(dovecot, ADDRESS["SB-B2"])
+        copy = email.message_from_bytes(header, policy=email.policy.default)
+        assert copy["X-Gateway-Shared-Via"] == "Kunde B Sachbearbeiter"
+        assert re.fullmatch(r"c[0-9a-f]{20}", str(copy["X-Gateway-Copy-Id"]))
+
+        raw = client_reply("thunderbird", author=ADDRESS["SB-B2"], copy=copy, subject="Schaden IMAP")  # type: ignore[arg-type]
+        code, text = send_reply(gateway, raw, reply_address_of(copy), ADDRESS["SB-B2"])  # type: ignore[arg-type]
+        assert code == 250, text
+        assert len(sink.wait_for(1)) == 1
+
+        def answered_everywhere() -> bool:
+            """Every copy of the answered message (not of the reply) carries \\Answered."""
+            flags = [
+                f
+                for p in seeing
+                for f, h in imap_copies(dovecot, ADDRESS[p])
+                if email.message_from_bytes(h)["Message-ID"] == "<imap-1@ams.example>"
+            ]
+            return len(flags) == 3 and all(b"\\Answered" in f for f in flags)
+
+        assert wait_for(answered_everywhere), [imap_copies(dovecot, ADDRESS[p]) for p in seeing]
+    finally:
+        gateway.stop()
