@@ -93,3 +93,59 @@ def test_copies_and_answered_flags_in_dovecot(
         assert wait_for(answered_everywhere), [imap_copies(dovecot, ADDRESS[p]) for p in seeing]
     finally:
         gateway.stop()
+
+
+def test_a_member_reading_with_imaplib_marks_it_read_for_the_release(
+    tmp_path: Path, database_url: str, dovecot: Dovecot, sink: BackOfficeSink
+) -> None:
+    """SB-B1 reads (imaplib, \\Seen) in releases with read_sync = seen: SB-B2's and GF-B's copies follow
+    within 2 s (p95 over 20 messages, printed), with the default poll interval of the flag watcher."""
+    for address in ADDRESS.values():
+        dovecot.add_user(address)
+    gateway = prepare(tmp_path, database_url)
+    settings = dovecot.imap_settings(tls="none")
+    with gateway.config.open("a", encoding="utf-8") as config:
+        config.write(
+            f'\n[mailbox]\nbackend = "imap"\n\n[mailbox.imap]\nhost = "{settings.host}"\n'
+            f'port = {settings.port}\ntls = "none"\nmaster_user = "{settings.master_user}"\n'
+            f'master_password_file = "{settings.master_password_file}"\n'
+        )
+    configure(gateway, sink, tmp_path)
+    seen_directory = tmp_path / "directory.yaml"
+    seen_directory.write_text(
+        seen_directory.read_text(encoding="utf-8").replace("read_sync: answered", "read_sync: seen"),
+        encoding="utf-8",
+    )
+    gateway.cli("directory", "load", str(seen_directory))
+    gateway.start()
+    latencies: list[float] = []
+    seeing = ("SB-B1", "SB-B2", "GF-B")
+    try:
+        for number in range(20):
+            message_id = f"<read-{number}@ams.example>"
+            send_from_backoffice(gateway, ADDRESS["SB-B1"], f"Lesen {number}", message_id)
+
+            def flags(person: str, message_id: str = message_id) -> bytes | None:
+                for f, h in imap_copies(dovecot, ADDRESS[person]):
+                    if email.message_from_bytes(h)["Message-ID"] == message_id:
+                        return f
+                return None
+
+            assert wait_for(lambda: all(flags(p) is not None for p in seeing))
+            reader = dovecot.client(ADDRESS["SB-B1"])
+            try:
+                reader.select("INBOX")
+                _, found = reader.uid("SEARCH", "HEADER", "Message-ID", message_id)
+                (uid,) = found[0].split()
+                started = time.monotonic()
+                reader.uid("STORE", uid, "+FLAGS", "(\\Seen)")
+            finally:
+                reader.logout()
+            assert wait_for(lambda: all(b"\\Seen" in (flags(p) or b"") for p in ("SB-B2", "GF-B")), 10)
+            latencies.append(time.monotonic() - started)
+        latencies.sort()
+        p95 = latencies[18]
+        print(f"\\Seen over IMAP: p50 {latencies[9]:.2f} s, p95 {p95:.2f} s, max {latencies[-1]:.2f} s")
+        assert p95 < 2.0
+    finally:
+        gateway.stop()
