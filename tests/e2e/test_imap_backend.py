@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from tests.dovecot import Dovecot
-from tests.e2e.conftest import BackOfficeSink, prepare
+from tests.e2e.conftest import BackOfficeSink, RunningGateway, prepare
 from tests.e2e.test_replies import (
     client_reply,
     configure,
@@ -40,6 +40,22 @@ def imap_copies(dovecot: Dovecot, address: str) -> list[tuple[bytes, bytes]]:
         client.logout()
 
 
+def imap_gateway(tmp_path: Path, database_url: str, dovecot: Dovecot, sink: BackOfficeSink) -> RunningGateway:
+    """A prepared gateway whose members' mailboxes are in ``dovecot`` (every member a Dovecot user)."""
+    for address in ADDRESS.values():
+        dovecot.add_user(address)
+    gateway = prepare(tmp_path, database_url)
+    settings = dovecot.imap_settings(tls="none")
+    with gateway.config.open("a", encoding="utf-8") as config:
+        config.write(
+            f'\n[mailbox]\nbackend = "imap"\n\n[mailbox.imap]\nhost = "{settings.host}"\n'
+            f'port = {settings.port}\ntls = "none"\nmaster_user = "{settings.master_user}"\n'
+            f'master_password_file = "{settings.master_password_file}"\n'
+        )
+    configure(gateway, sink, tmp_path)
+    return gateway
+
+
 def wait_for(check: object, timeout: float = 20) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -52,17 +68,7 @@ def wait_for(check: object, timeout: float = 20) -> bool:
 def test_copies_and_answered_flags_in_dovecot(
     tmp_path: Path, database_url: str, dovecot: Dovecot, sink: BackOfficeSink
 ) -> None:
-    for address in ADDRESS.values():
-        dovecot.add_user(address)
-    gateway = prepare(tmp_path, database_url)
-    settings = dovecot.imap_settings(tls="none")
-    with gateway.config.open("a", encoding="utf-8") as config:
-        config.write(
-            f'\n[mailbox]\nbackend = "imap"\n\n[mailbox.imap]\nhost = "{settings.host}"\n'
-            f'port = {settings.port}\ntls = "none"\nmaster_user = "{settings.master_user}"\n'
-            f'master_password_file = "{settings.master_password_file}"\n'
-        )
-    configure(gateway, sink, tmp_path)
+    gateway = imap_gateway(tmp_path, database_url, dovecot, sink)
     gateway.start()
     try:
         send_from_backoffice(gateway, ADDRESS["SB-B1"], "Schaden IMAP", "<imap-1@ams.example>")
@@ -100,17 +106,7 @@ def test_a_member_reading_with_imaplib_marks_it_read_for_the_release(
 ) -> None:
     """SB-B1 reads (imaplib, \\Seen) in releases with read_sync = seen: SB-B2's and GF-B's copies follow
     within 2 s (p95 over 20 messages, printed), with the default poll interval of the flag watcher."""
-    for address in ADDRESS.values():
-        dovecot.add_user(address)
-    gateway = prepare(tmp_path, database_url)
-    settings = dovecot.imap_settings(tls="none")
-    with gateway.config.open("a", encoding="utf-8") as config:
-        config.write(
-            f'\n[mailbox]\nbackend = "imap"\n\n[mailbox.imap]\nhost = "{settings.host}"\n'
-            f'port = {settings.port}\ntls = "none"\nmaster_user = "{settings.master_user}"\n'
-            f'master_password_file = "{settings.master_password_file}"\n'
-        )
-    configure(gateway, sink, tmp_path)
+    gateway = imap_gateway(tmp_path, database_url, dovecot, sink)
     seen_directory = tmp_path / "directory.yaml"
     seen_directory.write_text(
         seen_directory.read_text(encoding="utf-8").replace("read_sync: answered", "read_sync: seen"),
