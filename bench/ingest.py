@@ -20,27 +20,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import grp
 import os
-import pwd
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiosmtplib
+from harness import (
+    POSTFIX,
+    POSTFIX_INSTALL,
+    REPO,
+    PostfixUnavailable,
+    Run,
+    TreeMemory,
+    cpu_seconds,
+    drive,
+    free_port,
+    gateway_config,
+    peak_rss,
+    prepare_gateway,
+    private_postfix,
+    start_profiler,
+    stop_profiler,
+    tree_cpu_seconds,
+    wait_listening,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 PEOPLE = {
     "sb-a1@kunde-a.example": 2,
     "sb-a2@kunde-a.example": 2,
@@ -49,9 +59,14 @@ PEOPLE = {
     "sb-b2@kunde-b.example": 3,
     "gf-b@kunde-b.example": 4,
 }
-LOGIN, PASSWORD = "ams@makler-muster.example", "bench-password-123"
-POSTFIX = Path("/usr/sbin/postfix")
 POSTFIX_NAME = "postfix (queue -> relay to a sink)"
+
+
+def to_one_person(number: int) -> tuple[str, list[str]]:
+    """Message `number` goes to one of the six people of DESIGN.md §3 in turn."""
+    to = list(PEOPLE)[number % len(PEOPLE)]
+    return to, [to]
+
 
 # The sink Postfix relays to: answers 250 and appends "<bench number> <arrival time>" per message to a file.
 SINK = r"""
@@ -75,33 +90,6 @@ async def main():
     await server.serve_forever()
 
 asyncio.run(main())
-"""
-
-# Debian's default services, none chrooted (the instance lives in a temporary directory), smtpd on loopback.
-POSTFIX_MASTER_CF = """\
-127.0.0.1:{port} inet n - n - - smtpd
-pickup     unix  n - n 60 1 pickup
-cleanup    unix  n - n -  0 cleanup
-qmgr       unix  n - n 300 1 qmgr
-rewrite    unix  - - n -  - trivial-rewrite
-bounce     unix  - - n -  0 bounce
-defer      unix  - - n -  0 bounce
-trace      unix  - - n -  0 bounce
-verify     unix  - - n -  1 verify
-flush      unix  n - n 1000? 0 flush
-proxymap   unix  - - n -  - proxymap
-proxywrite unix  - - n -  1 proxymap
-smtp       unix  - - n -  - smtp
-relay      unix  - - n -  - smtp
-showq      unix  n - n -  - showq
-error      unix  - - n -  - error
-retry      unix  - - n -  - error
-discard    unix  - - n -  - discard
-local      unix  - n n -  - local
-lmtp       unix  - - n -  - lmtp
-anvil      unix  - - n -  1 anvil
-scache     unix  - - n -  1 scache
-postlog    unix-dgram n - n - 1 postlogd
 """
 
 # Nothing is local, everything goes to the sink, no DNS, no TLS, loopback clients may relay (no AUTH).
@@ -139,151 +127,8 @@ maillog_file_prefixes = {root}
 """
 
 
-@dataclass
-class Run:
-    name: str
-    started: float = 0.0
-    elapsed: float = 0.0
-    latencies: list[float] = field(default_factory=list)
-    sent_at: dict[int, float] = field(default_factory=dict)
-    errors: int = 0
-    copies_done: float | None = None
-    copy_latencies: list[float] = field(default_factory=list)
-    peak_rss_kib: int | None = None
-    server_cpu: float = 0.0
-    client_cpu: float = 0.0
-
-    @property
-    def rate(self) -> float:
-        return len(self.latencies) / self.elapsed if self.elapsed else 0.0
-
-    def pct(self, p: float) -> float:
-        data = sorted(self.latencies)
-        return data[min(len(data) - 1, int(p / 100 * len(data)))] * 1000 if data else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def body(number: int, size: int, to: str) -> bytes:
-    head = (
-        f"From: AMS <{LOGIN}>\r\nTo: {to}\r\nSubject: bench {number:07d}\r\n"
-        f"Message-ID: <bench-{number}-{time.time_ns()}@ams.example>\r\n\r\n"
-    ).encode()
-    line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n"
-    return head + line * max(1, (size - len(head)) // len(line))
-
-
-async def drive(run: Run, port: int, messages: int, concurrency: int, size: int, login: bool) -> None:
-    recipients = list(PEOPLE)
-    numbers = iter(range(messages))
-
-    async def session() -> None:
-        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=60, start_tls=False)
-        await client.connect()
-        if login:
-            await client.login(LOGIN, PASSWORD)
-        for number in numbers:
-            to = recipients[number % len(recipients)]
-            started = time.perf_counter()
-            try:
-                await client.sendmail(LOGIN, [to], body(number, size, to))
-            except aiosmtplib.SMTPException:
-                run.errors += 1
-                continue
-            done = time.perf_counter()
-            run.latencies.append(done - started)
-            run.sent_at[number] = time.time()
-        await client.quit()
-
-    run.started = time.perf_counter()
-    await asyncio.gather(*(session() for _ in range(concurrency)))
-    run.elapsed = time.perf_counter() - run.started
-
-
-def cpu_seconds(pid: int, reaped: bool = False) -> float:
-    """User plus system CPU time the process has used so far (with `reaped`, also its waited-for children)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU of Postfix's master, its live daemons and the daemons it has reaped (they come and go)."""
-    total = 0.0
-    for process in [*children(pid), pid]:
-        # One that exited in between is counted in the master's reaped time once waited for.
-        with contextlib.suppress(OSError):
-            total += cpu_seconds(process, reaped=True)
-    return total
-
-
-class TreeMemory(threading.Thread):
-    """Samples the summed memory of a process and its children every `interval` seconds; keeps the peaks.
-
-    PSS shares each page among the processes that map it, so Postfix's daemons sum sensibly (their
-    summed RSS counts libc and Postfix's shared libraries once per process). Reading smaps_rollup of
-    ~55 daemons costs the bench ~10 ms of CPU, hence the long interval (the daemons live 100 s, so the
-    sum moves slowly) and `cpu`, the sampler thread's own CPU, to take out of the client's."""
-
-    def __init__(self, pid: int, interval: float = 0.5) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.interval = pid, interval
-        self.stopped = threading.Event()
-        self.peak_pss_kib = self.peak_rss_kib = self.peak_processes = 0
-        self.cpu = 0.0
-
-    def sample(self) -> None:
-        pss = rss = count = 0
-        for process in [self.pid, *children(self.pid)]:
-            try:
-                lines = Path(f"/proc/{process}/smaps_rollup").read_text().splitlines()
-            except OSError:
-                continue
-            count += 1
-            for line in lines:
-                if line.startswith("Rss:"):
-                    rss += int(line.split()[1])
-                elif line.startswith("Pss:"):
-                    pss += int(line.split()[1])
-        self.peak_pss_kib, self.peak_rss_kib = max(self.peak_pss_kib, pss), max(self.peak_rss_kib, rss)
-        self.peak_processes = max(self.peak_processes, count)
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.interval):
-            started = time.thread_time()
-            self.sample()
-            self.cpu += time.thread_time() - started
-
-    def stop(self) -> None:
-        if not self.stopped.is_set():
-            self.stopped.set()
-            self.join(timeout=10)
-            self.sample()
-
-
-def peak_rss(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def wait_for_copies(run: Run, root: Path, messages: int, timeout: float = 300) -> None:
-    expected = sum(PEOPLE[list(PEOPLE)[n % len(PEOPLE)]] for n in range(messages))
+    expected = sum(PEOPLE[to_one_person(n)[0]] for n in range(messages))
     deadline = time.monotonic() + timeout
     files: list[Path] = []
     while time.monotonic() < deadline:
@@ -303,32 +148,10 @@ def wait_for_copies(run: Run, root: Path, messages: int, timeout: float = 300) -
 
 def gateway_run(args: argparse.Namespace, workdir: Path) -> Run:
     port = free_port()
-    database = args.database or f"sqlite+aiosqlite:///{workdir / 'gateway.db'}"
-    config = workdir / "gateway.toml"
-    config.write_text(
-        f'[gateway]\ndata_dir = "data"\n[database]\nurl = "{database}"\n'
-        f"[listeners.submission]\nport = {port}\n[listeners.mx]\nenabled = false\n"
-        # The benchmark measures throughput from one client address, not the per-client limiter.
-        "[limits]\nmax_messages_per_minute_per_client = 10000000\n"
-        f'[logging]\nlevel = "{args.log_level}"\n'
-        f"[fanout]\nenabled = {'false' if args.no_fanout or args.split else 'true'}\n",
-        encoding="utf-8",
+    config = gateway_config(
+        workdir, port, args.database, args.log_level, fanout=not (args.no_fanout or args.split)
     )
-    gateway = [str(BIN / "gateway"), "--config", str(config)]
-    subprocess.run([*gateway, "db", "upgrade"], check=True, capture_output=True)
-    subprocess.run([*gateway, "secrets", "init"], check=True, capture_output=True)
-    subprocess.run(
-        [*gateway, "directory", "load", str(REPO / "config/example/directory.yaml")],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [*gateway, "backoffice", "password", "ams", "-p", "makler-muster", "--password-file", "-"],
-        input=PASSWORD,
-        text=True,
-        check=True,
-        capture_output=True,
-    )
+    gateway = prepare_gateway(workdir, config, REPO / "config/example/directory.yaml")
     log = open(args.log, "w") if args.log else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen([*gateway, "serve"], stderr=log, text=True)
     helper = None
@@ -336,38 +159,20 @@ def gateway_run(args: argparse.Namespace, workdir: Path) -> Run:
         # A second process on the same database that only writes copies: fan-out on the other core.
         fanout_config = workdir / "fanout.toml"
         fanout_config.write_text(
-            config.read_text(encoding="utf-8")
-            .replace("[fanout]\nenabled = false", "[fanout]\nenabled = true")
+            config.replace("[fanout]\nenabled = false", "[fanout]\nenabled = true")
             .replace(f"[listeners.submission]\nport = {port}", "[listeners.submission]\nenabled = false")
             .replace("[gateway]\n", '[gateway]\nnode_name = "fanout-node"\n'),
             encoding="utf-8",
         )
-        helper = subprocess.Popen([str(BIN / "gateway"), "--config", str(fanout_config), "serve"], stderr=log)
+        helper = subprocess.Popen([gateway[0], "--config", str(fanout_config), "serve"], stderr=log)
     profiler = None
     try:
         wait_listening(port)
         if args.profile:
-            # py-spy samples the running gateway from outside: collapsed stacks for a flame graph.
-            profiler = subprocess.Popen(
-                [
-                    "py-spy",
-                    "record",
-                    "--gil",
-                    "--format",
-                    "raw",
-                    "--rate",
-                    "200",
-                    "-o",
-                    args.profile,
-                    "-p",
-                    str(process.pid),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            profiler = start_profiler(process.pid, args.profile)
         run = Run(f"gateway ({'PostgreSQL' if args.database else 'SQLite'})")
         before, client_before = cpu_seconds(process.pid), time.process_time()
-        asyncio.run(drive(run, port, args.messages, args.concurrency, args.size, login=True))
+        asyncio.run(drive(run, port, args.messages, args.concurrency, args.size, True, to_one_person))
         run.client_cpu = time.process_time() - client_before
         if not args.no_fanout:
             wait_for_copies(run, workdir / "data" / "mail", args.messages)
@@ -375,9 +180,7 @@ def gateway_run(args: argparse.Namespace, workdir: Path) -> Run:
         run.peak_rss_kib = peak_rss(process.pid)
         return run
     finally:
-        if profiler is not None:
-            profiler.send_signal(signal.SIGINT)
-            profiler.wait(timeout=60)
+        stop_profiler(profiler)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
         if helper is not None:
@@ -395,7 +198,7 @@ def aiosmtpd_run(args: argparse.Namespace) -> Run:
         wait_listening(port)
         run = Run("bare aiosmtpd (250, no storage)")
         before, client_before = cpu_seconds(process.pid), time.process_time()
-        asyncio.run(drive(run, port, args.messages, args.concurrency, args.size, login=False))
+        asyncio.run(drive(run, port, args.messages, args.concurrency, args.size, False, to_one_person))
         run.client_cpu = time.process_time() - client_before
         run.server_cpu = cpu_seconds(process.pid) - before
         run.peak_rss_kib = peak_rss(process.pid)
@@ -403,10 +206,6 @@ def aiosmtpd_run(args: argparse.Namespace) -> Run:
     finally:
         process.terminate()
         process.wait(timeout=30)
-
-
-class PostfixUnavailable(Exception):
-    """Postfix is installed but no private instance could be run here; the message says why."""
 
 
 def wait_for_sink(run: Run, path: Path, expected: int, timeout: float = 300) -> None:
@@ -429,124 +228,47 @@ def wait_for_sink(run: Run, path: Path, expected: int, timeout: float = 300) -> 
         )
 
 
-def tail(path: Path, lines: int = 8) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:]) or "(empty)"
-    except OSError:
-        return "(none)"
-
-
-def on_terminal(command: list[str], timeout: float) -> tuple[int, str]:
-    """Runs a command on a pseudo-terminal: Postfix writes its messages to stderr only if that is a tty."""
-    controller, terminal = os.openpty()
-    output = bytearray()
-    try:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
-        deadline = time.monotonic() + timeout
-        os.set_blocking(controller, False)
-        while True:
-            done = process.poll() is not None
-            with contextlib.suppress(BlockingIOError, OSError):
-                while chunk := os.read(controller, 65536):
-                    output += chunk
-            if done:
-                break
-            if time.monotonic() > deadline:
-                process.kill()
-            time.sleep(0.05)
-    finally:
-        os.close(terminal)
-        os.close(controller)
-    return process.returncode, " | ".join(output.decode(errors="replace").split("\r\n")).strip(" |")
-
-
 def postfix_run(args: argparse.Namespace, notes: list[str]) -> Run:
     """Postfix's own queue: a private instance on loopback relaying every message to a counting sink."""
-    if os.geteuid() != 0:
-        raise PostfixUnavailable("a private instance needs root (`postfix start` runs its master as root)")
-    try:
-        owner = pwd.getpwnam("postfix")
-        grp.getgrnam("postdrop")
-    except KeyError as error:
-        raise PostfixUnavailable(
-            f"{error} is missing (Debian's package creates the user and group)"
-        ) from None
-    # Not under the bench's workdir (mode 0700): Postfix's daemons run as `postfix` and must reach the queue.
-    root = Path(tempfile.mkdtemp(prefix="bench-postfix-"))
-    root.chmod(0o755)
-    conf, queue, data = root / "conf", root / "queue", root / "data"
-    for directory, mode in ((conf, 0o755), (queue, 0o755), (data, 0o700)):
-        directory.mkdir(mode=mode)
-    os.chown(data, owner.pw_uid, owner.pw_gid)
     port, sink_port = free_port(), free_port()
-    (conf / "main.cf").write_text(POSTFIX_MAIN_CF.format(root=root, sink_port=sink_port), encoding="utf-8")
-    (conf / "master.cf").write_text(POSTFIX_MASTER_CF.format(port=port), encoding="utf-8")
-    postfix = [str(POSTFIX), "-c", str(conf)]
-    received = root / "sink.log"
-    sink_log = open(root / "sink.stderr", "w")  # noqa: SIM115 - closed in finally, after the sink
-    sink = subprocess.Popen([sys.executable, "-c", SINK, str(sink_port), str(received)], stderr=sink_log)
-    memory = None
-    try:
-        wait_listening(sink_port)
-        code, output = on_terminal([*postfix, "start"], timeout=120)
-        if code != 0:
-            raise PostfixUnavailable(
-                f"`postfix -c {conf} start` exited {code}: {output or '(no output)'} "
-                f"(its maillog: {tail(root / 'maillog')})"
-            )
-        master = int((queue / "pid" / "master.pid").read_text().split()[0])
+    with tempfile.TemporaryDirectory(prefix="bench-sink-") as sink_dir:
+        received = Path(sink_dir) / "sink.log"
+        sink_log = open(Path(sink_dir) / "sink.stderr", "w")  # noqa: SIM115 - closed in finally, after the sink
+        sink = subprocess.Popen([sys.executable, "-c", SINK, str(sink_port), str(received)], stderr=sink_log)
+        memory = None
         try:
-            wait_listening(port)
-        except SystemExit as error:
-            raise PostfixUnavailable(f"{error} (maillog: {tail(root / 'maillog')})") from None
-        version = subprocess.run(
-            [str(POSTFIX.with_name("postconf")), "-c", str(conf), "-h", "mail_version"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        run = Run(POSTFIX_NAME)
-        memory = TreeMemory(master)
-        memory.start()
-        before, client_before = tree_cpu_seconds(master), time.process_time()
-        asyncio.run(drive(run, port, args.messages, args.concurrency, args.size, login=False))
-        run.client_cpu = time.process_time() - client_before - memory.cpu
-        wait_for_sink(run, received, len(run.sent_at))
-        run.server_cpu = tree_cpu_seconds(master) - before
-        memory.stop()
-        run.peak_rss_kib = memory.peak_pss_kib
-        notes.append(
-            f"postfix {version or '?'}: a private instance (postfix -c <tmp>/conf start), smtpd on "
-            f"127.0.0.1:{port} without AUTH (loopback clients relay by mynetworks; the gateway's run logs "
-            f"in), relayhost [127.0.0.1]:{sink_port}: an aiosmtpd sink, not counted in CPU or memory"
-        )
-        notes.append(
-            f"postfix: peak RSS is the peak summed PSS of the master and its daemons (up to "
-            f"{memory.peak_processes} processes, sampled every 0.5 s; their summed RSS peaked at "
-            f"{memory.peak_rss_kib / 1024:.1f} MiB); server CPU includes daemons that exited during the run"
-        )
-        return run
-    finally:
-        if memory is not None:
-            memory.stop()
-        if (queue / "pid" / "master.pid").exists():  # also after a failed start that left a master behind
-            code, output = on_terminal([*postfix, "stop"], timeout=60)
-            if code != 0 and "not running" not in output:
-                print(f"postfix: `postfix -c {conf} stop` exited {code}: {output}", file=sys.stderr)
-        sink.terminate()
-        sink.wait(timeout=30)
-        sink_log.close()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def wait_listening(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
+            wait_listening(sink_port)
+            main_cf = lambda root: POSTFIX_MAIN_CF.format(root=root, sink_port=sink_port)  # noqa: E731
+            with private_postfix(port, main_cf) as postfix:
+                run = Run(POSTFIX_NAME)
+                memory = TreeMemory(postfix.master)
+                memory.start()
+                before, client_before = tree_cpu_seconds(postfix.master), time.process_time()
+                asyncio.run(
+                    drive(run, port, args.messages, args.concurrency, args.size, False, to_one_person)
+                )
+                run.client_cpu = time.process_time() - client_before - memory.cpu
+                wait_for_sink(run, received, len(run.sent_at))
+                run.server_cpu = tree_cpu_seconds(postfix.master) - before
+                memory.stop()
+                run.peak_rss_kib = memory.peak_pss_kib
+        finally:
+            if memory is not None:
+                memory.stop()
+            sink.terminate()
+            sink.wait(timeout=30)
+            sink_log.close()
+    notes.append(
+        f"postfix {postfix.version}: a private instance (postfix -c <tmp>/conf start), smtpd on "
+        f"127.0.0.1:{port} without AUTH (loopback clients relay by mynetworks; the gateway's run logs "
+        f"in), relayhost [127.0.0.1]:{sink_port}: an aiosmtpd sink, not counted in CPU or memory"
+    )
+    notes.append(
+        f"postfix: peak RSS is the peak summed PSS of the master and its daemons (up to "
+        f"{memory.peak_processes} processes, sampled every 0.5 s; their summed RSS peaked at "
+        f"{memory.peak_rss_kib / 1024:.1f} MiB); server CPU includes daemons that exited during the run"
+    )
+    return run
 
 
 def report(runs: list[Run], baseline: Run, postfix: Run | None = None) -> None:
@@ -602,7 +324,7 @@ def main() -> None:
             except PostfixUnavailable as error:
                 notes.append(f"postfix: installed, but no private instance could be run: {error}")
         else:
-            print("postfix: not installed (apt-get install postfix to compare against its queue)")
+            print(f"postfix: not installed ({POSTFIX_INSTALL} to compare against its queue)")
         report(runs, baseline, postfix)
         for note in notes:
             print(note)
