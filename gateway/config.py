@@ -490,6 +490,20 @@ class FlagSyncSettings(_Section):
     poll_interval: Annotated[float, Field(gt=0)] = 1.0
     """Seconds between two looks at every mailbox holding gateway copies."""
 
+    idle: bool = True
+    """Watch the mailboxes of members who are reading right now with IMAP IDLE besides polling, so a
+    flag they set travels in the server's notify delay (IMAP backend; Maildir is only polled)."""
+
+    idle_mailboxes: Annotated[StrictInt, Field(ge=0)] = 50
+    """Most mailboxes watched with IDLE at once (each holds one IMAP connection)."""
+
+    idle_window: Annotated[float, Field(gt=0)] = 900.0
+    """Seconds a mailbox stays watched after its member's last flag change."""
+
+    idle_refresh: Annotated[float, Field(gt=0, le=1740)] = 300.0
+    """Seconds after which IDLE is ended and started again: RFC 2177 asks for at most 29 minutes, and
+    a shorter round notices a dead connection (a NAT that forgot it) sooner."""
+
 
 class RepliesSettings(_Section):
     """``[replies]``: how members' replies at the MX listener are checked."""

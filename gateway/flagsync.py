@@ -11,11 +11,18 @@ names the co-members whose copies get it (``flag.propagated``); their rows are m
 writes the flags into their mailboxes, wherever they moved the copies. A flag a member cleared stays
 cleared on that copy alone (``flag.cleared``, DESIGN.md §4). The per-mailbox tokens live in memory: after
 a restart the first look compares every copy with its row, which finds the same changes again.
+
+Members who are reading right now are watched more closely: once a look finds a flag a member set or
+cleared, a store that can push changes (IMAP IDLE, ``Mailbox.watch``) keeps a watch on that mailbox for
+``idle_window`` seconds after the member's last change, and every push triggers a look at that mailbox
+at once. Polling goes on for all mailboxes (a watch covers only the folder copies arrive in); looks at
+one mailbox never overlap, so its token stays consistent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
@@ -29,7 +36,7 @@ from gateway.db.models import CopyRow, MemberRow, PortfolioRow
 from gateway.db.replies import participants
 from gateway.db.writer import Writer
 from gateway.domain.readsync import FlagEvent, SyncedFlag, propagation
-from gateway.mailbox import Flag, FlagChange, Mailbox, MailboxError, MailboxOwner
+from gateway.mailbox import ChangeWatch, Flag, FlagChange, Mailbox, MailboxError, MailboxOwner
 from gateway.workers import work_until_cancelled
 
 log = logging.getLogger("gateway.flagsync")
@@ -70,35 +77,108 @@ class FlagSync:
         self.on_propagated = on_propagated
         self._tokens: dict[MailboxOwner, str] = {}
         self._wake = asyncio.Event()  # nobody wakes the watcher: it polls
+        self._known: dict[MailboxOwner, Watched] = {}
+        self._looking: dict[MailboxOwner, asyncio.Lock] = {}
+        self._active_until: dict[MailboxOwner, float] = {}
+        self._watches: dict[MailboxOwner, asyncio.Task[None]] = {}
+
+    @property
+    def watched_closely(self) -> frozenset[MailboxOwner]:
+        """Mailboxes with a watch (IDLE) running now."""
+        return frozenset(self._watches)
 
     async def run(self) -> None:
         async def look() -> int:
             await self.run_once()
             return 0  # always wait for the next poll
 
-        await work_until_cancelled(
-            look, self._wake, poll_interval=self.settings.poll_interval, log=log, name="flag sync"
-        )
+        try:
+            await work_until_cancelled(
+                look, self._wake, poll_interval=self.settings.poll_interval, log=log, name="flag sync"
+            )
+        finally:
+            await self.stop_watching()
 
     async def run_once(self) -> int:
         """Look at every mailbox once; returns how many copies got a flag from a co-member."""
         watched = await self.writer.run(_watched)
+        self._known = {mailbox.owner: mailbox for mailbox in watched}
         propagated = 0
         for mailbox in watched:
+            propagated += await self._look(mailbox)
+        return propagated
+
+    async def stop_watching(self) -> None:
+        watches = list(self._watches.values())
+        for task in watches:
+            task.cancel()
+        await asyncio.gather(*watches, return_exceptions=True)
+
+    async def _look(self, mailbox: Watched) -> int:
+        """One mailbox's changes recorded and propagated; returns how many copies got a flag."""
+        owner = mailbox.owner
+        lock = self._looking.setdefault(owner, asyncio.Lock())
+        async with lock:
             try:
-                changes, token = await self.mailbox.flag_changes(
-                    mailbox.owner, self._tokens.get(mailbox.owner)
-                )
+                changes, token = await self.mailbox.flag_changes(owner, self._tokens.get(owner))
             except (MailboxError, ValueError) as exc:
                 log.warning("flags of %s not read: %s", mailbox.address, exc)
-                self._tokens.pop(mailbox.owner, None)
-                continue
+                self._tokens.pop(owner, None)
+                return 0
+            applied = Applied(0, 0)
             if changes:
-                propagated += await self.writer.run(_apply, mailbox, changes, self.node)
-            self._tokens[mailbox.owner] = token
-        if propagated:
+                applied = await self.writer.run(_apply, mailbox, changes, self.node)
+            self._tokens[owner] = token
+        if applied.by_member:
+            self._member_active(owner)
+        if applied.propagated:
             self.on_propagated()
-        return propagated
+        return applied.propagated
+
+    def _member_active(self, owner: MailboxOwner) -> None:
+        """The member is reading now: watch the mailbox closely for the next ``idle_window`` seconds."""
+        if not self.settings.idle or self.settings.idle_mailboxes == 0:
+            return
+        loop = asyncio.get_running_loop()
+        self._active_until[owner] = loop.time() + self.settings.idle_window
+        if owner in self._watches:
+            return
+        watch = self.mailbox.watch(owner)
+        if watch is None:
+            return
+        if len(self._watches) >= self.settings.idle_mailboxes:
+            # The member who has been quiet longest makes room; their mailbox is still polled.
+            quietest = min(self._watches, key=lambda o: self._active_until.get(o, 0.0))
+            self._watches[quietest].cancel()
+            del self._watches[quietest]
+        task = asyncio.create_task(self._watch(owner, watch), name=f"flag watch {owner.address}")
+        self._watches[owner] = task
+
+    async def _watch(self, owner: MailboxOwner, watch: ChangeWatch) -> None:
+        loop = asyncio.get_running_loop()
+        log.debug("watching %s closely", owner.address)
+        try:
+            while (left := self._active_until.get(owner, 0.0) - loop.time()) > 0:
+                try:
+                    changed = await watch.wait(min(self.settings.idle_refresh, left))
+                except MailboxError as exc:
+                    # The next wait reconnects; meanwhile polling keeps finding what changed.
+                    log.info("watch on %s interrupted: %s", owner.address, exc)
+                    await asyncio.sleep(self.settings.poll_interval)
+                    continue
+                mailbox = self._known.get(owner)
+                if changed and mailbox is not None:
+                    try:
+                        await self._look(mailbox)
+                    except Exception:
+                        log.exception("flags of %s not looked at after a push", owner.address)
+        finally:
+            if self._watches.get(owner) is asyncio.current_task():
+                del self._watches[owner]
+            self._active_until.pop(owner, None)
+            with contextlib.suppress(MailboxError, asyncio.CancelledError):
+                await watch.close()
+            log.debug("no longer watching %s closely", owner.address)
 
 
 def _watched(connection: Connection) -> list[Watched]:
@@ -113,8 +193,16 @@ def _watched(connection: Connection) -> list[Watched]:
     return [Watched(str(name), int(member_id), str(address)) for name, member_id, address in rows]
 
 
-def _apply(connection: Connection, mailbox: Watched, changes: Sequence[FlagChange], node: str) -> int:
-    """Record one mailbox's changes and plan what they carry to co-members; returns copies flagged."""
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one look at a mailbox found: changes the member made, and copies that got a flag from them."""
+
+    by_member: int
+    propagated: int
+
+
+def _apply(connection: Connection, mailbox: Watched, changes: Sequence[FlagChange], node: str) -> Applied:
+    """Record one mailbox's changes and plan what they carry to co-members."""
     now = dt.datetime.now(dt.UTC)
     # A copy in two folders counts with the flags of both: a flag set on either was set by the member.
     seen_now: dict[str, set[SyncedFlag]] = {}
@@ -162,7 +250,8 @@ def _apply(connection: Connection, mailbox: Watched, changes: Sequence[FlagChang
                     base | {"kind": "flag.cleared", "detail": {"copy_id": copy_id, "flag": flag.value}}
                 )
     intake.insert_rows(connection, intake.EVENTS, events)
-    return flagged
+    by_member = sum(1 for event in events if event["kind"] in ("flag.set", "flag.cleared"))
+    return Applied(by_member, flagged)
 
 
 def _propagate(

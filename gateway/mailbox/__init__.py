@@ -1,10 +1,20 @@
 """Members' mailboxes: the Mailbox protocol, its Maildir implementation and an in-memory fake."""
 
-from gateway.mailbox.base import Delivery, Flag, FlagChange, Located, Mailbox, MailboxError, MailboxOwner
+from gateway.mailbox.base import (
+    ChangeWatch,
+    Delivery,
+    Flag,
+    FlagChange,
+    Located,
+    Mailbox,
+    MailboxError,
+    MailboxOwner,
+)
 from gateway.mailbox.maildir import MaildirMailbox
 from gateway.mailbox.memory import MemoryMailbox
 
 __all__ = [
+    "ChangeWatch",
     "Delivery",
     "Flag",
     "FlagChange",

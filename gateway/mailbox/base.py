@@ -147,8 +147,30 @@ class Mailbox(Protocol):
         """
         ...
 
+    def watch(self, owner: MailboxOwner) -> ChangeWatch | None:
+        """A way to be told at once when the owner's mailbox changes, or None: the store cannot tell,
+        so flag changes are found by polling ``flag_changes`` alone (Maildir)."""
+        return None
+
     async def close(self) -> None:
         """Release connections and other resources; the mailbox is not used afterwards."""
+        ...
+
+
+class ChangeWatch(Protocol):
+    """One member's mailbox watched for changes the store pushes (IMAP IDLE on the copies' folder).
+
+    A hint, never the truth: ``flag_changes`` still says what changed, and a change the watch misses
+    (another folder, a dropped connection) is found by the next poll.
+    """
+
+    async def wait(self, seconds: float) -> bool:
+        """Wait at most ``seconds``; True as soon as the store reported a change, False when
+        nothing happened. Trouble raises ``MailboxError``; the next call starts afresh."""
+        ...
+
+    async def close(self) -> None:
+        """End the watch and release its connection."""
         ...
 
 

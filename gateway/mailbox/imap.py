@@ -64,6 +64,7 @@ import aioimaplib
 
 from gateway.config import ImapSettings
 from gateway.mailbox.base import (
+    ChangeWatch,
     Delivery,
     Flag,
     FlagChange,
@@ -76,6 +77,7 @@ from gateway.mailbox.base import (
     check_owner,
     is_copy_id,
 )
+from gateway.mailbox.imap_idle import IdleWatch
 
 log = logging.getLogger("gateway.mailbox.imap")
 
@@ -693,6 +695,21 @@ class _Connection:
         self.selected = folder
         return state
 
+    async def examine(self, folder: str) -> Selected:
+        """Select ``folder`` read-only (a watcher must not take \\Recent from the member's client)."""
+        self.selected = None
+        reply = await self.ok(
+            f"EXAMINE {folder}", lambda: self._protocol.simple_command("EXAMINE", quote(folder))
+        )
+        try:
+            state = parse_select(reply.lines)
+        except ValueError as exc:
+            self.abort()
+            raise MailboxError(errno.EPROTO, f"IMAP EXAMINE {folder}: {exc}", self.server.where) from None
+        # aioimaplib tracks the state only for its own SELECT, and allows IDLE in the selected state.
+        self._protocol.state = aioimaplib.SELECTED
+        return state
+
     async def status(self, folder: str) -> FolderState | None:
         """UIDVALIDITY, HIGHESTMODSEQ and UIDNEXT of a folder without selecting it; None when it is gone."""
         reply = await self.run(
@@ -902,6 +919,13 @@ class _Pool:
         idle, self._idle = list(self._idle), OrderedDict()
         await asyncio.gather(*(connection.logout() for connection in idle))
 
+    async def dedicated(self, address: str) -> _Connection:
+        """A connection of the member's outside the pool's bounds (IDLE holds one for minutes); the
+        caller ends it. The pool's backoff applies: a server that is down is not asked again at once."""
+        if self.closed:
+            raise MailboxError(errno.ESHUTDOWN, "the IMAP mailbox is closed", self.server.where)
+        return await self._connect(address)
+
     def _take_idle(self, address: str) -> _Connection | None:
         for connection, owner in reversed(list(self._idle.items())):
             if owner == address:
@@ -1095,6 +1119,13 @@ class ImapMailbox(Mailbox):
         with self._context("list flag changes", owner):
             async with self._pool.session(owner.address) as connection:
                 return await self._flag_changes(connection, before)
+
+    def watch(self, owner: MailboxOwner) -> ChangeWatch:
+        """IDLE on the folder copies are appended to, on a connection of its own (see imap_idle)."""
+        check_owner(owner)
+        return IdleWatch(
+            functools.partial(self._pool.dedicated, owner.address), self.folder, where=self.server.where
+        )
 
     async def close(self) -> None:
         await self._pool.close()

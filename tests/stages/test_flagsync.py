@@ -1,4 +1,4 @@
-"""Flag sync on Maildir, on SQLite and PostgreSQL: a member's flag reaches co-members per read_sync.
+"""Flag sync on Maildir and IMAP, on SQLite and PostgreSQL: a member's flag reaches co-members per read_sync.
 
 The member's mail client is played by renaming Maildir files as clients do (``cur/NAME:2,S``); the
 fan-out then writes the propagated flags. The seed's release "Kunde B Sachbearbeiter" (SB-B1, SB-B2)
@@ -7,7 +7,9 @@ and "Kunde B mit GF" (SB-B1, SB-B2, GF-B) carry a message to SB-B1 to all three.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -15,21 +17,24 @@ from sqlalchemy import select, update
 
 from gateway.acceptance import HandOff
 from gateway.config import FanoutSettings, FlagSyncSettings
-from gateway.db.models import CopyRow, EventRow, ReleaseRow
+from gateway.db.models import CopyRow, EventRow, MemberRow, MessageRow, ReleaseRow
 from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
 from gateway.fanout import FanOut
 from gateway.flagsync import FlagSync
-from gateway.mailbox import MailboxOwner, MaildirMailbox
+from gateway.mailbox import Mailbox, MailboxOwner, MaildirMailbox
+from gateway.mailbox.imap import ImapMailbox
+from tests.dovecot import Dovecot
 from tests.stages.conftest import PORTFOLIO, accept
 
 SB_B1, SB_B2, GF_B = "sb-b1@kunde-b.example", "sb-b2@kunde-b.example", "gf-b@kunde-b.example"
 
 
 class World:
-    def __init__(self, writer: Writer, root: Path) -> None:
+    def __init__(self, writer: Writer, root: Path, mailbox: Mailbox | None = None) -> None:
         self.writer = writer
-        self.mailbox = MaildirMailbox(root, hostname="gw1")
+        self.maildir = MaildirMailbox(root, hostname="gw1")
+        self.mailbox: Mailbox = mailbox or self.maildir
         self.fanout = FanOut(
             writer,
             self.mailbox,
@@ -49,7 +54,7 @@ class World:
         await self.fanout.run_once()
 
     def files(self, address: str) -> list[Path]:
-        root = self.mailbox.maildir_path(MailboxOwner(PORTFOLIO, address))
+        root = self.maildir.maildir_path(MailboxOwner(PORTFOLIO, address))
         return [p for p in root.rglob("*") if p.is_file() and p.parent.name in ("new", "cur")]
 
     def letters(self, address: str) -> str:
@@ -64,7 +69,7 @@ class World:
 
     def client_moves(self, address: str, folder: str) -> None:
         (path,) = self.files(address)
-        target = self.mailbox.maildir_path(MailboxOwner(PORTFOLIO, address)) / f".{folder}"
+        target = self.maildir.maildir_path(MailboxOwner(PORTFOLIO, address)) / f".{folder}"
         for sub in ("cur", "new", "tmp"):
             (target / sub).mkdir(parents=True, exist_ok=True)
         os.rename(path, target / "cur" / path.name)
@@ -143,3 +148,76 @@ async def test_clearing_stays_local_and_a_second_read_counts_again(world: World)
         lambda c: {r.member_id: r.seen for r in c.execute(select(CopyRow.member_id, CopyRow.seen))}
     )
     assert sorted(rows.values()) == [False, True, True]
+
+
+# --- IMAP: polling plus IDLE on the mailboxes of members who are reading ------------------------------
+
+
+async def test_a_reading_member_is_watched_with_idle_between_polls(
+    writer: Writer, tmp_path: Path, dovecot: Dovecot
+) -> None:
+    """The poll interval is a minute here: after SB-B1's first read (found by the first poll), SB-B1's
+    next read reaches the co-members through IDLE in about a second; the watch ends with the window."""
+    for address in (SB_B1, SB_B2, GF_B):
+        dovecot.add_user(address)
+    imap = ImapMailbox.from_settings(dovecot.imap_settings(), timeout=5)
+    world = World(writer, tmp_path / "mail", imap)
+    world.flagsync = FlagSync(
+        writer, imap, FlagSyncSettings(poll_interval=60, idle_window=4, idle_refresh=2), node="n1"
+    )
+    watching = None
+    try:
+        await read_sync(writer, "seen")
+        await world.deliver("Erste")
+        await world.deliver("Zweite")
+        first, second = [await copy_of(writer, SB_B1, subject) for subject in ("Erste", "Zweite")]
+        await asyncio.to_thread(dovecot.member_stores, SB_B1, first, "+FLAGS", "(\\Seen)")
+        watching = asyncio.create_task(world.flagsync.run())  # its first look is the poll
+        assert await until(lambda: MailboxOwner(PORTFOLIO, SB_B1) in world.flagsync.watched_closely, 10)
+        assert await seen_count(writer) == 3
+
+        started = time.monotonic()
+        await asyncio.to_thread(dovecot.member_stores, SB_B1, second, "+FLAGS", "(\\Seen)")
+        assert await until(lambda: seen_count_now(writer, 6), 10), "propagated before the next poll"
+        assert time.monotonic() - started < 5, "IDLE, not the 60 s poll"
+
+        # Four seconds after SB-B1's last change the watch ends and its connection is logged out.
+        assert await until(lambda: not world.flagsync.watched_closely, 15)
+    finally:
+        if watching is not None:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+        await imap.close()
+
+
+async def copy_of(writer: Writer, address: str, subject: str) -> str:
+    """The copy id of ``address``'s copy of the message with ``subject``."""
+    query = (
+        select(CopyRow.copy_id)
+        .join(MessageRow, MessageRow.id == CopyRow.message_id)
+        .join(MemberRow, MemberRow.id == CopyRow.member_id)
+        .where(MemberRow.address == address, MessageRow.subject == subject)
+    )
+    return str(await writer.run(lambda c: c.scalar(query)))
+
+
+async def seen_count(writer: Writer) -> int:
+    return int(
+        await writer.run(lambda c: len(list(c.scalars(select(CopyRow.id).where(CopyRow.seen.is_(True))))))
+    )
+
+
+async def seen_count_now(writer: Writer, expected: int) -> bool:
+    return await seen_count(writer) == expected
+
+
+async def until(check: object, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        result = check()  # type: ignore[operator]
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return True
+        await asyncio.sleep(0.05)
+    return False

@@ -1,0 +1,157 @@
+"""IMAP IDLE on one member's copies folder, with a watchdog: the IMAP backend's ``ChangeWatch``.
+
+The flag watcher polls every mailbox; for members who are reading right now it also keeps an IDLE
+session open, so a flag they set reaches their co-members in about the server's notify delay (Dovecot:
+~0.5 s) instead of up to a poll interval. The session is a connection of its own outside the pool (IDLE
+holds it for minutes), opened read-only (EXAMINE, so the gateway never takes \\Recent from the member).
+
+Each ``wait`` is one IDLE round: IDLE, wait for a push or the timeout, DONE. Changes made between two
+rounds are announced by the server when the next IDLE starts, so none falls between. aioimaplib's IDLE
+has traps handled here:
+
+- a server that says BYE (shutting down) or drops the connection leaves aioimaplib's IDLE waiting for
+  ever: every wait races the connection's "lost" signal, and a pushed BYE ends the session;
+- a DONE the server never answers (a hung server, a dead NAT mapping) would block the session: DONE and
+  the tagged answer to IDLE get the command timeout (the watchdog), then the connection is dropped;
+- after any error or timeout the connection is never reused: the next ``wait`` opens a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import aioimaplib
+
+from gateway.mailbox.base import MailboxError
+
+if TYPE_CHECKING:
+    from gateway.mailbox.imap import _Connection
+
+# What a server pushes during IDLE that can mean a flag changed or a copy came or went (RFC 3501 7.3,
+# 7.4): FETCH carries new FLAGS, EXISTS/EXPUNGE/VANISHED a message added or removed.
+_CHANGES = (b"FETCH", b"EXISTS", b"EXPUNGE", b"VANISHED")
+
+
+def pushed_change(lines: list[bytes]) -> bool:
+    """Whether untagged lines pushed during IDLE (``* `` already stripped by aioimaplib) tell of a change."""
+    for line in lines:
+        words = bytes(line).split(None, 2)
+        if any(word.upper() in _CHANGES for word in words[:2]):
+            return True
+    return False
+
+
+def pushed_bye(lines: list[bytes]) -> bool:
+    return any(bytes(line).upper().startswith(b"BYE") for line in lines)
+
+
+class IdleWatch:
+    """``ChangeWatch`` on an IMAP folder: one IDLE session, renewed after any trouble."""
+
+    def __init__(self, connect: Callable[[], Awaitable[_Connection]], folder: str, *, where: str) -> None:
+        self._connect = connect
+        self.folder = folder
+        self.where = where
+        self._connection: _Connection | None = None
+
+    async def wait(self, seconds: float) -> bool:
+        connection = await self._ready()
+        try:
+            return await self._round(connection, seconds)
+        except BaseException:
+            self._drop()
+            raise
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.logout()
+
+    async def _ready(self) -> _Connection:
+        if self._connection is not None and self._connection.usable:
+            return self._connection
+        self._drop()
+        connection = await self._connect()
+        try:
+            if "IDLE" not in connection.capabilities:
+                raise MailboxError(errno.EPROTO, "the IMAP server lacks IDLE", self.where)
+            await connection.examine(self.folder)
+        except BaseException:
+            connection.abort()
+            raise
+        self._connection = connection
+        return connection
+
+    def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.abort()
+
+    async def _round(self, connection: _Connection, seconds: float) -> bool:
+        client: Any = connection.client
+        protocol: Any = client.protocol
+        watchdog = connection.timeout
+        idle = await self._until(
+            connection, "IDLE", watchdog, asyncio.ensure_future(client.idle_start(timeout=max(seconds, 0.0)))
+        )
+        changed = False
+        try:
+            lines = await self._until(
+                connection,
+                "IDLE",
+                # aioimaplib stops the wait itself after ``seconds`` (it pushes a stop marker); the
+                # extra seconds only guard against that marker never coming.
+                seconds + watchdog,
+                asyncio.ensure_future(client.wait_server_push(timeout=seconds + watchdog)),
+            )
+            if lines != aioimaplib.STOP_WAIT_SERVER_PUSH:
+                if pushed_bye(lines):
+                    raise MailboxError(errno.ECONNRESET, "IMAP IDLE: the server said BYE", self.where)
+                changed = pushed_change(lines)
+                # Pushes that came in the same moment belong to this round too.
+                while not protocol.idle_queue.empty():
+                    more = protocol.idle_queue.get_nowait()
+                    if more != aioimaplib.STOP_WAIT_SERVER_PUSH:
+                        changed = changed or pushed_change(more)
+        finally:
+            if connection.usable and client.has_pending_idle():
+                client.idle_done()
+        reply = await self._until(connection, "DONE", watchdog, idle)
+        if reply.result != "OK":
+            raise MailboxError(errno.EIO, f"IMAP IDLE refused: {reply.result}", self.where)
+        # A push that arrived while DONE was on its way: aioimaplib queues some of them and drops others
+        # (those in the same read as the tagged answer); the dropped ones are the next poll's to find.
+        while not protocol.idle_queue.empty():
+            more = protocol.idle_queue.get_nowait()
+            changed = changed or (more != aioimaplib.STOP_WAIT_SERVER_PUSH and pushed_change(more))
+        return changed
+
+    async def _until(
+        self, connection: _Connection, what: str, seconds: float, step: asyncio.Future[Any]
+    ) -> Any:
+        """``step``'s result, unless the connection is lost or ``seconds`` pass first (then it is dropped)."""
+        try:
+            async with asyncio.timeout(seconds):
+                await asyncio.wait({step, connection.lost}, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            step.cancel()
+            connection.abort()
+            raise MailboxError(
+                errno.ETIMEDOUT, f"IMAP {what}: no answer within {seconds:g} s", self.where
+            ) from None
+        except BaseException:
+            step.cancel()
+            connection.abort()
+            raise
+        if not step.done():
+            step.cancel()
+            connection.abort()
+            raise MailboxError(errno.ECONNRESET, f"IMAP {what}: the server hung up", self.where)
+        try:
+            return step.result()
+        except (OSError, EOFError, ValueError, aioimaplib.AioImapException, asyncio.CancelledError) as exc:
+            connection.abort()
+            raise MailboxError(errno.EIO, f"IMAP {what}: {exc or type(exc).__name__}", self.where) from exc
