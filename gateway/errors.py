@@ -4,6 +4,7 @@
     ├── InputError                  the person or file asked for something invalid (CLI exit status 2)
     │   ├── ConfigError             config/*.toml or a GATEWAY_… variable is invalid; carries every problem
     │   ├── DirectoryFileError      a directory YAML file is invalid; carries FILE:LINE problems
+    │   ├── RulesFileError          a routing rules file is invalid; carries FILE:LINE:COL problems
     │   ├── NotFound                a named portfolio, member, release, back office or message does not exist
     │   └── DirectoryConflict       a change would break a directory rule (one primary release, sharing…)
     └── OperationalError            the gateway could not do its work (CLI exit status 1)
@@ -56,6 +57,10 @@ class ConfigError(ProblemsError):
 
 class DirectoryFileError(ProblemsError):
     """A directory YAML file is invalid; nothing of it was applied."""
+
+
+class RulesFileError(ProblemsError):
+    """The routing rules files are invalid (or name what the directory lacks); none of them is used."""
 
 
 class NotFound(InputError):
