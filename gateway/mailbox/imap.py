@@ -55,7 +55,7 @@ import re
 import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, cast
@@ -88,6 +88,9 @@ INBOX = "INBOX"
 # overflows Python's stack somewhere above 600 messages in one read.
 _FETCH_CHUNK = 200
 _HEADER_ITEMS = f"(UID FLAGS BODY.PEEK[HEADER.FIELDS ({COPY_ID_HEADER})])"
+# Most copies and bytes in one MULTIAPPEND: a command must be through within the connection's timeout.
+_MULTIAPPEND_COUNT = 100
+_MULTIAPPEND_BYTES = 2 * 1024 * 1024
 
 
 # --- pure parsing of aioimaplib's response lines -------------------------------------------------------
@@ -328,6 +331,22 @@ def parse_appenduid(lines: Lines) -> tuple[int, int] | None:
     if len(value) == 2 and all(part.isdigit() for part in value):
         return int(value[0]), int(value[1])
     return None
+
+
+def parse_appenduids(lines: Lines) -> tuple[int, list[int]] | None:
+    """UIDVALIDITY and the UIDs of a MULTIAPPEND's ``[APPENDUID v 5:7,9]``, in the order the messages
+    went (a server assigns them ascending as it saves), if the server sent it."""
+    value = response_codes(lines).get("APPENDUID", "").split()
+    if len(value) != 2 or not value[0].isdigit():
+        return None
+    uids: list[int] = []
+    for part in value[1].split(","):
+        first, _, last = part.partition(":")
+        if not first.isdigit() or not (last or first).isdigit():
+            return None
+        low, high = sorted((int(first), int(last or first)))
+        uids.extend(range(low, high + 1))
+    return int(value[0]), uids
 
 
 def parse_capabilities(lines: Lines) -> frozenset[str]:
@@ -772,6 +791,61 @@ class _Connection:
             raise MailboxError(errno.EIO, f"IMAP APPEND {folder} refused: {reply.text}", self.server.where)
         raise AssertionError("unreachable")
 
+    @property
+    def multiappend(self) -> bool:
+        """Whether several messages can go in one APPEND, each literal after the first unannounced."""
+        return {"MULTIAPPEND", "LITERAL+"} <= self.capabilities
+
+    async def append_many(
+        self, folder: str, messages: Sequence[tuple[bytes, frozenset[Flag]]]
+    ) -> tuple[int, list[int]] | None:
+        """One APPEND of all ``messages`` (MULTIAPPEND, RFC 3502: all are appended or none); UIDVALIDITY
+        and their UIDs in order, or None when the server refused them with NO (none was appended).
+
+        The first literal is synchronizing, as aioimaplib sends it; the others follow it in the same
+        write as LITERAL+ literals, so the whole batch costs two round trips and one transaction in
+        the server. A missing folder is created (TRYCREATE).
+        """
+        (first, first_flags), rest = messages[0], messages[1:]
+        tail = b"".join(
+            f" {flag_list(flags) + ' ' if flags else ''}{{{len(message)}+}}\r\n".encode() + message
+            for message, flags in rest
+        )
+        what = f"APPEND {folder} ({len(messages)} messages)"
+
+        def call() -> Awaitable[Any]:
+            protocol = self._protocol
+            arguments = [
+                quote(folder),
+                *([flag_list(first_flags)] if first_flags else []),
+                f"{{{len(first)}}}",
+            ]
+            protocol.literal_data = first + tail  # written after the server's "+"
+            command = aioimaplib.Command("APPEND", protocol.new_tag(), *arguments, loop=protocol.loop)
+            return cast(Awaitable[Any], protocol.execute(command))
+
+        for attempt in range(2):
+            reply = await self.run(what, call)
+            if reply.ok:
+                appended = parse_appenduids(reply.lines)
+                if appended is None or len(appended[1]) != len(messages):
+                    # Appended, but which UID is which copy is unknown: the retry finds them.
+                    self.abort()
+                    raise MailboxError(
+                        errno.EPROTO, f"IMAP {what}: no APPENDUID with one UID each", self.server.where
+                    )
+                return appended
+            if attempt == 0 and "TRYCREATE" in response_codes(reply.lines):
+                await self.ok(
+                    f"CREATE {folder}", lambda: self._protocol.simple_command("CREATE", quote(folder))
+                )
+                continue
+            if reply.result == "NO":
+                return None
+            self.abort()
+            raise MailboxError(errno.EIO, f"IMAP {what} refused: {reply.text}", self.server.where)
+        raise AssertionError("unreachable")
+
 
 def _errno(exc: BaseException) -> int:
     if isinstance(exc, TimeoutError):
@@ -1071,9 +1145,49 @@ class ImapMailbox(Mailbox):
                 )
 
     async def append_batch(self, deliveries: Sequence[Delivery]) -> list[Located | Exception]:
-        # Each copy on a pooled connection of its member, concurrently up to the pool's bounds; aioimaplib
-        # cannot pipeline commands on one connection, so connections are what runs copies in parallel.
-        return await append_each(self, deliveries)
+        """First attempts go to each member in one MULTIAPPEND (per ``_MULTIAPPEND_COUNT`` copies and
+        ``_MULTIAPPEND_BYTES``): one command, two round trips and one transaction in the server for
+        what would be one APPEND each. Retries, and a copy named twice in the batch, go one by one
+        through ``append``, which looks for the copy first. Members run concurrently up to the
+        pool's bounds (aioimaplib has one command in flight per connection)."""
+        results: list[Located | Exception | None] = [None] * len(deliveries)
+        chunks: dict[str, list[list[tuple[int, bytes]]]] = {}
+        alone: list[int] = []
+        named: set[tuple[str, str]] = set()
+        for index, delivery in enumerate(deliveries):
+            key = (delivery.owner.address, delivery.copy_id)
+            if not delivery.first_attempt or key in named:
+                alone.append(index)
+                continue
+            named.add(key)
+            try:
+                check_owner(delivery.owner)
+                check_copy_id(delivery.copy_id)
+                message = message_for_append(delivery.copy_id, delivery.data)
+            except ValueError as exc:
+                results[index] = exc
+                continue
+            member = chunks.setdefault(delivery.owner.address, [[]])
+            chunk = member[-1]
+            if chunk and (
+                len(chunk) >= _MULTIAPPEND_COUNT
+                or sum(len(m) for _, m in chunk) + len(message) > _MULTIAPPEND_BYTES
+            ):
+                member.append(chunk := [])
+            chunk.append((index, message))
+
+        async def one(index: int) -> None:
+            (results[index],) = await append_each(self, [deliveries[index]])
+
+        await asyncio.gather(
+            *(
+                self._append_chunk(deliveries, chunk, results)
+                for member in chunks.values()
+                for chunk in member
+            ),
+            *(one(index) for index in alone),
+        )
+        return [result if result is not None else AssertionError("not attempted") for result in results]
 
     async def find(self, owner: MailboxOwner, copy_id: str) -> list[Located]:
         check_owner(owner)
@@ -1141,6 +1255,75 @@ class ImapMailbox(Mailbox):
             raise MailboxError(
                 exc.errno, f"{action} for {owner.address}: {exc.strerror}", exc.filename
             ) from exc
+
+    async def _append_chunk(
+        self,
+        deliveries: Sequence[Delivery],
+        chunk: list[tuple[int, bytes]],
+        results: list[Located | Exception | None],
+    ) -> None:
+        """First attempts of one member's copies (``append_batch``), their results into ``results``."""
+        owner = deliveries[chunk[0][0]].owner
+        keys = sorted((owner.address, deliveries[index].copy_id) for index, _ in chunk)
+        located: dict[int, Located] = {}
+        try:
+            async with AsyncExitStack() as locks:
+                for key in keys:  # in order: two batches holding some of the same keys wait, never deadlock
+                    await locks.enter_async_context(self._copy_locks.hold(key))
+                with self._context(f"append {len(chunk)} copies", owner):
+                    async with self._pool.session(owner.address) as connection:
+                        await self._append_chunk_on(connection, deliveries, chunk, located)
+        except MailboxError as exc:
+            for index, _ in chunk:
+                copy_id = deliveries[index].copy_id
+                results[index] = located.get(index) or MailboxError(
+                    exc.errno, f"append copy {copy_id} for {owner.address}: {exc.strerror}", exc.filename
+                )
+            return
+        for index, _ in chunk:
+            results[index] = located[index]
+
+    async def _append_chunk_on(
+        self,
+        connection: _Connection,
+        deliveries: Sequence[Delivery],
+        chunk: list[tuple[int, bytes]],
+        located: dict[int, Located],
+    ) -> None:
+        """Append the chunk on ``connection`` (copy locks held); each copy appended goes into ``located``."""
+
+        def done(index: int, uidvalidity: int, uid: int) -> None:
+            delivery = deliveries[index]
+            self._remember((delivery.owner.address, delivery.copy_id))
+            ref = imap_ref(self.folder, uidvalidity, uid)
+            located[index] = Located(delivery.copy_id, self.folder, ref, frozenset(delivery.flags))
+
+        # Another operation of this process may have appended one of them meanwhile (it held the lock):
+        # that one is looked for, as a retry would be.
+        for index, _ in chunk:
+            delivery = deliveries[index]
+            if (delivery.owner.address, delivery.copy_id) in self._appended:
+                found = await self._find(connection, delivery.copy_id)
+                if found:
+                    located[index] = found[0]
+        pending = [(index, message) for index, message in chunk if index not in located]
+        if len(pending) > 1 and connection.multiappend:
+            flags = [frozenset(deliveries[index].flags) for index, _ in pending]
+            appended = await connection.append_many(
+                self.folder, [(message, f) for (_, message), f in zip(pending, flags, strict=True)]
+            )
+            if appended is not None:
+                uidvalidity, uids = appended
+                for (index, _), uid in zip(pending, uids, strict=True):
+                    done(index, uidvalidity, uid)
+                return
+            # Refused as a whole, so none is in the mailbox: one by one says which one the server
+            # will not take, and the others still go in.
+        for index, message in pending:
+            uidvalidity, uid = await connection.append(
+                self.folder, message, frozenset(deliveries[index].flags)
+            )
+            done(index, uidvalidity, uid)
 
     def _remember(self, key: tuple[str, str]) -> None:
         self._appended[key] = None
