@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +33,7 @@ from gateway.mailbox.imap import (
     message_copy_id,
     message_for_append,
     parse_appenduid,
+    parse_appenduids,
     parse_capabilities,
     parse_fetch,
     parse_list,
@@ -132,6 +134,11 @@ def test_search_status_list_select_and_codes() -> None:
 
     assert parse_appenduid([b"[APPENDUID 1795751100 42] Append completed (0.005 secs)."]) == (1795751100, 42)
     assert parse_appenduid([b"Append completed."]) is None
+    # MULTIAPPEND: one UID per message, in the order they went.
+    assert parse_appenduids([b"[APPENDUID 1795751100 5:7,9] Append completed."]) == (1795751100, [5, 6, 7, 9])
+    assert parse_appenduids([b"[APPENDUID 1795751100 42] Append completed."]) == (1795751100, [42])
+    assert parse_appenduids([b"Append completed."]) is None
+    assert parse_appenduids([b"[APPENDUID 1795751100 x:3] Append completed."]) is None
     assert "TRYCREATE" in response_codes([b"[TRYCREATE] Mailbox doesn't exist: Archiv"])
     caps = parse_capabilities([b"IMAP4rev1 UIDPLUS CONDSTORE auth=PLAIN", b"Capability completed"])
     assert caps == {"IMAP4REV1", "UIDPLUS", "CONDSTORE", "AUTH=PLAIN"}
@@ -479,6 +486,58 @@ async def test_connections_are_pooled_per_member(dovecot: Dovecot) -> None:
         await box.close()
     await asyncio.sleep(0.1)
     assert dovecot.log_text().count("Disconnected: Logged out") >= 2, "close() logs out"
+
+
+async def test_a_members_first_attempts_go_in_one_multiappend(
+    imap: ImapMailbox, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.mailbox.imap as imap_module
+
+    commands: list[tuple[str, int]] = []
+    real_many, real_one = imap_module._Connection.append_many, imap_module._Connection.append
+
+    async def append_many(self: Any, folder: str, messages: Any) -> Any:
+        commands.append(("many", len(messages)))
+        return await real_many(self, folder, messages)
+
+    async def append(self: Any, folder: str, message: bytes, flags: Any) -> Any:
+        commands.append(("one", 1))
+        return await real_one(self, folder, message, flags)
+
+    monkeypatch.setattr(imap_module._Connection, "append_many", append_many)
+    monkeypatch.setattr(imap_module._Connection, "append", append)
+    flag_sets = [frozenset(), frozenset({Flag.SEEN}), frozenset({Flag.SEEN, Flag.ANSWERED})]
+    deliveries = [
+        Delivery(o, f"{o.address[:5]}-{n}", copy(f"{o.address[:5]}-{n}"), flags, first_attempt=True)
+        for n, flags in enumerate(flag_sets)
+        for o in (OWNER, OTHER)
+    ]
+    # A copy named twice in one batch is appended once: the second looks for it and finds it.
+    results = await imap.append_batch([*deliveries, deliveries[0]])
+    assert sorted(commands) == [("many", 3), ("many", 3)]
+    assert results[-1] == results[0]
+    for delivery, result in zip(deliveries, results, strict=False):
+        # Each copy's UID is its own (APPENDUID's set in the order the messages went), with its flags.
+        assert await imap.find(delivery.owner, delivery.copy_id) == [result]
+        assert isinstance(result, Located)
+        assert result.flags == delivery.flags
+    for owner in (OWNER, OTHER):
+        assert dovecot.copy_counts(owner.address) == {f"{owner.address[:5]}-{n}": 1 for n in range(3)}
+
+
+async def test_a_refused_multiappend_goes_one_by_one(
+    imap: ImapMailbox, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.mailbox.imap as imap_module
+
+    async def refused(self: Any, folder: str, messages: Any) -> None:
+        return None  # the server said NO: none of them is in the mailbox
+
+    monkeypatch.setattr(imap_module._Connection, "append_many", refused)
+    deliveries = [Delivery(OWNER, f"r{n}", copy(f"r{n}"), first_attempt=True) for n in range(4)]
+    results = await imap.append_batch(deliveries)
+    assert all(isinstance(r, Located) for r in results), results
+    assert dovecot.copy_counts(OWNER.address) == {f"r{n}": 1 for n in range(4)}
 
 
 async def test_a_restarted_server_is_reconnected_to(imap: ImapMailbox, dovecot: Dovecot) -> None:
