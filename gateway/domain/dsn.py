@@ -22,35 +22,38 @@ joined into one.
 
 from __future__ import annotations
 
-import hashlib
-import quopri
 import re
-import textwrap
 import unicodedata
 from datetime import datetime
-from email.header import Header
-from email.utils import format_datetime, formataddr, parseaddr
+from email.utils import format_datetime
 
 from gateway.domain.headers import bytes_to_text, decode_header_value
+from gateway.domain.reports import (
+    HOST,
+    MESSAGE_ID,
+    address_header,
+    as_bytes,
+    checked,
+    content_boundary,
+    fold,
+    header_section,
+    headers_part,
+    is_ascii_address,
+    lines,
+    quoted_printable,
+    subject_header,
+)
 from gateway.parsing import parse_message
 
 __all__ = ["build_failure_report"]
 
-_CRLF = "\r\n"
 _STATUS = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})")
-_MESSAGE_ID = re.compile(r"<[^<>\s]+@[^<>\s]+>")
-_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]|\[IPv6:[0-9A-Fa-f:.]+\]")
-_ADDR_SPEC = re.compile(r"[^\s@<>()\[\],;:\"]+@[A-Za-z0-9.\[\]:-]+")
 # An envelope id travels as xtext in the ENVID parameter (RFC 3461 4.4); one without "+" and "=" reads
 # the same encoded or not, so it matches whichever way a remote MTA writes it back.
 _ENVELOPE_ID = re.compile(r"[\x21-\x2a\x2c-\x3c\x3e-\x7e]{1,100}")
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_BLANK_LINE = re.compile(rb"(?:\A|\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
-_LINE_END = re.compile(rb"\r\n|\r|\n")
 
-# RFC 5322 2.1.1: lines stay within 78 characters where they can; a remote server's diagnostic is cut
-# well below the hard limit of 998, because one unbroken word must still fit on a line.
-_LINE_LENGTH = 78
+# A remote server's diagnostic is cut well below the hard line limit of 998 (RFC 5322 2.1.1), because
+# one unbroken word must still fit on a line.
 _MAX_DIAGNOSTIC = 900
 
 # What the enhanced status code (RFC 3463) means, by subject.detail, then by subject alone.
@@ -113,16 +116,16 @@ def build_failure_report(
     example how long it tried), shown as given. Raises ``ValueError`` for a value that cannot be written
     safely.
     """
-    reporting_mta = _checked("reporting_mta", reporting_mta)
-    if not _HOST.fullmatch(reporting_mta):
+    reporting_mta = checked("reporting_mta", reporting_mta)
+    if not HOST.fullmatch(reporting_mta):
         raise ValueError(f"reporting_mta is a host name, not {reporting_mta!r}")
     if original_envelope_id is not None and not _ENVELOPE_ID.fullmatch(original_envelope_id):
         raise ValueError(
             f"original_envelope_id is 1 to 100 printable ASCII characters without '+' and '=', "
             f"not {original_envelope_id!r}"
         )
-    recipient = _checked("recipient", recipient).strip()
-    if not (recipient.isascii() and _ADDR_SPEC.fullmatch(recipient)):
+    recipient = checked("recipient", recipient).strip()
+    if not is_ascii_address(recipient):
         raise ValueError(f"recipient is an ASCII address, not {recipient!r}")
     status_match = _STATUS.fullmatch(status)
     if status_match is None:
@@ -133,21 +136,21 @@ def build_failure_report(
         raise ValueError(f"a delayed delivery has a 4.x.x status, not {status}")
     if action == "failed" and status_match.group(1) == "2":
         raise ValueError(f"a failed delivery has a 4.x.x or 5.x.x status, not {status}")
-    if not _MESSAGE_ID.fullmatch(_checked("message_id", message_id)):
+    if not MESSAGE_ID.fullmatch(checked("message_id", message_id)):
         raise ValueError(f"message_id is <local@domain>, not {message_id!r}")
     if date.tzinfo is None or date.utcoffset() is None:
         raise ValueError("date must be timezone-aware: a Date header without a zone is a lie")
-    to_header = _address_header("to", to)
+    to_header = address_header("to", to)
     # A subject is text for people: a raw header value (folded, encoded words, 8-bit) reads as it would
     # in a mail client, and no control character survives into the header line.
-    subject = decode_header_value(_as_bytes(subject))
+    subject = decode_header_value(as_bytes(subject))
     # Text from a server reply may carry its 8-bit bytes as surrogates (surrogateescape); read them as
     # header bytes are read, so that no surrogate reaches the UTF-8 of the report.
-    diagnostic = bytes_to_text(_as_bytes(diagnostic))
-    explanation = bytes_to_text(_as_bytes(explanation))
+    diagnostic = bytes_to_text(as_bytes(diagnostic))
+    explanation = bytes_to_text(as_bytes(explanation))
 
     diagnostic_line = " ".join(diagnostic.split())[:_MAX_DIAGNOSTIC]
-    headers = _header_section(original_headers)
+    headers = header_section(original_headers)
     original = parse_message(headers + b"\r\n")
     reason_de, reason_en = _reason(status_match.group(2), status_match.group(3))
 
@@ -168,7 +171,8 @@ def build_failure_report(
         status=status,
         diagnostic=diagnostic_line,
     )
-    boundary = _boundary(
+    boundary = content_boundary(
+        "dsn",
         reporting_mta,
         original_envelope_id or "",
         recipient,
@@ -186,7 +190,7 @@ def build_failure_report(
     top = [
         f"From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",
         f"To: {to_header}",
-        _subject_header(subject),
+        subject_header(subject),
         f"Date: {format_datetime(date)}",
         f"Message-ID: {message_id}",
     ]
@@ -199,9 +203,9 @@ def build_failure_report(
         f' boundary="{boundary}"',
     ]
 
-    out = bytearray(_lines(top))
-    out += _lines(["", "This is a delivery status notification in MIME format.", ""])
-    out += _lines(
+    out = bytearray(lines(top))
+    out += lines(["", "This is a delivery status notification in MIME format.", ""])
+    out += lines(
         [
             f"--{boundary}",
             "Content-Type: text/plain; charset=utf-8",
@@ -210,18 +214,12 @@ def build_failure_report(
             "",
         ]
     )
-    out += _quoted_printable(text)
-    out += _lines([f"--{boundary}", "Content-Type: message/delivery-status", ""])
+    out += quoted_printable(text)
+    out += lines([f"--{boundary}", "Content-Type: message/delivery-status", ""])
     out += status_fields
     if headers:
-        part = [f"--{boundary}", "Content-Type: text/rfc822-headers"]
-        if not headers.isascii():
-            part.append("Content-Transfer-Encoding: 8bit")
-        out += _lines([*part, ""])
-        # The line end before a boundary belongs to the boundary (RFC 2046 5.1.1): the blank line keeps
-        # the last header line's own.
-        out += headers + b"\r\n"
-    out += _lines([f"--{boundary}--"])
+        out += headers_part(f"--{boundary}", headers)
+    out += lines([f"--{boundary}--"])
     return bytes(out)
 
 
@@ -278,64 +276,12 @@ def _status_fields(
         # RFC 3464 2.3.6: "smtp" types the reply of an SMTP server; anything else (a refused connection,
         # a name that does not resolve) is the gateway's own words.
         kind = "smtp" if re.match(r"[245][0-9][0-9](?![0-9])", diagnostic) else "X-Gateway"
-        per_recipient.extend(_fold("Diagnostic-Code", f"{kind}; {_ascii(diagnostic)}"))
-    return _lines([*per_message, "", *per_recipient, ""])
-
-
-def _header_section(raw: bytes) -> bytes:
-    """The header section of ``raw`` with CRLF line ends, without NUL bytes and the blank line."""
-    blank = _BLANK_LINE.search(raw)
-    head = raw[: blank.start()] if blank is not None else raw
-    head = head.replace(b"\x00", b"").strip(b"\r\n")
-    if not head:
-        return b""
-    return _LINE_END.sub(b"\r\n", head) + b"\r\n"
+        per_recipient.extend(fold("Diagnostic-Code", f"{kind}; {_ascii(diagnostic)}"))
+    return lines([*per_message, "", *per_recipient, ""])
 
 
 def _reason(subject: str, detail: str) -> tuple[str, str]:
     return _REASONS.get(f"{int(subject)}.{int(detail)}") or _REASONS.get(str(int(subject))) or _UNKNOWN_REASON
-
-
-def _as_bytes(text: str) -> bytes:
-    try:
-        return text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate that stands for no byte
-        return text.encode("utf-8", "replace")
-
-
-def _checked(name: str, value: str) -> str:
-    if _CONTROLS.search(value):
-        raise ValueError(f"{name} must be one line without control characters: {value!r}")
-    return value
-
-
-def _address_header(name: str, value: str) -> str:
-    display_name, address = parseaddr(_checked(name, value))
-    if not (address.isascii() and _ADDR_SPEC.fullmatch(address)):
-        raise ValueError(f"{name} is an ASCII address, with or without a display name, not {value!r}")
-    return formataddr((display_name, address), charset="utf-8")
-
-
-def _subject_header(subject: str) -> str:
-    # Plain ASCII where it can be read as it is; encoded words where it cannot: non-ASCII text, text that
-    # a reader would take for an encoded word, and words too long for a line, which only encoded words
-    # may split.
-    plain = subject.isascii() and "=?" not in subject and all(len(word) <= 60 for word in subject.split())
-    charset = "us-ascii" if plain else "utf-8"
-    header = Header(subject, charset, maxlinelen=_LINE_LENGTH, header_name="Subject")
-    return "Subject: " + header.encode(linesep=_CRLF)
-
-
-def _fold(name: str, value: str) -> list[str]:
-    """``Name: value`` as lines of at most 78 characters, broken at spaces only."""
-    lines = textwrap.wrap(
-        f"{name}: {value}",
-        width=_LINE_LENGTH,
-        subsequent_indent=" ",
-        break_long_words=False,
-        break_on_hyphens=False,
-    )
-    return lines or [f"{name}:"]
 
 
 def _ascii(text: str) -> str:
@@ -344,23 +290,3 @@ def _ascii(text: str) -> str:
         return text
     bare = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
     return bare.encode("ascii", "replace").decode("ascii")
-
-
-def _quoted_printable(text: str) -> bytes:
-    # quopri wraps at 76 characters with soft breaks and ends lines with LF only; the result holds no
-    # CR of its own (a CR in the text would be written =0D), so every LF becomes CRLF safely.
-    encoded = quopri.encodestring(text.encode("utf-8"), quotetabs=False)
-    return encoded.replace(b"\n", b"\r\n")
-
-
-def _boundary(*parts: str | bytes) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        data = part if isinstance(part, bytes) else part.encode("utf-8", "surrogatepass")
-        digest.update(len(data).to_bytes(8, "big") + data)
-    # "=_" cannot occur in quoted-printable text, and the hash of all content cannot occur in it either.
-    return f"=_dsn_{digest.hexdigest()[:40]}"
-
-
-def _lines(lines: list[str]) -> bytes:
-    return "".join(line + _CRLF for line in lines).encode("utf-8")
