@@ -65,6 +65,7 @@ __all__ = [
     "LoggingSettings",
     "MailboxSettings",
     "MxListenerSettings",
+    "RulesSettings",
     "SecretsSettings",
     "Settings",
     "SubmissionListenerSettings",
@@ -538,6 +539,17 @@ class RelaySettings(_Section):
     """Seconds a taken mail stays reserved for this process; longer than any SMTP conversation."""
 
 
+class RulesSettings(_Section):
+    """``[rules]``: the routing rules files (docs/rules.md)."""
+
+    dir: ResolvedPath = Path("rules")
+    """Directory of the rules files (``*.yaml``, read in name order); one that does not exist means no
+    rules. Default: "rules" next to the configuration file."""
+
+    reload_interval: Annotated[float, Field(gt=0)] = 2.0
+    """Seconds between two looks at the files for changes (a running gateway also reloads on SIGHUP)."""
+
+
 class LoggingSettings(_Section):
     """``[logging]``: how much the gateway logs, and in which shape."""
 
@@ -562,6 +574,7 @@ _SECTIONS: Mapping[str, type[_Section]] = {
     "secrets": SecretsSettings,
     "limits": LimitsSettings,
     "logging": LoggingSettings,
+    "rules": RulesSettings,
 }
 
 
@@ -585,6 +598,7 @@ class Settings(BaseModel):
     secrets: SecretsSettings = Field(default_factory=SecretsSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    rules: RulesSettings = Field(default_factory=RulesSettings)
 
     # Private, not a field: a key named "source" in the TOML must stay an unknown key.
     _source: Path | None = PrivateAttr(default=None)

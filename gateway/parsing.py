@@ -36,6 +36,7 @@ __all__ = [
     "ParsedMessage",
     "decode_header_value",
     "extract_msg_ids",
+    "header_fields",
     "parse_message",
 ]
 
@@ -131,6 +132,28 @@ def parse_message(raw: bytes, *, vorgang_header: str = "X-Gateway-Vorgang") -> P
     except Exception as exc:  # the promise is "never raises"; every header is guarded on its own too
         defects.add(f"the header section could not be read ({type(exc).__name__})")
         return ParsedMessage(None, (), (), "", (), "", (), (), None, 0, None, defects.result())
+
+
+def header_fields(raw: bytes) -> tuple[tuple[str, str], ...]:
+    """Every header field of ``raw`` as (name, decoded value), in the message's order; never raises.
+
+    For routing rules, which may test any header: values are decoded as the subject is (RFC 2047 words,
+    8-bit bytes as UTF-8 or windows-1252), unfolded, without control characters. A field that cannot
+    be decoded is left out rather than failing the others.
+    """
+    try:
+        head = _header_section(bytes(raw), _Defects())
+        message = BytesParser(policy=_POLICY).parsebytes(head, headersonly=True)
+        items = message.items()
+    except Exception:  # the promise is "never raises"
+        return ()
+    fields: list[tuple[str, str]] = []
+    for name, value in items:
+        try:
+            fields.append((name.strip(), unfold(_decode_value(value)).translate(CONTROLS_TO_SPACE).strip()))
+        except Exception:
+            continue
+    return tuple(fields)
 
 
 def extract_msg_ids(value: str) -> tuple[str, ...]:

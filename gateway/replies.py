@@ -17,6 +17,8 @@ class Reply(enum.Enum):
     SENDER_OK = (250, "2.1.0", "Sender OK")
     RECIPIENT_OK = (250, "2.1.5", "Recipient OK")
     ACCEPTED = (250, "2.0.0", "Accepted")
+    # A routing rule quarantined the message: stored, but nobody gets it until an admin releases it.
+    QUARANTINED = (250, "2.0.0", "Accepted; held for review")
     CLOSING = (221, "2.0.0", "Bye")
     TOO_MANY_CONNECTIONS = (421, "4.7.0", "Too many connections from your address, try again later")
     SHUTTING_DOWN = (421, "4.3.2", "Gateway shutting down, try again later")
@@ -28,6 +30,8 @@ class Reply(enum.Enum):
     TOO_BIG = (552, "5.3.4", "Message too big for this gateway")
     HEADER_TOO_BIG = (552, "5.3.4", "Header section too big")
     LOOP = (554, "5.4.6", "Too many Received headers: mail loop")
+    # A routing rule assigned the message to a portfolio other than the back office's own (DESIGN.md §1).
+    WRONG_PORTFOLIO = (550, "5.7.1", "Routed to a portfolio this back office does not submit into")
     # The MX listener (members' mail).
     NOT_HERE = (550, "5.1.1", "No such address here; this gateway does not relay")
     NOT_A_REPLY = (550, "5.7.1", "This address only takes answers to the gateway's mail")

@@ -90,6 +90,18 @@ def vorgaenge_by_message_id(
     return {str(mid): (int(vid), str(ref)) for mid, vid, ref in rows}
 
 
+def vorgaenge_by_key(connection: Connection, portfolio_id: int, keys: Collection[str]) -> dict[str, int]:
+    """The Vorgang of each rule-derived key among ``keys`` (``vorgaenge.key``, unique per portfolio)."""
+    if not keys:
+        return {}
+    rows = connection.execute(
+        select(VorgangRow.key, VorgangRow.id).where(
+            VorgangRow.portfolio_id == portfolio_id, VorgangRow.key.in_(list(keys))
+        )
+    )
+    return {str(key): int(vorgang_id) for key, vorgang_id in rows}
+
+
 def references_of(connection: Connection, vorgang_ids: Collection[int]) -> dict[int, str]:
     if not vorgang_ids:
         return {}
@@ -154,9 +166,15 @@ def sharing_releases(
 
 
 def new_vorgaenge(
-    connection: Connection, portfolio_id: int, subjects: Sequence[str], now: dt.datetime
+    connection: Connection,
+    portfolio_id: int,
+    subjects: Sequence[str],
+    now: dt.datetime,
+    keys: Sequence[str | None] | None = None,
 ) -> list[tuple[int, str]]:
     """Open one Vorgang per subject with the portfolio's next numbers of this year; (id, reference) each.
+
+    ``keys`` gives each new Vorgang its rule-derived key (None: none), so later mail with the key finds it.
 
     One upsert takes all the numbers: the row lock it holds until commit makes concurrent sessions and
     processes queue for it on PostgreSQL; on SQLite the write lock does the same.
@@ -184,11 +202,11 @@ def new_vorgaenge(
             {
                 "portfolio_id": portfolio_id,
                 "reference": ref,
-                "key": None,
+                "key": key,
                 "subject": subject[:1000],
                 "created_at": now,
             }
-            for ref, subject in zip(references, subjects, strict=True)
+            for ref, subject, key in zip(references, subjects, keys or [None] * count, strict=True)
         ],
     )
     return list(zip(ids, references, strict=True))

@@ -28,10 +28,12 @@ import fnmatch
 import hashlib
 import re
 import string
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeAlias
+
+from gateway.domain.model import Participant, ParticipantRole
 
 __all__ = [
     "EMPTY_RULE_SET",
@@ -66,6 +68,7 @@ __all__ = [
     "digest_of",
     "is_protected_header",
     "render_template",
+    "route_participants",
     "template_fields",
     "unreachable",
 ]
@@ -654,6 +657,32 @@ def _uses_headers(condition: Condition) -> bool:
 
 
 EMPTY_RULE_SET = RuleSet()
+
+
+def route_participants(
+    recipients: Sequence[str],
+    cc: Collection[str],
+    members: Mapping[str, int],
+    added: Sequence[AddedParticipant] = (),
+) -> tuple[list[Participant], list[str]]:
+    """The participants of a submitted message: each recipient who is a member (in Cc if the message
+    has it in Cc, else in To), then the members rules add who are not participants already; and the
+    addresses of added participants who are no members of the portfolio (left out)."""
+    found = [
+        Participant(members[a], ParticipantRole.CC if a in cc else ParticipantRole.TO)
+        for a in dict.fromkeys(recipients)
+        if a in members
+    ]
+    present = {p.member_id for p in found}
+    skipped: list[str] = []
+    for extra in added:
+        member_id = members.get(extra.address)
+        if member_id is None:
+            skipped.append(extra.address)
+        elif member_id not in present:
+            present.add(member_id)
+            found.append(Participant(member_id, ParticipantRole(extra.role)))
+    return found, skipped
 
 
 def digest_of(files: Iterable[tuple[str, bytes]]) -> str:

@@ -1,0 +1,184 @@
+"""The routing rules in force in a running gateway: loaded at startup, reloaded when the files change.
+
+``RoutingRules.current`` is the rule set the submission listener decides with (``gateway.domain.rules``).
+A reload reads every file of the rules directory, checks them as ``gateway rules check`` does (including
+the names they use against the directory in the database) and only then replaces the rule set, in one
+assignment: a message is routed by the old rules or by the new ones, never by a mix, and files with a
+problem never replace valid ones (DESIGN.md §6). Reloads happen on SIGHUP (``request_reload``) and when a
+look at the files every ``reload_interval`` seconds sees their names, sizes or modification times change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from gateway.domain.rules import EMPTY_RULE_SET, Decision, RuleSet, Submitted, Verdict
+from gateway.errors import RulesFileError
+from gateway.parsing import ParsedMessage, header_fields
+from gateway.replies import Reply
+from gateway.rules_file import Directory, directory_problems, load_rules, rules_files
+
+__all__ = ["RoutingRules", "check_rules", "refusal", "submitted"]
+
+log = logging.getLogger("gateway.routing")
+
+Stamp = tuple[tuple[str, int, int], ...]
+
+
+def submitted(
+    *,
+    backoffice: str,
+    envelope_sender: str,
+    recipients: tuple[str, ...],
+    raw: bytes,
+    parsed: ParsedMessage,
+    listener: str,
+    with_headers: bool,
+) -> Submitted:
+    """The facts the rules match on, for one message; headers are decoded only when a rule tests one."""
+    return Submitted(
+        sender=envelope_sender,
+        recipients=recipients,
+        subject=parsed.subject,
+        headers=header_fields(raw) if with_headers else (),
+        backoffice=backoffice,
+        listener=listener,
+        size=len(raw),
+    )
+
+
+def refusal(decision: Decision, portfolio: str) -> str | None:
+    """The answer at the end of DATA when the rules refuse the message; None when it is to be stored.
+
+    ``portfolio`` is the one the authenticated back office submits into: a rule naming another one
+    cannot move mail across tenants (DESIGN.md §1), so such mail is refused rather than misfiled.
+    """
+    if decision.verdict is Verdict.REJECT and decision.answer is not None:
+        return str(decision.answer)
+    if decision.portfolio is not None and decision.portfolio != portfolio:
+        return Reply.WRONG_PORTFOLIO.with_text(
+            f"Routing rules assign this message to portfolio {decision.portfolio}; "
+            f"this back office submits into {portfolio}"
+        )
+    return None
+
+
+def check_rules(directory: Path, names: Directory | None) -> RuleSet:
+    """The rule set of ``directory`` if every file is valid and (given ``names``) every name it uses
+    is in the directory; else :class:`RulesFileError` with every problem."""
+    loaded = load_rules(directory)
+    if names is not None:
+        problems = directory_problems(loaded.references, names)
+        if problems:
+            count = len(problems)
+            raise RulesFileError(
+                f"the rules in {directory} name {count} thing{'s' if count != 1 else ''} the directory lacks",
+                problems,
+            )
+    return loaded.rule_set
+
+
+class RoutingRules:
+    """The rule set in force, and the task that reloads it."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        interval: float = 2.0,
+        names: Callable[[], Awaitable[Directory]] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.interval = interval
+        self.names = names
+        self.current: RuleSet = EMPTY_RULE_SET
+        self._stamp: Stamp = ()
+        self._wake = asyncio.Event()
+        self.reloads = 0  # successful loads, for tests and logs
+        self.refusals = 0
+
+    async def load(self) -> RuleSet:
+        """Load the rules at startup; raises RulesFileError so that the gateway does not start with
+        rules it cannot read (it would route mail as if they did not exist)."""
+        self._stamp = _stamp(self.directory)
+        self.current = await self._check()
+        self.reloads += 1
+        self._log_loaded("loaded")
+        return self.current
+
+    def request_reload(self) -> None:
+        """Reload soon (SIGHUP): also when the files look unchanged, e.g. after the directory changed."""
+        self._stamp = ()
+        self._wake.set()
+
+    async def reload(self) -> bool:
+        """Read and check the files again; True when the new rule set is in force now."""
+        self._stamp = _stamp(self.directory)
+        try:
+            rule_set = await self._check()
+        except RulesFileError as exc:
+            self.refusals += 1
+            log.error(
+                "rules not reloaded; rule set %s stays in force: %s%s",
+                self.current.digest,
+                exc.summary,
+                "".join(f"\n  {p}" for p in exc.problems),
+                extra={"rule_set": self.current.digest, "problems": [str(p) for p in exc.problems]},
+            )
+            return False
+        except Exception as exc:  # a database hiccup while checking names: keep the rules, try next time
+            self.refusals += 1
+            self._stamp = ()
+            log.error("rules not reloaded; rule set %s stays in force: %s", self.current.digest, exc)
+            return False
+        changed = rule_set.digest != self.current.digest
+        self.current = rule_set
+        self.reloads += 1
+        self._log_loaded("reloaded" if changed else "reloaded, unchanged,")
+        return True
+
+    async def watch(self) -> None:
+        """Reload whenever the files change or a reload was requested; runs until cancelled."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+            try:
+                stamp = await asyncio.to_thread(_stamp, self.directory)
+            except OSError as exc:
+                log.warning("cannot look at the rules in %s: %s", self.directory, exc)
+                continue
+            if stamp != self._stamp:
+                await self.reload()
+
+    async def _check(self) -> RuleSet:
+        names = await self.names() if self.names is not None else None
+        return await asyncio.to_thread(check_rules, self.directory, names)
+
+    def _log_loaded(self, how: str) -> None:
+        rules = self.current.rules
+        log.info(
+            "rules %s: %d rule(s) from %d file(s) in %s, rule set %s",
+            how,
+            len(rules),
+            len(self.current.files),
+            self.directory,
+            self.current.digest,
+            extra={"rule_set": self.current.digest, "rules": [r.name for r in rules]},
+        )
+
+
+def _stamp(directory: Path) -> Stamp:
+    """Names, sizes and modification times (ns) of the rules files: what a change shows in."""
+    found = []
+    for path in rules_files(directory):
+        try:
+            info = path.stat()
+        except OSError:
+            continue  # removed between listing and looking; the next look sees it gone
+        found.append((path.name, info.st_size, info.st_mtime_ns))
+    return tuple(found)
