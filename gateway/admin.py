@@ -35,6 +35,7 @@ from gateway.domain.directory import (
 )
 from gateway.domain.model import Member, Participant, ParticipantRole, ReadSync
 from gateway.domain.passwords import WeakPassword, hash_password
+from gateway.domain.reconcile import Backfill, RevokedCopies
 from gateway.domain.senders import InvalidVersion, parse_ams_version
 from gateway.errors import DirectoryConflict, InputError, NotFound
 
@@ -189,13 +190,22 @@ async def create_release(
     share_vorgaenge: bool,
     read_sync: ReadSync,
     actor: str,
+    backfill: Backfill | None = None,
+    revoked_copies: RevokedCopies | None = None,
 ) -> list[Change]:
     spec = await _spec(session, portfolio)
     if spec.release(name) is not None:
         raise DirectoryConflict(f'release "{name}" exists already in portfolio {portfolio}')
     if not name.strip():
         raise InputError("a release needs a name")
-    release = ReleaseSpec(name.strip(), primary, share_vorgaenge, read_sync)
+    release = ReleaseSpec(
+        name.strip(),
+        primary,
+        share_vorgaenge,
+        read_sync,
+        backfill=backfill or Backfill(),
+        revoked_copies=revoked_copies or RevokedCopies.REMOVE,
+    )
     return await _apply(session, dataclasses.replace(spec, releases=(*spec.releases, release)), actor)
 
 
@@ -207,13 +217,21 @@ async def set_release(
     primary: bool | None = None,
     share_vorgaenge: bool | None = None,
     read_sync: ReadSync | None = None,
+    backfill: Backfill | None = None,
+    revoked_copies: RevokedCopies | None = None,
     actor: str,
 ) -> list[Change]:
     spec = await _spec(session, portfolio)
     release = _release(spec, name)
     changed = {
         k: v
-        for k, v in (("primary", primary), ("share_vorgaenge", share_vorgaenge), ("read_sync", read_sync))
+        for k, v in (
+            ("primary", primary),
+            ("share_vorgaenge", share_vorgaenge),
+            ("read_sync", read_sync),
+            ("backfill", backfill),
+            ("revoked_copies", revoked_copies),
+        )
         if v is not None
     }
     new = dataclasses.replace(release, **changed)  # type: ignore[arg-type]

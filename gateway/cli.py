@@ -37,6 +37,7 @@ from gateway.domain.directory import (
     SenderAuth,
 )
 from gateway.domain.model import ParticipantRole, ReadSync
+from gateway.domain.reconcile import Backfill, RevokedCopies
 from gateway.errors import (
     GatewayError,
     InputError,
@@ -448,6 +449,8 @@ def _release_data(r: ReleaseSpec, members: Sequence[MemberSpec]) -> dict[str, ob
         "primary": r.primary,
         "share_vorgaenge": r.share_vorgaenge,
         "read_sync": r.read_sync.value,
+        "backfill": str(r.backfill),
+        "revoked_copies": r.revoked_copies.value,
         "members": [m.address for m in members if r.name in m.releases],
     }
 
@@ -510,9 +513,18 @@ def _relay_text(relay: RelaySpec | None) -> str:
 
 
 def _release_line(r: ReleaseSpec) -> str:
+    # The reconciliation policies only where they differ from the defaults, which most releases keep.
+    policies = "".join(
+        f", {key} {value}"
+        for key, value, default in (
+            ("backfill", str(r.backfill), "all"),
+            ("revoked_copies", r.revoked_copies.value, RevokedCopies.REMOVE.value),
+        )
+        if value != default
+    )
     return (
         f'release "{r.name}": primary {_yes(r.primary)}, share_vorgaenge {_yes(r.share_vorgaenge)}, '
-        f"read_sync {r.read_sync.value}"
+        f"read_sync {r.read_sync.value}{policies}"
     )
 
 
@@ -596,11 +608,35 @@ read_sync_option = click.option(
 )
 
 
+def _backfill(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Backfill | None:
+    if value is None:
+        return None
+    try:
+        return Backfill.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+backfill_option = click.option(
+    "--backfill",
+    callback=_backfill,
+    metavar="all|days:N|none",
+    help="What a member newly entitled through the release receives of existing messages (default all).",
+)
+revoked_copies_option = click.option(
+    "--revoked-copies",
+    type=click.Choice([r.value for r in RevokedCopies]),
+    help="Whether copies members lose through the release are removed (default) or kept.",
+)
+
+
 @release_group.command("create")
 @click.argument("name")
 @click.option("--primary", is_flag=True, help="Make it a primary release (Hauptfreischaltung).")
 @click.option("--share-vorgaenge", is_flag=True, help="Members see and answer each other's Vorgänge.")
 @read_sync_option
+@backfill_option
+@revoked_copies_option
 @portfolio_option
 @json_option
 @pass_context
@@ -611,6 +647,8 @@ async def release_create(
     primary: bool,
     share_vorgaenge: bool,
     read_sync: str | None,
+    backfill: Backfill | None,
+    revoked_copies: str | None,
     portfolio: str,
     as_json: bool,
 ) -> None:
@@ -624,6 +662,8 @@ async def release_create(
             primary=primary,
             share_vorgaenge=share_vorgaenge,
             read_sync=ReadSync(read_sync or ReadSync.ANSWERED),
+            backfill=backfill,
+            revoked_copies=RevokedCopies(revoked_copies) if revoked_copies else None,
             actor=ctx.actor,
         ),
     )
@@ -635,6 +675,8 @@ async def release_create(
 @click.option("--primary/--no-primary", default=None)
 @click.option("--share-vorgaenge/--no-share-vorgaenge", default=None)
 @read_sync_option
+@backfill_option
+@revoked_copies_option
 @portfolio_option
 @json_option
 @pass_context
@@ -645,6 +687,8 @@ async def release_set(
     primary: bool | None,
     share_vorgaenge: bool | None,
     read_sync: str | None,
+    backfill: Backfill | None,
+    revoked_copies: str | None,
     portfolio: str,
     as_json: bool,
 ) -> None:
@@ -658,6 +702,8 @@ async def release_set(
             primary=primary,
             share_vorgaenge=share_vorgaenge,
             read_sync=ReadSync(read_sync) if read_sync else None,
+            backfill=backfill,
+            revoked_copies=RevokedCopies(revoked_copies) if revoked_copies else None,
             actor=ctx.actor,
         ),
     )
@@ -946,8 +992,11 @@ async def vorgang_show(ctx: Context, reference: str, portfolio: str, as_json: bo
         if m.relay is not None:
             relay = m.relay
             said = relay.last_reply or relay.last_error or "not tried yet"
+            # The back office's own mail is never relayed: what the queue holds for it is the read
+            # notification a member's first read sent (gateway.flagsync).
+            what = "read notification (MDN)" if m.direction == "inbound" else "relay"
             click.echo(
-                f"      relay to {', '.join(relay.to)}: {relay.state}, attempts {relay.attempts}: {said}"
+                f"      {what} to {', '.join(relay.to)}: {relay.state}, attempts {relay.attempts}: {said}"
             )
         for c in m.copies:
             via = f" (shared via {c.shared_via})" if c.shared_via else ""

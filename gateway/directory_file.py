@@ -18,6 +18,9 @@ once, and nothing is applied unless the whole file is valid. The format::
                     login: gateway, password_file: secrets/ams-relay.password, timeout: 30}
         releases:
           - {name: Kunde A Sachbearbeiter, primary: true, share_vorgaenge: true, read_sync: answered}
+          # backfill: all (default) | days:N | none -- what a newly entitled member receives of
+          # existing messages; revoked_copies: remove (default) | keep -- copies lost through it
+          - {name: Kunde B mit GF, share_vorgaenge: true, backfill: "days:90", revoked_copies: remove}
         members:
           - address: sb-a1@kunde-a.example
             name: SB-A1
@@ -53,6 +56,7 @@ from gateway.domain.directory import (
     check_directory,
 )
 from gateway.domain.model import ReadSync
+from gateway.domain.reconcile import Backfill, RevokedCopies
 from gateway.domain.senders import InvalidVersion, parse_ams_version
 from gateway.errors import DirectoryFileError, Problem
 
@@ -303,12 +307,27 @@ def _relay(reader: _Reader, node: yaml.Node) -> RelaySpec | None:
     return relay
 
 
+RELEASE_KEYS = {
+    "name": True,
+    "primary": False,
+    "share_vorgaenge": False,
+    "read_sync": False,
+    "backfill": False,
+    "revoked_copies": False,
+}
+
+
 def _release(reader: _Reader, node: yaml.Node) -> ReleaseSpec | None:
-    keys = reader.mapping(
-        node, "a release", {"name": True, "primary": False, "share_vorgaenge": False, "read_sync": False}
-    )
+    keys = reader.mapping(node, "a release", RELEASE_KEYS)
     if keys is None:
         return None
+    backfill = Backfill()
+    if "backfill" in keys:
+        value = reader.text(keys["backfill"], "backfill", "all")
+        try:
+            backfill = Backfill.parse(value)
+        except ValueError as exc:
+            reader.fail(keys["backfill"], str(exc))
     read_sync = ReadSync.ANSWERED
     if "read_sync" in keys:
         value = reader.text(keys["read_sync"], "read_sync")
@@ -323,6 +342,10 @@ def _release(reader: _Reader, node: yaml.Node) -> ReleaseSpec | None:
         share_vorgaenge=reader.flag(keys.get("share_vorgaenge"), "share_vorgaenge"),
         read_sync=read_sync,
         line=_line(node),
+        backfill=backfill,
+        revoked_copies=reader.choice(
+            keys.get("revoked_copies"), "revoked_copies", RevokedCopies, RevokedCopies.REMOVE
+        ),
     )
 
 
@@ -373,6 +396,8 @@ def dump_directory(spec: DirectorySpec) -> str:
                         "primary": r.primary,
                         "share_vorgaenge": r.share_vorgaenge,
                         "read_sync": r.read_sync.value,
+                        "backfill": str(r.backfill),
+                        "revoked_copies": r.revoked_copies.value,
                     }
                     for r in p.releases
                 ],

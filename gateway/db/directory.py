@@ -10,6 +10,7 @@ The reply path reads its two directory settings with small sync functions on a C
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -19,12 +20,14 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.db import reconcile
 from gateway.db.events import record_event
 from gateway.db.models import (
     BackOfficeAddressRow,
     BackOfficeRow,
     CopyRow,
     MemberRow,
+    MessageRow,
     ParticipantRow,
     PortfolioRow,
     ReleaseMemberRow,
@@ -43,11 +46,14 @@ from gateway.domain.directory import (
     RelayTls,
     ReleaseSpec,
     SenderAuth,
+    audience_changes,
+    before_of,
     check_portfolio,
     merge_portfolio,
     plan_changes,
 )
 from gateway.domain.model import Member, ReadSync, Release
+from gateway.domain.reconcile import Backfill, RevokedCopies
 from gateway.errors import DirectoryConflict, NotFound
 
 
@@ -119,7 +125,17 @@ async def read_spec(session: AsyncSession, portfolio: PortfolioRow) -> Portfolio
         backoffices=tuple(
             BackOfficeSpec(b.name, b.ams_version, tuple(addresses[b.id]), _relay_spec(b)) for b in backoffices
         ),
-        releases=tuple(ReleaseSpec(r.name, r.primary, r.share_vorgaenge, r.read_sync) for r in releases),
+        releases=tuple(
+            ReleaseSpec(
+                r.name,
+                r.primary,
+                r.share_vorgaenge,
+                r.read_sync,
+                backfill=Backfill.parse(r.backfill),
+                revoked_copies=RevokedCopies(r.revoked_copies),
+            )
+            for r in releases
+        ),
         members=tuple(MemberSpec(m.address, m.display_name, tuple(memberships[m.id])) for m in members),
     )
 
@@ -175,12 +191,41 @@ async def apply_spec(
         raise DirectoryConflict("; ".join(v.reason for v in problems))
     changes = plan_changes(current, result)
     if not dry_run:
-        await _execute(session, row, wanted.name, changes, actor)
+        await _execute(session, row, wanted.name, changes, actor, current)
+        if reasons := audience_changes(current, result, changes):
+            await _request_reconcile(session, wanted.name, reasons, actor)
     return changes
 
 
+# Where apply_spec notes the reconcile runs it recorded, for the caller to tell the admin about:
+# ``session.info[RECONCILE_RUNS]`` is a list of (portfolio, run id, whether an open run restarted).
+RECONCILE_RUNS = "gateway.reconcile_runs"
+
+
+async def _request_reconcile(session: AsyncSession, name: str, reasons: Sequence[Change], actor: str) -> None:
+    """Record a reconcile run for the portfolio in this transaction (DESIGN.md §3: audiences follow the
+    directory as it is now, so existing messages must follow a change too)."""
+    portfolio = await get_portfolio(session, name)
+    any_message = await session.scalar(
+        select(MessageRow.id).where(MessageRow.portfolio_id == portfolio.id).limit(1)
+    )
+    if any_message is None:
+        return  # nothing was delivered under the old directory
+    reason = "; ".join(c.describe() for c in reasons)
+    now = dt.datetime.now(dt.UTC)
+    run_id, restarted = await session.run_sync(
+        lambda s: reconcile.request_run(s.connection(), portfolio.id, reason, actor, now)
+    )
+    session.info.setdefault(RECONCILE_RUNS, []).append((name, run_id, restarted))
+
+
 async def _execute(
-    session: AsyncSession, portfolio: PortfolioRow | None, name: str, changes: Sequence[Change], actor: str
+    session: AsyncSession,
+    portfolio: PortfolioRow | None,
+    name: str,
+    changes: Sequence[Change],
+    actor: str,
+    current: PortfolioSpec | None,
 ) -> None:
     for change in changes:
         if change.kind == "portfolio" and change.action == "create":
@@ -202,7 +247,12 @@ async def _execute(
             member_id=member_id,
             detail={"portfolio": portfolio.name, "change": change.describe(), "name": change.name}
             | ({"release": change.release} if change.release else {})
-            | {k: _jsonable(v) for k, v in change.fields},
+            | {k: _jsonable(v) for k, v in change.fields}
+            | (
+                {"before": {k: _jsonable(v) for k, v in before.items()}}
+                if (before := before_of(current, change))
+                else {}
+            ),
         )
 
 
@@ -227,11 +277,21 @@ async def _apply_one(session: AsyncSession, portfolio: PortfolioRow, change: Cha
                     primary=bool(f["primary"]),
                     share_vorgaenge=bool(f["share_vorgaenge"]),
                     read_sync=ReadSync(str(f["read_sync"])),
+                    backfill=str(f.get("backfill", "all")),
+                    revoked_copies=str(f.get("revoked_copies", RevokedCopies.REMOVE.value)),
                 )
             )
         else:
             release = await _release(session, pid, change.name)
             if action == "delete":
+                if release.revoked_copies == RevokedCopies.KEEP:
+                    # Deleting the release sets the copies' shared_via_release_id to NULL; remember
+                    # it where reconciliation looks, so the copies it gave stay kept as promised.
+                    await session.execute(
+                        update(CopyRow)
+                        .where(CopyRow.portfolio_id == pid, CopyRow.shared_via_release_id == release.id)
+                        .values(kept_from_release_id=release.id)
+                    )
                 await session.delete(release)
             else:
                 for key, value in f.items():

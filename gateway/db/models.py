@@ -181,6 +181,11 @@ class ReleaseRow(Base):
         Enum(ReadSync, name="read_sync", native_enum=False, values_callable=lambda e: [m.value for m in e]),
         default=ReadSync.ANSWERED,
     )
+    # What a member newly entitled through the release receives of existing messages ("all", "none",
+    # "days:N"), and whether copies lost through it are removed ("remove") or "keep"; see
+    # gateway.domain.reconcile.
+    backfill: Mapped[str] = mapped_column(String(20), default="all", server_default="all")
+    revoked_copies: Mapped[str] = mapped_column(String(10), default="remove", server_default="remove")
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
 
 
@@ -222,7 +227,9 @@ class VorgangRow(Base):
     __table_args__ = (
         UniqueConstraint("portfolio_id", "reference"),
         UniqueConstraint("id", "portfolio_id"),
-        Index("ix_vorgaenge_key", "portfolio_id", "key"),
+        # A routing rule's key (``claim-4711``) names one Vorgang per portfolio; two gateway processes
+        # opening it at the same moment collide here, and acceptance's retry then finds the other's.
+        Index("uq_vorgaenge_key", "portfolio_id", "key", unique=True),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -288,6 +295,29 @@ class MessageRow(Base):
     sender_member_id: Mapped[int | None] = mapped_column(BigInteger)
     # For replies: the message answered (the one whose copy's reply address the member wrote to).
     answers_message_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    # What routing rules change on every copy: {"set": [[name, value], …], "strip": [name, …]}; the
+    # stored bytes stay as they came (gateway.fanout applies it when it renders a copy).
+    copy_headers: Mapped[dict[str, Any] | None] = mapped_column()
+
+
+class QuarantineRow(Base):
+    """A message a routing rule quarantined (``messages.kind`` "quarantined"): stored, not fanned out,
+    waiting for an admin to release it (its copies are made then) or drop it (the message is deleted)."""
+
+    __tablename__ = "quarantine"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["message_id", "portfolio_id"], ["messages.id", "messages.portfolio_id"], ondelete="CASCADE"
+        ),
+    )
+
+    message_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    portfolio_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    # The rule that quarantined it (``name (FILE:LINE:COL)``), the reason it gives, and its rule set.
+    rule: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    rule_set: Mapped[str] = mapped_column(String(40))
+    quarantined_at: Mapped[dt.datetime] = mapped_column(default=_now)
 
 
 class ParticipantRow(Base):
@@ -319,6 +349,9 @@ class CopyRow(Base):
     """One delivered (or to-be-delivered) instance of a message in one audience member's mailbox.
 
     It doubles as the fan-out queue: ``state``, ``attempts`` and ``next_attempt_at`` drive the worker.
+    States: ``pending`` -> ``delivered`` (or ``held`` after too many failures); reconciliation turns a
+    copy nothing allows any more into ``revoking``, which the fan-out removes from the mailbox and marks
+    ``revoked``; a member entitled again gets the same row back as ``pending``.
     """
 
     __tablename__ = "copies"
@@ -337,6 +370,9 @@ class CopyRow(Base):
     member_id: Mapped[int] = mapped_column(BigInteger, index=True)
     portfolio_id: Mapped[int] = mapped_column(BigInteger)
     shared_via_release_id: Mapped[int | None] = mapped_column(ForeignKey("releases.id", ondelete="SET NULL"))
+    # The release the copy was shared through, when that release was deleted while its policy was to
+    # keep revoked copies: the foreign key above forgets the release, and the copy must stay kept.
+    kept_from_release_id: Mapped[int | None] = mapped_column(BigInteger)
     state: Mapped[str] = mapped_column(String(20), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(default=_now)
@@ -352,6 +388,51 @@ class CopyRow(Base):
     flags_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(default=_now, onupdate=_now)
+
+
+class ReconcileRunRow(Base):
+    """A reconciliation of one portfolio's messages with the directory after a change (DESIGN.md §3).
+
+    A directory change that can change audiences records a run in its own transaction; the reconcile
+    worker then goes through the portfolio's messages in id order, batch by batch, and ``cursor`` (the
+    last message id done) lets it resume where it stopped. There is at most one ``open`` run per
+    portfolio: a further change while one is open starts it over (``cursor`` back to 0), because the
+    latest directory is what the mailboxes must show. The counters say what the run has done so far.
+    """
+
+    __tablename__ = "reconcile_runs"
+    __table_args__ = (
+        Index(
+            "uq_reconcile_runs_open",
+            "portfolio_id",
+            unique=True,
+            sqlite_where=text("state = 'open'"),
+            postgresql_where=text("state = 'open'"),
+        ),
+        Index("ix_reconcile_runs_state", "state", "lease_until"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    portfolio_id: Mapped[int] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), index=True)
+    # open -> done
+    state: Mapped[str] = mapped_column(String(20), default="open", server_default="open")
+    # The directory changes that asked for the run, newest last; who asked.
+    reason: Mapped[str] = mapped_column(Text, default="")
+    requested_by: Mapped[str] = mapped_column(String(200), default="")
+    # How often a directory change started the open run over.
+    restarts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    cursor: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    total: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    processed: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    backfilled: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    revoked: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    kept: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    leased_by: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[dt.datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=_now)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=_now)
+    finished_at: Mapped[dt.datetime | None] = mapped_column()
 
 
 class EventRow(Base):

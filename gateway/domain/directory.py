@@ -6,6 +6,7 @@ disagree about what is allowed. Each spec keeps the line it came from (0 when it
 
 Two settings serve the reply path (DESIGN.md §5): a portfolio's ``sender_auth`` says how a member's reply
 must prove its sender, and a back office's ``relay`` says where members' replies to it are delivered.
+Two more serve reconciliation: a release's ``backfill`` and ``revoked_copies`` (``gateway.domain.reconcile``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from gateway.domain.model import ReadSync
+from gateway.domain.reconcile import Backfill, RevokedCopies
 
 T_spec = TypeVar("T_spec")
 
@@ -151,6 +153,10 @@ class ReleaseSpec:
     share_vorgaenge: bool = False
     read_sync: ReadSync = ReadSync.ANSWERED
     line: int = 0
+    # What a member newly entitled through the release receives, and what becomes of copies lost
+    # through it (DESIGN.md §3's retroactivity, per release; gateway.domain.reconcile).
+    backfill: Backfill = field(default_factory=Backfill)
+    revoked_copies: RevokedCopies = RevokedCopies.REMOVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,8 +416,7 @@ def plan_changes(current: PortfolioSpec | None, wanted: PortfolioSpec) -> list[C
     updates = [
         Change("update", "release", name, fields)
         for name, r in new_rel.items()
-        if name in old_rel
-        and (fields := _changed(old_rel[name], r, ("primary", "share_vorgaenge", "read_sync")))
+        if name in old_rel and (fields := _changed(old_rel[name], r, RELEASE_FIELDS))
     ]
     # Releases losing their primary flag go first, so no member holds two primaries mid-transaction.
     changes += sorted(updates, key=lambda c: c.field("primary") is True)
@@ -424,6 +429,8 @@ def plan_changes(current: PortfolioSpec | None, wanted: PortfolioSpec) -> list[C
                 ("primary", r.primary),
                 ("share_vorgaenge", r.share_vorgaenge),
                 ("read_sync", r.read_sync.value),
+                # The policies only when they differ from the defaults: the usual create reads as before.
+                *_changed(ReleaseSpec(name), r, ("backfill", "revoked_copies")),
             ),
         )
         for name, r in new_rel.items()
@@ -444,13 +451,74 @@ def plan_changes(current: PortfolioSpec | None, wanted: PortfolioSpec) -> list[C
     return changes
 
 
+RELEASE_FIELDS = ("primary", "share_vorgaenge", "read_sync", "backfill", "revoked_copies")
+_POLICY_KEYS = frozenset({"share_vorgaenge", "backfill", "revoked_copies"})
+
+
 def _changed(old: object, new: object, names: Sequence[str]) -> tuple[tuple[str, object], ...]:
     out = []
     for name in names:
         before, after = getattr(old, name), getattr(new, name)
         if before != after:
-            out.append((name, after.value if isinstance(after, enum.Enum) else after))
+            out.append((name, _plain(after)))
     return tuple(out)
+
+
+def _plain(value: object) -> object:
+    """A field's value as changes, events and ``--json`` carry it: enums and policies as their text."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    return str(value) if isinstance(value, Backfill) else value
+
+
+def before_of(current: PortfolioSpec | None, change: Change) -> dict[str, object]:
+    """The values an ``update`` change replaces, for the event log's before/after."""
+    if current is None or change.action != "update":
+        return {}
+    old: object | None = current
+    if change.kind == "release":
+        old = current.release(change.name)
+    elif change.kind == "member":
+        old = next((m for m in current.members if m.address == change.name), None)
+    elif change.kind == "backoffice":
+        old = next((b for b in current.backoffices if b.name == change.name), None)
+    if old is None:
+        return {}
+    return {key: _plain(getattr(old, key)) for key, _ in change.fields if hasattr(old, key)}
+
+
+def audience_changes(
+    current: PortfolioSpec | None, result: PortfolioSpec, changes: Sequence[Change]
+) -> list[Change]:
+    """The changes that can change who may see existing messages, or what reconciliation does about it.
+
+    Audiences follow only from releases that share Vorgänge (DESIGN.md §3), so a membership, a deleted
+    member or a deleted release counts when its release shares before or after the change; a release's
+    ``share_vorgaenge`` counts whenever it is switched, and its ``backfill``/``revoked_copies`` when they
+    change (a wider backfill hands out copies that were held back). Names, ``primary`` and ``read_sync``
+    change no audience.
+    """
+    sharing = {r.name for r in result.releases if r.share_vorgaenge}
+    if current is not None:
+        sharing |= {r.name for r in current.releases if r.share_vorgaenge}
+    in_sharing: set[str] = set()
+    if current is not None:
+        in_sharing = {m.address for m in current.members if any(r in sharing for r in m.releases)}
+    found: list[Change] = []
+    for change in changes:
+        if change.kind == "membership":
+            counts = change.release in sharing
+        elif change.kind == "release":
+            # A switch of share_vorgaenge leaves the release sharing before or after, so it is named.
+            relevant = change.action == "delete" or any(key in _POLICY_KEYS for key, _ in change.fields)
+            counts = relevant and change.name in sharing
+        elif change.kind == "member":
+            counts = change.action == "delete" and change.name in in_sharing
+        else:
+            counts = False
+        if counts:
+            found.append(change)
+    return found
 
 
 def _without(fields: tuple[tuple[str, object], ...], key: str) -> tuple[tuple[str, object], ...]:

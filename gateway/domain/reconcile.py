@@ -23,6 +23,7 @@ release with ``read_sync = seen`` that links the two has read it.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ __all__ = [
     "NotBackfilled",
     "ReleasePolicy",
     "Revoked",
+    "RevokedCopies",
     "plan_message",
 ]
 
@@ -81,12 +83,28 @@ class Backfill:
         return self.days is None or received_at >= now - dt.timedelta(days=self.days)
 
 
+class RevokedCopies(enum.StrEnum):
+    """What happens to the copies a member loses through a release (the directory's ``revoked_copies``)."""
+
+    REMOVE = "remove"
+    KEEP = "keep"
+
+
 @dataclass(frozen=True, slots=True)
 class ReleasePolicy:
     """A release's reconciliation settings; the defaults are what the seed's feature asks for."""
 
     backfill: Backfill = field(default_factory=Backfill)
     remove_revoked: bool = True
+
+    @classmethod
+    def of(cls, backfill: str, revoked_copies: str) -> ReleasePolicy:
+        """The policy as the directory stores it (``"days:30"``, ``"keep"``)."""
+        return cls(Backfill.parse(backfill), RevokedCopies(revoked_copies) is RevokedCopies.REMOVE)
+
+    @property
+    def revoked_copies(self) -> RevokedCopies:
+        return RevokedCopies.REMOVE if self.remove_revoked else RevokedCopies.KEEP
 
 
 @dataclass(frozen=True, slots=True)

@@ -313,6 +313,8 @@ def test_single_commands(gateway: Gateway) -> None:
         "primary": True,
         "share_vorgaenge": True,
         "read_sync": "seen",
+        "backfill": "all",
+        "revoked_copies": "remove",
         "members": ["anna@kunde.example"],
         "portfolio": "mm",
     }
