@@ -55,6 +55,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aioimaplib
 from harness import (
@@ -72,6 +73,7 @@ from harness import (
     private_postfix,
     start_profiler,
     stop_profiler,
+    tail,
     tree_cpu_seconds,
     wait_listening,
 )
@@ -80,6 +82,7 @@ sys.path.insert(0, str(REPO))  # tests/dovecot.py: the private Dovecot the tests
 from tests.dovecot import Dovecot, DovecotError, dovecot_version
 
 TEAM_SIZE = 5
+FANOUT_BATCH = 100  # [fanout] batch_size's default: the copies one fan-out round hands to the mailbox
 LMTP_BINARY = Path("/usr/lib/dovecot/lmtp")
 LMTP_INSTALL = "apt-get install dovecot-lmtpd"
 DOVECOT_INSTALL = "apt-get install dovecot-imapd"
@@ -260,7 +263,8 @@ class Connections(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
-        self.join(timeout=5)
+        if self.is_alive():
+            self.join(timeout=5)
 
 
 # --- one target's figures ----------------------------------------------------------------------------
@@ -268,6 +272,7 @@ class Connections(threading.Thread):
 
 @dataclass
 class Result:
+    kind: str  # gateway, append, multiappend, postfix
     name: str
     messages: int
     copies: int
@@ -282,6 +287,7 @@ class Result:
     errors: int = 0
     flag_latencies: list[float] = field(default_factory=list)
     absent: str | None = None
+    duplicates: int = 0  # copies (X-Gateway-Copy-Id) a member holds more than once
 
     @property
     def copy_rate(self) -> float:
@@ -307,6 +313,7 @@ def gateway_target(args: argparse.Namespace, audiences: Audiences, workdir: Path
     """The gateway run; also returns the copies it appended, per member (the raw APPENDs replay them)."""
     members = audiences.members
     result = Result(
+        "gateway",
         f"gateway ({'PostgreSQL' if args.database else 'SQLite'}) -> IMAP",
         args.messages,
         args.messages * TEAM_SIZE,
@@ -326,13 +333,19 @@ def gateway_target(args: argparse.Namespace, audiences: Audiences, workdir: Path
             f'master_password_file = "{imap.master_password_file}"\n',
         )
         gateway = prepare_gateway(workdir, config, directory)
-        log = open(args.log, "a") if args.log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+        log_path = Path(args.log) if args.log else workdir / "gateway.log"
+        log = open(log_path, "a")  # noqa: SIM115 - closed below
         process = subprocess.Popen([*gateway, "serve"], stderr=log)
         profiler = None
         counter = InDovecot(dovecot, members)
         connections = Connections(dovecot.port, process.pid)
         try:
-            wait_listening(port)
+            try:
+                wait_listening(port)
+            except SystemExit as error:
+                raise SystemExit(
+                    f"`gateway serve` did not start: {error}; its log: {tail(log_path)}"
+                ) from None
             if args.profile:
                 profiler = start_profiler(process.pid, args.profile)
             master, memory, dovecot_before = measure_dovecot(dovecot)
@@ -355,15 +368,24 @@ def gateway_target(args: argparse.Namespace, audiences: Audiences, workdir: Path
             if args.flag_tries and result.complete:
                 result.flag_latencies = flag_latency(counter, audiences, args)
             appended = {member: counter.messages(member) for member in members}
+            result.duplicates = duplicates(appended)
         finally:
             stop_profiler(profiler)
             connections.stop()
             counter.close()
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
-            if args.log:
-                log.close()  # type: ignore[union-attr]
+            log.close()
     return result, appended
+
+
+def duplicates(appended: dict[str, list[bytes]]) -> int:
+    """How many messages repeat a copy id their member already holds (exactly once: none)."""
+    repeated = 0
+    for messages in appended.values():
+        ids = [m.split(b"X-Gateway-Copy-Id: ", 1)[1].split(b"\r\n", 1)[0] for m in messages]
+        repeated += len(ids) - len(set(ids))
+    return repeated
 
 
 def flag_latency(counter: InDovecot, audiences: Audiences, args: argparse.Namespace) -> list[float]:
@@ -405,15 +427,21 @@ def flag_latency(counter: InDovecot, audiences: Audiences, args: argparse.Namesp
     return latencies
 
 
-def raw_target(args: argparse.Namespace, audiences: Audiences, appended: dict[str, list[bytes]]) -> Result:
-    """The gateway's copies APPENDed again with aioimaplib over `--connections` connections."""
+def raw_target(
+    args: argparse.Namespace, audiences: Audiences, appended: dict[str, list[bytes]], per_command: int = 1
+) -> Result:
+    """The gateway's copies APPENDed again with aioimaplib over `--connections` connections, one per
+    APPEND or `per_command` in one MULTIAPPEND (as the gateway sends a member's share of a batch)."""
     members = audiences.members
     copies = sum(len(messages) for messages in appended.values())
-    result = Result("raw APPEND (aioimaplib)", args.messages, copies)
+    name = "raw APPEND (aioimaplib)" if per_command == 1 else f"raw MULTIAPPEND x{per_command}"
+    result = Result("append" if per_command == 1 else "multiappend", name, args.messages, copies)
     with bench_dovecot(members) as (dovecot, _):
         master, memory, dovecot_before = measure_dovecot(dovecot)
         client_before = time.process_time()
-        result.elapsed, result.errors = asyncio.run(append_all(dovecot, appended, args.connections))
+        result.elapsed, result.errors = asyncio.run(
+            append_all(dovecot, appended, args.connections, per_command)
+        )
         result.server_cpu = time.process_time() - client_before - memory.cpu
         result.dovecot_cpu = tree_cpu_seconds(master) - dovecot_before
         memory.stop()
@@ -427,7 +455,7 @@ def raw_target(args: argparse.Namespace, audiences: Audiences, appended: dict[st
 
 
 async def append_all(
-    dovecot: Dovecot, appended: dict[str, list[bytes]], connections: int
+    dovecot: Dovecot, appended: dict[str, list[bytes]], connections: int, per_command: int = 1
 ) -> tuple[float, int]:
     """Each connection is one member's master-user login (as the gateway's are) and APPENDs that
     member's copies one after another (aioimaplib: one command in flight per connection). With fewer
@@ -461,10 +489,11 @@ async def append_all(
         client: aioimaplib.IMAP4 | None = first
         for member, messages in assignments:
             client = client or await login(member)
-            for message in messages:
-                response = await client.append(message, mailbox="INBOX")
+            for start in range(0, len(messages), per_command):
+                group = messages[start : start + per_command]
+                response = await (multiappend(client, group) if len(group) > 1 else client.append(group[0]))
                 if response.result != "OK":
-                    errors += 1
+                    errors += len(group)
             await client.logout()
             client = None
 
@@ -475,6 +504,15 @@ async def append_all(
     ready.set()
     await asyncio.gather(*tasks)
     return time.perf_counter() - started, errors
+
+
+def multiappend(client: aioimaplib.IMAP4, messages: list[bytes]) -> Any:
+    """One APPEND of several messages (RFC 3502), the first literal synchronizing as aioimaplib sends
+    it, the others LITERAL+ in the same write: what the gateway sends for a member's share of a batch."""
+    protocol = client.protocol
+    protocol.literal_data = messages[0] + b"".join(b" {%d+}\r\n" % len(m) + m for m in messages[1:])
+    command = aioimaplib.Command("APPEND", protocol.new_tag(), "INBOX", f"{{{len(messages[0])}}}")
+    return protocol.execute(command)
 
 
 POSTFIX_LMTP_MAIN_CF = """\
@@ -516,7 +554,7 @@ maillog_file_prefixes = {root}
 def postfix_target(args: argparse.Namespace, audiences: Audiences) -> Result:
     """Postfix's queue, then Dovecot's LMTP: the same messages, five RCPT each, into a fresh Dovecot."""
     members = audiences.members
-    result = Result("postfix -> dovecot LMTP", args.messages, args.messages * TEAM_SIZE)
+    result = Result("postfix", "postfix -> dovecot LMTP", args.messages, args.messages * TEAM_SIZE)
     absent = postfix_absent()
     if absent is None and not LMTP_BINARY.exists():
         absent = f"dovecot's LMTP server is not installed ({LMTP_INSTALL})"
@@ -603,12 +641,11 @@ def report(results: list[Result], flags: list[float]) -> None:
         "conns: the most IMAP connections the gateway held at once, the APPEND client's, Postfix's LMTP "
         "connections)"
     )
-    gateway, raw, postfix = results_by_kind(results)
-    for label, value in (
-        ("gateway / raw APPEND (copies/s)", ratio(gateway, raw)),
-        ("gateway / Postfix+LMTP (copies/s, end to end)", ratio(gateway, postfix)),
-    ):
-        print(f"{label}: {f'{value:.0%}' if value is not None else 'n/a'}")
+    for label, value in ratios(results):
+        print(f"{label} (copies/s): {f'{value:.0%}' if value is not None else 'n/a'}")
+    for r in results:
+        if r.duplicates:
+            print(f"NOT EXACTLY ONCE: {r.name} put {r.duplicates} copies into a mailbox twice")
     if flags:
         p50, p95 = percentile(flags, 50), percentile(flags, 95)
         print(
@@ -617,11 +654,17 @@ def report(results: list[Result], flags: list[float]) -> None:
         )
 
 
-def results_by_kind(results: list[Result]) -> tuple[Result | None, Result | None, Result | None]:
-    def first(prefix: str) -> Result | None:
-        return next((r for r in results if r.name.startswith(prefix)), None)
+RATIOS = (
+    ("gateway / raw APPEND", "append"),
+    ("gateway / raw MULTIAPPEND", "multiappend"),
+    ("gateway / Postfix+LMTP", "postfix"),
+)
 
-    return first("gateway"), first("raw"), first("postfix")
+
+def ratios(results: list[Result]) -> list[tuple[str, float | None]]:
+    """The gateway's copies/s over each baseline's that ran in the same round."""
+    kinds = {r.kind: r for r in results}
+    return [(label, ratio(kinds.get("gateway"), kinds.get(kind))) for label, kind in RATIOS if kind in kinds]
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -639,8 +682,8 @@ def summary(rounds: list[list[Result]]) -> None:
         return format(low, fmt) if low == high else f"{format(low, fmt)}-{format(high, fmt)}"
 
     print(f"\nover {len(rounds)} rounds (ranges):")
-    for kind in ("gateway", "raw", "postfix"):
-        rows = [r for results in rounds for r in results if r.name.startswith(kind) and r.complete]
+    for kind in ("gateway", "append", "multiappend", "postfix"):
+        rows = [r for results in rounds for r in results if r.kind == kind and r.complete]
         if rows:
             print(
                 f"  {rows[0].name:<32} copies/s {span([r.copy_rate for r in rows], '.0f')}, "
@@ -648,13 +691,12 @@ def summary(rounds: list[list[Result]]) -> None:
                 f"CPU ms/msg {span([r.server_cpu * 1000 / r.messages for r in rows], '.2f')}, "
                 f"dovecot CPU ms/msg {span([r.dovecot_cpu * 1000 / r.messages for r in rows], '.2f')}"
             )
-    kinds = [results_by_kind(results) for results in rounds]
-    for label, values in (
-        ("gateway / raw APPEND", [ratio(g, r) for g, r, _ in kinds]),
-        ("gateway / Postfix+LMTP", [ratio(g, p) for g, _, p in kinds]),
-    ):
-        known = [v * 100 for v in values if v is not None]
-        print(f"  {label}: {span(known, '.0f')}%" if known else f"  {label}: n/a")
+    for label, _ in RATIOS:
+        known = [
+            v * 100 for results in rounds for name, v in ratios(results) if name == label and v is not None
+        ]
+        if known:
+            print(f"  {label}: {span(known, '.0f')}%")
     flags = [r.flag_latencies for results in rounds for r in results if r.flag_latencies]
     if flags:
         print(
@@ -688,6 +730,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="run every target this many times, interleaved")
     parser.add_argument("--flag-tries", type=int, default=50, help="flag latency tries per round (0: none)")
     parser.add_argument("--database", help="PostgreSQL URL (default: SQLite in a temporary directory)")
+    parser.add_argument(
+        "--multiappend",
+        type=int,
+        help="copies per MULTIAPPEND in the second raw row (default: the 100 copies of a fan-out batch "
+        "shared among the members, as the gateway sends them; 0 or 1: no such row)",
+    )
     parser.add_argument("--no-postfix", action="store_true", help="leave out Postfix + LMTP")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for every copy")
     parser.add_argument("--log", help="append the gateway's log to this file")
@@ -701,6 +749,8 @@ def main() -> None:
     if absent is not None:
         raise SystemExit(f"fanout_imap: every target delivers into a private Dovecot, but {absent}")
     audiences = Audiences(args.teams)
+    if args.multiappend is None:
+        args.multiappend = max(2, FANOUT_BATCH // len(audiences.members))
     python = Path(sys.executable)
     shown = python.relative_to(REPO) if python.is_relative_to(REPO) else python
     print("$", shlex.join([str(shown), *sys.argv]))
@@ -723,6 +773,8 @@ def main() -> None:
                 gateway, appended = gateway_target(args, audiences, Path(workdir))
             results.insert(0, gateway)
             results.insert(1, raw_target(args, audiences, appended))
+            if args.multiappend > 1:
+                results.insert(2, raw_target(args, audiences, appended, args.multiappend))
             if not args.no_postfix and not postfix_first:
                 results.append(postfix_target(args, audiences))
         except (PostfixUnavailable, DovecotError) as error:
