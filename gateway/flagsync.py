@@ -12,6 +12,14 @@ writes the flags into their mailboxes, wherever they moved the copies. A flag a 
 cleared on that copy alone (``flag.cleared``, DESIGN.md §4). The per-mailbox tokens live in memory: after
 a restart the first look compares every copy with its row, which finds the same changes again.
 
+A member's own ``\\Seen`` on a back-office mail that asked for a read notification
+(``Disposition-Notification-To``) is also where "a member read it" becomes known: the first such read
+queues one RFC 8098 notification naming that member for the relay to the back office (``mdn.queued``;
+``gateway.domain.mdn`` decides whether it may be sent and writes it). A ``\\Seen`` the gateway wrote
+itself (a propagation) is never a member's read, for the reason above, so it sends nothing. Back-office
+mail never has a relay row of its own (only members' mail is relayed), so the relay queue's one row per
+message is the once-only guard: a second member's read, a re-read, a second gateway process finds it.
+
 Members who are reading right now are watched more closely: once a look finds a flag a member set or
 cleared, a store that can push changes (IMAP IDLE, ``Mailbox.watch``) keeps a watch on that mailbox for
 ``idle_window`` seconds after the member's last change, and every push triggers a look at that mailbox
@@ -27,22 +35,34 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, and_, case, select, update
+from sqlalchemy import Connection, LargeBinary, and_, case, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.config import FlagSyncSettings
 from gateway.db import intake
-from gateway.db.models import CopyRow, MemberRow, PortfolioRow
+from gateway.db.models import CopyRow, MemberRow, MessageRow, ParticipantRow, PortfolioRow, RelayRow
 from gateway.db.replies import participants
 from gateway.db.writer import Writer
+from gateway.domain.mdn import build_read_notification, notification_request
 from gateway.domain.readsync import FlagEvent, SyncedFlag, propagation
 from gateway.mailbox import ChangeWatch, Flag, FlagChange, Mailbox, MailboxError, MailboxOwner
+from gateway.parsing import MAX_HEADER_BYTES
 from gateway.workers import work_until_cancelled
 
 log = logging.getLogger("gateway.flagsync")
 
 _SYNCED = {Flag.SEEN: SyncedFlag.SEEN, Flag.ANSWERED: SyncedFlag.ANSWERED}
 _COLUMN = {SyncedFlag.SEEN: "seen", SyncedFlag.ANSWERED: "answered"}
+
+
+@dataclass(frozen=True, slots=True)
+class ReadNotifications:
+    """What a read notification to a back office needs from the configuration."""
+
+    hostname: str  # the gateway's host name: Reporting-UA and the notification's Message-ID
+    lifetime: float  # seconds the relay tries to deliver it ([relay] lifetime, as for replies)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +88,17 @@ class FlagSync:
         settings: FlagSyncSettings,
         *,
         node: str,
+        notifications: ReadNotifications,
         on_propagated: Callable[[], None] = lambda: None,
+        on_notification: Callable[[], None] = lambda: None,
     ) -> None:
         self.writer = writer
         self.mailbox = mailbox
         self.settings = settings
         self.node = node
+        self.notifications = notifications
         self.on_propagated = on_propagated
+        self.on_notification = on_notification
         self._tokens: dict[MailboxOwner, str] = {}
         self._wake = asyncio.Event()  # nobody wakes the watcher: it polls
         self._known: dict[MailboxOwner, Watched] = {}
@@ -127,12 +151,14 @@ class FlagSync:
                 return 0
             applied = Applied(0, 0)
             if changes:
-                applied = await self.writer.run(_apply, mailbox, changes, self.node)
+                applied = await self.writer.run(_apply, mailbox, changes, self.node, self.notifications)
             self._tokens[owner] = token
         if applied.by_member:
             self._member_active(owner)
         if applied.propagated:
             self.on_propagated()
+        if applied.notifications:
+            self.on_notification()
         return applied.propagated
 
     def _member_active(self, owner: MailboxOwner) -> None:
@@ -199,10 +225,17 @@ class Applied:
 
     by_member: int
     propagated: int
+    notifications: int = 0  # read notifications queued for back offices
 
 
-def _apply(connection: Connection, mailbox: Watched, changes: Sequence[FlagChange], node: str) -> Applied:
-    """Record one mailbox's changes and plan what they carry to co-members."""
+def _apply(
+    connection: Connection,
+    mailbox: Watched,
+    changes: Sequence[FlagChange],
+    node: str,
+    notifications: ReadNotifications,
+) -> Applied:
+    """Record one mailbox's changes, plan what they carry to co-members, queue read notifications."""
     now = dt.datetime.now(dt.UTC)
     # A copy in two folders counts with the flags of both: a flag set on either was set by the member.
     seen_now: dict[str, set[SyncedFlag]] = {}
@@ -225,6 +258,7 @@ def _apply(connection: Connection, mailbox: Watched, changes: Sequence[FlagChang
     )
     events: list[dict[str, object]] = []
     flagged = 0
+    notified = 0
     for copy_pk, copy_id, message_pk, portfolio_id, seen, answered, pending in rows:
         known = {SyncedFlag.SEEN: bool(seen), SyncedFlag.ANSWERED: bool(answered)}
         base = {
@@ -241,6 +275,18 @@ def _apply(connection: Connection, mailbox: Watched, changes: Sequence[FlagChang
                 connection.execute(update(CopyRow).where(CopyRow.id == copy_pk).values({_COLUMN[flag]: True}))
                 events.append(base | {"kind": "flag.set", "detail": {"copy_id": copy_id, "flag": flag.value}})
                 flagged += _propagate(connection, mailbox, portfolio_id, message_pk, flag, now, node, events)
+                if flag is SyncedFlag.SEEN:
+                    notified += _notify_read(
+                        connection,
+                        mailbox,
+                        copy_id,
+                        portfolio_id,
+                        message_pk,
+                        now,
+                        node,
+                        notifications,
+                        events,
+                    )
             elif was and not has and not pending:
                 # Cleared by the member (the gateway has nothing left to write here): it stays local.
                 connection.execute(
@@ -251,7 +297,132 @@ def _apply(connection: Connection, mailbox: Watched, changes: Sequence[FlagChang
                 )
     intake.insert_rows(connection, intake.EVENTS, events)
     by_member = sum(1 for event in events if event["kind"] in ("flag.set", "flag.cleared"))
-    return Applied(by_member, flagged)
+    return Applied(by_member, flagged, notified)
+
+
+def _notify_read(
+    connection: Connection,
+    mailbox: Watched,
+    copy_id: str,
+    portfolio_id: int,
+    message_pk: int,
+    now: dt.datetime,
+    node: str,
+    notifications: ReadNotifications,
+    events: list[dict[str, object]],
+) -> int:
+    """The member read their copy: queue the read notification the back office asked for, if this is
+    the first read and the mail may be answered with one; returns how many were queued (0 or 1)."""
+    row = connection.execute(
+        select(
+            MessageRow.gateway_id,
+            MessageRow.backoffice_id,
+            MessageRow.envelope_sender,
+            MessageRow.from_address,
+            # The header section is all that is read; a large message's body stays in the database.
+            func.substr(MessageRow.raw, 1, MAX_HEADER_BYTES, type_=LargeBinary),
+        ).where(
+            MessageRow.id == message_pk,
+            MessageRow.portfolio_id == portfolio_id,
+            MessageRow.direction == "inbound",
+            MessageRow.kind == "message",
+            ~select(RelayRow.id).where(RelayRow.message_id == message_pk).exists(),
+        )
+    ).first()
+    if row is None:
+        return 0  # members' own mail, or a notification is queued already: not the first read
+    gateway_id, backoffice_id, envelope_sender, from_address, head = row
+    event = {
+        "at": now,
+        "portfolio_id": portfolio_id,
+        "actor": f"gateway:{node}",
+        "member_id": mailbox.member_id,
+        "vorgang_id": None,
+        "message_id": message_pk,
+    }
+    request = notification_request(bytes(head), envelope_sender=envelope_sender, from_address=from_address)
+    if request.address is None:
+        if request.asked:
+            events.append(
+                event
+                | {"kind": "mdn.not_sent", "detail": {"reader": mailbox.address, "reason": request.reason}}
+            )
+        return 0
+    if backoffice_id is None:
+        reason = "the back office that sent the mail is no longer in the directory"
+        events.append(
+            event | {"kind": "mdn.not_sent", "detail": {"reader": mailbox.address, "reason": reason}}
+        )
+        return 0
+    reader_name = connection.scalar(select(MemberRow.display_name).where(MemberRow.id == mailbox.member_id))
+    addressed = connection.scalar(
+        select(ParticipantRow.member_id).where(
+            ParticipantRow.message_id == message_pk,
+            ParticipantRow.member_id == mailbox.member_id,
+            ParticipantRow.portfolio_id == portfolio_id,
+        )
+    )
+    # One notification per message, so the message's gateway id names it; a rebuilt one is the same mail.
+    notification_id = f"<mdn.{gateway_id}@{notifications.hostname}>"
+    try:
+        data = build_read_notification(
+            reporting_ua=notifications.hostname,
+            reader=mailbox.address,
+            reader_name=reader_name or "",
+            original_recipient=mailbox.address if addressed is not None else None,
+            to=request.address,
+            original_headers=bytes(head),
+            message_id=notification_id,
+            date=now,
+        )
+    except ValueError as exc:
+        # What the directory or the mail holds cannot be written safely; another read will not change it.
+        events.append(
+            event | {"kind": "mdn.not_sent", "detail": {"reader": mailbox.address, "reason": str(exc)}}
+        )
+        return 0
+    insert: Any = (postgresql if connection.dialect.name == "postgresql" else sqlite).insert(RelayRow)
+    queued = connection.execute(
+        insert.values(
+            portfolio_id=portfolio_id,
+            message_id=message_pk,
+            backoffice_id=backoffice_id,
+            # The reader: the relay names this member in its records. No failure report ever goes to
+            # them, because a notification travels from the null reverse-path.
+            member_id=mailbox.member_id,
+            # RFC 8098 §3: the envelope sender of an MDN is null (<>), so that nothing answers it.
+            envelope_sender="",
+            recipients=[request.address],
+            relay_message_id=notification_id,
+            data=data,
+            state="pending",
+            attempts=0,
+            next_attempt_at=now,
+            leased_by=None,
+            expires_at=now + dt.timedelta(seconds=notifications.lifetime),
+            created_at=now,
+            updated_at=now,
+        )
+        # Another gateway process may have queued it for another member's read a moment ago.
+        .on_conflict_do_nothing(index_elements=["message_id"])
+        .returning(RelayRow.id)
+    ).first()
+    if queued is None:
+        return 0
+    events.append(
+        event
+        | {
+            "kind": "mdn.queued",
+            "detail": {
+                "reader": mailbox.address,
+                "copy_id": copy_id,
+                "to": request.address,
+                "relay_message_id": notification_id,
+            },
+        }
+    )
+    log.info("%s read %s: read notification queued for %s", mailbox.address, gateway_id, request.address)
+    return 1
 
 
 def _propagate(

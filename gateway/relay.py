@@ -1,11 +1,17 @@
-"""The relay: members' replies to the back offices' SMTP servers, retried, or reported back with a DSN.
+"""The relay: members' mail to the back offices' SMTP servers, retried, or reported back with a DSN.
 
-Each mail is sent with ``aiosmtplib.send`` on its own connection (no client shared between concurrent
-sends), with the TLS and AUTH of its back office. A temporary failure (4xx, a refused or dropped
-connection, a timeout) is retried with exponential backoff until the mail's lifetime ends; a permanent
-one (5xx), or the end of the lifetime, puts a delivery status notification (RFC 3464) into the
-mailbox of the member who wrote, saying what failed and why. The DSN is a copy with an id derived from
-the relay row, so a crash between writing it and recording the failure never writes a second one.
+What it carries: members' replies (and Vorgänge they open), and read notifications (RFC 8098 MDNs) that
+flag sync queues when a member reads a back-office mail that asked for one. Each mail is sent on its own
+connection (no client shared between concurrent sends), with the TLS and AUTH of its back office. A
+temporary failure (4xx, a refused or dropped connection, a timeout) is retried with exponential backoff
+until the mail's lifetime ends; a permanent one (5xx), or the end of the lifetime, puts a delivery
+status notification (RFC 3464) into the mailbox of the member who wrote, saying what failed and why.
+The DSN is a copy with an id derived from the relay row, so a crash between writing it and recording
+the failure never writes a second one.
+
+A mail from the null reverse-path (a read notification) never produces a DSN: nothing answers a
+notification (RFC 5321 §4.5.5, RFC 8098 §3), and the member did not write it. It is marked failed,
+with the reason in the event log.
 """
 
 from __future__ import annotations
@@ -97,10 +103,9 @@ class Relay:
         password = None
         if target.password_file is not None:
             password = (await asyncio.to_thread(target.password_file.read_text, encoding="utf-8")).strip()
-        errors, message = await aiosmtplib.send(
-            job.data,
-            sender=job.envelope_sender,
-            recipients=list(job.recipients),
+        # What aiosmtplib.send does, without its refusal of an empty sender for raw bytes: a read
+        # notification must go out as MAIL FROM:<> (RFC 8098 §3), which SMTP.sendmail writes for "".
+        client = aiosmtplib.SMTP(
             hostname=target.host,
             port=target.port,
             use_tls=target.tls == "tls",
@@ -110,6 +115,8 @@ class Relay:
             timeout=float(target.timeout),
             local_hostname=self.hostname,
         )
+        async with client:
+            errors, message = await client.sendmail(job.envelope_sender, list(job.recipients), job.data)
         if errors:
             # Some recipients refused, others taken: the back office has the mail; say who refused.
             refused = "; ".join(f"{rcpt}: {resp.code} {resp.message}" for rcpt, resp in errors.items())
@@ -122,6 +129,10 @@ class Relay:
         if not permanent and retry_at < job.expires_at:
             log.warning("relay of %s failed, retrying at %s: %s", job.relay_message_id, retry_at, error)
             return RelayResult(job, "pending", error=error, retry_at=retry_at)
+        if not job.envelope_sender:
+            # A notification (null reverse-path): nobody gets a report about it (RFC 5321 §4.5.5).
+            log.warning("notification %s not delivered, given up: %s", job.relay_message_id, error)
+            return RelayResult(job, "failed", error=error)
         # The server's own enhanced code says most ("5.1.1": no such mailbox); 4.4.7: time ran out.
         given = _ENHANCED.search(error)
         status = (given.group(1) if given and given.group(1)[0] == "5" else "5.0.0") if permanent else "4.4.7"

@@ -28,7 +28,7 @@ from gateway.db.migrate import require_current
 from gateway.db.writer import Writer
 from gateway.errors import OperationalError
 from gateway.fanout import FanOut, ReplyPath
-from gateway.flagsync import FlagSync
+from gateway.flagsync import FlagSync, ReadNotifications
 from gateway.ingress import Accounts, GatewaySMTP, ListenerState, Members, MxHandler, SubmissionHandler
 from gateway.keys import load_token_keys
 from gateway.logs import configure_logging
@@ -118,7 +118,9 @@ class Service:
             self.mailbox,
             settings.flagsync,
             node=settings.gateway.node_name,
+            notifications=ReadNotifications(settings.gateway.hostname, settings.relay.lifetime),
             on_propagated=self.fanout.wake,
+            on_notification=self.relay.wake,
         )
         self.resolver = resolver or SystemResolver(timeout=settings.replies.dns_timeout)
         self.handoff = handoff

@@ -21,13 +21,14 @@ from gateway.db.models import CopyRow, EventRow, MemberRow, MessageRow, ReleaseR
 from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
 from gateway.fanout import FanOut
-from gateway.flagsync import FlagSync
+from gateway.flagsync import FlagSync, ReadNotifications
 from gateway.mailbox import Mailbox, MailboxOwner, MaildirMailbox
 from gateway.mailbox.imap import ImapMailbox
 from tests.dovecot import Dovecot
 from tests.stages.conftest import PORTFOLIO, accept
 
 SB_B1, SB_B2, GF_B = "sb-b1@kunde-b.example", "sb-b2@kunde-b.example", "gf-b@kunde-b.example"
+NOTIFICATIONS = ReadNotifications(hostname="gw.example", lifetime=3600)
 
 
 class World:
@@ -43,7 +44,9 @@ class World:
             vorgang_header="X-Gateway-Vorgang",
             tag_subject=True,
         )
-        self.flagsync = FlagSync(writer, self.mailbox, FlagSyncSettings(), node="n1")
+        self.flagsync = FlagSync(
+            writer, self.mailbox, FlagSyncSettings(), node="n1", notifications=NOTIFICATIONS
+        )
         self.jobs: list[CopyJob] = []
 
     async def deliver(self, subject: str) -> None:
@@ -163,7 +166,11 @@ async def test_a_reading_member_is_watched_with_idle_between_polls(
     imap = ImapMailbox.from_settings(dovecot.imap_settings(), timeout=5)
     world = World(writer, tmp_path / "mail", imap)
     world.flagsync = FlagSync(
-        writer, imap, FlagSyncSettings(poll_interval=60, idle_window=4, idle_refresh=2), node="n1"
+        writer,
+        imap,
+        FlagSyncSettings(poll_interval=60, idle_window=4, idle_refresh=2),
+        node="n1",
+        notifications=NOTIFICATIONS,
     )
     watching = None
     try:
