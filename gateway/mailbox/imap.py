@@ -410,7 +410,10 @@ def message_for_append(copy_id: str, data: bytes) -> bytes:
 
     ``ValueError`` when the message already names another copy id: it could not be found as this copy.
     """
-    message = _LINE_END.sub(b"\r\n", data).replace(b"\0", b"\x80")
+    message = data
+    # Copies the gateway renders are CRLF throughout and NUL-free already: two counts in C, no rewrite.
+    if b"\0" in data or data.count(b"\n") != data.count(b"\r\n"):
+        message = _LINE_END.sub(b"\r\n", data).replace(b"\0", b"\x80")
     end = 0 if message.startswith(b"\r\n") else message.find(b"\r\n\r\n")
     header = message if end < 0 else message[: end + 2]
     present = header_values(header)
