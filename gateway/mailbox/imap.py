@@ -13,6 +13,9 @@ How the Mailbox protocol maps onto IMAP:
 - **Append.** ``APPEND`` into the configured folder with the copy's flags; the UID comes from UIDPLUS
   (``APPENDUID``). IMAP carries lines ending in CRLF and no NUL, so bare LFs become CRLF and NUL bytes
   0x80 (what Dovecot serves for them anyway); a folder that does not exist is created (``TRYCREATE``).
+  ``append_batch`` sends the first attempts of one member's copies in one ``APPEND`` (MULTIAPPEND,
+  RFC 3502: all of them are appended or none; the literals after the first are LITERAL+), which costs
+  two round trips and one transaction in the server for the lot; UIDs come from ``APPENDUID``'s set.
 - **Flags and removal.** ``UID STORE +FLAGS.SILENT``/``-FLAGS.SILENT``, then ``UID FETCH FLAGS`` reads
   the outcome back; removal is ``UID STORE +FLAGS.SILENT (\\Deleted)`` and ``UID EXPUNGE`` of exactly
   those UIDs (other messages a member marked deleted stay).
