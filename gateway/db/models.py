@@ -461,6 +461,10 @@ class RelayRow(Base):
 
     ``data`` holds the exact bytes to send, rendered when the reply was accepted, so every attempt sends
     the same mail with the same Message-ID; ``expires_at`` ends the retries with a DSN to the member.
+
+    A row for a back office's own mail (direction "inbound") is the read notification (RFC 8098 MDN) its
+    first reader sent (``gateway.flagsync``): from the null reverse-path (``envelope_sender`` ""), never
+    answered with a DSN. One row per message is what sends it once.
     """
 
     __tablename__ = "relays"
@@ -476,13 +480,14 @@ class RelayRow(Base):
     portfolio_id: Mapped[int] = mapped_column(BigInteger)
     message_id: Mapped[int] = mapped_column(BigInteger)
     backoffice_id: Mapped[int | None] = mapped_column(ForeignKey("backoffices.id", ondelete="SET NULL"))
-    # The member who wrote the mail: a failure report (DSN) goes to this member's mailbox.
+    # The member who wrote the mail: a failure report (DSN) goes to this member's mailbox. For a read
+    # notification, the member who read the back office's mail.
     member_id: Mapped[int] = mapped_column(BigInteger)
     envelope_sender: Mapped[str] = mapped_column(String(320))
     recipients: Mapped[list[str]] = mapped_column(JSON)
     relay_message_id: Mapped[str] = mapped_column(String(998))
     data: Mapped[bytes] = mapped_column(LargeBinary)
-    # pending -> sent | failed (a DSN was put into the member's mailbox)
+    # pending -> sent | failed (a DSN was put into the member's mailbox; none for a read notification)
     state: Mapped[str] = mapped_column(String(20), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(default=_now)
