@@ -506,6 +506,22 @@ class FlagSyncSettings(_Section):
     a shorter round notices a dead connection (a NAT that forgot it) sooner."""
 
 
+class ReconcileSettings(_Section):
+    """``[reconcile]``: the worker that brings existing copies in line after a directory change."""
+
+    enabled: bool = True
+    """Run the reconcile worker in this process (off: another gateway process sharing the database does)."""
+
+    batch_size: PositiveInt = 500
+    """Messages reconciled in one transaction; a run never reads more of a portfolio at once."""
+
+    poll_interval: Annotated[float, Field(gt=0)] = 5.0
+    """Seconds between looks for open runs (a directory change in another process, such as the CLI)."""
+
+    lease: Annotated[float, Field(gt=0)] = 120.0
+    """Seconds a run stays reserved for this process after its last batch; then another may go on."""
+
+
 class RepliesSettings(_Section):
     """``[replies]``: how members' replies at the MX listener are checked."""
 
@@ -569,6 +585,7 @@ _SECTIONS: Mapping[str, type[_Section]] = {
     "intake": IntakeSettings,
     "fanout": FanoutSettings,
     "flagsync": FlagSyncSettings,
+    "reconcile": ReconcileSettings,
     "replies": RepliesSettings,
     "relay": RelaySettings,
     "secrets": SecretsSettings,
@@ -593,6 +610,7 @@ class Settings(BaseModel):
     intake: IntakeSettings = Field(default_factory=IntakeSettings)
     fanout: FanoutSettings = Field(default_factory=FanoutSettings)
     flagsync: FlagSyncSettings = Field(default_factory=FlagSyncSettings)
+    reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     replies: RepliesSettings = Field(default_factory=RepliesSettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
     secrets: SecretsSettings = Field(default_factory=SecretsSettings)

@@ -3,6 +3,10 @@
 A copy is the stored message with the gateway's headers in front (``gateway.domain.copies``). Writing is
 idempotent per copy id (the mailbox finds a copy it wrote before a crash instead of writing it again),
 so the order "write, then mark delivered" loses nothing and repeats nothing visible.
+
+The fan-out also carries the database's view of a copy into the mailbox afterwards: flags that must
+catch up (``flags_pending``) and copies reconciliation revoked (``revoking``), which it removes from
+every folder of the member's mailbox, members move mail, and then marks ``revoked``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from sqlalchemy import Connection
 from gateway.config import FanoutSettings
 from gateway.db import queue
 from gateway.db.intake import EVENTS, insert_rows
-from gateway.db.queue import CopyJob, FlagJob, Outcome
+from gateway.db.queue import CopyJob, FlagJob, Outcome, RemovalJob
 from gateway.db.writer import Writer
 from gateway.domain.copies import render_copy
 from gateway.domain.outbound import address_field
@@ -127,6 +131,7 @@ class FanOut:
         self._handed: deque[CopyJob] = deque()
         self._last_claim = 0.0
         self._last_flag_claim = 0.0
+        self._last_removal_claim = 0.0
 
     def wake(self) -> None:
         self._wake.set()
@@ -175,8 +180,20 @@ class FanOut:
             )
         if flag_jobs:
             await self._catch_up_flags(flag_jobs)
+        removals: list[RemovalJob] = []
+        if not jobs or time.monotonic() - self._last_removal_claim >= self.settings.poll_interval:
+            self._last_removal_claim = time.monotonic()
+            removals = await self.writer.run(
+                queue.claim_removals,
+                self.node,
+                dt.datetime.now(dt.UTC),
+                self.settings.lease,
+                self.settings.batch_size,
+            )
+        if removals:
+            await self._remove(removals)
         if not jobs:
-            return len(flag_jobs)
+            return len(flag_jobs) + len(removals)
         # Copies of one mailbox go together: a Maildir then syncs each directory once per batch.
         jobs.sort(key=lambda job: (job.portfolio, job.address))
         outcomes = await self._deliver(jobs)
@@ -248,6 +265,43 @@ class FanOut:
         ]
         await self.writer.run(queue.record_flags, done, failed, now)
 
+    async def _remove(self, jobs: Sequence[RemovalJob]) -> None:
+        """Take revoked copies out of every folder of their members' mailboxes; retry what fails."""
+
+        async def one(job: RemovalJob) -> tuple[RemovalJob, int, str | None]:
+            try:
+                removed = await self.mailbox.remove(MailboxOwner(job.portfolio, job.address), job.copy_id)
+            except Exception as exc:
+                log.warning("revoked copy %s for %s not removed: %s", job.copy_id, job.address, exc)
+                return job, 0, f"{type(exc).__name__}: {exc}"
+            return job, removed, None
+
+        results = await asyncio.gather(*(one(job) for job in jobs))
+        now = dt.datetime.now(dt.UTC)
+        done = [job for job, _, error in results if error is None]
+        # A removal is never given up: a copy a member may no longer see must go; it waits at most
+        # retry_max between attempts, and every failure is in the event log for an admin.
+        failed = [
+            (job, error, now + dt.timedelta(seconds=backoff(job.attempts + 1, self.settings)))
+            for job, _, error in results
+            if error is not None
+        ]
+        events = [
+            {
+                "at": now,
+                "portfolio_id": job.portfolio_id,
+                "actor": f"gateway:{self.node}",
+                "kind": "copy.revoked" if error is None else "copy.revoke_failed",
+                "member_id": job.member_id,
+                "vorgang_id": job.vorgang_id,
+                "message_id": job.message_pk,
+                "detail": {"copy_id": job.copy_id, "to": job.address}
+                | ({"removed": removed} if error is None else {"attempt": job.attempts + 1, "error": error}),
+            }
+            for job, removed, error in results
+        ]
+        await self.writer.run(_record_removals, done, failed, now, events)
+
     @staticmethod
     def _failed(job: CopyJob, exc: Exception) -> Outcome:
         log.warning("copy %s for %s failed: %s", job.copy_id, job.address, exc)
@@ -297,6 +351,17 @@ def _record(
     events: list[dict[str, object]],
 ) -> None:
     queue.record(connection, outcomes, now, retry_at)
+    insert_rows(connection, EVENTS, events)
+
+
+def _record_removals(
+    connection: Connection,
+    done: Sequence[RemovalJob],
+    failed: Sequence[tuple[RemovalJob, str, dt.datetime]],
+    now: dt.datetime,
+    events: list[dict[str, object]],
+) -> None:
+    queue.record_removals(connection, done, failed, now)
     insert_rows(connection, EVENTS, events)
 
 

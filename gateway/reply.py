@@ -13,7 +13,8 @@ The path of one reply, in order (DESIGN.md §5, §8):
    to the audience of the reply (not to its author, whose client keeps it in Sent), queued for the relay
    to the back office with the actual sender, and every copy of the answered message gets ``\\Answered``.
 
-Every refusal answers ``550 5.7.1`` with a reason a person can act on and is recorded in the event log.
+Every refusal answers ``550 5.7.1`` with a reason a person can act on and is recorded in the event log;
+that includes the reply address of a copy reconciliation revoked (``gateway.reconcile``): it stops working.
 """
 
 from __future__ import annotations
@@ -139,6 +140,13 @@ class ReplyIntake:
             return Reply.REFUSED.with_text(
                 "The reply address is not valid (it was changed, or it is not one of this gateway's): "
                 "please answer the original message with Reply"
+            )
+        if answered.copy_state in ("revoking", "revoked"):
+            # DESIGN.md §8: a member removed from a release loses what it gave, reply addresses too.
+            await self._refused(mail, f"reply code of copy {answered.copy_id}, which was revoked", answered)
+            return Reply.ACCESS_WITHDRAWN.with_text(
+                "You no longer have access to the message this reply address belongs to (your rights "
+                "changed); nothing was relayed. Ask your administrator if you need it again"
             )
         if kind.kind is not Kind.ANSWER:
             if kind.kind is Kind.BOUNCE:

@@ -34,6 +34,7 @@ from gateway.keys import load_token_keys
 from gateway.logs import configure_logging
 from gateway.mailbox import Mailbox, MaildirMailbox
 from gateway.mailbox.imap import ImapMailbox
+from gateway.reconcile import Reconciler
 from gateway.relay import Relay
 from gateway.replies import Reply
 from gateway.reply import ReplyContext, ReplyIntake
@@ -122,6 +123,10 @@ class Service:
             on_propagated=self.fanout.wake,
             on_notification=self.relay.wake,
         )
+        # Directory changes recorded reconcile runs; their back-filled and revoked copies go to the fan-out.
+        self.reconciler = Reconciler(
+            self.writer, settings.reconcile, node=settings.gateway.node_name, on_copies=self.fanout.wake
+        )
         self.resolver = resolver or SystemResolver(timeout=settings.replies.dns_timeout)
         self.handoff = handoff
         self.listeners: dict[str, Listener] = {}
@@ -145,6 +150,8 @@ class Service:
             self._tasks.append(asyncio.create_task(self.relay.run(), name="relay"))
         if self.settings.flagsync.enabled:
             self._tasks.append(asyncio.create_task(self.flagsync.run(), name="flagsync"))
+        if self.settings.reconcile.enabled:
+            self._tasks.append(asyncio.create_task(self.reconciler.run(), name="reconcile"))
         for task in self._tasks:
             task.add_done_callback(self._stage_ended)
         submission = self.settings.listeners.submission

@@ -154,11 +154,13 @@ def record(
     retry_at: dict[int, dt.datetime | None],
 ) -> None:
     """Store how each attempt went; ``retry_at`` maps a failed copy to its next attempt (None: hold it)."""
+    # Only a copy still pending is recorded: reconciliation may have revoked it while it was being
+    # written (it waited for this lease to end), and a revoked copy must not turn delivered again.
     delivered = [o for o in outcomes if o.error is None]
     if delivered:
         connection.execute(
             update(COPIES)
-            .where(COPIES.c.id == bindparam("b_id"))
+            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == "pending")
             .values(
                 state="delivered",
                 # Flags set while the write was under way (an answer came in) are caught up later.
@@ -181,7 +183,7 @@ def record(
     if failed:
         connection.execute(
             update(COPIES)
-            .where(COPIES.c.id == bindparam("b_id"))
+            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == "pending")
             .values(
                 state=bindparam("b_state"),
                 attempts=COPIES.c.attempts + 1,
@@ -264,10 +266,12 @@ def record_flags(
     """Flags written (``done``), or not (with the error and the next attempt)."""
     if done:
         # Only what was written counts: a flag set in the database meanwhile keeps the copy pending.
+        # Also only a copy still delivered: one revoked meanwhile keeps the removal's due time.
         connection.execute(
             update(COPIES)
             .where(
                 COPIES.c.id == bindparam("b_id"),
+                COPIES.c.state == "delivered",
                 COPIES.c.seen == bindparam("b_seen"),
                 COPIES.c.answered == bindparam("b_answered"),
             )
@@ -278,15 +282,112 @@ def record_flags(
         )
         connection.execute(
             update(COPIES)
-            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.flags_pending.is_(True))
+            .where(
+                COPIES.c.id == bindparam("b_id"),
+                COPIES.c.state == "delivered",
+                COPIES.c.flags_pending.is_(True),
+            )
             .values(next_attempt_at=now, leased_by=None),
             [{"b_id": j.id} for j in done],
         )
     if failed:
         connection.execute(
             update(COPIES)
-            .where(COPIES.c.id == bindparam("b_id"))
+            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == "delivered")
             .values(
+                next_attempt_at=bindparam("b_next"),
+                leased_by=None,
+                last_error=bindparam("b_error"),
+                updated_at=now,
+            ),
+            [{"b_id": j.id, "b_next": at, "b_error": error[:2000]} for j, error, at in failed],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RemovalJob:
+    """A revoked copy to take out of its member's mailbox, from every folder (state ``revoking``)."""
+
+    id: int
+    copy_id: str
+    attempts: int
+    portfolio_id: int
+    portfolio: str
+    member_id: int
+    address: str
+    message_pk: int
+    vorgang_id: int
+
+
+def claim_removals(
+    connection: Connection, node: str, now: dt.datetime, lease: float, limit: int
+) -> list[RemovalJob]:
+    """Take due ``revoking`` copies with a lease, like flag jobs (a copy still being written by the
+    fan-out is not due before that write's lease ends; reconciliation set it so)."""
+    rows = list(
+        connection.execute(
+            select(
+                CopyRow.id,
+                CopyRow.copy_id,
+                CopyRow.attempts,
+                CopyRow.portfolio_id,
+                PortfolioRow.name,
+                CopyRow.member_id,
+                MemberRow.address,
+                CopyRow.message_id,
+                MessageRow.vorgang_id,
+            )
+            .join(PortfolioRow, PortfolioRow.id == CopyRow.portfolio_id)
+            .join(MemberRow, MemberRow.id == CopyRow.member_id)
+            .join(MessageRow, MessageRow.id == CopyRow.message_id)
+            .where(CopyRow.state == "revoking", CopyRow.next_attempt_at <= now)
+            .order_by(CopyRow.next_attempt_at, CopyRow.id)
+            .limit(limit)
+            .with_for_update(of=CopyRow, skip_locked=True)
+        )
+    )
+    if not rows:
+        return []
+    connection.execute(
+        update(CopyRow)
+        .where(CopyRow.id.in_([r[0] for r in rows]))
+        .values(next_attempt_at=now + dt.timedelta(seconds=lease), leased_by=node)
+    )
+    return [RemovalJob(*row) for row in rows]
+
+
+def record_removals(
+    connection: Connection,
+    done: Sequence[RemovalJob],
+    failed: Sequence[tuple[RemovalJob, str, dt.datetime]],
+    now: dt.datetime,
+) -> None:
+    """Copies removed (``done``: now ``revoked``), or not (with the error and the next attempt).
+
+    Only a copy still ``revoking`` is recorded: a member entitled again meanwhile has the row back as
+    pending, and the fan-out writes it again once this lease has ended.
+    """
+    if done:
+        connection.execute(
+            update(COPIES)
+            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == "revoking")
+            .values(
+                state="revoked",
+                attempts=COPIES.c.attempts + 1,
+                next_attempt_at=None,
+                leased_by=None,
+                last_error=None,
+                mailbox_ref=None,
+                updated_at=now,
+            ),
+            [{"b_id": j.id} for j in done],
+        )
+    if failed:
+        connection.execute(
+            update(COPIES)
+            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == "revoking")
+            .values(
+                attempts=COPIES.c.attempts + 1,
                 next_attempt_at=bindparam("b_next"),
                 leased_by=None,
                 last_error=bindparam("b_error"),

@@ -174,6 +174,23 @@ def request_run(
     return run_id, open_run is not None
 
 
+def ensure_run(
+    connection: Connection, portfolio_id: int, reason: str, actor: str, now: dt.datetime
+) -> tuple[int, str, bool]:
+    """The portfolio's open run, or a new one; (run id, portfolio name, whether it is new).
+
+    An admin asking for a run while one is open gets that one: starting it over would only repeat work.
+    """
+    name = str(connection.scalar(select(PortfolioRow.name).where(PortfolioRow.id == portfolio_id)))
+    open_run = connection.scalar(
+        select(RUNS.c.id).where(RUNS.c.portfolio_id == portfolio_id, RUNS.c.state == "open")
+    )
+    if open_run is not None:
+        return int(open_run), name, False
+    run_id, _ = request_run(connection, portfolio_id, reason, actor, now)
+    return run_id, name, True
+
+
 def portfolio_id_of(connection: Connection, name: str) -> int:
     found = connection.scalar(select(PortfolioRow.id).where(PortfolioRow.name == name))
     if found is None:

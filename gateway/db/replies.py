@@ -44,6 +44,8 @@ class Answered:
     vorgang_id: int
     vorgang: str
     direction: str = "inbound"
+    # The copy's state: "revoking" or "revoked" when reconciliation took it away (its token stops working).
+    copy_state: str = "delivered"
 
 
 def answered_by_copy(connection: Connection, copy_id: str) -> Answered | None:
@@ -63,6 +65,7 @@ def answered_by_copy(connection: Connection, copy_id: str) -> Answered | None:
             VorgangRow.id,
             VorgangRow.reference,
             MessageRow.direction,
+            CopyRow.state,
         )
         .join(PortfolioRow, PortfolioRow.id == CopyRow.portfolio_id)
         .join(MessageRow, MessageRow.id == CopyRow.message_id)
@@ -87,6 +90,7 @@ def answered_by_copy(connection: Connection, copy_id: str) -> Answered | None:
         vorgang_id=row[11],
         vorgang=row[12],
         direction=row[13],
+        copy_state=row[14],
     )
 
 

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select, update
 
 from gateway.acceptance import HandOff
-from gateway.db.models import EventRow, PortfolioRow, RelayRow
+from gateway.db.models import CopyRow, EventRow, PortfolioRow, RelayRow
 from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
 from gateway.domain.tokens import TokenKeys, make_token, reply_address
@@ -217,3 +217,22 @@ async def test_trouble_while_taking_a_reply_answers_451_not_500() -> None:
     envelope.original_content = b"From: sb-b2@kunde-b.example\r\n\r\nx\r\n"
     answer = await handler.handle_DATA(None, session, envelope)  # type: ignore[arg-type]
     assert answer.startswith("451 4.3.0"), answer
+
+
+@pytest.mark.parametrize("state", ["revoking", "revoked"])
+async def test_the_reply_address_of_a_revoked_copy_is_refused(writer: Writer, state: str) -> None:
+    """DESIGN.md §8: a member who lost access loses the reply address too, even while still in the
+    audience by the directory (the copy was revoked; a colleague's From would not help either)."""
+    await set_policy(writer, "off")
+    job = await answered_copy(writer)
+    await writer.run(lambda c: c.execute(update(CopyRow).where(CopyRow.id == job.id).values(state=state)))
+    answer = await intake(writer, StaticResolver()).receive(incoming(job, reply_to(job)))
+    assert answer.startswith("550 5.7.1 You no longer have access"), answer
+    assert await relayed(writer) == 0
+    assert (await refusals(writer))[-1] == f"reply code of copy {job.copy_id}, which was revoked"
+    # The same reply to a copy that was not revoked goes through: the refusal is the copy's state.
+    await writer.run(
+        lambda c: c.execute(update(CopyRow).where(CopyRow.id == job.id).values(state="delivered"))
+    )
+    answer = await intake(writer, StaticResolver()).receive(incoming(job, reply_to(job)))
+    assert answer.startswith("250"), answer
