@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
+import imaplib
 import os
 import re
 import signal
@@ -14,15 +16,21 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from tests.conftest import EXAMPLE_DIRECTORY, Gateway
+from tests.dovecot import Dovecot
+from tests.dovecot import _folders as imap_folders
+from tests.dovecot import _ok as imap_ok
+from tests.dovecot import _quote as imap_quote
+from tests.seed import ADDRESS
 
 GATEWAY = str(Path(sys.executable).parent / "gateway")
 PORTFOLIO = "makler-muster"
@@ -30,6 +38,141 @@ LOGIN = "ams@makler-muster.example"
 PASSWORD = "ams-test-password-1"
 REPLY_DOMAIN = "reply.gateway.test.example"
 INTAKE = "neu@makler-muster.example"
+
+# --- the members' mailboxes as their mail clients see them -----------------------------------------------
+
+# The Maildir info letters (cr.yp.to/proto/maildir.html) under the IMAP names Dovecot gives them.
+MAILDIR_FLAGS = {
+    "D": "\\Draft",
+    "F": "\\Flagged",
+    "P": "$Forwarded",
+    "R": "\\Answered",
+    "S": "\\Seen",
+    "T": "\\Deleted",
+}
+
+
+@dataclass(frozen=True)
+class StoredCopy:
+    """One message in a member's mailbox: its folder, its flags by IMAP name, and its content."""
+
+    folder: str
+    flags: frozenset[str]
+    message: EmailMessage
+
+
+class Mailboxes(Protocol):
+    """What a test may look at in the members' mailboxes, the same whichever backend holds them."""
+
+    def create(self, address: str) -> None:
+        """Make sure ``address`` has a mailbox the gateway can deliver to (a member outside the seed)."""
+
+    def addresses(self) -> list[str]:
+        """The members whose mailboxes may hold mail."""
+
+    def read(self, address: str) -> list[StoredCopy]:
+        """Every message of the member, in every folder, without changing any flag."""
+
+    def close(self) -> None: ...
+
+
+class MaildirMailboxes:
+    """The gateway's Maildirs (``<root>/<portfolio>/<address>/``), read from the files.
+
+    A member's mail in several portfolios reads as one mailbox, as one IMAP account would show it.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def create(self, address: str) -> None:
+        pass  # the gateway creates a Maildir on its first delivery
+
+    def addresses(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        return sorted({member.name for portfolio in self.root.iterdir() for member in portfolio.iterdir()})
+
+    def read(self, address: str) -> list[StoredCopy]:
+        found = []
+        for home in sorted(self.root.glob(f"*/{address}")):
+            for path in sorted(home.rglob("*")):
+                if not (path.is_file() and path.parent.name in ("new", "cur")):
+                    continue
+                folder = path.parent.parent.relative_to(home).as_posix()
+                info = path.name.partition(":2,")[2]
+                found.append(
+                    StoredCopy(
+                        "INBOX" if folder == "." else folder.removeprefix("."),
+                        frozenset(MAILDIR_FLAGS.get(letter, letter) for letter in info),
+                        email.message_from_bytes(path.read_bytes(), policy=email.policy.default),
+                    )
+                )
+        return found
+
+    def close(self) -> None:
+        pass
+
+
+class ImapMailboxes:
+    """Members' mailboxes in a Dovecot, read with imaplib logged in as each member.
+
+    Folders are opened read-only and bodies fetched with BODY.PEEK, so reading sets no \\Seen that the
+    gateway's flag sync would carry to co-members. One session per member is kept between reads (tests
+    poll often); a session that broke (Dovecot restarted) is replaced once.
+    """
+
+    def __init__(self, dovecot: Dovecot) -> None:
+        self.dovecot = dovecot
+        self._addresses: list[str] = []
+        self._sessions: dict[str, imaplib.IMAP4] = {}
+        for address in ADDRESS.values():  # the seed's members, each a Dovecot user
+            self.create(address)
+
+    def create(self, address: str) -> None:
+        self.dovecot.add_user(address)
+        if address not in self._addresses:
+            self._addresses.append(address)
+
+    def addresses(self) -> list[str]:
+        return list(self._addresses)
+
+    def read(self, address: str) -> list[StoredCopy]:
+        try:
+            return self._read(self._session(address))
+        except (OSError, imaplib.IMAP4.abort):
+            self._drop(address)
+            return self._read(self._session(address))
+
+    def _session(self, address: str) -> imaplib.IMAP4:
+        if address not in self._sessions:
+            self._sessions[address] = self.dovecot.client(address)
+        return self._sessions[address]
+
+    def _drop(self, address: str) -> None:
+        session = self._sessions.pop(address, None)
+        if session is not None:
+            with contextlib.suppress(OSError, imaplib.IMAP4.error):
+                session.shutdown()
+
+    @staticmethod
+    def _read(session: imaplib.IMAP4) -> list[StoredCopy]:
+        found = []
+        for folder in imap_folders(session):
+            (exists,) = imap_ok(session.select(imap_quote(folder), readonly=True))
+            if int(exists) == 0:
+                continue
+            for item in imap_ok(session.uid("FETCH", "1:*", "(FLAGS BODY.PEEK[])")):
+                if isinstance(item, tuple):
+                    # \Recent belongs to the session, not to the message.
+                    flags = {flag.decode() for flag in imaplib.ParseFlags(item[0])} - {"\\Recent"}
+                    message = email.message_from_bytes(item[1], policy=email.policy.default)
+                    found.append(StoredCopy(folder, frozenset(flags), message))
+        return found
+
+    def close(self) -> None:
+        for address in list(self._sessions):
+            self._drop(address)
 
 
 @dataclass
@@ -39,11 +182,17 @@ class RunningGateway:
     config: Path
     maildir_root: Path
     cli: Gateway
+    given_mailboxes: InitVar[Mailboxes | None] = None
+    """Where the members' mailboxes are; None: the gateway's Maildirs under ``maildir_root``."""
+    mailboxes: Mailboxes = field(init=False)
     process: subprocess.Popen[str] | None = None
     port: int = 0
     mx_port: int = 0
     log: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
+
+    def __post_init__(self, given_mailboxes: Mailboxes | None) -> None:
+        self.mailboxes = given_mailboxes or MaildirMailboxes(self.maildir_root)
 
     def start(self, timeout: float = 30) -> None:
         self.process = subprocess.Popen(
@@ -85,27 +234,35 @@ class RunningGateway:
             self._reader.join(timeout=10)  # the log's last lines are in before anyone reads it
         if self.process.stderr is not None:
             self.process.stderr.close()
+        # The test's own IMAP sessions end with the gateway; a later read opens new ones.
+        self.mailboxes.close()
         return code
 
+    def restarted(self) -> RunningGateway:
+        """Another process of this gateway (same configuration, database and mailboxes), started."""
+        again = RunningGateway(self.config, self.maildir_root, self.cli, self.mailboxes)
+        again.start()
+        return again
+
+    def stored(self, address: str) -> list[StoredCopy]:
+        """Every message in a member's mailbox, in every folder, with its folder and flags."""
+        return self.mailboxes.read(address)
+
     def mailbox(self, address: str) -> list[EmailMessage]:
-        """Every message in a member's Maildir, in every folder."""
-        found = []
-        root = self.maildir_root / PORTFOLIO / address
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and path.parent.name in ("new", "cur"):
-                found.append(email.message_from_bytes(path.read_bytes(), policy=email.policy.default))
-        return found  # type: ignore[return-value]
+        """Every message in a member's mailbox, in every folder."""
+        return [copy.message for copy in self.stored(address)]
+
+    def flags_of(self, address: str, message_id: str) -> list[frozenset[str]]:
+        """The flags of every copy of the message ``message_id`` in the member's mailbox."""
+        return [c.flags for c in self.stored(address) if c.message["Message-ID"] == message_id]
 
     def copies_of(self, marker: str) -> dict[str, list[EmailMessage]]:
         """Which member mailboxes hold a copy whose subject contains ``marker``."""
-        root = self.maildir_root / PORTFOLIO
         result: dict[str, list[EmailMessage]] = {}
-        if not root.exists():
-            return result
-        for member_dir in root.iterdir():
-            matches = [m for m in self.mailbox(member_dir.name) if marker in str(m["Subject"])]
+        for address in self.mailboxes.addresses():
+            matches = [m for m in self.mailbox(address) if marker in str(m["Subject"])]
             if matches:
-                result[member_dir.name] = matches
+                result[address] = matches
         return result
 
     def wait_for_copies(self, marker: str, count: int, timeout: float = 20) -> dict[str, list[EmailMessage]]:
@@ -161,26 +318,81 @@ retry_base = 0.2
     return path
 
 
-def prepare(tmp_path: Path, database_url: str, **limits: object) -> RunningGateway:
+def prepare(
+    tmp_path: Path, database_url: str, *, dovecot: Dovecot | None = None, **limits: object
+) -> RunningGateway:
+    """A gateway with the seed's directory, not started; its mailboxes are in ``dovecot`` if given
+    (every seed member a Dovecot user, ``[mailbox] backend = "imap"``), else Maildirs in its data dir."""
     config = write_config(tmp_path, database_url, **limits)
+    mailboxes: Mailboxes | None = None
+    if dovecot is not None:
+        mailboxes = ImapMailboxes(dovecot)
+        settings = dovecot.imap_settings(tls="none")
+        with config.open("a", encoding="utf-8") as file:
+            file.write(
+                f'\n[mailbox]\nbackend = "imap"\n\n[mailbox.imap]\nhost = "{settings.host}"\n'
+                f'port = {settings.port}\ntls = "none"\nmaster_user = "{settings.master_user}"\n'
+                f'master_password_file = "{settings.master_password_file}"\n'
+            )
     cli = Gateway(config)
     cli("secrets", "init")
     cli("directory", "load", str(EXAMPLE_DIRECTORY))
     password = tmp_path / "ams.password"
     password.write_text(PASSWORD + "\n", encoding="utf-8")
     cli("backoffice", "password", "ams", "-p", PORTFOLIO, "--password-file", str(password))
-    return RunningGateway(config, tmp_path / "data" / "mail", cli)
+    return RunningGateway(config, tmp_path / "data" / "mail", cli, mailboxes)
+
+
+def configure(
+    gateway: RunningGateway, sink: BackOfficeSink, tmp_path: Path, ams_version: str = "4.8.0.64470"
+) -> None:
+    """The example directory with the back office's relay pointed at the sink, at this ams version."""
+    text = EXAMPLE_DIRECTORY.read_text(encoding="utf-8")
+    text = text.replace("port: 2526", f"port: {sink.port}")
+    text = re.sub(r"ams_version: [\d.]+", f"ams_version: {ams_version}", text)
+    directory = tmp_path / "directory.yaml"
+    directory.write_text(text, encoding="utf-8")
+    gateway.cli("directory", "load", str(directory))
+
+
+def imap_gateway(tmp_path: Path, database_url: str, dovecot: Dovecot, sink: BackOfficeSink) -> RunningGateway:
+    """A prepared gateway whose members' mailboxes are in ``dovecot``, relaying to ``sink``."""
+    gateway = prepare(tmp_path, database_url, dovecot=dovecot)
+    configure(gateway, sink, tmp_path)
+    return gateway
+
+
+@pytest.fixture(params=["maildir", "imap"])
+def mailbox_backend(request: pytest.FixtureRequest) -> str:
+    """Where the gateway under test keeps members' mailboxes; the suites run once for each.
+
+    A test about something no mailbox takes part in pins it: ``@MAILDIR_ONLY``.
+    """
+    return str(request.param)
+
+
+MAILDIR_ONLY = pytest.mark.parametrize("mailbox_backend", ["maildir"])
 
 
 @pytest.fixture
-def running(tmp_path: Path, database_url: str) -> Iterator[RunningGateway]:
-    gateway = prepare(tmp_path, database_url)
+def mailbox_server(mailbox_backend: str, request: pytest.FixtureRequest) -> Dovecot | None:
+    """The private Dovecot holding the mailboxes for ``mailbox_backend`` "imap"; None for Maildir."""
+    if mailbox_backend == "imap":
+        dovecot: Dovecot = request.getfixturevalue("dovecot")
+        return dovecot
+    return None
+
+
+@pytest.fixture
+def running(tmp_path: Path, database_url: str, mailbox_server: Dovecot | None) -> Iterator[RunningGateway]:
+    gateway = prepare(tmp_path, database_url, dovecot=mailbox_server)
     gateway.start()
     try:
         yield gateway
     finally:
         if gateway.process is not None and gateway.process.poll() is None:
             gateway.stop()
+        gateway.mailboxes.close()
 
 
 def free_port() -> int:

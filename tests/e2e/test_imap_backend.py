@@ -14,15 +14,11 @@ import time
 from pathlib import Path
 
 from tests.dovecot import Dovecot
-from tests.e2e.conftest import BackOfficeSink, RunningGateway, prepare
-from tests.e2e.test_replies import (
-    client_reply,
-    configure,
-    reply_address_of,
-    send_from_backoffice,
-    send_reply,
-)
+from tests.e2e.conftest import BackOfficeSink, imap_gateway
+from tests.e2e.test_replies import client_reply, reply_address_of, send_from_backoffice, send_reply
 from tests.seed import ADDRESS
+
+__all__ = ["imap_gateway"]  # its home is tests/e2e/conftest.py now; importing it from here still works
 
 
 def imap_copies(dovecot: Dovecot, address: str) -> list[tuple[bytes, bytes]]:
@@ -38,22 +34,6 @@ def imap_copies(dovecot: Dovecot, address: str) -> list[tuple[bytes, bytes]]:
         return found
     finally:
         client.logout()
-
-
-def imap_gateway(tmp_path: Path, database_url: str, dovecot: Dovecot, sink: BackOfficeSink) -> RunningGateway:
-    """A prepared gateway whose members' mailboxes are in ``dovecot`` (every member a Dovecot user)."""
-    for address in ADDRESS.values():
-        dovecot.add_user(address)
-    gateway = prepare(tmp_path, database_url)
-    settings = dovecot.imap_settings(tls="none")
-    with gateway.config.open("a", encoding="utf-8") as config:
-        config.write(
-            f'\n[mailbox]\nbackend = "imap"\n\n[mailbox.imap]\nhost = "{settings.host}"\n'
-            f'port = {settings.port}\ntls = "none"\nmaster_user = "{settings.master_user}"\n'
-            f'master_password_file = "{settings.master_password_file}"\n'
-        )
-    configure(gateway, sink, tmp_path)
-    return gateway
 
 
 def wait_for(check: object, timeout: float = 20) -> bool:

@@ -1,4 +1,7 @@
-"""The inbound path end to end: a real SMTP client as the back office, the real gateway, the Maildirs."""
+"""The inbound path end to end: a real SMTP client as the back office, the real gateway, the mailboxes.
+
+Every test runs with both mailbox backends (Maildir, and IMAP into a private Dovecot read with imaplib).
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 The gateway runs as ``gateway serve``; the back office writes with smtplib; members answer with mails that
 real clients built (Thunderbird, Outlook and Apple Mail replies from the talon corpus, readdressed); the
-back office's SMTP server is an aiosmtpd sink.
+back office's SMTP server is an aiosmtpd sink. Every test that involves a member's mailbox runs with
+both backends: Maildirs in the gateway's data directory, and a private Dovecot read with imaplib.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import smtplib
 import ssl
 import time
+from collections.abc import Iterator
 from email.encoders import encode_quopri
 from email.message import EmailMessage, Message
 from pathlib import Path
@@ -21,14 +23,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLE_DIRECTORY
+from tests.dovecot import Dovecot
 from tests.e2e.conftest import (
     INTAKE,
     LOGIN,
+    MAILDIR_ONLY,
     PASSWORD,
     PORTFOLIO,
     REPLY_DOMAIN,
     BackOfficeSink,
     RunningGateway,
+    configure,
     prepare,
 )
 from tests.seed import ADDRESS
@@ -43,26 +48,17 @@ def corpus() -> Path:
     return Path(folder)
 
 
-def configure(
-    gateway: RunningGateway, sink: BackOfficeSink, tmp_path: Path, ams_version: str = "4.8.0.64470"
-) -> None:
-    """The example directory with the back office's relay pointed at the sink, at this ams version."""
-    text = EXAMPLE_DIRECTORY.read_text(encoding="utf-8")
-    text = text.replace("port: 2526", f"port: {sink.port}")
-    text = re.sub(r"ams_version: [\d.]+", f"ams_version: {ams_version}", text)
-    directory = tmp_path / "directory.yaml"
-    directory.write_text(text, encoding="utf-8")
-    gateway.cli("directory", "load", str(directory))
-
-
 @pytest.fixture
-def gateway(tmp_path: Path, database_url: str, sink: BackOfficeSink) -> RunningGateway:
-    running = prepare(tmp_path, database_url)
+def gateway(
+    tmp_path: Path, database_url: str, sink: BackOfficeSink, mailbox_server: Dovecot | None
+) -> Iterator[RunningGateway]:
+    running = prepare(tmp_path, database_url, dovecot=mailbox_server)
     configure(running, sink, tmp_path)
     running.start()
-    yield running  # type: ignore[misc]
+    yield running
     if running.process is not None and running.process.poll() is None:
         running.stop()
+    running.mailboxes.close()
     print("".join(running.log))  # shown by pytest when the test failed
 
 
@@ -136,15 +132,13 @@ def reply_address_of(copy: EmailMessage) -> str:
     return address.addr_spec
 
 
-def flags_of(gateway: RunningGateway, person: str, message_id: str) -> list[str]:
-    """The Maildir flag letters of every copy of the message ``message_id`` in ``person``'s mailbox."""
-    root = gateway.maildir_root / PORTFOLIO / ADDRESS[person]
-    line = f"\nMessage-ID: {message_id}\r\n".encode()
-    letters = []
-    for path in root.rglob("*"):
-        if path.is_file() and path.parent.name in ("new", "cur") and line in path.read_bytes():
-            letters.append(path.name.partition(":2,")[2])
-    return letters
+ANSWERED = frozenset({"\\Answered"})
+NO_FLAGS: frozenset[str] = frozenset()
+
+
+def flags_of(gateway: RunningGateway, person: str, message_id: str) -> list[frozenset[str]]:
+    """The flags of every copy of the message ``message_id`` in ``person``'s mailbox."""
+    return gateway.flags_of(ADDRESS[person], message_id)
 
 
 def wait_until(condition: object, timeout: float = 15) -> bool:
@@ -186,7 +180,7 @@ def test_the_seeds_flow(gateway: RunningGateway, sink: BackOfficeSink, client: s
 
     original = f"<orig-{client}@ams.example>"
     for person in ("SB-B1", "SB-B2", "GF-B"):
-        assert wait_until(lambda p=person: flags_of(gateway, p, original) == ["R"]), (
+        assert wait_until(lambda p=person: flags_of(gateway, p, original) == [ANSWERED]), (
             f"{person}: {flags_of(gateway, person, original)}"
         )
     reply_copies = gateway.wait_for_copies("Re: [", 2)
@@ -200,9 +194,14 @@ def test_the_seeds_flow(gateway: RunningGateway, sink: BackOfficeSink, client: s
     ("ams_version", "expected_from"), [("4.8.0.64469", "SB-B1"), ("4.8.0.64470", "SB-B2")]
 )
 def test_legacy_ams_gets_the_original_participant_as_from(
-    tmp_path: Path, database_url: str, sink: BackOfficeSink, ams_version: str, expected_from: str
+    tmp_path: Path,
+    database_url: str,
+    sink: BackOfficeSink,
+    mailbox_server: Dovecot | None,
+    ams_version: str,
+    expected_from: str,
 ) -> None:
-    gateway = prepare(tmp_path, database_url)
+    gateway = prepare(tmp_path, database_url, dovecot=mailbox_server)
     configure(gateway, sink, tmp_path, ams_version=ams_version)
     gateway.start()
     try:
@@ -288,7 +287,7 @@ def test_refusals_each_with_its_code_and_an_event(
     assert "not valid" in reasons[0]
     assert all("may not answer" in r for r in reasons[1:]), reasons
     assert sink.wait_for(0, timeout=1) == [], "nothing refused is relayed"
-    assert flags_of(gateway, "SB-B1", "<refusals@ams.example>") == [""], "nor marked answered"
+    assert flags_of(gateway, "SB-B1", "<refusals@ams.example>") == [NO_FLAGS], "nor marked answered"
 
 
 def test_a_token_of_another_portfolio_is_refused(
@@ -302,6 +301,7 @@ def test_a_token_of_another_portfolio_is_refused(
         encoding="utf-8",
     )
     gateway.cli("directory", "load", str(other))
+    gateway.mailboxes.create("kunde@zwei.example")
     password = tmp_path / "zwei.password"
     password.write_text("zwei-password-123\n", encoding="utf-8")
     gateway.cli("backoffice", "password", "ams2", "-p", "makler-zwei", "--password-file", str(password))
@@ -314,13 +314,8 @@ def test_a_token_of_another_portfolio_is_refused(
     with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
         client.login("ams@makler-zwei.example", "zwei-password-123")
         client.send_message(message)
-    deadline = time.monotonic() + 15
-    folder = gateway.maildir_root / "makler-zwei" / "kunde@zwei.example"
-    while time.monotonic() < deadline and not list(folder.glob("*/*")):
-        time.sleep(0.05)
-    (path,) = [p for p in folder.glob("*/*") if p.parent.name in ("new", "cur")]
-    copy = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-    assert isinstance(copy, EmailMessage)
+    assert wait_until(lambda: gateway.mailbox("kunde@zwei.example"))
+    (copy,) = gateway.mailbox("kunde@zwei.example")
     raw = client_reply("thunderbird", author=ADDRESS["SB-B2"], copy=copy, subject="Zwei")
     code, text = send_reply(gateway, raw, reply_address_of(copy), ADDRESS["SB-B2"])
     assert (code, text[:5]) == (550, b"5.7.1"), text
@@ -381,11 +376,11 @@ def test_a_5xx_puts_a_dsn_into_the_members_mailbox(gateway: RunningGateway, sink
 
 
 def test_kill_9_between_accepting_a_reply_and_relaying_it(
-    tmp_path: Path, database_url: str, sink: BackOfficeSink
+    tmp_path: Path, database_url: str, sink: BackOfficeSink, mailbox_server: Dovecot | None
 ) -> None:
     import signal
 
-    gateway = prepare(tmp_path, database_url)
+    gateway = prepare(tmp_path, database_url, dovecot=mailbox_server)
     configure(gateway, sink, tmp_path)
     gateway.start()
     sink.down()  # the reply is accepted, but cannot be relayed before the kill
@@ -393,8 +388,7 @@ def test_kill_9_between_accepting_a_reply_and_relaying_it(
         answer(gateway, "Killed")
         gateway.stop(signal.SIGKILL)
         sink.up()
-        restarted = RunningGateway(gateway.config, gateway.maildir_root, gateway.cli)
-        restarted.start()
+        restarted = gateway.restarted()
         try:
             (relayed,) = sink.wait_for(1)
             time.sleep(2.0)
@@ -449,7 +443,7 @@ def test_auto_replies_bounces_and_loops_are_recorded_not_relayed(
     assert [e["kind"] for e in recorded] == [kind]
     time.sleep(1.0)
     assert sink.received == []
-    assert flags_of(gateway, "SB-B1", "<not-an-answer@ams.example>") == [""], "never \\Answered"
+    assert flags_of(gateway, "SB-B1", "<not-an-answer@ams.example>") == [NO_FLAGS], "never \\Answered"
     assert not [m for m in gateway.mailbox(ADDRESS["SB-B1"]) if "Abwesenheit" in str(m["Subject"])]
 
 
@@ -522,7 +516,9 @@ def test_a_member_opens_a_vorgang_at_the_intake_address(
     )
 
 
+@MAILDIR_ONLY
 def test_a_stranger_cannot_open_a_vorgang(gateway: RunningGateway, sink: BackOfficeSink) -> None:
+    """Refused at RCPT/DATA before anything is stored: no mailbox takes part, so one backend is enough."""
     message = EmailMessage()
     message["From"] = "someone@elsewhere.example"
     message["To"] = INTAKE
@@ -538,7 +534,10 @@ def test_a_stranger_cannot_open_a_vorgang(gateway: RunningGateway, sink: BackOff
 def test_the_relay_uses_starttls_and_auth_as_the_back_office_is_configured(
     tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The back office's server wants STARTTLS (its own certificate) and AUTH; the password is a file."""
+    """The back office's server wants STARTTLS (its own certificate) and AUTH; the password is a file.
+
+    About the relay only: the mailbox backend makes no difference to it, so this runs with Maildir.
+    """
     from gateway.tls import write_selfsigned
 
     cert, key = tmp_path / "bo.crt", tmp_path / "bo.key"
@@ -572,6 +571,7 @@ def test_the_relay_uses_starttls_and_auth_as_the_back_office_is_configured(
 
 
 def test_the_mx_listener_offers_starttls_and_no_auth(tmp_path: Path, database_url: str) -> None:
+    """The listener's dialogue only, which no mailbox takes part in: run with Maildir alone."""
     from gateway.tls import write_selfsigned
 
     cert, key = tmp_path / "mx.crt", tmp_path / "mx.key"
