@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, case, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, case, func, insert, or_, select, update
 
 from gateway.db.intake import EVENTS, insert_rows, new_copy_id
 from gateway.db.models import (
@@ -574,6 +574,11 @@ def _insert_copies(connection: Connection, rows: Sequence[dict[str, Any]]) -> No
         connection.execute(insert(COPIES), list(rows))
 
 
+def _state_in(states: Sequence[str]) -> Any:
+    # Spelled out: an IN list is an "expanding" parameter, which executemany() does not take.
+    return or_(*(COPIES.c.state == state for state in states))
+
+
 def _lease_end_or(now: dt.datetime) -> Any:
     """``next_attempt_at`` for a copy changing its job: the end of a lease some worker holds on it right
     now (a write or a removal under way finishes first), else now."""
@@ -597,7 +602,7 @@ def _revive(connection: Connection, rows: Sequence[dict[str, Any]], now: dt.date
         return
     connection.execute(
         update(COPIES)
-        .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state.in_(("revoking", "revoked")))
+        .where(COPIES.c.id == bindparam("b_id"), _state_in(("revoking", "revoked")))
         .values(
             state="pending",
             shared_via_release_id=bindparam("b_via"),
@@ -625,7 +630,7 @@ def _revoke(connection: Connection, rows: Sequence[dict[str, Any]], now: dt.date
         return
     connection.execute(
         update(COPIES)
-        .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state.in_(LIVE_STATES))
+        .where(COPIES.c.id == bindparam("b_id"), _state_in(LIVE_STATES))
         .values(
             state="revoking",
             attempts=0,

@@ -157,34 +157,38 @@ async def test_a_revoked_copy_is_removed_from_every_folder_and_comes_back_as_the
 ) -> None:
     gateway = with_login
     await accept(writer, SB_B1, "Bleibt")
+    await accept(writer, SB_B1, "Auch")
     mailbox = MemoryMailbox()
     fan = fanout(writer, mailbox)
     await drain(fan)
-    [before] = await writer.run(copies_of, GF_B)
+    [before, other] = await writer.run(copies_of, GF_B)
     owner = MailboxOwner(PORTFOLIO, GF_B)
     mailbox.move(owner, before.copy_id, "Archiv")
 
     await admin(gateway, "release", "remove-member", WITH_GF, GF_B, "-p", PORTFOLIO)
     while await reconciler(writer).run_once():
         pass
-    [revoking] = await writer.run(copies_of, GF_B)
-    assert revoking.state == "revoking"
+    assert [c.state for c in await writer.run(copies_of, GF_B)] == ["revoking", "revoking"]
     await drain(fan)
-    [revoked] = await writer.run(copies_of, GF_B)
-    assert revoked.state == "revoked"
+    assert [c.state for c in await writer.run(copies_of, GF_B)] == ["revoked", "revoked"]
     assert await mailbox.find(owner, before.copy_id) == [], "gone from the folder GF-B moved it to"
-    assert [c.state for c in await writer.run(copies_of, SB_B1)] == ["delivered"], "the participant keeps it"
+    assert await mailbox.find(owner, other.copy_id) == []
+    assert [c.state for c in await writer.run(copies_of, SB_B1)] == ["delivered"] * 2, (
+        "participants keep theirs"
+    )
     assert "copy.revoked" in await writer.run(event_kinds)
 
     await admin(gateway, "release", "add-member", WITH_GF, GF_B, "-p", PORTFOLIO)
     while await reconciler(writer).run_once():
         pass
-    [back] = await writer.run(copies_of, GF_B)
-    assert (back.id, back.copy_id, back.state) == (before.id, before.copy_id, "pending")
+    back = await writer.run(copies_of, GF_B)
+    assert [(c.id, c.copy_id, c.state) for c in back] == [
+        (before.id, before.copy_id, "pending"),
+        (other.id, other.copy_id, "pending"),
+    ]
     await drain(fan)
     assert [x.folder for x in await mailbox.find(owner, before.copy_id)] == ["INBOX"]
-    [delivered] = await writer.run(copies_of, GF_B)
-    assert delivered.state == "delivered"
+    assert [c.state for c in await writer.run(copies_of, GF_B)] == ["delivered", "delivered"]
 
 
 async def test_a_copy_being_written_is_removed_only_after_its_lease_and_never_turns_delivered(
