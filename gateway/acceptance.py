@@ -29,7 +29,8 @@ from gateway.db.messages import new_gateway_id
 from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
 from gateway.domain.audience import Audience, audience
-from gateway.domain.model import Participant, ParticipantRole
+from gateway.domain.model import Participant
+from gateway.domain.rules import Decision, Verdict, route_participants
 from gateway.domain.threading import Found, choose_vorgang, vorgang_hints
 from gateway.errors import OperationalError
 from gateway.parsing import ParsedMessage
@@ -58,6 +59,8 @@ class Submission:
     parsed: ParsedMessage
     listener: str
     peer: str
+    # What the routing rules decided (gateway.routing); None: no rules were asked.
+    decision: Decision | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,7 @@ class Accepted:
     found: str
     audience: int
     duplicate: bool
+    quarantined: bool = False
 
 
 Waiting = tuple[Submission, "asyncio.Future[Accepted]"]
@@ -191,6 +195,13 @@ class _Planned:
     gateway_id: str
     message_id: str
     audience: Audience | None = None
+    # The rule-derived key a Vorgang this message opens is stored with (DESIGN.md §6).
+    key: str | None = None
+
+    @property
+    def quarantined(self) -> bool:
+        decision = self.submission.decision
+        return decision is not None and decision.verdict is Verdict.QUARANTINE
 
 
 def _accept_batch(
@@ -236,15 +247,19 @@ def _accept_batch(
         planned |= _plan_portfolio(connection, portfolio_id, indexes, submissions, digests, hostname, now)
 
     for i, plan in planned.items():
-        results[i] = Accepted(
-            plan.gateway_id, "", plan.found.value, len(plan.audience.members) if plan.audience else 0, False
-        )
+        copies = len(plan.audience.members) if plan.audience and not plan.quarantined else 0
+        results[i] = Accepted(plan.gateway_id, "", plan.found.value, copies, False, plan.quarantined)
     references, jobs = _write(connection, planned, now, lease)
     for i, plan in planned.items():
         result = results[i]
         assert result is not None
         results[i] = Accepted(
-            result.gateway_id, references[plan.vorgang_id], result.found, result.audience, False
+            result.gateway_id,
+            references[plan.vorgang_id],
+            result.found,
+            result.audience,
+            False,
+            result.quarantined,
         )
     for i, result in enumerate(results):
         if result is None:  # a twin within the batch
@@ -272,6 +287,7 @@ def _plan_portfolio(
             in_reply_to=submissions[i].parsed.in_reply_to,
             references=submissions[i].parsed.references,
             subject=submissions[i].parsed.subject,
+            key=_decision(submissions[i]).vorgang_key,
         )
         for i in indexes
     }
@@ -282,28 +298,40 @@ def _plan_portfolio(
         m: vid
         for m, (vid, _) in (intake.vorgaenge_by_message_id(connection, portfolio_id, wanted_ids)).items()
     }
+    known_keys = intake.vorgaenge_by_key(connection, portfolio_id, {h.key for h in hints.values() if h.key})
     recipients = {a for i in indexes for a in submissions[i].recipients}
-    members = intake.member_ids(connection, portfolio_id, recipients)
+    added = {p.address for i in indexes for p in _decision(submissions[i]).participants}
+    members = intake.member_ids(connection, portfolio_id, recipients | added)
 
     planned: dict[int, _Planned] = {}
     opened = 0
     for i in indexes:
         s = submissions[i]
-        found, vorgang_id = choose_vorgang(hints[i], known_references=known_refs, known_message_ids=known_ids)
+        found, vorgang_id = choose_vorgang(
+            hints[i], known_references=known_refs, known_message_ids=known_ids, known_keys=known_keys
+        )
+        key = None
         if vorgang_id is None:
             opened += 1
             vorgang_id = -opened
-        cc = set(s.parsed.cc)
-        participants = [
-            Participant(members[a], ParticipantRole.CC if a in cc else ParticipantRole.TO)
-            for a in dict.fromkeys(s.recipients)
-            if a in members
-        ]
+            key = hints[i].key
+            if key is not None:
+                # Later messages of the batch with the same key join the Vorgang this one opens.
+                known_keys[key] = vorgang_id
+        participants, skipped = route_participants(
+            s.recipients, set(s.parsed.cc), members, _decision(s).participants
+        )
+        if skipped:
+            log.warning(
+                "routing rules add %s, not members of portfolio %s; left out",
+                ", ".join(skipped),
+                s.account.portfolio,
+            )
         gateway_id = new_gateway_id()
         message_id = s.parsed.message_id or f"<{gateway_id}@{hostname}>"
         # Later messages of the same batch may answer this one: make it known to them.
         known_ids[message_id] = vorgang_id
-        planned[i] = _Planned(s, digests[i], found, vorgang_id, participants, gateway_id, message_id)
+        planned[i] = _Planned(s, digests[i], found, vorgang_id, participants, gateway_id, message_id, key=key)
 
     everyone = {p.member_id for plan in planned.values() for p in plan.participants}
     releases = intake.sharing_releases(connection, portfolio_id, everyone)
@@ -333,7 +361,11 @@ def _write(
                 openers.setdefault(plan.vorgang_id, plan)
         order = sorted(openers, reverse=True)  # -1, -2, …: the order they were opened in
         opened = intake.new_vorgaenge(
-            connection, portfolio_id, [openers[k].submission.parsed.subject for k in order], now
+            connection,
+            portfolio_id,
+            [openers[k].submission.parsed.subject for k in order],
+            now,
+            keys=[openers[k].key for k in order],
         )
         new_ids = {placeholder: vid for placeholder, (vid, _) in zip(order, opened, strict=True)}
         references |= dict(opened)
@@ -349,6 +381,7 @@ def _write(
     participants: list[dict[str, Any]] = []
     copies: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
+    held: list[dict[str, Any]] = []
     audience_ids = {m for p in plans if p.audience for m in p.audience.members}
     addresses = intake.member_addresses(connection, audience_ids)
     copy_plans: list[tuple[_Planned, int]] = []
@@ -359,10 +392,15 @@ def _write(
             for p in dict.fromkeys(plan.participants)
         ]
         assert plan.audience is not None
+        events.append(_accepted_event(plan, pk, references[plan.vorgang_id], addresses, now))
+        if plan.quarantined:
+            # Stored with its participants, but no copies until an admin releases it.
+            held.append(_quarantine_row(plan, pk, now))
+            continue
         rows = intake.copy_rows(pk, pid, plan.audience, now, lease)
         copies += rows
         copy_plans += [(plan, pk)] * len(rows)
-        events.append(_accepted_event(plan, pk, references[plan.vorgang_id], addresses, now))
+    intake.insert_rows(connection, intake.QUARANTINE, held)
     intake.insert_rows(connection, intake.PARTICIPANTS, participants)
     intake.insert_rows(connection, intake.EVENTS, events)
     shared_via = [row.pop("shared_via") for row in copies]
@@ -408,6 +446,7 @@ def _job(
         answered=False,
         raw=s.raw,
         first_attempt=True,
+        copy_headers=_decision(s).copy_headers,
     )
 
 
@@ -430,6 +469,8 @@ def _message_row(plan: _Planned, now: dt.datetime) -> dict[str, Any]:
         "from_address": parsed.from_addresses[0] if parsed.from_addresses else None,
         "envelope_sender": s.envelope_sender,
         "received_at": now,
+        "kind": "quarantined" if plan.quarantined else "message",
+        "copy_headers": _decision(s).copy_headers.to_json() if _decision(s).copy_headers else None,
     }
 
 
@@ -438,11 +479,18 @@ def _accepted_event(
 ) -> dict[str, Any]:
     s = plan.submission
     assert plan.audience is not None
+    decision = _decision(s)
+    routing: dict[str, Any] = {"rule_set": decision.rule_set, "rules": decision.routed_by}
+    if decision.vorgang_key is not None:
+        routing["vorgang_key"] = decision.vorgang_key
+    if plan.quarantined:
+        routing["quarantined_by"] = decision.decided_by.label() if decision.decided_by else None
+        routing["reason"] = decision.reason
     return {
         "at": now,
         "portfolio_id": s.account.portfolio_id,
         "actor": f"backoffice:{s.account.login}",
-        "kind": "message.accepted",
+        "kind": "message.quarantined" if plan.quarantined else "message.accepted",
         "member_id": None,
         "vorgang_id": plan.vorgang_id,
         "message_id": message_pk,
@@ -457,5 +505,26 @@ def _accepted_event(
             "message_id": plan.message_id,
             "message_id_assigned": s.parsed.message_id is None,
             "defects": list(s.parsed.defects),
-        },
+        }
+        | routing,
+    }
+
+
+_NO_RULES = Decision(rule_set="none")
+
+
+def _decision(submission: Submission) -> Decision:
+    """The routing decision of a submission; without rules, the decision of an empty rule set."""
+    return submission.decision if submission.decision is not None else _NO_RULES
+
+
+def _quarantine_row(plan: _Planned, message_pk: int, now: dt.datetime) -> dict[str, Any]:
+    decision = _decision(plan.submission)
+    return {
+        "message_id": message_pk,
+        "portfolio_id": plan.submission.account.portfolio_id,
+        "rule": decision.decided_by.label() if decision.decided_by else "",
+        "reason": decision.reason,
+        "rule_set": decision.rule_set,
+        "quarantined_at": now,
     }

@@ -91,6 +91,10 @@ def copy_bytes(
         references = [*parsed.references, reference_id(token, reply_path.reply_domain)]
         headers.append(("References", " ".join(dict.fromkeys(references))))
         remove += REPLY_PATH_HEADERS
+    if job.copy_headers:
+        # Routing rules' changes (rules_file refuses our own headers and the reply path there).
+        headers += job.copy_headers.set
+        remove += [name for name, _ in job.copy_headers.set] + list(job.copy_headers.strip)
     if job.message_id_assigned and job.message_id:
         # The message came without a Message-ID; the copy carries the one the gateway assigned, so
         # replies can thread to it.

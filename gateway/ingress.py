@@ -31,6 +31,7 @@ from gateway.domain.tokens import is_reply_address
 from gateway.parsing import parse_message
 from gateway.replies import AIOSMTPD_REPLIES, Reply
 from gateway.reply import BOUNCES_LOCAL_PART, Incoming, ReplyIntake
+from gateway.routing import RoutingRules, refusal, submitted
 
 log = logging.getLogger("gateway.ingress")
 
@@ -279,8 +280,10 @@ class SubmissionHandler(_Hooks):
         max_header_size: int,
         max_received_hops: int,
         vorgang_header: str,
+        rules: RoutingRules | None = None,
     ) -> None:
         self.acceptance = acceptance
+        self.rules = rules
         self.members = members
         self.state = state
         self.max_recipients = max_recipients
@@ -318,6 +321,31 @@ class SubmissionHandler(_Hooks):
         parsed = parse_message(raw, vorgang_header=self.vorgang_header)
         if parsed.received_count > self.max_received_hops:
             return str(Reply.LOOP)
+        decision = None
+        if self.rules is not None:
+            # One read of the rules in force: a reload in the meantime cannot mix two rule sets.
+            rule_set = self.rules.current
+            decision = rule_set.decide(
+                submitted(
+                    backoffice=account.backoffice,
+                    envelope_sender=envelope.mail_from or "",
+                    recipients=tuple(envelope.rcpt_tos),
+                    raw=raw,
+                    parsed=parsed,
+                    listener=self.state.name,
+                    with_headers=rule_set.needs_headers,
+                )
+            )
+            refused = refusal(decision, account.portfolio)
+            if refused is not None:
+                log.info(
+                    "refused %s from %s by routing rules: %s",
+                    parsed.message_id or "a message without Message-ID",
+                    account.login,
+                    refused,
+                    extra={"rule_set": decision.rule_set, "rules": decision.routed_by},
+                )
+                return refused
         submission = Submission(
             account=account,
             envelope_sender=envelope.mail_from or "",
@@ -326,6 +354,7 @@ class SubmissionHandler(_Hooks):
             parsed=parsed,
             listener=self.state.name,
             peer=_peer(session),
+            decision=decision,
         )
         self.state.in_data += 1
         try:
@@ -348,6 +377,8 @@ class SubmissionHandler(_Hooks):
                 "backoffice": account.login,
             },
         )
+        if accepted.quarantined:
+            return Reply.QUARANTINED.with_text(f"Accepted as {accepted.gateway_id}; held for review")
         return Reply.ACCEPTED.with_text(f"Accepted as {accepted.gateway_id} in {accepted.vorgang}")
 
 

@@ -216,9 +216,7 @@ async def dry_run(
     result.stored = True
     where = result.vorgang or "a new Vorgang"
     if decision.verdict is Verdict.QUARANTINE:
-        result.answer = Reply.QUARANTINED.with_text(
-            f"Accepted as <gateway id>; held for review ({decision.reason or 'quarantined by a rule'})"
-        )
+        result.answer = Reply.QUARANTINED.with_text("Accepted as <gateway id>; held for review")
     else:
         result.answer = Reply.ACCEPTED.with_text(f"Accepted as <gateway id> in {where}")
     return result

@@ -320,7 +320,8 @@ def _rule(reader: _Reader, node: yaml.Node) -> Rule | None:
         reader.fail(keys["name"], "a rule's name must not be empty")
     before = len(reader.problems)
     condition = _condition(reader, keys["match"], "match")
-    groups = defined_groups(condition) if condition is not None else frozenset()
+    # None when the match itself has problems: its groups are unknown, so templates are not judged by them.
+    groups = defined_groups(condition) if condition is not None else None
 
     portfolio: str | None = None
     if "portfolio" in keys:
@@ -407,7 +408,7 @@ def _listed(reader: _Reader, keys: Mapping[str, yaml.Node], key: str) -> list[ya
 
 
 def _verdict(
-    reader: _Reader, node: yaml.Node, keys: Mapping[str, yaml.Node], groups: frozenset[str]
+    reader: _Reader, node: yaml.Node, keys: Mapping[str, yaml.Node], groups: frozenset[str] | None
 ) -> tuple[Verdict | None, Answer | None, str]:
     given = [k for k in ("accept", "reject", "quarantine") if k in keys]
     if len(given) > 1:
@@ -448,7 +449,7 @@ def _verdict(
     return Verdict.REJECT, answer, ""
 
 
-def _template(reader: _Reader, node: yaml.Node, what: str, groups: frozenset[str]) -> str | None:
+def _template(reader: _Reader, node: yaml.Node, what: str, groups: frozenset[str] | None) -> str | None:
     text = reader.text(node, what)
     if text is None:
         return None
@@ -457,8 +458,8 @@ def _template(reader: _Reader, node: yaml.Node, what: str, groups: frozenset[str
     except InvalidTemplate as exc:
         reader.fail(node, f"{what}: {exc}")
         return None
-    unknown = [n for n in names if n not in groups]
-    if unknown:
+    unknown = [n for n in names if groups is not None and n not in groups]
+    if unknown and groups is not None:
         defined = ", ".join(sorted(groups)) or "none"
         reader.fail(
             node,
@@ -517,11 +518,12 @@ def _header_name(reader: _Reader, node: yaml.Node, what: str) -> str | None:
 
 def _condition(reader: _Reader, node: yaml.Node, what: str) -> Condition | None:
     """A match mapping: its keys are tests that must all hold (``{}`` holds for every message)."""
+    before = len(reader.problems)
     keys = reader.mapping(node, what, MATCH_KEYS)
     if keys is None:
         return None
     parts: list[Condition] = []
-    ok = True
+    ok = len(reader.problems) == before  # an unknown key is no test: the match is not what was meant
     for key, value in keys.items():
         part = _one(reader, key, value)
         if part is None:

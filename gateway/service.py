@@ -25,6 +25,7 @@ from gateway.acceptance import Acceptance, HandOff
 from gateway.config import ListenerSettings, Settings
 from gateway.db.engine import create_engine
 from gateway.db.migrate import require_current
+from gateway.db.names import directory_names
 from gateway.db.writer import Writer
 from gateway.errors import OperationalError
 from gateway.fanout import FanOut, ReplyPath
@@ -39,6 +40,7 @@ from gateway.relay import Relay
 from gateway.replies import Reply
 from gateway.reply import ReplyContext, ReplyIntake
 from gateway.resolver import DnsResolver, SystemResolver
+from gateway.routing import RoutingRules
 
 log = logging.getLogger("gateway.service")
 
@@ -128,6 +130,12 @@ class Service:
             self.writer, settings.reconcile, node=settings.gateway.node_name, on_copies=self.fanout.wake
         )
         self.resolver = resolver or SystemResolver(timeout=settings.replies.dns_timeout)
+        # The routing rules in force; reloaded by their own task and on SIGHUP (gateway.routing).
+        self.rules = RoutingRules(
+            settings.rules.dir,
+            interval=settings.rules.reload_interval,
+            names=lambda: self.writer.run(directory_names),
+        )
         self.handoff = handoff
         self.listeners: dict[str, Listener] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -139,11 +147,16 @@ class Service:
         # Every copy carries a signed reply address; without the keys the gateway does not start.
         self.keys = await asyncio.to_thread(load_token_keys, self.settings.secrets.token_key_files)
         self.fanout.reply_path = ReplyPath(self.keys, self.settings.domains.reply_domain)
+        # Rules that cannot be read keep the gateway from starting: it would route as if they did not exist.
+        await self.rules.load()
         if self.settings.fanout.enabled:
             await self.fanout.start()
         if self.settings.relay.enabled:
             await self.relay.start()
-        self._tasks = [asyncio.create_task(self.acceptance.run(), name="acceptance")]
+        self._tasks = [
+            asyncio.create_task(self.acceptance.run(), name="acceptance"),
+            asyncio.create_task(self.rules.watch(), name="rules"),
+        ]
         if self.settings.fanout.enabled:
             self._tasks.append(asyncio.create_task(self.fanout.run(), name="fanout"))
         if self.settings.relay.enabled:
@@ -216,6 +229,7 @@ class Service:
             max_header_size=limits.max_header_size,
             max_received_hops=limits.max_received_hops,
             vorgang_header=self.settings.intake.vorgang_header,
+            rules=self.rules,
         )
         return await self._listen("submission", config, state, handler, auth=True)
 
@@ -325,6 +339,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, service.stop)
+    loop.add_signal_handler(signal.SIGHUP, service.rules.request_reload)
     try:
         await service.startup()
         await service.wait()

@@ -23,6 +23,7 @@ from gateway.db.models import (
     MemberRow,
     MessageRow,
     ParticipantRow,
+    QuarantineRow,
     ReleaseMemberRow,
     ReleaseRow,
     VorgangCounterRow,
@@ -37,6 +38,7 @@ VORGAENGE = cast(Table, VorgangRow.__table__)
 PARTICIPANTS = cast(Table, ParticipantRow.__table__)
 COPIES = cast(Table, CopyRow.__table__)
 EVENTS = cast(Table, EventRow.__table__)
+QUARANTINE = cast(Table, QuarantineRow.__table__)
 # Built once: an alias made per call would defeat SQLAlchemy's statement cache.
 _VIA = cast(Table, ReleaseMemberRow.__table__).alias("via")
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 from sqlalchemy import Connection, Table, bindparam, or_, select, update
 
 from gateway.db.models import CopyRow, MemberRow, MessageRow, PortfolioRow, ReleaseRow, VorgangRow
+from gateway.domain.rules import CopyHeaders
 
 # Executemany updates go through the Core table: the ORM would treat a list of parameters as its own
 # bulk-update-by-primary-key, which has no WHERE of ours.
@@ -45,6 +46,8 @@ class CopyJob:
     raw: bytes
     # False when an earlier attempt may have written the copy (its lease was taken before).
     first_attempt: bool = False
+    # Headers routing rules set or strip on the message's copies.
+    copy_headers: CopyHeaders = field(default_factory=CopyHeaders)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +119,15 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
     )
     facts = list(rows)
     # Several copies share one message; read each message's bytes once.
-    raws: dict[int, bytes] = {
-        int(pk): bytes(raw)
-        for pk, raw in connection.execute(
-            select(MessageRow.id, MessageRow.raw).where(MessageRow.id.in_({f[7] for f in facts}))
+    raws: dict[int, bytes] = {}
+    edits: dict[int, CopyHeaders] = {}
+    for pk, raw, copy_headers in connection.execute(
+        select(MessageRow.id, MessageRow.raw, MessageRow.copy_headers).where(
+            MessageRow.id.in_({f[7] for f in facts})
         )
-    }
+    ):
+        raws[int(pk)] = bytes(raw)
+        edits[int(pk)] = CopyHeaders.from_json(copy_headers)
     return [
         CopyJob(
             id=f[0],
@@ -142,6 +148,7 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
             answered=f[15],
             raw=raws[f[7]],
             first_attempt=f[2] == 0 and taken[f[0]] is None,
+            copy_headers=edits[f[7]],
         )
         for f in facts
     ]

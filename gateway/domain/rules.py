@@ -31,7 +31,7 @@ import string
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from gateway.domain.model import Participant, ParticipantRole
 
@@ -46,6 +46,7 @@ __all__ = [
     "AnyOf",
     "Check",
     "Condition",
+    "CopyHeaders",
     "Decision",
     "FieldName",
     "FieldTest",
@@ -555,8 +556,8 @@ class Decision:
         return [hit.rule.label() for hit in self.hits]
 
     @property
-    def changes_copies(self) -> bool:
-        return bool(self.set_headers or self.strip_headers)
+    def copy_headers(self) -> CopyHeaders:
+        return CopyHeaders(self.set_headers, self.strip_headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -657,6 +658,33 @@ def _uses_headers(condition: Condition) -> bool:
 
 
 EMPTY_RULE_SET = RuleSet()
+
+
+@dataclass(frozen=True, slots=True)
+class CopyHeaders:
+    """What rules change on every copy of a message: headers set (replacing any of that name) and
+    headers stripped. Stored with the message as JSON, applied when a copy is rendered."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    strip: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.strip)
+
+    def to_json(self) -> dict[str, list[Any]]:
+        return {"set": [list(pair) for pair in self.set], "strip": list(self.strip)}
+
+    @classmethod
+    def from_json(cls, data: object) -> CopyHeaders:
+        """What :meth:`to_json` wrote; anything else (None, a foreign shape) means no changes."""
+        if not isinstance(data, dict):
+            return cls()
+        pairs = data.get("set") or []
+        strip = data.get("strip") or []
+        return cls(
+            tuple((str(p[0]), str(p[1])) for p in pairs if isinstance(p, list | tuple) and len(p) == 2),
+            tuple(str(name) for name in strip),
+        )
 
 
 def route_participants(

@@ -193,7 +193,8 @@ def test_dry_run_of_a_rejection_and_a_quarantine(seeded: Gateway, tmp_path: Path
     )
     assert data["verdict"] == "quarantine"
     assert data["stored"] is True
-    assert data["answer"] == "250 2.0.0 Accepted as <gateway id>; held for review (foreign sender)"
+    assert data["answer"] == "250 2.0.0 Accepted as <gateway id>; held for review"
+    assert data["decided_by"].startswith("foreign (")
     assert [m["address"] for m in data["audience"]] == [ADDRESS["SB-B1"], ADDRESS["SB-B2"], ADDRESS["GF-B"]]
 
 

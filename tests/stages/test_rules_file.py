@@ -229,6 +229,11 @@ def test_the_digest_changes_with_the_bytes(tmp_path: Path) -> None:
             ["3:21: sender needs exactly one of exact, glob or regex"],
         ),
         (
+            # A match with a problem says it once: its groups are unknown, so the key is not judged.
+            "rules:\n  - name: x\n    match: {subjekt: {regex: '(?P<n>1)'}}\n    vorgang_key: 'k-{n}'\n",
+            ["3:13: unknown key 'subjekt' in match"],
+        ),
+        (
             "rules:\n  - match: {}\n",
             ["2:5: a rule lacks the required key 'name'"],
         ),

@@ -1,0 +1,165 @@
+"""Quarantined messages: list them, release them to their audience, or drop them (storage layer).
+
+A routing rule's ``quarantine`` stores a message with its Vorgang and participants but without copies
+(``messages.kind`` "quarantined", a ``quarantine`` row with the rule and reason). Releasing it makes the
+copies its audience has *now* (DESIGN.md §3: the audience is computed from the current directory) as
+pending rows, which the fan-out takes from the queue like any other; dropping it deletes the message.
+Both are recorded in the event log. Each function is one transaction's work on a synchronous connection
+(the writer thread, or ``session.run_sync``); the CLI of issue 6's item 5 calls them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, delete, select, update
+
+from gateway.db import intake
+from gateway.db.models import (
+    MessageRow,
+    ParticipantRow,
+    PortfolioRow,
+    QuarantineRow,
+    VorgangRow,
+)
+from gateway.domain.audience import audience
+from gateway.domain.model import Participant
+from gateway.errors import NotFound
+
+__all__ = ["Quarantined", "drop", "list_quarantined", "release"]
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    gateway_id: str
+    portfolio: str
+    vorgang: str
+    subject: str
+    envelope_sender: str
+    size: int
+    rule: str
+    reason: str
+    rule_set: str
+    quarantined_at: dt.datetime
+
+
+def list_quarantined(connection: Connection, portfolio: str | None = None) -> list[Quarantined]:
+    """The messages waiting for an admin, oldest first; of one portfolio, or of all."""
+    query = (
+        select(
+            MessageRow.gateway_id,
+            PortfolioRow.name,
+            VorgangRow.reference,
+            MessageRow.subject,
+            MessageRow.envelope_sender,
+            MessageRow.size,
+            QuarantineRow.rule,
+            QuarantineRow.reason,
+            QuarantineRow.rule_set,
+            QuarantineRow.quarantined_at,
+        )
+        .join(MessageRow, MessageRow.id == QuarantineRow.message_id)
+        .join(PortfolioRow, PortfolioRow.id == QuarantineRow.portfolio_id)
+        .join(VorgangRow, VorgangRow.id == MessageRow.vorgang_id)
+        .order_by(QuarantineRow.quarantined_at, MessageRow.id)
+    )
+    if portfolio is not None:
+        query = query.where(PortfolioRow.name == portfolio)
+    return [
+        Quarantined(
+            gateway_id=str(r[0]),
+            portfolio=str(r[1]),
+            vorgang=str(r[2]),
+            subject=str(r[3]),
+            envelope_sender=str(r[4]),
+            size=int(r[5]),
+            rule=str(r[6]),
+            reason=str(r[7]),
+            rule_set=str(r[8]),
+            quarantined_at=r[9],
+        )
+        for r in connection.execute(query)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    message_pk: int
+    portfolio_id: int
+    vorgang_id: int
+    rule: str
+    reason: str
+
+
+def _held(connection: Connection, portfolio: str, gateway_id: str) -> _Held:
+    row = connection.execute(
+        select(
+            MessageRow.id,
+            MessageRow.portfolio_id,
+            MessageRow.vorgang_id,
+            QuarantineRow.rule,
+            QuarantineRow.reason,
+        )
+        .join(QuarantineRow, QuarantineRow.message_id == MessageRow.id)
+        .join(PortfolioRow, PortfolioRow.id == MessageRow.portfolio_id)
+        .where(MessageRow.gateway_id == gateway_id, PortfolioRow.name == portfolio)
+    ).first()
+    if row is None:
+        raise NotFound(f"there is no quarantined message {gateway_id} in portfolio {portfolio}")
+    return _Held(int(row[0]), int(row[1]), int(row[2]), str(row[3]), str(row[4]))
+
+
+def release(
+    connection: Connection, portfolio: str, gateway_id: str, actor: str, now: dt.datetime
+) -> list[str]:
+    """Give the quarantined message its copies for the audience it has now; their addresses."""
+    held = _held(connection, portfolio, gateway_id)
+    participants = [
+        Participant(int(member_id), role)
+        for member_id, role in connection.execute(
+            select(ParticipantRow.member_id, ParticipantRow.role).where(
+                ParticipantRow.message_id == held.message_pk
+            )
+        )
+    ]
+    releases = intake.sharing_releases(connection, held.portfolio_id, {p.member_id for p in participants})
+    seen = audience(held.portfolio_id, participants, releases)
+    rows = intake.copy_rows(held.message_pk, held.portfolio_id, seen, now, None)
+    for row in rows:
+        row.pop("shared_via")
+    intake.insert_rows(connection, intake.COPIES, rows)
+    connection.execute(update(MessageRow).where(MessageRow.id == held.message_pk).values(kind="message"))
+    connection.execute(delete(QuarantineRow).where(QuarantineRow.message_id == held.message_pk))
+    addresses = intake.member_addresses(connection, seen.members)
+    to = sorted(addresses[m] for m in seen.members)
+    _event(connection, held, "message.released", actor, now, {"gateway_id": gateway_id, "audience": to})
+    return to
+
+
+def drop(connection: Connection, portfolio: str, gateway_id: str, actor: str, now: dt.datetime) -> None:
+    """Delete the quarantined message (its participants and quarantine row go with it)."""
+    held = _held(connection, portfolio, gateway_id)
+    _event(connection, held, "message.dropped", actor, now, {"gateway_id": gateway_id})
+    connection.execute(delete(MessageRow).where(MessageRow.id == held.message_pk))
+
+
+def _event(
+    connection: Connection, held: _Held, kind: str, actor: str, now: dt.datetime, detail: dict[str, object]
+) -> None:
+    intake.insert_rows(
+        connection,
+        intake.EVENTS,
+        [
+            {
+                "at": now,
+                "portfolio_id": held.portfolio_id,
+                "actor": actor,
+                "kind": kind,
+                "member_id": None,
+                "vorgang_id": held.vorgang_id,
+                "message_id": held.message_pk,
+                "detail": detail | {"rule": held.rule, "reason": held.reason},
+            }
+        ],
+    )
