@@ -230,7 +230,12 @@ def _accept_batch(
             key = (message_id or "", digests[i])
             if message_id and key in stored:
                 results[i] = Accepted(
-                    stored[key].gateway_id, stored[key].vorgang, "re-send", 0, duplicate=True
+                    stored[key].gateway_id,
+                    stored[key].vorgang,
+                    "re-send",
+                    0,
+                    duplicate=True,
+                    quarantined=stored[key].quarantined,
                 )
             elif message_id and (backoffice_id, *key) in first_in_batch:
                 results[i] = None  # filled in from its twin once that is stored
@@ -267,7 +272,14 @@ def _accept_batch(
             twin = first_in_batch[(s.account.backoffice_id, s.parsed.message_id or "", digests[i])]
             original = results[twin]
             assert original is not None
-            results[i] = Accepted(original.gateway_id, original.vorgang, "re-send", 0, duplicate=True)
+            results[i] = Accepted(
+                original.gateway_id,
+                original.vorgang,
+                "re-send",
+                0,
+                duplicate=True,
+                quarantined=original.quarantined,
+            )
     return [r for r in results if r is not None], jobs
 
 

@@ -47,6 +47,7 @@ _VIA = cast(Table, ReleaseMemberRow.__table__).alias("via")
 class StoredMessage:
     gateway_id: str
     vorgang: str
+    quarantined: bool = False
 
 
 def find_resends(
@@ -56,12 +57,20 @@ def find_resends(
     if not keys:
         return {}
     rows = connection.execute(
-        select(MessageRow.message_id, MessageRow.sha256, MessageRow.gateway_id, VorgangRow.reference)
+        select(
+            MessageRow.message_id,
+            MessageRow.sha256,
+            MessageRow.gateway_id,
+            VorgangRow.reference,
+            MessageRow.kind,
+        )
         .join(VorgangRow, VorgangRow.id == MessageRow.vorgang_id)
         .where(MessageRow.backoffice_id == backoffice_id, MessageRow.message_id.in_({k[0] for k in keys}))
     )
     return {
-        (str(mid), str(sha)): StoredMessage(gid, ref) for mid, sha, gid, ref in rows if (mid, sha) in keys
+        (str(mid), str(sha)): StoredMessage(gid, ref, kind == "quarantined")
+        for mid, sha, gid, ref, kind in rows
+        if (mid, sha) in keys
     }
 
 

@@ -286,6 +286,7 @@ async def test_a_quarantined_message_sent_again_is_not_stored_twice(writer: Writ
     [again] = await submit(writer, rules, *mails, sender="x@fremd.example")
     assert again.duplicate
     assert again.gateway_id == first.gateway_id
+    assert again.quarantined, "the same answer: held for review"
 
 
 # --- reloading ---------------------------------------------------------------------------------------------
