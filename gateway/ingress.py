@@ -364,17 +364,20 @@ class SubmissionHandler(_Hooks):
         finally:
             self.state.in_data -= 1
         log.info(
-            "accepted %s vorgang %s audience %d%s",
+            "accepted %s vorgang %s audience %d%s%s",
             accepted.gateway_id,
             accepted.vorgang,
             accepted.audience,
             " (re-send)" if accepted.duplicate else "",
+            " (quarantined)" if accepted.quarantined else "",
             extra={
                 "gateway_id": accepted.gateway_id,
                 "vorgang": accepted.vorgang,
                 "audience": accepted.audience,
                 "found": accepted.found,
                 "backoffice": account.login,
+                "quarantined": accepted.quarantined,
+                "rules": decision.routed_by if decision is not None else [],
             },
         )
         if accepted.quarantined:
