@@ -17,6 +17,7 @@ from sqlalchemy import Connection, delete, select, update
 
 from gateway.db import intake
 from gateway.db.models import (
+    CopyRow,
     MessageRow,
     ParticipantRow,
     PortfolioRow,
@@ -125,7 +126,19 @@ def release(
     ]
     releases = intake.sharing_releases(connection, held.portfolio_id, {p.member_id for p in participants})
     seen = audience(held.portfolio_id, participants, releases)
-    rows = intake.copy_rows(held.message_pk, held.portfolio_id, seen, now, None)
+    # A copy row another stage made meanwhile (reconciliation after a directory change) is kept, not
+    # duplicated: one copy per member and message.
+    existing = {
+        int(member_id)
+        for (member_id,) in connection.execute(
+            select(CopyRow.member_id).where(CopyRow.message_id == held.message_pk)
+        )
+    }
+    rows = [
+        row
+        for row in intake.copy_rows(held.message_pk, held.portfolio_id, seen, now, None)
+        if row["member_id"] not in existing
+    ]
     for row in rows:
         row.pop("shared_via")
     intake.insert_rows(connection, intake.COPIES, rows)
