@@ -966,6 +966,7 @@ class _Pool:
         self._idle: OrderedDict[_Connection, str] = OrderedDict()  # least recently used first
         self._backoff = 0.0
         self._retry_at = 0.0
+        self._failed_at = float("-inf")
         self._down_because = ""
         self.closed = False
 
@@ -1030,12 +1031,17 @@ class _Pool:
                 f"{self._retry_at - loop.time():.1f} s",
                 self.server.where,
             )
+        started = loop.time()
         password = await self._password()
         try:
             connection = await _open(self.server, address, password, self.timeout)
         except _Unreachable as exc:
-            self._backoff = min(max(self._backoff * 2, self.backoff_first), self.backoff_max)
-            self._retry_at = loop.time() + self._backoff
+            # Attempts under way together (one per member) fail together: they double the wait once,
+            # or a server gone for a moment would not be asked again for backoff_max.
+            if started >= self._failed_at:
+                self._backoff = min(max(self._backoff * 2, self.backoff_first), self.backoff_max)
+                self._retry_at = loop.time() + self._backoff
+                self._failed_at = loop.time()
             if self._down_because == "":
                 log.warning("IMAP server %s unreachable: %s", self.server.where, exc.strerror)
             self._down_because = exc.strerror or "unreachable"
