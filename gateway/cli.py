@@ -1363,7 +1363,7 @@ async def rules_test(
                 "not_tried": [r.label() for r in run.not_tried],
                 "verdict": decision.verdict.value,
                 "decided_by": decision.decided_by.label() if decision.decided_by else None,
-                "notes": list(decision.notes),
+                "notes": [*decision.notes, *run.notes],
                 "refused_recipients": [{"address": a, "answer": r} for a, r in run.refused_recipients],
                 "vorgang": run.vorgang,
                 "found": run.found,
@@ -1398,7 +1398,7 @@ async def rules_test(
         click.echo("  (no rules)")
     by = f" (by {decision.decided_by.label()})" if decision.decided_by else " (no rule gave a verdict)"
     click.echo(f"verdict: {decision.verdict.value}{by}")
-    for note in decision.notes:
+    for note in [*decision.notes, *run.notes]:
         click.echo(f"note: {note}")
     for address, reply in run.refused_recipients:
         click.echo(f"RCPT TO:<{address}> would be answered: {reply}")

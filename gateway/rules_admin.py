@@ -90,6 +90,7 @@ class DryRun:
     vorgang_key: str | None = None
     skipped_participants: list[str] = field(default_factory=list)
     audience: list[AudienceMember] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def read_message(path: Path) -> bytes:
@@ -154,6 +155,11 @@ async def dry_run(
         answer="",
         stored=False,
     )
+    if listener != "submission":
+        result.notes.append(
+            f"the running gateway applies routing rules to back-office mail on the submission listener; "
+            f"mail on {listener} is not routed by them"
+        )
     row = await db.get_portfolio(session, chosen)
     snap = await db.snapshot(session, row)
     members = {m.address: m.id for m in snap.members.values()}

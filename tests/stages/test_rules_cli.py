@@ -241,3 +241,13 @@ def test_dry_run_of_invalid_rules_names_the_problems(seeded: Gateway, tmp_path: 
 def test_dry_run_of_a_missing_file(seeded: Gateway, tmp_path: Path) -> None:
     result = seeded("rules", "test", str(tmp_path / "nope.eml"), "--auth", "ams", expect=2)
     assert "cannot read" in result.stderr
+
+
+def test_dry_run_on_another_listener_says_rules_do_not_apply_there(seeded: Gateway, tmp_path: Path) -> None:
+    write_rules(seeded, "rules: [{name: mx-only, match: {listener: mx}, vorgang_key: mx}]\n")
+    out = seeded("rules", "test", str(eml(tmp_path, "Hallo")), "--auth", "ams", "--listener", "mx").stdout
+    assert "  hit   mx-only (" in out
+    assert (
+        "note: the running gateway applies routing rules to back-office mail on the submission listener"
+        in out
+    )
