@@ -57,6 +57,7 @@ __all__ = [
     "DomainsSettings",
     "FanoutSettings",
     "GatewaySettings",
+    "ImapMemberSettings",
     "ImapSettings",
     "IntakeSettings",
     "LimitsSettings",
@@ -188,9 +189,30 @@ def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
 
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_name(value: str) -> str:
+    # Not echoing the value: someone who misread the key may have written the password itself.
+    if not _ENV_NAME_RE.fullmatch(value):
+        raise ValueError(
+            "is not the name of an environment variable (letters, digits and _, not starting with a "
+            "digit): write the variable's name here and put the password into that variable"
+        )
+    rest = value.upper()[len(ENV_PREFIX) :] if value.upper().startswith(ENV_PREFIX) else ""
+    if rest and ("__" in rest or rest.lower() in _SECTIONS):
+        raise ValueError(
+            f"{value} has the form {ENV_PREFIX}<SECTION>__<KEY>, which the gateway reads as a setting "
+            "override; give the password variable another name"
+        )
+    return value
+
+
 DomainName = Annotated[str, AfterValidator(_domain_name)]
 Address = Annotated[str, AfterValidator(_address)]
 Word = Annotated[str, AfterValidator(_non_blank)]
+EnvName = Annotated[str, AfterValidator(_env_name)]
+"""The name of an environment variable holding a secret; the value is read when it is needed."""
 
 
 class _FieldProblem(ValueError):
@@ -361,16 +383,125 @@ class ListenersSettings(_Section):
     """MX listener for replies and intake addresses."""
 
 
+ImapPort = Annotated[StrictInt, Field(ge=1, le=65535)]
+ImapTls = Annotated[Literal["none", "starttls", "tls"], BeforeValidator(_lower)]
+
+
+def _both_password_sources(prefix: str) -> str:
+    return f"{prefix}password_file is set too: give {prefix}password_file or {prefix}password_env, not both"
+
+
+class ImapMemberSettings(_Section):
+    """``[mailbox.imap.members."<address>"]``: one member's mailbox, where it differs from [mailbox.imap].
+
+    Every key is optional and defaults to [mailbox.imap]'s. The login is either the master user's
+    (``master_user`` with ``master_password_file`` or ``master_password_env``) or the member's own
+    account (``login`` with ``password_file`` or ``password_env``), each with exactly one password source.
+    """
+
+    host: str | None = None
+    """IMAP server address. Default: [mailbox.imap] host."""
+
+    port: ImapPort | None = None
+    """IMAP server port. Default: [mailbox.imap] port."""
+
+    tls: ImapTls | None = None
+    """"none", "starttls" or "tls". Default: [mailbox.imap] tls."""
+
+    folder: str | None = None
+    """Folder new copies are appended to. Default: [mailbox.imap] folder."""
+
+    master_user: str | None = None
+    """Master user on this member's server (login ``<member>*<master_user>``). Default: [mailbox.imap]'s."""
+
+    master_password_file: ResolvedPath | None = None
+    """File holding that master user's password. Default: [mailbox.imap]'s password source."""
+
+    master_password_env: EnvName | None = None
+    """Environment variable holding that master user's password (instead of master_password_file)."""
+
+    login: str | None = None
+    """The member's own IMAP login, where the gateway has no master user; give password_file or
+    password_env with it."""
+
+    password_file: ResolvedPath | None = None
+    """File holding the password of login."""
+
+    password_env: EnvName | None = None
+    """Environment variable holding the password of login (instead of password_file)."""
+
+    @field_validator("login")
+    @classmethod
+    def _login_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_log_in(self) -> Self:
+        if not self.model_fields_set:
+            raise ValueError(
+                "overrides nothing: give host, port, tls, folder, or a login "
+                "(login with password_file or password_env; master_user with master_password_file "
+                "or master_password_env)"
+            )
+        master_keys = [
+            key
+            for key in ("master_user", "master_password_file", "master_password_env")
+            if getattr(self, key) is not None
+        ]
+        if self.login is not None:
+            if master_keys:
+                raise _FieldProblem(
+                    master_keys[0],
+                    "belongs to a master-user login, but login names the member's own account: "
+                    "give one way to log in",
+                )
+            if self.password_file is None and self.password_env is None:
+                raise _FieldProblem(
+                    "login", "needs the member's password: give password_file or password_env"
+                )
+            if self.password_file is not None and self.password_env is not None:
+                raise _FieldProblem("password_env", _both_password_sources(""))
+            return self
+        for key in ("password_file", "password_env"):
+            if getattr(self, key) is not None:
+                raise _FieldProblem(
+                    key,
+                    "is the password of a member's own login: give login too (a master user's "
+                    "password goes into master_password_file or master_password_env)",
+                )
+        if (
+            self.master_user is not None
+            and self.master_password_file is None
+            and self.master_password_env is None
+        ):
+            raise _FieldProblem(
+                "master_user", "needs its password here: give master_password_file or master_password_env"
+            )
+        if self.master_password_file is not None and self.master_password_env is not None:
+            raise _FieldProblem("master_password_env", _both_password_sources("master_"))
+        return self
+
+    @property
+    def names_login(self) -> bool:
+        """Whether the table says how to log in, rather than taking [mailbox.imap]'s master login."""
+        return any(
+            getattr(self, key) is not None
+            for key in ("login", "master_user", "master_password_file", "master_password_env")
+        )
+
+
 class ImapSettings(_Section):
     """``[mailbox.imap]``: the IMAP server holding members' mailboxes (backend = "imap")."""
 
     host: str = "127.0.0.1"
     """IMAP server address."""
 
-    port: Annotated[StrictInt, Field(ge=1, le=65535)] = 143
+    port: ImapPort = 143
     """IMAP server port."""
 
-    tls: Annotated[Literal["none", "starttls", "tls"], BeforeValidator(_lower)] = "starttls"
+    tls: ImapTls = "starttls"
     """How to secure the connection: "none", "starttls" (port 143) or "tls" (port 993)."""
 
     master_user: str | None = None
@@ -379,8 +510,60 @@ class ImapSettings(_Section):
     master_password_file: ResolvedPath | None = None
     """File holding the master user's password (secrets never go into this file)."""
 
+    master_password_env: EnvName | None = None
+    """Environment variable holding the master user's password, instead of master_password_file."""
+
     folder: str = "INBOX"
     """Folder new copies are appended to."""
+
+    members: dict[Address, ImapMemberSettings] = Field(default_factory=dict)
+    """Members whose mailbox is elsewhere or needs another login, by address (stored lower-case):
+    ``[mailbox.imap.members."<address>"]`` tables overriding host, port, tls, folder and the login."""
+
+    @field_validator("master_password_env")
+    @classmethod
+    def _one_master_password_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("master_password_file") is not None:
+            raise ValueError(_both_password_sources("master_"))
+        return value
+
+    @field_validator("members", mode="before")
+    @classmethod
+    def _one_table_per_member(cls, value: object) -> object:
+        if not isinstance(value, Mapping):
+            return value
+        spelled: dict[str, str] = {}
+        for key in value:
+            try:
+                address = _address(str(key))
+            except ValueError:
+                continue  # reported as an invalid address
+            if address in spelled:
+                raise _FieldProblem(
+                    str(key), f"names the same member as {_show(spelled[address])}: give one table per member"
+                )
+            spelled[address] = str(key)
+        return value
+
+    @field_validator("members")
+    @classmethod
+    def _other_servers_say_how_to_log_in(
+        cls, value: dict[str, ImapMemberSettings], info: ValidationInfo
+    ) -> dict[str, ImapMemberSettings]:
+        # The master password of [mailbox.imap]'s server is never sent to another server unless the
+        # configuration says so for that member.
+        for address, member in value.items():
+            moved = (member.host is not None and member.host != info.data.get("host")) or (
+                member.port is not None and member.port != info.data.get("port")
+            )
+            if moved and not member.names_login:
+                raise _FieldProblem(
+                    address,
+                    "is on another server (host or port) but names no login for it: give login with "
+                    "password_file or password_env, or master_user with master_password_file or "
+                    "master_password_env",
+                )
+        return value
 
 
 class MailboxSettings(_Section):
@@ -404,8 +587,16 @@ class MailboxSettings(_Section):
 
     @model_validator(mode="after")
     def _imap_needs_master_user(self) -> Self:
-        if self.backend == "imap" and self.imap.master_user is None:
+        if self.backend != "imap":
+            return self
+        if self.imap.master_user is None:
             raise _FieldProblem("imap.master_user", 'is required when mailbox.backend is "imap"')
+        if self.imap.master_password_file is None and self.imap.master_password_env is None:
+            raise _FieldProblem(
+                "imap.master_password_file",
+                'is required when mailbox.backend is "imap": give master_password_file or '
+                "master_password_env",
+            )
         return self
 
 
@@ -967,19 +1158,35 @@ def _looks_secret(key: str) -> bool:
 
 
 def _secret_hint(section: Sequence[str]) -> str:
-    files_for: dict[tuple[str, ...], str] = {("mailbox", "imap"): "mailbox.imap.master_password_file"}
-    where = files_for.get(tuple(section), "secrets.token_key_files")
+    if tuple(section) == ("mailbox", "imap"):
+        return (
+            "secrets are never written into the configuration; put the master user's password in a file "
+            "only the gateway can read and name it in mailbox.imap.master_password_file, or name the "
+            "environment variable holding it in mailbox.imap.master_password_env"
+        )
+    if tuple(section[:3]) == ("mailbox", "imap", "members"):
+        return (
+            "secrets are never written into the configuration; name a file holding the password in "
+            "password_file (master_password_file for a master user), or the environment variable "
+            "holding it in password_env (master_password_env)"
+        )
     return (
         "secrets are never written into the configuration; put the secret in a file only the "
-        f"gateway can read and name that file in {where}"
+        "gateway can read and name that file in secrets.token_key_files"
     )
 
 
 def _model_at(section: Sequence[str]) -> type[BaseModel] | None:
     model: type[BaseModel] = Settings
-    for key in section:
+    keys = iter(section)
+    for key in keys:
         field = model.model_fields.get(key)
         annotation = field.annotation if field is not None else None
+        if get_origin(annotation) is dict:
+            # A table of tables ([mailbox.imap.members."<address>"]): the next key names an entry.
+            annotation = get_args(annotation)[1]
+            if next(keys, None) is None:
+                return None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         model = annotation

@@ -103,9 +103,25 @@ class RoutingRules:
 
     async def load(self) -> RuleSet:
         """Load the rules at startup; raises RulesFileError so that the gateway does not start with
-        rules it cannot read (it would route mail as if they did not exist)."""
+        files it cannot read (it would route mail as if they did not exist).
+
+        Names the directory lacks are logged as errors but do not keep the gateway from starting: a
+        member deleted from the directory must not turn the next restart into an outage. Such a rule
+        simply finds nothing (an unknown participant is left out, mail routed to an unknown portfolio
+        is refused); a reload, in contrast, keeps the rules in force until the files are fixed.
+        """
         self._stamp = _stamp(self.directory)
-        self.current = await self._check()
+        loaded = await asyncio.to_thread(load_rules, self.directory)
+        if self.names is not None:
+            problems = directory_problems(loaded.references, await self.names())
+            if problems:
+                log.error(
+                    "the rules name %d thing(s) the directory lacks; they match nothing until fixed:%s",
+                    len(problems),
+                    "".join(f"\n  {p}" for p in problems),
+                    extra={"problems": [str(p) for p in problems]},
+                )
+        self.current = loaded.rule_set
         self.reloads += 1
         self._log_loaded("loaded")
         return self.current

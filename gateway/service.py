@@ -35,6 +35,7 @@ from gateway.keys import load_token_keys
 from gateway.logs import configure_logging
 from gateway.mailbox import Mailbox, MaildirMailbox
 from gateway.mailbox.imap import ImapMailbox
+from gateway.mailbox.routed import RoutedMailbox
 from gateway.reconcile import Reconciler
 from gateway.relay import Relay
 from gateway.replies import Reply
@@ -73,8 +74,11 @@ def tls_context(settings: ListenerSettings) -> ssl.SSLContext | None:
 
 
 def mailbox_for(settings: Settings) -> Mailbox:
-    """The members' mailboxes the configuration names: Maildirs under maildir_root, or an IMAP server."""
+    """The members' mailboxes the configuration names: Maildirs under maildir_root, or an IMAP server,
+    with members routed to servers or logins of their own where ``[mailbox.imap.members]`` says so."""
     if settings.mailbox.backend == "imap":
+        if settings.mailbox.imap.members:
+            return RoutedMailbox.from_imap_settings(settings.mailbox.imap)
         return ImapMailbox.from_settings(settings.mailbox.imap)
     return MaildirMailbox(
         settings.mailbox.maildir_root,

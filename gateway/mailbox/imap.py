@@ -3,9 +3,11 @@
 How the Mailbox protocol maps onto IMAP:
 
 - **Login.** The gateway logs in as ``<member address>*<master user>`` with the master user's password
-  (Dovecot's master-user login), so it needs no member passwords. The owner's portfolio is not part of
-  the login: a member's IMAP account is one mailbox whatever portfolio a copy came from (copy ids are
-  unique across portfolios, so nothing gets mixed up).
+  (Dovecot's master-user login), so it needs no member passwords; a member whose server has no master
+  user for the gateway can be given its own login (``ImapLogin(master=False)``). Passwords are read
+  from a file or an environment variable at every new connection (``Secret``). The owner's portfolio
+  is not part of the login: a member's IMAP account is one mailbox whatever portfolio a copy came from
+  (copy ids are unique across portfolios, so nothing gets mixed up).
 - **Finding a copy.** Every copy carries ``X-Gateway-Copy-Id: <copy id>``; ``append`` puts the header in
   front when the bytes lack it. A copy is found in every selectable folder (``LIST "" "*"``; members move
   mail) with ``UID SEARCH HEADER``, which matches substrings, so the header is fetched and compared
@@ -54,6 +56,7 @@ import errno
 import functools
 import json
 import logging
+import os
 import re
 import ssl
 from collections import OrderedDict
@@ -531,31 +534,98 @@ def decode_token(token: str) -> dict[str, FolderState]:
 
 
 @dataclass(frozen=True, slots=True)
+class Secret:
+    """Where a password is read when a connection is made: a file or an environment variable, never the
+    configuration itself. Read afresh each time, so a rotated password is picked up without a restart."""
+
+    file: Path | None = None
+    env: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("a password comes from a file or an environment variable: give exactly one")
+
+    async def read(self, what: str) -> str:
+        """The password, stripped; ``MailboxError`` naming the file or variable when there is none."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise MailboxError(errno.ENOENT, f"{what} environment variable is not set", self.env)
+            if not value.strip():
+                raise MailboxError(errno.EINVAL, f"{what} environment variable is empty", self.env)
+            return value.strip()
+        assert self.file is not None
+        try:
+            text = await asyncio.to_thread(self.file.read_text, encoding="utf-8")
+        except OSError as exc:
+            raise MailboxError(_errno(exc), f"{what} file: {_reason(exc)}", str(self.file)) from exc
+        if not text.strip():
+            raise MailboxError(errno.EINVAL, f"{what} file is empty", str(self.file))
+        return text.strip()
+
+
+@dataclass(frozen=True, slots=True)
+class ImapLogin:
+    """How the gateway logs in for a member: with ``master``, as ``<member>*<user>`` with a Dovecot master
+    user's password (no member passwords needed); otherwise as the member's own account ``user``."""
+
+    user: str
+    password: Secret
+    master: bool = True
+
+    def user_for(self, address: str) -> str:
+        return f"{address}*{self.user}" if self.master else self.user
+
+    @property
+    def what(self) -> str:
+        """What the password is, for error messages."""
+        return "master password" if self.master else "member password"
+
+
+@dataclass(frozen=True, slots=True)
 class ImapServer:
-    """Where members' mailboxes are and how the gateway logs in (``[mailbox.imap]``)."""
+    """Where members' mailboxes are and how the gateway logs in (``[mailbox.imap]``, or one member's
+    table under ``[mailbox.imap.members]``). Equal values mean one server and login: one pool."""
 
     host: str
     port: int
     tls: Literal["none", "starttls", "tls"]
-    master_user: str
-    master_password_file: Path
+    login: ImapLogin
     folder: str = INBOX
     ssl_context: ssl.SSLContext | None = None
     """Certificates to trust for "starttls"/"tls"; None: the system's, with host name checking."""
 
     @classmethod
     def from_settings(
-        cls, settings: ImapSettings, *, ssl_context: ssl.SSLContext | None = None
+        cls, settings: ImapSettings, *, member: str | None = None, ssl_context: ssl.SSLContext | None = None
     ) -> ImapServer:
-        if settings.master_user is None or settings.master_password_file is None:
-            raise ValueError("mailbox.imap needs master_user and master_password_file")
+        """The server of ``[mailbox.imap]``, or of ``member``'s table there, where it has one (the keys it
+        leaves out are [mailbox.imap]'s)."""
+        if settings.master_user is None or (
+            settings.master_password_file is None and settings.master_password_env is None
+        ):
+            raise ValueError("mailbox.imap needs master_user and master_password_file or master_password_env")
+        login = ImapLogin(
+            settings.master_user, Secret(settings.master_password_file, settings.master_password_env)
+        )
+        override = settings.members.get(member) if member is not None else None
+        if override is None:
+            return cls(settings.host, settings.port, settings.tls, login, settings.folder, ssl_context)
+        if override.login is not None:
+            login = ImapLogin(
+                override.login, Secret(override.password_file, override.password_env), master=False
+            )
+        elif override.master_password_file is not None or override.master_password_env is not None:
+            login = ImapLogin(
+                override.master_user or settings.master_user,
+                Secret(override.master_password_file, override.master_password_env),
+            )
         return cls(
-            host=settings.host,
-            port=settings.port,
-            tls=settings.tls,
-            master_user=settings.master_user,
-            master_password_file=settings.master_password_file,
-            folder=settings.folder,
+            host=settings.host if override.host is None else override.host,
+            port=settings.port if override.port is None else override.port,
+            tls=settings.tls if override.tls is None else override.tls,
+            login=login,
+            folder=settings.folder if override.folder is None else override.folder,
             ssl_context=ssl_context,
         )
 
@@ -879,7 +949,8 @@ def _close_client(client: Any) -> None:
 
 
 async def _open(server: ImapServer, address: str, password: str, seconds: float) -> _Connection:
-    """A session logged in as ``address*master``, CONDSTORE enabled where offered; ``seconds`` per step."""
+    """A session logged in for ``address`` (``address*master``, or the member's own login), CONDSTORE
+    enabled where offered; ``seconds`` per step."""
     loop = asyncio.get_running_loop()
     lost: asyncio.Future[None] = loop.create_future()
 
@@ -913,7 +984,7 @@ async def _open(server: ImapServer, address: str, password: str, seconds: float)
     try:
         if server.tls == "starttls":
             await connection.starttls()
-        await connection.login(f"{address}*{server.master_user}", password)
+        await connection.login(server.login.user_for(address), password)
         capabilities = await connection.capability()
         if "UIDPLUS" not in capabilities:
             raise MailboxError(
@@ -1053,15 +1124,7 @@ class _Pool:
 
     async def _password(self) -> str:
         # Read at every new connection, so a rotated password is picked up without a restart.
-        path = self.server.master_password_file
-        try:
-            text = await asyncio.to_thread(path.read_text, encoding="utf-8")
-        except OSError as exc:
-            raise MailboxError(_errno(exc), f"master password file: {_reason(exc)}", str(path)) from exc
-        password = text.strip()
-        if not password:
-            raise MailboxError(errno.EINVAL, "master password file is empty", str(path))
-        return password
+        return await self.server.login.password.read(self.server.login.what)
 
 
 @dataclass(slots=True)

@@ -221,11 +221,183 @@ def test_settings_can_be_built_directly_for_tests(tmp_path: Path) -> None:
 
 
 def test_imap_backend_with_a_master_user_loads(tmp_path: Path) -> None:
-    path = write(tmp_path, '[mailbox]\nbackend = "imap"\n[mailbox.imap]\nmaster_user = "gw"\ntls = "TLS"\n')
+    path = write(
+        tmp_path,
+        '[mailbox]\nbackend = "imap"\n[mailbox.imap]\nmaster_user = "gw"\ntls = "TLS"\n'
+        'master_password_env = "IMAP_MASTER_PASSWORD"\n',
+    )
     settings = load_settings(path, {})
     assert settings.mailbox.backend == "imap"
     assert settings.mailbox.imap.master_user == "gw"
     assert settings.mailbox.imap.tls == "tls"
+    assert settings.mailbox.imap.master_password_env == "IMAP_MASTER_PASSWORD"
+    assert settings.mailbox.imap.members == {}
+
+
+def test_imap_members_override_server_and_login(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [mailbox]
+        backend = "imap"
+        [mailbox.imap]
+        host = "imap.makler.example"
+        master_user = "gw"
+        master_password_file = "imap.password"
+        [mailbox.imap.members."GF-B@Kunde-B.example"]
+        host = "imap.kunde-b.example"
+        port = 993
+        tls = "TLS"
+        login = "gf-b"
+        password_env = "KUNDE_B_GF_PASSWORD"
+        [mailbox.imap.members."sb-b1@kunde-b.example"]
+        folder = "Vorgänge"
+        [mailbox.imap.members."sb-a1@kunde-a.example"]
+        host = "imap2.makler.example"
+        master_user = "gw2"
+        master_password_file = "secrets/imap2.password"
+        """,
+    )
+    imap = load_settings(path, {}).mailbox.imap
+
+    assert set(imap.members) == {"gf-b@kunde-b.example", "sb-b1@kunde-b.example", "sb-a1@kunde-a.example"}
+    gf_b = imap.members["gf-b@kunde-b.example"]
+    assert (gf_b.host, gf_b.port, gf_b.tls, gf_b.login, gf_b.password_env) == (
+        "imap.kunde-b.example",
+        993,
+        "tls",
+        "gf-b",
+        "KUNDE_B_GF_PASSWORD",
+    )
+    # What a table leaves out is [mailbox.imap]'s: ImapServer.from_settings fills it in.
+    assert (gf_b.folder, gf_b.master_user) == (None, None)
+    assert imap.members["sb-b1@kunde-b.example"].folder == "Vorgänge"
+    assert (
+        imap.members["sb-a1@kunde-a.example"].master_password_file
+        == tmp_path / "etc" / "secrets" / "imap2.password"
+    )
+    # Names of environment variables are configuration and may be shown; their values never get here.
+    shown = json.dumps(describe(load_settings(path, {})))
+    assert '"password_env": "KUNDE_B_GF_PASSWORD"' in shown
+
+
+_MEMBER = '[mailbox.imap.members."gf-b@kunde-b.example"]\n'
+
+
+@pytest.mark.parametrize(
+    ("toml", "where", "fragment"),
+    [
+        (
+            '[mailbox]\nbackend = "imap"\n[mailbox.imap]\nmaster_user = "gw"\n',
+            "mailbox.imap.master_password_file",
+            "give master_password_file or master_password_env",
+        ),
+        (
+            '[mailbox.imap]\nmaster_password_file = "pw"\nmaster_password_env = "PW"\n',
+            "mailbox.imap.master_password_env",
+            "not both",
+        ),
+        (
+            '[mailbox.imap]\nmaster_password_env = "hunter 2"\n',
+            "mailbox.imap.master_password_env",
+            "not the name",
+        ),
+        (
+            '[mailbox.imap]\nmaster_password_env = "9LIVES"\n',
+            "mailbox.imap.master_password_env",
+            "not the name",
+        ),
+        (
+            '[mailbox.imap]\nmaster_password_env = "GATEWAY_MAILBOX__PASSWORD"\n',
+            "mailbox.imap.master_password_env",
+            "setting override",
+        ),
+        ('[mailbox.imap.members."gf-b"]\ntls = "tls"\n', "mailbox.imap.members.gf-b", "not a valid address"),
+        (
+            '[mailbox.imap.members."gf-b@kunde-b.example"]\ntls = "tls"\n'
+            '[mailbox.imap.members."GF-B@kunde-b.example"]\ntls = "none"\n',
+            "mailbox.imap.members.GF-B@kunde-b.example",
+            'names the same member as "gf-b@kunde-b.example"',
+        ),
+        (_MEMBER, "mailbox.imap.members.gf-b@kunde-b.example", "overrides nothing"),
+        (
+            _MEMBER + 'login = "gf-b"\n',
+            "mailbox.imap.members.gf-b@kunde-b.example.login",
+            "needs the member's password: give password_file or password_env",
+        ),
+        (
+            _MEMBER + 'login = ""\npassword_env = "PW"\n',
+            "mailbox.imap.members.gf-b@kunde-b.example.login",
+            "must not be empty",
+        ),
+        (
+            _MEMBER + 'login = "gf-b"\npassword_file = "pw"\npassword_env = "PW"\n',
+            "mailbox.imap.members.gf-b@kunde-b.example.password_env",
+            "not both",
+        ),
+        (
+            _MEMBER + 'login = "gf-b"\npassword_env = "PW"\nmaster_password_file = "pw"\n',
+            "mailbox.imap.members.gf-b@kunde-b.example.master_password_file",
+            "give one way to log in",
+        ),
+        (
+            _MEMBER + 'password_env = "PW"\n',
+            "mailbox.imap.members.gf-b@kunde-b.example.password_env",
+            "give login too",
+        ),
+        (
+            _MEMBER + 'master_user = "gw2"\n',
+            "mailbox.imap.members.gf-b@kunde-b.example.master_user",
+            "give master_password_file or master_password_env",
+        ),
+        (
+            _MEMBER + 'master_password_file = "pw"\nmaster_password_env = "PW"\n',
+            "mailbox.imap.members.gf-b@kunde-b.example.master_password_env",
+            "not both",
+        ),
+        (
+            _MEMBER + 'password_env = "secret value"\nlogin = "gf-b"\n',
+            "mailbox.imap.members.gf-b@kunde-b.example.password_env",
+            "not the name of an environment variable",
+        ),
+        (
+            _MEMBER + 'host = "imap.kunde-b.example"\n',
+            "mailbox.imap.members.gf-b@kunde-b.example",
+            "is on another server (host or port) but names no login",
+        ),
+        (
+            _MEMBER + "port = 993\n",
+            "mailbox.imap.members.gf-b@kunde-b.example",
+            "names no login",
+        ),
+        (_MEMBER + 'tls = "ssl"\n', "mailbox.imap.members.gf-b@kunde-b.example.tls", "'starttls'"),
+        (
+            _MEMBER + 'hots = "imap"\n',
+            "mailbox.imap.members.gf-b@kunde-b.example.hots",
+            "known keys: host, port, tls, folder",
+        ),
+    ],
+)
+def test_imap_login_problems_name_the_key(tmp_path: Path, toml: str, where: str, fragment: str) -> None:
+    problem = only_problem(write(tmp_path, toml))
+    assert problem.where == where
+    assert fragment in problem.reason
+
+
+def test_a_member_on_the_same_server_keeps_the_master_login(tmp_path: Path) -> None:
+    """Only another host or port needs a login of its own: TLS or a folder is no other server."""
+    path = write(tmp_path, _MEMBER + 'host = "127.0.0.1"\nport = 143\ntls = "none"\nfolder = "Vorgänge"\n')
+    member = load_settings(path, {}).mailbox.imap.members["gf-b@kunde-b.example"]
+    assert (member.tls, member.folder, member.names_login) == ("none", "Vorgänge", False)
+
+
+@pytest.mark.parametrize("key", ["password", "master_password"])
+def test_a_member_password_in_clear_points_to_file_or_variable(tmp_path: Path, key: str) -> None:
+    problem = only_problem(write(tmp_path, _MEMBER + f'{key} = "hunter2"\n'))
+    assert problem.where == f"mailbox.imap.members.gf-b@kunde-b.example.{key}"
+    assert "password_file" in problem.reason
+    assert "password_env" in problem.reason
+    assert "hunter2" not in problem.reason
 
 
 # --- environment overrides ------------------------------------------------------------------------------
@@ -416,6 +588,8 @@ def test_an_imap_password_in_clear_points_to_the_password_file(tmp_path: Path) -
     problem = only_problem(write(tmp_path, '[mailbox.imap]\nmaster_password = "hunter2"\n'))
     assert problem.where == "mailbox.imap.master_password"
     assert "mailbox.imap.master_password_file" in problem.reason
+    assert "mailbox.imap.master_password_env" in problem.reason
+    assert "hunter2" not in problem.reason
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:

@@ -21,9 +21,11 @@ from gateway.config import ImapSettings
 from gateway.mailbox import Delivery, Flag, FlagChange, Located, MailboxError, MailboxOwner
 from gateway.mailbox.imap import (
     FolderState,
+    ImapLogin,
     ImapMailbox,
     ImapServer,
     Listed,
+    Secret,
     decode_token,
     encode_folder_name,
     encode_token,
@@ -670,5 +672,5 @@ async def test_a_server_that_hangs_up_mid_command_fails_the_command_at_once(
 
 
 def test_the_server_settings_name_the_server() -> None:
-    server = ImapServer("mail.example", 993, "tls", "gw", Path("/run/secret"))
+    server = ImapServer("mail.example", 993, "tls", ImapLogin("gw", Secret(file=Path("/run/secret"))))
     assert server.where == "imap://mail.example:993"

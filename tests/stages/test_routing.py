@@ -355,6 +355,17 @@ async def _until(condition: Callable[[], bool]) -> None:
             await asyncio.sleep(0.02)
 
 
+async def test_startup_takes_rules_naming_what_the_directory_lacks_and_says_so(
+    writer: Writer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "rules"
+    path = write(directory, "rules: [{name: a, match: {}, participants: [gone@kunde-a.example]}]\n")
+    caplog.set_level(logging.ERROR, "gateway.routing")
+    loaded = await RoutingRules(directory, names=lambda: writer.run(directory_names)).load()
+    assert [r.name for r in loaded.rules] == ["a"]
+    assert f"{path}:1:45: there is no member gone@kunde-a.example in any portfolio" in caplog.text
+
+
 async def test_startup_refuses_invalid_rules(writer: Writer, tmp_path: Path) -> None:
     directory = tmp_path / "rules"
     write(directory, "rules: [{name: a}]\n")
