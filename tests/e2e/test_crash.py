@@ -2,21 +2,25 @@
 
 Clients keep sending while the gateway is killed and started again; a message that got no 250 may or may
 not be stored (its commit can precede the kill), but never half: then it too reaches its whole audience.
+The same for the mailboxes' server: Dovecot stopped in the middle of a burst and started again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import signal
 import smtplib
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from sqlalchemy import func, select
 
 from gateway.db.engine import create_engine, session_factory
-from gateway.db.models import CopyRow, MessageRow
+from gateway.db.models import CopyRow, EventRow, MemberRow, MessageRow
+from tests.dovecot import Dovecot
 from tests.e2e.conftest import LOGIN, PASSWORD, RunningGateway, free_port, prepare
 from tests.seed import ADDRESS, SEEN_BY
 
@@ -28,10 +32,11 @@ PEOPLE = sorted(SEEN_BY)
 class Sender(threading.Thread):
     """Sends its share of the burst, reconnecting while the gateway is down; notes every 250."""
 
-    def __init__(self, port: int, numbers: list[int]) -> None:
+    def __init__(self, port: int, numbers: list[int], pause: float = 0.0) -> None:
         super().__init__(daemon=True)
         self.port = port
         self.numbers = numbers
+        self.pause = pause
         self.accepted: set[int] = set()
         self.unanswered: set[int] = set()
 
@@ -47,6 +52,7 @@ class Sender(threading.Thread):
                     person = PEOPLE[number % len(PEOPLE)]
                     client.sendmail(LOGIN, [ADDRESS[person]], message(number, person))
                     self.accepted.add(number)
+                    time.sleep(self.pause)
                     break
                 except (OSError, smtplib.SMTPException):
                     # No 250: the message may or may not have been committed before the kill.
@@ -87,9 +93,7 @@ def stop_during_a_burst(
     code = gateway.stop(sig)
     assert sig != signal.SIGTERM or any("gateway stopped" in line for line in gateway.log)
     time.sleep(0.5)
-    restarted = RunningGateway(gateway.config, gateway.maildir_root, gateway.cli)
-    restarted.start()
-    return senders, code, restarted
+    return senders, code, gateway.restarted()
 
 
 def assert_every_message_reached_its_audience(
@@ -153,7 +157,7 @@ def copies_by_subject(root: Path) -> dict[str, list[str]]:
     return found
 
 
-def assert_nothing_half_stored(database_url: str) -> None:
+def assert_nothing_half_stored(database_url: str, count: int = MESSAGES) -> None:
     async def check() -> tuple[int, int, list[int]]:
         engine = create_engine(database_url)
         try:
@@ -172,6 +176,154 @@ def assert_nothing_half_stored(database_url: str) -> None:
             await engine.dispose()
 
     messages, pending, without_copies = asyncio.run(check())
-    assert messages == MESSAGES, "each message stored once, re-sends recognised"
+    assert messages == count, "each message stored once, re-sends recognised"
     assert pending == 0
     assert without_copies == []
+
+
+# --- Dovecot down during a burst --------------------------------------------------------------------------
+
+BURST = 200
+
+
+def test_dovecot_stopped_during_a_burst_every_copy_arrives_exactly_once(
+    tmp_path: Path, database_url: str, dovecot: Dovecot
+) -> None:
+    """The mailboxes' server goes away for a few seconds while the back office keeps sending.
+
+    The gateway keeps answering 250 (it accepts into its database), retries the copies it could not
+    write, and once Dovecot is back every copy is there exactly once: an APPEND that Dovecot stored just
+    before it stopped, unanswered, is found by its copy id on the retry rather than written again.
+    """
+    gateway = prepare(tmp_path, database_url, dovecot=dovecot)
+    # Retries at most a second apart, and enough of them that no copy is held during the outage.
+    gateway.config.write_text(
+        gateway.config.read_text(encoding="utf-8").replace(
+            "[fanout]\n", "[fanout]\nretry_max = 1.0\nmax_attempts = 100\n"
+        ),
+        encoding="utf-8",
+    )
+    gateway.start()
+    started = time.monotonic()
+    try:
+        # Paced so that the burst goes on while Dovecot is down and after it is back.
+        senders = [Sender(gateway.port, list(range(i, BURST, CLIENTS)), pause=0.05) for i in range(CLIENTS)]
+        for sender in senders:
+            sender.start()
+        wait_for_accepted(senders, BURST // 3)
+        dovecot.stop()
+        stopped_at = accepted(senders)
+        time.sleep(3.0)
+        down_until = accepted(senders)
+        dovecot.start()
+        back = dt.datetime.now()
+        restarted_at = time.monotonic() - started
+        for sender in senders:
+            sender.join(timeout=120)
+        sent_at = time.monotonic() - started
+        assert not any(s.unanswered for s in senders), "no SMTP client saw a failure"
+        assert accepted(senders) == BURST
+        assert down_until > stopped_at, "the gateway took mail while Dovecot was down"
+
+        audience = {
+            f"<burst-{n}@ams.example>": {ADDRESS[p] for p in SEEN_BY[PEOPLE[n % len(PEOPLE)]]}
+            for n in range(BURST)
+        }
+        expected = Counter((a, m) for m, addresses in audience.items() for a in addresses)
+        wait_for_copy_count(dovecot, expected.total(), timeout=60)
+        print(
+            f"Dovecot down {stopped_at}-{down_until} of {BURST} accepted, back at {restarted_at:.1f} s; "
+            f"all accepted at {sent_at:.1f} s, all {expected.total()} copies in at "
+            f"{time.monotonic() - started:.1f} s"
+        )
+        time.sleep(1.0)  # a late duplicate would show up now
+
+        delivered = delivered_copies(database_url)
+        assert len(delivered) == expected.total(), "every copy delivered in the database's view"
+        for address in ADDRESS.values():
+            counts = dovecot.copy_counts(address)
+            theirs = {copy_id for copy_id, owner in delivered.items() if owner == address}
+            assert set(counts) == theirs, f"{address}: the copies the gateway delivered, no other"
+            assert set(counts.values()) <= {1}, f"{address}: copies twice: {counts - Counter(theirs)}"
+        found = Counter(
+            (address, str(copy.message["Message-ID"]))
+            for address in ADDRESS.values()
+            for copy in gateway.stored(address)
+        )
+        assert found == expected, f"missing {expected - found}, extra {found - expected}"
+
+        # The gateway asks again soon after the server is back: its pool's backoff doubled once per
+        # failed round during the outage, not once per connection that was under way when it began.
+        again = next((line for line in gateway.log if "reachable again" in line), "")
+        assert again, "the gateway said when it reached Dovecot again"
+        noticed = dt.datetime.strptime(again[:23], "%Y-%m-%d %H:%M:%S,%f")
+        assert (noticed - back).total_seconds() < 10, f"Dovecot back at {back}, noticed: {again}"
+
+        failed, held = copy_events(database_url)
+        assert failed > 0, "the outage made deliveries fail (and be retried)"
+        assert held == 0
+        assert_nothing_half_stored(database_url, BURST)
+    finally:
+        gateway.stop()
+        dovecot.start()  # for the fixture's own stop, should the test have failed while it was down
+
+
+def accepted(senders: list[Sender]) -> int:
+    return sum(len(s.accepted) for s in senders)
+
+
+def wait_for_accepted(senders: list[Sender], count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while accepted(senders) < count:
+        assert time.monotonic() < deadline, f"only {accepted(senders)} of {count} messages accepted"
+        time.sleep(0.01)
+
+
+def wait_for_copy_count(dovecot: Dovecot, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(dovecot.copy_counts(a).total() for a in ADDRESS.values()) >= count:
+            return
+        time.sleep(0.5)
+
+
+def delivered_copies(database_url: str) -> dict[str, str]:
+    """Copy id -> member address of every delivered copy."""
+
+    async def read() -> dict[str, str]:
+        engine = create_engine(database_url)
+        try:
+            async with session_factory(engine)() as session:
+                rows = await session.execute(
+                    select(CopyRow.copy_id, MemberRow.address)
+                    .join(MemberRow, MemberRow.id == CopyRow.member_id)
+                    .where(CopyRow.state == "delivered")
+                )
+                return {row.copy_id: row.address for row in rows}
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
+def copy_events(database_url: str) -> tuple[int, int]:
+    """How many copy.failed and copy.held events the fan-out recorded."""
+
+    async def read() -> tuple[int, int]:
+        engine = create_engine(database_url)
+        try:
+            async with session_factory(engine)() as session:
+                counts = dict(
+                    (
+                        await session.execute(
+                            select(EventRow.kind, func.count())
+                            .where(EventRow.kind.in_(["copy.failed", "copy.held"]))
+                            .group_by(EventRow.kind)
+                        )
+                    ).all()
+                )
+                return int(counts.get("copy.failed", 0)), int(counts.get("copy.held", 0))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
