@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway import __version__, admin
 from gateway.config import Settings, config_path, describe, load_settings
 from gateway.db import reconcile as reconcile_db
+from gateway.db.directory import RECONCILE_RUNS
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.migrate import require_current, schema_state, upgrade
 from gateway.db.writer import Writer
@@ -134,11 +135,24 @@ async def _in_transaction(
                 result = await work(session)
                 if write:
                     await session.commit()
+                    _tell_about_runs(session.info.get(RECONCILE_RUNS, []))
                 return result
             except (DBAPIError, SQLAlchemyError) as exc:
                 raise StorageError(f"the database refused the change: {exc}") from exc
     finally:
         await engine.dispose()
+
+
+def _tell_about_runs(runs: Sequence[tuple[str, int, bool]]) -> None:
+    """Tell the admin that existing copies follow a directory change (DESIGN.md §3), and where to watch;
+    on stderr, so that output for scripts (--json) stays what it is."""
+    for portfolio, run_id, restarted in runs:
+        what = "started over" if restarted else "recorded"
+        click.echo(
+            f"reconcile run {run_id} {what} for portfolio {portfolio}: existing copies follow the change "
+            "(`gateway reconcile status` shows the progress)",
+            err=True,
+        )
 
 
 def _emit_json(data: object) -> None:
@@ -1066,12 +1080,18 @@ async def reconcile_run(ctx: Context, portfolio: str | None, wait: bool, as_json
             label = f"run {rid} {name}"
             if not sys.stderr.isatty():
                 # No bar where nobody watches it redraw (a log, a pipe): one line per batch instead.
-                def line(view: reconcile_db.RunView, label: str = label) -> None:
-                    click.echo(f"{label}: {_progress(view)} messages", err=True)
+                shown: list[str] = []
+
+                def line(view: reconcile_db.RunView, label: str = label, shown: list[str] = shown) -> None:
+                    if shown[-1:] != [_progress(view)]:
+                        shown.append(_progress(view))
+                        click.echo(f"{label}: {_progress(view)} messages", err=True)
 
                 finished.append(await work_run(writer, settings.reconcile, rid, node=node, on_progress=line))
                 continue
-            with click.progressbar(length=1, label=label, show_pos=True, file=sys.stderr) as bar:
+            (before,) = await writer.run(lambda c, rid=rid: reconcile_db.runs(c, run_id=rid, recent=1))
+            length = max(before.total, 1)
+            with click.progressbar(length=length, label=label, show_pos=True, file=sys.stderr) as bar:
 
                 def show(view: reconcile_db.RunView, bar: Any = bar) -> None:
                     bar.length = max(view.total, view.processed, 1)
