@@ -769,6 +769,11 @@ class _Connection:
         with suppress(MailboxError):
             await self.run("LOGOUT", lambda: self._protocol.logout())
         self.abort()
+        # A TLS transport finishes closing (close_notify) after close() returns; waiting for the loss
+        # of the connection, briefly, keeps a caller that ends its event loop next from leaking it.
+        with suppress(TimeoutError):
+            async with asyncio.timeout(min(self.timeout, 2.0)):
+                await asyncio.shield(self.lost)
 
     async def folders(self) -> list[str]:
         """Every selectable folder, INBOX first, then by name."""
