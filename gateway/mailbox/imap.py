@@ -367,6 +367,11 @@ def parse_capabilities(lines: Lines) -> frozenset[str]:
 # --- pure helpers: flags, headers, names, references, tokens -------------------------------------------
 
 _SYSTEM_FLAGS: Mapping[str, Flag] = {flag.value.upper(): flag for flag in Flag}
+# SEARCH keys for "carries any system flag": OR SEEN OR ANSWERED OR FLAGGED OR DELETED DRAFT.
+_ANY_FLAG: list[str] = [
+    *(word for flag in list(Flag)[:-1] for word in ("OR", flag.value[1:].upper())),
+    list(Flag)[-1].value[1:].upper(),
+]
 
 
 def system_flags(names: Iterable[str] | None) -> frozenset[Flag]:
@@ -1512,6 +1517,13 @@ class ImapMailbox(Mailbox):
                 continue
             incremental = previous is not None and previous.uidvalidity == now.uidvalidity
             criteria = ["HEADER", COPY_ID_HEADER, '""']
+            if before is not None:
+                # A copy the caller has not seen counts only with a flag (below), so those without one,
+                # the fan-out's fresh copies above all, are not even fetched.
+                if incremental and previous is not None and previous.uidnext > 1:
+                    criteria += ["OR", "UID", f"1:{previous.uidnext - 1}", *_ANY_FLAG]
+                else:
+                    criteria += _ANY_FLAG
             if incremental:
                 assert previous is not None
                 criteria = ["MODSEQ", str(previous.highestmodseq + 1), *criteria]

@@ -425,6 +425,29 @@ async def test_flag_changes_follow_condstore(imap: ImapMailbox, dovecot: Dovecot
     assert await imap.flag_changes(OWNER, token) == ([], token)
 
 
+async def test_fresh_copies_without_flags_are_not_fetched(
+    imap: ImapMailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.mailbox.imap as imap_module
+
+    await imap.append(OWNER, "c1", copy("c1"))
+    _, token = await imap.flag_changes(OWNER, None)
+    fetched: list[int] = []
+    real_fetch = imap_module._Connection.fetch
+
+    async def counting_fetch(self: Any, uids: Any, items: str) -> Any:
+        fetched.extend(uids)
+        return await real_fetch(self, uids, items)
+
+    monkeypatch.setattr(imap_module._Connection, "fetch", counting_fetch)
+    fresh = [Delivery(OWNER, f"n{n}", copy(f"n{n}"), first_attempt=True) for n in range(5)]
+    flagged = Delivery(OWNER, "n5", copy("n5"), frozenset({Flag.SEEN}), first_attempt=True)
+    await imap.append_batch([*fresh, flagged])
+    changes, token = await imap.flag_changes(OWNER, token)
+    assert changes == [FlagChange("n5", "INBOX", frozenset({Flag.SEEN}))]
+    assert len(fetched) == 1, "the fan-out's fresh copies without a flag are not even fetched"
+
+
 async def test_an_unchanged_mailbox_is_looked_at_with_status_only(
     imap: ImapMailbox, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
