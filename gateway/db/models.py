@@ -266,6 +266,8 @@ class MessageRow(Base):
         UniqueConstraint("gateway_id"),
         Index("ix_messages_message_id", "portfolio_id", "message_id"),
         Index("ix_messages_sha256", "portfolio_id", "sha256"),
+        # Reconciliation reads a portfolio's messages in id order, batch by batch (keyset).
+        Index("ix_messages_portfolio_id", "portfolio_id", "id"),
         # A back office re-sending the same message (same Message-ID, same bytes) gets the first one back.
         Index("uq_messages_resend", "backoffice_id", "message_id", "sha256", unique=True),
     )

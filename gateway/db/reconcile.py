@@ -323,7 +323,7 @@ def work_batch(
     pid = run.portfolio_id
     messages = list(
         connection.execute(
-            select(MessageRow.id, MessageRow.received_at)
+            select(MessageRow.id, MessageRow.received_at, MessageRow.sender_member_id)
             .where(MessageRow.portfolio_id == pid, MessageRow.id > cursor)
             .order_by(MessageRow.id)
             .limit(batch_size)
@@ -370,7 +370,7 @@ def work_batch(
     revived: list[dict[str, Any]] = []
     revoking: list[dict[str, Any]] = []
     kept = 0
-    for message_id, received_at in messages:
+    for message_id, received_at, author in messages:
         copies = stored.get(int(message_id), {})
         facts = MessageFacts(
             int(message_id),
@@ -387,6 +387,7 @@ def work_batch(
                 )
                 for c in copies.values()
             ),
+            author=author,
         )
         plan = plan_message(facts, releases, policies, now, gone=gone)
         if keep_plans:

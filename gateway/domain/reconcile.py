@@ -128,6 +128,9 @@ class MessageFacts:
     received_at: dt.datetime
     participants: tuple[Participant, ...]
     copies: tuple[ExistingCopy, ...] = ()
+    author: int | None = None
+    """The member who wrote the message through the gateway (a reply, a new Vorgang): their own mail
+    client keeps it in Sent, so they get no copy, though they are in the audience as its sender."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +201,7 @@ def plan_message(
     live = {c.member_id: c for c in facts.copies if c.live}
     backfill: list[Backfilled] = []
     not_backfilled: list[NotBackfilled] = []
-    for member_id in sorted(allowed.members - live.keys()):
+    for member_id in sorted(allowed.members - live.keys() - {facts.author}):
         reasons = allowed.via(member_id)
         if any(isinstance(r, AsParticipant) for r in reasons):
             backfill.append(Backfilled(member_id, reasons, _flags(member_id, live, current), None))

@@ -255,3 +255,14 @@ def test_a_plan_converges_on_the_audience_and_never_takes_an_entitled_copy(
     assert now_live - entitled == {k.member_id for k in plan.kept}
     again = plan_message(result, after, policies, NOW)
     assert not again.changes, "reconciling twice changes nothing"
+
+
+def test_the_author_of_a_members_mail_gets_no_copy_but_keeps_the_rights_it_gives() -> None:
+    """The reply path copies a member's mail to the audience but not to its author (their client keeps it
+    in Sent); reconciliation must not hand the author a copy later, while the author still brings the
+    release's co-members in."""
+    gf_b = SEED_MEMBERS["GF-B"].id
+    facts = MessageFacts(7, SEED_PORTFOLIO, NOW, (Participant(gf_b, ParticipantRole.SENDER),), author=gf_b)
+    plan = plan_message(facts, SEED_RELEASES, {}, NOW)
+    assert names(b.member_id for b in plan.backfill) == {"GF-A", "SB-B1", "SB-B2"}
+    assert plan.revoke == ()

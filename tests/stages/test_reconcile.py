@@ -12,12 +12,21 @@ import asyncio
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+import pytest
+from sqlalchemy import Connection, delete, select, update
 
 from gateway.config import FanoutSettings, ReconcileSettings
 from gateway.db import queue
 from gateway.db import reconcile as db
-from gateway.db.models import CopyRow, EventRow, MemberRow, ReconcileRunRow, ReleaseRow
+from gateway.db.models import (
+    CopyRow,
+    EventRow,
+    MemberRow,
+    MessageRow,
+    ParticipantRow,
+    ReconcileRunRow,
+    ReleaseRow,
+)
 from gateway.db.writer import Writer
 from gateway.fanout import FanOut
 from gateway.mailbox import MailboxOwner, MemoryMailbox
@@ -306,3 +315,52 @@ async def test_reconcile_cli_records_works_and_shows_runs(writer: Writer, with_l
     assert "backfilled 0, revoked 0, kept 0" in result.stdout
     result = await asyncio.to_thread(gateway, "reconcile", "status", "-p", "nowhere", expect=2)
     assert "there is no portfolio 'nowhere'" in result.stderr
+
+
+async def test_the_author_of_a_members_reply_is_not_given_a_copy(writer: Writer, with_login: Gateway) -> None:
+    """The reply path stores a member's mail with its author and copies it to everyone else (the author's
+    client keeps it in Sent); a later run must not put it into the author's inbox."""
+    gateway = with_login
+    await accept(writer, SB_B1, "Antwort")
+
+    def as_reply_by_sb_b1(connection: Connection) -> None:
+        author = connection.scalar(select(MemberRow.id).where(MemberRow.address == SB_B1))
+        connection.execute(update(MessageRow).values(direction="reply", sender_member_id=author))
+        connection.execute(update(ParticipantRow).values(role="sender"))
+        connection.execute(delete(CopyRow).where(CopyRow.member_id == author))
+
+    await writer.run(as_reply_by_sb_b1)
+    await admin(gateway, "release", "remove-member", WITH_GF, GF_B, "-p", PORTFOLIO)
+    await admin(gateway, "release", "add-member", WITH_GF, GF_B, "-p", PORTFOLIO)
+    while await reconciler(writer).run_once():
+        pass
+    assert await writer.run(copies_of, SB_B1) == []
+    [run] = await writer.run(lambda c: db.runs(c, recent=1))
+    assert (run.backfilled, run.revoked, run.processed) == (0, 0, 1)
+
+
+async def test_a_batch_that_fails_midway_leaves_nothing_and_is_done_again(
+    writer: Writer, with_login: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = with_login
+    await admin(gateway, "release", "remove-member", WITH_GF, GF_B, "-p", PORTFOLIO)
+    for n in range(4):
+        await accept(writer, SB_B1, f"Absturz {n}")
+    await admin(gateway, "release", "add-member", WITH_GF, GF_B, "-p", PORTFOLIO)
+
+    def crash(*_: object) -> None:
+        raise RuntimeError("the process died here")
+
+    # The copies are inserted, then the batch dies before its cursor moves: all of it rolls back.
+    monkeypatch.setattr(db, "_revive", crash)
+    worker = reconciler(writer, batch_size=3)
+    with pytest.raises(RuntimeError):
+        await worker.step()
+    assert await writer.run(copies_of, GF_B) == []
+    [run] = await writer.run(open_runs)
+    assert (run.cursor, run.processed) == (0, 0)
+    assert run.last_error == "RuntimeError: the process died here"
+    monkeypatch.undo()
+    while await worker.run_once():
+        pass
+    assert len(await writer.run(copies_of, GF_B)) == 4, "each copy once"
