@@ -5,6 +5,7 @@ The message path, as wired below, top to bottom:
     ingress (submission listener) -> acceptance (one transaction, then 250) -> fan-out (mailboxes)
     ingress (MX listener) -> reply (checks, one transaction, then 250) -> relay (back office)
                                                                        -> fan-out (copies, \Answered)
+    directory change (CLI) -> reconcile run -> reconcile (batches) -> fan-out (back-fill, removal)
 
 Shutdown runs it backwards: stop taking connections, let messages in DATA finish and commit, store
 what is queued, stop the fan-out between copies (a copy it had begun is found again next start).
