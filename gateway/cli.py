@@ -7,6 +7,7 @@ could not do the work (database unreachable, not migrated). Every command that p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -1105,6 +1106,11 @@ async def reconcile_run(ctx: Context, portfolio: str | None, wait: bool, as_json
     except LookupError as exc:
         raise NotFound(str(exc)) from None
     finally:
+        # Interrupted (Ctrl-C) or failed: give the runs back at once rather than after their lease,
+        # so a running gateway goes on with them where this process stopped.
+        with contextlib.suppress(Exception):
+            for rid, _, _ in recorded:
+                await writer.run(reconcile_db.release_run, rid, node)
         await writer.close()
     if as_json:
         _emit_json([_run_data(r) for r in finished])

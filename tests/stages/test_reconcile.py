@@ -364,3 +364,25 @@ async def test_a_batch_that_fails_midway_leaves_nothing_and_is_done_again(
     while await worker.run_once():
         pass
     assert len(await writer.run(copies_of, GF_B)) == 4, "each copy once"
+
+
+async def test_run_wait_follows_a_run_a_running_gateway_holds(writer: Writer, with_login: Gateway) -> None:
+    gateway = with_login
+    await admin(gateway, "release", "remove-member", WITH_GF, GF_B, "-p", PORTFOLIO)
+    for n in range(6):
+        await accept(writer, SB_B1, f"Folgen {n}")
+    await admin(gateway, "release", "add-member", WITH_GF, GF_B, "-p", PORTFOLIO)
+    serving = reconciler(writer, "gateway-node", batch_size=2)
+    assert await serving.step() is not None  # the gateway has the run now
+
+    waiting = asyncio.create_task(asyncio.to_thread(gateway, "reconcile", "run", "--wait"))
+    await asyncio.sleep(1.5)
+    assert not waiting.done(), "the CLI does not take a run another process holds"
+    # The gateway goes on, batch by batch, while the CLI watches (2 more batches, then the closing step).
+    for _ in range(3):
+        assert await serving.run_once()
+        await asyncio.sleep(0.2)
+    result = await asyncio.wait_for(waiting, 30)
+    assert f"{PORTFOLIO}: 6 message(s), backfilled 6, revoked 0, kept 0" in result.stdout
+    [run] = await writer.run(lambda c: db.runs(c, recent=1))
+    assert (run.state, run.leased_by) == ("done", None)
