@@ -116,7 +116,12 @@ def request_run(
     One open run per portfolio: a change while a run is open starts that run over from the first
     message, because only the latest directory counts; what it did so far stays counted.
     """
-    total = int(connection.scalar(select(func.count()).where(MessageRow.portfolio_id == portfolio_id)) or 0)
+    total = int(
+        connection.scalar(
+            select(func.count()).where(MessageRow.portfolio_id == portfolio_id, MessageRow.kind == "message")
+        )
+        or 0
+    )
     open_run = connection.execute(
         select(RUNS.c.id, RUNS.c.reason)
         .where(RUNS.c.portfolio_id == portfolio_id, RUNS.c.state == "open")
@@ -324,7 +329,9 @@ def work_batch(
     messages = list(
         connection.execute(
             select(MessageRow.id, MessageRow.received_at, MessageRow.sender_member_id)
-            .where(MessageRow.portfolio_id == pid, MessageRow.id > cursor)
+            # Only mail that is fanned out at all: quarantined mail, auto-replies, bounces and loops are
+            # kept in the Vorgang without copies, and a directory change must not hand them out.
+            .where(MessageRow.portfolio_id == pid, MessageRow.id > cursor, MessageRow.kind == "message")
             .order_by(MessageRow.id)
             .limit(batch_size)
         )

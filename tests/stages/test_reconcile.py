@@ -386,3 +386,32 @@ async def test_run_wait_follows_a_run_a_running_gateway_holds(writer: Writer, wi
     assert f"{PORTFOLIO}: 6 message(s), backfilled 6, revoked 0, kept 0" in result.stdout
     [run] = await writer.run(lambda c: db.runs(c, recent=1))
     assert (run.state, run.leased_by) == ("done", None)
+
+
+@pytest.mark.parametrize("kind", ["quarantined", "auto-reply", "bounce", "loop"])
+async def test_mail_that_is_never_fanned_out_is_not_handed_out_later_either(
+    writer: Writer, with_login: Gateway, kind: str
+) -> None:
+    """Quarantined mail, auto-replies, bounces and loops stay in the Vorgang without copies; a directory
+    change that widens the audience must not back-fill them (a quarantine would be bypassed)."""
+    gateway = with_login
+    await admin(gateway, "release", "remove-member", WITH_GF, GF_B, "-p", PORTFOLIO)
+    await accept(writer, SB_B1, "Gewöhnlich")
+    await accept(writer, SB_B1, "Zurückgehalten")
+    await writer.run(
+        lambda c: c.execute(
+            update(MessageRow).where(MessageRow.subject == "Zurückgehalten").values(kind=kind)
+        )
+    )
+    await admin(gateway, "release", "add-member", WITH_GF, GF_B, "-p", PORTFOLIO)
+    [run] = await writer.run(open_runs)
+    assert run.total == 1, "only mail that is fanned out counts"
+    while await reconciler(writer).run_once():
+        pass
+    copies = await writer.run(copies_of, GF_B)
+    subjects = await writer.run(
+        lambda c: set(
+            c.scalars(select(MessageRow.subject).where(MessageRow.id.in_([x.message_id for x in copies])))
+        )
+    )
+    assert subjects == {"Gewöhnlich"}
