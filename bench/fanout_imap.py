@@ -330,6 +330,7 @@ def gateway_target(args: argparse.Namespace, audiences: Audiences, workdir: Path
             port,
             args.database,
             args.log_level,
+            fanout_batch=args.fanout_batch,
             extra=f'[mailbox]\nbackend = "imap"\n[mailbox.imap]\nhost = "{imap.host}"\nport = {imap.port}\n'
             f'tls = "none"\nmaster_user = "{imap.master_user}"\n'
             f'master_password_file = "{imap.master_password_file}"\n',
@@ -760,6 +761,9 @@ def main() -> None:
         help="copies per MULTIAPPEND in the second raw row (default: the 100 copies of a fan-out batch "
         "shared among the members, as the gateway sends them; 0 or 1: no such row)",
     )
+    parser.add_argument(
+        "--fanout-batch", type=int, help=f"the gateway's [fanout] batch_size (default {FANOUT_BATCH})"
+    )
     parser.add_argument("--no-postfix", action="store_true", help="leave out Postfix + LMTP")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for every copy")
     parser.add_argument("--log", help="append the gateway's log to this file")
@@ -774,7 +778,7 @@ def main() -> None:
         raise SystemExit(f"fanout_imap: every target delivers into a private Dovecot, but {absent}")
     audiences = Audiences(args.teams)
     if args.multiappend is None:
-        args.multiappend = max(2, FANOUT_BATCH // len(audiences.members))
+        args.multiappend = max(2, (args.fanout_batch or FANOUT_BATCH) // len(audiences.members))
     python = Path(sys.executable)
     shown = python.relative_to(REPO) if python.is_relative_to(REPO) else python
     print("$", shlex.join([str(shown), *sys.argv]))

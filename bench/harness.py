@@ -218,9 +218,17 @@ def stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
 
 
 def gateway_config(
-    workdir: Path, port: int, database: str | None, log_level: str, *, fanout: bool = True, extra: str = ""
+    workdir: Path,
+    port: int,
+    database: str | None,
+    log_level: str,
+    *,
+    fanout: bool = True,
+    fanout_batch: int | None = None,
+    extra: str = "",
 ) -> str:
-    """A gateway.toml for the benchmarks: submission on `port`, no MX, no per-client rate limit."""
+    """A gateway.toml for the benchmarks: submission on `port`, no MX, no per-client rate limit; the
+    fan-out's batch size is the default unless `fanout_batch` says otherwise."""
     url = database or f"sqlite+aiosqlite:///{workdir / 'gateway.db'}"
     return (
         f'[gateway]\ndata_dir = "data"\n[database]\nurl = "{url}"\n'
@@ -228,7 +236,8 @@ def gateway_config(
         # The benchmark measures throughput from one client address, not the per-client limiter.
         "[limits]\nmax_messages_per_minute_per_client = 10000000\n"
         f'[logging]\nlevel = "{log_level}"\n'
-        f"[fanout]\nenabled = {'true' if fanout else 'false'}\n{extra}"
+        f"[fanout]\nenabled = {'true' if fanout else 'false'}\n"
+        f"{f'batch_size = {fanout_batch}' if fanout_batch else ''}\n{extra}"
     )
 
 
