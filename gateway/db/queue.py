@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from sqlalchemy import Connection, Table, bindparam, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, case, literal, or_, select, update
 
 from gateway.db.models import CopyRow, MemberRow, MessageRow, PortfolioRow, ReleaseRow, VorgangRow
 from gateway.domain.rules import CopyHeaders
@@ -165,18 +165,21 @@ def record(
     # written (it waited for this lease to end), and a revoked copy must not turn delivered again.
     delivered = [o for o in outcomes if o.error is None]
     if delivered:
+        # Flags set while the write was under way (an answer came in) are caught up by claim_flags,
+        # which takes them once due: at once, not never (NULL).
+        flags_changed = or_(
+            COPIES.c.answered != bindparam("b_answered"), COPIES.c.seen != bindparam("b_seen")
+        )
+        due_now = literal(now, COPIES.c.next_attempt_at.type)
         connection.execute(
             update(COPIES)
             .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == "pending")
             .values(
                 state="delivered",
-                # Flags set while the write was under way (an answer came in) are caught up later.
-                flags_pending=or_(
-                    COPIES.c.answered != bindparam("b_answered"), COPIES.c.seen != bindparam("b_seen")
-                ),
+                flags_pending=flags_changed,
                 mailbox_ref=bindparam("b_ref"),
                 attempts=COPIES.c.attempts + 1,
-                next_attempt_at=None,
+                next_attempt_at=case((flags_changed, due_now), else_=None),
                 leased_by=None,
                 last_error=None,
                 updated_at=now,
