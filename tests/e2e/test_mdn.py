@@ -84,13 +84,13 @@ def seen_by(database_url: str) -> list[object]:
     engine = create_engine(sync_url(database_url))
     try:
         with engine.connect() as connection:
-            details = connection.scalars(
-                select(EventRow.detail).where(EventRow.kind == "flag.set").order_by(EventRow.id)
+            # One query: the gateway goes on recording while the test reads.
+            rows = connection.execute(
+                select(EventRow.actor, EventRow.detail)
+                .where(EventRow.kind == "flag.set")
+                .order_by(EventRow.id)
             )
-            actors = connection.scalars(
-                select(EventRow.actor).where(EventRow.kind == "flag.set").order_by(EventRow.id)
-            )
-            return [a for a, d in zip(actors, details, strict=True) if d["flag"] == "\\Seen"]
+            return [actor for actor, detail in rows if detail["flag"] == "\\Seen"]
     finally:
         engine.dispose()
 
