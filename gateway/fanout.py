@@ -135,6 +135,7 @@ class FanOut:
         self._handed: deque[CopyJob] = deque()
         self._last_claim = 0.0
         self._last_flag_claim = 0.0
+        self._recording: asyncio.Future[None] | None = None
         self._last_removal_claim = 0.0
 
     def wake(self) -> None:
@@ -153,19 +154,29 @@ class FanOut:
     async def run(self) -> None:
         # COALESCE: one queue transaction for a burst keeps the database's write lock free for the
         # acceptance stage most of the time.
-        await work_until_cancelled(
-            self.run_once,
-            self._wake,
-            poll_interval=self.settings.poll_interval,
-            log=log,
-            name="fan-out",
-            settle=COALESCE,
-        )
+        try:
+            await work_until_cancelled(
+                self.run_once,
+                self._wake,
+                poll_interval=self.settings.poll_interval,
+                log=log,
+                name="fan-out",
+                settle=COALESCE,
+            )
+        finally:
+            # A batch written while the next one went out is recorded before the worker stops.
+            if self._recording is not None:
+                try:
+                    await asyncio.shield(self._recorded())
+                except Exception as exc:  # its copies stay leased and are retried: none is lost
+                    log.warning("the last batch of copies was not recorded: %s", exc)
 
     async def run_once(self) -> int:
         """Write one batch of copies: those handed over by acceptance first, else due ones from the
         queue (which is still read every ``poll_interval`` under load, so retries are not starved).
         Returns how many were taken."""
+        if not self._handed:
+            await self._recorded()
         jobs = [self._handed.popleft() for _ in range(min(len(self._handed), self.settings.batch_size))]
         if not jobs or time.monotonic() - self._last_claim >= self.settings.poll_interval:
             self._last_claim = time.monotonic()
@@ -201,8 +212,21 @@ class FanOut:
         # Copies of one mailbox go together: a Maildir then syncs each directory once per batch.
         jobs.sort(key=lambda job: (job.portfolio, job.address))
         outcomes = await self._deliver(jobs)
-        await self._record(outcomes)
+        # While more handed copies wait, this batch is recorded as the next one is written (an IMAP
+        # server's round trips overlap the database's commit). Its copies stay leased until then, so
+        # nobody takes them again; the writer keeps the records in order.
+        previous, self._recording = self._recording, asyncio.ensure_future(self._record(outcomes))
+        if previous is not None:
+            await previous
+        if not self._handed:
+            await self._recorded()
         return len(jobs)
+
+    async def _recorded(self) -> None:
+        """Wait until the batch still being recorded is (its error, if any, is raised here)."""
+        recording, self._recording = self._recording, None
+        if recording is not None:
+            await recording
 
     async def _deliver(self, jobs: Sequence[CopyJob]) -> list[Outcome]:
         deliveries: list[Delivery] = []

@@ -953,6 +953,11 @@ def _close_client(client: Any) -> None:
     task = getattr(client, "_client_task", None)
     if task is not None and not task.done():
         task.cancel()
+    # aioimaplib's own tasks too: the greeting's handler, waiting for a CAPABILITY answer that will
+    # never come on a dropped connection, would otherwise be destroyed pending when the loop closes.
+    for own in [*getattr(client, "tasks", ()), *getattr(getattr(client, "protocol", None), "tasks", ())]:
+        if not own.done():
+            own.cancel()
     transport = getattr(getattr(client, "protocol", None), "transport", None)
     if transport is not None:
         transport.close()
