@@ -125,3 +125,81 @@ def test_a_member_reading_with_imaplib_marks_it_read_for_the_release(
         assert p95 < 2.0
     finally:
         gateway.stop()
+
+
+def test_answered_and_off_releases_and_a_moved_copy_through_dovecot(
+    tmp_path: Path, database_url: str, dovecot: Dovecot, sink: BackOfficeSink
+) -> None:
+    """With imaplib as the members: read_sync answered keeps SB-B1's \\Seen to SB-B1 until SB-B1 marks it
+    answered, then every copy shows \\Answered; read_sync off carries nothing; with seen, GF-B's copy
+    that GF-B moved into "Archiv" still gets \\Seen there."""
+    gateway = imap_gateway(tmp_path, database_url, dovecot, sink)
+    directory = tmp_path / "directory.yaml"
+    seed = directory.read_text(encoding="utf-8")
+    others = ("SB-B2", "GF-B")
+
+    def flags(person: str, message_id: str) -> frozenset[str]:
+        (found,) = gateway.flags_of(ADDRESS[person], message_id)
+        return found
+
+    def copy_id(person: str, message_id: str) -> str:
+        (found,) = [
+            str(m["X-Gateway-Copy-Id"])
+            for m in gateway.mailbox(ADDRESS[person])
+            if m["Message-ID"] == message_id
+        ]
+        return found
+
+    def arrived(message_id: str) -> None:
+        assert wait_for(
+            lambda: all(len(gateway.flags_of(ADDRESS[p], message_id)) == 1 for p in ("SB-B1", *others))
+        )
+
+    gateway.start()
+    try:
+        # read_sync answered (the seed's setting): \Seen stays personal, \Answered is shared.
+        send_from_backoffice(gateway, ADDRESS["SB-B1"], "Nur beantwortet", "<answered-1@ams.example>")
+        arrived("<answered-1@ams.example>")
+        mine = copy_id("SB-B1", "<answered-1@ams.example>")
+        dovecot.member_stores(ADDRESS["SB-B1"], mine, "+FLAGS", "(\\Seen)")
+        assert wait_for(lambda: "\\Seen" in flags("SB-B1", "<answered-1@ams.example>"))
+        time.sleep(3)  # three flag-sync polls: a propagation would have happened by now
+        assert all("\\Seen" not in flags(p, "<answered-1@ams.example>") for p in others)
+        dovecot.member_stores(ADDRESS["SB-B1"], mine, "+FLAGS", "(\\Answered)")
+        assert wait_for(lambda: all("\\Answered" in flags(p, "<answered-1@ams.example>") for p in others))
+        assert all("\\Seen" not in flags(p, "<answered-1@ams.example>") for p in others)
+
+        # read_sync off: nothing moves.
+        directory.write_text(seed.replace("read_sync: answered", "read_sync: off"), encoding="utf-8")
+        gateway.cli("directory", "load", str(directory))
+        send_from_backoffice(gateway, ADDRESS["SB-B1"], "Nichts teilen", "<off-1@ams.example>")
+        arrived("<off-1@ams.example>")
+        dovecot.member_stores(
+            ADDRESS["SB-B1"], copy_id("SB-B1", "<off-1@ams.example>"), "+FLAGS", "(\\Seen \\Answered)"
+        )
+        assert wait_for(lambda: {"\\Seen", "\\Answered"} <= flags("SB-B1", "<off-1@ams.example>"))
+        time.sleep(3)
+        assert all(flags(p, "<off-1@ams.example>") == frozenset() for p in others)
+
+        # read_sync seen, GF-B filed the copy away first: the flag reaches it in "Archiv".
+        directory.write_text(seed.replace("read_sync: answered", "read_sync: seen"), encoding="utf-8")
+        gateway.cli("directory", "load", str(directory))
+        send_from_backoffice(gateway, ADDRESS["SB-B1"], "Abgelegt", "<moved-1@ams.example>")
+        arrived("<moved-1@ams.example>")
+        dovecot.member_moves(ADDRESS["GF-B"], copy_id("GF-B", "<moved-1@ams.example>"), "Archiv")
+        dovecot.member_stores(
+            ADDRESS["SB-B1"], copy_id("SB-B1", "<moved-1@ams.example>"), "+FLAGS", "(\\Seen)"
+        )
+
+        def archived_and_seen() -> bool:
+            copies = [
+                c
+                for c in gateway.stored(ADDRESS["GF-B"])
+                if c.message["Message-ID"] == "<moved-1@ams.example>"
+            ]
+            return len(copies) == 1 and copies[0].folder == "Archiv" and "\\Seen" in copies[0].flags
+
+        assert wait_for(archived_and_seen), gateway.stored(ADDRESS["GF-B"])
+        assert "\\Seen" in flags("SB-B2", "<moved-1@ams.example>")
+    finally:
+        gateway.stop()
