@@ -567,8 +567,9 @@ def postfix_target(args: argparse.Namespace, audiences: Audiences) -> Result:
     members = audiences.members
     result = Result("postfix", "postfix -> dovecot LMTP", args.messages, args.messages * TEAM_SIZE)
     absent = postfix_absent()
-    if absent is None and not LMTP_BINARY.exists():
-        absent = f"dovecot's LMTP server is not installed ({LMTP_INSTALL})"
+    if not LMTP_BINARY.exists():
+        lmtp = f"dovecot's LMTP server is not installed ({LMTP_INSTALL})"
+        absent = lmtp if absent is None else f"{absent}; and {lmtp}"
     if absent is not None:
         result.absent = absent
         return result
