@@ -70,6 +70,15 @@ def release_own_leases(connection: Connection, node: str, now: dt.datetime) -> i
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+def _lease(connection: Connection, ids: Sequence[int], node: str, now: dt.datetime, lease: float) -> None:
+    """Reserve taken copies for ``node`` until the lease ends (every kind of job on the copy queue)."""
+    connection.execute(
+        update(CopyRow)
+        .where(CopyRow.id.in_(ids))
+        .values(next_attempt_at=now + dt.timedelta(seconds=lease), leased_by=node)
+    )
+
+
 def claim(connection: Connection, node: str, now: dt.datetime, lease: float, limit: int) -> list[CopyJob]:
     # A comprehension, not dict(result): a Result has keys() and would be read as a mapping.
     taken: dict[int, str | None] = {
@@ -85,11 +94,7 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
     ids = list(taken)
     if not ids:
         return []
-    connection.execute(
-        update(CopyRow)
-        .where(CopyRow.id.in_(ids))
-        .values(next_attempt_at=now + dt.timedelta(seconds=lease), leased_by=node)
-    )
+    _lease(connection, ids, node, now, lease)
     rows = connection.execute(
         select(
             CopyRow.id,
@@ -259,11 +264,7 @@ def claim_flags(
     )
     if not rows:
         return []
-    connection.execute(
-        update(CopyRow)
-        .where(CopyRow.id.in_([r[0] for r in rows]))
-        .values(next_attempt_at=now + dt.timedelta(seconds=lease), leased_by=node)
-    )
+    _lease(connection, [r[0] for r in rows], node, now, lease)
     return [FlagJob(*row) for row in rows]
 
 
@@ -358,11 +359,7 @@ def claim_removals(
     )
     if not rows:
         return []
-    connection.execute(
-        update(CopyRow)
-        .where(CopyRow.id.in_([r[0] for r in rows]))
-        .values(next_attempt_at=now + dt.timedelta(seconds=lease), leased_by=node)
-    )
+    _lease(connection, [r[0] for r in rows], node, now, lease)
     return [RemovalJob(*row) for row in rows]
 
 
