@@ -40,8 +40,8 @@ from gateway.domain.reports import (
     headers_part,
     is_ascii_address,
     lines,
-    quoted_printable,
     subject_header,
+    text_part,
 )
 from gateway.parsing import parse_message
 
@@ -205,16 +205,7 @@ def build_failure_report(
 
     out = bytearray(lines(top))
     out += lines(["", "This is a delivery status notification in MIME format.", ""])
-    out += lines(
-        [
-            f"--{boundary}",
-            "Content-Type: text/plain; charset=utf-8",
-            "Content-Transfer-Encoding: quoted-printable",
-            "Content-Language: de, en",
-            "",
-        ]
-    )
-    out += quoted_printable(text)
+    out += text_part(boundary, text)
     out += lines([f"--{boundary}", "Content-Type: message/delivery-status", ""])
     out += status_fields
     if headers:

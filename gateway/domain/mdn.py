@@ -68,8 +68,8 @@ from gateway.domain.reports import (
     is_ascii_address,
     lines,
     mailbox_header,
-    quoted_printable,
     subject_header,
+    text_part,
 )
 from gateway.parsing import parse_message
 
@@ -223,16 +223,7 @@ def build_read_notification(
 
     out = bytearray(lines(top))
     out += lines(["", "This is a message disposition notification in MIME format.", ""])
-    out += lines(
-        [
-            f"--{boundary}",
-            "Content-Type: text/plain; charset=utf-8",
-            "Content-Transfer-Encoding: quoted-printable",
-            "Content-Language: de, en",
-            "",
-        ]
-    )
-    out += quoted_printable(text)
+    out += text_part(boundary, text)
     out += lines([f"--{boundary}", "Content-Type: message/disposition-notification", "", *fields, ""])
     if headers:
         out += headers_part(f"--{boundary}", headers)

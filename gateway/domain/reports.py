@@ -113,6 +113,19 @@ def lines(items: list[str]) -> bytes:
     return "".join(line + CRLF for line in items).encode("utf-8")
 
 
+def text_part(boundary: str, text: str) -> bytes:
+    """A report's first part, for people: ``text`` (German and English) as quoted-printable UTF-8."""
+    return lines(
+        [
+            f"--{boundary}",
+            "Content-Type: text/plain; charset=utf-8",
+            "Content-Transfer-Encoding: quoted-printable",
+            "Content-Language: de, en",
+            "",
+        ]
+    ) + quoted_printable(text)
+
+
 def headers_part(boundary_line: str, headers: bytes) -> bytes:
     """The ``text/rfc822-headers`` part holding an original's header section (RFC 6522 §4)."""
     part = [boundary_line, "Content-Type: text/rfc822-headers"]
