@@ -1,4 +1,4 @@
-"""The admin API behind the CLI: directory changes, exports and who-can-see, one function per command.
+"""The admin API behind the CLI: directory changes, exports, who-can-see, Vorgänge and the event log.
 
 Each change is a small edit of the portfolio's spec that ``gateway.db.directory.apply_spec`` checks and
 applies, so a single command obeys exactly the rules a directory file does. Functions take an open
@@ -8,16 +8,19 @@ session and leave committing to the caller; they raise ``GatewayError``s and nev
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os.path
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db import accounts
+from gateway.db import accounts, events, messages
 from gateway.db import directory as db
-from gateway.db.messages import VorgangView, get_message, participants_of, vorgang_view
-from gateway.db.models import PortfolioRow
+from gateway.db.events import EventFilter, EventView
+from gateway.db.messages import VorgangSummary, VorgangView, get_message, participants_of, vorgang_view
+from gateway.db.models import MemberRow, PortfolioRow, VorgangRow
 from gateway.domain.addresses import InvalidAddress, normalise_address
 from gateway.domain.audience import Audience, audience
 from gateway.domain.directory import (
@@ -437,6 +440,83 @@ def _check_version(version: str) -> None:
 async def show_vorgang(session: AsyncSession, portfolio: str, reference: str) -> VorgangView:
     row = await db.get_portfolio(session, portfolio)
     return await vorgang_view(session, row.id, row.name, reference)
+
+
+async def list_vorgaenge(
+    session: AsyncSession,
+    portfolio: str,
+    *,
+    member: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    search: str | None = None,
+    limit: int = 50,
+) -> list[VorgangSummary]:
+    """The portfolio's Vorgänge, most recently active first; with ``member`` those the member sees."""
+    row = await db.get_portfolio(session, portfolio)
+    member_id = None
+    if member is not None:
+        (member_id,) = await _member_ids(session, member, row.id, portfolio)
+    return await messages.list_vorgaenge(
+        session, row.id, member_id=member_id, since=since, until=until, search=search, limit=limit
+    )
+
+
+async def _member_ids(
+    session: AsyncSession, text: str, portfolio_id: int | None, portfolio: str | None
+) -> tuple[int, ...]:
+    query = select(MemberRow.id).where(MemberRow.address == address(text))
+    if portfolio_id is not None:
+        query = query.where(MemberRow.portfolio_id == portfolio_id)
+    found = tuple(int(i) for i in await session.scalars(query))
+    if not found:
+        where = f" in portfolio {portfolio}" if portfolio else ""
+        raise NotFound(f"there is no member {text}{where} (`gateway member list -p PORTFOLIO` lists them)")
+    return found
+
+
+# --- the event log ---------------------------------------------------------------------------------------
+
+
+async def read_events(
+    session: AsyncSession,
+    *,
+    portfolio: str | None = None,
+    member: str | None = None,
+    vorgang: str | None = None,
+    message: str | None = None,
+    kinds: Sequence[str] = (),
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    after_id: int | None = None,
+    limit: int = 100,
+) -> list[EventView]:
+    """The event log filtered by names as admins know them (portfolio, address, VG-…, gw-…)."""
+    portfolio_id = (await db.get_portfolio(session, portfolio)).id if portfolio else None
+    member_ids = await _member_ids(session, member, portfolio_id, portfolio) if member else None
+    vorgang_ids = None
+    if vorgang:
+        query = select(VorgangRow.id).where(VorgangRow.reference == vorgang.strip().upper())
+        if portfolio_id is not None:
+            query = query.where(VorgangRow.portfolio_id == portfolio_id)
+        vorgang_ids = tuple(int(i) for i in await session.scalars(query))
+        if not vorgang_ids:
+            where = f" in portfolio {portfolio}" if portfolio else ""
+            raise NotFound(
+                f"there is no Vorgang {vorgang}{where} (`gateway vorgang list -p PORTFOLIO` lists them)"
+            )
+    message_id = (await get_message(session, message.strip())).id if message else None
+    narrowed = EventFilter(
+        portfolio_id=portfolio_id,
+        member_ids=member_ids,
+        vorgang_ids=vorgang_ids,
+        message_id=message_id,
+        kinds=tuple(kinds),
+        since=since,
+        until=until,
+        after_id=after_id,
+    )
+    return await events.read_events(session, narrowed, limit)
 
 
 # --- who can see -----------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import functools
 import getpass
 import json
 import os
+import re
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
@@ -28,10 +29,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import __version__, admin
 from gateway.config import Settings, config_path, describe, load_settings
+from gateway.db import quarantine
 from gateway.db import reconcile as reconcile_db
 from gateway.db.directory import RECONCILE_RUNS
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.migrate import require_current, schema_state, upgrade
+from gateway.db.models import utc
 from gateway.db.writer import Writer
 from gateway.directory_file import dump_directory, read_directory_file, relay_data
 from gateway.domain.directory import (
@@ -1179,6 +1182,297 @@ async def vorgang_show(ctx: Context, reference: str, portfolio: str, as_json: bo
             via = f" (shared via {c.shared_via})" if c.shared_via else ""
             error = f" last error: {c.last_error}" if c.last_error else ""
             click.echo(f"      {c.state:<9} {c.address}{via} attempts {c.attempts}{error}")
+
+
+class _When(click.ParamType[datetime.datetime]):
+    """A time for --since/--until: ISO 8601 (a date, or a date and time; UTC unless a zone is given),
+    or a span back from now such as 30m, 2h, 7d."""
+
+    name = "TIME"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime.datetime:
+        if isinstance(value, datetime.datetime):
+            return value
+        text = str(value).strip()
+        span = re.fullmatch(r"(\d+)\s*([smhdw])", text)
+        if span:
+            units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+            back = datetime.timedelta(**{units[span[2]]: int(span[1])})
+            return datetime.datetime.now(datetime.UTC) - back
+        try:
+            when = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(
+                f"{text!r} is neither a time like 2026-11-27 or 2026-11-27T09:30 (UTC unless a zone is "
+                "given) nor a span back from now like 30m, 2h, 7d",
+                param,
+                ctx,
+            )
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.UTC)
+        return when.astimezone(datetime.UTC)
+
+
+WHEN = _When()
+since_option = click.option(
+    "--since", type=WHEN, help="From this time on: 2026-11-27, 2026-11-27T09:30, 2h, 7d."
+)
+until_option = click.option("--until", type=WHEN, help="Before this time (same forms as --since).")
+
+
+def _copies_text(copies: dict[str, int]) -> str:
+    if not copies:
+        return "no copies"
+    return ", ".join(
+        f"{n} {state}" for state, n in sorted(copies.items(), key=lambda item: (-item[1], item[0]))
+    )
+
+
+@vorgang_group.command("list")
+@portfolio_option
+@click.option(
+    "--member", default=None, help="Only Vorgänge this member sees (has a copy of, or took part in)."
+)
+@since_option
+@until_option
+@click.option("--search", default=None, help="Only Vorgänge whose subject, reference or key contains this.")
+@click.option(
+    "--limit", default=50, show_default=True, type=click.IntRange(1, 100_000), help="At most this many."
+)
+@json_option
+@pass_context
+@command
+async def vorgang_list(
+    ctx: Context,
+    portfolio: str,
+    member: str | None,
+    since: datetime.datetime | None,
+    until: datetime.datetime | None,
+    search: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """The portfolio's Vorgänge with their last mail in the time given, most recently active first."""
+    found = await _in_transaction(
+        ctx,
+        lambda s: admin.list_vorgaenge(
+            s, portfolio, member=member, since=since, until=until, search=search, limit=limit
+        ),
+        write=False,
+    )
+    if as_json:
+        _emit_json([dataclasses.asdict(v) for v in found])
+        return
+    if not found:
+        click.echo("no Vorgang matches" if (member or since or until or search) else "no Vorgänge yet")
+        return
+    for v in found:
+        held = f", {v.quarantined} quarantined" if v.quarantined else ""
+        key = f" [{v.key}]" if v.key else ""
+        click.echo(
+            f"{v.reference}  {v.last_message_at or v.created_at}  {v.messages} message(s){held}  "
+            f"copies: {_copies_text(v.copies)}  {v.subject}{key}"
+        )
+    if len(found) == limit:
+        click.echo(f"(the first {limit}; --limit shows more, --since/--search narrow them)")
+
+
+# --- quarantine ------------------------------------------------------------------------------------------
+
+
+@cli.group("quarantine")
+def quarantine_group() -> None:
+    """Messages a routing rule held back: look at them, release them to their audience, or drop them."""
+
+
+def _held_data(q: quarantine.Quarantined) -> dict[str, object]:
+    return dataclasses.asdict(q) | {"quarantined_at": utc(q.quarantined_at).isoformat(timespec="seconds")}
+
+
+@quarantine_group.command("list")
+@click.option("-p", "--portfolio", default=None, help="Only this portfolio's (default: every portfolio's).")
+@json_option
+@pass_context
+@command
+async def quarantine_list(ctx: Context, portfolio: str | None, as_json: bool) -> None:
+    """The quarantined messages, oldest first, with the rule that held each and why."""
+    found = await _on_writer(ctx, lambda c: quarantine.list_quarantined(c, portfolio))
+    if as_json:
+        _emit_json([_held_data(q) for q in found])
+        return
+    if not found:
+        click.echo("nothing is quarantined")
+        return
+    for q in found:
+        data = _held_data(q)
+        click.echo(
+            f"{q.gateway_id}  {data['quarantined_at']}  {q.portfolio}  {q.vorgang}  "
+            f"from {q.envelope_sender or '<>'}  {q.size} bytes  {q.subject}"
+        )
+        click.echo(f"    held by rule {q.rule!r}: {q.reason}")
+    click.echo("(`gateway quarantine show|release|drop ID -p PORTFOLIO` decides on one)")
+
+
+@quarantine_group.command("show")
+@click.argument("gateway_id")
+@portfolio_option
+@click.option("--raw", is_flag=True, help="Write the message as the back office sent it (to save or pipe).")
+@json_option
+@pass_context
+@command
+async def quarantine_show(ctx: Context, gateway_id: str, portfolio: str, raw: bool, as_json: bool) -> None:
+    """One quarantined message: why it is held, and its header (or, with --raw, all of it)."""
+    held, data = await _on_writer(ctx, lambda c: quarantine.show(c, portfolio, gateway_id))
+    if raw:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    header = data.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0].decode("utf-8", "replace")
+    if as_json:
+        _emit_json(_held_data(held) | {"header": header})
+        return
+    info = _held_data(held)
+    click.echo(f"{held.gateway_id} in {held.portfolio} {held.vorgang}, quarantined {info['quarantined_at']}")
+    click.echo(f"held by rule {held.rule!r} ({held.rule_set}): {held.reason}")
+    click.echo("")
+    click.echo(header.replace("\r\n", "\n"))
+
+
+@quarantine_group.command("release")
+@click.argument("gateway_ids", nargs=-1, required=True, metavar="GATEWAY_ID...")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def quarantine_release(
+    ctx: Context, gateway_ids: tuple[str, ...], portfolio: str, as_json: bool
+) -> None:
+    """Give quarantined messages the copies their audience has now; `gateway serve` writes them.
+
+    All or nothing: if one id is not held, none is released.
+    """
+    actor = ctx.actor
+
+    def release(connection: Connection) -> list[tuple[str, list[str]]]:
+        now = datetime.datetime.now(datetime.UTC)
+        return [(g, quarantine.release(connection, portfolio, g, actor, now)) for g in gateway_ids]
+
+    released = await _on_writer(ctx, release)
+    if as_json:
+        _emit_json([{"gateway_id": g, "audience": to} for g, to in released])
+        return
+    for g, to in released:
+        if to:
+            click.echo(f"released {g}: copies for {', '.join(to)}")
+        else:
+            click.echo(f"released {g}: nobody in portfolio {portfolio} may see it, so it has no copies")
+    click.echo("the fan-out of `gateway serve` writes the copies into the mailboxes")
+
+
+@quarantine_group.command("drop")
+@click.argument("gateway_ids", nargs=-1, required=True, metavar="GATEWAY_ID...")
+@portfolio_option
+@click.option("--yes", is_flag=True, help="Do not ask; the message is deleted for good.")
+@json_option
+@pass_context
+@command
+async def quarantine_drop(
+    ctx: Context, gateway_ids: tuple[str, ...], portfolio: str, yes: bool, as_json: bool
+) -> None:
+    """Delete quarantined messages for good (the event log keeps that they were, and who dropped them)."""
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InputError(
+                "dropping deletes the message for good; add --yes to confirm it without a terminal"
+            )
+        click.confirm(f"delete {len(gateway_ids)} quarantined message(s) for good?", abort=True)
+    actor = ctx.actor
+
+    def drop(connection: Connection) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        for g in gateway_ids:
+            quarantine.drop(connection, portfolio, g, actor, now)
+
+    await _on_writer(ctx, drop)
+    if as_json:
+        _emit_json([{"gateway_id": g, "dropped": True} for g in gateway_ids])
+        return
+    for g in gateway_ids:
+        click.echo(f"dropped {g}")
+
+
+# --- the event log ---------------------------------------------------------------------------------------
+
+
+@cli.command("events")
+@click.option("-p", "--portfolio", default=None, help="Only this portfolio's events.")
+@click.option("--member", default=None, help="Only events about this member (address).")
+@click.option("--vorgang", default=None, help="Only events of this Vorgang (VG-…) and its messages.")
+@click.option("--message", default=None, help="Only events of this message (gw-…).")
+@click.option(
+    "--kind", "kinds", multiple=True, help="Only this kind, or family: copy, copy.revoked (repeatable)."
+)
+@since_option
+@until_option
+@click.option(
+    "--after", "after_id", type=int, default=None, help="Only events after this id (to page forward)."
+)
+@click.option(
+    "--limit", default=100, show_default=True, type=click.IntRange(1, 100_000), help="At most this many."
+)
+@json_option
+@pass_context
+@command
+async def events_command(
+    ctx: Context,
+    portfolio: str | None,
+    member: str | None,
+    vorgang: str | None,
+    message: str | None,
+    kinds: tuple[str, ...],
+    since: datetime.datetime | None,
+    until: datetime.datetime | None,
+    after_id: int | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """The event log: who changed what, which message went where; the newest LIMIT, oldest first."""
+    found = await _in_transaction(
+        ctx,
+        lambda s: admin.read_events(
+            s,
+            portfolio=portfolio,
+            member=member,
+            vorgang=vorgang,
+            message=message,
+            kinds=kinds,
+            since=since,
+            until=until,
+            after_id=after_id,
+            limit=limit,
+        ),
+        write=False,
+    )
+    if as_json:
+        _emit_json([dataclasses.asdict(e) for e in found])
+        return
+    if not found:
+        click.echo("no events match")
+        return
+    for e in found:
+        about = "  ".join(x for x in (e.portfolio, e.vorgang, e.message, e.member) if x)
+        click.echo(f"{e.at}  #{e.id}  {e.kind:<22} {about}  by {e.actor}")
+        if e.detail:
+            click.echo(f"    {_detail_text(e.detail)}")
+
+
+def _detail_text(detail: dict[str, Any]) -> str:
+    return "  ".join(
+        f"{k}={v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)}"
+        for k, v in detail.items()
+    )
 
 
 @cli.group("tls")

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db.models import CopyRow, MemberRow, MessageRow, ParticipantRow, RelayRow, ReleaseRow, VorgangRow
+from gateway.db.models import (
+    CopyRow,
+    MemberRow,
+    MessageRow,
+    ParticipantRow,
+    RelayRow,
+    ReleaseRow,
+    VorgangRow,
+    utc,
+)
 from gateway.domain.model import Participant, ParticipantRole
 from gateway.errors import NotFound
 
@@ -148,3 +158,106 @@ async def vorgang_view(
             for pk, gid, direction, at, subject, mid, kind, author in messages
         ),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class VorgangSummary:
+    """One line of ``gateway vorgang list``: a Vorgang with its size and whether its copies are through."""
+
+    reference: str
+    key: str | None
+    subject: str
+    created_at: str
+    last_message_at: str | None
+    messages: int
+    quarantined: int
+    copies: dict[str, int]  # copy state → how many copies of the Vorgang's messages are in it
+
+
+async def list_vorgaenge(
+    session: AsyncSession,
+    portfolio_id: int,
+    *,
+    member_id: int | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    search: str | None = None,
+    limit: int = 50,
+) -> list[VorgangSummary]:
+    """The portfolio's Vorgänge with mail in [since, until), most recently active first.
+
+    With ``member_id`` only those with a message the member has a copy of (revoked ones excepted) or
+    took part in. ``search`` matches the subject, reference or key, case-insensitively. Grouping runs
+    in the database, and the copy counts are read for the page shown only, so a portfolio of any size
+    costs one pass over its messages.
+    """
+    last = func.max(MessageRow.received_at)
+    query = (
+        select(
+            VorgangRow.id,
+            VorgangRow.reference,
+            VorgangRow.key,
+            VorgangRow.subject,
+            VorgangRow.created_at,
+            last,
+            func.count(MessageRow.id),
+            func.sum(case((MessageRow.kind == "quarantined", 1), else_=0)),
+        )
+        .outerjoin(
+            MessageRow,
+            (MessageRow.vorgang_id == VorgangRow.id) & (MessageRow.portfolio_id == portfolio_id),
+        )
+        .where(VorgangRow.portfolio_id == portfolio_id)
+        .group_by(
+            VorgangRow.id, VorgangRow.reference, VorgangRow.key, VorgangRow.subject, VorgangRow.created_at
+        )
+        .order_by(func.coalesce(last, VorgangRow.created_at).desc(), VorgangRow.id.desc())
+        .limit(limit)
+    )
+    if since is not None:
+        query = query.having(func.coalesce(last, VorgangRow.created_at) >= since)
+    if until is not None:
+        query = query.having(func.coalesce(last, VorgangRow.created_at) < until)
+    if search:
+        pattern = f"%{search.lower()}%"
+        query = query.where(
+            func.lower(VorgangRow.subject).like(pattern)
+            | func.lower(VorgangRow.reference).like(pattern)
+            | func.lower(func.coalesce(VorgangRow.key, "")).like(pattern)
+        )
+    if member_id is not None:
+        sees = select(MessageRow.vorgang_id).where(
+            MessageRow.portfolio_id == portfolio_id,
+            MessageRow.id.in_(
+                select(CopyRow.message_id).where(
+                    CopyRow.member_id == member_id, CopyRow.state.not_in(("revoking", "revoked"))
+                )
+            )
+            | MessageRow.id.in_(
+                select(ParticipantRow.message_id).where(ParticipantRow.member_id == member_id)
+            ),
+        )
+        query = query.where(VorgangRow.id.in_(sees))
+    found = list(await session.execute(query))
+    counts: dict[int, dict[str, int]] = {int(row[0]): {} for row in found}
+    if counts:
+        for vorgang_id, state, n in await session.execute(
+            select(MessageRow.vorgang_id, CopyRow.state, func.count())
+            .join(CopyRow, CopyRow.message_id == MessageRow.id)
+            .where(MessageRow.portfolio_id == portfolio_id, MessageRow.vorgang_id.in_(list(counts)))
+            .group_by(MessageRow.vorgang_id, CopyRow.state)
+        ):
+            counts[int(vorgang_id)][str(state)] = int(n)
+    return [
+        VorgangSummary(
+            reference=str(reference),
+            key=key,
+            subject=str(subject),
+            created_at=utc(created).isoformat(timespec="seconds"),
+            last_message_at=utc(last_at).isoformat(timespec="seconds") if last_at is not None else None,
+            messages=int(n or 0),
+            quarantined=int(held or 0),
+            copies=counts[int(vid)],
+        )
+        for vid, reference, key, subject, created, last_at, n, held in found
+    ]

@@ -49,6 +49,14 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def utc(value: dt.datetime) -> dt.datetime:
+    """A stored time as an aware UTC datetime: SQLite hands back the UTC it stored without its zone,
+    PostgreSQL an aware value in the session's zone."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map: ClassVar[dict[Any, Any]] = {

@@ -5,7 +5,7 @@ A routing rule's ``quarantine`` stores a message with its Vorgang and participan
 copies its audience has *now* (DESIGN.md §3: the audience is computed from the current directory) as
 pending rows, which the fan-out takes from the queue like any other; dropping it deletes the message.
 Both are recorded in the event log. Each function is one transaction's work on a synchronous connection
-(the writer thread, or ``session.run_sync``); the CLI of issue 6's item 5 calls them.
+(the writer thread, or ``session.run_sync``); ``gateway quarantine`` calls them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from gateway.domain.audience import audience
 from gateway.domain.model import Participant
 from gateway.errors import NotFound
 
-__all__ = ["Quarantined", "drop", "list_quarantined", "release"]
+__all__ = ["Quarantined", "drop", "list_quarantined", "release", "show"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +45,10 @@ class Quarantined:
     quarantined_at: dt.datetime
 
 
-def list_quarantined(connection: Connection, portfolio: str | None = None) -> list[Quarantined]:
-    """The messages waiting for an admin, oldest first; of one portfolio, or of all."""
+def list_quarantined(
+    connection: Connection, portfolio: str | None = None, gateway_id: str | None = None
+) -> list[Quarantined]:
+    """The messages waiting for an admin, oldest first; of one portfolio, or of all (or the one named)."""
     query = (
         select(
             MessageRow.gateway_id,
@@ -67,6 +69,8 @@ def list_quarantined(connection: Connection, portfolio: str | None = None) -> li
     )
     if portfolio is not None:
         query = query.where(PortfolioRow.name == portfolio)
+    if gateway_id is not None:
+        query = query.where(MessageRow.gateway_id == gateway_id)
     return [
         Quarantined(
             gateway_id=str(r[0]),
@@ -82,6 +86,22 @@ def list_quarantined(connection: Connection, portfolio: str | None = None) -> li
         )
         for r in connection.execute(query)
     ]
+
+
+def show(connection: Connection, portfolio: str, gateway_id: str) -> tuple[Quarantined, bytes]:
+    """One quarantined message with the bytes the back office sent, for an admin to decide on."""
+    found = list_quarantined(connection, portfolio, gateway_id)
+    if not found:
+        raise NotFound(_not_held(portfolio, gateway_id))
+    raw = connection.scalar(select(MessageRow.raw).where(MessageRow.gateway_id == gateway_id))
+    return found[0], bytes(raw or b"")
+
+
+def _not_held(portfolio: str, gateway_id: str) -> str:
+    return (
+        f"there is no quarantined message {gateway_id} in portfolio {portfolio} "
+        "(`gateway quarantine list` shows what is held)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +127,7 @@ def _held(connection: Connection, portfolio: str, gateway_id: str) -> _Held:
         .where(MessageRow.gateway_id == gateway_id, PortfolioRow.name == portfolio)
     ).first()
     if row is None:
-        raise NotFound(f"there is no quarantined message {gateway_id} in portfolio {portfolio}")
+        raise NotFound(_not_held(portfolio, gateway_id))
     return _Held(int(row[0]), int(row[1]), int(row[2]), str(row[3]), str(row[4]))
 
 

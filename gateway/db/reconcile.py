@@ -32,6 +32,7 @@ from gateway.db.models import (
     ReconcileRunRow,
     ReleaseMemberRow,
     ReleaseRow,
+    utc,
 )
 from gateway.domain.model import Participant, ParticipantRole, ReadSync, Release
 from gateway.domain.readsync import SyncedFlag
@@ -99,10 +100,7 @@ class BatchDone:
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    # SQLite hands back naive datetimes for the UTC ones stored; PostgreSQL aware ones.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=dt.UTC)
+    return None if value is None else utc(value)
 
 
 # --- recording and reading runs ----------------------------------------------------------------------

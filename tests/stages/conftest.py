@@ -1,17 +1,22 @@
-"""Fixtures of the stage tests: a seeded database with a back-office login, and its writer thread."""
+"""Fixtures of the stage tests: a seeded database with a back-office login, its writer thread, and mail
+accepted the way ingress accepts it (routed by rules, or not)."""
 
 from __future__ import annotations
 
 import asyncio
+import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from gateway.acceptance import Acceptance, HandOff, Submission
+from gateway.acceptance import Acceptance, Accepted, HandOff, Submission
 from gateway.db.accounts import find_account
 from gateway.db.writer import Writer
+from gateway.domain.rules import RuleSet
 from gateway.parsing import parse_message
+from gateway.routing import submitted
+from gateway.rules_file import load_rules
 from tests.conftest import Gateway
 
 PORTFOLIO = "makler-muster"
@@ -51,3 +56,45 @@ async def accept(
 
 def _future() -> object:
     return asyncio.get_running_loop().create_future()
+
+
+def rules_in(tmp_path: Path, text: str) -> RuleSet:
+    """The rule set of one rules file with ``text`` in a fresh rules directory under ``tmp_path``."""
+    directory = tmp_path / "rules"
+    directory.mkdir(exist_ok=True)
+    (directory / "10-test.yaml").write_text(textwrap.dedent(text), encoding="utf-8")
+    return load_rules(directory).rule_set
+
+
+async def submit(
+    writer: Writer,
+    rules: RuleSet,
+    *mails: tuple[str, str],
+    sender: str = "ams@makler-muster.example",
+    headers: str = "",
+) -> list[Accepted]:
+    """Accept (recipient, subject) mails in one batch, each routed by ``rules`` as ingress does."""
+    account = await writer.run(find_account, "ams@makler-muster.example")
+    assert account is not None
+    waiting = []
+    for n, (to, subject) in enumerate(mails):
+        raw = (
+            f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{subject.replace(' ', '.')}-{n}@ams>\r\n{headers}\r\nText\r\n"
+        ).encode()
+        parsed = parse_message(raw)
+        decision = rules.decide(
+            submitted(
+                backoffice=account.backoffice,
+                envelope_sender=sender,
+                recipients=(to,),
+                raw=raw,
+                parsed=parsed,
+                listener="submission",
+                with_headers=rules.needs_headers,
+            )
+        )
+        submission = Submission(account, sender, (to,), raw, parsed, "submission", "x", decision=decision)
+        waiting.append((submission, asyncio.get_running_loop().create_future()))
+    await Acceptance(writer, hostname="gw.example")._store(waiting)
+    return [await future for _, future in waiting]

@@ -14,10 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, insert, select
 
-from gateway.acceptance import Acceptance, Accepted, Submission
 from gateway.config import FanoutSettings
 from gateway.db import quarantine
-from gateway.db.accounts import find_account
 from gateway.db.models import (
     CopyRow,
     EventRow,
@@ -33,12 +31,10 @@ from gateway.domain.rules import RuleSet
 from gateway.errors import NotFound, RulesFileError
 from gateway.fanout import FanOut
 from gateway.mailbox import MailboxOwner, MemoryMailbox
-from gateway.parsing import parse_message
-from gateway.routing import RoutingRules, submitted
-from gateway.rules_file import load_rules
+from gateway.routing import RoutingRules
 from tests.conftest import Gateway
 from tests.seed import ADDRESS
-from tests.stages.conftest import PORTFOLIO
+from tests.stages.conftest import PORTFOLIO, rules_in, submit
 
 RULES = """
 rules:
@@ -60,44 +56,7 @@ rules:
 
 
 def rule_set(tmp_path: Path, text: str = RULES) -> RuleSet:
-    directory = tmp_path / "rules"
-    directory.mkdir(exist_ok=True)
-    (directory / "10-test.yaml").write_text(textwrap.dedent(text), encoding="utf-8")
-    return load_rules(directory).rule_set
-
-
-async def submit(
-    writer: Writer,
-    rules: RuleSet,
-    *mails: tuple[str, str],
-    sender: str = "ams@makler-muster.example",
-    headers: str = "",
-) -> list[Accepted]:
-    """Accept (recipient, subject) mails in one batch, each routed by ``rules`` as ingress does."""
-    account = await writer.run(find_account, "ams@makler-muster.example")
-    assert account is not None
-    waiting = []
-    for n, (to, subject) in enumerate(mails):
-        raw = (
-            f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
-            f"Message-ID: <{subject.replace(' ', '.')}-{n}@ams>\r\n{headers}\r\nText\r\n"
-        ).encode()
-        parsed = parse_message(raw)
-        decision = rules.decide(
-            submitted(
-                backoffice=account.backoffice,
-                envelope_sender=sender,
-                recipients=(to,),
-                raw=raw,
-                parsed=parsed,
-                listener="submission",
-                with_headers=rules.needs_headers,
-            )
-        )
-        submission = Submission(account, sender, (to,), raw, parsed, "submission", "x", decision=decision)
-        waiting.append((submission, asyncio.get_running_loop().create_future()))
-    await Acceptance(writer, hostname="gw.example")._store(waiting)
-    return [await future for _, future in waiting]
+    return rules_in(tmp_path, text)
 
 
 async def test_a_claim_number_keys_all_mail_about_it_into_one_vorgang(writer: Writer, tmp_path: Path) -> None:
