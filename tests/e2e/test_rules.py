@@ -2,11 +2,13 @@
 
 A claim number in the subject keys mail into one Vorgang, rules reject and quarantine with their answers,
 and an invalid edit (announced with SIGHUP) leaves the previous rules working, as mail sent before and
-after it shows; a valid edit is picked up by the gateway's look at the files, without a signal.
+after it shows; a valid edit is picked up by the gateway's look at the files, without a signal. An admin
+releases one quarantined message and drops another while the gateway runs, on Maildir and on Dovecot.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import smtplib
@@ -18,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import RunningGateway, prepare
+from tests.dovecot import Dovecot
+from tests.e2e.conftest import PORTFOLIO, RunningGateway, prepare
 from tests.e2e.test_inbound import message, smtp
-from tests.seed import ADDRESS
+from tests.seed import ADDRESS, SEEN_BY
 
 RULES = """
 rules:
@@ -139,3 +142,36 @@ def test_invalid_rules_keep_the_gateway_from_starting(tmp_path: Path, database_u
     assert running.stop() == 2  # also closes the pipe the log came through
     assert f"{bad}:3:13: unknown key 'subjekt'" in "".join(running.log)
     assert "Traceback" not in "".join(running.log)
+
+
+def test_a_released_message_reaches_its_audience_a_dropped_one_nobody(
+    tmp_path: Path, database_url: str, mailbox_server: Dovecot | None
+) -> None:
+    """Quarantine from the admin's side while ``gateway serve`` runs: the held messages are listed,
+    the released one reaches exactly the audience DESIGN.md §3 gives it, the dropped one nobody."""
+    running = prepare(tmp_path, database_url, dovecot=mailbox_server)
+    write_rules(running, RULES)
+    running.start()
+    try:
+        with smtp(running) as client:
+            for to, subject in (("SB-B1", "Rechnung freigeben"), ("GF-A", "Rechnung verwerfen")):
+                held = message(ADDRESS[to], subject)
+                held.replace_header("From", "billing@fremd.example")
+                client.send_message(held)
+        listed = json.loads(running.cli("quarantine", "list", "--json").stdout)
+        by_subject = {q["subject"]: q["gateway_id"] for q in listed}
+        assert set(by_subject) == {"Rechnung freigeben", "Rechnung verwerfen"}
+        assert running.copies_of("Rechnung") == {}
+
+        running.cli("quarantine", "release", by_subject["Rechnung freigeben"], "-p", PORTFOLIO)
+        running.cli("quarantine", "drop", by_subject["Rechnung verwerfen"], "-p", PORTFOLIO, "--yes")
+        audience = {ADDRESS[n] for n in SEEN_BY["SB-B1"]}
+        copies = running.wait_for_copies("Rechnung freigeben", len(audience))
+        assert {a: len(c) for a, c in copies.items()} == dict.fromkeys(audience, 1)
+        time.sleep(1)  # five fan-out polls: a copy of the dropped message would be there by now
+        assert running.copies_of("Rechnung verwerfen") == {}
+        assert running.cli("quarantine", "list").stdout == "nothing is quarantined\n"
+        assert running.stop() == 0
+    finally:
+        if running.process is not None and running.process.poll() is None:
+            running.stop()
