@@ -248,7 +248,8 @@ def _accept_batch(
     for i in fresh:
         by_portfolio[submissions[i].account.portfolio_id].append(i)
     planned: dict[int, _Planned] = {}
-    for portfolio_id, indexes in by_portfolio.items():
+    # In the order of their ids, so that two batches never hold portfolios the other waits for.
+    for portfolio_id, indexes in sorted(by_portfolio.items()):
         planned |= _plan_portfolio(connection, portfolio_id, indexes, submissions, digests, hostname, now)
 
     for i, plan in planned.items():
@@ -293,6 +294,7 @@ def _plan_portfolio(
     now: dt.datetime,
 ) -> dict[int, _Planned]:
     """Decide Vorgang, participants and audience of each message of one portfolio in the batch."""
+    intake.hold_directory(connection, portfolio_id)
     hints = {
         i: vorgang_hints(
             explicit_header=submissions[i].parsed.vorgang_header,

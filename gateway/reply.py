@@ -309,6 +309,7 @@ def _store_reply(
     lease: tuple[str, dt.datetime] | None,
 ) -> Stored | Refusal:
     pid = answered.portfolio_id
+    intake.hold_directory(connection, pid)
     author = replies.member_by_address(connection, pid, from_address) if from_address else None
     seen_by = replies.audience_now(connection, pid, answered.message_pk)
     if author is None or author.id not in seen_by:
@@ -421,6 +422,7 @@ def _store_member_mail(
 ) -> Stored:
     """Store a member's mail in a Vorgang, copy it to its audience, and queue it for the back office."""
     pid = portfolio.id
+    intake.hold_directory(connection, pid)
     cc = set(mail.parsed.cc)
     named = replies.members_by_address(connection, pid, {*mail.parsed.to, *cc} - {author.address})
     taking_part = [Participant(author.id, ParticipantRole.SENDER)] + [

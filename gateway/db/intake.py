@@ -23,6 +23,7 @@ from gateway.db.models import (
     MemberRow,
     MessageRow,
     ParticipantRow,
+    PortfolioRow,
     QuarantineRow,
     ReleaseMemberRow,
     ReleaseRow,
@@ -131,6 +132,30 @@ def member_ids(connection: Connection, portfolio_id: int, addresses: Collection[
         )
     )
     return {str(address): int(member_id) for address, member_id in rows}
+
+
+def hold_directory(connection: Connection, portfolio_id: int) -> None:
+    """Keep the portfolio's directory as this transaction reads it until it ends.
+
+    Audiences are planned from the directory as it is now (DESIGN.md §3), and a directory change
+    records a reconcile run for the messages that exist when it commits. On PostgreSQL a message planned
+    under the old directory could commit after the run went past it, and keep copies nobody may see or
+    lack ones a member is now entitled to. So whoever plans an audience holds the portfolio row FOR KEY
+    SHARE (transactions that plan do not wait for each other), and a directory change takes it FOR UPDATE
+    before it reads anything (``lock_directory``): the change waits for the plans under way to commit,
+    and plans that start later wait for the change and read the new directory. SQLite has one writer at
+    a time (BEGIN IMMEDIATE), where the statement is a plain SELECT.
+    """
+    connection.execute(
+        select(PortfolioRow.id)
+        .where(PortfolioRow.id == portfolio_id)
+        .with_for_update(read=True, key_share=True)
+    )
+
+
+def lock_directory(connection: Connection, portfolio_id: int) -> None:
+    """Take the portfolio for a directory change: see ``hold_directory``."""
+    connection.execute(select(PortfolioRow.id).where(PortfolioRow.id == portfolio_id).with_for_update())
 
 
 def member_addresses(connection: Connection, ids: Collection[int]) -> dict[int, str]:

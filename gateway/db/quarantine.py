@@ -136,6 +136,7 @@ def release(
 ) -> list[str]:
     """Give the quarantined message its copies for the audience it has now; their addresses."""
     held = _held(connection, portfolio, gateway_id)
+    intake.hold_directory(connection, held.portfolio_id)
     participants = [
         Participant(int(member_id), role)
         for member_id, role in connection.execute(

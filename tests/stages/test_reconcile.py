@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, delete, select, update
 
+from gateway import admin as admin_api
 from gateway.config import FanoutSettings, ReconcileSettings
 from gateway.db import queue
 from gateway.db import reconcile as db
+from gateway.db.engine import create_engine, session_factory
 from gateway.db.models import (
     CopyRow,
     EventRow,
@@ -415,3 +417,40 @@ async def test_mail_that_is_never_fanned_out_is_not_handed_out_later_either(
         )
     )
     assert subjects == {"Gewöhnlich"}
+
+
+async def test_mail_accepted_while_a_directory_change_is_open_waits_and_gets_the_new_audience(
+    writer: Writer, with_login: Gateway, database_url: str
+) -> None:
+    """A directory change takes its portfolio before it reads it, and an acceptance holds it while it
+    plans (gateway.db.intake.hold_directory): mail arriving while the change is open waits for it and is
+    planned under the new directory. Without that, on PostgreSQL, the mail would get a copy for GF-B
+    after the change, committed where the change's reconcile run might already have gone past it."""
+    before = await accept(writer, SB_B1, "Vorher")  # there is mail, so the change records a run
+    engine = create_engine(database_url)
+    try:
+        async with session_factory(engine)() as session:
+            await admin_api.remove_release_member(session, PORTFOLIO, WITH_GF, GF_B, "cli:test")
+            during = asyncio.create_task(accept(writer, SB_B1, "Waehrenddessen"))
+            await asyncio.sleep(1.0)
+            assert not during.done(), "the acceptance waits for the open directory change"
+            await session.commit()
+        after = await asyncio.wait_for(during, 30)
+    finally:
+        await engine.dispose()
+
+    def copies_by_message(connection: Connection) -> dict[str, set[str]]:
+        rows = connection.execute(
+            select(MessageRow.gateway_id, MemberRow.address)
+            .join(CopyRow, CopyRow.message_id == MessageRow.id)
+            .join(MemberRow, MemberRow.id == CopyRow.member_id)
+        )
+        found: dict[str, set[str]] = {}
+        for gateway_id, address in rows:
+            found.setdefault(gateway_id, set()).add(address)
+        return found
+
+    copies = await writer.run(copies_by_message)
+    assert copies[before] == {SB_B1, "sb-b2@kunde-b.example", GF_B}, "planned before the change"
+    assert copies[after] == {SB_B1, "sb-b2@kunde-b.example"}, "planned under the new directory"
+    assert len(await writer.run(open_runs)) == 1
