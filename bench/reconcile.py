@@ -3,9 +3,9 @@
 The portfolio has 50 members; every message went to one of them, so each of the release's five members
 took part in 1/50 of the messages and each of those now needs a copy for the four co-members (at the
 default size 100,000 messages, 10,000 of them concerned, 40,000 copies to back-fill). The messages,
-participants and copies are bulk-inserted straight into the database; the directory (members, the
-release without sharing) is loaded, and sharing switched on, with the real `gateway` commands, so the
-reconcile run is recorded by the directory change as in production.
+participants, copies and acceptance events are bulk-inserted straight into the database; the directory
+(members, the release without sharing) is loaded, and sharing switched on, with the real `gateway`
+commands, so the reconcile run is recorded by the directory change as in production.
 
 Then, each in a process of its own (so each peak RSS is its own):
 
@@ -16,6 +16,8 @@ Then, each in a process of its own (so each peak RSS is its own):
               copies of the portfolio at once (read only)
   fan-out     the back-filled copies written into Maildirs by the gateway's fan-out (`FanOut.run_once`
               with the Maildir backend and reply addresses, as `gateway serve` runs it): copies/s
+  admin views `gateway vorgang list|show`, `events`, `who-can-see` on the portfolio afterwards, each
+              against `gateway portfolio list` (the command's start-up) as the baseline
 
 Memory runs under tracemalloc (Python allocations; it slows Python down), so every plan is run twice:
 once for time and RSS, once for tracemalloc's peak.
@@ -50,6 +52,7 @@ sys.path.insert(0, str(REPO))
 from gateway.db.engine import sqlite_on_begin, sqlite_on_connect  # noqa: E402
 from gateway.db.models import (  # noqa: E402
     CopyRow,
+    EventRow,
     MemberRow,
     MessageRow,
     ParticipantRow,
@@ -196,8 +199,25 @@ def setup(workdir: Path, messages: int) -> Path:
                 )
             connection.execute(insert(ParticipantRow), participants)
             connection.execute(insert(CopyRow), copies)
+            # The event acceptance logs for each message, so the event log has its production size.
+            connection.execute(
+                insert(EventRow),
+                [
+                    {
+                        "at": row["received_at"],
+                        "portfolio_id": pid,
+                        "actor": "backoffice:ams@bench.example",
+                        "kind": "message.accepted",
+                        "member_id": None,
+                        "vorgang_id": row["vorgang_id"],
+                        "message_id": message_pk,
+                        "detail": {"gateway_id": row["gateway_id"], "audience": [member(n % MEMBERS)]},
+                    }
+                    for n, row, message_pk in zip(numbers, rows, message_ids, strict=True)
+                ],
+            )
     took = time.perf_counter() - started
-    print(f"  bulk insert: {messages:,} messages, participants and copies in {took:.1f} s")
+    print(f"  bulk insert: {messages:,} messages, participants, copies and events in {took:.1f} s")
     engine.dispose()
     # The admin switches sharing on; the directory change records the reconcile run.
     (workdir / "directory.yaml").write_text(directory_yaml(share=True), encoding="utf-8")
@@ -205,6 +225,39 @@ def setup(workdir: Path, messages: int) -> Path:
         "  " + gateway(workdir, "directory", "load", str(workdir / "directory.yaml")).splitlines()[1].strip()
     )
     return database
+
+
+# The admin views on the portfolio after the run (issue 6, item 5), each a real `gateway` command as an
+# admin types it; `portfolio list` reads almost nothing, so it is the baseline: starting the command.
+ADMIN_VIEWS = (
+    ("portfolio list (baseline)", ("portfolio", "list")),
+    ("vorgang list", ("vorgang", "list", "-p", PORTFOLIO)),
+    ("vorgang list --member", ("vorgang", "list", "-p", PORTFOLIO, "--member", "m00@kunde.example")),
+    ("vorgang list --search", ("vorgang", "list", "-p", PORTFOLIO, "--search", "VG-2026-005000")),
+    ("vorgang show", ("vorgang", "show", "VG-2026-005000", "-p", PORTFOLIO)),
+    ("events --vorgang", ("events", "--vorgang", "VG-2026-005000")),
+    ("events --member", ("events", "-p", PORTFOLIO, "--member", "m00@kunde.example")),
+    ("who-can-see", ("who-can-see", "gw-bench-5000")),
+)
+
+
+def admin_views(workdir: Path, database: Path, runs: int = 3) -> list[tuple[str, float, int]]:
+    """(view, median seconds of ``runs``, lines printed) for each of ADMIN_VIEWS on ``database``."""
+    config = workdir / "admin.toml"
+    config.write_text(f'[database]\nurl = "sqlite+aiosqlite:///{database}"\n', encoding="utf-8")
+    found = []
+    for name, arguments in ADMIN_VIEWS:
+        took = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            done = subprocess.run(
+                [str(BIN / "gateway"), "--config", str(config), *arguments], capture_output=True, text=True
+            )
+            took.append(time.perf_counter() - started)
+            if done.returncode != 0:
+                raise SystemExit(f"`gateway {' '.join(arguments)}` failed: {done.stderr.strip()}")
+        found.append((name, sorted(took)[runs // 2], len(done.stdout.splitlines())))
+    return found
 
 
 def vm_hwm_kib() -> int:
@@ -426,6 +479,14 @@ def main() -> None:
             f"{fan['seconds']:.1f} s = {fan['copies'] / fan['seconds']:,.0f} copies/s "
             f"(peak RSS {fan['rss_kib'] / 1024:.0f} MB)"
         )
+
+        print()
+        print(f"admin views afterwards ({args.messages:,} messages; median of 3 runs of the command)")
+        views = admin_views(workdir, database)
+        baseline = views[0][1]
+        print(f"{'':28} {'seconds':>8} {'x baseline':>11} {'lines':>6}")
+        for name, seconds, lines in views:
+            print(f"{name:28} {seconds:8.2f} {seconds / baseline:11.2f} {lines:6,}")
     finally:
         if args.keep:
             print(f"kept {workdir}")

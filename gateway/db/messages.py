@@ -191,7 +191,20 @@ async def list_vorgaenge(
     in the database, and the copy counts are read for the page shown only, so a portfolio of any size
     costs one pass over its messages.
     """
-    last = func.max(MessageRow.received_at)
+    # The messages are grouped by Vorgang on their own first: joined to the Vorgänge row by row,
+    # SQLite walked the portfolio's messages once per Vorgang.
+    per_vorgang = (
+        select(
+            MessageRow.vorgang_id.label("vorgang_id"),
+            func.max(MessageRow.received_at).label("last"),
+            func.count(MessageRow.id).label("messages"),
+            func.sum(case((MessageRow.kind == "quarantined", 1), else_=0)).label("quarantined"),
+        )
+        .where(MessageRow.portfolio_id == portfolio_id)
+        .group_by(MessageRow.vorgang_id)
+        .subquery()
+    )
+    active = func.coalesce(per_vorgang.c.last, VorgangRow.created_at)
     query = (
         select(
             VorgangRow.id,
@@ -199,25 +212,19 @@ async def list_vorgaenge(
             VorgangRow.key,
             VorgangRow.subject,
             VorgangRow.created_at,
-            last,
-            func.count(MessageRow.id),
-            func.sum(case((MessageRow.kind == "quarantined", 1), else_=0)),
+            per_vorgang.c.last,
+            per_vorgang.c.messages,
+            per_vorgang.c.quarantined,
         )
-        .outerjoin(
-            MessageRow,
-            (MessageRow.vorgang_id == VorgangRow.id) & (MessageRow.portfolio_id == portfolio_id),
-        )
+        .outerjoin(per_vorgang, per_vorgang.c.vorgang_id == VorgangRow.id)
         .where(VorgangRow.portfolio_id == portfolio_id)
-        .group_by(
-            VorgangRow.id, VorgangRow.reference, VorgangRow.key, VorgangRow.subject, VorgangRow.created_at
-        )
-        .order_by(func.coalesce(last, VorgangRow.created_at).desc(), VorgangRow.id.desc())
+        .order_by(active.desc(), VorgangRow.id.desc())
         .limit(limit)
     )
     if since is not None:
-        query = query.having(func.coalesce(last, VorgangRow.created_at) >= since)
+        query = query.where(active >= since)
     if until is not None:
-        query = query.having(func.coalesce(last, VorgangRow.created_at) < until)
+        query = query.where(active < until)
     if search:
         pattern = f"%{search.lower()}%"
         query = query.where(
