@@ -1,4 +1,4 @@
-"""The gateway's one error tree; library code raises these, only ``cli.py`` turns them into exit codes.
+"""The gateway's one error tree; library code raises these, only ``gateway.cli`` turns them into exit codes.
 
     GatewayError
     ├── InputError                  the person or file asked for something invalid (CLI exit status 2)

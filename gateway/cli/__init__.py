@@ -1,0 +1,17 @@
+"""The ``gateway`` command: the only place that turns errors into messages for people and exit codes.
+
+One module per part of the command tree (as Mailman's ``commands/cli_*.py``), each a thin layer over the
+programmatic API (``gateway.admin``, ``gateway.rules_admin``, the storage functions):
+
+    root.py        the ``gateway`` group; context, errors -> exit status, transactions, JSON output
+    system.py      config check, db upgrade|status, secrets, tls, serve
+    directory.py   directory load|export, portfolio, member, release, backoffice
+    reconcile.py   reconcile status|run
+    views.py       vorgang list|show, who-can-see, quarantine, events
+    rules.py       rules check|test
+"""
+
+from gateway.cli import directory, reconcile, rules, system, views  # noqa: F401  (they add their commands)
+from gateway.cli.root import cli, main
+
+__all__ = ["cli", "main"]

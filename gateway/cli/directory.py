@@ -1,0 +1,699 @@
+"""Commands for the directory: ``directory load|export``, ``portfolio``, ``member``, ``release``,
+``backoffice``."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from gateway import admin
+from gateway.cli.root import (
+    Context,
+    cli,
+    command,
+    emit_json,
+    in_transaction,
+    json_option,
+    pass_context,
+    portfolio_option,
+    print_changes,
+)
+from gateway.directory_file import dump_directory, read_directory_file, relay_data
+from gateway.domain.directory import (
+    MemberSpec,
+    PortfolioSpec,
+    RelaySpec,
+    RelayTls,
+    ReleaseSpec,
+    SenderAuth,
+)
+from gateway.domain.model import ReadSync
+from gateway.domain.reconcile import Backfill, RevokedCopies
+
+T = TypeVar("T")
+
+
+# --- directory -------------------------------------------------------------------------------------------
+
+
+@cli.group("directory")
+def directory_group() -> None:
+    """Load and export the whole directory as YAML."""
+
+
+@directory_group.command("load")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--prune", is_flag=True, help="Also delete what the file's portfolios have but the file lacks.")
+@click.option("--dry-run", is_flag=True, help="Check the file and show the changes without making them.")
+@json_option
+@pass_context
+@command
+async def directory_load(ctx: Context, file: Path, prune: bool, dry_run: bool, as_json: bool) -> None:
+    """Apply a directory FILE: create or update every portfolio it describes, all or nothing."""
+    spec = read_directory_file(file)
+    result = await in_transaction(
+        ctx,
+        lambda s: admin.load_directory(s, spec, prune=prune, actor=ctx.actor, dry_run=dry_run),
+        write=not dry_run,
+    )
+    if as_json:
+        emit_json({name: [c.describe() for c in changes] for name, changes in result.items()})
+        return
+    for name, changes in result.items():
+        click.echo(f"portfolio {name}: {len(changes)} change(s){' (dry run)' if dry_run else ''}")
+        for change in changes:
+            click.echo(f"  {change.describe()}")
+
+
+@directory_group.command("export")
+@click.option("-p", "--portfolio", "portfolios", multiple=True, help="Only these portfolios (repeatable).")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Write to a file.")
+@pass_context
+@command
+async def directory_export(ctx: Context, portfolios: tuple[str, ...], output: Path | None) -> None:
+    """Print the directory in the format `directory load` reads."""
+    spec = await in_transaction(ctx, lambda s: admin.export_directory(s, portfolios), write=False)
+    text = dump_directory(spec)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        await asyncio.to_thread(output.write_text, text, encoding="utf-8")
+        click.echo(f"wrote {len(spec.portfolios)} portfolio(s) to {output}")
+
+
+# --- portfolios ------------------------------------------------------------------------------------------
+
+
+@cli.group("portfolio")
+def portfolio_group() -> None:
+    """Create and configure portfolios (Bestände)."""
+
+
+sender_auth_option = click.option(
+    "--sender-auth",
+    type=click.Choice([a.value for a in SenderAuth]),
+    help="How members' replies prove their sender: off (no check), trust-authentication-results (believe "
+    "our border MTA's Authentication-Results), verify (the gateway checks DKIM/SPF/DMARC).",
+)
+
+
+@portfolio_group.command("create")
+@click.argument("name")
+@click.option("--display-name", default="", help="Name shown to people.")
+@sender_auth_option
+@json_option
+@pass_context
+@command
+async def portfolio_create(
+    ctx: Context, name: str, display_name: str, sender_auth: str | None, as_json: bool
+) -> None:
+    """Create the portfolio NAME."""
+    changes = await in_transaction(
+        ctx,
+        lambda s: admin.create_portfolio(
+            s, name, display_name, ctx.actor, sender_auth=SenderAuth(sender_auth or SenderAuth.OFF)
+        ),
+    )
+    print_changes(changes, as_json)
+
+
+@portfolio_group.command("set")
+@click.argument("name")
+@click.option("--display-name", default=None)
+@click.option(
+    "--share-vorgaenge-available/--no-share-vorgaenge-available",
+    default=None,
+    help="Operator switch: make the 'Vorgänge teilen' feature available to this portfolio's releases.",
+)
+@sender_auth_option
+@json_option
+@pass_context
+@command
+async def portfolio_set(
+    ctx: Context,
+    name: str,
+    display_name: str | None,
+    share_vorgaenge_available: bool | None,
+    sender_auth: str | None,
+    as_json: bool,
+) -> None:
+    """Change the portfolio NAME."""
+    changes = await in_transaction(
+        ctx,
+        lambda s: admin.set_portfolio(
+            s,
+            name,
+            display_name=display_name,
+            share_vorgaenge_available=share_vorgaenge_available,
+            sender_auth=SenderAuth(sender_auth) if sender_auth else None,
+            actor=ctx.actor,
+        ),
+    )
+    print_changes(changes, as_json)
+
+
+def _portfolio_data(p: PortfolioSpec) -> dict[str, object]:
+    return {
+        "name": p.name,
+        "display_name": p.display_name,
+        "share_vorgaenge_available": p.share_vorgaenge_available,
+        "sender_auth": p.sender_auth.value,
+        "backoffices": [
+            {
+                "name": b.name,
+                "ams_version": b.ams_version,
+                "addresses": list(b.addresses),
+                "relay": relay_data(b.relay) if b.relay else None,
+            }
+            for b in p.backoffices
+        ],
+        "releases": [_release_data(r, p.members) for r in p.releases],
+        "members": [_member_data(m) for m in p.members],
+    }
+
+
+def _release_data(r: ReleaseSpec, members: Sequence[MemberSpec]) -> dict[str, object]:
+    return {
+        "name": r.name,
+        "primary": r.primary,
+        "share_vorgaenge": r.share_vorgaenge,
+        "read_sync": r.read_sync.value,
+        "backfill": str(r.backfill),
+        "revoked_copies": r.revoked_copies.value,
+        "members": [m.address for m in members if r.name in m.releases],
+    }
+
+
+def _member_data(m: MemberSpec) -> dict[str, object]:
+    return {"address": m.address, "name": m.display_name, "releases": list(m.releases)}
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+@portfolio_group.command("list")
+@json_option
+@pass_context
+@command
+async def portfolio_list(ctx: Context, as_json: bool) -> None:
+    """List the portfolios."""
+    portfolios = await in_transaction(ctx, admin.list_portfolios, write=False)
+    if as_json:
+        emit_json([_portfolio_data(p) for p in portfolios])
+        return
+    for p in portfolios:
+        click.echo(
+            f"{p.name}\t{p.display_name}\tsharing available: {_yes(p.share_vorgaenge_available)}\t"
+            f"{len(p.members)} member(s), {len(p.releases)} release(s)"
+        )
+
+
+@portfolio_group.command("show")
+@click.argument("name")
+@json_option
+@pass_context
+@command
+async def portfolio_show(ctx: Context, name: str, as_json: bool) -> None:
+    """Show the portfolio NAME with its back offices, releases and members."""
+    p = await in_transaction(ctx, lambda s: admin.show_portfolio(s, name), write=False)
+    if as_json:
+        emit_json(_portfolio_data(p))
+        return
+    click.echo(f"portfolio {p.name} ({p.display_name})")
+    click.echo(f"  sharing available: {_yes(p.share_vorgaenge_available)}")
+    click.echo(f"  sender authentication of replies: {p.sender_auth.value}")
+    for b in p.backoffices:
+        click.echo(
+            f"  back office {b.name}: ams {b.ams_version or '?'}, sends as {', '.join(b.addresses) or '-'}, "
+            f"{_relay_text(b.relay)}"
+        )
+    for r in p.releases:
+        click.echo(f"  {_release_line(r)}")
+        for m in p.members:
+            if r.name in m.releases:
+                click.echo(f"    {m.display_name or '-'} <{m.address}>")
+
+
+def _relay_text(relay: RelaySpec | None) -> str:
+    if relay is None:
+        return "no relay (receives no replies; set one with `gateway backoffice set NAME --relay-host …`)"
+    return f"replies relayed to {relay}"
+
+
+def _release_line(r: ReleaseSpec) -> str:
+    # The reconciliation policies only where they differ from the defaults, which most releases keep.
+    policies = "".join(
+        f", {key} {value}"
+        for key, value, default in (
+            ("backfill", str(r.backfill), "all"),
+            ("revoked_copies", r.revoked_copies.value, RevokedCopies.REMOVE.value),
+        )
+        if value != default
+    )
+    return (
+        f'release "{r.name}": primary {_yes(r.primary)}, share_vorgaenge {_yes(r.share_vorgaenge)}, '
+        f"read_sync {r.read_sync.value}{policies}"
+    )
+
+
+# --- members ---------------------------------------------------------------------------------------------
+
+
+@cli.group("member")
+def member_group() -> None:
+    """Add, rename, remove and list members."""
+
+
+@member_group.command("add")
+@click.argument("address")
+@click.option("--name", "display_name", default="", help="Display name, like SB-A1.")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def member_add(ctx: Context, address: str, display_name: str, portfolio: str, as_json: bool) -> None:
+    """Add the member ADDRESS to a portfolio."""
+    changes = await in_transaction(
+        ctx, lambda s: admin.add_member(s, portfolio, address, display_name, ctx.actor)
+    )
+    print_changes(changes, as_json)
+
+
+@member_group.command("set")
+@click.argument("address")
+@click.option("--name", "display_name", required=True, help="New display name.")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def member_set(ctx: Context, address: str, display_name: str, portfolio: str, as_json: bool) -> None:
+    """Change the member ADDRESS."""
+    changes = await in_transaction(
+        ctx, lambda s: admin.set_member(s, portfolio, address, display_name, ctx.actor)
+    )
+    print_changes(changes, as_json)
+
+
+@member_group.command("remove")
+@click.argument("address")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def member_remove(ctx: Context, address: str, portfolio: str, as_json: bool) -> None:
+    """Delete the member ADDRESS (only a member without messages; otherwise remove it from its releases)."""
+    changes = await in_transaction(ctx, lambda s: admin.remove_member(s, portfolio, address, ctx.actor))
+    print_changes(changes, as_json)
+
+
+@member_group.command("list")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def member_list(ctx: Context, portfolio: str, as_json: bool) -> None:
+    """List the members of a portfolio with their releases."""
+    p = await in_transaction(ctx, lambda s: admin.show_portfolio(s, portfolio), write=False)
+    if as_json:
+        emit_json([_member_data(m) for m in p.members])
+        return
+    for m in p.members:
+        click.echo(f"{m.address}\t{m.display_name}\t{', '.join(m.releases) or '-'}")
+
+
+# --- releases --------------------------------------------------------------------------------------------
+
+
+@cli.group("release")
+def release_group() -> None:
+    """Create and change releases (Freischaltungen) and their members."""
+
+
+read_sync_option = click.option(
+    "--read-sync",
+    type=click.Choice([r.value for r in ReadSync]),
+    help="Which read state members of the release share: answered (default), seen, off.",
+)
+
+
+def _backfill(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Backfill | None:
+    if value is None:
+        return None
+    try:
+        return Backfill.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+backfill_option = click.option(
+    "--backfill",
+    callback=_backfill,
+    metavar="all|days:N|none",
+    help="What a member newly entitled through the release receives of existing messages (default all).",
+)
+revoked_copies_option = click.option(
+    "--revoked-copies",
+    type=click.Choice([r.value for r in RevokedCopies]),
+    help="Whether copies members lose through the release are removed (default) or kept.",
+)
+
+
+@release_group.command("create")
+@click.argument("name")
+@click.option("--primary", is_flag=True, help="Make it a primary release (Hauptfreischaltung).")
+@click.option("--share-vorgaenge", is_flag=True, help="Members see and answer each other's Vorgänge.")
+@read_sync_option
+@backfill_option
+@revoked_copies_option
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def release_create(
+    ctx: Context,
+    name: str,
+    primary: bool,
+    share_vorgaenge: bool,
+    read_sync: str | None,
+    backfill: Backfill | None,
+    revoked_copies: str | None,
+    portfolio: str,
+    as_json: bool,
+) -> None:
+    """Create the release NAME."""
+    changes = await in_transaction(
+        ctx,
+        lambda s: admin.create_release(
+            s,
+            portfolio,
+            name,
+            primary=primary,
+            share_vorgaenge=share_vorgaenge,
+            read_sync=ReadSync(read_sync or ReadSync.ANSWERED),
+            backfill=backfill,
+            revoked_copies=RevokedCopies(revoked_copies) if revoked_copies else None,
+            actor=ctx.actor,
+        ),
+    )
+    print_changes(changes, as_json)
+
+
+@release_group.command("set")
+@click.argument("name")
+@click.option("--primary/--no-primary", default=None)
+@click.option("--share-vorgaenge/--no-share-vorgaenge", default=None)
+@read_sync_option
+@backfill_option
+@revoked_copies_option
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def release_set(
+    ctx: Context,
+    name: str,
+    primary: bool | None,
+    share_vorgaenge: bool | None,
+    read_sync: str | None,
+    backfill: Backfill | None,
+    revoked_copies: str | None,
+    portfolio: str,
+    as_json: bool,
+) -> None:
+    """Change the flags of the release NAME."""
+    changes = await in_transaction(
+        ctx,
+        lambda s: admin.set_release(
+            s,
+            portfolio,
+            name,
+            primary=primary,
+            share_vorgaenge=share_vorgaenge,
+            read_sync=ReadSync(read_sync) if read_sync else None,
+            backfill=backfill,
+            revoked_copies=RevokedCopies(revoked_copies) if revoked_copies else None,
+            actor=ctx.actor,
+        ),
+    )
+    print_changes(changes, as_json)
+
+
+@release_group.command("delete")
+@click.argument("name")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def release_delete(ctx: Context, name: str, portfolio: str, as_json: bool) -> None:
+    """Delete the release NAME (its members lose what it gave them)."""
+    changes = await in_transaction(ctx, lambda s: admin.delete_release(s, portfolio, name, ctx.actor))
+    print_changes(changes, as_json)
+
+
+@release_group.command("add-member")
+@click.argument("name")
+@click.argument("address")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def release_add_member(ctx: Context, name: str, address: str, portfolio: str, as_json: bool) -> None:
+    """Add the member ADDRESS to the release NAME."""
+    changes = await in_transaction(
+        ctx, lambda s: admin.add_release_member(s, portfolio, name, address, ctx.actor)
+    )
+    print_changes(changes, as_json)
+
+
+@release_group.command("remove-member")
+@click.argument("name")
+@click.argument("address")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def release_remove_member(ctx: Context, name: str, address: str, portfolio: str, as_json: bool) -> None:
+    """Remove the member ADDRESS from the release NAME."""
+    changes = await in_transaction(
+        ctx, lambda s: admin.remove_release_member(s, portfolio, name, address, ctx.actor)
+    )
+    print_changes(changes, as_json)
+
+
+@release_group.command("show")
+@click.argument("name")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def release_show(ctx: Context, name: str, portfolio: str, as_json: bool) -> None:
+    """Show the release NAME and its members."""
+    view = await in_transaction(ctx, lambda s: admin.show_release(s, portfolio, name), write=False)
+    if as_json:
+        emit_json(_release_data(view.release, view.members) | {"portfolio": view.portfolio})
+        return
+    click.echo(_release_line(view.release))
+    for m in view.members:
+        click.echo(f"  {m.display_name or '-'} <{m.address}>")
+
+
+@release_group.command("list")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def release_list(ctx: Context, portfolio: str, as_json: bool) -> None:
+    """List the releases of a portfolio."""
+    p = await in_transaction(ctx, lambda s: admin.show_portfolio(s, portfolio), write=False)
+    if as_json:
+        emit_json([_release_data(r, p.members) for r in p.releases])
+        return
+    for r in p.releases:
+        members = [m.display_name or m.address for m in p.members if r.name in m.releases]
+        click.echo(f"{_release_line(r)}: {', '.join(members) or 'no members'}")
+
+
+# --- back offices ----------------------------------------------------------------------------------------
+
+
+@cli.group("backoffice")
+def backoffice_group() -> None:
+    """Register the back-office systems (ams …) that send into a portfolio."""
+
+
+_RELAY_OPTIONS = (
+    click.option("--relay-host", help="The back office's SMTP server that members' replies are relayed to."),
+    click.option("--relay-port", type=int, help="Its port (default 25)."),
+    click.option(
+        "--relay-tls",
+        type=click.Choice([t.value for t in RelayTls]),
+        help="none (plain), starttls (default), tls (TLS from the first byte, usually port 465).",
+    ),
+    click.option(
+        "--relay-login", help="Login for SMTP AUTH at the back office (with --relay-password-file)."
+    ),
+    click.option(
+        "--relay-password-file",
+        help="File holding that password; only the path is stored (relative: to the working directory).",
+    ),
+    click.option(
+        "--relay-timeout", type=int, help="Seconds to wait for the back office's server (default 30)."
+    ),
+)
+
+
+def relay_options(func: Callable[..., T]) -> Callable[..., T]:
+    """The --relay-… options of `backoffice add|set`, handed to the command as one ``relay`` argument."""
+
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any,
+        relay_host: str | None,
+        relay_port: int | None,
+        relay_tls: str | None,
+        relay_login: str | None,
+        relay_password_file: str | None,
+        relay_timeout: int | None,
+        **kwargs: Any,
+    ) -> T:
+        relay = admin.RelayOptions(
+            host=relay_host,
+            port=relay_port,
+            tls=RelayTls(relay_tls) if relay_tls else None,
+            login=relay_login,
+            password_file=relay_password_file,
+            timeout=relay_timeout,
+        )
+        return func(*args, relay=relay, **kwargs)
+
+    for option in reversed(_RELAY_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+@backoffice_group.command("add")
+@click.argument("name")
+@click.option("--ams-version", default="", help="Version of the back office, like 4.8.0.64470.")
+@click.option("--address", "addresses", multiple=True, help="An address it sends from (repeatable).")
+@relay_options
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def backoffice_add(
+    ctx: Context,
+    name: str,
+    ams_version: str,
+    addresses: tuple[str, ...],
+    relay: admin.RelayOptions,
+    portfolio: str,
+    as_json: bool,
+) -> None:
+    """Register the back office NAME; without --relay-host it receives no replies."""
+    changes = await in_transaction(
+        ctx,
+        lambda s: admin.add_backoffice(s, portfolio, name, ams_version, addresses, ctx.actor, relay=relay),
+    )
+    print_changes(changes, as_json)
+
+
+@backoffice_group.command("set")
+@click.argument("name")
+@click.option("--ams-version", default=None)
+@click.option("--add-address", "add_addresses", multiple=True)
+@click.option("--remove-address", "remove_addresses", multiple=True)
+@relay_options
+@click.option(
+    "--no-relay", is_flag=True, help="Remove the relay settings: the back office receives no replies."
+)
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def backoffice_set(
+    ctx: Context,
+    name: str,
+    ams_version: str | None,
+    add_addresses: tuple[str, ...],
+    remove_addresses: tuple[str, ...],
+    relay: admin.RelayOptions,
+    no_relay: bool,
+    portfolio: str,
+    as_json: bool,
+) -> None:
+    """Change the back office NAME; --relay-… options change only what they name ('' removes a login)."""
+    changes = await in_transaction(
+        ctx,
+        lambda s: admin.set_backoffice(
+            s,
+            portfolio,
+            name,
+            ams_version=ams_version,
+            add_addresses=add_addresses,
+            remove_addresses=remove_addresses,
+            relay=dataclasses.replace(relay, remove=no_relay),
+            actor=ctx.actor,
+        ),
+    )
+    print_changes(changes, as_json)
+
+
+@backoffice_group.command("remove")
+@click.argument("name")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def backoffice_remove(ctx: Context, name: str, portfolio: str, as_json: bool) -> None:
+    """Remove the back office NAME."""
+    changes = await in_transaction(ctx, lambda s: admin.remove_backoffice(s, portfolio, name, ctx.actor))
+    print_changes(changes, as_json)
+
+
+@backoffice_group.command("password")
+@click.argument("name")
+@click.option("--login", default=None, help="Login for SMTP AUTH (default: the first sending address).")
+@click.option(
+    "--password-file",
+    type=click.File("r"),
+    help="Read the password from this file ('-' for standard input) instead of asking.",
+)
+@portfolio_option
+@pass_context
+@command
+async def backoffice_password(
+    ctx: Context, name: str, login: str | None, password_file: Any, portfolio: str
+) -> None:
+    """Set the password the back office NAME logs in with on the submission listener."""
+    if password_file is not None:
+        password = password_file.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    login, created = await in_transaction(
+        ctx, lambda s: admin.set_backoffice_password(s, portfolio, name, password, login, ctx.actor)
+    )
+    click.echo(f"{'created' if created else 'changed'} login {login} for back office {name}")
+
+
+@backoffice_group.command("list")
+@portfolio_option
+@json_option
+@pass_context
+@command
+async def backoffice_list(ctx: Context, portfolio: str, as_json: bool) -> None:
+    """List the back offices of a portfolio."""
+    p = await in_transaction(ctx, lambda s: admin.show_portfolio(s, portfolio), write=False)
+    if as_json:
+        emit_json(_portfolio_data(p)["backoffices"])
+        return
+    for b in p.backoffices:
+        click.echo(
+            f"{b.name}\tams {b.ams_version or '?'}\t{', '.join(b.addresses) or '-'}\t{_relay_text(b.relay)}"
+        )

@@ -1,0 +1,208 @@
+"""Commands for the routing rules: ``rules check`` (FILE:LINE:COL problems) and ``rules test MESSAGE.eml``."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import click
+
+from gateway.cli.root import (
+    EXIT_INPUT,
+    Context,
+    cli,
+    command,
+    emit_json,
+    in_transaction,
+    json_option,
+    pass_context,
+)
+
+# --- routing rules ---------------------------------------------------------------------------------------
+
+
+@cli.group("rules")
+def rules_group() -> None:
+    """Check the routing rules files (rules/*.yaml) and try them on a saved message."""
+
+
+rules_dir_option = click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="The rules directory (default: [rules] dir of the configuration).",
+)
+
+
+@rules_group.command("check")
+@rules_dir_option
+@click.option("--files-only", is_flag=True, help="Do not check names against the directory in the database.")
+@json_option
+@pass_context
+@command
+async def rules_check(ctx: Context, directory: Path | None, files_only: bool, as_json: bool) -> None:
+    """Validate every rules file; print FILE:LINE:COL: reason for each problem (exit status 2)."""
+    from gateway.rules_admin import check_rules_dir
+
+    where = directory or ctx.settings.rules.dir
+    report = await check_rules_dir(None, where)
+    if not report.problems and not files_only:
+        report = await in_transaction(ctx, lambda s: check_rules_dir(s, where), write=False)
+    if as_json:
+        emit_json(
+            {
+                "directory": str(where),
+                "valid": not report.problems,
+                "rule_set": report.digest or None,
+                "files": list(report.files),
+                "rules": [{"name": r.name, "at": str(r.where)} for r in report.rules],
+                "problems": [{"at": p.where, "reason": p.reason} for p in report.problems],
+            }
+        )
+    else:
+        for problem in report.problems:
+            click.echo(str(problem))
+        if not report.problems:
+            click.echo(
+                f"{where}: {len(report.rules)} rule(s) in {len(report.files)} file(s), valid; "
+                f"rule set {report.digest}"
+            )
+            for rule in report.rules:
+                click.echo(f"  {rule.label()}")
+    if report.problems:
+        count = len(report.problems)
+        click.echo(
+            f"gateway: error: {count} problem{'s' if count != 1 else ''} in the rules in {where}; "
+            "a running gateway keeps the rules it has",
+            err=True,
+        )
+        sys.exit(EXIT_INPUT)
+
+
+@rules_group.command("test")
+@click.argument("message", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--listener", default="submission", show_default=True, help="The listener the message comes in on."
+)
+@click.option("--auth", metavar="BACKOFFICE", help="The back office that submits it: its login or its name.")
+@click.option("-p", "--portfolio", envvar="GATEWAY_PORTFOLIO", help="The portfolio, if --auth names none.")
+@click.option("--from", "mail_from", help="The envelope sender (default: the message's From address).")
+@click.option(
+    "--to", "rcpt_to", multiple=True, help="An envelope recipient (repeatable; default: To and Cc)."
+)
+@rules_dir_option
+@json_option
+@pass_context
+@command
+async def rules_test(
+    ctx: Context,
+    message: Path,
+    listener: str,
+    auth: str | None,
+    portfolio: str | None,
+    mail_from: str | None,
+    rcpt_to: tuple[str, ...],
+    directory: Path | None,
+    as_json: bool,
+) -> None:
+    """Show what the rules would do with MESSAGE (an .eml file), without changing anything."""
+    from gateway.rules_admin import dry_run, read_message
+
+    raw = read_message(message)
+    where = directory or ctx.settings.rules.dir
+    run = await in_transaction(
+        ctx,
+        lambda s: dry_run(
+            s,
+            where,
+            raw,
+            vorgang_header=ctx.settings.intake.vorgang_header,
+            listener=listener,
+            auth=auth,
+            portfolio=portfolio,
+            mail_from=mail_from,
+            rcpt_to=rcpt_to,
+        ),
+        write=False,
+    )
+    decision = run.decision
+    if as_json:
+        emit_json(
+            {
+                "rule_set": run.rule_set,
+                "message": {
+                    "subject": run.subject,
+                    "sender": run.sender,
+                    "recipients": list(run.recipients),
+                    "size": run.size,
+                },
+                "backoffice": run.backoffice or None,
+                "portfolio": run.portfolio,
+                "listener": run.listener,
+                "hits": [{"rule": h.rule.label(), "why": list(h.why)} for h in decision.hits],
+                "misses": [{"rule": m.rule.label(), "why": list(m.why)} for m in decision.misses],
+                "not_tried": [r.label() for r in run.not_tried],
+                "verdict": decision.verdict.value,
+                "decided_by": decision.decided_by.label() if decision.decided_by else None,
+                "notes": [*decision.notes, *run.notes],
+                "refused_recipients": [{"address": a, "answer": r} for a, r in run.refused_recipients],
+                "vorgang": run.vorgang,
+                "found": run.found,
+                "vorgang_key": run.vorgang_key,
+                "set_headers": dict(decision.set_headers),
+                "strip_headers": list(decision.strip_headers),
+                "skipped_participants": run.skipped_participants,
+                "audience": [dataclasses.asdict(m) for m in run.audience],
+                "stored": run.stored,
+                "answer": run.answer,
+            }
+        )
+        return
+    click.echo(f"rule set {run.rule_set} ({len(run.files)} file(s))")
+    click.echo(
+        f'message "{run.subject}" from <{run.sender}> to {", ".join(run.recipients)}, {run.size} bytes'
+    )
+    who = f"back office {run.backoffice}" if run.backoffice else "no back office"
+    click.echo(f"{who}, portfolio {run.portfolio}, listener {run.listener}")
+    click.echo("rules:")
+    tried = sorted(
+        [(h.rule, "hit ", h.why) for h in decision.hits] + [(m.rule, "miss", m.why) for m in decision.misses],
+        key=lambda t: (t[0].where.file, t[0].where.line),
+    )
+    for rule, outcome, why in tried:
+        click.echo(f"  {outcome}  {rule.label()}")
+        for reason in why:
+            click.echo(f"          {reason}")
+    for rule in run.not_tried:
+        click.echo(f"  ----  {rule.label()}: not tried (an earlier hit stopped)")
+    if not tried and not run.not_tried:
+        click.echo("  (no rules)")
+    by = f" (by {decision.decided_by.label()})" if decision.decided_by else " (no rule gave a verdict)"
+    click.echo(f"verdict: {decision.verdict.value}{by}")
+    for note in [*decision.notes, *run.notes]:
+        click.echo(f"note: {note}")
+    for address, reply in run.refused_recipients:
+        click.echo(f"RCPT TO:<{address}> would be answered: {reply}")
+    if run.stored:
+        key = f", key {run.vorgang_key}" if run.vorgang_key else ""
+        if run.vorgang:
+            click.echo(f"vorgang: {run.vorgang} (found by {run.found}{key})")
+        else:
+            click.echo(f"vorgang: a new Vorgang{key}")
+        for name, value in decision.set_headers:
+            click.echo(f"copies: set {name}: {value}")
+        if decision.strip_headers:
+            click.echo(f"copies: strip {', '.join(decision.strip_headers)}")
+        for address in run.skipped_participants:
+            click.echo(f"note: participant {address} is no member of portfolio {run.portfolio}; left out")
+        if decision.verdict.value == "quarantine":
+            click.echo("quarantined: no copies until an admin releases it; these would get one then:")
+        click.echo(f"audience ({len(run.audience)}):")
+        for member in run.audience:
+            click.echo(f"  {member.name} <{member.address}>" if member.name else f"  {member.address}")
+            for reason in member.reasons:
+                click.echo(f"      {reason}")
+    else:
+        click.echo("nothing is stored")
+    click.echo(f"answer: {run.answer}")

@@ -1,0 +1,180 @@
+"""Commands for the gateway itself: ``config check``, ``db upgrade|status``, ``secrets``, ``tls``,
+``serve``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from gateway.cli.root import (
+    EXIT_FAILURE,
+    Context,
+    cli,
+    command,
+    emit_json,
+    errors_for_people,
+    json_option,
+    pass_context,
+)
+from gateway.config import describe, load_settings
+from gateway.db.engine import create_engine
+from gateway.db.migrate import schema_state, upgrade
+from gateway.errors import OperationalError
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("check")
+@click.argument("file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@json_option
+@pass_context
+def config_check(ctx: Context, file: Path | None, as_json: bool) -> None:
+    """Validate FILE (default: the configured file) and print the resolved settings."""
+    with errors_for_people():
+        settings = load_settings(file or ctx.config_file, os.environ)
+        data = describe(settings)
+        if as_json:
+            emit_json(data)
+        else:
+            click.echo(f"# {settings.source or 'built-in defaults'}: valid")
+            for line in _flatten(data):
+                click.echo(line)
+
+
+def _flatten(data: object, prefix: str = "") -> Iterator[str]:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield f"{prefix} = {json.dumps(data, ensure_ascii=False)}"
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Create and migrate the database."""
+
+
+@db_group.command("upgrade")
+@pass_context
+@command
+async def db_upgrade(ctx: Context) -> None:
+    """Migrate the database to this gateway's schema (creates it when new)."""
+    engine = create_engine(ctx.settings.database_url)
+    try:
+        before = await schema_state(engine)
+        after = await upgrade(engine)
+    finally:
+        await engine.dispose()
+    if before.current == after.current:
+        click.echo(f"database is up to date (revision {after.current})")
+    else:
+        click.echo(f"database migrated from {before.current or 'empty'} to {after.current}")
+
+
+@db_group.command("status")
+@json_option
+@pass_context
+@command
+async def db_status(ctx: Context, as_json: bool) -> None:
+    """Show the database's schema revision and whether it is current."""
+    engine = create_engine(ctx.settings.database_url)
+    try:
+        state = await schema_state(engine)
+    finally:
+        await engine.dispose()
+    if as_json:
+        emit_json({"current": state.current, "head": state.head, "up_to_date": state.up_to_date})
+    elif state.up_to_date:
+        click.echo(f"database is up to date (revision {state.current})")
+    else:
+        click.echo(
+            f"database is at {state.current or 'no schema'}, this gateway needs {state.head}: "
+            "run `gateway db upgrade`"
+        )
+        sys.exit(EXIT_FAILURE)
+
+
+@cli.command("serve")
+@pass_context
+def serve(ctx: Context) -> None:
+    """Run the gateway until SIGTERM or SIGINT."""
+    from gateway.service import run
+
+    with errors_for_people():
+        run(ctx.settings)
+
+
+# --- secrets ---------------------------------------------------------------------------------------------
+
+
+@cli.group("secrets")
+def secrets_group() -> None:
+    """Create the reply-token keys the configuration names."""
+
+
+@secrets_group.command("init")
+@pass_context
+def secrets_init(ctx: Context) -> None:
+    """Create the signing key (the first of secrets.token_key_files) unless it exists."""
+    from gateway.keys import create_token_key
+
+    with errors_for_people():
+        path = ctx.settings.secrets.token_key_files[0]
+        try:
+            created = create_token_key(path)
+        except OSError as exc:
+            raise OperationalError(f"cannot write the reply-token key {path}: {exc}") from exc
+        click.echo(f"{'created' if created else 'kept the existing'} reply-token key {path}")
+
+
+@secrets_group.command("new-key")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@pass_context
+def secrets_new_key(ctx: Context, file: Path) -> None:
+    """Write a new key to FILE, for rotation: put FILE first in token_key_files and keep the old ones
+    after it, so replies to copies made before the change still verify."""
+    from gateway.keys import create_token_key
+
+    with errors_for_people():
+        try:
+            created = create_token_key(file)
+        except OSError as exc:
+            raise OperationalError(f"cannot write {file}: {exc}") from exc
+        if not created:
+            raise OperationalError(f"{file} exists already; a key is never overwritten (choose another name)")
+        click.echo(f"wrote a new reply-token key to {file}")
+
+
+@cli.group("tls")
+def tls_group() -> None:
+    """TLS helpers for development."""
+
+
+@tls_group.command("selfsigned")
+@click.option(
+    "--cert", type=click.Path(path_type=Path, dir_okay=False), required=True, help="Certificate file."
+)
+@click.option(
+    "--key", type=click.Path(path_type=Path, dir_okay=False), required=True, help="Private key file."
+)
+@click.option("--hostname", default=None, help="Name in the certificate (default: gateway.hostname).")
+@pass_context
+def tls_selfsigned(ctx: Context, cert: Path, key: Path, hostname: str | None) -> None:
+    """Write a self-signed certificate and key for local STARTTLS (point listeners.*.tls_cert/key at them)."""
+    from gateway.tls import write_selfsigned
+
+    with errors_for_people():
+        name = hostname or ctx.settings.gateway.hostname
+        try:
+            write_selfsigned(cert, key, name)
+        except OSError as exc:
+            raise OperationalError(f"cannot write {cert} / {key}: {exc}") from exc
+        click.echo(f"wrote {cert} and {key} for {name}")
