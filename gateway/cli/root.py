@@ -13,15 +13,15 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway import __version__
 from gateway.config import Settings, config_path, load_settings
@@ -106,25 +106,31 @@ def command(func: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., Non
     return wrapper
 
 
-async def in_transaction(
-    ctx: Context, work: Callable[[AsyncSession], Awaitable[T]], *, write: bool = True
-) -> T:
-    """Run ``work`` in one transaction on the configured, migrated database; commit only if it succeeds."""
+@asynccontextmanager
+async def database(ctx: Context) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on the configured, migrated database, for a command that needs more than one."""
     settings = ctx.settings
     engine = create_engine(settings.database_url, echo=settings.database.echo)
     try:
         await require_current(engine)
-        async with session_factory(engine)() as session:
-            try:
-                result = await work(session)
-                if write:
-                    await session.commit()
-                    _tell_about_runs(session.info.get(RECONCILE_RUNS, []))
-                return result
-            except (DBAPIError, SQLAlchemyError) as exc:
-                raise StorageError(f"the database refused the change: {exc}") from exc
+        yield session_factory(engine)
     finally:
         await engine.dispose()
+
+
+async def in_transaction(
+    ctx: Context, work: Callable[[AsyncSession], Awaitable[T]], *, write: bool = True
+) -> T:
+    """Run ``work`` in one transaction on the configured, migrated database; commit only if it succeeds."""
+    async with database(ctx) as sessions, sessions() as session:
+        try:
+            result = await work(session)
+            if write:
+                await session.commit()
+                _tell_about_runs(session.info.get(RECONCILE_RUNS, []))
+            return result
+        except (DBAPIError, SQLAlchemyError) as exc:
+            raise StorageError(f"the database refused the change: {exc}") from exc
 
 
 async def on_writer(ctx: Context, work: Callable[[Connection], T]) -> T:

@@ -3,21 +3,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import json
 import re
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import click
 from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import admin
 from gateway.cli.root import (
     Context,
     cli,
     command,
+    database,
     emit_json,
     in_transaction,
     json_option,
@@ -26,6 +30,7 @@ from gateway.cli.root import (
     portfolio_option,
 )
 from gateway.db import quarantine
+from gateway.db.events import EventView
 from gateway.db.models import utc
 from gateway.domain.model import ParticipantRole
 from gateway.errors import InputError
@@ -308,6 +313,19 @@ async def quarantine_drop(
 @click.option(
     "--limit", default=100, show_default=True, type=click.IntRange(1, 100_000), help="At most this many."
 )
+@click.option(
+    "-f",
+    "--follow",
+    is_flag=True,
+    help="Then keep printing new events as they are recorded, until Ctrl-C (with --json: a line each).",
+)
+@click.option(
+    "--interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 3600),
+    help="With --follow: seconds between two looks at the log.",
+)
 @json_option
 @pass_context
 @command
@@ -322,12 +340,14 @@ async def events_command(
     until: datetime.datetime | None,
     after_id: int | None,
     limit: int,
+    follow: bool,
+    interval: float,
     as_json: bool,
 ) -> None:
     """The event log: who changed what, which message went where; the newest LIMIT, oldest first."""
-    found = await in_transaction(
-        ctx,
-        lambda s: admin.read_events(
+
+    def read(after: int | None, most: int) -> Callable[[AsyncSession], Awaitable[list[EventView]]]:
+        return lambda s: admin.read_events(
             s,
             portfolio=portfolio,
             member=member,
@@ -336,22 +356,78 @@ async def events_command(
             kinds=kinds,
             since=since,
             until=until,
-            after_id=after_id,
-            limit=limit,
-        ),
-        write=False,
-    )
-    if as_json:
-        emit_json([dataclasses.asdict(e) for e in found])
+            after_id=after,
+            limit=most,
+        )
+
+    if not follow:
+        found = await in_transaction(ctx, read(after_id, limit), write=False)
+        if as_json:
+            emit_json([dataclasses.asdict(e) for e in found])
+            return
+        if not found:
+            click.echo("no events match")
+        for e in found:
+            _print_event(e)
         return
-    if not found:
-        click.echo("no events match")
+    async with database(ctx) as sessions:
+        async with sessions() as session:
+            found = await read(after_id, limit)(session)
+        for e in found:
+            _print_event(e, json_line=as_json)
+        shown = _Shown([e.id for e in found], after_id or 0)
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                async with sessions() as session:
+                    new = await read(shown.look_from(), _FOLLOW_BATCH)(session)
+                for e in new:
+                    if shown.first_time(e.id):
+                        _print_event(e, json_line=as_json)
+        except asyncio.CancelledError:
+            return  # Ctrl-C: following ends here, and that is a success
+
+
+# Following looks this many ids back: on PostgreSQL a transaction can commit its event after events with
+# higher ids (ids are handed out before the commit), and the look back still finds it then.
+_LOOK_BACK = 500
+_FOLLOW_BATCH = 5_000
+
+
+class _Shown:
+    """Which events ``events --follow`` printed, so that looking back never prints one twice."""
+
+    def __init__(self, printed: Sequence[int], after: int) -> None:
+        # Below the first page's end lie events --limit left out: following never looks back there.
+        self.start = max(printed, default=after)
+        self.last = self.start
+        self._ids = set(printed)
+
+    def first_time(self, event_id: int) -> bool:
+        if event_id in self._ids or event_id <= self._floor():
+            return False
+        self._ids.add(event_id)
+        self.last = max(self.last, event_id)
+        return True
+
+    def look_from(self) -> int:
+        """The id to read after next time; forgets what lies below it."""
+        floor = self._floor()
+        self._ids = {i for i in self._ids if i > floor}
+        return floor
+
+    def _floor(self) -> int:
+        return max(self.last - _LOOK_BACK, self.start)
+
+
+def _print_event(e: EventView, *, json_line: bool = False) -> None:
+    if json_line:
+        click.echo(json.dumps(dataclasses.asdict(e), ensure_ascii=False, default=str))
         return
-    for e in found:
-        about = "  ".join(x for x in (e.portfolio, e.vorgang, e.message, e.member) if x)
-        click.echo(f"{e.at}  #{e.id}  {e.kind:<22} {about}  by {e.actor}")
-        if e.detail:
-            click.echo(f"    {_detail_text(e.detail)}")
+    about = "  ".join(x for x in (e.portfolio, e.vorgang, e.message, e.member) if x)
+    click.echo(f"{e.at}  #{e.id}  {e.kind:<22} {about}  by {e.actor}")
+    if e.detail:
+        click.echo(f"    {_detail_text(e.detail)}")
 
 
 def _detail_text(detail: dict[str, Any]) -> str:

@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import queue
+import signal
+import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ import pytest
 from gateway.acceptance import Accepted
 from gateway.db.writer import Writer
 from tests.conftest import Gateway
+from tests.e2e.conftest import GATEWAY
 from tests.seed import ADDRESS, SEEN_BY
 from tests.stages.conftest import PORTFOLIO, rules_in, submit
 
@@ -284,3 +289,43 @@ def test_quarantine_list_show_release_and_drop(
     assert all(e["actor"].startswith("cli:") for e in decided)
     assert decided[1]["detail"]["gateway_id"] == ids[1], "the dropped message is named in the log"
     assert decided[1]["vorgang"] == second.accepted.vorgang
+
+
+def test_events_follow_prints_new_events_as_lines_until_ctrl_c(with_login: Gateway) -> None:
+    """The real command in a process of its own, as an admin leaves it running in a terminal."""
+    # --limit 2: the first page is the newest two; following goes on after them, never back to the
+    # four older members' events the limit left out.
+    command = ["events", "--kind", "member", "--limit", "2", "--follow", "--json", "--interval", "0.2"]
+    with subprocess.Popen(
+        [GATEWAY, "--config", str(with_login.config), *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as follow:
+        assert follow.stdout is not None
+        assert follow.stderr is not None
+        printed: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [printed.put(line) for line in follow.stdout], daemon=True).start()
+
+        def next_event() -> Any:
+            return json.loads(printed.get(timeout=20))  # a follow that prints nothing fails, never hangs
+
+        try:
+            lines = [next_event() for _ in range(2)]
+            assert [e["kind"] for e in lines] == ["member.create", "member.create"]
+            assert {e["member"] for e in lines} < set(ADDRESS.values())
+            with_login("member", "add", "neu@kunde-b.example", "--name", "Neu", "-p", PORTFOLIO)
+            with_login("member", "set", "neu@kunde-b.example", "--name", "Neu B", "-p", PORTFOLIO)
+            later = [next_event() for _ in range(2)]
+            assert [(e["kind"], e["member"]) for e in later] == [
+                ("member.create", "neu@kunde-b.example"),
+                ("member.update", "neu@kunde-b.example"),
+            ]
+            assert later[0]["id"] > max(e["id"] for e in lines)
+            follow.send_signal(signal.SIGINT)
+            assert follow.wait(timeout=20) == 0, "Ctrl-C ends following with success"
+            assert follow.stderr.read() == ""
+            assert printed.empty()
+        finally:
+            if follow.poll() is None:
+                follow.kill()
