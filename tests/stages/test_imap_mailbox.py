@@ -55,6 +55,10 @@ OTHER = MailboxOwner("makler-muster", "sb-a2@kunde-a.example")
 MESSAGE = b"From: ams@makler.example\r\nSubject: Schaden 4711\r\n\r\nHallo\r\n"
 
 
+# 64 KB more of body, in lines as a mail client writes them.
+SCAN = (b"J" * 76 + b"\r\n") * 850
+
+
 def copy(copy_id: str) -> bytes:
     """A copy as fan-out writes it: its id in the X-Gateway-Copy-Id header."""
     return f"X-Gateway-Copy-Id: {copy_id}\r\n".encode() + MESSAGE
@@ -582,13 +586,21 @@ async def test_a_server_that_is_down_fails_fast_and_recovers_without_duplicates(
     box = ImapMailbox.from_settings(dovecot.imap_settings(), timeout=5, backoff_first=0.05, backoff_max=0.2)
     pending = {(owner, f"b{n}") for owner in owners for n in range(40)}
     try:
-        # A burst: Dovecot is stopped while 200 copies are on their way, then started again.
-        async def stop_soon() -> None:
-            await asyncio.sleep(0.05)
-            await asyncio.to_thread(dovecot.stop)
+        # A burst: Dovecot is stopped while 200 copies are on their way, then started again. The copies
+        # carry 64 KB (a scanned letter), and Dovecot stops as soon as it writes the first one, so the
+        # burst is cut in the middle however fast the machine (after a fixed 50 ms a quiet machine had
+        # written all of it).
+        def stop_at_first_copy() -> None:
+            folders = [dovecot.maildir(o.address) / sub for o in owners for sub in ("tmp", "new", "cur")]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if any(folder.is_dir() and any(folder.iterdir()) for folder in folders):
+                    break
+                time.sleep(0.001)
+            dovecot.stop()
 
-        stopping = asyncio.create_task(stop_soon())
-        deliveries = [Delivery(o, c, copy(c), first_attempt=True) for o, c in sorted(pending, key=str)]
+        stopping = asyncio.create_task(asyncio.to_thread(stop_at_first_copy))
+        deliveries = [Delivery(o, c, copy(c) + SCAN, first_attempt=True) for o, c in sorted(pending, key=str)]
         results = await box.append_batch(deliveries)
         await stopping
         for delivery, result in zip(deliveries, results, strict=True):
@@ -608,7 +620,9 @@ async def test_a_server_that_is_down_fails_fast_and_recovers_without_duplicates(
 
         await asyncio.to_thread(dovecot.start)
         for _ in range(50):
-            retries = [Delivery(o, c, copy(c)) for o, c in sorted(pending, key=str)]  # not first attempts
+            retries = [
+                Delivery(o, c, copy(c) + SCAN) for o, c in sorted(pending, key=str)
+            ]  # not first attempts
             for delivery, result in zip(retries, await box.append_batch(retries), strict=True):
                 if isinstance(result, Located):
                     pending.discard((delivery.owner, delivery.copy_id))
