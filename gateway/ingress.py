@@ -381,6 +381,19 @@ class SubmissionHandler(_Hooks):
             },
         )
         if accepted.quarantined:
+            if not accepted.duplicate and decision is not None:
+                # An admin has to act before anybody gets it: a line for log-based alerting that says how.
+                rule = decision.decided_by.label() if decision.decided_by else "a routing rule"
+                log.warning(
+                    "quarantined %s by %s: %s; `gateway quarantine show %s -p %s` shows it, "
+                    "`gateway quarantine release|drop` decides",
+                    accepted.gateway_id,
+                    rule,
+                    decision.reason or "no reason given",
+                    accepted.gateway_id,
+                    account.portfolio,
+                    extra={"gateway_id": accepted.gateway_id, "rule": rule, "reason": decision.reason},
+                )
             return Reply.QUARANTINED.with_text(f"Accepted as {accepted.gateway_id}; held for review")
         return Reply.ACCEPTED.with_text(f"Accepted as {accepted.gateway_id} in {accepted.vorgang}")
 

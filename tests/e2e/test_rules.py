@@ -161,6 +161,15 @@ def test_a_released_message_reaches_its_audience_a_dropped_one_nobody(
         listed = json.loads(running.cli("quarantine", "list", "--json").stdout)
         by_subject = {q["subject"]: q["gateway_id"] for q in listed}
         assert set(by_subject) == {"Rechnung freigeben", "Rechnung verwerfen"}
+        # The log tells an operator that an admin has to act, and how.
+        for gateway_id in by_subject.values():
+            logged = wait_for_log(running, re.escape(f"WARNING gateway.ingress: quarantined {gateway_id}"), 0)
+            line = next(x for x in logged.splitlines() if f"quarantined {gateway_id}" in x)
+            assert f"by foreign ({running.config.parent / 'rules' / '10-routing.yaml'}:" in line
+            assert line.endswith(
+                f": foreign sender; `gateway quarantine show {gateway_id} -p {PORTFOLIO}` shows it, "
+                "`gateway quarantine release|drop` decides"
+            )
         assert running.copies_of("Rechnung") == {}
 
         running.cli("quarantine", "release", by_subject["Rechnung freigeben"], "-p", PORTFOLIO)
