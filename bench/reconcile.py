@@ -24,6 +24,7 @@ once for time and RSS, once for tracemalloc's peak.
 
     .venv/bin/python bench/reconcile.py                       # 100,000 messages, about 5 minutes here
     .venv/bin/python bench/reconcile.py --messages 300000 --batch-sizes 500,5000
+    .venv/bin/python bench/reconcile.py --postgres postgresql+asyncpg://postgres@127.0.0.1:5432
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ from gateway.db.models import (  # noqa: E402
     PortfolioRow,
     ReconcileRunRow,
     VorgangRow,
+    utc,
 )
 from gateway.db.reconcile import portfolio_releases, take_run, work_batch  # noqa: E402
+from gateway.db.writer import sync_url  # noqa: E402
 from gateway.domain.model import Participant, ParticipantRole  # noqa: E402
 from gateway.domain.reconcile import ExistingCopy, MessageFacts, plan_message  # noqa: E402
 
@@ -97,11 +100,56 @@ portfolios:
 """
 
 
-def sync_engine(path: Path) -> Engine:
-    engine = create_engine(f"sqlite+pysqlite:///{path}")
-    event.listen(engine, "connect", sqlite_on_connect)
-    event.listen(engine, "begin", sqlite_on_begin)
-    return engine
+# Where the databases live: SQLite files in the work directory by default; with --postgres SERVER, databases
+# of that PostgreSQL server. A database is named by a string either way: a file path, or a database name.
+POSTGRES: str | None = None
+
+
+def async_url(database: str) -> str:
+    """The gateway's URL of ``database``, for its configuration."""
+    if POSTGRES is None:
+        return f"sqlite+aiosqlite:///{database}"
+    return f"{POSTGRES.rstrip('/')}/{database}"
+
+
+def sync_engine(database: str) -> Engine:
+    if POSTGRES is None:
+        engine = create_engine(f"sqlite+pysqlite:///{database}")
+        event.listen(engine, "connect", sqlite_on_connect)
+        event.listen(engine, "begin", sqlite_on_begin)
+        return engine
+    return create_engine(sync_url(async_url(database)))
+
+
+def _server() -> Engine:
+    return create_engine(sync_url(async_url("postgres")), isolation_level="AUTOCOMMIT")
+
+
+def new_database(workdir: Path, name: str, template: str | None = None) -> str:
+    """An empty database ``name`` (or a copy of ``template``); returns how to name it to the others."""
+    if POSTGRES is None:
+        path = str(workdir / f"{name}.db")
+        if template is not None:
+            shutil.copyfile(template, path)
+        return path
+    database = f"bench_reconcile_{name.replace('-', '_')}"
+    server = _server()
+    with server.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        like = f' TEMPLATE "{template}"' if template is not None else ""
+        connection.exec_driver_sql(f'CREATE DATABASE "{database}"{like}')
+    server.dispose()
+    return database
+
+
+def drop_databases(names: list[str]) -> None:
+    if POSTGRES is None:
+        return
+    server = _server()
+    with server.connect() as connection:
+        for database in names:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    server.dispose()
 
 
 def gateway(workdir: Path, *arguments: str) -> str:
@@ -115,11 +163,11 @@ def gateway(workdir: Path, *arguments: str) -> str:
     return done.stdout
 
 
-def setup(workdir: Path, messages: int) -> Path:
+def setup(workdir: Path, messages: int) -> str:
     """The portfolio with ``messages`` messages, one participant and one delivered copy each."""
-    database = workdir / "gateway.db"
+    database = new_database(workdir, "prepared")
     (workdir / "gateway.toml").write_text(
-        f'[gateway]\ndata_dir = "data"\n[database]\nurl = "sqlite+aiosqlite:///{database}"\n',
+        f'[gateway]\ndata_dir = "data"\n[database]\nurl = "{async_url(database)}"\n',
         encoding="utf-8",
     )
     gateway(workdir, "db", "upgrade")
@@ -229,24 +277,26 @@ def setup(workdir: Path, messages: int) -> Path:
 
 # The admin views on the portfolio after the run (issue 6, item 5), each a real `gateway` command as an
 # admin types it; `portfolio list` reads almost nothing, so it is the baseline: starting the command.
-ADMIN_VIEWS = (
-    ("portfolio list (baseline)", ("portfolio", "list")),
-    ("vorgang list", ("vorgang", "list", "-p", PORTFOLIO)),
-    ("vorgang list --member", ("vorgang", "list", "-p", PORTFOLIO, "--member", "m00@kunde.example")),
-    ("vorgang list --search", ("vorgang", "list", "-p", PORTFOLIO, "--search", "VG-2026-005000")),
-    ("vorgang show", ("vorgang", "show", "VG-2026-005000", "-p", PORTFOLIO)),
-    ("events --vorgang", ("events", "--vorgang", "VG-2026-005000")),
-    ("events --member", ("events", "-p", PORTFOLIO, "--member", "m00@kunde.example")),
-    ("who-can-see", ("who-can-see", "gw-bench-5000")),
-)
+def admin_view_commands(messages: int) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    vorgang = f"VG-2026-{(messages // 10 + 1) // 2:06d}"  # one in the middle
+    return (
+        ("portfolio list (baseline)", ("portfolio", "list")),
+        ("vorgang list", ("vorgang", "list", "-p", PORTFOLIO)),
+        ("vorgang list --member", ("vorgang", "list", "-p", PORTFOLIO, "--member", "m00@kunde.example")),
+        ("vorgang list --search", ("vorgang", "list", "-p", PORTFOLIO, "--search", vorgang)),
+        ("vorgang show", ("vorgang", "show", vorgang, "-p", PORTFOLIO)),
+        ("events --vorgang", ("events", "--vorgang", vorgang)),
+        ("events --member", ("events", "-p", PORTFOLIO, "--member", "m00@kunde.example")),
+        ("who-can-see", ("who-can-see", f"gw-bench-{messages // 2}")),
+    )
 
 
-def admin_views(workdir: Path, database: Path, runs: int = 3) -> list[tuple[str, float, int]]:
-    """(view, median seconds of ``runs``, lines printed) for each of ADMIN_VIEWS on ``database``."""
+def admin_views(workdir: Path, database: str, messages: int, runs: int = 3) -> list[tuple[str, float, int]]:
+    """(view, median seconds of ``runs``, lines printed) for each admin view on ``database``."""
     config = workdir / "admin.toml"
-    config.write_text(f'[database]\nurl = "sqlite+aiosqlite:///{database}"\n', encoding="utf-8")
+    config.write_text(f'[database]\nurl = "{async_url(database)}"\n', encoding="utf-8")
     found = []
-    for name, arguments in ADMIN_VIEWS:
+    for name, arguments in admin_view_commands(messages):
         took = []
         for _ in range(runs):
             started = time.perf_counter()
@@ -270,7 +320,7 @@ def vm_hwm_kib() -> int:
 # --- the phases, each run as `bench/reconcile.py --phase …` in a process of its own --------------------
 
 
-def phase_batched(database: Path, batch: int) -> dict[str, Any]:
+def phase_batched(database: str, batch: int) -> dict[str, Any]:
     engine = sync_engine(database)
     node = "bench"
     with engine.begin() as connection:
@@ -289,7 +339,7 @@ def phase_batched(database: Path, batch: int) -> dict[str, Any]:
     return {"seconds": elapsed, "batches": batches, "backfilled": backfilled, "processed": done.processed}
 
 
-def phase_all_at_once(database: Path) -> dict[str, Any]:
+def phase_all_at_once(database: str) -> dict[str, Any]:
     """The plan the naive way: every message, participant and copy of the portfolio in memory at once."""
     engine = sync_engine(database)
     started = time.perf_counter()
@@ -327,9 +377,7 @@ def phase_all_at_once(database: Path) -> dict[str, Any]:
     now = dt.datetime.now(dt.UTC)
     plans = [
         plan_message(
-            MessageFacts(
-                m, pid, received.replace(tzinfo=dt.UTC), tuple(participants[m]), tuple(copies[m]), author
-            ),
+            MessageFacts(m, pid, utc(received), tuple(participants[m]), tuple(copies[m]), author),
             releases,
             policies,
             now,
@@ -345,7 +393,7 @@ def phase_all_at_once(database: Path) -> dict[str, Any]:
     }
 
 
-def phase_fanout(database: Path, workdir: Path, limit: float) -> dict[str, Any]:
+def phase_fanout(database: str, workdir: Path, limit: float) -> dict[str, Any]:
     from gateway.config import FanoutSettings
     from gateway.db.writer import Writer
     from gateway.domain.tokens import TokenKeys
@@ -353,7 +401,7 @@ def phase_fanout(database: Path, workdir: Path, limit: float) -> dict[str, Any]:
     from gateway.mailbox import MaildirMailbox
 
     async def drain() -> dict[str, Any]:
-        writer = Writer(f"sqlite+aiosqlite:///{database}")
+        writer = Writer(async_url(database))
         mailbox = MaildirMailbox(workdir / "mail", hostname="bench")
         fanout = FanOut(
             writer,
@@ -382,7 +430,8 @@ def phase_fanout(database: Path, workdir: Path, limit: float) -> dict[str, Any]:
 
 
 def child(arguments: list[str]) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True)
+    where = ["--postgres", POSTGRES] if POSTGRES is not None else []
+    done = subprocess.run([sys.executable, __file__, *where, *arguments], capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"phase {arguments} failed:\n{done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -390,7 +439,7 @@ def child(arguments: list[str]) -> dict[str, Any]:
 
 
 def run_phase(args: argparse.Namespace) -> None:
-    database = Path(args.database)
+    database = str(args.database)
     if args.trace:
         tracemalloc.start()
     if args.phase == "batched":
@@ -420,32 +469,41 @@ def main() -> None:
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=500, help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--postgres",
+        metavar="SERVER",
+        help="the databases on this PostgreSQL server instead of SQLite files, as an URL without the "
+        "database: postgresql+asyncpg://postgres@127.0.0.1:5432 (needs CREATE DATABASE)",
+    )
     args = parser.parse_args()
+    global POSTGRES
+    POSTGRES = args.postgres
     if args.phase:
         run_phase(args)
         return
 
     load = os.getloadavg()
+    kind = "SQLite (WAL)" if POSTGRES is None else f"PostgreSQL at {POSTGRES}"
     print(f"$ {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"machine: {os.cpu_count()} CPUs, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; SQLite (WAL)")
+    print(f"machine: {os.cpu_count()} CPUs, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {kind}")
     workdir = Path(tempfile.mkdtemp(prefix="bench-reconcile-"))
+    databases: list[str] = []
     try:
         print(f"setting up {args.messages:,} messages in {workdir}")
         prepared = setup(workdir, args.messages)
+        databases.append(prepared)
         rows = []
         sizes = [int(s) for s in args.batch_sizes.split(",")]
         for size in sizes:
             # A fresh copy of the prepared database for each: the batched run stores its plan.
-            database = workdir / f"batched-{size}.db"
-            shutil.copyfile(prepared, database)
-            timed = child(["--phase", "batched", "--database", str(database), "--batch", str(size)])
-            shutil.copyfile(prepared, database)
-            traced = child(
-                ["--phase", "batched", "--database", str(database), "--batch", str(size), "--trace"]
-            )
+            database = new_database(workdir, f"batched-{size}", template=prepared)
+            databases.append(database)
+            timed = child(["--phase", "batched", "--database", database, "--batch", str(size)])
+            new_database(workdir, f"batched-{size}", template=prepared)
+            traced = child(["--phase", "batched", "--database", database, "--batch", str(size), "--trace"])
             rows.append((f"batched {size}", timed, traced))
-        timed = child(["--phase", "all", "--database", str(prepared)])
-        traced = child(["--phase", "all", "--database", str(prepared), "--trace"])
+        timed = child(["--phase", "all", "--database", prepared])
+        traced = child(["--phase", "all", "--database", prepared, "--trace"])
         rows.append(("all at once (baseline)", timed, traced))
 
         print()
@@ -457,16 +515,18 @@ def main() -> None:
                 f"{t['rss_kib'] / 1024:8.0f} MB {m['traced_kib'] / 1024:9.1f} MB"
             )
 
-        database = workdir / f"batched-{sizes[0]}.db"
-        with sync_engine(database).begin() as connection:
+        database = databases[1]
+        engine = sync_engine(database)
+        with engine.begin() as connection:
             pending = connection.execute(select(CopyRow.id).where(CopyRow.state == "pending")).all()
             connection.execute(update(ReconcileRunRow).values(leased_by=None))
+        engine.dispose()
         fan = child(
             [
                 "--phase",
                 "fanout",
                 "--database",
-                str(database),
+                database,
                 "--workdir",
                 str(workdir),
                 "--fanout-seconds",
@@ -482,16 +542,17 @@ def main() -> None:
 
         print()
         print(f"admin views afterwards ({args.messages:,} messages; median of 3 runs of the command)")
-        views = admin_views(workdir, database)
+        views = admin_views(workdir, database, args.messages)
         baseline = views[0][1]
         print(f"{'':28} {'seconds':>8} {'x baseline':>11} {'lines':>6}")
         for name, seconds, lines in views:
             print(f"{name:28} {seconds:8.2f} {seconds / baseline:11.2f} {lines:6,}")
     finally:
         if args.keep:
-            print(f"kept {workdir}")
+            print(f"kept {workdir}" + (f" and the databases {', '.join(databases)}" if POSTGRES else ""))
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+            drop_databases(databases)
 
 
 if __name__ == "__main__":
