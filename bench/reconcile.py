@@ -266,6 +266,11 @@ def setup(workdir: Path, messages: int) -> str:
             )
     took = time.perf_counter() - started
     print(f"  bulk insert: {messages:,} messages, participants, copies and events in {took:.1f} s")
+    if POSTGRES is not None:
+        # What autovacuum does after such growth; without statistics the planner takes the portfolio
+        # for a hundred messages and nests loops over it (an admin view took 1.1 s instead of 0.08 s).
+        with engine.begin() as connection:
+            connection.exec_driver_sql("ANALYZE")
     engine.dispose()
     # The admin switches sharing on; the directory change records the reconcile run.
     (workdir / "directory.yaml").write_text(directory_yaml(share=True), encoding="utf-8")

@@ -6,7 +6,7 @@ import datetime as dt
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.models import (
@@ -233,18 +233,23 @@ async def list_vorgaenge(
             | func.lower(func.coalesce(VorgangRow.key, "")).like(pattern)
         )
     if member_id is not None:
-        sees = select(MessageRow.vorgang_id).where(
-            MessageRow.portfolio_id == portfolio_id,
-            MessageRow.id.in_(
-                select(CopyRow.message_id).where(
-                    CopyRow.member_id == member_id, CopyRow.state.not_in(("revoking", "revoked"))
-                )
+        # Two joins from the member's rows (both indexed by member), not one OR over two IN lists, which
+        # PostgreSQL answered by testing every message of the portfolio (2.8 s at 100,000 messages).
+        has_copy = (
+            select(MessageRow.vorgang_id)
+            .join(CopyRow, CopyRow.message_id == MessageRow.id)
+            .where(
+                CopyRow.member_id == member_id,
+                CopyRow.state.not_in(("revoking", "revoked")),
+                MessageRow.portfolio_id == portfolio_id,
             )
-            | MessageRow.id.in_(
-                select(ParticipantRow.message_id).where(ParticipantRow.member_id == member_id)
-            ),
         )
-        query = query.where(VorgangRow.id.in_(sees))
+        took_part = (
+            select(MessageRow.vorgang_id)
+            .join(ParticipantRow, ParticipantRow.message_id == MessageRow.id)
+            .where(ParticipantRow.member_id == member_id, MessageRow.portfolio_id == portfolio_id)
+        )
+        query = query.where(VorgangRow.id.in_(union(has_copy, took_part)))
     found = list(await session.execute(query))
     counts: dict[int, dict[str, int]] = {int(row[0]): {} for row in found}
     if counts:
