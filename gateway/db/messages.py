@@ -226,11 +226,12 @@ async def list_vorgaenge(
     if until is not None:
         query = query.where(active < until)
     if search:
-        pattern = f"%{search.lower()}%"
+        # The admin's text as it is: a % or _ in it is no wildcard.
+        text = search.lower()
         query = query.where(
-            func.lower(VorgangRow.subject).like(pattern)
-            | func.lower(VorgangRow.reference).like(pattern)
-            | func.lower(func.coalesce(VorgangRow.key, "")).like(pattern)
+            func.lower(VorgangRow.subject).contains(text, autoescape=True)
+            | func.lower(VorgangRow.reference).contains(text, autoescape=True)
+            | func.lower(func.coalesce(VorgangRow.key, "")).contains(text, autoescape=True)
         )
     if member_id is not None:
         # Two joins from the member's rows (both indexed by member), not one OR over two IN lists, which

@@ -140,6 +140,8 @@ def test_vorgang_list_search_time_and_limit(with_login: Gateway, mail: list[Mail
     assert [v["reference"] for v in as_json(with_login, *args, "--search", "CLAIM-2026")] == [
         mail[0].accepted.vorgang
     ]
+    assert as_json(with_login, *args, "--search", "%") == [], "a % is no wildcard"
+    assert as_json(with_login, *args, "--search", "_") == [], "nor is a _"
     assert len(as_json(with_login, *args, "--since", "1h")) == 3
     assert as_json(with_login, *args, "--until", "2000-01-01") == []
     tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).date().isoformat()
