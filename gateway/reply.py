@@ -355,6 +355,7 @@ def _open_vorgang(
     ctx: ReplyContext,
     lease: tuple[str, dt.datetime] | None,
 ) -> Stored | Refusal:
+    intake.hold_directory(connection, portfolio.id)
     author = replies.member_by_address(connection, portfolio.id, from_address) if from_address else None
     if author is None:
         who = from_address or "a mail without From"
@@ -420,9 +421,11 @@ def _store_member_mail(
     answers: int | None,
     target: replies.ThreadTarget | None,
 ) -> Stored:
-    """Store a member's mail in a Vorgang, copy it to its audience, and queue it for the back office."""
+    """Store a member's mail in a Vorgang, copy it to its audience, and queue it for the back office.
+
+    The caller holds the portfolio's directory (``intake.hold_directory``) from its first read of it.
+    """
     pid = portfolio.id
-    intake.hold_directory(connection, pid)
     cc = set(mail.parsed.cc)
     named = replies.members_by_address(connection, pid, {*mail.parsed.to, *cc} - {author.address})
     taking_part = [Participant(author.id, ParticipantRole.SENDER)] + [
