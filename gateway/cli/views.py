@@ -31,7 +31,6 @@ from gateway.cli.root import (
 )
 from gateway.db import quarantine
 from gateway.db.events import EventView
-from gateway.db.models import utc
 from gateway.domain.model import ParticipantRole
 from gateway.errors import InputError
 
@@ -179,7 +178,11 @@ def quarantine_group() -> None:
 
 
 def _held_data(q: quarantine.Quarantined) -> dict[str, object]:
-    return dataclasses.asdict(q) | {"quarantined_at": utc(q.quarantined_at).isoformat(timespec="seconds")}
+    return dataclasses.asdict(q) | {"quarantined_at": _held_since(q)}
+
+
+def _held_since(q: quarantine.Quarantined) -> str:
+    return q.quarantined_at.isoformat(timespec="seconds")
 
 
 @quarantine_group.command("list")
@@ -197,9 +200,8 @@ async def quarantine_list(ctx: Context, portfolio: str | None, as_json: bool) ->
         click.echo("nothing is quarantined")
         return
     for q in found:
-        data = _held_data(q)
         click.echo(
-            f"{q.gateway_id}  {data['quarantined_at']}  {q.portfolio}  {q.vorgang}  "
+            f"{q.gateway_id}  {_held_since(q)}  {q.portfolio}  {q.vorgang}  "
             f"from {q.envelope_sender or '<>'}  {q.size} bytes  {q.subject}"
         )
         click.echo(f"    held by rule {q.rule!r}: {q.reason}")
@@ -224,8 +226,7 @@ async def quarantine_show(ctx: Context, gateway_id: str, portfolio: str, raw: bo
     if as_json:
         emit_json(_held_data(held) | {"header": header})
         return
-    info = _held_data(held)
-    click.echo(f"{held.gateway_id} in {held.portfolio} {held.vorgang}, quarantined {info['quarantined_at']}")
+    click.echo(f"{held.gateway_id} in {held.portfolio} {held.vorgang}, quarantined {_held_since(held)}")
     click.echo(f"held by rule {held.rule!r} ({held.rule_set}): {held.reason}")
     click.echo("")
     click.echo(header.replace("\r\n", "\n"))

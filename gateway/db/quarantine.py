@@ -23,6 +23,7 @@ from gateway.db.models import (
     PortfolioRow,
     QuarantineRow,
     VorgangRow,
+    utc,
 )
 from gateway.domain.audience import audience
 from gateway.domain.model import Participant
@@ -82,7 +83,7 @@ def list_quarantined(
             rule=str(r[6]),
             reason=str(r[7]),
             rule_set=str(r[8]),
-            quarantined_at=r[9],
+            quarantined_at=utc(r[9]),
         )
         for r in connection.execute(query)
     ]
