@@ -22,7 +22,6 @@ import email.utils
 import logging
 import re
 from collections.abc import Sequence
-from email.parser import BytesHeaderParser
 
 import aiosmtplib
 from sqlalchemy import Connection
@@ -161,7 +160,6 @@ class Relay:
         self, job: RelayJob, *, status: str, action: str, diagnostic: str, explanation: str
     ) -> None:
         headers = job.data.split(b"\r\n\r\n", 1)[0] + b"\r\n"
-        subject = BytesHeaderParser().parsebytes(headers).get("Subject", "")
         now = dt.datetime.now(dt.UTC)
         report = build_failure_report(
             reporting_mta=self.hostname,
@@ -172,7 +170,6 @@ class Relay:
             diagnostic=diagnostic,
             original_headers=headers,
             to=job.member_address,
-            subject=f"Nicht zugestellt / Undelivered: {subject}",
             message_id=email.utils.make_msgid(domain=self.hostname),
             date=now,
             explanation=explanation,

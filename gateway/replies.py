@@ -36,8 +36,6 @@ class Reply(enum.Enum):
     NOT_HERE = (550, "5.1.1", "No such address here; this gateway does not relay")
     NOT_A_REPLY = (550, "5.7.1", "This address only takes answers to the gateway's mail")
     REFUSED = (550, "5.7.1", "Refused")
-    # The copy the reply address names was revoked (its member lost access through a directory change).
-    ACCESS_WITHDRAWN = (550, "5.7.1", "You no longer have access to the message this address answers")
     SENDER_CHECK_TEMPORARY = (451, "4.7.0", "Could not check the sender now, try again later")
     RECORDED = (250, "2.0.0", "Recorded; not relayed")
 

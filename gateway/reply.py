@@ -39,6 +39,7 @@ from gateway.domain.answers import Classification, Kind, classify, delivery_repo
 from gateway.domain.audience import audience
 from gateway.domain.model import Participant, ParticipantRole
 from gateway.domain.outbound import RelayHeaders, recipients_kept, render_relay, threading_ids
+from gateway.domain.refusals import NOT_ENTITLED_TO_ANSWER, Why, refusal
 from gateway.domain.senderauth_rules import Policy
 from gateway.domain.senders import InvalidVersion, relay_sender
 from gateway.domain.tokens import (
@@ -144,10 +145,8 @@ class ReplyIntake:
         if answered.copy_state in ("revoking", "revoked"):
             # DESIGN.md §8: a member removed from a release loses what it gave, reply addresses too.
             await self._refused(mail, f"reply code of copy {answered.copy_id}, which was revoked", answered)
-            return Reply.ACCESS_WITHDRAWN.with_text(
-                "You no longer have access to the message this reply address belongs to (your rights "
-                "changed); nothing was relayed. Ask your administrator if you need it again"
-            )
+            # The same answer as for a stranger: who lost access is for the event log only.
+            return Reply.REFUSED.with_text(NOT_ENTITLED_TO_ANSWER)
         if kind.kind is not Kind.ANSWER:
             if kind.kind is Kind.BOUNCE:
                 await self._match_bounce(mail)
@@ -313,11 +312,9 @@ def _store_reply(
     author = replies.member_by_address(connection, pid, from_address) if from_address else None
     seen_by = replies.audience_now(connection, pid, answered.message_pk)
     if author is None or author.id not in seen_by:
-        reason = f"{from_address or 'a mail without From'} may not answer this message: " + (
-            "not a member of this portfolio" if author is None else "not among the people who may see it now"
-        )
-        _record_refusal(connection, mail, answered, reason, ctx.node)
-        return Refusal(reason[0].upper() + reason[1:])
+        refused = refusal(from_address, Why.NOT_A_MEMBER if author is None else Why.NOT_IN_AUDIENCE)
+        _record_refusal(connection, mail, answered, refused.reason, ctx.node)
+        return Refusal(refused.answer)
     now = dt.datetime.now(dt.UTC)
     stored = _store_member_mail(
         connection,
@@ -358,10 +355,9 @@ def _open_vorgang(
     intake.hold_directory(connection, portfolio.id)
     author = replies.member_by_address(connection, portfolio.id, from_address) if from_address else None
     if author is None:
-        who = from_address or "a mail without From"
-        reason = f"{who} may not open a Vorgang: not a member of {portfolio.name}"
-        _record_refusal(connection, mail, None, reason, ctx.node, portfolio)
-        return Refusal(reason[0].upper() + reason[1:])
+        refused = refusal(from_address, Why.NOT_A_MEMBER, opening=True)
+        _record_refusal(connection, mail, None, refused.reason, ctx.node, portfolio)
+        return Refusal(refused.answer)
     now = dt.datetime.now(dt.UTC)
     ((vorgang_id, reference),) = intake.new_vorgaenge(connection, portfolio.id, [mail.parsed.subject], now)
     stored = _store_member_mail(

@@ -45,7 +45,7 @@ from gateway.domain.reports import (
 )
 from gateway.parsing import parse_message
 
-__all__ = ["build_failure_report"]
+__all__ = ["build_failure_report", "report_subject"]
 
 _STATUS = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})")
 # An envelope id travels as xtext in the ENVID parameter (RFC 3461 4.4); one without "+" and "=" reads
@@ -99,7 +99,7 @@ def build_failure_report(
     diagnostic: str,
     original_headers: bytes,
     to: str,
-    subject: str,
+    subject: str | None = None,
     message_id: str,
     date: datetime,
     explanation: str,
@@ -111,8 +111,9 @@ def build_failure_report(
     5.x.x) or ``delayed`` (4.x.x); ``diagnostic`` the remote server's reply, or the gateway's words when
     there was none (an SMTP reply starts with its three-digit code and is typed ``smtp``, anything else
     ``X-Gateway``); ``original_headers`` the header section of the member's mail (a whole message is
-    cut at its first blank line); ``to``, ``subject`` (text, or a raw header value), ``message_id`` and
-    an aware ``date`` are the report's own; ``explanation`` is the gateway's note to the member (for
+    cut at its first blank line); ``to``, ``subject`` (text, or a raw header value; by default
+    :func:`report_subject` of the original's decoded subject), ``message_id`` and an aware ``date`` are
+    the report's own; ``explanation`` is the gateway's note to the member (for
     example how long it tried), shown as given. Raises ``ValueError`` for a value that cannot be written
     safely.
     """
@@ -141,17 +142,20 @@ def build_failure_report(
     if date.tzinfo is None or date.utcoffset() is None:
         raise ValueError("date must be timezone-aware: a Date header without a zone is a lie")
     to_header = address_header("to", to)
+    headers = header_section(original_headers)
+    original = parse_message(headers + b"\r\n")
     # A subject is text for people: a raw header value (folded, encoded words, 8-bit) reads as it would
     # in a mail client, and no control character survives into the header line.
-    subject = decode_header_value(as_bytes(subject))
+    if subject is None:
+        subject = report_subject(action, original.subject)
+    else:
+        subject = decode_header_value(as_bytes(subject))
     # Text from a server reply may carry its 8-bit bytes as surrogates (surrogateescape); read them as
     # header bytes are read, so that no surrogate reaches the UTF-8 of the report.
     diagnostic = bytes_to_text(as_bytes(diagnostic))
     explanation = bytes_to_text(as_bytes(explanation))
 
     diagnostic_line = " ".join(diagnostic.split())[:_MAX_DIAGNOSTIC]
-    headers = header_section(original_headers)
-    original = parse_message(headers + b"\r\n")
     reason_de, reason_en = _reason(status_match.group(2), status_match.group(3))
 
     text = _human_text(
@@ -212,6 +216,18 @@ def build_failure_report(
         out += headers_part(f"--{boundary}", headers)
     out += lines([f"--{boundary}--"])
     return bytes(out)
+
+
+def report_subject(action: str, original_subject: str) -> str:
+    """The subject of a report about the mail whose subject was ``original_subject``.
+
+    ``original_subject`` is text as :func:`gateway.parsing.parse_message` reads it (8-bit bytes as UTF-8
+    or windows-1252, encoded words decoded). Never hand in what ``email``'s default compat32 parser
+    returns for an 8-bit subject: that is a ``Header`` whose text has each 8-bit byte replaced, so a
+    subject ``Re: Rückfrage`` would read ``Re: R\ufffd\ufffdckfrage``.
+    """
+    lead = "Nicht zugestellt / Undelivered" if action == "failed" else "Verzögert / Delayed"
+    return f"{lead}: {original_subject}".rstrip()
 
 
 def _human_text(

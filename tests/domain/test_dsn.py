@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.domain.answers import DeliveryReport, Kind, RecipientStatus, classify, delivery_report
-from gateway.domain.dsn import build_failure_report
+from gateway.domain.dsn import build_failure_report, report_subject
 
 ORIGINAL_HEADERS = (
     b"Received: from mail.kunde-a.example by mx.gateway.example; Fri, 27 Nov 2026 09:00:01 +0100\n"
@@ -186,8 +186,8 @@ def test_every_line_ends_in_crlf_and_stays_short() -> None:
     ],
 )
 def test_a_raw_subject_value_is_shown_as_a_mail_client_shows_it(subject: str, shown: str) -> None:
-    # relay.py hands over the Subject header of the member's mail as it stands; whatever it holds, it
-    # becomes one line of text and writes no header of its own.
+    # A caller may hand over a raw Subject value; whatever it holds, it becomes one line of text and
+    # writes no header of its own.
     message = parse(build(subject=subject))
     assert str(message["Subject"]) == shown
     assert message["Bcc"] is None
@@ -479,3 +479,51 @@ def test_any_text_gives_a_report_that_reads_back(
         ("schaden@makler.example", "failed", status)
     ]
     assert " ".join(str(parse(raw)["Subject"]).split()) == " ".join(subject.split())
+
+
+# --- the subject of the member's mail, whatever its encoding (issue 13, item 8) ------------------------
+
+# The same subject as a mail client may write it: raw 8-bit UTF-8 (RFC 6532), raw 8-bit latin-1 (old
+# clients; read as windows-1252), and RFC 2047 encoded words in either charset.
+SUBJECT_FORMS = [
+    pytest.param("Re: Rückfrage".encode(), id="8bit-utf8"),
+    pytest.param("Re: Rückfrage".encode("latin-1"), id="8bit-latin1"),
+    pytest.param(b"=?utf-8?q?Re=3A_R=C3=BCckfrage?=", id="rfc2047-utf8"),
+    pytest.param(b"Re: =?iso-8859-1?b?Uvxja2ZyYWdl?=", id="rfc2047-latin1"),
+]
+
+
+def headers_with_subject(subject: bytes) -> bytes:
+    return (
+        b"From: SB-A1 <sb-a1@kunde-a.example>\r\nTo: schaden@makler.example\r\n"
+        b"Subject: " + subject + b"\r\nMessage-ID: <relay.42@gateway.example>\r\n"
+    )
+
+
+@pytest.mark.parametrize("subject", SUBJECT_FORMS)
+def test_without_a_subject_the_report_is_named_after_the_decoded_subject_of_the_mail(subject: bytes) -> None:
+    # relay.py once read the subject with compat32, whose Header for 8-bit bytes turns into text with
+    # each byte replaced: "Nicht zugestellt / Undelivered: Re: R\ufffd\ufffdckfrage".
+    raw = build(subject=None, original_headers=headers_with_subject(subject))
+    assert str(parse(raw)["Subject"]) == "Nicht zugestellt / Undelivered: Re: Rückfrage"
+    text = human_text(raw)
+    assert "Ihre Nachricht „Re: Rückfrage“ an schaden@makler.example" in text
+    assert 'Your message "Re: Rückfrage" to schaden@makler.example' in text
+    assert "\ufffd" not in raw.decode("utf-8", "surrogateescape")
+
+
+def test_a_delay_report_is_named_as_one() -> None:
+    raw = build(
+        subject=None, action="delayed", status="4.4.7", original_headers=headers_with_subject(b"Frage")
+    )
+    assert str(parse(raw)["Subject"]) == "Verzögert / Delayed: Frage"
+
+
+def test_without_an_original_subject_the_report_subject_is_the_lead_alone() -> None:
+    raw = build(subject=None, original_headers=b"From: sb-a1@kunde-a.example\r\n")
+    assert str(parse(raw)["Subject"]) == "Nicht zugestellt / Undelivered:"
+
+
+def test_report_subject_keeps_the_text_it_is_given() -> None:
+    assert report_subject("failed", "Re: Rückfrage") == "Nicht zugestellt / Undelivered: Re: Rückfrage"
+    assert report_subject("delayed", "") == "Verzögert / Delayed:"

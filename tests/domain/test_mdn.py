@@ -504,3 +504,24 @@ def test_any_name_and_subject_give_a_well_formed_notification(name: str, subject
     head = raw.split(b"--=_mdn_", 1)[0]
     assert head.isascii()
     assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+
+
+# --- the subject of the back office's mail, whatever its encoding (issue 13, item 8) --------------------
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        pytest.param("Rückfrage".encode(), id="8bit-utf8"),
+        pytest.param("Rückfrage".encode("latin-1"), id="8bit-latin1"),
+        pytest.param(b"=?utf-8?b?UsO8Y2tmcmFnZQ==?=", id="rfc2047-utf8"),
+        pytest.param(b"=?iso-8859-1?q?R=FCckfrage?=", id="rfc2047-latin1"),
+    ],
+)
+def test_the_subject_is_read_as_a_mail_client_shows_it(subject: bytes) -> None:
+    original = ORIGINAL.replace(b"Subject: =?utf-8?q?[VG-2026-000001]_Sch=C3=A4den?=", b"Subject: " + subject)
+    raw = build(original_headers=original)
+    assert str(parse(raw)["Subject"]) == "Gelesen / Read: Rückfrage"
+    assert "Ihre Nachricht „Rückfrage“ wurde von" in human_text(raw)
+    assert 'Your message "Rückfrage" was opened by' in human_text(raw)
+    assert "\ufffd" not in raw.decode("utf-8", "surrogateescape")

@@ -18,6 +18,7 @@ from gateway.acceptance import HandOff
 from gateway.db.models import CopyRow, EventRow, PortfolioRow, RelayRow
 from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
+from gateway.domain.refusals import NOT_ENTITLED_TO_ANSWER
 from gateway.domain.tokens import TokenKeys, make_token, reply_address
 from gateway.parsing import parse_message
 from gateway.reply import Incoming, ReplyContext, ReplyIntake
@@ -227,7 +228,8 @@ async def test_the_reply_address_of_a_revoked_copy_is_refused(writer: Writer, st
     job = await answered_copy(writer)
     await writer.run(lambda c: c.execute(update(CopyRow).where(CopyRow.id == job.id).values(state=state)))
     answer = await intake(writer, StaticResolver()).receive(incoming(job, reply_to(job)))
-    assert answer.startswith("550 5.7.1 You no longer have access"), answer
+    # The answer a stranger gets too (DESIGN.md §8: no answer reveals who is a member); the log says why.
+    assert answer == f"550 5.7.1 {NOT_ENTITLED_TO_ANSWER}", answer
     assert await relayed(writer) == 0
     assert (await refusals(writer))[-1] == f"reply code of copy {job.copy_id}, which was revoked"
     # The same reply to a copy that was not revoked goes through: the refusal is the copy's state.
