@@ -28,6 +28,8 @@ from gateway.db.writer import Writer
 from gateway.domain.addresses import InvalidAddress, normalise_address
 from gateway.domain.passwords import verify_password
 from gateway.domain.tokens import is_reply_address
+from gateway.faithful import nul_refusal
+from gateway.mailbox.base import Mailbox, MailboxOwner
 from gateway.parsing import parse_message
 from gateway.replies import AIOSMTPD_REPLIES, Reply
 from gateway.reply import BOUNCES_LOCAL_PART, Incoming, ReplyIntake
@@ -281,7 +283,9 @@ class SubmissionHandler(_Hooks):
         max_received_hops: int,
         vorgang_header: str,
         rules: RoutingRules | None = None,
+        mailbox: Mailbox | None = None,
     ) -> None:
+        self.mailbox = mailbox  # asked at DATA whether NUL bytes can be stored as they are
         self.acceptance = acceptance
         self.rules = rules
         self.members = members
@@ -321,6 +325,9 @@ class SubmissionHandler(_Hooks):
         parsed = parse_message(raw, vorgang_header=self.vorgang_header)
         if parsed.received_count > self.max_received_hops:
             return str(Reply.LOOP)
+        owners = [MailboxOwner(account.portfolio, rcpt) for rcpt in envelope.rcpt_tos]
+        if self.mailbox is not None and (unstorable := await nul_refusal(self.mailbox, raw, owners)):
+            return unstorable
         decision = None
         if self.rules is not None:
             # One read of the rules in force: a reload in the meantime cannot mix two rule sets.
@@ -415,7 +422,9 @@ class MxHandler(_Hooks):
         intake: Collection[str],
         max_recipients: int,
         max_header_size: int,
+        mailbox: Mailbox | None = None,
     ) -> None:
+        self.mailbox = mailbox  # asked at DATA whether NUL bytes can be stored as they are
         self.replies = replies
         self.intake = frozenset(intake)
         self.state = state
@@ -456,6 +465,8 @@ class MxHandler(_Hooks):
         header_end = raw.find(b"\r\n\r\n")
         if (header_end if header_end >= 0 else len(raw)) > self.max_header_size:
             return str(Reply.HEADER_TOO_BIG)
+        if self.mailbox is not None and (unstorable := await nul_refusal(self.mailbox, raw)):
+            return unstorable
         mail = Incoming(
             envelope_sender=envelope.mail_from or "",
             recipients=tuple(envelope.rcpt_tos),

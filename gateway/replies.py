@@ -38,6 +38,14 @@ class Reply(enum.Enum):
     REFUSED = (550, "5.7.1", "Refused")
     SENDER_CHECK_TEMPORARY = (451, "4.7.0", "Could not check the sender now, try again later")
     RECORDED = (250, "2.0.0", "Recorded; not relayed")
+    # Mail with NUL bytes for a mailbox server that cannot store them as they are (IMAP without BINARY):
+    # refused rather than changed (DESIGN.md §8).
+    NUL_NOT_STORABLE = (
+        554,
+        "5.6.0",
+        "The message contains NUL bytes, which the members' mailboxes cannot store as they are; "
+        "send it without them (attachments base64-encoded)",
+    )
 
     @property
     def code(self) -> int:

@@ -215,6 +215,7 @@ class Service:
             intake=settings.domains.intake,
             max_recipients=limits.max_recipients,
             max_header_size=limits.max_header_size,
+            mailbox=self.mailbox,
         )
         return await self._listen("mx", config, state, handler, auth=False)
 
@@ -235,6 +236,7 @@ class Service:
             max_received_hops=limits.max_received_hops,
             vorgang_header=self.settings.intake.vorgang_header,
             rules=self.rules,
+            mailbox=self.mailbox,
         )
         return await self._listen("submission", config, state, handler, auth=True)
 

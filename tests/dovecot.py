@@ -84,7 +84,9 @@ def dovecot_version() -> str:
 class Dovecot:
     """One private Dovecot instance under ``root``; see the module docstring."""
 
-    def __init__(self, root: Path, *, run_as: RunAs | None = None) -> None:
+    def __init__(
+        self, root: Path, *, run_as: RunAs | None = None, imap_capability: str | None = None
+    ) -> None:
         version = dovecot_version()
         if not version.startswith("2.3."):
             raise DovecotError(f"tests/dovecot.py writes Dovecot 2.3 settings; installed is {version}")
@@ -102,6 +104,8 @@ class Dovecot:
         self._users_file = root / "users"
         self._passwords: dict[str, str] = {}
         self._process: subprocess.Popen[bytes] | None = None
+        # Dovecot's own override of what CAPABILITY says after login (e.g. a list without BINARY).
+        self.imap_capability = imap_capability
         self._write_files()
 
     # --- users ----------------------------------------------------------------------------------------
@@ -212,12 +216,14 @@ class Dovecot:
         finally:
             client.logout()
 
-    def message(self, address: str, folder: str, uid: int) -> bytes:
-        """The message as the member's client fetches it (``BODY.PEEK[]``)."""
+    def message(self, address: str, folder: str, uid: int, *, binary: bool = True) -> bytes:
+        """The message as the member's client fetches it: ``BINARY.PEEK[]`` (RFC 3516), the bytes as
+        stored, NUL included; with ``binary=False`` ``BODY.PEEK[]``, where Dovecot shows NUL as 0x80."""
         client = self.client(address)
         try:
             _ok(client.select(_quote(folder), readonly=True))
-            data = _ok(client.uid("FETCH", str(uid), "(BODY.PEEK[])"))
+            item = "BINARY.PEEK[]" if binary else "BODY.PEEK[]"
+            data = _ok(client.uid("FETCH", str(uid), f"({item})"))
             for item in data:
                 if isinstance(item, tuple):
                     return item[1]
@@ -330,6 +336,7 @@ log_path = {self.log_path}
 default_internal_user = {self.run_as.user}
 default_internal_group = {self.run_as.group}
 default_login_user = {self.run_as.user}
+{f"imap_capability = {self.imap_capability}" if self.imap_capability else ""}
 
 # Refused logins are answered at once: tests try wrong passwords on purpose, all from 127.0.0.1,
 # which anvil's auth penalty would otherwise slow down more with every failure.
@@ -452,11 +459,14 @@ def _group_members(group: int) -> dict[int, str]:
 
 
 @contextlib.contextmanager
-def private_dovecot() -> Iterator[Dovecot]:
-    """A started private Dovecot in a fresh temporary directory; stopped and removed afterwards."""
+def private_dovecot(*, imap_capability: str | None = None) -> Iterator[Dovecot]:
+    """A started private Dovecot in a fresh temporary directory; stopped and removed afterwards.
+
+    ``imap_capability`` replaces the capabilities Dovecot announces after login (its setting of that
+    name), for a server that lacks one the gateway would use."""
     root = Path(tempfile.mkdtemp(prefix="gw-dovecot-"))
     try:
-        dovecot = Dovecot(root)
+        dovecot = Dovecot(root, imap_capability=imap_capability)
         dovecot.start()
         try:
             yield dovecot

@@ -152,6 +152,16 @@ class Mailbox(Protocol):
         so flag changes are found by polling ``flag_changes`` alone (Maildir)."""
         return None
 
+    async def keeps_nul(self, owner: MailboxOwner | None = None) -> bool | None:
+        """Whether a copy with NUL bytes is stored with them as they are (DESIGN.md §8: faithfully, or
+        refused at DATA); None when the store cannot tell yet.
+
+        With ``owner`` the store that holds that owner's copies is asked, and may connect to find out
+        (``MailboxError`` when it cannot be reached); without one, every store answers from what it
+        already knows. A store of files keeps every byte (Maildir), so the default is True.
+        """
+        return True
+
     async def close(self) -> None:
         """Release connections and other resources; the mailbox is not used afterwards."""
         ...

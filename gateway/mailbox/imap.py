@@ -13,8 +13,12 @@ How the Mailbox protocol maps onto IMAP:
   mail) with ``UID SEARCH HEADER``, which matches substrings, so the header is fetched and compared
   exactly before a message counts as the copy.
 - **Append.** ``APPEND`` into the configured folder with the copy's flags; the UID comes from UIDPLUS
-  (``APPENDUID``). IMAP carries lines ending in CRLF and no NUL, so bare LFs become CRLF and NUL bytes
-  0x80 (what Dovecot serves for them anyway); a folder that does not exist is created (``TRYCREATE``).
+  (``APPENDUID``). IMAP carries lines ending in CRLF, so bare LFs become CRLF; a folder that does not
+  exist is created (``TRYCREATE``). A copy with NUL bytes goes as a ``literal8`` (``~{n}``, BINARY,
+  RFC 3516), which stores them as they are (Dovecot then serves them with ``FETCH BINARY[…]``; plain
+  ``BODY[]`` shows them as 0x80). A server without BINARY gets no such copy: the append fails with
+  ``MailboxError`` rather than change the bytes, and ingress refuses such mail at DATA in the first
+  place (``keeps_nul``; gateway/mailbox/fidelity.py).
   ``append_batch`` sends the first attempts of one member's copies in one ``APPEND`` (MULTIAPPEND,
   RFC 3502: all of them are appended or none; the literals after the first are LITERAL+), which costs
   two round trips and one transaction in the server for the lot; UIDs come from ``APPENDUID``'s set.
@@ -417,14 +421,15 @@ _LINE_END = re.compile(rb"\r?\n")
 
 
 def message_for_append(copy_id: str, data: bytes) -> bytes:
-    """The bytes APPENDed for a copy: CRLF line ends, no NUL, and the copy id header in place.
+    """The bytes APPENDed for a copy: CRLF line ends and the copy id header in place; NUL bytes stay.
 
     ``ValueError`` when the message already names another copy id: it could not be found as this copy.
     """
     message = data
-    # Copies the gateway renders are CRLF throughout and NUL-free already: two counts in C, no rewrite.
-    if b"\0" in data or data.count(b"\n") != data.count(b"\r\n"):
-        message = _LINE_END.sub(b"\r\n", data).replace(b"\0", b"\x80")
+    # Copies the gateway renders are CRLF throughout already: two counts in C, no rewrite. NUL bytes are
+    # kept: they go as a BINARY literal, or not at all (_Connection.append).
+    if data.count(b"\n") != data.count(b"\r\n"):
+        message = _LINE_END.sub(b"\r\n", data)
     end = 0 if message.startswith(b"\r\n") else message.find(b"\r\n\r\n")
     header = message if end < 0 else message[: end + 2]
     present = header_values(header)
@@ -854,13 +859,40 @@ class _Connection:
         reply = await self.ok("UID EXPUNGE", lambda: self._protocol.expunge(uid_set(uids), by_uid=True))
         return sum(1 for r in parse_untagged(reply.lines) if len(r) >= 2 and r[1] == b"EXPUNGE")
 
+    @property
+    def binary(self) -> bool:
+        """Whether the server takes ``literal8`` (BINARY, RFC 3516): messages with NUL bytes as they are."""
+        return "BINARY" in self.capabilities
+
     async def append(self, folder: str, message: bytes, flags: frozenset[Flag]) -> tuple[int, int]:
-        """APPEND; UIDVALIDITY and UID of the new message. A missing folder is created (TRYCREATE)."""
+        """APPEND; UIDVALIDITY and UID of the new message. A missing folder is created (TRYCREATE).
+
+        A message with NUL bytes goes as a ``literal8`` (``~{n}``); a server without BINARY cannot store
+        it as it is, and it is not changed to fit: ``MailboxError`` (EILSEQ), the connection kept.
+        """
         listed = flag_list(flags) if flags else None
-        for attempt in range(2):
-            reply = await self.run(
-                f"APPEND {folder}", lambda: self._protocol.append(message, quote(folder), listed, None)
+        binary = b"\0" in message
+        if binary and not self.binary:
+            raise MailboxError(
+                errno.EILSEQ,
+                f"IMAP APPEND {folder}: the message holds NUL bytes and the server does not offer BINARY "
+                "(RFC 3516), so it cannot store them as they are; the message is not changed to fit",
+                self.server.where,
             )
+
+        def call() -> Awaitable[Any]:
+            if not binary:
+                return cast(Awaitable[Any], self._protocol.append(message, quote(folder), listed, None))
+            # aioimaplib writes only "{n}" literals itself; it sends protocol.literal_data after the
+            # server's "+" whatever the announcement looked like, so a literal8 is announced here.
+            protocol = self._protocol
+            arguments = [quote(folder), *([listed] if listed else []), f"~{{{len(message)}}}"]
+            protocol.literal_data = message
+            command = aioimaplib.Command("APPEND", protocol.new_tag(), *arguments, loop=protocol.loop)
+            return cast(Awaitable[Any], protocol.execute(command))
+
+        for attempt in range(2):
+            reply = await self.run(f"APPEND {folder}", call)
             if reply.ok:
                 appended = parse_appenduid(reply.lines)
                 if appended is None:
@@ -1055,6 +1087,8 @@ class _Pool:
         self._failed_at = float("-inf")
         self._down_because = ""
         self.closed = False
+        # Whether the server offered BINARY after the last login; None before the first one.
+        self.binary: bool | None = None
 
     @asynccontextmanager
     async def session(self, address: str) -> AsyncIterator[_Connection]:
@@ -1135,6 +1169,7 @@ class _Pool:
         if self._down_because:
             log.info("IMAP server %s reachable again", self.server.where)
         self._backoff, self._retry_at, self._down_because = 0.0, 0.0, ""
+        self.binary = connection.binary
         return connection
 
     async def _password(self) -> str:
@@ -1257,6 +1292,10 @@ class ImapMailbox(Mailbox):
             except ValueError as exc:
                 results[index] = exc
                 continue
+            if b"\0" in message:
+                # A literal8 goes in an APPEND of its own (append decides whether it can go at all).
+                alone.append(index)
+                continue
             member = chunks.setdefault(delivery.owner.address, [[]])
             chunk = member[-1]
             if chunk and (
@@ -1278,6 +1317,18 @@ class ImapMailbox(Mailbox):
             *(one(index) for index in alone),
         )
         return [result if result is not None else AssertionError("not attempted") for result in results]
+
+    async def keeps_nul(self, owner: MailboxOwner | None = None) -> bool | None:
+        """Whether the server offers BINARY (RFC 3516), so that NUL bytes are stored as they are.
+
+        What the last login showed (capabilities are those after login: Dovecot lists BINARY only
+        then); with ``owner`` and no login yet, one is made as the owner to find out."""
+        if self._pool.binary is None and owner is not None:
+            check_owner(owner)
+            with self._context("ask for BINARY", owner):
+                async with self._pool.session(owner.address) as connection:
+                    return connection.binary
+        return self._pool.binary
 
     async def find(self, owner: MailboxOwner, copy_id: str) -> list[Located]:
         check_owner(owner)

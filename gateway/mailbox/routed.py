@@ -94,6 +94,17 @@ class RoutedMailbox(Mailbox):
     def watch(self, owner: MailboxOwner) -> ChangeWatch | None:
         return self.mailbox_of(owner).watch(owner)
 
+    async def keeps_nul(self, owner: MailboxOwner | None = None) -> bool | None:
+        if owner is not None:
+            return await self.mailbox_of(owner).keeps_nul(owner)
+        # Without an owner the copies may go to any store: all of them must keep NUL bytes; one that
+        # cannot tell yet makes the answer unknown, one that cannot keep them makes it no.
+        distinct = {id(mailbox): mailbox for mailbox in (self.default, *self.routes.values())}
+        answers = [await mailbox.keeps_nul() for mailbox in distinct.values()]
+        if False in answers:
+            return False
+        return None if None in answers else True
+
     async def close(self) -> None:
         distinct = {id(mailbox): mailbox for mailbox in (self.default, *self.routes.values())}
         # Every mailbox gets closed even when one of them fails to; the first failure is raised after.

@@ -171,8 +171,8 @@ def test_the_bytes_appended() -> None:
     )
     assert (
         message_for_append("c1", b"Subject: nul\r\n\r\na\x00b")
-        == b"X-Gateway-Copy-Id: c1\r\nSubject: nul\r\n\r\na\x80b"
-    )
+        == b"X-Gateway-Copy-Id: c1\r\nSubject: nul\r\n\r\na\x00b"
+    ), "NUL bytes stay: they go as a BINARY literal or not at all (test_imap_binary.py)"
     assert message_for_append("c1", b"") == b"X-Gateway-Copy-Id: c1\r\n"
     assert message_for_append("c1", b"\r\nbody only") == b"X-Gateway-Copy-Id: c1\r\n\r\nbody only"
     # A header in the body is not the message's header.

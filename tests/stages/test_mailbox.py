@@ -115,8 +115,9 @@ def stored_bytes(box: Mailbox, owner: MailboxOwner, located: Located) -> bytes:
 
 
 def as_stored(box: Mailbox, copy_id: str, data: bytes) -> bytes:
-    """The bytes a mailbox keeps of ``data``: the same bytes, but on IMAP in IMAP's form (CRLF line ends,
-    no NUL) and led by the X-Gateway-Copy-Id header IMAP finds copies by, where the message lacks it."""
+    """The bytes a mailbox keeps of ``data``: the same bytes, but on IMAP in IMAP's form (CRLF line ends;
+    NUL bytes kept through BINARY) and led by the X-Gateway-Copy-Id header IMAP finds copies by, where
+    the message lacks it."""
     return message_for_append(copy_id, data) if isinstance(box, ImapMailbox) else data
 
 
