@@ -10,13 +10,15 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+import smtplib
 import time
 from pathlib import Path
 
-from tests.dovecot import Dovecot
-from tests.e2e.conftest import BackOfficeSink, imap_gateway
+from tests.dovecot import Dovecot, private_dovecot
+from tests.e2e.conftest import LOGIN, PASSWORD, BackOfficeSink, RunningGateway, imap_gateway
 from tests.e2e.test_replies import client_reply, reply_address_of, send_from_backoffice, send_reply
 from tests.seed import ADDRESS
+from tests.stages.test_imap_binary import WITHOUT_BINARY
 
 __all__ = ["imap_gateway"]  # its home is tests/e2e/conftest.py now; importing it from here still works
 
@@ -203,3 +205,94 @@ def test_answered_and_off_releases_and_a_moved_copy_through_dovecot(
         assert "\\Seen" in flags("SB-B2", "<moved-1@ams.example>")
     finally:
         gateway.stop()
+
+
+# --- NUL bytes: the copy is the bytes accepted, or the mail is refused (issue 13, item 10) ----------------
+
+NUL_BODY = b"vor \x00 nach\r\n\x00\r\n"
+
+
+def nul_mail(marker: str) -> bytes:
+    return (
+        f"From: ams@makler-muster.example\r\nTo: {ADDRESS['SB-A1']}\r\nSubject: {marker}\r\n"
+        f"Message-ID: <{marker}@ams.example>\r\n\r\n"
+    ).encode() + NUL_BODY
+
+
+def submit_raw(gateway: RunningGateway, data: bytes, to: str) -> tuple[int, bytes]:
+    """DATA exactly as given (smtplib's sendmail would not change NUL, but spell it out)."""
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=30) as client:
+        client.login(LOGIN, PASSWORD)
+        client.mail(LOGIN)
+        code, text = client.rcpt(to)
+        assert code == 250, text
+        client.putcmd("data")
+        code, _ = client.getreply()
+        assert code == 354
+        assert client.sock is not None
+        client.sock.sendall(data + b".\r\n")
+        return client.getreply()
+
+
+def binary_bodies(dovecot: Dovecot, address: str) -> dict[str, bytes]:
+    """Subject (without the Vorgang tag) -> the body as a member's client fetches it with
+    ``BINARY.PEEK[1]`` (RFC 3516)."""
+    client = dovecot.client(address)
+    try:
+        client.select("INBOX", readonly=True)
+        _, data = client.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)] BINARY.PEEK[1])")
+    finally:
+        client.logout()
+    literals = [item[1] for item in data if isinstance(item, tuple)]
+    return {
+        header.decode().removeprefix("Subject:").strip().rpartition("] ")[2]: body
+        for header, body in zip(literals[::2], literals[1::2], strict=True)
+    }
+
+
+def test_nul_bytes_reach_dovecot_as_they_were_accepted(
+    tmp_path: Path, database_url: str, dovecot: Dovecot, sink: BackOfficeSink
+) -> None:
+    gateway = imap_gateway(tmp_path, database_url, dovecot, sink)
+    gateway.start()
+    try:
+        code, text = submit_raw(gateway, nul_mail("mit-nul"), ADDRESS["SB-A1"])
+        assert code == 250, text
+        seeing = ("SB-A1", "SB-A2")
+        assert wait_for(lambda: all("mit-nul" in binary_bodies(dovecot, ADDRESS[p]) for p in seeing))
+        for person in seeing:
+            body = binary_bodies(dovecot, ADDRESS[person])["mit-nul"]
+            assert body == NUL_BODY, f"{person}'s copy: once b'vor \\x80 nach' (NUL made 0x80)"
+    finally:
+        gateway.stop()
+
+
+def test_without_binary_mail_with_nul_is_refused_at_data_on_both_listeners(
+    tmp_path: Path, database_url: str, sink: BackOfficeSink
+) -> None:
+    with private_dovecot(imap_capability=WITHOUT_BINARY) as dovecot:
+        gateway = imap_gateway(tmp_path, database_url, dovecot, sink)
+        gateway.start()
+        try:
+            code, text = submit_raw(gateway, nul_mail("mit-nul"), ADDRESS["SB-A1"])
+            assert (code, text[:5]) == (554, b"5.6.0"), text
+            assert b"NUL bytes" in text
+            # The same mail without NUL goes through, and reaches Dovecot.
+            plain = nul_mail("ohne-nul").replace(b"\x00", b"0")
+            code, text = submit_raw(gateway, plain, ADDRESS["SB-A1"])
+            assert code == 250, text
+            assert wait_for(lambda: "ohne-nul" in binary_bodies(dovecot, ADDRESS["SB-A2"]))
+            assert "mit-nul" not in binary_bodies(dovecot, ADDRESS["SB-A2"]), "nothing changed was stored"
+
+            # A member's reply with NUL would be copied to the audience too: refused the same way.
+            ((_, header),) = imap_copies(dovecot, ADDRESS["SB-A2"])
+            copy = email.message_from_bytes(header, policy=email.policy.default)
+            raw = (
+                f"From: {ADDRESS['SB-A2']}\r\nTo: {copy['Reply-To']}\r\nSubject: Re: ohne-nul\r\n"
+                f"In-Reply-To: {copy['Message-ID']}\r\n\r\n"
+            ).encode() + NUL_BODY
+            code, text = send_reply(gateway, raw, reply_address_of(copy), ADDRESS["SB-A2"])  # type: ignore[arg-type]
+            assert (code, text[:5]) == (554, b"5.6.0"), text
+            assert sink.wait_for(0, timeout=1) == [], "nothing relayed"
+        finally:
+            gateway.stop()
