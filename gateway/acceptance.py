@@ -100,8 +100,8 @@ def sender_refusal(account: object, mail_from: str) -> str | None:
     """
     if path_too_long(mail_from):
         return str(Reply.SENDER_TOO_LONG)
-    if not mail_from or not isinstance(account, Account):
-        return None
+    if mail_from in ("", "<>") or not isinstance(account, Account):
+        return None  # aiosmtpd gives the null sender as "<>"
     if foreign_senders(account.addresses, [mail_from]):
         return Reply.NOT_YOUR_ADDRESS.with_text(
             f"<{mail_from}> is not an address of back office {account.backoffice}: "
