@@ -1,4 +1,4 @@
-"""Who a mail may claim to be, where it is decided to belong, and what of it is stored, against ``gateway serve``.
+"""What a mail may claim, where it belongs and what of it is stored, against the real ``gateway serve``.
 
 A second portfolio, makler-zwei, has its own back office (ams2, relaying to the same sink as ams) and its
 own intake address. Each test runs on SQLite and PostgreSQL; no mailbox backend is under test here beyond
@@ -41,7 +41,6 @@ from tests.e2e.conftest import (
 )
 from tests.e2e.test_inbound import message, smtp
 from tests.e2e.test_replies import (
-    BACKOFFICE,
     copy_for,
     events_of,
     reply_address_of,
@@ -289,13 +288,14 @@ def test_overlong_values_are_refused_where_they_arrive_and_spare_the_other_mail(
     assert {n: a[0] for n, a in answers.items() if n.startswith("good")} == {
         f"good {n}": 250 for n in range(8)
     }
-    assert answers["mail from"][0] == 501 and answers["mail from"][1].startswith(b"5.1.7"), answers
-    assert answers["from"][0] == 550 and answers["from"][1].startswith(b"5.7.1"), answers
-    assert answers["message-id"][0] == 554 and answers["message-id"][1].startswith(b"5.6.0"), answers
+    assert (answers["mail from"][0], answers["mail from"][1][:5]) == (501, b"5.1.7"), answers
+    assert (answers["from"][0], answers["from"][1][:5]) == (550, b"5.7.1"), answers
+    assert (answers["message-id"][0], answers["message-id"][1][:5]) == (554, b"5.6.0"), answers
     # In-Reply-To is not indexed: stored, with as many whole ids in the record as fit its column.
     assert answers["in-reply-to"][0] == 250, answers
     (kept,) = stored_messages(database_url, subject="In-Reply-To too long")
-    assert isinstance(kept["in_reply_to"], str) and 0 < len(kept["in_reply_to"]) <= 998
+    assert isinstance(kept["in_reply_to"], str)
+    assert 0 < len(kept["in_reply_to"]) <= 998
     assert overlong_in_reply_to.startswith(kept["in_reply_to"])
     assert len(stored_messages(database_url, portfolio_id=zwei_id(database_url))) == 8
 
@@ -343,7 +343,8 @@ def test_a_resent_reply_is_answered_with_the_stored_one(
     # The same Message-ID with other bytes is another mail; it is stored as such.
     reply.set_content("Doch noch etwas.\n")
     other = send_reply(gateway, reply.as_bytes(), reply_address_of(copy), ADDRESS["SB-B2"])
-    assert other[0] == 250 and other != first, other
+    assert other[0] == 250, other
+    assert other != first
 
 
 # --- auto-replies and bounces at reply addresses (issue 12 item 8) --------------------------------------
@@ -370,10 +371,12 @@ def test_auto_replies_are_checked_before_they_are_stored_and_recorded_capped(
 
     raw = auto_reply(ADDRESS["SB-B2"], address, 2_000_000)
     code, text = send_reply(gateway, raw, address, ADDRESS["SB-B2"])
-    assert code == 250 and b"not relayed" in text, text
+    assert code == 250, text
+    assert b"not relayed" in text
     (recorded,) = stored_messages(database_url, kind="auto-reply")
     assert recorded["size"] == len(raw)
-    assert isinstance(recorded["recorded"], int) and 60_000 < recorded["recorded"] <= 64 * 1024
+    assert isinstance(recorded["recorded"], int)
+    assert 60_000 < recorded["recorded"] <= 64 * 1024
     (event,) = events_of(database_url, "reply.not_an_answer")
     assert event["recorded_size"] == recorded["recorded"]
 
@@ -387,7 +390,9 @@ def test_auto_replies_are_checked_before_they_are_stored_and_recorded_capped(
         + b"--b--\r\n"
     )
     code, text = send_reply(gateway, bounce, address, "")
-    assert code == 250 and b"not relayed" in text, text
+    assert code == 250, text
+    assert b"not relayed" in text
     (kept,) = stored_messages(database_url, kind="bounce")
-    assert isinstance(kept["recorded"], int) and kept["recorded"] <= 64 * 1024
+    assert isinstance(kept["recorded"], int)
+    assert kept["recorded"] <= 64 * 1024
     assert sink.wait_for(1, timeout=1.0) == [], "nothing of it is relayed"
