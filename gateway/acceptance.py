@@ -40,6 +40,7 @@ from gateway.domain.submitters import (
     foreign_senders,
     ids_that_fit,
     message_id_too_long,
+    not_utf8,
     path_too_long,
 )
 from gateway.domain.threading import Found, choose_vorgang, vorgang_hints
@@ -98,8 +99,8 @@ def sender_refusal(account: object, mail_from: str) -> str | None:
     (``gateway.domain.submitters``). ``account`` is the session's login (None before AUTH, which aiosmtpd
     asks for before it takes MAIL).
     """
-    if path_too_long(mail_from):
-        return str(Reply.SENDER_TOO_LONG)
+    if (refused := envelope_sender_refusal(mail_from)) is not None:
+        return refused
     if mail_from in ("", "<>") or not isinstance(account, Account):
         return None  # aiosmtpd gives the null sender as "<>"
     if foreign_senders(account.addresses, [mail_from]):
@@ -107,6 +108,15 @@ def sender_refusal(account: object, mail_from: str) -> str | None:
             f"<{mail_from}> is not an address of back office {account.backoffice}: "
             f"{allowed_text(account.addresses)}"
         )
+    return None
+
+
+def envelope_sender_refusal(mail_from: str) -> str | None:
+    """The answer to a MAIL FROM on either listener whose address the records cannot hold, else None."""
+    if not_utf8(mail_from):
+        return str(Reply.SENDER_NOT_UTF8)
+    if path_too_long(mail_from):
+        return str(Reply.SENDER_TOO_LONG)
     return None
 
 

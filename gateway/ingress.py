@@ -21,7 +21,14 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
-from gateway.acceptance import Acceptance, NotStored, Submission, sender_refusal, submitted_refusal
+from gateway.acceptance import (
+    Acceptance,
+    NotStored,
+    Submission,
+    envelope_sender_refusal,
+    sender_refusal,
+    submitted_refusal,
+)
 from gateway.db.accounts import Account, find_account
 from gateway.db.intake import member_ids
 from gateway.db.writer import Writer
@@ -447,8 +454,8 @@ class MxHandler(_Hooks):
     async def handle_MAIL(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        if path_too_long(address):
-            return str(Reply.SENDER_TOO_LONG)
+        if (refused := envelope_sender_refusal(address)) is not None:
+            return refused
         return await super().handle_MAIL(server, session, envelope, address, options)
 
     async def handle_RCPT(  # noqa: N802

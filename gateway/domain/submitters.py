@@ -28,6 +28,12 @@ MAX_ADDRESS = 320  # characters of an address column (64 + "@" + 255)
 MAX_MESSAGE_ID = 998  # characters of a Message-ID column (RFC 5322 §2.1.1's line limit)
 
 
+def not_utf8(address: str) -> bool:
+    """True when ``address`` holds bytes that were not UTF-8 (the listener keeps them as surrogates):
+    no database can store such text, so the address is refused where it arrives."""
+    return any("\udc80" <= c <= "\udcff" for c in address)
+
+
 def path_too_long(address: str) -> bool:
     """True when ``address`` (MAIL FROM or RCPT TO, without brackets) exceeds RFC 5321's path limit."""
     return len(address.encode("utf-8", "surrogateescape")) + 2 > MAX_PATH

@@ -11,6 +11,7 @@ from gateway.domain.submitters import (
     foreign_senders,
     ids_that_fit,
     message_id_too_long,
+    not_utf8,
     path_too_long,
 )
 
@@ -67,3 +68,8 @@ def test_address_that_fits() -> None:
     assert address_that_fits(None) is None
     assert address_that_fits("a@b.example") == "a@b.example"
     assert address_that_fits("a" * 340 + "@b.example") is None
+
+
+def test_addresses_that_were_not_utf8() -> None:
+    assert not_utf8(b"sb-b2\xff@kunde-b.example".decode("utf-8", "surrogateescape"))
+    assert not not_utf8("jürgen@kunde-b.example")

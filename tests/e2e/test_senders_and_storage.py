@@ -306,6 +306,10 @@ def test_overlong_values_are_refused_where_they_arrive_and_spare_the_other_mail(
         client.ehlo("mx.kunde-b.example")
         code, text = client.mail(long_sender)
         assert (code, text[:5]) == (501, b"5.1.7"), text
+        # Not UTF-8: no database could store it as the mail's envelope sender.
+        client.send(b"MAIL FROM:<sb-b2\xff@kunde-b.example>\r\n")
+        code, text = client.getreply()
+        assert (code, text[:5]) == (501, b"5.1.7"), text
 
 
 def zwei_id(database_url: str) -> int:
