@@ -4,14 +4,21 @@ The path of one reply, in order (DESIGN.md §5, §8):
 
 1. Find the token: in a recipient ``reply+TOKEN@<reply domain>``, else (a server stripped the
    sub-address) in References/In-Reply-To as ``<TOKEN@<reply domain>>``. The token names one copy; its
-   MAC, bound to the copy's portfolio, must verify under one of the configured keys.
-2. Not every mail to a reply address is an answer: auto-replies, bounces and loops are kept in the
-   Vorgang byte for byte and recorded, never relayed, never flag anything ``\\Answered``.
-3. The portfolio's sender-authentication policy must pass for the From address.
-4. In one transaction, against the directory as it is now: the From address must be a member in the
-   audience of the answered message; then the reply is stored in that Vorgang with its author, copied
-   to the audience of the reply (not to its author, whose client keeps it in Sent), queued for the relay
-   to the back office with the actual sender, and every copy of the answered message gets ``\\Answered``.
+   MAC, bound to the copy's portfolio, must verify under one of the configured keys. A mail sent to an
+   intake address belongs to that address's portfolio: a token of another portfolio in its References
+   never moves it there (a portfolio is decided once); it opens a Vorgang where it was sent.
+2. The portfolio's sender-authentication policy must pass for the From address.
+3. In one transaction, against the directory as it is now: the same mail stored before (the member's
+   server lost our 250) is answered with what it was stored as; else the From address must be a member
+   in the audience of the answered message; then the reply is stored in that Vorgang with its author,
+   copied to the audience of the reply (not to its author, whose client keeps it in Sent), queued for the
+   relay to the back office the directory names for it, with the actual sender, and every copy of the
+   answered message gets ``\\Answered``.
+
+Not every mail to a reply address is an answer: auto-replies and loops pass steps 2 and 3 like an answer
+(a stranger's auto-reply is refused like its reply); bounces come from mail servers and pass on the token
+alone. Their head (``max_recorded_size``) is recorded in the Vorgang; they are never relayed and never
+flag anything ``\\Answered``.
 
 Every refusal answers ``550 5.7.1`` with a reason a person can act on and is recorded in the event log;
 that includes the reply address of a copy reconciliation revoked (``gateway.reconcile``): it stops working.
@@ -174,7 +181,7 @@ class ReplyIntake:
         if kind.kind is Kind.BOUNCE:
             # From a mail server, not a person: no member to check. Only its head is recorded.
             await self._match_bounce(mail)
-        if kind.kind is not Kind.BOUNCE:
+        else:
             # Auto-replies and loops pass the checks an answer passes before anything is stored, so a
             # stranger's auto-reply is refused like its ordinary reply (issue 12).
             refused = await self._check_sender(mail, answered.portfolio_id, from_address, answered)
