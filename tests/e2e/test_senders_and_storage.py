@@ -312,6 +312,62 @@ def test_overlong_values_are_refused_where_they_arrive_and_spare_the_other_mail(
         assert (code, text[:5]) == (501, b"5.1.7"), text
 
 
+def test_a_message_the_database_refuses_costs_no_other_message_its_250(
+    gateway: RunningGateway, database_url: str, tmp_path: Path
+) -> None:
+    """A value no listener check knows of: a login of 250 characters, which the event of each accepted
+    message names (``backoffice:<login>``, a column of 200 on PostgreSQL). Its mail goes in at the same
+    moment as eight mails of makler-zwei; PostgreSQL refuses it, and only it hears 451 (SQLite, which
+    keeps no column lengths, stores it). The eight are stored either way."""
+    long_login = "ams-" + "x" * 246
+    password = tmp_path / "long.password"
+    password.write_text("long-login-password-1\n", encoding="utf-8")
+    gateway.cli(
+        "backoffice",
+        "password",
+        "ams",
+        "-p",
+        PORTFOLIO,
+        "--login",
+        long_login,
+        "--password-file",
+        str(password),
+    )
+
+    answers: dict[str, tuple[int, bytes]] = {}
+
+    def send(name: str, login: str, secret: str, mail: EmailMessage, ready: threading.Barrier) -> None:
+        with smtplib.SMTP("127.0.0.1", gateway.port, timeout=30) as client:
+            client.login(login, secret)
+            sender = str(mail["From"].addresses[0].addr_spec)
+            assert client.mail(sender)[0] == 250
+            assert client.rcpt(str(mail["To"]))[0] == 250
+            ready.wait(timeout=20)  # every DATA at once: they share the acceptance stage's batches
+            answers[name] = client.data(mail.as_bytes())
+
+    sends = [
+        (f"good {n}", ZWEI_BACKOFFICE, ZWEI_PASSWORD, zwei_message(f"Zwei gleichzeitig {n}"))
+        for n in range(8)
+    ]
+    sends.insert(4, ("long login", long_login, "long-login-password-1", message(ADDRESS["SB-B1"], "Lang")))
+    ready = threading.Barrier(len(sends))
+    threads = [threading.Thread(target=send, args=(*s, ready)) for s in sends]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert {n: a[0] for n, a in answers.items() if n.startswith("good")} == {
+        f"good {n}": 250 for n in range(8)
+    }
+    assert len(stored_messages(database_url, portfolio_id=zwei_id(database_url))) == 8
+    if database_url.startswith("postgresql"):
+        assert answers["long login"][0] == 451, answers["long login"]
+        assert stored_messages(database_url, subject="Lang") == []
+    else:
+        assert answers["long login"][0] == 250, answers["long login"]
+
+
 def zwei_id(database_url: str) -> int:
     engine = create_engine(sync_url(database_url))
     try:
