@@ -3,8 +3,10 @@
 Submissions from all SMTP sessions meet in one queue and are stored batch by batch in one transaction
 each (group commit): while one transaction commits, the next batch gathers, so a busy gateway pays for
 one commit and a handful of statements per batch rather than per message, and an idle one adds no
-delay. A session hears ``250`` only after the commit that holds its message; if the commit fails, every
-message of the batch gets ``451`` and nothing of them is stored (DESIGN.md §8).
+delay. A session hears ``250`` only after the commit that holds its message. If the database refuses a
+batch for what one message holds, the batch is stored again in halves until only that message is left
+out and answered ``451``; if the database itself fails, every message of the batch gets ``451`` and
+nothing of them is stored (DESIGN.md §8).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, SQLAlchemyError
+from sqlalchemy.exc import OperationalError as SAOperationalError
 
 from gateway.db import intake
 from gateway.db.accounts import Account
@@ -31,9 +34,19 @@ from gateway.db.writer import Writer
 from gateway.domain.audience import Audience, audience
 from gateway.domain.model import Participant
 from gateway.domain.rules import Decision, Verdict, route_participants
+from gateway.domain.submitters import (
+    address_that_fits,
+    allowed_text,
+    foreign_senders,
+    ids_that_fit,
+    message_id_too_long,
+    not_utf8,
+    path_too_long,
+)
 from gateway.domain.threading import Found, choose_vorgang, vorgang_hints
 from gateway.errors import OperationalError
 from gateway.parsing import ParsedMessage
+from gateway.replies import Reply
 
 log = logging.getLogger("gateway.acceptance")
 
@@ -74,6 +87,51 @@ class Accepted:
 
 
 Waiting = tuple[Submission, "asyncio.Future[Accepted]"]
+
+
+# --- what a back office may submit (checked by the listener before a message is queued) ----------------
+
+
+def sender_refusal(account: object, mail_from: str) -> str | None:
+    """The answer to a back office's ``MAIL FROM:<mail_from>`` when it is refused, else None.
+
+    A back office may send only from its own addresses in the directory, or with the null sender
+    (``gateway.domain.submitters``). ``account`` is the session's login (None before AUTH, which aiosmtpd
+    asks for before it takes MAIL).
+    """
+    if (refused := envelope_sender_refusal(mail_from)) is not None:
+        return refused
+    if mail_from in ("", "<>") or not isinstance(account, Account):
+        return None  # aiosmtpd gives the null sender as "<>"
+    if foreign_senders(account.addresses, [mail_from]):
+        return Reply.NOT_YOUR_ADDRESS.with_text(
+            f"<{mail_from}> is not an address of back office {account.backoffice}: "
+            f"{allowed_text(account.addresses)}"
+        )
+    return None
+
+
+def envelope_sender_refusal(mail_from: str) -> str | None:
+    """The answer to a MAIL FROM on either listener whose address the records cannot hold, else None."""
+    if not_utf8(mail_from):
+        return str(Reply.SENDER_NOT_UTF8)
+    if path_too_long(mail_from):
+        return str(Reply.SENDER_TOO_LONG)
+    return None
+
+
+def submitted_refusal(account: Account, parsed: ParsedMessage) -> str | None:
+    """The answer to a submitted message whose header claims what its back office may not, else None:
+    a From address that is not the back office's own, or a Message-ID longer than the records hold."""
+    if message_id_too_long(parsed.message_id):
+        return str(Reply.MESSAGE_ID_TOO_LONG)
+    foreign = foreign_senders(account.addresses, parsed.from_addresses)
+    if foreign:
+        return Reply.NOT_YOUR_ADDRESS.with_text(
+            f"From: {', '.join(foreign)} is not an address of back office {account.backoffice}: "
+            f"{allowed_text(account.addresses)}"
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,33 +202,62 @@ class Acceptance:
         return self._queue.qsize()
 
     async def _store(self, batch: list[Waiting]) -> None:
-        submissions = [submission for submission, _ in batch]
         started = time.perf_counter()
+        stored, jobs = await self._store_part(batch)
+        log.debug(
+            "stored %d of a batch of %d in %.1f ms",
+            stored,
+            len(batch),
+            (time.perf_counter() - started) * 1000,
+        )
+        if self.handoff is not None and jobs:
+            self.handoff.take(jobs)
+        if stored:
+            self.on_accepted()
+
+    async def _store_part(self, part: list[Waiting]) -> tuple[int, list[CopyJob]]:
+        """Store ``part`` in one transaction; how many were stored, and the copies for the hand-off.
+
+        One message the database refuses (a value it cannot hold, a constraint) must not fail the others
+        (DESIGN.md §8): such a failure splits the part in halves, each stored on its own, until the
+        message at fault is alone and only it is answered ``451``. The halves go in order, so a message
+        that answers an earlier one of the batch finds it stored. A fault of the database itself
+        (unreachable, locked, disk full) would fail any part alike: everything of it gets ``451`` at once.
+        """
+        submissions = [submission for submission, _ in part]
         try:
             try:
                 results, jobs = await self._store_once(submissions)
             except IntegrityError:
                 # Another process stored one of these re-sent messages at the same moment; a second
-                # go finds it. Anything else, or failing again, answers 451 below.
+                # go finds it. Anything else, or failing again, is handled below.
                 results, jobs = await self._store_once(submissions)
         except Exception as exc:
-            # Whatever went wrong, no session may wait forever: all of the batch gets 451 and the
-            # transaction was rolled back, so nothing of it is stored.
+            if len(part) > 1 and not _fails_everything(exc):
+                log.warning(
+                    "a batch of %d could not be stored (%s); storing it in halves to find the one at fault",
+                    len(part),
+                    _first_line(exc),
+                )
+                half = len(part) // 2
+                first, first_jobs = await self._store_part(part[:half])
+                second, second_jobs = await self._store_part(part[half:])
+                return first + second, first_jobs + second_jobs
+            # No session may wait forever: it gets 451, and the transaction was rolled back, so nothing
+            # of it is stored.
+            which = ", ".join(s.parsed.message_id or "a message without Message-ID" for s in submissions)
             if isinstance(exc, SQLAlchemyError | OSError):
-                log.error("could not store %d message(s): %s", len(batch), exc)
+                log.error("could not store %d message(s) (%s): %s", len(part), which, _first_line(exc))
             else:
-                log.exception("could not store %d message(s)", len(batch))
-            for _, future in batch:
+                log.exception("could not store %d message(s) (%s)", len(part), which)
+            for _, future in part:
                 if not future.done():
-                    future.set_exception(NotStored(str(exc)))
-            return
-        for (_, future), result in zip(batch, results, strict=True):
+                    future.set_exception(NotStored(_first_line(exc)))
+            return 0, []
+        for (_, future), result in zip(part, results, strict=True):
             if not future.done():
                 future.set_result(result)
-        log.debug("stored a batch of %d in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
-        if self.handoff is not None and jobs:
-            self.handoff.take(jobs)
-        self.on_accepted()
+        return len(part), jobs
 
     async def _store_once(self, submissions: list[Submission]) -> tuple[list[Accepted], list[CopyJob]]:
         lease = None
@@ -178,6 +265,20 @@ class Acceptance:
             until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.handoff.lease)
             lease = (self.handoff.node, until)
         return await self.writer.run(_accept_batch, submissions, self.hostname, lease)
+
+
+def _fails_everything(exc: BaseException) -> bool:
+    """True for a fault of the database or the disk rather than of one message's data: splitting the
+    batch would only repeat it for every part."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, SAOperationalError | InterfaceError | OSError)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The driver's message without SQLAlchemy's statement and parameters (they hold mail content)."""
+    text = str(exc.orig) if isinstance(exc, DBAPIError) and exc.orig is not None else str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 # --- one batch ---------------------------------------------------------------------------------------------
@@ -477,10 +578,10 @@ def _message_row(plan: _Planned, now: dt.datetime) -> dict[str, Any]:
         "sha256": plan.sha256,
         "message_id": plan.message_id,
         "message_id_assigned": parsed.message_id is None,
-        "in_reply_to": " ".join(parsed.in_reply_to) or None,
+        "in_reply_to": ids_that_fit(parsed.in_reply_to),
         "references": " ".join(parsed.references) or None,
         "subject": parsed.subject,
-        "from_address": parsed.from_addresses[0] if parsed.from_addresses else None,
+        "from_address": address_that_fits(parsed.from_addresses[0] if parsed.from_addresses else None),
         "envelope_sender": s.envelope_sender,
         "received_at": now,
         "kind": "quarantined" if plan.quarantined else "message",

@@ -723,6 +723,10 @@ class RepliesSettings(_Section):
     dns_timeout: Annotated[float, Field(gt=0)] = 5.0
     """Seconds a DNS lookup may take when a portfolio's sender_auth is "verify"."""
 
+    max_recorded_size: ByteSize = 64 * KIB
+    """Bytes kept of an auto-reply, bounce or loop at a reply address (its head, cut at a line end); such
+    mail is recorded in the Vorgang, never copied or relayed, so its attachments need not be kept."""
+
 
 class RelaySettings(_Section):
     """``[relay]``: the queue that delivers members' replies to the back offices' SMTP servers."""

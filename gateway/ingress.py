@@ -21,12 +21,20 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
-from gateway.acceptance import Acceptance, NotStored, Submission
+from gateway.acceptance import (
+    Acceptance,
+    NotStored,
+    Submission,
+    envelope_sender_refusal,
+    sender_refusal,
+    submitted_refusal,
+)
 from gateway.db.accounts import Account, find_account
 from gateway.db.intake import member_ids
 from gateway.db.writer import Writer
 from gateway.domain.addresses import InvalidAddress, normalise_address
 from gateway.domain.passwords import verify_password
+from gateway.domain.submitters import path_too_long
 from gateway.domain.tokens import is_reply_address
 from gateway.faithful import nul_refusal
 from gateway.mailbox.base import Mailbox, MailboxOwner
@@ -295,11 +303,22 @@ class SubmissionHandler(_Hooks):
         self.max_received_hops = max_received_hops
         self.vorgang_header = vorgang_header
 
+    async def handle_MAIL(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        # A back office speaks only for its own addresses (DESIGN.md §8).
+        refused = sender_refusal(session.auth_data, address)
+        if refused is not None:
+            return refused
+        return await super().handle_MAIL(server, session, envelope, address, options)
+
     async def handle_RCPT(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return str(Reply.TOO_MANY_RECIPIENTS)
+        if path_too_long(address):
+            return str(Reply.RECIPIENT_TOO_LONG)
         account = session.auth_data
         assert isinstance(account, Account), "aiosmtpd asks for AUTH before RCPT"
         try:
@@ -328,6 +347,8 @@ class SubmissionHandler(_Hooks):
         owners = [MailboxOwner(account.portfolio, rcpt) for rcpt in envelope.rcpt_tos]
         if self.mailbox is not None and (unstorable := await nul_refusal(self.mailbox, raw, owners)):
             return unstorable
+        if (refused := submitted_refusal(account, parsed)) is not None:
+            return refused
         decision = None
         if self.rules is not None:
             # One read of the rules in force: a reload in the meantime cannot mix two rule sets.
@@ -439,11 +460,20 @@ class MxHandler(_Hooks):
         kept = [r for r in responses if not r[4:].upper().startswith("AUTH")]
         return await super().handle_EHLO(server, session, envelope, hostname, kept)
 
+    async def handle_MAIL(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if (refused := envelope_sender_refusal(address)) is not None:
+            return refused
+        return await super().handle_MAIL(server, session, envelope, address, options)
+
     async def handle_RCPT(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return str(Reply.TOO_MANY_RECIPIENTS)
+        if path_too_long(address):
+            return str(Reply.RECIPIENT_TOO_LONG)
         lowered = address.strip().lower()
         if not (
             is_reply_address(lowered, self.reply_domain)
@@ -451,6 +481,11 @@ class MxHandler(_Hooks):
             or lowered in self.intake
         ):
             return Reply.NOT_HERE.with_text(f"<{address}>: no such address here; this gateway does not relay")
+        if envelope.rcpt_tos and self.replies.destination(lowered) != self.replies.destination(
+            envelope.rcpt_tos[0]
+        ):
+            # A portfolio is decided once, by the address a mail was sent to (DESIGN.md §8).
+            return str(Reply.OTHER_DESTINATION)
         envelope.rcpt_tos.append(lowered)
         envelope.rcpt_options.extend(options)
         return str(Reply.RECIPIENT_OK)

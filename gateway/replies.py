@@ -46,6 +46,16 @@ class Reply(enum.Enum):
         "The message contains NUL bytes, which the members' mailboxes cannot store as they are; "
         "send it without them (attachments base64-encoded)",
     )
+    # Values longer than the records hold are refused where they arrive (gateway.domain.submitters).
+    SENDER_TOO_LONG = (501, "5.1.7", "Sender address longer than 256 characters (RFC 5321 4.5.3.1.3)")
+    RECIPIENT_TOO_LONG = (501, "5.1.3", "Recipient address longer than 256 characters (RFC 5321 4.5.3.1.3)")
+    MESSAGE_ID_TOO_LONG = (554, "5.6.0", "Message-ID longer than 998 characters (RFC 5322 2.1.1)")
+    SENDER_NOT_UTF8 = (501, "5.1.7", "Sender address is not valid UTF-8")
+    # A back office speaks only for its own addresses in the directory (DESIGN.md §8).
+    NOT_YOUR_ADDRESS = (550, "5.7.1", "Not one of this back office's addresses")
+    # The MX listener: the first recipient decided the portfolio; another one's address waits for its own
+    # transaction (the client sends it again, RFC 5321 4.5.3.1.10).
+    OTHER_DESTINATION = (452, "4.5.3", "One destination per message; send to this address separately")
 
     @property
     def code(self) -> int:

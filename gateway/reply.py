@@ -4,14 +4,21 @@ The path of one reply, in order (DESIGN.md §5, §8):
 
 1. Find the token: in a recipient ``reply+TOKEN@<reply domain>``, else (a server stripped the
    sub-address) in References/In-Reply-To as ``<TOKEN@<reply domain>>``. The token names one copy; its
-   MAC, bound to the copy's portfolio, must verify under one of the configured keys.
-2. Not every mail to a reply address is an answer: auto-replies, bounces and loops are kept in the
-   Vorgang byte for byte and recorded, never relayed, never flag anything ``\\Answered``.
-3. The portfolio's sender-authentication policy must pass for the From address.
-4. In one transaction, against the directory as it is now: the From address must be a member in the
-   audience of the answered message; then the reply is stored in that Vorgang with its author, copied
-   to the audience of the reply (not to its author, whose client keeps it in Sent), queued for the relay
-   to the back office with the actual sender, and every copy of the answered message gets ``\\Answered``.
+   MAC, bound to the copy's portfolio, must verify under one of the configured keys. A mail sent to an
+   intake address belongs to that address's portfolio: a token of another portfolio in its References
+   never moves it there (a portfolio is decided once); it opens a Vorgang where it was sent.
+2. The portfolio's sender-authentication policy must pass for the From address.
+3. In one transaction, against the directory as it is now: the same mail stored before (the member's
+   server lost our 250) is answered with what it was stored as; else the From address must be a member
+   in the audience of the answered message; then the reply is stored in that Vorgang with its author,
+   copied to the audience of the reply (not to its author, whose client keeps it in Sent), queued for the
+   relay to the back office the directory names for it, with the actual sender, and every copy of the
+   answered message gets ``\\Answered``.
+
+Not every mail to a reply address is an answer: auto-replies and loops pass steps 2 and 3 like an answer
+(a stranger's auto-reply is refused like its reply); bounces come from mail servers and pass on the token
+alone. Their head (``max_recorded_size``) is recorded in the Vorgang; they are never relayed and never
+flag anything ``\\Answered``.
 
 Every refusal answers ``550 5.7.1`` with a reason a person can act on and is recorded in the event log;
 that includes the reply address of a copy reconciliation revoked (``gateway.reconcile``): it stops working.
@@ -42,6 +49,7 @@ from gateway.domain.outbound import RelayHeaders, recipients_kept, render_relay,
 from gateway.domain.refusals import NOT_ENTITLED_TO_ANSWER, Why, refusal
 from gateway.domain.senderauth_rules import Policy
 from gateway.domain.senders import InvalidVersion, relay_sender
+from gateway.domain.submitters import address_that_fits, ids_that_fit, message_id_too_long
 from gateway.domain.tokens import (
     TokenKeys,
     parse_token,
@@ -87,6 +95,8 @@ class ReplyContext:
     max_received: int
     authserv_id: str | None
     relay_lifetime: float
+    # Bytes recorded of an auto-reply, bounce or loop at a reply address (``[replies] max_recorded_size``).
+    max_recorded_size: int = 64 * 1024
 
     @property
     def bounce_address(self) -> str:
@@ -115,14 +125,35 @@ class ReplyIntake:
         self.on_relay = on_relay
         self.on_copies = on_copies
 
+    def destination(self, recipient: str) -> str:
+        """What a recipient at the MX listener decides a mail's portfolio by: an intake address its
+        portfolio; reply addresses (the token of the first one decides) and the bounce address each their
+        own. A mail goes to one destination (the listener answers other ones 452, DESIGN.md §8)."""
+        if recipient in self.context.intake:
+            return f"portfolio {self.context.intake[recipient]}"
+        return "bounces" if recipient == self.context.bounce_address else "reply"
+
     async def receive(self, mail: Incoming) -> str:
         ctx = self.context
+        if message_id_too_long(mail.parsed.message_id):
+            return str(Reply.MESSAGE_ID_TOO_LONG)
         kind = classify(mail.raw, envelope_sender=mail.envelope_sender, max_received=ctx.max_received)
+        opened_in = next((ctx.intake[r] for r in mail.recipients if r in ctx.intake), None)
         token = _token_of(mail, ctx.reply_domain)
+        parts = None if token is None else parse_token(token)
+        answered = None if parts is None else await self.writer.run(replies.answered_by_copy, parts.copy_id)
+        if opened_in is not None and (
+            parts is None
+            or answered is None
+            or answered.portfolio != opened_in
+            or not verify_token(self.keys, parts, portfolio=answered.portfolio)
+        ):
+            # Sent to an intake address: that address decides the portfolio. A reply code in References
+            # threads the mail only within that portfolio; one of another portfolio never moves it.
+            token = None
         if token is None:
             if kind.kind is Kind.BOUNCE:
                 return await self._bounce(mail, kind.reason)
-            opened_in = next((ctx.intake[r] for r in mail.recipients if r in ctx.intake), None)
             if opened_in is not None:
                 return await self._open(mail, opened_in, kind)
             await self._refused(mail, "no reply code in the address or in References")
@@ -130,8 +161,6 @@ class ReplyIntake:
                 "This address only takes answers to the gateway's mail, and this mail names none: "
                 "please use Reply in your mail program on the message you want to answer"
             )
-        parts = parse_token(token)
-        answered = None if parts is None else await self.writer.run(replies.answered_by_copy, parts.copy_id)
         if (
             parts is None
             or answered is None
@@ -147,18 +176,20 @@ class ReplyIntake:
             await self._refused(mail, f"reply code of copy {answered.copy_id}, which was revoked", answered)
             # The same answer as for a stranger: who lost access is for the event log only.
             return Reply.REFUSED.with_text(NOT_ENTITLED_TO_ANSWER)
-        if kind.kind is not Kind.ANSWER:
-            if kind.kind is Kind.BOUNCE:
-                await self._match_bounce(mail)
-            await self.writer.run(_store_not_an_answer, mail, answered, kind.kind.value, kind.reason, ctx)
-            log.info("recorded %s in %s: %s", kind.kind.value, answered.vorgang, kind.reason)
-            return Reply.RECORDED.with_text(
-                f"Recorded in {answered.vorgang} as {kind.kind.value}; not relayed"
-            )
         from_address = _from_of(mail)
-        refused = await self._check_sender(mail, answered.portfolio_id, from_address, answered)
-        if refused is not None:
-            return refused
+        if kind.kind is Kind.BOUNCE:
+            # From a mail server, not a person: no member to check. Only its head is recorded.
+            await self._match_bounce(mail)
+        else:
+            # Auto-replies and loops pass the checks an answer passes before anything is stored, so a
+            # stranger's auto-reply is refused like its ordinary reply (issue 12).
+            refused = await self._check_sender(mail, answered.portfolio_id, from_address, answered)
+            if refused is not None:
+                return refused
+        if kind.kind is not Kind.ANSWER:
+            return await self._store(
+                _store_not_an_answer, mail, answered, from_address, kind.kind.value, kind.reason, ctx
+            )
         return await self._store(_store_reply, mail, answered, from_address, ctx, self._lease())
 
     async def _open(self, mail: Incoming, portfolio_name: str, kind: Classification) -> str:
@@ -211,7 +242,9 @@ class ReplyIntake:
             )
         return Reply.REFUSED.with_text(f"The sender could not be verified: {verdict.reason}")
 
-    async def _store(self, transaction: Callable[..., Stored | Refusal], *args: Any) -> str:
+    async def _store(
+        self, transaction: Callable[..., Stored | Refusal | Resent | Recorded], *args: Any
+    ) -> str:
         try:
             outcome = await self.writer.run(transaction, *args)
         except Exception as exc:
@@ -219,6 +252,15 @@ class ReplyIntake:
             raise NotStored(str(exc)) from exc
         if isinstance(outcome, Refusal):
             return Reply.REFUSED.with_text(outcome.reason)
+        if isinstance(outcome, Resent):
+            # The member's server lost our 250 and sent the same mail again: it is stored already.
+            log.info("a re-sent %s, stored before as %s", outcome.kind, outcome.gateway_id)
+            if outcome.kind == Kind.ANSWER.value:
+                return Reply.ACCEPTED.with_text(f"Accepted as {outcome.gateway_id} in {outcome.vorgang}")
+            return Reply.RECORDED.with_text(f"Recorded in {outcome.vorgang} as {outcome.kind}; not relayed")
+        if isinstance(outcome, Recorded):
+            log.info("recorded %s in %s: %s", outcome.kind, outcome.vorgang, outcome.reason)
+            return Reply.RECORDED.with_text(f"Recorded in {outcome.vorgang} as {outcome.kind}; not relayed")
         if self.handoff is not None and outcome.jobs:
             self.handoff.take(outcome.jobs)
         self.on_copies()
@@ -272,6 +314,24 @@ class Refusal:
 
 
 @dataclass(frozen=True, slots=True)
+class Resent:
+    """The mail is stored already (same Message-ID and bytes): what it was stored as."""
+
+    gateway_id: str
+    vorgang: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """An auto-reply, bounce or loop recorded in the Vorgang."""
+
+    vorgang: str
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Stored:
     direction: str
     gateway_id: str
@@ -306,15 +366,15 @@ def _store_reply(
     from_address: str,
     ctx: ReplyContext,
     lease: tuple[str, dt.datetime] | None,
-) -> Stored | Refusal:
+) -> Stored | Refusal | Resent:
     pid = answered.portfolio_id
     intake.hold_directory(connection, pid)
-    author = replies.member_by_address(connection, pid, from_address) if from_address else None
-    seen_by = replies.audience_now(connection, pid, answered.message_pk)
-    if author is None or author.id not in seen_by:
-        refused = refusal(from_address, Why.NOT_A_MEMBER if author is None else Why.NOT_IN_AUDIENCE)
-        _record_refusal(connection, mail, answered, refused.reason, ctx.node)
-        return Refusal(refused.answer)
+    resent = _resent(connection, pid, mail, mail.raw)
+    if resent is not None:
+        return resent
+    author = _author_of_answer(connection, mail, answered, from_address, ctx)
+    if isinstance(author, Refusal):
+        return author
     now = dt.datetime.now(dt.UTC)
     stored = _store_member_mail(
         connection,
@@ -344,6 +404,33 @@ def _store_reply(
     return stored
 
 
+def _author_of_answer(
+    connection: Connection, mail: Incoming, answered: replies.Answered, from_address: str, ctx: ReplyContext
+) -> replies.Author | Refusal:
+    """The member who may answer the message ``answered`` as ``from_address``, or the recorded refusal.
+
+    The caller holds the portfolio's directory: the audience is the one the mail is stored against.
+    """
+    pid = answered.portfolio_id
+    author = replies.member_by_address(connection, pid, from_address) if from_address else None
+    seen_by = replies.audience_now(connection, pid, answered.message_pk)
+    if author is None or author.id not in seen_by:
+        refused = refusal(from_address, Why.NOT_A_MEMBER if author is None else Why.NOT_IN_AUDIENCE)
+        _record_refusal(connection, mail, answered, refused.reason, ctx.node)
+        return Refusal(refused.answer)
+    return author
+
+
+def _resent(connection: Connection, portfolio_id: int, mail: Incoming, stored_raw: bytes) -> Resent | None:
+    """What the same mail (Message-ID and bytes) was stored as, if a member's server sends it again."""
+    if mail.parsed.message_id is None:
+        return None  # an id we assign is new each time: such a mail cannot be recognised
+    found = replies.member_mail_by_digest(
+        connection, portfolio_id, mail.parsed.message_id, hashlib.sha256(stored_raw).hexdigest()
+    )
+    return None if found is None else Resent(*found)
+
+
 def _open_vorgang(
     connection: Connection,
     mail: Incoming,
@@ -351,8 +438,11 @@ def _open_vorgang(
     from_address: str,
     ctx: ReplyContext,
     lease: tuple[str, dt.datetime] | None,
-) -> Stored | Refusal:
+) -> Stored | Refusal | Resent:
     intake.hold_directory(connection, portfolio.id)
+    resent = _resent(connection, portfolio.id, mail, mail.raw)
+    if resent is not None:
+        return resent
     author = replies.member_by_address(connection, portfolio.id, from_address) if from_address else None
     if author is None:
         refused = refusal(from_address, Why.NOT_A_MEMBER, opening=True)
@@ -449,7 +539,7 @@ def _store_member_mail(
                 "sha256": hashlib.sha256(mail.raw).hexdigest(),
                 "message_id": message_id,
                 "message_id_assigned": mail.parsed.message_id is None,
-                "in_reply_to": " ".join(mail.parsed.in_reply_to) or None,
+                "in_reply_to": ids_that_fit(mail.parsed.in_reply_to),
                 "references": " ".join(mail.parsed.references) or None,
                 "subject": mail.parsed.subject,
                 "from_address": author.address,
@@ -606,10 +696,27 @@ def _store_not_an_answer(
     connection: Connection,
     mail: Incoming,
     answered: replies.Answered,
+    from_address: str,
     kind: str,
     reason: str,
     ctx: ReplyContext,
-) -> None:
+) -> Refusal | Resent | Recorded:
+    """Record an auto-reply, bounce or loop in the Vorgang of the message it came back to.
+
+    An auto-reply or a loop passes the audience check an answer passes; a bounce comes from a mail
+    server and is matched by its token alone. Only the head of the mail is kept, up to
+    ``max_recorded_size`` bytes ending at a line end: it is recorded for the admin, never copied or relayed.
+    """
+    pid = answered.portfolio_id
+    intake.hold_directory(connection, pid)
+    recorded, cut = _recorded_head(mail.raw, ctx.max_recorded_size)
+    resent = _resent(connection, pid, mail, recorded)
+    if resent is not None:
+        return resent
+    if kind != Kind.BOUNCE.value:
+        author = _author_of_answer(connection, mail, answered, from_address, ctx)
+        if isinstance(author, Refusal):
+            return author
     now = dt.datetime.now(dt.UTC)
     gateway_id = new_gateway_id()
     message_pk = intake.insert_returning_ids(
@@ -618,19 +725,19 @@ def _store_not_an_answer(
         [
             {
                 "gateway_id": gateway_id,
-                "portfolio_id": answered.portfolio_id,
+                "portfolio_id": pid,
                 "vorgang_id": answered.vorgang_id,
                 "direction": "reply",
                 "backoffice_id": answered.backoffice_id,
-                "raw": mail.raw,
+                "raw": recorded,
                 "size": len(mail.raw),
-                "sha256": hashlib.sha256(mail.raw).hexdigest(),
+                "sha256": hashlib.sha256(recorded).hexdigest(),
                 "message_id": mail.parsed.message_id or f"<{gateway_id}@{ctx.hostname}>",
                 "message_id_assigned": mail.parsed.message_id is None,
-                "in_reply_to": " ".join(mail.parsed.in_reply_to) or None,
+                "in_reply_to": ids_that_fit(mail.parsed.in_reply_to),
                 "references": " ".join(mail.parsed.references) or None,
                 "subject": mail.parsed.subject,
-                "from_address": mail.parsed.from_addresses[0] if mail.parsed.from_addresses else None,
+                "from_address": address_that_fits(from_address or None),
                 "envelope_sender": mail.envelope_sender,
                 "received_at": now,
                 "kind": kind,
@@ -639,22 +746,35 @@ def _store_not_an_answer(
             }
         ],
     )[0]
+    detail: dict[str, Any] = {"gateway_id": gateway_id, "kind": kind, "reason": reason, "peer": mail.peer}
+    if cut:
+        detail |= {"size": len(mail.raw), "recorded_size": len(recorded)}
     intake.insert_rows(
         connection,
         intake.EVENTS,
         [
             {
                 "at": now,
-                "portfolio_id": answered.portfolio_id,
+                "portfolio_id": pid,
                 "actor": f"gateway:{ctx.node}",
                 "kind": "reply.not_an_answer",
                 "member_id": answered.member_id,
                 "vorgang_id": answered.vorgang_id,
                 "message_id": message_pk,
-                "detail": {"gateway_id": gateway_id, "kind": kind, "reason": reason, "peer": mail.peer},
+                "detail": detail,
             }
         ],
     )
+    return Recorded(answered.vorgang, kind, reason)
+
+
+def _recorded_head(raw: bytes, limit: int) -> tuple[bytes, bool]:
+    """``raw`` up to ``limit`` bytes, cut after the last whole line; and whether anything was cut."""
+    if len(raw) <= limit:
+        return raw, False
+    head = raw[:limit]
+    end = head.rfind(b"\r\n")
+    return (head[: end + 2] if end >= 0 else head), True
 
 
 def _record_refusal(

@@ -196,6 +196,7 @@ class Service:
                 max_received=limits.max_received_hops,
                 authserv_id=settings.replies.authserv_id,
                 relay_lifetime=settings.relay.lifetime,
+                max_recorded_size=settings.replies.max_recorded_size,
             ),
             resolver=self.resolver,
             handoff=self.handoff,

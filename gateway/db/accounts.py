@@ -8,7 +8,7 @@ from sqlalchemy import Connection, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.events import record_event
-from gateway.db.models import BackOfficeAccountRow, BackOfficeRow, PortfolioRow
+from gateway.db.models import BackOfficeAccountRow, BackOfficeAddressRow, BackOfficeRow, PortfolioRow
 from gateway.errors import DirectoryConflict, NotFound
 
 
@@ -22,6 +22,8 @@ class Account:
     backoffice: str
     portfolio_id: int
     portfolio: str
+    # The back office's own addresses in the directory: the only ones it may send from (DESIGN.md §8).
+    addresses: tuple[str, ...] = ()
 
 
 def find_account(connection: Connection, login: str) -> Account | None:
@@ -44,7 +46,14 @@ def find_account(connection: Connection, login: str) -> Account | None:
     if row is None:
         return None
     login_, password_hash, backoffice_id, backoffice, portfolio_id, portfolio = row
-    return Account(login_, password_hash, backoffice_id, backoffice, portfolio_id, portfolio)
+    addresses = connection.scalars(
+        select(BackOfficeAddressRow.address)
+        .where(BackOfficeAddressRow.backoffice_id == backoffice_id)
+        .order_by(BackOfficeAddressRow.id)
+    ).all()
+    return Account(
+        login_, password_hash, backoffice_id, backoffice, portfolio_id, portfolio, tuple(addresses)
+    )
 
 
 async def set_password(

@@ -113,7 +113,7 @@ def thread_target(connection: Connection, answered: Answered) -> ThreadTarget | 
         return ThreadTarget(
             answered.message_id,
             answered.references,
-            answered.from_address,
+            backoffice_address(connection, answered.backoffice_id, answered.from_address),
             answered.backoffice_id,
             answered.ams_version,
         )
@@ -136,7 +136,49 @@ def thread_target(connection: Connection, answered: Answered) -> ThreadTarget | 
     ).first()
     if row is None:
         return None
-    return ThreadTarget(row[0], tuple((row[1] or "").split()), row[2], row[3], row[4] or "")
+    address = backoffice_address(connection, row[3], row[2])
+    return ThreadTarget(row[0], tuple((row[1] or "").split()), address, row[3], row[4] or "")
+
+
+def backoffice_address(
+    connection: Connection, backoffice_id: int | None, sent_from: str | None
+) -> str | None:
+    """Where a reply to the back office's mail goes: one of the back office's own addresses in the
+    directory, never an address taken from a header (DESIGN.md §8). The one the mail came from when it
+    is among them (a back office with several addresses hears back at the one it wrote from), else the
+    first; None when the back office has none (or the message is not a back office's)."""
+    if backoffice_id is None:
+        return None
+    addresses = [
+        str(a)
+        for a in connection.scalars(
+            select(BackOfficeAddressRow.address)
+            .where(BackOfficeAddressRow.backoffice_id == backoffice_id)
+            .order_by(BackOfficeAddressRow.id)
+        )
+    ]
+    if sent_from is not None and sent_from.lower() in (a.lower() for a in addresses):
+        return next(a for a in addresses if a.lower() == sent_from.lower())
+    return addresses[0] if addresses else None
+
+
+def member_mail_by_digest(
+    connection: Connection, portfolio_id: int, message_id: str, sha256: str
+) -> tuple[str, str, str] | None:
+    """A member's mail already stored with this Message-ID and digest: its gateway id, Vorgang and kind."""
+    row = connection.execute(
+        select(MessageRow.gateway_id, VorgangRow.reference, MessageRow.kind)
+        .join(VorgangRow, VorgangRow.id == MessageRow.vorgang_id)
+        .where(
+            MessageRow.portfolio_id == portfolio_id,
+            MessageRow.message_id == message_id,
+            MessageRow.sha256 == sha256,
+            MessageRow.direction.in_(("reply", "intake")),
+        )
+        .order_by(MessageRow.id)
+        .limit(1)
+    ).first()
+    return None if row is None else (str(row[0]), str(row[1]), str(row[2]))
 
 
 @dataclass(frozen=True, slots=True)

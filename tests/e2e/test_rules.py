@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import EXAMPLE_DIRECTORY
 from tests.dovecot import Dovecot
 from tests.e2e.conftest import PORTFOLIO, RunningGateway, prepare
 from tests.e2e.test_inbound import message, smtp
@@ -39,6 +40,19 @@ rules:
     match: {not: {sender_domain: makler-muster.example}}
     quarantine: "foreign sender"
 """
+
+
+def with_billing(gateway: RunningGateway, tmp_path: Path) -> RunningGateway:
+    """ams with a second address outside its portfolio's domain, billing@fremd.example (a billing
+    service sending in its name): the directory allows it, so the "foreign" rule is what holds it."""
+    text = EXAMPLE_DIRECTORY.read_text(encoding="utf-8").replace(
+        "addresses: [ams@makler-muster.example]",
+        "addresses: [ams@makler-muster.example, billing@fremd.example]",
+    )
+    directory = tmp_path / "billing.yaml"
+    directory.write_text(text, encoding="utf-8")
+    gateway.cli("directory", "load", str(directory))
+    return gateway
 
 
 def write_rules(gateway: RunningGateway, text: str) -> Path:
@@ -67,7 +81,7 @@ def send_spam(gateway: RunningGateway) -> smtplib.SMTPDataError:
 
 @pytest.fixture
 def gateway(tmp_path: Path, database_url: str) -> Iterator[RunningGateway]:
-    running = prepare(tmp_path, database_url)
+    running = with_billing(prepare(tmp_path, database_url), tmp_path)
     write_rules(running, RULES)
     running.start()
     try:
@@ -118,7 +132,7 @@ def test_rules_route_reject_quarantine_and_survive_a_bad_edit(gateway: RunningGa
 
 
 def test_quarantine_answer_names_the_review(tmp_path: Path, database_url: str) -> None:
-    running = prepare(tmp_path, database_url)
+    running = with_billing(prepare(tmp_path, database_url), tmp_path)
     write_rules(running, RULES)
     running.start()
     try:
@@ -135,7 +149,7 @@ def test_quarantine_answer_names_the_review(tmp_path: Path, database_url: str) -
 
 
 def test_invalid_rules_keep_the_gateway_from_starting(tmp_path: Path, database_url: str) -> None:
-    running = prepare(tmp_path, database_url)
+    running = with_billing(prepare(tmp_path, database_url), tmp_path)
     bad = write_rules(running, "rules:\n  - name: x\n    match: {subjekt: y}\n")
     with pytest.raises(AssertionError, match="did not start"):
         running.start(timeout=20)
@@ -149,7 +163,7 @@ def test_a_released_message_reaches_its_audience_a_dropped_one_nobody(
 ) -> None:
     """Quarantine from the admin's side while ``gateway serve`` runs: the held messages are listed,
     the released one reaches exactly the audience DESIGN.md §3 gives it, the dropped one nobody."""
-    running = prepare(tmp_path, database_url, dovecot=mailbox_server)
+    running = with_billing(prepare(tmp_path, database_url, dovecot=mailbox_server), tmp_path)
     write_rules(running, RULES)
     running.start()
     try:
