@@ -672,6 +672,20 @@ class FanoutSettings(_Section):
     lease: Annotated[float, Field(gt=0)] = 60.0
     """Seconds a taken copy stays reserved for this process before another may retry it."""
 
+    # -- copies that wait: held copies come back by themselves, the back office is told (issue 13) --
+
+    held_retry: Annotated[float, Field(gt=0)] = 600.0
+    """Seconds between two tries of a mailbox whose copies are held (after max_attempts): one held copy
+    is written as a probe; once it (or any copy) reaches the mailbox, all its held copies are due again."""
+
+    delay_notice_after: Annotated[float, Field(ge=0)] = 4 * 3600.0
+    """Seconds a copy of a back office's mail may wait undelivered before the back office gets a delay
+    notice (RFC 3464, action=delayed) through the relay; 0: never. Default: 4 hours."""
+
+    lifetime: Annotated[float, Field(gt=0)] = 5 * 24 * 3600.0
+    """Seconds after which the gateway gives up on a copy not yet delivered: it is marked failed and the
+    back office gets a failure notice (action=failed). Default: 5 days, as [relay] lifetime."""
+
 
 class FlagSyncSettings(_Section):
     """``[flagsync]``: the watcher that carries flags members set to their co-members' copies."""

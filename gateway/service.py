@@ -37,6 +37,7 @@ from gateway.logs import configure_logging
 from gateway.mailbox import Mailbox, MaildirMailbox
 from gateway.mailbox.imap import ImapMailbox
 from gateway.mailbox.routed import RoutedMailbox
+from gateway.notices import NoticeSettings
 from gateway.reconcile import Reconciler
 from gateway.relay import Relay
 from gateway.replies import Reply
@@ -121,6 +122,14 @@ class Service:
             node=settings.gateway.node_name,
             hostname=settings.gateway.hostname,
         )
+        # Copies that wait: the back office of their mail is told through the relay (gateway.notices).
+        self.fanout.notices = NoticeSettings(
+            settings.gateway.hostname,
+            settings.fanout.delay_notice_after,
+            settings.fanout.lifetime,
+            settings.relay.lifetime,
+        )
+        self.fanout.on_notice = self.relay.wake
         self.flagsync = FlagSync(
             self.writer,
             self.mailbox,

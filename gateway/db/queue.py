@@ -11,11 +11,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, case, literal, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, case, func, literal, or_, select, update
 
-from gateway.db.models import CopyRow, MemberRow, MessageRow, PortfolioRow, ReleaseRow, VorgangRow
+from gateway.db.models import CopyRow, MemberRow, MessageRow, PortfolioRow, RelayRow, ReleaseRow, VorgangRow
 from gateway.domain.rules import CopyHeaders
 
 # Executemany updates go through the Core table: the ORM would treat a list of parameters as its own
@@ -91,6 +91,9 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
             .with_for_update(skip_locked=True)
         )
     }
+    if len(taken) < limit:
+        for copy_pk in _probes(connection, now, limit - len(taken)):
+            taken[copy_pk] = None
     ids = list(taken)
     if not ids:
         return []
@@ -159,13 +162,48 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
     ]
 
 
+def _probes(connection: Connection, now: dt.datetime, limit: int) -> list[int]:
+    """Take one due held copy per mailbox back into the queue, as a probe of that mailbox.
+
+    Held copies wait for their mailbox, not for an admin: a disk that was full, a server that was
+    away, comes back without anyone saying so. The probe goes out like any copy; when it is written,
+    ``record`` makes the mailbox's other held copies due at once, and when it fails, they all wait
+    another ``held_retry``.
+    """
+    oldest = list(
+        connection.scalars(
+            select(func.min(CopyRow.id))
+            .where(CopyRow.state == "held", CopyRow.next_attempt_at <= now)
+            .group_by(CopyRow.member_id)
+            .order_by(func.min(CopyRow.id))
+            .limit(limit)
+        )
+    )
+    if not oldest:
+        return []
+    # The state in the WHERE makes the take atomic: another node probing at the same moment gets none.
+    return [
+        int(pk)
+        for pk in connection.scalars(
+            update(CopyRow)
+            .where(CopyRow.id.in_(oldest), CopyRow.state == "held")
+            .values(state="pending")
+            .returning(CopyRow.id)
+        )
+    ]
+
+
 def record(
     connection: Connection,
     outcomes: Sequence[Outcome],
     now: dt.datetime,
-    retry_at: dict[int, dt.datetime | None],
-) -> None:
-    """Store how each attempt went; ``retry_at`` maps a failed copy to its next attempt (None: hold it)."""
+    retry_at: dict[int, tuple[bool, dt.datetime]],
+) -> int:
+    """Store how each attempt went; ``retry_at`` maps a failed copy to (held?, its next attempt).
+
+    A copy written releases the held copies of its mailbox (they are due at once); a copy held pushes
+    the next try of its mailbox's other held copies to its own. Returns how many held copies were
+    released."""
     # Only a copy still pending is recorded: reconciliation may have revoked it while it was being
     # written (it waited for this lease to end), and a revoked copy must not turn delivered again.
     delivered = [o for o in outcomes if o.error is None]
@@ -194,6 +232,24 @@ def record(
                 for o in delivered
             ],
         )
+    released = 0
+    if delivered:
+        # The mailbox works again: what it held back is written now, not at the next probe.
+        released = int(
+            getattr(
+                connection.execute(
+                    update(COPIES)
+                    .where(
+                        COPIES.c.member_id.in_({o.job.member_id for o in delivered}),
+                        COPIES.c.state == "held",
+                    )
+                    .values(state="pending", next_attempt_at=now, updated_at=now)
+                ),
+                "rowcount",
+                0,
+            )
+            or 0
+        )
     failed = [o for o in outcomes if o.error is not None]
     if failed:
         connection.execute(
@@ -210,13 +266,27 @@ def record(
             [
                 {
                     "b_id": o.job.id,
-                    "b_state": "pending" if retry_at[o.job.id] else "held",
-                    "b_next": retry_at[o.job.id],
+                    "b_state": "held" if retry_at[o.job.id][0] else "pending",
+                    "b_next": retry_at[o.job.id][1],
                     "b_error": (o.error or "")[:2000],
                 }
                 for o in failed
             ],
         )
+        held = [o for o in failed if retry_at[o.job.id][0]]
+        if held:
+            # One probe per mailbox: its other held copies wait as long as the one that just failed.
+            connection.execute(
+                update(COPIES)
+                .where(
+                    COPIES.c.member_id == bindparam("b_member"),
+                    COPIES.c.state == "held",
+                    COPIES.c.next_attempt_at < bindparam("b_next"),
+                )
+                .values(next_attempt_at=bindparam("b_next")),
+                [{"b_member": o.job.member_id, "b_next": retry_at[o.job.id][1]} for o in held],
+            )
+    return released
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,3 +472,93 @@ def record_removals(
             ),
             [{"b_id": j.id, "b_next": at, "b_error": error[:2000]} for j, error, at in failed],
         )
+
+
+# --- copies that wait too long: given up, and the messages whose back office must hear of it -----------
+
+
+@dataclass(frozen=True, slots=True)
+class LateCopy:
+    """A copy not yet delivered, as a notice to the back office names it."""
+
+    id: int
+    message_pk: int
+    member_id: int
+    address: str
+    state: str
+    created_at: dt.datetime
+    last_error: str | None
+
+
+def give_up(connection: Connection, before: dt.datetime, now: dt.datetime) -> list[LateCopy]:
+    """Mark ``failed`` the copies created before ``before`` that are still not delivered (and not
+    being written right now); returns them."""
+    waiting = or_(CopyRow.state == "held", and_(CopyRow.state == "pending", CopyRow.next_attempt_at <= now))
+    found = _late(connection, waiting, CopyRow.created_at < before)
+    if found:
+        connection.execute(
+            update(CopyRow)
+            .where(CopyRow.id.in_([c.id for c in found]), waiting)
+            .values(state="failed", next_attempt_at=None, leased_by=None, updated_at=now)
+        )
+    return found
+
+
+def late_copies(connection: Connection, message_pks: Sequence[int], states: Sequence[str]) -> list[LateCopy]:
+    """The copies of these messages in one of ``states``."""
+    return _late(connection, CopyRow.message_id.in_(message_pks), CopyRow.state.in_(states))
+
+
+def _late(connection: Connection, *where: Any) -> list[LateCopy]:
+    return [
+        LateCopy(
+            int(r[0]),
+            int(r[1]),
+            int(r[2]),
+            r[3],
+            r[4],
+            r[5] if r[5].tzinfo else r[5].replace(tzinfo=dt.UTC),
+            r[6],
+        )
+        for r in connection.execute(
+            select(
+                CopyRow.id,
+                CopyRow.message_id,
+                CopyRow.member_id,
+                MemberRow.address,
+                CopyRow.state,
+                CopyRow.created_at,
+                CopyRow.last_error,
+            )
+            .join(MemberRow, MemberRow.id == CopyRow.member_id)
+            .where(*where)
+            .order_by(CopyRow.id)
+        )
+    ]
+
+
+def unnoticed_late_messages(connection: Connection, before: dt.datetime, limit: int) -> list[int]:
+    """Back offices' messages with a copy waiting since before ``before`` and no delay or failure
+    notice queued yet."""
+    noticed = (
+        select(RelayRow.id)
+        .where(RelayRow.message_id == CopyRow.message_id, RelayRow.purpose.in_(("delayed", "failed")))
+        .exists()
+    )
+    return [
+        int(pk)
+        for pk in connection.scalars(
+            select(CopyRow.message_id)
+            .join(MessageRow, MessageRow.id == CopyRow.message_id)
+            .where(
+                CopyRow.state.in_(("pending", "held")),
+                CopyRow.created_at < before,
+                MessageRow.backoffice_id.is_not(None),
+                MessageRow.envelope_sender != "",
+                ~noticed,
+            )
+            .group_by(CopyRow.message_id)
+            .order_by(CopyRow.message_id)
+            .limit(limit)
+        )
+    ]
