@@ -180,6 +180,16 @@ class FanOut:
         Returns how many were taken."""
         if not self._handed:
             await self._recorded()
+        # First, copies that waited too long: given up (before anyone takes them again), or late
+        # enough that the back office is told. A look every ten polls is soon enough for that.
+        if (
+            self.notices is not None
+            and time.monotonic() - self._last_sweep >= 10 * self.settings.poll_interval
+        ):
+            self._last_sweep = time.monotonic()
+            swept = await self.writer.run(notices.sweep, self.notices, dt.datetime.now(dt.UTC), self.node)
+            if swept.notices and self.on_notice is not None:
+                self.on_notice()
         jobs = [self._handed.popleft() for _ in range(min(len(self._handed), self.settings.batch_size))]
         if not jobs or time.monotonic() - self._last_claim >= self.settings.poll_interval:
             self._last_claim = time.monotonic()
@@ -210,16 +220,6 @@ class FanOut:
             )
         if removals:
             await self._remove(removals)
-        # Copies that wait too long: gave up, or late enough that the back office is told. A look every
-        # ten polls is soon enough for notices counted in hours.
-        if (
-            self.notices is not None
-            and time.monotonic() - self._last_sweep >= 10 * self.settings.poll_interval
-        ):
-            self._last_sweep = time.monotonic()
-            swept = await self.writer.run(notices.sweep, self.notices, dt.datetime.now(dt.UTC), self.node)
-            if swept.notices and self.on_notice is not None:
-                self.on_notice()
         if not jobs:
             return len(flag_jobs) + len(removals)
         # Copies of one mailbox go together: a Maildir then syncs each directory once per batch.

@@ -562,3 +562,262 @@ def unnoticed_late_messages(connection: Connection, before: dt.datetime, limit: 
             .limit(limit)
         )
     ]
+
+
+# --- what `gateway queue` shows and does (postqueue -p / -f for the gateway) ---------------------------
+
+# What waits in the queues, by kind: a copy to write, flags to catch up on a delivered copy, a revoked
+# copy to remove, and mail (or a notice) to relay to a back office.
+KINDS = ("copy", "flags", "removal", "relay")
+STATES = ("pending", "held", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueItem:
+    """One item in a queue as an admin sees it; ``id`` is ``copy-<n>`` or ``relay-<n>``."""
+
+    id: str
+    kind: str
+    state: str
+    portfolio: str
+    member: str
+    message: str  # the gateway id of the message it is about
+    subject: str
+    created_at: dt.datetime
+    attempts: int
+    next_attempt_at: dt.datetime | None
+    last_error: str | None
+    to: tuple[str, ...] = ()
+    purpose: str = ""  # relays: "mail", "delayed", "failed"
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    return value if value is None or value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _copy_kind() -> Any:
+    return case(
+        (CopyRow.state == "revoking", literal("removal")),
+        (CopyRow.state == "delivered", literal("flags")),
+        else_=literal("copy"),
+    )
+
+
+def queue_items(
+    connection: Connection,
+    *,
+    portfolio: str | None = None,
+    member: str | None = None,
+    state: str | None = None,
+    kind: str | None = None,
+    before: dt.datetime | None = None,
+    ids: Sequence[str] = (),
+    limit: int = 1000,
+) -> list[QueueItem]:
+    """The items waiting in the queues, oldest first, filtered as given (``before``: created before)."""
+    copy_pks, relay_pks = _split_ids(ids)
+    items: list[QueueItem] = []
+    if kind in (None, "copy", "flags", "removal") and not (ids and not copy_pks):
+        waiting = or_(
+            CopyRow.state.in_(("pending", "held", "failed", "revoking")),
+            and_(CopyRow.state == "delivered", CopyRow.flags_pending.is_(True)),
+        )
+        query = (
+            select(
+                CopyRow.id,
+                _copy_kind(),
+                CopyRow.state,
+                PortfolioRow.name,
+                MemberRow.address,
+                MessageRow.gateway_id,
+                MessageRow.subject,
+                CopyRow.created_at,
+                CopyRow.attempts,
+                CopyRow.next_attempt_at,
+                CopyRow.last_error,
+            )
+            .join(PortfolioRow, PortfolioRow.id == CopyRow.portfolio_id)
+            .join(MemberRow, MemberRow.id == CopyRow.member_id)
+            .join(MessageRow, MessageRow.id == CopyRow.message_id)
+            .where(waiting)
+        )
+        if copy_pks:
+            query = query.where(CopyRow.id.in_(copy_pks))
+        if kind is not None:
+            query = query.where(_copy_kind() == kind)
+        if portfolio is not None:
+            query = query.where(PortfolioRow.name == portfolio)
+        if member is not None:
+            query = query.where(MemberRow.address == member.lower())
+        if state is not None:
+            # A flag job or a removal waits as "pending" (nothing else becomes of it).
+            query = query.where(
+                CopyRow.state.in_((state, "delivered", "revoking") if state == "pending" else (state,))
+            )
+        if before is not None:
+            query = query.where(CopyRow.created_at < before)
+        for r in connection.execute(query.order_by(CopyRow.created_at, CopyRow.id).limit(limit)):
+            shown = "pending" if r[2] in ("delivered", "revoking") else r[2]
+            items.append(
+                QueueItem(
+                    f"copy-{r[0]}",
+                    r[1],
+                    shown,
+                    r[3],
+                    r[4],
+                    r[5],
+                    r[6] or "",
+                    _aware(r[7]) or r[7],
+                    r[8],
+                    _aware(r[9]),
+                    r[10],
+                    (r[4],),
+                )
+            )
+    if kind in (None, "relay") and not (ids and not relay_pks):
+        query = (
+            select(
+                RelayRow.id,
+                RelayRow.state,
+                PortfolioRow.name,
+                MemberRow.address,
+                MessageRow.gateway_id,
+                MessageRow.subject,
+                RelayRow.created_at,
+                RelayRow.attempts,
+                RelayRow.next_attempt_at,
+                RelayRow.last_error,
+                RelayRow.recipients,
+                RelayRow.purpose,
+            )
+            .join(PortfolioRow, PortfolioRow.id == RelayRow.portfolio_id)
+            .join(MemberRow, MemberRow.id == RelayRow.member_id)
+            .join(MessageRow, MessageRow.id == RelayRow.message_id)
+            .where(RelayRow.state.in_(("pending", "failed")))
+        )
+        if relay_pks:
+            query = query.where(RelayRow.id.in_(relay_pks))
+        if portfolio is not None:
+            query = query.where(PortfolioRow.name == portfolio)
+        if member is not None:
+            query = query.where(MemberRow.address == member.lower())
+        if state is not None:
+            query = query.where(RelayRow.state == state)
+        if before is not None:
+            query = query.where(RelayRow.created_at < before)
+        for r in connection.execute(query.order_by(RelayRow.created_at, RelayRow.id).limit(limit)):
+            items.append(
+                QueueItem(
+                    f"relay-{r[0]}",
+                    "relay",
+                    r[1],
+                    r[2],
+                    r[3],
+                    r[4],
+                    r[5] or "",
+                    _aware(r[6]) or r[6],
+                    r[7],
+                    _aware(r[8]),
+                    r[9],
+                    tuple(r[10]),
+                    r[11],
+                )
+            )
+    items.sort(key=lambda i: (i.created_at, i.id))
+    return items[:limit]
+
+
+def _split_ids(ids: Sequence[str]) -> tuple[list[int], list[int]]:
+    copies: list[int] = []
+    relays: list[int] = []
+    for item in ids:
+        kind, _, number = item.partition("-")
+        if kind not in ("copy", "relay") or not number.isdigit():
+            raise ValueError(f"{item!r} is not a queue id such as copy-17 or relay-4 (`gateway queue list`)")
+        (copies if kind == "copy" else relays).append(int(number))
+    return copies, relays
+
+
+def retry_items(
+    connection: Connection, items: Sequence[QueueItem], now: dt.datetime, relay_lifetime: float
+) -> list[QueueItem]:
+    """Make ``items`` due at once (``postqueue -f``): held and given-up copies are pending again, and
+    given-up relays get a new lifetime. Items being worked on right now are left to that attempt."""
+    done: list[QueueItem] = []
+    for item in items:
+        pk = int(item.id.partition("-")[2])
+        if item.kind == "relay":
+            values: dict[str, object] = {"state": "pending", "next_attempt_at": now, "updated_at": now}
+            if item.state == "failed":
+                values["expires_at"] = now + dt.timedelta(seconds=relay_lifetime)
+            result = connection.execute(
+                update(RelayRow)
+                .where(
+                    RelayRow.id == pk, RelayRow.state.in_(("pending", "failed")), _not_leased(RelayRow, now)
+                )
+                .values(**values)
+            )
+        else:
+            # A copy keeps what it waits for (writing, flags, removal); held and failed ones are pending.
+            new_state = case((CopyRow.state.in_(("held", "failed")), literal("pending")), else_=CopyRow.state)
+            result = connection.execute(
+                update(CopyRow)
+                .where(
+                    CopyRow.id == pk,
+                    or_(
+                        CopyRow.state.in_(("pending", "held", "failed", "revoking")),
+                        CopyRow.flags_pending.is_(True),
+                    ),
+                    _not_leased(CopyRow, now),
+                )
+                .values(state=new_state, next_attempt_at=now, updated_at=now)
+            )
+        if getattr(result, "rowcount", 0):
+            done.append(item)
+    return done
+
+
+def drop_items(connection: Connection, items: Sequence[QueueItem], now: dt.datetime) -> list[QueueItem]:
+    """Stop working on ``items``: a copy or a relayed mail becomes ``dropped`` (kept, never tried
+    again), a flag job is forgotten. A removal cannot be dropped: a copy the member may no longer see
+    must go (``ValueError``)."""
+    if any(item.kind == "removal" for item in items):
+        raise ValueError(
+            "a removal cannot be dropped: the member may no longer see that copy, so it must leave the "
+            "mailbox (`gateway queue retry` tries it now)"
+        )
+    done: list[QueueItem] = []
+    for item in items:
+        pk = int(item.id.partition("-")[2])
+        if item.kind == "relay":
+            table: Any = RelayRow
+            values: dict[str, object] = {"state": "dropped", "next_attempt_at": None, "updated_at": now}
+            where: Any = RelayRow.state.in_(("pending", "failed"))
+        elif item.kind == "flags":
+            table, values = CopyRow, {"flags_pending": False, "next_attempt_at": None, "updated_at": now}
+            where = and_(CopyRow.state == "delivered", CopyRow.flags_pending.is_(True))
+        else:
+            table = CopyRow
+            values = {"state": "dropped", "next_attempt_at": None, "updated_at": now}
+            where = CopyRow.state.in_(("pending", "held", "failed"))
+        result = connection.execute(
+            update(table).where(table.id == pk, where, _not_leased(table, now)).values(**values)
+        )
+        if getattr(result, "rowcount", 0):
+            done.append(item)
+    return done
+
+
+def _not_leased(table: Any, now: dt.datetime) -> Any:
+    """Not taken by a worker right now (a lease is a next attempt in the future with leased_by set)."""
+    return or_(table.leased_by.is_(None), table.next_attempt_at.is_(None), table.next_attempt_at <= now)
+
+
+def portfolio_ids(connection: Connection, names: set[str]) -> list[tuple[str, int]]:
+    """Portfolio names to ids (the event log records the id)."""
+    return [
+        (n, int(i))
+        for n, i in connection.execute(
+            select(PortfolioRow.name, PortfolioRow.id).where(PortfolioRow.name.in_(names))
+        )
+    ]
