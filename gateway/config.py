@@ -373,6 +373,11 @@ class MxListenerSettings(ListenerSettings):
     """Trust the network path: allows AUTH without TLS, so it must bind to a loopback address."""
 
 
+def loopback_only(listener: ListenerSettings) -> bool:
+    """Whether ``listener`` binds to a loopback address only (reachable from this machine alone)."""
+    return _is_loopback(listener.host)
+
+
 class ListenersSettings(_Section):
     """``[listeners.*]``: the two SMTP listeners."""
 
@@ -736,6 +741,14 @@ class RepliesSettings(_Section):
 
     dns_timeout: Annotated[float, Field(gt=0)] = 5.0
     """Seconds a DNS lookup may take when a portfolio's sender_auth is "verify"."""
+
+    # -- when sender_auth "off" is safe (issue 13, item 9) --
+
+    border_mta_authenticates: bool = False
+    """Say true only when a border MTA in front of the MX listener checks senders (SPF, DKIM, DMARC) and
+    refuses mail that fails. A portfolio's sender_auth "off" is accepted only where this is true or the
+    MX listener binds to a loopback address; elsewhere anyone holding a member's copy could post as any
+    member of its audience, and `gateway serve`, `config check` and `directory load` refuse it."""
 
 
 class RelaySettings(_Section):
