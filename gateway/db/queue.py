@@ -376,6 +376,8 @@ def record_flags(
             update(COPIES)
             .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == "delivered")
             .values(
+                # Counted like a removal's, so the shared backoff grows for a flag job that keeps failing.
+                attempts=COPIES.c.attempts + 1,
                 next_attempt_at=bindparam("b_next"),
                 leased_by=None,
                 last_error=bindparam("b_error"),

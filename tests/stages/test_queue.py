@@ -285,3 +285,49 @@ async def test_gateway_queue_lists_shows_retries_and_drops(with_login: Gateway, 
     assert [r.state for r in rows] == ["delivered", "dropped"]
     assert (await cli(with_login, "queue", "list")).stdout.strip() == "the queues are empty"
     assert await _events(writer, "queue.") == ["queue.retried", "queue.dropped"]
+
+
+async def test_flag_jobs_and_removals_back_off_like_copies_and_record_any_error(writer: Writer) -> None:
+    """The shared policy: whatever the error (here one nobody foresaw), it is recorded on the item and
+    the item waits backoff(attempts) before its next attempt, growing with each failure."""
+    await accept(writer, "gf-a@kunde-a.example", "Flaggen")  # copies for GF-A and GF-B
+    mailbox = MemoryMailbox()
+    settings = FanoutSettings(retry_base=100.0, retry_max=10_000.0, poll_interval=0.01)
+    fanout = FanOut(
+        writer, mailbox, settings, node="n1", vorgang_header="X-Gateway-Vorgang", tag_subject=True
+    )
+    assert await fanout.run_once() == 2
+    rows = await _copies(writer)
+    await writer.run(
+        lambda c: c.execute(
+            update(CopyRow)
+            .where(CopyRow.id == rows[0].id)
+            .values(answered=True, flags_pending=True, next_attempt_at=dt.datetime(2000, 1, 1))
+        )
+    )
+    await writer.run(
+        lambda c: c.execute(
+            update(CopyRow)
+            .where(CopyRow.id == rows[1].id)
+            .values(state="revoking", next_attempt_at=dt.datetime(2000, 1, 1))
+        )
+    )
+    waits: dict[int, list[float]] = {rows[0].id: [], rows[1].id: []}
+    for _ in range(2):
+        mailbox.fail_next(2, RuntimeError("the mailbox library broke"))
+        before = dt.datetime.now(dt.UTC)
+        await fanout.run_once()
+        for row in await _copies(writer):
+            assert row.last_error == "RuntimeError: the mailbox library broke"
+            due = (
+                row.next_attempt_at
+                if row.next_attempt_at.tzinfo
+                else row.next_attempt_at.replace(tzinfo=dt.UTC)
+            )
+            waits[row.id].append((due - before).total_seconds())
+        await _make_due(writer)
+    for row_waits in waits.values():
+        first, second = row_waits
+        assert first == pytest.approx(backoff(2, settings), abs=5)
+        assert second == pytest.approx(backoff(3, settings), abs=5), "the wait grows with each failure"
+    assert [r.state for r in await _copies(writer)] == ["delivered", "revoking"]
