@@ -1,7 +1,8 @@
 """A disk-full outage of the Maildirs, end to end (issue 13, item 6): the real `gateway serve`, a real
 SMTP client as the back office, the members' Maildirs on a small tmpfs that is filled to the last byte.
 
-While the disk is full every copy fails, and after ``max_attempts`` it is held; once space is freed,
+While the disk is full every copy fails, and after ``max_attempts`` it is held, and the back office gets
+one delay notice per message (RFC 3464, from <>, at its relay sink); once space is freed,
 every copy is delivered without anyone doing anything (a probe per mailbox, and the first copy written
 releases the rest). With a probe interval of an hour, `gateway queue retry` is what an admin does.
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.dovecot import Dovecot
-from tests.e2e.conftest import RunningGateway, prepare
+from tests.e2e.conftest import LOGIN, BackOfficeSink, RunningGateway, configure, prepare
 from tests.e2e.test_inbound import message, smtp
 from tests.seed import ADDRESS
 
@@ -91,11 +92,17 @@ def send(gateway: RunningGateway, marker: str, count: int) -> None:
 
 
 def test_a_full_disk_strands_no_copy(
-    tmp_path: Path, database_url: str, small_disk: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    database_url: str,
+    small_disk: Path,
+    sink: BackOfficeSink,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("GATEWAY_FANOUT__MAX_ATTEMPTS", "2")
     monkeypatch.setenv("GATEWAY_FANOUT__HELD_RETRY", "1.0")
+    monkeypatch.setenv("GATEWAY_FANOUT__DELAY_NOTICE_AFTER", "1.0")
     gateway = prepare(tmp_path, database_url)
+    configure(gateway, sink, tmp_path)
     gateway.start()
     try:
         filler = fill(small_disk)
@@ -105,12 +112,22 @@ def test_a_full_disk_strands_no_copy(
         held = queue(gateway, "list", "--state", "held")
         assert all("No space left on device" in str(item["last_error"]) for item in held)
         assert gateway.copies_of("Voll") == {}
+        # The back office hears of it: one delay notice per message, from <>, to the mail's sender.
+        notices = sink.wait_for(5)
+        assert len(notices) == 5
+        for notice in notices:
+            assert notice.mail_from == "<>"
+            assert notice.rcpt_tos == [LOGIN]
+            assert notice.message.get_content_type() == "multipart/report"
+            assert str(notice.message["Subject"]).startswith("Verzögert / Delayed: Voll ")
+            assert b"Action: delayed" in notice.data
 
         filler.unlink()  # the admin frees space, and does nothing else
         found = gateway.wait_for_copies("Voll", copies, timeout=30)
         assert sum(len(v) for v in found.values()) == copies
         assert sorted(found) == sorted(ADDRESS[p] for p in ("SB-B1", "SB-B2", "GF-B"))
         assert queue(gateway, "list") == []
+        assert len(sink.received) == 5, "one delay notice per message, no more"
     finally:
         gateway.stop()
 
