@@ -26,6 +26,7 @@ from sqlalchemy import Connection, select, update
 
 from gateway.config import FanoutSettings, RelaySettings
 from gateway.db.models import BackOfficeRow, CopyRow, EventRow, MemberRow, MessageRow, RelayRow
+from gateway.db.relayqueue import RelayJob
 from gateway.db.writer import Writer
 from gateway.domain.retry import backoff
 from gateway.fanout import FanOut
@@ -331,3 +332,54 @@ async def test_flag_jobs_and_removals_back_off_like_copies_and_record_any_error(
         assert first == pytest.approx(backoff(2, settings), abs=5)
         assert second == pytest.approx(backoff(3, settings), abs=5), "the wait grows with each failure"
     assert [r.state for r in await _copies(writer)] == ["delivered", "revoking"]
+
+
+class _BuggyForOne(Relay):
+    """A relay whose sending code has a bug for one mail (r1): the others must not notice."""
+
+    async def _send(self, job: RelayJob) -> str:
+        if job.relay_message_id == "<r1@gw.example>":
+            raise KeyError("a bug in the gateway")
+        return await super()._send(job)
+
+
+async def test_an_unexpected_error_is_recorded_clearly_and_retried_with_backoff(
+    with_login: Gateway, writer: Writer, sink: BackOfficeSink
+) -> None:
+    await cli(with_login, "backoffice", "set", "ams", "-p", PORTFOLIO, "--relay-port", str(sink.port))
+    gateway_ids = [await accept(writer, "sb-a1@kunde-a.example", f"Fehler {n}") for n in range(3)]
+
+    def queue_three(connection: Connection) -> None:
+        now = dt.datetime.now(dt.UTC)
+        office = connection.scalar(select(BackOfficeRow.id).where(BackOfficeRow.name == "ams"))
+        member = connection.scalar(select(MemberRow.id).where(MemberRow.address == "sb-a1@kunde-a.example"))
+        for n, gid in enumerate(gateway_ids):
+            message = connection.execute(
+                select(MessageRow.id, MessageRow.portfolio_id).where(MessageRow.gateway_id == gid)
+            ).one()
+            connection.execute(
+                RelayRow.__table__.insert().values(  # type: ignore[attr-defined]
+                    portfolio_id=message.portfolio_id, message_id=message.id, backoffice_id=office,
+                    member_id=member, envelope_sender="sb-a1@kunde-a.example",
+                    recipients=["ams@makler-muster.example"], relay_message_id=f"<r{n}@gw.example>",
+                    data=f"From: sb-a1@kunde-a.example\r\nSubject: r{n}\r\n\r\nText\r\n".encode(),
+                    state="pending", attempts=0, next_attempt_at=now, expires_at=now + dt.timedelta(days=5),
+                    created_at=now, updated_at=now,
+                )
+            )  # fmt: skip
+
+    await writer.run(queue_three)
+    relay = _BuggyForOne(
+        writer, MemoryMailbox(), RelaySettings(retry_base=30, retry_max=60), node="n1", hostname="gw.example"
+    )
+    assert await relay.run_once() == 3
+    assert len(await asyncio.to_thread(sink.wait_for, 2)) == 2
+    rows = await writer.run(_relay_rows)
+    assert [r.state for r in rows] == ["sent", "pending", "sent"]
+    assert rows[1].last_error == "unexpected error: KeyError: 'a bug in the gateway'"
+    due = rows[1].next_attempt_at
+    due = due if due.tzinfo else due.replace(tzinfo=dt.UTC)
+    assert due > dt.datetime.now(dt.UTC) + dt.timedelta(seconds=20)
+    await writer.run(lambda c: c.execute(update(RelayRow).values(next_attempt_at=dt.datetime(2000, 1, 1))))
+    assert await relay.run_once() == 1
+    assert len(sink.received) == 2, "nothing already relayed is relayed again"
