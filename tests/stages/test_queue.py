@@ -190,7 +190,9 @@ async def _events(writer: Writer, prefix: str) -> list[str]:
     )
 
 
-async def test_the_back_office_gets_one_delay_and_one_failure_notice(writer: Writer) -> None:
+async def test_the_back_office_gets_one_delay_and_one_failure_notice(
+    with_login: Gateway, writer: Writer
+) -> None:
     gateway_id = await accept(writer, "sb-a1@kunde-a.example", "Rückfrage Schaden", "<schaden@ams.example>")
     mailbox = MemoryMailbox()
     fanout = FanOut(
@@ -227,6 +229,10 @@ async def test_the_back_office_gets_one_delay_and_one_failure_notice(writer: Wri
     assert "No space left on device" in text
     assert "Action: delayed" in status.as_string()
     assert await _events(writer, "notice.") == ["notice.delayed"]
+    listed = json.loads((await cli(with_login, "queue", "list", "--kind", "relay", "--json")).stdout)
+    assert [(i["kind"], i["purpose"], i["to"]) for i in listed] == [
+        ("relay", "delayed", ["ams@makler-muster.example"])
+    ]
 
     # Past the lifetime the gateway gives up: copies failed, one failure notice, one event per copy.
     await _age_copies(writer, 4000)
@@ -288,7 +294,9 @@ async def test_gateway_queue_lists_shows_retries_and_drops(with_login: Gateway, 
     assert await _events(writer, "queue.") == ["queue.retried", "queue.dropped"]
 
 
-async def test_flag_jobs_and_removals_back_off_like_copies_and_record_any_error(writer: Writer) -> None:
+async def test_flag_jobs_and_removals_back_off_like_copies_and_record_any_error(
+    with_login: Gateway, writer: Writer
+) -> None:
     """The shared policy: whatever the error (here one nobody foresaw), it is recorded on the item and
     the item waits backoff(attempts) before its next attempt, growing with each failure."""
     await accept(writer, "gf-a@kunde-a.example", "Flaggen")  # copies for GF-A and GF-B
@@ -332,6 +340,14 @@ async def test_flag_jobs_and_removals_back_off_like_copies_and_record_any_error(
         assert first == pytest.approx(backoff(2, settings), abs=5)
         assert second == pytest.approx(backoff(3, settings), abs=5), "the wait grows with each failure"
     assert [r.state for r in await _copies(writer)] == ["delivered", "revoking"]
+    listed = json.loads((await cli(with_login, "queue", "list", "--json")).stdout)
+    assert [(i["kind"], i["state"], i["member"]) for i in listed] == [
+        ("flags", "pending", "gf-a@kunde-a.example"), ("removal", "pending", "gf-b@kunde-b.example"),
+    ]  # fmt: skip
+    only = json.loads((await cli(with_login, "queue", "list", "--kind", "removal", "--json")).stdout)
+    assert [i["kind"] for i in only] == ["removal"]
+    refused = await cli(with_login, "queue", "drop", only[0]["id"], "--yes", expect=2)
+    assert "a removal cannot be dropped" in refused.stderr
 
 
 class _BuggyForOne(Relay):
