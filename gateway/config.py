@@ -373,6 +373,11 @@ class MxListenerSettings(ListenerSettings):
     """Trust the network path: allows AUTH without TLS, so it must bind to a loopback address."""
 
 
+def loopback_only(listener: ListenerSettings) -> bool:
+    """Whether ``listener`` binds to a loopback address only (reachable from this machine alone)."""
+    return _is_loopback(listener.host)
+
+
 class ListenersSettings(_Section):
     """``[listeners.*]``: the two SMTP listeners."""
 
@@ -672,6 +677,20 @@ class FanoutSettings(_Section):
     lease: Annotated[float, Field(gt=0)] = 60.0
     """Seconds a taken copy stays reserved for this process before another may retry it."""
 
+    # -- copies that wait: held copies come back by themselves, the back office is told (issue 13) --
+
+    held_retry: Annotated[float, Field(gt=0)] = 600.0
+    """Seconds between two tries of a mailbox whose copies are held (after max_attempts): one held copy
+    is written as a probe; once it (or any copy) reaches the mailbox, all its held copies are due again."""
+
+    delay_notice_after: Annotated[float, Field(ge=0)] = 4 * 3600.0
+    """Seconds a copy of a back office's mail may wait undelivered before the back office gets a delay
+    notice (RFC 3464, action=delayed) through the relay; 0: never. Default: 4 hours."""
+
+    lifetime: Annotated[float, Field(gt=0)] = 5 * 24 * 3600.0
+    """Seconds after which the gateway gives up on a copy not yet delivered: it is marked failed and the
+    back office gets a failure notice (action=failed). Default: 5 days, as [relay] lifetime."""
+
 
 class FlagSyncSettings(_Section):
     """``[flagsync]``: the watcher that carries flags members set to their co-members' copies."""
@@ -726,6 +745,14 @@ class RepliesSettings(_Section):
     max_recorded_size: ByteSize = 64 * KIB
     """Bytes kept of an auto-reply, bounce or loop at a reply address (its head, cut at a line end); such
     mail is recorded in the Vorgang, never copied or relayed, so its attachments need not be kept."""
+
+    # -- when sender_auth "off" is safe (issue 13, item 9) --
+
+    border_mta_authenticates: bool = False
+    """Say true only when a border MTA in front of the MX listener checks senders (SPF, DKIM, DMARC) and
+    refuses mail that fails. A portfolio's sender_auth "off" is accepted only where this is true or the
+    MX listener binds to a loopback address; elsewhere anyone holding a member's copy could post as any
+    member of its audience, and `gateway serve`, `config check` and `directory load` refuse it."""
 
 
 class RelaySettings(_Section):

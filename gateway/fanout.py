@@ -16,11 +16,12 @@ import datetime as dt
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
+from gateway import notices
 from gateway.config import FanoutSettings
 from gateway.db import queue
 from gateway.db.intake import EVENTS, insert_rows
@@ -28,8 +29,10 @@ from gateway.db.queue import CopyJob, FlagJob, Outcome, RemovalJob
 from gateway.db.writer import Writer
 from gateway.domain.copies import render_copy
 from gateway.domain.outbound import address_field
+from gateway.domain.retry import backoff, describe
 from gateway.domain.tokens import TokenKeys, make_token, reference_id, reply_address
 from gateway.mailbox import Delivery, Flag, Located, Mailbox, MailboxOwner
+from gateway.notices import NoticeSettings
 from gateway.parsing import ParsedMessage, parse_message
 from gateway.workers import work_until_cancelled
 
@@ -105,11 +108,6 @@ def copy_bytes(
     )
 
 
-def backoff(attempts: int, settings: FanoutSettings) -> float:
-    """Seconds before attempt ``attempts + 1``: retry_base doubled per attempt, capped at retry_max."""
-    return float(min(settings.retry_max, settings.retry_base * 2 ** max(attempts - 1, 0)))
-
-
 class FanOut:
     """The fan-out worker: ``run()`` loops until cancelled; ``wake()`` says new copies are waiting."""
 
@@ -123,8 +121,13 @@ class FanOut:
         vorgang_header: str,
         tag_subject: bool,
         reply_path: ReplyPath | None = None,
+        notices: NoticeSettings | None = None,
+        on_notice: Callable[[], None] | None = None,
     ) -> None:
         self.writer = writer
+        self.notices = notices
+        self.on_notice = on_notice
+        self._last_sweep = 0.0
         self.mailbox = mailbox
         self.settings = settings
         self.node = node
@@ -177,6 +180,16 @@ class FanOut:
         Returns how many were taken."""
         if not self._handed:
             await self._recorded()
+        # First, copies that waited too long: given up (before anyone takes them again), or late
+        # enough that the back office is told. A look every ten polls is soon enough for that.
+        if (
+            self.notices is not None
+            and time.monotonic() - self._last_sweep >= 10 * self.settings.poll_interval
+        ):
+            self._last_sweep = time.monotonic()
+            swept = await self.writer.run(notices.sweep, self.notices, dt.datetime.now(dt.UTC), self.node)
+            if swept.notices and self.on_notice is not None:
+                self.on_notice()
         jobs = [self._handed.popleft() for _ in range(min(len(self._handed), self.settings.batch_size))]
         if not jobs or time.monotonic() - self._last_claim >= self.settings.poll_interval:
             self._last_claim = time.monotonic()
@@ -280,7 +293,7 @@ class FanOut:
                 await self.mailbox.add_flags(MailboxOwner(job.portfolio, job.address), job.copy_id, flags)
             except Exception as exc:
                 log.warning("flags of copy %s for %s not set: %s", job.copy_id, job.address, exc)
-                return job, f"{type(exc).__name__}: {exc}"
+                return job, describe(exc)
             return job, None
 
         results = await asyncio.gather(*(one(job) for job in jobs))
@@ -301,7 +314,7 @@ class FanOut:
                 removed = await self.mailbox.remove(MailboxOwner(job.portfolio, job.address), job.copy_id)
             except Exception as exc:
                 log.warning("revoked copy %s for %s not removed: %s", job.copy_id, job.address, exc)
-                return job, 0, f"{type(exc).__name__}: {exc}"
+                return job, 0, describe(exc)
             return job, removed, None
 
         results = await asyncio.gather(*(one(job) for job in jobs))
@@ -333,11 +346,11 @@ class FanOut:
     @staticmethod
     def _failed(job: CopyJob, exc: Exception) -> Outcome:
         log.warning("copy %s for %s failed: %s", job.copy_id, job.address, exc)
-        return Outcome(job, error=f"{type(exc).__name__}: {exc}")
+        return Outcome(job, error=describe(exc))
 
     async def _record(self, outcomes: Sequence[Outcome]) -> None:
         now = dt.datetime.now(dt.UTC)
-        retry_at: dict[int, dt.datetime | None] = {}
+        retry_at: dict[int, tuple[bool, dt.datetime]] = {}
         events: list[dict[str, object]] = []
         for o in outcomes:
             job = o.job
@@ -355,11 +368,15 @@ class FanOut:
                 continue
             attempts = job.attempts + 1
             held = attempts >= self.settings.max_attempts
-            retry_at[job.id] = None if held else now + dt.timedelta(seconds=backoff(attempts, self.settings))
+            # A held copy is not given up: its mailbox is tried again every held_retry (one probe per
+            # mailbox, gateway.db.queue), and the back office hears of it (gateway.notices).
+            wait = self.settings.held_retry if held else backoff(attempts, self.settings)
+            retry_at[job.id] = (held, now + dt.timedelta(seconds=wait))
             events.append(
                 base
                 | {
-                    "kind": "copy.held" if held else "copy.failed",
+                    # Held once; a failed probe of a held mailbox is one more failure.
+                    "kind": "copy.held" if attempts == self.settings.max_attempts else "copy.failed",
                     "detail": {
                         "copy_id": job.copy_id,
                         "to": job.address,
@@ -375,10 +392,12 @@ def _record(
     connection: Connection,
     outcomes: Sequence[Outcome],
     now: dt.datetime,
-    retry_at: dict[int, dt.datetime | None],
+    retry_at: dict[int, tuple[bool, dt.datetime]],
     events: list[dict[str, object]],
 ) -> None:
-    queue.record(connection, outcomes, now, retry_at)
+    released = queue.record(connection, outcomes, now, retry_at)
+    if released:
+        log.info("%d held copies are due again: their mailboxes took a copy", released)
     insert_rows(connection, EVENTS, events)
 
 

@@ -326,7 +326,9 @@ def _notify_read(
             MessageRow.portfolio_id == portfolio_id,
             MessageRow.direction == "inbound",
             MessageRow.kind == "message",
-            ~select(RelayRow.id).where(RelayRow.message_id == message_pk).exists(),
+            ~select(RelayRow.id)
+            .where(RelayRow.message_id == message_pk, RelayRow.purpose == "mail")
+            .exists(),
         )
     ).first()
     if row is None:
@@ -404,7 +406,7 @@ def _notify_read(
             updated_at=now,
         )
         # Another gateway process may have queued it for another member's read a moment ago.
-        .on_conflict_do_nothing(index_elements=["message_id"])
+        .on_conflict_do_nothing(index_elements=["message_id", "purpose"])
         .returning(RelayRow.id)
     ).first()
     if queued is None:

@@ -22,6 +22,7 @@ import email.utils
 import logging
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import aiosmtplib
 from sqlalchemy import Connection
@@ -31,6 +32,7 @@ from gateway.db import intake, relayqueue
 from gateway.db.relayqueue import RelayJob, RelayResult
 from gateway.db.writer import Writer
 from gateway.domain.dsn import build_failure_report
+from gateway.domain.retry import backoff, describe
 from gateway.mailbox import Mailbox, MailboxOwner
 from gateway.workers import work_until_cancelled
 
@@ -38,11 +40,6 @@ log = logging.getLogger("gateway.relay")
 
 BATCH = 20
 _ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
-
-
-def backoff(attempts: int, settings: RelaySettings) -> float:
-    """Seconds before attempt ``attempts + 1``: retry_base doubled per attempt, capped at retry_max."""
-    return float(min(settings.retry_max, settings.retry_base * 2 ** max(attempts - 1, 0)))
 
 
 class Relay:
@@ -72,14 +69,32 @@ class Relay:
         )
 
     async def run_once(self) -> int:
-        """Send the mail that is due; returns how many were taken."""
+        """Send the mail that is due; returns how many were taken.
+
+        Each mail is sent and recorded on its own (CONVENTIONS.md 4): a mail that went out is marked
+        sent at once, whatever happens to the others of the batch, so it is never sent again.
+        """
         now = dt.datetime.now(dt.UTC)
         jobs = await self.writer.run(relayqueue.claim, self.node, now, self.settings.lease, BATCH)
         if not jobs:
             return 0
-        results = await asyncio.gather(*(self._attempt(job) for job in jobs))
-        await self.writer.run(_record, list(results), self.node)
+        await asyncio.gather(*(self._one(job) for job in jobs))
         return len(jobs)
+
+    async def _one(self, job: RelayJob) -> None:
+        try:
+            result = await self._attempt(job)
+        except Exception as exc:
+            # _attempt answers every failure of the mail itself; this is a failure of the gateway (a bug,
+            # a report that raised in a new way). The mail is retried with backoff like any other.
+            log.exception("relay of %s failed unexpectedly", job.relay_message_id)
+            result = self._retry(job, f"unexpected error: {describe(exc)}")
+        try:
+            await self.writer.run(_record, [result], self.node)
+        except Exception as exc:
+            # Nothing recorded: the lease keeps the mail from everyone until it ends, then it is tried
+            # again. If it was sent, the back office gets it twice; the database was away, not our choice.
+            log.error("the outcome of relaying %s was not recorded: %s", job.relay_message_id, exc)
 
     async def _attempt(self, job: RelayJob) -> RelayResult:
         try:
@@ -90,18 +105,27 @@ class Relay:
             return await self._failed(job, text, permanent=all(500 <= c < 600 for c in codes))
         except aiosmtplib.SMTPResponseException as exc:
             return await self._failed(job, f"{exc.code} {exc.message}", permanent=500 <= exc.code < 600)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError, _NoTarget) as exc:
+        except (aiosmtplib.SMTPException, OSError, TimeoutError, _TargetProblem) as exc:
             return await self._failed(job, str(exc) or type(exc).__name__, permanent=False)
+        except Exception as exc:
+            # Not a failure anyone foresaw for sending mail: temporary, so that a fix (or a changed
+            # directory) lets the mail go out, and said as it is, for `gateway queue show`.
+            log.exception("relay of %s failed unexpectedly", job.relay_message_id)
+            return await self._failed(job, f"unexpected error: {describe(exc)}", permanent=False)
         log.info("relayed %s to %s: %s", job.relay_message_id, ", ".join(job.recipients), reply)
         return RelayResult(job, "sent", reply=reply)
+
+    def _retry(self, job: RelayJob, error: str) -> RelayResult:
+        retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=backoff(job.attempts + 1, self.settings))
+        return RelayResult(job, "pending", error=error, retry_at=retry_at)
 
     async def _send(self, job: RelayJob) -> str:
         target = job.target
         if target is None:
-            raise _NoTarget("the back office has no relay settings (relay: host …) in the directory")
+            raise _TargetProblem("the back office has no relay settings (relay: host …) in the directory")
         password = None
         if target.password_file is not None:
-            password = (await asyncio.to_thread(target.password_file.read_text, encoding="utf-8")).strip()
+            password = await _password(target.password_file, target.backoffice_name)
         # What aiosmtplib.send does, without its refusal of an empty sender for raw bytes: a read
         # notification must go out as MAIL FROM:<> (RFC 8098 §3), which SMTP.sendmail writes for "".
         client = aiosmtplib.SMTP(
@@ -177,8 +201,26 @@ class Relay:
         await self.mailbox.append(MailboxOwner(job.portfolio, job.member_address), f"dsn{job.id}", report)
 
 
-class _NoTarget(Exception):
-    """The back office of a queued mail has no relay settings (a temporary state an admin can fix)."""
+class _TargetProblem(Exception):
+    """The back office of a queued mail has no usable relay settings (a temporary state an admin can fix)."""
+
+
+async def _password(path: Path, backoffice: str) -> str:
+    """The SMTP AUTH password in ``path``, or a _TargetProblem saying what to fix."""
+    try:
+        data = await asyncio.to_thread(path.read_bytes)
+    except OSError as exc:
+        raise _TargetProblem(
+            f"the relay password file {path} of back office {backoffice} cannot be read: "
+            f"{exc.strerror or exc}"
+        ) from exc
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise _TargetProblem(
+            f"the relay password file {path} of back office {backoffice} is not UTF-8 text "
+            f"(byte {exc.start}); write the password into it as UTF-8"
+        ) from exc
 
 
 def _record(connection: Connection, results: Sequence[RelayResult], node: str) -> None:

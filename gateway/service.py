@@ -24,9 +24,10 @@ from aiosmtpd.smtp import SMTP
 
 from gateway.acceptance import Acceptance, HandOff
 from gateway.config import ListenerSettings, Settings
-from gateway.db.engine import create_engine
+from gateway.db.engine import create_engine, session_factory
 from gateway.db.migrate import require_current
 from gateway.db.names import directory_names
+from gateway.db.senderauth import sender_auth_refusal
 from gateway.db.writer import Writer
 from gateway.errors import OperationalError
 from gateway.fanout import FanOut, ReplyPath
@@ -37,6 +38,7 @@ from gateway.logs import configure_logging
 from gateway.mailbox import Mailbox, MaildirMailbox
 from gateway.mailbox.imap import ImapMailbox
 from gateway.mailbox.routed import RoutedMailbox
+from gateway.notices import NoticeSettings
 from gateway.reconcile import Reconciler
 from gateway.relay import Relay
 from gateway.replies import Reply
@@ -121,6 +123,14 @@ class Service:
             node=settings.gateway.node_name,
             hostname=settings.gateway.hostname,
         )
+        # Copies that wait: the back office of their mail is told through the relay (gateway.notices).
+        self.fanout.notices = NoticeSettings(
+            settings.gateway.hostname,
+            settings.fanout.delay_notice_after,
+            settings.fanout.lifetime,
+            settings.relay.lifetime,
+        )
+        self.fanout.on_notice = self.relay.wake
         self.flagsync = FlagSync(
             self.writer,
             self.mailbox,
@@ -149,6 +159,12 @@ class Service:
     async def startup(self) -> None:
         # Refuse an unmigrated database before taking any mail: every message would get 451.
         await require_current(self.engine)
+        # Replies taken without sender authentication only where nobody outside reaches the MX listener
+        # unchecked (gateway.domain.mx_exposure).
+        async with session_factory(self.engine)() as session:
+            refusal = await sender_auth_refusal(session, self.settings)
+        if refusal is not None:
+            raise OperationalError(f"not starting: {refusal}")
         # Every copy carries a signed reply address; without the keys the gateway does not start.
         self.keys = await asyncio.to_thread(load_token_keys, self.settings.secrets.token_key_files)
         self.fanout.reply_path = ReplyPath(self.keys, self.settings.domains.reply_domain)

@@ -9,9 +9,10 @@ programmatic API (``gateway.admin``, ``gateway.rules_admin``, the storage functi
     reconcile.py   reconcile status|run
     views.py       vorgang list|show, who-can-see, quarantine, events
     rules.py       rules check|test
+    queue.py       queue list|show|retry|drop
 """
 
-from gateway.cli import directory, reconcile, rules, system, views  # noqa: F401  (they add their commands)
+from gateway.cli import directory, queue, reconcile, rules, system, views  # noqa: F401  (they add their commands)
 from gateway.cli.root import cli, main
 
 __all__ = ["cli", "main"]

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import admin
 from gateway.cli.root import (
@@ -24,6 +25,7 @@ from gateway.cli.root import (
     portfolio_option,
     print_changes,
 )
+from gateway.db.senderauth import sender_auth_refusal
 from gateway.directory_file import dump_directory, read_directory_file, relay_data
 from gateway.domain.directory import (
     MemberSpec,
@@ -35,6 +37,7 @@ from gateway.domain.directory import (
 )
 from gateway.domain.model import ReadSync
 from gateway.domain.reconcile import Backfill, RevokedCopies
+from gateway.errors import InputError
 
 T = TypeVar("T")
 
@@ -59,7 +62,12 @@ async def directory_load(ctx: Context, file: Path, prune: bool, dry_run: bool, a
     spec = read_directory_file(file)
     result = await in_transaction(
         ctx,
-        lambda s: admin.load_directory(s, spec, prune=prune, actor=ctx.actor, dry_run=dry_run),
+        lambda s: _sender_auth_checked(
+            ctx,
+            s,
+            [p.name for p in spec.portfolios],
+            admin.load_directory(s, spec, prune=prune, actor=ctx.actor, dry_run=dry_run),
+        ),
         write=not dry_run,
     )
     if as_json:
@@ -95,6 +103,18 @@ def portfolio_group() -> None:
     """Create and configure portfolios (Bestände)."""
 
 
+async def _sender_auth_checked(
+    ctx: Context, session: AsyncSession, portfolios: Sequence[str], change: Awaitable[T]
+) -> T:
+    """``change``, unless it leaves one of ``portfolios`` with sender_auth off where that is not safe
+    (gateway.domain.mx_exposure); then nothing of it is committed."""
+    result = await change
+    refusal = await sender_auth_refusal(session, ctx.settings, portfolios)
+    if refusal is not None:
+        raise InputError(refusal)
+    return result
+
+
 sender_auth_option = click.option(
     "--sender-auth",
     type=click.Choice([a.value for a in SenderAuth]),
@@ -116,8 +136,13 @@ async def portfolio_create(
     """Create the portfolio NAME."""
     changes = await in_transaction(
         ctx,
-        lambda s: admin.create_portfolio(
-            s, name, display_name, ctx.actor, sender_auth=SenderAuth(sender_auth or SenderAuth.OFF)
+        lambda s: _sender_auth_checked(
+            ctx,
+            s,
+            [name],
+            admin.create_portfolio(
+                s, name, display_name, ctx.actor, sender_auth=SenderAuth(sender_auth or SenderAuth.OFF)
+            ),
         ),
     )
     print_changes(changes, as_json)
@@ -146,13 +171,18 @@ async def portfolio_set(
     """Change the portfolio NAME."""
     changes = await in_transaction(
         ctx,
-        lambda s: admin.set_portfolio(
+        lambda s: _sender_auth_checked(
+            ctx,
             s,
-            name,
-            display_name=display_name,
-            share_vorgaenge_available=share_vorgaenge_available,
-            sender_auth=SenderAuth(sender_auth) if sender_auth else None,
-            actor=ctx.actor,
+            [name],
+            admin.set_portfolio(
+                s,
+                name,
+                display_name=display_name,
+                share_vorgaenge_available=share_vorgaenge_available,
+                sender_auth=SenderAuth(sender_auth) if sender_auth else None,
+                actor=ctx.actor,
+            ),
         ),
     )
     print_changes(changes, as_json)

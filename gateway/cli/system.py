@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -10,21 +11,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.cli.root import (
     EXIT_FAILURE,
+    EXIT_INPUT,
     Context,
     cli,
     command,
     emit_json,
     errors_for_people,
+    fail,
     json_option,
     pass_context,
 )
-from gateway.config import describe, load_settings
-from gateway.db.engine import create_engine
-from gateway.db.migrate import schema_state, upgrade
-from gateway.errors import OperationalError
+from gateway.config import Settings, describe, load_settings, loopback_only
+from gateway.db.engine import create_engine, session_factory
+from gateway.db.migrate import require_current, schema_state, upgrade
+from gateway.db.senderauth import sender_auth_refusal
+from gateway.errors import GatewayError, OperationalError
 
 
 @cli.group("config")
@@ -47,6 +53,44 @@ def config_check(ctx: Context, file: Path | None, as_json: bool) -> None:
             click.echo(f"# {settings.source or 'built-in defaults'}: valid")
             for line in _flatten(data):
                 click.echo(line)
+        # sender_auth is per portfolio, in the database: checked where the database can be read; the
+        # same check stops `gateway serve` and `directory load` (gateway.domain.mx_exposure).
+        refusal, note = asyncio.run(_sender_auth_check(settings))
+        if note:
+            click.echo(f"# {note}", err=True)
+        if refusal:
+            fail(refusal, EXIT_INPUT)
+
+
+async def _sender_auth_check(settings: Settings) -> tuple[str | None, str | None]:
+    """(why the portfolios' sender_auth cannot stand, a note for the admin); both None when all is well."""
+    mx = settings.listeners.mx
+    exposed = mx.enabled and not loopback_only(mx) and not settings.replies.border_mta_authenticates
+    url = make_url(settings.database_url)
+    if (
+        url.drivername.startswith("sqlite")
+        and url.database
+        and not await asyncio.to_thread(Path(url.database).exists)
+    ):
+        # Opening it would create an empty database file: there is nothing to check yet.
+        return None, _unchecked(settings, "no database yet") if exposed else None
+    engine = create_engine(settings.database_url)
+    try:
+        await require_current(engine)
+        async with session_factory(engine)() as session:
+            return await sender_auth_refusal(session, settings), None
+    except (GatewayError, SQLAlchemyError, OSError) as exc:
+        return None, _unchecked(settings, str(exc)) if exposed else None
+    finally:
+        await engine.dispose()
+
+
+def _unchecked(settings: Settings, why: str) -> str:
+    return (
+        f"portfolios' sender_auth not checked ({why}); the MX listener binds to "
+        f"{settings.listeners.mx.host} without [replies] border_mta_authenticates, so every portfolio "
+        "needs sender_auth verify or trust-authentication-results (off is refused)"
+    )
 
 
 def _flatten(data: object, prefix: str = "") -> Iterator[str]:

@@ -144,7 +144,11 @@ async def vorgang_view(
                 RelayRow.attempts,
                 RelayRow.last_reply,
                 RelayRow.last_error,
-            ).where(RelayRow.message_id.in_(list(copies)), RelayRow.portfolio_id == portfolio_id)
+            ).where(
+                RelayRow.message_id.in_(list(copies)),
+                RelayRow.portfolio_id == portfolio_id,
+                RelayRow.purpose == "mail",
+            )
         )
     }
     return VorgangView(

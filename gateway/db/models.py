@@ -482,7 +482,9 @@ class RelayRow(Base):
         ForeignKeyConstraint(
             ["message_id", "portfolio_id"], ["messages.id", "messages.portfolio_id"], ondelete="CASCADE"
         ),
-        UniqueConstraint("message_id"),
+        # One row per message and purpose: a reply or read notification ("mail") is sent once, and so
+        # is each notice about the message's copies ("delayed", "failed": gateway.notices).
+        UniqueConstraint("message_id", "purpose"),
         Index("ix_relays_queue", "state", "next_attempt_at"),
     )
 
@@ -493,6 +495,10 @@ class RelayRow(Base):
     # The member who wrote the mail: a failure report (DSN) goes to this member's mailbox. For a read
     # notification, the member who read the back office's mail.
     member_id: Mapped[int] = mapped_column(BigInteger)
+    # "mail" (a member's reply or a read notification), or a notice to the back office about its
+    # message's copies: "delayed" or "failed" (RFC 3464, from <>; member_id names the first member
+    # whose copy is late).
+    purpose: Mapped[str] = mapped_column(String(20), default="mail", server_default="mail")
     envelope_sender: Mapped[str] = mapped_column(String(320))
     recipients: Mapped[list[str]] = mapped_column(JSON)
     relay_message_id: Mapped[str] = mapped_column(String(998))

@@ -11,11 +11,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, case, literal, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, case, func, literal, or_, select, update
 
-from gateway.db.models import CopyRow, MemberRow, MessageRow, PortfolioRow, ReleaseRow, VorgangRow
+from gateway.db.models import CopyRow, MemberRow, MessageRow, PortfolioRow, RelayRow, ReleaseRow, VorgangRow
 from gateway.domain.rules import CopyHeaders
 
 # Executemany updates go through the Core table: the ORM would treat a list of parameters as its own
@@ -91,6 +91,9 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
             .with_for_update(skip_locked=True)
         )
     }
+    if len(taken) < limit:
+        for copy_pk in _probes(connection, now, limit - len(taken)):
+            taken[copy_pk] = None
     ids = list(taken)
     if not ids:
         return []
@@ -159,13 +162,48 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
     ]
 
 
+def _probes(connection: Connection, now: dt.datetime, limit: int) -> list[int]:
+    """Take one due held copy per mailbox back into the queue, as a probe of that mailbox.
+
+    Held copies wait for their mailbox, not for an admin: a disk that was full, a server that was
+    away, comes back without anyone saying so. The probe goes out like any copy; when it is written,
+    ``record`` makes the mailbox's other held copies due at once, and when it fails, they all wait
+    another ``held_retry``.
+    """
+    oldest = list(
+        connection.scalars(
+            select(func.min(CopyRow.id))
+            .where(CopyRow.state == "held", CopyRow.next_attempt_at <= now)
+            .group_by(CopyRow.member_id)
+            .order_by(func.min(CopyRow.id))
+            .limit(limit)
+        )
+    )
+    if not oldest:
+        return []
+    # The state in the WHERE makes the take atomic: another node probing at the same moment gets none.
+    return [
+        int(pk)
+        for pk in connection.scalars(
+            update(CopyRow)
+            .where(CopyRow.id.in_(oldest), CopyRow.state == "held")
+            .values(state="pending")
+            .returning(CopyRow.id)
+        )
+    ]
+
+
 def record(
     connection: Connection,
     outcomes: Sequence[Outcome],
     now: dt.datetime,
-    retry_at: dict[int, dt.datetime | None],
-) -> None:
-    """Store how each attempt went; ``retry_at`` maps a failed copy to its next attempt (None: hold it)."""
+    retry_at: dict[int, tuple[bool, dt.datetime]],
+) -> int:
+    """Store how each attempt went; ``retry_at`` maps a failed copy to (held?, its next attempt).
+
+    A copy written releases the held copies of its mailbox (they are due at once); a copy held pushes
+    the next try of its mailbox's other held copies to its own. Returns how many held copies were
+    released."""
     # Only a copy still pending is recorded: reconciliation may have revoked it while it was being
     # written (it waited for this lease to end), and a revoked copy must not turn delivered again.
     delivered = [o for o in outcomes if o.error is None]
@@ -194,6 +232,24 @@ def record(
                 for o in delivered
             ],
         )
+    released = 0
+    if delivered:
+        # The mailbox works again: what it held back is written now, not at the next probe.
+        released = int(
+            getattr(
+                connection.execute(
+                    update(COPIES)
+                    .where(
+                        COPIES.c.member_id.in_({o.job.member_id for o in delivered}),
+                        COPIES.c.state == "held",
+                    )
+                    .values(state="pending", next_attempt_at=now, updated_at=now)
+                ),
+                "rowcount",
+                0,
+            )
+            or 0
+        )
     failed = [o for o in outcomes if o.error is not None]
     if failed:
         connection.execute(
@@ -210,13 +266,27 @@ def record(
             [
                 {
                     "b_id": o.job.id,
-                    "b_state": "pending" if retry_at[o.job.id] else "held",
-                    "b_next": retry_at[o.job.id],
+                    "b_state": "held" if retry_at[o.job.id][0] else "pending",
+                    "b_next": retry_at[o.job.id][1],
                     "b_error": (o.error or "")[:2000],
                 }
                 for o in failed
             ],
         )
+        held = [o for o in failed if retry_at[o.job.id][0]]
+        if held:
+            # One probe per mailbox: its other held copies wait as long as the one that just failed.
+            connection.execute(
+                update(COPIES)
+                .where(
+                    COPIES.c.member_id == bindparam("b_member"),
+                    COPIES.c.state == "held",
+                    COPIES.c.next_attempt_at < bindparam("b_next"),
+                )
+                .values(next_attempt_at=bindparam("b_next")),
+                [{"b_member": o.job.member_id, "b_next": retry_at[o.job.id][1]} for o in held],
+            )
+    return released
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +376,8 @@ def record_flags(
             update(COPIES)
             .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == "delivered")
             .values(
+                # Counted like a removal's, so the shared backoff grows for a flag job that keeps failing.
+                attempts=COPIES.c.attempts + 1,
                 next_attempt_at=bindparam("b_next"),
                 leased_by=None,
                 last_error=bindparam("b_error"),
@@ -402,3 +474,352 @@ def record_removals(
             ),
             [{"b_id": j.id, "b_next": at, "b_error": error[:2000]} for j, error, at in failed],
         )
+
+
+# --- copies that wait too long: given up, and the messages whose back office must hear of it -----------
+
+
+@dataclass(frozen=True, slots=True)
+class LateCopy:
+    """A copy not yet delivered, as a notice to the back office names it."""
+
+    id: int
+    message_pk: int
+    member_id: int
+    address: str
+    state: str
+    created_at: dt.datetime
+    last_error: str | None
+
+
+def give_up(connection: Connection, before: dt.datetime, now: dt.datetime) -> list[LateCopy]:
+    """Mark ``failed`` the copies created before ``before`` that are still not delivered (and not
+    being written right now); returns them."""
+    waiting = or_(CopyRow.state == "held", and_(CopyRow.state == "pending", CopyRow.next_attempt_at <= now))
+    found = _late(connection, waiting, CopyRow.created_at < before)
+    if found:
+        connection.execute(
+            update(CopyRow)
+            .where(CopyRow.id.in_([c.id for c in found]), waiting)
+            .values(state="failed", next_attempt_at=None, leased_by=None, updated_at=now)
+        )
+    return found
+
+
+def late_copies(connection: Connection, message_pks: Sequence[int], states: Sequence[str]) -> list[LateCopy]:
+    """The copies of these messages in one of ``states``."""
+    return _late(connection, CopyRow.message_id.in_(message_pks), CopyRow.state.in_(states))
+
+
+def _late(connection: Connection, *where: Any) -> list[LateCopy]:
+    return [
+        LateCopy(
+            int(r[0]),
+            int(r[1]),
+            int(r[2]),
+            r[3],
+            r[4],
+            r[5] if r[5].tzinfo else r[5].replace(tzinfo=dt.UTC),
+            r[6],
+        )
+        for r in connection.execute(
+            select(
+                CopyRow.id,
+                CopyRow.message_id,
+                CopyRow.member_id,
+                MemberRow.address,
+                CopyRow.state,
+                CopyRow.created_at,
+                CopyRow.last_error,
+            )
+            .join(MemberRow, MemberRow.id == CopyRow.member_id)
+            .where(*where)
+            .order_by(CopyRow.id)
+        )
+    ]
+
+
+def unnoticed_late_messages(connection: Connection, before: dt.datetime, limit: int) -> list[int]:
+    """Back offices' messages with a copy waiting since before ``before`` and no delay or failure
+    notice queued yet."""
+    noticed = (
+        select(RelayRow.id)
+        .where(RelayRow.message_id == CopyRow.message_id, RelayRow.purpose.in_(("delayed", "failed")))
+        .exists()
+    )
+    return [
+        int(pk)
+        for pk in connection.scalars(
+            select(CopyRow.message_id)
+            .join(MessageRow, MessageRow.id == CopyRow.message_id)
+            .where(
+                CopyRow.state.in_(("pending", "held")),
+                CopyRow.created_at < before,
+                MessageRow.backoffice_id.is_not(None),
+                MessageRow.envelope_sender != "",
+                ~noticed,
+            )
+            .group_by(CopyRow.message_id)
+            .order_by(CopyRow.message_id)
+            .limit(limit)
+        )
+    ]
+
+
+# --- what `gateway queue` shows and does (postqueue -p / -f for the gateway) ---------------------------
+
+# What waits in the queues, by kind: a copy to write, flags to catch up on a delivered copy, a revoked
+# copy to remove, and mail (or a notice) to relay to a back office.
+KINDS = ("copy", "flags", "removal", "relay")
+STATES = ("pending", "held", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueItem:
+    """One item in a queue as an admin sees it; ``id`` is ``copy-<n>`` or ``relay-<n>``."""
+
+    id: str
+    kind: str
+    state: str
+    portfolio: str
+    member: str
+    message: str  # the gateway id of the message it is about
+    subject: str
+    created_at: dt.datetime
+    attempts: int
+    next_attempt_at: dt.datetime | None
+    last_error: str | None
+    to: tuple[str, ...] = ()
+    purpose: str = ""  # relays: "mail", "delayed", "failed"
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    return value if value is None or value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _copy_kind() -> Any:
+    return case(
+        (CopyRow.state == "revoking", literal("removal")),
+        (CopyRow.state == "delivered", literal("flags")),
+        else_=literal("copy"),
+    )
+
+
+def queue_items(
+    connection: Connection,
+    *,
+    portfolio: str | None = None,
+    member: str | None = None,
+    state: str | None = None,
+    kind: str | None = None,
+    before: dt.datetime | None = None,
+    ids: Sequence[str] = (),
+    limit: int = 1000,
+) -> list[QueueItem]:
+    """The items waiting in the queues, oldest first, filtered as given (``before``: created before)."""
+    copy_pks, relay_pks = _split_ids(ids)
+    items: list[QueueItem] = []
+    if kind in (None, "copy", "flags", "removal") and not (ids and not copy_pks):
+        waiting = or_(
+            CopyRow.state.in_(("pending", "held", "failed", "revoking")),
+            and_(CopyRow.state == "delivered", CopyRow.flags_pending.is_(True)),
+        )
+        query = (
+            select(
+                CopyRow.id,
+                _copy_kind(),
+                CopyRow.state,
+                PortfolioRow.name,
+                MemberRow.address,
+                MessageRow.gateway_id,
+                MessageRow.subject,
+                CopyRow.created_at,
+                CopyRow.attempts,
+                CopyRow.next_attempt_at,
+                CopyRow.last_error,
+            )
+            .join(PortfolioRow, PortfolioRow.id == CopyRow.portfolio_id)
+            .join(MemberRow, MemberRow.id == CopyRow.member_id)
+            .join(MessageRow, MessageRow.id == CopyRow.message_id)
+            .where(waiting)
+        )
+        if copy_pks:
+            query = query.where(CopyRow.id.in_(copy_pks))
+        if kind is not None:
+            query = query.where(_copy_kind() == kind)
+        if portfolio is not None:
+            query = query.where(PortfolioRow.name == portfolio)
+        if member is not None:
+            query = query.where(MemberRow.address == member.lower())
+        if state is not None:
+            # A flag job or a removal waits as "pending" (nothing else becomes of it).
+            query = query.where(
+                CopyRow.state.in_((state, "delivered", "revoking") if state == "pending" else (state,))
+            )
+        if before is not None:
+            query = query.where(CopyRow.created_at < before)
+        for r in connection.execute(query.order_by(CopyRow.created_at, CopyRow.id).limit(limit)):
+            shown = "pending" if r[2] in ("delivered", "revoking") else r[2]
+            items.append(
+                QueueItem(
+                    f"copy-{r[0]}",
+                    r[1],
+                    shown,
+                    r[3],
+                    r[4],
+                    r[5],
+                    r[6] or "",
+                    _aware(r[7]) or r[7],
+                    r[8],
+                    _aware(r[9]),
+                    r[10],
+                    (r[4],),
+                )
+            )
+    if kind in (None, "relay") and not (ids and not relay_pks):
+        query = (
+            select(
+                RelayRow.id,
+                RelayRow.state,
+                PortfolioRow.name,
+                MemberRow.address,
+                MessageRow.gateway_id,
+                MessageRow.subject,
+                RelayRow.created_at,
+                RelayRow.attempts,
+                RelayRow.next_attempt_at,
+                RelayRow.last_error,
+                RelayRow.recipients,
+                RelayRow.purpose,
+            )
+            .join(PortfolioRow, PortfolioRow.id == RelayRow.portfolio_id)
+            .join(MemberRow, MemberRow.id == RelayRow.member_id)
+            .join(MessageRow, MessageRow.id == RelayRow.message_id)
+            .where(RelayRow.state.in_(("pending", "failed")))
+        )
+        if relay_pks:
+            query = query.where(RelayRow.id.in_(relay_pks))
+        if portfolio is not None:
+            query = query.where(PortfolioRow.name == portfolio)
+        if member is not None:
+            query = query.where(MemberRow.address == member.lower())
+        if state is not None:
+            query = query.where(RelayRow.state == state)
+        if before is not None:
+            query = query.where(RelayRow.created_at < before)
+        for r in connection.execute(query.order_by(RelayRow.created_at, RelayRow.id).limit(limit)):
+            items.append(
+                QueueItem(
+                    f"relay-{r[0]}",
+                    "relay",
+                    r[1],
+                    r[2],
+                    r[3],
+                    r[4],
+                    r[5] or "",
+                    _aware(r[6]) or r[6],
+                    r[7],
+                    _aware(r[8]),
+                    r[9],
+                    tuple(r[10]),
+                    r[11],
+                )
+            )
+    items.sort(key=lambda i: (i.created_at, i.id))
+    return items[:limit]
+
+
+def _split_ids(ids: Sequence[str]) -> tuple[list[int], list[int]]:
+    copies: list[int] = []
+    relays: list[int] = []
+    for item in ids:
+        kind, _, number = item.partition("-")
+        if kind not in ("copy", "relay") or not number.isdigit():
+            raise ValueError(f"{item!r} is not a queue id such as copy-17 or relay-4 (`gateway queue list`)")
+        (copies if kind == "copy" else relays).append(int(number))
+    return copies, relays
+
+
+def retry_items(
+    connection: Connection, items: Sequence[QueueItem], now: dt.datetime, relay_lifetime: float
+) -> list[QueueItem]:
+    """Make ``items`` due at once (``postqueue -f``): held and given-up copies are pending again, and
+    given-up relays get a new lifetime. Items being worked on right now are left to that attempt."""
+    done: list[QueueItem] = []
+    for item in items:
+        pk = int(item.id.partition("-")[2])
+        if item.kind == "relay":
+            values: dict[str, object] = {"state": "pending", "next_attempt_at": now, "updated_at": now}
+            if item.state == "failed":
+                values["expires_at"] = now + dt.timedelta(seconds=relay_lifetime)
+            result = connection.execute(
+                update(RelayRow)
+                .where(
+                    RelayRow.id == pk, RelayRow.state.in_(("pending", "failed")), _not_leased(RelayRow, now)
+                )
+                .values(**values)
+            )
+        else:
+            # A copy keeps what it waits for (writing, flags, removal); held and failed ones are pending.
+            new_state = case((CopyRow.state.in_(("held", "failed")), literal("pending")), else_=CopyRow.state)
+            result = connection.execute(
+                update(CopyRow)
+                .where(
+                    CopyRow.id == pk,
+                    or_(
+                        CopyRow.state.in_(("pending", "held", "failed", "revoking")),
+                        CopyRow.flags_pending.is_(True),
+                    ),
+                    _not_leased(CopyRow, now),
+                )
+                .values(state=new_state, next_attempt_at=now, updated_at=now)
+            )
+        if getattr(result, "rowcount", 0):
+            done.append(item)
+    return done
+
+
+def drop_items(connection: Connection, items: Sequence[QueueItem], now: dt.datetime) -> list[QueueItem]:
+    """Stop working on ``items``: a copy or a relayed mail becomes ``dropped`` (kept, never tried
+    again), a flag job is forgotten. A removal cannot be dropped: a copy the member may no longer see
+    must go (``ValueError``)."""
+    if any(item.kind == "removal" for item in items):
+        raise ValueError(
+            "a removal cannot be dropped: the member may no longer see that copy, so it must leave the "
+            "mailbox (`gateway queue retry` tries it now)"
+        )
+    done: list[QueueItem] = []
+    for item in items:
+        pk = int(item.id.partition("-")[2])
+        if item.kind == "relay":
+            table: Any = RelayRow
+            values: dict[str, object] = {"state": "dropped", "next_attempt_at": None, "updated_at": now}
+            where: Any = RelayRow.state.in_(("pending", "failed"))
+        elif item.kind == "flags":
+            table, values = CopyRow, {"flags_pending": False, "next_attempt_at": None, "updated_at": now}
+            where = and_(CopyRow.state == "delivered", CopyRow.flags_pending.is_(True))
+        else:
+            table = CopyRow
+            values = {"state": "dropped", "next_attempt_at": None, "updated_at": now}
+            where = CopyRow.state.in_(("pending", "held", "failed"))
+        result = connection.execute(
+            update(table).where(table.id == pk, where, _not_leased(table, now)).values(**values)
+        )
+        if getattr(result, "rowcount", 0):
+            done.append(item)
+    return done
+
+
+def _not_leased(table: Any, now: dt.datetime) -> Any:
+    """Not taken by a worker right now (a lease is a next attempt in the future with leased_by set)."""
+    return or_(table.leased_by.is_(None), table.next_attempt_at.is_(None), table.next_attempt_at <= now)
+
+
+def portfolio_ids(connection: Connection, names: set[str]) -> list[tuple[str, int]]:
+    """Portfolio names to ids (the event log records the id)."""
+    return [
+        (n, int(i))
+        for n, i in connection.execute(
+            select(PortfolioRow.name, PortfolioRow.id).where(PortfolioRow.name.in_(names))
+        )
+    ]

@@ -43,7 +43,10 @@ RUNS = cast(Table, ReconcileRunRow.__table__)
 COPIES = cast(Table, CopyRow.__table__)
 
 # Copy states a member can see (or is about to); "revoking" and "revoked" are copies taken away.
-LIVE_STATES = ("pending", "delivered", "held")
+# "failed" (given up after [fanout] lifetime) and "dropped" (by an admin, `gateway queue drop`) count as
+# live: a member still entitled needs no second row, and one who is not gets it removed from the
+# mailbox, in case an attempt wrote it before it was given up.
+LIVE_STATES = ("pending", "delivered", "held", "failed", "dropped")
 # How much of the directory changes behind a run its reason keeps (the event log keeps them all).
 REASON_LIMIT = 2000
 

@@ -28,7 +28,8 @@ T_spec = TypeVar("T_spec")
 class SenderAuth(enum.StrEnum):
     """How a member's reply must prove its sender before it is relayed (DESIGN.md §5); per portfolio."""
 
-    # No check beyond the reply token and the audience: for the embedded default without a border MTA.
+    # No check beyond the reply token and the audience: only on a loopback-only MX listener or behind a
+    # border MTA that authenticates (gateway.domain.mx_exposure).
     OFF = "off"
     # Believe the Authentication-Results header our own border MTA adds (its authserv-id is configured).
     TRUST_AUTHENTICATION_RESULTS = "trust-authentication-results"
