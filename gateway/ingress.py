@@ -442,10 +442,11 @@ class GatewaySMTP(SMTP):
             if crlf and after_crlf and line == b".\r\n":
                 return True
             after_crlf = crlf
-            text = line[:-2] if crlf else line[:-1]
-            if text.startswith(b"."):
-                text = text[1:]  # RFC 5321 4.5.2 transparency
-            if not message.add(text):
+            if not crlf:
+                line = line[:-1] + b"\r\n"
+            if line.startswith(b"."):
+                line = line[1:]  # RFC 5321 4.5.2 transparency
+            if not message.add(line):
                 log.warning(
                     "listener %s: DATA of %s would exceed the memory budget of %s bytes",
                     self.state.name,
@@ -517,19 +518,20 @@ class _MessageBuffer:
         self.refusal: Reply | None = None
         self._buffer: io.BytesIO | None = io.BytesIO()
 
-    def add(self, text: bytes) -> bool:
-        """Append one line (without its line end); False when the listener's budget has no room for it."""
-        self.size += len(text) + 2
-        if self.size_limit and self.size > self.size_limit:
-            self.refuse(Reply.TOO_BIG)
+    def add(self, line: bytes) -> bool:
+        """Append one line (ending in CRLF); False when the listener's budget has no room for it."""
+        size = len(line)
+        self.size += size
         if self._buffer is None:
             return True  # refused already: read to the end, keep nothing
-        if not self.state.hold(len(text) + 2):
+        if self.size_limit and self.size > self.size_limit:
+            self.refuse(Reply.TOO_BIG)
+            return True
+        if not self.state.hold(size):
             self.release()
             return False
-        self.held += len(text) + 2
-        self._buffer.write(text)
-        self._buffer.write(b"\r\n")
+        self.held += size
+        self._buffer.write(line)
         return True
 
     def refuse(self, reply: Reply) -> None:
