@@ -329,9 +329,28 @@ class GatewaySMTP(SMTP):
         aiosmtpd would answer ``500 Error: (OperationalError) …``: a permanent failure for our fault,
         with our internals in it.
         """
-        assert self.session is not None
+        if isinstance(error, ValueError) and isinstance(error.__context__, asyncio.LimitOverrunError):
+            # An AUTH answer longer than the line limit (aiosmtpd reads it with readline): the client's
+            # mistake, not ours, and no traceback for the log.
+            log.info("%s sent an overlong AUTH line", getattr(self, "_client", "?"))
+            return str(Reply.AUTH_LINE_TOO_LONG)
         log.error("unexpected error answering %s: %s", getattr(self, "_client", "?"), error, exc_info=error)
         return str(Reply.TEMPORARY_FAILURE)
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
+        if hostname and not _encodable(hostname):
+            await self.push(str(Reply.BAD_HOSTNAME))
+            return
+        await super().smtp_HELO(hostname)
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
+        # A name that is not UTF-8 would reach the Received header and the database as a surrogate.
+        if hostname and not _encodable(hostname):
+            await self.push(str(Reply.BAD_HOSTNAME))
+            return
+        await super().smtp_EHLO(hostname)
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
@@ -402,6 +421,9 @@ class GatewaySMTP(SMTP):
             await self.push(status)
         finally:
             message.release()
+            if self.envelope is not None and self.envelope.content is not None:
+                # The handler raised (the client hears 451 4.3.0): the next MAIL starts afresh.
+                self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
             self._reading_data = self._handling = False
             self._data_started = None
             if self._expired is not None:

@@ -57,6 +57,8 @@ class Reply(enum.Enum):
     TEMPORARY_FAILURE = (451, "4.3.0", "Temporary failure, try again later")
     BAD_ADDRESS = (501, "5.1.3", "Bad address syntax")
     AUTH_REQUIRED = (530, "5.7.0", "Authentication required")
+    AUTH_LINE_TOO_LONG = (500, "5.5.6", "Authentication exchange line is too long")
+    BAD_HOSTNAME = (501, "5.5.2", "Syntax: HELO/EHLO with a host name in UTF-8")
     # aiosmtpd's own answers, with codes (see AIOSMTPD_REPLIES).
     READY_FOR_TLS = (220, "2.0.0", "Ready to start TLS")
     CANNOT_VRFY = (252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery")

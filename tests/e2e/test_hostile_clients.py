@@ -106,6 +106,7 @@ BEFORE_HELO = [
     b"\xff\xfe",
     "NOOP " + "x" * 600,
     "NOOP " + "x" * 1500,
+    b"EHLO \xff\xfe.example",
     "HELO client.example",
     "AUTH PLAIN",
 ]
@@ -187,6 +188,8 @@ def test_every_submission_answer_has_an_enhanced_code(gateway: RunningGateway) -
             assert_coded(command, reply)
         assert_coded("AUTH PLAIN !", talk.send("AUTH PLAIN !!!!"))
         assert_coded("AUTH *", talk.send("AUTH LOGIN") and talk.send("*"))
+        assert talk.send("AUTH LOGIN")[0].startswith(b"334 ")
+        assert talk.send("x" * 1500) == [b"500 5.5.6 Authentication exchange line is too long"]
         credentials = base64.b64encode(f"\0{LOGIN}\0{PASSWORD}".encode()).decode()
         reply = talk.send(f"AUTH PLAIN {credentials}")
         assert reply[0].startswith(b"235 2.7.0"), reply
@@ -198,8 +201,8 @@ def test_every_submission_answer_has_an_enhanced_code(gateway: RunningGateway) -
         talk.close()
 
 
-def rename_members(database_url: str, old: str, new: str) -> None:
-    """Break (or mend) the database under the running gateway: the members table goes away."""
+def rename_table(database_url: str, old: str, new: str) -> None:
+    """Break (or mend) the database under the running gateway: a table goes away (or comes back)."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         import sqlite3
@@ -223,13 +226,22 @@ def test_a_database_error_during_rcpt_answers_451_without_internals(
 ) -> None:
     with login(gateway) as client:
         assert client.mail(LOGIN)[0] == 250
-        rename_members(database_url, "members", "members_away")
+        rename_table(database_url, "members", "members_away")
         try:
             code, text = client.rcpt(ADDRESS["SB-A2"])
         finally:
-            rename_members(database_url, "members_away", "members")
+            rename_table(database_url, "members_away", "members")
         assert (code, text) == (451, b"4.3.0 Temporary failure, try again later")
         assert client.rcpt(ADDRESS["SB-A2"])[0] == 250, "the session goes on once the database is back"
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=30) as client:
+        client.ehlo("ams.example")
+        rename_table(database_url, "backoffice_accounts", "accounts_away")
+        try:
+            wrong = base64.b64encode(f"\0{LOGIN}\0not the password".encode()).decode()
+            answer = client.docmd("AUTH", f"PLAIN {wrong}")
+        finally:
+            rename_table(database_url, "accounts_away", "backoffice_accounts")
+        assert answer == (451, b"4.3.0 Temporary failure, try again later")
     assert any("unexpected error answering" in line for line in gateway.log), "the details are in our log"
 
 
