@@ -90,6 +90,7 @@ class Members:
 # to a sender with more addresses than this, each of which is limited anyway).
 RECENT_CLIENTS = 10_000
 RATE_WINDOW = 60.0
+LIMIT_LOG_INTERVAL = 10.0
 
 
 @dataclass
@@ -112,6 +113,9 @@ class ListenerState:
     protocols: set[SMTP] = field(default_factory=set)
     recent: dict[str, deque[float]] = field(default_factory=dict)
     max_recent_clients: int = RECENT_CLIENTS
+    _limit_events: Counter[str] = field(default_factory=Counter)
+    _limit_clients: set[str] = field(default_factory=set)
+    _limits_logged: float = float("-inf")
 
     @property
     def slot_limits(self) -> SlotLimits:
@@ -131,6 +135,28 @@ class ListenerState:
 
     def release(self, size: int) -> None:
         self.data_held -= size
+
+    def note(self, event: str, client: str, now: float) -> None:
+        """Log that a limit was hit, as a summary at most every ``LIMIT_LOG_INTERVAL`` seconds.
+
+        A client hitting limits in a loop (a connection flood) would otherwise write a line each time;
+        the first event is logged at once, later ones are counted and told with the next line.
+        """
+        self._limit_events[event] += 1
+        if len(self._limit_clients) < 100:  # enough to name examples, bounded however many there are
+            self._limit_clients.add(client)
+        if now - self._limits_logged < LIMIT_LOG_INTERVAL:
+            return
+        log.warning(
+            "listener %s: %s; clients e.g. %s",
+            self.name,
+            "; ".join(f"{event} ({count}x)" for event, count in self._limit_events.items()),
+            ", ".join(sorted(self._limit_clients)[:5]),
+            extra={"listener": self.name, "limit_events": dict(self._limit_events)},
+        )
+        self._limit_events.clear()
+        self._limit_clients.clear()
+        self._limits_logged = now
 
     def allow_message(self, client: str, now: float | None = None) -> bool:
         """Count a new message from ``client``; False when it sent its allowance in the last minute."""
@@ -221,7 +247,7 @@ class GatewaySMTP(SMTP):
         )
         if admission.verdict is not Verdict.ADMIT:
             reply = _REFUSALS[admission.verdict]
-            log.info("refused a connection from %s: %s", self._client, admission.verdict.value)
+            state.note(f"refused: {admission.verdict.value}", self._client, now)
             assert self._handler_coroutine is not None
             self._handler_coroutine.cancel()
             transport.write(f"{reply}\r\n".encode())  # type: ignore[attr-defined]
@@ -229,12 +255,7 @@ class GatewaySMTP(SMTP):
             self._client = ""
             return
         if admission.evict is not None:
-            log.info(
-                "listener %s full: %s gives its idle slot to %s",
-                state.name,
-                admission.evict._client,
-                self._client,
-            )
+            state.note("full: an idle session gave its slot to a newcomer", admission.evict._client, now)
             admission.evict.close_with(Reply.MADE_ROOM)
         state.connections[self._slot] += 1
         state.protocols.add(self)
@@ -266,7 +287,7 @@ class GatewaySMTP(SMTP):
 
     def close_with(self, reply: Reply) -> None:
         """Tell the client why and hang up; the slot is free at once."""
-        log.info("closing the session of %s: %s", self._client, reply)
+        log.debug("closing the session of %s: %s", self._client, reply)
         self._leave()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(f"{reply}\r\n".encode())  # type: ignore[attr-defined]
@@ -309,7 +330,6 @@ class GatewaySMTP(SMTP):
         if self._handling:
             self._reset_timeout()
             return
-        log.info("%s idle too long", getattr(self, "_client", "?"))
         self.close_with(Reply.IDLE_TOO_LONG)
 
     # --- answers --------------------------------------------------------------------------------------
@@ -469,11 +489,10 @@ class GatewaySMTP(SMTP):
             if line.startswith(b"."):
                 line = line[1:]  # RFC 5321 4.5.2 transparency
             if not message.add(line):
-                log.warning(
-                    "listener %s: DATA of %s would exceed the memory budget of %s bytes",
-                    self.state.name,
+                self.state.note(
+                    f"DATA over the memory budget of {self.state.max_data_memory} bytes",
                     self._client,
-                    self.state.max_data_memory,
+                    self.loop.time(),
                 )
                 self.close_with(Reply.NO_ROOM_NOW)
                 return False

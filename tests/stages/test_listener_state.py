@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from gateway.ingress import ListenerState
 
 
@@ -45,3 +49,14 @@ def test_the_data_budget_holds_until_released() -> None:
     assert state.data_held == 600, "a refused hold counts nothing"
     state.release(600)
     assert state.hold(1000)
+
+
+def test_limits_hit_in_a_flood_are_logged_as_a_summary(caplog: pytest.LogCaptureFixture) -> None:
+    state = ListenerState("mx", 100, 20)
+    with caplog.at_level(logging.WARNING, logger="gateway.ingress"):
+        for n in range(1000):
+            state.note("refused: listener full", f"192.0.2.{n % 200}", now=100.0 + n * 0.001)
+        assert len(caplog.records) == 1, "the first is told at once, the rest counted"
+        state.note("refused: listener full", "198.51.100.1", now=111.0)
+    assert len(caplog.records) == 2
+    assert "refused: listener full (1000x)" in caplog.records[1].getMessage()
