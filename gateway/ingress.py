@@ -91,6 +91,7 @@ class Members:
 RECENT_CLIENTS = 10_000
 RATE_WINDOW = 60.0
 LIMIT_LOG_INTERVAL = 10.0
+YIELD_EVERY_LINES = 1000
 
 
 @dataclass
@@ -456,7 +457,13 @@ class GatewaySMTP(SMTP):
         after_crlf = True  # the previous line ended in CRLF, so a "." line now ends DATA
         tail_of: bytes | None = None  # what was read of an overlong line, whose rest comes next
         heard = self.loop.time()
+        lines = 0
         while self.transport is not None:
+            lines += 1
+            if lines % YIELD_EVERY_LINES == 0:
+                # The stream reader serves buffered lines without giving up the event loop; a read of
+                # 256 KiB of three-byte lines would hold it for a good part of a second.
+                await asyncio.sleep(0)
             try:
                 line = await self._reader.readuntil(b"\n")
             except asyncio.CancelledError:
