@@ -108,6 +108,7 @@ AIOSMTPD_REPLIES = {
     "500 Error: strict ASCII mode": Reply.SYNTAX_ERROR.with_text("Non-ASCII text without SMTPUTF8"),
     "500 Command line too long": str(Reply.COMMAND_TOO_LONG),
     "503 Error: need MAIL command": str(Reply.NEED_MAIL),
+    "503 Error: need RCPT command": Reply.NEED_MAIL.with_text("Error: need RCPT command"),
     "503 Error: nested MAIL command": str(Reply.NESTED_MAIL),
     "503 Already authenticated": str(Reply.ALREADY_AUTHENTICATED),
     "501 Not enough value": str(Reply.AUTH_SYNTAX),
@@ -125,7 +126,7 @@ _ENHANCED = re.compile(r"\d{3}[ -][245]\.\d{1,3}\.\d{1,3} ")
 # our own (a syntax hint, the commands HELP lists) and dropped where the client chose it.
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"500 Error: command [\"'].*[\"'] not recognized"), str(Reply.UNKNOWN_COMMAND)),
-    (re.compile(r"503 Error: send (HELO|EHLO) first"), r"503 5.5.1 Error: send \1 first"),
+    (re.compile(r"503 Error: send (\S+) first"), r"503 5.5.1 Error: send \1 first"),
     (re.compile(r"501 (Syntax: .*)"), r"501 5.5.4 \1"),
     (re.compile(r"501 (Error: .*)"), r"501 5.5.4 \1"),
     # HELP: RFC 5321 names 214 for help; HELP for an unknown command lists the known ones with 504.
