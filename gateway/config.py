@@ -326,6 +326,10 @@ class ListenerSettings(_Section):
     max_connections: PositiveInt = 100
     """Concurrent connections this listener accepts before answering 421."""
 
+    max_data_memory: ByteSize = 100 * MIB
+    """Bytes of incoming messages all sessions of this listener may hold in memory at once; a session
+    that would exceed it is answered 452 4.3.1 and closed. Keep it at least max_message_size."""
+
     # Field validators, not one model validator: each check reports on its own, so an operator
     # sees both a TLS and a loopback mistake in one run.  They rely on the field order above.
     @field_validator("local_only")
@@ -361,6 +365,10 @@ class SubmissionListenerSettings(ListenerSettings):
 
     local_only: bool = True
     """Trust the network path: allows AUTH without TLS, so it must bind to a loopback address."""
+
+    max_unauthenticated_connections: PositiveInt = 50
+    """Sessions not (yet) logged in that this listener keeps at once; the rest of max_connections is
+    only ever used by back offices that have logged in."""
 
 
 class MxListenerSettings(ListenerSettings):
@@ -641,6 +649,19 @@ class LimitsSettings(_Section):
 
     idle_timeout: Annotated[float, Field(gt=0)] = 300.0
     """Seconds an SMTP client may stay silent before the gateway hangs up (RFC 5321 4.5.3.2: 5 minutes)."""
+
+    session_timeout: Annotated[float, Field(gt=0)] = 1800.0
+    """Seconds one SMTP session may last, however busy; then 421 4.4.2 (a message being stored finishes)."""
+
+    data_timeout: Annotated[float, Field(gt=0)] = 600.0
+    """Seconds one message may take to arrive, from DATA to its final dot; then 421 4.4.2."""
+
+    login_timeout: Annotated[float, Field(gt=0)] = 30.0
+    """Seconds a session at a listener that requires AUTH (submission) may take to log in; then 421 4.7.0."""
+
+    evict_idle_after: Annotated[float, Field(gt=0)] = 10.0
+    """When a listener is full, a session silent this many seconds, not logged in and not sending a
+    message, gives its slot to a new connection (421 4.4.2)."""
 
 
 class IntakeSettings(_Section):

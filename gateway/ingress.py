@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 import time
 from collections import Counter, deque
@@ -33,13 +34,14 @@ from gateway.db.accounts import Account, find_account
 from gateway.db.intake import member_ids
 from gateway.db.writer import Writer
 from gateway.domain.addresses import InvalidAddress, normalise_address
+from gateway.domain.admission import Occupant, SlotLimits, Verdict, admit, client_key
 from gateway.domain.passwords import verify_password
 from gateway.domain.submitters import path_too_long
 from gateway.domain.tokens import is_reply_address
 from gateway.faithful import nul_refusal
 from gateway.mailbox.base import Mailbox, MailboxOwner
 from gateway.parsing import parse_message
-from gateway.replies import AIOSMTPD_REPLIES, Reply
+from gateway.replies import Reply, with_enhanced_code
 from gateway.reply import BOUNCES_LOCAL_PART, Incoming, ReplyIntake
 from gateway.routing import RoutingRules, refusal, submitted
 
@@ -93,37 +95,143 @@ class Members:
         return bool(found)
 
 
+# How many client addresses a listener remembers for the message rate; beyond this the least recently
+# seen are forgotten first (an address within its minute may then start afresh, which only matters
+# to a sender with more addresses than this, each of which is limited anyway).
+RECENT_CLIENTS = 10_000
+RATE_WINDOW = 60.0
+LIMIT_LOG_INTERVAL = 10.0
+YIELD_EVERY_LINES = 1000
+
+
 @dataclass
 class ListenerState:
-    """What all sessions of one listener share: connection counts, sessions in DATA, shutdown."""
+    """What all sessions of one listener share: connection slots, memory held by DATA, rates, shutdown."""
 
     name: str
     max_connections: int
     max_per_client: int
     max_messages_per_minute: int = 120
+    max_unauthenticated: int | None = None
+    """Sessions not logged in that the listener keeps at once; None: as many as max_connections."""
+    evict_idle_after: float = 10.0
+    max_data_memory: int | None = None
+    """Bytes all sessions in DATA may hold at once; None: no budget."""
     connections: Counter[str] = field(default_factory=Counter)
     in_data: int = 0
+    data_held: int = 0
     closing: bool = False
     protocols: set[SMTP] = field(default_factory=set)
     recent: dict[str, deque[float]] = field(default_factory=dict)
+    max_recent_clients: int = RECENT_CLIENTS
+    _limit_events: Counter[str] = field(default_factory=Counter)
+    _limit_clients: set[str] = field(default_factory=set)
+    _limits_logged: float = float("-inf")
 
-    def allow_message(self, client: str) -> bool:
-        """Count a new message from ``client``; False when it sent its allowance in the last minute."""
-        now = time.monotonic()
-        times = self.recent.setdefault(client, deque())
-        while times and times[0] <= now - 60.0:
-            times.popleft()
-        if len(times) >= self.max_messages_per_minute:
+    @property
+    def slot_limits(self) -> SlotLimits:
+        return SlotLimits(
+            max_connections=self.max_connections,
+            max_per_client=self.max_per_client,
+            max_unauthenticated=self.max_unauthenticated or self.max_connections,
+            evict_idle_after=self.evict_idle_after,
+        )
+
+    def hold(self, size: int) -> bool:
+        """Count ``size`` more bytes of DATA held in memory; False (and nothing counted) over the budget."""
+        if self.max_data_memory is not None and self.data_held + size > self.max_data_memory:
             return False
-        times.append(now)
+        self.data_held += size
         return True
+
+    def release(self, size: int) -> None:
+        self.data_held -= size
+
+    def note(self, event: str, client: str, now: float) -> None:
+        """Log that a limit was hit, as a summary at most every ``LIMIT_LOG_INTERVAL`` seconds.
+
+        A client hitting limits in a loop (a connection flood) would otherwise write a line each time;
+        the first event is logged at once, later ones are counted and told with the next line.
+        """
+        self._limit_events[event] += 1
+        if len(self._limit_clients) < 100:  # enough to name examples, bounded however many there are
+            self._limit_clients.add(client)
+        if now - self._limits_logged < LIMIT_LOG_INTERVAL:
+            return
+        log.warning(
+            "listener %s: %s; clients e.g. %s",
+            self.name,
+            "; ".join(f"{event} ({count}x)" for event, count in self._limit_events.items()),
+            ", ".join(sorted(self._limit_clients)[:5]),
+            extra={"listener": self.name, "limit_events": dict(self._limit_events)},
+        )
+        self._limit_events.clear()
+        self._limit_clients.clear()
+        self._limits_logged = now
+
+    def allow_message(self, client: str, now: float | None = None) -> bool:
+        """Count a new message from ``client``; False when it sent its allowance in the last minute."""
+        now = time.monotonic() if now is None else now
+        key = client_key(client)
+        # Taken out and put back, so the dict stays ordered from least to most recently seen.
+        times = self.recent.pop(key, None) or deque()
+        while times and times[0] <= now - RATE_WINDOW:
+            times.popleft()
+        allowed = len(times) < self.max_messages_per_minute
+        if allowed:
+            times.append(now)
+        if times:
+            self.recent[key] = times
+        self._forget(now)
+        return allowed
+
+    def _forget(self, now: float) -> None:
+        """Drop addresses whose minute is over, oldest first, and the oldest beyond the bound."""
+        while self.recent:
+            oldest = next(iter(self.recent))
+            if self.recent[oldest][-1] > now - RATE_WINDOW and len(self.recent) <= self.max_recent_clients:
+                return
+            del self.recent[oldest]
+
+
+class GatewaySession(Session):
+    """aiosmtpd's Session without its warning about ``login_data``.
+
+    aiosmtpd 1.4 itself sets the deprecated ``login_data`` after every successful AUTH, and the property
+    logs a warning each time; nothing of ours reads it (we use ``auth_data``).
+    """
+
+    @property
+    def login_data(self) -> Any:
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
 
 
 class GatewaySMTP(SMTP):
-    """aiosmtpd's SMTP with our replies, connection limits and an asynchronous password check."""
+    """aiosmtpd's SMTP with our replies, connection limits, deadlines and an asynchronous password check.
+
+    Class attributes set per listener (``Service._listen``): ``state``, ``accounts``, ``requires_auth``
+    and ``deadlines``. AUTH is enforced here rather than by aiosmtpd's ``auth_required``, which warns on
+    every connection of a listener that allows AUTH without TLS (our ``local_only``).
+    """
 
     state: ListenerState
     accounts: Accounts
+    requires_auth: bool = False
+    deadlines: SessionDeadlines
+
+    def _create_session(self) -> Session:
+        return GatewaySession(self.loop)
+
+    async def check_auth_needed(self, caller_method: str) -> bool:
+        assert self.session is not None
+        if self.requires_auth and not self.session.authenticated:
+            await self.push(str(Reply.AUTH_REQUIRED))
+            return True
+        return False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._original_transport is None and self.transport is None
@@ -131,37 +239,188 @@ class GatewaySMTP(SMTP):
         if not first:
             return  # the same connection after STARTTLS
         self._client = _client_of(transport.get_extra_info("peername"))
+        self._slot = client_key(self._client)
+        self._reading_data = False
+        self._handling = False
+        self._expired: Reply | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        now = self.loop.time()
+        self._started = now
+        self._data_started: float | None = None
         state = self.state
-        too_many = state.connections[self._client] >= state.max_per_client
-        if state.closing or too_many or sum(state.connections.values()) >= state.max_connections:
-            reply = Reply.SHUTTING_DOWN if state.closing else Reply.TOO_MANY_CONNECTIONS
+        admission = admit(
+            self._slot,
+            per_client=state.connections,
+            occupants={p: p.occupant() for p in state.protocols if isinstance(p, GatewaySMTP)},
+            limits=state.slot_limits,
+            now=now,
+            closing=state.closing,
+        )
+        if admission.verdict is not Verdict.ADMIT:
+            reply = _REFUSALS[admission.verdict]
+            state.note(f"refused: {admission.verdict.value}", self._client, now)
             assert self._handler_coroutine is not None
             self._handler_coroutine.cancel()
             transport.write(f"{reply}\r\n".encode())  # type: ignore[attr-defined]
             transport.close()
             self._client = ""
             return
-        state.connections[self._client] += 1
+        if admission.evict is not None:
+            state.note("full: an idle session gave its slot to a newcomer", admission.evict._client, now)
+            admission.evict.close_with(Reply.MADE_ROOM)
+        state.connections[self._slot] += 1
         state.protocols.add(self)
+        self._arm_deadline()
 
     def connection_lost(self, error: Exception | None) -> None:
-        client = getattr(self, "_client", "")
-        if client and self in self.state.protocols:
-            self.state.protocols.discard(self)
-            self.state.connections[client] -= 1
-            if self.state.connections[client] <= 0:
-                del self.state.connections[client]
+        if getattr(self, "_client", ""):
+            self._leave()
+            if self._deadline is not None:
+                self._deadline.cancel()
         super().connection_lost(error)
+
+    def _leave(self) -> None:
+        """Give the slot back (once: an evicted session gives it at once, before its connection ends)."""
+        if self in self.state.protocols:
+            self.state.protocols.discard(self)
+            self.state.connections[self._slot] -= 1
+            if self.state.connections[self._slot] <= 0:
+                del self.state.connections[self._slot]
+
+    def occupant(self) -> Occupant:
+        """This session as admission sees it."""
+        assert self.session is not None
+        return Occupant(
+            authenticated=bool(self.session.authenticated),
+            in_data=self._reading_data or self._handling,
+            silent_since=self._silent_since,
+        )
+
+    def close_with(self, reply: Reply) -> None:
+        """Tell the client why and hang up; the slot is free at once."""
+        log.debug("closing the session of %s: %s", self._client, reply)
+        self._leave()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(f"{reply}\r\n".encode())  # type: ignore[attr-defined]
+            self.transport.close()
+
+    # --- deadlines: the whole session, logging in, and one DATA ----------------------------------------
+
+    def _arm_deadline(self) -> None:
+        """Set the timer for the nearest deadline this session has now."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+        limits = self.deadlines
+        when, reply = self._started + limits.session, Reply.SESSION_TOO_LONG
+        assert self.session is not None
+        if self.requires_auth and not self.session.authenticated and self._started + limits.login < when:
+            when, reply = self._started + limits.login, Reply.LOGIN_TOO_SLOW
+        if self._data_started is not None and self._data_started + limits.data < when:
+            when, reply = self._data_started + limits.data, Reply.DATA_TOO_SLOW
+        self._deadline = self.loop.call_at(when, self._deadline_passed, reply)
+
+    def _deadline_passed(self, reply: Reply) -> None:
+        assert self.session is not None
+        if reply is Reply.LOGIN_TOO_SLOW and self.session.authenticated:
+            self._arm_deadline()  # logged in meanwhile: the next deadline is another
+        elif self._handling:
+            # The message is being stored: its answer comes first, then this one (smtp_DATA).
+            self._expired = reply
+        else:
+            self.close_with(reply)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd calls this when a session starts and for each command it takes; we also call it for
+        # each chunk of DATA. Until the answer is pushed, the session is busy, not idle.
+        self._silent_since: float | None = None
+        super()._reset_timeout(duration)
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd's idle timer hangs up without a word; the client should hear why. A message being
+        # stored is not cut: its own answer tells the client more.
+        if self._handling:
+            self._reset_timeout()
+            return
+        self.close_with(Reply.IDLE_TOO_LONG)
+
+    # --- answers --------------------------------------------------------------------------------------
+
+    async def push(self, status: AnyStr) -> None:
+        self._silent_since = self.loop.time()
+        if isinstance(status, str):
+            # Never a surrogate from a client's undecodable bytes in an answer (aiosmtpd would raise).
+            line = with_enhanced_code(status).encode("utf-8", "replace").decode("utf-8")
+            await super().push(line)
+        else:
+            await super().push(status)
+
+    async def handle_exception(self, error: Exception) -> str:
+        """Anything unexpected while answering a command: 451 4.3.0, the details in our log only.
+
+        aiosmtpd would answer ``500 Error: (OperationalError) …``: a permanent failure for our fault,
+        with our internals in it.
+        """
+        if isinstance(error, ValueError) and isinstance(error.__context__, asyncio.LimitOverrunError):
+            # An AUTH answer longer than the line limit (aiosmtpd reads it with readline): the client's
+            # mistake, not ours, and no traceback for the log.
+            log.info("%s sent an overlong AUTH line", getattr(self, "_client", "?"))
+            return str(Reply.AUTH_LINE_TOO_LONG)
+        log.error("unexpected error answering %s: %s", getattr(self, "_client", "?"), error, exc_info=error)
+        return str(Reply.TEMPORARY_FAILURE)
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
+        if hostname and not _encodable(hostname):
+            await self.push(str(Reply.BAD_HOSTNAME))
+            return
+        await super().smtp_HELO(hostname)
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
+        # A name that is not UTF-8 would reach the Received header and the database as a surrogate.
+        if hostname and not _encodable(hostname):
+            await self.push(str(Reply.BAD_HOSTNAME))
+            return
+        await super().smtp_EHLO(hostname)
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
+        if arg is not None and not _encodable(arg):
+            await self.push(str(Reply.BAD_ADDRESS))
+            return
+        await super().smtp_MAIL(arg)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
+        if arg is not None and not _encodable(arg):
+            await self.push(str(Reply.BAD_ADDRESS))
+            return
+        await super().smtp_RCPT(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
+        if arg and not _encodable(arg):
+            await self.push(str(Reply.BAD_ADDRESS))
+            return
+        await super().smtp_VRFY(arg)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
-        """aiosmtpd's DATA, reading lines the way Postfix does with ``smtpd_forbid_bare_newline = normalize``.
+        """aiosmtpd's DATA, reading lines the way Postfix does with ``smtpd_forbid_bare_newline = normalize``,
+        into one buffer counted against the listener's memory budget.
 
         A bare LF ends a line as CRLF does (and is stored as CRLF), so a client with bare LF line
         endings is neither refused for one "line" as long as its whole message nor stored with mixed
         endings that other servers read differently. DATA still ends only at <CR><LF>.<CR><LF>: a dot
         line after a bare LF is content, so <LF>.<CR><LF> can never end a message early and smuggle
         the next one past us (CVE-2023-51766 and its relatives).
+
+        Memory: lines are read one at a time, each at most the line limit (the stream reader stops
+        reading from the socket beyond twice that), and appended to one growing buffer, never kept as a
+        list of line objects (which cost 45 times the message in memory). Bytes past the size limit are
+        read and dropped, and the 552 comes at the end. Every byte kept counts against the listener's
+        budget until the message is answered; a session that would exceed it is answered 452 4.3.1 at
+        once and closed, before it holds more.
         """
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
@@ -173,12 +432,48 @@ class GatewaySMTP(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        lines: list[bytes] = []
-        size = 0
-        refusal: Reply | None = None
+        self._reading_data = True
+        self._data_started = self.loop.time()
+        self._arm_deadline()
+        message = _MessageBuffer(self.state, self.data_size_limit)
+        try:
+            if not await self._read_data(message):
+                return
+            if message.refusal is not None:
+                self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
+                await self.push(str(message.refusal))
+                return
+            content = message.content()
+            self.envelope.content = content
+            self.envelope.original_content = content
+            self._reading_data, self._handling = False, True
+            status = await self._call_handler_hook("DATA")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
+            await self.push(status)
+        finally:
+            message.release()
+            if self.envelope is not None and self.envelope.content is not None:
+                # The handler raised (the client hears 451 4.3.0): the next MAIL starts afresh.
+                self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
+            self._reading_data = self._handling = False
+            self._data_started = None
+            if self._expired is not None:
+                self.close_with(self._expired)
+            elif self.transport is not None:
+                self._arm_deadline()
+
+    async def _read_data(self, message: _MessageBuffer) -> bool:
+        """Read DATA up to its end into ``message``; False when the session ended on the way."""
         after_crlf = True  # the previous line ended in CRLF, so a "." line now ends DATA
         tail_of: bytes | None = None  # what was read of an overlong line, whose rest comes next
+        heard = self.loop.time()
+        lines = 0
         while self.transport is not None:
+            lines += 1
+            if lines % YIELD_EVERY_LINES == 0:
+                # The stream reader serves buffered lines without giving up the event loop; a read of
+                # 256 KiB of three-byte lines would hold it for a good part of a second.
+                await asyncio.sleep(0)
             try:
                 line = await self._reader.readuntil(b"\n")
             except asyncio.CancelledError:
@@ -187,12 +482,16 @@ class GatewaySMTP(SMTP):
                 raise
             except asyncio.LimitOverrunError as exc:
                 # Longer than the line limit: drop what we have, read on to the end, then refuse.
-                refusal = refusal or Reply.LINE_TOO_LONG
-                lines.clear()
+                message.refuse(Reply.LINE_TOO_LONG)
                 tail_of = await self._reader.read(exc.consumed)
                 continue
             except asyncio.IncompleteReadError:
-                return  # the client went away mid-DATA; nothing is stored
+                return False  # the client went away mid-DATA; nothing is stored
+            if self.loop.time() - heard > 1.0:
+                # A client sending is not idle (the DATA deadline bounds a trickle); once a second is
+                # enough, and a flood of short lines does not make a timer each.
+                heard = self.loop.time()
+                self._reset_timeout()
             if tail_of is not None:
                 # The rest of an overlong line: never a "." line, and its CRLF may be split in two.
                 after_crlf = line.endswith(b"\r\n") or (line == b"\n" and tail_of.endswith(b"\r"))
@@ -200,34 +499,21 @@ class GatewaySMTP(SMTP):
                 continue
             crlf = line.endswith(b"\r\n")
             if crlf and after_crlf and line == b".\r\n":
-                break
+                return True
             after_crlf = crlf
-            text = line[:-2] if crlf else line[:-1]
-            if text.startswith(b"."):
-                text = text[1:]  # RFC 5321 4.5.2 transparency
-            size += len(text) + 2
-            if self.data_size_limit and size > self.data_size_limit:
-                refusal = refusal or Reply.TOO_BIG
-            if refusal is not None:
-                lines.clear()  # keep reading to the end, but not in memory
-                continue
-            lines.append(text + b"\r\n")
-        if refusal is not None:
-            self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
-            await self.push(str(refusal))
-            return
-        content = b"".join(lines)
-        self.envelope.content = content
-        self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
-        await self.push(status)
-
-    async def push(self, status: AnyStr) -> None:
-        if isinstance(status, str):
-            await super().push(AIOSMTPD_REPLIES.get(status, status))
-        else:
-            await super().push(status)
+            if not crlf:
+                line = line[:-1] + b"\r\n"
+            if line.startswith(b"."):
+                line = line[1:]  # RFC 5321 4.5.2 transparency
+            if not message.add(line):
+                self.state.note(
+                    f"DATA over the memory budget of {self.state.max_data_memory} bytes",
+                    self._client,
+                    self.loop.time(),
+                )
+                self.close_with(Reply.NO_ROOM_NOW)
+                return False
+        return False
 
     def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
         # aiosmtpd calls this synchronously from its PLAIN and LOGIN decoders; we only collect the
@@ -248,6 +534,82 @@ class GatewaySMTP(SMTP):
             log.warning("failed login %r from %s", result.auth_data.login, getattr(self, "_client", "?"))
             return AuthResult(success=False, handled=False)
         return AuthResult(success=True, auth_data=account)
+
+
+@dataclass(frozen=True)
+class SessionDeadlines:
+    """How long a session may last, how soon it must log in (where AUTH is required), how long one DATA."""
+
+    session: float
+    login: float
+    data: float
+
+
+_REFUSALS = {
+    Verdict.TOO_MANY_FROM_CLIENT: Reply.TOO_MANY_CONNECTIONS,
+    Verdict.BUSY: Reply.BUSY,
+    Verdict.SHUTTING_DOWN: Reply.SHUTTING_DOWN,
+}
+
+
+def _encodable(arg: str) -> bool:
+    """False when a command's argument holds bytes that were not UTF-8 (aiosmtpd keeps them as surrogates)."""
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class _MessageBuffer:
+    """The bytes of one DATA as they arrive: one growing buffer, counted against the listener's budget.
+
+    ``io.BytesIO`` rather than a bytearray: its ``getvalue()`` hands over the buffer itself instead of
+    copying it, so a message is in memory once, not twice, when the handler gets it.
+    """
+
+    def __init__(self, state: ListenerState, size_limit: int | None) -> None:
+        self.state = state
+        self.size_limit = size_limit
+        self.size = 0
+        self.held = 0
+        self.refusal: Reply | None = None
+        self._buffer: io.BytesIO | None = io.BytesIO()
+
+    def add(self, line: bytes) -> bool:
+        """Append one line (ending in CRLF); False when the listener's budget has no room for it."""
+        size = len(line)
+        self.size += size
+        if self._buffer is None:
+            return True  # refused already: read to the end, keep nothing
+        if self.size_limit and self.size > self.size_limit:
+            self.refuse(Reply.TOO_BIG)
+            return True
+        if not self.state.hold(size):
+            self.release()
+            return False
+        self.held += size
+        self._buffer.write(line)
+        return True
+
+    def refuse(self, reply: Reply) -> None:
+        """Answer ``reply`` at the end of DATA; drop what was kept and keep nothing more."""
+        self.refusal = self.refusal or reply
+        if self._buffer is not None:
+            self._buffer.close()
+            self._buffer = None
+        self.state.release(self.held)
+        self.held = 0
+
+    def content(self) -> bytes:
+        assert self._buffer is not None
+        return self._buffer.getvalue()
+
+    def release(self) -> None:
+        """The message was answered (or the session ended): its bytes no longer count."""
+        self._buffer = None
+        self.state.release(self.held)
+        self.held = 0
 
 
 def _client_of(peer: object) -> str:

@@ -17,13 +17,12 @@ import asyncio
 import logging
 import signal
 import ssl
-import warnings
 from dataclasses import dataclass
 
 from aiosmtpd.smtp import SMTP
 
 from gateway.acceptance import Acceptance, HandOff
-from gateway.config import ListenerSettings, Settings
+from gateway.config import ListenerSettings, Settings, SubmissionListenerSettings
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.migrate import require_current
 from gateway.db.names import directory_names
@@ -32,7 +31,15 @@ from gateway.db.writer import Writer
 from gateway.errors import OperationalError
 from gateway.fanout import FanOut, ReplyPath
 from gateway.flagsync import FlagSync, ReadNotifications
-from gateway.ingress import Accounts, GatewaySMTP, ListenerState, Members, MxHandler, SubmissionHandler
+from gateway.ingress import (
+    Accounts,
+    GatewaySMTP,
+    ListenerState,
+    Members,
+    MxHandler,
+    SessionDeadlines,
+    SubmissionHandler,
+)
 from gateway.keys import load_token_keys
 from gateway.logs import configure_logging
 from gateway.mailbox import Mailbox, MaildirMailbox
@@ -219,12 +226,7 @@ class Service:
             on_relay=self.relay.wake,
             on_copies=self.fanout.wake,
         )
-        state = ListenerState(
-            "mx",
-            config.max_connections,
-            limits.max_connections_per_client,
-            limits.max_messages_per_minute_per_client,
-        )
+        state = self._listener_state("mx", config)
         handler = MxHandler(
             replies=replies,
             state=state,
@@ -236,14 +238,10 @@ class Service:
         )
         return await self._listen("mx", config, state, handler, auth=False)
 
-    async def _start_submission(self, config: ListenerSettings) -> Listener:
+    async def _start_submission(self, config: SubmissionListenerSettings) -> Listener:
         limits = self.settings.limits
-        state = ListenerState(
-            "submission",
-            config.max_connections,
-            limits.max_connections_per_client,
-            limits.max_messages_per_minute_per_client,
-        )
+        # Sessions that have not logged in never fill the listener: the rest is kept for back offices.
+        state = self._listener_state("submission", config, config.max_unauthenticated_connections)
         handler: object = SubmissionHandler(
             acceptance=self.acceptance,
             members=Members(self.writer),
@@ -256,6 +254,20 @@ class Service:
             mailbox=self.mailbox,
         )
         return await self._listen("submission", config, state, handler, auth=True)
+
+    def _listener_state(
+        self, name: str, config: ListenerSettings, max_unauthenticated: int | None = None
+    ) -> ListenerState:
+        limits = self.settings.limits
+        return ListenerState(
+            name,
+            config.max_connections,
+            limits.max_connections_per_client,
+            limits.max_messages_per_minute_per_client,
+            max_unauthenticated=max_unauthenticated,
+            evict_idle_after=limits.evict_idle_after,
+            max_data_memory=config.max_data_memory,
+        )
 
     async def _listen(
         self, name: str, config: ListenerSettings, state: ListenerState, handler: object, *, auth: bool
@@ -270,6 +282,10 @@ class Service:
                 "line_length_limit": limits.max_line_length + 2,
                 "state": state,
                 "accounts": Accounts(self.writer),
+                "requires_auth": auth,
+                "deadlines": SessionDeadlines(
+                    session=limits.session_timeout, login=limits.login_timeout, data=limits.data_timeout
+                ),
             },
         )
         context = tls_context(config)
@@ -286,7 +302,9 @@ class Service:
                 tls_context=context,
                 require_starttls=False,
                 timeout=limits.idle_timeout,
-                auth_required=auth,
+                # GatewaySMTP enforces AUTH itself (requires_auth): aiosmtpd's auth_required would warn
+                # on every connection of a local_only listener, where AUTH without TLS is intended.
+                auth_required=False,
                 # Without AUTH every mechanism is excluded, so an AUTH command is refused (504).
                 auth_exclude_mechanism=None if auth else ["PLAIN", "LOGIN"],
                 auth_require_tls=auth and not config.local_only,
@@ -294,13 +312,6 @@ class Service:
             )
             return smtp
 
-        # aiosmtpd 1.4 sets its own deprecated Session.login_data after every successful AUTH; the
-        # warning says nothing about our code and would be logged for every back-office login.
-        warnings.filterwarnings("ignore", "Session.login_data is deprecated", DeprecationWarning)
-        if config.local_only:
-            # AUTH without TLS is what local_only means; config validation keeps such a listener on
-            # a loopback address, so aiosmtpd's general warning does not apply.
-            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS", UserWarning)
         try:
             server = await loop.create_server(factory, host=config.host, port=config.port)
         except OSError as exc:

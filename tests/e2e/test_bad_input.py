@@ -154,10 +154,13 @@ def test_slow_client_in_data_is_disconnected_and_nothing_is_stored(
     assert client.sock is not None
     client.sock.sendall(b"Subject: slow\r\n\r\nfirst line\r\n")
     time.sleep(2.5)
-    client.sock.sendall(b"second line\r\n.\r\n")
-    with pytest.raises((smtplib.SMTPServerDisconnected, ConnectionError, OSError)):
-        client.getreply()
+    try:
+        client.sock.sendall(b"second line\r\n.\r\n")
+        answer = client.getreply()
+    except (smtplib.SMTPServerDisconnected, ConnectionError, OSError):
+        answer = None  # the 421 was lost with the reset our late line caused
     client.close()
+    assert answer is None or (answer[0] == 421 and answer[1].startswith(b"4.4.2")), answer
     assert len(stored(database_url)) == before
     still_serving(limited)
 
