@@ -386,7 +386,8 @@ class GatewaySMTP(SMTP):
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
         if arg is not None and not _encodable(arg):
-            await self.push(str(Reply.BAD_ADDRESS))
+            # RFC 3463: X.1.7 is the sender's address, X.1.3 a recipient's.
+            await self.push(str(Reply.SENDER_NOT_UTF8))
             return
         await super().smtp_MAIL(arg)
 
