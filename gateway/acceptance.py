@@ -333,7 +333,7 @@ def _plan_portfolio(
                 # Later messages of the batch with the same key join the Vorgang this one opens.
                 known_keys[key] = vorgang_id
         participants, skipped = route_participants(
-            s.recipients, set(s.parsed.cc), members, _decision(s).participants
+            s.recipients, set(s.parsed.cc), members, _decision(s).participants, to=s.parsed.to
         )
         if skipped:
             log.warning(

@@ -36,7 +36,7 @@ from gateway.db.models import MessageRow, RelayRow
 from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
 from gateway.domain.answers import Classification, Kind, classify, delivery_report
-from gateway.domain.audience import audience
+from gateway.domain.audience import AsParticipant, audience
 from gateway.domain.model import Participant, ParticipantRole
 from gateway.domain.outbound import RelayHeaders, recipients_kept, render_relay, threading_ids
 from gateway.domain.senderauth_rules import Policy
@@ -331,7 +331,12 @@ def _store_reply(
         answers=answered.message_pk,
         target=replies.thread_target(connection, answered),
     )
-    flagged = replies.mark_answered(connection, pid, answered.message_pk, now)
+    # A blind (Bcc) recipient's answer marks only their own copy: \Answered on the others' would tell
+    # them somebody they cannot see got the message (DESIGN.md §3).
+    blind = all(isinstance(r, AsParticipant) and not r.role.visible for r in seen_by.via(author.id))
+    flagged = replies.mark_answered(
+        connection, pid, answered.message_pk, now, only_member=author.id if blind else None
+    )
     _record(
         connection,
         now,

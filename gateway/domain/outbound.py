@@ -5,8 +5,8 @@ a header section the back office can rely on: From names the member who actually
 ams, the Vorgang's original participant, ``gateway.domain.senders``), To is the back-office address that
 sent the answered message, the other people the member addressed stay in To/Cc for the record,
 In-Reply-To/References thread to the back office's own Message-IDs, and the gateway's headers say which
-Vorgang and who really wrote. Headers that only made sense on the way in (Received, signatures, our
-reply addresses, tokens in References) are dropped: the back office must never learn a reply token.
+Vorgang and who really wrote. Headers that only made sense on the way in (signatures, our reply
+addresses, tokens in References, Bcc) are dropped: the back office must never learn a reply token.
 """
 
 from __future__ import annotations
@@ -15,22 +15,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import formataddr
 
+from gateway.domain import gateway_headers as own
 from gateway.domain.copies import render_copy
 
 # Removed from the member's header section before ours go on top. Signatures would no longer verify
-# once From and the threading headers change; trace and authentication headers describe the hop into
-# the gateway, not the mail the back office receives.
+# once From and the threading headers change; authentication results describe the hop into the
+# gateway, not the mail the back office receives. Received lines stay (RFC 5321 4.4: a relay adds its
+# own and removes none), so a loop still shows in the hop count. Every X-Gateway-… header goes as well
+# (``remove_prefixes``): only the gateway's own values reach the back office.
 REPLACED_HEADERS = (
     "From",
     "Sender",
     "Reply-To",
     "To",
     "Cc",
-    "Bcc",
+    *own.BLIND,
     "Message-ID",
     "In-Reply-To",
     "References",
-    "Received",
     "Return-Path",
     "Delivered-To",
     "DKIM-Signature",
@@ -39,12 +41,6 @@ REPLACED_HEADERS = (
     "ARC-Authentication-Results",
     "Authentication-Results",
     "Received-SPF",
-    "X-Gateway-Vorgang",
-    "X-Gateway-Copy-Id",
-    "X-Gateway-Shared-Via",
-    "X-Gateway-Original-From",
-    "X-Gateway-Actual-Sender",
-    "X-Gateway-Loop",
 )
 
 
@@ -111,11 +107,11 @@ def render_relay(raw: bytes, headers: RelayHeaders) -> bytes:
     if headers.references:
         fields.append(("References", " ".join(headers.references)))
     fields += [
-        ("X-Gateway-Vorgang", headers.vorgang),
-        ("X-Gateway-Actual-Sender", headers.actual_sender),
-        ("X-Gateway-Loop", headers.loop_marker),
+        (own.VORGANG, headers.vorgang),
+        (own.ACTUAL_SENDER, headers.actual_sender),
+        (own.LOOP, headers.loop_marker),
     ]
-    return render_copy(raw, headers=fields, remove=REPLACED_HEADERS)
+    return render_copy(raw, headers=fields, remove=REPLACED_HEADERS, remove_prefixes=[own.PREFIX])
 
 
 def address_field(display_name: str, address: str) -> bytes:
