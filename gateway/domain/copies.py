@@ -133,7 +133,9 @@ def render_copy(
         rewritten = _prefixed_subject(raw, subject, prefix)
 
     out = bytearray(raw[:insert_at])
-    if added and insert_at and not out.endswith((b"\r", b"\n")):
+    if added and insert_at and out.endswith(b"\r"):
+        out += b"\n"  # a lone CR ends no line for Dovecot: our first header would join the skipped one
+    elif added and insert_at and not out.endswith(b"\n"):
         out += eol  # the skipped line was the last one and had no line end of its own
     out += b"".join(added)
     for item in kept:
