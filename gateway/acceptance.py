@@ -32,6 +32,7 @@ from gateway.domain.audience import Audience, audience
 from gateway.domain.model import Participant
 from gateway.domain.rules import Decision, Verdict, route_participants
 from gateway.domain.threading import Found, choose_vorgang, vorgang_hints
+from gateway.domain.trace import Arrival, Trace
 from gateway.errors import OperationalError
 from gateway.parsing import ParsedMessage
 
@@ -61,6 +62,8 @@ class Submission:
     peer: str
     # What the routing rules decided (gateway.routing); None: no rules were asked.
     decision: Decision | None = None
+    # What the SMTP session said about the client, for the Received line of the copies.
+    arrival: Arrival | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +200,7 @@ class _Planned:
     audience: Audience | None = None
     # The rule-derived key a Vorgang this message opens is stored with (DESIGN.md §6).
     key: str | None = None
+    trace: Trace | None = None
 
     @property
     def quarantined(self) -> bool:
@@ -345,7 +349,10 @@ def _plan_portfolio(
         message_id = s.parsed.message_id or f"<{gateway_id}@{hostname}>"
         # Later messages of the same batch may answer this one: make it known to them.
         known_ids[message_id] = vorgang_id
-        planned[i] = _Planned(s, digests[i], found, vorgang_id, participants, gateway_id, message_id, key=key)
+        trace = Trace(s.arrival, hostname, gateway_id, now) if s.arrival is not None else None
+        planned[i] = _Planned(
+            s, digests[i], found, vorgang_id, participants, gateway_id, message_id, key=key, trace=trace
+        )
 
     everyone = {p.member_id for plan in planned.values() for p in plan.participants}
     releases = intake.sharing_releases(connection, portfolio_id, everyone)
@@ -461,6 +468,7 @@ def _job(
         raw=s.raw,
         first_attempt=True,
         copy_headers=_decision(s).copy_headers,
+        trace=plan.trace,
     )
 
 
@@ -485,6 +493,7 @@ def _message_row(plan: _Planned, now: dt.datetime) -> dict[str, Any]:
         "received_at": now,
         "kind": "quarantined" if plan.quarantined else "message",
         "copy_headers": _decision(s).copy_headers.to_json() if _decision(s).copy_headers else None,
+        "trace": plan.trace.to_json() if plan.trace is not None else None,
     }
 
 

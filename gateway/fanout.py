@@ -59,7 +59,11 @@ def copy_bytes(
 
     ``parsed`` is ``job.raw`` parsed, when the caller has it already (all copies of a message share it).
     """
-    headers: list[tuple[str, str | bytes]] = [
+    headers: list[tuple[str, str | bytes]] = []
+    if job.trace is not None:
+        # This hop's trace line on top, naming this copy's mailbox only (RFC 5321 4.4).
+        headers.append(("Received", job.trace.received(job.address)))
+    headers += [
         (own.VORGANG, job.vorgang),
         (own.COPY_ID, job.copy_id),
     ]

@@ -28,6 +28,7 @@ from gateway.db.writer import Writer
 from gateway.domain.addresses import InvalidAddress, normalise_address
 from gateway.domain.passwords import verify_password
 from gateway.domain.tokens import is_reply_address
+from gateway.domain.trace import Arrival, protocol
 from gateway.parsing import parse_message
 from gateway.replies import AIOSMTPD_REPLIES, Reply
 from gateway.reply import BOUNCES_LOCAL_PART, Incoming, ReplyIntake
@@ -355,6 +356,7 @@ class SubmissionHandler(_Hooks):
             listener=self.state.name,
             peer=_peer(session),
             decision=decision,
+            arrival=_arrival(server, session),
         )
         self.state.in_data += 1
         try:
@@ -396,6 +398,17 @@ class SubmissionHandler(_Hooks):
                 )
             return Reply.QUARANTINED.with_text(f"Accepted as {accepted.gateway_id}; held for review")
         return Reply.ACCEPTED.with_text(f"Accepted as {accepted.gateway_id} in {accepted.vorgang}")
+
+
+def _arrival(server: SMTP, session: Session) -> Arrival:
+    """What the session says about the client, for the Received line (``gateway.domain.trace``)."""
+    transport = server.transport
+    # STARTTLS sets session.ssl; on an implicit-TLS listener the transport itself is the TLS one.
+    tls = session.ssl is not None or (
+        transport is not None and transport.get_extra_info("ssl_object") is not None
+    )
+    with_ = protocol(extended=session.extended_smtp, tls=tls, authenticated=bool(session.authenticated))
+    return Arrival(session.host_name or "", _client_of(session.peer), with_)
 
 
 def _peer(session: Session) -> str:
@@ -464,6 +477,7 @@ class MxHandler(_Hooks):
             client_ip=_client_of(session.peer),
             helo=session.host_name or "",
             peer=_peer(session),
+            arrival=_arrival(server, session),
         )
         self.state.in_data += 1
         try:

@@ -48,6 +48,7 @@ from gateway.domain.tokens import (
     token_from_references,
     verify_token,
 )
+from gateway.domain.trace import Arrival, Trace
 from gateway.parsing import ParsedMessage
 from gateway.replies import Reply
 from gateway.resolver import DnsResolver
@@ -73,6 +74,8 @@ class Incoming:
     client_ip: str
     helo: str
     peer: str
+    # What the SMTP session said about the client, for the Received line (gateway.domain.trace).
+    arrival: Arrival | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +446,7 @@ def _store_member_mail(
     direction = "reply" if answers is not None else "intake"
     gateway_id = new_gateway_id()
     message_id = mail.parsed.message_id or f"<{gateway_id}@{ctx.hostname}>"
+    trace = Trace(mail.arrival, ctx.hostname, gateway_id, now) if mail.arrival is not None else None
     (message_pk,) = intake.insert_returning_ids(
         connection,
         intake.MESSAGES,
@@ -467,6 +471,7 @@ def _store_member_mail(
                 "kind": "message",
                 "sender_member_id": author.id,
                 "answers_message_id": answers,
+                "trace": trace.to_json() if trace is not None else None,
             }
         ],
     )
@@ -486,7 +491,9 @@ def _store_member_mail(
 
     relay: dict[str, Any] = {"relayed": False, "why_not": "the portfolio has no back office to relay to"}
     if target is not None and target.backoffice_address is not None:
-        relay = _queue_relay(connection, mail, pid, vorgang, author, message_pk, gateway_id, target, ctx, now)
+        relay = _queue_relay(
+            connection, mail, pid, vorgang, author, message_pk, gateway_id, target, ctx, now, trace
+        )
     jobs: list[CopyJob] = []
     if lease is not None:
         jobs = [
@@ -509,6 +516,7 @@ def _store_member_mail(
                 answered=False,
                 raw=mail.raw,
                 first_attempt=True,
+                trace=trace,
             )
             for row, copy_pk, via in zip(rows, copy_pks, shared_via, strict=True)
         ]
@@ -536,6 +544,7 @@ def _queue_relay(
     target: replies.ThreadTarget,
     ctx: ReplyContext,
     now: dt.datetime,
+    trace: Trace | None = None,
 ) -> dict[str, Any]:
     """Queue the mail for the back office; what was decided, for the event log."""
     assert target.backoffice_address is not None
@@ -571,6 +580,8 @@ def _queue_relay(
             vorgang=vorgang[1],
             actual_sender=author.address,
             loop_marker=ctx.node,
+            received=trace.received(target.backoffice_address) if trace is not None else None,
+            reply_domain=ctx.reply_domain,
         ),
     )
     intake.insert_rows(

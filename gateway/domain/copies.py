@@ -32,7 +32,7 @@ from typing import Literal
 
 from gateway.domain.headers import decode_header_value
 
-__all__ = ["render_copy"]
+__all__ = ["header_values", "render_copy"]
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 # Python's header line (email.feedparser.headerRE without its "From " and continuation cases).
@@ -142,6 +142,19 @@ def render_copy(
         _join(out, rewritten if item is subject and rewritten is not None else raw[item.start : item.end])
     _join(out, raw[section_end:])
     return bytes(out)
+
+
+def header_values(raw: bytes, name: str) -> list[bytes]:
+    """The raw values of every ``name`` field any reader finds in ``raw``'s header section, in order,
+    unfolded (line ends removed), without the space after the colon."""
+    wanted = name.strip().lower()
+    items, _ = _header_items(bytes(raw))
+    values: list[bytes] = []
+    for item in items:
+        if item.kind == "field" and item.name == wanted:
+            value = raw[raw.index(b":", item.start, item.first_line_end) + 1 : item.end]
+            values.append(_LINE_END.sub(b"", value).strip(b" \t"))
+    return values
 
 
 def _join(out: bytearray, piece: bytes) -> None:
