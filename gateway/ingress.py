@@ -402,7 +402,7 @@ class SubmissionHandler(_Hooks):
 
 def _arrival(server: SMTP, session: Session) -> Arrival:
     """What the session says about the client, for the Received line (``gateway.domain.trace``)."""
-    transport = server.transport
+    transport = getattr(server, "transport", None)  # None for a handler driven without a server
     # STARTTLS sets session.ssl; on an implicit-TLS listener the transport itself is the TLS one.
     tls = session.ssl is not None or (
         transport is not None and transport.get_extra_info("ssl_object") is not None

@@ -203,7 +203,7 @@ def test_a_copy_has_exactly_the_from_reply_to_and_sender_the_gateway_set(
     if mailbox_server is not None:
         (envelope,) = envelopes(mailbox_server, "SB-A1", "Kopf eins")
         token = reply_address_of(message).partition("@")[0].encode()
-        ours = b'((NIL NIL "' + token + b'" "' + REPLY_DOMAIN.encode() + b'"))'
+        ours = b'(("Makler Muster" NIL "' + token + b'" "' + REPLY_DOMAIN.encode() + b'"))'
         # from, sender (Dovecot gives From when there is none) and reply-to: the reply address alone.
         assert envelope.count(ours) == 3, envelope
         assert b"attacker" not in envelope
