@@ -40,6 +40,9 @@ _FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]*):")
 _OBSOLETE_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]+:")
 _NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
 _PRINTABLE = re.compile(rb"[\x20-\x7e]*")
+# Where reading goes on after lines that are no field: the start of a line that may be a field (either
+# form) or is empty. Only Dovecot still reads headers there, and its lines start after LF only.
+_NEXT_CANDIDATE = re.compile(rb"\n(?=[\x21-\x39\x3b-\x7e]++[ \t]*+:|\r?\n)")
 
 # What may never reach a header line from a value: C0 and C1 controls (CR, LF and NUL among them) and
 # the Unicode line and paragraph separators.
@@ -180,8 +183,7 @@ def _header_items(raw: bytes) -> tuple[list[_Item], int]:
             # Empty for Python (after or as a lone CR), but no line of its own for Dovecot, which
             # ends lines at LF only and reads on: the body has begun for Python only.
             visible = False
-            _append_junk(items, position, end, eol)
-            position = end
+            position = _append_junk(raw, items, position, end, eol)
             continue
         first = raw[position]
         if first in b" \t":
@@ -208,20 +210,25 @@ def _header_items(raw: bytes) -> tuple[list[_Item], int]:
         else:
             # No header: Python's body starts here without a blank line, but Dovecot reads on.
             visible = False
-            _append_junk(items, position, end, eol)
-            position = end
+            position = _append_junk(raw, items, position, end, eol)
             continue
         items.append(_Item(kind, name, position, text_end, end, eol, visible))
         position = end
     return items, position
 
 
-def _append_junk(items: list[_Item], start: int, end: int, eol: bytes) -> None:
-    """A line that is no field, kept as it is; runs of them are one item (a long body, say)."""
+def _append_junk(raw: bytes, items: list[_Item], start: int, end: int, eol: bytes) -> int:
+    """A line that is no field, kept as it is, with the lines after it up to the next one that may
+    be a field or an empty line (a body without a blank line before it is passed over at C speed);
+    runs of them are one item. Returns where the next line to read starts."""
+    following = _NEXT_CANDIDATE.search(raw, max(end - len(eol), start))
+    stop = following.end() if following is not None else len(raw)
+    stop = max(stop, end)
     if items and items[-1].kind == "junk" and items[-1].end == start:
-        items[-1].end = end
+        items[-1].end = stop
     else:
-        items.append(_Item("junk", "", start, end - len(eol), end, eol, False))
+        items.append(_Item("junk", "", start, end - len(eol), stop, eol, False))
+    return stop
 
 
 def _prefixed_subject(raw: bytes, subject: _Item, prefix: str) -> bytes | None:
