@@ -77,16 +77,22 @@ class Trace:
 
     @classmethod
     def from_json(cls, data: Mapping[str, object] | None) -> Trace | None:
-        """The stored trace; None for a message stored without one (before traces were kept)."""
+        """The stored trace; None for a message stored without one (before traces were kept) or with
+        one that cannot be read (a copy then goes out without our Received line rather than not at all)."""
         if not data:
             return None
-        at = dt.datetime.fromisoformat(str(data["at"]))
-        return cls(
-            Arrival(str(data.get("helo", "")), str(data.get("address", "")), str(data.get("protocol", ""))),
-            str(data["by"]),
-            str(data["id"]),
-            at if at.tzinfo else at.replace(tzinfo=dt.UTC),
-        )
+        try:
+            at = dt.datetime.fromisoformat(str(data["at"]))
+            return cls(
+                Arrival(
+                    str(data.get("helo", "")), str(data.get("address", "")), str(data.get("protocol", ""))
+                ),
+                str(data["by"]),
+                str(data["id"]),
+                at if at.tzinfo else at.replace(tzinfo=dt.UTC),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
 def received(trace: Trace, for_address: str | None = None) -> str:

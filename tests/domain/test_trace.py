@@ -64,6 +64,8 @@ def test_stored_and_read_back() -> None:
     original = trace()
     assert Trace.from_json(original.to_json()) == original
     assert Trace.from_json(None) is None
+    assert Trace.from_json({"by": "gw.example"}) is None
+    assert Trace.from_json(original.to_json() | {"at": "yesterday"}) is None
     naive = original.to_json() | {"at": "2026-12-07T05:00:00"}
     assert Trace.from_json(naive) == original
 
