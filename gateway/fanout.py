@@ -71,7 +71,8 @@ def copy_bytes(
         headers.append((own.SHARED_VIA, job.shared_via))
     # Every X-Gateway-… header and the configured Vorgang header that came with the message go: the
     # copy carries only the gateway's values. Bcc goes too: nobody learns of the blind recipients.
-    remove = [vorgang_header, *own.BLIND]
+    # (Return-Path and Content-Length with it, see gateway_headers.DROPPED.)
+    remove = [vorgang_header, *own.DROPPED]
     if reply_path is not None:
         parsed = parsed or parse_message(job.raw, vorgang_header=vorgang_header)
         token = make_token(reply_path.keys, portfolio=job.portfolio, copy_id=job.copy_id)

@@ -23,6 +23,10 @@ LOOP = "X-Gateway-Loop"
 
 # Never passed on: the blind recipients of a message are nobody else's business.
 BLIND = ("Bcc", "Resent-Bcc")
+# Dropped from every copy and relayed mail, as Postfix's message_drop_headers does by default: the
+# blind recipients, a Return-Path only the final delivery may write, and a Content-Length that mbox
+# readers would trust over the real length.
+DROPPED = (*BLIND, "Content-Length", "Return-Path")
 
 # Replaced on copies with a reply path: every answer, with "Reply" or "Reply all", comes back to us, and
 # the copy has exactly the From, Reply-To and Sender the gateway set (it sets no Sender).
