@@ -13,6 +13,7 @@ read as the member with FETCH ENVELOPE, the way an IMAP client builds its messag
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import imaplib
@@ -23,7 +24,10 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from gateway.db.engine import create_engine, session_factory
+from gateway.db.models import CopyRow, MemberRow, MessageRow
 from tests.dovecot import Dovecot
 from tests.e2e.conftest import (
     LOGIN,
@@ -34,7 +38,7 @@ from tests.e2e.conftest import (
     configure,
     prepare,
 )
-from tests.e2e.test_replies import reply_address_of, send_reply, wait_until
+from tests.e2e.test_replies import ANSWERED, NO_FLAGS, reply_address_of, send_reply, wait_until
 from tests.seed import ADDRESS
 
 BACKOFFICE = "ams@makler-muster.example"
@@ -127,8 +131,28 @@ def bcc_mail(to: str, subject: str) -> bytes:
     ).encode()
 
 
+def answered(database_url: str, message_id: str) -> set[str]:
+    """The members whose copy of ``message_id`` the database has marked \\Answered."""
+
+    async def load() -> set[str]:
+        engine = create_engine(database_url)
+        try:
+            async with session_factory(engine)() as session:
+                rows = await session.execute(
+                    select(MemberRow.address)
+                    .join(CopyRow, CopyRow.member_id == MemberRow.id)
+                    .join(MessageRow, MessageRow.id == CopyRow.message_id)
+                    .where(MessageRow.message_id == message_id, CopyRow.answered.is_(True))
+                )
+                return {str(address) for (address,) in rows}
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(load())
+
+
 def test_a_blind_recipient_gets_a_copy_and_nobody_learns_of_it(
-    gateway: RunningGateway, mailbox_server: Dovecot | None
+    gateway: RunningGateway, mailbox_server: Dovecot | None, sink: BackOfficeSink, database_url: str
 ) -> None:
     # The issue's mail: to SB-B1, Bcc GF-A (and someone outside the directory, named only in the header).
     code, text = submit(
@@ -141,13 +165,28 @@ def test_a_blind_recipient_gets_a_copy_and_nobody_learns_of_it(
         assert b"geheim" not in copy
         if person != "GF-A":
             assert ADDRESS["GF-A"].encode() not in copy.lower(), f"{person}'s copy names GF-A"
-    assert b"for <gf-a@kunde-a.example>" in wait_for_copy(gateway, mailbox_server, "GF-A", "Blind eins")
+    gf_a_copy = wait_for_copy(gateway, mailbox_server, "GF-A", "Blind eins")
+    assert b"for <gf-a@kunde-a.example>" in gf_a_copy
     if mailbox_server is not None:
         (envelope,) = envelopes(mailbox_server, "SB-B2", "Blind eins")
         # ENVELOPE: date subject from sender reply-to to cc bcc in-reply-to message-id; bcc is NIL.
         assert b"gf-a" not in envelope.lower()
         assert b"geheim" not in envelope
         assert re.search(rb'\(\(NIL NIL "sb-b1" "kunde-b.example"\)\) NIL NIL', envelope), envelope
+
+    # GF-A answers: the reply goes to the back office, but only GF-A's own copy is marked \Answered;
+    # the others' copies would tell them somebody they cannot see got the message.
+    answer = (
+        f"From: {ADDRESS['GF-A']}\r\nTo: {reply_address_of(parsed(gf_a_copy))}\r\nSubject: Re: Blind eins\r\n"
+        f"Message-ID: <blind-antwort@kunde-a.example>\r\nIn-Reply-To: <Blind-eins@ams.example>\r\n\r\nOK\r\n"
+    ).encode()
+    code, text = send_reply(gateway, answer, reply_address_of(parsed(gf_a_copy)), ADDRESS["GF-A"])
+    assert code == 250, text
+    assert len(sink.wait_for(1)) == 1
+    assert wait_until(lambda: answered(database_url, "<Blind-eins@ams.example>") == {ADDRESS["GF-A"]})
+    assert wait_until(lambda: gateway.flags_of(ADDRESS["GF-A"], "<Blind-eins@ams.example>") == [ANSWERED])
+    for person in ("SB-B1", "SB-B2", "GF-B"):
+        assert gateway.flags_of(ADDRESS[person], "<Blind-eins@ams.example>") == [NO_FLAGS], person
 
     # To SB-A1, Bcc GF-A: GF-B shares a release with GF-A, but does not get the message because of GF-A.
     code, text = submit(
