@@ -35,6 +35,7 @@ from gateway.db.messages import new_gateway_id
 from gateway.db.models import MessageRow, RelayRow
 from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
+from gateway.domain import gateway_headers
 from gateway.domain.answers import Classification, Kind, classify, delivery_report
 from gateway.domain.audience import AsParticipant, audience
 from gateway.domain.model import Participant, ParticipantRole
@@ -58,7 +59,7 @@ log = logging.getLogger("gateway.reply")
 
 RELAYS = cast(Table, RelayRow.__table__)
 
-LOOP_MARKER = "X-Gateway-Loop"
+LOOP_MARKER = gateway_headers.LOOP
 # The envelope sender of relayed mail: bounces from back offices come back to this address.
 BOUNCES_LOCAL_PART = "bounces"
 
