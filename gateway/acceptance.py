@@ -44,6 +44,7 @@ from gateway.domain.submitters import (
     path_too_long,
 )
 from gateway.domain.threading import Found, choose_vorgang, vorgang_hints
+from gateway.domain.trace import Arrival, Trace
 from gateway.errors import OperationalError
 from gateway.parsing import ParsedMessage
 from gateway.replies import Reply
@@ -74,6 +75,8 @@ class Submission:
     peer: str
     # What the routing rules decided (gateway.routing); None: no rules were asked.
     decision: Decision | None = None
+    # What the SMTP session said about the client, for the Received line of the copies.
+    arrival: Arrival | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +301,7 @@ class _Planned:
     audience: Audience | None = None
     # The rule-derived key a Vorgang this message opens is stored with (DESIGN.md §6).
     key: str | None = None
+    trace: Trace | None = None
 
     @property
     def quarantined(self) -> bool:
@@ -434,7 +438,7 @@ def _plan_portfolio(
                 # Later messages of the batch with the same key join the Vorgang this one opens.
                 known_keys[key] = vorgang_id
         participants, skipped = route_participants(
-            s.recipients, set(s.parsed.cc), members, _decision(s).participants
+            s.recipients, set(s.parsed.cc), members, _decision(s).participants, to=s.parsed.to
         )
         if skipped:
             log.warning(
@@ -446,7 +450,10 @@ def _plan_portfolio(
         message_id = s.parsed.message_id or f"<{gateway_id}@{hostname}>"
         # Later messages of the same batch may answer this one: make it known to them.
         known_ids[message_id] = vorgang_id
-        planned[i] = _Planned(s, digests[i], found, vorgang_id, participants, gateway_id, message_id, key=key)
+        trace = Trace(s.arrival, hostname, gateway_id, now) if s.arrival is not None else None
+        planned[i] = _Planned(
+            s, digests[i], found, vorgang_id, participants, gateway_id, message_id, key=key, trace=trace
+        )
 
     everyone = {p.member_id for plan in planned.values() for p in plan.participants}
     releases = intake.sharing_releases(connection, portfolio_id, everyone)
@@ -562,6 +569,7 @@ def _job(
         raw=s.raw,
         first_attempt=True,
         copy_headers=_decision(s).copy_headers,
+        trace=plan.trace,
     )
 
 
@@ -586,6 +594,7 @@ def _message_row(plan: _Planned, now: dt.datetime) -> dict[str, Any]:
         "received_at": now,
         "kind": "quarantined" if plan.quarantined else "message",
         "copy_headers": _decision(s).copy_headers.to_json() if _decision(s).copy_headers else None,
+        "trace": plan.trace.to_json() if plan.trace is not None else None,
     }
 
 

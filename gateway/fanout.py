@@ -27,6 +27,7 @@ from gateway.db import queue
 from gateway.db.intake import EVENTS, insert_rows
 from gateway.db.queue import CopyJob, FlagJob, Outcome, RemovalJob
 from gateway.db.writer import Writer
+from gateway.domain import gateway_headers as own
 from gateway.domain.copies import render_copy
 from gateway.domain.outbound import address_field
 from gateway.domain.retry import backoff, describe
@@ -38,15 +39,6 @@ from gateway.workers import work_until_cancelled
 
 log = logging.getLogger("gateway.fanout")
 
-# Headers a copy carries that only the gateway may set; any that came with the message are dropped.
-GATEWAY_HEADERS = (
-    "X-Gateway-Vorgang",
-    "X-Gateway-Copy-Id",
-    "X-Gateway-Shared-Via",
-    "X-Gateway-Original-From",
-)
-# Replaced on copies with a reply path: every answer, with "Reply" or "Reply all", comes back to us.
-REPLY_PATH_HEADERS = ("From", "Sender", "Reply-To", "References")
 COALESCE = 0.05
 
 
@@ -70,13 +62,20 @@ def copy_bytes(
 
     ``parsed`` is ``job.raw`` parsed, when the caller has it already (all copies of a message share it).
     """
-    headers: list[tuple[str, str | bytes]] = [
-        ("X-Gateway-Vorgang", job.vorgang),
-        ("X-Gateway-Copy-Id", job.copy_id),
+    headers: list[tuple[str, str | bytes]] = []
+    if job.trace is not None:
+        # This hop's trace line on top, naming this copy's mailbox only (RFC 5321 4.4).
+        headers.append(("Received", job.trace.received(job.address)))
+    headers += [
+        (own.VORGANG, job.vorgang),
+        (own.COPY_ID, job.copy_id),
     ]
     if job.shared_via:
-        headers.append(("X-Gateway-Shared-Via", job.shared_via))
-    remove = [*GATEWAY_HEADERS, vorgang_header]
+        headers.append((own.SHARED_VIA, job.shared_via))
+    # Every X-Gateway-… header and the configured Vorgang header that came with the message go: the
+    # copy carries only the gateway's values. Bcc goes too: nobody learns of the blind recipients.
+    # (Return-Path and Content-Length with it, see gateway_headers.DROPPED.)
+    remove = [vorgang_header, *own.DROPPED]
     if reply_path is not None:
         parsed = parsed or parse_message(job.raw, vorgang_header=vorgang_header)
         token = make_token(reply_path.keys, portfolio=job.portfolio, copy_id=job.copy_id)
@@ -89,11 +88,11 @@ def copy_bytes(
             original_field = (
                 address_field(parsed.from_display_name, original) if parsed.from_display_name else original
             )
-            headers.append(("X-Gateway-Original-From", original_field))
+            headers.append((own.ORIGINAL_FROM, original_field))
         # The token as a message id too: a reply whose address lost "+TOKEN" still names it (GitLab).
         references = [*parsed.references, reference_id(token, reply_path.reply_domain)]
         headers.append(("References", " ".join(dict.fromkeys(references))))
-        remove += REPLY_PATH_HEADERS
+        remove += own.REPLY_PATH
     if job.copy_headers:
         # Routing rules' changes (rules_file refuses our own headers and the reply path there).
         headers += job.copy_headers.set
@@ -104,7 +103,11 @@ def copy_bytes(
         headers.append(("Message-ID", job.message_id))
         remove.append("Message-ID")
     return render_copy(
-        job.raw, headers=headers, remove=remove, subject_prefix=f"[{job.vorgang}]" if tag_subject else None
+        job.raw,
+        headers=headers,
+        remove=remove,
+        remove_prefixes=[own.PREFIX],
+        subject_prefix=f"[{job.vorgang}]" if tag_subject else None,
     )
 
 

@@ -38,6 +38,7 @@ from gateway.domain.admission import Occupant, SlotLimits, Verdict, admit, clien
 from gateway.domain.passwords import verify_password
 from gateway.domain.submitters import path_too_long
 from gateway.domain.tokens import is_reply_address
+from gateway.domain.trace import Arrival, protocol
 from gateway.faithful import nul_refusal
 from gateway.mailbox.base import Mailbox, MailboxOwner
 from gateway.parsing import parse_message
@@ -746,6 +747,7 @@ class SubmissionHandler(_Hooks):
             listener=self.state.name,
             peer=_peer(session),
             decision=decision,
+            arrival=_arrival(server, session),
         )
         self.state.in_data += 1
         try:
@@ -787,6 +789,17 @@ class SubmissionHandler(_Hooks):
                 )
             return Reply.QUARANTINED.with_text(f"Accepted as {accepted.gateway_id}; held for review")
         return Reply.ACCEPTED.with_text(f"Accepted as {accepted.gateway_id} in {accepted.vorgang}")
+
+
+def _arrival(server: SMTP, session: Session) -> Arrival:
+    """What the session says about the client, for the Received line (``gateway.domain.trace``)."""
+    transport = getattr(server, "transport", None)  # None for a handler driven without a server
+    # STARTTLS sets session.ssl; on an implicit-TLS listener the transport itself is the TLS one.
+    tls = session.ssl is not None or (
+        transport is not None and transport.get_extra_info("ssl_object") is not None
+    )
+    with_ = protocol(extended=session.extended_smtp, tls=tls, authenticated=bool(session.authenticated))
+    return Arrival(session.host_name or "", _client_of(session.peer), with_)
 
 
 def _peer(session: Session) -> str:
@@ -873,6 +886,7 @@ class MxHandler(_Hooks):
             client_ip=_client_of(session.peer),
             helo=session.host_name or "",
             peer=_peer(session),
+            arrival=_arrival(server, session),
         )
         self.state.in_data += 1
         try:

@@ -42,8 +42,9 @@ from gateway.db.messages import new_gateway_id
 from gateway.db.models import MessageRow, RelayRow
 from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
+from gateway.domain import gateway_headers
 from gateway.domain.answers import Classification, Kind, classify, delivery_report
-from gateway.domain.audience import audience
+from gateway.domain.audience import AsParticipant, Audience, audience
 from gateway.domain.model import Participant, ParticipantRole
 from gateway.domain.outbound import RelayHeaders, recipients_kept, render_relay, threading_ids
 from gateway.domain.refusals import NOT_ENTITLED_TO_ANSWER, Why, refusal
@@ -57,6 +58,7 @@ from gateway.domain.tokens import (
     token_from_references,
     verify_token,
 )
+from gateway.domain.trace import Arrival, Trace
 from gateway.parsing import ParsedMessage
 from gateway.replies import Reply
 from gateway.resolver import DnsResolver
@@ -66,7 +68,7 @@ log = logging.getLogger("gateway.reply")
 
 RELAYS = cast(Table, RelayRow.__table__)
 
-LOOP_MARKER = "X-Gateway-Loop"
+LOOP_MARKER = gateway_headers.LOOP
 # The envelope sender of relayed mail: bounces from back offices come back to this address.
 BOUNCES_LOCAL_PART = "bounces"
 
@@ -82,6 +84,8 @@ class Incoming:
     client_ip: str
     helo: str
     peer: str
+    # What the SMTP session said about the client, for the Received line (gateway.domain.trace).
+    arrival: Arrival | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,9 +376,10 @@ def _store_reply(
     resent = _resent(connection, pid, mail, mail.raw)
     if resent is not None:
         return resent
-    author = _author_of_answer(connection, mail, answered, from_address, ctx)
-    if isinstance(author, Refusal):
-        return author
+    entitled = _author_of_answer(connection, mail, answered, from_address, ctx)
+    if isinstance(entitled, Refusal):
+        return entitled
+    author, seen_by = entitled
     now = dt.datetime.now(dt.UTC)
     stored = _store_member_mail(
         connection,
@@ -388,7 +393,12 @@ def _store_reply(
         answers=answered.message_pk,
         target=replies.thread_target(connection, answered),
     )
-    flagged = replies.mark_answered(connection, pid, answered.message_pk, now)
+    # A blind (Bcc) recipient's answer marks only their own copy: \Answered on the others' would tell
+    # them somebody they cannot see got the message (DESIGN.md §3).
+    blind = all(isinstance(r, AsParticipant) and not r.role.visible for r in seen_by.via(author.id))
+    flagged = replies.mark_answered(
+        connection, pid, answered.message_pk, now, only_member=author.id if blind else None
+    )
     _record(
         connection,
         now,
@@ -406,8 +416,9 @@ def _store_reply(
 
 def _author_of_answer(
     connection: Connection, mail: Incoming, answered: replies.Answered, from_address: str, ctx: ReplyContext
-) -> replies.Author | Refusal:
-    """The member who may answer the message ``answered`` as ``from_address``, or the recorded refusal.
+) -> tuple[replies.Author, Audience] | Refusal:
+    """The member who may answer the message ``answered`` as ``from_address`` with the audience that
+    entitles them, or the recorded refusal.
 
     The caller holds the portfolio's directory: the audience is the one the mail is stored against.
     """
@@ -418,7 +429,7 @@ def _author_of_answer(
         refused = refusal(from_address, Why.NOT_A_MEMBER if author is None else Why.NOT_IN_AUDIENCE)
         _record_refusal(connection, mail, answered, refused.reason, ctx.node)
         return Refusal(refused.answer)
-    return author
+    return author, seen_by
 
 
 def _resent(connection: Connection, portfolio_id: int, mail: Incoming, stored_raw: bytes) -> Resent | None:
@@ -524,6 +535,7 @@ def _store_member_mail(
     direction = "reply" if answers is not None else "intake"
     gateway_id = new_gateway_id()
     message_id = mail.parsed.message_id or f"<{gateway_id}@{ctx.hostname}>"
+    trace = Trace(mail.arrival, ctx.hostname, gateway_id, now) if mail.arrival is not None else None
     (message_pk,) = intake.insert_returning_ids(
         connection,
         intake.MESSAGES,
@@ -548,6 +560,7 @@ def _store_member_mail(
                 "kind": "message",
                 "sender_member_id": author.id,
                 "answers_message_id": answers,
+                "trace": trace.to_json() if trace is not None else None,
             }
         ],
     )
@@ -567,7 +580,9 @@ def _store_member_mail(
 
     relay: dict[str, Any] = {"relayed": False, "why_not": "the portfolio has no back office to relay to"}
     if target is not None and target.backoffice_address is not None:
-        relay = _queue_relay(connection, mail, pid, vorgang, author, message_pk, gateway_id, target, ctx, now)
+        relay = _queue_relay(
+            connection, mail, pid, vorgang, author, message_pk, gateway_id, target, ctx, now, trace
+        )
     jobs: list[CopyJob] = []
     if lease is not None:
         jobs = [
@@ -590,6 +605,7 @@ def _store_member_mail(
                 answered=False,
                 raw=mail.raw,
                 first_attempt=True,
+                trace=trace,
             )
             for row, copy_pk, via in zip(rows, copy_pks, shared_via, strict=True)
         ]
@@ -617,6 +633,7 @@ def _queue_relay(
     target: replies.ThreadTarget,
     ctx: ReplyContext,
     now: dt.datetime,
+    trace: Trace | None = None,
 ) -> dict[str, Any]:
     """Queue the mail for the back office; what was decided, for the event log."""
     assert target.backoffice_address is not None
@@ -652,6 +669,8 @@ def _queue_relay(
             vorgang=vorgang[1],
             actual_sender=author.address,
             loop_marker=ctx.node,
+            received=trace.received(target.backoffice_address) if trace is not None else None,
+            reply_domain=ctx.reply_domain,
         ),
     )
     intake.insert_rows(
@@ -714,9 +733,9 @@ def _store_not_an_answer(
     if resent is not None:
         return resent
     if kind != Kind.BOUNCE.value:
-        author = _author_of_answer(connection, mail, answered, from_address, ctx)
-        if isinstance(author, Refusal):
-            return author
+        entitled = _author_of_answer(connection, mail, answered, from_address, ctx)
+        if isinstance(entitled, Refusal):
+            return entitled
     now = dt.datetime.now(dt.UTC)
     gateway_id = new_gateway_id()
     message_pk = intake.insert_returning_ids(

@@ -203,7 +203,9 @@ async def dry_run(
     result.vorgang_key = decision.vorgang_key
     result.vorgang = references[vorgang_id] if vorgang_id is not None else None
 
-    participants, skipped = route_participants(accepted, set(parsed.cc), members, decision.participants)
+    participants, skipped = route_participants(
+        accepted, set(parsed.cc), members, decision.participants, to=parsed.to
+    )
     result.skipped_participants = skipped
     seen = audience(snap.portfolio_id, participants, snap.releases)
 

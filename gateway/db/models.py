@@ -308,6 +308,9 @@ class MessageRow(Base):
     # What routing rules change on every copy: {"set": [[name, value], …], "strip": [name, …]}; the
     # stored bytes stay as they came (gateway.fanout applies it when it renders a copy).
     copy_headers: Mapped[dict[str, Any] | None] = mapped_column()
+    # How the message arrived (``gateway.domain.trace.Trace.to_json``): what the Received line on its
+    # copies and its relayed mail says. None for messages stored before it was kept.
+    trace: Mapped[dict[str, Any] | None] = mapped_column()
 
 
 class QuarantineRow(Base):

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Table, and_, bindparam, case, func, literal, 
 
 from gateway.db.models import CopyRow, MemberRow, MessageRow, PortfolioRow, RelayRow, ReleaseRow, VorgangRow
 from gateway.domain.rules import CopyHeaders
+from gateway.domain.trace import Trace
 
 # Executemany updates go through the Core table: the ORM would treat a list of parameters as its own
 # bulk-update-by-primary-key, which has no WHERE of ours.
@@ -48,6 +49,8 @@ class CopyJob:
     first_attempt: bool = False
     # Headers routing rules set or strip on the message's copies.
     copy_headers: CopyHeaders = field(default_factory=CopyHeaders)
+    # How the message arrived: the copy's Received line (None: stored before traces were kept).
+    trace: Trace | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,13 +132,15 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
     # Several copies share one message; read each message's bytes once.
     raws: dict[int, bytes] = {}
     edits: dict[int, CopyHeaders] = {}
-    for pk, raw, copy_headers in connection.execute(
-        select(MessageRow.id, MessageRow.raw, MessageRow.copy_headers).where(
+    traces: dict[int, Trace | None] = {}
+    for pk, raw, copy_headers, trace in connection.execute(
+        select(MessageRow.id, MessageRow.raw, MessageRow.copy_headers, MessageRow.trace).where(
             MessageRow.id.in_({f[7] for f in facts})
         )
     ):
         raws[int(pk)] = bytes(raw)
         edits[int(pk)] = CopyHeaders.from_json(copy_headers)
+        traces[int(pk)] = Trace.from_json(trace)
     return [
         CopyJob(
             id=f[0],
@@ -157,6 +162,7 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
             raw=raws[f[7]],
             first_attempt=f[2] == 0 and taken[f[0]] is None,
             copy_headers=edits[f[7]],
+            trace=traces[f[7]],
         )
         for f in facts
     ]

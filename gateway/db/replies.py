@@ -247,12 +247,24 @@ def original_participant(connection: Connection, portfolio_id: int, vorgang_id: 
     return None if row is None else str(row[0])
 
 
-def mark_answered(connection: Connection, portfolio_id: int, message_pk: int, now: dt.datetime) -> int:
+def mark_answered(
+    connection: Connection,
+    portfolio_id: int,
+    message_pk: int,
+    now: dt.datetime,
+    *,
+    only_member: int | None = None,
+) -> int:
     """``\\Answered`` on every copy of the message: in the database at once, in the mailboxes by the
-    fan-out (copies still pending get it with their first write). Returns how many copies changed."""
+    fan-out (copies still pending get it with their first write). Returns how many copies changed.
+
+    ``only_member``: the copy of this member alone (a blind recipient's answer, which the others must
+    not learn of)."""
     unanswered = and_(
         CopyRow.portfolio_id == portfolio_id, CopyRow.message_id == message_pk, CopyRow.answered.is_(False)
     )
+    if only_member is not None:
+        unanswered = and_(unanswered, CopyRow.member_id == only_member)
     # A delivered copy is due at once for its flag; a pending one keeps its lease and retry time and
     # is written with the flag (or caught up by the fan-out's record, if its write was under way).
     delivered = connection.execute(

@@ -2,7 +2,12 @@
 
     audience(m) = participants(m)
                 ∪ ⋃ { members(r) : r in releases of portfolio(m), r.share_vorgaenge,
-                                   members(r) ∩ participants(m) ≠ ∅ }
+                                   members(r) ∩ visible(m) ≠ ∅ }
+
+where visible(m) are the participants everyone can see: the sender and those named in To or Cc. A
+blind participant (an envelope recipient the header does not name: Bcc) gets a copy of their own, but
+brings nobody in: their co-members must not learn they got it, let alone get it because of them. A
+blind participant who is also co-member of a visible one is in the audience for both reasons.
 
 The result keeps every reason a member is in the audience, not just the fact, so that fan-out can say
 why a copy was delivered, reconciliation can tell which copies lose their last reason when the directory
@@ -116,14 +121,17 @@ class Audience:
 def audience(portfolio_id: int, participants: Iterable[Participant], releases: Iterable[Release]) -> Audience:
     """The audience of a message of ``portfolio_id`` with these participants under these releases.
 
+    Only visible participants (sender, To, Cc) bring in the members of their sharing releases.
+
     Releases of other portfolios are ignored rather than rejected: the caller may hand over a wider
     slice of the directory than one portfolio, and nothing ever crosses portfolios (DESIGN.md §1).
     """
+    participants = tuple(participants)
     found: dict[int, set[Reason]] = {}
     for participant in participants:
         # A set keeps each role once when the same member is, say, both in To and in Cc twice.
         found.setdefault(participant.member_id, set()).add(AsParticipant(participant.role))
-    participant_ids = frozenset(found)
+    participant_ids = frozenset(p.member_id for p in participants if p.role.visible)
 
     for release in releases:
         if release.portfolio_id != portfolio_id or not release.share_vorgaenge:

@@ -8,9 +8,18 @@ re-encoded, so a signature over it stays valid and nothing a parser does not und
 
 The header section is split into lines and fields the way Python's email parser does it (a line ends at
 CRLF, CR or LF; a field line is a name of printable ASCII and a colon; a line starting with a space or a
-tab continues the field before it). One addition: the obsolete ``Name : value`` form (RFC 5322 4.5),
-which Python's parser takes for the start of the body but many mail readers take for a header, is a
-field too when it comes to removing headers, because a header someone else reads must not survive.
+tab continues the field before it). Readers disagree on where the header section ends and on what a
+field is, and a header any one of them reads must not survive a removal, so removal takes the widest
+view of them all:
+
+- the obsolete ``Name : value`` form (RFC 5322 4.5) is a field: Python's parser takes it for the start
+  of the body (or, as ``From : x``, for an mbox envelope line) but Dovecot and many mail readers take it
+  for a header;
+- the section does not end at a line that is no header (Python's parser starts the body there, Dovecot
+  reads on), nor at an empty line that only Python sees (after a lone CR, which ends no line for
+  Dovecot): it ends at the first empty line every reader sees, or at the end of the message.
+
+A field there whose name is removed goes, wherever it stands; every other line stays as it came.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from typing import Literal
 
 from gateway.domain.headers import decode_header_value
 
-__all__ = ["render_copy"]
+__all__ = ["header_values", "render_copy"]
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 # Python's header line (email.feedparser.headerRE without its "From " and continuation cases).
@@ -31,6 +40,9 @@ _FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]*):")
 _OBSOLETE_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]+:")
 _NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
 _PRINTABLE = re.compile(rb"[\x20-\x7e]*")
+# Where reading goes on after lines that are no field: the start of a line that may be a field (either
+# form) or is empty. Only Dovecot still reads headers there, and its lines start after LF only.
+_NEXT_CANDIDATE = re.compile(rb"\n(?=[\x21-\x39\x3b-\x7e]++[ \t]*+:|\r?\n)")
 
 # What may never reach a header line from a value: C0 and C1 controls (CR, LF and NUL among them) and
 # the Unicode line and paragraph separators.
@@ -41,7 +53,7 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 _LINE_LENGTH = 78
 
 
-_Kind = Literal["field", "envelope", "orphan", "nameless"]
+_Kind = Literal["field", "envelope", "orphan", "nameless", "junk"]
 
 
 @dataclass(slots=True)
@@ -49,7 +61,8 @@ class _Item:
     """One field of the header section with its continuation lines, or a line that is no field.
 
     ``kind`` is ``field``; ``envelope`` (an mbox ``From `` line); ``orphan`` (continuation lines with
-    nothing to continue); or ``nameless`` (a line starting with a colon, which Python's parser skips).
+    nothing to continue); ``nameless`` (a line starting with a colon, which Python's parser skips); or
+    ``junk`` (lines that are no field, where Python's parser has started the body and others read on).
     """
 
     kind: _Kind
@@ -66,16 +79,19 @@ def render_copy(
     *,
     headers: Sequence[tuple[str, str | bytes]],
     remove: Collection[str] = (),
+    remove_prefixes: Collection[str] = (),
     subject_prefix: str | None = None,
 ) -> bytes:
     """The copy of ``raw`` with ``headers`` added on top, ``remove`` removed and the subject prefixed.
 
     Header values lose every control character (so no value can start a header of its own) and are
-    RFC 2047 encoded when not ASCII, folded when long. ``remove`` names headers case-insensitively;
-    each goes with its continuation lines. ``subject_prefix`` goes in front of the first Subject's raw
-    value, which stays as it was, encoded words and folding included, unless the decoded subject already
-    contains the prefix in any case; a message without a Subject gets ``Subject: <prefix>``. Added lines
-    end in CRLF if the message's first header line does, else in LF.
+    RFC 2047 encoded when not ASCII, folded when long. ``remove`` names headers case-insensitively,
+    ``remove_prefixes`` the beginnings of names (``X-Gateway-``); each goes with its continuation lines,
+    in every form and place any reader takes for a header (see the module). ``subject_prefix`` goes in
+    front of the first Subject's raw value, which stays as it was, encoded words and folding included,
+    unless the decoded subject already contains the prefix in any case; a message without a Subject
+    gets ``Subject: <prefix>``. Added lines end in CRLF if the message's first header line does, else
+    in LF.
 
     A value given as ``bytes`` is taken as already encoded (an address field with an RFC 2047 display
     name, say): it is only folded, and must be printable ASCII.
@@ -88,6 +104,7 @@ def render_copy(
         if not _NAME.fullmatch(name):
             raise ValueError(f"not a header name: {name!r}")
     removing = {name.strip().lower() for name in remove}
+    prefixes = tuple(p.strip().lower() for p in remove_prefixes if p.strip())
     prefix = _clean(subject_prefix) if subject_prefix is not None else ""
 
     items, section_end = _header_items(raw)
@@ -104,7 +121,11 @@ def render_copy(
 
     fields = [item for item in items if item.kind == "field"]
     eol = b"\r\n" if fields and fields[0].eol == b"\r\n" else b"\n"
-    kept = [item for item in items[skip:] if not (item.kind == "field" and item.name in removing)]
+    kept = [
+        item
+        for item in items[skip:]
+        if not (item.kind == "field" and (item.name in removing or item.name.startswith(prefixes)))
+    ]
     subject = next((i for i in kept if i.kind == "field" and i.visible and i.name == "subject"), None)
 
     added = [_header_line(name, value, eol) for name, value in headers]
@@ -115,52 +136,99 @@ def render_copy(
         rewritten = _prefixed_subject(raw, subject, prefix)
 
     out = bytearray(raw[:insert_at])
-    if added and insert_at and not out.endswith((b"\r", b"\n")):
+    if added and insert_at and out.endswith(b"\r"):
+        out += b"\n"  # a lone CR ends no line for Dovecot: our first header would join the skipped one
+    elif added and insert_at and not out.endswith(b"\n"):
         out += eol  # the skipped line was the last one and had no line end of its own
     out += b"".join(added)
     for item in kept:
-        out += rewritten if item is subject and rewritten is not None else raw[item.start : item.end]
-    if out.endswith(b"\r") and raw.startswith(b"\n", section_end):
-        # A removed field stood between a line ending in a lone CR and the blank line; joined, they
-        # would read as one CRLF and the blank line would be gone, moving the body into the header.
-        out += b"\n"
-    out += raw[section_end:]
+        _join(out, rewritten if item is subject and rewritten is not None else raw[item.start : item.end])
+    _join(out, raw[section_end:])
     return bytes(out)
 
 
+def header_values(raw: bytes, name: str) -> list[bytes]:
+    """The raw values of every ``name`` field any reader finds in ``raw``'s header section, in order,
+    unfolded (line ends removed), without the space after the colon."""
+    wanted = name.strip().lower()
+    items, _ = _header_items(bytes(raw))
+    values: list[bytes] = []
+    for item in items:
+        if item.kind == "field" and item.name == wanted:
+            value = raw[raw.index(b":", item.start, item.first_line_end) + 1 : item.end]
+            values.append(_LINE_END.sub(b"", value).strip(b" \t"))
+    return values
+
+
+def _join(out: bytearray, piece: bytes) -> None:
+    if out.endswith(b"\r") and piece.startswith(b"\n"):
+        # A removed field stood between a line ending in a lone CR and an empty line; joined, they
+        # would read as one CRLF and the empty line would be gone, moving the body into the header.
+        out += b"\n"
+    out += piece
+
+
 def _header_items(raw: bytes) -> tuple[list[_Item], int]:
-    """The header section's items in order, and the offset where the section ends (blank line or body)."""
+    """The header section's items in order, and the offset where the section ends for every reader."""
     items: list[_Item] = []
     position = 0
-    visible = True
+    visible = True  # still in the header section as Python's parser reads it
     while position < len(raw):
         line_end = _LINE_END.search(raw, position)
         text_end, end = (line_end.start(), line_end.end()) if line_end else (len(raw), len(raw))
+        eol = raw[text_end:end]
         if text_end == position:
-            break  # the blank line between header and body
+            if eol != b"\r" and (position == 0 or raw[position - 1] == 0x0A):
+                break  # the blank line between header and body, for every reader
+            # Empty for Python (after or as a lone CR), but no line of its own for Dovecot, which
+            # ends lines at LF only and reads on: the body has begun for Python only.
+            visible = False
+            position = _append_junk(raw, items, position, end, eol)
+            continue
         first = raw[position]
         if first in b" \t":
             if items:
                 items[-1].end = end
             else:
-                items.append(_Item("orphan", "", position, text_end, end, raw[text_end:end], visible))
+                items.append(_Item("orphan", "", position, text_end, end, eol, visible))
             position = end
             continue
         kind: _Kind
         name = ""
-        if raw.startswith(b"From ", position):
-            kind = "envelope"
-        elif match := _FIELD.match(raw, position, text_end):
+        if match := _FIELD.match(raw, position, text_end):
             kind = "field" if match.group(1) else "nameless"
             name = match.group(1).decode("ascii").lower()
         elif match := _OBSOLETE_FIELD.match(raw, position, text_end):
+            # ``From : x`` is an envelope line to Python, which reads on; any other ends its header.
+            visible = visible and raw.startswith(b"From ", position)
             kind, name = "field", match.group(1).decode("ascii").lower()
-            visible = False
+            items.append(_Item(kind, name, position, text_end, end, eol, False))
+            position = end
+            continue
+        elif raw.startswith(b"From ", position):
+            kind = "envelope"
         else:
-            break  # a line that is no header: the body starts here, without a blank line
-        items.append(_Item(kind, name, position, text_end, end, raw[text_end:end], visible))
+            # No header: Python's body starts here without a blank line, but Dovecot reads on.
+            visible = False
+            position = _append_junk(raw, items, position, end, eol)
+            continue
+        items.append(_Item(kind, name, position, text_end, end, eol, visible))
         position = end
     return items, position
+
+
+def _append_junk(raw: bytes, items: list[_Item], start: int, end: int, eol: bytes) -> int:
+    """A line that is no field, kept as it is, with the lines after it up to the next one that may
+    be a field or an empty line (a body without a blank line before it is passed over at C speed);
+    runs of them are one item. Returns where the next line to read starts."""
+    following = _NEXT_CANDIDATE.search(raw, max(end - len(eol), start))
+    stop = following.end() if following is not None else len(raw)
+    stop = max(stop, end)
+    if items and items[-1].kind == "junk" and items[-1].end == start:
+        items[-1].end = stop
+    else:
+        items.append(_Item("junk", "", start, end - len(eol), stop, eol, False))
+    return stop
 
 
 def _prefixed_subject(raw: bytes, subject: _Item, prefix: str) -> bytes | None:

@@ -20,11 +20,21 @@ class ReadSync(enum.StrEnum):
 
 
 class ParticipantRole(enum.StrEnum):
-    """Why a member takes part in a message; the order of the members is the order of precedence."""
+    """Why a member takes part in a message; the order of the members is the order of precedence.
+
+    ``BCC``: an envelope recipient the message's To and Cc do not name. Such a member gets a copy, but
+    is invisible to everyone else: no release brings co-members in because of them (DESIGN.md §3).
+    """
 
     SENDER = "sender"
     TO = "to"
     CC = "cc"
+    BCC = "bcc"
+
+    @property
+    def visible(self) -> bool:
+        """Whether the other recipients can see that this participant takes part."""
+        return self is not ParticipantRole.BCC
 
 
 @dataclass(frozen=True, slots=True)

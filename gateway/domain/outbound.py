@@ -5,33 +5,36 @@ a header section the back office can rely on: From names the member who actually
 ams, the Vorgang's original participant, ``gateway.domain.senders``), To is the back-office address that
 sent the answered message, the other people the member addressed stay in To/Cc for the record,
 In-Reply-To/References thread to the back office's own Message-IDs, and the gateway's headers say which
-Vorgang and who really wrote. Headers that only made sense on the way in (Received, signatures, our
-reply addresses, tokens in References) are dropped: the back office must never learn a reply token.
+Vorgang and who really wrote. Headers that only made sense on the way in (signatures, our reply
+addresses, tokens in References, Bcc) are dropped: the back office must never learn a reply token.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import formataddr
 
-from gateway.domain.copies import render_copy
+from gateway.domain import gateway_headers as own
+from gateway.domain.copies import header_values, render_copy
+from gateway.domain.headers import bytes_to_text
 
 # Removed from the member's header section before ours go on top. Signatures would no longer verify
-# once From and the threading headers change; trace and authentication headers describe the hop into
-# the gateway, not the mail the back office receives.
+# once From and the threading headers change; authentication results describe the hop into the
+# gateway, not the mail the back office receives. Received lines are written again under ours without
+# reply tokens (``render_relay``). Every X-Gateway-… header goes as well (``remove_prefixes``): only
+# the gateway's own values reach the back office.
 REPLACED_HEADERS = (
     "From",
     "Sender",
     "Reply-To",
     "To",
     "Cc",
-    "Bcc",
+    *own.DROPPED,
     "Message-ID",
     "In-Reply-To",
     "References",
-    "Received",
-    "Return-Path",
     "Delivered-To",
     "DKIM-Signature",
     "ARC-Seal",
@@ -39,12 +42,6 @@ REPLACED_HEADERS = (
     "ARC-Authentication-Results",
     "Authentication-Results",
     "Received-SPF",
-    "X-Gateway-Vorgang",
-    "X-Gateway-Copy-Id",
-    "X-Gateway-Shared-Via",
-    "X-Gateway-Original-From",
-    "X-Gateway-Actual-Sender",
-    "X-Gateway-Loop",
 )
 
 
@@ -62,6 +59,10 @@ class RelayHeaders:
     vorgang: str
     actual_sender: str
     loop_marker: str  # our node name: a relayed mail that comes back to us is recognised as a loop
+    received: str | None = None  # our Received line's value (``gateway.domain.trace``), on top
+    # Addresses of this domain (reply addresses, with their tokens) are taken out of the Received lines
+    # the mail came with, which the member's servers wrote "for <reply+TOKEN@…>".
+    reply_domain: str = ""
 
 
 def recipients_kept(
@@ -99,7 +100,16 @@ def threading_ids(
 
 def render_relay(raw: bytes, headers: RelayHeaders) -> bytes:
     """The member's mail ``raw`` with the header section the back office receives (see the module)."""
-    fields: list[tuple[str, str | bytes]] = [
+    fields: list[tuple[str, str | bytes]] = []
+    if headers.received is not None:
+        fields.append(("Received", headers.received))
+    # The trace the mail came with stays, in its order under ours (RFC 5321 4.4), so a loop through
+    # the back office and back still adds up to max_received_hops; only reply tokens are taken out.
+    fields += [
+        ("Received", _without_reply_addresses(" ".join(bytes_to_text(value).split()), headers.reply_domain))
+        for value in header_values(raw, "Received")
+    ]
+    fields += [
         ("From", address_field(headers.from_name, headers.from_address)),
         ("To", ", ".join(headers.to)),
     ]
@@ -111,11 +121,22 @@ def render_relay(raw: bytes, headers: RelayHeaders) -> bytes:
     if headers.references:
         fields.append(("References", " ".join(headers.references)))
     fields += [
-        ("X-Gateway-Vorgang", headers.vorgang),
-        ("X-Gateway-Actual-Sender", headers.actual_sender),
-        ("X-Gateway-Loop", headers.loop_marker),
+        (own.VORGANG, headers.vorgang),
+        (own.ACTUAL_SENDER, headers.actual_sender),
+        (own.LOOP, headers.loop_marker),
     ]
-    return render_copy(raw, headers=fields, remove=REPLACED_HEADERS)
+    return render_copy(
+        raw, headers=fields, remove=[*REPLACED_HEADERS, "Received"], remove_prefixes=[own.PREFIX]
+    )
+
+
+def _without_reply_addresses(value: str, reply_domain: str) -> str:
+    """``value`` with every address of ``reply_domain`` written as ``reply@<reply_domain>``."""
+    if not reply_domain:
+        return value
+    return re.sub(
+        r"[^\s<>;,\"']+@" + re.escape(reply_domain) + r"\b", f"reply@{reply_domain}", value, flags=re.I
+    )
 
 
 def address_field(display_name: str, address: str) -> bytes:

@@ -25,6 +25,8 @@ The rule, for a change by member A to flag F on A's copy of message m:
 4. Never for a copy that already carries F, and only for members who have a copy (a key in ``copies``).
 5. A, too, must be in the audience of m now. A member whose copy is only waiting to be revoked may still
    flag it, but shares nothing any more, as they may no longer answer it either (DESIGN.md §5, §8).
+6. A must not see m only as a blind (Bcc) participant: the others must not learn that A got it, and a
+   flag that appears on their copies would tell them (DESIGN.md §3).
 
 What rule 3 decides, spelled out:
 
@@ -58,7 +60,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from gateway.domain.audience import audience
+from gateway.domain.audience import AsParticipant, audience
 from gateway.domain.model import Participant, ReadSync, Release
 
 __all__ = [
@@ -147,6 +149,7 @@ class Held(enum.StrEnum):
     CLEARED = "cleared"
     BY_GATEWAY = "by-gateway"
     NOT_IN_AUDIENCE = "not-in-audience"
+    BLIND = "blind"
 
     def describe(self) -> str:
         """The reason as a sentence."""
@@ -170,6 +173,7 @@ _HELD_SENTENCES: Mapping[Held, str] = MappingProxyType(
         Held.CLEARED: "clearing a flag stays on the member's own copy",
         Held.BY_GATEWAY: "the gateway set this flag itself; passing it on again would echo",
         Held.NOT_IN_AUDIENCE: "the member may not see the message any more, so shares nothing about it",
+        Held.BLIND: "the member got the message blind (Bcc); sharing a flag would tell the others",
     }
 )
 _SKIP_SENTENCES: Mapping[Skip, str] = MappingProxyType(
@@ -236,6 +240,8 @@ def propagation(
     actor = event.member_id
     if actor not in seen_by:
         return Plan(event, held=Held.NOT_IN_AUDIENCE)
+    if all(isinstance(r, AsParticipant) and not r.role.visible for r in seen_by.via(actor)):
+        return Plan(event, held=Held.BLIND)
 
     # The releases that link the actor with anyone for this flag; each is one edge from the actor.
     carrying: dict[int, list[CarriedBy]] = {}

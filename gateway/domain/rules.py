@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
+from gateway.domain import gateway_headers
+from gateway.domain.addresses import InvalidAddress, normalise_address
 from gateway.domain.model import Participant, ParticipantRole
 
 __all__ = [
@@ -80,13 +82,19 @@ MAX_KEY_LENGTH = 200
 # Headers a rule may neither set nor strip on copies: the gateway's own (every X-Gateway-… header) and
 # those that carry the reply path and threading (DESIGN.md §5); a rule must not break answering.
 PROTECTED_HEADERS = frozenset(
-    {"from", "sender", "reply-to", "references", "in-reply-to", "message-id", "received"}
+    {
+        *(name.lower() for name in gateway_headers.REPLY_PATH),
+        *(name.lower() for name in gateway_headers.BLIND),
+        "in-reply-to",
+        "message-id",
+        "received",
+    }
 )
 
 
 def is_protected_header(name: str) -> bool:
     lowered = name.strip().lower()
-    return lowered in PROTECTED_HEADERS or lowered.startswith("x-gateway-")
+    return lowered in PROTECTED_HEADERS or gateway_headers.is_own(lowered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -692,15 +700,28 @@ def route_participants(
     cc: Collection[str],
     members: Mapping[str, int],
     added: Sequence[AddedParticipant] = (),
+    *,
+    to: Collection[str] | None = None,
 ) -> tuple[list[Participant], list[str]]:
-    """The participants of a submitted message: each recipient who is a member (in Cc if the message
-    has it in Cc, else in To), then the members rules add who are not participants already; and the
-    addresses of added participants who are no members of the portfolio (left out)."""
-    found = [
-        Participant(members[a], ParticipantRole.CC if a in cc else ParticipantRole.TO)
-        for a in dict.fromkeys(recipients)
-        if a in members
-    ]
+    """The participants of a submitted message: each recipient who is a member, then the members rules
+    add who are not participants already; and the addresses of added participants who are no members
+    of the portfolio (left out).
+
+    A recipient is in Cc if the message names it in Cc, in To if in To, and otherwise a blind (Bcc)
+    participant, who sees the message but brings no co-member in (DESIGN.md §3). Without ``to`` (the
+    header's To addresses), every recipient not in Cc counts as To.
+    """
+    to_named = None if to is None else _normalised(to)
+    cc_named = _normalised(cc)
+
+    def role(address: str) -> ParticipantRole:
+        if address in cc_named:
+            return ParticipantRole.CC
+        if to_named is None or address in to_named:
+            return ParticipantRole.TO
+        return ParticipantRole.BCC
+
+    found = [Participant(members[a], role(a)) for a in dict.fromkeys(recipients) if a in members]
     present = {p.member_id for p in found}
     skipped: list[str] = []
     for extra in added:
@@ -719,3 +740,14 @@ def digest_of(files: Iterable[tuple[str, bytes]]) -> str:
     for name, data in files:
         h.update(name.encode("utf-8") + b"\0" + len(data).to_bytes(8, "big") + data)
     return h.hexdigest()[:16]
+
+
+def _normalised(addresses: Collection[str]) -> frozenset[str]:
+    """Header addresses in the form RCPT addresses are kept in (an invalid one as written, lowered)."""
+    found: set[str] = set()
+    for address in addresses:
+        try:
+            found.add(normalise_address(address))
+        except InvalidAddress:
+            found.add(address.strip().lower())
+    return frozenset(found)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from gateway.domain import gateway_headers
+
 __all__ = [
     "ACTUAL_SENDER_HEADER",
     "FIRST_CURRENT_AMS",
@@ -31,7 +33,7 @@ AmsVersion = tuple[int, int, int, int]
 FIRST_CURRENT_AMS: AmsVersion = (4, 8, 0, 64470)
 """The first ams version that tells senders apart; every older one is legacy."""
 
-ACTUAL_SENDER_HEADER = "X-Gateway-Actual-Sender"
+ACTUAL_SENDER_HEADER = gateway_headers.ACTUAL_SENDER
 """The header that names the member who actually wrote a relayed reply."""
 
 # [0-9], not \d: \d also takes digits of other scripts, which int() would then quietly read as numbers.

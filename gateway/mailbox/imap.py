@@ -73,6 +73,7 @@ from typing import Any, Literal, TypeAlias, cast
 import aioimaplib
 
 from gateway.config import ImapSettings
+from gateway.domain import gateway_headers
 from gateway.mailbox.base import (
     ChangeWatch,
     Delivery,
@@ -91,7 +92,7 @@ from gateway.mailbox.imap_idle import IdleWatch
 
 log = logging.getLogger("gateway.mailbox.imap")
 
-COPY_ID_HEADER = "X-Gateway-Copy-Id"
+COPY_ID_HEADER = gateway_headers.COPY_ID
 INBOX = "INBOX"
 
 # UIDs per FETCH: aioimaplib's reader recurses once per response line (three per message here) and

@@ -15,7 +15,7 @@ from gateway.domain.audience import AsParticipant, Audience, SharedThrough, audi
 from gateway.domain.model import Member, Participant, ParticipantRole, Release
 from tests.seed import ADDRESS, RELEASES, SEEN_BY
 
-SENDER, TO, CC = ParticipantRole.SENDER, ParticipantRole.TO, ParticipantRole.CC
+SENDER, TO, CC, BCC = ParticipantRole.SENDER, ParticipantRole.TO, ParticipantRole.CC, ParticipantRole.BCC
 
 # --- the seed's example (DESIGN.md §3) ---------------------------------------------------------------
 
@@ -77,6 +77,36 @@ def test_seed_clerks_of_b_never_see_gf_a_own_messages() -> None:
     seen = seed_audience("GF-A", SENDER)
     assert not ids("SB-B1", "SB-B2") & seen.members
     assert seen.via(SEED_MEMBERS["SB-B1"].id) == ()
+
+
+# --- blind (Bcc) participants ------------------------------------------------------------------------
+
+
+def test_a_blind_recipient_sees_the_message_but_brings_no_co_member_in() -> None:
+    # Bcc to GF-A alone: GF-B, GF-A's co-member in "Geschäftsführer", does not get it because of GF-A.
+    seen = seed_audience("GF-A", BCC)
+    assert names(seen.members) == {"GF-A"}
+    assert seen.via(SEED_MEMBERS["GF-A"].id) == (AsParticipant(BCC),)
+
+
+def test_a_blind_recipient_leaves_no_trace_in_the_reasons_of_the_others() -> None:
+    # To SB-B1, Bcc GF-A: the audience of SB-B1's message, and GF-A; nobody sees it because of GF-A.
+    gf_a = SEED_MEMBERS["GF-A"].id
+    participants = [Participant(SEED_MEMBERS["SB-B1"].id, TO), Participant(gf_a, BCC)]
+    seen = audience(SEED_PORTFOLIO, participants, SEED_RELEASES)
+    assert names(seen.members) == {"SB-B1", "SB-B2", "GF-B", "GF-A"}
+    assert seen.via(gf_a) == (AsParticipant(BCC),)
+    for member_id in seen.members - {gf_a}:
+        assert all(getattr(reason, "because_of", None) != gf_a for reason in seen.via(member_id))
+    assert AsParticipant(BCC).describe(NAME_OF.__getitem__) == "participant (bcc)"
+
+
+def test_a_blind_recipient_who_is_also_a_co_member_keeps_both_reasons() -> None:
+    # To GF-B, Bcc GF-A: GF-A would see GF-B's message anyway, through "Geschäftsführer".
+    gf_a, gf_b = SEED_MEMBERS["GF-A"].id, SEED_MEMBERS["GF-B"].id
+    seen = audience(SEED_PORTFOLIO, [Participant(gf_b, TO), Participant(gf_a, BCC)], SEED_RELEASES)
+    assert seen.via(gf_a) == (AsParticipant(BCC), SharedThrough(13, "Geschäftsführer", gf_b))
+    assert names(seen.members) == SEEN_BY["GF-B"]
 
 
 # --- small explicit cases ----------------------------------------------------------------------------
@@ -205,6 +235,11 @@ class Message:
     def participant_ids(self) -> frozenset[int]:
         return frozenset(p.member_id for p in self.participants)
 
+    @property
+    def visible_ids(self) -> frozenset[int]:
+        """The participants the others can see: everyone but those only in Bcc."""
+        return frozenset(p.member_id for p in self.participants if p.role is not BCC)
+
     def audience(self, releases: Iterable[Release]) -> Audience:
         return audience(self.portfolio_id, self.participants, releases)
 
@@ -264,11 +299,10 @@ def one_message(draw: st.DrawFn) -> tuple[Directory, Message]:
 
 def by_formula(message: Message, releases: Iterable[Release]) -> frozenset[int]:
     """DESIGN.md §3 written out as literally as possible, to check the real thing against."""
-    participants = message.participant_ids
-    seen = set(participants)
+    seen = set(message.participant_ids)
     for release in releases:
         same_portfolio = release.portfolio_id == message.portfolio_id
-        if same_portfolio and release.share_vorgaenge and release.member_ids & participants:
+        if same_portfolio and release.share_vorgaenge and release.member_ids & message.visible_ids:
             seen |= release.member_ids
     return frozenset(seen)
 
@@ -307,7 +341,7 @@ def test_every_reason_is_sound(case: tuple[Directory, Message]) -> None:
             assert release.portfolio_id == message.portfolio_id
             assert release.share_vorgaenge
             assert {member_id, reason.because_of} <= release.member_ids
-            assert reason.because_of in message.participant_ids
+            assert reason.because_of in message.visible_ids
             assert reason.because_of != member_id
 
 
@@ -318,7 +352,7 @@ def test_every_release_and_participant_pair_gives_a_reason(case: tuple[Directory
     for release in directory.releases:
         if release.portfolio_id != message.portfolio_id or not release.share_vorgaenge:
             continue
-        for because_of in release.member_ids & message.participant_ids:
+        for because_of in release.member_ids & message.visible_ids:
             for member_id in release.member_ids - {because_of}:
                 assert SharedThrough(release.id, release.name, because_of) in seen.via(member_id)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from email import policy
 from email.header import decode_header, make_header
 from email.message import Message
@@ -366,3 +368,102 @@ def test_rendering_again_changes_nothing(raw: bytes) -> None:
 @given(any_message)
 def test_removing_and_adding_nothing_is_the_identity(raw: bytes) -> None:
     assert render_copy(raw, headers=()) == raw
+
+
+# --- one view of a header, for every reader ----------------------------------------------------------------
+
+GATEWAY_FROM = b'"Agent" <reply+tok@reply.example>'
+REWRITE = [("From", GATEWAY_FROM), ("Reply-To", GATEWAY_FROM), ("X-Gateway-Copy-Id", "c1")]
+REPLACED = ["From", "Reply-To", "Sender", "Bcc", "Resent-Bcc"]
+
+
+def rewrite(raw: bytes) -> bytes:
+    return render_copy(raw, headers=REWRITE, remove=REPLACED, remove_prefixes=["X-Gateway-"])
+
+
+def dovecot_fields(raw: bytes) -> list[tuple[str, bytes]]:
+    """The header fields as Dovecot's message-header-parser reads them: lines end at LF only, the
+    section ends at the first empty line, a name is what stands before the colon, trailing blanks
+    dropped (``From : x`` is From), and a line without a colon is a field of no name a reader uses
+    (a real Dovecot gives ``From`` alone no From address), which continuation lines continue."""
+    fields: list[tuple[str, bytes]] = []
+    for line in raw.split(b"\n"):
+        text = line[:-1] if line.endswith(b"\r") else line
+        if not text:
+            break
+        if text[:1] in (b" ", b"\t"):
+            if fields:
+                fields[-1] = (fields[-1][0], fields[-1][1] + b" " + text.strip())
+            continue
+        name, colon, value = text.partition(b":")
+        if colon:
+            fields.append((name.rstrip(b" \t").decode("latin-1").lower(), value.strip()))
+        else:
+            fields.append(("(no colon) " + text.decode("latin-1"), b""))
+    return fields
+
+
+def python_fields(raw: bytes) -> list[tuple[str, str]]:
+    message = BytesParser(policy=policy.default).parsebytes(raw)
+    return [(name.lower(), str(value)) for name, value in message.items()]
+
+
+def who_from(fields: Sequence[tuple[str, object]]) -> list[tuple[str, object]]:
+    """The fields that say who a mail is from or to blind, and the gateway's own (a name with a NUL
+    or a space in it is none of them, for any reader)."""
+    names = {"from", "reply-to", "sender", "bcc", "resent-bcc"}
+    return [
+        (name, value)
+        for name, value in fields
+        if name in names or (name.startswith("x-gateway-") and re.fullmatch(r"[\x21-\x39\x3b-\x7e]+", name))
+    ]
+
+
+ATTACKS = {
+    "obsolete from": b"From : attacker@evil.example\r\nSubject: x\r\n\r\nbody\r\n",
+    "obsolete from with a tab": b"Subject: x\r\nFrom\t: attacker@evil.example\r\n\r\nbody\r\n",
+    "obsolete reply-to and sender": (
+        b"Subject: x\nReply-To : attacker@evil.example\nSender  :attacker@evil.example\n\nbody\n"
+    ),
+    "after a junk line": (
+        b"Subject: x\r\nthis is no header\r\nFrom: attacker@evil.example\r\n"
+        b"Reply-To: attacker@evil.example\r\nBcc: gf-a@kunde-a.example\r\n\r\nbody\r\n"
+    ),
+    "after an empty line only Python sees": (
+        b"Subject: x\r\r\nFrom: attacker@evil.example\r\nX-Gateway-Loop: forged\r\n\r\nbody\r\n"
+    ),
+    "mbox line then obsolete from": b"From x@y Mon Sep 20\nFrom : attacker@evil.example\n\nbody\n",
+    "our headers forged in any form": (
+        b"X-Gateway-Actual-Sender: ceo@bank.example\r\nX-GATEWAY-LOOP : forged\r\n"
+        b"x-gateway-anything-else: forged\r\n continued\r\nSubject: x\r\n\r\nbody\r\n"
+    ),
+    "bcc folded": b"Subject: x\nBcc: gf-a@kunde-a.example,\n geheim@kunde-a.example\n\nbody\n",
+}
+
+
+@pytest.mark.parametrize("raw", list(ATTACKS.values()), ids=list(ATTACKS))
+def test_every_reader_sees_exactly_the_from_the_gateway_set(raw: bytes) -> None:
+    result = rewrite(raw)
+    ours_dovecot = [("from", GATEWAY_FROM), ("reply-to", GATEWAY_FROM), ("x-gateway-copy-id", b"c1")]
+    assert who_from(dovecot_fields(result)) == ours_dovecot
+    ours_python = [(name, "Agent <reply+tok@reply.example>") for name in ("from", "reply-to")]
+    assert who_from(python_fields(result)) == [*ours_python, ("x-gateway-copy-id", "c1")]
+    for forged in (b"attacker", b"forged", b"gf-a@", b"geheim", b"ceo@"):
+        assert forged not in result
+    assert result.endswith(b"body\r\n" if b"\r\n" in raw else b"body\n")
+
+
+READER_PIECES = [b"From", b"From ", b"Reply-To", b"Sender", b"Bcc", b"X-Gateway-Loop", b"Subject", b"junk"]
+READER_PIECES += [b":", b" :", b" ", b"\t", b"\r", b"\n", b"\r\n", b"x", b"\x00", b"\xff"]
+reader_messages = st.lists(st.sampled_from(READER_PIECES), max_size=50).map(b"".join)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(reader_messages)
+def test_no_reader_finds_a_sender_supplied_from_in_a_rewritten_copy(raw: bytes) -> None:
+    result = rewrite(raw)
+    dovecot = who_from(dovecot_fields(result))
+    assert dovecot == [("from", GATEWAY_FROM), ("reply-to", GATEWAY_FROM), ("x-gateway-copy-id", b"c1")]
+    python = [(name, value) for name, value in parse(result).items() if name.lower() in ("from", "reply-to")]
+    assert python == [("From", GATEWAY_FROM.decode()), ("Reply-To", GATEWAY_FROM.decode())]
+    assert not [n for n in parse(result) if n.lower() in ("sender", "bcc", "x-gateway-loop")]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+from email import policy
+from email.parser import BytesParser
 
 import pytest
 
@@ -70,8 +72,11 @@ def test_the_relayed_mail_has_our_headers_once_and_the_body_untouched() -> None:
     assert parsed.get_all("X-Gateway-Actual-Sender") == ["sb-b2@kunde-b.example"], "a forged one is gone"
     assert parsed["X-Gateway-Vorgang"] == "VG-2026-000001"
     assert parsed["Subject"] == "Re: [VG-2026-000001] Schaden 4711"
-    for gone in ("Received", "DKIM-Signature"):
-        assert parsed[gone] is None
+    assert parsed["DKIM-Signature"] is None
+    # The trace stays (RFC 5321 4.4): a loop through the back office still adds up to the hop limit.
+    assert parsed.get_all("Received") == [
+        "from mx.kunde-b.example by gw.example; Fri, 27 Nov 2026 10:00:00 +0100"
+    ]
     assert b"reply.gw.example" not in out, "no reply address and no token reaches the back office"
     body = REPLY[REPLY.index(b"\r\n\r\n") :]
     assert out.endswith(body), "body and MIME structure byte for byte"
@@ -125,3 +130,54 @@ def test_threading_drops_token_ids_and_ends_with_the_answered_message() -> None:
     ) == ("<orig-2@ams.example>", ("<orig-1@ams.example>", "<orig-2@ams.example>"))
     assert threading_ids(None, [], reply_domain=REPLY_DOMAIN) == (None, ())
     assert threading_ids("<a@b>", ["<a@b>"], reply_domain=REPLY_DOMAIN) == ("<a@b>", ("<a@b>",))
+
+
+def test_the_relayed_mail_keeps_the_trace_adds_ours_and_drops_forged_headers() -> None:
+    raw = (
+        b"Received: from laptop by mx.kunde-b.example; Mon, 7 Dec 2026 04:58:00 +0000\r\n"
+        b"Received: from mx.kunde-b.example by relay.kunde-b.example; Mon, 7 Dec 2026 04:59:00 +0000\r\n"
+        b"From : ceo3@bank.example\r\n"
+        b"X-Gateway-Actual-Sender: ceo@bank.example\r\n"
+        b"X-Gateway-Loop : elsewhere\r\n"
+        b"Bcc: geheim@kunde-b.example\r\n"
+        b"Subject: Re: Schaden\r\n\r\nbody\r\n"
+    )
+    ours = "from mx.kunde-b.example ([192.0.2.7]) by gw.example with ESMTPS id G1 for <ams@makler.example>; x"
+    headers = RelayHeaders(
+        from_address="sb-b2@kunde-b.example",
+        from_name="SB-B2",
+        to=("ams@makler.example",),
+        cc=(),
+        message_id="<G1@gw.example>",
+        in_reply_to=None,
+        references=(),
+        vorgang="VG-2026-000001",
+        actual_sender="sb-b2@kunde-b.example",
+        loop_marker="node-1",
+        received=ours,
+    )
+    relayed = render_relay(raw, headers)
+    message = BytesParser(policy=policy.default).parsebytes(relayed)
+    received = [" ".join(str(v).split()) for v in message.get_all("Received", [])]
+    assert received[0] == ours
+    assert len(received) == 3  # one more hop than it came with: a loop still adds up
+    assert [str(v) for v in message.get_all("From", [])] == ["SB-B2 <sb-b2@kunde-b.example>"]
+    assert [str(v) for v in message.get_all("X-Gateway-Actual-Sender", [])] == ["sb-b2@kunde-b.example"]
+    assert [str(v) for v in message.get_all("X-Gateway-Loop", [])] == ["node-1"]
+    assert message["Bcc"] is None
+    for forged in (b"ceo3@", b"ceo@", b"elsewhere", b"geheim"):
+        assert forged not in relayed
+
+
+def test_reply_tokens_are_taken_out_of_the_trace_the_member_side_wrote() -> None:
+    raw = (
+        b"Received: from laptop by mx.kunde-b.example\r\n\tfor <"
+        + TOKEN_ID[1:-1].replace("c0", "reply+c0", 1).encode()
+        + b">; Mon, 7 Dec 2026 04:58:00 +0000\r\nSubject: x\r\n\r\nbody\r\n"
+    )
+    relayed = render_relay(raw, headers(reply_domain=REPLY_DOMAIN))
+    parsed = email.message_from_bytes(relayed, policy=email.policy.default)
+    assert [" ".join(str(v).split()) for v in parsed.get_all("Received")] == [
+        f"from laptop by mx.kunde-b.example for <reply@{REPLY_DOMAIN}>; Mon, 7 Dec 2026 04:58:00 +0000"
+    ]
+    assert b"reply+" not in relayed

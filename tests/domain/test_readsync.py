@@ -253,6 +253,23 @@ def test_a_member_outside_the_audience_shares_nothing() -> None:
     assert plan == Plan(plan.event, held=Held.NOT_IN_AUDIENCE)
 
 
+@pytest.mark.parametrize("flag", [SEEN, ANSWERED])
+def test_a_blind_recipient_shares_nothing(flag: SyncedFlag) -> None:
+    # To SB-B1, Bcc GF-A: GF-B sees the message through "Kunde B mit GF"; GF-A reading or answering it
+    # must not mark GF-B's copy (their "Geschäftsführer" release says seen), which would tell GF-B.
+    plan = seed_plan(SEEN_TOO, [("SB-B1", TO), ("GF-A", ParticipantRole.BCC)], "GF-A", flag)
+    assert plan == Plan(plan.event, held=Held.BLIND)
+    assert Held.BLIND.describe() == (
+        "the member got the message blind (Bcc); sharing a flag would tell the others"
+    )
+
+
+def test_a_blind_recipient_who_sees_it_through_a_release_too_shares_as_a_co_member() -> None:
+    # To GF-B, Bcc GF-A: GF-A sees GF-B's message through "Geschäftsführer" anyway.
+    plan = seed_plan(SEEN_TOO, [("GF-B", TO), ("GF-A", ParticipantRole.BCC)], "GF-A", SEEN)
+    assert plan.members == {member("GF-B")}
+
+
 def test_a_copy_outside_the_audience_gets_nothing() -> None:
     # SB-A2 still has a copy of SB-B1's message, waiting to be revoked; SB-B1's reading passes it by.
     copies = {name: frozenset[str]() for name in ("SB-B1", "SB-B2", "GF-B", "SB-A2")}

@@ -470,3 +470,28 @@ def test_digest_depends_on_names_and_bytes() -> None:
     assert one != digest_of([("b.yaml", b"rules: []\n")])
     assert one != digest_of([("a.yaml", b"rules: [] \n")])
     assert digest_of([("a", b"bc")]) != digest_of([("ab", b"c")])
+
+
+# --- participants: To, Cc and blind ----------------------------------------------------------------------
+
+
+def test_envelope_recipients_the_header_does_not_name_are_blind_participants() -> None:
+    from gateway.domain.model import Participant, ParticipantRole
+    from gateway.domain.rules import route_participants
+
+    members = {"sb-b1@kunde-b.example": 1, "sb-b2@kunde-b.example": 2, "gf-a@kunde-a.example": 3}
+    found, skipped = route_participants(
+        ["sb-b1@kunde-b.example", "sb-b2@kunde-b.example", "gf-a@kunde-a.example"],
+        {"SB-B2@Kunde-B.example"},
+        members,
+        to=("sb-b1@KUNDE-B.example",),
+    )
+    assert found == [
+        Participant(1, ParticipantRole.TO),
+        Participant(2, ParticipantRole.CC),
+        Participant(3, ParticipantRole.BCC),
+    ]
+    assert skipped == []
+    # Without the header's To (callers that do not know it), every recipient not in Cc is in To.
+    found, _ = route_participants(["gf-a@kunde-a.example"], set(), members)
+    assert found == [Participant(3, ParticipantRole.TO)]
