@@ -40,6 +40,10 @@ class Reply(enum.Enum):
     ACCESS_WITHDRAWN = (550, "5.7.1", "You no longer have access to the message this address answers")
     SENDER_CHECK_TEMPORARY = (451, "4.7.0", "Could not check the sender now, try again later")
     RECORDED = (250, "2.0.0", "Recorded; not relayed")
+    # Untrusted input at the edge (issue 12): a message its parse worker could not read within the
+    # budget, and a client that guessed too many passwords.
+    NOT_READ = (451, "4.3.0", "Could not read the message in time, try again later")
+    LOGINS_THROTTLED = (454, "4.7.0", "Too many failed logins, try again later")
 
     @property
     def code(self) -> int:

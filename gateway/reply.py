@@ -35,7 +35,7 @@ from gateway.db.messages import new_gateway_id
 from gateway.db.models import MessageRow, RelayRow
 from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
-from gateway.domain.answers import Classification, Kind, classify, delivery_report
+from gateway.domain.answers import Classification, DeliveryReport, Kind
 from gateway.domain.audience import audience
 from gateway.domain.model import Participant, ParticipantRole
 from gateway.domain.outbound import RelayHeaders, recipients_kept, render_relay, threading_ids
@@ -64,7 +64,8 @@ BOUNCES_LOCAL_PART = "bounces"
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """A mail as the MX listener received it."""
+    """A mail as the MX listener received it, and what its worker process read from it
+    (``gateway.parsepool``: untrusted mail is never parsed on the event loop)."""
 
     envelope_sender: str
     recipients: tuple[str, ...]
@@ -73,6 +74,8 @@ class Incoming:
     client_ip: str
     helo: str
     peer: str
+    classification: Classification
+    report: DeliveryReport | None  # what a bounce's delivery report says; None for other mail
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +119,7 @@ class ReplyIntake:
 
     async def receive(self, mail: Incoming) -> str:
         ctx = self.context
-        kind = classify(mail.raw, envelope_sender=mail.envelope_sender, max_received=ctx.max_received)
+        kind = mail.classification
         token = _token_of(mail, ctx.reply_domain)
         if token is None:
             if kind.kind is Kind.BOUNCE:
@@ -260,7 +263,7 @@ class ReplyIntake:
         return Reply.RECORDED.with_text(f"Bounce recorded for {matched}")
 
     async def _match_bounce(self, mail: Incoming) -> str | None:
-        report = delivery_report(mail.raw)
+        report = mail.report
         ids = set(mail.parsed.in_reply_to) | set(mail.parsed.references)
         if report is not None and report.original_message_id:
             ids.add(report.original_message_id)
