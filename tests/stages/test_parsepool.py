@@ -49,7 +49,7 @@ async def test_a_bounce_is_read_in_a_worker_with_its_delivery_report(pool: Parse
 
 async def test_a_job_over_its_budget_costs_its_worker_and_the_pool_goes_on(pool: ParsePool) -> None:
     before = {await pool.run(os.getpid), await pool.run(os.getpid)}
-    with pytest.raises(NotRead, match="not read within 2.0 s"):
+    with pytest.raises(NotRead, match=r"not read within 2\.0 s"):
         await pool.run(time.sleep, 3600)
     assert pool.replaced == 1
     # The stuck worker is gone, a new one takes its place (once started): two workers answer again.
@@ -84,7 +84,7 @@ async def test_waiting_for_a_worker_counts_against_the_budget() -> None:
     try:
         busy = asyncio.ensure_future(pool.run(time.sleep, 3600))
         await asyncio.sleep(0)  # the first job holds the only worker
-        with pytest.raises(NotRead, match="no test parse worker free within 1.0 s"):
+        with pytest.raises(NotRead, match=r"no test parse worker free within 1\.0 s"):
             await pool.run(os.getpid)
         with pytest.raises(NotRead):
             await busy
