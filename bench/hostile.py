@@ -132,12 +132,21 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-class RssPeak(threading.Thread):
-    """Samples the RSS of the gateway process (and, apart, of its worker processes) every 20 ms."""
+# The flood sessions' sockets, so that a flood can be cut off when the gateway grows past --rss-cap.
+FLOODING: set[socket.socket] = set()
+FLOODING_LOCK = threading.Lock()
 
-    def __init__(self, pid: int) -> None:
+
+class RssPeak(threading.Thread):
+    """Samples the RSS of the gateway process (and, apart, of its worker processes) every 20 ms; past
+    ``cap_kib`` it cuts the flood sessions off, so that a gateway without a memory bound cannot take the
+    machine down with it."""
+
+    def __init__(self, pid: int, cap_kib: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
+        self.cap_kib = cap_kib
+        self.capped = False
         self.before = rss_kib(pid)
         self.workers_before = self.workers()
         self.peak = self.before
@@ -151,6 +160,12 @@ class RssPeak(threading.Thread):
         while not self.stopped.wait(0.02):
             self.peak = max(self.peak, rss_kib(self.pid))
             self.workers_peak = max(self.workers_peak, self.workers())
+            if self.peak - self.before > self.cap_kib and not self.capped:
+                self.capped = True
+                with FLOODING_LOCK:
+                    for sock in FLOODING:
+                        with contextlib.suppress(OSError):
+                            sock.shutdown(socket.SHUT_RDWR)
 
     def stop(self) -> tuple[float, float]:
         """Growth of the gateway process and of its workers, in MiB."""
@@ -251,9 +266,15 @@ def data_session(gateway: Gateway, payload: bytes, source: str = "127.0.0.1") ->
             if code != 354:
                 return f"{code} {text.decode(errors='replace')}"
             assert client.sock is not None
-            client.sock.sendall(payload)
-            client.sock.sendall(b".\r\n")
-            code, text = client.getreply()
+            with FLOODING_LOCK:
+                FLOODING.add(client.sock)
+            try:
+                client.sock.sendall(payload)
+                client.sock.sendall(b".\r\n")
+                code, text = client.getreply()
+            finally:
+                with FLOODING_LOCK:
+                    FLOODING.discard(client.sock)
             return f"{code} {text.decode(errors='replace')}"
     except (OSError, smtplib.SMTPException) as exc:
         return f"connection: {type(exc).__name__} {exc}"[:120]
@@ -298,7 +319,7 @@ def in_threads(work: list[Callable[[], str]]) -> list[str]:
 def summary(answers: list[str]) -> str:
     counts: dict[str, int] = {}
     for answer in answers:
-        key = answer[:9] if answer[:1].isdigit() else answer.split(" ")[0] + " " + answer.split(" ")[1]
+        key = answer[:9] if answer[:1].isdigit() else answer[:80]
         counts[key] = counts.get(key, 0) + 1
     return ", ".join(f"{n}x {key.strip()}" for key, n in sorted(counts.items()))
 
@@ -340,6 +361,12 @@ def main() -> None:
     parser.add_argument("--idle", type=int, help="idle MX connections (default 200, quick 50)")
     parser.add_argument("--guess-seconds", type=float, help="how long passwords are guessed (default 60)")
     parser.add_argument("--limits", default="", help='extra [limits] lines, e.g. "parse_timeout = 5.0"')
+    parser.add_argument(
+        "--rss-cap",
+        type=int,
+        default=4096,
+        help="MiB of RSS growth after which a flood is cut off and reported as such (default 4096)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the working directory (and its log)")
     args = parser.parse_args()
     flood_mib = args.flood_mib or (4 if args.quick else 24)
@@ -370,10 +397,12 @@ def main() -> None:
         payload = line_flood(flood_mib * MIB)
         memory: list[tuple[str, float, float, str]] = []
         for count in (1, sessions):
-            peak = RssPeak(gateway.pid)
+            peak = RssPeak(gateway.pid, args.rss_cap * 1024)
             peak.start()
             answers = in_threads([lambda: data_session(gateway, payload) for _ in range(count)])
             growth, workers = peak.stop()
+            if peak.capped:
+                answers.append(f"cut off: the gateway grew past --rss-cap {args.rss_cap} MiB")
             memory.append(
                 (f"{count} session(s) x {flood_mib} MiB of 3-byte lines", growth, workers, summary(answers))
             )
