@@ -27,8 +27,10 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import select
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -89,11 +91,23 @@ def read_arrival(raw: bytes, envelope_sender: str, max_received: int) -> Arrival
     return Arrival(parse_message(raw), classification, report if classification.kind is Kind.BOUNCE else None)
 
 
-def _worker_started() -> None:
+def _worker_started(gateway: int) -> None:
     # Ctrl-C in a terminal signals the whole process group; the gateway decides when its workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Below the serving process: on a busy machine, sessions are answered before hostile mail is read.
     os.nice(WORKER_NICENESS)
+    # A worker holds both ends of its job queue, so it would wait for jobs for ever after the gateway
+    # was killed (kill -9, OOM killer); it watches the gateway's process and ends with it.
+    try:
+        watched = os.pidfd_open(gateway)
+    except ProcessLookupError:
+        os._exit(0)
+    threading.Thread(target=_end_with, args=(watched,), name="watch-gateway", daemon=True).start()
+
+
+def _end_with(pidfd: int) -> None:
+    select.select([pidfd], [], [])  # readable once the process has ended
+    os._exit(0)
 
 
 # --- the pool --------------------------------------------------------------------------------------------
@@ -136,9 +150,10 @@ class ParsePool:
         for worker in started:
             self._idle.put_nowait(worker)
         log.info(
-            "parse pool %s: %d worker(s), %.1f s per message",
+            "parse pool %s: %d worker(s) (pid %s), %.1f s per message",
             self.name,
             self.workers,
+            ", ".join(str(w.pid) for w in started),
             self.budget,
             extra={"listener": self.name, "workers": [w.pid for w in started]},
         )
@@ -216,7 +231,9 @@ class ParsePool:
         return worker
 
     def _start_process(self) -> tuple[ProcessPoolExecutor, Future[int]]:
-        executor = ProcessPoolExecutor(1, mp_context=self._context, initializer=_worker_started)
+        executor = ProcessPoolExecutor(
+            1, mp_context=self._context, initializer=_worker_started, initargs=(os.getpid(),)
+        )
         return executor, executor.submit(os.getpid)
 
     async def close(self) -> None:

@@ -10,6 +10,7 @@ own figures (2 MiB mails, the default budget) are measured by bench/hostile.py.
 from __future__ import annotations
 
 import re
+import signal
 import smtplib
 import threading
 import time
@@ -128,3 +129,22 @@ def test_a_flood_of_slow_bounces_stalls_neither_submission_nor_other_sessions(
     # Every submission was stored and copied.
     copies = budgeted.wait_for_copies("during the flood", len(submissions) * 2)
     assert sum(len(found) for found in copies.values()) == len(submissions) * 2
+
+
+def test_the_parse_workers_end_with_a_killed_gateway(budgeted: RunningGateway) -> None:
+    """A worker waits for jobs on a queue whose both ends it holds: after kill -9 of the gateway it
+    would wait for ever, keeping the fork server alive too, had it not watched the gateway's process."""
+    workers = [
+        int(pid)
+        for line in budgeted.log
+        if (found := re.search(r"parse pool \w+: \d+ worker\(s\) \(pid ([\d, ]+)\)", line))
+        for pid in found.group(1).split(", ")
+    ]
+    assert len(workers) == 4  # two per listener
+    budgeted.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    alive = set(workers)
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in alive if Path(f"/proc/{pid}").exists()}
+        time.sleep(0.1)
+    assert not alive, f"parse workers {sorted(alive)} outlived the gateway"
