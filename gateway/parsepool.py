@@ -185,6 +185,12 @@ class ParsePool:
         except BrokenProcessPool:
             self._replace(worker, "died")
             raise NotRead("the parse worker died") from None
+        except Exception as exc:
+            # The job itself failed (the readers promise not to, but bytes are bytes): the worker is
+            # fine and goes back; the client is told to retry, and the log says why.
+            self._idle.put_nowait(worker)
+            log.error("a %s parse job failed: %r", self.name, exc)
+            raise NotRead(f"the parse failed ({type(exc).__name__})") from exc
         self._idle.put_nowait(worker)
         return result
 

@@ -91,3 +91,10 @@ async def test_waiting_for_a_worker_counts_against_the_budget() -> None:
         assert isinstance(await pool.run(os.getpid), int)
     finally:
         await pool.close()
+
+
+async def test_a_job_that_fails_gives_its_worker_back(pool: ParsePool) -> None:
+    with pytest.raises(NotRead, match="the parse failed"):
+        await pool.run(int, "not a number")
+    assert pool.replaced == 0
+    assert pool._idle.qsize() == 2  # both workers are free again
