@@ -78,7 +78,9 @@ class Accounts:
         name = login.decode("utf-8", "replace").strip().lower()
         refused = self.failures.admit(name, client, time.monotonic())
         if refused is not None:
-            log.warning("login %r from %s refused: %s", name, client, refused)
+            # Debug only: a guesser makes thousands of these a minute; the failure that started the
+            # refusal was logged (and recorded as auth.throttled) once.
+            log.debug("login %r from %s refused: %s", name, client, refused)
             raise LoginsThrottled(refused)
         try:
             key = (name, hashlib.sha256(password).digest())
