@@ -275,7 +275,8 @@ class Service:
                     self.writer,
                     LoginLimits(
                         delay=limits.auth_failure_delay,
-                        max_delay=limits.auth_failure_max_delay,
+                        # A wait past the idle timeout would end the session it was to slow down.
+                        max_delay=min(limits.auth_failure_max_delay, limits.idle_timeout / 2),
                         window=limits.auth_failure_window,
                         per_address=limits.auth_max_failures_per_address,
                         per_login=limits.auth_max_failures_per_login,
