@@ -663,6 +663,32 @@ class LimitsSettings(_Section):
     """When a listener is full, a session silent this many seconds, not logged in and not sending a
     message, gives its slot to a new connection (421 4.4.2)."""
 
+    parse_workers: Annotated[int, Field(ge=1, le=64)] = 2
+    """Worker processes per listener that read received mail (MIME parsing never runs in the event loop)."""
+
+    parse_timeout: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds a received message may take to be read, waiting for a free worker included; over it the
+    client gets 451 4.3.0 and the worker, if still busy, is replaced."""
+
+    auth_failure_delay: Annotated[float, Field(ge=0)] = 1.0
+    """Seconds the answer to a failed login is held back; doubles with each further failure from the
+    same address, up to auth_failure_max_delay."""
+
+    auth_failure_max_delay: Annotated[float, Field(ge=0)] = 16.0
+    """The longest a failed login's answer is held back (never more than half of idle_timeout)."""
+
+    auth_failure_window: Annotated[float, Field(gt=0)] = 900.0
+    """Seconds a failed login counts towards the limits below."""
+
+    auth_max_failures_per_address: PositiveInt = 10
+    """Failed logins from one client address (within auth_failure_window) after which its logins are
+    refused with 454 4.7.0."""
+
+    auth_max_failures_per_login: PositiveInt = 30
+    """Failed logins for one login name from all addresses (within auth_failure_window) after which that
+    login is refused with 454 4.7.0 to every address that failed for it; an address without a failure
+    keeps logging in."""
+
 
 class IntakeSettings(_Section):
     """``[intake]``: how accepted mail is attached to Vorgänge and how members' copies look."""

@@ -11,9 +11,12 @@ nobody's relay.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import functools
 import hashlib
 import io
 import logging
+import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Collection
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
+from sqlalchemy import Connection
 
 from gateway.acceptance import (
     Acceptance,
@@ -31,52 +35,129 @@ from gateway.acceptance import (
     submitted_refusal,
 )
 from gateway.db.accounts import Account, find_account
-from gateway.db.intake import member_ids
+from gateway.db.intake import EVENTS, insert_rows, member_ids
 from gateway.db.writer import Writer
 from gateway.domain.addresses import InvalidAddress, normalise_address
 from gateway.domain.admission import Occupant, SlotLimits, Verdict, admit, client_key
-from gateway.domain.passwords import verify_password
+from gateway.domain.logins import FailedLogins, Failure, LoginLimits
+from gateway.domain.passwords import hash_password, verify_password
 from gateway.domain.submitters import path_too_long
 from gateway.domain.tokens import is_reply_address
 from gateway.domain.trace import Arrival, protocol
 from gateway.faithful import nul_refusal
 from gateway.mailbox.base import Mailbox, MailboxOwner
-from gateway.parsing import parse_message
+from gateway.parsepool import MailReader, NotRead
 from gateway.replies import Reply, with_enhanced_code
 from gateway.reply import BOUNCES_LOCAL_PART, Incoming, ReplyIntake
 from gateway.routing import RoutingRules, refusal, submitted
 
 log = logging.getLogger("gateway.ingress")
 
-# A failed login costs the client this long, which makes guessing passwords slow without a lockout
-# that an attacker could use to lock a back office out.
-FAILED_LOGIN_DELAY = 1.0
 CACHE_SECONDS = 10.0
+
+
+class LoginsThrottled(Exception):
+    """Too many failed logins from this address, or for this login: refused before any password check."""
+
+
+@functools.cache
+def _unknown_login_hash() -> str:
+    # A hash with today's parameters for logins that do not exist: checking a password against it costs
+    # what checking a real one does, so the time of a failure does not tell which logins exist.
+    return hash_password(secrets.token_urlsafe(24))
 
 
 class Accounts:
     """Checks back-office logins; the slow hash runs in a thread so sessions keep being served.
 
-    A successful check is remembered briefly (by a digest of the password), so a back office that
-    opens a session per message does not pay the scrypt cost each time.
+    Failed logins are limited per client address and per login (``gateway.domain.logins``) and recorded
+    as ``auth.failed`` events. A successful check is remembered briefly (by a digest of the password),
+    so a back office that opens a session per message does not pay the scrypt cost each time.
     """
 
-    def __init__(self, writer: Writer) -> None:
+    def __init__(self, writer: Writer, limits: LoginLimits | None = None, *, node: str = "") -> None:
         self.writer = writer
+        self.node = node
+        self.failures = FailedLogins(limits or LoginLimits())
         self._verified: dict[tuple[str, bytes], tuple[Account, float]] = {}
+        _unknown_login_hash()  # once, at startup, not in the first failed login's time
 
-    async def verify(self, login: bytes, password: bytes) -> Account | None:
+    async def verify(self, login: bytes, password: bytes, client: str) -> Account | None:
+        """The account when ``password`` is right; None when not (after the failure's delay).
+
+        Raises :class:`LoginsThrottled` without checking the password when ``client`` or ``login`` has
+        failed too often.
+        """
         name = login.decode("utf-8", "replace").strip().lower()
-        key = (name, hashlib.sha256(password).digest())
-        cached = self._verified.get(key)
-        if cached and cached[1] > time.monotonic():
-            return cached[0]
-        account = await self.writer.run(find_account, name)
-        if account is None or not await asyncio.to_thread(verify_password, password, account.password_hash):
-            await asyncio.sleep(FAILED_LOGIN_DELAY)
-            return None
-        self._verified[key] = (account, time.monotonic() + CACHE_SECONDS)
-        return account
+        refused = self.failures.admit(name, client, time.monotonic())
+        if refused is not None:
+            # Debug only: a guesser makes thousands of these a minute; the failure that started the
+            # refusal was logged (and recorded as auth.throttled) once.
+            log.debug("login %r from %s refused: %s", name, client, refused)
+            raise LoginsThrottled(refused)
+        try:
+            key = (name, hashlib.sha256(password).digest())
+            cached = self._verified.get(key)
+            if cached and cached[1] > time.monotonic():
+                self.failures.succeeded(name, client)
+                return cached[0]
+            account = await self.writer.run(find_account, name)
+            stored = account.password_hash if account is not None else _unknown_login_hash()
+            right = await asyncio.to_thread(verify_password, password, stored)
+            if account is not None and right:
+                self.failures.succeeded(name, client)
+                self._verified[key] = (account, time.monotonic() + CACHE_SECONDS)
+                return account
+            failure = self.failures.failed(name, client, time.monotonic())
+        finally:
+            self.failures.end(name, client)
+        log.warning(
+            "failed login %r from %s (%d from this address, %d for this login)%s",
+            name,
+            client,
+            failure.address_failures,
+            failure.login_failures,
+            f"; now refusing the {' and the '.join(failure.throttles)}" if failure.throttles else "",
+            extra={"login": name, "client": client},
+        )
+        try:
+            await self.writer.run(_record_failure, name, client, account, failure, self.node)
+        except Exception as exc:
+            # The answer stays 535: a database that cannot take the event must not turn a wrong
+            # password into a temporary failure the guesser could tell apart.
+            log.error("could not record the failed login of %r from %s: %s", name, client, exc)
+        await asyncio.sleep(failure.delay)
+        return None
+
+
+def _record_failure(
+    connection: Connection, login: str, client: str, account: Account | None, failure: Failure, node: str
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    detail = {
+        "login": login,
+        "client": client,
+        "known_login": account is not None,
+        "failures_from_address": failure.address_failures,
+        "failures_for_login": failure.login_failures,
+    }
+    rows = [
+        {
+            "at": now,
+            "portfolio_id": account.portfolio_id if account is not None else None,
+            "actor": f"gateway:{node}",
+            "kind": kind,
+            "member_id": None,
+            "vorgang_id": None,
+            "message_id": None,
+            "detail": detail | extra,
+        }
+        for kind, extra in [
+            ("auth.failed", {}),
+            *(("auth.throttled", {"refusing": what}) for what in failure.throttles),
+        ]
+    ]
+    insert_rows(connection, EVENTS, rows)
 
 
 class Members:
@@ -531,9 +612,13 @@ class GatewaySMTP(SMTP):
     async def _verify(self, result: AuthResult) -> AuthResult:
         if not result.success or not isinstance(result.auth_data, LoginPassword):
             return result
-        account = await self.accounts.verify(result.auth_data.login, result.auth_data.password)
+        assert self.session is not None
+        client = _client_of(self.session.peer)
+        try:
+            account = await self.accounts.verify(result.auth_data.login, result.auth_data.password, client)
+        except LoginsThrottled:
+            return AuthResult(success=False, handled=False, message=str(Reply.LOGINS_THROTTLED))
         if account is None:
-            log.warning("failed login %r from %s", result.auth_data.login, getattr(self, "_client", "?"))
             return AuthResult(success=False, handled=False)
         return AuthResult(success=True, auth_data=account)
 
@@ -655,8 +740,10 @@ class SubmissionHandler(_Hooks):
         max_received_hops: int,
         vorgang_header: str,
         rules: RoutingRules | None = None,
+        reader: MailReader,
         mailbox: Mailbox | None = None,
     ) -> None:
+        self.reader = reader  # reads the mail in a worker process, never on the event loop
         self.mailbox = mailbox  # asked at DATA whether NUL bytes can be stored as they are
         self.acceptance = acceptance
         self.rules = rules
@@ -705,7 +792,11 @@ class SubmissionHandler(_Hooks):
         header_end = raw.find(b"\r\n\r\n")
         if (header_end if header_end >= 0 else len(raw)) > self.max_header_size:
             return str(Reply.HEADER_TOO_BIG)
-        parsed = parse_message(raw, vorgang_header=self.vorgang_header)
+        try:
+            parsed = await self.reader.submission(raw)
+        except NotRead as exc:
+            log.warning("could not read a message from %s: %s", account.login, exc)
+            return str(Reply.NOT_READ)
         if parsed.received_count > self.max_received_hops:
             return str(Reply.LOOP)
         owners = [MailboxOwner(account.portfolio, rcpt) for rcpt in envelope.rcpt_tos]
@@ -819,8 +910,10 @@ class MxHandler(_Hooks):
         intake: Collection[str],
         max_recipients: int,
         max_header_size: int,
+        reader: MailReader,
         mailbox: Mailbox | None = None,
     ) -> None:
+        self.reader = reader  # reads the mail in a worker process, never on the event loop
         self.mailbox = mailbox  # asked at DATA whether NUL bytes can be stored as they are
         self.replies = replies
         self.intake = frozenset(intake)
@@ -878,25 +971,33 @@ class MxHandler(_Hooks):
             return str(Reply.HEADER_TOO_BIG)
         if self.mailbox is not None and (unstorable := await nul_refusal(self.mailbox, raw)):
             return unstorable
-        mail = Incoming(
-            envelope_sender=envelope.mail_from or "",
-            recipients=tuple(envelope.rcpt_tos),
-            raw=raw,
-            parsed=parse_message(raw),
-            client_ip=_client_of(session.peer),
-            helo=session.host_name or "",
-            peer=_peer(session),
-            arrival=_arrival(server, session),
-        )
         self.state.in_data += 1
         try:
+            read = await self.reader.arrival(raw, envelope.mail_from or "")
+            mail = Incoming(
+                envelope_sender=envelope.mail_from or "",
+                recipients=tuple(envelope.rcpt_tos),
+                raw=raw,
+                parsed=read.parsed,
+                client_ip=_client_of(session.peer),
+                helo=session.host_name or "",
+                peer=_peer(session),
+                classification=read.classification,
+                report=read.report,
+                arrival=_arrival(server, session),
+            )
             return await self.replies.receive(mail)
+        except NotRead as exc:
+            # Temporary, not 554: the budget also runs out when the workers are busy with others' mail,
+            # and an honest server retries; a mail that never fits is bounced by its own sender in time.
+            log.warning("could not read a mail from %s: %s", _peer(session), exc)
+            return str(Reply.NOT_READ)
         except NotStored:
             return str(Reply.TRY_AGAIN)
         except Exception:
             # aiosmtpd would answer an exception with 500, and the member's server would bounce a
             # reply that a database hiccup kept us from checking: 451 makes it try again.
-            log.exception("could not take a mail from %s", mail.peer)
+            log.exception("could not take a mail from %s", _peer(session))
             return str(Reply.TRY_AGAIN)
         finally:
             self.state.in_data -= 1

@@ -90,6 +90,10 @@ class Reply(enum.Enum):
     UNKNOWN_PARAMETERS = (555, "5.5.4", "Parameters not recognized or not implemented")
     NEED_TLS_FIRST = (530, "5.7.0", "Must issue a STARTTLS command first")
     INSECURE = (554, "5.7.0", "Command refused due to lack of security")
+    # Untrusted input at the edge (issue 12): a message its parse worker could not read within the
+    # budget, and a client that guessed too many passwords.
+    NOT_READ = (451, "4.3.0", "Could not read the message in time, try again later")
+    LOGINS_THROTTLED = (454, "4.7.0", "Too many failed logins, try again later")
 
     @property
     def code(self) -> int:

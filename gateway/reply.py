@@ -43,7 +43,7 @@ from gateway.db.models import MessageRow, RelayRow
 from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
 from gateway.domain import gateway_headers
-from gateway.domain.answers import Classification, Kind, classify, delivery_report
+from gateway.domain.answers import Classification, DeliveryReport, Kind
 from gateway.domain.audience import AsParticipant, Audience, audience
 from gateway.domain.model import Participant, ParticipantRole
 from gateway.domain.outbound import RelayHeaders, recipients_kept, render_relay, threading_ids
@@ -75,7 +75,8 @@ BOUNCES_LOCAL_PART = "bounces"
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """A mail as the MX listener received it."""
+    """A mail as the MX listener received it, and what its worker process read from it
+    (``gateway.parsepool``: untrusted mail is never parsed on the event loop)."""
 
     envelope_sender: str
     recipients: tuple[str, ...]
@@ -84,6 +85,8 @@ class Incoming:
     client_ip: str
     helo: str
     peer: str
+    classification: Classification
+    report: DeliveryReport | None  # what a bounce's delivery report says; None for other mail
     # What the SMTP session said about the client, for the Received line (gateway.domain.trace).
     arrival: Arrival | None = None
 
@@ -141,7 +144,7 @@ class ReplyIntake:
         ctx = self.context
         if message_id_too_long(mail.parsed.message_id):
             return str(Reply.MESSAGE_ID_TOO_LONG)
-        kind = classify(mail.raw, envelope_sender=mail.envelope_sender, max_received=ctx.max_received)
+        kind = mail.classification
         opened_in = next((ctx.intake[r] for r in mail.recipients if r in ctx.intake), None)
         token = _token_of(mail, ctx.reply_domain)
         parts = None if token is None else parse_token(token)
@@ -305,7 +308,7 @@ class ReplyIntake:
         return Reply.RECORDED.with_text(f"Bounce recorded for {matched}")
 
     async def _match_bounce(self, mail: Incoming) -> str | None:
-        report = delivery_report(mail.raw)
+        report = mail.report
         ids = set(mail.parsed.in_reply_to) | set(mail.parsed.references)
         if report is not None and report.original_message_id:
             ids.add(report.original_message_id)

@@ -28,6 +28,7 @@ from gateway.db.migrate import require_current
 from gateway.db.names import directory_names
 from gateway.db.senderauth import sender_auth_refusal
 from gateway.db.writer import Writer
+from gateway.domain.logins import LoginLimits
 from gateway.errors import OperationalError
 from gateway.fanout import FanOut, ReplyPath
 from gateway.flagsync import FlagSync, ReadNotifications
@@ -46,6 +47,7 @@ from gateway.mailbox import Mailbox, MaildirMailbox
 from gateway.mailbox.imap import ImapMailbox
 from gateway.mailbox.routed import RoutedMailbox
 from gateway.notices import NoticeSettings
+from gateway.parsepool import MailReader, ParsePool
 from gateway.reconcile import Reconciler
 from gateway.relay import Relay
 from gateway.replies import Reply
@@ -160,6 +162,8 @@ class Service:
         )
         self.handoff = handoff
         self.listeners: dict[str, Listener] = {}
+        # Each listener reads received mail in worker processes of its own (gateway.parsepool).
+        self.parse_pools: dict[str, ParsePool] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
 
@@ -234,6 +238,11 @@ class Service:
             intake=settings.domains.intake,
             max_recipients=limits.max_recipients,
             max_header_size=limits.max_header_size,
+            reader=MailReader(
+                await self._parse_pool("mx"),
+                vorgang_header=settings.intake.vorgang_header,
+                max_received=limits.max_received_hops,
+            ),
             mailbox=self.mailbox,
         )
         return await self._listen("mx", config, state, handler, auth=False)
@@ -251,6 +260,11 @@ class Service:
             max_received_hops=limits.max_received_hops,
             vorgang_header=self.settings.intake.vorgang_header,
             rules=self.rules,
+            reader=MailReader(
+                await self._parse_pool("submission"),
+                vorgang_header=self.settings.intake.vorgang_header,
+                max_received=limits.max_received_hops,
+            ),
             mailbox=self.mailbox,
         )
         return await self._listen("submission", config, state, handler, auth=True)
@@ -269,6 +283,13 @@ class Service:
             max_data_memory=config.max_data_memory,
         )
 
+    async def _parse_pool(self, name: str) -> ParsePool:
+        limits = self.settings.limits
+        pool = ParsePool(name, workers=limits.parse_workers, budget=limits.parse_timeout)
+        self.parse_pools[name] = pool
+        await pool.start()
+        return pool
+
     async def _listen(
         self, name: str, config: ListenerSettings, state: ListenerState, handler: object, *, auth: bool
     ) -> Listener:
@@ -281,7 +302,18 @@ class Service:
             {
                 "line_length_limit": limits.max_line_length + 2,
                 "state": state,
-                "accounts": Accounts(self.writer),
+                "accounts": Accounts(
+                    self.writer,
+                    LoginLimits(
+                        delay=limits.auth_failure_delay,
+                        # A wait past the idle timeout would end the session it was to slow down.
+                        max_delay=min(limits.auth_failure_max_delay, limits.idle_timeout / 2),
+                        window=limits.auth_failure_window,
+                        per_address=limits.auth_max_failures_per_address,
+                        per_login=limits.auth_max_failures_per_login,
+                    ),
+                    node=self.settings.gateway.node_name,
+                ),
                 "requires_auth": auth,
                 "deadlines": SessionDeadlines(
                     session=limits.session_timeout, login=limits.login_timeout, data=limits.data_timeout
@@ -355,6 +387,8 @@ class Service:
             log.warning(
                 "stopping with %d message(s) not stored; their senders will retry", self.acceptance.queued
             )
+        for pool in self.parse_pools.values():
+            await pool.close()
         for task in self._tasks:
             task.cancel()
         if self._tasks:

@@ -57,6 +57,7 @@ __all__ = [
     "RecipientStatus",
     "classify",
     "delivery_report",
+    "read_arrival_kind",
 ]
 
 # What a report says sits in its header section and its first parts; an attachment beyond this adds
@@ -328,6 +329,25 @@ def classify(
         message = _parse(raw)
     except Exception as exc:  # the promise is "never raises"; the parser is not known to, but bytes are bytes
         return Classification(Kind.ANSWER, f"the message could not be read ({type(exc).__name__})")
+    return _classify(message, envelope_sender, max_received, loop_marker)
+
+
+def read_arrival_kind(
+    raw: bytes, *, envelope_sender: str, max_received: int, loop_marker: str = "X-Gateway-Loop"
+) -> tuple[Classification, DeliveryReport | None]:
+    """:func:`classify` and :func:`delivery_report` of ``raw`` from one parse (the costly part of both)."""
+    if max_received < 0:
+        raise ValueError(f"max_received is a number of headers, not {max_received}")
+    if not loop_marker.strip():
+        raise ValueError("loop_marker names a header; it is empty")
+    try:
+        message = _parse(raw)
+    except Exception as exc:  # the promise is "never raises"
+        return Classification(Kind.ANSWER, f"the message could not be read ({type(exc).__name__})"), None
+    return _classify(message, envelope_sender, max_received, loop_marker), _report_of(message, raw)
+
+
+def _classify(message: Message, envelope_sender: str, max_received: int, loop_marker: str) -> Classification:
     arrival = _Arrival(message, envelope_sender, max_received, loop_marker.strip())
     for rule in RULES:
         try:
@@ -350,6 +370,13 @@ def delivery_report(raw: bytes) -> DeliveryReport | None:
     """
     try:
         message = _parse(raw)
+    except Exception:  # the promise is "never raises"
+        return None
+    return _report_of(message, raw)
+
+
+def _report_of(message: Message, raw: bytes) -> DeliveryReport | None:
+    try:
         report = _find_report(message)
     except Exception:  # the promise is "never raises"
         return None

@@ -20,7 +20,7 @@ from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
 from gateway.domain.refusals import NOT_ENTITLED_TO_ANSWER
 from gateway.domain.tokens import TokenKeys, make_token, reply_address
-from gateway.parsing import parse_message
+from gateway.parsepool import MailReader, ParsePool, read_arrival
 from gateway.reply import Incoming, ReplyContext, ReplyIntake
 from gateway.resolver import StaticResolver
 from tests.stages.conftest import PORTFOLIO, accept
@@ -68,14 +68,18 @@ def reply_to(job: CopyJob, *, extra: bytes = b"") -> bytes:
 
 def incoming(job: CopyJob, raw: bytes) -> Incoming:
     token = make_token(KEYS, portfolio=PORTFOLIO, copy_id=job.copy_id)
+    # What the MX listener's parse worker reads, read here in the test's process.
+    read = read_arrival(raw, SB_B2, 30)
     return Incoming(
         envelope_sender=SB_B2,
         recipients=(reply_address(token, REPLY_DOMAIN),),
         raw=raw,
-        parsed=parse_message(raw),
+        parsed=read.parsed,
         client_ip=CLIENT_IP,
         helo="mx.kunde-b.example",
         peer=f"{CLIENT_IP}:4711",
+        classification=read.classification,
+        report=read.report,
     )
 
 
@@ -202,6 +206,8 @@ async def test_trouble_while_taking_a_reply_answers_451_not_500() -> None:
         async def receive(self, mail: Incoming) -> str:
             raise RuntimeError("database went away")
 
+    pool = ParsePool("mx", workers=1, budget=30.0)
+    await pool.start()
     handler = MxHandler(
         replies=Broken(),  # type: ignore[arg-type]
         state=ListenerState("mx", 10, 10, 100),
@@ -209,6 +215,7 @@ async def test_trouble_while_taking_a_reply_answers_451_not_500() -> None:
         intake=(),
         max_recipients=10,
         max_header_size=65536,
+        reader=MailReader(pool),
     )
     session = Session(loop=None)  # type: ignore[arg-type]
     session.peer = ("192.0.2.1", 4711)
@@ -216,7 +223,10 @@ async def test_trouble_while_taking_a_reply_answers_451_not_500() -> None:
     envelope.mail_from = SB_B2
     envelope.rcpt_tos = [f"reply@{REPLY_DOMAIN}"]
     envelope.original_content = b"From: sb-b2@kunde-b.example\r\n\r\nx\r\n"
-    answer = await handler.handle_DATA(None, session, envelope)  # type: ignore[arg-type]
+    try:
+        answer = await handler.handle_DATA(None, session, envelope)  # type: ignore[arg-type]
+    finally:
+        await pool.close()
     assert answer.startswith("451 4.3.0"), answer
 
 
