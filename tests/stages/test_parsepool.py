@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
+from gateway import parsepool
 from gateway.domain.answers import Kind
-from gateway.parsepool import MailReader, NotRead, ParsePool
+from gateway.parsepool import SPILL_OVER, MailReader, NotRead, ParsePool
 
 BOUNCE = (
     b"From: MAILER-DAEMON@mx.kunde-b.example\r\nTo: bounces@reply.gateway.test\r\n"
@@ -98,3 +101,33 @@ async def test_a_job_that_fails_gives_its_worker_back(pool: ParsePool) -> None:
         await pool.run(int, "not a number")
     assert pool.replaced == 0
     assert pool._idle.qsize() == 2  # both workers are free again
+
+
+async def test_a_large_mail_reaches_its_worker_as_a_private_file_that_is_gone_afterwards(
+    pool: ParsePool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The spill directory is the test's own, so what is left behind is what the reader left.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    filler = b"".join(b"line %d of a long bounce\r\n" % n for n in range(SPILL_OVER // 20))
+    large = BOUNCE.replace(b"It failed.\r\n", b"It failed.\r\n" + filler)
+    assert len(large) > SPILL_OVER
+    seen: list[tuple[str, int]] = []
+    spill = parsepool._spill
+
+    def watched(raw: bytes) -> str:
+        path = spill(raw)
+        seen.append((path, os.stat(path).st_mode & 0o777))
+        return path
+
+    monkeypatch.setattr(parsepool, "_spill", watched)
+    read = await MailReader(pool).arrival(large, "")
+    assert read.classification.kind is Kind.BOUNCE
+    assert read.report is not None
+    assert read.report.original_message_id == "<relayed-1@gateway.test>"
+    ((path, mode),) = seen
+    assert Path(path).parent == tmp_path
+    assert mode == 0o600
+    assert os.listdir(tmp_path) == []
+    # A small mail goes by pickle, as before: no file.
+    await MailReader(pool).arrival(BOUNCE, "")
+    assert len(seen) == 1
