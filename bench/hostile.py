@@ -118,8 +118,12 @@ def start_gateway(workdir: Path, database: str | None, extra_limits: str) -> Gat
 def configured_limits(command: list[str]) -> dict[str, str]:
     """The [limits] in force, as `gateway config check` prints them (the memory budget's name included)."""
     done = subprocess.run([*command, "config", "check"], capture_output=True, text=True)
-    found = re.findall(r"^limits\.(\w+) = (.+)$", done.stdout, re.MULTILINE)
-    return dict(found)
+    found = dict(re.findall(r"^limits\.(\w+) = (.+)$", done.stdout, re.MULTILINE))
+    # The DATA memory budget is per listener; the floods go to the MX listener.
+    budget = re.search(r"^listeners\.mx\.max_data_memory = (\d+)$", done.stdout, re.MULTILINE)
+    if budget:
+        found["mx_data_budget"] = budget.group(1)
+    return found
 
 
 # --- measuring ---------------------------------------------------------------------------------------
@@ -483,11 +487,16 @@ def main() -> None:
     for name, growth, workers, answers in memory:
         print_row(name, [f"{growth:.0f}", f"{growth / flood_mib:.2f}", f"{workers:.0f}", ""], widths)
         print(f"    answers: {answers}")
-    budget = next((v for k, v in limits.items() if "budget" in k), None)
-    print(
-        f"  targets: 1 session below {2 * flood_mib} MiB (2x); {sessions} sessions below the budget "
-        f"({budget if budget else 'no [limits] budget setting in this version'})"
-    )
+    budget = next((int(v) for k, v in limits.items() if "budget" in k), None)
+    if budget is None:
+        print(f"  targets: 1 session below {2 * flood_mib} MiB (2x); {sessions} sessions below the budget")
+    else:
+        budget_mib = budget / 2**20
+        print(
+            f"  targets: 1 session below {2 * flood_mib} MiB (2x); {sessions} sessions below the MX "
+            f"listener's DATA budget of {budget_mib:.0f} MiB ([listeners.mx] max_data_memory); "
+            f"the {sessions}-session row is {memory[-1][1] / budget_mib:.2f}x the budget"
+        )
 
     print()
     print("latency in seconds (a back office: connect, AUTH, one message, QUIT; a NOOP on an MX session)")
