@@ -49,6 +49,7 @@ from pydantic_core import ErrorDetails
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from gateway.domain.data_memory import session_footprint
 from gateway.errors import ConfigError, Problem
 
 __all__ = [
@@ -328,7 +329,9 @@ class ListenerSettings(_Section):
 
     max_data_memory: ByteSize = 100 * MIB
     """Bytes of incoming messages all sessions of this listener may hold in memory at once; a session
-    that would exceed it is answered 452 4.3.1 and closed. Keep it at least max_message_size."""
+    that would exceed it is answered 452 4.3.1 and closed. It counts what a session allocates (a growing
+    buffer an eighth ahead of the bytes, and its reading buffer), and must hold one message of
+    [limits] max_message_size."""
 
     # Field validators, not one model validator: each check reports on its own, so an operator
     # sees both a TLS and a loopback mistake in one run.  They rely on the field order above.
@@ -910,6 +913,23 @@ class Settings(BaseModel):
             if isinstance(table, Mapping):
                 tables[section] = defaults | dict(table)
         return tables
+
+    @model_validator(mode="after")
+    def _one_message_fits_the_data_budget(self) -> Self:
+        # A budget smaller than one message of the largest size would answer every such message
+        # 452 (try again later), and the sender would retry it for days.
+        needed = session_footprint(self.limits.max_message_size, self.limits.max_line_length + 2)
+        for name in ("submission", "mx"):
+            listener: ListenerSettings = getattr(self.listeners, name)
+            if listener.max_data_memory < needed:
+                raise _FieldProblem(
+                    f"listeners.{name}.max_data_memory",
+                    f"is {listener.max_data_memory} bytes, less than one message of [limits] "
+                    f"max_message_size ({self.limits.max_message_size} bytes) holds while it arrives "
+                    f"({needed} bytes with its growing buffer and reading buffer): raise it to at least "
+                    f"{needed}, or lower max_message_size",
+                )
+        return self
 
     @property
     def database_url(self) -> str:

@@ -39,6 +39,7 @@ from gateway.db.intake import EVENTS, insert_rows, member_ids
 from gateway.db.writer import Writer
 from gateway.domain.addresses import InvalidAddress, normalise_address
 from gateway.domain.admission import Occupant, SlotLimits, Verdict, admit, client_key
+from gateway.domain.data_memory import session_footprint
 from gateway.domain.logins import FailedLogins, Failure, LoginLimits
 from gateway.domain.passwords import hash_password, verify_password
 from gateway.domain.submitters import path_too_long
@@ -501,9 +502,10 @@ class GatewaySMTP(SMTP):
         Memory: lines are read one at a time, each at most the line limit (the stream reader stops
         reading from the socket beyond twice that), and appended to one growing buffer, never kept as a
         list of line objects (which cost 45 times the message in memory). Bytes past the size limit are
-        read and dropped, and the 552 comes at the end. Every byte kept counts against the listener's
-        budget until the message is answered; a session that would exceed it is answered 452 4.3.1 at
-        once and closed, before it holds more.
+        read and dropped, and the 552 comes at the end. What the session allocates for the message (the
+        buffer, which grows an eighth ahead of its content, and its reading buffer) counts against the
+        listener's budget until the message is answered; a session that would exceed it is answered
+        452 4.3.1 at once and closed, before it holds more.
         """
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
@@ -518,7 +520,7 @@ class GatewaySMTP(SMTP):
         self._reading_data = True
         self._data_started = self.loop.time()
         self._arm_deadline()
-        message = _MessageBuffer(self.state, self.data_size_limit)
+        message = _MessageBuffer(self.state, self.data_size_limit, self.line_length_limit)
         try:
             if not await self._read_data(message):
                 return
@@ -653,11 +655,15 @@ class _MessageBuffer:
 
     ``io.BytesIO`` rather than a bytearray: its ``getvalue()`` hands over the buffer itself instead of
     copying it, so a message is in memory once, not twice, when the handler gets it.
+
+    What counts is what the session has allocated, not only the bytes received
+    (``gateway.domain.data_memory``).
     """
 
-    def __init__(self, state: ListenerState, size_limit: int | None) -> None:
+    def __init__(self, state: ListenerState, size_limit: int | None, line_length_limit: int) -> None:
         self.state = state
         self.size_limit = size_limit
+        self.line_length_limit = line_length_limit
         self.size = 0
         self.held = 0
         self.refusal: Reply | None = None
@@ -665,17 +671,18 @@ class _MessageBuffer:
 
     def add(self, line: bytes) -> bool:
         """Append one line (ending in CRLF); False when the listener's budget has no room for it."""
-        size = len(line)
-        self.size += size
+        self.size += len(line)
         if self._buffer is None:
             return True  # refused already: read to the end, keep nothing
         if self.size_limit and self.size > self.size_limit:
             self.refuse(Reply.TOO_BIG)
             return True
-        if not self.state.hold(size):
-            self.release()
-            return False
-        self.held += size
+        needed = session_footprint(self.size, self.line_length_limit)
+        if needed > self.held:
+            if not self.state.hold(needed - self.held):
+                self.release()
+                return False
+            self.held = needed
         self._buffer.write(line)
         return True
 

@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from gateway.domain.data_memory import session_footprint
 from tests.e2e.conftest import INTAKE, LOGIN, PASSWORD, RunningGateway, prepare
 from tests.e2e.test_bad_input import login, raw_message, stored
 from tests.seed import ADDRESS
@@ -275,7 +276,10 @@ def test_a_message_over_the_size_limit_is_refused_at_its_end_and_nothing_is_kept
     assert len(stored(database_url)) == before
 
 
-BUDGET = 100_000
+MAX_SIZE = 64 * 1024
+LINE_LIMIT = 998 + 2  # [limits] max_line_length and its CRLF, as the gateway reads lines
+# Room for one message of the largest size and one of half that, counted as the gateway counts them.
+BUDGET = session_footprint(MAX_SIZE, LINE_LIMIT) + session_footprint(MAX_SIZE // 2, LINE_LIMIT)
 LINE = b"a" * 998 + b"\r\n"
 
 
@@ -294,13 +298,14 @@ def test_sessions_over_the_listeners_memory_budget_get_452_and_are_closed(
         # is its last, so the gateway's answer is the last thing on that connection.
         second = open_data(gateway.port)
         header = raw_message(b"second in")
-        lines = (BUDGET - len(holding) - len(header)) // len(LINE) + 1
-        assert (
-            len(holding) + len(header) + (lines - 1) * len(LINE)
-            <= BUDGET
-            < (len(holding) + len(header) + lines * len(LINE))
+        held = session_footprint(len(holding), LINE_LIMIT)
+        lines = next(
+            n
+            for n in range(MAX_SIZE // len(LINE))
+            if held + session_footprint(len(header) + n * len(LINE), LINE_LIMIT) > BUDGET
         )
-        assert second.sock is not None
+        assert lines > 1, "the second session holds a part of its message before it crosses"
+        assert len(header) + lines * len(LINE) <= MAX_SIZE, "a 452, not a 552"
         second.sock.sendall(header + LINE * lines)
         assert second.getreply() == (452, b"4.3.1 Too much mail arriving at once, try again later")
         with pytest.raises(smtplib.SMTPServerDisconnected):

@@ -190,8 +190,8 @@ def test_node_name_defaults_to_hostname(tmp_path: Path) -> None:
     ],
 )
 def test_sizes_take_units(tmp_path: Path, written: str | int, size: int) -> None:
-    path = write(tmp_path, f"[limits]\nmax_message_size = {json.dumps(written)}\n")
-    assert load_settings(path, {}).limits.max_message_size == size
+    path = write(tmp_path, f"[limits]\nmax_header_size = {json.dumps(written)}\n")
+    assert load_settings(path, {}).limits.max_header_size == size
 
 
 def test_intake_addresses_are_validated_and_stored_lower_case(tmp_path: Path) -> None:
@@ -556,6 +556,16 @@ def test_a_toml_syntax_error_gives_file_and_line(tmp_path: Path) -> None:
         ('[listeners.submission]\nhost = "192.0.2.1"\n', "listeners.submission.host", "loopback"),
         ('[listeners.mx]\ntls_cert = "mx.crt"\n', "listeners.mx.tls_key", "give both"),
         ('[listeners.mx]\ntls_key = "mx.key"\n', "listeners.mx.tls_key", "tls_cert is not"),
+        (
+            '[listeners.mx]\nmax_data_memory = "20MiB"\n',
+            "listeners.mx.max_data_memory",
+            "less than one message of [limits] max_message_size",
+        ),
+        (
+            '[limits]\nmax_message_size = "1GiB"\n',
+            "listeners.submission.max_data_memory",
+            "raise it to at least 1208223760, or lower max_message_size",
+        ),
     ],
 )
 def test_each_kind_of_problem_names_the_key_and_says_why(
