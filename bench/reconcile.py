@@ -402,8 +402,8 @@ def phase_fanout(database: str, workdir: Path, limit: float) -> dict[str, Any]:
     from gateway.config import FanoutSettings
     from gateway.db.writer import Writer
     from gateway.domain.tokens import TokenKeys
-    from gateway.fanout import FanOut, ReplyPath
     from gateway.mailbox import MaildirMailbox
+    from gateway.stages.fanout import FanOut, ReplyPath
 
     async def drain() -> dict[str, Any]:
         writer = Writer(async_url(database))

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 from aiosmtpd.smtp import SMTP
 
-from gateway.acceptance import Acceptance, HandOff
 from gateway.config import ListenerSettings, Settings, SubmissionListenerSettings
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.migrate import require_current
@@ -31,9 +30,18 @@ from gateway.db.senderauth import sender_auth_refusal
 from gateway.db.writer import Writer
 from gateway.domain.logins import LoginLimits
 from gateway.errors import OperationalError
-from gateway.fanout import FanOut, ReplyPath
-from gateway.flagsync import FlagSync, ReadNotifications
-from gateway.ingress import (
+from gateway.keys import load_token_keys
+from gateway.logs import configure_logging
+from gateway.mailbox import Mailbox, MaildirMailbox
+from gateway.mailbox.imap import ImapMailbox
+from gateway.mailbox.routed import RoutedMailbox
+from gateway.routing.live import RoutingRules
+from gateway.senderauth.dns import DnsResolver, SystemResolver
+from gateway.smtp_replies import Reply
+from gateway.stages.acceptance import Acceptance, HandOff
+from gateway.stages.fanout import FanOut, ReplyPath
+from gateway.stages.flagsync import FlagSync, ReadNotifications
+from gateway.stages.ingress import (
     Accounts,
     GatewaySMTP,
     ListenerState,
@@ -42,19 +50,11 @@ from gateway.ingress import (
     SessionDeadlines,
     SubmissionHandler,
 )
-from gateway.keys import load_token_keys
-from gateway.logs import configure_logging
-from gateway.mailbox import Mailbox, MaildirMailbox
-from gateway.mailbox.imap import ImapMailbox
-from gateway.mailbox.routed import RoutedMailbox
-from gateway.notices import NoticeSettings
-from gateway.parsepool import MailReader, ParsePool
-from gateway.reconcile import Reconciler
-from gateway.relay import Relay
-from gateway.replies import Reply
-from gateway.reply import ReplyContext, ReplyIntake
-from gateway.resolver import DnsResolver, SystemResolver
-from gateway.routing import RoutingRules
+from gateway.stages.notices import NoticeSettings
+from gateway.stages.parsepool import MailReader, ParsePool
+from gateway.stages.reconcile import Reconciler
+from gateway.stages.relay import Relay
+from gateway.stages.reply import ReplyContext, ReplyIntake
 
 log = logging.getLogger("gateway.service")
 
@@ -133,7 +133,7 @@ class Service:
             node=settings.gateway.node_name,
             hostname=settings.gateway.hostname,
         )
-        # Copies that wait: the back office of their mail is told through the relay (gateway.notices).
+        # Copies that wait: the back office of their mail is told through the relay (gateway.stages.notices).
         self.fanout.notices = NoticeSettings(
             settings.gateway.hostname,
             settings.fanout.delay_notice_after,
@@ -155,7 +155,7 @@ class Service:
             self.writer, settings.reconcile, node=settings.gateway.node_name, on_copies=self.fanout.wake
         )
         self.resolver = resolver or SystemResolver(timeout=settings.replies.dns_timeout)
-        # The routing rules in force; reloaded by their own task and on SIGHUP (gateway.routing).
+        # The routing rules in force; reloaded by their own task and on SIGHUP (gateway.routing.live).
         self.rules = RoutingRules(
             settings.rules.dir,
             interval=settings.rules.reload_interval,
@@ -163,7 +163,7 @@ class Service:
         )
         self.handoff = handoff
         self.listeners: dict[str, Listener] = {}
-        # Each listener reads received mail in worker processes of its own (gateway.parsepool).
+        # Each listener reads received mail in worker processes of its own (gateway.stages.parsepool).
         self.parse_pools: dict[str, ParsePool] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()

@@ -1,7 +1,7 @@
 """The ``gateway`` command: the only place that turns errors into messages for people and exit codes.
 
 One module per part of the command tree (as Mailman's ``commands/cli_*.py``), each a thin layer over the
-programmatic API (``gateway.admin``, ``gateway.rules_admin``, the storage functions):
+programmatic API (``gateway.admin.api``, ``gateway.routing.dryrun``, the storage functions):
 
     root.py        the ``gateway`` group; context, errors -> exit status, transactions, JSON output
     system.py      config check, db upgrade|status, secrets, tls, serve

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway import admin
+from gateway.admin import api as admin
+from gateway.admin.directory_file import dump_directory, read_directory_file, relay_data
 from gateway.cli.root import (
     Context,
     cli,
@@ -26,7 +27,6 @@ from gateway.cli.root import (
     print_changes,
 )
 from gateway.db.senderauth import sender_auth_refusal
-from gateway.directory_file import dump_directory, read_directory_file, relay_data
 from gateway.domain.directory import (
     MemberSpec,
     PortfolioSpec,

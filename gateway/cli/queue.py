@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 
 from gateway.cli.root import Context, cli, command, emit_json, json_option, on_writer, pass_context
 from gateway.cli.views import WHEN
-from gateway.db import intake, queue
+from gateway.db import acceptance, queue
 from gateway.db.queue import QueueItem
 from gateway.errors import InputError
 
@@ -218,8 +218,8 @@ async def queue_retry(
     def retry(connection: Connection) -> list[QueueItem]:
         now = datetime.datetime.now(datetime.UTC)
         done = queue.retry_items(connection, _chosen(connection, ids, every, filters), now, lifetime)
-        intake.insert_rows(
-            connection, intake.EVENTS, _portfolio_events(connection, done, "queue.retried", actor, now)
+        acceptance.insert_rows(
+            connection, acceptance.EVENTS, _portfolio_events(connection, done, "queue.retried", actor, now)
         )
         return done
 
@@ -266,8 +266,8 @@ async def queue_drop(
             done = queue.drop_items(connection, _chosen(connection, ids, every, filters), now)
         except ValueError as exc:
             raise InputError(str(exc)) from None
-        intake.insert_rows(
-            connection, intake.EVENTS, _portfolio_events(connection, done, "queue.dropped", actor, now)
+        acceptance.insert_rows(
+            connection, acceptance.EVENTS, _portfolio_events(connection, done, "queue.dropped", actor, now)
         )
         return done
 

@@ -26,7 +26,7 @@ from gateway.cli.root import (
 from gateway.db import reconcile as reconcile_db
 from gateway.db.writer import Writer
 from gateway.errors import NotFound, StorageError
-from gateway.reconcile import work_run
+from gateway.stages.reconcile import work_run
 
 # --- reconciliation ----------------------------------------------------------------------------------------
 

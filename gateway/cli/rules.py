@@ -43,7 +43,7 @@ rules_dir_option = click.option(
 @command
 async def rules_check(ctx: Context, directory: Path | None, files_only: bool, as_json: bool) -> None:
     """Validate every rules file; print FILE:LINE:COL: reason for each problem (exit status 2)."""
-    from gateway.rules_admin import check_rules_dir
+    from gateway.routing.dryrun import check_rules_dir
 
     where = directory or ctx.settings.rules.dir
     report = await check_rules_dir(None, where)
@@ -107,7 +107,7 @@ async def rules_test(
     as_json: bool,
 ) -> None:
     """Show what the rules would do with MESSAGE (an .eml file), without changing anything."""
-    from gateway.rules_admin import dry_run, read_message
+    from gateway.routing.dryrun import dry_run, read_message
 
     raw = read_message(message)
     where = directory or ctx.settings.rules.dir

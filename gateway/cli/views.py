@@ -16,7 +16,7 @@ import click
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway import admin
+from gateway.admin import api as admin
 from gateway.cli.root import (
     Context,
     cli,
@@ -63,7 +63,7 @@ async def vorgang_show(ctx: Context, reference: str, portfolio: str, as_json: bo
             relay = m.relay
             said = relay.last_reply or relay.last_error or "not tried yet"
             # The back office's own mail is never relayed: what the queue holds for it is the read
-            # notification a member's first read sent (gateway.flagsync).
+            # notification a member's first read sent (gateway.stages.flagsync).
             what = "read notification (MDN)" if m.direction == "inbound" else "relay"
             click.echo(
                 f"      {what} to {', '.join(relay.to)}: {relay.state}, attempts {relay.attempts}: {said}"

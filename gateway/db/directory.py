@@ -20,7 +20,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db import intake, reconcile
+from gateway.db import acceptance, reconcile
 from gateway.db.events import record_event
 from gateway.db.models import (
     BackOfficeAddressRow,
@@ -186,9 +186,9 @@ async def apply_spec(
     row = await find_portfolio(session, wanted.name)
     if row is not None and not dry_run:
         # Before reading it: messages being accepted under the directory as it is commit first, and
-        # the reconcile run this change records sees them (gateway.db.intake.hold_directory).
+        # the reconcile run this change records sees them (gateway.db.acceptance.hold_directory).
         portfolio_id = row.id
-        await session.run_sync(lambda s: intake.lock_directory(s.connection(), portfolio_id))
+        await session.run_sync(lambda s: acceptance.lock_directory(s.connection(), portfolio_id))
     current = await read_spec(session, row) if row is not None else None
     result = merge_portfolio(current, wanted, prune=prune)
     problems = check_portfolio(result)

@@ -306,7 +306,7 @@ class MessageRow(Base):
     # For replies: the message answered (the one whose copy's reply address the member wrote to).
     answers_message_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     # What routing rules change on every copy: {"set": [[name, value], …], "strip": [name, …]}; the
-    # stored bytes stay as they came (gateway.fanout applies it when it renders a copy).
+    # stored bytes stay as they came (gateway.stages.fanout applies it when it renders a copy).
     copy_headers: Mapped[dict[str, Any] | None] = mapped_column()
     # How the message arrived (``gateway.domain.trace.Trace.to_json``): what the Received line on its
     # copies and its relayed mail says. None for messages stored before it was kept.
@@ -476,7 +476,8 @@ class RelayRow(Base):
     the same mail with the same Message-ID; ``expires_at`` ends the retries with a DSN to the member.
 
     A row for a back office's own mail (direction "inbound") is the read notification (RFC 8098 MDN) its
-    first reader sent (``gateway.flagsync``): from the null reverse-path (``envelope_sender`` ""), never
+    first reader sent (``gateway.stages.flagsync``): from the null reverse-path (``envelope_sender``
+    ""), never
     answered with a DSN. One row per message is what sends it once.
     """
 
@@ -486,7 +487,7 @@ class RelayRow(Base):
             ["message_id", "portfolio_id"], ["messages.id", "messages.portfolio_id"], ondelete="CASCADE"
         ),
         # One row per message and purpose: a reply or read notification ("mail") is sent once, and so
-        # is each notice about the message's copies ("delayed", "failed": gateway.notices).
+        # is each notice about the message's copies ("delayed", "failed": gateway.stages.notices).
         UniqueConstraint("message_id", "purpose"),
         Index("ix_relays_queue", "state", "next_attempt_at"),
     )

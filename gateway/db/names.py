@@ -1,7 +1,8 @@
 """The names routing rules may use, as the directory holds them: portfolios, their members and back offices.
 
 One read of three small tables; ``gateway rules check`` and the running gateway's rule reload check every
-portfolio, member and back office a rules file names against it (``gateway.rules_file.directory_problems``).
+portfolio, member and back office a rules file names against it
+(``gateway.routing.files.directory_problems``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections import defaultdict
 from sqlalchemy import Connection, select
 
 from gateway.db.models import BackOfficeRow, MemberRow, PortfolioRow
-from gateway.rules_file import Directory
+from gateway.routing.files import Directory
 
 
 def directory_names(connection: Connection) -> Directory:

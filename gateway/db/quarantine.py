@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, delete, select, update
 
-from gateway.db import intake
+from gateway.db import acceptance
 from gateway.db.models import (
     CopyRow,
     MessageRow,
@@ -137,7 +137,7 @@ def release(
 ) -> list[str]:
     """Give the quarantined message its copies for the audience it has now; their addresses."""
     held = _held(connection, portfolio, gateway_id)
-    intake.hold_directory(connection, held.portfolio_id)
+    acceptance.hold_directory(connection, held.portfolio_id)
     participants = [
         Participant(int(member_id), role)
         for member_id, role in connection.execute(
@@ -146,7 +146,7 @@ def release(
             )
         )
     ]
-    releases = intake.sharing_releases(connection, held.portfolio_id, {p.member_id for p in participants})
+    releases = acceptance.sharing_releases(connection, held.portfolio_id, {p.member_id for p in participants})
     seen = audience(held.portfolio_id, participants, releases)
     # A copy row another stage made meanwhile (reconciliation after a directory change) is kept, not
     # duplicated: one copy per member and message.
@@ -158,15 +158,15 @@ def release(
     }
     rows = [
         row
-        for row in intake.copy_rows(held.message_pk, held.portfolio_id, seen, now, None)
+        for row in acceptance.copy_rows(held.message_pk, held.portfolio_id, seen, now, None)
         if row["member_id"] not in existing
     ]
     for row in rows:
         row.pop("shared_via")
-    intake.insert_rows(connection, intake.COPIES, rows)
+    acceptance.insert_rows(connection, acceptance.COPIES, rows)
     connection.execute(update(MessageRow).where(MessageRow.id == held.message_pk).values(kind="message"))
     connection.execute(delete(QuarantineRow).where(QuarantineRow.message_id == held.message_pk))
-    addresses = intake.member_addresses(connection, seen.members)
+    addresses = acceptance.member_addresses(connection, seen.members)
     to = sorted(addresses[m] for m in seen.members)
     _event(connection, held, "message.released", actor, now, {"gateway_id": gateway_id, "audience": to})
     return to
@@ -182,9 +182,9 @@ def drop(connection: Connection, portfolio: str, gateway_id: str, actor: str, no
 def _event(
     connection: Connection, held: _Held, kind: str, actor: str, now: dt.datetime, detail: dict[str, object]
 ) -> None:
-    intake.insert_rows(
+    acceptance.insert_rows(
         connection,
-        intake.EVENTS,
+        acceptance.EVENTS,
         [
             {
                 "at": now,

@@ -23,7 +23,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, case, func, insert, or_, select, update
 
-from gateway.db.intake import EVENTS, insert_rows, new_copy_id
+from gateway.db.acceptance import EVENTS, insert_rows, new_copy_id
 from gateway.db.models import (
     CopyRow,
     MessageRow,

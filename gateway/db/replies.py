@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, and_, select, update
 
-from gateway.db.intake import sharing_releases
+from gateway.db.acceptance import sharing_releases
 from gateway.db.models import (
     BackOfficeAddressRow,
     BackOfficeRow,

@@ -46,7 +46,7 @@ from enum import StrEnum
 from typing import TypeVar
 
 from gateway.domain.headers import bytes_to_text, decode_header_value
-from gateway.parsing import extract_msg_ids
+from gateway.domain.parsing import extract_msg_ids
 
 __all__ = [
     "MAX_READ_BYTES",

@@ -28,6 +28,7 @@ from datetime import datetime
 from email.utils import format_datetime
 
 from gateway.domain.headers import bytes_to_text, decode_header_value
+from gateway.domain.parsing import parse_message
 from gateway.domain.reports import (
     HOST,
     MESSAGE_ID,
@@ -43,7 +44,6 @@ from gateway.domain.reports import (
     subject_header,
     text_part,
 )
-from gateway.parsing import parse_message
 
 __all__ = ["build_failure_report", "report_subject"]
 
@@ -221,7 +221,8 @@ def build_failure_report(
 def report_subject(action: str, original_subject: str) -> str:
     """The subject of a report about the mail whose subject was ``original_subject``.
 
-    ``original_subject`` is text as :func:`gateway.parsing.parse_message` reads it (8-bit bytes as UTF-8
+    ``original_subject`` is text as :func:`gateway.domain.parsing.parse_message` reads it (8-bit bytes as
+    UTF-8
     or windows-1252, encoded words decoded). Never hand in what ``email``'s default compat32 parser
     returns for an 8-bit subject: that is a ``Header`` whose text has each 8-bit byte replaced, so a
     subject ``Re: Rückfrage`` would read ``Re: R\ufffd\ufffdckfrage``.

@@ -57,6 +57,7 @@ from email.utils import format_datetime
 
 from gateway.domain.addresses import InvalidAddress, normalise_address
 from gateway.domain.headers import bytes_to_text, unfold
+from gateway.domain.parsing import parse_message
 from gateway.domain.reports import (
     HOST,
     MESSAGE_ID,
@@ -71,7 +72,6 @@ from gateway.domain.reports import (
     subject_header,
     text_part,
 )
-from gateway.parsing import parse_message
 
 __all__ = ["PRODUCT", "NotificationRequest", "build_read_notification", "notification_request"]
 

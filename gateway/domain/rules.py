@@ -1,6 +1,6 @@
 """Routing rules: which rules match a submitted message, and what they decide together (DESIGN.md §6).
 
-Pure: the rules come in as frozen values (``gateway.rules_file`` reads them from ``rules/*.yaml``), the
+Pure: the rules come in as frozen values (``gateway.routing.files`` reads them from ``rules/*.yaml``), the
 message as :class:`Submitted`, and :meth:`RuleSet.decide` returns a :class:`Decision` that keeps every
 rule that matched (with why) and every rule that did not, so that acceptance can record which rules
 routed a message and ``gateway rules test`` can print the same record for a saved .eml.

@@ -6,7 +6,7 @@ Two ways to decide, one per policy that checks anything (:class:`Policy`):
   own border MTA added, recognised by its authserv-id. A header naming any other authserv-id is ignored,
   since anyone can write one. The border MTA must remove headers that claim its authserv-id from
   incoming mail (RFC 8601 §5); every header with our authserv-id is taken as the MTA's.
-* ``verify``: :mod:`gateway.senderauth` checks DKIM, SPF and DMARC itself and :func:`judge_checks`
+* ``verify``: :mod:`gateway.senderauth.check` checks DKIM, SPF and DMARC itself and :func:`judge_checks`
   decides from what it found.
 
 Both pass only when the From domain is vouched for by an *aligned* identifier, which is DMARC's test

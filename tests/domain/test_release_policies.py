@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from gateway.directory_file import dump_directory, parse_directory
+from gateway.admin.directory_file import dump_directory, parse_directory
 from gateway.domain.directory import (
     Change,
     MemberSpec,

@@ -33,7 +33,7 @@ COPY_ID = "c0123456789abcdef0123"
 DOMAIN = "reply.gateway.example"
 TOKEN_ALPHABET = string.ascii_lowercase + string.digits
 
-# Copy ids as gateway.acceptance.new_copy_id makes them: "c" and 20 lower-case hex digits.
+# Copy ids as gateway.stages.acceptance.new_copy_id makes them: "c" and 20 lower-case hex digits.
 gateway_copy_ids = st.text("0123456789abcdef", min_size=20, max_size=20).map(lambda hex_: "c" + hex_)
 portfolios = st.text(min_size=1, max_size=100)
 

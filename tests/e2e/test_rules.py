@@ -177,7 +177,9 @@ def test_a_released_message_reaches_its_audience_a_dropped_one_nobody(
         assert set(by_subject) == {"Rechnung freigeben", "Rechnung verwerfen"}
         # The log tells an operator that an admin has to act, and how.
         for gateway_id in by_subject.values():
-            logged = wait_for_log(running, re.escape(f"WARNING gateway.ingress: quarantined {gateway_id}"), 0)
+            logged = wait_for_log(
+                running, re.escape(f"WARNING gateway.stages.ingress: quarantined {gateway_id}"), 0
+            )
             line = next(x for x in logged.splitlines() if f"quarantined {gateway_id}" in x)
             assert f"by foreign ({running.config.parent / 'rules' / '10-routing.yaml'}:" in line
             assert line.endswith(

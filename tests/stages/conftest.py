@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.acceptance import Acceptance, Accepted, HandOff, Submission
 from gateway.db.accounts import find_account
 from gateway.db.writer import Writer
+from gateway.domain.parsing import parse_message
 from gateway.domain.rules import RuleSet
-from gateway.parsing import parse_message
-from gateway.routing import submitted
-from gateway.rules_file import load_rules
+from gateway.routing.files import load_rules
+from gateway.routing.live import submitted
+from gateway.stages.acceptance import Acceptance, Accepted, HandOff, Submission
 from tests.conftest import Gateway
 
 PORTFOLIO = "makler-muster"

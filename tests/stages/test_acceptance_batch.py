@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, func, select
 
-from gateway.acceptance import Acceptance, Accepted, NotStored, Submission
 from gateway.db.accounts import find_account
 from gateway.db.models import MessageRow
 from gateway.db.writer import Writer
-from gateway.parsing import parse_message
+from gateway.domain.parsing import parse_message
+from gateway.stages.acceptance import Acceptance, Accepted, NotStored, Submission
 from tests.conftest import Gateway
 
 ZWEI_LOGIN = "ams@makler-zwei.example"

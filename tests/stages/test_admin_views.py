@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from gateway.acceptance import Accepted
 from gateway.db.writer import Writer
+from gateway.stages.acceptance import Accepted
 from tests.conftest import Gateway
 from tests.e2e.conftest import GATEWAY
 from tests.seed import ADDRESS, SEEN_BY

@@ -12,7 +12,7 @@ import re
 import aiosmtpd.smtp
 import pytest
 
-from gateway.replies import with_enhanced_code
+from gateway.smtp_replies import with_enhanced_code
 
 ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3} ")
 # push('…'), push("…"), push(f"…"), and the status defaults ('250 OK' if status is MISSING …).

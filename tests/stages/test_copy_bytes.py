@@ -10,7 +10,7 @@ from email.parser import BytesParser
 from gateway.db.queue import CopyJob
 from gateway.domain.tokens import TokenKeys
 from gateway.domain.trace import Arrival, Trace
-from gateway.fanout import ReplyPath, copy_bytes
+from gateway.stages.fanout import ReplyPath, copy_bytes
 
 RAW = (
     b"Received: from ams-intern by mail.makler.example; Mon, 7 Dec 2026 04:00:00 +0000\r\n"

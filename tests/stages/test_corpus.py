@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.domain.copies import render_copy
-from gateway.parsing import parse_message
+from gateway.domain.parsing import parse_message
 
 VARIABLE = "GATEWAY_TEST_CORPORA"
 HEADERS = [

@@ -16,11 +16,11 @@ from alembic import command
 from sqlalchemy import select, text
 from sqlalchemy.engine import Connection
 
+from gateway.admin.directory_file import dump_directory, parse_directory, read_directory_file
 from gateway.db.directory import RelayTarget, portfolio_policy, relay_target
 from gateway.db.engine import create_engine
 from gateway.db.migrate import alembic_config, upgrade
 from gateway.db.models import BackOfficeRow, EventRow, PortfolioRow
-from gateway.directory_file import dump_directory, parse_directory, read_directory_file
 from gateway.domain.directory import (
     DEFAULT_SENDER_AUTH,
     RELAY_PORT,

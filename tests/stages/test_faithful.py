@@ -6,11 +6,11 @@ import errno
 
 import pytest
 
-from gateway.faithful import nul_refusal
 from gateway.mailbox import MailboxError, MailboxOwner
 from gateway.mailbox.memory import MemoryMailbox
 from gateway.mailbox.routed import RoutedMailbox
-from gateway.replies import Reply
+from gateway.smtp_replies import Reply
+from gateway.stages.faithful import nul_refusal
 
 OWNER = MailboxOwner("makler-muster", "sb-a1@kunde-a.example")
 WITH_NUL = b"Subject: x\r\n\r\nvor \x00 nach\r\n"

@@ -11,14 +11,14 @@ import errno
 
 from sqlalchemy import Connection, Row, select, update
 
-from gateway.acceptance import HandOff
 from gateway.config import FanoutSettings
 from gateway.db.models import CopyRow, EventRow
 from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
 from gateway.domain.retry import backoff
-from gateway.fanout import FanOut
 from gateway.mailbox import Flag, Located, MailboxError, MailboxOwner, MemoryMailbox
+from gateway.stages.acceptance import HandOff
+from gateway.stages.fanout import FanOut
 from tests.stages.conftest import PORTFOLIO, accept
 
 SETTINGS = FanoutSettings(retry_base=10.0, retry_max=60.0, max_attempts=3)

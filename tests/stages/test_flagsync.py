@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from gateway.acceptance import HandOff
 from gateway.config import FanoutSettings, FlagSyncSettings
 from gateway.db.models import CopyRow, EventRow, MemberRow, MessageRow, ReleaseRow
 from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
-from gateway.fanout import FanOut
-from gateway.flagsync import FlagSync, ReadNotifications
 from gateway.mailbox import Mailbox, MailboxOwner, MaildirMailbox
 from gateway.mailbox.imap import ImapMailbox
+from gateway.stages.acceptance import HandOff
+from gateway.stages.fanout import FanOut
+from gateway.stages.flagsync import FlagSync, ReadNotifications
 from tests.dovecot import Dovecot
 from tests.stages.conftest import PORTFOLIO, accept
 

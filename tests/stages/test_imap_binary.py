@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from gateway.faithful import nul_refusal
 from gateway.mailbox import Delivery, Located, MailboxError, MailboxOwner
 from gateway.mailbox.imap import ImapMailbox
-from gateway.replies import Reply
+from gateway.smtp_replies import Reply
+from gateway.stages.faithful import nul_refusal
 from tests.dovecot import Dovecot, private_dovecot
 
 OWNER = MailboxOwner("makler-muster", "sb-a1@kunde-a.example")

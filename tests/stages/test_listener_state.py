@@ -1,4 +1,4 @@
-"""What one listener remembers of its clients stays bounded (gateway.ingress.ListenerState)."""
+"""What one listener remembers of its clients stays bounded (gateway.stages.ingress.ListenerState)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from gateway.ingress import ListenerState
+from gateway.stages.ingress import ListenerState
 
 
 def test_the_message_rate_history_forgets_addresses_after_their_minute() -> None:
@@ -53,7 +53,7 @@ def test_the_data_budget_holds_until_released() -> None:
 
 def test_limits_hit_in_a_flood_are_logged_as_a_summary(caplog: pytest.LogCaptureFixture) -> None:
     state = ListenerState("mx", 100, 20)
-    with caplog.at_level(logging.WARNING, logger="gateway.ingress"):
+    with caplog.at_level(logging.WARNING, logger="gateway.stages.ingress"):
         for n in range(1000):
             state.note("refused: listener full", f"192.0.2.{n % 200}", now=100.0 + n * 0.001)
         assert len(caplog.records) == 1, "the first is told at once, the rest counted"

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, select, update
 
-from gateway.acceptance import Acceptance, HandOff, Submission
 from gateway.config import RelaySettings
 from gateway.db.accounts import find_account
 from gateway.db.models import MemberRow, MessageRow, RelayRow, VorgangRow
 from gateway.db.writer import Writer
-from gateway.parsing import parse_message
-from gateway.relay import Relay
+from gateway.domain.parsing import parse_message
+from gateway.stages.acceptance import Acceptance, HandOff, Submission
+from gateway.stages.relay import Relay
 from tests.conftest import Gateway
 from tests.e2e.conftest import BackOfficeSink
 from tests.stages.conftest import PORTFOLIO

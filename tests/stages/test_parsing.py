@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.parsing import MAX_HEADER_BYTES, decode_header_value, extract_msg_ids, parse_message
+from gateway.domain.parsing import MAX_HEADER_BYTES, decode_header_value, extract_msg_ids, parse_message
 
 DATA = Path(__file__).parent.parent / "data"
 

@@ -29,10 +29,10 @@ from gateway.db.models import BackOfficeRow, CopyRow, EventRow, MemberRow, Messa
 from gateway.db.relayqueue import RelayJob
 from gateway.db.writer import Writer
 from gateway.domain.retry import backoff
-from gateway.fanout import FanOut
 from gateway.mailbox import MailboxError, MemoryMailbox
-from gateway.notices import NoticeSettings
-from gateway.relay import Relay
+from gateway.stages.fanout import FanOut
+from gateway.stages.notices import NoticeSettings
+from gateway.stages.relay import Relay
 from tests.conftest import Gateway
 from tests.e2e.conftest import BackOfficeSink
 from tests.stages.conftest import PORTFOLIO, accept

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, delete, select, update
 
-from gateway import admin as admin_api
+from gateway.admin import api as admin_api
 from gateway.config import FanoutSettings, ReconcileSettings
 from gateway.db import queue
 from gateway.db import reconcile as db
@@ -30,9 +30,9 @@ from gateway.db.models import (
     ReleaseRow,
 )
 from gateway.db.writer import Writer
-from gateway.fanout import FanOut
 from gateway.mailbox import MailboxOwner, MemoryMailbox
-from gateway.reconcile import Reconciler
+from gateway.stages.fanout import FanOut
+from gateway.stages.reconcile import Reconciler
 from tests.conftest import Gateway
 from tests.stages.conftest import PORTFOLIO, accept
 
@@ -423,7 +423,7 @@ async def test_mail_accepted_while_a_directory_change_is_open_waits_and_gets_the
     writer: Writer, with_login: Gateway, database_url: str
 ) -> None:
     """A directory change takes its portfolio before it reads it, and an acceptance holds it while it
-    plans (gateway.db.intake.hold_directory): mail arriving while the change is open waits for it and is
+    plans (gateway.db.acceptance.hold_directory): mail arriving while the change is open waits for it and is
     planned under the new directory. Without that, on PostgreSQL, the mail would get a copy for GF-B
     after the change, committed where the change's reconcile run might already have gone past it."""
     before = await accept(writer, SB_B1, "Vorher")  # there is mail, so the change records a run

@@ -14,15 +14,15 @@ import dkim
 import pytest
 from sqlalchemy import select, update
 
-from gateway.acceptance import HandOff
 from gateway.db.models import CopyRow, EventRow, PortfolioRow, RelayRow
 from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
 from gateway.domain.refusals import NOT_ENTITLED_TO_ANSWER
 from gateway.domain.tokens import TokenKeys, make_token, reply_address
-from gateway.parsepool import MailReader, ParsePool, read_arrival
-from gateway.reply import Incoming, ReplyContext, ReplyIntake
-from gateway.resolver import StaticResolver
+from gateway.senderauth.dns import StaticResolver
+from gateway.stages.acceptance import HandOff
+from gateway.stages.parsepool import MailReader, ParsePool, read_arrival
+from gateway.stages.reply import Incoming, ReplyContext, ReplyIntake
 from tests.stages.conftest import PORTFOLIO, accept
 from tests.stages.test_senderauth import Key
 
@@ -200,7 +200,7 @@ async def test_trouble_while_taking_a_reply_answers_451_not_500() -> None:
     """aiosmtpd answers an exception with 500, which would bounce the member's reply for our fault."""
     from aiosmtpd.smtp import Envelope, Session
 
-    from gateway.ingress import ListenerState, MxHandler
+    from gateway.stages.ingress import ListenerState, MxHandler
 
     class Broken:
         async def receive(self, mail: Incoming) -> str:

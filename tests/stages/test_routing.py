@@ -29,9 +29,9 @@ from gateway.db.names import directory_names
 from gateway.db.writer import Writer
 from gateway.domain.rules import RuleSet
 from gateway.errors import NotFound, RulesFileError
-from gateway.fanout import FanOut
 from gateway.mailbox import MailboxOwner, MemoryMailbox
-from gateway.routing import RoutingRules
+from gateway.routing.live import RoutingRules
+from gateway.stages.fanout import FanOut
 from tests.conftest import Gateway
 from tests.seed import ADDRESS
 from tests.stages.conftest import PORTFOLIO, rules_in, submit
@@ -274,7 +274,7 @@ async def test_reload_takes_valid_files_and_keeps_the_rules_when_new_ones_are_in
     assert [r.name for r in routing.current.rules] == ["b"]
     second = routing.current
 
-    caplog.set_level(logging.ERROR, "gateway.routing")
+    caplog.set_level(logging.ERROR, "gateway.routing.live")
     bad = write(directory, "rules:\n  - name: c\n    match: {subjekt: y}\n")
     assert not await routing.reload()
     assert routing.current is second
@@ -319,7 +319,7 @@ async def test_startup_takes_rules_naming_what_the_directory_lacks_and_says_so(
 ) -> None:
     directory = tmp_path / "rules"
     path = write(directory, "rules: [{name: a, match: {}, participants: [gone@kunde-a.example]}]\n")
-    caplog.set_level(logging.ERROR, "gateway.routing")
+    caplog.set_level(logging.ERROR, "gateway.routing.live")
     loaded = await RoutingRules(directory, names=lambda: writer.run(directory_names)).load()
     assert [r.name for r in loaded.rules] == ["a"]
     assert f"{path}:1:45: there is no member gone@kunde-a.example in any portfolio" in caplog.text

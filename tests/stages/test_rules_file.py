@@ -9,7 +9,7 @@ import pytest
 
 from gateway.domain.rules import FieldName, FieldTest, PatternKind, Submitted, Verdict
 from gateway.errors import RulesFileError
-from gateway.rules_file import Directory, directory_problems, load_rules, rules_files
+from gateway.routing.files import Directory, directory_problems, load_rules, rules_files
 from tests.seed import ADDRESS
 
 REPOSITORY = Path(__file__).parent.parent.parent

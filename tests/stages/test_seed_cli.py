@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.acceptance import Acceptance, Submission
 from gateway.db.accounts import find_account
 from gateway.db.writer import Writer
-from gateway.parsing import parse_message
+from gateway.domain.parsing import parse_message
+from gateway.stages.acceptance import Acceptance, Submission
 from tests.conftest import Gateway
 from tests.seed import ADDRESS, RELEASES, SEEN_BY
 

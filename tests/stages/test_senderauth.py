@@ -24,10 +24,10 @@ from dkim.crypto import parse_pem_private_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import senderauth
 from gateway.domain.senderauth_rules import authentication_results_of
-from gateway.resolver import StaticResolver
-from gateway.senderauth import Policy, Verdict, check_sender
+from gateway.senderauth.check import Policy, Verdict, check_sender
+from gateway.senderauth import check as senderauth
+from gateway.senderauth.dns import StaticResolver
 
 FROM = "anna.schmidt@kunde.example"
 DOMAIN = "kunde.example"

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from gateway.domain.senderauth_rules import SpfCheck, SpfResult
-from gateway.resolver import StaticResolver
-from gateway.spf import MAX_LOOKUPS, check_spf
+from gateway.senderauth.dns import StaticResolver
+from gateway.senderauth.spf import MAX_LOOKUPS, check_spf
 
 SENDER = "anna@kunde.example"
 

@@ -6,7 +6,7 @@ Create Date: 2026-12-07 05:10:00
 
 A message had at most one relay row (a member's reply, or the read notification of a back office's
 mail). The back office now also gets a delay notice and a failure notice about its message's copies
-(RFC 3464, gateway.notices), each once: the row's ``purpose`` says which, and (message_id, purpose) is
+(RFC 3464, gateway.stages.notices), each once: the row's ``purpose`` says which, and (message_id, purpose) is
 unique instead of message_id.
 """
 

@@ -26,13 +26,14 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, SQLAlchemyError
 from sqlalchemy.exc import OperationalError as SAOperationalError
 
-from gateway.db import intake
+from gateway.db import acceptance
 from gateway.db.accounts import Account
 from gateway.db.messages import new_gateway_id
 from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
 from gateway.domain.audience import Audience, audience
 from gateway.domain.model import Participant
+from gateway.domain.parsing import ParsedMessage
 from gateway.domain.rules import Decision, Verdict, route_participants
 from gateway.domain.submitters import (
     address_that_fits,
@@ -46,10 +47,9 @@ from gateway.domain.submitters import (
 from gateway.domain.threading import Found, choose_vorgang, vorgang_hints
 from gateway.domain.trace import Arrival, Trace
 from gateway.errors import OperationalError
-from gateway.parsing import ParsedMessage
-from gateway.replies import Reply
+from gateway.smtp_replies import Reply
 
-log = logging.getLogger("gateway.acceptance")
+log = logging.getLogger("gateway.stages.acceptance")
 
 MAX_BATCH = 200
 # Sessions answered by one commit send their next messages at about the same moment; waiting this long
@@ -73,7 +73,7 @@ class Submission:
     parsed: ParsedMessage
     listener: str
     peer: str
-    # What the routing rules decided (gateway.routing); None: no rules were asked.
+    # What the routing rules decided (gateway.routing.live); None: no rules were asked.
     decision: Decision | None = None
     # What the SMTP session said about the client, for the Received line of the copies.
     arrival: Arrival | None = None
@@ -329,7 +329,7 @@ def _accept_batch(
     fresh: list[int] = []
     for backoffice_id, indexes in by_backoffice.items():
         keys = {(m, digests[i]) for i in indexes if (m := submissions[i].parsed.message_id)}
-        stored = intake.find_resends(connection, backoffice_id, keys)
+        stored = acceptance.find_resends(connection, backoffice_id, keys)
         for i in indexes:
             message_id = submissions[i].parsed.message_id
             key = (message_id or "", digests[i])
@@ -399,7 +399,7 @@ def _plan_portfolio(
     now: dt.datetime,
 ) -> dict[int, _Planned]:
     """Decide Vorgang, participants and audience of each message of one portfolio in the batch."""
-    intake.hold_directory(connection, portfolio_id)
+    acceptance.hold_directory(connection, portfolio_id)
     hints = {
         i: vorgang_hints(
             explicit_header=submissions[i].parsed.vorgang_header,
@@ -412,15 +412,17 @@ def _plan_portfolio(
     }
     wanted_refs = {r for h in hints.values() for r in (h.explicit, *h.subject_references) if r}
     wanted_ids = {m for h in hints.values() for m in h.message_ids}
-    known_refs = intake.vorgaenge_by_reference(connection, portfolio_id, wanted_refs)
+    known_refs = acceptance.vorgaenge_by_reference(connection, portfolio_id, wanted_refs)
     known_ids = {
         m: vid
-        for m, (vid, _) in (intake.vorgaenge_by_message_id(connection, portfolio_id, wanted_ids)).items()
+        for m, (vid, _) in (acceptance.vorgaenge_by_message_id(connection, portfolio_id, wanted_ids)).items()
     }
-    known_keys = intake.vorgaenge_by_key(connection, portfolio_id, {h.key for h in hints.values() if h.key})
+    known_keys = acceptance.vorgaenge_by_key(
+        connection, portfolio_id, {h.key for h in hints.values() if h.key}
+    )
     recipients = {a for i in indexes for a in submissions[i].recipients}
     added = {p.address for i in indexes for p in _decision(submissions[i]).participants}
-    members = intake.member_ids(connection, portfolio_id, recipients | added)
+    members = acceptance.member_ids(connection, portfolio_id, recipients | added)
 
     planned: dict[int, _Planned] = {}
     opened = 0
@@ -456,7 +458,7 @@ def _plan_portfolio(
         )
 
     everyone = {p.member_id for plan in planned.values() for p in plan.participants}
-    releases = intake.sharing_releases(connection, portfolio_id, everyone)
+    releases = acceptance.sharing_releases(connection, portfolio_id, everyone)
     for plan in planned.values():
         plan.audience = audience(portfolio_id, plan.participants, releases)
     return planned
@@ -482,7 +484,7 @@ def _write(
             if plan.vorgang_id < 0:
                 openers.setdefault(plan.vorgang_id, plan)
         order = sorted(openers, reverse=True)  # -1, -2, …: the order they were opened in
-        opened = intake.new_vorgaenge(
+        opened = acceptance.new_vorgaenge(
             connection,
             portfolio_id,
             [openers[k].submission.parsed.subject for k in order],
@@ -494,18 +496,20 @@ def _write(
         for plan in plans:
             if plan.vorgang_id < 0:
                 plan.vorgang_id = new_ids[plan.vorgang_id]
-    references |= intake.references_of(connection, {p.vorgang_id for p in planned.values()} - set(references))
+    references |= acceptance.references_of(
+        connection, {p.vorgang_id for p in planned.values()} - set(references)
+    )
 
     plans = list(planned.values())
-    message_pks = intake.insert_returning_ids(
-        connection, intake.MESSAGES, [_message_row(p, now) for p in plans]
+    message_pks = acceptance.insert_returning_ids(
+        connection, acceptance.MESSAGES, [_message_row(p, now) for p in plans]
     )
     participants: list[dict[str, Any]] = []
     copies: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     held: list[dict[str, Any]] = []
     audience_ids = {m for p in plans if p.audience for m in p.audience.members}
-    addresses = intake.member_addresses(connection, audience_ids)
+    addresses = acceptance.member_addresses(connection, audience_ids)
     copy_plans: list[tuple[_Planned, int]] = []
     for plan, pk in zip(plans, message_pks, strict=True):
         pid = plan.submission.account.portfolio_id
@@ -519,17 +523,17 @@ def _write(
             # Stored with its participants, but no copies until an admin releases it.
             held.append(_quarantine_row(plan, pk, now))
             continue
-        rows = intake.copy_rows(pk, pid, plan.audience, now, lease)
+        rows = acceptance.copy_rows(pk, pid, plan.audience, now, lease)
         copies += rows
         copy_plans += [(plan, pk)] * len(rows)
-    intake.insert_rows(connection, intake.QUARANTINE, held)
-    intake.insert_rows(connection, intake.PARTICIPANTS, participants)
-    intake.insert_rows(connection, intake.EVENTS, events)
+    acceptance.insert_rows(connection, acceptance.QUARANTINE, held)
+    acceptance.insert_rows(connection, acceptance.PARTICIPANTS, participants)
+    acceptance.insert_rows(connection, acceptance.EVENTS, events)
     shared_via = [row.pop("shared_via") for row in copies]
     if lease is None:
-        intake.insert_rows(connection, intake.COPIES, copies)
+        acceptance.insert_rows(connection, acceptance.COPIES, copies)
         return references, []
-    copy_pks = intake.insert_returning_ids(connection, intake.COPIES, copies)
+    copy_pks = acceptance.insert_returning_ids(connection, acceptance.COPIES, copies)
     jobs = [
         _job(plan, message_pk, row, copy_pk, shared, references[plan.vorgang_id], addresses[row["member_id"]])
         for (plan, message_pk), row, copy_pk, shared in zip(

@@ -41,17 +41,17 @@ from sqlalchemy import Connection, LargeBinary, and_, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.config import FlagSyncSettings
-from gateway.db import intake
+from gateway.db import acceptance
 from gateway.db.models import CopyRow, MemberRow, MessageRow, ParticipantRow, PortfolioRow, RelayRow
 from gateway.db.replies import participants
 from gateway.db.writer import Writer
 from gateway.domain.mdn import build_read_notification, notification_request
+from gateway.domain.parsing import MAX_HEADER_BYTES
 from gateway.domain.readsync import FlagEvent, SyncedFlag, propagation
 from gateway.mailbox import ChangeWatch, Flag, FlagChange, Mailbox, MailboxError, MailboxOwner
-from gateway.parsing import MAX_HEADER_BYTES
 from gateway.workers import work_until_cancelled
 
-log = logging.getLogger("gateway.flagsync")
+log = logging.getLogger("gateway.stages.flagsync")
 
 _SYNCED = {Flag.SEEN: SyncedFlag.SEEN, Flag.ANSWERED: SyncedFlag.ANSWERED}
 _COLUMN = {SyncedFlag.SEEN: "seen", SyncedFlag.ANSWERED: "answered"}
@@ -295,7 +295,7 @@ def _apply(
                 events.append(
                     base | {"kind": "flag.cleared", "detail": {"copy_id": copy_id, "flag": flag.value}}
                 )
-    intake.insert_rows(connection, intake.EVENTS, events)
+    acceptance.insert_rows(connection, acceptance.EVENTS, events)
     by_member = sum(1 for event in events if event["kind"] in ("flag.set", "flag.cleared"))
     return Applied(by_member, flagged, notified)
 
@@ -438,7 +438,7 @@ def _propagate(
     events: list[dict[str, object]],
 ) -> int:
     taking_part = participants(connection, portfolio_id, message_pk)
-    releases = intake.sharing_releases(
+    releases = acceptance.sharing_releases(
         connection, portfolio_id, {p.member_id for p in taking_part} | {mailbox.member_id}
     )
     copies = {

@@ -21,23 +21,23 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
-from gateway import notices
 from gateway.config import FanoutSettings
 from gateway.db import queue
-from gateway.db.intake import EVENTS, insert_rows
+from gateway.db.acceptance import EVENTS, insert_rows
 from gateway.db.queue import CopyJob, FlagJob, Outcome, RemovalJob
 from gateway.db.writer import Writer
 from gateway.domain import gateway_headers as own
 from gateway.domain.copies import render_copy
 from gateway.domain.outbound import address_field
+from gateway.domain.parsing import ParsedMessage, parse_message
 from gateway.domain.retry import backoff, describe
 from gateway.domain.tokens import TokenKeys, make_token, reference_id, reply_address
 from gateway.mailbox import Delivery, Flag, Located, Mailbox, MailboxOwner
-from gateway.notices import NoticeSettings
-from gateway.parsing import ParsedMessage, parse_message
+from gateway.stages import notices
+from gateway.stages.notices import NoticeSettings
 from gateway.workers import work_until_cancelled
 
-log = logging.getLogger("gateway.fanout")
+log = logging.getLogger("gateway.stages.fanout")
 
 COALESCE = 0.05
 
@@ -372,7 +372,7 @@ class FanOut:
             attempts = job.attempts + 1
             held = attempts >= self.settings.max_attempts
             # A held copy is not given up: its mailbox is tried again every held_retry (one probe per
-            # mailbox, gateway.db.queue), and the back office hears of it (gateway.notices).
+            # mailbox, gateway.db.queue), and the back office hears of it (gateway.stages.notices).
             wait = self.settings.held_retry if held else backoff(attempts, self.settings)
             retry_at[job.id] = (held, now + dt.timedelta(seconds=wait))
             events.append(

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gateway.domain.answers import Classification, DeliveryReport, Kind, read_arrival_kind
+from gateway.domain.parsing import ParsedMessage, parse_message
 from gateway.errors import OperationalError
-from gateway.parsing import ParsedMessage, parse_message
 
 __all__ = [
     "Arrival",
@@ -51,7 +51,7 @@ __all__ = [
     "read_submission",
 ]
 
-log = logging.getLogger("gateway.parsepool")
+log = logging.getLogger("gateway.stages.parsepool")
 
 T = TypeVar("T")
 
@@ -156,7 +156,9 @@ class ParsePool:
         # script imports (gateway.cli for the console script) already there, that costs nothing,
         # where it would otherwise cost seconds of imports per worker and per replacement.
         self._context.set_forkserver_preload(
-            sorted({"gateway.parsepool", *(m for m in sys.modules if m.partition(".")[0] == "gateway")})
+            sorted(
+                {"gateway.stages.parsepool", *(m for m in sys.modules if m.partition(".")[0] == "gateway")}
+            )
         )
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._all: set[_Worker] = set()

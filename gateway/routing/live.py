@@ -16,15 +16,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from gateway.domain.parsing import ParsedMessage, header_fields
 from gateway.domain.rules import EMPTY_RULE_SET, Decision, RuleSet, Submitted, Verdict
 from gateway.errors import RulesFileError
-from gateway.parsing import ParsedMessage, header_fields
-from gateway.replies import Reply
-from gateway.rules_file import Directory, directory_problems, load_rules, rules_files
+from gateway.routing.files import Directory, directory_problems, load_rules, rules_files
+from gateway.smtp_replies import Reply
 
 __all__ = ["RoutingRules", "check_rules", "refusal", "submitted"]
 
-log = logging.getLogger("gateway.routing")
+log = logging.getLogger("gateway.routing.live")
 
 Stamp = tuple[tuple[str, int, int], ...]
 

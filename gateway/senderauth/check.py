@@ -2,8 +2,8 @@
 
 :func:`check_sender` is the one entry point. Under ``off`` everything passes; under
 ``trust-authentication-results`` the headers of our own border MTA decide; under ``verify`` the gateway
-checks DKIM (dkimpy), SPF (:mod:`gateway.spf`) and the DMARC record itself, concurrently, through a
-:class:`~gateway.resolver.DnsResolver`. The decisions are pure functions in
+checks DKIM (dkimpy), SPF (:mod:`gateway.senderauth.spf`) and the DMARC record itself, concurrently, through a
+:class:`~gateway.senderauth.dns.DnsResolver`. The decisions are pure functions in
 :mod:`gateway.domain.senderauth_rules`; this module only gathers their input.
 
 dkimpy is synchronous and reads the whole message (canonicalisation is Python code over the body), so
@@ -40,8 +40,8 @@ from gateway.domain.senderauth_rules import (
     one_line,
     parse_dmarc_records,
 )
-from gateway.resolver import DnsResolver, DnsTemporaryError, normalise_name
-from gateway.spf import check_spf
+from gateway.senderauth.dns import DnsResolver, DnsTemporaryError, normalise_name
+from gateway.senderauth.spf import check_spf
 
 __all__ = ["Policy", "Verdict", "check_sender"]
 

@@ -23,13 +23,13 @@ from typing import Any
 from sqlalchemy import Connection, LargeBinary, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.db import intake, queue
+from gateway.db import acceptance, queue
 from gateway.db.models import MessageRow, RelayRow
 from gateway.db.queue import LateCopy
 from gateway.domain.dsn import build_failure_report, report_subject
-from gateway.parsing import MAX_HEADER_BYTES
+from gateway.domain.parsing import MAX_HEADER_BYTES
 
-log = logging.getLogger("gateway.notices")
+log = logging.getLogger("gateway.stages.notices")
 
 # Messages noticed per sweep: a large outage is told over a few sweeps, never in one huge transaction.
 BATCH = 200
@@ -64,7 +64,7 @@ def sweep(connection: Connection, settings: NoticeSettings, now: dt.datetime, no
                 "detail": {"to": copy.address, "error": copy.last_error},
             }
         )
-    intake.insert_rows(connection, intake.EVENTS, events)
+    acceptance.insert_rows(connection, acceptance.EVENTS, events)
     queued = 0
     failed_messages = sorted({c.message_pk for c in given_up})
     for message_pk in failed_messages:
@@ -125,9 +125,9 @@ def _notice(
         reason = "the mail came from the null reverse-path; nothing answers it (RFC 3464 §2)"
     if reason:
         # Marked as if sent, so that the next sweep does not try again; the event says why not.
-        intake.insert_rows(
+        acceptance.insert_rows(
             connection,
-            intake.EVENTS,
+            acceptance.EVENTS,
             [
                 event
                 | {"kind": f"notice.{action}.not_sent", "detail": {"copies_to": addresses, "reason": reason}}
@@ -171,9 +171,9 @@ def _notice(
             explanation=explanation,
         )
     except ValueError as exc:
-        intake.insert_rows(
+        acceptance.insert_rows(
             connection,
-            intake.EVENTS,
+            acceptance.EVENTS,
             [
                 event
                 | {
@@ -208,9 +208,9 @@ def _notice(
     ).first()
     if queued is None:
         return 0
-    intake.insert_rows(
+    acceptance.insert_rows(
         connection,
-        intake.EVENTS,
+        acceptance.EVENTS,
         [
             event
             | {

@@ -23,11 +23,11 @@ import logging
 from collections.abc import Iterable
 
 from gateway.mailbox.base import Mailbox, MailboxError, MailboxOwner
-from gateway.replies import Reply
+from gateway.smtp_replies import Reply
 
 __all__ = ["nul_refusal"]
 
-log = logging.getLogger("gateway.faithful")
+log = logging.getLogger("gateway.stages.faithful")
 
 
 async def nul_refusal(mailbox: Mailbox, raw: bytes, owners: Iterable[MailboxOwner] = ()) -> str | None:

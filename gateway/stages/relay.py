@@ -28,7 +28,7 @@ import aiosmtplib
 from sqlalchemy import Connection
 
 from gateway.config import RelaySettings
-from gateway.db import intake, relayqueue
+from gateway.db import acceptance, relayqueue
 from gateway.db.relayqueue import RelayJob, RelayResult
 from gateway.db.writer import Writer
 from gateway.domain.dsn import build_failure_report
@@ -36,7 +36,7 @@ from gateway.domain.retry import backoff, describe
 from gateway.mailbox import Mailbox, MailboxOwner
 from gateway.workers import work_until_cancelled
 
-log = logging.getLogger("gateway.relay")
+log = logging.getLogger("gateway.stages.relay")
 
 BATCH = 20
 _ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
@@ -247,4 +247,4 @@ def _record(connection: Connection, results: Sequence[RelayResult], node: str) -
                 },
             }
         )
-    intake.insert_rows(connection, intake.EVENTS, events)
+    acceptance.insert_rows(connection, acceptance.EVENTS, events)

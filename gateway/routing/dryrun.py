@@ -16,20 +16,20 @@ from pathlib import Path
 from sqlalchemy import Connection, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.db import acceptance
 from gateway.db import directory as db
-from gateway.db import intake
 from gateway.db.accounts import find_account
 from gateway.db.models import BackOfficeRow, PortfolioRow
 from gateway.db.names import directory_names
 from gateway.domain.addresses import InvalidAddress, normalise_address
 from gateway.domain.audience import audience
+from gateway.domain.parsing import parse_message
 from gateway.domain.rules import Decision, Rule, Verdict, route_participants
 from gateway.domain.threading import Found, choose_vorgang, vorgang_hints
 from gateway.errors import InputError, NotFound, Problem, RulesFileError
-from gateway.parsing import parse_message
-from gateway.replies import Reply
-from gateway.routing import refusal, submitted
-from gateway.rules_file import directory_problems, load_rules
+from gateway.routing.files import directory_problems, load_rules
+from gateway.routing.live import refusal, submitted
+from gateway.smtp_replies import Reply
 
 __all__ = ["CheckReport", "DryRun", "check_rules_dir", "dry_run", "read_message"]
 
@@ -186,16 +186,18 @@ async def dry_run(
 
     def lookups(connection: Connection) -> tuple[Found, int | None, dict[int, str]]:
         refs = {r for r in (hints.explicit, *hints.subject_references) if r}
-        known_refs = intake.vorgaenge_by_reference(connection, row.id, refs)
+        known_refs = acceptance.vorgaenge_by_reference(connection, row.id, refs)
         known_ids = {
             m: vid
-            for m, (vid, _) in intake.vorgaenge_by_message_id(connection, row.id, hints.message_ids).items()
+            for m, (vid, _) in acceptance.vorgaenge_by_message_id(
+                connection, row.id, hints.message_ids
+            ).items()
         }
-        known_keys = intake.vorgaenge_by_key(connection, row.id, [hints.key] if hints.key else [])
+        known_keys = acceptance.vorgaenge_by_key(connection, row.id, [hints.key] if hints.key else [])
         found, vorgang_id = choose_vorgang(
             hints, known_references=known_refs, known_message_ids=known_ids, known_keys=known_keys
         )
-        references = intake.references_of(connection, [vorgang_id] if vorgang_id is not None else [])
+        references = acceptance.references_of(connection, [vorgang_id] if vorgang_id is not None else [])
         return found, vorgang_id, references
 
     found, vorgang_id, references = await session.run_sync(lambda s: lookups(s.connection()))

@@ -1,6 +1,6 @@
 """Reads the routing rules files (``rules/*.yaml``) into a checked rule set, with ``FILE:LINE:COL`` problems.
 
-Files are read as YAML node trees, as ``gateway.directory_file`` does, so that every problem (an unknown
+Files are read as YAML node trees, as ``gateway.admin.directory_file`` does, so that every problem (an unknown
 key, a bad regex, a template naming a group no regex defines, an SMTP answer that is no answer, a rule
 nothing can reach) is reported with its line and column, all of them at once, and a rule set is only
 ever built from files that are valid as a whole. The format is documented in docs/rules.md::

@@ -2,7 +2,7 @@
 
 aiosmtpd speaks the protocol; this module decides what each command is answered: who may log in, which
 recipients exist, which messages are too big, too deep in a loop or malformed beyond use. Everything a
-client can hear is named in ``gateway.replies``. The submission DATA handler hands the message to the
+client can hear is named in ``gateway.smtp_replies``. The submission DATA handler hands the message to the
 acceptance stage, the MX one to the reply stage, and both answer only after the commit (DESIGN.md §2,
 §8). The MX listener takes only reply addresses and the bounce address of the reply domain: it is
 nobody's relay.
@@ -26,16 +26,8 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 from sqlalchemy import Connection
 
-from gateway.acceptance import (
-    Acceptance,
-    NotStored,
-    Submission,
-    envelope_sender_refusal,
-    sender_refusal,
-    submitted_refusal,
-)
+from gateway.db.acceptance import EVENTS, insert_rows, member_ids
 from gateway.db.accounts import Account, find_account
-from gateway.db.intake import EVENTS, insert_rows, member_ids
 from gateway.db.writer import Writer
 from gateway.domain.addresses import InvalidAddress, normalise_address
 from gateway.domain.admission import Occupant, SlotLimits, Verdict, admit, client_key
@@ -45,14 +37,22 @@ from gateway.domain.passwords import hash_password, verify_password
 from gateway.domain.submitters import path_too_long
 from gateway.domain.tokens import is_reply_address
 from gateway.domain.trace import Arrival, protocol
-from gateway.faithful import nul_refusal
 from gateway.mailbox.base import Mailbox, MailboxOwner
-from gateway.parsepool import MailReader, NotRead
-from gateway.replies import Reply, with_enhanced_code
-from gateway.reply import BOUNCES_LOCAL_PART, Incoming, ReplyIntake
-from gateway.routing import RoutingRules, refusal, submitted
+from gateway.routing.live import RoutingRules, refusal, submitted
+from gateway.smtp_replies import Reply, with_enhanced_code
+from gateway.stages.acceptance import (
+    Acceptance,
+    NotStored,
+    Submission,
+    envelope_sender_refusal,
+    sender_refusal,
+    submitted_refusal,
+)
+from gateway.stages.faithful import nul_refusal
+from gateway.stages.parsepool import MailReader, NotRead
+from gateway.stages.reply import BOUNCES_LOCAL_PART, Incoming, ReplyIntake
 
-log = logging.getLogger("gateway.ingress")
+log = logging.getLogger("gateway.stages.ingress")
 
 CACHE_SECONDS = 10.0
 

@@ -21,7 +21,8 @@ alone. Their head (``max_recorded_size``) is recorded in the Vorgang; they are n
 flag anything ``\\Answered``.
 
 Every refusal answers ``550 5.7.1`` with a reason a person can act on and is recorded in the event log;
-that includes the reply address of a copy reconciliation revoked (``gateway.reconcile``): it stops working.
+that includes the reply address of a copy reconciliation revoked (``gateway.stages.reconcile``): it stops
+working.
 """
 
 from __future__ import annotations
@@ -35,8 +36,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, select
 
-from gateway.acceptance import HandOff, NotStored
-from gateway.db import intake, replies
+from gateway.db import acceptance, replies
 from gateway.db.directory import portfolio_policy
 from gateway.db.messages import new_gateway_id
 from gateway.db.models import MessageRow, RelayRow
@@ -47,6 +47,7 @@ from gateway.domain.answers import Classification, DeliveryReport, Kind
 from gateway.domain.audience import AsParticipant, Audience, audience
 from gateway.domain.model import Participant, ParticipantRole
 from gateway.domain.outbound import RelayHeaders, recipients_kept, render_relay, threading_ids
+from gateway.domain.parsing import ParsedMessage
 from gateway.domain.refusals import NOT_ENTITLED_TO_ANSWER, Why, refusal
 from gateway.domain.senderauth_rules import Policy
 from gateway.domain.senders import InvalidVersion, relay_sender
@@ -59,12 +60,12 @@ from gateway.domain.tokens import (
     verify_token,
 )
 from gateway.domain.trace import Arrival, Trace
-from gateway.parsing import ParsedMessage
-from gateway.replies import Reply
-from gateway.resolver import DnsResolver
-from gateway.senderauth import check_sender
+from gateway.senderauth.check import check_sender
+from gateway.senderauth.dns import DnsResolver
+from gateway.smtp_replies import Reply
+from gateway.stages.acceptance import HandOff, NotStored
 
-log = logging.getLogger("gateway.reply")
+log = logging.getLogger("gateway.stages.reply")
 
 RELAYS = cast(Table, RelayRow.__table__)
 
@@ -76,7 +77,7 @@ BOUNCES_LOCAL_PART = "bounces"
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """A mail as the MX listener received it, and what its worker process read from it
-    (``gateway.parsepool``: untrusted mail is never parsed on the event loop)."""
+    (``gateway.stages.parsepool``: untrusted mail is never parsed on the event loop)."""
 
     envelope_sender: str
     recipients: tuple[str, ...]
@@ -375,7 +376,7 @@ def _store_reply(
     lease: tuple[str, dt.datetime] | None,
 ) -> Stored | Refusal | Resent:
     pid = answered.portfolio_id
-    intake.hold_directory(connection, pid)
+    acceptance.hold_directory(connection, pid)
     resent = _resent(connection, pid, mail, mail.raw)
     if resent is not None:
         return resent
@@ -453,7 +454,7 @@ def _open_vorgang(
     ctx: ReplyContext,
     lease: tuple[str, dt.datetime] | None,
 ) -> Stored | Refusal | Resent:
-    intake.hold_directory(connection, portfolio.id)
+    acceptance.hold_directory(connection, portfolio.id)
     resent = _resent(connection, portfolio.id, mail, mail.raw)
     if resent is not None:
         return resent
@@ -463,7 +464,9 @@ def _open_vorgang(
         _record_refusal(connection, mail, None, refused.reason, ctx.node, portfolio)
         return Refusal(refused.answer)
     now = dt.datetime.now(dt.UTC)
-    ((vorgang_id, reference),) = intake.new_vorgaenge(connection, portfolio.id, [mail.parsed.subject], now)
+    ((vorgang_id, reference),) = acceptance.new_vorgaenge(
+        connection, portfolio.id, [mail.parsed.subject], now
+    )
     stored = _store_member_mail(
         connection,
         mail,
@@ -476,7 +479,7 @@ def _open_vorgang(
         answers=None,
         target=replies.portfolio_target(connection, portfolio.id),
     )
-    _record(connection, now, stored, "intake.accepted", portfolio.id, author, vorgang_id)
+    _record(connection, now, stored, "acceptance.accepted", portfolio.id, author, vorgang_id)
     return stored
 
 
@@ -490,9 +493,9 @@ def _record(
     vorgang_id: int,
     **detail: Any,
 ) -> None:
-    intake.insert_rows(
+    acceptance.insert_rows(
         connection,
-        intake.EVENTS,
+        acceptance.EVENTS,
         [
             {
                 "at": now,
@@ -523,7 +526,7 @@ def _store_member_mail(
 ) -> Stored:
     """Store a member's mail in a Vorgang, copy it to its audience, and queue it for the back office.
 
-    The caller holds the portfolio's directory (``intake.hold_directory``) from its first read of it.
+    The caller holds the portfolio's directory (``acceptance.hold_directory``) from its first read of it.
     """
     pid = portfolio.id
     cc = set(mail.parsed.cc)
@@ -532,16 +535,16 @@ def _store_member_mail(
         Participant(member_id, ParticipantRole.CC if address in cc else ParticipantRole.TO)
         for address, member_id in sorted(named.items())
     ]
-    releases = intake.sharing_releases(connection, pid, {p.member_id for p in taking_part})
+    releases = acceptance.sharing_releases(connection, pid, {p.member_id for p in taking_part})
     seen_by = audience(pid, taking_part, releases)
 
     direction = "reply" if answers is not None else "intake"
     gateway_id = new_gateway_id()
     message_id = mail.parsed.message_id or f"<{gateway_id}@{ctx.hostname}>"
     trace = Trace(mail.arrival, ctx.hostname, gateway_id, now) if mail.arrival is not None else None
-    (message_pk,) = intake.insert_returning_ids(
+    (message_pk,) = acceptance.insert_returning_ids(
         connection,
-        intake.MESSAGES,
+        acceptance.MESSAGES,
         [
             {
                 "gateway_id": gateway_id,
@@ -567,19 +570,21 @@ def _store_member_mail(
             }
         ],
     )
-    intake.insert_rows(
+    acceptance.insert_rows(
         connection,
-        intake.PARTICIPANTS,
+        acceptance.PARTICIPANTS,
         [
             {"message_id": message_pk, "member_id": p.member_id, "role": p.role.value, "portfolio_id": pid}
             for p in dict.fromkeys(taking_part)
         ],
     )
     # The author's own client keeps the mail in Sent; a copy in the inbox would only be noise.
-    rows = [r for r in intake.copy_rows(message_pk, pid, seen_by, now, lease) if r["member_id"] != author.id]
+    rows = [
+        r for r in acceptance.copy_rows(message_pk, pid, seen_by, now, lease) if r["member_id"] != author.id
+    ]
     shared_via = [row.pop("shared_via") for row in rows]
-    copy_pks = intake.insert_returning_ids(connection, intake.COPIES, rows) if rows else []
-    addresses = intake.member_addresses(connection, {r["member_id"] for r in rows})
+    copy_pks = acceptance.insert_returning_ids(connection, acceptance.COPIES, rows) if rows else []
+    addresses = acceptance.member_addresses(connection, {r["member_id"] for r in rows})
 
     relay: dict[str, Any] = {"relayed": False, "why_not": "the portfolio has no back office to relay to"}
     if target is not None and target.backoffice_address is not None:
@@ -676,7 +681,7 @@ def _queue_relay(
             reply_domain=ctx.reply_domain,
         ),
     )
-    intake.insert_rows(
+    acceptance.insert_rows(
         connection,
         RELAYS,
         [
@@ -730,7 +735,7 @@ def _store_not_an_answer(
     ``max_recorded_size`` bytes ending at a line end: it is recorded for the admin, never copied or relayed.
     """
     pid = answered.portfolio_id
-    intake.hold_directory(connection, pid)
+    acceptance.hold_directory(connection, pid)
     recorded, cut = _recorded_head(mail.raw, ctx.max_recorded_size)
     resent = _resent(connection, pid, mail, recorded)
     if resent is not None:
@@ -741,9 +746,9 @@ def _store_not_an_answer(
             return entitled
     now = dt.datetime.now(dt.UTC)
     gateway_id = new_gateway_id()
-    message_pk = intake.insert_returning_ids(
+    message_pk = acceptance.insert_returning_ids(
         connection,
-        intake.MESSAGES,
+        acceptance.MESSAGES,
         [
             {
                 "gateway_id": gateway_id,
@@ -771,9 +776,9 @@ def _store_not_an_answer(
     detail: dict[str, Any] = {"gateway_id": gateway_id, "kind": kind, "reason": reason, "peer": mail.peer}
     if cut:
         detail |= {"size": len(mail.raw), "recorded_size": len(recorded)}
-    intake.insert_rows(
+    acceptance.insert_rows(
         connection,
-        intake.EVENTS,
+        acceptance.EVENTS,
         [
             {
                 "at": now,
@@ -808,9 +813,9 @@ def _record_refusal(
     portfolio: replies.Portfolio | None = None,
 ) -> None:
     portfolio_id = answered.portfolio_id if answered else (portfolio.id if portfolio else None)
-    intake.insert_rows(
+    acceptance.insert_rows(
         connection,
-        intake.EVENTS,
+        acceptance.EVENTS,
         [
             {
                 "at": dt.datetime.now(dt.UTC),
@@ -862,9 +867,9 @@ def _record_bounce(
         }
         for r in (report.recipients if report is not None else ())
     ]
-    intake.insert_rows(
+    acceptance.insert_rows(
         connection,
-        intake.EVENTS,
+        acceptance.EVENTS,
         [
             {
                 "at": dt.datetime.now(dt.UTC),

@@ -23,7 +23,7 @@ from gateway.db.reconcile import BatchDone, RunLease
 from gateway.db.writer import Writer
 from gateway.workers import work_until_cancelled
 
-log = logging.getLogger("gateway.reconcile")
+log = logging.getLogger("gateway.stages.reconcile")
 
 
 class Reconciler:
