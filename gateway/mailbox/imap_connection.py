@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 _FETCH_CHUNK = 200
 
 
-
 @dataclass(frozen=True, slots=True)
 class Secret:
     """Where a password is read when a connection is made: a file or an environment variable, never the

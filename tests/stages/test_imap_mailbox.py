@@ -279,7 +279,6 @@ async def test_an_unchanged_mailbox_is_looked_at_with_status_only(
     await imap.append(OWNER, "c2", copy("c2"))
     _, token = await imap.flag_changes(OWNER, None)
 
-
     selected: list[str] = []
     real_select = ImapConnection.select
 
