@@ -32,7 +32,7 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from gateway.config.sections import ENV_PREFIX, SECTIONS, Settings
+from gateway.config.sections import ENV_PREFIX, RETIRED_KEYS, SECTIONS, Settings
 from gateway.config.types import FieldProblem, PathContext, show
 from gateway.errors import ConfigError, Problem
 
@@ -167,6 +167,8 @@ def _setting_at(keys: tuple[str, ...]) -> Any:
     """The type of the setting ``keys`` names, or a reason (str) why it names none."""
     if not all(keys):
         return f"is not of the form {ENV_PREFIX}<SECTION>__<KEY> (sections: {', '.join(SECTIONS)})"
+    if keys in RETIRED_KEYS:
+        return f"sets {'.'.join(keys)}, which {RETIRED_KEYS[keys]}"
     model: type[BaseModel] = Settings
     for depth, key in enumerate(keys):
         dotted = ".".join(keys[: depth + 1])

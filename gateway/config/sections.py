@@ -52,6 +52,14 @@ from gateway.domain.data_memory import session_footprint
 ENV_PREFIX = "GATEWAY_"
 """Environment variables ``GATEWAY_<SECTION>__<KEY>`` override settings (gateway/config/loader.py)."""
 
+RETIRED_KEYS: Mapping[tuple[str, ...], str] = {
+    ("database", "pool_size"): (
+        "is no longer used: the gateway's database work runs on one connection per process (the "
+        "writer thread), so a pool size had no effect; remove the key"
+    ),
+}
+"""Keys older configuration files may still set, each with what to tell the person who set it."""
+
 DEFAULT_HOSTNAME = "gateway.localhost"
 DEFAULT_DATA_DIR = Path("data")
 
@@ -95,8 +103,15 @@ class DatabaseSettings(Section):
     echo: bool = False
     """Log every SQL statement (debugging only: it logs message data)."""
 
-    pool_size: Annotated[StrictInt, Field(ge=1)] = 5
-    """Connections kept open per process (PostgreSQL)."""
+    @model_validator(mode="before")
+    @classmethod
+    def _no_retired_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for key in data:
+                reason = RETIRED_KEYS.get(("database", str(key)))
+                if reason is not None:
+                    raise FieldProblem(str(key), reason)
+        return data
 
     @field_validator("url")
     @classmethod
