@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import ImapSettings
+from gateway.errors import MailboxError
 from gateway.mailbox.base import (
     ChangeWatch,
     Delivery,
@@ -61,7 +62,6 @@ from gateway.mailbox.base import (
     FlagChange,
     Located,
     Mailbox,
-    MailboxError,
     MailboxOwner,
     append_each,
     check_copy_id,

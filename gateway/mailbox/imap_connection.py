@@ -33,7 +33,8 @@ from typing import Any, Literal, cast
 import aioimaplib
 
 from gateway.config import ImapSettings
-from gateway.mailbox.base import Flag, MailboxError
+from gateway.errors import MailboxError
+from gateway.mailbox.base import Flag
 from gateway.mailbox.imap_protocol import (
     INBOX,
     Fetched,

@@ -25,7 +25,7 @@ from typing import Any
 
 import aioimaplib
 
-from gateway.mailbox.base import MailboxError
+from gateway.errors import MailboxError
 from gateway.mailbox.imap_connection import ImapConnection
 
 # What a server pushes during IDLE that can mean a flag changed or a copy came or went (RFC 3501 7.3,
