@@ -54,8 +54,8 @@ ENV_PREFIX = "GATEWAY_"
 
 RETIRED_KEYS: Mapping[tuple[str, ...], str] = {
     ("database", "pool_size"): (
-        "is no longer used: the gateway's database work runs on one connection per process (the "
-        "writer thread), so a pool size had no effect; remove the key"
+        "is no longer used: serving work runs on the writer thread's one connection per process, so "
+        "the setting had no effect; remove it"
     ),
 }
 """Keys older configuration files may still set, each with what to tell the person who set it."""
