@@ -2,16 +2,27 @@
 
     GatewayError
     ├── InputError                  the person or file asked for something invalid (CLI exit status 2)
-    │   ├── ConfigError             config/*.toml or a GATEWAY_… variable is invalid; carries every problem
-    │   ├── DirectoryFileError      a directory YAML file is invalid; carries FILE:LINE problems
-    │   ├── RulesFileError          a routing rules file is invalid; carries FILE:LINE:COL problems
-    │   ├── NotFound                a named portfolio, member, release, back office or message does not exist
+    │   ├── ProblemsError           an input error listing every problem found, each with its place
+    │   │   ├── ConfigError         config/*.toml or a GATEWAY_… variable is invalid
+    │   │   ├── DirectoryFileError  a directory YAML file is invalid; carries FILE:LINE problems
+    │   │   └── RulesFileError      a routing rules file is invalid; carries FILE:LINE:COL problems
+    │   ├── NotFound                a named portfolio, member, release, back office, message or
+    │   │                           reconcile run does not exist (any more)
     │   └── DirectoryConflict       a change would break a directory rule (one primary release, sharing…)
     └── OperationalError            the gateway could not do its work (CLI exit status 1)
         ├── DatabaseNotReady        the database is unreachable or not migrated to the code's schema
-        └── StorageError            a database operation failed
+        ├── StorageError            a database operation failed
+        ├── NotStored               an accepted message could not be stored: 451 4.3.0, the client retries
+        ├── DnsTemporaryError       DNS could not answer now (timeout, SERVFAIL): a 4xx, the sender retries
+        └── MailboxError (OSError)  trouble with a member's mailbox (disk, IMAP server): the copy is retried
 
 Errors that reach an SMTP client later carry their reply code as attributes (aiosmtplib's convention).
+Errors keep a stdlib base where they mean the same: ``MailboxError`` is an ``OSError`` with ``errno``,
+``strerror`` and ``filename``, so code that handles file and socket trouble handles it too.
+
+Outside the tree on purpose: ``gateway.domain`` raises ``ValueError`` subclasses (it imports nothing
+outside itself), which the stages turn into answers; and a few exceptions that never leave the module
+that raises them (``LoginsThrottled`` in ingress, the SPF evaluator's and the relay's private ones).
 """
 
 from __future__ import annotations
@@ -81,3 +92,26 @@ class DatabaseNotReady(OperationalError):
 
 class StorageError(OperationalError):
     """A database operation failed."""
+
+
+class NotStored(OperationalError):
+    """The message could not be stored; the client should try again later (451 4.3.0)."""
+
+
+class DnsTemporaryError(OperationalError):
+    """DNS could not answer now (timeout, SERVFAIL, no name server); asking later may succeed."""
+
+
+class MailboxError(OperationalError, OSError):
+    """Temporary trouble with the mailbox store (disk, server); the caller retries the whole operation.
+
+    Raised as ``OSError`` is: ``MailboxError(errno, strerror, filename)``; ``filename`` names the path (or
+    server) concerned and ``strerror`` the reason.
+    """
+
+    def __str__(self) -> str:
+        if self.strerror is None:
+            return super().__str__()
+        if self.filename is None:
+            return str(self.strerror)
+        return f"{self.strerror}: {self.filename}"

@@ -107,9 +107,7 @@ class Service:
         self, settings: Settings, *, mailbox: Mailbox | None = None, resolver: DnsResolver | None = None
     ) -> None:
         self.settings = settings
-        self.engine = create_engine(
-            settings.database_url, echo=settings.database.echo, pool_size=settings.database.pool_size
-        )
+        self.engine = create_engine(settings.database_url, echo=settings.database.echo)
         self.writer = Writer(settings.database_url, echo=settings.database.echo)
         self.mailbox = mailbox or mailbox_for(settings)
         self.fanout = FanOut(

@@ -132,7 +132,7 @@ async def reconcile_run(ctx: Context, portfolio: str | None, wait: bool, as_json
 
                 finished.append(await work_run(writer, settings.reconcile, rid, node=node, on_progress=line))
                 continue
-            (before,) = await writer.run(lambda c, rid=rid: reconcile_db.runs(c, run_id=rid, recent=1))
+            (before,) = await writer.run(reconcile_db.runs, run_id=rid, recent=1)
             length = max(before.total, 1)
             with click.progressbar(length=length, label=label, show_pos=True, file=sys.stderr) as bar:
 

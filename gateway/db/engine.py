@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
-def create_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> AsyncEngine:
+def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     """An engine for ``url``; SQLite gets WAL, enforced foreign keys and a busy timeout on every connection.
 
     SQLite enforces foreign keys only when asked per connection, and without a busy timeout a second
@@ -29,7 +29,9 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> AsyncE
         event.listen(engine.sync_engine, "connect", sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", sqlite_on_begin)
         return engine
-    return create_async_engine(url, echo=echo, pool_size=pool_size, pool_pre_ping=True)
+    # The hot path runs on the writer's own connection (gateway/db/writer.py); this engine serves the
+    # startup checks and the admin commands, for which SQLAlchemy's default pool is plenty.
+    return create_async_engine(url, echo=echo, pool_pre_ping=True)
 
 
 def sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

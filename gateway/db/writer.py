@@ -13,14 +13,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from gateway.db.engine import sqlite_on_begin, sqlite_on_connect
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 # The synchronous driver for each asynchronous one the configuration may name.
 SYNC_DRIVERS = {"sqlite+aiosqlite": "sqlite+pysqlite", "postgresql+asyncpg": "postgresql+psycopg"}
@@ -50,10 +51,14 @@ class Writer:
             self.engine = create_engine(target, echo=echo, pool_size=1, max_overflow=0, pool_pre_ping=True)
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
 
-    async def run(self, work: Callable[..., T], *args: Any) -> T:
+    async def run(
+        self, work: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``work(connection, *args, **kwargs)`` in one transaction on the writer thread; its result."""
+
         def transaction() -> T:
             with self.engine.begin() as connection:
-                return work(connection, *args)
+                return work(connection, *args, **kwargs)
 
         return await asyncio.get_running_loop().run_in_executor(self._thread, transaction)
 

@@ -1,5 +1,6 @@
 """Members' mailboxes: the Mailbox protocol, its Maildir implementation and an in-memory fake."""
 
+from gateway.errors import MailboxError
 from gateway.mailbox.base import (
     ChangeWatch,
     Delivery,
@@ -7,7 +8,6 @@ from gateway.mailbox.base import (
     FlagChange,
     Located,
     Mailbox,
-    MailboxError,
     MailboxOwner,
 )
 from gateway.mailbox.maildir import MaildirMailbox

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
+from gateway.errors import MailboxError
+
 
 class Flag(enum.StrEnum):
     """The IMAP system flags (RFC 9051 §2.3.2) a copy can carry; the values are IMAP's spelling."""
@@ -71,20 +73,6 @@ class Delivery:
     data: bytes
     flags: frozenset[Flag] = frozenset()
     first_attempt: bool = False
-
-
-class MailboxError(OSError):
-    """Temporary trouble with the mailbox store (disk, server); the caller retries the whole operation.
-
-    ``filename`` names the path (or server) concerned and ``strerror`` the reason.
-    """
-
-    def __str__(self) -> str:
-        if self.strerror is None:
-            return super().__str__()
-        if self.filename is None:
-            return str(self.strerror)
-        return f"{self.strerror}: {self.filename}"
 
 
 class Mailbox(Protocol):

@@ -21,14 +21,12 @@ from __future__ import annotations
 import asyncio
 import errno
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aioimaplib
 
-from gateway.mailbox.base import MailboxError
-
-if TYPE_CHECKING:
-    from gateway.mailbox.imap import _Connection
+from gateway.errors import MailboxError
+from gateway.mailbox.imap_connection import ImapConnection
 
 # What a server pushes during IDLE that can mean a flag changed or a copy came or went (RFC 3501 7.3,
 # 7.4): FETCH carries new FLAGS, EXISTS/EXPUNGE/VANISHED a message added or removed.
@@ -51,11 +49,11 @@ def pushed_bye(lines: list[bytes]) -> bool:
 class IdleWatch:
     """``ChangeWatch`` on an IMAP folder: one IDLE session, renewed after any trouble."""
 
-    def __init__(self, connect: Callable[[], Awaitable[_Connection]], folder: str, *, where: str) -> None:
+    def __init__(self, connect: Callable[[], Awaitable[ImapConnection]], folder: str, *, where: str) -> None:
         self._connect = connect
         self.folder = folder
         self.where = where
-        self._connection: _Connection | None = None
+        self._connection: ImapConnection | None = None
 
     async def wait(self, seconds: float) -> bool:
         connection = await self._ready()
@@ -70,7 +68,7 @@ class IdleWatch:
         if connection is not None:
             await connection.logout()
 
-    async def _ready(self) -> _Connection:
+    async def _ready(self) -> ImapConnection:
         if self._connection is not None and self._connection.usable:
             return self._connection
         self._drop()
@@ -90,7 +88,7 @@ class IdleWatch:
         if connection is not None:
             connection.abort()
 
-    async def _round(self, connection: _Connection, seconds: float) -> bool:
+    async def _round(self, connection: ImapConnection, seconds: float) -> bool:
         client: Any = connection.client
         protocol: Any = client.protocol
         watchdog = connection.timeout
@@ -130,7 +128,7 @@ class IdleWatch:
         return changed
 
     async def _until(
-        self, connection: _Connection, what: str, seconds: float, step: asyncio.Future[Any]
+        self, connection: ImapConnection, what: str, seconds: float, step: asyncio.Future[Any]
     ) -> Any:
         """``step``'s result, unless the connection is lost or ``seconds`` pass first (then it is dropped)."""
         try:

@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
+from gateway.errors import MailboxError
 from gateway.mailbox.base import (
     Delivery,
     Flag,
     FlagChange,
     Located,
     Mailbox,
-    MailboxError,
     MailboxOwner,
     check_copy_id,
     check_owner,

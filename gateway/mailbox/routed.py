@@ -19,7 +19,8 @@ from typing import Any
 
 from gateway.config import ImapSettings
 from gateway.mailbox.base import ChangeWatch, Delivery, Flag, FlagChange, Located, Mailbox, MailboxOwner
-from gateway.mailbox.imap import ImapMailbox, ImapServer
+from gateway.mailbox.imap import ImapMailbox
+from gateway.mailbox.imap_connection import ImapServer
 
 
 class RoutedMailbox(Mailbox):

@@ -40,7 +40,8 @@ from gateway.domain.senderauth_rules import (
     one_line,
     parse_dmarc_records,
 )
-from gateway.senderauth.dns import DnsResolver, DnsTemporaryError, normalise_name
+from gateway.errors import DnsTemporaryError
+from gateway.senderauth.dns import DnsResolver, normalise_name
 from gateway.senderauth.spf import check_spf
 
 __all__ = ["Policy", "Verdict", "check_sender"]

@@ -27,16 +27,12 @@ import dns.rdtypes.IN.A
 import dns.rdtypes.IN.AAAA
 import dns.resolver
 
-from gateway.errors import OperationalError
+from gateway.errors import DnsTemporaryError
 
-__all__ = ["DnsResolver", "DnsTemporaryError", "StaticResolver", "SystemResolver", "normalise_name"]
+__all__ = ["DnsResolver", "StaticResolver", "SystemResolver", "normalise_name"]
 
 RecordType = Literal["TXT", "A", "AAAA", "MX"]
 _T = TypeVar("_T")
-
-
-class DnsTemporaryError(OperationalError):
-    """DNS could not answer now (timeout, SERVFAIL, no name server); asking later may succeed."""
 
 
 class DnsResolver(Protocol):

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from gateway.domain.senderauth_rules import SpfCheck, SpfResult, ascii_domain
-from gateway.senderauth.dns import DnsResolver, DnsTemporaryError, normalise_name
+from gateway.errors import DnsTemporaryError
+from gateway.senderauth.dns import DnsResolver, normalise_name
 
 __all__ = ["MAX_LOOKUPS", "check_spf"]
 

@@ -46,7 +46,7 @@ from gateway.domain.submitters import (
 )
 from gateway.domain.threading import Found, choose_vorgang, vorgang_hints
 from gateway.domain.trace import Arrival, Trace
-from gateway.errors import OperationalError
+from gateway.errors import NotStored
 from gateway.smtp_replies import Reply
 
 log = logging.getLogger("gateway.stages.acceptance")
@@ -56,10 +56,6 @@ MAX_BATCH = 200
 # after the first arrival lets them share the next transaction instead of trickling into several.
 # Measured with bench/ingest.py (10 sessions, SQLite): accepting alone 430 -> 530 msg/s.
 GATHER = 0.002
-
-
-class NotStored(OperationalError):
-    """The message could not be stored; the client should try again later (451 4.3.0)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from gateway.mailbox.base import Mailbox, MailboxError, MailboxOwner
+from gateway.errors import MailboxError
+from gateway.mailbox.base import Mailbox, MailboxOwner
 from gateway.smtp_replies import Reply
 
 __all__ = ["nul_refusal"]

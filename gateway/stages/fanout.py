@@ -330,7 +330,7 @@ class FanOut:
             for job, _, error in results
             if error is not None
         ]
-        events = [
+        events: list[dict[str, object]] = [
             {
                 "at": now,
                 "portfolio_id": job.portfolio_id,

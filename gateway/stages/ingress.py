@@ -37,12 +37,12 @@ from gateway.domain.passwords import hash_password, verify_password
 from gateway.domain.submitters import path_too_long
 from gateway.domain.tokens import is_reply_address
 from gateway.domain.trace import Arrival, protocol
+from gateway.errors import NotStored
 from gateway.mailbox.base import Mailbox, MailboxOwner
 from gateway.routing.live import RoutingRules, refusal, submitted
 from gateway.smtp_replies import Reply, with_enhanced_code
 from gateway.stages.acceptance import (
     Acceptance,
-    NotStored,
     Submission,
     envelope_sender_refusal,
     sender_refusal,

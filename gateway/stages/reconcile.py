@@ -21,6 +21,7 @@ from gateway.config import ReconcileSettings
 from gateway.db import reconcile as db
 from gateway.db.reconcile import BatchDone, RunLease
 from gateway.db.writer import Writer
+from gateway.errors import NotFound
 from gateway.workers import work_until_cancelled
 
 log = logging.getLogger("gateway.stages.reconcile")
@@ -114,7 +115,7 @@ async def work_run(
         done = await worker.step(run_id)
         views = await writer.run(lambda c: db.runs(c, run_id=run_id, recent=1))
         if not views:
-            raise LookupError(f"reconcile run {run_id} is gone (its portfolio was deleted)")
+            raise NotFound(f"reconcile run {run_id} is gone (its portfolio was deleted)")
         view = views[0]
         on_progress(view)
         if view.state != "open":

@@ -60,10 +60,11 @@ from gateway.domain.tokens import (
     verify_token,
 )
 from gateway.domain.trace import Arrival, Trace
+from gateway.errors import NotStored
 from gateway.senderauth.check import check_sender
 from gateway.senderauth.dns import DnsResolver
 from gateway.smtp_replies import Reply
-from gateway.stages.acceptance import HandOff, NotStored
+from gateway.stages.acceptance import HandOff
 
 log = logging.getLogger("gateway.stages.reply")
 

@@ -19,7 +19,8 @@ from gateway.db.accounts import find_account
 from gateway.db.models import MessageRow
 from gateway.db.writer import Writer
 from gateway.domain.parsing import parse_message
-from gateway.stages.acceptance import Acceptance, Accepted, NotStored, Submission
+from gateway.errors import NotStored
+from gateway.stages.acceptance import Acceptance, Accepted, Submission
 from tests.conftest import Gateway
 
 ZWEI_LOGIN = "ams@makler-zwei.example"

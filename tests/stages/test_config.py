@@ -469,12 +469,21 @@ def test_an_override_naming_an_unknown_key_is_an_error() -> None:
         ("GATEWAY_NOSUCH__KEY", "no setting nosuch"),
         ("GATEWAY_LIMITS", "names the section [limits]"),
         ("GATEWAY_LIMITS__MAX_RECIPIENTS__X", "is a setting, not a section"),
+        ("GATEWAY_DATABASE__POOL_SIZE", "sets database.pool_size, which is no longer used"),
     ],
 )
 def test_overrides_that_name_no_setting(variable: str, fragment: str) -> None:
     problem = only_problem(None, {variable: "1"})
     assert problem.where == variable
     assert fragment in problem.reason
+
+
+def test_a_retired_key_says_so_and_nothing_else(tmp_path: Path) -> None:
+    # [database] pool_size had no effect (the writer thread uses one connection): files that still set
+    # it hear exactly that, once, rather than "unknown key".
+    path = write(tmp_path, '[database]\nurl = "sqlite+aiosqlite:///x.db"\npool_size = 5\n')
+    problem = only_problem(path, {})
+    assert (problem.where, problem.reason.split(":")[0]) == ("database.pool_size", "is no longer used")
 
 
 def test_an_invalid_override_value_names_the_variable() -> None:
@@ -530,7 +539,7 @@ def test_a_toml_syntax_error_gives_file_and_line(tmp_path: Path) -> None:
         ("[limits]\nmax_header_size = -1\n", "limits.max_header_size", "must be greater than 0"),
         ("[listeners.mx]\nport = 70000\n", "listeners.mx.port", "must be at most 65535, got 70000"),
         ('[listeners.mx]\nenabled = "sometimes"\n', "listeners.mx.enabled", "must be true or false"),
-        ("[database]\npool_size = 0\n", "database.pool_size", "must be at least 1"),
+        ("[database]\npool_size = 5\n", "database.pool_size", "is no longer used"),
         ('[database]\nurl = "not a url"\n', "database.url", "is not a database URL"),
         ("[gateway]\nhostname = 5\n", "gateway.hostname", "must be a string"),
         ('[gateway]\nhostname = "bad host"\n', "gateway.hostname", "not a valid domain name"),
@@ -655,7 +664,6 @@ def test_describe_is_json_and_masks_the_database_password() -> None:
     assert described["database"] == {
         "url": "postgresql+asyncpg://gateway:***@db.internal:5432/gateway",
         "echo": False,
-        "pool_size": 5,
     }
     assert settings.database_url == "postgresql+asyncpg://gateway:s3cret@db.internal:5432/gateway"
 
@@ -672,5 +680,4 @@ def test_describe_shows_resolved_paths_and_source(tmp_path: Path) -> None:
     assert described["database"] == {
         "url": f"sqlite+aiosqlite:///{tmp_path / 'etc' / 'state' / 'gateway.db'}",
         "echo": False,
-        "pool_size": 5,
     }

@@ -19,35 +19,9 @@ import pytest
 
 from gateway.config import ImapSettings
 from gateway.mailbox import Delivery, Flag, FlagChange, Located, MailboxError, MailboxOwner
-from gateway.mailbox.imap import (
-    FolderState,
-    ImapLogin,
-    ImapMailbox,
-    ImapServer,
-    Listed,
-    Secret,
-    decode_token,
-    encode_folder_name,
-    encode_token,
-    flag_list,
-    header_values,
-    imap_ref,
-    message_copy_id,
-    message_for_append,
-    parse_appenduid,
-    parse_appenduids,
-    parse_capabilities,
-    parse_fetch,
-    parse_list,
-    parse_ref,
-    parse_search,
-    parse_select,
-    parse_status,
-    parse_untagged,
-    response_codes,
-    system_flags,
-    uid_set,
-)
+from gateway.mailbox.imap import ImapMailbox
+from gateway.mailbox.imap_connection import ImapConnection, ImapLogin, ImapServer, Secret
+from gateway.mailbox.imap_protocol import parse_ref
 from tests.dovecot import Dovecot
 
 OWNER = MailboxOwner("makler-muster", "sb-a1@kunde-a.example")
@@ -62,160 +36,6 @@ SCAN = (b"J" * 76 + b"\r\n") * 850
 def copy(copy_id: str) -> bytes:
     """A copy as fan-out writes it: its id in the X-Gateway-Copy-Id header."""
     return f"X-Gateway-Copy-Id: {copy_id}\r\n".encode() + MESSAGE
-
-
-# --- the parsers, on responses as aioimaplib hands them over ---------------------------------------------
-
-
-def test_fetch_responses_with_literals_and_unsolicited_updates() -> None:
-    lines = [
-        b"1 FETCH (UID 7 FLAGS (\\Seen \\Recent) MODSEQ (12) BODY[HEADER.FIELDS (X-GATEWAY-COPY-ID)] {25}",
-        bytearray(b"X-Gateway-Copy-Id: c1\r\n\r\n"),
-        b")",
-        b"2 FETCH (UID 9 FLAGS () BODY[HEADER.FIELDS (X-GATEWAY-COPY-ID)] {2}",
-        bytearray(b"\r\n"),
-        b" MODSEQ (3))",
-        b"3 FETCH (FLAGS (\\Answered $Forwarded))",  # unsolicited: another session changed flags
-        b"4 EXPUNGE",
-        b"Fetch completed (0.001 + 0.000 secs).",
-    ]
-    first, second, third = parse_fetch(lines)
-    assert (first.seq, first.uid, first.flags, first.modseq) == (1, 7, ("\\Seen", "\\Recent"), 12)
-    assert first.header == b"X-Gateway-Copy-Id: c1\r\n\r\n"
-    assert (second.uid, second.flags, second.modseq, second.header) == (9, (), 3, b"\r\n")
-    assert (third.seq, third.uid, third.flags, third.header) == (3, None, ("\\Answered", "$Forwarded"), None)
-    assert system_flags(first.flags) == {Flag.SEEN}
-    assert system_flags(third.flags) == {Flag.ANSWERED}
-
-
-def test_a_literal_may_hold_anything_imap_syntax_has() -> None:
-    header = b'X-Gateway-Copy-Id: c1\r\nX-Other: ( ) "quoted" {3}\r\n\r\n'
-    lines = [f"5 FETCH (UID 1 BODY[HEADER] {{{len(header)}}}".encode(), bytearray(header), b")", b"done"]
-    [fetched] = parse_fetch(lines)
-    assert (fetched.uid, fetched.header) == (1, header)
-
-
-def test_search_status_list_select_and_codes() -> None:
-    assert parse_search([b"1 3 17", b"Search completed"]) == [1, 3, 17]
-    assert parse_search([b"1 3 (MODSEQ 6)", b"Search completed"]) == [1, 3]
-    assert parse_search([b"", b"Search completed"]) == []
-
-    status = [b"INBOX (MESSAGES 2 UIDNEXT 4 UIDVALIDITY 1795 HIGHESTMODSEQ 7)", b"Status completed."]
-    assert parse_status(status) == {"MESSAGES": 2, "UIDNEXT": 4, "UIDVALIDITY": 1795, "HIGHESTMODSEQ": 7}
-
-    listed = [
-        b'(\\HasNoChildren) "." INBOX',
-        b'(\\HasChildren \\Noselect) "." "Kunden"',
-        b'(\\HasNoChildren) "." "Kunden.M\\"uller \\\\ Co"',
-        b'(\\HasNoChildren) "." {9}',
-        bytearray(b"Vorg&AOQ-"),
-        b'(\\HasNoChildren) NIL "Flat"',
-        b"List completed.",
-    ]
-    assert parse_list(listed) == [
-        Listed("INBOX", ".", frozenset({"\\HASNOCHILDREN"})),
-        Listed("Kunden", ".", frozenset({"\\HASCHILDREN", "\\NOSELECT"})),
-        Listed('Kunden.M"uller \\ Co', ".", frozenset({"\\HASNOCHILDREN"})),
-        Listed("Vorg&AOQ-", ".", frozenset({"\\HASNOCHILDREN"})),
-        Listed("Flat", None, frozenset({"\\HASNOCHILDREN"})),
-    ]
-    assert [folder.selectable for folder in parse_list(listed)] == [True, False, True, True, True]
-
-    select = [
-        b"FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
-        b"OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted.",
-        b"3 EXISTS",
-        b"0 RECENT",
-        b"OK [UIDVALIDITY 1795752475] UIDs valid",
-        b"OK [UIDNEXT 4] Predicted next UID",
-        b"OK [HIGHESTMODSEQ 5] Highest",
-        b"[READ-WRITE] Select completed (0.001 + 0.000 secs).",
-    ]
-    state = parse_select(select)
-    assert (state.uidvalidity, state.uidnext, state.exists, state.highestmodseq) == (1795752475, 4, 3, 5)
-    nomodseq = [b"1 EXISTS", b"OK [UIDVALIDITY 9] x", b"OK [NOMODSEQ] none", b"[READ-ONLY] done"]
-    assert parse_select(nomodseq).highestmodseq is None
-    with pytest.raises(ValueError, match="UIDVALIDITY"):
-        parse_select([b"3 EXISTS", b"Select completed"])
-
-    assert parse_appenduid([b"[APPENDUID 1795751100 42] Append completed (0.005 secs)."]) == (1795751100, 42)
-    assert parse_appenduid([b"Append completed."]) is None
-    # MULTIAPPEND: one UID per message, in the order they went.
-    assert parse_appenduids([b"[APPENDUID 1795751100 5:7,9] Append completed."]) == (1795751100, [5, 6, 7, 9])
-    assert parse_appenduids([b"[APPENDUID 1795751100 42] Append completed."]) == (1795751100, [42])
-    assert parse_appenduids([b"Append completed."]) is None
-    assert parse_appenduids([b"[APPENDUID 1795751100 x:3] Append completed."]) is None
-    assert "TRYCREATE" in response_codes([b"[TRYCREATE] Mailbox doesn't exist: Archiv"])
-    caps = parse_capabilities([b"IMAP4rev1 UIDPLUS CONDSTORE auth=PLAIN", b"Capability completed"])
-    assert caps == {"IMAP4REV1", "UIDPLUS", "CONDSTORE", "AUTH=PLAIN"}
-    assert parse_untagged([b"done"]) == []
-
-
-def test_copy_id_headers() -> None:
-    folded = (
-        b"Subject: x\r\nX-Gateway-Copy-Id:\r\n  c1 \r\nx-gateway-copy-id: c1\r\n\r\nX-Gateway-Copy-Id: c2\r\n"
-    )
-    assert header_values(folded) == ["c1", "c1"], "unfolded, any case, the body does not count"
-    assert message_copy_id(folded) == "c1"
-    assert message_copy_id(b"X-Gateway-Copy-Id: c1\r\nX-Gateway-Copy-Id: c2\r\n\r\n") is None
-    assert message_copy_id(b"X-Gateway-Copy-Id: ../evil\r\n\r\n") is None
-    assert message_copy_id(b"\r\n") is None
-    assert message_copy_id(None) is None
-
-
-def test_the_bytes_appended() -> None:
-    assert message_for_append("c1", MESSAGE) == copy("c1")
-    assert message_for_append("c1", copy("c1")) == copy("c1"), "a copy that names itself stays as it is"
-    assert message_for_append("c1", b"Subject: x\n\nline\nend") == (
-        b"X-Gateway-Copy-Id: c1\r\nSubject: x\r\n\r\nline\r\nend"
-    )
-    assert (
-        message_for_append("c1", b"Subject: nul\r\n\r\na\x00b")
-        == b"X-Gateway-Copy-Id: c1\r\nSubject: nul\r\n\r\na\x00b"
-    ), "NUL bytes stay: they go as a BINARY literal or not at all (test_imap_binary.py)"
-    assert message_for_append("c1", b"") == b"X-Gateway-Copy-Id: c1\r\n"
-    assert message_for_append("c1", b"\r\nbody only") == b"X-Gateway-Copy-Id: c1\r\n\r\nbody only"
-    # A header in the body is not the message's header.
-    body_mention = b"Subject: x\r\n\r\nX-Gateway-Copy-Id: c9\r\n"
-    assert message_for_append("c1", body_mention) == b"X-Gateway-Copy-Id: c1\r\n" + body_mention
-    with pytest.raises(ValueError, match="carries X-Gateway-Copy-Id c2"):
-        message_for_append("c1", copy("c2"))
-
-
-def test_names_sets_references_and_flags() -> None:
-    assert encode_folder_name("Vorgänge") == "Vorg&AOQ-nge"
-    assert encode_folder_name("Akten & Co") == "Akten &- Co"
-    assert encode_folder_name("日本語") == "&ZeVnLIqe-"
-    assert encode_folder_name("inbox") == "INBOX"
-    assert encode_folder_name("Archiv.2026") == "Archiv.2026"
-
-    assert uid_set([3, 1, 2, 7, 9, 10, 2]) == "1:3,7,9:10"
-    assert uid_set([5]) == "5"
-    with pytest.raises(ValueError, match="empty"):
-        uid_set([])
-
-    ref = imap_ref("Kunden;Archiv", 1795, 42)
-    assert ref == "Kunden;Archiv;UIDVALIDITY=1795/;UID=42"
-    assert parse_ref(ref) == ("Kunden;Archiv", 1795, 42)
-    for bad in ["new/c1.host", "INBOX;UIDVALIDITY=x/;UID=1", "INBOX/1"]:
-        with pytest.raises(ValueError, match="reference"):
-            parse_ref(bad)
-
-    assert flag_list({Flag.SEEN, Flag.ANSWERED}) == "(\\Answered \\Seen)"
-    assert system_flags(["\\SEEN", "\\recent", "$Label1", "\\Deleted"]) == {Flag.SEEN, Flag.DELETED}
-    assert system_flags(None) == frozenset()
-
-
-def test_tokens() -> None:
-    states = {"INBOX": FolderState(1795, 12, 40), "Archiv": FolderState(1796, 3, 2)}
-    token = encode_token(states)
-    assert token == '{"v":"imap1","f":{"Archiv":[1796,3,2],"INBOX":[1795,12,40]}}'
-    assert decode_token(token) == states
-    for bad in ["", "[]", '{"v": 1, "f": {}}', '{"v": "imap1"}', '{"v": "imap1", "f": {"INBOX": [1, 2]}}']:
-        with pytest.raises(ValueError, match="flag-state token"):
-            decode_token(bad)
-    with pytest.raises(ValueError, match="flag-state token"):
-        decode_token('{"v": "imap1", "f": {"INBOX": [1, true, 3]}}')
 
 
 # --- against Dovecot -------------------------------------------------------------------------------------
@@ -432,18 +252,17 @@ async def test_flag_changes_follow_condstore(imap: ImapMailbox, dovecot: Dovecot
 async def test_fresh_copies_without_flags_are_not_fetched(
     imap: ImapMailbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gateway.mailbox.imap as imap_module
 
     await imap.append(OWNER, "c1", copy("c1"))
     _, token = await imap.flag_changes(OWNER, None)
     fetched: list[int] = []
-    real_fetch = imap_module._Connection.fetch
+    real_fetch = ImapConnection.fetch
 
     async def counting_fetch(self: Any, uids: Any, items: str) -> Any:
         fetched.extend(uids)
         return await real_fetch(self, uids, items)
 
-    monkeypatch.setattr(imap_module._Connection, "fetch", counting_fetch)
+    monkeypatch.setattr(ImapConnection, "fetch", counting_fetch)
     fresh = [Delivery(OWNER, f"n{n}", copy(f"n{n}"), first_attempt=True) for n in range(5)]
     flagged = Delivery(OWNER, "n5", copy("n5"), frozenset({Flag.SEEN}), first_attempt=True)
     await imap.append_batch([*fresh, flagged])
@@ -460,16 +279,14 @@ async def test_an_unchanged_mailbox_is_looked_at_with_status_only(
     await imap.append(OWNER, "c2", copy("c2"))
     _, token = await imap.flag_changes(OWNER, None)
 
-    import gateway.mailbox.imap as imap_module
-
     selected: list[str] = []
-    real_select = imap_module._Connection.select
+    real_select = ImapConnection.select
 
     async def counting_select(self: object, folder: str) -> object:
         selected.append(folder)
         return await real_select(self, folder)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(imap_module._Connection, "select", counting_select)
+    monkeypatch.setattr(ImapConnection, "select", counting_select)
     assert await imap.flag_changes(OWNER, token) == ([], token)
     # No SELECT but possibly of the folder the pooled connection still had selected (STATUS on the
     # selected folder is a client bug to Dovecot): LIST, then STATUS per folder.
@@ -520,10 +337,9 @@ async def test_connections_are_pooled_per_member(dovecot: Dovecot) -> None:
 async def test_a_members_first_attempts_go_in_one_multiappend(
     imap: ImapMailbox, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gateway.mailbox.imap as imap_module
 
     commands: list[tuple[str, int]] = []
-    real_many, real_one = imap_module._Connection.append_many, imap_module._Connection.append
+    real_many, real_one = ImapConnection.append_many, ImapConnection.append
 
     async def append_many(self: Any, folder: str, messages: Any) -> Any:
         commands.append(("many", len(messages)))
@@ -533,8 +349,8 @@ async def test_a_members_first_attempts_go_in_one_multiappend(
         commands.append(("one", 1))
         return await real_one(self, folder, message, flags)
 
-    monkeypatch.setattr(imap_module._Connection, "append_many", append_many)
-    monkeypatch.setattr(imap_module._Connection, "append", append)
+    monkeypatch.setattr(ImapConnection, "append_many", append_many)
+    monkeypatch.setattr(ImapConnection, "append", append)
     flag_sets = [frozenset(), frozenset({Flag.SEEN}), frozenset({Flag.SEEN, Flag.ANSWERED})]
     deliveries = [
         Delivery(o, f"{o.address[:5]}-{n}", copy(f"{o.address[:5]}-{n}"), flags, first_attempt=True)
@@ -557,12 +373,11 @@ async def test_a_members_first_attempts_go_in_one_multiappend(
 async def test_a_refused_multiappend_goes_one_by_one(
     imap: ImapMailbox, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gateway.mailbox.imap as imap_module
 
     async def refused(self: Any, folder: str, messages: Any) -> None:
         return None  # the server said NO: none of them is in the mailbox
 
-    monkeypatch.setattr(imap_module._Connection, "append_many", refused)
+    monkeypatch.setattr(ImapConnection, "append_many", refused)
     deliveries = [Delivery(OWNER, f"r{n}", copy(f"r{n}"), first_attempt=True) for n in range(4)]
     results = await imap.append_batch(deliveries)
     assert all(isinstance(r, Located) for r in results), results

@@ -23,7 +23,8 @@ from gateway.mailbox import (
     MaildirMailbox,
     MemoryMailbox,
 )
-from gateway.mailbox.imap import ImapMailbox, message_for_append, parse_ref
+from gateway.mailbox.imap import ImapMailbox
+from gateway.mailbox.imap_protocol import message_for_append, parse_ref
 from tests.dovecot import Dovecot
 
 OWNER = MailboxOwner("makler-muster", "sb-a1@kunde-a.example")

@@ -13,7 +13,8 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from gateway.senderauth.dns import DnsTemporaryError, StaticResolver, SystemResolver, normalise_name
+from gateway.errors import DnsTemporaryError
+from gateway.senderauth.dns import StaticResolver, SystemResolver, normalise_name
 
 ZONE: dict[tuple[str, str], list[str]] = {
     ("kunde.example", "TXT"): ['"v=spf1 ip4:192.0.2.0/24" " -all"', '"google-site-verification=abc"'],

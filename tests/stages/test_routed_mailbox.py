@@ -18,7 +18,9 @@ import pytest
 
 from gateway.config import ImapSettings, Settings
 from gateway.mailbox import Delivery, Flag, FlagChange, Located, MailboxError, MailboxOwner
-from gateway.mailbox.imap import ImapLogin, ImapMailbox, ImapServer, Secret, parse_ref
+from gateway.mailbox.imap import ImapMailbox
+from gateway.mailbox.imap_connection import ImapLogin, ImapServer, Secret
+from gateway.mailbox.imap_protocol import parse_ref
 from gateway.mailbox.routed import RoutedMailbox
 from gateway.service import mailbox_for
 from tests.dovecot import Dovecot, private_dovecot

@@ -1,37 +1,18 @@
-"""Configuration: config/*.toml plus GATEWAY_… environment overrides -> frozen, validated settings.
+"""The sections of config/gateway.toml as frozen pydantic models, with every default the gateway has.
 
-Every default the gateway has lives in this module, next to a sentence saying what it does;
-``config/gateway.toml`` repeats them as a commented example.  Loading happens in three steps:
-
-1. the TOML file is read (no file at all is fine: the embedded defaults run a one-node gateway on
-   SQLite and Maildir, listening on loopback only);
-2. ``GATEWAY_<SECTION>__<KEY>`` variables are laid over it (``GATEWAY_LISTENERS__MX__PORT=2526``);
-   a value that parses as TOML (``50``, ``true``, ``["a@b.example"]``) is taken as that, anything else
-   as a plain string;
-3. one validation pass turns the result into a frozen :class:`Settings`, or raises one
-   :class:`~gateway.errors.ConfigError` that lists every problem with the key (or variable) it concerns.
-
-Relative paths resolve against the directory of the config file, not the working directory, so a
-service started from anywhere reads the same files; without a file they resolve against the working
-directory.  Values from environment overrides follow the same rule, so a path means the same thing
-wherever it is written.
+Each default sits next to a sentence saying what it does; ``config/gateway.toml`` repeats them as a
+commented example and docs/configuration.md explains them. ``Settings`` holds one model per section
+and the checks that span sections.
 """
 
 from __future__ import annotations
 
-import copy
 import ipaddress
-import json
-import os
 import re
-import tomllib
-import types
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Self
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -40,201 +21,57 @@ from pydantic import (
     Field,
     PrivateAttr,
     StrictInt,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from gateway.config.types import (
+    DOMAIN_RE,
+    KIB,
+    MIB,
+    Address,
+    ByteSize,
+    DomainName,
+    FieldProblem,
+    Port,
+    PositiveInt,
+    ResolvedPath,
+    Word,
+    absolute,
+    base_dir,
+    normalize_address,
+    show,
+    to_lower,
+    to_upper,
+)
 from gateway.domain.data_memory import session_footprint
-from gateway.errors import ConfigError, Problem
 
-__all__ = [
-    "DEFAULT_CONFIG_PATH",
-    "DatabaseSettings",
-    "DomainsSettings",
-    "FanoutSettings",
-    "GatewaySettings",
-    "ImapMemberSettings",
-    "ImapSettings",
-    "IntakeSettings",
-    "LimitsSettings",
-    "ListenerSettings",
-    "ListenersSettings",
-    "LoggingSettings",
-    "MailboxSettings",
-    "MxListenerSettings",
-    "RulesSettings",
-    "SecretsSettings",
-    "Settings",
-    "SubmissionListenerSettings",
-    "config_path",
-    "describe",
-    "load_settings",
-]
-
-DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
-CONFIG_VARIABLE = "GATEWAY_CONFIG"
 ENV_PREFIX = "GATEWAY_"
+"""Environment variables ``GATEWAY_<SECTION>__<KEY>`` override settings (gateway/config/loader.py)."""
+
+RETIRED_KEYS: Mapping[tuple[str, ...], str] = {
+    ("database", "pool_size"): (
+        "is no longer used: serving work runs on the writer thread's one connection per process, so "
+        "the setting had no effect; remove it"
+    ),
+}
+"""Keys older configuration files may still set, each with what to tell the person who set it."""
 
 DEFAULT_HOSTNAME = "gateway.localhost"
 DEFAULT_DATA_DIR = Path("data")
-KIB = 1024
-MIB = 1024 * KIB
 
 
-# --- value types -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Context:
-    """Validation context: what relative paths are relative to."""
-
-    base_dir: Path
-
-
-def _base_dir(context: object) -> Path:
-    # Settings built directly in code (tests) have no context; they mean the working directory.
-    return context.base_dir if isinstance(context, _Context) else Path.cwd()
-
-
-def _absolute(path: Path, base: Path) -> Path:
-    # normpath rather than resolve(): following symlinks would make the reported paths differ from
-    # what the operator wrote, and the files need not exist yet.
-    return Path(os.path.normpath(base / path.expanduser()))
-
-
-def _reject_empty_path(value: object) -> object:
-    # Path("") is ".", which would silently mean "the config directory itself".
-    if isinstance(value, str) and not value.strip():
-        raise ValueError("must not be empty")
-    return value
-
-
-def _resolve_path(value: Path, info: ValidationInfo) -> Path:
-    return _absolute(value, _base_dir(info.context))
-
-
-ResolvedPath = Annotated[Path, BeforeValidator(_reject_empty_path), AfterValidator(_resolve_path)]
-"""A path; relative ones are taken relative to the config file's directory."""
-
-Port = Annotated[StrictInt, Field(ge=0, le=65535)]
-"""A TCP port to listen on; 0 lets the system pick a free one (tests)."""
-
-PositiveInt = Annotated[StrictInt, Field(gt=0)]
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "kib": KIB,
-    "mib": MIB,
-    "gib": 1024 * MIB,
-}
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
-_SIZE_EXAMPLES = 'a number of bytes or a size such as "25MiB", "10MB" or "512KiB"'
-
-
-def _parse_size(value: object) -> object:
-    # bool is an int in Python; "true" bytes is a mistake, not 1.
-    if isinstance(value, bool):
-        raise ValueError(f"must be {_SIZE_EXAMPLES}, got {_show(value)}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        match = _SIZE_RE.match(value)
-        if match and match.group(2).lower() in _SIZE_UNITS:
-            return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-    raise ValueError(f"must be {_SIZE_EXAMPLES}, got {_show(value)}")
-
-
-ByteSize = Annotated[int, BeforeValidator(_parse_size), Field(gt=0)]
-"""A size in bytes; accepts an int or a string with a unit (``25MiB``, ``10MB``, ``512KiB``)."""
-
-_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
-
-
-def _domain_name(value: str) -> str:
-    name = value.strip().lower()
-    if not _DOMAIN_RE.match(name):
-        raise ValueError(f"{_show(value)} is not a valid domain name")
-    return name
-
-
-def _address(value: str) -> str:
-    try:
-        checked = validate_email(value, check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise ValueError(f"{_show(value)} is not a valid address: {exc}") from None
-    # Local parts are case-sensitive in theory only; matching RCPT TO needs one spelling.
-    return checked.normalized.lower()
-
-
-def _non_blank(value: str) -> str:
-    text = value.strip()
-    if not text or any(ch.isspace() for ch in text):
-        raise ValueError(f"must be a single word without spaces, got {_show(value)}")
-    return text
-
-
-def _upper(value: object) -> object:
-    return value.upper() if isinstance(value, str) else value
-
-
-def _lower(value: object) -> object:
-    return value.lower() if isinstance(value, str) else value
-
-
-_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _env_name(value: str) -> str:
-    # Not echoing the value: someone who misread the key may have written the password itself.
-    if not _ENV_NAME_RE.fullmatch(value):
-        raise ValueError(
-            "is not the name of an environment variable (letters, digits and _, not starting with a "
-            "digit): write the variable's name here and put the password into that variable"
-        )
-    rest = value.upper()[len(ENV_PREFIX) :] if value.upper().startswith(ENV_PREFIX) else ""
-    if rest and ("__" in rest or rest.lower() in _SECTIONS):
-        raise ValueError(
-            f"{value} has the form {ENV_PREFIX}<SECTION>__<KEY>, which the gateway reads as a setting "
-            "override; give the password variable another name"
-        )
-    return value
-
-
-DomainName = Annotated[str, AfterValidator(_domain_name)]
-Address = Annotated[str, AfterValidator(_address)]
-Word = Annotated[str, AfterValidator(_non_blank)]
-EnvName = Annotated[str, AfterValidator(_env_name)]
-"""The name of an environment variable holding a secret; the value is read when it is needed."""
-
-
-class _FieldProblem(ValueError):
-    """A cross-field check that failed; ``key`` (dotted, relative to the model) says where to point."""
-
-    def __init__(self, key: str, reason: str) -> None:
-        super().__init__(reason)
-        self.key = key
-
-
-# --- sections --------------------------------------------------------------------------------------
-
-
-class _Section(BaseModel):
+class Section(BaseModel):
     # validate_default: defaults go through the same validators, so default paths get resolved too.
     model_config = ConfigDict(
         frozen=True, extra="forbid", validate_default=True, use_attribute_docstrings=True
     )
 
 
-class GatewaySettings(_Section):
+class GatewaySettings(Section):
     """``[gateway]``: who this gateway is and where it keeps its state."""
 
     hostname: DomainName = DEFAULT_HOSTNAME
@@ -252,12 +89,12 @@ class GatewaySettings(_Section):
         if isinstance(data, Mapping) and "node_name" not in data:
             hostname = data.get("hostname", DEFAULT_HOSTNAME)
             # A bad hostname is reported once, under hostname, not again under node_name.
-            if isinstance(hostname, str) and _DOMAIN_RE.match(hostname.strip().lower()):
+            if isinstance(hostname, str) and DOMAIN_RE.match(hostname.strip().lower()):
                 return {**data, "node_name": hostname.strip().lower()}
         return data
 
 
-class DatabaseSettings(_Section):
+class DatabaseSettings(Section):
     """``[database]``: where messages, queues and the directory are stored."""
 
     url: str | None = None
@@ -266,8 +103,15 @@ class DatabaseSettings(_Section):
     echo: bool = False
     """Log every SQL statement (debugging only: it logs message data)."""
 
-    pool_size: Annotated[StrictInt, Field(ge=1)] = 5
-    """Connections kept open per process (PostgreSQL)."""
+    @model_validator(mode="before")
+    @classmethod
+    def _no_retired_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for key in data:
+                reason = RETIRED_KEYS.get(("database", str(key)))
+                if reason is not None:
+                    raise FieldProblem(str(key), reason)
+        return data
 
     @field_validator("url")
     @classmethod
@@ -287,11 +131,11 @@ class DatabaseSettings(_Section):
             return value
         if database.startswith("file:") or Path(database).is_absolute():
             return value
-        resolved = _absolute(Path(database), _base_dir(info.context))
+        resolved = absolute(Path(database), base_dir(info.context))
         return url.set(database=str(resolved)).render_as_string(hide_password=False)
 
 
-class DomainsSettings(_Section):
+class DomainsSettings(Section):
     """``[domains]``: which addresses the MX listener accepts mail for."""
 
     reply_domain: DomainName = "reply.gateway.localhost"
@@ -303,7 +147,7 @@ class DomainsSettings(_Section):
     addresses, and refuses everything else. Addresses are stored lower-case."""
 
 
-class ListenerSettings(_Section):
+class ListenerSettings(Section):
     """One SMTP listener; the defaults differ per listener (see the two subclasses)."""
 
     enabled: bool = True
@@ -340,10 +184,10 @@ class ListenerSettings(_Section):
     def _local_only_needs_loopback(cls, value: bool, info: ValidationInfo) -> bool:
         host = info.data.get("host")
         if value and isinstance(host, str) and not _is_loopback(host):
-            raise _FieldProblem(
+            raise FieldProblem(
                 "..host",
                 "local_only listeners must bind to a loopback address (127.0.0.1, ::1 or localhost), "
-                f"not {_show(host)}",
+                f"not {show(host)}",
             )
         return value
 
@@ -389,7 +233,7 @@ def loopback_only(listener: ListenerSettings) -> bool:
     return _is_loopback(listener.host)
 
 
-class ListenersSettings(_Section):
+class ListenersSettings(Section):
     """``[listeners.*]``: the two SMTP listeners."""
 
     submission: SubmissionListenerSettings = Field(default_factory=SubmissionListenerSettings)
@@ -399,15 +243,39 @@ class ListenersSettings(_Section):
     """MX listener for replies and intake addresses."""
 
 
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_name(value: str) -> str:
+    # Not echoing the value: someone who misread the key may have written the password itself.
+    if not _ENV_NAME_RE.fullmatch(value):
+        raise ValueError(
+            "is not the name of an environment variable (letters, digits and _, not starting with a "
+            "digit): write the variable's name here and put the password into that variable"
+        )
+    rest = value.upper()[len(ENV_PREFIX) :] if value.upper().startswith(ENV_PREFIX) else ""
+    if rest and ("__" in rest or rest.lower() in SECTIONS):
+        raise ValueError(
+            f"{value} has the form {ENV_PREFIX}<SECTION>__<KEY>, which the gateway reads as a setting "
+            "override; give the password variable another name"
+        )
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+"""The name of an environment variable holding a secret; the value is read when it is needed. It is
+checked here, next to the sections, because a name that reads as a setting override must be refused."""
+
+
 ImapPort = Annotated[StrictInt, Field(ge=1, le=65535)]
-ImapTls = Annotated[Literal["none", "starttls", "tls"], BeforeValidator(_lower)]
+ImapTls = Annotated[Literal["none", "starttls", "tls"], BeforeValidator(to_lower)]
 
 
 def _both_password_sources(prefix: str) -> str:
     return f"{prefix}password_file is set too: give {prefix}password_file or {prefix}password_env, not both"
 
 
-class ImapMemberSettings(_Section):
+class ImapMemberSettings(Section):
     """``[mailbox.imap.members."<address>"]``: one member's mailbox, where it differs from [mailbox.imap].
 
     Every key is optional and defaults to [mailbox.imap]'s. The login is either the master user's
@@ -468,21 +336,19 @@ class ImapMemberSettings(_Section):
         ]
         if self.login is not None:
             if master_keys:
-                raise _FieldProblem(
+                raise FieldProblem(
                     master_keys[0],
                     "belongs to a master-user login, but login names the member's own account: "
                     "give one way to log in",
                 )
             if self.password_file is None and self.password_env is None:
-                raise _FieldProblem(
-                    "login", "needs the member's password: give password_file or password_env"
-                )
+                raise FieldProblem("login", "needs the member's password: give password_file or password_env")
             if self.password_file is not None and self.password_env is not None:
-                raise _FieldProblem("password_env", _both_password_sources(""))
+                raise FieldProblem("password_env", _both_password_sources(""))
             return self
         for key in ("password_file", "password_env"):
             if getattr(self, key) is not None:
-                raise _FieldProblem(
+                raise FieldProblem(
                     key,
                     "is the password of a member's own login: give login too (a master user's "
                     "password goes into master_password_file or master_password_env)",
@@ -492,11 +358,11 @@ class ImapMemberSettings(_Section):
             and self.master_password_file is None
             and self.master_password_env is None
         ):
-            raise _FieldProblem(
+            raise FieldProblem(
                 "master_user", "needs its password here: give master_password_file or master_password_env"
             )
         if self.master_password_file is not None and self.master_password_env is not None:
-            raise _FieldProblem("master_password_env", _both_password_sources("master_"))
+            raise FieldProblem("master_password_env", _both_password_sources("master_"))
         return self
 
     @property
@@ -508,7 +374,7 @@ class ImapMemberSettings(_Section):
         )
 
 
-class ImapSettings(_Section):
+class ImapSettings(Section):
     """``[mailbox.imap]``: the IMAP server holding members' mailboxes (backend = "imap")."""
 
     host: str = "127.0.0.1"
@@ -551,12 +417,12 @@ class ImapSettings(_Section):
         spelled: dict[str, str] = {}
         for key in value:
             try:
-                address = _address(str(key))
+                address = normalize_address(str(key))
             except ValueError:
                 continue  # reported as an invalid address
             if address in spelled:
-                raise _FieldProblem(
-                    str(key), f"names the same member as {_show(spelled[address])}: give one table per member"
+                raise FieldProblem(
+                    str(key), f"names the same member as {show(spelled[address])}: give one table per member"
                 )
             spelled[address] = str(key)
         return value
@@ -573,7 +439,7 @@ class ImapSettings(_Section):
                 member.port is not None and member.port != info.data.get("port")
             )
             if moved and not member.names_login:
-                raise _FieldProblem(
+                raise FieldProblem(
                     address,
                     "is on another server (host or port) but names no login for it: give login with "
                     "password_file or password_env, or master_user with master_password_file or "
@@ -582,16 +448,16 @@ class ImapSettings(_Section):
         return value
 
 
-class MailboxSettings(_Section):
+class MailboxSettings(Section):
     """``[mailbox]``: where members' copies are delivered."""
 
-    backend: Annotated[Literal["maildir", "imap"], BeforeValidator(_lower)] = "maildir"
+    backend: Annotated[Literal["maildir", "imap"], BeforeValidator(to_lower)] = "maildir"
     """"maildir" (files under maildir_root, can be served by Dovecot) or "imap" (any IMAP server)."""
 
     maildir_root: ResolvedPath = DEFAULT_DATA_DIR / "mail"
     """Root of the members' Maildirs. Default: <data_dir>/mail."""
 
-    maildir_sync: Annotated[Literal["batch", "each"], BeforeValidator(_lower)] = "batch"
+    maildir_sync: Annotated[Literal["batch", "each"], BeforeValidator(to_lower)] = "batch"
     """How Maildir copies are made durable before they count as delivered. "batch": the copies of a
     fan-out batch are written, then the file system is synced once (Linux syncfs(2)); "each": every
     file and its directory are fsynced on their own, as most delivery agents do (portable, and much
@@ -606,9 +472,9 @@ class MailboxSettings(_Section):
         if self.backend != "imap":
             return self
         if self.imap.master_user is None:
-            raise _FieldProblem("imap.master_user", 'is required when mailbox.backend is "imap"')
+            raise FieldProblem("imap.master_user", 'is required when mailbox.backend is "imap"')
         if self.imap.master_password_file is None and self.imap.master_password_env is None:
-            raise _FieldProblem(
+            raise FieldProblem(
                 "imap.master_password_file",
                 'is required when mailbox.backend is "imap": give master_password_file or '
                 "master_password_env",
@@ -616,7 +482,7 @@ class MailboxSettings(_Section):
         return self
 
 
-class SecretsSettings(_Section):
+class SecretsSettings(Section):
     """``[secrets]``: files holding secrets; the secrets themselves never appear in the configuration."""
 
     token_key_files: Annotated[tuple[ResolvedPath, ...], Field(min_length=1)] = (
@@ -626,7 +492,7 @@ class SecretsSettings(_Section):
     Default: [<data_dir>/secrets/token.key]."""
 
 
-class LimitsSettings(_Section):
+class LimitsSettings(Section):
     """``[limits]``: what a client may send before it gets a clear refusal (DESIGN.md §8)."""
 
     max_message_size: ByteSize = 25 * MIB
@@ -693,7 +559,7 @@ class LimitsSettings(_Section):
     keeps logging in."""
 
 
-class IntakeSettings(_Section):
+class IntakeSettings(Section):
     """``[intake]``: how accepted mail is attached to Vorgänge and how members' copies look."""
 
     vorgang_header: Word = "X-Gateway-Vorgang"
@@ -703,7 +569,7 @@ class IntakeSettings(_Section):
     """Put the Vorgang's tag ([VG-…]) in front of a copy's subject when the subject lacks it."""
 
 
-class FanoutSettings(_Section):
+class FanoutSettings(Section):
     """``[fanout]``: the worker that writes pending copies into members' mailboxes."""
 
     enabled: bool = True
@@ -742,7 +608,7 @@ class FanoutSettings(_Section):
     back office gets a failure notice (action=failed). Default: 5 days, as [relay] lifetime."""
 
 
-class FlagSyncSettings(_Section):
+class FlagSyncSettings(Section):
     """``[flagsync]``: the watcher that carries flags members set to their co-members' copies."""
 
     enabled: bool = True
@@ -766,7 +632,7 @@ class FlagSyncSettings(_Section):
     a shorter round notices a dead connection (a NAT that forgot it) sooner."""
 
 
-class ReconcileSettings(_Section):
+class ReconcileSettings(Section):
     """``[reconcile]``: the worker that brings existing copies in line after a directory change."""
 
     enabled: bool = True
@@ -782,7 +648,7 @@ class ReconcileSettings(_Section):
     """Seconds a run stays reserved for this process after its last batch; then another may go on."""
 
 
-class RepliesSettings(_Section):
+class RepliesSettings(Section):
     """``[replies]``: how members' replies at the MX listener are checked."""
 
     authserv_id: str | None = None
@@ -805,7 +671,7 @@ class RepliesSettings(_Section):
     member of its audience, and `gateway serve`, `config check` and `directory load` refuse it."""
 
 
-class RelaySettings(_Section):
+class RelaySettings(Section):
     """``[relay]``: the queue that delivers members' replies to the back offices' SMTP servers."""
 
     enabled: bool = True
@@ -827,7 +693,7 @@ class RelaySettings(_Section):
     """Seconds a taken mail stays reserved for this process; longer than any SMTP conversation."""
 
 
-class RulesSettings(_Section):
+class RulesSettings(Section):
     """``[rules]``: the routing rules files (docs/rules.md)."""
 
     dir: ResolvedPath = Path("rules")
@@ -838,17 +704,17 @@ class RulesSettings(_Section):
     """Seconds between two looks at the files for changes (a running gateway also reloads on SIGHUP)."""
 
 
-class LoggingSettings(_Section):
+class LoggingSettings(Section):
     """``[logging]``: how much the gateway logs, and in which shape."""
 
-    level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = "INFO"
+    level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(to_upper)] = "INFO"
     """Lowest level logged (case-insensitive)."""
 
-    format: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = "text"
+    format: Annotated[Literal["text", "json"], BeforeValidator(to_lower)] = "text"
     """"text" for people, "json" (one object per line) for log collectors."""
 
 
-_SECTIONS: Mapping[str, type[_Section]] = {
+SECTIONS: Mapping[str, type[Section]] = {
     "gateway": GatewaySettings,
     "database": DatabaseSettings,
     "domains": DomainsSettings,
@@ -900,7 +766,7 @@ class Settings(BaseModel):
         # directory) and the data_dir they derive from, so every section goes through here as a table.
         if not isinstance(data, Mapping):
             return data
-        tables: dict[str, Any] = {name: {} for name in _SECTIONS} | dict(data)
+        tables: dict[str, Any] = {name: {} for name in SECTIONS} | dict(data)
         data_dir = _data_dir_of(tables["gateway"], info.context)
         if data_dir is None:
             return tables  # gateway.data_dir is invalid and will be reported as such
@@ -922,7 +788,7 @@ class Settings(BaseModel):
         for name in ("submission", "mx"):
             listener: ListenerSettings = getattr(self.listeners, name)
             if listener.max_data_memory < needed:
-                raise _FieldProblem(
+                raise FieldProblem(
                     f"listeners.{name}.max_data_memory",
                     f"is {listener.max_data_memory} bytes, less than one message of [limits] "
                     f"max_message_size ({self.limits.max_message_size} bytes) holds while it arrives "
@@ -951,7 +817,7 @@ def _data_dir_of(table: object, context: object) -> Path | None:
         return None
     raw = table.get("data_dir", DEFAULT_DATA_DIR)
     if isinstance(raw, Path) or (isinstance(raw, str) and raw.strip()):
-        return _absolute(Path(raw), _base_dir(context))
+        return absolute(Path(raw), base_dir(context))
     return None
 
 
@@ -962,358 +828,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-# --- loading ---------------------------------------------------------------------------------------
-
-
-def config_path(explicit: Path | None, environ: Mapping[str, str]) -> Path:
-    """The configuration file to read: the one given, else ``$GATEWAY_CONFIG``, else the default."""
-    if explicit is not None:
-        return explicit
-    for name, value in environ.items():
-        if name.upper() == CONFIG_VARIABLE and value.strip():
-            return Path(value)
-    return DEFAULT_CONFIG_PATH
-
-
-def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read ``path`` (None: no file), apply ``GATEWAY_…`` overrides from ``environ`` (None: os.environ).
-
-    Raises ConfigError listing every problem found: file, variables and values alike.
-    """
-    env: Mapping[str, str] = os.environ if environ is None else environ
-    problems: list[Problem] = []
-    raw: dict[str, Any] = {}
-    readable = True
-    if path is not None:
-        loaded = _read_toml(path)
-        if isinstance(loaded, Problem):
-            problems.append(loaded)
-            readable = False
-        else:
-            raw = loaded
-    overrides, override_problems = _read_overrides(env)
-    problems.extend(override_problems)
-
-    settings: Settings | None = None
-    # An unreadable file leaves nothing to check the values against; its own problem says enough.
-    if readable:
-        data, origins = _apply_overrides(raw, overrides)
-        base = path.absolute().parent if path is not None else Path.cwd()
-        try:
-            settings = Settings.model_validate(data, context=_Context(base_dir=base))
-        except ValidationError as exc:
-            problems.extend(_problem_from(error, origins) for error in exc.errors())
-
-    if problems or settings is None:
-        where = (
-            f"configuration {path}"
-            if path is not None
-            else "configuration (defaults and GATEWAY_… variables)"
-        )
-        count = len(problems)
-        raise ConfigError(f"{where} is invalid: {count} problem{'s' if count != 1 else ''}", problems)
-    settings._source = path.absolute() if path is not None else None
-    return settings
-
-
-_TOML_POSITION_RE = re.compile(
-    r"^(?P<message>.*?)\s*\(at (?:line (?P<line>\d+), column (?P<column>\d+)|end of document)\)$"
-)
-
-
-def _read_toml(path: Path) -> dict[str, Any] | Problem:
-    try:
-        content = path.read_bytes()
-    except FileNotFoundError:
-        return Problem(str(path), "no such file")
-    except IsADirectoryError:
-        return Problem(str(path), "is a directory, not a TOML file")
-    except OSError as exc:
-        return Problem(str(path), f"cannot be read: {exc.strerror or exc}")
-    try:
-        text = content.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = content.count(b"\n", 0, exc.start) + 1
-        return Problem(f"{path}:{line}", "is not UTF-8 text")
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        return _toml_problem(path, text, exc)
-
-
-def _toml_problem(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> Problem:
-    message = str(exc)
-    line: int | None = getattr(exc, "lineno", None)  # Python 3.14 has the attributes
-    column: int | None = getattr(exc, "colno", None)
-    match = _TOML_POSITION_RE.match(message)
-    if match:
-        message = match.group("message")
-        if line is None and match.group("line"):
-            line, column = int(match.group("line")), int(match.group("column"))
-        elif line is None:
-            line = max(1, text.count("\n") + (0 if text.endswith("\n") else 1))
-    reason = f"invalid TOML: {message}" + (f" (column {column})" if column else "")
-    return Problem(f"{path}:{line}" if line else str(path), reason)
-
-
-@dataclass(frozen=True, slots=True)
-class _Override:
-    variable: str
-    keys: tuple[str, ...]
-    value: object
-
-
-def _read_overrides(environ: Mapping[str, str]) -> tuple[list[_Override], list[Problem]]:
-    overrides: list[_Override] = []
-    problems: list[Problem] = []
-    seen: dict[tuple[str, ...], str] = {}
-    for variable in sorted(environ):
-        name = variable.upper()
-        # Only GATEWAY_<SECTION>__<KEY> names a setting; other GATEWAY_ variables (GATEWAY_CONFIG,
-        # GATEWAY_PORTFOLIO for the CLI, GATEWAY_TEST_… for the tests) belong to someone else, except a
-        # bare section name, which is surely a mistake worth reporting.
-        rest = name[len(ENV_PREFIX) :] if name.startswith(ENV_PREFIX) else ""
-        if not rest or ("__" not in rest and rest.lower() not in _SECTIONS):
-            continue
-        keys = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
-        target = _setting_at(keys)
-        if isinstance(target, str):
-            problems.append(Problem(variable, target))
-            continue
-        if keys in seen:
-            problems.append(Problem(variable, f"sets {'.'.join(keys)} again; {seen[keys]} sets it already"))
-            continue
-        seen[keys] = variable
-        overrides.append(_Override(variable, keys, _env_value(environ[variable], target)))
-    return overrides, problems
-
-
-def _setting_at(keys: tuple[str, ...]) -> Any:
-    """The type of the setting ``keys`` names, or a reason (str) why it names none."""
-    if not all(keys):
-        return f"is not of the form {ENV_PREFIX}<SECTION>__<KEY> (sections: {', '.join(_SECTIONS)})"
-    model: type[BaseModel] = Settings
-    for depth, key in enumerate(keys):
-        dotted = ".".join(keys[: depth + 1])
-        field = model.model_fields.get(key)
-        if field is None:
-            if _looks_secret(key):
-                return f"there is no setting {dotted}; {_secret_hint(keys[:depth])}"
-            known = ", ".join(model.model_fields)
-            return f"there is no setting {dotted}" + (f" (known here: {known})" if known else "")
-        annotation = field.annotation
-        last = depth == len(keys) - 1
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            if last:
-                return f"names the section [{dotted}], not a setting; use {_variable(keys)}__<KEY>"
-            model = annotation
-        elif not last:
-            return f"{dotted} is a setting, not a section"
-        else:
-            return annotation
-    return "names no setting"  # reached only for an empty key list, which split() never yields
-
-
-def _variable(keys: Sequence[str]) -> str:
-    return ENV_PREFIX + "__".join(keys).upper()
-
-
-def _env_value(text: str, annotation: Any) -> object:
-    try:
-        document = tomllib.loads(f"value = {text}")
-    except tomllib.TOMLDecodeError:
-        return text
-    if set(document) != {"value"}:
-        return text  # text with a newline smuggled in more keys; take it literally
-    value = document["value"]
-    # GATEWAY_GATEWAY__HOSTNAME=2024-01-01 or =true means that text, not a date or a bool.
-    if _wants_text(annotation) and not isinstance(value, str):
-        return text
-    return value
-
-
-def _wants_text(annotation: Any) -> bool:
-    members = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
-    wanted = [member for member in members if member is not type(None)]
-    return bool(wanted) and all(member in (str, Path) for member in wanted)
-
-
-def _apply_overrides(
-    raw: dict[str, Any], overrides: Sequence[_Override]
-) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
-    data = copy.deepcopy(raw)
-    origins: dict[tuple[str, ...], str] = {}
-    for override in overrides:
-        table: Any = data
-        for key in override.keys[:-1]:
-            table = table.setdefault(key, {})
-            if not isinstance(table, dict):
-                break  # the file has a value where a table belongs; that problem gets reported
-        else:
-            table[override.keys[-1]] = override.value
-            origins[override.keys] = override.variable
-    return data, origins
-
-
-# --- turning pydantic's errors into problems for people ------------------------------------------
-
-
-def _problem_from(error: ErrorDetails, origins: Mapping[tuple[str, ...], str]) -> Problem:
-    loc: list[str | int] = list(error["loc"])
-    if loc and loc[-1] == "[key]":
-        # pydantic says a mapping's key is wrong with a "[key]" step; the key itself names the place.
-        loc = loc[:-1]
-    cause = (error.get("ctx") or {}).get("error")
-    if isinstance(cause, _FieldProblem):
-        # Keys starting with ".." replace the field the validator ran on with a sibling.
-        key = cause.key
-        if key.startswith(".."):
-            loc, key = loc[:-1], key[2:]
-        loc.extend(key.split("."))
-    return Problem(_where(loc, origins), _reason(error, loc))
-
-
-def _where(loc: Sequence[str | int], origins: Mapping[tuple[str, ...], str]) -> str:
-    for length in range(len(loc), 0, -1):
-        head = loc[:length]
-        if all(isinstance(part, str) for part in head):
-            variable = origins.get(tuple(str(part) for part in head))
-            if variable is not None:
-                return variable + _dotted(loc[length:], leading_dot=True)
-    return _dotted(loc) or "(top level)"
-
-
-def _dotted(loc: Sequence[str | int], *, leading_dot: bool = False) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return text if leading_dot else text.removeprefix(".")
-
-
-def _reason(error: ErrorDetails, loc: Sequence[str | int]) -> str:
-    kind = error["type"]
-    ctx = error.get("ctx") or {}
-    # Never repeat what was written under [secrets]: a misplaced key may be the key itself.
-    got = "" if loc[:1] == ["secrets"] else f", got {_show(error.get('input'))}"
-    if kind == "extra_forbidden":
-        return _unknown_key_reason(loc)
-    if kind == "value_error":
-        return str(ctx.get("error", error["msg"]))
-    simple = {
-        "int_type": "must be a whole number",
-        "int_parsing": "must be a whole number",
-        "int_from_float": "must be a whole number",
-        "bool_type": "must be true or false",
-        "bool_parsing": "must be true or false",
-        "string_type": "must be a string (in quotes)",
-        "path_type": "must be a path (a string in quotes)",
-        "list_type": 'must be a list such as ["…", "…"]',
-        "tuple_type": 'must be a list such as ["…", "…"]',
-        "model_type": "must be a table (a [section])",
-        "model_attributes_type": "must be a table (a [section])",
-        "dict_type": "must be a table (a [section])",
-    }
-    if kind in simple:
-        return simple[kind] + got
-    if kind == "literal_error":
-        return f"must be {ctx.get('expected', 'one of the listed values')}{got}"
-    if kind == "greater_than":
-        return f"must be greater than {ctx.get('gt')}{got}"
-    if kind == "greater_than_equal":
-        return f"must be at least {ctx.get('ge')}{got}"
-    if kind == "less_than_equal":
-        return f"must be at most {ctx.get('le')}{got}"
-    if kind == "less_than":
-        return f"must be less than {ctx.get('lt')}{got}"
-    if kind == "too_short":
-        return f"must have at least {ctx.get('min_length')} entry"
-    if kind == "missing":
-        return "is required"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    message = message.replace("Input should be", "must be").replace("Input", "the value")
-    return message[:1].lower() + message[1:] + got
-
-
-def _unknown_key_reason(loc: Sequence[str | int]) -> str:
-    key = str(loc[-1])
-    section = [str(part) for part in loc[:-1] if isinstance(part, str)]
-    if section == ["secrets"] or _looks_secret(key):
-        return f"unknown key {key!r}: {_secret_hint(section)}"
-    if not section:
-        return f"unknown section or key {key!r} at the top level; the sections are: {', '.join(_SECTIONS)}"
-    model = _model_at(section)
-    known = ", ".join(model.model_fields) if model is not None else ""
-    return f"unknown key {key!r} in [{'.'.join(section)}]" + (f"; known keys: {known}" if known else "")
-
-
-_SECRET_RE = re.compile(r"key|password|passwd|secret|token|credential", re.IGNORECASE)
-
-
-def _looks_secret(key: str) -> bool:
-    return bool(_SECRET_RE.search(key)) and not re.search(r"_(file|files|path|dir)$", key)
-
-
-def _secret_hint(section: Sequence[str]) -> str:
-    if tuple(section) == ("mailbox", "imap"):
-        return (
-            "secrets are never written into the configuration; put the master user's password in a file "
-            "only the gateway can read and name it in mailbox.imap.master_password_file, or name the "
-            "environment variable holding it in mailbox.imap.master_password_env"
-        )
-    if tuple(section[:3]) == ("mailbox", "imap", "members"):
-        return (
-            "secrets are never written into the configuration; name a file holding the password in "
-            "password_file (master_password_file for a master user), or the environment variable "
-            "holding it in password_env (master_password_env)"
-        )
-    return (
-        "secrets are never written into the configuration; put the secret in a file only the "
-        "gateway can read and name that file in secrets.token_key_files"
-    )
-
-
-def _model_at(section: Sequence[str]) -> type[BaseModel] | None:
-    model: type[BaseModel] = Settings
-    keys = iter(section)
-    for key in keys:
-        field = model.model_fields.get(key)
-        annotation = field.annotation if field is not None else None
-        if get_origin(annotation) is dict:
-            # A table of tables ([mailbox.imap.members."<address>"]): the next key names an entry.
-            annotation = get_args(annotation)[1]
-            if next(keys, None) is None:
-                return None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
-        model = annotation
-    return model
-
-
-def _show(value: object) -> str:
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, (str, int, float, list, tuple, dict)):
-        text = json.dumps(value, ensure_ascii=False, default=str)
-    else:
-        text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "…"
-
-
-# --- reporting ---------------------------------------------------------------------------------------
-
-
-def describe(settings: Settings) -> dict[str, object]:
-    """The resolved settings as JSON-able data (paths as strings), database password masked."""
-    data = settings.model_dump(mode="json")
-    data["database"]["url"] = _mask_password(settings.database_url)
-    return {"source": None if settings.source is None else str(settings.source), **data}
-
-
-def _mask_password(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        # Unparseable is unlikely after validation; still never let a password through.
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)

@@ -1,0 +1,67 @@
+"""Configuration: config/*.toml plus GATEWAY_… environment overrides -> frozen, validated settings.
+
+The package's modules, one job each:
+
+- ``types``: the annotated value types (paths relative to the config file, sizes, addresses …);
+- ``sections``: one frozen model per section of config/gateway.toml, with every default the gateway has;
+- ``loader``: reading the file and the overrides, and turning pydantic's errors into problems for people;
+- ``report``: the resolved settings as data (``gateway config show``), secrets masked.
+
+Everything callers use is importable from ``gateway.config`` itself.
+"""
+
+from gateway.config.loader import DEFAULT_CONFIG_PATH, config_path, load_settings
+from gateway.config.report import describe
+from gateway.config.sections import (
+    DatabaseSettings,
+    DomainsSettings,
+    FanoutSettings,
+    FlagSyncSettings,
+    GatewaySettings,
+    ImapMemberSettings,
+    ImapSettings,
+    IntakeSettings,
+    LimitsSettings,
+    ListenerSettings,
+    ListenersSettings,
+    LoggingSettings,
+    MailboxSettings,
+    MxListenerSettings,
+    ReconcileSettings,
+    RelaySettings,
+    RepliesSettings,
+    RulesSettings,
+    SecretsSettings,
+    Settings,
+    SubmissionListenerSettings,
+    loopback_only,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "DatabaseSettings",
+    "DomainsSettings",
+    "FanoutSettings",
+    "FlagSyncSettings",
+    "GatewaySettings",
+    "ImapMemberSettings",
+    "ImapSettings",
+    "IntakeSettings",
+    "LimitsSettings",
+    "ListenerSettings",
+    "ListenersSettings",
+    "LoggingSettings",
+    "MailboxSettings",
+    "MxListenerSettings",
+    "ReconcileSettings",
+    "RelaySettings",
+    "RepliesSettings",
+    "RulesSettings",
+    "SecretsSettings",
+    "Settings",
+    "SubmissionListenerSettings",
+    "config_path",
+    "describe",
+    "load_settings",
+    "loopback_only",
+]
