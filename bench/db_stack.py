@@ -443,10 +443,14 @@ async def measure(url: str, args: argparse.Namespace) -> list[Row]:
         for name, make, write in operations(portfolio, base, gateway_id, reference):
             row = Row(name, "async", {s: Figures() for s in stacks})
             for n in range(args.runs + 1):
+                results = []
                 for stack_name, stack in stacks.items():
                     figures = row.figures[stack_name] if n else Figures()
                     async with timed(figures):
-                        await stack.run(make(n), write=write)
+                        results.append(await stack.run(make(n), write=write))
+                # Both stacks ran the same function on the same data: a read must answer the same.
+                if n == 0 and not write and results[0] != results[1]:
+                    raise SystemExit(f"{name}: the two stacks answered differently")
             rows.append(row)
         row = Row("rules' name check (Core)", "sync", {s: Figures() for s in stacks})
         for n in range(args.runs + 1):
