@@ -29,7 +29,7 @@ Figures: median and 90th percentile wall time in ms, the process's CPU time per 
 the PostgreSQL server's CPU is not in it), and the ratio sync / async of the medians (below 1: the sync
 stack is faster). ``*`` marks today's stack for that row.
 
-    .venv/bin/python bench/db_stack.py                    # SQLite and PostgreSQL, about 2 minutes
+    .venv/bin/python bench/db_stack.py                    # SQLite and PostgreSQL, 4-5 minutes here
     .venv/bin/python bench/db_stack.py --runs 30 --messages 50000
     .venv/bin/python bench/db_stack.py --no-postgres      # SQLite only
     .venv/bin/python bench/db_stack.py --postgres postgresql+asyncpg://postgres@127.0.0.1:5432
