@@ -15,7 +15,7 @@ from gateway.db.writer import Writer
 from gateway.domain.parsing import parse_message
 from gateway.domain.rules import RuleSet
 from gateway.routing.files import load_rules
-from gateway.routing.live import submitted
+from gateway.routing.live import decide
 from gateway.stages.acceptance import Acceptance, Accepted, HandOff, Submission
 from tests.conftest import Gateway
 
@@ -73,7 +73,8 @@ async def submit(
     sender: str = "ams@makler-muster.example",
     headers: str = "",
 ) -> list[Accepted]:
-    """Accept (recipient, subject) mails in one batch, each routed by ``rules`` as ingress does."""
+    """Accept (recipient, subject) mails in one batch, each decided by ``rules`` as ingress decides and
+    planned as acceptance plans every batch (``gateway.domain.routing_plan``)."""
     account = await writer.run(find_account, "ams@makler-muster.example")
     assert account is not None
     waiting = []
@@ -83,16 +84,14 @@ async def submit(
             f"Message-ID: <{subject.replace(' ', '.')}-{n}@ams>\r\n{headers}\r\nText\r\n"
         ).encode()
         parsed = parse_message(raw)
-        decision = rules.decide(
-            submitted(
-                backoffice=account.backoffice,
-                envelope_sender=sender,
-                recipients=(to,),
-                raw=raw,
-                parsed=parsed,
-                listener="submission",
-                with_headers=rules.needs_headers,
-            )
+        decision = decide(
+            rules,
+            backoffice=account.backoffice,
+            envelope_sender=sender,
+            recipients=(to,),
+            raw=raw,
+            parsed=parsed,
+            listener="submission",
         )
         submission = Submission(account, sender, (to,), raw, parsed, "submission", "x", decision=decision)
         waiting.append((submission, asyncio.get_running_loop().create_future()))
