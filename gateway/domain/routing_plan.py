@@ -194,7 +194,8 @@ class RoutingPlan:
 
     @property
     def opens_vorgang(self) -> bool:
-        return self.vorgang_id < 0
+        """Whether this message opens its Vorgang (a later one of its batch may join it, by a negative id)."""
+        return self.found is Found.NEW
 
     @property
     def copies(self) -> tuple[int, ...]:
