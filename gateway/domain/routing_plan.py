@@ -129,15 +129,21 @@ class RoutingFacts:
     def after(self, plan: RoutingPlan) -> RoutingFacts:
         """The facts as the next message of the same batch finds them once ``plan`` is carried out:
         its Message-ID names its Vorgang, and a Vorgang it opens is known (by its key, if it has one)."""
-        by_key = self.vorgaenge_by_key
-        if plan.opens_vorgang and plan.key is not None:
-            by_key = {**by_key, plan.key: plan.vorgang_id}
+        by_message_id, by_key = dict(self.vorgaenge_by_message_id), dict(self.vorgaenge_by_key)
+        _learn(plan, by_message_id, by_key)
         return dataclasses.replace(
             self,
-            vorgaenge_by_message_id={**self.vorgaenge_by_message_id, plan.message_id: plan.vorgang_id},
+            vorgaenge_by_message_id=by_message_id,
             vorgaenge_by_key=by_key,
             opened=self.opened + (1 if plan.opens_vorgang else 0),
         )
+
+
+def _learn(plan: RoutingPlan, by_message_id: dict[str, int], by_key: dict[str, int]) -> None:
+    """What the messages after ``plan`` in its batch know of it (``RoutingFacts.after``)."""
+    by_message_id[plan.message_id] = plan.vorgang_id
+    if plan.opens_vorgang and plan.key is not None:
+        by_key[plan.key] = plan.vorgang_id
 
 
 class Refused(enum.StrEnum):
@@ -205,6 +211,37 @@ class RoutingPlan:
 
 def plan_submission(message: Routed, facts: RoutingFacts) -> RoutingPlan:
     """The plan of ``message`` on ``facts``; see the module docstring for the chain it decides."""
+    return _plan(message, facts, facts.vorgaenge_by_message_id, facts.vorgaenge_by_key, facts.opened)
+
+
+def plan_submissions(messages: Sequence[Routed], facts: RoutingFacts) -> list[RoutingPlan]:
+    """The plans of messages submitted together, in order, on facts read once for all of them.
+
+    Each message is planned as if the ones before it were stored already: a message answering an
+    earlier one of the batch joins its Vorgang, and one with the key of a Vorgang an earlier one opens
+    joins that. The result is ``plan_submission`` of each message on the facts ``RoutingFacts.after``
+    the plans before it; what those add is kept in one pair of dicts here rather than copied per message.
+    """
+    by_message_id, by_key = dict(facts.vorgaenge_by_message_id), dict(facts.vorgaenge_by_key)
+    opened = facts.opened
+    plans: list[RoutingPlan] = []
+    for message in messages:
+        plan = _plan(message, facts, by_message_id, by_key, opened)
+        plans.append(plan)
+        _learn(plan, by_message_id, by_key)
+        opened += 1 if plan.opens_vorgang else 0
+    return plans
+
+
+def _plan(
+    message: Routed,
+    facts: RoutingFacts,
+    by_message_id: Mapping[str, int],
+    by_key: Mapping[str, int],
+    opened: int,
+) -> RoutingPlan:
+    """``plan_submission`` with the Vorgänge known by Message-ID and key, and the count of Vorgänge
+    opened before, as the batch has them so far."""
     members = facts.members
     refused_recipients = tuple(a for a in message.recipients if a not in members)
     refused: Refused | None
@@ -217,10 +254,10 @@ def plan_submission(message: Routed, facts: RoutingFacts) -> RoutingPlan:
     found, known = choose_vorgang(
         hints,
         known_references=facts.vorgaenge_by_reference,
-        known_message_ids=facts.vorgaenge_by_message_id,
-        known_keys=facts.vorgaenge_by_key,
+        known_message_ids=by_message_id,
+        known_keys=by_key,
     )
-    vorgang_id, key = (known, None) if known is not None else (-(facts.opened + 1), hints.key)
+    vorgang_id, key = (known, None) if known is not None else (-(opened + 1), hints.key)
 
     parsed = message.parsed
     participants, skipped = route_participants(
@@ -238,18 +275,3 @@ def plan_submission(message: Routed, facts: RoutingFacts) -> RoutingPlan:
         skipped=tuple(skipped),
         audience=audience(facts.portfolio_id, participants, facts.releases),
     )
-
-
-def plan_submissions(messages: Sequence[Routed], facts: RoutingFacts) -> list[RoutingPlan]:
-    """The plans of messages submitted together, in order, on facts read once for all of them.
-
-    Each message is planned as if the ones before it were stored already: a message answering an
-    earlier one of the batch joins its Vorgang, and one with the key of a Vorgang an earlier one opens
-    joins that (``RoutingFacts.after``).
-    """
-    plans: list[RoutingPlan] = []
-    for message in messages:
-        plan = plan_submission(message, facts)
-        plans.append(plan)
-        facts = facts.after(plan)
-    return plans
