@@ -4,7 +4,8 @@
 database. ``dry_run`` takes a saved message and shows, without changing anything, what the submission
 listener would do with it under the rules on disk: which rules matched and why, the portfolio, the
 Vorgang (found, and how, or a new one), the audience with every member's reasons, and the SMTP answer.
-It makes the same decisions as the running gateway, from the same pure parts (``gateway.domain``).
+It prints the plan acceptance carries out (``gateway.domain.routing_plan``), made on facts read as
+acceptance reads them, so what it shows is by construction what the running gateway does.
 """
 
 from __future__ import annotations
