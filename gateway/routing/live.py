@@ -23,33 +23,11 @@ from gateway.errors import RulesFileError
 from gateway.routing.files import Directory, directory_problems, load_rules, rules_files
 from gateway.smtp_replies import Reply
 
-__all__ = ["RoutingRules", "check_rules", "decide", "refusal", "stored_answer", "submitted"]
+__all__ = ["RoutingRules", "check_rules", "decide", "refusal", "stored_answer"]
 
 log = logging.getLogger("gateway.routing.live")
 
 Stamp = tuple[tuple[str, int, int], ...]
-
-
-def submitted(
-    *,
-    backoffice: str,
-    envelope_sender: str,
-    recipients: tuple[str, ...],
-    raw: bytes,
-    parsed: ParsedMessage,
-    listener: str,
-    with_headers: bool,
-) -> Submitted:
-    """The facts the rules match on, for one message; headers are decoded only when a rule tests one."""
-    return Submitted(
-        sender=envelope_sender,
-        recipients=recipients,
-        subject=parsed.subject,
-        headers=header_fields(raw) if with_headers else (),
-        backoffice=backoffice,
-        listener=listener,
-        size=len(raw),
-    )
 
 
 def decide(
@@ -63,16 +41,16 @@ def decide(
     listener: str,
 ) -> Decision:
     """What ``rule_set`` decides for one message: the submission listener, ``gateway rules test`` and
-    the stage tests all decide through here."""
+    the stage tests all decide through here. Headers are decoded only when a rule tests one."""
     return rule_set.decide(
-        submitted(
-            backoffice=backoffice,
-            envelope_sender=envelope_sender,
+        Submitted(
+            sender=envelope_sender,
             recipients=recipients,
-            raw=raw,
-            parsed=parsed,
+            subject=parsed.subject,
+            headers=header_fields(raw) if rule_set.needs_headers else (),
+            backoffice=backoffice,
             listener=listener,
-            with_headers=rule_set.needs_headers,
+            size=len(raw),
         )
     )
 

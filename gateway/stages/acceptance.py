@@ -34,8 +34,8 @@ from gateway.db.writer import Writer
 from gateway.domain.audience import Audience
 from gateway.domain.model import Participant
 from gateway.domain.parsing import ParsedMessage
-from gateway.domain.routing_plan import Routed, lookups, plan_submissions
-from gateway.domain.rules import Decision, Verdict
+from gateway.domain.routing_plan import Routed, RoutingPlan, lookups, plan_submissions
+from gateway.domain.rules import Decision
 from gateway.domain.submitters import (
     address_that_fits,
     allowed_text,
@@ -290,24 +290,41 @@ def _first_line(exc: BaseException) -> str:
 
 @dataclass
 class _Planned:
-    """One message of a batch on its way into the database."""
+    """One message of a batch on its way into the database: its routing plan, and the ids it is
+    stored with."""
 
     submission: Submission
     sha256: str
-    found: Found
-    vorgang_id: int  # negative: a Vorgang opened in this batch, not inserted yet
-    participants: list[Participant]
+    routing: RoutingPlan
     gateway_id: str
-    message_id: str
-    audience: Audience | None = None
-    # The rule-derived key a Vorgang this message opens is stored with (DESIGN.md §6).
-    key: str | None = None
+    # The plan's Vorgang; negative: a Vorgang opened in this batch, replaced by its id once inserted.
+    vorgang_id: int
     trace: Trace | None = None
 
     @property
+    def found(self) -> Found:
+        return self.routing.found
+
+    @property
+    def participants(self) -> tuple[Participant, ...]:
+        return self.routing.participants
+
+    @property
+    def message_id(self) -> str:
+        return self.routing.message_id
+
+    @property
+    def audience(self) -> Audience:
+        return self.routing.audience
+
+    @property
+    def key(self) -> str | None:
+        """The rule-derived key a Vorgang this message opens is stored with (DESIGN.md §6)."""
+        return self.routing.key
+
+    @property
     def quarantined(self) -> bool:
-        decision = self.submission.decision
-        return decision is not None and decision.verdict is Verdict.QUARANTINE
+        return self.routing.quarantined
 
 
 def _accept_batch(
@@ -429,18 +446,7 @@ def _plan_portfolio(
                 s.account.portfolio,
             )
         trace = Trace(s.arrival, hostname, gateway_ids[i], now) if s.arrival is not None else None
-        planned[i] = _Planned(
-            s,
-            digests[i],
-            plan.found,
-            plan.vorgang_id,
-            list(plan.participants),
-            gateway_ids[i],
-            plan.message_id,
-            audience=plan.audience,
-            key=plan.key,
-            trace=trace,
-        )
+        planned[i] = _Planned(s, digests[i], plan, gateway_ids[i], plan.vorgang_id, trace)
     return planned
 
 
