@@ -32,6 +32,7 @@ from gateway.db.models import (
 )
 from gateway.domain.audience import AsParticipant, Audience, SharedThrough
 from gateway.domain.model import Release
+from gateway.domain.routing_plan import Lookups, RoutingFacts
 from gateway.domain.threading import format_reference
 
 MESSAGES = cast(Table, MessageRow.__table__)
@@ -132,6 +133,26 @@ def member_ids(connection: Connection, portfolio_id: int, addresses: Collection[
         )
     )
     return {str(address): int(member_id) for address, member_id in rows}
+
+
+def routing_facts(connection: Connection, portfolio_id: int, portfolio: str, wanted: Lookups) -> RoutingFacts:
+    """What the routing plans of some messages of one portfolio need to know (``wanted``), one
+    statement of each kind: the Vorgänge they may name, the members they name, and the releases that
+    share Vorgänge with any of those members (all an audience can reach, DESIGN.md §3)."""
+    by_reference = vorgaenge_by_reference(connection, portfolio_id, wanted.references)
+    threads = vorgaenge_by_message_id(connection, portfolio_id, wanted.message_ids)
+    by_message_id = {message_id: vid for message_id, (vid, _) in threads.items()}
+    by_key = vorgaenge_by_key(connection, portfolio_id, wanted.keys)
+    members = member_ids(connection, portfolio_id, wanted.addresses)
+    return RoutingFacts(
+        portfolio_id,
+        portfolio,
+        members=members,
+        releases=tuple(sharing_releases(connection, portfolio_id, set(members.values()))),
+        vorgaenge_by_reference=by_reference,
+        vorgaenge_by_message_id=by_message_id,
+        vorgaenge_by_key=by_key,
+    )
 
 
 def hold_directory(connection: Connection, portfolio_id: int) -> None:

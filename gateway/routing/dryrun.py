@@ -4,7 +4,8 @@
 database. ``dry_run`` takes a saved message and shows, without changing anything, what the submission
 listener would do with it under the rules on disk: which rules matched and why, the portfolio, the
 Vorgang (found, and how, or a new one), the audience with every member's reasons, and the SMTP answer.
-It makes the same decisions as the running gateway, from the same pure parts (``gateway.domain``).
+It prints the plan acceptance carries out (``gateway.domain.routing_plan``), made on facts read as
+acceptance reads them, so what it shows is by construction what the running gateway does.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ from gateway.db.accounts import find_account
 from gateway.db.models import BackOfficeRow, PortfolioRow
 from gateway.db.names import directory_names
 from gateway.domain.addresses import InvalidAddress, normalise_address
-from gateway.domain.audience import audience
 from gateway.domain.parsing import parse_message
-from gateway.domain.rules import Decision, Rule, Verdict, route_participants
-from gateway.domain.threading import Found, choose_vorgang, vorgang_hints
+from gateway.domain.routing_plan import Refused, Routed, RoutingPlan, lookups, plan_submission
+from gateway.domain.rules import Decision, Rule
 from gateway.errors import InputError, NotFound, Problem, RulesFileError
 from gateway.routing.files import directory_problems, load_rules
-from gateway.routing.live import refusal, submitted
+from gateway.routing.live import decide, refusal, stored_answer
 from gateway.smtp_replies import Reply
 
 __all__ = ["CheckReport", "DryRun", "check_rules_dir", "dry_run", "read_message"]
@@ -112,7 +112,12 @@ async def dry_run(
     mail_from: str | None = None,
     rcpt_to: Sequence[str] = (),
 ) -> DryRun:
-    """What the gateway would do with ``raw`` (read only: nothing is written)."""
+    """What the gateway would do with ``raw`` (read only: nothing is written).
+
+    The rules decide as the listener decides (``gateway.routing.live.decide``), the facts are read as
+    acceptance reads them (``gateway.db.acceptance.routing_facts``), and the plan is the one acceptance
+    carries out (``gateway.domain.routing_plan``); what is read besides is only for printing it.
+    """
     rule_set = load_rules(directory).rule_set
     parsed = parse_message(raw, vorgang_header=vorgang_header)
     backoffice, own_portfolio = await _backoffice(session, auth, portfolio)
@@ -122,16 +127,15 @@ async def dry_run(
     recipients = tuple(_address(a) for a in rcpt_to) or tuple(dict.fromkeys((*parsed.to, *parsed.cc)))
     if not recipients:
         raise InputError("the message names no recipients; give them with --to")
-    facts = submitted(
+    decision = decide(
+        rule_set,
         backoffice=backoffice,
         envelope_sender=sender,
         recipients=recipients,
         raw=raw,
         parsed=parsed,
         listener=listener,
-        with_headers=True,
     )
-    decision = rule_set.decide(facts)
     tried = {h.rule.name for h in decision.hits} | {m.rule.name for m in decision.misses}
     not_tried = tuple(r for r in rule_set.rules if r.name not in tried)
     chosen = own_portfolio or decision.portfolio
@@ -161,60 +165,36 @@ async def dry_run(
             f"mail on {listener} is not routed by them"
         )
     row = await db.get_portfolio(session, chosen)
-    snap = await db.snapshot(session, row)
-    members = {m.address: m.id for m in snap.members.values()}
-    for address in recipients:
-        if address not in members:
-            reply = Reply.UNKNOWN_RECIPIENT.with_text(f"<{address}>: no such member in portfolio {chosen}")
-            result.refused_recipients.append((address, reply))
-    accepted = tuple(a for a in recipients if a in members)
-    if not accepted:
+    message = Routed(recipients, parsed, decision, parsed.message_id or "<assigned by the gateway>")
+
+    def plan_of(connection: Connection) -> tuple[RoutingPlan, dict[int, str]]:
+        facts = acceptance.routing_facts(connection, row.id, chosen, lookups([message]))
+        plan = plan_submission(message, facts)
+        known = [plan.vorgang_id] if not plan.opens_vorgang else []
+        return plan, acceptance.references_of(connection, known)
+
+    plan, references = await session.run_sync(lambda s: plan_of(s.connection()))
+    for address in plan.refused_recipients:
+        reply = Reply.UNKNOWN_RECIPIENT.with_text(f"<{address}>: no such member in portfolio {chosen}")
+        result.refused_recipients.append((address, reply))
+    if plan.refused is Refused.NO_MEMBER:
         result.answer = "no recipient is a member: every RCPT TO is refused, the message is never sent"
         return result
-    refused = refusal(decision, own_portfolio or chosen)
-    if refused is not None:
-        result.answer = refused
+    if plan.refused is not None:
+        result.answer = refusal(decision, chosen) or plan.refused.value
         return result
 
-    hints = vorgang_hints(
-        explicit_header=parsed.vorgang_header,
-        in_reply_to=parsed.in_reply_to,
-        references=parsed.references,
-        subject=parsed.subject,
-        key=decision.vorgang_key,
-    )
-
-    def lookups(connection: Connection) -> tuple[Found, int | None, dict[int, str]]:
-        refs = {r for r in (hints.explicit, *hints.subject_references) if r}
-        known_refs = acceptance.vorgaenge_by_reference(connection, row.id, refs)
-        known_ids = {
-            m: vid
-            for m, (vid, _) in acceptance.vorgaenge_by_message_id(
-                connection, row.id, hints.message_ids
-            ).items()
-        }
-        known_keys = acceptance.vorgaenge_by_key(connection, row.id, [hints.key] if hints.key else [])
-        found, vorgang_id = choose_vorgang(
-            hints, known_references=known_refs, known_message_ids=known_ids, known_keys=known_keys
-        )
-        references = acceptance.references_of(connection, [vorgang_id] if vorgang_id is not None else [])
-        return found, vorgang_id, references
-
-    found, vorgang_id, references = await session.run_sync(lambda s: lookups(s.connection()))
-    result.found = found.value
+    result.found = plan.found.value
     result.vorgang_key = decision.vorgang_key
-    result.vorgang = references[vorgang_id] if vorgang_id is not None else None
-
-    participants, skipped = route_participants(
-        accepted, set(parsed.cc), members, decision.participants, to=parsed.to
-    )
-    result.skipped_participants = skipped
-    seen = audience(snap.portfolio_id, participants, snap.releases)
+    result.vorgang = references.get(plan.vorgang_id)
+    result.skipped_participants = list(plan.skipped)
+    snap = await db.snapshot(session, row)  # the names of the audience, for people to read
 
     def name_of(member_id: int) -> str:
         member = snap.members[member_id]
         return member.display_name or member.address
 
+    seen = plan.audience
     result.audience = [
         AudienceMember(
             snap.members[m].address,
@@ -224,11 +204,9 @@ async def dry_run(
         for m in seen.ordered()
     ]
     result.stored = True
-    where = result.vorgang or "a new Vorgang"
-    if decision.verdict is Verdict.QUARANTINE:
-        result.answer = Reply.QUARANTINED.with_text("Accepted as <gateway id>; held for review")
-    else:
-        result.answer = Reply.ACCEPTED.with_text(f"Accepted as <gateway id> in {where}")
+    result.answer = stored_answer(
+        "<gateway id>", result.vorgang or "a new Vorgang", quarantined=plan.quarantined
+    )
     return result
 
 

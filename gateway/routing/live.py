@@ -17,19 +17,21 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from gateway.domain.parsing import ParsedMessage, header_fields
-from gateway.domain.rules import EMPTY_RULE_SET, Decision, RuleSet, Submitted, Verdict
+from gateway.domain.routing_plan import Refused, rules_refusal
+from gateway.domain.rules import EMPTY_RULE_SET, Decision, RuleSet, Submitted
 from gateway.errors import RulesFileError
 from gateway.routing.files import Directory, directory_problems, load_rules, rules_files
 from gateway.smtp_replies import Reply
 
-__all__ = ["RoutingRules", "check_rules", "refusal", "submitted"]
+__all__ = ["RoutingRules", "check_rules", "decide", "refusal", "stored_answer"]
 
 log = logging.getLogger("gateway.routing.live")
 
 Stamp = tuple[tuple[str, int, int], ...]
 
 
-def submitted(
+def decide(
+    rule_set: RuleSet,
     *,
     backoffice: str,
     envelope_sender: str,
@@ -37,34 +39,45 @@ def submitted(
     raw: bytes,
     parsed: ParsedMessage,
     listener: str,
-    with_headers: bool,
-) -> Submitted:
-    """The facts the rules match on, for one message; headers are decoded only when a rule tests one."""
-    return Submitted(
-        sender=envelope_sender,
-        recipients=recipients,
-        subject=parsed.subject,
-        headers=header_fields(raw) if with_headers else (),
-        backoffice=backoffice,
-        listener=listener,
-        size=len(raw),
+) -> Decision:
+    """What ``rule_set`` decides for one message: the submission listener, ``gateway rules test`` and
+    the stage tests all decide through here. Headers are decoded only when a rule tests one."""
+    return rule_set.decide(
+        Submitted(
+            sender=envelope_sender,
+            recipients=recipients,
+            subject=parsed.subject,
+            headers=header_fields(raw) if rule_set.needs_headers else (),
+            backoffice=backoffice,
+            listener=listener,
+            size=len(raw),
+        )
     )
 
 
 def refusal(decision: Decision, portfolio: str) -> str | None:
     """The answer at the end of DATA when the rules refuse the message; None when it is to be stored.
 
-    ``portfolio`` is the one the authenticated back office submits into: a rule naming another one
-    cannot move mail across tenants (DESIGN.md §1), so such mail is refused rather than misfiled.
+    ``portfolio`` is the one the authenticated back office submits into; whether the rules refuse is
+    the routing plan's decision (``gateway.domain.routing_plan.rules_refusal``).
     """
-    if decision.verdict is Verdict.REJECT and decision.answer is not None:
+    refused = rules_refusal(decision, portfolio)
+    if refused is Refused.BY_RULE:
+        assert decision.answer is not None
         return str(decision.answer)
-    if decision.portfolio is not None and decision.portfolio != portfolio:
+    if refused is Refused.OTHER_PORTFOLIO:
         return Reply.WRONG_PORTFOLIO.with_text(
             f"Routing rules assign this message to portfolio {decision.portfolio}; "
             f"this back office submits into {portfolio}"
         )
     return None
+
+
+def stored_answer(gateway_id: str, vorgang: str, *, quarantined: bool) -> str:
+    """The answer to a message that is stored: in its Vorgang, or held for review by a rule."""
+    if quarantined:
+        return Reply.QUARANTINED.with_text(f"Accepted as {gateway_id}; held for review")
+    return Reply.ACCEPTED.with_text(f"Accepted as {gateway_id} in {vorgang}")
 
 
 def check_rules(directory: Path, names: Directory | None) -> RuleSet:

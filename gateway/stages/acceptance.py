@@ -31,10 +31,11 @@ from gateway.db.accounts import Account
 from gateway.db.messages import new_gateway_id
 from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
-from gateway.domain.audience import Audience, audience
+from gateway.domain.audience import Audience
 from gateway.domain.model import Participant
 from gateway.domain.parsing import ParsedMessage
-from gateway.domain.rules import Decision, Verdict, route_participants
+from gateway.domain.routing_plan import Routed, RoutingPlan, lookups, plan_submissions
+from gateway.domain.rules import Decision
 from gateway.domain.submitters import (
     address_that_fits,
     allowed_text,
@@ -44,7 +45,7 @@ from gateway.domain.submitters import (
     not_utf8,
     path_too_long,
 )
-from gateway.domain.threading import Found, choose_vorgang, vorgang_hints
+from gateway.domain.threading import Found
 from gateway.domain.trace import Arrival, Trace
 from gateway.errors import NotStored
 from gateway.smtp_replies import Reply
@@ -285,24 +286,41 @@ def _first_line(exc: BaseException) -> str:
 
 @dataclass
 class _Planned:
-    """One message of a batch on its way into the database."""
+    """One message of a batch on its way into the database: its routing plan, and the ids it is
+    stored with."""
 
     submission: Submission
     sha256: str
-    found: Found
-    vorgang_id: int  # negative: a Vorgang opened in this batch, not inserted yet
-    participants: list[Participant]
+    routing: RoutingPlan
     gateway_id: str
-    message_id: str
-    audience: Audience | None = None
-    # The rule-derived key a Vorgang this message opens is stored with (DESIGN.md §6).
-    key: str | None = None
+    # The plan's Vorgang; negative: a Vorgang opened in this batch, replaced by its id once inserted.
+    vorgang_id: int
     trace: Trace | None = None
 
     @property
+    def found(self) -> Found:
+        return self.routing.found
+
+    @property
+    def participants(self) -> tuple[Participant, ...]:
+        return self.routing.participants
+
+    @property
+    def message_id(self) -> str:
+        return self.routing.message_id
+
+    @property
+    def audience(self) -> Audience:
+        return self.routing.audience
+
+    @property
+    def key(self) -> str | None:
+        """The rule-derived key a Vorgang this message opens is stored with (DESIGN.md §6)."""
+        return self.routing.key
+
+    @property
     def quarantined(self) -> bool:
-        decision = self.submission.decision
-        return decision is not None and decision.verdict is Verdict.QUARANTINE
+        return self.routing.quarantined
 
 
 def _accept_batch(
@@ -394,69 +412,37 @@ def _plan_portfolio(
     hostname: str,
     now: dt.datetime,
 ) -> dict[int, _Planned]:
-    """Decide Vorgang, participants and audience of each message of one portfolio in the batch."""
+    """Plan Vorgang, participants and audience of each message of one portfolio in the batch.
+
+    The facts every plan needs are read first, once for all of them, and the plans are then made
+    without another read (``gateway.domain.routing_plan``), as ``gateway rules test`` makes its plan.
+    The listener answered RCPT TO and the rules' refusals in the session; acceptance stores what it
+    let through, so the plans' ``refused`` is not asked here.
+    """
     acceptance.hold_directory(connection, portfolio_id)
-    hints = {
-        i: vorgang_hints(
-            explicit_header=submissions[i].parsed.vorgang_header,
-            in_reply_to=submissions[i].parsed.in_reply_to,
-            references=submissions[i].parsed.references,
-            subject=submissions[i].parsed.subject,
-            key=_decision(submissions[i]).vorgang_key,
+    gateway_ids = {i: new_gateway_id() for i in indexes}
+    routed = [
+        Routed(
+            submissions[i].recipients,
+            submissions[i].parsed,
+            _decision(submissions[i]),
+            submissions[i].parsed.message_id or f"<{gateway_ids[i]}@{hostname}>",
         )
         for i in indexes
-    }
-    wanted_refs = {r for h in hints.values() for r in (h.explicit, *h.subject_references) if r}
-    wanted_ids = {m for h in hints.values() for m in h.message_ids}
-    known_refs = acceptance.vorgaenge_by_reference(connection, portfolio_id, wanted_refs)
-    known_ids = {
-        m: vid
-        for m, (vid, _) in (acceptance.vorgaenge_by_message_id(connection, portfolio_id, wanted_ids)).items()
-    }
-    known_keys = acceptance.vorgaenge_by_key(
-        connection, portfolio_id, {h.key for h in hints.values() if h.key}
-    )
-    recipients = {a for i in indexes for a in submissions[i].recipients}
-    added = {p.address for i in indexes for p in _decision(submissions[i]).participants}
-    members = acceptance.member_ids(connection, portfolio_id, recipients | added)
-
+    ]
+    portfolio = submissions[indexes[0]].account.portfolio
+    facts = acceptance.routing_facts(connection, portfolio_id, portfolio, lookups(routed))
     planned: dict[int, _Planned] = {}
-    opened = 0
-    for i in indexes:
+    for i, plan in zip(indexes, plan_submissions(routed, facts), strict=True):
         s = submissions[i]
-        found, vorgang_id = choose_vorgang(
-            hints[i], known_references=known_refs, known_message_ids=known_ids, known_keys=known_keys
-        )
-        key = None
-        if vorgang_id is None:
-            opened += 1
-            vorgang_id = -opened
-            key = hints[i].key
-            if key is not None:
-                # Later messages of the batch with the same key join the Vorgang this one opens.
-                known_keys[key] = vorgang_id
-        participants, skipped = route_participants(
-            s.recipients, set(s.parsed.cc), members, _decision(s).participants, to=s.parsed.to
-        )
-        if skipped:
+        if plan.skipped:
             log.warning(
                 "routing rules add %s, not members of portfolio %s; left out",
-                ", ".join(skipped),
+                ", ".join(plan.skipped),
                 s.account.portfolio,
             )
-        gateway_id = new_gateway_id()
-        message_id = s.parsed.message_id or f"<{gateway_id}@{hostname}>"
-        # Later messages of the same batch may answer this one: make it known to them.
-        known_ids[message_id] = vorgang_id
-        trace = Trace(s.arrival, hostname, gateway_id, now) if s.arrival is not None else None
-        planned[i] = _Planned(
-            s, digests[i], found, vorgang_id, participants, gateway_id, message_id, key=key, trace=trace
-        )
-
-    everyone = {p.member_id for plan in planned.values() for p in plan.participants}
-    releases = acceptance.sharing_releases(connection, portfolio_id, everyone)
-    for plan in planned.values():
-        plan.audience = audience(portfolio_id, plan.participants, releases)
+        trace = Trace(s.arrival, hostname, gateway_ids[i], now) if s.arrival is not None else None
+        planned[i] = _Planned(s, digests[i], plan, gateway_ids[i], plan.vorgang_id, trace)
     return planned
 
 

@@ -39,7 +39,7 @@ from gateway.domain.tokens import is_reply_address
 from gateway.domain.trace import Arrival, protocol
 from gateway.errors import NotStored
 from gateway.mailbox.base import Mailbox, MailboxOwner
-from gateway.routing.live import RoutingRules, refusal, submitted
+from gateway.routing.live import RoutingRules, decide, refusal, stored_answer
 from gateway.smtp_replies import Reply, with_enhanced_code
 from gateway.stages.acceptance import (
     Acceptance,
@@ -815,16 +815,14 @@ class SubmissionHandler(_Hooks):
         if self.rules is not None:
             # One read of the rules in force: a reload in the meantime cannot mix two rule sets.
             rule_set = self.rules.current
-            decision = rule_set.decide(
-                submitted(
-                    backoffice=account.backoffice,
-                    envelope_sender=envelope.mail_from or "",
-                    recipients=tuple(envelope.rcpt_tos),
-                    raw=raw,
-                    parsed=parsed,
-                    listener=self.state.name,
-                    with_headers=rule_set.needs_headers,
-                )
+            decision = decide(
+                rule_set,
+                backoffice=account.backoffice,
+                envelope_sender=envelope.mail_from or "",
+                recipients=tuple(envelope.rcpt_tos),
+                raw=raw,
+                parsed=parsed,
+                listener=self.state.name,
             )
             refused = refusal(decision, account.portfolio)
             if refused is not None:
@@ -871,22 +869,20 @@ class SubmissionHandler(_Hooks):
                 "rules": decision.routed_by if decision is not None else [],
             },
         )
-        if accepted.quarantined:
-            if not accepted.duplicate and decision is not None:
-                # An admin has to act before anybody gets it: a line for log-based alerting that says how.
-                rule = decision.decided_by.label() if decision.decided_by else "a routing rule"
-                log.warning(
-                    "quarantined %s by %s: %s; `gateway quarantine show %s -p %s` shows it, "
-                    "`gateway quarantine release|drop` decides",
-                    accepted.gateway_id,
-                    rule,
-                    decision.reason or "no reason given",
-                    accepted.gateway_id,
-                    account.portfolio,
-                    extra={"gateway_id": accepted.gateway_id, "rule": rule, "reason": decision.reason},
-                )
-            return Reply.QUARANTINED.with_text(f"Accepted as {accepted.gateway_id}; held for review")
-        return Reply.ACCEPTED.with_text(f"Accepted as {accepted.gateway_id} in {accepted.vorgang}")
+        if accepted.quarantined and not accepted.duplicate and decision is not None:
+            # An admin has to act before anybody gets it: a line for log-based alerting that says how.
+            rule = decision.decided_by.label() if decision.decided_by else "a routing rule"
+            log.warning(
+                "quarantined %s by %s: %s; `gateway quarantine show %s -p %s` shows it, "
+                "`gateway quarantine release|drop` decides",
+                accepted.gateway_id,
+                rule,
+                decision.reason or "no reason given",
+                accepted.gateway_id,
+                account.portfolio,
+                extra={"gateway_id": accepted.gateway_id, "rule": rule, "reason": decision.reason},
+            )
+        return stored_answer(accepted.gateway_id, accepted.vorgang, quarantined=accepted.quarantined)
 
 
 def _arrival(server: SMTP, session: Session) -> Arrival:

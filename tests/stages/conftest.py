@@ -15,7 +15,7 @@ from gateway.db.writer import Writer
 from gateway.domain.parsing import parse_message
 from gateway.domain.rules import RuleSet
 from gateway.routing.files import load_rules
-from gateway.routing.live import submitted
+from gateway.routing.live import decide
 from gateway.stages.acceptance import Acceptance, Accepted, HandOff, Submission
 from tests.conftest import Gateway
 
@@ -74,27 +74,46 @@ async def submit(
     headers: str = "",
 ) -> list[Accepted]:
     """Accept (recipient, subject) mails in one batch, each routed by ``rules`` as ingress does."""
+    return await submit_raw(
+        writer,
+        rules,
+        *(
+            (
+                (to,),
+                f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+                f"Message-ID: <{subject.replace(' ', '.')}-{n}@ams>\r\n{headers}\r\nText\r\n".encode(),
+            )
+            for n, (to, subject) in enumerate(mails)
+        ),
+        sender=sender,
+    )
+
+
+async def submit_raw(
+    writer: Writer,
+    rules: RuleSet,
+    *mails: tuple[tuple[str, ...], bytes],
+    sender: str = "ams@makler-muster.example",
+) -> list[Accepted]:
+    """Accept (recipients, raw message) mails in one batch, each decided by ``rules`` as ingress decides
+    and planned as acceptance plans every batch (``gateway.domain.routing_plan``)."""
     account = await writer.run(find_account, "ams@makler-muster.example")
     assert account is not None
     waiting = []
-    for n, (to, subject) in enumerate(mails):
-        raw = (
-            f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
-            f"Message-ID: <{subject.replace(' ', '.')}-{n}@ams>\r\n{headers}\r\nText\r\n"
-        ).encode()
+    for recipients, raw in mails:
         parsed = parse_message(raw)
-        decision = rules.decide(
-            submitted(
-                backoffice=account.backoffice,
-                envelope_sender=sender,
-                recipients=(to,),
-                raw=raw,
-                parsed=parsed,
-                listener="submission",
-                with_headers=rules.needs_headers,
-            )
+        decision = decide(
+            rules,
+            backoffice=account.backoffice,
+            envelope_sender=sender,
+            recipients=recipients,
+            raw=raw,
+            parsed=parsed,
+            listener="submission",
         )
-        submission = Submission(account, sender, (to,), raw, parsed, "submission", "x", decision=decision)
+        submission = Submission(
+            account, sender, recipients, raw, parsed, "submission", "x", decision=decision
+        )
         waiting.append((submission, asyncio.get_running_loop().create_future()))
     await Acceptance(writer, hostname="gw.example")._store(waiting)
     return [await future for _, future in waiting]
