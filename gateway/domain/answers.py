@@ -224,17 +224,14 @@ _FAILURE_SUBJECT = re.compile(
 
 
 def _failure_subject(arrival: _Arrival) -> Classification | None:
-    match = _FAILURE_SUBJECT.match(_subject(arrival.message))
-    if match is None:
-        return None
-    return Classification(Kind.BOUNCE, f'delivery-failure subject ("{match.group(0)}")')
+    words = _subject_starting(_FAILURE_SUBJECT, arrival.message)
+    return None if words is None else Classification(Kind.BOUNCE, f'delivery-failure subject ("{words}")')
 
 
 def _auto_submitted(arrival: _Arrival) -> Classification | None:
     # RFC 3834: "no" is the only value that says a person sent it; a comment may follow the keyword,
     # as in sendmail's "auto-generated (failure)". An empty field says nothing either way.
-    value = arrival.message.get("Auto-Submitted")
-    keyword = _keyword(value) if value is not None else ""
+    keyword = _keyword(arrival.message, "Auto-Submitted")
     if not keyword or keyword == "no":
         return None
     return Classification(Kind.AUTO_REPLY, f"Auto-Submitted: {keyword}")
@@ -256,8 +253,7 @@ _BULK_PRECEDENCE = frozenset({"bulk", "junk", "list", "auto_reply", "auto-reply"
 
 
 def _precedence(arrival: _Arrival) -> Classification | None:
-    value = arrival.message.get("Precedence")
-    keyword = _keyword(value) if value is not None else ""
+    keyword = _keyword(arrival.message, "Precedence")
     if keyword not in _BULK_PRECEDENCE:
         return None
     return Classification(Kind.AUTO_REPLY, f"Precedence: {keyword}")
@@ -278,10 +274,8 @@ _ABSENCE_SUBJECT = re.compile(
 
 
 def _absence_subject(arrival: _Arrival) -> Classification | None:
-    match = _ABSENCE_SUBJECT.match(_subject(arrival.message))
-    if match is None:
-        return None
-    return Classification(Kind.AUTO_REPLY, f'out-of-office subject ("{match.group(0)}")')
+    words = _subject_starting(_ABSENCE_SUBJECT, arrival.message)
+    return None if words is None else Classification(Kind.AUTO_REPLY, f'out-of-office subject ("{words}")')
 
 
 def _null_sender(arrival: _Arrival) -> Classification | None:
@@ -608,8 +602,18 @@ def _subject(message: Message) -> str:
     return _text(value) if value is not None else ""
 
 
-def _keyword(value: object) -> str:
-    """The first word of a token-like value, lower case: "auto-generated (failure)" -> "auto-generated"."""
+def _subject_starting(leading_words: re.Pattern[str], message: Message) -> str | None:
+    """The words at the start of the subject that ``leading_words`` matches; None when it does not."""
+    match = leading_words.match(_subject(message))
+    return None if match is None else match.group(0)
+
+
+def _keyword(message: Message, name: str) -> str:
+    """The first word of the token-like field ``name``, lower case ("" without the field):
+    "auto-generated (failure)" -> "auto-generated"."""
+    value = message.get(name)
+    if value is None:
+        return ""
     words = re.split(r"[\s;(]+", _text(value), maxsplit=1)
     return words[0].lower() if words else ""
 
