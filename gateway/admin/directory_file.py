@@ -121,18 +121,21 @@ class _Reader:
     def flag(self, node: yaml.Node | None, what: str) -> bool:
         if node is None:
             return False
-        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:bool":
-            return bool(yaml.safe_load(node.value))
-        self.fail(node, f"{what} must be true or false")
-        return False
+        return bool(self._typed(node, "bool", f"{what} must be true or false"))
 
     def integer(self, node: yaml.Node | None, what: str, default: int) -> int | None:
         """A whole number; None (after recording the problem) when the value is something else."""
         if node is None:
             return default
-        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:int":
-            return int(yaml.safe_load(node.value))
-        self.fail(node, f"{what} must be a whole number, like {default}")
+        value = self._typed(node, "int", f"{what} must be a whole number, like {default}")
+        return None if value is None else int(value)
+
+    def _typed(self, node: yaml.Node, tag: str, problem: str) -> Any:
+        """The value of a scalar of YAML's type ``tag`` (bool, int); None after recording ``problem`` when
+        ``node`` is something else."""
+        if isinstance(node, yaml.ScalarNode) and node.tag == f"tag:yaml.org,2002:{tag}":
+            return yaml.safe_load(node.value)
+        self.fail(node, problem)
         return None
 
     def choice(self, node: yaml.Node | None, what: str, choices: type[E], default: E) -> E:
