@@ -393,26 +393,30 @@ def dump_directory(spec: DirectorySpec) -> str:
                     | ({"relay": relay_data(b.relay)} if b.relay is not None else {})
                     for b in p.backoffices
                 ],
-                "releases": [
-                    {
-                        "name": r.name,
-                        "primary": r.primary,
-                        "share_vorgaenge": r.share_vorgaenge,
-                        "read_sync": r.read_sync.value,
-                        "backfill": str(r.backfill),
-                        "revoked_copies": r.revoked_copies.value,
-                    }
-                    for r in p.releases
-                ],
-                "members": [
-                    {"address": m.address, "name": m.display_name, "releases": list(m.releases)}
-                    for m in p.members
-                ],
+                "releases": [release_data(r) for r in p.releases],
+                "members": [member_data(m) for m in p.members],
             }
             for p in spec.portfolios
         ],
     }
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=110)
+
+
+def release_data(release: ReleaseSpec) -> dict[str, object]:
+    """A release as the file (and ``--json``) writes it."""
+    return {
+        "name": release.name,
+        "primary": release.primary,
+        "share_vorgaenge": release.share_vorgaenge,
+        "read_sync": release.read_sync.value,
+        "backfill": str(release.backfill),
+        "revoked_copies": release.revoked_copies.value,
+    }
+
+
+def member_data(member: MemberSpec) -> dict[str, object]:
+    """A member as the file (and ``--json``) writes it."""
+    return {"address": member.address, "name": member.display_name, "releases": list(member.releases)}
 
 
 def relay_data(relay: RelaySpec) -> dict[str, object]:

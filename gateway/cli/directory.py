@@ -14,7 +14,13 @@ import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.admin import api as admin
-from gateway.admin.directory_file import dump_directory, read_directory_file, relay_data
+from gateway.admin.directory_file import (
+    dump_directory,
+    member_data,
+    read_directory_file,
+    relay_data,
+    release_data,
+)
 from gateway.cli.root import (
     Context,
     cli,
@@ -207,24 +213,12 @@ def _portfolio_data(p: PortfolioSpec) -> dict[str, object]:
             for b in p.backoffices
         ],
         "releases": [_release_data(r, p.members) for r in p.releases],
-        "members": [_member_data(m) for m in p.members],
+        "members": [member_data(m) for m in p.members],
     }
 
 
 def _release_data(r: ReleaseSpec, members: Sequence[MemberSpec]) -> dict[str, object]:
-    return {
-        "name": r.name,
-        "primary": r.primary,
-        "share_vorgaenge": r.share_vorgaenge,
-        "read_sync": r.read_sync.value,
-        "backfill": str(r.backfill),
-        "revoked_copies": r.revoked_copies.value,
-        "members": [m.address for m in members if r.name in m.releases],
-    }
-
-
-def _member_data(m: MemberSpec) -> dict[str, object]:
-    return {"address": m.address, "name": m.display_name, "releases": list(m.releases)}
+    return release_data(r) | {"members": [m.address for m in members if r.name in m.releases]}
 
 
 def _yes(flag: bool) -> str:
@@ -342,7 +336,7 @@ async def member_list(ctx: Context, portfolio: str, as_json: bool) -> None:
     """List the members of a portfolio with their releases."""
     p = await in_transaction(ctx, lambda s: admin.show_portfolio(s, portfolio), write=False)
     if as_json:
-        emit_json([_member_data(m) for m in p.members])
+        emit_json([member_data(m) for m in p.members])
         return
     for m in p.members:
         click.echo(f"{m.address}\t{m.display_name}\t{', '.join(m.releases) or '-'}")
