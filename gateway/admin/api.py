@@ -255,24 +255,28 @@ async def delete_release(session: AsyncSession, portfolio: str, name: str, actor
 async def add_release_member(
     session: AsyncSession, portfolio: str, release: str, member_address: str, actor: str
 ) -> list[Change]:
-    spec = await _spec(session, portfolio)
-    _release(spec, release)
-    member = _member(spec, address(member_address))
-    if release in member.releases:
-        raise DirectoryConflict(f'member {member.address} is already in release "{release}"')
-    new = dataclasses.replace(member, releases=(*member.releases, release))
-    return await _apply(session, _replace_member(spec, new), actor)
+    return await _release_membership(session, portfolio, release, member_address, actor, joins=True)
 
 
 async def remove_release_member(
     session: AsyncSession, portfolio: str, release: str, member_address: str, actor: str
 ) -> list[Change]:
+    return await _release_membership(session, portfolio, release, member_address, actor, joins=False)
+
+
+async def _release_membership(
+    session: AsyncSession, portfolio: str, release: str, member_address: str, actor: str, *, joins: bool
+) -> list[Change]:
+    """Put the member into the release (``joins``) or take it out; an error if it is so already."""
     spec = await _spec(session, portfolio)
     _release(spec, release)
     member = _member(spec, address(member_address))
-    if release not in member.releases:
+    if joins and release in member.releases:
+        raise DirectoryConflict(f'member {member.address} is already in release "{release}"')
+    if not joins and release not in member.releases:
         raise NotFound(f'member {member.address} is not in release "{release}"')
-    new = dataclasses.replace(member, releases=tuple(r for r in member.releases if r != release))
+    others = tuple(r for r in member.releases if r != release)
+    new = dataclasses.replace(member, releases=(*others, release) if joins else others)
     return await _apply(session, _replace_member(spec, new), actor)
 
 

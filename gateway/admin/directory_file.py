@@ -121,18 +121,21 @@ class _Reader:
     def flag(self, node: yaml.Node | None, what: str) -> bool:
         if node is None:
             return False
-        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:bool":
-            return bool(yaml.safe_load(node.value))
-        self.fail(node, f"{what} must be true or false")
-        return False
+        return bool(self._typed(node, "bool", f"{what} must be true or false"))
 
     def integer(self, node: yaml.Node | None, what: str, default: int) -> int | None:
         """A whole number; None (after recording the problem) when the value is something else."""
         if node is None:
             return default
-        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:int":
-            return int(yaml.safe_load(node.value))
-        self.fail(node, f"{what} must be a whole number, like {default}")
+        value = self._typed(node, "int", f"{what} must be a whole number, like {default}")
+        return None if value is None else int(value)
+
+    def _typed(self, node: yaml.Node, tag: str, problem: str) -> Any:
+        """The value of a scalar of YAML's type ``tag`` (bool, int); None after recording ``problem`` when
+        ``node`` is something else."""
+        if isinstance(node, yaml.ScalarNode) and node.tag == f"tag:yaml.org,2002:{tag}":
+            return yaml.safe_load(node.value)
+        self.fail(node, problem)
         return None
 
     def choice(self, node: yaml.Node | None, what: str, choices: type[E], default: E) -> E:
@@ -390,26 +393,30 @@ def dump_directory(spec: DirectorySpec) -> str:
                     | ({"relay": relay_data(b.relay)} if b.relay is not None else {})
                     for b in p.backoffices
                 ],
-                "releases": [
-                    {
-                        "name": r.name,
-                        "primary": r.primary,
-                        "share_vorgaenge": r.share_vorgaenge,
-                        "read_sync": r.read_sync.value,
-                        "backfill": str(r.backfill),
-                        "revoked_copies": r.revoked_copies.value,
-                    }
-                    for r in p.releases
-                ],
-                "members": [
-                    {"address": m.address, "name": m.display_name, "releases": list(m.releases)}
-                    for m in p.members
-                ],
+                "releases": [release_data(r) for r in p.releases],
+                "members": [member_data(m) for m in p.members],
             }
             for p in spec.portfolios
         ],
     }
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=110)
+
+
+def release_data(release: ReleaseSpec) -> dict[str, object]:
+    """A release as the file (and ``--json``) writes it."""
+    return {
+        "name": release.name,
+        "primary": release.primary,
+        "share_vorgaenge": release.share_vorgaenge,
+        "read_sync": release.read_sync.value,
+        "backfill": str(release.backfill),
+        "revoked_copies": release.revoked_copies.value,
+    }
+
+
+def member_data(member: MemberSpec) -> dict[str, object]:
+    """A member as the file (and ``--json``) writes it."""
+    return {"address": member.address, "name": member.display_name, "releases": list(member.releases)}
 
 
 def relay_data(relay: RelaySpec) -> dict[str, object]:

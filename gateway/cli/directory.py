@@ -14,7 +14,13 @@ import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.admin import api as admin
-from gateway.admin.directory_file import dump_directory, read_directory_file, relay_data
+from gateway.admin.directory_file import (
+    dump_directory,
+    member_data,
+    read_directory_file,
+    relay_data,
+    release_data,
+)
 from gateway.cli.root import (
     Context,
     cli,
@@ -28,6 +34,7 @@ from gateway.cli.root import (
 )
 from gateway.db.senderauth import sender_auth_refusal
 from gateway.domain.directory import (
+    Change,
     MemberSpec,
     PortfolioSpec,
     RelaySpec,
@@ -40,6 +47,23 @@ from gateway.domain.reconcile import Backfill, RevokedCopies
 from gateway.errors import InputError
 
 T = TypeVar("T")
+
+# What the body of a directory command names: one change, made in the command's transaction.
+DirectoryChange = Callable[[AsyncSession], Awaitable[Sequence[Change]]]
+
+
+def directory_change(body: Callable[..., DirectoryChange]) -> Callable[..., None]:
+    """A command whose ``body`` names one directory change: it is made in one transaction and what
+    changed is printed (``--json`` for scripts), the same for every command that edits the directory."""
+
+    @json_option
+    @pass_context
+    @command
+    @functools.wraps(body)
+    async def run(ctx: Context, *args: Any, as_json: bool, **kwargs: Any) -> None:
+        print_changes(await in_transaction(ctx, body(ctx, *args, **kwargs)), as_json)
+
+    return run
 
 
 # --- directory -------------------------------------------------------------------------------------------
@@ -127,25 +151,17 @@ sender_auth_option = click.option(
 @click.argument("name")
 @click.option("--display-name", default="", help="Name shown to people.")
 @sender_auth_option
-@json_option
-@pass_context
-@command
-async def portfolio_create(
-    ctx: Context, name: str, display_name: str, sender_auth: str | None, as_json: bool
-) -> None:
+@directory_change
+def portfolio_create(ctx: Context, name: str, display_name: str, sender_auth: str | None) -> DirectoryChange:
     """Create the portfolio NAME."""
-    changes = await in_transaction(
+    return lambda s: _sender_auth_checked(
         ctx,
-        lambda s: _sender_auth_checked(
-            ctx,
-            s,
-            [name],
-            admin.create_portfolio(
-                s, name, display_name, ctx.actor, sender_auth=SenderAuth(sender_auth or SenderAuth.OFF)
-            ),
+        s,
+        [name],
+        admin.create_portfolio(
+            s, name, display_name, ctx.actor, sender_auth=SenderAuth(sender_auth or SenderAuth.OFF)
         ),
     )
-    print_changes(changes, as_json)
 
 
 @portfolio_group.command("set")
@@ -157,35 +173,28 @@ async def portfolio_create(
     help="Operator switch: make the 'Vorgänge teilen' feature available to this portfolio's releases.",
 )
 @sender_auth_option
-@json_option
-@pass_context
-@command
-async def portfolio_set(
+@directory_change
+def portfolio_set(
     ctx: Context,
     name: str,
     display_name: str | None,
     share_vorgaenge_available: bool | None,
     sender_auth: str | None,
-    as_json: bool,
-) -> None:
+) -> DirectoryChange:
     """Change the portfolio NAME."""
-    changes = await in_transaction(
+    return lambda s: _sender_auth_checked(
         ctx,
-        lambda s: _sender_auth_checked(
-            ctx,
+        s,
+        [name],
+        admin.set_portfolio(
             s,
-            [name],
-            admin.set_portfolio(
-                s,
-                name,
-                display_name=display_name,
-                share_vorgaenge_available=share_vorgaenge_available,
-                sender_auth=SenderAuth(sender_auth) if sender_auth else None,
-                actor=ctx.actor,
-            ),
+            name,
+            display_name=display_name,
+            share_vorgaenge_available=share_vorgaenge_available,
+            sender_auth=SenderAuth(sender_auth) if sender_auth else None,
+            actor=ctx.actor,
         ),
     )
-    print_changes(changes, as_json)
 
 
 def _portfolio_data(p: PortfolioSpec) -> dict[str, object]:
@@ -204,24 +213,12 @@ def _portfolio_data(p: PortfolioSpec) -> dict[str, object]:
             for b in p.backoffices
         ],
         "releases": [_release_data(r, p.members) for r in p.releases],
-        "members": [_member_data(m) for m in p.members],
+        "members": [member_data(m) for m in p.members],
     }
 
 
 def _release_data(r: ReleaseSpec, members: Sequence[MemberSpec]) -> dict[str, object]:
-    return {
-        "name": r.name,
-        "primary": r.primary,
-        "share_vorgaenge": r.share_vorgaenge,
-        "read_sync": r.read_sync.value,
-        "backfill": str(r.backfill),
-        "revoked_copies": r.revoked_copies.value,
-        "members": [m.address for m in members if r.name in m.releases],
-    }
-
-
-def _member_data(m: MemberSpec) -> dict[str, object]:
-    return {"address": m.address, "name": m.display_name, "releases": list(m.releases)}
+    return release_data(r) | {"members": [m.address for m in members if r.name in m.releases]}
 
 
 def _yes(flag: bool) -> str:
@@ -305,42 +302,29 @@ def member_group() -> None:
 @click.argument("address")
 @click.option("--name", "display_name", default="", help="Display name, like SB-A1.")
 @portfolio_option
-@json_option
-@pass_context
-@command
-async def member_add(ctx: Context, address: str, display_name: str, portfolio: str, as_json: bool) -> None:
+@directory_change
+def member_add(ctx: Context, address: str, display_name: str, portfolio: str) -> DirectoryChange:
     """Add the member ADDRESS to a portfolio."""
-    changes = await in_transaction(
-        ctx, lambda s: admin.add_member(s, portfolio, address, display_name, ctx.actor)
-    )
-    print_changes(changes, as_json)
+    return lambda s: admin.add_member(s, portfolio, address, display_name, ctx.actor)
 
 
 @member_group.command("set")
 @click.argument("address")
 @click.option("--name", "display_name", required=True, help="New display name.")
 @portfolio_option
-@json_option
-@pass_context
-@command
-async def member_set(ctx: Context, address: str, display_name: str, portfolio: str, as_json: bool) -> None:
+@directory_change
+def member_set(ctx: Context, address: str, display_name: str, portfolio: str) -> DirectoryChange:
     """Change the member ADDRESS."""
-    changes = await in_transaction(
-        ctx, lambda s: admin.set_member(s, portfolio, address, display_name, ctx.actor)
-    )
-    print_changes(changes, as_json)
+    return lambda s: admin.set_member(s, portfolio, address, display_name, ctx.actor)
 
 
 @member_group.command("remove")
 @click.argument("address")
 @portfolio_option
-@json_option
-@pass_context
-@command
-async def member_remove(ctx: Context, address: str, portfolio: str, as_json: bool) -> None:
+@directory_change
+def member_remove(ctx: Context, address: str, portfolio: str) -> DirectoryChange:
     """Delete the member ADDRESS (only a member without messages; otherwise remove it from its releases)."""
-    changes = await in_transaction(ctx, lambda s: admin.remove_member(s, portfolio, address, ctx.actor))
-    print_changes(changes, as_json)
+    return lambda s: admin.remove_member(s, portfolio, address, ctx.actor)
 
 
 @member_group.command("list")
@@ -352,7 +336,7 @@ async def member_list(ctx: Context, portfolio: str, as_json: bool) -> None:
     """List the members of a portfolio with their releases."""
     p = await in_transaction(ctx, lambda s: admin.show_portfolio(s, portfolio), write=False)
     if as_json:
-        emit_json([_member_data(m) for m in p.members])
+        emit_json([member_data(m) for m in p.members])
         return
     for m in p.members:
         click.echo(f"{m.address}\t{m.display_name}\t{', '.join(m.releases) or '-'}")
@@ -403,10 +387,8 @@ revoked_copies_option = click.option(
 @backfill_option
 @revoked_copies_option
 @portfolio_option
-@json_option
-@pass_context
-@command
-async def release_create(
+@directory_change
+def release_create(
     ctx: Context,
     name: str,
     primary: bool,
@@ -415,24 +397,19 @@ async def release_create(
     backfill: Backfill | None,
     revoked_copies: str | None,
     portfolio: str,
-    as_json: bool,
-) -> None:
+) -> DirectoryChange:
     """Create the release NAME."""
-    changes = await in_transaction(
-        ctx,
-        lambda s: admin.create_release(
-            s,
-            portfolio,
-            name,
-            primary=primary,
-            share_vorgaenge=share_vorgaenge,
-            read_sync=ReadSync(read_sync or ReadSync.ANSWERED),
-            backfill=backfill,
-            revoked_copies=RevokedCopies(revoked_copies) if revoked_copies else None,
-            actor=ctx.actor,
-        ),
+    return lambda s: admin.create_release(
+        s,
+        portfolio,
+        name,
+        primary=primary,
+        share_vorgaenge=share_vorgaenge,
+        read_sync=ReadSync(read_sync or ReadSync.ANSWERED),
+        backfill=backfill,
+        revoked_copies=RevokedCopies(revoked_copies) if revoked_copies else None,
+        actor=ctx.actor,
     )
-    print_changes(changes, as_json)
 
 
 @release_group.command("set")
@@ -443,10 +420,8 @@ async def release_create(
 @backfill_option
 @revoked_copies_option
 @portfolio_option
-@json_option
-@pass_context
-@command
-async def release_set(
+@directory_change
+def release_set(
     ctx: Context,
     name: str,
     primary: bool | None,
@@ -455,66 +430,48 @@ async def release_set(
     backfill: Backfill | None,
     revoked_copies: str | None,
     portfolio: str,
-    as_json: bool,
-) -> None:
+) -> DirectoryChange:
     """Change the flags of the release NAME."""
-    changes = await in_transaction(
-        ctx,
-        lambda s: admin.set_release(
-            s,
-            portfolio,
-            name,
-            primary=primary,
-            share_vorgaenge=share_vorgaenge,
-            read_sync=ReadSync(read_sync) if read_sync else None,
-            backfill=backfill,
-            revoked_copies=RevokedCopies(revoked_copies) if revoked_copies else None,
-            actor=ctx.actor,
-        ),
+    return lambda s: admin.set_release(
+        s,
+        portfolio,
+        name,
+        primary=primary,
+        share_vorgaenge=share_vorgaenge,
+        read_sync=ReadSync(read_sync) if read_sync else None,
+        backfill=backfill,
+        revoked_copies=RevokedCopies(revoked_copies) if revoked_copies else None,
+        actor=ctx.actor,
     )
-    print_changes(changes, as_json)
 
 
 @release_group.command("delete")
 @click.argument("name")
 @portfolio_option
-@json_option
-@pass_context
-@command
-async def release_delete(ctx: Context, name: str, portfolio: str, as_json: bool) -> None:
+@directory_change
+def release_delete(ctx: Context, name: str, portfolio: str) -> DirectoryChange:
     """Delete the release NAME (its members lose what it gave them)."""
-    changes = await in_transaction(ctx, lambda s: admin.delete_release(s, portfolio, name, ctx.actor))
-    print_changes(changes, as_json)
+    return lambda s: admin.delete_release(s, portfolio, name, ctx.actor)
 
 
 @release_group.command("add-member")
 @click.argument("name")
 @click.argument("address")
 @portfolio_option
-@json_option
-@pass_context
-@command
-async def release_add_member(ctx: Context, name: str, address: str, portfolio: str, as_json: bool) -> None:
+@directory_change
+def release_add_member(ctx: Context, name: str, address: str, portfolio: str) -> DirectoryChange:
     """Add the member ADDRESS to the release NAME."""
-    changes = await in_transaction(
-        ctx, lambda s: admin.add_release_member(s, portfolio, name, address, ctx.actor)
-    )
-    print_changes(changes, as_json)
+    return lambda s: admin.add_release_member(s, portfolio, name, address, ctx.actor)
 
 
 @release_group.command("remove-member")
 @click.argument("name")
 @click.argument("address")
 @portfolio_option
-@json_option
-@pass_context
-@command
-async def release_remove_member(ctx: Context, name: str, address: str, portfolio: str, as_json: bool) -> None:
+@directory_change
+def release_remove_member(ctx: Context, name: str, address: str, portfolio: str) -> DirectoryChange:
     """Remove the member ADDRESS from the release NAME."""
-    changes = await in_transaction(
-        ctx, lambda s: admin.remove_release_member(s, portfolio, name, address, ctx.actor)
-    )
-    print_changes(changes, as_json)
+    return lambda s: admin.remove_release_member(s, portfolio, name, address, ctx.actor)
 
 
 @release_group.command("show")
@@ -614,24 +571,17 @@ def relay_options(func: Callable[..., T]) -> Callable[..., T]:
 @click.option("--address", "addresses", multiple=True, help="An address it sends from (repeatable).")
 @relay_options
 @portfolio_option
-@json_option
-@pass_context
-@command
-async def backoffice_add(
+@directory_change
+def backoffice_add(
     ctx: Context,
     name: str,
     ams_version: str,
     addresses: tuple[str, ...],
     relay: admin.RelayOptions,
     portfolio: str,
-    as_json: bool,
-) -> None:
+) -> DirectoryChange:
     """Register the back office NAME; without --relay-host it receives no replies."""
-    changes = await in_transaction(
-        ctx,
-        lambda s: admin.add_backoffice(s, portfolio, name, ams_version, addresses, ctx.actor, relay=relay),
-    )
-    print_changes(changes, as_json)
+    return lambda s: admin.add_backoffice(s, portfolio, name, ams_version, addresses, ctx.actor, relay=relay)
 
 
 @backoffice_group.command("set")
@@ -644,10 +594,8 @@ async def backoffice_add(
     "--no-relay", is_flag=True, help="Remove the relay settings: the back office receives no replies."
 )
 @portfolio_option
-@json_option
-@pass_context
-@command
-async def backoffice_set(
+@directory_change
+def backoffice_set(
     ctx: Context,
     name: str,
     ams_version: str | None,
@@ -656,35 +604,27 @@ async def backoffice_set(
     relay: admin.RelayOptions,
     no_relay: bool,
     portfolio: str,
-    as_json: bool,
-) -> None:
+) -> DirectoryChange:
     """Change the back office NAME; --relay-… options change only what they name ('' removes a login)."""
-    changes = await in_transaction(
-        ctx,
-        lambda s: admin.set_backoffice(
-            s,
-            portfolio,
-            name,
-            ams_version=ams_version,
-            add_addresses=add_addresses,
-            remove_addresses=remove_addresses,
-            relay=dataclasses.replace(relay, remove=no_relay),
-            actor=ctx.actor,
-        ),
+    return lambda s: admin.set_backoffice(
+        s,
+        portfolio,
+        name,
+        ams_version=ams_version,
+        add_addresses=add_addresses,
+        remove_addresses=remove_addresses,
+        relay=dataclasses.replace(relay, remove=no_relay),
+        actor=ctx.actor,
     )
-    print_changes(changes, as_json)
 
 
 @backoffice_group.command("remove")
 @click.argument("name")
 @portfolio_option
-@json_option
-@pass_context
-@command
-async def backoffice_remove(ctx: Context, name: str, portfolio: str, as_json: bool) -> None:
+@directory_change
+def backoffice_remove(ctx: Context, name: str, portfolio: str) -> DirectoryChange:
     """Remove the back office NAME."""
-    changes = await in_transaction(ctx, lambda s: admin.remove_backoffice(s, portfolio, name, ctx.actor))
-    print_changes(changes, as_json)
+    return lambda s: admin.remove_backoffice(s, portfolio, name, ctx.actor)
 
 
 @backoffice_group.command("password")

@@ -214,27 +214,18 @@ def _mailer_daemon(arrival: _Arrival) -> Classification | None:
 
 # The subjects MTAs give their plain-text bounces, as the leading words (any case). A person's mail
 # about a bounce says "Fwd:", "WG:", "Re:" or "AW:" first.
-_FAILURE_SUBJECT = re.compile(
-    r"(?:undeliver(?:able|ed)|returned mail|mail delivery (?:failed|failure)|delivery failure"
+_FAILURE_SUBJECT = (
+    r"undeliver(?:able|ed)|returned mail|mail delivery (?:failed|failure)|delivery failure"
     r"|delivery (?:status )?notification|delivery has failed|failure notice|mail failure|mail failed"
     r"|delayed mail|mail system error|unzustellbar|nicht zustellbar|zustellung fehlgeschlagen"
-    r"|non remis|non distribuable)(?!\w)",
-    re.IGNORECASE,
+    r"|non remis|non distribuable"
 )
-
-
-def _failure_subject(arrival: _Arrival) -> Classification | None:
-    match = _FAILURE_SUBJECT.match(_subject(arrival.message))
-    if match is None:
-        return None
-    return Classification(Kind.BOUNCE, f'delivery-failure subject ("{match.group(0)}")')
 
 
 def _auto_submitted(arrival: _Arrival) -> Classification | None:
     # RFC 3834: "no" is the only value that says a person sent it; a comment may follow the keyword,
     # as in sendmail's "auto-generated (failure)". An empty field says nothing either way.
-    value = arrival.message.get("Auto-Submitted")
-    keyword = _keyword(value) if value is not None else ""
+    keyword = _keyword(arrival.message, "Auto-Submitted")
     if not keyword or keyword == "no":
         return None
     return Classification(Kind.AUTO_REPLY, f"Auto-Submitted: {keyword}")
@@ -256,8 +247,7 @@ _BULK_PRECEDENCE = frozenset({"bulk", "junk", "list", "auto_reply", "auto-reply"
 
 
 def _precedence(arrival: _Arrival) -> Classification | None:
-    value = arrival.message.get("Precedence")
-    keyword = _keyword(value) if value is not None else ""
+    keyword = _keyword(arrival.message, "Precedence")
     if keyword not in _BULK_PRECEDENCE:
         return None
     return Classification(Kind.AUTO_REPLY, f"Precedence: {keyword}")
@@ -268,20 +258,24 @@ def _precedence(arrival: _Arrival) -> Classification | None:
 # twins), Sieve vacation's "Auto:", "Autoreply", "Out of Office", and German notices people set up
 # themselves ("Abwesenheitsnotiz", "Abwesend", "Urlaub", "Außer Haus"). "Auto" alone is German for car,
 # so only "Auto:" with its colon counts; answers start with "Re:" or "AW:", never with these.
-_ABSENCE_SUBJECT = re.compile(
-    r"(?:out[ -]of[ -](?:the[ -])?office|auto(?:matic)?[ -]?(?:reply|replied|response|respon\w*|antwort)"
+_ABSENCE_SUBJECT = (
+    r"out[ -]of[ -](?:the[ -])?office|auto(?:matic)?[ -]?(?:reply|replied|response|respon\w*|antwort)"
     r"|auto:|automatische (?:antwort|abwesenheitsnotiz)|abwesenheit\w*|abwesend|urlaub"
     r"|au(?:ß|ss)er haus|réponse automatique|respuesta automática|risposta automatica"
-    r"|automatisch antwoord)(?!\w)",
-    re.IGNORECASE,
+    r"|automatisch antwoord"
 )
 
 
-def _absence_subject(arrival: _Arrival) -> Classification | None:
-    match = _ABSENCE_SUBJECT.match(_subject(arrival.message))
-    if match is None:
-        return None
-    return Classification(Kind.AUTO_REPLY, f'out-of-office subject ("{match.group(0)}")')
+def _subject_rule(kind: Kind, what: str, leading_words: str) -> _Rule:
+    """The rule that gives ``kind`` to mail whose subject starts with ``leading_words`` (alternatives of a
+    regular expression, in any case, ending at a word's end), saying ``what`` and the words it found."""
+    pattern = re.compile(f"(?:{leading_words})(?!\\w)", re.IGNORECASE)
+
+    def rule(arrival: _Arrival) -> Classification | None:
+        match = pattern.match(_subject(arrival.message))
+        return None if match is None else Classification(kind, f'{what} ("{match.group(0)}")')
+
+    return rule
 
 
 def _null_sender(arrival: _Arrival) -> Classification | None:
@@ -298,11 +292,11 @@ RULES: tuple[_Rule, ...] = (
     _other_report,
     _failed_recipients,
     _mailer_daemon,
-    _failure_subject,
+    _subject_rule(Kind.BOUNCE, "delivery-failure subject", _FAILURE_SUBJECT),
     _auto_submitted,
     _auto_reply_header,
     _precedence,
-    _absence_subject,
+    _subject_rule(Kind.AUTO_REPLY, "out-of-office subject", _ABSENCE_SUBJECT),
     _null_sender,
 )
 """The rules in the order they are tried; the first that fires decides (see the module docstring)."""
@@ -321,14 +315,9 @@ def classify(
     does not fire; a message nothing can be read from is an answer, so that a person's mail is never
     dropped for being badly written (the Received limit at ingress still stops loops).
     """
-    if max_received < 0:
-        raise ValueError(f"max_received is a number of headers, not {max_received}")
-    if not loop_marker.strip():
-        raise ValueError("loop_marker names a header; it is empty")
-    try:
-        message = _parse(raw)
-    except Exception as exc:  # the promise is "never raises"; the parser is not known to, but bytes are bytes
-        return Classification(Kind.ANSWER, f"the message could not be read ({type(exc).__name__})")
+    message = _read(raw, max_received, loop_marker)
+    if isinstance(message, Classification):
+        return message
     return _classify(message, envelope_sender, max_received, loop_marker)
 
 
@@ -336,15 +325,22 @@ def read_arrival_kind(
     raw: bytes, *, envelope_sender: str, max_received: int, loop_marker: str = "X-Gateway-Loop"
 ) -> tuple[Classification, DeliveryReport | None]:
     """:func:`classify` and :func:`delivery_report` of ``raw`` from one parse (the costly part of both)."""
+    message = _read(raw, max_received, loop_marker)
+    if isinstance(message, Classification):
+        return message, None
+    return _classify(message, envelope_sender, max_received, loop_marker), _report_of(message, raw)
+
+
+def _read(raw: bytes, max_received: int, loop_marker: str) -> Message | Classification:
+    """``raw`` parsed, once the arguments are checked; an answer saying why when it cannot be read."""
     if max_received < 0:
         raise ValueError(f"max_received is a number of headers, not {max_received}")
     if not loop_marker.strip():
         raise ValueError("loop_marker names a header; it is empty")
     try:
-        message = _parse(raw)
-    except Exception as exc:  # the promise is "never raises"
-        return Classification(Kind.ANSWER, f"the message could not be read ({type(exc).__name__})"), None
-    return _classify(message, envelope_sender, max_received, loop_marker), _report_of(message, raw)
+        return _parse(raw)
+    except Exception as exc:  # the promise is "never raises"; the parser is not known to, but bytes are bytes
+        return Classification(Kind.ANSWER, f"the message could not be read ({type(exc).__name__})")
 
 
 def _classify(message: Message, envelope_sender: str, max_received: int, loop_marker: str) -> Classification:
@@ -608,8 +604,12 @@ def _subject(message: Message) -> str:
     return _text(value) if value is not None else ""
 
 
-def _keyword(value: object) -> str:
-    """The first word of a token-like value, lower case: "auto-generated (failure)" -> "auto-generated"."""
+def _keyword(message: Message, name: str) -> str:
+    """The first word of the token-like field ``name``, lower case ("" without the field):
+    "auto-generated (failure)" -> "auto-generated"."""
+    value = message.get(name)
+    if value is None:
+        return ""
     words = re.split(r"[\s;(]+", _text(value), maxsplit=1)
     return words[0].lower() if words else ""
 

@@ -38,11 +38,10 @@ from gateway.domain.reports import (
     content_boundary,
     fold,
     header_section,
-    headers_part,
     is_ascii_address,
     lines,
+    multipart_report,
     subject_header,
-    text_part,
 )
 
 __all__ = ["build_failure_report", "report_subject"]
@@ -198,24 +197,16 @@ def build_failure_report(
         f"Date: {format_datetime(date)}",
         f"Message-ID: {message_id}",
     ]
-    if original.message_id is not None:
-        top += [f"In-Reply-To: {original.message_id}", f"References: {original.message_id}"]
-    top += [
-        "Auto-Submitted: auto-replied",
-        "MIME-Version: 1.0",
-        "Content-Type: multipart/report; report-type=delivery-status;",
-        f' boundary="{boundary}"',
-    ]
-
-    out = bytearray(lines(top))
-    out += lines(["", "This is a delivery status notification in MIME format.", ""])
-    out += text_part(boundary, text)
-    out += lines([f"--{boundary}", "Content-Type: message/delivery-status", ""])
-    out += status_fields
-    if headers:
-        out += headers_part(f"--{boundary}", headers)
-    out += lines([f"--{boundary}--"])
-    return bytes(out)
+    return multipart_report(
+        top,
+        original.message_id,
+        report_type="delivery-status",
+        what="delivery status notification",
+        boundary=boundary,
+        text=text,
+        report=status_fields,
+        headers=headers,
+    )
 
 
 def report_subject(action: str, original_subject: str) -> str:

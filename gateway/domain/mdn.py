@@ -65,12 +65,11 @@ from gateway.domain.reports import (
     checked,
     content_boundary,
     header_section,
-    headers_part,
     is_ascii_address,
     lines,
     mailbox_header,
+    multipart_report,
     subject_header,
-    text_part,
 )
 
 __all__ = ["PRODUCT", "NotificationRequest", "build_read_notification", "notification_request"]
@@ -212,23 +211,16 @@ def build_read_notification(
         f"Date: {format_datetime(date)}",
         f"Message-ID: {message_id}",
     ]
-    if original_id is not None:
-        top += [f"In-Reply-To: {original_id}", f"References: {original_id}"]
-    top += [
-        "Auto-Submitted: auto-replied",
-        "MIME-Version: 1.0",
-        "Content-Type: multipart/report; report-type=disposition-notification;",
-        f' boundary="{boundary}"',
-    ]
-
-    out = bytearray(lines(top))
-    out += lines(["", "This is a message disposition notification in MIME format.", ""])
-    out += text_part(boundary, text)
-    out += lines([f"--{boundary}", "Content-Type: message/disposition-notification", "", *fields, ""])
-    if headers:
-        out += headers_part(f"--{boundary}", headers)
-    out += lines([f"--{boundary}--"])
-    return bytes(out)
+    return multipart_report(
+        top,
+        original_id,
+        report_type="disposition-notification",
+        what="message disposition notification",
+        boundary=boundary,
+        text=text,
+        report=lines([*fields, ""]),
+        headers=headers,
+    )
 
 
 def _human_text(*, reader: str, reader_name: str, original_subject: str) -> str:

@@ -136,6 +136,44 @@ def headers_part(boundary_line: str, headers: bytes) -> bytes:
     return lines([*part, ""]) + headers + b"\r\n"
 
 
+def multipart_report(
+    top: list[str],
+    answering: str | None,
+    *,
+    report_type: str,
+    what: str,
+    boundary: str,
+    text: str,
+    report: bytes,
+    headers: bytes,
+) -> bytes:
+    """A ``multipart/report; report-type=<report_type>`` mail (RFC 6522) about the mail ``answering``
+    names by its message id (None: not threaded under it).
+
+    ``top`` are its first header lines (From to Message-ID); ``what`` names the report for a reader
+    without MIME. Its parts: ``text`` for people (:func:`text_part`), the ``message/<report_type>`` part
+    ``report`` for programs, and the original's ``headers`` where there are any (:func:`headers_part`).
+    """
+    if answering is not None:
+        top = [*top, f"In-Reply-To: {answering}", f"References: {answering}"]
+    top = [
+        *top,
+        "Auto-Submitted: auto-replied",
+        "MIME-Version: 1.0",
+        f"Content-Type: multipart/report; report-type={report_type};",
+        f' boundary="{boundary}"',
+    ]
+    out = bytearray(lines(top))
+    out += lines(["", f"This is a {what} in MIME format.", ""])
+    out += text_part(boundary, text)
+    out += lines([f"--{boundary}", f"Content-Type: message/{report_type}", ""])
+    out += report
+    if headers:
+        out += headers_part(f"--{boundary}", headers)
+    out += lines([f"--{boundary}--"])
+    return bytes(out)
+
+
 def mailbox_header(name: str, display_name: str, address: str) -> str:
     """``Name: display name <address>`` for a checked one-line name and an ASCII address.
 

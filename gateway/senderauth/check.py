@@ -19,10 +19,12 @@ failing :class:`Verdict` whose reason says what was wrong, ``temporary`` when DN
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ParamSpec
 
 import dkim
 from dkim.canonicalization import CanonicalizationPolicy
@@ -47,6 +49,7 @@ from gateway.senderauth.spf import check_spf
 __all__ = ["Policy", "Verdict", "check_sender"]
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
 
 # Signatures verified per message; an honest one has one or two, a hostile one could carry hundreds,
 # each costing a key look-up and a pass over the body.
@@ -60,6 +63,25 @@ _MAX_HEADER_SECTION = 1024 * 1024
 _DMARC_PARENT_LABELS = 4
 
 
+def _never_raising(check: Callable[P, Awaitable[Verdict]]) -> Callable[P, Awaitable[Verdict]]:
+    """``check`` with its reason made one line, and an unexpected error inside it logged and answered as a
+    temporary failure, so that the sender retries instead of being refused for our mistake."""
+
+    @functools.wraps(check)
+    async def checked(*args: P.args, **kwargs: P.kwargs) -> Verdict:
+        try:
+            verdict = await check(*args, **kwargs)
+        except Exception:
+            log.exception("sender check of %r failed unexpectedly", kwargs.get("from_address"))
+            verdict = Verdict(
+                False, "the sender could not be checked because of an internal error", temporary=True
+            )
+        return replace(verdict, reason=one_line(verdict.reason))
+
+    return checked
+
+
+@_never_raising
 async def check_sender(
     policy: Policy,
     *,
@@ -77,31 +99,8 @@ async def check_sender(
     sender), ``client_ip`` and ``helo`` what the connecting client showed. ``authserv_id`` names our
     border MTA in its ``Authentication-Results`` headers and is needed by
     ``trust-authentication-results`` only. The reason of the verdict is one line of printable ASCII.
-    Never raises, whatever the message; an unexpected error inside is logged and answered as a
-    temporary failure, so that the sender retries instead of being refused for our mistake.
+    Never raises, whatever the message (:func:`_never_raising`).
     """
-    try:
-        verdict = await _check(
-            policy, raw, from_address, envelope_sender, client_ip, helo, authserv_id, resolver
-        )
-    except Exception:
-        log.exception("sender check of %r failed unexpectedly", from_address)
-        verdict = Verdict(
-            False, "the sender could not be checked because of an internal error", temporary=True
-        )
-    return replace(verdict, reason=one_line(verdict.reason))
-
-
-async def _check(
-    policy: Policy,
-    raw: bytes,
-    from_address: str,
-    envelope_sender: str,
-    client_ip: str,
-    helo: str,
-    authserv_id: str | None,
-    resolver: DnsResolver,
-) -> Verdict:
     if policy is Policy.OFF:
         return Verdict(True, "sender authentication is off for this portfolio")
     from_domain = domain_of(from_address)
