@@ -69,19 +69,10 @@ IO_MODULES = (
     "dns",
 )
 
-# KNOWN EXCEPTIONS: edges that break a rule today, each with the change that removes it. Every check
+# KNOWN EXCEPTIONS: edges that break a rule, each with the change that would remove it. Every check
 # leaves these out; test_known_exceptions_still_exist fails once one is gone, so the list only shrinks.
-# The lead empties it after merging the branches that fix them.
-KNOWN_EXCEPTIONS: Mapping[tuple[str, str], str] = {
-    ("gateway.mailbox.imap_idle", "gateway.mailbox.imap"): (
-        "closes the loop imap <-> imap_idle (a TYPE_CHECKING import of _Connection); "
-        "helper `split` breaks it (issue 14, item 4)"
-    ),
-    ("gateway.db.names", "gateway.routing.files"): (
-        "storage imports routing's Directory dataclass (upward, db -> routing); "
-        "it belongs in gateway.domain (issue 14, items 2 and 3)"
-    ),
-}
+# Empty since issue 14: keep it so.
+KNOWN_EXCEPTIONS: Mapping[tuple[str, str], str] = {}
 
 
 # --- reading the imports ---------------------------------------------------------------------------------

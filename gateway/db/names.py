@@ -12,10 +12,10 @@ from collections import defaultdict
 from sqlalchemy import Connection, select
 
 from gateway.db.models import BackOfficeRow, MemberRow, PortfolioRow
-from gateway.routing.files import Directory
+from gateway.domain.rules import DirectoryNames
 
 
-def directory_names(connection: Connection) -> Directory:
+def directory_names(connection: Connection) -> DirectoryNames:
     portfolios = {
         int(pid): str(name) for pid, name in connection.execute(select(PortfolioRow.id, PortfolioRow.name))
     }
@@ -25,7 +25,7 @@ def directory_names(connection: Connection) -> Directory:
         members[portfolios[int(pid)]].add(str(address))
     for pid, name in connection.execute(select(BackOfficeRow.portfolio_id, BackOfficeRow.name)):
         backoffices[portfolios[int(pid)]].add(str(name))
-    return Directory(
+    return DirectoryNames(
         members={name: frozenset(members[name]) for name in portfolios.values()},
         backoffices={name: frozenset(backoffices[name]) for name in portfolios.values()},
     )

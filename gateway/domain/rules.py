@@ -50,6 +50,7 @@ __all__ = [
     "Condition",
     "CopyHeaders",
     "Decision",
+    "DirectoryNames",
     "FieldName",
     "FieldTest",
     "Hit",
@@ -95,6 +96,14 @@ PROTECTED_HEADERS = frozenset(
 def is_protected_header(name: str) -> bool:
     lowered = name.strip().lower()
     return lowered in PROTECTED_HEADERS or gateway_headers.is_own(lowered)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryNames:
+    """What the directory holds, as far as rules can name it: members and back offices per portfolio."""
+
+    members: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    backoffices: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -33,6 +33,7 @@ from gateway.domain.rules import (
     Answer,
     AnyOf,
     Condition,
+    DirectoryNames,
     FieldName,
     FieldTest,
     InvalidAnswer,
@@ -55,7 +56,6 @@ from gateway.errors import Problem, RulesFileError
 
 __all__ = [
     "FORMAT_VERSION",
-    "Directory",
     "LoadedRules",
     "Reference",
     "directory_problems",
@@ -108,14 +108,6 @@ class LoadedRules:
 
     rule_set: RuleSet
     references: tuple[Reference, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Directory:
-    """What the directory holds, as far as rules can name it: members and back offices per portfolio."""
-
-    members: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    backoffices: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 class _Reader:
@@ -286,7 +278,7 @@ def _position(problem: Problem) -> tuple[str, int, int]:
         return (problem.where, 0, 0)
 
 
-def directory_problems(references: Sequence[Reference], directory: Directory) -> list[Problem]:
+def directory_problems(references: Sequence[Reference], directory: DirectoryNames) -> list[Problem]:
     """Names the rules use that the directory does not know, as ``FILE:LINE:COL`` problems."""
     problems: list[Problem] = []
     for ref in references:

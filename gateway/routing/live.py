@@ -18,9 +18,9 @@ from pathlib import Path
 
 from gateway.domain.parsing import ParsedMessage, header_fields
 from gateway.domain.routing_plan import Refused, rules_refusal
-from gateway.domain.rules import EMPTY_RULE_SET, Decision, RuleSet, Submitted
+from gateway.domain.rules import EMPTY_RULE_SET, Decision, DirectoryNames, RuleSet, Submitted
 from gateway.errors import RulesFileError
-from gateway.routing.files import Directory, directory_problems, load_rules, rules_files
+from gateway.routing.files import directory_problems, load_rules, rules_files
 from gateway.smtp_replies import Reply
 
 __all__ = ["RoutingRules", "check_rules", "decide", "refusal", "stored_answer"]
@@ -80,7 +80,7 @@ def stored_answer(gateway_id: str, vorgang: str, *, quarantined: bool) -> str:
     return Reply.ACCEPTED.with_text(f"Accepted as {gateway_id} in {vorgang}")
 
 
-def check_rules(directory: Path, names: Directory | None) -> RuleSet:
+def check_rules(directory: Path, names: DirectoryNames | None) -> RuleSet:
     """The rule set of ``directory`` if every file is valid and (given ``names``) every name it uses
     is in the directory; else :class:`RulesFileError` with every problem."""
     loaded = load_rules(directory)
@@ -103,7 +103,7 @@ class RoutingRules:
         directory: Path,
         *,
         interval: float = 2.0,
-        names: Callable[[], Awaitable[Directory]] | None = None,
+        names: Callable[[], Awaitable[DirectoryNames]] | None = None,
     ) -> None:
         self.directory = directory
         self.interval = interval

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.domain.rules import FieldName, FieldTest, PatternKind, Submitted, Verdict
+from gateway.domain.rules import DirectoryNames, FieldName, FieldTest, PatternKind, Submitted, Verdict
 from gateway.errors import RulesFileError
-from gateway.routing.files import Directory, directory_problems, load_rules, rules_files
+from gateway.routing.files import directory_problems, load_rules, rules_files
 from tests.seed import ADDRESS
 
 REPOSITORY = Path(__file__).parent.parent.parent
-SEED = Directory(
+SEED = DirectoryNames(
     members={"makler-muster": frozenset(ADDRESS.values())},
     backoffices={"makler-muster": frozenset({"ams"})},
 )
