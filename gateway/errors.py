@@ -13,6 +13,7 @@
         ├── DatabaseNotReady        the database is unreachable or not migrated to the code's schema
         ├── StorageError            a database operation failed
         ├── NotStored               an accepted message could not be stored: 451 4.3.0, the client retries
+        ├── NotRead                 a received mail could not be parsed within its budget: 451 4.3.0
         ├── DnsTemporaryError       DNS could not answer now (timeout, SERVFAIL): a 4xx, the sender retries
         └── MailboxError (OSError)  trouble with a member's mailbox (disk, IMAP server): the copy is retried
 
@@ -22,7 +23,7 @@ Errors keep a stdlib base where they mean the same: ``MailboxError`` is an ``OSE
 
 Outside the tree on purpose: ``gateway.domain`` raises ``ValueError`` subclasses (it imports nothing
 outside itself), which the stages turn into answers; and a few exceptions that never leave the module
-that raises them (``LoginsThrottled`` in ingress, the SPF evaluator's and the relay's private ones).
+that raises them (``LoginsThrottled`` in ingress, the SPF evaluator's and the IMAP connection's private ones).
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ class StorageError(OperationalError):
 
 class NotStored(OperationalError):
     """The message could not be stored; the client should try again later (451 4.3.0)."""
+
+
+class NotRead(OperationalError):
+    """A received mail could not be read within its budget (or its worker died): 451 4.3.0, retry later."""
 
 
 class DnsTemporaryError(OperationalError):

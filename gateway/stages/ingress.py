@@ -37,7 +37,7 @@ from gateway.domain.passwords import hash_password, verify_password
 from gateway.domain.submitters import path_too_long
 from gateway.domain.tokens import is_reply_address
 from gateway.domain.trace import Arrival, protocol
-from gateway.errors import NotStored
+from gateway.errors import NotRead, NotStored
 from gateway.mailbox.base import Mailbox, MailboxOwner
 from gateway.routing.live import RoutingRules, decide, refusal, stored_answer
 from gateway.smtp_replies import Reply, with_enhanced_code
@@ -49,7 +49,7 @@ from gateway.stages.acceptance import (
     submitted_refusal,
 )
 from gateway.stages.faithful import nul_refusal
-from gateway.stages.parsepool import MailReader, NotRead
+from gateway.stages.parsepool import MailReader
 from gateway.stages.reply import BOUNCES_LOCAL_PART, Incoming, ReplyIntake
 
 log = logging.getLogger("gateway.stages.ingress")

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 from gateway.domain.answers import Classification, DeliveryReport, Kind, read_arrival_kind
 from gateway.domain.parsing import ParsedMessage, parse_message
-from gateway.errors import OperationalError
+from gateway.errors import NotRead
 
 __all__ = [
     "Arrival",
@@ -65,10 +65,6 @@ WORKER_NICENESS = 5
 SPILL_OVER = 256 * 1024
 # After a failed replacement, the next try waits this long rather than fork in a tight loop.
 _RESPAWN_PAUSE = 1.0
-
-
-class NotRead(OperationalError):
-    """A mail could not be read within its budget (or its worker died); the client is told to retry."""
 
 
 @dataclass(frozen=True, slots=True)

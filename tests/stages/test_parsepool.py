@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from gateway.domain.answers import Kind
+from gateway.errors import NotRead
 from gateway.stages import parsepool
-from gateway.stages.parsepool import SPILL_OVER, MailReader, NotRead, ParsePool
+from gateway.stages.parsepool import SPILL_OVER, MailReader, ParsePool
 
 BOUNCE = (
     b"From: MAILER-DAEMON@mx.kunde-b.example\r\nTo: bounces@reply.gateway.test\r\n"
