@@ -31,7 +31,7 @@ K = TypeVar("K")
 
 @dataclass(frozen=True, slots=True)
 class LoginLimits:
-    """The settings of ``[limits]`` that govern failed logins (see gateway/config.py)."""
+    """The settings of ``[limits]`` that govern failed logins (see gateway/config/sections.py)."""
 
     delay: float = 1.0
     max_delay: float = 16.0
