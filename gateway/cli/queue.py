@@ -19,7 +19,8 @@ from sqlalchemy import Connection
 
 from gateway.cli.root import Context, cli, command, emit_json, json_option, on_writer, pass_context
 from gateway.cli.views import WHEN
-from gateway.db import acceptance, queue
+from gateway.db import queue
+from gateway.db.events import Event, EventKind, append_events
 from gateway.db.queue import QueueItem
 from gateway.errors import InputError
 
@@ -168,30 +169,6 @@ def _chosen(
     return queue.queue_items(connection, limit=1_000_000, **filters)  # type: ignore[arg-type]
 
 
-def _events(
-    items: Sequence[QueueItem], kind: str, actor: str, now: datetime.datetime
-) -> list[dict[str, object]]:
-    return [
-        {
-            "at": now,
-            "portfolio_id": None,
-            "actor": actor,
-            "kind": kind,
-            "member_id": None,
-            "vorgang_id": None,
-            "message_id": None,
-            "detail": {
-                "item": i.id,
-                "kind": i.kind,
-                "state": i.state,
-                "to": list(i.to),
-                "message": i.message,
-            },
-        }
-        for i in items
-    ]
-
-
 @queue_group.command("retry")
 @click.argument("ids", nargs=-1, metavar="[ID]...")
 @click.option("--all", "every", is_flag=True, help="Every item that matches the filters.")
@@ -218,9 +195,7 @@ async def queue_retry(
     def retry(connection: Connection) -> list[QueueItem]:
         now = datetime.datetime.now(datetime.UTC)
         done = queue.retry_items(connection, _chosen(connection, ids, every, filters), now, lifetime)
-        acceptance.insert_rows(
-            connection, acceptance.EVENTS, _portfolio_events(connection, done, "queue.retried", actor, now)
-        )
+        append_events(connection, _portfolio_events(connection, done, EventKind.QUEUE_RETRIED, actor, now))
         return done
 
     done = await on_writer(ctx, retry)
@@ -266,9 +241,7 @@ async def queue_drop(
             done = queue.drop_items(connection, _chosen(connection, ids, every, filters), now)
         except ValueError as exc:
             raise InputError(str(exc)) from None
-        acceptance.insert_rows(
-            connection, acceptance.EVENTS, _portfolio_events(connection, done, "queue.dropped", actor, now)
-        )
+        append_events(connection, _portfolio_events(connection, done, EventKind.QUEUE_DROPPED, actor, now))
         return done
 
     done = await on_writer(ctx, drop)
@@ -281,10 +254,16 @@ async def queue_drop(
 
 
 def _portfolio_events(
-    connection: Connection, items: Sequence[QueueItem], kind: str, actor: str, now: datetime.datetime
-) -> list[dict[str, object]]:
+    connection: Connection, items: Sequence[QueueItem], kind: EventKind, actor: str, now: datetime.datetime
+) -> list[Event]:
     ids = dict(queue.portfolio_ids(connection, {i.portfolio for i in items}))
-    events = _events(items, kind, actor, now)
-    for event, item in zip(events, items, strict=True):
-        event["portfolio_id"] = ids[item.portfolio]
-    return events
+    return [
+        Event(
+            kind,
+            actor,
+            now,
+            portfolio_id=ids[i.portfolio],
+            detail={"item": i.id, "kind": i.kind, "state": i.state, "to": list(i.to), "message": i.message},
+        )
+        for i in items
+    ]

@@ -8,7 +8,8 @@ the composite foreign keys below rather than by care in each caller.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, ClassVar
+from enum import StrEnum
+from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     JSON,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     func,
@@ -55,6 +57,56 @@ def utc(value: dt.datetime) -> dt.datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=dt.UTC)
     return value.astimezone(dt.UTC)
+
+
+class Direction(StrEnum):
+    """Where a message came from (``messages.direction``)."""
+
+    INBOUND = "inbound"  # a back office's mail, by submission
+    REPLY = "reply"  # a member's answer at a reply address
+    INTAKE = "intake"  # a member's mail opening a Vorgang at an intake address
+
+
+class MessageKind(StrEnum):
+    """What a stored message is (``messages.kind``): mail that is fanned out, or only kept in its Vorgang.
+
+    The values of what arrives at reply addresses are those of ``gateway.domain.answers.Kind``.
+    """
+
+    MESSAGE = "message"
+    QUARANTINED = "quarantined"  # held by a routing rule until an admin releases or drops it
+    AUTO_REPLY = "auto-reply"
+    BOUNCE = "bounce"
+    LOOP = "loop"
+
+
+class CopyState(StrEnum):
+    """Where a copy stands (``copies.state``); see ``CopyRow``."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    HELD = "held"  # failed max_attempts times: its mailbox is probed every held_retry
+    FAILED = "failed"  # given up after [fanout] lifetime
+    REVOKING = "revoking"  # reconciliation took it away: the fan-out removes it from the mailbox
+    REVOKED = "revoked"
+    DROPPED = "dropped"  # by an admin (`gateway queue drop`)
+
+
+class RelayState(StrEnum):
+    """Where a mail to a back office stands (``relays.state``)."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"  # permanently refused, or its lifetime ended
+    DROPPED = "dropped"  # by an admin (`gateway queue drop`)
+
+
+class RelayPurpose(StrEnum):
+    """What a relay row carries (``relays.purpose``): one row per message and purpose."""
+
+    MAIL = "mail"  # a member's reply, or a read notification (MDN)
+    DELAYED = "delayed"  # a notice to the back office that copies of its message are late
+    FAILED = "failed"  # a notice that copies of its message were given up
 
 
 class Base(DeclarativeBase):
@@ -307,10 +359,11 @@ class MessageRow(Base):
     answers_message_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     # What routing rules change on every copy: {"set": [[name, value], …], "strip": [name, …]}; the
     # stored bytes stay as they came (gateway.stages.fanout applies it when it renders a copy).
-    copy_headers: Mapped[dict[str, Any] | None] = mapped_column()
+    # None is stored as SQL NULL (not JSON null) in both, whichever path stored the message.
+    copy_headers: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     # How the message arrived (``gateway.domain.trace.Trace.to_json``): what the Received line on its
     # copies and its relayed mail says. None for messages stored before it was kept.
-    trace: Mapped[dict[str, Any] | None] = mapped_column()
+    trace: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 
 
 class QuarantineRow(Base):
@@ -519,3 +572,15 @@ class RelayRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(default=_now, onupdate=_now)
     sent_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+# The Core tables behind the models, for set-based statements (executemany inserts and updates): the ORM
+# would read a list of parameters as its own bulk operation by primary key.
+MESSAGES = cast(Table, MessageRow.__table__)
+VORGAENGE = cast(Table, VorgangRow.__table__)
+PARTICIPANTS = cast(Table, ParticipantRow.__table__)
+COPIES = cast(Table, CopyRow.__table__)
+EVENTS = cast(Table, EventRow.__table__)
+RELAYS = cast(Table, RelayRow.__table__)
+QUARANTINE = cast(Table, QuarantineRow.__table__)
+RUNS = cast(Table, ReconcileRunRow.__table__)

@@ -26,8 +26,9 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 from sqlalchemy import Connection
 
-from gateway.db.acceptance import EVENTS, insert_rows, member_ids
+from gateway.db.acceptance import member_ids
 from gateway.db.accounts import Account, find_account
+from gateway.db.events import Event, EventKind, append_events
 from gateway.db.writer import Writer
 from gateway.domain.addresses import InvalidAddress, normalise_address
 from gateway.domain.admission import Occupant, SlotLimits, Verdict, admit, client_key
@@ -142,23 +143,14 @@ def _record_failure(
         "failures_from_address": failure.address_failures,
         "failures_for_login": failure.login_failures,
     }
-    rows = [
-        {
-            "at": now,
-            "portfolio_id": account.portfolio_id if account is not None else None,
-            "actor": f"gateway:{node}",
-            "kind": kind,
-            "member_id": None,
-            "vorgang_id": None,
-            "message_id": None,
-            "detail": detail | extra,
-        }
-        for kind, extra in [
-            ("auth.failed", {}),
-            *(("auth.throttled", {"refusing": what}) for what in failure.throttles),
-        ]
+    portfolio_id = account.portfolio_id if account is not None else None
+    actor = f"gateway:{node}"
+    events = [Event(EventKind.AUTH_FAILED, actor, now, portfolio_id, detail=detail)]
+    events += [
+        Event(EventKind.AUTH_THROTTLED, actor, now, portfolio_id, detail=detail | {"refusing": what})
+        for what in failure.throttles
     ]
-    insert_rows(connection, EVENTS, rows)
+    append_events(connection, events)
 
 
 class Members:
