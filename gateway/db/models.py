@@ -117,6 +117,16 @@ class Base(DeclarativeBase):
     }
 
 
+class InPortfolio:
+    """What every row of one portfolio that has its own id starts with (mixed into the models below;
+    ``sort_order`` keeps the two columns first, as the migrations create them)."""
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, sort_order=-2)
+    portfolio_id: Mapped[int] = mapped_column(
+        ForeignKey("portfolios.id", ondelete="CASCADE"), index=True, sort_order=-1
+    )
+
+
 class PortfolioRow(Base):
     """A broker's customer portfolio (Bestand): the tenant."""
 
@@ -132,7 +142,7 @@ class PortfolioRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
 
 
-class BackOfficeRow(Base):
+class BackOfficeRow(InPortfolio, Base):
     """A back-office system (ams …) that sends mail into one portfolio and receives members' replies.
 
     The ``relay_*`` columns say how replies reach the back office's SMTP server; without ``relay_host``
@@ -148,8 +158,6 @@ class BackOfficeRow(Base):
         UniqueConstraint("id", "portfolio_id"),
     )
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    portfolio_id: Mapped[int] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(100))
     ams_version: Mapped[str] = mapped_column(String(40), default="")
     relay_host: Mapped[str | None] = mapped_column(String(255))
@@ -207,7 +215,7 @@ class BackOfficeAccountRow(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=_now, onupdate=_now)
 
 
-class MemberRow(Base):
+class MemberRow(InPortfolio, Base):
     """A person on the customer side; the address is unique within the portfolio."""
 
     __tablename__ = "members"
@@ -216,14 +224,12 @@ class MemberRow(Base):
         UniqueConstraint("id", "portfolio_id"),
     )
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    portfolio_id: Mapped[int] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), index=True)
     address: Mapped[str] = mapped_column(String(320))
     display_name: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
 
 
-class ReleaseRow(Base):
+class ReleaseRow(InPortfolio, Base):
     """A release group (Freischaltung) of one portfolio with its flags."""
 
     __tablename__ = "releases"
@@ -232,8 +238,6 @@ class ReleaseRow(Base):
         UniqueConstraint("id", "portfolio_id"),
     )
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    portfolio_id: Mapped[int] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     primary: Mapped[bool] = mapped_column(Boolean, default=False)
     share_vorgaenge: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -280,7 +284,7 @@ class ReleaseMemberRow(Base):
     added_at: Mapped[dt.datetime] = mapped_column(default=_now)
 
 
-class VorgangRow(Base):
+class VorgangRow(InPortfolio, Base):
     """A case: the thread of messages between the back office and members, with its public reference."""
 
     __tablename__ = "vorgaenge"
@@ -292,8 +296,6 @@ class VorgangRow(Base):
         Index("uq_vorgaenge_key", "portfolio_id", "key", unique=True),
     )
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    portfolio_id: Mapped[int] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), index=True)
     reference: Mapped[str] = mapped_column(String(40))
     key: Mapped[str | None] = mapped_column(String(200))
     subject: Mapped[str] = mapped_column(Text, default="")
@@ -456,7 +458,7 @@ class CopyRow(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=_now, onupdate=_now)
 
 
-class ReconcileRunRow(Base):
+class ReconcileRunRow(InPortfolio, Base):
     """A reconciliation of one portfolio's messages with the directory after a change (DESIGN.md §3).
 
     A directory change that can change audiences records a run in its own transaction; the reconcile
@@ -478,8 +480,6 @@ class ReconcileRunRow(Base):
         Index("ix_reconcile_runs_state", "state", "lease_until"),
     )
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    portfolio_id: Mapped[int] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), index=True)
     # open -> done
     state: Mapped[str] = mapped_column(String(20), default="open", server_default="open")
     # The directory changes that asked for the run, newest last; who asked.

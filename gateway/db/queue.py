@@ -11,17 +11,23 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Table, and_, bindparam, case, func, literal, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, func, literal, or_, select, update
 
-from gateway.db.models import CopyRow, MemberRow, MessageRow, PortfolioRow, RelayRow, ReleaseRow, VorgangRow
+from gateway.db.models import (
+    COPIES,
+    CopyRow,
+    CopyState,
+    MemberRow,
+    MessageRow,
+    PortfolioRow,
+    RelayRow,
+    ReleaseRow,
+    VorgangRow,
+)
 from gateway.domain.rules import CopyHeaders
 from gateway.domain.trace import Trace
-
-# Executemany updates go through the Core table: the ORM would treat a list of parameters as its own
-# bulk-update-by-primary-key, which has no WHERE of ours.
-COPIES = cast(Table, CopyRow.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +319,29 @@ class FlagJob:
 def claim_flags(
     connection: Connection, node: str, now: dt.datetime, lease: float, limit: int
 ) -> list[FlagJob]:
+    rows = _claim_jobs(
+        connection,
+        (CopyRow.seen, CopyRow.answered),
+        (CopyRow.state == CopyState.DELIVERED, CopyRow.flags_pending.is_(True)),
+        node,
+        now,
+        lease,
+        limit,
+    )
+    return [FlagJob(*row) for row in rows]
+
+
+def _claim_jobs(
+    connection: Connection,
+    extra: Sequence[Any],
+    where: Sequence[Any],
+    node: str,
+    now: dt.datetime,
+    lease: float,
+    limit: int,
+) -> list[Any]:
+    """Take due copies that meet ``where`` with a lease: each with its id, copy id, attempts, portfolio
+    (id, name), member (id, address), then the ``extra`` columns."""
     rows = list(
         connection.execute(
             select(
@@ -323,25 +352,20 @@ def claim_flags(
                 PortfolioRow.name,
                 CopyRow.member_id,
                 MemberRow.address,
-                CopyRow.seen,
-                CopyRow.answered,
+                *extra,
             )
             .join(PortfolioRow, PortfolioRow.id == CopyRow.portfolio_id)
             .join(MemberRow, MemberRow.id == CopyRow.member_id)
-            .where(
-                CopyRow.state == "delivered",
-                CopyRow.flags_pending.is_(True),
-                CopyRow.next_attempt_at <= now,
-            )
+            .join(MessageRow, MessageRow.id == CopyRow.message_id)
+            .where(*where, CopyRow.next_attempt_at <= now)
             .order_by(CopyRow.next_attempt_at, CopyRow.id)
             .limit(limit)
             .with_for_update(of=CopyRow, skip_locked=True)
         )
     )
-    if not rows:
-        return []
-    _lease(connection, [r[0] for r in rows], node, now, lease)
-    return [FlagJob(*row) for row in rows]
+    if rows:
+        _lease(connection, [r[0] for r in rows], node, now, lease)
+    return rows
 
 
 def record_flags(
@@ -377,19 +401,30 @@ def record_flags(
             .values(next_attempt_at=now, leased_by=None),
             [{"b_id": j.id} for j in done],
         )
+    # Counted like a removal's, so the shared backoff grows for a flag job that keeps failing.
+    _retry_later(connection, CopyState.DELIVERED, [(j.id, error, at) for j, error, at in failed], now)
+
+
+def _retry_later(
+    connection: Connection,
+    state: CopyState,
+    failed: Sequence[tuple[int, str, dt.datetime]],
+    now: dt.datetime,
+) -> None:
+    """Record failed attempts at copies still in ``state`` (copy id, error, next attempt): a flag job
+    or a removal is tried again, never given up."""
     if failed:
         connection.execute(
             update(COPIES)
-            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == "delivered")
+            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == state)
             .values(
-                # Counted like a removal's, so the shared backoff grows for a flag job that keeps failing.
                 attempts=COPIES.c.attempts + 1,
                 next_attempt_at=bindparam("b_next"),
                 leased_by=None,
                 last_error=bindparam("b_error"),
                 updated_at=now,
             ),
-            [{"b_id": j.id, "b_next": at, "b_error": error[:2000]} for j, error, at in failed],
+            [{"b_id": pk, "b_next": at, "b_error": error[:2000]} for pk, error, at in failed],
         )
 
 
@@ -413,31 +448,15 @@ def claim_removals(
 ) -> list[RemovalJob]:
     """Take due ``revoking`` copies with a lease, like flag jobs (a copy still being written by the
     fan-out is not due before that write's lease ends; reconciliation set it so)."""
-    rows = list(
-        connection.execute(
-            select(
-                CopyRow.id,
-                CopyRow.copy_id,
-                CopyRow.attempts,
-                CopyRow.portfolio_id,
-                PortfolioRow.name,
-                CopyRow.member_id,
-                MemberRow.address,
-                CopyRow.message_id,
-                MessageRow.vorgang_id,
-            )
-            .join(PortfolioRow, PortfolioRow.id == CopyRow.portfolio_id)
-            .join(MemberRow, MemberRow.id == CopyRow.member_id)
-            .join(MessageRow, MessageRow.id == CopyRow.message_id)
-            .where(CopyRow.state == "revoking", CopyRow.next_attempt_at <= now)
-            .order_by(CopyRow.next_attempt_at, CopyRow.id)
-            .limit(limit)
-            .with_for_update(of=CopyRow, skip_locked=True)
-        )
+    rows = _claim_jobs(
+        connection,
+        (CopyRow.message_id, MessageRow.vorgang_id),
+        (CopyRow.state == CopyState.REVOKING,),
+        node,
+        now,
+        lease,
+        limit,
     )
-    if not rows:
-        return []
-    _lease(connection, [r[0] for r in rows], node, now, lease)
     return [RemovalJob(*row) for row in rows]
 
 
@@ -467,19 +486,7 @@ def record_removals(
             ),
             [{"b_id": j.id} for j in done],
         )
-    if failed:
-        connection.execute(
-            update(COPIES)
-            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == "revoking")
-            .values(
-                attempts=COPIES.c.attempts + 1,
-                next_attempt_at=bindparam("b_next"),
-                leased_by=None,
-                last_error=bindparam("b_error"),
-                updated_at=now,
-            ),
-            [{"b_id": j.id, "b_next": at, "b_error": error[:2000]} for j, error, at in failed],
-        )
+    _retry_later(connection, CopyState.REVOKING, [(j.id, error, at) for j, error, at in failed], now)
 
 
 # --- copies that wait too long: given up, and the messages whose back office must hear of it -----------

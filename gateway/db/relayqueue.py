@@ -17,7 +17,7 @@ from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.db.directory import RelayTarget, relay_target
-from gateway.db.models import MemberRow, PortfolioRow, RelayPurpose, RelayRow, RelayState
+from gateway.db.models import MemberRow, PortfolioRow, RelayPurpose, RelayRow, RelayState, utc
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,17 +151,12 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
             targets[row[11]] = relay_target(connection, row[11])
     return [
         RelayJob(
-            id=row[0],
-            portfolio_id=row[1],
-            portfolio=row[2],
-            member_id=row[3],
-            member_address=row[4],
-            envelope_sender=row[5],
+            *row[:6],
             recipients=tuple(row[6]),
             relay_message_id=row[7],
             data=bytes(row[8]),
             attempts=row[9],
-            expires_at=row[10] if row[10].tzinfo else row[10].replace(tzinfo=dt.UTC),
+            expires_at=utc(row[10]),
             backoffice_id=row[11],
             target=targets.get(row[11]) if row[11] is not None else None,
         )

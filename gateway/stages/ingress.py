@@ -443,42 +443,39 @@ class GatewaySMTP(SMTP):
         log.error("unexpected error answering %s: %s", getattr(self, "_client", "?"), error, exc_info=error)
         return str(Reply.TEMPORARY_FAILURE)
 
+    async def _not_utf8(self, value: str | None, answer: Reply) -> bool:
+        """True, after answering ``answer``, when ``value`` holds bytes that were not UTF-8 (it would
+        reach the Received header and the database as surrogates)."""
+        if value and not _encodable(value):
+            await self.push(str(answer))
+            return True
+        return False
+
     @syntax("HELO hostname")
     async def smtp_HELO(self, hostname: str) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
-        if hostname and not _encodable(hostname):
-            await self.push(str(Reply.BAD_HOSTNAME))
-            return
-        await super().smtp_HELO(hostname)
+        if not await self._not_utf8(hostname, Reply.BAD_HOSTNAME):
+            await super().smtp_HELO(hostname)
 
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
-        # A name that is not UTF-8 would reach the Received header and the database as a surrogate.
-        if hostname and not _encodable(hostname):
-            await self.push(str(Reply.BAD_HOSTNAME))
-            return
-        await super().smtp_EHLO(hostname)
+        if not await self._not_utf8(hostname, Reply.BAD_HOSTNAME):
+            await super().smtp_EHLO(hostname)
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
-        if arg is not None and not _encodable(arg):
-            # RFC 3463: X.1.7 is the sender's address, X.1.3 a recipient's.
-            await self.push(str(Reply.SENDER_NOT_UTF8))
-            return
-        await super().smtp_MAIL(arg)
+        # RFC 3463: X.1.7 is the sender's address, X.1.3 a recipient's.
+        if not await self._not_utf8(arg, Reply.SENDER_NOT_UTF8):
+            await super().smtp_MAIL(arg)
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
-        if arg is not None and not _encodable(arg):
-            await self.push(str(Reply.BAD_ADDRESS))
-            return
-        await super().smtp_RCPT(arg)
+        if not await self._not_utf8(arg, Reply.BAD_ADDRESS):
+            await super().smtp_RCPT(arg)
 
     @syntax("VRFY <address>")
     async def smtp_VRFY(self, arg: str) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
-        if arg and not _encodable(arg):
-            await self.push(str(Reply.BAD_ADDRESS))
-            return
-        await super().smtp_VRFY(arg)
+        if not await self._not_utf8(arg, Reply.BAD_ADDRESS):
+            await super().smtp_VRFY(arg)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
