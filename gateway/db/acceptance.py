@@ -30,6 +30,14 @@ from gateway.db.models import (
 from gateway.domain.model import Release
 from gateway.domain.threading import format_reference
 
+# What a ``gateway.domain.model.Release`` is made of, but its portfolio and members, in its order.
+RELEASE_FACTS = (
+    ReleaseRow.id,
+    ReleaseRow.name,
+    ReleaseRow.primary,
+    ReleaseRow.share_vorgaenge,
+    ReleaseRow.read_sync,
+)
 # Built once: an alias made per call would defeat SQLAlchemy's statement cache.
 _VIA = cast(Table, ReleaseMemberRow.__table__).alias("via")
 
@@ -167,14 +175,7 @@ def sharing_releases(
         return []
     via = _VIA
     rows = connection.execute(
-        select(
-            ReleaseRow.id,
-            ReleaseRow.name,
-            ReleaseRow.primary,
-            ReleaseRow.share_vorgaenge,
-            ReleaseRow.read_sync,
-            ReleaseMemberRow.member_id,
-        )
+        select(*RELEASE_FACTS, ReleaseMemberRow.member_id)
         .join(via, and_(via.c.release_id == ReleaseRow.id, via.c.member_id.in_(participants)))
         .join(ReleaseMemberRow, ReleaseMemberRow.release_id == ReleaseRow.id)
         .where(ReleaseRow.portfolio_id == portfolio_id, ReleaseRow.share_vorgaenge.is_(True))

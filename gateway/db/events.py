@@ -19,6 +19,22 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.db.models import EVENTS, EventRow, MemberRow, MessageRow, PortfolioRow, VorgangRow, utc
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of the log. ``actor`` says who: ``gateway:<node>``, ``member:<address>``,
+    ``backoffice:<login>`` or ``cli:<login>``; the ids say what it is about (no foreign keys: the log
+    outlives what it names)."""
+
+    kind: EventKind
+    actor: str
+    at: dt.datetime
+    portfolio_id: int | None = None
+    member_id: int | None = None
+    vorgang_id: int | None = None
+    message_id: int | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
 class EventKind(StrEnum):
     """Every kind of event the gateway writes. The value is what the log stores and what
     ``gateway events --kind`` matches (a family is the part before the first dot: ``copy``)."""
@@ -80,22 +96,6 @@ class EventKind(StrEnum):
     MEMBER_DELETE = "member.delete"
     MEMBERSHIP_ADD = "membership.add"
     MEMBERSHIP_REMOVE = "membership.remove"
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One entry of the log. ``actor`` says who: ``gateway:<node>``, ``member:<address>``,
-    ``backoffice:<login>`` or ``cli:<login>``; the ids say what it is about (no foreign keys: the log
-    outlives what it names)."""
-
-    kind: EventKind
-    actor: str
-    at: dt.datetime
-    portfolio_id: int | None = None
-    member_id: int | None = None
-    vorgang_id: int | None = None
-    message_id: int | None = None
-    detail: Mapping[str, Any] = field(default_factory=dict)
 
 
 def append_events(connection: Connection, events: Iterable[Event]) -> None:

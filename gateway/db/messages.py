@@ -15,6 +15,7 @@ from gateway.db.models import (
     MESSAGES,
     PARTICIPANTS,
     CopyRow,
+    CopyState,
     Direction,
     MemberRow,
     MessageKind,
@@ -377,7 +378,7 @@ async def list_vorgaenge(
             .join(CopyRow, CopyRow.message_id == MessageRow.id)
             .where(
                 CopyRow.member_id == member_id,
-                CopyRow.state.not_in(("revoking", "revoked")),
+                CopyRow.state.not_in((CopyState.REVOKING, CopyState.REVOKED)),
                 MessageRow.portfolio_id == portfolio_id,
             )
         )

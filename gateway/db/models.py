@@ -117,6 +117,14 @@ class Base(DeclarativeBase):
     }
 
 
+def _same_portfolio(column: str, table: str, *, ondelete: str | None = "CASCADE") -> ForeignKeyConstraint:
+    """``column`` names a row of ``table`` in the same portfolio: the composite key (id, portfolio_id)
+    refuses a reference across portfolios."""
+    return ForeignKeyConstraint(
+        [column, "portfolio_id"], [f"{table}.id", f"{table}.portfolio_id"], ondelete=ondelete
+    )
+
+
 class InPortfolio:
     """What every row of one portfolio that has its own id starts with (mixed into the models below;
     ``sort_order`` keeps the two columns first, as the migrations create them)."""
@@ -125,6 +133,14 @@ class InPortfolio:
     portfolio_id: Mapped[int] = mapped_column(
         ForeignKey("portfolios.id", ondelete="CASCADE"), index=True, sort_order=-1
     )
+
+
+class OfBackOffice:
+    """What every row that belongs to one back office starts with (its table names the composite key)."""
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, sort_order=-3)
+    backoffice_id: Mapped[int] = mapped_column(BigInteger, index=True, sort_order=-2)
+    portfolio_id: Mapped[int] = mapped_column(BigInteger, sort_order=-1)
 
 
 class PortfolioRow(Base):
@@ -171,26 +187,19 @@ class BackOfficeRow(InPortfolio, Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
 
 
-class BackOfficeAddressRow(Base):
+class BackOfficeAddressRow(OfBackOffice, Base):
     """An address a back office sends from; the gateway relays members' replies back to it."""
 
     __tablename__ = "backoffice_addresses"
     __table_args__ = (
         UniqueConstraint("portfolio_id", "address"),
-        ForeignKeyConstraint(
-            ["backoffice_id", "portfolio_id"],
-            ["backoffices.id", "backoffices.portfolio_id"],
-            ondelete="CASCADE",
-        ),
+        _same_portfolio("backoffice_id", "backoffices"),
     )
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    backoffice_id: Mapped[int] = mapped_column(BigInteger, index=True)
-    portfolio_id: Mapped[int] = mapped_column(BigInteger)
     address: Mapped[str] = mapped_column(String(320))
 
 
-class BackOfficeAccountRow(Base):
+class BackOfficeAccountRow(OfBackOffice, Base):
     """A login a back office authenticates with on the submission listener (SMTP AUTH).
 
     Logins are unique across portfolios because SMTP AUTH names no portfolio; the password is kept only
@@ -198,17 +207,8 @@ class BackOfficeAccountRow(Base):
     """
 
     __tablename__ = "backoffice_accounts"
-    __table_args__ = (
-        ForeignKeyConstraint(
-            ["backoffice_id", "portfolio_id"],
-            ["backoffices.id", "backoffices.portfolio_id"],
-            ondelete="CASCADE",
-        ),
-    )
+    __table_args__ = (_same_portfolio("backoffice_id", "backoffices"),)
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    backoffice_id: Mapped[int] = mapped_column(BigInteger, index=True)
-    portfolio_id: Mapped[int] = mapped_column(BigInteger)
     login: Mapped[str] = mapped_column(String(320), unique=True)
     password_hash: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
@@ -262,12 +262,8 @@ class ReleaseMemberRow(Base):
 
     __tablename__ = "release_members"
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["release_id", "portfolio_id"], ["releases.id", "releases.portfolio_id"], ondelete="CASCADE"
-        ),
-        ForeignKeyConstraint(
-            ["member_id", "portfolio_id"], ["members.id", "members.portfolio_id"], ondelete="CASCADE"
-        ),
+        _same_portfolio("release_id", "releases"),
+        _same_portfolio("member_id", "members"),
         Index(
             "uq_release_members_one_primary",
             "member_id",
@@ -323,7 +319,7 @@ class MessageRow(Base):
 
     __tablename__ = "messages"
     __table_args__ = (
-        ForeignKeyConstraint(["vorgang_id", "portfolio_id"], ["vorgaenge.id", "vorgaenge.portfolio_id"]),
+        _same_portfolio("vorgang_id", "vorgaenge", ondelete=None),
         UniqueConstraint("id", "portfolio_id"),
         UniqueConstraint("gateway_id"),
         Index("ix_messages_message_id", "portfolio_id", "message_id"),
@@ -373,11 +369,7 @@ class QuarantineRow(Base):
     waiting for an admin to release it (its copies are made then) or drop it (the message is deleted)."""
 
     __tablename__ = "quarantine"
-    __table_args__ = (
-        ForeignKeyConstraint(
-            ["message_id", "portfolio_id"], ["messages.id", "messages.portfolio_id"], ondelete="CASCADE"
-        ),
-    )
+    __table_args__ = (_same_portfolio("message_id", "messages"),)
 
     message_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     portfolio_id: Mapped[int] = mapped_column(BigInteger, index=True)
@@ -393,10 +385,8 @@ class ParticipantRow(Base):
 
     __tablename__ = "participants"
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["message_id", "portfolio_id"], ["messages.id", "messages.portfolio_id"], ondelete="CASCADE"
-        ),
-        ForeignKeyConstraint(["member_id", "portfolio_id"], ["members.id", "members.portfolio_id"]),
+        _same_portfolio("message_id", "messages"),
+        _same_portfolio("member_id", "members", ondelete=None),
     )
 
     message_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -425,10 +415,8 @@ class CopyRow(Base):
     __tablename__ = "copies"
     __table_args__ = (
         UniqueConstraint("message_id", "member_id"),
-        ForeignKeyConstraint(
-            ["message_id", "portfolio_id"], ["messages.id", "messages.portfolio_id"], ondelete="CASCADE"
-        ),
-        ForeignKeyConstraint(["member_id", "portfolio_id"], ["members.id", "members.portfolio_id"]),
+        _same_portfolio("message_id", "messages"),
+        _same_portfolio("member_id", "members", ondelete=None),
         Index("ix_copies_queue", "state", "next_attempt_at"),
     )
 
@@ -536,9 +524,7 @@ class RelayRow(Base):
 
     __tablename__ = "relays"
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["message_id", "portfolio_id"], ["messages.id", "messages.portfolio_id"], ondelete="CASCADE"
-        ),
+        _same_portfolio("message_id", "messages"),
         # One row per message and purpose: a reply or read notification ("mail") is sent once, and so
         # is each notice about the message's copies ("delayed", "failed": gateway.stages.notices).
         UniqueConstraint("message_id", "purpose"),

@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, case, func, insert, or_, select, update
 
+from gateway.db.acceptance import RELEASE_FACTS
 from gateway.db.copies import NewCopy, insert_copies
 from gateway.db.events import Event, EventKind, append_events
 from gateway.db.models import (
@@ -499,15 +500,9 @@ def portfolio_releases(
     releases: list[Release] = []
     policies: dict[int, ReleasePolicy] = {}
     for rid, name, primary, share, read_sync, backfill, revoked_copies in connection.execute(
-        select(
-            ReleaseRow.id,
-            ReleaseRow.name,
-            ReleaseRow.primary,
-            ReleaseRow.share_vorgaenge,
-            ReleaseRow.read_sync,
-            ReleaseRow.backfill,
-            ReleaseRow.revoked_copies,
-        ).where(ReleaseRow.portfolio_id == portfolio_id)
+        select(*RELEASE_FACTS, ReleaseRow.backfill, ReleaseRow.revoked_copies).where(
+            ReleaseRow.portfolio_id == portfolio_id
+        )
     ):
         releases.append(
             Release(
@@ -542,24 +537,17 @@ def _revive(connection: Connection, rows: Sequence[dict[str, Any]], now: dt.date
     then finds the instance left in the mailbox instead of writing a second one. ``attempts`` 1 tells
     the fan-out that the copy may be in the mailbox already, so it looks in every folder.
     """
-    if not rows:
-        return
-    connection.execute(
-        update(COPIES)
-        .where(COPIES.c.id == bindparam("b_id"), _state_in((CopyState.REVOKING, CopyState.REVOKED)))
-        .values(
-            state=CopyState.PENDING,
-            shared_via_release_id=bindparam("b_via"),
-            kept_from_release_id=None,
-            seen=bindparam("b_seen"),
-            answered=bindparam("b_answered"),
-            attempts=1,
-            next_attempt_at=_lease_end_or(now),
-            flags_pending=False,
-            last_error=None,
-            updated_at=now,
-        ),
-        list(rows),
+    _new_job(
+        connection,
+        rows,
+        now,
+        (CopyState.REVOKING, CopyState.REVOKED),
+        state=CopyState.PENDING,
+        shared_via_release_id=bindparam("b_via"),
+        kept_from_release_id=None,
+        seen=bindparam("b_seen"),
+        answered=bindparam("b_answered"),
+        attempts=1,
     )
 
 
@@ -570,18 +558,25 @@ def _revoke(connection: Connection, rows: Sequence[dict[str, Any]], now: dt.date
     written is not looked for before it lands; the fan-out's record of that write leaves a copy that is
     no longer pending alone.
     """
+    _new_job(connection, rows, now, LIVE_STATES, state=CopyState.REVOKING, attempts=0)
+
+
+def _new_job(
+    connection: Connection,
+    rows: Sequence[dict[str, Any]],
+    now: dt.datetime,
+    states: Sequence[str],
+    **values: Any,
+) -> None:
+    """Give each copy (``b_id``) still in one of ``states`` a new job for the fan-out (``values``), due
+    when a lease some worker holds on it ends, else now; flags to catch up and errors are the old job's."""
     if not rows:
         return
     connection.execute(
         update(COPIES)
-        .where(COPIES.c.id == bindparam("b_id"), _state_in(LIVE_STATES))
+        .where(COPIES.c.id == bindparam("b_id"), _state_in(states))
         .values(
-            state=CopyState.REVOKING,
-            attempts=0,
-            next_attempt_at=_lease_end_or(now),
-            flags_pending=False,
-            last_error=None,
-            updated_at=now,
+            next_attempt_at=_lease_end_or(now), flags_pending=False, last_error=None, updated_at=now, **values
         ),
         list(rows),
     )

@@ -701,9 +701,19 @@ def _client_of(peer: object) -> str:
 
 
 class _Hooks:
-    """The hooks both listeners answer alike: EHLO's extensions, and MAIL with the per-client rate."""
+    """The hooks both listeners answer alike: EHLO's extensions, MAIL with the per-client rate, and the
+    limits every RCPT is held to."""
 
     state: ListenerState
+    max_recipients: int
+
+    def _recipient_limits(self, envelope: Envelope, address: str) -> str | None:
+        """The answer to a RCPT one recipient too many, or with an address too long; None when neither."""
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return str(Reply.TOO_MANY_RECIPIENTS)
+        if path_too_long(address):
+            return str(Reply.RECIPIENT_TOO_LONG)
+        return None
 
     async def handle_EHLO(  # noqa: N802 (aiosmtpd's hook name)
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -762,10 +772,8 @@ class SubmissionHandler(_Hooks):
     async def handle_RCPT(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        if len(envelope.rcpt_tos) >= self.max_recipients:
-            return str(Reply.TOO_MANY_RECIPIENTS)
-        if path_too_long(address):
-            return str(Reply.RECIPIENT_TOO_LONG)
+        if (refused := self._recipient_limits(envelope, address)) is not None:
+            return refused
         account = session.auth_data
         assert isinstance(account, Account), "aiosmtpd asks for AUTH before RCPT"
         try:
@@ -935,10 +943,8 @@ class MxHandler(_Hooks):
     async def handle_RCPT(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        if len(envelope.rcpt_tos) >= self.max_recipients:
-            return str(Reply.TOO_MANY_RECIPIENTS)
-        if path_too_long(address):
-            return str(Reply.RECIPIENT_TOO_LONG)
+        if (refused := self._recipient_limits(envelope, address)) is not None:
+            return refused
         lowered = address.strip().lower()
         if not (
             is_reply_address(lowered, self.reply_domain)
