@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.db import replies
+from gateway.db import membermail, replies
 from gateway.db.copies import Lease
 from gateway.db.directory import portfolio_policy
 from gateway.db.models import CopyState, MessageKind
@@ -101,8 +101,8 @@ class ReplyContext:
         return f"{BOUNCES_LOCAL_PART}@{self.reply_domain}"
 
     @property
-    def storage(self) -> replies.ReplyStorage:
-        return replies.ReplyStorage(
+    def storage(self) -> membermail.ReplyStorage:
+        return membermail.ReplyStorage(
             self.reply_domain, self.hostname, self.node, self.relay_lifetime, self.bounce_address
         )
 
@@ -195,9 +195,9 @@ class ReplyIntake:
             recorded = _recorded_head(mail.raw, ctx.max_recorded_size)
             what = MessageKind(kind.kind.value)
             return await self._store(
-                replies.store_not_an_answer, stored, answered, what, kind.reason, recorded, ctx.storage
+                membermail.store_not_an_answer, stored, answered, what, kind.reason, recorded, ctx.storage
             )
-        return await self._store(replies.store_reply, stored, answered, ctx.storage, self._lease())
+        return await self._store(membermail.store_reply, stored, answered, ctx.storage, self._lease())
 
     async def _open(self, mail: Incoming, portfolio_name: str, kind: Classification) -> str:
         """Mail from a member to a portfolio's intake address: a new Vorgang (DESIGN.md §2)."""
@@ -217,7 +217,7 @@ class ReplyIntake:
         if refused is not None:
             return refused
         return await self._store(
-            replies.open_vorgang, _member_mail(mail), portfolio, self.context.storage, self._lease()
+            membermail.open_vorgang, _member_mail(mail), portfolio, self.context.storage, self._lease()
         )
 
     async def _check_sender(
@@ -253,7 +253,9 @@ class ReplyIntake:
 
     async def _store(
         self,
-        transaction: Callable[..., replies.Stored | replies.Refusal | replies.Resent | replies.Recorded],
+        transaction: Callable[
+            ..., membermail.Stored | membermail.Refusal | membermail.Resent | membermail.Recorded
+        ],
         *args: Any,
     ) -> str:
         try:
@@ -261,15 +263,15 @@ class ReplyIntake:
         except Exception as exc:
             log.error("could not store a member's mail: %s", exc)
             raise NotStored(str(exc)) from exc
-        if isinstance(outcome, replies.Refusal):
+        if isinstance(outcome, membermail.Refusal):
             return Reply.REFUSED.with_text(outcome.reason)
-        if isinstance(outcome, replies.Resent):
+        if isinstance(outcome, membermail.Resent):
             # The member's server lost our 250 and sent the same mail again: it is stored already.
             log.info("a re-sent %s, stored before as %s", outcome.kind, outcome.gateway_id)
             if outcome.kind == Kind.ANSWER.value:
                 return Reply.ACCEPTED.with_text(f"Accepted as {outcome.gateway_id} in {outcome.vorgang}")
             return Reply.RECORDED.with_text(f"Recorded in {outcome.vorgang} as {outcome.kind}; not relayed")
-        if isinstance(outcome, replies.Recorded):
+        if isinstance(outcome, membermail.Recorded):
             log.info("recorded %s in %s: %s", outcome.kind, outcome.vorgang, outcome.reason)
             return Reply.RECORDED.with_text(f"Recorded in {outcome.vorgang} as {outcome.kind}; not relayed")
         if self.handoff is not None and outcome.jobs:
@@ -303,7 +305,7 @@ class ReplyIntake:
     ) -> None:
         log.warning("refused mail from %s (%s): %s", mail.peer, mail.envelope_sender or "<>", reason)
         await self.writer.run(
-            replies.record_refusal, _member_mail(mail), reason, self.context.node, answered, portfolio
+            membermail.record_refusal, _member_mail(mail), reason, self.context.node, answered, portfolio
         )
 
     async def _bounce(self, mail: Incoming, reason: str) -> str:
@@ -318,11 +320,11 @@ class ReplyIntake:
         ids = set(mail.parsed.in_reply_to) | set(mail.parsed.references)
         if report is not None and report.original_message_id:
             ids.add(report.original_message_id)
-        return await self.writer.run(replies.record_bounce, sorted(ids), report, self.context.node)
+        return await self.writer.run(membermail.record_bounce, sorted(ids), report, self.context.node)
 
 
-def _member_mail(mail: Incoming) -> replies.MemberMail:
-    return replies.MemberMail(
+def _member_mail(mail: Incoming) -> membermail.MemberMail:
+    return membermail.MemberMail(
         mail.raw, mail.parsed, mail.envelope_sender, mail.recipients, mail.peer, mail.arrival
     )
 
