@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import click
 from sqlalchemy import Connection
@@ -21,7 +21,7 @@ from gateway.cli.root import Context, cli, command, emit_json, json_option, on_w
 from gateway.cli.views import WHEN
 from gateway.db import queue
 from gateway.db.events import Event, EventKind, append_events
-from gateway.db.queue import QueueItem
+from gateway.db.queue import QueueFilter, QueueItem
 from gateway.errors import InputError
 
 
@@ -96,9 +96,7 @@ async def queue_list(
     """Everything that waits, oldest first: id, kind, state, age, attempts, to whom, which message."""
     items = await on_writer(
         ctx,
-        lambda c: queue.queue_items(
-            c, portfolio=portfolio, member=member, state=state, kind=kind, before=before, limit=limit
-        ),
+        lambda c: queue.queue_items(c, QueueFilter(portfolio, member, state, kind, before), limit=limit),
     )
     if as_json:
         emit_json([_data(i) for i in items])
@@ -158,7 +156,7 @@ def _chosen(
     connection: Connection,
     ids: Sequence[str],
     every: bool,
-    filters: Mapping[str, object],
+    filters: QueueFilter,
 ) -> list[QueueItem]:
     if ids and every:
         raise InputError("give IDs or --all (with filters), not both")
@@ -166,7 +164,7 @@ def _chosen(
         raise InputError("give the IDs to act on, or --all (with --state, --member, … to narrow it)")
     if ids:
         return _find(connection, ids)
-    return queue.queue_items(connection, limit=1_000_000, **filters)  # type: ignore[arg-type]
+    return queue.queue_items(connection, filters, limit=1_000_000)
 
 
 @queue_group.command("retry")
@@ -188,7 +186,7 @@ async def queue_retry(
     as_json: bool,
 ) -> None:
     """Try these items now (held and given-up ones too); a running `gateway serve` takes them."""
-    filters = {"portfolio": portfolio, "member": member, "state": state, "kind": kind, "before": before}
+    filters = QueueFilter(portfolio, member, state, kind, before)
     actor = ctx.actor
     lifetime = ctx.settings.relay.lifetime
 
@@ -232,7 +230,7 @@ async def queue_drop(
         if not sys.stdin.isatty():
             raise InputError("dropped items are never tried again; add --yes to confirm without a terminal")
         click.confirm("drop these items for good?", abort=True)
-    filters = {"portfolio": portfolio, "member": member, "state": state, "kind": kind, "before": before}
+    filters = QueueFilter(portfolio, member, state, kind, before)
     actor = ctx.actor
 
     def drop(connection: Connection) -> list[QueueItem]:

@@ -619,18 +619,32 @@ def _copy_kind() -> Any:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class QueueFilter:
+    """Which queue items an admin means; every field given narrows them (``before``: created before)."""
+
+    portfolio: str | None = None
+    member: str | None = None
+    state: str | None = None  # one of STATES
+    kind: str | None = None  # one of KINDS
+    before: dt.datetime | None = None
+
+
 def queue_items(
     connection: Connection,
+    where: QueueFilter = QueueFilter(),
     *,
-    portfolio: str | None = None,
-    member: str | None = None,
-    state: str | None = None,
-    kind: str | None = None,
-    before: dt.datetime | None = None,
     ids: Sequence[str] = (),
     limit: int = 1000,
 ) -> list[QueueItem]:
-    """The items waiting in the queues, oldest first, filtered as given (``before``: created before)."""
+    """The items waiting in the queues, oldest first, that pass ``where`` (or have these ``ids``)."""
+    portfolio, member, state, kind, before = (
+        where.portfolio,
+        where.member,
+        where.state,
+        where.kind,
+        where.before,
+    )
     copy_pks, relay_pks = _split_ids(ids)
     items: list[QueueItem] = []
     if kind in (None, "copy", "flags", "removal") and not (ids and not copy_pks):
