@@ -525,18 +525,16 @@ def _write(
     copy_pks = insert_copies(connection, copies, now, leased)
     if leased is None:
         return references, []
-    stored = {pk: (plan, message) for plan, message, pk in zip(plans, messages, message_pks, strict=True)}
-    jobs = [
-        handed_job(
-            copy,
-            copy_pk,
-            stored[copy.message_pk][1],
-            portfolio=stored[copy.message_pk][0].submission.account.portfolio,
-            vorgang=references[stored[copy.message_pk][0].vorgang_id],
-            address=addresses[copy.member_id],
+    # The copies are handed to this process's fan-out at once, with what its claim would have read.
+    of_message = {pk: (plan, message) for plan, message, pk in zip(plans, messages, message_pks, strict=True)}
+    jobs: list[CopyJob] = []
+    for copy, copy_pk in zip(copies, copy_pks, strict=True):
+        plan, message = of_message[copy.message_pk]
+        reference, address = references[plan.vorgang_id], addresses[copy.member_id]
+        portfolio = plan.submission.account.portfolio
+        jobs.append(
+            handed_job(copy, copy_pk, message, portfolio=portfolio, vorgang=reference, address=address)
         )
-        for copy, copy_pk in zip(copies, copy_pks, strict=True)
-    ]
     return references, jobs
 
 
