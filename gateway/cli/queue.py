@@ -12,15 +12,16 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import click
 from sqlalchemy import Connection
 
 from gateway.cli.root import Context, cli, command, emit_json, json_option, on_writer, pass_context
 from gateway.cli.views import WHEN
-from gateway.db import acceptance, queue
-from gateway.db.queue import QueueItem
+from gateway.db import queue
+from gateway.db.events import Event, EventKind, append_events
+from gateway.db.queue import QueueFilter, QueueItem
 from gateway.errors import InputError
 
 
@@ -95,9 +96,7 @@ async def queue_list(
     """Everything that waits, oldest first: id, kind, state, age, attempts, to whom, which message."""
     items = await on_writer(
         ctx,
-        lambda c: queue.queue_items(
-            c, portfolio=portfolio, member=member, state=state, kind=kind, before=before, limit=limit
-        ),
+        lambda c: queue.queue_items(c, QueueFilter(portfolio, member, state, kind, before), limit=limit),
     )
     if as_json:
         emit_json([_data(i) for i in items])
@@ -157,7 +156,7 @@ def _chosen(
     connection: Connection,
     ids: Sequence[str],
     every: bool,
-    filters: Mapping[str, object],
+    filters: QueueFilter,
 ) -> list[QueueItem]:
     if ids and every:
         raise InputError("give IDs or --all (with filters), not both")
@@ -165,31 +164,7 @@ def _chosen(
         raise InputError("give the IDs to act on, or --all (with --state, --member, … to narrow it)")
     if ids:
         return _find(connection, ids)
-    return queue.queue_items(connection, limit=1_000_000, **filters)  # type: ignore[arg-type]
-
-
-def _events(
-    items: Sequence[QueueItem], kind: str, actor: str, now: datetime.datetime
-) -> list[dict[str, object]]:
-    return [
-        {
-            "at": now,
-            "portfolio_id": None,
-            "actor": actor,
-            "kind": kind,
-            "member_id": None,
-            "vorgang_id": None,
-            "message_id": None,
-            "detail": {
-                "item": i.id,
-                "kind": i.kind,
-                "state": i.state,
-                "to": list(i.to),
-                "message": i.message,
-            },
-        }
-        for i in items
-    ]
+    return queue.queue_items(connection, filters, limit=1_000_000)
 
 
 @queue_group.command("retry")
@@ -211,16 +186,14 @@ async def queue_retry(
     as_json: bool,
 ) -> None:
     """Try these items now (held and given-up ones too); a running `gateway serve` takes them."""
-    filters = {"portfolio": portfolio, "member": member, "state": state, "kind": kind, "before": before}
+    filters = QueueFilter(portfolio, member, state, kind, before)
     actor = ctx.actor
     lifetime = ctx.settings.relay.lifetime
 
     def retry(connection: Connection) -> list[QueueItem]:
         now = datetime.datetime.now(datetime.UTC)
         done = queue.retry_items(connection, _chosen(connection, ids, every, filters), now, lifetime)
-        acceptance.insert_rows(
-            connection, acceptance.EVENTS, _portfolio_events(connection, done, "queue.retried", actor, now)
-        )
+        append_events(connection, _portfolio_events(connection, done, EventKind.QUEUE_RETRIED, actor, now))
         return done
 
     done = await on_writer(ctx, retry)
@@ -257,7 +230,7 @@ async def queue_drop(
         if not sys.stdin.isatty():
             raise InputError("dropped items are never tried again; add --yes to confirm without a terminal")
         click.confirm("drop these items for good?", abort=True)
-    filters = {"portfolio": portfolio, "member": member, "state": state, "kind": kind, "before": before}
+    filters = QueueFilter(portfolio, member, state, kind, before)
     actor = ctx.actor
 
     def drop(connection: Connection) -> list[QueueItem]:
@@ -266,9 +239,7 @@ async def queue_drop(
             done = queue.drop_items(connection, _chosen(connection, ids, every, filters), now)
         except ValueError as exc:
             raise InputError(str(exc)) from None
-        acceptance.insert_rows(
-            connection, acceptance.EVENTS, _portfolio_events(connection, done, "queue.dropped", actor, now)
-        )
+        append_events(connection, _portfolio_events(connection, done, EventKind.QUEUE_DROPPED, actor, now))
         return done
 
     done = await on_writer(ctx, drop)
@@ -281,10 +252,16 @@ async def queue_drop(
 
 
 def _portfolio_events(
-    connection: Connection, items: Sequence[QueueItem], kind: str, actor: str, now: datetime.datetime
-) -> list[dict[str, object]]:
+    connection: Connection, items: Sequence[QueueItem], kind: EventKind, actor: str, now: datetime.datetime
+) -> list[Event]:
     ids = dict(queue.portfolio_ids(connection, {i.portfolio for i in items}))
-    events = _events(items, kind, actor, now)
-    for event, item in zip(events, items, strict=True):
-        event["portfolio_id"] = ids[item.portfolio]
-    return events
+    return [
+        Event(
+            kind,
+            actor,
+            now,
+            portfolio_id=ids[i.portfolio],
+            detail={"item": i.id, "kind": i.kind, "state": i.state, "to": list(i.to), "message": i.message},
+        )
+        for i in items
+    ]

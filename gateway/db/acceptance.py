@@ -8,7 +8,6 @@ statement per batch (not per message), through Core tables rather than the ORM's
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -18,29 +17,28 @@ from sqlalchemy import Connection, Table, and_, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.db.models import (
-    CopyRow,
-    EventRow,
+    VORGAENGE,
     MemberRow,
+    MessageKind,
     MessageRow,
-    ParticipantRow,
     PortfolioRow,
-    QuarantineRow,
     ReleaseMemberRow,
     ReleaseRow,
     VorgangCounterRow,
     VorgangRow,
 )
-from gateway.domain.audience import AsParticipant, Audience, SharedThrough
 from gateway.domain.model import Release
 from gateway.domain.routing_plan import Lookups, RoutingFacts
 from gateway.domain.threading import format_reference
 
-MESSAGES = cast(Table, MessageRow.__table__)
-VORGAENGE = cast(Table, VorgangRow.__table__)
-PARTICIPANTS = cast(Table, ParticipantRow.__table__)
-COPIES = cast(Table, CopyRow.__table__)
-EVENTS = cast(Table, EventRow.__table__)
-QUARANTINE = cast(Table, QuarantineRow.__table__)
+# What a ``gateway.domain.model.Release`` is made of, but its portfolio and members, in its order.
+RELEASE_FACTS = (
+    ReleaseRow.id,
+    ReleaseRow.name,
+    ReleaseRow.primary,
+    ReleaseRow.share_vorgaenge,
+    ReleaseRow.read_sync,
+)
 # Built once: an alias made per call would defeat SQLAlchemy's statement cache.
 _VIA = cast(Table, ReleaseMemberRow.__table__).alias("via")
 
@@ -70,7 +68,7 @@ def find_resends(
         .where(MessageRow.backoffice_id == backoffice_id, MessageRow.message_id.in_({k[0] for k in keys}))
     )
     return {
-        (str(mid), str(sha)): StoredMessage(gid, ref, kind == "quarantined")
+        (str(mid), str(sha)): StoredMessage(gid, ref, kind == MessageKind.QUARANTINED)
         for mid, sha, gid, ref, kind in rows
         if (mid, sha) in keys
     }
@@ -198,14 +196,7 @@ def sharing_releases(
         return []
     via = _VIA
     rows = connection.execute(
-        select(
-            ReleaseRow.id,
-            ReleaseRow.name,
-            ReleaseRow.primary,
-            ReleaseRow.share_vorgaenge,
-            ReleaseRow.read_sync,
-            ReleaseMemberRow.member_id,
-        )
+        select(*RELEASE_FACTS, ReleaseMemberRow.member_id)
         .join(via, and_(via.c.release_id == ReleaseRow.id, via.c.member_id.in_(participants)))
         .join(ReleaseMemberRow, ReleaseMemberRow.release_id == ReleaseRow.id)
         .where(ReleaseRow.portfolio_id == portfolio_id, ReleaseRow.share_vorgaenge.is_(True))
@@ -252,9 +243,8 @@ def new_vorgaenge(
         )
     ).scalar_one()
     references = [format_reference(now.year, int(last) - count + 1 + i) for i in range(count)]
-    ids = insert_returning_ids(
-        connection,
-        VORGAENGE,
+    result = connection.execute(
+        insert(VORGAENGE).returning(VORGAENGE.c.id, sort_by_parameter_order=True),
         [
             {
                 "portfolio_id": portfolio_id,
@@ -266,65 +256,4 @@ def new_vorgaenge(
             for ref, subject, key in zip(references, subjects, keys or [None] * count, strict=True)
         ],
     )
-    return list(zip(ids, references, strict=True))
-
-
-def insert_returning_ids(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """Insert ``rows`` in one statement and return their new ids in the order of ``rows``."""
-    if not rows:
-        return []
-    result = connection.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), list(rows))
-    return [int(row[0]) for row in result]
-
-
-def insert_rows(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        connection.execute(insert(table), list(rows))
-
-
-def copy_rows(
-    message_pk: int,
-    portfolio_id: int,
-    seen: Audience,
-    now: dt.datetime,
-    lease: tuple[str, dt.datetime] | None,
-) -> list[dict[str, Any]]:
-    """One pending copy row per audience member, in the audience's order.
-
-    A member who sees the message only through a release gets that release (``shared_via_release_id``,
-    and its name under the non-column key ``shared_via``, which the caller pops before inserting). With
-    ``lease`` the copies are stored already taken by node ``lease[0]`` until ``lease[1]``.
-    """
-    rows = []
-    for member_id in seen.ordered():
-        reasons = seen.via(member_id)
-        shared: SharedThrough | None = None
-        if not any(isinstance(r, AsParticipant) for r in reasons):
-            shared = next(r for r in reasons if isinstance(r, SharedThrough))
-        rows.append(
-            {
-                "copy_id": new_copy_id(),
-                "message_id": message_pk,
-                "member_id": member_id,
-                "portfolio_id": portfolio_id,
-                "shared_via_release_id": shared.release_id if shared else None,
-                # Not a column: the release's name, for the copy's X-Gateway-Shared-Via header.
-                "shared_via": shared.release_name if shared else None,
-                "state": "pending",
-                "attempts": 0,
-                "next_attempt_at": lease[1] if lease else now,
-                "leased_by": lease[0] if lease else None,
-                "last_error": None,
-                "mailbox_ref": None,
-                "seen": False,
-                "answered": False,
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
-    return rows
-
-
-def new_copy_id() -> str:
-    """The id a copy carries in its X-Gateway-Copy-Id header and Maildir file name (never all digits)."""
-    return "c" + secrets.token_hex(10)
+    return [(int(row[0]), ref) for row, ref in zip(result, references, strict=True)]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db.events import record_event
+from gateway.db.events import Event, EventKind, record_event
 from gateway.db.models import BackOfficeAccountRow, BackOfficeAddressRow, BackOfficeRow, PortfolioRow
 from gateway.errors import DirectoryConflict, NotFound
 
@@ -82,9 +83,12 @@ async def set_password(
     await session.flush()
     await record_event(
         session,
-        actor=actor,
-        kind="backoffice.password",
-        portfolio_id=found.portfolio_id,
-        detail={"backoffice": backoffice, "login": login, "created": created},
+        Event(
+            EventKind.BACKOFFICE_PASSWORD,
+            actor,
+            dt.datetime.now(dt.UTC),
+            portfolio_id=found.portfolio_id,
+            detail={"backoffice": backoffice, "login": login, "created": created},
+        ),
     )
     return created

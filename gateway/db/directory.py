@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db import acceptance, reconcile
-from gateway.db.events import record_event
+from gateway.db.events import Event, EventKind, record_event
 from gateway.db.models import (
     BackOfficeAddressRow,
     BackOfficeRow,
@@ -246,17 +246,20 @@ async def _execute(
         member_id = await _apply_one(session, portfolio, change)
         await record_event(
             session,
-            actor=actor,
-            kind=f"{change.kind}.{change.action}",
-            portfolio_id=portfolio.id,
-            member_id=member_id,
-            detail={"portfolio": portfolio.name, "change": change.describe(), "name": change.name}
-            | ({"release": change.release} if change.release else {})
-            | {k: _jsonable(v) for k, v in change.fields}
-            | (
-                {"before": {k: _jsonable(v) for k, v in before.items()}}
-                if (before := before_of(current, change))
-                else {}
+            Event(
+                EventKind(f"{change.kind}.{change.action}"),
+                actor,
+                dt.datetime.now(dt.UTC),
+                portfolio_id=portfolio.id,
+                member_id=member_id,
+                detail={"portfolio": portfolio.name, "change": change.describe(), "name": change.name}
+                | ({"release": change.release} if change.release else {})
+                | {k: _jsonable(v) for k, v in change.fields}
+                | (
+                    {"before": {k: _jsonable(v) for k, v in before.items()}}
+                    if (before := before_of(current, change))
+                    else {}
+                ),
             ),
         )
 

@@ -1,44 +1,126 @@
 """The event log: appends to it (who changed what, which message went where) and reads it back for admins.
 
-The log is append-only (database triggers refuse UPDATE and DELETE); ``read_events`` is what
-``gateway events`` shows.
+Every event is written by ``append_events`` (or ``record_event`` from an async session) as an ``Event``
+of one ``EventKind``; the log is append-only (database triggers refuse UPDATE and DELETE);
+``read_events`` is what ``gateway events`` shows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Connection, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.db.models import EventRow, MemberRow, MessageRow, PortfolioRow, VorgangRow, utc
+from gateway.db.models import EVENTS, EventRow, MemberRow, MessageRow, PortfolioRow, VorgangRow, utc
 
 
-async def record_event(
-    session: AsyncSession,
-    *,
-    actor: str,
-    kind: str,
-    portfolio_id: int | None = None,
-    member_id: int | None = None,
-    vorgang_id: int | None = None,
-    message_id: int | None = None,
-    detail: dict[str, Any] | None = None,
-) -> None:
-    """Add one event row in the caller's transaction, so the event stands or falls with the change."""
-    session.add(
-        EventRow(
-            actor=actor,
-            kind=kind,
-            portfolio_id=portfolio_id,
-            member_id=member_id,
-            vorgang_id=vorgang_id,
-            message_id=message_id,
-            detail=detail or {},
-        )
-    )
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of the log. ``actor`` says who: ``gateway:<node>``, ``member:<address>``,
+    ``backoffice:<login>`` or ``cli:<login>``; the ids say what it is about (no foreign keys: the log
+    outlives what it names)."""
+
+    kind: EventKind
+    actor: str
+    at: dt.datetime
+    portfolio_id: int | None = None
+    member_id: int | None = None
+    vorgang_id: int | None = None
+    message_id: int | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+class EventKind(StrEnum):
+    """Every kind of event the gateway writes. The value is what the log stores and what
+    ``gateway events --kind`` matches (a family is the part before the first dot: ``copy``)."""
+
+    # A back office's mail (gateway.stages.acceptance) and what an admin does with quarantined mail.
+    MESSAGE_ACCEPTED = "message.accepted"
+    MESSAGE_QUARANTINED = "message.quarantined"
+    MESSAGE_RELEASED = "message.released"
+    MESSAGE_DROPPED = "message.dropped"
+    # Members' mail at the MX listener (gateway.stages.reply).
+    REPLY_ACCEPTED = "reply.accepted"
+    INTAKE_ACCEPTED = "intake.accepted"  # a member opened a Vorgang at an intake address
+    REPLY_NOT_AN_ANSWER = "reply.not_an_answer"
+    REPLY_REFUSED = "reply.refused"
+    # Copies (gateway.stages.fanout, gateway.stages.notices).
+    COPY_FAILED = "copy.failed"
+    COPY_HELD = "copy.held"
+    COPY_GIVEN_UP = "copy.given_up"
+    COPY_REVOKED = "copy.revoked"
+    COPY_REVOKE_FAILED = "copy.revoke_failed"
+    # Flags and read notifications (gateway.stages.flagsync).
+    FLAG_SET = "flag.set"
+    FLAG_CLEARED = "flag.cleared"
+    FLAG_PROPAGATED = "flag.propagated"
+    MDN_QUEUED = "mdn.queued"
+    MDN_NOT_SENT = "mdn.not_sent"
+    # Mail to back offices (gateway.stages.relay, gateway.stages.notices).
+    RELAY_SENT = "relay.sent"
+    RELAY_DEFERRED = "relay.deferred"
+    RELAY_FAILED = "relay.failed"
+    RELAY_BOUNCED = "relay.bounced"
+    NOTICE_DELAYED = "notice.delayed"
+    NOTICE_FAILED = "notice.failed"
+    NOTICE_DELAYED_NOT_SENT = "notice.delayed.not_sent"
+    NOTICE_FAILED_NOT_SENT = "notice.failed.not_sent"
+    # Logins at the submission listener (gateway.stages.ingress) and their passwords.
+    AUTH_FAILED = "auth.failed"
+    AUTH_THROTTLED = "auth.throttled"
+    BACKOFFICE_PASSWORD = "backoffice.password"
+    # What admins do to the queues (`gateway queue`).
+    QUEUE_RETRIED = "queue.retried"
+    QUEUE_DROPPED = "queue.dropped"
+    # Reconciliation (gateway.db.reconcile).
+    RECONCILE_REQUESTED = "reconcile.requested"
+    RECONCILE_RESTARTED = "reconcile.restarted"
+    RECONCILE_BATCH = "reconcile.batch"
+    RECONCILE_FINISHED = "reconcile.finished"
+    # Directory changes: "<kind>.<action>" of ``gateway.domain.directory.Change``.
+    PORTFOLIO_CREATE = "portfolio.create"
+    PORTFOLIO_UPDATE = "portfolio.update"
+    BACKOFFICE_CREATE = "backoffice.create"
+    BACKOFFICE_UPDATE = "backoffice.update"
+    BACKOFFICE_DELETE = "backoffice.delete"
+    RELEASE_CREATE = "release.create"
+    RELEASE_UPDATE = "release.update"
+    RELEASE_DELETE = "release.delete"
+    MEMBER_CREATE = "member.create"
+    MEMBER_UPDATE = "member.update"
+    MEMBER_DELETE = "member.delete"
+    MEMBERSHIP_ADD = "membership.add"
+    MEMBERSHIP_REMOVE = "membership.remove"
+
+
+def append_events(connection: Connection, events: Iterable[Event]) -> None:
+    """Add ``events`` to the log in the caller's transaction (one statement), so they stand or fall with
+    the change they describe."""
+    rows = [
+        {
+            "at": e.at,
+            "portfolio_id": e.portfolio_id,
+            "actor": e.actor,
+            "kind": e.kind.value,
+            "member_id": e.member_id,
+            "vorgang_id": e.vorgang_id,
+            "message_id": e.message_id,
+            "detail": dict(e.detail),
+        }
+        for e in events
+    ]
+    if rows:
+        connection.execute(insert(EVENTS), rows)
+
+
+async def record_event(session: AsyncSession, event: Event) -> None:
+    """``append_events`` for one event in an async session's transaction (the admin path)."""
+    await session.run_sync(lambda s: append_events(s.connection(), [event]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,17 +1,24 @@
-"""Reads messages and Vorgänge back by their public ids (``gw-…``, ``VG-…``) for admins."""
+"""Messages in the database: stored with their participants (``insert_messages``), and read back by
+their public ids (``gw-…``, ``VG-…``) for admins."""
 
 from __future__ import annotations
 
 import datetime as dt
 import secrets
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from sqlalchemy import case, func, select, union
+from sqlalchemy import ColumnElement, Connection, LargeBinary, case, func, insert, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.models import (
+    MESSAGES,
+    PARTICIPANTS,
     CopyRow,
+    CopyState,
+    Direction,
     MemberRow,
+    MessageKind,
     MessageRow,
     ParticipantRow,
     RelayRow,
@@ -20,12 +27,138 @@ from gateway.db.models import (
     utc,
 )
 from gateway.domain.model import Participant, ParticipantRole
+from gateway.domain.parsing import MAX_HEADER_BYTES
+from gateway.domain.rules import CopyHeaders
+from gateway.domain.submitters import address_that_fits, ids_that_fit
+from gateway.domain.trace import Trace
 from gateway.errors import NotFound
 
 
 def new_gateway_id() -> str:
     """A public message id that reveals nothing about volume or order (unlike the row id)."""
     return "gw-" + secrets.token_hex(12)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to store: the bytes kept, and what routing, threading and the admins read of it."""
+
+    gateway_id: str
+    portfolio_id: int
+    vorgang_id: int
+    direction: Direction
+    raw: bytes  # what is kept: the whole mail, or the head of one only recorded
+    sha256: str  # of ``raw``: a re-sent mail is recognised by it
+    message_id: str  # the mail's own, or one the gateway assigned (``message_id_assigned``)
+    message_id_assigned: bool
+    subject: str
+    envelope_sender: str
+    received_at: dt.datetime
+    in_reply_to: Sequence[str] = ()  # kept as far as whole ids fit the column
+    references: Sequence[str] = ()
+    from_address: str | None = None  # kept when it fits the column
+    backoffice_id: int | None = None
+    kind: MessageKind = MessageKind.MESSAGE
+    size: int | None = None  # of the mail as received, when ``raw`` is only its head
+    sender_member_id: int | None = None  # a member's mail: who wrote it
+    answers_message_id: int | None = None  # a reply: the message answered
+    copy_headers: CopyHeaders = field(default_factory=CopyHeaders)
+    trace: Trace | None = None
+    # Who sent it and whom it addressed (each member and role is recorded once).
+    participants: Sequence[Participant] = ()
+
+
+def insert_messages(connection: Connection, messages: Sequence[NewMessage]) -> list[int]:
+    """Store ``messages`` and their participants (one statement each); the messages' new ids, in order."""
+    if not messages:
+        return []
+    rows = [
+        {
+            "gateway_id": m.gateway_id,
+            "portfolio_id": m.portfolio_id,
+            "vorgang_id": m.vorgang_id,
+            "direction": m.direction.value,
+            "backoffice_id": m.backoffice_id,
+            "raw": m.raw,
+            "size": len(m.raw) if m.size is None else m.size,
+            "sha256": m.sha256,
+            "message_id": m.message_id,
+            "message_id_assigned": m.message_id_assigned,
+            "in_reply_to": ids_that_fit(m.in_reply_to),
+            "references": " ".join(m.references) or None,
+            "subject": m.subject,
+            "from_address": address_that_fits(m.from_address),
+            "envelope_sender": m.envelope_sender,
+            "received_at": m.received_at,
+            "kind": m.kind.value,
+            "sender_member_id": m.sender_member_id,
+            "answers_message_id": m.answers_message_id,
+            "copy_headers": m.copy_headers.to_json() if m.copy_headers else None,
+            "trace": m.trace.to_json() if m.trace is not None else None,
+        }
+        for m in messages
+    ]
+    result = connection.execute(insert(MESSAGES).returning(MESSAGES.c.id, sort_by_parameter_order=True), rows)
+    pks = [int(row[0]) for row in result]
+    taking_part = [
+        {"message_id": pk, "member_id": p.member_id, "role": p.role.value, "portfolio_id": m.portfolio_id}
+        for m, pk in zip(messages, pks, strict=True)
+        for p in dict.fromkeys(m.participants)
+    ]
+    if taking_part:
+        connection.execute(insert(PARTICIPANTS), taking_part)
+    return pks
+
+
+def insert_message(connection: Connection, message: NewMessage) -> int:
+    """Store one message with its participants; its new id."""
+    (message_pk,) = insert_messages(connection, [message])
+    return message_pk
+
+
+@dataclass(frozen=True, slots=True)
+class MessageHead:
+    """A stored message as a notice or a read notification about it needs it: its header section, not
+    its body (a large message's body stays in the database)."""
+
+    pk: int
+    gateway_id: str
+    portfolio_id: int
+    vorgang_id: int
+    direction: str
+    kind: str
+    backoffice_id: int | None
+    envelope_sender: str
+    from_address: str | None
+    subject: str
+    head: bytes  # the first MAX_HEADER_BYTES of the stored bytes
+
+
+def find_message_head(connection: Connection, *where: ColumnElement[bool]) -> MessageHead | None:
+    """The head of the one message that meets ``where``; None when none does."""
+    row = connection.execute(
+        select(
+            MessageRow.id,
+            MessageRow.gateway_id,
+            MessageRow.portfolio_id,
+            MessageRow.vorgang_id,
+            MessageRow.direction,
+            MessageRow.kind,
+            MessageRow.backoffice_id,
+            MessageRow.envelope_sender,
+            MessageRow.from_address,
+            MessageRow.subject,
+            func.substr(MessageRow.raw, 1, MAX_HEADER_BYTES, type_=LargeBinary),
+        ).where(*where)
+    ).first()
+    return None if row is None else MessageHead(*row[:9], row[9] or "", bytes(row[10]))
+
+
+def message_head(connection: Connection, message_pk: int) -> MessageHead:
+    found = find_message_head(connection, MessageRow.id == message_pk)
+    if found is None:
+        raise NotFound(f"there is no message {message_pk}")
+    return found
 
 
 async def get_message(session: AsyncSession, gateway_id: str) -> MessageRow:
@@ -45,7 +178,7 @@ async def participants_of(session: AsyncSession, message: MessageRow) -> list[Pa
 
 
 @dataclass(frozen=True, slots=True)
-class CopyState:
+class CopyView:
     copy_id: str
     address: str
     state: str
@@ -56,7 +189,7 @@ class CopyState:
 
 
 @dataclass(frozen=True, slots=True)
-class RelayState:
+class RelayView:
     """Where a member's mail to the back office stands."""
 
     to: tuple[str, ...]
@@ -73,10 +206,10 @@ class MessageView:
     received_at: str
     subject: str
     message_id: str | None
-    copies: tuple[CopyState, ...]
+    copies: tuple[CopyView, ...]
     kind: str = "message"
     author: str | None = None  # the member who wrote a reply or opened the Vorgang
-    relay: RelayState | None = None
+    relay: RelayView | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +248,7 @@ async def vorgang_view(
             .order_by(MessageRow.received_at, MessageRow.id)
         )
     )
-    copies: dict[int, list[CopyState]] = {m[0]: [] for m in messages}
+    copies: dict[int, list[CopyView]] = {m[0]: [] for m in messages}
     rows = await session.execute(
         select(
             CopyRow.message_id,
@@ -133,9 +266,9 @@ async def vorgang_view(
         .order_by(CopyRow.id)
     )
     for message_pk, copy_id, address, state, attempts, shared_via, ref, error in rows:
-        copies[message_pk].append(CopyState(copy_id, address, state, attempts, shared_via, ref, error))
+        copies[message_pk].append(CopyView(copy_id, address, state, attempts, shared_via, ref, error))
     relays = {
-        message_pk: RelayState(tuple(to), state, attempts, reply, error)
+        message_pk: RelayView(tuple(to), state, attempts, reply, error)
         for message_pk, to, state, attempts, reply, error in await session.execute(
             select(
                 RelayRow.message_id,
@@ -245,7 +378,7 @@ async def list_vorgaenge(
             .join(CopyRow, CopyRow.message_id == MessageRow.id)
             .where(
                 CopyRow.member_id == member_id,
-                CopyRow.state.not_in(("revoking", "revoked")),
+                CopyRow.state.not_in((CopyState.REVOKING, CopyState.REVOKED)),
                 MessageRow.portfolio_id == portfolio_id,
             )
         )

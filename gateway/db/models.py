@@ -8,7 +8,8 @@ the composite foreign keys below rather than by care in each caller.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, ClassVar
+from enum import StrEnum
+from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     JSON,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     func,
@@ -57,12 +59,88 @@ def utc(value: dt.datetime) -> dt.datetime:
     return value.astimezone(dt.UTC)
 
 
+class Direction(StrEnum):
+    """Where a message came from (``messages.direction``)."""
+
+    INBOUND = "inbound"  # a back office's mail, by submission
+    REPLY = "reply"  # a member's answer at a reply address
+    INTAKE = "intake"  # a member's mail opening a Vorgang at an intake address
+
+
+class MessageKind(StrEnum):
+    """What a stored message is (``messages.kind``): mail that is fanned out, or only kept in its Vorgang.
+
+    The values of what arrives at reply addresses are those of ``gateway.domain.answers.Kind``.
+    """
+
+    MESSAGE = "message"
+    QUARANTINED = "quarantined"  # held by a routing rule until an admin releases or drops it
+    AUTO_REPLY = "auto-reply"
+    BOUNCE = "bounce"
+    LOOP = "loop"
+
+
+class CopyState(StrEnum):
+    """Where a copy stands (``copies.state``); see ``CopyRow``."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    HELD = "held"  # failed max_attempts times: its mailbox is probed every held_retry
+    FAILED = "failed"  # given up after [fanout] lifetime
+    REVOKING = "revoking"  # reconciliation took it away: the fan-out removes it from the mailbox
+    REVOKED = "revoked"
+    DROPPED = "dropped"  # by an admin (`gateway queue drop`)
+
+
+class RelayState(StrEnum):
+    """Where a mail to a back office stands (``relays.state``)."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"  # permanently refused, or its lifetime ended
+    DROPPED = "dropped"  # by an admin (`gateway queue drop`)
+
+
+class RelayPurpose(StrEnum):
+    """What a relay row carries (``relays.purpose``): one row per message and purpose."""
+
+    MAIL = "mail"  # a member's reply, or a read notification (MDN)
+    DELAYED = "delayed"  # a notice to the back office that copies of its message are late
+    FAILED = "failed"  # a notice that copies of its message were given up
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         dt.datetime: DateTime(timezone=True),
         dict[str, Any]: JSON,
     }
+
+
+def _same_portfolio(column: str, table: str, *, ondelete: str | None = "CASCADE") -> ForeignKeyConstraint:
+    """``column`` names a row of ``table`` in the same portfolio: the composite key (id, portfolio_id)
+    refuses a reference across portfolios."""
+    return ForeignKeyConstraint(
+        [column, "portfolio_id"], [f"{table}.id", f"{table}.portfolio_id"], ondelete=ondelete
+    )
+
+
+class InPortfolio:
+    """What every row of one portfolio that has its own id starts with (mixed into the models below;
+    ``sort_order`` keeps the two columns first, as the migrations create them)."""
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, sort_order=-2)
+    portfolio_id: Mapped[int] = mapped_column(
+        ForeignKey("portfolios.id", ondelete="CASCADE"), index=True, sort_order=-1
+    )
+
+
+class OfBackOffice:
+    """What every row that belongs to one back office starts with (its table names the composite key)."""
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, sort_order=-3)
+    backoffice_id: Mapped[int] = mapped_column(BigInteger, index=True, sort_order=-2)
+    portfolio_id: Mapped[int] = mapped_column(BigInteger, sort_order=-1)
 
 
 class PortfolioRow(Base):
@@ -80,7 +158,7 @@ class PortfolioRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
 
 
-class BackOfficeRow(Base):
+class BackOfficeRow(InPortfolio, Base):
     """A back-office system (ams …) that sends mail into one portfolio and receives members' replies.
 
     The ``relay_*`` columns say how replies reach the back office's SMTP server; without ``relay_host``
@@ -96,8 +174,6 @@ class BackOfficeRow(Base):
         UniqueConstraint("id", "portfolio_id"),
     )
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    portfolio_id: Mapped[int] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(100))
     ams_version: Mapped[str] = mapped_column(String(40), default="")
     relay_host: Mapped[str | None] = mapped_column(String(255))
@@ -111,26 +187,19 @@ class BackOfficeRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
 
 
-class BackOfficeAddressRow(Base):
+class BackOfficeAddressRow(OfBackOffice, Base):
     """An address a back office sends from; the gateway relays members' replies back to it."""
 
     __tablename__ = "backoffice_addresses"
     __table_args__ = (
         UniqueConstraint("portfolio_id", "address"),
-        ForeignKeyConstraint(
-            ["backoffice_id", "portfolio_id"],
-            ["backoffices.id", "backoffices.portfolio_id"],
-            ondelete="CASCADE",
-        ),
+        _same_portfolio("backoffice_id", "backoffices"),
     )
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    backoffice_id: Mapped[int] = mapped_column(BigInteger, index=True)
-    portfolio_id: Mapped[int] = mapped_column(BigInteger)
     address: Mapped[str] = mapped_column(String(320))
 
 
-class BackOfficeAccountRow(Base):
+class BackOfficeAccountRow(OfBackOffice, Base):
     """A login a back office authenticates with on the submission listener (SMTP AUTH).
 
     Logins are unique across portfolios because SMTP AUTH names no portfolio; the password is kept only
@@ -138,24 +207,15 @@ class BackOfficeAccountRow(Base):
     """
 
     __tablename__ = "backoffice_accounts"
-    __table_args__ = (
-        ForeignKeyConstraint(
-            ["backoffice_id", "portfolio_id"],
-            ["backoffices.id", "backoffices.portfolio_id"],
-            ondelete="CASCADE",
-        ),
-    )
+    __table_args__ = (_same_portfolio("backoffice_id", "backoffices"),)
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    backoffice_id: Mapped[int] = mapped_column(BigInteger, index=True)
-    portfolio_id: Mapped[int] = mapped_column(BigInteger)
     login: Mapped[str] = mapped_column(String(320), unique=True)
     password_hash: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(default=_now, onupdate=_now)
 
 
-class MemberRow(Base):
+class MemberRow(InPortfolio, Base):
     """A person on the customer side; the address is unique within the portfolio."""
 
     __tablename__ = "members"
@@ -164,14 +224,12 @@ class MemberRow(Base):
         UniqueConstraint("id", "portfolio_id"),
     )
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    portfolio_id: Mapped[int] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), index=True)
     address: Mapped[str] = mapped_column(String(320))
     display_name: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
 
 
-class ReleaseRow(Base):
+class ReleaseRow(InPortfolio, Base):
     """A release group (Freischaltung) of one portfolio with its flags."""
 
     __tablename__ = "releases"
@@ -180,8 +238,6 @@ class ReleaseRow(Base):
         UniqueConstraint("id", "portfolio_id"),
     )
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    portfolio_id: Mapped[int] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     primary: Mapped[bool] = mapped_column(Boolean, default=False)
     share_vorgaenge: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -206,12 +262,8 @@ class ReleaseMemberRow(Base):
 
     __tablename__ = "release_members"
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["release_id", "portfolio_id"], ["releases.id", "releases.portfolio_id"], ondelete="CASCADE"
-        ),
-        ForeignKeyConstraint(
-            ["member_id", "portfolio_id"], ["members.id", "members.portfolio_id"], ondelete="CASCADE"
-        ),
+        _same_portfolio("release_id", "releases"),
+        _same_portfolio("member_id", "members"),
         Index(
             "uq_release_members_one_primary",
             "member_id",
@@ -228,7 +280,7 @@ class ReleaseMemberRow(Base):
     added_at: Mapped[dt.datetime] = mapped_column(default=_now)
 
 
-class VorgangRow(Base):
+class VorgangRow(InPortfolio, Base):
     """A case: the thread of messages between the back office and members, with its public reference."""
 
     __tablename__ = "vorgaenge"
@@ -240,8 +292,6 @@ class VorgangRow(Base):
         Index("uq_vorgaenge_key", "portfolio_id", "key", unique=True),
     )
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    portfolio_id: Mapped[int] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), index=True)
     reference: Mapped[str] = mapped_column(String(40))
     key: Mapped[str | None] = mapped_column(String(200))
     subject: Mapped[str] = mapped_column(Text, default="")
@@ -269,7 +319,7 @@ class MessageRow(Base):
 
     __tablename__ = "messages"
     __table_args__ = (
-        ForeignKeyConstraint(["vorgang_id", "portfolio_id"], ["vorgaenge.id", "vorgaenge.portfolio_id"]),
+        _same_portfolio("vorgang_id", "vorgaenge", ondelete=None),
         UniqueConstraint("id", "portfolio_id"),
         UniqueConstraint("gateway_id"),
         Index("ix_messages_message_id", "portfolio_id", "message_id"),
@@ -307,10 +357,11 @@ class MessageRow(Base):
     answers_message_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     # What routing rules change on every copy: {"set": [[name, value], …], "strip": [name, …]}; the
     # stored bytes stay as they came (gateway.stages.fanout applies it when it renders a copy).
-    copy_headers: Mapped[dict[str, Any] | None] = mapped_column()
+    # None is stored as SQL NULL (not JSON null) in both, whichever path stored the message.
+    copy_headers: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     # How the message arrived (``gateway.domain.trace.Trace.to_json``): what the Received line on its
     # copies and its relayed mail says. None for messages stored before it was kept.
-    trace: Mapped[dict[str, Any] | None] = mapped_column()
+    trace: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 
 
 class QuarantineRow(Base):
@@ -318,11 +369,7 @@ class QuarantineRow(Base):
     waiting for an admin to release it (its copies are made then) or drop it (the message is deleted)."""
 
     __tablename__ = "quarantine"
-    __table_args__ = (
-        ForeignKeyConstraint(
-            ["message_id", "portfolio_id"], ["messages.id", "messages.portfolio_id"], ondelete="CASCADE"
-        ),
-    )
+    __table_args__ = (_same_portfolio("message_id", "messages"),)
 
     message_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     portfolio_id: Mapped[int] = mapped_column(BigInteger, index=True)
@@ -338,10 +385,8 @@ class ParticipantRow(Base):
 
     __tablename__ = "participants"
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["message_id", "portfolio_id"], ["messages.id", "messages.portfolio_id"], ondelete="CASCADE"
-        ),
-        ForeignKeyConstraint(["member_id", "portfolio_id"], ["members.id", "members.portfolio_id"]),
+        _same_portfolio("message_id", "messages"),
+        _same_portfolio("member_id", "members", ondelete=None),
     )
 
     message_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -370,10 +415,8 @@ class CopyRow(Base):
     __tablename__ = "copies"
     __table_args__ = (
         UniqueConstraint("message_id", "member_id"),
-        ForeignKeyConstraint(
-            ["message_id", "portfolio_id"], ["messages.id", "messages.portfolio_id"], ondelete="CASCADE"
-        ),
-        ForeignKeyConstraint(["member_id", "portfolio_id"], ["members.id", "members.portfolio_id"]),
+        _same_portfolio("message_id", "messages"),
+        _same_portfolio("member_id", "members", ondelete=None),
         Index("ix_copies_queue", "state", "next_attempt_at"),
     )
 
@@ -403,7 +446,7 @@ class CopyRow(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=_now, onupdate=_now)
 
 
-class ReconcileRunRow(Base):
+class ReconcileRunRow(InPortfolio, Base):
     """A reconciliation of one portfolio's messages with the directory after a change (DESIGN.md §3).
 
     A directory change that can change audiences records a run in its own transaction; the reconcile
@@ -425,8 +468,6 @@ class ReconcileRunRow(Base):
         Index("ix_reconcile_runs_state", "state", "lease_until"),
     )
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    portfolio_id: Mapped[int] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"), index=True)
     # open -> done
     state: Mapped[str] = mapped_column(String(20), default="open", server_default="open")
     # The directory changes that asked for the run, newest last; who asked.
@@ -483,9 +524,7 @@ class RelayRow(Base):
 
     __tablename__ = "relays"
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["message_id", "portfolio_id"], ["messages.id", "messages.portfolio_id"], ondelete="CASCADE"
-        ),
+        _same_portfolio("message_id", "messages"),
         # One row per message and purpose: a reply or read notification ("mail") is sent once, and so
         # is each notice about the message's copies ("delayed", "failed": gateway.stages.notices).
         UniqueConstraint("message_id", "purpose"),
@@ -519,3 +558,15 @@ class RelayRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(default=_now, onupdate=_now)
     sent_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+# The Core tables behind the models, for set-based statements (executemany inserts and updates): the ORM
+# would read a list of parameters as its own bulk operation by primary key.
+MESSAGES = cast(Table, MessageRow.__table__)
+VORGAENGE = cast(Table, VorgangRow.__table__)
+PARTICIPANTS = cast(Table, ParticipantRow.__table__)
+COPIES = cast(Table, CopyRow.__table__)
+EVENTS = cast(Table, EventRow.__table__)
+RELAYS = cast(Table, RelayRow.__table__)
+QUARANTINE = cast(Table, QuarantineRow.__table__)
+RUNS = cast(Table, ReconcileRunRow.__table__)

@@ -11,13 +11,18 @@ Both are recorded in the event log. Each function is one transaction's work on a
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 
 from gateway.db import acceptance
+from gateway.db.copies import copies_for, insert_copies
+from gateway.db.events import Event, EventKind, append_events
 from gateway.db.models import (
+    QUARANTINE,
     CopyRow,
+    MessageKind,
     MessageRow,
     ParticipantRow,
     PortfolioRow,
@@ -29,7 +34,38 @@ from gateway.domain.audience import audience
 from gateway.domain.model import Participant
 from gateway.errors import NotFound
 
-__all__ = ["Quarantined", "drop", "list_quarantined", "release", "show"]
+__all__ = ["NewQuarantine", "Quarantined", "drop", "hold", "list_quarantined", "release", "show"]
+
+
+@dataclass(frozen=True, slots=True)
+class NewQuarantine:
+    """A message a routing rule quarantines as it is stored: the rule (``name (FILE:LINE:COL)``), the
+    reason it gives, and its rule set."""
+
+    message_pk: int
+    portfolio_id: int
+    rule: str
+    reason: str
+    rule_set: str
+
+
+def hold(connection: Connection, held: Sequence[NewQuarantine], now: dt.datetime) -> None:
+    """Record why these messages (stored with ``messages.kind`` quarantined) wait for an admin."""
+    if held:
+        connection.execute(
+            insert(QUARANTINE),
+            [
+                {
+                    "message_id": q.message_pk,
+                    "portfolio_id": q.portfolio_id,
+                    "rule": q.rule,
+                    "reason": q.reason,
+                    "rule_set": q.rule_set,
+                    "quarantined_at": now,
+                }
+                for q in held
+            ],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,45 +192,41 @@ def release(
             select(CopyRow.member_id).where(CopyRow.message_id == held.message_pk)
         )
     }
-    rows = [
-        row
-        for row in acceptance.copy_rows(held.message_pk, held.portfolio_id, seen, now, None)
-        if row["member_id"] not in existing
-    ]
-    for row in rows:
-        row.pop("shared_via")
-    acceptance.insert_rows(connection, acceptance.COPIES, rows)
-    connection.execute(update(MessageRow).where(MessageRow.id == held.message_pk).values(kind="message"))
+    insert_copies(connection, copies_for(held.message_pk, held.portfolio_id, seen, leaving_out=existing), now)
+    connection.execute(
+        update(MessageRow).where(MessageRow.id == held.message_pk).values(kind=MessageKind.MESSAGE)
+    )
     connection.execute(delete(QuarantineRow).where(QuarantineRow.message_id == held.message_pk))
     addresses = acceptance.member_addresses(connection, seen.members)
     to = sorted(addresses[m] for m in seen.members)
-    _event(connection, held, "message.released", actor, now, {"gateway_id": gateway_id, "audience": to})
+    _event(
+        connection, held, EventKind.MESSAGE_RELEASED, actor, now, {"gateway_id": gateway_id, "audience": to}
+    )
     return to
 
 
 def drop(connection: Connection, portfolio: str, gateway_id: str, actor: str, now: dt.datetime) -> None:
     """Delete the quarantined message (its participants and quarantine row go with it)."""
     held = _held(connection, portfolio, gateway_id)
-    _event(connection, held, "message.dropped", actor, now, {"gateway_id": gateway_id})
+    _event(connection, held, EventKind.MESSAGE_DROPPED, actor, now, {"gateway_id": gateway_id})
     connection.execute(delete(MessageRow).where(MessageRow.id == held.message_pk))
 
 
 def _event(
-    connection: Connection, held: _Held, kind: str, actor: str, now: dt.datetime, detail: dict[str, object]
+    connection: Connection,
+    held: _Held,
+    kind: EventKind,
+    actor: str,
+    now: dt.datetime,
+    detail: dict[str, object],
 ) -> None:
-    acceptance.insert_rows(
-        connection,
-        acceptance.EVENTS,
-        [
-            {
-                "at": now,
-                "portfolio_id": held.portfolio_id,
-                "actor": actor,
-                "kind": kind,
-                "member_id": None,
-                "vorgang_id": held.vorgang_id,
-                "message_id": held.message_pk,
-                "detail": detail | {"rule": held.rule, "reason": held.reason},
-            }
-        ],
+    event = Event(
+        kind,
+        actor,
+        now,
+        portfolio_id=held.portfolio_id,
+        vorgang_id=held.vorgang_id,
+        message_id=held.message_pk,
+        detail=detail | {"rule": held.rule, "reason": held.reason},
     )
+    append_events(connection, [event])

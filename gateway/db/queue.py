@@ -11,22 +11,31 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Table, and_, bindparam, case, func, literal, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, func, literal, or_, select, update
 
-from gateway.db.models import CopyRow, MemberRow, MessageRow, PortfolioRow, RelayRow, ReleaseRow, VorgangRow
+from gateway.db.models import (
+    COPIES,
+    CopyRow,
+    CopyState,
+    MemberRow,
+    MessageRow,
+    PortfolioRow,
+    RelayPurpose,
+    RelayRow,
+    RelayState,
+    ReleaseRow,
+    VorgangRow,
+)
 from gateway.domain.rules import CopyHeaders
 from gateway.domain.trace import Trace
 
-# Executemany updates go through the Core table: the ORM would treat a list of parameters as its own
-# bulk-update-by-primary-key, which has no WHERE of ours.
-COPIES = cast(Table, CopyRow.__table__)
-
 
 @dataclass(frozen=True, slots=True)
-class CopyJob:
-    """Everything needed to write one copy, read in the claiming transaction."""
+class TakenCopy:
+    """A copy taken from the queue for a job on its member's mailbox: which copy, how often it was
+    tried, and whose mailbox it is in."""
 
     id: int
     copy_id: str
@@ -35,6 +44,12 @@ class CopyJob:
     portfolio: str
     member_id: int
     address: str
+
+
+@dataclass(frozen=True, slots=True)
+class CopyJob(TakenCopy):
+    """Everything needed to write one copy, read in the claiming transaction."""
+
     message_pk: int
     gateway_id: str
     message_id: str | None
@@ -67,7 +82,7 @@ def release_own_leases(connection: Connection, node: str, now: dt.datetime) -> i
     """
     result = connection.execute(
         update(CopyRow)
-        .where(CopyRow.state == "pending", CopyRow.leased_by == node)
+        .where(CopyRow.state == CopyState.PENDING, CopyRow.leased_by == node)
         .values(next_attempt_at=now)
     )
     return int(getattr(result, "rowcount", 0) or 0)
@@ -88,7 +103,7 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
         int(copy_pk): leased_by
         for copy_pk, leased_by in connection.execute(
             select(CopyRow.id, CopyRow.leased_by)
-            .where(CopyRow.state == "pending", CopyRow.next_attempt_at <= now)
+            .where(CopyRow.state == CopyState.PENDING, CopyRow.next_attempt_at <= now)
             .order_by(CopyRow.next_attempt_at, CopyRow.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -179,7 +194,7 @@ def _probes(connection: Connection, now: dt.datetime, limit: int) -> list[int]:
     oldest = list(
         connection.scalars(
             select(func.min(CopyRow.id))
-            .where(CopyRow.state == "held", CopyRow.next_attempt_at <= now)
+            .where(CopyRow.state == CopyState.HELD, CopyRow.next_attempt_at <= now)
             .group_by(CopyRow.member_id)
             .order_by(func.min(CopyRow.id))
             .limit(limit)
@@ -192,8 +207,8 @@ def _probes(connection: Connection, now: dt.datetime, limit: int) -> list[int]:
         int(pk)
         for pk in connection.scalars(
             update(CopyRow)
-            .where(CopyRow.id.in_(oldest), CopyRow.state == "held")
-            .values(state="pending")
+            .where(CopyRow.id.in_(oldest), CopyRow.state == CopyState.HELD)
+            .values(state=CopyState.PENDING)
             .returning(CopyRow.id)
         )
     ]
@@ -222,9 +237,9 @@ def record(
         due_now = literal(now, COPIES.c.next_attempt_at.type)
         connection.execute(
             update(COPIES)
-            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == "pending")
+            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == CopyState.PENDING)
             .values(
-                state="delivered",
+                state=CopyState.DELIVERED,
                 flags_pending=flags_changed,
                 mailbox_ref=bindparam("b_ref"),
                 attempts=COPIES.c.attempts + 1,
@@ -247,9 +262,9 @@ def record(
                     update(COPIES)
                     .where(
                         COPIES.c.member_id.in_({o.job.member_id for o in delivered}),
-                        COPIES.c.state == "held",
+                        COPIES.c.state == CopyState.HELD,
                     )
-                    .values(state="pending", next_attempt_at=now, updated_at=now)
+                    .values(state=CopyState.PENDING, next_attempt_at=now, updated_at=now)
                 ),
                 "rowcount",
                 0,
@@ -260,7 +275,7 @@ def record(
     if failed:
         connection.execute(
             update(COPIES)
-            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == "pending")
+            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == CopyState.PENDING)
             .values(
                 state=bindparam("b_state"),
                 attempts=COPIES.c.attempts + 1,
@@ -272,7 +287,7 @@ def record(
             [
                 {
                     "b_id": o.job.id,
-                    "b_state": "held" if retry_at[o.job.id][0] else "pending",
+                    "b_state": CopyState.HELD if retry_at[o.job.id][0] else CopyState.PENDING,
                     "b_next": retry_at[o.job.id][1],
                     "b_error": (o.error or "")[:2000],
                 }
@@ -286,7 +301,7 @@ def record(
                 update(COPIES)
                 .where(
                     COPIES.c.member_id == bindparam("b_member"),
-                    COPIES.c.state == "held",
+                    COPIES.c.state == CopyState.HELD,
                     COPIES.c.next_attempt_at < bindparam("b_next"),
                 )
                 .values(next_attempt_at=bindparam("b_next")),
@@ -296,16 +311,9 @@ def record(
 
 
 @dataclass(frozen=True, slots=True)
-class FlagJob:
+class FlagJob(TakenCopy):
     """A delivered copy whose mailbox flags must catch up with the database (``flags_pending``)."""
 
-    id: int
-    copy_id: str
-    attempts: int
-    portfolio_id: int
-    portfolio: str
-    member_id: int
-    address: str
     seen: bool
     answered: bool
 
@@ -313,6 +321,29 @@ class FlagJob:
 def claim_flags(
     connection: Connection, node: str, now: dt.datetime, lease: float, limit: int
 ) -> list[FlagJob]:
+    rows = _claim_jobs(
+        connection,
+        (CopyRow.seen, CopyRow.answered),
+        (CopyRow.state == CopyState.DELIVERED, CopyRow.flags_pending.is_(True)),
+        node,
+        now,
+        lease,
+        limit,
+    )
+    return [FlagJob(*row) for row in rows]
+
+
+def _claim_jobs(
+    connection: Connection,
+    extra: Sequence[Any],
+    where: Sequence[Any],
+    node: str,
+    now: dt.datetime,
+    lease: float,
+    limit: int,
+) -> list[Any]:
+    """Take due copies that meet ``where`` with a lease: each with its id, copy id, attempts, portfolio
+    (id, name), member (id, address), then the ``extra`` columns."""
     rows = list(
         connection.execute(
             select(
@@ -323,25 +354,20 @@ def claim_flags(
                 PortfolioRow.name,
                 CopyRow.member_id,
                 MemberRow.address,
-                CopyRow.seen,
-                CopyRow.answered,
+                *extra,
             )
             .join(PortfolioRow, PortfolioRow.id == CopyRow.portfolio_id)
             .join(MemberRow, MemberRow.id == CopyRow.member_id)
-            .where(
-                CopyRow.state == "delivered",
-                CopyRow.flags_pending.is_(True),
-                CopyRow.next_attempt_at <= now,
-            )
+            .join(MessageRow, MessageRow.id == CopyRow.message_id)
+            .where(*where, CopyRow.next_attempt_at <= now)
             .order_by(CopyRow.next_attempt_at, CopyRow.id)
             .limit(limit)
             .with_for_update(of=CopyRow, skip_locked=True)
         )
     )
-    if not rows:
-        return []
-    _lease(connection, [r[0] for r in rows], node, now, lease)
-    return [FlagJob(*row) for row in rows]
+    if rows:
+        _lease(connection, [r[0] for r in rows], node, now, lease)
+    return rows
 
 
 def record_flags(
@@ -358,7 +384,7 @@ def record_flags(
             update(COPIES)
             .where(
                 COPIES.c.id == bindparam("b_id"),
-                COPIES.c.state == "delivered",
+                COPIES.c.state == CopyState.DELIVERED,
                 COPIES.c.seen == bindparam("b_seen"),
                 COPIES.c.answered == bindparam("b_answered"),
             )
@@ -371,39 +397,43 @@ def record_flags(
             update(COPIES)
             .where(
                 COPIES.c.id == bindparam("b_id"),
-                COPIES.c.state == "delivered",
+                COPIES.c.state == CopyState.DELIVERED,
                 COPIES.c.flags_pending.is_(True),
             )
             .values(next_attempt_at=now, leased_by=None),
             [{"b_id": j.id} for j in done],
         )
+    # Counted like a removal's, so the shared backoff grows for a flag job that keeps failing.
+    _retry_later(connection, CopyState.DELIVERED, [(j.id, error, at) for j, error, at in failed], now)
+
+
+def _retry_later(
+    connection: Connection,
+    state: CopyState,
+    failed: Sequence[tuple[int, str, dt.datetime]],
+    now: dt.datetime,
+) -> None:
+    """Record failed attempts at copies still in ``state`` (copy id, error, next attempt): a flag job
+    or a removal is tried again, never given up."""
     if failed:
         connection.execute(
             update(COPIES)
-            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == "delivered")
+            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == state)
             .values(
-                # Counted like a removal's, so the shared backoff grows for a flag job that keeps failing.
                 attempts=COPIES.c.attempts + 1,
                 next_attempt_at=bindparam("b_next"),
                 leased_by=None,
                 last_error=bindparam("b_error"),
                 updated_at=now,
             ),
-            [{"b_id": j.id, "b_next": at, "b_error": error[:2000]} for j, error, at in failed],
+            [{"b_id": pk, "b_next": at, "b_error": error[:2000]} for pk, error, at in failed],
         )
 
 
 @dataclass(frozen=True, slots=True)
-class RemovalJob:
+class RemovalJob(TakenCopy):
     """A revoked copy to take out of its member's mailbox, from every folder (state ``revoking``)."""
 
-    id: int
-    copy_id: str
-    attempts: int
-    portfolio_id: int
-    portfolio: str
-    member_id: int
-    address: str
     message_pk: int
     vorgang_id: int
 
@@ -413,31 +443,15 @@ def claim_removals(
 ) -> list[RemovalJob]:
     """Take due ``revoking`` copies with a lease, like flag jobs (a copy still being written by the
     fan-out is not due before that write's lease ends; reconciliation set it so)."""
-    rows = list(
-        connection.execute(
-            select(
-                CopyRow.id,
-                CopyRow.copy_id,
-                CopyRow.attempts,
-                CopyRow.portfolio_id,
-                PortfolioRow.name,
-                CopyRow.member_id,
-                MemberRow.address,
-                CopyRow.message_id,
-                MessageRow.vorgang_id,
-            )
-            .join(PortfolioRow, PortfolioRow.id == CopyRow.portfolio_id)
-            .join(MemberRow, MemberRow.id == CopyRow.member_id)
-            .join(MessageRow, MessageRow.id == CopyRow.message_id)
-            .where(CopyRow.state == "revoking", CopyRow.next_attempt_at <= now)
-            .order_by(CopyRow.next_attempt_at, CopyRow.id)
-            .limit(limit)
-            .with_for_update(of=CopyRow, skip_locked=True)
-        )
+    rows = _claim_jobs(
+        connection,
+        (CopyRow.message_id, MessageRow.vorgang_id),
+        (CopyRow.state == CopyState.REVOKING,),
+        node,
+        now,
+        lease,
+        limit,
     )
-    if not rows:
-        return []
-    _lease(connection, [r[0] for r in rows], node, now, lease)
     return [RemovalJob(*row) for row in rows]
 
 
@@ -455,9 +469,9 @@ def record_removals(
     if done:
         connection.execute(
             update(COPIES)
-            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == "revoking")
+            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == CopyState.REVOKING)
             .values(
-                state="revoked",
+                state=CopyState.REVOKED,
                 attempts=COPIES.c.attempts + 1,
                 next_attempt_at=None,
                 leased_by=None,
@@ -467,19 +481,7 @@ def record_removals(
             ),
             [{"b_id": j.id} for j in done],
         )
-    if failed:
-        connection.execute(
-            update(COPIES)
-            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == "revoking")
-            .values(
-                attempts=COPIES.c.attempts + 1,
-                next_attempt_at=bindparam("b_next"),
-                leased_by=None,
-                last_error=bindparam("b_error"),
-                updated_at=now,
-            ),
-            [{"b_id": j.id, "b_next": at, "b_error": error[:2000]} for j, error, at in failed],
-        )
+    _retry_later(connection, CopyState.REVOKING, [(j.id, error, at) for j, error, at in failed], now)
 
 
 # --- copies that wait too long: given up, and the messages whose back office must hear of it -----------
@@ -501,13 +503,16 @@ class LateCopy:
 def give_up(connection: Connection, before: dt.datetime, now: dt.datetime) -> list[LateCopy]:
     """Mark ``failed`` the copies created before ``before`` that are still not delivered (and not
     being written right now); returns them."""
-    waiting = or_(CopyRow.state == "held", and_(CopyRow.state == "pending", CopyRow.next_attempt_at <= now))
+    waiting = or_(
+        CopyRow.state == CopyState.HELD,
+        and_(CopyRow.state == CopyState.PENDING, CopyRow.next_attempt_at <= now),
+    )
     found = _late(connection, waiting, CopyRow.created_at < before)
     if found:
         connection.execute(
             update(CopyRow)
             .where(CopyRow.id.in_([c.id for c in found]), waiting)
-            .values(state="failed", next_attempt_at=None, leased_by=None, updated_at=now)
+            .values(state=CopyState.FAILED, next_attempt_at=None, leased_by=None, updated_at=now)
         )
     return found
 
@@ -550,7 +555,10 @@ def unnoticed_late_messages(connection: Connection, before: dt.datetime, limit: 
     notice queued yet."""
     noticed = (
         select(RelayRow.id)
-        .where(RelayRow.message_id == CopyRow.message_id, RelayRow.purpose.in_(("delayed", "failed")))
+        .where(
+            RelayRow.message_id == CopyRow.message_id,
+            RelayRow.purpose.in_((RelayPurpose.DELAYED, RelayPurpose.FAILED)),
+        )
         .exists()
     )
     return [
@@ -559,7 +567,7 @@ def unnoticed_late_messages(connection: Connection, before: dt.datetime, limit: 
             select(CopyRow.message_id)
             .join(MessageRow, MessageRow.id == CopyRow.message_id)
             .where(
-                CopyRow.state.in_(("pending", "held")),
+                CopyRow.state.in_((CopyState.PENDING, CopyState.HELD)),
                 CopyRow.created_at < before,
                 MessageRow.backoffice_id.is_not(None),
                 MessageRow.envelope_sender != "",
@@ -605,30 +613,44 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
 
 def _copy_kind() -> Any:
     return case(
-        (CopyRow.state == "revoking", literal("removal")),
-        (CopyRow.state == "delivered", literal("flags")),
+        (CopyRow.state == CopyState.REVOKING, literal("removal")),
+        (CopyRow.state == CopyState.DELIVERED, literal("flags")),
         else_=literal("copy"),
     )
 
 
+@dataclass(frozen=True, slots=True)
+class QueueFilter:
+    """Which queue items an admin means; every field given narrows them (``before``: created before)."""
+
+    portfolio: str | None = None
+    member: str | None = None
+    state: str | None = None  # one of STATES
+    kind: str | None = None  # one of KINDS
+    before: dt.datetime | None = None
+
+
 def queue_items(
     connection: Connection,
+    where: QueueFilter = QueueFilter(),
     *,
-    portfolio: str | None = None,
-    member: str | None = None,
-    state: str | None = None,
-    kind: str | None = None,
-    before: dt.datetime | None = None,
     ids: Sequence[str] = (),
     limit: int = 1000,
 ) -> list[QueueItem]:
-    """The items waiting in the queues, oldest first, filtered as given (``before``: created before)."""
+    """The items waiting in the queues, oldest first, that pass ``where`` (or have these ``ids``)."""
+    portfolio, member, state, kind, before = (
+        where.portfolio,
+        where.member,
+        where.state,
+        where.kind,
+        where.before,
+    )
     copy_pks, relay_pks = _split_ids(ids)
     items: list[QueueItem] = []
     if kind in (None, "copy", "flags", "removal") and not (ids and not copy_pks):
         waiting = or_(
-            CopyRow.state.in_(("pending", "held", "failed", "revoking")),
-            and_(CopyRow.state == "delivered", CopyRow.flags_pending.is_(True)),
+            CopyRow.state.in_((CopyState.PENDING, CopyState.HELD, CopyState.FAILED, CopyState.REVOKING)),
+            and_(CopyRow.state == CopyState.DELIVERED, CopyRow.flags_pending.is_(True)),
         )
         query = (
             select(
@@ -660,12 +682,14 @@ def queue_items(
         if state is not None:
             # A flag job or a removal waits as "pending" (nothing else becomes of it).
             query = query.where(
-                CopyRow.state.in_((state, "delivered", "revoking") if state == "pending" else (state,))
+                CopyRow.state.in_(
+                    (state, CopyState.DELIVERED, CopyState.REVOKING) if state == "pending" else (state,)
+                )
             )
         if before is not None:
             query = query.where(CopyRow.created_at < before)
         for r in connection.execute(query.order_by(CopyRow.created_at, CopyRow.id).limit(limit)):
-            shown = "pending" if r[2] in ("delivered", "revoking") else r[2]
+            shown = "pending" if r[2] in (CopyState.DELIVERED, CopyState.REVOKING) else r[2]
             items.append(
                 QueueItem(
                     f"copy-{r[0]}",
@@ -701,7 +725,7 @@ def queue_items(
             .join(PortfolioRow, PortfolioRow.id == RelayRow.portfolio_id)
             .join(MemberRow, MemberRow.id == RelayRow.member_id)
             .join(MessageRow, MessageRow.id == RelayRow.message_id)
-            .where(RelayRow.state.in_(("pending", "failed")))
+            .where(RelayRow.state.in_((RelayState.PENDING, RelayState.FAILED)))
         )
         if relay_pks:
             query = query.where(RelayRow.id.in_(relay_pks))
@@ -755,25 +779,36 @@ def retry_items(
     for item in items:
         pk = int(item.id.partition("-")[2])
         if item.kind == "relay":
-            values: dict[str, object] = {"state": "pending", "next_attempt_at": now, "updated_at": now}
+            values: dict[str, object] = {
+                "state": RelayState.PENDING,
+                "next_attempt_at": now,
+                "updated_at": now,
+            }
             if item.state == "failed":
                 values["expires_at"] = now + dt.timedelta(seconds=relay_lifetime)
             result = connection.execute(
                 update(RelayRow)
                 .where(
-                    RelayRow.id == pk, RelayRow.state.in_(("pending", "failed")), _not_leased(RelayRow, now)
+                    RelayRow.id == pk,
+                    RelayRow.state.in_((RelayState.PENDING, RelayState.FAILED)),
+                    _not_leased(RelayRow, now),
                 )
                 .values(**values)
             )
         else:
             # A copy keeps what it waits for (writing, flags, removal); held and failed ones are pending.
-            new_state = case((CopyRow.state.in_(("held", "failed")), literal("pending")), else_=CopyRow.state)
+            new_state = case(
+                (CopyRow.state.in_((CopyState.HELD, CopyState.FAILED)), literal(CopyState.PENDING.value)),
+                else_=CopyRow.state,
+            )
             result = connection.execute(
                 update(CopyRow)
                 .where(
                     CopyRow.id == pk,
                     or_(
-                        CopyRow.state.in_(("pending", "held", "failed", "revoking")),
+                        CopyRow.state.in_(
+                            (CopyState.PENDING, CopyState.HELD, CopyState.FAILED, CopyState.REVOKING)
+                        ),
                         CopyRow.flags_pending.is_(True),
                     ),
                     _not_leased(CopyRow, now),
@@ -799,15 +834,19 @@ def drop_items(connection: Connection, items: Sequence[QueueItem], now: dt.datet
         pk = int(item.id.partition("-")[2])
         if item.kind == "relay":
             table: Any = RelayRow
-            values: dict[str, object] = {"state": "dropped", "next_attempt_at": None, "updated_at": now}
-            where: Any = RelayRow.state.in_(("pending", "failed"))
+            values: dict[str, object] = {
+                "state": RelayState.DROPPED,
+                "next_attempt_at": None,
+                "updated_at": now,
+            }
+            where: Any = RelayRow.state.in_((RelayState.PENDING, RelayState.FAILED))
         elif item.kind == "flags":
             table, values = CopyRow, {"flags_pending": False, "next_attempt_at": None, "updated_at": now}
-            where = and_(CopyRow.state == "delivered", CopyRow.flags_pending.is_(True))
+            where = and_(CopyRow.state == CopyState.DELIVERED, CopyRow.flags_pending.is_(True))
         else:
             table = CopyRow
-            values = {"state": "dropped", "next_attempt_at": None, "updated_at": now}
-            where = CopyRow.state.in_(("pending", "held", "failed"))
+            values = {"state": CopyState.DROPPED, "next_attempt_at": None, "updated_at": now}
+            where = CopyRow.state.in_((CopyState.PENDING, CopyState.HELD, CopyState.FAILED))
         result = connection.execute(
             update(table).where(table.id == pk, where, _not_leased(table, now)).values(**values)
         )

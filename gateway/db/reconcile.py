@@ -18,18 +18,23 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, cast
+from dataclasses import dataclass, field, fields
+from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, case, func, insert, or_, select, update
 
-from gateway.db.acceptance import EVENTS, insert_rows, new_copy_id
+from gateway.db.acceptance import RELEASE_FACTS
+from gateway.db.copies import NewCopy, insert_copies
+from gateway.db.events import Event, EventKind, append_events
 from gateway.db.models import (
+    COPIES,
+    RUNS,
     CopyRow,
+    CopyState,
+    MessageKind,
     MessageRow,
     ParticipantRow,
     PortfolioRow,
-    ReconcileRunRow,
     ReleaseMemberRow,
     ReleaseRow,
     utc,
@@ -39,14 +44,11 @@ from gateway.domain.readsync import SyncedFlag
 from gateway.domain.reconcile import ExistingCopy, MessageFacts, MessagePlan, ReleasePolicy, plan_message
 from gateway.errors import NotFound
 
-RUNS = cast(Table, ReconcileRunRow.__table__)
-COPIES = cast(Table, CopyRow.__table__)
-
 # Copy states a member can see (or is about to); "revoking" and "revoked" are copies taken away.
 # "failed" (given up after [fanout] lifetime) and "dropped" (by an admin, `gateway queue drop`) count as
 # live: a member still entitled needs no second row, and one who is not gets it removed from the
 # mailbox, in case an attempt wrote it before it was given up.
-LIVE_STATES = ("pending", "delivered", "held", "failed", "dropped")
+LIVE_STATES = (CopyState.PENDING, CopyState.DELIVERED, CopyState.HELD, CopyState.FAILED, CopyState.DROPPED)
 # How much of the directory changes behind a run its reason keeps (the event log keeps them all).
 REASON_LIMIT = 2000
 
@@ -119,7 +121,9 @@ def request_run(
     """
     total = int(
         connection.scalar(
-            select(func.count()).where(MessageRow.portfolio_id == portfolio_id, MessageRow.kind == "message")
+            select(func.count()).where(
+                MessageRow.portfolio_id == portfolio_id, MessageRow.kind == MessageKind.MESSAGE
+            )
         )
         or 0
     )
@@ -161,22 +165,14 @@ def request_run(
                 .returning(RUNS.c.id)
             ).scalar_one()
         )
-    insert_rows(
-        connection,
-        EVENTS,
-        [
-            {
-                "at": now,
-                "portfolio_id": portfolio_id,
-                "actor": actor,
-                "kind": "reconcile.restarted" if open_run is not None else "reconcile.requested",
-                "member_id": None,
-                "vorgang_id": None,
-                "message_id": None,
-                "detail": {"run": run_id, "reason": reason, "messages": total},
-            }
-        ],
+    event = Event(
+        EventKind.RECONCILE_RESTARTED if open_run is not None else EventKind.RECONCILE_REQUESTED,
+        actor,
+        now,
+        portfolio_id=portfolio_id,
+        detail={"run": run_id, "reason": reason, "messages": total},
     )
+    append_events(connection, [event])
     return run_id, open_run is not None
 
 
@@ -227,26 +223,9 @@ def runs(
 
 def _view(row: Any) -> RunView:
     m = row._mapping
-    return RunView(
-        id=m["id"],
-        portfolio=m["name"],
-        state=m["state"],
-        reason=m["reason"],
-        requested_by=m["requested_by"],
-        restarts=m["restarts"],
-        cursor=m["cursor"],
-        total=m["total"],
-        processed=m["processed"],
-        backfilled=m["backfilled"],
-        revoked=m["revoked"],
-        kept=m["kept"],
-        leased_by=m["leased_by"],
-        lease_until=_aware(m["lease_until"]),
-        last_error=m["last_error"],
-        created_at=_aware(m["created_at"]) or m["created_at"],
-        updated_at=_aware(m["updated_at"]) or m["updated_at"],
-        finished_at=_aware(m["finished_at"]),
-    )
+    times = ("lease_until", "created_at", "updated_at", "finished_at")
+    named = {f.name: m[f.name] for f in fields(RunView) if f.name != "portfolio"}
+    return RunView(**named | {t: _aware(m[t]) for t in times}, portfolio=m["name"])
 
 
 def take_run(
@@ -332,7 +311,9 @@ def work_batch(
             select(MessageRow.id, MessageRow.received_at, MessageRow.sender_member_id)
             # Only mail that is fanned out at all: quarantined mail, auto-replies, bounces and loops are
             # kept in the Vorgang without copies, and a directory change must not hand them out.
-            .where(MessageRow.portfolio_id == pid, MessageRow.id > cursor, MessageRow.kind == "message")
+            .where(
+                MessageRow.portfolio_id == pid, MessageRow.id > cursor, MessageRow.kind == MessageKind.MESSAGE
+            )
             .order_by(MessageRow.id)
             .limit(batch_size)
         )
@@ -374,7 +355,7 @@ def work_batch(
     }
 
     plans: list[MessagePlan] = []
-    inserts: list[dict[str, Any]] = []
+    inserts: list[NewCopy] = []
     revived: list[dict[str, Any]] = []
     revoking: list[dict[str, Any]] = []
     kept = 0
@@ -405,7 +386,16 @@ def work_batch(
             seen, answered = SyncedFlag.SEEN in b.flags, SyncedFlag.ANSWERED in b.flags
             old = copies.get(b.member_id)
             if old is None:
-                inserts.append(_new_copy(int(message_id), pid, b.member_id, b.via, seen, answered, now))
+                inserts.append(
+                    NewCopy(
+                        int(message_id),
+                        pid,
+                        b.member_id,
+                        shared_via_release_id=b.via,
+                        seen=seen,
+                        answered=answered,
+                    )
+                )
             else:
                 revived.append(
                     {
@@ -418,7 +408,7 @@ def work_batch(
         for r in plan.revoke:
             revoking.append({"b_id": copies[r.member_id].pk})
 
-    _insert_copies(connection, inserts)
+    insert_copies(connection, inserts, now)
     _revive(connection, revived, now)
     _revoke(connection, revoking, now)
     backfilled, revoked = len(inserts) + len(revived), len(revoking)
@@ -437,30 +427,15 @@ def work_batch(
             updated_at=now,
         )
     )
-    insert_rows(
-        connection,
-        EVENTS,
-        [
-            {
-                "at": now,
-                "portfolio_id": pid,
-                "actor": f"gateway:{node}",
-                "kind": "reconcile.batch",
-                "member_id": None,
-                "vorgang_id": None,
-                "message_id": None,
-                "detail": {
-                    "run": run.id,
-                    "from_message": ids[0],
-                    "to_message": ids[-1],
-                    "messages": len(ids),
-                    "backfilled": backfilled,
-                    "revoked": revoked,
-                    "kept": kept,
-                },
-            }
-        ],
+    batch = {"run": run.id, "from_message": ids[0], "to_message": ids[-1], "messages": len(ids)}
+    event = Event(
+        EventKind.RECONCILE_BATCH,
+        f"gateway:{node}",
+        now,
+        portfolio_id=pid,
+        detail=batch | {"backfilled": backfilled, "revoked": revoked, "kept": kept},
     )
+    append_events(connection, [event])
     return BatchDone(
         run.id,
         len(ids),
@@ -493,28 +468,21 @@ def _finish(connection: Connection, run: RunLease, node: str, processed: int, no
     counts = connection.execute(
         select(RUNS.c.backfilled, RUNS.c.revoked, RUNS.c.kept).where(RUNS.c.id == run.id)
     ).one()
-    insert_rows(
-        connection,
-        EVENTS,
-        [
-            {
-                "at": now,
-                "portfolio_id": run.portfolio_id,
-                "actor": f"gateway:{node}",
-                "kind": "reconcile.finished",
-                "member_id": None,
-                "vorgang_id": None,
-                "message_id": None,
-                "detail": {
-                    "run": run.id,
-                    "messages": processed,
-                    "backfilled": int(counts[0]),
-                    "revoked": int(counts[1]),
-                    "kept": int(counts[2]),
-                },
-            }
-        ],
+    backfilled, revoked, kept = (int(n) for n in counts)
+    event = Event(
+        EventKind.RECONCILE_FINISHED,
+        f"gateway:{node}",
+        now,
+        portfolio_id=run.portfolio_id,
+        detail={
+            "run": run.id,
+            "messages": processed,
+            "backfilled": backfilled,
+            "revoked": revoked,
+            "kept": kept,
+        },
     )
+    append_events(connection, [event])
     return BatchDone(run.id, 0, 0, 0, 0, processed, processed, finished=True)
 
 
@@ -532,15 +500,9 @@ def portfolio_releases(
     releases: list[Release] = []
     policies: dict[int, ReleasePolicy] = {}
     for rid, name, primary, share, read_sync, backfill, revoked_copies in connection.execute(
-        select(
-            ReleaseRow.id,
-            ReleaseRow.name,
-            ReleaseRow.primary,
-            ReleaseRow.share_vorgaenge,
-            ReleaseRow.read_sync,
-            ReleaseRow.backfill,
-            ReleaseRow.revoked_copies,
-        ).where(ReleaseRow.portfolio_id == portfolio_id)
+        select(*RELEASE_FACTS, ReleaseRow.backfill, ReleaseRow.revoked_copies).where(
+            ReleaseRow.portfolio_id == portfolio_id
+        )
     ):
         releases.append(
             Release(
@@ -549,38 +511,6 @@ def portfolio_releases(
         )
         policies[int(rid)] = ReleasePolicy.of(backfill, revoked_copies)
     return releases, policies
-
-
-def _new_copy(
-    message_pk: int,
-    portfolio_id: int,
-    member_id: int,
-    via: int | None,
-    seen: bool,
-    answered: bool,
-    now: dt.datetime,
-) -> dict[str, Any]:
-    return {
-        "copy_id": new_copy_id(),
-        "message_id": message_pk,
-        "member_id": member_id,
-        "portfolio_id": portfolio_id,
-        "shared_via_release_id": via,
-        "state": "pending",
-        "attempts": 0,
-        "next_attempt_at": now,
-        "leased_by": None,
-        "seen": seen,
-        "answered": answered,
-        "flags_pending": False,
-        "created_at": now,
-        "updated_at": now,
-    }
-
-
-def _insert_copies(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        connection.execute(insert(COPIES), list(rows))
 
 
 def _state_in(states: Sequence[str]) -> Any:
@@ -607,24 +537,17 @@ def _revive(connection: Connection, rows: Sequence[dict[str, Any]], now: dt.date
     then finds the instance left in the mailbox instead of writing a second one. ``attempts`` 1 tells
     the fan-out that the copy may be in the mailbox already, so it looks in every folder.
     """
-    if not rows:
-        return
-    connection.execute(
-        update(COPIES)
-        .where(COPIES.c.id == bindparam("b_id"), _state_in(("revoking", "revoked")))
-        .values(
-            state="pending",
-            shared_via_release_id=bindparam("b_via"),
-            kept_from_release_id=None,
-            seen=bindparam("b_seen"),
-            answered=bindparam("b_answered"),
-            attempts=1,
-            next_attempt_at=_lease_end_or(now),
-            flags_pending=False,
-            last_error=None,
-            updated_at=now,
-        ),
-        list(rows),
+    _new_job(
+        connection,
+        rows,
+        now,
+        (CopyState.REVOKING, CopyState.REVOKED),
+        state=CopyState.PENDING,
+        shared_via_release_id=bindparam("b_via"),
+        kept_from_release_id=None,
+        seen=bindparam("b_seen"),
+        answered=bindparam("b_answered"),
+        attempts=1,
     )
 
 
@@ -635,18 +558,25 @@ def _revoke(connection: Connection, rows: Sequence[dict[str, Any]], now: dt.date
     written is not looked for before it lands; the fan-out's record of that write leaves a copy that is
     no longer pending alone.
     """
+    _new_job(connection, rows, now, LIVE_STATES, state=CopyState.REVOKING, attempts=0)
+
+
+def _new_job(
+    connection: Connection,
+    rows: Sequence[dict[str, Any]],
+    now: dt.datetime,
+    states: Sequence[str],
+    **values: Any,
+) -> None:
+    """Give each copy (``b_id``) still in one of ``states`` a new job for the fan-out (``values``), due
+    when a lease some worker holds on it ends, else now; flags to catch up and errors are the old job's."""
     if not rows:
         return
     connection.execute(
         update(COPIES)
-        .where(COPIES.c.id == bindparam("b_id"), _state_in(LIVE_STATES))
+        .where(COPIES.c.id == bindparam("b_id"), _state_in(states))
         .values(
-            state="revoking",
-            attempts=0,
-            next_attempt_at=_lease_end_or(now),
-            flags_pending=False,
-            last_error=None,
-            updated_at=now,
+            next_attempt_at=_lease_end_or(now), flags_pending=False, last_error=None, updated_at=now, **values
         ),
         list(rows),
     )

@@ -1,4 +1,5 @@
-"""The relay queue in the database: take due mail for the back offices with a lease, record each attempt.
+"""The relay queue in the database: mail for the back offices queued, taken when due with a lease, and
+each attempt recorded.
 
 Like the copy queue (``gateway.db.queue``): ``FOR UPDATE SKIP LOCKED`` lets several processes share it on
 PostgreSQL, the lease (``next_attempt_at`` in the future plus ``leased_by``) keeps a taken mail from
@@ -10,11 +11,67 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.db.directory import RelayTarget, relay_target
-from gateway.db.models import MemberRow, PortfolioRow, RelayRow
+from gateway.db.models import MemberRow, PortfolioRow, RelayPurpose, RelayRow, RelayState, utc
+
+
+@dataclass(frozen=True, slots=True)
+class NewRelay:
+    """A mail to queue for a back office: the exact bytes every attempt sends, and to whom."""
+
+    portfolio_id: int
+    message_pk: int  # the message it is about: a member's reply, or a back office's mail read or late
+    backoffice_id: int | None
+    # Who a failure report (DSN) goes to; for a read notification the reader, for a notice the first
+    # member whose copy is late (neither is ever answered with a DSN: both go from <>).
+    member_id: int
+    envelope_sender: str  # "" (the null reverse-path) for read notifications and notices
+    recipients: tuple[str, ...]
+    relay_message_id: str
+    data: bytes
+    purpose: RelayPurpose = RelayPurpose.MAIL
+
+
+def queue_relay(connection: Connection, relay: NewRelay, now: dt.datetime, lifetime: float) -> bool:
+    """Queue ``relay``, due now and tried for ``lifetime`` seconds; False when the message has a relay
+    of this purpose already.
+
+    One row per message and purpose is the once-only guard of read notifications and notices: another
+    member's read, or another gateway process a moment ago, may have queued it. A member's reply is a
+    new message, so it never finds one.
+    """
+    insert: Any = (postgresql if connection.dialect.name == "postgresql" else sqlite).insert(RelayRow)
+    queued = connection.execute(
+        insert.values(
+            portfolio_id=relay.portfolio_id,
+            message_id=relay.message_pk,
+            backoffice_id=relay.backoffice_id,
+            member_id=relay.member_id,
+            purpose=relay.purpose.value,
+            envelope_sender=relay.envelope_sender,
+            recipients=list(relay.recipients),
+            relay_message_id=relay.relay_message_id,
+            data=relay.data,
+            state=RelayState.PENDING.value,
+            attempts=0,
+            next_attempt_at=now,
+            leased_by=None,
+            expires_at=now + dt.timedelta(seconds=lifetime),
+            last_error=None,
+            last_reply=None,
+            created_at=now,
+            updated_at=now,
+            sent_at=None,
+        )
+        .on_conflict_do_nothing(index_elements=["message_id", "purpose"])
+        .returning(RelayRow.id)
+    ).first()
+    return queued is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +95,10 @@ class RelayJob:
 
 @dataclass(frozen=True, slots=True)
 class RelayResult:
-    """How an attempt went: ``state`` is "sent", "pending" (retry at ``retry_at``) or "failed"."""
+    """How an attempt went: sent, pending (retry at ``retry_at``) or failed."""
 
     job: RelayJob
-    state: str
+    state: RelayState
     reply: str | None = None
     error: str | None = None
     retry_at: dt.datetime | None = None
@@ -50,7 +107,7 @@ class RelayResult:
 def release_own_leases(connection: Connection, node: str, now: dt.datetime) -> int:
     result = connection.execute(
         update(RelayRow)
-        .where(RelayRow.state == "pending", RelayRow.leased_by == node)
+        .where(RelayRow.state == RelayState.PENDING, RelayRow.leased_by == node)
         .values(next_attempt_at=now)
     )
     return int(getattr(result, "rowcount", 0) or 0)
@@ -75,7 +132,7 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
             )
             .join(PortfolioRow, PortfolioRow.id == RelayRow.portfolio_id)
             .join(MemberRow, MemberRow.id == RelayRow.member_id)
-            .where(RelayRow.state == "pending", RelayRow.next_attempt_at <= now)
+            .where(RelayRow.state == RelayState.PENDING, RelayRow.next_attempt_at <= now)
             .order_by(RelayRow.next_attempt_at, RelayRow.id)
             .limit(limit)
             .with_for_update(of=RelayRow, skip_locked=True)
@@ -94,17 +151,12 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
             targets[row[11]] = relay_target(connection, row[11])
     return [
         RelayJob(
-            id=row[0],
-            portfolio_id=row[1],
-            portfolio=row[2],
-            member_id=row[3],
-            member_address=row[4],
-            envelope_sender=row[5],
+            *row[:6],
             recipients=tuple(row[6]),
             relay_message_id=row[7],
             data=bytes(row[8]),
             attempts=row[9],
-            expires_at=row[10] if row[10].tzinfo else row[10].replace(tzinfo=dt.UTC),
+            expires_at=utc(row[10]),
             backoffice_id=row[11],
             target=targets.get(row[11]) if row[11] is not None else None,
         )
@@ -115,7 +167,7 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
 def record(connection: Connection, results: Sequence[RelayResult], now: dt.datetime) -> None:
     for result in results:
         values: dict[str, object] = {
-            "state": result.state,
+            "state": result.state.value,
             "attempts": RelayRow.attempts + 1,
             "leased_by": None,
             "last_reply": result.reply,
@@ -123,6 +175,6 @@ def record(connection: Connection, results: Sequence[RelayResult], now: dt.datet
             "updated_at": now,
             "next_attempt_at": result.retry_at,
         }
-        if result.state == "sent":
+        if result.state is RelayState.SENT:
             values["sent_at"] = now
         connection.execute(update(RelayRow).where(RelayRow.id == result.job.id).values(**values))

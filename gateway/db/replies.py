@@ -1,7 +1,8 @@
 """The SQL of the reply path: what a reply token points at, who may answer now, and the answered flags.
 
 Synchronous functions on a Core ``Connection``: the reply stage runs them on the writer thread, inside
-the transaction that stores the reply (so the audience it checks is the one it stores against).
+the transaction that stores the reply (``gateway.db.membermail``), so the audience it checks is the one
+it stores against.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from gateway.db.models import (
     BackOfficeAddressRow,
     BackOfficeRow,
     CopyRow,
+    CopyState,
+    Direction,
     MemberRow,
     MessageRow,
     ParticipantRow,
@@ -43,9 +46,9 @@ class Answered:
     ams_version: str
     vorgang_id: int
     vorgang: str
-    direction: str = "inbound"
-    # The copy's state: "revoking" or "revoked" when reconciliation took it away (its token stops working).
-    copy_state: str = "delivered"
+    direction: str = Direction.INBOUND
+    # The copy's state: revoking or revoked when reconciliation took it away (its token stops working).
+    copy_state: str = CopyState.DELIVERED
 
 
 def answered_by_copy(connection: Connection, copy_id: str) -> Answered | None:
@@ -109,7 +112,7 @@ def thread_target(connection: Connection, answered: Answered) -> ThreadTarget | 
     """The answered message itself when the back office sent it; when a member answers a colleague's
     reply, the Vorgang's latest mail from the back office (the back office never saw the colleague's
     copy, only the relayed mail, which threads to that same back-office mail)."""
-    if answered.direction == "inbound":
+    if answered.direction == Direction.INBOUND:
         return ThreadTarget(
             answered.message_id,
             answered.references,
@@ -129,7 +132,7 @@ def thread_target(connection: Connection, answered: Answered) -> ThreadTarget | 
         .where(
             MessageRow.portfolio_id == answered.portfolio_id,
             MessageRow.vorgang_id == answered.vorgang_id,
-            MessageRow.direction == "inbound",
+            MessageRow.direction == Direction.INBOUND,
         )
         .order_by(MessageRow.received_at.desc(), MessageRow.id.desc())
         .limit(1)
@@ -173,7 +176,7 @@ def member_mail_by_digest(
             MessageRow.portfolio_id == portfolio_id,
             MessageRow.message_id == message_id,
             MessageRow.sha256 == sha256,
-            MessageRow.direction.in_(("reply", "intake")),
+            MessageRow.direction.in_((Direction.REPLY, Direction.INTAKE)),
         )
         .order_by(MessageRow.id)
         .limit(1)
@@ -238,7 +241,7 @@ def original_participant(connection: Connection, portfolio_id: int, vorgang_id: 
         .where(
             MessageRow.portfolio_id == portfolio_id,
             MessageRow.vorgang_id == vorgang_id,
-            MessageRow.direction == "inbound",
+            MessageRow.direction == Direction.INBOUND,
             ParticipantRow.role == ParticipantRole.TO.value,
         )
         .order_by(MessageRow.received_at, MessageRow.id, MemberRow.id)
@@ -269,7 +272,7 @@ def mark_answered(
     # is written with the flag (or caught up by the fan-out's record, if its write was under way).
     delivered = connection.execute(
         update(CopyRow)
-        .where(unanswered, CopyRow.state == "delivered")
+        .where(unanswered, CopyRow.state == CopyState.DELIVERED)
         .values(answered=True, flags_pending=True, next_attempt_at=now, updated_at=now)
     )
     others = connection.execute(update(CopyRow).where(unanswered).values(answered=True, updated_at=now))

@@ -28,7 +28,11 @@ from sqlalchemy.exc import OperationalError as SAOperationalError
 
 from gateway.db import acceptance
 from gateway.db.accounts import Account
-from gateway.db.messages import new_gateway_id
+from gateway.db.copies import Lease, NewCopy, copies_for, handed_job, insert_copies
+from gateway.db.events import Event, EventKind, append_events
+from gateway.db.messages import NewMessage, insert_messages, new_gateway_id
+from gateway.db.models import Direction, MessageKind
+from gateway.db.quarantine import NewQuarantine, hold
 from gateway.db.queue import CopyJob
 from gateway.db.writer import Writer
 from gateway.domain.audience import Audience
@@ -37,10 +41,8 @@ from gateway.domain.parsing import ParsedMessage
 from gateway.domain.routing_plan import Routed, RoutingPlan, lookups, plan_submissions
 from gateway.domain.rules import Decision
 from gateway.domain.submitters import (
-    address_that_fits,
     allowed_text,
     foreign_senders,
-    ids_that_fit,
     message_id_too_long,
     not_utf8,
     path_too_long,
@@ -483,110 +485,69 @@ def _write(
     )
 
     plans = list(planned.values())
-    message_pks = acceptance.insert_returning_ids(
-        connection, acceptance.MESSAGES, [_message_row(p, now) for p in plans]
-    )
-    participants: list[dict[str, Any]] = []
-    copies: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
-    held: list[dict[str, Any]] = []
+    messages = [_message(p, now) for p in plans]
+    message_pks = insert_messages(connection, messages)
+    events: list[Event] = []
+    held: list[NewQuarantine] = []
+    copies: list[NewCopy] = []
     audience_ids = {m for p in plans if p.audience for m in p.audience.members}
     addresses = acceptance.member_addresses(connection, audience_ids)
-    copy_plans: list[tuple[_Planned, int]] = []
     for plan, pk in zip(plans, message_pks, strict=True):
         pid = plan.submission.account.portfolio_id
-        participants += [
-            {"message_id": pk, "member_id": p.member_id, "role": p.role.value, "portfolio_id": pid}
-            for p in dict.fromkeys(plan.participants)
-        ]
         assert plan.audience is not None
         events.append(_accepted_event(plan, pk, references[plan.vorgang_id], addresses, now))
         if plan.quarantined:
             # Stored with its participants, but no copies until an admin releases it.
-            held.append(_quarantine_row(plan, pk, now))
+            held.append(_quarantined(plan, pk))
             continue
-        rows = acceptance.copy_rows(pk, pid, plan.audience, now, lease)
-        copies += rows
-        copy_plans += [(plan, pk)] * len(rows)
-    acceptance.insert_rows(connection, acceptance.QUARANTINE, held)
-    acceptance.insert_rows(connection, acceptance.PARTICIPANTS, participants)
-    acceptance.insert_rows(connection, acceptance.EVENTS, events)
-    shared_via = [row.pop("shared_via") for row in copies]
-    if lease is None:
-        acceptance.insert_rows(connection, acceptance.COPIES, copies)
+        copies += copies_for(pk, pid, plan.audience)
+    hold(connection, held, now)
+    append_events(connection, events)
+    leased = Lease(*lease) if lease is not None else None
+    copy_pks = insert_copies(connection, copies, now, leased)
+    if leased is None:
         return references, []
-    copy_pks = acceptance.insert_returning_ids(connection, acceptance.COPIES, copies)
-    jobs = [
-        _job(plan, message_pk, row, copy_pk, shared, references[plan.vorgang_id], addresses[row["member_id"]])
-        for (plan, message_pk), row, copy_pk, shared in zip(
-            copy_plans, copies, copy_pks, shared_via, strict=True
+    # The copies are handed to this process's fan-out at once, with what its claim would have read.
+    of_message = {pk: (plan, message) for plan, message, pk in zip(plans, messages, message_pks, strict=True)}
+    jobs: list[CopyJob] = []
+    for copy, copy_pk in zip(copies, copy_pks, strict=True):
+        plan, message = of_message[copy.message_pk]
+        reference, address = references[plan.vorgang_id], addresses[copy.member_id]
+        portfolio = plan.submission.account.portfolio
+        jobs.append(
+            handed_job(copy, copy_pk, message, portfolio=portfolio, vorgang=reference, address=address)
         )
-    ]
     return references, jobs
 
 
-def _job(
-    plan: _Planned,
-    message_pk: int,
-    row: dict[str, Any],
-    copy_pk: int,
-    shared_via: str | None,
-    reference: str,
-    address: str,
-) -> CopyJob:
-    s = plan.submission
-    return CopyJob(
-        id=copy_pk,
-        copy_id=row["copy_id"],
-        attempts=0,
-        portfolio_id=s.account.portfolio_id,
-        portfolio=s.account.portfolio,
-        member_id=row["member_id"],
-        address=address,
-        message_pk=message_pk,
+def _message(plan: _Planned, now: dt.datetime) -> NewMessage:
+    s, parsed = plan.submission, plan.submission.parsed
+    return NewMessage(
         gateway_id=plan.gateway_id,
-        message_id=plan.message_id,
-        message_id_assigned=s.parsed.message_id is None,
+        portfolio_id=s.account.portfolio_id,
         vorgang_id=plan.vorgang_id,
-        vorgang=reference,
-        shared_via=shared_via,
-        seen=False,
-        answered=False,
+        direction=Direction.INBOUND,
+        backoffice_id=s.account.backoffice_id,
         raw=s.raw,
-        first_attempt=True,
+        sha256=plan.sha256,
+        message_id=plan.message_id,
+        message_id_assigned=parsed.message_id is None,
+        in_reply_to=parsed.in_reply_to,
+        references=parsed.references,
+        subject=parsed.subject,
+        from_address=parsed.from_addresses[0] if parsed.from_addresses else None,
+        envelope_sender=s.envelope_sender,
+        received_at=now,
+        kind=MessageKind.QUARANTINED if plan.quarantined else MessageKind.MESSAGE,
         copy_headers=_decision(s).copy_headers,
         trace=plan.trace,
+        participants=plan.participants,
     )
-
-
-def _message_row(plan: _Planned, now: dt.datetime) -> dict[str, Any]:
-    s, parsed = plan.submission, plan.submission.parsed
-    return {
-        "gateway_id": plan.gateway_id,
-        "portfolio_id": s.account.portfolio_id,
-        "vorgang_id": plan.vorgang_id,
-        "direction": "inbound",
-        "backoffice_id": s.account.backoffice_id,
-        "raw": s.raw,
-        "size": len(s.raw),
-        "sha256": plan.sha256,
-        "message_id": plan.message_id,
-        "message_id_assigned": parsed.message_id is None,
-        "in_reply_to": ids_that_fit(parsed.in_reply_to),
-        "references": " ".join(parsed.references) or None,
-        "subject": parsed.subject,
-        "from_address": address_that_fits(parsed.from_addresses[0] if parsed.from_addresses else None),
-        "envelope_sender": s.envelope_sender,
-        "received_at": now,
-        "kind": "quarantined" if plan.quarantined else "message",
-        "copy_headers": _decision(s).copy_headers.to_json() if _decision(s).copy_headers else None,
-        "trace": plan.trace.to_json() if plan.trace is not None else None,
-    }
 
 
 def _accepted_event(
     plan: _Planned, message_pk: int, reference: str, addresses: dict[int, str], now: dt.datetime
-) -> dict[str, Any]:
+) -> Event:
     s = plan.submission
     assert plan.audience is not None
     decision = _decision(s)
@@ -596,15 +557,14 @@ def _accepted_event(
     if plan.quarantined:
         routing["quarantined_by"] = decision.decided_by.label() if decision.decided_by else None
         routing["reason"] = decision.reason
-    return {
-        "at": now,
-        "portfolio_id": s.account.portfolio_id,
-        "actor": f"backoffice:{s.account.login}",
-        "kind": "message.quarantined" if plan.quarantined else "message.accepted",
-        "member_id": None,
-        "vorgang_id": plan.vorgang_id,
-        "message_id": message_pk,
-        "detail": {
+    return Event(
+        EventKind.MESSAGE_QUARANTINED if plan.quarantined else EventKind.MESSAGE_ACCEPTED,
+        f"backoffice:{s.account.login}",
+        now,
+        portfolio_id=s.account.portfolio_id,
+        vorgang_id=plan.vorgang_id,
+        message_id=message_pk,
+        detail={
             "gateway_id": plan.gateway_id,
             "vorgang": reference,
             "found": plan.found.value,
@@ -617,7 +577,7 @@ def _accepted_event(
             "defects": list(s.parsed.defects),
         }
         | routing,
-    }
+    )
 
 
 _NO_RULES = Decision(rule_set="none")
@@ -628,13 +588,12 @@ def _decision(submission: Submission) -> Decision:
     return submission.decision if submission.decision is not None else _NO_RULES
 
 
-def _quarantine_row(plan: _Planned, message_pk: int, now: dt.datetime) -> dict[str, Any]:
+def _quarantined(plan: _Planned, message_pk: int) -> NewQuarantine:
     decision = _decision(plan.submission)
-    return {
-        "message_id": message_pk,
-        "portfolio_id": plan.submission.account.portfolio_id,
-        "rule": decision.decided_by.label() if decision.decided_by else "",
-        "reason": decision.reason,
-        "rule_set": decision.rule_set,
-        "quarantined_at": now,
-    }
+    return NewQuarantine(
+        message_pk,
+        plan.submission.account.portfolio_id,
+        rule=decision.decided_by.label() if decision.decided_by else "",
+        reason=decision.reason,
+        rule_set=decision.rule_set,
+    )

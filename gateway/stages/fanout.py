@@ -23,7 +23,7 @@ from sqlalchemy import Connection
 
 from gateway.config import FanoutSettings
 from gateway.db import queue
-from gateway.db.acceptance import EVENTS, insert_rows
+from gateway.db.events import Event, EventKind, append_events
 from gateway.db.queue import CopyJob, FlagJob, Outcome, RemovalJob
 from gateway.db.writer import Writer
 from gateway.domain import gateway_headers as own
@@ -330,18 +330,18 @@ class FanOut:
             for job, _, error in results
             if error is not None
         ]
-        events: list[dict[str, object]] = [
-            {
-                "at": now,
-                "portfolio_id": job.portfolio_id,
-                "actor": f"gateway:{self.node}",
-                "kind": "copy.revoked" if error is None else "copy.revoke_failed",
-                "member_id": job.member_id,
-                "vorgang_id": job.vorgang_id,
-                "message_id": job.message_pk,
-                "detail": {"copy_id": job.copy_id, "to": job.address}
+        events = [
+            Event(
+                EventKind.COPY_REVOKED if error is None else EventKind.COPY_REVOKE_FAILED,
+                f"gateway:{self.node}",
+                now,
+                portfolio_id=job.portfolio_id,
+                member_id=job.member_id,
+                vorgang_id=job.vorgang_id,
+                message_id=job.message_pk,
+                detail={"copy_id": job.copy_id, "to": job.address}
                 | ({"removed": removed} if error is None else {"attempt": job.attempts + 1, "error": error}),
-            }
+            )
             for job, removed, error in results
         ]
         await self.writer.run(_record_removals, done, failed, now, events)
@@ -354,17 +354,9 @@ class FanOut:
     async def _record(self, outcomes: Sequence[Outcome]) -> None:
         now = dt.datetime.now(dt.UTC)
         retry_at: dict[int, tuple[bool, dt.datetime]] = {}
-        events: list[dict[str, object]] = []
+        events: list[Event] = []
         for o in outcomes:
             job = o.job
-            base = {
-                "at": now,
-                "portfolio_id": job.portfolio_id,
-                "actor": f"gateway:{self.node}",
-                "member_id": job.member_id,
-                "vorgang_id": job.vorgang_id,
-                "message_id": job.message_pk,
-            }
             if o.error is None:
                 # A delivery is recorded in the copy's own row (state, mailbox_ref, updated_at); the
                 # event log keeps what needs attention, not one row per copy of every message.
@@ -376,17 +368,17 @@ class FanOut:
             wait = self.settings.held_retry if held else backoff(attempts, self.settings)
             retry_at[job.id] = (held, now + dt.timedelta(seconds=wait))
             events.append(
-                base
-                | {
+                Event(
                     # Held once; a failed probe of a held mailbox is one more failure.
-                    "kind": "copy.held" if attempts == self.settings.max_attempts else "copy.failed",
-                    "detail": {
-                        "copy_id": job.copy_id,
-                        "to": job.address,
-                        "attempt": attempts,
-                        "error": o.error,
-                    },
-                }
+                    EventKind.COPY_HELD if attempts == self.settings.max_attempts else EventKind.COPY_FAILED,
+                    f"gateway:{self.node}",
+                    now,
+                    portfolio_id=job.portfolio_id,
+                    member_id=job.member_id,
+                    vorgang_id=job.vorgang_id,
+                    message_id=job.message_pk,
+                    detail={"copy_id": job.copy_id, "to": job.address, "attempt": attempts, "error": o.error},
+                )
             )
         await self.writer.run(_record, outcomes, now, retry_at, events)
 
@@ -396,12 +388,12 @@ def _record(
     outcomes: Sequence[Outcome],
     now: dt.datetime,
     retry_at: dict[int, tuple[bool, dt.datetime]],
-    events: list[dict[str, object]],
+    events: Sequence[Event],
 ) -> None:
     released = queue.record(connection, outcomes, now, retry_at)
     if released:
         log.info("%d held copies are due again: their mailboxes took a copy", released)
-    insert_rows(connection, EVENTS, events)
+    append_events(connection, events)
 
 
 def _record_removals(
@@ -409,10 +401,10 @@ def _record_removals(
     done: Sequence[RemovalJob],
     failed: Sequence[tuple[RemovalJob, str, dt.datetime]],
     now: dt.datetime,
-    events: list[dict[str, object]],
+    events: Sequence[Event],
 ) -> None:
     queue.record_removals(connection, done, failed, now)
-    insert_rows(connection, EVENTS, events)
+    append_events(connection, events)
 
 
 def _flags(*, seen: bool, answered: bool) -> frozenset[Flag]:

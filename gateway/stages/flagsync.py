@@ -35,18 +35,17 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import Connection, LargeBinary, and_, case, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection
 
 from gateway.config import FlagSyncSettings
-from gateway.db import acceptance
-from gateway.db.models import CopyRow, MemberRow, MessageRow, ParticipantRow, PortfolioRow, RelayRow
+from gateway.db import acceptance, flagsync
+from gateway.db.events import Event, EventKind, append_events
+from gateway.db.flagsync import Watched
+from gateway.db.relayqueue import NewRelay, queue_relay
 from gateway.db.replies import participants
 from gateway.db.writer import Writer
 from gateway.domain.mdn import build_read_notification, notification_request
-from gateway.domain.parsing import MAX_HEADER_BYTES
 from gateway.domain.readsync import FlagEvent, SyncedFlag, propagation
 from gateway.mailbox import ChangeWatch, Flag, FlagChange, Mailbox, MailboxError, MailboxOwner
 from gateway.workers import work_until_cancelled
@@ -54,7 +53,6 @@ from gateway.workers import work_until_cancelled
 log = logging.getLogger("gateway.stages.flagsync")
 
 _SYNCED = {Flag.SEEN: SyncedFlag.SEEN, Flag.ANSWERED: SyncedFlag.ANSWERED}
-_COLUMN = {SyncedFlag.SEEN: "seen", SyncedFlag.ANSWERED: "answered"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,17 +63,8 @@ class ReadNotifications:
     lifetime: float  # seconds the relay tries to deliver it ([relay] lifetime, as for replies)
 
 
-@dataclass(frozen=True, slots=True)
-class Watched:
-    """A mailbox that holds gateway copies."""
-
-    portfolio: str
-    member_id: int
-    address: str
-
-    @property
-    def owner(self) -> MailboxOwner:
-        return MailboxOwner(self.portfolio, self.address)
+def _owner(mailbox: Watched) -> MailboxOwner:
+    return MailboxOwner(mailbox.portfolio, mailbox.address)
 
 
 class FlagSync:
@@ -125,8 +114,8 @@ class FlagSync:
 
     async def run_once(self) -> int:
         """Look at every mailbox once; returns how many copies got a flag from a co-member."""
-        watched = await self.writer.run(_watched)
-        self._known = {mailbox.owner: mailbox for mailbox in watched}
+        watched = await self.writer.run(flagsync.watched)
+        self._known = {_owner(mailbox): mailbox for mailbox in watched}
         propagated = 0
         for mailbox in watched:
             propagated += await self._look(mailbox)
@@ -140,7 +129,7 @@ class FlagSync:
 
     async def _look(self, mailbox: Watched) -> int:
         """One mailbox's changes recorded and propagated; returns how many copies got a flag."""
-        owner = mailbox.owner
+        owner = _owner(mailbox)
         lock = self._looking.setdefault(owner, asyncio.Lock())
         async with lock:
             try:
@@ -207,18 +196,6 @@ class FlagSync:
             log.debug("no longer watching %s closely", owner.address)
 
 
-def _watched(connection: Connection) -> list[Watched]:
-    rows = connection.execute(
-        select(PortfolioRow.name, MemberRow.id, MemberRow.address)
-        .join(MemberRow, MemberRow.portfolio_id == PortfolioRow.id)
-        .where(
-            select(CopyRow.id).where(CopyRow.member_id == MemberRow.id, CopyRow.state == "delivered").exists()
-        )
-        .order_by(MemberRow.id)
-    )
-    return [Watched(str(name), int(member_id), str(address)) for name, member_id, address in rows]
-
-
 @dataclass(frozen=True, slots=True)
 class Applied:
     """What one look at a mailbox found: changes the member made, and copies that got a flag from them."""
@@ -241,189 +218,122 @@ def _apply(
     seen_now: dict[str, set[SyncedFlag]] = {}
     for change in changes:
         seen_now.setdefault(change.copy_id, set()).update(_SYNCED[f] for f in change.flags if f in _SYNCED)
-    rows = connection.execute(
-        select(
-            CopyRow.id,
-            CopyRow.copy_id,
-            CopyRow.message_id,
-            CopyRow.portfolio_id,
-            CopyRow.seen,
-            CopyRow.answered,
-            CopyRow.flags_pending,
-        ).where(
-            CopyRow.member_id == mailbox.member_id,
-            CopyRow.copy_id.in_(list(seen_now)),
-            CopyRow.state == "delivered",
-        )
-    )
-    events: list[dict[str, object]] = []
+    events: list[Event] = []
+    by_member = 0
     flagged = 0
     notified = 0
-    for copy_pk, copy_id, message_pk, portfolio_id, seen, answered, pending in rows:
-        known = {SyncedFlag.SEEN: bool(seen), SyncedFlag.ANSWERED: bool(answered)}
-        base = {
-            "at": now,
-            "portfolio_id": portfolio_id,
-            "actor": f"member:{mailbox.address}",
-            "member_id": mailbox.member_id,
-            "vorgang_id": None,
-            "message_id": message_pk,
-        }
-        for flag, was in known.items():
-            has = flag in seen_now[copy_id]
-            if has and not was:
-                connection.execute(update(CopyRow).where(CopyRow.id == copy_pk).values({_COLUMN[flag]: True}))
-                events.append(base | {"kind": "flag.set", "detail": {"copy_id": copy_id, "flag": flag.value}})
-                flagged += _propagate(connection, mailbox, portfolio_id, message_pk, flag, now, node, events)
-                if flag is SyncedFlag.SEEN:
-                    notified += _notify_read(
-                        connection,
-                        mailbox,
-                        copy_id,
-                        portfolio_id,
-                        message_pk,
-                        now,
-                        node,
-                        notifications,
-                        events,
-                    )
-            elif was and not has and not pending:
-                # Cleared by the member (the gateway has nothing left to write here): it stays local.
-                connection.execute(
-                    update(CopyRow).where(CopyRow.id == copy_pk).values({_COLUMN[flag]: False})
+    for copy in flagsync.known_flags(connection, mailbox.member_id, seen_now):
+        for flag in (SyncedFlag.SEEN, SyncedFlag.ANSWERED):
+            was, has = flag in copy.flags, flag in seen_now[copy.copy_id]
+            if has == was or (was and copy.flags_pending):
+                # Unchanged; or not cleared by the member but not written yet by the gateway.
+                continue
+            flagsync.record_flag(connection, copy.pk, flag, on=has)
+            by_member += 1
+            events.append(
+                Event(
+                    EventKind.FLAG_SET if has else EventKind.FLAG_CLEARED,
+                    f"member:{mailbox.address}",
+                    now,
+                    portfolio_id=copy.portfolio_id,
+                    member_id=mailbox.member_id,
+                    message_id=copy.message_pk,
+                    detail={"copy_id": copy.copy_id, "flag": flag.value},
                 )
-                events.append(
-                    base | {"kind": "flag.cleared", "detail": {"copy_id": copy_id, "flag": flag.value}}
-                )
-    acceptance.insert_rows(connection, acceptance.EVENTS, events)
-    by_member = sum(1 for event in events if event["kind"] in ("flag.set", "flag.cleared"))
+            )
+            if not has:
+                continue  # cleared by the member: it stays local (DESIGN.md §4)
+            flagged += _propagate(
+                connection, mailbox, copy.portfolio_id, copy.message_pk, flag, now, node, events
+            )
+            if flag is SyncedFlag.SEEN:
+                notified += _notify_read(connection, mailbox, copy, now, node, notifications, events)
+    append_events(connection, events)
     return Applied(by_member, flagged, notified)
 
 
 def _notify_read(
     connection: Connection,
     mailbox: Watched,
-    copy_id: str,
-    portfolio_id: int,
-    message_pk: int,
+    copy: flagsync.KnownFlags,
     now: dt.datetime,
     node: str,
     notifications: ReadNotifications,
-    events: list[dict[str, object]],
+    events: list[Event],
 ) -> int:
     """The member read their copy: queue the read notification the back office asked for, if this is
     the first read and the mail may be answered with one; returns how many were queued (0 or 1)."""
-    row = connection.execute(
-        select(
-            MessageRow.gateway_id,
-            MessageRow.backoffice_id,
-            MessageRow.envelope_sender,
-            MessageRow.from_address,
-            # The header section is all that is read; a large message's body stays in the database.
-            func.substr(MessageRow.raw, 1, MAX_HEADER_BYTES, type_=LargeBinary),
-        ).where(
-            MessageRow.id == message_pk,
-            MessageRow.portfolio_id == portfolio_id,
-            MessageRow.direction == "inbound",
-            MessageRow.kind == "message",
-            ~select(RelayRow.id)
-            .where(RelayRow.message_id == message_pk, RelayRow.purpose == "mail")
-            .exists(),
-        )
-    ).first()
-    if row is None:
+    message = flagsync.unnotified_mail(connection, copy.portfolio_id, copy.message_pk)
+    if message is None:
         return 0  # members' own mail, or a notification is queued already: not the first read
-    gateway_id, backoffice_id, envelope_sender, from_address, head = row
-    event = {
-        "at": now,
-        "portfolio_id": portfolio_id,
-        "actor": f"gateway:{node}",
-        "member_id": mailbox.member_id,
-        "vorgang_id": None,
-        "message_id": message_pk,
-    }
-    request = notification_request(bytes(head), envelope_sender=envelope_sender, from_address=from_address)
+
+    def event(kind: EventKind, **detail: object) -> Event:
+        return Event(
+            kind,
+            f"gateway:{node}",
+            now,
+            portfolio_id=copy.portfolio_id,
+            member_id=mailbox.member_id,
+            message_id=copy.message_pk,
+            detail={"reader": mailbox.address, **detail},
+        )
+
+    request = notification_request(
+        message.head, envelope_sender=message.envelope_sender, from_address=message.from_address
+    )
     if request.address is None:
         if request.asked:
-            events.append(
-                event
-                | {"kind": "mdn.not_sent", "detail": {"reader": mailbox.address, "reason": request.reason}}
-            )
+            events.append(event(EventKind.MDN_NOT_SENT, reason=request.reason))
         return 0
-    if backoffice_id is None:
+    if message.backoffice_id is None:
         reason = "the back office that sent the mail is no longer in the directory"
-        events.append(
-            event | {"kind": "mdn.not_sent", "detail": {"reader": mailbox.address, "reason": reason}}
-        )
+        events.append(event(EventKind.MDN_NOT_SENT, reason=reason))
         return 0
-    reader_name = connection.scalar(select(MemberRow.display_name).where(MemberRow.id == mailbox.member_id))
-    addressed = connection.scalar(
-        select(ParticipantRow.member_id).where(
-            ParticipantRow.message_id == message_pk,
-            ParticipantRow.member_id == mailbox.member_id,
-            ParticipantRow.portfolio_id == portfolio_id,
-        )
-    )
+    reader = flagsync.reader(connection, copy.portfolio_id, copy.message_pk, mailbox.member_id)
     # One notification per message, so the message's gateway id names it; a rebuilt one is the same mail.
-    notification_id = f"<mdn.{gateway_id}@{notifications.hostname}>"
+    notification_id = f"<mdn.{message.gateway_id}@{notifications.hostname}>"
     try:
         data = build_read_notification(
             reporting_ua=notifications.hostname,
             reader=mailbox.address,
-            reader_name=reader_name or "",
-            original_recipient=mailbox.address if addressed is not None else None,
+            reader_name=reader.display_name,
+            original_recipient=mailbox.address if reader.addressed else None,
             to=request.address,
-            original_headers=bytes(head),
+            original_headers=message.head,
             message_id=notification_id,
             date=now,
         )
     except ValueError as exc:
         # What the directory or the mail holds cannot be written safely; another read will not change it.
-        events.append(
-            event | {"kind": "mdn.not_sent", "detail": {"reader": mailbox.address, "reason": str(exc)}}
-        )
+        events.append(event(EventKind.MDN_NOT_SENT, reason=str(exc)))
         return 0
-    insert: Any = (postgresql if connection.dialect.name == "postgresql" else sqlite).insert(RelayRow)
-    queued = connection.execute(
-        insert.values(
-            portfolio_id=portfolio_id,
-            message_id=message_pk,
-            backoffice_id=backoffice_id,
-            # The reader: the relay names this member in its records. No failure report ever goes to
-            # them, because a notification travels from the null reverse-path.
-            member_id=mailbox.member_id,
-            # RFC 8098 §3: the envelope sender of an MDN is null (<>), so that nothing answers it.
-            envelope_sender="",
-            recipients=[request.address],
-            relay_message_id=notification_id,
-            data=data,
-            state="pending",
-            attempts=0,
-            next_attempt_at=now,
-            leased_by=None,
-            expires_at=now + dt.timedelta(seconds=notifications.lifetime),
-            created_at=now,
-            updated_at=now,
-        )
-        # Another gateway process may have queued it for another member's read a moment ago.
-        .on_conflict_do_nothing(index_elements=["message_id", "purpose"])
-        .returning(RelayRow.id)
-    ).first()
-    if queued is None:
+    notification = NewRelay(
+        copy.portfolio_id,
+        copy.message_pk,
+        message.backoffice_id,
+        # The reader: the relay names this member in its records. No failure report ever goes to
+        # them, because a notification travels from the null reverse-path.
+        member_id=mailbox.member_id,
+        # RFC 8098 §3: the envelope sender of an MDN is null (<>), so that nothing answers it.
+        envelope_sender="",
+        recipients=(request.address,),
+        relay_message_id=notification_id,
+        data=data,
+    )
+    # Another gateway process may have queued it for another member's read a moment ago.
+    if not queue_relay(connection, notification, now, notifications.lifetime):
         return 0
     events.append(
-        event
-        | {
-            "kind": "mdn.queued",
-            "detail": {
-                "reader": mailbox.address,
-                "copy_id": copy_id,
-                "to": request.address,
-                "relay_message_id": notification_id,
-            },
-        }
+        event(
+            EventKind.MDN_QUEUED,
+            copy_id=copy.copy_id,
+            to=request.address,
+            relay_message_id=notification_id,
+        )
     )
-    log.info("%s read %s: read notification queued for %s", mailbox.address, gateway_id, request.address)
+    log.info(
+        "%s read %s: read notification queued for %s", mailbox.address, message.gateway_id, request.address
+    )
     return 1
 
 
@@ -435,61 +345,31 @@ def _propagate(
     flag: SyncedFlag,
     now: dt.datetime,
     node: str,
-    events: list[dict[str, object]],
+    events: list[Event],
 ) -> int:
     taking_part = participants(connection, portfolio_id, message_pk)
     releases = acceptance.sharing_releases(
         connection, portfolio_id, {p.member_id for p in taking_part} | {mailbox.member_id}
     )
-    copies = {
-        int(member_id): {
-            f.value for f, on in ((SyncedFlag.SEEN, seen), (SyncedFlag.ANSWERED, answered)) if on
-        }
-        for member_id, seen, answered in connection.execute(
-            select(CopyRow.member_id, CopyRow.seen, CopyRow.answered).where(
-                CopyRow.message_id == message_pk, CopyRow.portfolio_id == portfolio_id
-            )
-        )
-    }
+    copies = flagsync.message_flags(connection, portfolio_id, message_pk)
     plan = propagation(
         FlagEvent(mailbox.member_id, portfolio_id, flag, added=True), taking_part, releases, copies
     )
     for target in plan.propagations:
-        connection.execute(
-            update(CopyRow)
-            .where(
-                and_(
-                    CopyRow.message_id == message_pk,
-                    CopyRow.member_id == target.member_id,
-                    CopyRow.portfolio_id == portfolio_id,
-                )
-            )
-            .values(
-                {
-                    _COLUMN[flag]: True,
-                    # A delivered copy is due for the flag now; a pending one gets it with its first write.
-                    "flags_pending": CopyRow.state == "delivered",
-                    "next_attempt_at": case(
-                        (CopyRow.state == "delivered", now), else_=CopyRow.next_attempt_at
-                    ),
-                    "updated_at": now,
-                }
-            )
-        )
+        flagsync.carry_flag(connection, portfolio_id, message_pk, target.member_id, flag, now)
         events.append(
-            {
-                "at": now,
-                "portfolio_id": portfolio_id,
-                "actor": f"gateway:{node}",
-                "kind": "flag.propagated",
-                "member_id": target.member_id,
-                "vorgang_id": None,
-                "message_id": message_pk,
-                "detail": {
+            Event(
+                EventKind.FLAG_PROPAGATED,
+                f"gateway:{node}",
+                now,
+                portfolio_id=portfolio_id,
+                member_id=target.member_id,
+                message_id=message_pk,
+                detail={
                     "flag": flag.value,
                     "from": mailbox.address,
                     "via": [carried.release_name for carried in target.via],
                 },
-            }
+            )
         )
     return len(plan.propagations)

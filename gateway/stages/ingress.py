@@ -26,8 +26,9 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 from sqlalchemy import Connection
 
-from gateway.db.acceptance import EVENTS, insert_rows, member_ids
+from gateway.db.acceptance import member_ids
 from gateway.db.accounts import Account, find_account
+from gateway.db.events import Event, EventKind, append_events
 from gateway.db.writer import Writer
 from gateway.domain.addresses import InvalidAddress, normalise_address
 from gateway.domain.admission import Occupant, SlotLimits, Verdict, admit, client_key
@@ -142,23 +143,14 @@ def _record_failure(
         "failures_from_address": failure.address_failures,
         "failures_for_login": failure.login_failures,
     }
-    rows = [
-        {
-            "at": now,
-            "portfolio_id": account.portfolio_id if account is not None else None,
-            "actor": f"gateway:{node}",
-            "kind": kind,
-            "member_id": None,
-            "vorgang_id": None,
-            "message_id": None,
-            "detail": detail | extra,
-        }
-        for kind, extra in [
-            ("auth.failed", {}),
-            *(("auth.throttled", {"refusing": what}) for what in failure.throttles),
-        ]
+    portfolio_id = account.portfolio_id if account is not None else None
+    actor = f"gateway:{node}"
+    events = [Event(EventKind.AUTH_FAILED, actor, now, portfolio_id, detail=detail)]
+    events += [
+        Event(EventKind.AUTH_THROTTLED, actor, now, portfolio_id, detail=detail | {"refusing": what})
+        for what in failure.throttles
     ]
-    insert_rows(connection, EVENTS, rows)
+    append_events(connection, events)
 
 
 class Members:
@@ -451,42 +443,39 @@ class GatewaySMTP(SMTP):
         log.error("unexpected error answering %s: %s", getattr(self, "_client", "?"), error, exc_info=error)
         return str(Reply.TEMPORARY_FAILURE)
 
+    async def _not_utf8(self, value: str | None, answer: Reply) -> bool:
+        """True, after answering ``answer``, when ``value`` holds bytes that were not UTF-8 (it would
+        reach the Received header and the database as surrogates)."""
+        if value and not _encodable(value):
+            await self.push(str(answer))
+            return True
+        return False
+
     @syntax("HELO hostname")
     async def smtp_HELO(self, hostname: str) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
-        if hostname and not _encodable(hostname):
-            await self.push(str(Reply.BAD_HOSTNAME))
-            return
-        await super().smtp_HELO(hostname)
+        if not await self._not_utf8(hostname, Reply.BAD_HOSTNAME):
+            await super().smtp_HELO(hostname)
 
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
-        # A name that is not UTF-8 would reach the Received header and the database as a surrogate.
-        if hostname and not _encodable(hostname):
-            await self.push(str(Reply.BAD_HOSTNAME))
-            return
-        await super().smtp_EHLO(hostname)
+        if not await self._not_utf8(hostname, Reply.BAD_HOSTNAME):
+            await super().smtp_EHLO(hostname)
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
-        if arg is not None and not _encodable(arg):
-            # RFC 3463: X.1.7 is the sender's address, X.1.3 a recipient's.
-            await self.push(str(Reply.SENDER_NOT_UTF8))
-            return
-        await super().smtp_MAIL(arg)
+        # RFC 3463: X.1.7 is the sender's address, X.1.3 a recipient's.
+        if not await self._not_utf8(arg, Reply.SENDER_NOT_UTF8):
+            await super().smtp_MAIL(arg)
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
-        if arg is not None and not _encodable(arg):
-            await self.push(str(Reply.BAD_ADDRESS))
-            return
-        await super().smtp_RCPT(arg)
+        if not await self._not_utf8(arg, Reply.BAD_ADDRESS):
+            await super().smtp_RCPT(arg)
 
     @syntax("VRFY <address>")
     async def smtp_VRFY(self, arg: str) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
-        if arg and not _encodable(arg):
-            await self.push(str(Reply.BAD_ADDRESS))
-            return
-        await super().smtp_VRFY(arg)
+        if not await self._not_utf8(arg, Reply.BAD_ADDRESS):
+            await super().smtp_VRFY(arg)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 (aiosmtpd dispatches on this name)
@@ -712,9 +701,19 @@ def _client_of(peer: object) -> str:
 
 
 class _Hooks:
-    """The hooks both listeners answer alike: EHLO's extensions, and MAIL with the per-client rate."""
+    """The hooks both listeners answer alike: EHLO's extensions, MAIL with the per-client rate, and the
+    limits every RCPT is held to."""
 
     state: ListenerState
+    max_recipients: int
+
+    def _recipient_limits(self, envelope: Envelope, address: str) -> str | None:
+        """The answer to a RCPT one recipient too many, or with an address too long; None when neither."""
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return str(Reply.TOO_MANY_RECIPIENTS)
+        if path_too_long(address):
+            return str(Reply.RECIPIENT_TOO_LONG)
+        return None
 
     async def handle_EHLO(  # noqa: N802 (aiosmtpd's hook name)
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -773,10 +772,8 @@ class SubmissionHandler(_Hooks):
     async def handle_RCPT(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        if len(envelope.rcpt_tos) >= self.max_recipients:
-            return str(Reply.TOO_MANY_RECIPIENTS)
-        if path_too_long(address):
-            return str(Reply.RECIPIENT_TOO_LONG)
+        if (refused := self._recipient_limits(envelope, address)) is not None:
+            return refused
         account = session.auth_data
         assert isinstance(account, Account), "aiosmtpd asks for AUTH before RCPT"
         try:
@@ -942,10 +939,8 @@ class MxHandler(_Hooks):
     async def handle_RCPT(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        if len(envelope.rcpt_tos) >= self.max_recipients:
-            return str(Reply.TOO_MANY_RECIPIENTS)
-        if path_too_long(address):
-            return str(Reply.RECIPIENT_TOO_LONG)
+        if (refused := self._recipient_limits(envelope, address)) is not None:
+            return refused
         lowered = address.strip().lower()
         if not (
             is_reply_address(lowered, self.reply_domain)

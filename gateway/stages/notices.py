@@ -18,16 +18,16 @@ import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import Connection, LargeBinary, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection
 
-from gateway.db import acceptance, queue
-from gateway.db.models import MessageRow, RelayRow
+from gateway.db import queue
+from gateway.db.events import Event, EventKind, append_events
+from gateway.db.messages import MessageHead, message_head
+from gateway.db.models import CopyState, RelayPurpose
 from gateway.db.queue import LateCopy
+from gateway.db.relayqueue import NewRelay, queue_relay
 from gateway.domain.dsn import build_failure_report, report_subject
-from gateway.domain.parsing import MAX_HEADER_BYTES
 
 log = logging.getLogger("gateway.stages.notices")
 
@@ -54,44 +54,61 @@ class Swept:
 def sweep(connection: Connection, settings: NoticeSettings, now: dt.datetime, node: str) -> Swept:
     """Give up on copies past their lifetime, and queue the notices that are due."""
     given_up = queue.give_up(connection, now - dt.timedelta(seconds=settings.lifetime), now)
-    events: list[dict[str, object]] = []
-    for copy in given_up:
-        events.append(
-            _event(connection, copy.message_pk, node, now)
-            | {
-                "kind": "copy.given_up",
-                "member_id": copy.member_id,
-                "detail": {"to": copy.address, "error": copy.last_error},
-            }
-        )
-    acceptance.insert_rows(connection, acceptance.EVENTS, events)
+    append_events(
+        connection,
+        (
+            _event(
+                message_head(connection, copy.message_pk),
+                EventKind.COPY_GIVEN_UP,
+                node,
+                now,
+                {"to": copy.address, "error": copy.last_error},
+                member_id=copy.member_id,
+            )
+            for copy in given_up
+        ),
+    )
     queued = 0
     failed_messages = sorted({c.message_pk for c in given_up})
     for message_pk in failed_messages:
-        copies = queue.late_copies(connection, [message_pk], ["failed"])
-        queued += _notice(connection, settings, message_pk, copies, "failed", now, node)
+        copies = queue.late_copies(connection, [message_pk], [CopyState.FAILED])
+        queued += _notice(connection, settings, message_pk, copies, RelayPurpose.FAILED, now, node)
     if settings.delay_after > 0:
         before = now - dt.timedelta(seconds=settings.delay_after)
         for message_pk in queue.unnoticed_late_messages(connection, before, BATCH):
-            copies = queue.late_copies(connection, [message_pk], ["pending", "held"])
-            queued += _notice(connection, settings, message_pk, copies, "delayed", now, node)
+            copies = queue.late_copies(connection, [message_pk], [CopyState.PENDING, CopyState.HELD])
+            queued += _notice(connection, settings, message_pk, copies, RelayPurpose.DELAYED, now, node)
     if given_up:
         log.warning("gave up on %d copies after [fanout] lifetime", len(given_up))
     return Swept(len(given_up), queued)
 
 
-def _event(connection: Connection, message_pk: int, node: str, now: dt.datetime) -> dict[str, object]:
-    portfolio_id, vorgang_id = connection.execute(
-        select(MessageRow.portfolio_id, MessageRow.vorgang_id).where(MessageRow.id == message_pk)
-    ).one()
-    return {
-        "at": now,
-        "portfolio_id": portfolio_id,
-        "actor": f"gateway:{node}",
-        "member_id": None,
-        "vorgang_id": vorgang_id,
-        "message_id": message_pk,
-    }
+# What each notice is recorded as: queued, or why it was not sent.
+_QUEUED = {RelayPurpose.DELAYED: EventKind.NOTICE_DELAYED, RelayPurpose.FAILED: EventKind.NOTICE_FAILED}
+_NOT_SENT = {
+    RelayPurpose.DELAYED: EventKind.NOTICE_DELAYED_NOT_SENT,
+    RelayPurpose.FAILED: EventKind.NOTICE_FAILED_NOT_SENT,
+}
+
+
+def _event(
+    message: MessageHead,
+    kind: EventKind,
+    node: str,
+    now: dt.datetime,
+    detail: dict[str, object],
+    member_id: int | None = None,
+) -> Event:
+    return Event(
+        kind,
+        f"gateway:{node}",
+        now,
+        portfolio_id=message.portfolio_id,
+        member_id=member_id,
+        vorgang_id=message.vorgang_id,
+        message_id=message.pk,
+        detail=detail,
+    )
 
 
 def _notice(
@@ -99,45 +116,29 @@ def _notice(
     settings: NoticeSettings,
     message_pk: int,
     copies: Sequence[LateCopy],
-    action: str,
+    action: RelayPurpose,
     now: dt.datetime,
     node: str,
 ) -> int:
     """Queue the ``action`` notice about ``copies`` of the message for its back office; 1 if queued."""
-    row = connection.execute(
-        select(
-            MessageRow.gateway_id,
-            MessageRow.portfolio_id,
-            MessageRow.backoffice_id,
-            MessageRow.envelope_sender,
-            func.substr(MessageRow.raw, 1, MAX_HEADER_BYTES, type_=LargeBinary),
-        ).where(MessageRow.id == message_pk)
-    ).one()
-    gateway_id, portfolio_id, backoffice_id, envelope_sender, head = row
-    event = _event(connection, message_pk, node, now)
     if not copies:
         return 0
+    message = message_head(connection, message_pk)
     addresses = [c.address for c in copies]
     reason = ""
-    if backoffice_id is None:
+    if message.backoffice_id is None:
         reason = "the back office that sent the mail is no longer in the directory"
-    elif not envelope_sender:
+    elif not message.envelope_sender:
         reason = "the mail came from the null reverse-path; nothing answers it (RFC 3464 §2)"
     if reason:
         # Marked as if sent, so that the next sweep does not try again; the event says why not.
-        acceptance.insert_rows(
-            connection,
-            acceptance.EVENTS,
-            [
-                event
-                | {"kind": f"notice.{action}.not_sent", "detail": {"copies_to": addresses, "reason": reason}}
-            ],
-        )
+        not_sent = _event(message, _NOT_SENT[action], node, now, {"copies_to": addresses, "reason": reason})
+        append_events(connection, [not_sent])
         return 0
-    notice_id = f"<{action}.{gateway_id}@{settings.hostname}>"
+    notice_id = f"<{action.value}.{message.gateway_id}@{settings.hostname}>"
     since = min(c.created_at for c in copies)
     error = next((c.last_error for c in copies if c.last_error), None) or "no attempt has succeeded yet"
-    if action == "delayed":
+    if action is RelayPurpose.DELAYED:
         until = since + dt.timedelta(seconds=settings.lifetime)
         status = "4.3.0"
         explanation = (
@@ -153,70 +154,43 @@ def _notice(
             f"Das Gateway hat es seit {since.isoformat(timespec='minutes')} versucht und aufgegeben. / "
             f"The gateway tried since {since.isoformat(timespec='minutes')} and gave up."
         )
-    headers = bytes(head).split(b"\r\n\r\n", 1)[0] + b"\r\n"
-    subject = str(connection.scalar(select(MessageRow.subject).where(MessageRow.id == message_pk)) or "")
+    headers = message.head.split(b"\r\n\r\n", 1)[0] + b"\r\n"
     try:
         data = build_failure_report(
             reporting_mta=settings.hostname,
             original_envelope_id=None,
             recipient=addresses[0],
             status=status,
-            action=action,
+            action=action.value,
             diagnostic=error,
             original_headers=headers,
-            to=envelope_sender,
-            subject=report_subject(action, subject),
+            to=message.envelope_sender,
+            subject=report_subject(action.value, message.subject),
             message_id=notice_id,
             date=now,
             explanation=explanation,
         )
     except ValueError as exc:
-        acceptance.insert_rows(
-            connection,
-            acceptance.EVENTS,
-            [
-                event
-                | {
-                    "kind": f"notice.{action}.not_sent",
-                    "detail": {"copies_to": addresses, "reason": str(exc)},
-                }
-            ],
-        )
+        not_sent = _event(message, _NOT_SENT[action], node, now, {"copies_to": addresses, "reason": str(exc)})
+        append_events(connection, [not_sent])
         return 0
-    insert: Any = (postgresql if connection.dialect.name == "postgresql" else sqlite).insert(RelayRow)
-    queued = connection.execute(
-        insert.values(
-            portfolio_id=portfolio_id,
-            message_id=message_pk,
-            backoffice_id=backoffice_id,
-            member_id=copies[0].member_id,
-            purpose=action,
-            envelope_sender="",
-            recipients=[envelope_sender],
-            relay_message_id=notice_id,
-            data=data,
-            state="pending",
-            attempts=0,
-            next_attempt_at=now,
-            leased_by=None,
-            expires_at=now + dt.timedelta(seconds=settings.relay_lifetime),
-            created_at=now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["message_id", "purpose"])
-        .returning(RelayRow.id)
-    ).first()
-    if queued is None:
-        return 0
-    acceptance.insert_rows(
-        connection,
-        acceptance.EVENTS,
-        [
-            event
-            | {
-                "kind": f"notice.{action}",
-                "detail": {"to": envelope_sender, "copies_to": addresses, "relay_message_id": notice_id},
-            }
-        ],
+    notice = NewRelay(
+        message.portfolio_id,
+        message_pk,
+        message.backoffice_id,
+        member_id=copies[0].member_id,
+        envelope_sender="",
+        recipients=(message.envelope_sender,),
+        relay_message_id=notice_id,
+        data=data,
+        purpose=action,
     )
+    if not queue_relay(connection, notice, now, settings.relay_lifetime):
+        return 0
+    detail: dict[str, object] = {
+        "to": message.envelope_sender,
+        "copies_to": addresses,
+        "relay_message_id": notice_id,
+    }
+    append_events(connection, [_event(message, _QUEUED[action], node, now, detail)])
     return 1

@@ -28,7 +28,9 @@ import aiosmtplib
 from sqlalchemy import Connection
 
 from gateway.config import RelaySettings
-from gateway.db import acceptance, relayqueue
+from gateway.db import relayqueue
+from gateway.db.events import Event, EventKind, append_events
+from gateway.db.models import RelayState
 from gateway.db.relayqueue import RelayJob, RelayResult
 from gateway.db.writer import Writer
 from gateway.domain.dsn import build_failure_report
@@ -113,11 +115,11 @@ class Relay:
             log.exception("relay of %s failed unexpectedly", job.relay_message_id)
             return await self._failed(job, f"unexpected error: {describe(exc)}", permanent=False)
         log.info("relayed %s to %s: %s", job.relay_message_id, ", ".join(job.recipients), reply)
-        return RelayResult(job, "sent", reply=reply)
+        return RelayResult(job, RelayState.SENT, reply=reply)
 
     def _retry(self, job: RelayJob, error: str) -> RelayResult:
         retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=backoff(job.attempts + 1, self.settings))
-        return RelayResult(job, "pending", error=error, retry_at=retry_at)
+        return RelayResult(job, RelayState.PENDING, error=error, retry_at=retry_at)
 
     async def _send(self, job: RelayJob) -> str:
         target = job.target
@@ -151,11 +153,11 @@ class Relay:
         retry_at = now + dt.timedelta(seconds=backoff(job.attempts + 1, self.settings))
         if not permanent and retry_at < job.expires_at:
             log.warning("relay of %s failed, retrying at %s: %s", job.relay_message_id, retry_at, error)
-            return RelayResult(job, "pending", error=error, retry_at=retry_at)
+            return RelayResult(job, RelayState.PENDING, error=error, retry_at=retry_at)
         if not job.envelope_sender:
             # A notification (null reverse-path): nobody gets a report about it (RFC 5321 §4.5.5).
             log.warning("notification %s not delivered, given up: %s", job.relay_message_id, error)
-            return RelayResult(job, "failed", error=error)
+            return RelayResult(job, RelayState.FAILED, error=error)
         # The server's own enhanced code says most ("5.1.1": no such mailbox); 4.4.7: time ran out.
         given = _ENHANCED.search(error)
         status = (given.group(1) if given and given.group(1)[0] == "5" else "5.0.0") if permanent else "4.4.7"
@@ -172,13 +174,15 @@ class Relay:
             log.error(
                 "no failure report for %s can be written (%s); giving up on it", job.relay_message_id, exc
             )
-            return RelayResult(job, "failed", error=f"{error}; no report written: {exc}")
+            return RelayResult(job, RelayState.FAILED, error=f"{error}; no report written: {exc}")
         except Exception as exc:
             # No report, no giving up: the mail stays queued and the report is tried again.
             log.error("could not put the failure report for %s into a mailbox: %s", job.relay_message_id, exc)
-            return RelayResult(job, "pending", error=f"{error}; report not written: {exc}", retry_at=retry_at)
+            return RelayResult(
+                job, RelayState.PENDING, error=f"{error}; report not written: {exc}", retry_at=retry_at
+            )
         log.warning("relay of %s failed for good: %s", job.relay_message_id, error)
-        return RelayResult(job, "failed", error=error)
+        return RelayResult(job, RelayState.FAILED, error=error)
 
     async def _report(
         self, job: RelayJob, *, status: str, action: str, diagnostic: str, explanation: str
@@ -223,28 +227,33 @@ async def _password(path: Path, backoffice: str) -> str:
         ) from exc
 
 
+_EVENT = {
+    RelayState.SENT: EventKind.RELAY_SENT,
+    RelayState.PENDING: EventKind.RELAY_DEFERRED,
+    RelayState.FAILED: EventKind.RELAY_FAILED,
+}
+
+
 def _record(connection: Connection, results: Sequence[RelayResult], node: str) -> None:
     now = dt.datetime.now(dt.UTC)
     relayqueue.record(connection, results, now)
-    events = []
-    for r in results:
-        kind = {"sent": "relay.sent", "pending": "relay.deferred", "failed": "relay.failed"}[r.state]
-        events.append(
-            {
-                "at": now,
-                "portfolio_id": r.job.portfolio_id,
-                "actor": f"gateway:{node}",
-                "kind": kind,
-                "member_id": r.job.member_id,
-                "vorgang_id": None,
-                "message_id": None,
-                "detail": {
+    append_events(
+        connection,
+        (
+            Event(
+                _EVENT[r.state],
+                f"gateway:{node}",
+                now,
+                portfolio_id=r.job.portfolio_id,
+                member_id=r.job.member_id,
+                detail={
                     "relay_message_id": r.job.relay_message_id,
                     "to": list(r.job.recipients),
                     "attempt": r.job.attempts + 1,
                     "reply": r.reply,
                     "error": r.error,
                 },
-            }
-        )
-    acceptance.insert_rows(connection, acceptance.EVENTS, events)
+            )
+            for r in results
+        ),
+    )
