@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import click
 from sqlalchemy import Connection
@@ -186,23 +186,16 @@ async def queue_retry(
     as_json: bool,
 ) -> None:
     """Try these items now (held and given-up ones too); a running `gateway serve` takes them."""
-    filters = QueueFilter(portfolio, member, state, kind, before)
-    actor = ctx.actor
     lifetime = ctx.settings.relay.lifetime
-
-    def retry(connection: Connection) -> list[QueueItem]:
-        now = datetime.datetime.now(datetime.UTC)
-        done = queue.retry_items(connection, _chosen(connection, ids, every, filters), now, lifetime)
-        append_events(connection, _portfolio_events(connection, done, EventKind.QUEUE_RETRIED, actor, now))
-        return done
-
-    done = await on_writer(ctx, retry)
-    if as_json:
-        emit_json([_data(i) for i in done])
-        return
-    for item in done:
-        click.echo(f"due now: {item.id} ({item.kind} to {', '.join(item.to)})")
-    click.echo(f"{len(done)} item(s) due now; `gateway serve` takes them within its poll interval")
+    done = await _act_on(
+        ctx,
+        _chosen_by(ids, every, QueueFilter(portfolio, member, state, kind, before)),
+        lambda connection, items, now: queue.retry_items(connection, items, now, lifetime),
+        EventKind.QUEUE_RETRIED,
+    )
+    _tell(done, "due now", as_json)
+    if not as_json:
+        click.echo(f"{len(done)} item(s) due now; `gateway serve` takes them within its poll interval")
 
 
 @queue_group.command("drop")
@@ -230,25 +223,50 @@ async def queue_drop(
         if not sys.stdin.isatty():
             raise InputError("dropped items are never tried again; add --yes to confirm without a terminal")
         click.confirm("drop these items for good?", abort=True)
-    filters = QueueFilter(portfolio, member, state, kind, before)
+    done = await _act_on(
+        ctx,
+        _chosen_by(ids, every, QueueFilter(portfolio, member, state, kind, before)),
+        queue.drop_items,
+        EventKind.QUEUE_DROPPED,
+    )
+    _tell(done, "dropped", as_json)
+    if not as_json:
+        click.echo(f"{len(done)} item(s) dropped")
+
+
+def _chosen_by(
+    ids: Sequence[str], every: bool, filters: QueueFilter
+) -> Callable[[Connection], list[QueueItem]]:
+    return lambda connection: _chosen(connection, ids, every, filters)
+
+
+async def _act_on(
+    ctx: Context,
+    chosen: Callable[[Connection], list[QueueItem]],
+    act: Callable[[Connection, Sequence[QueueItem], datetime.datetime], list[QueueItem]],
+    kind: EventKind,
+) -> list[QueueItem]:
+    """Apply ``act`` to the chosen items in one transaction, with an event per item for its portfolio."""
     actor = ctx.actor
 
-    def drop(connection: Connection) -> list[QueueItem]:
+    def work(connection: Connection) -> list[QueueItem]:
         now = datetime.datetime.now(datetime.UTC)
         try:
-            done = queue.drop_items(connection, _chosen(connection, ids, every, filters), now)
-        except ValueError as exc:
+            done = act(connection, chosen(connection), now)
+        except ValueError as exc:  # an item in a state the action does not apply to
             raise InputError(str(exc)) from None
-        append_events(connection, _portfolio_events(connection, done, EventKind.QUEUE_DROPPED, actor, now))
+        append_events(connection, _portfolio_events(connection, done, kind, actor, now))
         return done
 
-    done = await on_writer(ctx, drop)
+    return await on_writer(ctx, work)
+
+
+def _tell(done: Sequence[QueueItem], what: str, as_json: bool) -> None:
     if as_json:
         emit_json([_data(i) for i in done])
         return
     for item in done:
-        click.echo(f"dropped: {item.id} ({item.kind} to {', '.join(item.to)})")
-    click.echo(f"{len(done)} item(s) dropped")
+        click.echo(f"{what}: {item.id} ({item.kind} to {', '.join(item.to)})")
 
 
 def _portfolio_events(

@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias, TypeVar
 
 from sqlalchemy import Connection
 
@@ -36,6 +37,9 @@ from gateway.mailbox import Delivery, Flag, Located, Mailbox, MailboxOwner
 from gateway.stages import notices
 from gateway.stages.notices import NoticeSettings
 from gateway.workers import work_until_cancelled
+
+J = TypeVar("J")
+Claim: TypeAlias = Callable[[Connection, str, dt.datetime, float, int], list[J]]
 
 log = logging.getLogger("gateway.stages.fanout")
 
@@ -139,13 +143,22 @@ class FanOut:
         self.reply_path = reply_path
         self._wake = asyncio.Event()
         self._handed: deque[CopyJob] = deque()
-        self._last_claim = 0.0
-        self._last_flag_claim = 0.0
+        # When each kind of job was last claimed from the database (copies, flags, removals).
+        self._claimed: dict[str, float] = {"copies": 0.0, "flags": 0.0, "removals": 0.0}
         self._recording: asyncio.Future[None] | None = None
-        self._last_removal_claim = 0.0
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def _claim(self, what: str, claim: Claim[J], *, due: bool) -> list[J]:
+        """Due ``what`` jobs from the database, taken with a lease: at once when ``due``, else once per
+        poll interval (handed copies keep the fan-out busy, and the database need not be asked each time)."""
+        if not due and time.monotonic() - self._claimed[what] < self.settings.poll_interval:
+            return []
+        self._claimed[what] = time.monotonic()
+        return await self.writer.run(
+            claim, self.node, dt.datetime.now(dt.UTC), self.settings.lease, self.settings.batch_size
+        )
 
     def take(self, jobs: list[CopyJob]) -> None:
         """New copies from acceptance in this process, already leased to this node (``HandOff``)."""
@@ -194,33 +207,11 @@ class FanOut:
             if swept.notices and self.on_notice is not None:
                 self.on_notice()
         jobs = [self._handed.popleft() for _ in range(min(len(self._handed), self.settings.batch_size))]
-        if not jobs or time.monotonic() - self._last_claim >= self.settings.poll_interval:
-            self._last_claim = time.monotonic()
-            jobs += await self.writer.run(
-                queue.claim, self.node, dt.datetime.now(dt.UTC), self.settings.lease, self.settings.batch_size
-            )
-        flag_jobs: list[FlagJob] = []
-        if not jobs or time.monotonic() - self._last_flag_claim >= self.settings.poll_interval:
-            self._last_flag_claim = time.monotonic()
-            flag_jobs = await self.writer.run(
-                queue.claim_flags,
-                self.node,
-                dt.datetime.now(dt.UTC),
-                self.settings.lease,
-                self.settings.batch_size,
-            )
+        jobs += await self._claim("copies", queue.claim, due=not jobs)
+        flag_jobs = await self._claim("flags", queue.claim_flags, due=not jobs)
         if flag_jobs:
             await self._catch_up_flags(flag_jobs)
-        removals: list[RemovalJob] = []
-        if not jobs or time.monotonic() - self._last_removal_claim >= self.settings.poll_interval:
-            self._last_removal_claim = time.monotonic()
-            removals = await self.writer.run(
-                queue.claim_removals,
-                self.node,
-                dt.datetime.now(dt.UTC),
-                self.settings.lease,
-                self.settings.batch_size,
-            )
+        removals = await self._claim("removals", queue.claim_removals, due=not jobs)
         if removals:
             await self._remove(removals)
         if not jobs:
@@ -331,20 +322,25 @@ class FanOut:
             if error is not None
         ]
         events = [
-            Event(
-                EventKind.COPY_REVOKED if error is None else EventKind.COPY_REVOKE_FAILED,
-                f"gateway:{self.node}",
-                now,
-                portfolio_id=job.portfolio_id,
-                member_id=job.member_id,
-                vorgang_id=job.vorgang_id,
-                message_id=job.message_pk,
-                detail={"copy_id": job.copy_id, "to": job.address}
-                | ({"removed": removed} if error is None else {"attempt": job.attempts + 1, "error": error}),
-            )
+            self._event(EventKind.COPY_REVOKED, job, now, removed=removed)
+            if error is None
+            else self._event(EventKind.COPY_REVOKE_FAILED, job, now, attempt=job.attempts + 1, error=error)
             for job, removed, error in results
         ]
         await self.writer.run(_record_removals, done, failed, now, events)
+
+    def _event(self, kind: EventKind, job: CopyJob | RemovalJob, now: dt.datetime, **detail: object) -> Event:
+        """An event about one copy: whose, in which Vorgang, and ``detail`` after its id and address."""
+        return Event(
+            kind,
+            f"gateway:{self.node}",
+            now,
+            portfolio_id=job.portfolio_id,
+            member_id=job.member_id,
+            vorgang_id=job.vorgang_id,
+            message_id=job.message_pk,
+            detail={"copy_id": job.copy_id, "to": job.address, **detail},
+        )
 
     @staticmethod
     def _failed(job: CopyJob, exc: Exception) -> Outcome:
@@ -368,16 +364,13 @@ class FanOut:
             wait = self.settings.held_retry if held else backoff(attempts, self.settings)
             retry_at[job.id] = (held, now + dt.timedelta(seconds=wait))
             events.append(
-                Event(
+                self._event(
                     # Held once; a failed probe of a held mailbox is one more failure.
                     EventKind.COPY_HELD if attempts == self.settings.max_attempts else EventKind.COPY_FAILED,
-                    f"gateway:{self.node}",
+                    job,
                     now,
-                    portfolio_id=job.portfolio_id,
-                    member_id=job.member_id,
-                    vorgang_id=job.vorgang_id,
-                    message_id=job.message_pk,
-                    detail={"copy_id": job.copy_id, "to": job.address, "attempt": attempts, "error": o.error},
+                    attempt=attempts,
+                    error=o.error,
                 )
             )
         await self.writer.run(_record, outcomes, now, retry_at, events)

@@ -701,11 +701,12 @@ def _client_of(peer: object) -> str:
 
 
 class _Hooks:
-    """The hooks both listeners answer alike: EHLO's extensions, MAIL with the per-client rate, and the
-    limits every RCPT is held to."""
+    """The hooks both listeners answer alike: EHLO's extensions, MAIL with the per-client rate, the
+    limits every RCPT is held to, and the header size every DATA is."""
 
     state: ListenerState
     max_recipients: int
+    max_header_size: int
 
     def _recipient_limits(self, envelope: Envelope, address: str) -> str | None:
         """The answer to a RCPT one recipient too many, or with an address too long; None when neither."""
@@ -714,6 +715,16 @@ class _Hooks:
         if path_too_long(address):
             return str(Reply.RECIPIENT_TOO_LONG)
         return None
+
+    @staticmethod
+    def _take_recipient(envelope: Envelope, address: str, options: list[str]) -> str:
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return str(Reply.RECIPIENT_OK)
+
+    def _header_too_big(self, raw: bytes) -> bool:
+        header_end = raw.find(b"\r\n\r\n")
+        return (header_end if header_end >= 0 else len(raw)) > self.max_header_size
 
     async def handle_EHLO(  # noqa: N802 (aiosmtpd's hook name)
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -784,17 +795,14 @@ class SubmissionHandler(_Hooks):
             return Reply.UNKNOWN_RECIPIENT.with_text(
                 f"<{address}>: no such member in portfolio {account.portfolio}"
             )
-        envelope.rcpt_tos.append(member)
-        envelope.rcpt_options.extend(options)
-        return str(Reply.RECIPIENT_OK)
+        return self._take_recipient(envelope, member, options)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
         account = session.auth_data
         assert isinstance(account, Account)
         raw = envelope.original_content
         assert isinstance(raw, bytes), "decode_data=False keeps the bytes"
-        header_end = raw.find(b"\r\n\r\n")
-        if (header_end if header_end >= 0 else len(raw)) > self.max_header_size:
+        if self._header_too_big(raw):
             return str(Reply.HEADER_TOO_BIG)
         try:
             parsed = await self.reader.submission(raw)
@@ -953,9 +961,7 @@ class MxHandler(_Hooks):
         ):
             # A portfolio is decided once, by the address a mail was sent to (DESIGN.md §8).
             return str(Reply.OTHER_DESTINATION)
-        envelope.rcpt_tos.append(lowered)
-        envelope.rcpt_options.extend(options)
-        return str(Reply.RECIPIENT_OK)
+        return self._take_recipient(envelope, lowered, options)
 
     @property
     def _bounce_address(self) -> str:
@@ -964,8 +970,7 @@ class MxHandler(_Hooks):
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
         raw = envelope.original_content
         assert isinstance(raw, bytes), "decode_data=False keeps the bytes"
-        header_end = raw.find(b"\r\n\r\n")
-        if (header_end if header_end >= 0 else len(raw)) > self.max_header_size:
+        if self._header_too_big(raw):
             return str(Reply.HEADER_TOO_BIG)
         if self.mailbox is not None and (unstorable := await nul_refusal(self.mailbox, raw)):
             return unstorable

@@ -199,7 +199,7 @@ async def test_answered_flags_reach_delivered_copies_and_copies_written_meanwhil
     fanout.take(handed[2:])  # written without the flag (its job predates the answer)
     assert await fanout.run_once() >= 1
     # No waiting for anything to fall due: a flag that came in meanwhile is due at once.
-    fanout._last_flag_claim = 0.0
+    fanout._claimed["flags"] = 0.0
     await fanout.run_once()
     for job in handed:
         (found,) = await mailbox.find(MailboxOwner(PORTFOLIO, job.address), job.copy_id)

@@ -79,7 +79,7 @@ class World:
 
     async def sync(self) -> int:
         propagated = await self.flagsync.run_once()
-        self.fanout._last_flag_claim = 0.0  # let the next run look for flags to write at once
+        self.fanout._claimed["flags"] = 0.0  # let the next run look for flags to write at once
         await self.fanout.run_once()
         return propagated
 
