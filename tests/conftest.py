@@ -18,12 +18,22 @@ from pathlib import Path
 import asyncpg
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import HealthCheck, settings
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.cli import cli
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.migrate import upgrade
+
+# Property tests: a quick default for people, the thorough profile in CI (.ci/run sets
+# HYPOTHESIS_PROFILE=ci). Neither has a deadline or the too-slow health check: both time the machine, and
+# a test must not fail because the machine is busy (issue 14, item 8).
+settings.register_profile("dev", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 POSTGRES_URL = os.environ.get(
     "GATEWAY_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"

@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.domain.senderauth_rules import authentication_results_of
-from gateway.senderauth.check import Policy, Verdict, check_sender
 from gateway.senderauth import check as senderauth
+from gateway.senderauth.check import Policy, Verdict, check_sender
 from gateway.senderauth.dns import StaticResolver
 
 FROM = "anna.schmidt@kunde.example"
