@@ -24,6 +24,12 @@ RELEASE_OF_SHARED = {
 }
 
 
+@pytest.fixture
+def running(shared_running: RunningGateway) -> RunningGateway:
+    """One gateway for the module: every test here sends mail with subjects of its own."""
+    return shared_running
+
+
 def message(to: str, subject: str, **headers: str) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = "AMS Makler Muster <ams@makler-muster.example>"

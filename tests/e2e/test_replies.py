@@ -342,11 +342,11 @@ def test_the_back_office_down_for_a_while_gets_the_mail_once_when_it_returns(
 ) -> None:
     sink.down()
     answer(gateway, "Server down")
-    time.sleep(2.0)  # several attempts fail meanwhile
+    time.sleep(2.0)  # the behaviour under test: the back office is down while several attempts fail
     assert sink.received == []
     sink.up()
     (relayed,) = sink.wait_for(1)
-    time.sleep(1.5)
+    gateway.settled()
     assert len(sink.received) == 1, "relayed once"
     assert relayed.message["X-Gateway-Actual-Sender"] == ADDRESS["SB-B2"]
 
@@ -372,7 +372,7 @@ def test_a_5xx_puts_a_dsn_into_the_members_mailbox(gateway: RunningGateway, sink
     assert "Action: failed" in text
     assert "Status: 5.1.1" in text, "the back office's own enhanced code"
     assert sink.received == []
-    time.sleep(1.5)
+    gateway.settled()
     assert sink.attempts == 1, "a permanent failure is not retried"
 
 
@@ -392,7 +392,7 @@ def test_kill_9_between_accepting_a_reply_and_relaying_it(
         restarted = gateway.restarted()
         try:
             (relayed,) = sink.wait_for(1)
-            time.sleep(2.0)
+            restarted.settled()
             assert len(sink.received) == 1, "relayed exactly once after the restart"
             assert relayed.message["X-Gateway-Actual-Sender"] == ADDRESS["SB-B2"]
         finally:
@@ -445,7 +445,7 @@ def test_auto_replies_bounces_and_loops_are_recorded_not_relayed(
     assert b"not relayed" in text
     recorded = events_of(database_url, "reply.not_an_answer")
     assert [e["kind"] for e in recorded] == [kind]
-    time.sleep(1.0)
+    gateway.settled()
     assert sink.received == []
     assert flags_of(gateway, "SB-B1", "<not-an-answer@ams.example>") == [NO_FLAGS], "never \\Answered"
     assert not [m for m in gateway.mailbox(ADDRESS["SB-B1"]) if "Abwesenheit" in str(m["Subject"])]
@@ -531,7 +531,7 @@ def test_a_stranger_cannot_open_a_vorgang(gateway: RunningGateway, sink: BackOff
     code, text = send_reply(gateway, message.as_bytes(), INTAKE, "someone@elsewhere.example")
     assert (code, text[:5]) == (550, b"5.7.1"), text
     assert text.decode() == f"5.7.1 {NOT_ENTITLED_TO_OPEN}", "says nothing about membership"
-    time.sleep(0.5)
+    gateway.settled()
     assert sink.received == []
 
 
