@@ -7,7 +7,6 @@ import smtplib
 import socket
 import ssl
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +14,9 @@ import pytest
 from sqlalchemy import select
 
 from gateway.db.engine import create_engine, session_factory
-from gateway.db.models import EventRow, MessageRow
+from gateway.db.models import EventRow
 from tests.conftest import a_database
+from tests.e2e.clients import login, raw_message, send_raw, stored
 from tests.e2e.conftest import LOGIN, PASSWORD, RunningGateway, prepare
 from tests.seed import ADDRESS
 
@@ -43,44 +43,6 @@ def limited(
             yield gateway
         finally:
             gateway.stop()
-
-
-def login(gateway: RunningGateway) -> smtplib.SMTP:
-    client = smtplib.SMTP("127.0.0.1", gateway.port, timeout=30)
-    client.ehlo("ams.example")
-    client.login(LOGIN, PASSWORD)
-    return client
-
-
-def raw_message(subject: bytes, body: bytes = b"Text\r\n", extra: bytes = b"") -> bytes:
-    return (
-        b"From: ams@makler-muster.example\r\nTo: " + SB_A1.encode() + b"\r\nSubject: " + subject + b"\r\n"
-        b"Message-ID: <" + uuid.uuid4().hex.encode() + b"@ams.example>\r\n" + extra + b"\r\n" + body
-    )
-
-
-def send_raw(client: smtplib.SMTP, data: bytes, to: str = SB_A1) -> tuple[int, bytes]:
-    """Send DATA bytes exactly as given (smtplib would fix line endings); data must end in CRLF.CRLF."""
-    client.mail(LOGIN)
-    client.rcpt(to)
-    client.putcmd("data")
-    code, _ = client.getreply()
-    assert code == 354
-    assert client.sock is not None
-    client.sock.sendall(data)
-    return client.getreply()
-
-
-def stored(database_url: str) -> list[MessageRow]:
-    async def load() -> list[MessageRow]:
-        engine = create_engine(database_url)
-        try:
-            async with session_factory(engine)() as session:
-                return list(await session.scalars(select(MessageRow).order_by(MessageRow.id)))
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(load())
 
 
 def still_serving(gateway: RunningGateway) -> None:

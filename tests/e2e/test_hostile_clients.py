@@ -21,8 +21,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from gateway.domain.data_memory import session_footprint
+from tests.e2e.clients import login, raw_message, stored
 from tests.e2e.conftest import INTAKE, LOGIN, PASSWORD, RunningGateway, prepare
-from tests.e2e.test_bad_input import login, raw_message, stored
 from tests.seed import ADDRESS
 
 SB_A1 = ADDRESS["SB-A1"]

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from tests.dovecot import Dovecot, private_dovecot
+from tests.e2e.clients import client_reply, reply_address_of, send_from_backoffice, send_reply
 from tests.e2e.conftest import LOGIN, PASSWORD, BackOfficeSink, RunningGateway, imap_gateway
-from tests.e2e.test_replies import client_reply, reply_address_of, send_from_backoffice, send_reply
 from tests.seed import ADDRESS
 from tests.stages.test_imap_binary import WITHOUT_BINARY
 

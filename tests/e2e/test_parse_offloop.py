@@ -21,31 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.clients import slow_bounce
 from tests.e2e.conftest import LOGIN, PASSWORD, REPLY_DOMAIN, RunningGateway, prepare
 from tests.seed import ADDRESS
 
 BUDGET = 1.0
-
-
-def slow_bounce(size: int = 256 * 1024, depth: int = 600) -> bytes:
-    """A delivery report as an attacker writes it: multiparts nested ``depth`` deep, then short parts.
-
-    Python's parser tests every line against the boundary of every enclosing multipart, so the nesting
-    makes each line costly to parse while it stays cheap to receive.
-    """
-    head = (
-        b"From: MAILER-DAEMON@mx.example.net\r\nTo: bounces@" + REPLY_DOMAIN.encode() + b"\r\n"
-        b"Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
-        b"Message-ID: <" + uuid.uuid4().hex.encode() + b"@mx.example.net>\r\n"
-        b'Content-Type: multipart/report; report-type=delivery-status; boundary="b0"\r\n\r\n'
-    )
-    nesting = b"".join(
-        b'--b%d\r\nContent-Type: multipart/mixed; boundary="b%d"\r\n\r\n' % (level, level + 1)
-        for level in range(depth)
-    )
-    part = b"--b%d\r\n\r\n%s\r\n" % (depth, b"x" * 60)
-    parts = part * max(1, (size - len(head) - len(nesting)) // len(part))
-    return head + nesting + parts + b"--b%d--\r\n" % depth
 
 
 @pytest.fixture

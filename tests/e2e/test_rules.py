@@ -22,8 +22,8 @@ import pytest
 
 from tests.conftest import EXAMPLE_DIRECTORY
 from tests.dovecot import Dovecot
+from tests.e2e.clients import message, smtp
 from tests.e2e.conftest import PORTFOLIO, RunningGateway, prepare
-from tests.e2e.test_inbound import message, smtp
 from tests.seed import ADDRESS, SEEN_BY
 
 RULES = """
