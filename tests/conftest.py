@@ -9,15 +9,20 @@ PostgreSQL half of the suite fails rather than being skipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+import sqlite3
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import HealthCheck, settings
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -25,9 +30,21 @@ from gateway.cli import cli
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.migrate import upgrade
 
+# Property tests: a quick default for people, the thorough profile in CI (.ci/run sets
+# HYPOTHESIS_PROFILE=ci). Neither has a deadline or the too-slow health check: both time the machine, and
+# a test must not fail because the machine is busy (issue 14, item 8).
+settings.register_profile("dev", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
 POSTGRES_URL = os.environ.get(
     "GATEWAY_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
+# Names of this process's databases: each pytest-xdist worker has its own, and the pid keeps two runs on
+# one PostgreSQL server (two checkouts) apart.
+_PREFIX = f"gw_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_{os.getpid()}"
 _counter = itertools.count()
 
 
@@ -36,8 +53,19 @@ def _pg_admin_dsn() -> str:
     return url.render_as_string(hide_password=False)
 
 
+def _pg_dsn(database: str) -> str:
+    url = make_url(POSTGRES_URL).set(drivername="postgresql", database=database)
+    return url.render_as_string(hide_password=False)
+
+
 def _pg_url(database: str) -> str:
     return make_url(POSTGRES_URL).set(database=database).render_as_string(hide_password=False)
+
+
+def _pg_name(url: str) -> str:
+    name = make_url(url).database
+    assert name is not None
+    return name
 
 
 async def _pg_execute(*statements: str) -> None:
@@ -57,6 +85,104 @@ async def _migrate(url: str) -> None:
         await engine.dispose()
 
 
+# --- PostgreSQL databases: made once per worker, given back emptied -----------------------------------
+#
+# CREATE DATABASE ... TEMPLATE and DROP DATABASE for every test cost a second or more of disk syncs on a
+# busy machine. A test's database is instead taken from this worker's pool and, after the test, put back
+# to the rows it started with (the migration's own, held in a Snapshot): a few DELETEs and INSERTs in
+# one transaction. A database whose schema a test changed (a downgrade) is dropped instead.
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every row of a PostgreSQL database and where its sequences stand; the schema is the template's."""
+
+    schema: str
+    rows: dict[str, tuple[list[str], list[tuple[object, ...]]]]
+    sequences: dict[str, int | None]
+
+
+_SCHEMA = """
+    SELECT string_agg(table_name || '.' || column_name || ':' || data_type, ','
+                      ORDER BY table_name, column_name)
+    FROM information_schema.columns WHERE table_schema = 'public'
+"""
+
+
+async def _snapshot(database: str) -> Snapshot:
+    connection = await asyncpg.connect(_pg_dsn(database))
+    try:
+        rows: dict[str, tuple[list[str], list[tuple[object, ...]]]] = {}
+        for (table,) in await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"):
+            records = await connection.fetch(f'SELECT * FROM "{table}"')
+            columns = list(records[0].keys()) if records else []
+            rows[table] = (columns, [tuple(record) for record in records])
+        sequences: dict[str, int | None] = {
+            record["sequencename"]: record["last_value"]
+            for record in await connection.fetch(
+                "SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = 'public'"
+            )
+        }
+        return Snapshot(str(await connection.fetchval(_SCHEMA)), rows, sequences)
+    finally:
+        await connection.close()
+
+
+async def _restore(database: str, snapshot: Snapshot) -> bool:
+    """Put ``database`` back to ``snapshot``; False (and nothing done) if its schema is not the snapshot's."""
+    await _pg_execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+    )
+    connection = await asyncpg.connect(_pg_dsn(database))
+    try:
+        if await connection.fetchval(_SCHEMA) != snapshot.schema:
+            return False
+        async with connection.transaction():
+            # Foreign keys are triggers; as a replica the session may empty and fill tables in any order.
+            await connection.execute("SET LOCAL session_replication_role = replica")
+            for table, (columns, records) in snapshot.rows.items():
+                await connection.execute(f'DELETE FROM "{table}"')
+                if records:
+                    await connection.copy_records_to_table(table, records=records, columns=columns)
+            for name, last in snapshot.sequences.items():
+                if last is None:
+                    await connection.execute(f'ALTER SEQUENCE "{name}" RESTART')
+                else:
+                    await connection.execute("SELECT setval($1, $2, true)", name, last)
+        return True
+    finally:
+        await connection.close()
+
+
+class PostgresPool:
+    """This worker's PostgreSQL databases: migrated copies of its template, handed out one per test."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self.migrated = asyncio.run(_snapshot(template))
+        self.free: list[str] = []
+        self.made: list[str] = []
+
+    def take(self) -> str:
+        if self.free:
+            return self.free.pop()
+        name = f"{_PREFIX}_{next(_counter)}"
+        asyncio.run(_pg_execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"'))
+        self.made.append(name)
+        return name
+
+    def give_back(self, name: str) -> None:
+        if asyncio.run(_restore(name, self.migrated)):
+            self.free.append(name)
+        else:
+            asyncio.run(_pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            self.made.remove(name)
+
+    def close(self) -> None:
+        asyncio.run(_pg_execute(*(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in self.made)))
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "gateway.db"
@@ -66,7 +192,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def postgres_template() -> Iterator[str]:
-    name = f"gw_template_{os.getpid()}"
+    name = f"{_PREFIX}_template"
     try:
         asyncio.run(
             _pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
@@ -78,19 +204,73 @@ def postgres_template() -> Iterator[str]:
     asyncio.run(_pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A freshly migrated, empty database of the parametrised kind, for this test only."""
-    if request.param == "sqlite":
-        path = tmp_path / "gateway.db"
+@pytest.fixture(scope="session")
+def postgres_pool(postgres_template: str) -> Iterator[PostgresPool]:
+    pool = PostgresPool(postgres_template)
+    yield pool
+    pool.close()
+
+
+@contextlib.contextmanager
+def a_database(kind: str, directory: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A migrated database without data: SQLite in ``directory``, or one of the worker's PostgreSQL."""
+    if kind == "sqlite":
+        path = directory / "gateway.db"
         shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
         yield f"sqlite+aiosqlite:///{path}"
         return
-    template = request.getfixturevalue("postgres_template")
-    name = f"gw_test_{os.getpid()}_{next(_counter)}"
-    asyncio.run(_pg_execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    pool: PostgresPool = request.getfixturevalue("postgres_pool")
+    name = pool.take()
     yield _pg_url(name)
-    asyncio.run(_pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    pool.give_back(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated database of the parametrised kind without any data, for this test only."""
+    with a_database(request.param, tmp_path, request) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_database_kind(request: pytest.FixtureRequest) -> str:
+    """The kind of database of a fixture shared by the tests of one module (``a_database`` makes it)."""
+    return str(request.param)
+
+
+# --- seeded databases: the CLI runs once per worker, every test gets its result ------------------------
+
+_seeds: dict[tuple[str, str], Path | Snapshot] = {}
+
+
+def seed_database(database_url: str, kind: str, seed: Callable[[], object]) -> None:
+    """Give the empty, migrated ``database_url`` what ``seed`` (CLI commands against it) writes there.
+
+    ``seed`` runs once per worker, database kind and ``kind`` of seed; every later call copies what it
+    wrote then: the SQLite file, or the PostgreSQL rows (a Snapshot). The database must not be in use
+    yet (no engine has connected to it).
+    """
+    url = make_url(database_url)
+    key = (url.get_backend_name(), kind)
+    made = _seeds.get(key)
+    if made is None:
+        seed()
+        if url.database is not None and key[0] == "sqlite":
+            made = Path(tempfile.mkdtemp(prefix=f"gw-seed-{kind}-")) / "seeded.db"
+            # The backup API, not a file copy: what is still in the write-ahead log is taken along.
+            with (
+                contextlib.closing(sqlite3.connect(url.database)) as source,
+                contextlib.closing(sqlite3.connect(made)) as target,
+            ):
+                source.backup(target)
+        else:
+            made = asyncio.run(_snapshot(_pg_name(database_url)))
+        _seeds[key] = made
+    elif isinstance(made, Path):
+        assert url.database is not None
+        shutil.copyfile(made, url.database)
+    else:
+        assert asyncio.run(_restore(_pg_name(database_url), made))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -150,10 +330,17 @@ def gateway(config_file: Path) -> Gateway:
 EXAMPLE_DIRECTORY = Path(__file__).parent.parent / "config" / "example" / "directory.yaml"
 
 
-@pytest.fixture
-def seeded(gateway: Gateway) -> Gateway:
-    """The gateway with the seed's example directory (DESIGN.md §3) loaded through the CLI."""
+def load_example_directory(gateway: Gateway) -> None:
     gateway("directory", "load", str(EXAMPLE_DIRECTORY))
+
+
+@pytest.fixture
+def seeded(gateway: Gateway, database_url: str) -> Gateway:
+    """The gateway with the seed's example directory (DESIGN.md §3) loaded through the CLI.
+
+    The CLI loads it once per worker (``seed_database``); each test gets a copy of what it wrote.
+    """
+    seed_database(database_url, "example", lambda: load_example_directory(gateway))
     return gateway
 
 

@@ -8,7 +8,6 @@ skip, when they are missing).
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -917,9 +916,8 @@ else:
     @pytest.mark.parametrize("relative", SAMPLES)
     def test_nothing_in_the_corpora_raises(relative: str) -> None:
         raw = read(relative)
-        started = time.perf_counter()
+        # How long it takes is measured by bench/corpus.py, not asserted here (issue 14, item 8).
         for sender in ("", SENDER):
             assert classify(raw, envelope_sender=sender, max_received=LIMIT).kind in Kind
         report = delivery_report(raw)
         assert report is None or isinstance(report, DeliveryReport)
-        assert time.perf_counter() - started < 2.0

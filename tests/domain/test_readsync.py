@@ -7,8 +7,9 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import hypothesis
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from gateway.domain.audience import audience
@@ -412,7 +413,9 @@ def cases(draw: st.DrawFn) -> Case:
     member_count = draw(st.integers(1, 10))
     portfolio_of = {m: draw(st.sampled_from(PORTFOLIOS)) for m in range(1, member_count + 1)}
     everyone = sorted(portfolio_of)
-    releases = tuple(
+    portfolio_id = draw(st.sampled_from(sorted(set(portfolio_of.values()))))
+    own = [m for m in everyone if portfolio_of[m] == portfolio_id]
+    releases = [
         Release(
             id=100 + i,
             portfolio_id=draw(st.sampled_from(PORTFOLIOS)),
@@ -424,33 +427,56 @@ def cases(draw: st.DrawFn) -> Case:
             member_ids=draw(st.frozensets(st.sampled_from(everyone), max_size=6)),
         )
         for i in range(draw(st.integers(0, 6)))
+    ]
+    participants = draw(
+        st.lists(st.builds(Participant, st.sampled_from(own), st.sampled_from(ParticipantRole)), min_size=1)
     )
-    portfolio_id = draw(st.sampled_from(sorted(set(portfolio_of.values()))))
-    own = [m for m in everyone if portfolio_of[m] == portfolio_id]
-    participants = tuple(
-        draw(
-            st.lists(
-                st.builds(Participant, st.sampled_from(own), st.sampled_from(ParticipantRole)), min_size=1
-            )
+    flag = draw(st.sampled_from(SyncedFlag))
+    copies: dict[int, frozenset[str]] = {}
+    actor: int | None = None
+    # Random directories seldom link the actor with anyone for this flag (about 4 cases in 100), so
+    # most cases get one link on purpose: the actor takes part visibly, and a release of the portfolio
+    # that carries the flag holds the actor and a co-member whose copy lacks it. The properties below
+    # then have a propagation to look at in most cases; the random releases add the odd ones.
+    if len(own) >= 2 and draw(st.sampled_from((True, True, True, False))):
+        actor = draw(st.sampled_from(own))
+        partner = draw(st.sampled_from([m for m in own if m != actor]))
+        participants.append(Participant(actor, draw(st.sampled_from((SENDER, TO, CC)))))
+        carriers = [r for r in ReadSync if flag in CARRIES[r]]
+        releases.insert(
+            draw(st.integers(0, len(releases))),
+            Release(
+                id=100 + len(releases),
+                portfolio_id=portfolio_id,
+                name=draw(st.sampled_from(("Alpha", "Beta", "Gamma"))),
+                primary=draw(st.booleans()),
+                share_vorgaenge=True,
+                read_sync=draw(st.sampled_from(carriers)),
+                member_ids=frozenset({actor, partner}) | draw(st.frozensets(st.sampled_from(own))),
+            ),
         )
-    )
+        copies[partner] = draw(st.frozensets(st.sampled_from([f for f in FLAG_NAMES if f != flag.value])))
     # Mostly members who see the message, but now and then a copy waiting for its revocation or a
     # member whose copy is still to come.
-    copies = draw(
+    copies |= draw(
         st.dictionaries(st.sampled_from(own), st.frozensets(st.sampled_from(FLAG_NAMES)), max_size=len(own))
     )
-    # The acting member is usually one who sees the message.
-    seen_by = sorted(audience(portfolio_id, participants, releases).members)
-    actor = draw(st.sampled_from(seen_by) | st.sampled_from(own))
+    if actor is None:
+        # The acting member is usually one who sees the message.
+        seen_by = sorted(audience(portfolio_id, participants, releases).members)
+        actor = draw(st.sampled_from(seen_by) | st.sampled_from(own))
     event = FlagEvent(
         actor,
         portfolio_id,
-        draw(st.sampled_from(SyncedFlag)),
+        flag,
         # Mostly changes that do propagate, so that the properties below have something to look at.
         added=draw(st.sampled_from((True, True, True, False))),
         by_gateway=draw(st.sampled_from((False, False, False, True))),
     )
-    return Case(releases, participants, copies, event)
+    case = Case(tuple(releases), tuple(participants), copies, event)
+    # Shown by `pytest --hypothesis-show-statistics`: how many cases the properties had to look at.
+    hypothesis.event("propagates" if case.plan().propagations else "propagates nothing")
+    return case
 
 
 def by_rule(case: Case) -> frozenset[int]:
@@ -561,8 +587,7 @@ RANK = {OFF: 0, ANSWERED_ONLY: 1, SEEN_TOO: 2}
 
 @given(cases(), st.data())
 def test_a_wider_setting_never_reaches_fewer(case: Case, data: st.DataObject) -> None:
-    if not case.releases:
-        return
+    assume(case.releases)
     index = data.draw(st.integers(0, len(case.releases) - 1))
     release = case.releases[index]
     wider = data.draw(st.sampled_from([r for r in ReadSync if RANK[r] >= RANK[release.read_sync]]))

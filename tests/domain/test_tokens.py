@@ -291,13 +291,43 @@ def test_parsing_folds_case() -> None:
     assert parse_token(token().upper()) == TokenParts(copy_id=COPY_ID, mac=MAC)
 
 
-@given(st.text(TOKEN_ALPHABET + TOKEN_ALPHABET.upper(), max_size=80))
+COPY_ID_ALPHABET = string.ascii_lowercase + string.digits
+MAC_ALPHABET = string.ascii_lowercase + "234567"
+
+
+@st.composite
+def spelled_like_tokens(draw: st.DrawFn) -> str:
+    """Any copy id the syntax allows and any MAC-shaped tail (right or wrong), in any mix of cases."""
+    copy_id = draw(st.text(COPY_ID_ALPHABET, min_size=1, max_size=MAX_COPY_ID_LENGTH))
+    mac = draw(st.text(MAC_ALPHABET, min_size=MAC_LENGTH, max_size=MAC_LENGTH))
+    upper = draw(st.lists(st.booleans(), min_size=len(copy_id + mac), max_size=len(copy_id + mac)))
+    return "".join(c.upper() if up else c for c, up in zip(copy_id + mac, upper, strict=True))
+
+
+@given(spelled_like_tokens())
 def test_parse_is_syntax_only_and_canonical(text: str) -> None:
     parts = parse_token(text)
-    if parts is not None:
-        assert parts.token == text.lower()
-        assert parse_token(parts.token) == parts
-        assert len(parts.mac) == MAC_LENGTH
+    assert parts is not None  # syntax only: no key is asked whether the MAC is right
+    assert parts.token == text.lower()
+    assert (parts.copy_id, parts.mac) == (text.lower()[:-MAC_LENGTH], text.lower()[-MAC_LENGTH:])
+    assert parse_token(parts.token) == parts
+    assert len(parts.mac) == MAC_LENGTH
+
+
+@given(spelled_like_tokens(), st.data())
+def test_one_character_outside_its_alphabet_spoils_the_spelling(text: str, data: st.DataObject) -> None:
+    index = data.draw(st.integers(0, len(text) - 1))
+    alphabet = MAC_ALPHABET if index >= len(text) - MAC_LENGTH else COPY_ID_ALPHABET
+    # Upper case is no mistake; any other character is, even one that lower() turns into ASCII (KELVIN).
+    wrong = data.draw(st.characters(exclude_characters=alphabet + alphabet.upper()))
+    assert parse_token(text[:index] + wrong + text[index + 1 :]) is None
+
+
+@given(spelled_like_tokens(), st.data())
+def test_a_spelling_too_long_for_a_local_part_does_not_parse(text: str, data: st.DataObject) -> None:
+    too_many = MAX_COPY_ID_LENGTH + MAC_LENGTH + 1 - len(text)
+    more = data.draw(st.text(COPY_ID_ALPHABET, min_size=max(1, too_many), max_size=max(1, too_many) + 10))
+    assert parse_token(more + text) is None
 
 
 # --- addresses -----------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import contextlib
 import email
 import email.policy
 import imaplib
+import json
 import os
 import re
 import signal
@@ -25,8 +26,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
-from tests.conftest import EXAMPLE_DIRECTORY, Gateway
-from tests.dovecot import Dovecot
+from tests.conftest import EXAMPLE_DIRECTORY, Gateway, a_database, seed_database
+from tests.dovecot import Dovecot, private_dovecot
 from tests.dovecot import _folders as imap_folders
 from tests.dovecot import _ok as imap_ok
 from tests.dovecot import _quote as imap_quote
@@ -189,6 +190,7 @@ class RunningGateway:
     port: int = 0
     mx_port: int = 0
     log: list[str] = field(default_factory=list)
+    database_url: str = ""
     _reader: threading.Thread | None = None
 
     def __post_init__(self, given_mailboxes: Mailboxes | None) -> None:
@@ -240,7 +242,9 @@ class RunningGateway:
 
     def restarted(self) -> RunningGateway:
         """Another process of this gateway (same configuration, database and mailboxes), started."""
-        again = RunningGateway(self.config, self.maildir_root, self.cli, self.mailboxes)
+        again = RunningGateway(
+            self.config, self.maildir_root, self.cli, self.mailboxes, database_url=self.database_url
+        )
         again.start()
         return again
 
@@ -270,10 +274,29 @@ class RunningGateway:
         while time.monotonic() < deadline:
             copies = self.copies_of(marker)
             if sum(len(v) for v in copies.values()) >= count:
-                time.sleep(0.2)  # a late extra copy would show up now
+                self.settled("copy")  # a late extra copy would be in its mailbox now
                 return self.copies_of(marker)
             time.sleep(0.05)
         return self.copies_of(marker)
+
+    def settled(self, *kinds: str, timeout: float = 60) -> None:
+        """Wait until nothing is pending in the gateway's queues (copies, flags, removals, relays; or only
+        in those of ``kinds``, as `gateway queue list` names them).
+
+        The barrier for a test that asserts something did NOT happen: every copy, removal and relay is
+        queued in the transaction that decides it, so once none is pending, whatever was decided has
+        been carried out (or held), and what the test finds will not change by itself. A timeout only
+        catches a gateway that hangs.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.cli("queue", "list", "--state", "pending", "--json")
+            waiting = [item for item in json.loads(result.stdout) if not kinds or item["kind"] in kinds]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the queues did not empty within {timeout} s: {waiting[:5]}")
+            time.sleep(0.05)
 
 
 def write_config(tmp_path: Path, database_url: str, **limits: object) -> Path:
@@ -336,11 +359,16 @@ def prepare(
             )
     cli = Gateway(config)
     cli("secrets", "init")
-    cli("directory", "load", str(EXAMPLE_DIRECTORY))
     password = tmp_path / "ams.password"
     password.write_text(PASSWORD + "\n", encoding="utf-8")
-    cli("backoffice", "password", "ams", "-p", PORTFOLIO, "--password-file", str(password))
-    return RunningGateway(config, tmp_path / "data" / "mail", cli, mailboxes)
+
+    def seed() -> None:
+        cli("directory", "load", str(EXAMPLE_DIRECTORY))
+        cli("backoffice", "password", "ams", "-p", PORTFOLIO, "--password-file", str(password))
+
+    # The CLI seeds once per worker and mailbox backend; every further gateway gets a copy of its rows.
+    seed_database(database_url, f"e2e-{'imap' if dovecot else 'maildir'}", seed)
+    return RunningGateway(config, tmp_path / "data" / "mail", cli, mailboxes, database_url=database_url)
 
 
 def configure(
@@ -393,6 +421,39 @@ def running(tmp_path: Path, database_url: str, mailbox_server: Dovecot | None) -
         if gateway.process is not None and gateway.process.poll() is None:
             gateway.stop()
         gateway.mailboxes.close()
+
+
+@pytest.fixture(scope="module", params=["maildir", "imap"])
+def module_mailbox_backend(request: pytest.FixtureRequest) -> str:
+    """Like ``mailbox_backend``, for a gateway shared by the tests of one module."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def shared_running(
+    tmp_path_factory: pytest.TempPathFactory,
+    module_database_kind: str,
+    module_mailbox_backend: str,
+    request: pytest.FixtureRequest,
+) -> Iterator[RunningGateway]:
+    """A running gateway shared by the tests of a module that each send mail of their own (a marker of
+    their own in the subject) and look only at that: starting a gateway is most of such a test's time.
+
+    It has a database and, for "imap", a Dovecot of its own. A test that counts what the gateway did
+    overall, stops it, or changes its directory needs its own (``running``).
+    """
+    place = tmp_path_factory.mktemp("gateway")
+    with contextlib.ExitStack() as stack:
+        dovecot = stack.enter_context(private_dovecot()) if module_mailbox_backend == "imap" else None
+        database_url = stack.enter_context(a_database(module_database_kind, place, request))
+        gateway = prepare(place, database_url, dovecot=dovecot)
+        gateway.start()
+        try:
+            yield gateway
+        finally:
+            if gateway.process is not None and gateway.process.poll() is None:
+                gateway.stop()
+            gateway.mailboxes.close()
 
 
 def free_port() -> int:

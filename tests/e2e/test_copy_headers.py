@@ -29,6 +29,7 @@ from sqlalchemy import select
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.models import CopyRow, MemberRow, MessageRow
 from tests.dovecot import Dovecot
+from tests.e2e.clients import ANSWERED, NO_FLAGS, reply_address_of, send_reply, wait_until
 from tests.e2e.conftest import (
     LOGIN,
     PASSWORD,
@@ -38,7 +39,6 @@ from tests.e2e.conftest import (
     configure,
     prepare,
 )
-from tests.e2e.test_replies import ANSWERED, NO_FLAGS, reply_address_of, send_reply, wait_until
 from tests.seed import ADDRESS
 
 BACKOFFICE = "ams@makler-muster.example"

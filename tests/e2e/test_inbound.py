@@ -6,13 +6,12 @@ Every test runs with both mailbox backends (Maildir, and IMAP into a private Dov
 from __future__ import annotations
 
 import shutil
-import smtplib
 import subprocess
 import uuid
-from email.message import EmailMessage
 
 import pytest
 
+from tests.e2e.clients import message, smtp
 from tests.e2e.conftest import LOGIN, PASSWORD, RunningGateway
 from tests.seed import ADDRESS, SEEN_BY
 
@@ -24,23 +23,10 @@ RELEASE_OF_SHARED = {
 }
 
 
-def message(to: str, subject: str, **headers: str) -> EmailMessage:
-    msg = EmailMessage()
-    msg["From"] = "AMS Makler Muster <ams@makler-muster.example>"
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["Message-ID"] = f"<{uuid.uuid4().hex}@ams.makler-muster.example>"
-    for name, value in headers.items():
-        msg[name.replace("_", "-")] = value
-    msg.set_content("Sehr geehrte Damen und Herren,\n\nanbei die Unterlagen.\n")
-    return msg
-
-
-def smtp(gateway: RunningGateway) -> smtplib.SMTP:
-    client = smtplib.SMTP("127.0.0.1", gateway.port, timeout=30)
-    client.ehlo("ams.makler-muster.example")
-    client.login(LOGIN, PASSWORD)
-    return client
+@pytest.fixture
+def running(shared_running: RunningGateway) -> RunningGateway:
+    """One gateway for the module: every test here sends mail with subjects of its own."""
+    return shared_running
 
 
 @pytest.mark.parametrize("person", sorted(SEEN_BY))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import smtplib
-import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway.domain.passwords import hash_password, verify_password
 from tests.e2e.conftest import LOGIN, PASSWORD, RunningGateway, prepare
 
 BACKOFFICE = "127.0.0.1"
@@ -125,39 +123,5 @@ def test_the_back_office_keeps_logging_in_while_its_login_is_being_guessed(
     assert {e["detail"]["client"] for e in failed} <= set(guessers)  # type: ignore[index]
 
 
-@pytest.fixture
-def undelayed(tmp_path: Path, database_url: str) -> Iterator[RunningGateway]:
-    yield from gateway_with(
-        tmp_path,
-        database_url,
-        auth_failure_delay=0.0,
-        auth_failure_max_delay=0.0,
-        auth_max_failures_per_address=1000,
-        auth_max_failures_per_login=1000,
-    )
-
-
-def test_a_failed_check_for_an_unknown_login_takes_as_long_as_for_a_known_one(
-    undelayed: RunningGateway,
-) -> None:
-    def timed(login: str) -> float:
-        started = time.perf_counter()
-        code, _ = attempt(undelayed, login, "not-the-password", "127.0.0.3")
-        assert code == 535
-        return time.perf_counter() - started
-
-    timed(LOGIN)  # the first connection warms up what every later one shares
-    known, unknown = [], []
-    for i in range(9):  # interleaved, so that a change of load on the machine hits both alike
-        known.append(timed(LOGIN))
-        unknown.append(timed(f"nobody-{i}@makler-muster.example"))
-    # What checking one password costs here: the gap a missing check for unknown logins would leave.
-    stored = hash_password("a-password-of-some-length")
-    costs = []
-    for _ in range(5):
-        started = time.perf_counter()
-        verify_password(b"other", stored)
-        costs.append(time.perf_counter() - started)
-    scrypt = statistics.median(costs)
-    gap = statistics.median(known) - statistics.median(unknown)
-    assert abs(gap) < scrypt / 2, (gap, scrypt, known, unknown)
+# That a failed login for an unknown name costs what one for a known name does is asserted without a
+# clock in tests/stages/test_accounts.py; a timing comparison here failed whenever the machine was busy.

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from tests.dovecot import Dovecot
+from tests.e2e.clients import send_from_backoffice
 from tests.e2e.conftest import BackOfficeSink, RunningGateway, imap_gateway
-from tests.e2e.test_replies import send_from_backoffice
 from tests.seed import ADDRESS
 
 SEEN_MESSAGE = "<mbsync-seen@ams.example>"

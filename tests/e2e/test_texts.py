@@ -11,8 +11,7 @@ import pytest
 
 from gateway.domain.refusals import NOT_ENTITLED_TO_ANSWER
 from tests.dovecot import Dovecot
-from tests.e2e.conftest import MAILDIR_ONLY, BackOfficeSink, RunningGateway, configure, prepare
-from tests.e2e.test_replies import (
+from tests.e2e.clients import (
     copy_for,
     events_of,
     reply_address_of,
@@ -20,6 +19,7 @@ from tests.e2e.test_replies import (
     send_reply,
     wait_until,
 )
+from tests.e2e.conftest import MAILDIR_ONLY, BackOfficeSink, RunningGateway, configure, prepare
 from tests.seed import ADDRESS
 
 

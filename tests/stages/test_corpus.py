@@ -7,7 +7,6 @@ locally ``/work/shared/corpora``. Without it the suite fails instead of quietly 
 from __future__ import annotations
 
 import os
-import time
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
@@ -24,7 +23,6 @@ HEADERS = [
     ("X-Gateway-Shared-Via", "Geschäftsführer"),
 ]
 PREFIX = "[VG-2026-000001]"
-PARSE_SECONDS = 2.0
 
 
 def _is_sample(path: Path) -> bool:
@@ -76,10 +74,7 @@ else:
     @pytest.mark.parametrize("relative", SAMPLES, ids=SAMPLES)
     def test_parse_message_reads_sample(relative: str) -> None:
         raw = _read(relative)
-        started = time.perf_counter()
-        parsed = parse_message(raw)
-        elapsed = time.perf_counter() - started
-        assert elapsed < PARSE_SECONDS, f"parsing took {elapsed:.2f} s"
+        parsed = parse_message(raw)  # how long it takes: bench/corpus.py
         assert all(
             "\n" not in text and "\r" not in text for text in (parsed.subject, parsed.from_display_name)
         )

