@@ -22,6 +22,8 @@ from gateway.mailbox.imap_idle import pushed_bye, pushed_change
 from tests.dovecot import Dovecot
 from tests.stages.test_imap_mailbox import copy, fake_server, fake_settings, logins
 
+# How long a call may take before the test calls it a hang; never a measure of speed (bench/ is).
+HANG = 60.0
 OWNER = MailboxOwner("makler-muster", "sb-b1@kunde-b.example")
 
 
@@ -51,19 +53,17 @@ async def test_a_flag_set_in_the_members_client_ends_the_wait_at_once(
     await imap.append(OWNER, "c1", copy("c1"))
     watch = imap.watch(OWNER)
     try:
-        waiting = asyncio.create_task(watch.wait(20))
+        # The wait's own timeout is an hour: ending within HANG means the push ended it.
+        waiting = asyncio.create_task(watch.wait(3600))
         await asyncio.sleep(0.5)  # IDLE is under way
-        started = time.monotonic()
         await asyncio.to_thread(dovecot.member_stores, OWNER.address, "c1", "+FLAGS", "(\\Seen)")
-        assert await asyncio.wait_for(waiting, 10) is True
-        latency = time.monotonic() - started
-        assert latency < 3, f"the push took {latency:.2f} s; the wait's timeout was 20 s"
+        assert await asyncio.wait_for(waiting, HANG) is True
 
         # A new copy (EXISTS) wakes it too, and the watch stays on its one connection.
-        waiting = asyncio.create_task(watch.wait(20))
+        waiting = asyncio.create_task(watch.wait(3600))
         await asyncio.sleep(0.3)
         await imap.append(OWNER, "c2", copy("c2"))
-        assert await asyncio.wait_for(waiting, 10) is True
+        assert await asyncio.wait_for(waiting, HANG) is True
     finally:
         await watch.close()
     # The pool's connection for the appends, the watch's own and the member's client: no reconnects.
@@ -76,8 +76,8 @@ async def test_a_quiet_mailbox_ends_the_wait_at_its_timeout(imap: ImapMailbox, d
     try:
         for _ in range(3):
             started = time.monotonic()
-            assert await watch.wait(0.4) is False
-            assert 0.3 < time.monotonic() - started < 3
+            assert await asyncio.wait_for(watch.wait(0.4), HANG) is False
+            assert time.monotonic() - started >= 0.39, "it waited for its timeout"  # load only adds
     finally:
         await watch.close()
     assert logins(dovecot, OWNER.address) == 2, "every round on the same IDLE connection"
@@ -89,13 +89,11 @@ async def test_a_server_shutting_down_ends_the_wait_and_the_next_one_reconnects(
     await imap.append(OWNER, "c1", copy("c1"))
     watch = imap.watch(OWNER)
     try:
-        waiting = asyncio.create_task(watch.wait(60))
+        waiting = asyncio.create_task(watch.wait(3600))
         await asyncio.sleep(0.5)
-        started = time.monotonic()
         await asyncio.to_thread(dovecot.stop)
         with pytest.raises(MailboxError):
-            await asyncio.wait_for(waiting, 15)
-        assert time.monotonic() - started < 15, "not at the 60 s timeout"
+            await asyncio.wait_for(waiting, HANG)  # the shutdown ended it, not the hour's timeout
         await asyncio.to_thread(dovecot.start)
         await asyncio.sleep(0.6)  # the pool's backoff after the failed attempts
         waiting = asyncio.create_task(watch.wait(20))
@@ -154,10 +152,8 @@ async def test_the_watchdog_drops_a_connection_that_hangs(tmp_path: Path, case: 
     watch = box.watch(OWNER)
     try:
         for round_ in (1, 2):
-            started = time.monotonic()
             with pytest.raises(MailboxError) as caught:
-                await watch.wait(0.3)
-            assert time.monotonic() - started < 3
+                await asyncio.wait_for(watch.wait(0.3), HANG)
             if case == "DONE unanswered":
                 assert caught.value.errno == errno.ETIMEDOUT
             else:

@@ -24,6 +24,8 @@ from gateway.mailbox.imap_connection import ImapConnection, ImapLogin, ImapServe
 from gateway.mailbox.imap_protocol import parse_ref
 from tests.dovecot import Dovecot
 
+# How long a call may take before the test calls it a hang; never a measure of speed (bench/ is).
+HANG = 60.0
 OWNER = MailboxOwner("makler-muster", "sb-a1@kunde-a.example")
 OTHER = MailboxOwner("makler-muster", "sb-a2@kunde-a.example")
 MESSAGE = b"From: ams@makler.example\r\nSubject: Schaden 4711\r\n\r\nHallo\r\n"
@@ -301,16 +303,13 @@ async def test_an_unchanged_mailbox_is_looked_at_with_status_only(
 async def test_many_copies_are_fetched_in_chunks(imap: ImapMailbox, dovecot: Dovecot) -> None:
     # aioimaplib's reader overflows the stack on a FETCH answered with some thousand messages at once.
     count = 700
-    started = time.monotonic()
     results = await imap.append_batch(
         [Delivery(OWNER, f"m{n}", copy(f"m{n}"), first_attempt=True) for n in range(count)]
     )
-    elapsed = time.monotonic() - started
     assert all(isinstance(r, Located) for r in results)
     changes, _ = await imap.flag_changes(OWNER, None)
     assert len(changes) == count
     assert sum(dovecot.copy_counts(OWNER.address).values()) == count
-    print(f"{count} copies appended in {elapsed:.2f} s ({count / elapsed:.0f} copies/s, 2 connections)")
 
 
 async def test_connections_are_pooled_per_member(dovecot: Dovecot) -> None:
@@ -425,11 +424,10 @@ async def test_a_server_that_is_down_fails_fast_and_recovers_without_duplicates(
                 assert isinstance(result, MailboxError), result
         assert pending, "the server went down before the burst was through"
 
-        # While it is down every attempt fails at once, as an OSError the fan-out retries.
-        started = time.monotonic()
+        # While it is down every attempt fails (as an OSError the fan-out retries) rather than waiting:
+        # the bound only catches a hang.
         with pytest.raises(MailboxError) as caught:
-            await box.append(owners[0], "down", copy("down"))
-        assert time.monotonic() - started < 2
+            await asyncio.wait_for(box.append(owners[0], "down", copy("down")), HANG)
         assert caught.value.errno in (errno.ECONNREFUSED, errno.ECONNRESET, errno.ENOTCONN)
         assert "append copy down for sb-0@kunde-a.example" in str(caught.value)
 
@@ -480,11 +478,9 @@ async def test_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
     server, port = await fake_server(silent)
     box = ImapMailbox.from_settings(fake_settings(port, tmp_path), timeout=0.3)
     try:
-        started = time.monotonic()
         with pytest.raises(MailboxError) as caught:
-            await box.find(OWNER, "c1")
-        assert caught.value.errno == errno.ETIMEDOUT
-        assert time.monotonic() - started < 2
+            await asyncio.wait_for(box.find(OWNER, "c1"), HANG)
+        assert caught.value.errno == errno.ETIMEDOUT, "our 0.3 s timeout, not the silent server, ended it"
         # The pool now backs off instead of hammering the server.
         with pytest.raises(MailboxError, match="next attempt in"):
             await box.find(OWNER, "c1")
@@ -511,12 +507,11 @@ async def test_a_server_that_hangs_up_mid_command_fails_the_command_at_once(
         writer.close()
 
     server, port = await fake_server(hangs_up)
-    box = ImapMailbox.from_settings(fake_settings(port, tmp_path), timeout=30)
+    box = ImapMailbox.from_settings(fake_settings(port, tmp_path), timeout=3600)
     try:
-        started = time.monotonic()
+        # Told at once, not after the hour's timeout (the bound only catches a wait for it).
         with pytest.raises(MailboxError, match="hung up"):
-            await box.find(OWNER, "c1")
-        assert time.monotonic() - started < 2, "not after the 30 s timeout"
+            await asyncio.wait_for(box.find(OWNER, "c1"), HANG)
     finally:
         await box.close()
         server.close()
