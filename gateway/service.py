@@ -54,7 +54,7 @@ from gateway.stages.notices import NoticeSettings
 from gateway.stages.parsepool import MailReader, ParsePool
 from gateway.stages.reconcile import Reconciler
 from gateway.stages.relay import Relay
-from gateway.stages.reply import ReplyContext, ReplyIntake
+from gateway.stages.reply import ReplyContext, ReplyStage
 
 log = logging.getLogger("gateway.service")
 
@@ -115,8 +115,8 @@ class Service:
             self.mailbox,
             settings.fanout,
             node=settings.gateway.node_name,
-            vorgang_header=settings.intake.vorgang_header,
-            tag_subject=settings.intake.tag_subject,
+            vorgang_header=settings.vorgaenge.vorgang_header,
+            tag_subject=settings.vorgaenge.tag_subject,
         )
         handoff: HandOff | None = None
         if settings.fanout.enabled:
@@ -211,7 +211,7 @@ class Service:
 
     async def _start_mx(self, config: ListenerSettings) -> Listener:
         settings, limits = self.settings, self.settings.limits
-        replies = ReplyIntake(
+        replies = ReplyStage(
             self.writer,
             keys=self.keys,
             context=ReplyContext(
@@ -239,7 +239,7 @@ class Service:
             max_header_size=limits.max_header_size,
             reader=MailReader(
                 await self._parse_pool("mx"),
-                vorgang_header=settings.intake.vorgang_header,
+                vorgang_header=settings.vorgaenge.vorgang_header,
                 max_received=limits.max_received_hops,
             ),
             mailbox=self.mailbox,
@@ -257,11 +257,11 @@ class Service:
             max_recipients=limits.max_recipients,
             max_header_size=limits.max_header_size,
             max_received_hops=limits.max_received_hops,
-            vorgang_header=self.settings.intake.vorgang_header,
+            vorgang_header=self.settings.vorgaenge.vorgang_header,
             rules=self.rules,
             reader=MailReader(
                 await self._parse_pool("submission"),
-                vorgang_header=self.settings.intake.vorgang_header,
+                vorgang_header=self.settings.vorgaenge.vorgang_header,
                 max_received=limits.max_received_hops,
             ),
             mailbox=self.mailbox,

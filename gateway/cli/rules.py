@@ -117,7 +117,7 @@ async def rules_test(
             s,
             where,
             raw,
-            vorgang_header=ctx.settings.intake.vorgang_header,
+            vorgang_header=ctx.settings.vorgaenge.vorgang_header,
             listener=listener,
             auth=auth,
             portfolio=portfolio,

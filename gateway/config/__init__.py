@@ -20,7 +20,6 @@ from gateway.config.sections import (
     GatewaySettings,
     ImapMemberSettings,
     ImapSettings,
-    IntakeSettings,
     LimitsSettings,
     ListenerSettings,
     ListenersSettings,
@@ -34,6 +33,7 @@ from gateway.config.sections import (
     SecretsSettings,
     Settings,
     SubmissionListenerSettings,
+    VorgaengeSettings,
     loopback_only,
 )
 
@@ -46,7 +46,6 @@ __all__ = [
     "GatewaySettings",
     "ImapMemberSettings",
     "ImapSettings",
-    "IntakeSettings",
     "LimitsSettings",
     "ListenerSettings",
     "ListenersSettings",
@@ -60,6 +59,7 @@ __all__ = [
     "SecretsSettings",
     "Settings",
     "SubmissionListenerSettings",
+    "VorgaengeSettings",
     "config_path",
     "describe",
     "load_settings",

@@ -57,8 +57,14 @@ RETIRED_KEYS: Mapping[tuple[str, ...], str] = {
         "is no longer used: serving work runs on the writer thread's one connection per process, so "
         "the setting had no effect; remove it"
     ),
+    ("intake", "vorgang_header"): "moved: the section [intake] is now [vorgaenge], with the same keys",
+    ("intake", "tag_subject"): "moved: the section [intake] is now [vorgaenge], with the same keys",
 }
 """Keys older configuration files may still set, each with what to tell the person who set it."""
+
+RENAMED_SECTIONS: Mapping[str, str] = {"intake": "vorgaenge"}
+"""Sections older configuration files may still have, with their new names ("intake" is the intake
+addresses of [domains.intake] alone)."""
 
 DEFAULT_HOSTNAME = "gateway.localhost"
 DEFAULT_DATA_DIR = Path("data")
@@ -559,8 +565,8 @@ class LimitsSettings(Section):
     keeps logging in."""
 
 
-class IntakeSettings(Section):
-    """``[intake]``: how accepted mail is attached to Vorgänge and how members' copies look."""
+class VorgaengeSettings(Section):
+    """``[vorgaenge]``: how accepted mail is attached to Vorgänge and how members' copies show theirs."""
 
     vorgang_header: Word = "X-Gateway-Vorgang"
     """Header a back office may set to name the Vorgang a message belongs to (VG-YYYY-NNNNNN)."""
@@ -720,7 +726,7 @@ SECTIONS: Mapping[str, type[Section]] = {
     "domains": DomainsSettings,
     "listeners": ListenersSettings,
     "mailbox": MailboxSettings,
-    "intake": IntakeSettings,
+    "vorgaenge": VorgaengeSettings,
     "fanout": FanoutSettings,
     "flagsync": FlagSyncSettings,
     "reconcile": ReconcileSettings,
@@ -745,7 +751,7 @@ class Settings(BaseModel):
     domains: DomainsSettings = Field(default_factory=DomainsSettings)
     listeners: ListenersSettings = Field(default_factory=ListenersSettings)
     mailbox: MailboxSettings = Field(default_factory=MailboxSettings)
-    intake: IntakeSettings = Field(default_factory=IntakeSettings)
+    vorgaenge: VorgaengeSettings = Field(default_factory=VorgaengeSettings)
     fanout: FanoutSettings = Field(default_factory=FanoutSettings)
     flagsync: FlagSyncSettings = Field(default_factory=FlagSyncSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
@@ -766,6 +772,9 @@ class Settings(BaseModel):
         # directory) and the data_dir they derive from, so every section goes through here as a table.
         if not isinstance(data, Mapping):
             return data
+        for old, new in RENAMED_SECTIONS.items():
+            if old in data:
+                raise FieldProblem(old, f"is now [{new}], with the same keys: rename the section")
         tables: dict[str, Any] = {name: {} for name in SECTIONS} | dict(data)
         data_dir = _data_dir_of(tables["gateway"], info.context)
         if data_dir is None:

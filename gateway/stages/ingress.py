@@ -51,7 +51,7 @@ from gateway.stages.acceptance import (
 )
 from gateway.stages.faithful import nul_refusal
 from gateway.stages.parsepool import MailReader
-from gateway.stages.reply import BOUNCES_LOCAL_PART, Incoming, ReplyIntake
+from gateway.stages.reply import BOUNCES_LOCAL_PART, Incoming, ReplyStage
 
 log = logging.getLogger("gateway.stages.ingress")
 
@@ -912,7 +912,7 @@ class MxHandler(_Hooks):
     def __init__(
         self,
         *,
-        replies: ReplyIntake,
+        replies: ReplyStage,
         state: ListenerState,
         reply_domain: str,
         intake: Collection[str],

@@ -108,7 +108,7 @@ class ReplyContext:
         )
 
 
-class ReplyIntake:
+class ReplyStage:
     """The reply stage: ``receive`` answers one mail from the MX listener with the SMTP reply to give."""
 
     def __init__(

@@ -470,6 +470,7 @@ def test_an_override_naming_an_unknown_key_is_an_error() -> None:
         ("GATEWAY_LIMITS", "names the section [limits]"),
         ("GATEWAY_LIMITS__MAX_RECIPIENTS__X", "is a setting, not a section"),
         ("GATEWAY_DATABASE__POOL_SIZE", "sets database.pool_size, which is no longer used"),
+        ("GATEWAY_INTAKE__TAG_SUBJECT", "sets intake.tag_subject, which moved: the section [intake] is now"),
     ],
 )
 def test_overrides_that_name_no_setting(variable: str, fragment: str) -> None:
@@ -484,6 +485,16 @@ def test_a_retired_key_says_so_and_nothing_else(tmp_path: Path) -> None:
     path = write(tmp_path, '[database]\nurl = "sqlite+aiosqlite:///x.db"\npool_size = 5\n')
     problem = only_problem(path, {})
     assert (problem.where, problem.reason.split(":")[0]) == ("database.pool_size", "is no longer used")
+
+
+def test_the_renamed_section_says_its_new_name(tmp_path: Path) -> None:
+    # [intake] held the Vorgang header and the subject tag; "intake" now means the intake addresses alone.
+    path = write(tmp_path, '[intake]\ntag_subject = false\n')
+    problem = only_problem(path, {})
+    assert problem.where == "intake"
+    assert problem.reason == "is now [vorgaenge], with the same keys: rename the section"
+    renamed = write(tmp_path, '[vorgaenge]\ntag_subject = false\n')
+    assert load_settings(renamed, {}).vorgaenge.tag_subject is False
 
 
 def test_an_invalid_override_value_names_the_variable() -> None:

@@ -22,7 +22,7 @@ from gateway.domain.tokens import TokenKeys, make_token, reply_address
 from gateway.senderauth.dns import StaticResolver
 from gateway.stages.acceptance import HandOff
 from gateway.stages.parsepool import MailReader, ParsePool, read_arrival
-from gateway.stages.reply import Incoming, ReplyContext, ReplyIntake
+from gateway.stages.reply import Incoming, ReplyContext, ReplyStage
 from tests.stages.conftest import PORTFOLIO, accept
 from tests.stages.test_senderauth import Key
 
@@ -88,7 +88,7 @@ def outside(mail: Incoming) -> Incoming:
     return replace(mail, client_ip="198.51.100.7", peer="198.51.100.7:4711")
 
 
-def intake(writer: Writer, resolver: StaticResolver) -> ReplyIntake:
+def intake(writer: Writer, resolver: StaticResolver) -> ReplyStage:
     context = ReplyContext(
         reply_domain=REPLY_DOMAIN,
         intake={},
@@ -98,7 +98,7 @@ def intake(writer: Writer, resolver: StaticResolver) -> ReplyIntake:
         authserv_id=AUTHSERV_ID,
         relay_lifetime=60.0,
     )
-    return ReplyIntake(writer, keys=KEYS, context=context, resolver=resolver)
+    return ReplyStage(writer, keys=KEYS, context=context, resolver=resolver)
 
 
 async def set_policy(writer: Writer, policy: str) -> None:
