@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import InitVar, dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -453,10 +453,12 @@ def a_shared_gateway(
     mailbox_backend: str,
     request: pytest.FixtureRequest,
     sink: BackOfficeSink | None = None,
+    before_start: Callable[[RunningGateway, Path], None] | None = None,
     **limits: object,
 ) -> Iterator[RunningGateway]:
     """A started gateway with a database and, for "imap", a Dovecot of its own; relaying to ``sink`` if
-    given, with ``limits`` as in ``prepare``. Stopped on leaving."""
+    given, with ``limits`` as in ``prepare``, and what ``before_start`` does to it (given the gateway and
+    its folder) before it starts. Stopped on leaving."""
     place = tmp_path_factory.mktemp("gateway")
     with contextlib.ExitStack() as stack:
         dovecot = stack.enter_context(private_dovecot()) if mailbox_backend == "imap" else None
@@ -464,6 +466,8 @@ def a_shared_gateway(
         gateway = prepare(place, database_url, dovecot=dovecot, **limits)
         if sink is not None:
             configure(gateway, sink, place)
+        if before_start is not None:
+            before_start(gateway, place)
         gateway.start()
         try:
             yield gateway
