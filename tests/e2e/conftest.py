@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import InitVar, dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -442,11 +442,32 @@ def shared_running(
     It has a database and, for "imap", a Dovecot of its own. A test that counts what the gateway did
     overall, stops it, or changes its directory needs its own (``running``).
     """
+    with a_shared_gateway(tmp_path_factory, module_database_kind, module_mailbox_backend, request) as gateway:
+        yield gateway
+
+
+@contextlib.contextmanager
+def a_shared_gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+    database_kind: str,
+    mailbox_backend: str,
+    request: pytest.FixtureRequest,
+    sink: BackOfficeSink | None = None,
+    before_start: Callable[[RunningGateway, Path], None] | None = None,
+    **limits: object,
+) -> Iterator[RunningGateway]:
+    """A started gateway with a database and, for "imap", a Dovecot of its own; relaying to ``sink`` if
+    given, with ``limits`` as in ``prepare``, and what ``before_start`` does to it (given the gateway and
+    its folder) before it starts. Stopped on leaving."""
     place = tmp_path_factory.mktemp("gateway")
     with contextlib.ExitStack() as stack:
-        dovecot = stack.enter_context(private_dovecot()) if module_mailbox_backend == "imap" else None
-        database_url = stack.enter_context(a_database(module_database_kind, place, request))
-        gateway = prepare(place, database_url, dovecot=dovecot)
+        dovecot = stack.enter_context(private_dovecot()) if mailbox_backend == "imap" else None
+        database_url = stack.enter_context(a_database(database_kind, place, request))
+        gateway = prepare(place, database_url, dovecot=dovecot, **limits)
+        if sink is not None:
+            configure(gateway, sink, place)
+        if before_start is not None:
+            before_start(gateway, place)
         gateway.start()
         try:
             yield gateway
@@ -454,6 +475,58 @@ def shared_running(
             if gateway.process is not None and gateway.process.poll() is None:
                 gateway.stop()
             gateway.mailboxes.close()
+
+
+@pytest.fixture(scope="module")
+def shared_sink() -> Iterator[BackOfficeSink]:
+    """The back office's SMTP server for ``shared_relaying``; a test gets it through ``backoffice``."""
+    server = BackOfficeSink()
+    server.up()
+    try:
+        yield server
+    finally:
+        server.down()
+
+
+@pytest.fixture(scope="module")
+def shared_limits() -> dict[str, object]:
+    """The ``[limits]`` of ``shared_relaying`` beyond ``write_config``'s; a module overrides this."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def shared_relaying(
+    tmp_path_factory: pytest.TempPathFactory,
+    module_database_kind: str,
+    module_mailbox_backend: str,
+    shared_sink: BackOfficeSink,
+    shared_limits: dict[str, object],
+    request: pytest.FixtureRequest,
+) -> Iterator[RunningGateway]:
+    """Like ``shared_running``, with the back office's relay pointed at ``shared_sink``. A test uses it
+    together with ``backoffice``, which makes sure no earlier test's work is still under way."""
+    with a_shared_gateway(
+        tmp_path_factory, module_database_kind, module_mailbox_backend, request, shared_sink, **shared_limits
+    ) as gateway:
+        yield gateway
+
+
+@pytest.fixture
+def backoffice(shared_relaying: RunningGateway, shared_sink: BackOfficeSink) -> Iterator[BackOfficeSink]:
+    """The shared sink as this test's own: up, and emptied once the shared gateway has carried out
+    (relayed, retried, held) all that earlier tests left pending, so all it receives is this test's.
+
+    The gateway's log lines written during the test are printed, which pytest shows when it failed.
+    """
+    shared_sink.reset()
+    shared_relaying.settled()
+    shared_sink.reset()
+    logged = len(shared_relaying.log)
+    try:
+        yield shared_sink
+    finally:
+        shared_sink.reset()  # a test that took it down leaves it up for the next one
+        print("".join(shared_relaying.log[logged:]))
 
 
 def free_port() -> int:
@@ -522,6 +595,16 @@ class BackOfficeSink:
             self, hostname="127.0.0.1", port=self.port, decode_data=False, **options
         )
         self._controller.start()
+
+    def reset(self) -> None:
+        """Forget what was received and answered so far, and be up again if a test took it down."""
+        self.received.clear()
+        self.answers.clear()
+        self.attempts = 0
+        self.logins.clear()
+        self.encrypted.clear()
+        if self._controller is None:
+            self.up()
 
     def down(self) -> None:
         if self._controller is not None:

@@ -9,6 +9,10 @@ read as the member with FETCH ENVELOPE, the way an IMAP client builds its messag
   reader takes for a header never survive the rewrite, for Dovecot and for Python's default policy;
 - trace: every copy and every relayed mail carries the gateway's Received line, and the hop count still
   stops a loop through the back office.
+
+The tests share one gateway (hop limit 3) and back-office sink per module (``shared_relaying`` and
+``backoffice``): the subjects and Message-IDs of each test are its own, and the sink holds only what the
+gateway relayed since the test began.
 """
 
 from __future__ import annotations
@@ -19,9 +23,7 @@ import email.policy
 import imaplib
 import re
 import smtplib
-from collections.abc import Iterator
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -35,9 +37,8 @@ from tests.e2e.conftest import (
     PASSWORD,
     REPLY_DOMAIN,
     BackOfficeSink,
+    ImapMailboxes,
     RunningGateway,
-    configure,
-    prepare,
 )
 from tests.seed import ADDRESS
 
@@ -45,18 +46,35 @@ BACKOFFICE = "ams@makler-muster.example"
 HOSTNAME = "gateway.test.example"
 
 
+@pytest.fixture(scope="module")
+def shared_limits() -> dict[str, object]:
+    """A hop limit low enough for a loop through the back office to reach it in a test."""
+    return {"max_received_hops": 3}
+
+
 @pytest.fixture
-def gateway(
-    tmp_path: Path, database_url: str, sink: BackOfficeSink, mailbox_server: Dovecot | None
-) -> Iterator[RunningGateway]:
-    running = prepare(tmp_path, database_url, dovecot=mailbox_server, max_received_hops=3)
-    configure(running, sink, tmp_path)
-    running.start()
-    yield running
-    if running.process is not None and running.process.poll() is None:
-        running.stop()
-    running.mailboxes.close()
-    print("".join(running.log))  # shown by pytest when the test failed
+def gateway(shared_relaying: RunningGateway, backoffice: BackOfficeSink) -> RunningGateway:
+    """The module's gateway, relaying to ``backoffice`` (``sink`` here)."""
+    return shared_relaying
+
+
+@pytest.fixture
+def sink(backoffice: BackOfficeSink) -> BackOfficeSink:
+    """The module's back-office sink, holding only what was relayed during this test."""
+    return backoffice
+
+
+@pytest.fixture
+def mailbox_server(shared_relaying: RunningGateway, module_mailbox_backend: str) -> Dovecot | None:
+    """The Dovecot of the module's gateway for "imap"; None for Maildir."""
+    mailboxes = shared_relaying.mailboxes
+    return mailboxes.dovecot if isinstance(mailboxes, ImapMailboxes) else None
+
+
+@pytest.fixture
+def database_url(shared_relaying: RunningGateway) -> str:
+    """The database of the module's gateway."""
+    return shared_relaying.database_url
 
 
 def submit(gateway: RunningGateway, raw: bytes, recipients: list[str]) -> tuple[int, bytes]:

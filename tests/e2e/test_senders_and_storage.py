@@ -11,6 +11,10 @@ the Maildirs the copies land in.
 - Values too long for the records are refused where they arrive, and never cost other mail its 250.
 - A member's server that sends the same reply again hears 250 with the stored reply's id.
 - Auto-replies pass the sender checks before anything is stored; what is recorded of them is capped.
+
+Most tests share one gateway and back-office sink per module and database (``gateway`` with
+``backoffice``): each writes under subjects and Message-IDs of its own and counts only the rows that came
+after it began. The two that change the directory (an address, a login) start their own (``own_gateway``).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from tests.e2e.conftest import (
     REPLY_DOMAIN,
     BackOfficeSink,
     RunningGateway,
+    a_shared_gateway,
     configure,
     prepare,
 )
@@ -58,14 +63,11 @@ ZWEI_MEMBER = "kunde@zwei.example"
 ZWEI_INTAKE = "neu@makler-zwei.example"
 
 
-@pytest.fixture
-def gateway(tmp_path: Path, database_url: str, sink: BackOfficeSink) -> Iterator[RunningGateway]:
-    """The seed's gateway relaying to ``sink``, with makler-zwei beside makler-muster.
+def add_zwei(running: RunningGateway, tmp_path: Path, sink: BackOfficeSink) -> None:
+    """Put makler-zwei beside makler-muster in the prepared (not started) gateway, relaying to ``sink``.
 
     SB-B2 is a member of both portfolios (a customer's clerk who deals with two brokers).
     """
-    running = prepare(tmp_path, database_url)
-    configure(running, sink, tmp_path)
     zwei = tmp_path / "zwei.yaml"
     zwei.write_text(
         "version: 1\nportfolios:\n  - name: makler-zwei\n    backoffices:\n"
@@ -82,6 +84,40 @@ def gateway(tmp_path: Path, database_url: str, sink: BackOfficeSink) -> Iterator
     intake = f'"{INTAKE}" = "{PORTFOLIO}"\n'
     config = running.config.read_text(encoding="utf-8")
     running.config.write_text(config.replace(intake, intake + f'"{ZWEI_INTAKE}" = "{ZWEI}"\n'), "utf-8")
+
+
+@pytest.fixture(scope="module")
+def shared_relaying(
+    tmp_path_factory: pytest.TempPathFactory,
+    module_database_kind: str,
+    shared_sink: BackOfficeSink,
+    request: pytest.FixtureRequest,
+) -> Iterator[RunningGateway]:
+    """The module's gateway: Maildirs, makler-zwei beside makler-muster, relaying to ``shared_sink``."""
+    with a_shared_gateway(
+        tmp_path_factory,
+        module_database_kind,
+        "maildir",
+        request,
+        shared_sink,
+        before_start=lambda running, place: add_zwei(running, place, shared_sink),
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def gateway(shared_relaying: RunningGateway, backoffice: BackOfficeSink) -> RunningGateway:
+    """The module's gateway, relaying to ``backoffice``."""
+    return shared_relaying
+
+
+@pytest.fixture
+def own_gateway(tmp_path: Path, database_url: str, sink: BackOfficeSink) -> Iterator[RunningGateway]:
+    """A gateway of this test's own, as the module's, relaying to ``sink``: for a test that changes
+    the directory."""
+    running = prepare(tmp_path, database_url)
+    configure(running, sink, tmp_path)
+    add_zwei(running, tmp_path, sink)
     running.start()
     yield running
     if running.process is not None and running.process.poll() is None:
@@ -147,18 +183,18 @@ def test_a_back_office_may_send_only_from_its_own_addresses(gateway: RunningGate
 
 
 def test_replies_go_to_the_back_office_the_directory_names(
-    gateway: RunningGateway, sink: BackOfficeSink, tmp_path: Path
+    own_gateway: RunningGateway, sink: BackOfficeSink, tmp_path: Path
 ) -> None:
     """The relay's recipient comes from the directory as it is when the reply arrives, not from the
     answered mail's From: after the back office's address changed, replies go to the new one."""
-    send_from_backoffice(gateway, ADDRESS["SB-B1"], "Adresswechsel", "<moved@ams.example>")
-    copy = copy_for(gateway, "SB-B2", "Adresswechsel")
+    send_from_backoffice(own_gateway, ADDRESS["SB-B1"], "Adresswechsel", "<moved@ams.example>")
+    copy = copy_for(own_gateway, "SB-B2", "Adresswechsel")
     moved = tmp_path / "moved.yaml"
     directory = (tmp_path / "directory.yaml").read_text(encoding="utf-8")
     moved.write_text(
         directory.replace("addresses: [ams@makler-muster.example]", "addresses: [post@makler-muster.example]")
     )
-    gateway.cli("directory", "load", str(moved))
+    own_gateway.cli("directory", "load", str(moved))
 
     reply = EmailMessage()
     reply["From"] = ADDRESS["SB-B2"]
@@ -167,7 +203,7 @@ def test_replies_go_to_the_back_office_the_directory_names(
     reply["Message-ID"] = "<moved-reply@kunde-b.example>"
     reply["In-Reply-To"] = str(copy["Message-ID"])
     reply.set_content("Fotos anbei.\n")
-    code, text = send_reply(gateway, reply.as_bytes(), reply_address_of(copy), ADDRESS["SB-B2"])
+    code, text = send_reply(own_gateway, reply.as_bytes(), reply_address_of(copy), ADDRESS["SB-B2"])
     assert code == 250, text
     (relayed,) = sink.wait_for(1)
     assert relayed.rcpt_tos == ["post@makler-muster.example"]
@@ -177,8 +213,9 @@ def test_replies_go_to_the_back_office_the_directory_names(
 
 
 def test_the_intake_address_decides_the_portfolio_not_a_token_in_references(
-    gateway: RunningGateway, sink: BackOfficeSink, database_url: str
+    gateway: RunningGateway, backoffice: BackOfficeSink
 ) -> None:
+    database_url = gateway.database_url
     send_from_backoffice(gateway, ADDRESS["SB-B1"], "Muster-Vorgang", "<muster-1@ams.example>")
     copy = copy_for(gateway, "SB-B2", "Muster-Vorgang")
     token = reply_address_of(copy).partition("@")[0].removeprefix("reply+")
@@ -200,7 +237,7 @@ def test_the_intake_address_decides_the_portfolio_not_a_token_in_references(
     vorgang = re.search(rb"VG-\d{4}-\d{6}", text)
     assert vorgang, text
 
-    (relayed,) = sink.wait_for(1)
+    (relayed,) = backoffice.wait_for(1)
     assert relayed.rcpt_tos == [ZWEI_BACKOFFICE], "zwei's back office, not makler-muster's"
     assert relayed.message["X-Gateway-Vorgang"] == vorgang.group().decode()
     (stored,) = stored_messages(database_url, message_id="<zwei-new@kunde-b.example>")
@@ -226,10 +263,12 @@ def long_address(length: int) -> str:
 
 
 def test_overlong_values_are_refused_where_they_arrive_and_spare_the_other_mail(
-    gateway: RunningGateway, database_url: str
+    gateway: RunningGateway,
 ) -> None:
     """The four values that made PostgreSQL fail a whole group commit, sent while eight mails of another
     portfolio are under way: each is answered for itself, and all eight are stored."""
+    database_url = gateway.database_url
+    zwei_before = len(stored_messages(database_url, portfolio_id=zwei_id(database_url)))
     long_sender = long_address(360)
     overlong_in_reply_to = " ".join(f"<earlier-{n:03d}-{'x' * 60}@ams.example>" for n in range(22))
     assert len(overlong_in_reply_to) > 1600
@@ -298,7 +337,7 @@ def test_overlong_values_are_refused_where_they_arrive_and_spare_the_other_mail(
     assert isinstance(kept["in_reply_to"], str)
     assert 0 < len(kept["in_reply_to"]) <= 998
     assert overlong_in_reply_to.startswith(kept["in_reply_to"])
-    assert len(stored_messages(database_url, portfolio_id=zwei_id(database_url))) == 8
+    assert len(stored_messages(database_url, portfolio_id=zwei_id(database_url))) == zwei_before + 8
 
     with smtp(gateway) as client:
         code, text = client.rcpt(long_address(300)) if client.mail(LOGIN)[0] == 250 else (0, b"")
@@ -314,7 +353,7 @@ def test_overlong_values_are_refused_where_they_arrive_and_spare_the_other_mail(
 
 
 def test_a_message_the_database_refuses_costs_no_other_message_its_250(
-    gateway: RunningGateway, database_url: str, tmp_path: Path
+    own_gateway: RunningGateway, database_url: str, tmp_path: Path
 ) -> None:
     """A value no listener check knows of: a login of 250 characters, which the event of each accepted
     message names (``backoffice:<login>``, a column of 200 on PostgreSQL). Its mail goes in at the same
@@ -323,7 +362,7 @@ def test_a_message_the_database_refuses_costs_no_other_message_its_250(
     long_login = "ams-" + "x" * 246
     password = tmp_path / "long.password"
     password.write_text("long-login-password-1\n", encoding="utf-8")
-    gateway.cli(
+    own_gateway.cli(
         "backoffice",
         "password",
         "ams",
@@ -338,7 +377,7 @@ def test_a_message_the_database_refuses_costs_no_other_message_its_250(
     answers: dict[str, tuple[int, bytes]] = {}
 
     def send(name: str, login: str, secret: str, mail: EmailMessage, ready: threading.Barrier) -> None:
-        with smtplib.SMTP("127.0.0.1", gateway.port, timeout=30) as client:
+        with smtplib.SMTP("127.0.0.1", own_gateway.port, timeout=30) as client:
             client.login(login, secret)
             sender = str(mail["From"].addresses[0].addr_spec)
             assert client.mail(sender)[0] == 250
@@ -382,8 +421,9 @@ def zwei_id(database_url: str) -> int:
 
 
 def test_a_resent_reply_is_answered_with_the_stored_one(
-    gateway: RunningGateway, sink: BackOfficeSink, database_url: str
+    gateway: RunningGateway, backoffice: BackOfficeSink
 ) -> None:
+    database_url = gateway.database_url
     send_from_backoffice(gateway, ADDRESS["SB-B1"], "Zweimal", "<twice@ams.example>")
     copy = copy_for(gateway, "SB-B2", "Zweimal")
     reply = EmailMessage()
@@ -398,8 +438,8 @@ def test_a_resent_reply_is_answered_with_the_stored_one(
     assert first[0] == 250, first
     assert again == first, "the same answer, naming the stored reply"
     assert len(stored_messages(database_url, message_id="<twice-reply@kunde-b.example>")) == 1
-    assert len(sink.wait_for(1)) == 1
-    assert not wait_until(lambda: len(sink.received) > 1, timeout=1.0), "relayed once"
+    assert len(backoffice.wait_for(1)) == 1
+    assert not wait_until(lambda: len(backoffice.received) > 1, timeout=1.0), "relayed once"
 
     # The same Message-ID with other bytes is another mail; it is stored as such.
     reply.set_content("Doch noch etwas.\n")
@@ -420,25 +460,29 @@ def auto_reply(sender: str, to: str, body_size: int) -> bytes:
 
 
 def test_auto_replies_are_checked_before_they_are_stored_and_recorded_capped(
-    gateway: RunningGateway, sink: BackOfficeSink, database_url: str
+    gateway: RunningGateway, backoffice: BackOfficeSink
 ) -> None:
+    database_url = gateway.database_url
+    # What earlier tests on the module's gateway stored and logged; this test counts what comes after.
+    earlier = {kind: len(stored_messages(database_url, kind=kind)) for kind in ("auto-reply", "bounce")}
+    earlier_events = len(events_of(database_url, "reply.not_an_answer"))
     send_from_backoffice(gateway, ADDRESS["SB-B1"], "Urlaub", "<holiday@ams.example>")
     copy = copy_for(gateway, "SB-B2", "Urlaub")
     address = reply_address_of(copy)
 
     code, text = send_reply(gateway, auto_reply("stranger@else.example", address, 2_000_000), address, "")
     assert (code, text[:5]) == (550, b"5.7.1"), "a stranger's auto-reply is refused like its reply"
-    assert stored_messages(database_url, kind="auto-reply") == []
+    assert stored_messages(database_url, kind="auto-reply")[earlier["auto-reply"] :] == []
 
     raw = auto_reply(ADDRESS["SB-B2"], address, 2_000_000)
     code, text = send_reply(gateway, raw, address, ADDRESS["SB-B2"])
     assert code == 250, text
     assert b"not relayed" in text
-    (recorded,) = stored_messages(database_url, kind="auto-reply")
+    (recorded,) = stored_messages(database_url, kind="auto-reply")[earlier["auto-reply"] :]
     assert recorded["size"] == len(raw)
     assert isinstance(recorded["recorded"], int)
     assert 60_000 < recorded["recorded"] <= 64 * 1024
-    (event,) = events_of(database_url, "reply.not_an_answer")
+    (event,) = events_of(database_url, "reply.not_an_answer")[earlier_events:]
     assert event["recorded_size"] == recorded["recorded"]
 
     bounce = (
@@ -453,7 +497,7 @@ def test_auto_replies_are_checked_before_they_are_stored_and_recorded_capped(
     code, text = send_reply(gateway, bounce, address, "")
     assert code == 250, text
     assert b"not relayed" in text
-    (kept,) = stored_messages(database_url, kind="bounce")
+    (kept,) = stored_messages(database_url, kind="bounce")[earlier["bounce"] :]
     assert isinstance(kept["recorded"], int)
     assert kept["recorded"] <= 64 * 1024
-    assert sink.wait_for(1, timeout=1.0) == [], "nothing of it is relayed"
+    assert backoffice.wait_for(1, timeout=1.0) == [], "nothing of it is relayed"
