@@ -489,11 +489,11 @@ def test_a_retired_key_says_so_and_nothing_else(tmp_path: Path) -> None:
 
 def test_the_renamed_section_says_its_new_name(tmp_path: Path) -> None:
     # [intake] held the Vorgang header and the subject tag; "intake" now means the intake addresses alone.
-    path = write(tmp_path, '[intake]\ntag_subject = false\n')
+    path = write(tmp_path, "[intake]\ntag_subject = false\n")
     problem = only_problem(path, {})
     assert problem.where == "intake"
     assert problem.reason == "is now [vorgaenge], with the same keys: rename the section"
-    renamed = write(tmp_path, '[vorgaenge]\ntag_subject = false\n')
+    renamed = write(tmp_path, "[vorgaenge]\ntag_subject = false\n")
     assert load_settings(renamed, {}).vorgaenge.tag_subject is False
 
 
