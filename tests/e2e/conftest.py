@@ -480,12 +480,8 @@ def a_shared_gateway(
 @pytest.fixture(scope="module")
 def shared_sink() -> Iterator[BackOfficeSink]:
     """The back office's SMTP server for ``shared_relaying``; a test gets it through ``backoffice``."""
-    server = BackOfficeSink()
-    server.up()
-    try:
+    with running_sink() as server:
         yield server
-    finally:
-        server.down()
 
 
 @pytest.fixture(scope="module")
@@ -618,11 +614,19 @@ class BackOfficeSink:
         return list(self.received)
 
 
-@pytest.fixture
-def sink() -> Iterator[BackOfficeSink]:
+@contextlib.contextmanager
+def running_sink() -> Iterator[BackOfficeSink]:
+    """A back-office SMTP server, up until the block ends."""
     server = BackOfficeSink()
     server.up()
     try:
         yield server
     finally:
         server.down()
+
+
+@pytest.fixture
+def sink() -> Iterator[BackOfficeSink]:
+    """This test's own back-office SMTP server."""
+    with running_sink() as server:
+        yield server
