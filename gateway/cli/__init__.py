@@ -3,7 +3,8 @@
 One module per part of the command tree (as Mailman's ``commands/cli_*.py``), each a thin layer over the
 programmatic API (``gateway.admin.api``, ``gateway.routing.dryrun``, the storage functions):
 
-    root.py        the ``gateway`` group; context, errors -> exit status, transactions, JSON output
+    root.py        the ``gateway`` group and its lazy command table; context, errors -> exit status, JSON
+    work.py        how a command reaches the database: sessions, one transaction, the writer
     system.py      config check, db upgrade|status, secrets, tls, serve
     directory.py   directory load|export, portfolio, member, release, backoffice
     reconcile.py   reconcile status|run
@@ -12,7 +13,6 @@ programmatic API (``gateway.admin.api``, ``gateway.routing.dryrun``, the storage
     queue.py       queue list|show|retry|drop
 """
 
-from gateway.cli import directory, queue, reconcile, rules, system, views  # noqa: F401  (they add their commands)
 from gateway.cli.root import cli, main
 
 __all__ = ["cli", "main"]

@@ -26,12 +26,12 @@ from gateway.cli.root import (
     cli,
     command,
     emit_json,
-    in_transaction,
     json_option,
     pass_context,
     portfolio_option,
     print_changes,
 )
+from gateway.cli.work import in_transaction
 from gateway.db.senderauth import sender_auth_refusal
 from gateway.domain.directory import (
     Change,

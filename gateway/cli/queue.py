@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 import click
 from sqlalchemy import Connection
 
-from gateway.cli.root import Context, cli, command, emit_json, json_option, on_writer, pass_context
+from gateway.cli.root import Context, cli, command, emit_json, json_option, pass_context
 from gateway.cli.views import WHEN
+from gateway.cli.work import on_writer
 from gateway.db import queue
 from gateway.db.events import Event, EventKind, append_events
 from gateway.db.queue import QueueFilter, QueueItem

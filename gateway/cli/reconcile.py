@@ -14,15 +14,8 @@ import click
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from gateway.cli.root import (
-    Context,
-    cli,
-    command,
-    emit_json,
-    json_option,
-    on_writer,
-    pass_context,
-)
+from gateway.cli.root import Context, cli, command, emit_json, json_option, pass_context
+from gateway.cli.work import on_writer
 from gateway.db import reconcile as reconcile_db
 from gateway.db.writer import Writer
 from gateway.errors import NotFound, StorageError

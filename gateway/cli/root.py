@@ -1,5 +1,5 @@
-"""The root ``gateway`` group and what every command shares: the context, errors turned into messages
-and exit codes, async command bodies, transactions and JSON output.
+"""The root ``gateway`` group and what every command shares: the context, the lazy command table, errors
+turned into messages and exit codes, async command bodies and JSON output (database access: ``work.py``).
 
 Exit status: 0 done, 2 for usage and input errors (a bad option, file, name or rule), 1 when the gateway
 could not do the work (database unreachable, not migrated). Every command that prints data takes --json.
@@ -10,33 +10,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import getpass
+import importlib
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
-from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway import __version__
-from gateway.config import Settings, config_path, load_settings
-from gateway.db.directory import RECONCILE_RUNS
-from gateway.db.engine import create_engine, session_factory
-from gateway.db.migrate import require_current
-from gateway.db.writer import Writer
-from gateway.domain.directory import Change
-from gateway.errors import (
-    GatewayError,
-    InputError,
-    OperationalError,
-    ProblemsError,
-    StorageError,
-)
+from gateway.errors import GatewayError, InputError, OperationalError, ProblemsError
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
+    from gateway.domain.directory import Change
 
 T = TypeVar("T")
 
@@ -51,13 +41,21 @@ class Context:
     """What every command needs: where the configuration is, and who is acting (for the event log)."""
 
     def __init__(self, config: Path | None) -> None:
-        self.config_file = config_path(config, os.environ)
+        self._config = config
         self._settings: Settings | None = None
         self.actor = f"cli:{_login()}"
 
     @property
+    def config_file(self) -> Path:
+        from gateway.config import config_path  # pydantic and the loader only for commands that read it
+
+        return config_path(self._config, os.environ)
+
+    @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from gateway.config import load_settings
+
             self._settings = load_settings(self.config_file, os.environ)
         return self._settings
 
@@ -106,62 +104,6 @@ def command(func: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., Non
     return wrapper
 
 
-@asynccontextmanager
-async def database(ctx: Context) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """Sessions on the configured, migrated database, for a command that needs more than one."""
-    settings = ctx.settings
-    engine = create_engine(settings.database_url, echo=settings.database.echo)
-    try:
-        await require_current(engine)
-        yield session_factory(engine)
-    finally:
-        await engine.dispose()
-
-
-async def in_transaction(
-    ctx: Context, work: Callable[[AsyncSession], Awaitable[T]], *, write: bool = True
-) -> T:
-    """Run ``work`` in one transaction on the configured, migrated database; commit only if it succeeds."""
-    async with database(ctx) as sessions, sessions() as session:
-        try:
-            result = await work(session)
-            if write:
-                await session.commit()
-                _tell_about_runs(session.info.get(RECONCILE_RUNS, []))
-            return result
-        except (DBAPIError, SQLAlchemyError) as exc:
-            raise StorageError(f"the database refused the change: {exc}") from exc
-
-
-async def on_writer(ctx: Context, work: Callable[[Connection], T]) -> T:
-    """Run ``work`` in one transaction on the writer's Core connection, on the migrated database."""
-    settings = ctx.settings
-    engine = create_engine(settings.database_url, echo=settings.database.echo)
-    try:
-        await require_current(engine)
-    finally:
-        await engine.dispose()
-    writer = Writer(settings.database_url, echo=settings.database.echo)
-    try:
-        return await writer.run(work)
-    except (DBAPIError, SQLAlchemyError) as exc:
-        raise StorageError(f"the database refused the work: {exc}") from exc
-    finally:
-        await writer.close()
-
-
-def _tell_about_runs(runs: Sequence[tuple[str, int, bool]]) -> None:
-    """Tell the admin that existing copies follow a directory change (DESIGN.md §3), and where to watch;
-    on stderr, so that output for scripts (--json) stays what it is."""
-    for portfolio, run_id, restarted in runs:
-        what = "started over" if restarted else "recorded"
-        click.echo(
-            f"reconcile run {run_id} {what} for portfolio {portfolio}: existing copies follow the change "
-            "(`gateway reconcile status` shows the progress)",
-            err=True,
-        )
-
-
 def emit_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
@@ -192,7 +134,46 @@ portfolio_option = click.option(
 # --- the root of the command tree ---------------------------------------------------------------------
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+# Each command lives in the module named here, imported only when the command runs or help lists it,
+# so that ``gateway --version`` and ``--help`` start without SQLAlchemy, pydantic and the stages, and
+# so does every parse worker that re-runs the console script (gateway.stages.parsepool).
+# tests/stages/test_cli_lazy.py checks that this table and the modules agree.
+COMMAND_MODULES = {
+    "backoffice": "directory",
+    "config": "system",
+    "db": "system",
+    "directory": "directory",
+    "events": "views",
+    "member": "directory",
+    "portfolio": "directory",
+    "quarantine": "views",
+    "queue": "queue",
+    "reconcile": "reconcile",
+    "release": "directory",
+    "rules": "rules",
+    "secrets": "system",
+    "serve": "system",
+    "tls": "system",
+    "vorgang": "views",
+    "who-can-see": "views",
+}
+
+
+class LazyGroup(click.Group):
+    """The root group: knows its commands by name and imports a command's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMAND_MODULES) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            importlib.import_module(f"gateway.cli.{COMMAND_MODULES[cmd_name]}")
+        return self.commands.get(cmd_name)
+
+
+@click.group(
+    cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+)
 @click.option(
     "-c",
     "--config",

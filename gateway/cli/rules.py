@@ -8,16 +8,8 @@ from pathlib import Path
 
 import click
 
-from gateway.cli.root import (
-    EXIT_INPUT,
-    Context,
-    cli,
-    command,
-    emit_json,
-    in_transaction,
-    json_option,
-    pass_context,
-)
+from gateway.cli.root import EXIT_INPUT, Context, cli, command, emit_json, json_option, pass_context
+from gateway.cli.work import in_transaction
 
 # --- routing rules ---------------------------------------------------------------------------------------
 

@@ -17,18 +17,8 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.admin import api as admin
-from gateway.cli.root import (
-    Context,
-    cli,
-    command,
-    database,
-    emit_json,
-    in_transaction,
-    json_option,
-    on_writer,
-    pass_context,
-    portfolio_option,
-)
+from gateway.cli.root import Context, cli, command, emit_json, json_option, pass_context, portfolio_option
+from gateway.cli.work import database, in_transaction, on_writer
 from gateway.db import quarantine
 from gateway.db.events import EventView
 from gateway.domain.model import ParticipantRole

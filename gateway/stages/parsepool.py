@@ -29,7 +29,6 @@ import multiprocessing
 import os
 import select
 import signal
-import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -147,15 +146,12 @@ class ParsePool:
         self.workers = workers
         self.budget = budget
         self._context = multiprocessing.get_context("forkserver")
-        # The server imports the gateway's modules once; every worker forked from it starts with them.
-        # Each worker also runs the main script again (multiprocessing's way); with the modules the
-        # script imports (gateway.cli for the console script) already there, that costs nothing,
-        # where it would otherwise cost seconds of imports per worker and per replacement.
-        self._context.set_forkserver_preload(
-            sorted(
-                {"gateway.stages.parsepool", *(m for m in sys.modules if m.partition(".")[0] == "gateway")}
-            )
-        )
+        # The fork server imports what a worker needs once; every worker forked from it starts with it.
+        # multiprocessing also has each worker run the main script again: for the console script that
+        # is `from gateway.cli import main`, which only loads the root group (the command table is lazy).
+        # Nothing else is preloaded: the workers need neither SQLAlchemy nor the stages, and importing
+        # them cost every `gateway serve` start about a second of CPU and each worker their memory.
+        self._context.set_forkserver_preload(["gateway.cli", "gateway.stages.parsepool"])
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._all: set[_Worker] = set()
         self._background: set[asyncio.Task[Any]] = set()
