@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os.path
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,8 +20,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.db import accounts, events, messages
 from gateway.db import directory as db
 from gateway.db.events import EventFilter, EventView
-from gateway.db.messages import VorgangSummary, VorgangView, get_message, participants_of, vorgang_view
+from gateway.db.messages import (
+    VorgangLabel,
+    VorgangSummary,
+    VorgangView,
+    get_message,
+    participants_of,
+    vorgang_labels,
+    vorgang_view,
+)
 from gateway.db.models import MemberRow, PortfolioRow, VorgangRow
+from gateway.db.reconcile import message_batches
 from gateway.domain.addresses import InvalidAddress, normalise_address
 from gateway.domain.audience import Audience, audience
 from gateway.domain.directory import (
@@ -34,10 +44,15 @@ from gateway.domain.directory import (
     RelayTls,
     ReleaseSpec,
     SenderAuth,
+    audience_changes,
+    check_portfolio,
+    merge_portfolio,
+    plan_changes,
     sharing_still_used,
 )
 from gateway.domain.model import Member, Participant, ParticipantRole, ReadSync
 from gateway.domain.passwords import WeakPassword, hash_password
+from gateway.domain.preview import Preview, fold, plan_batches, planned_directory
 from gateway.domain.reconcile import Backfill, RevokedCopies
 from gateway.domain.senders import InvalidVersion, parse_ams_version
 from gateway.errors import DirectoryConflict, InputError, NotFound
@@ -51,12 +66,22 @@ def address(text: str) -> str:
         raise InputError(str(exc)) from None
 
 
+# A directory change as a function of the portfolio as it is: the same edit is applied by the commands
+# below and previewed by :func:`preview_change`, so what an admin previews is what they then change.
+Edit: TypeAlias = Callable[[PortfolioSpec], PortfolioSpec]
+
+
 async def _spec(session: AsyncSession, portfolio: str) -> PortfolioSpec:
     return await db.read_spec(session, await db.get_portfolio(session, portfolio))
 
 
 async def _apply(session: AsyncSession, spec: PortfolioSpec, actor: str) -> list[Change]:
     return await db.apply_spec(session, spec, prune=True, actor=actor)
+
+
+async def make_change(session: AsyncSession, portfolio: str, edit: Edit, actor: str) -> list[Change]:
+    """Apply ``edit`` to the portfolio as it is: the change :func:`preview_change` previews."""
+    return await _apply(session, edit(await _spec(session, portfolio)), actor)
 
 
 # --- directory files ---------------------------------------------------------------------------------
@@ -167,10 +192,18 @@ async def set_member(
 async def remove_member(
     session: AsyncSession, portfolio: str, member_address: str, actor: str
 ) -> list[Change]:
-    spec = await _spec(session, portfolio)
-    member = _member(spec, address(member_address))
-    members = tuple(m for m in spec.members if m is not member)
-    return await _apply(session, dataclasses.replace(spec, members=members), actor)
+    return await _apply(session, member_removed(member_address)(await _spec(session, portfolio)), actor)
+
+
+def member_removed(member_address: str) -> Edit:
+    """The edit that removes a member from the portfolio."""
+    wanted = address(member_address)
+
+    def edit(spec: PortfolioSpec) -> PortfolioSpec:
+        member = _member(spec, wanted)
+        return dataclasses.replace(spec, members=tuple(m for m in spec.members if m is not member))
+
+    return edit
 
 
 # --- releases ----------------------------------------------------------------------------------------------
@@ -196,20 +229,44 @@ async def create_release(
     backfill: Backfill | None = None,
     revoked_copies: RevokedCopies | None = None,
 ) -> list[Change]:
-    spec = await _spec(session, portfolio)
-    if spec.release(name) is not None:
-        raise DirectoryConflict(f'release "{name}" exists already in portfolio {portfolio}')
-    if not name.strip():
-        raise InputError("a release needs a name")
-    release = ReleaseSpec(
-        name.strip(),
-        primary,
-        share_vorgaenge,
-        read_sync,
-        backfill=backfill or Backfill(),
-        revoked_copies=revoked_copies or RevokedCopies.REMOVE,
+    edit = release_created(
+        name,
+        primary=primary,
+        share_vorgaenge=share_vorgaenge,
+        read_sync=read_sync,
+        backfill=backfill,
+        revoked_copies=revoked_copies,
     )
-    return await _apply(session, dataclasses.replace(spec, releases=(*spec.releases, release)), actor)
+    return await _apply(session, edit(await _spec(session, portfolio)), actor)
+
+
+def release_created(
+    name: str,
+    *,
+    primary: bool,
+    share_vorgaenge: bool,
+    read_sync: ReadSync,
+    backfill: Backfill | None = None,
+    revoked_copies: RevokedCopies | None = None,
+) -> Edit:
+    """The edit that creates the release ``name``."""
+
+    def edit(spec: PortfolioSpec) -> PortfolioSpec:
+        if spec.release(name) is not None:
+            raise DirectoryConflict(f'release "{name}" exists already in portfolio {spec.name}')
+        if not name.strip():
+            raise InputError("a release needs a name")
+        release = ReleaseSpec(
+            name.strip(),
+            primary,
+            share_vorgaenge,
+            read_sync,
+            backfill=backfill or Backfill(),
+            revoked_copies=revoked_copies or RevokedCopies.REMOVE,
+        )
+        return dataclasses.replace(spec, releases=(*spec.releases, release))
+
+    return edit
 
 
 async def set_release(
@@ -224,8 +281,27 @@ async def set_release(
     revoked_copies: RevokedCopies | None = None,
     actor: str,
 ) -> list[Change]:
-    spec = await _spec(session, portfolio)
-    release = _release(spec, name)
+    edit = release_changed(
+        name,
+        primary=primary,
+        share_vorgaenge=share_vorgaenge,
+        read_sync=read_sync,
+        backfill=backfill,
+        revoked_copies=revoked_copies,
+    )
+    return await _apply(session, edit(await _spec(session, portfolio)), actor)
+
+
+def release_changed(
+    name: str,
+    *,
+    primary: bool | None = None,
+    share_vorgaenge: bool | None = None,
+    read_sync: ReadSync | None = None,
+    backfill: Backfill | None = None,
+    revoked_copies: RevokedCopies | None = None,
+) -> Edit:
+    """The edit that changes the flags of the release ``name``; None leaves a flag as it is."""
     changed = {
         k: v
         for k, v in (
@@ -237,47 +313,64 @@ async def set_release(
         )
         if v is not None
     }
-    new = dataclasses.replace(release, **changed)  # type: ignore[arg-type]
-    releases = tuple(new if r.name == name else r for r in spec.releases)
-    return await _apply(session, dataclasses.replace(spec, releases=releases), actor)
+
+    def edit(spec: PortfolioSpec) -> PortfolioSpec:
+        new = dataclasses.replace(_release(spec, name), **changed)  # type: ignore[arg-type]
+        releases = tuple(new if r.name == name else r for r in spec.releases)
+        return dataclasses.replace(spec, releases=releases)
+
+    return edit
 
 
 async def delete_release(session: AsyncSession, portfolio: str, name: str, actor: str) -> list[Change]:
-    spec = await _spec(session, portfolio)
-    _release(spec, name)
-    members = tuple(
-        dataclasses.replace(m, releases=tuple(r for r in m.releases if r != name)) for m in spec.members
-    )
-    releases = tuple(r for r in spec.releases if r.name != name)
-    return await _apply(session, dataclasses.replace(spec, releases=releases, members=members), actor)
+    return await _apply(session, release_deleted(name)(await _spec(session, portfolio)), actor)
+
+
+def release_deleted(name: str) -> Edit:
+    """The edit that deletes the release ``name`` (its members lose what it gave them)."""
+
+    def edit(spec: PortfolioSpec) -> PortfolioSpec:
+        _release(spec, name)
+        members = tuple(
+            dataclasses.replace(m, releases=tuple(r for r in m.releases if r != name)) for m in spec.members
+        )
+        releases = tuple(r for r in spec.releases if r.name != name)
+        return dataclasses.replace(spec, releases=releases, members=members)
+
+    return edit
 
 
 async def add_release_member(
     session: AsyncSession, portfolio: str, release: str, member_address: str, actor: str
 ) -> list[Change]:
-    return await _release_membership(session, portfolio, release, member_address, actor, joins=True)
+    edit = release_membership(release, member_address, joins=True)
+    return await _apply(session, edit(await _spec(session, portfolio)), actor)
 
 
 async def remove_release_member(
     session: AsyncSession, portfolio: str, release: str, member_address: str, actor: str
 ) -> list[Change]:
-    return await _release_membership(session, portfolio, release, member_address, actor, joins=False)
+    edit = release_membership(release, member_address, joins=False)
+    return await _apply(session, edit(await _spec(session, portfolio)), actor)
 
 
-async def _release_membership(
-    session: AsyncSession, portfolio: str, release: str, member_address: str, actor: str, *, joins: bool
-) -> list[Change]:
-    """Put the member into the release (``joins``) or take it out; an error if it is so already."""
-    spec = await _spec(session, portfolio)
-    _release(spec, release)
-    member = _member(spec, address(member_address))
-    if joins and release in member.releases:
-        raise DirectoryConflict(f'member {member.address} is already in release "{release}"')
-    if not joins and release not in member.releases:
-        raise NotFound(f'member {member.address} is not in release "{release}"')
-    others = tuple(r for r in member.releases if r != release)
-    new = dataclasses.replace(member, releases=(*others, release) if joins else others)
-    return await _apply(session, _replace_member(spec, new), actor)
+def release_membership(release: str, member_address: str, *, joins: bool) -> Edit:
+    """The edit that puts the member into the release (``joins``) or takes it out; an error if it is so
+    already."""
+    wanted = address(member_address)
+
+    def edit(spec: PortfolioSpec) -> PortfolioSpec:
+        _release(spec, release)
+        member = _member(spec, wanted)
+        if joins and release in member.releases:
+            raise DirectoryConflict(f'member {member.address} is already in release "{release}"')
+        if not joins and release not in member.releases:
+            raise NotFound(f'member {member.address} is not in release "{release}"')
+        others = tuple(r for r in member.releases if r != release)
+        new = dataclasses.replace(member, releases=(*others, release) if joins else others)
+        return _replace_member(spec, new)
+
+    return edit
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,3 +658,98 @@ async def who_can_see_hypothetical(
     return Explanation(
         portfolio, None, audience(snap.portfolio_id, participants, snap.releases), snap.members
     )
+
+
+# --- the preview of a change ---------------------------------------------------------------------------
+
+# Messages planned per read of a preview; as work_batch's batches, small enough to keep memory bounded.
+PREVIEW_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePreview:
+    """What a directory change would do to the existing copies, with the names people know.
+
+    ``reconciles``: whether making the change records a reconcile run (it changes an audience or a
+    release's backfill/revocation policy, and the portfolio has messages); the counts are what that run
+    would do, planned by the same planner over the same messages.
+    """
+
+    portfolio: str
+    changes: tuple[Change, ...]
+    reconciles: bool
+    preview: Preview
+    members: Mapping[int, MemberSpec]
+    vorgaenge: Mapping[int, VorgangLabel]
+
+    def name_of(self, member_id: int) -> str:
+        member = self.members[member_id]
+        return member.display_name or member.address
+
+
+async def preview_change(
+    session: AsyncSession,
+    portfolio: str,
+    wanted: PortfolioSpec | Edit,
+    *,
+    prune: bool = True,
+    now: dt.datetime | None = None,
+    batch_size: int = PREVIEW_BATCH,
+) -> ChangePreview:
+    """Preview a change of ``portfolio`` without making it: the wanted spec, or the edit of the current one.
+
+    The directory's rules are checked first, as when the change is made, so a change that would break
+    one raises the same ``DirectoryConflict`` and plans nothing. Nothing is written, and nothing locked.
+    """
+    if callable(wanted):
+        row: PortfolioRow | None = await db.get_portfolio(session, portfolio)
+    else:
+        row = await db.find_portfolio(session, portfolio)
+    current = await db.read_spec(session, row) if row is not None else None
+    if callable(wanted):
+        assert current is not None, "get_portfolio found it"
+        wanted = wanted(current)
+    if wanted.name != portfolio:
+        raise InputError(f"the wanted directory is of portfolio {wanted.name}, not of {portfolio}")
+    result = merge_portfolio(current, wanted, prune=prune)
+    if problems := check_portfolio(result):
+        raise DirectoryConflict("; ".join(v.reason for v in problems))
+    changes = tuple(plan_changes(current, result))
+    named = {m.address: m for m in result.members}
+    if row is None:
+        # A new portfolio has no messages yet: nothing to plan.
+        return ChangePreview(portfolio, changes, False, Preview(), {}, {})
+    await db.refuse_deleting_with_history(session, row.id, changes)
+    snap = await db.snapshot(session, row)
+    directory = planned_directory(
+        current,
+        result,
+        row.id,
+        {r.name: r.id for r in snap.releases},
+        {m.address: m.id for m in snap.members.values()},
+    )
+    moment = now or dt.datetime.now(dt.UTC)
+    pid = row.id
+    preview = await session.run_sync(
+        lambda s: fold(plan_batches(message_batches(s.connection(), pid, batch_size), directory, moment))
+    )
+    # Members the change deletes are named as they were; the others as the change leaves them.
+    members = {
+        member_id: named.get(address_) or _former_member(snap.members, member_id)
+        for address_, member_id in directory.member_ids.items()
+    }
+    reconciles = bool(audience_changes(current, result, changes)) and preview.messages > 0
+    labels = await vorgang_labels(session, pid, sorted(preview.vorgaenge()))
+    return ChangePreview(portfolio, changes, reconciles, preview, members, labels)
+
+
+def _former_member(members: Mapping[int, Member], member_id: int) -> MemberSpec:
+    member = members[member_id]
+    return MemberSpec(member.address, member.display_name)
+
+
+async def preview_directory(
+    session: AsyncSession, spec: DirectorySpec, *, prune: bool, now: dt.datetime | None = None
+) -> dict[str, ChangePreview]:
+    """The preview of loading a (checked) directory file, per portfolio."""
+    return {p.name: await preview_change(session, p.name, p, prune=prune, now=now) for p in spec.portfolios}

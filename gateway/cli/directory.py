@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,6 +66,126 @@ def directory_change(body: Callable[..., DirectoryChange]) -> Callable[..., None
     return run
 
 
+# What the body of a command that can change audiences names: the portfolio and the edit of it.
+AudienceChange = tuple[str, admin.Edit]
+
+
+def audience_change(body: Callable[..., AudienceChange]) -> Callable[..., None]:
+    """A directory command that can change who sees existing messages: as ``directory_change``, and with
+    ``--preview`` it shows what reconciliation would do about the existing copies and changes nothing."""
+
+    @click.option(
+        "--preview",
+        is_flag=True,
+        help="Show who would gain and lose copies of which Vorgänge, and change nothing.",
+    )
+    @json_option
+    @pass_context
+    @command
+    @functools.wraps(body)
+    async def run(ctx: Context, *args: Any, as_json: bool, preview: bool, **kwargs: Any) -> None:
+        portfolio, edit = body(ctx, *args, **kwargs)
+        if preview:
+            shown = await in_transaction(ctx, lambda s: admin.preview_change(s, portfolio, edit), write=False)
+            print_preview([shown], as_json)
+            return
+        changes = await in_transaction(ctx, lambda s: admin.make_change(s, portfolio, edit, ctx.actor))
+        print_changes(changes, as_json)
+
+    return run
+
+
+def print_preview(previews: Sequence[admin.ChangePreview], as_json: bool) -> None:
+    """Previews as people read them, or as JSON; both say what each member gains and loses per Vorgang."""
+    if as_json:
+        data = [_preview_data(p) for p in previews]
+        emit_json(data[0] if len(data) == 1 else data)
+        return
+    for shown in previews:
+        for line in preview_lines(shown):
+            click.echo(line)
+
+
+def _counted(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _per_vorgang(shown: admin.ChangePreview, counts: Mapping[int, int]) -> str:
+    """``3 Vorgänge (VG-2026-000001: 2, VG-2026-000002: 1)``."""
+    named = ", ".join(f"{shown.vorgaenge[v].reference}: {n}" for v, n in counts.items())
+    return f"{_counted(len(counts), 'Vorgang', 'Vorgänge')} ({named})"
+
+
+def preview_lines(shown: admin.ChangePreview) -> list[str]:
+    p = shown.preview
+    lines = [f"preview for portfolio {shown.portfolio} (nothing changed):"]
+    lines += [f"  would {c.describe()}" for c in shown.changes] or ["  nothing to change"]
+    if not p.messages:
+        lines.append("no messages yet: no copy to back-fill or remove")
+        return lines
+    run = "a reconcile run would follow" if shown.reconciles else "the change starts no reconcile run"
+    lines.append(f"{_counted(p.messages, 'message', 'messages')} planned; {run}")
+    for m in p.members:
+        name = shown.name_of(m.member_id)
+        said = []
+        if m.gains:
+            gained = _counted(m.gained, "message", "messages")
+            said.append(f"gains {gained} in {_per_vorgang(shown, m.gains)}")
+        if m.loses:
+            said.append(f"loses {_counted(m.lost, 'copy', 'copies')} in {_per_vorgang(shown, m.loses)}")
+        if m.keeps:
+            said.append(
+                f"keeps {_counted(m.kept, 'copy', 'copies')} no longer shared (revoked_copies keep) in "
+                + _per_vorgang(shown, m.keeps)
+            )
+        if m.held_back:
+            said.append(
+                f"gets no copy of {_counted(m.not_backfilled, 'message', 'messages')} it may see now "
+                f"(the backfill policy) in {_per_vorgang(shown, m.held_back)}"
+            )
+        lines.append(f"{name} " + "; ".join(said))
+    if not p.changes:
+        lines.append("no copy would be back-filled or removed")
+    lines.append(
+        f"total: {_counted(p.gained, 'copy', 'copies')} back-filled, {p.lost} removed, {p.kept} kept, "
+        f"{p.not_backfilled} not back-filled"
+    )
+    return lines
+
+
+def _preview_data(shown: admin.ChangePreview) -> dict[str, object]:
+    def per_vorgang(counts: Mapping[int, int]) -> list[dict[str, object]]:
+        return [
+            {"vorgang": shown.vorgaenge[v].reference, "subject": shown.vorgaenge[v].subject, "messages": n}
+            for v, n in counts.items()
+        ]
+
+    p = shown.preview
+    return {
+        "portfolio": shown.portfolio,
+        "changes": [c.describe() for c in shown.changes],
+        "reconciles": shown.reconciles,
+        "messages": p.messages,
+        "totals": {
+            "backfilled": p.gained,
+            "revoked": p.lost,
+            "kept": p.kept,
+            "not_backfilled": p.not_backfilled,
+        },
+        "members": [
+            {
+                "member": shown.members[m.member_id].address,
+                "name": shown.members[m.member_id].display_name,
+                "gains": per_vorgang(m.gains),
+                "loses": per_vorgang(m.loses),
+                "keeps": per_vorgang(m.keeps),
+                "not_backfilled": per_vorgang(m.held_back),
+            }
+            for m in p.members
+        ],
+    }
+
+
 # --- directory -------------------------------------------------------------------------------------------
 
 
@@ -78,12 +198,25 @@ def directory_group() -> None:
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--prune", is_flag=True, help="Also delete what the file's portfolios have but the file lacks.")
 @click.option("--dry-run", is_flag=True, help="Check the file and show the changes without making them.")
+@click.option(
+    "--preview",
+    is_flag=True,
+    help="Show who would gain and lose copies of which Vorgänge, and change nothing.",
+)
 @json_option
 @pass_context
 @command
-async def directory_load(ctx: Context, file: Path, prune: bool, dry_run: bool, as_json: bool) -> None:
+async def directory_load(
+    ctx: Context, file: Path, prune: bool, dry_run: bool, preview: bool, as_json: bool
+) -> None:
     """Apply a directory FILE: create or update every portfolio it describes, all or nothing."""
     spec = read_directory_file(file)
+    if preview:
+        previews = await in_transaction(
+            ctx, lambda s: admin.preview_directory(s, spec, prune=prune), write=False
+        )
+        print_preview(list(previews.values()), as_json)
+        return
     result = await in_transaction(
         ctx,
         lambda s: _sender_auth_checked(
@@ -321,10 +454,10 @@ def member_set(ctx: Context, address: str, display_name: str, portfolio: str) ->
 @member_group.command("remove")
 @click.argument("address")
 @portfolio_option
-@directory_change
-def member_remove(ctx: Context, address: str, portfolio: str) -> DirectoryChange:
+@audience_change
+def member_remove(ctx: Context, address: str, portfolio: str) -> AudienceChange:
     """Delete the member ADDRESS (only a member without messages; otherwise remove it from its releases)."""
-    return lambda s: admin.remove_member(s, portfolio, address, ctx.actor)
+    return portfolio, admin.member_removed(address)
 
 
 @member_group.command("list")
@@ -387,7 +520,7 @@ revoked_copies_option = click.option(
 @backfill_option
 @revoked_copies_option
 @portfolio_option
-@directory_change
+@audience_change
 def release_create(
     ctx: Context,
     name: str,
@@ -397,18 +530,15 @@ def release_create(
     backfill: Backfill | None,
     revoked_copies: str | None,
     portfolio: str,
-) -> DirectoryChange:
+) -> AudienceChange:
     """Create the release NAME."""
-    return lambda s: admin.create_release(
-        s,
-        portfolio,
+    return portfolio, admin.release_created(
         name,
         primary=primary,
         share_vorgaenge=share_vorgaenge,
         read_sync=ReadSync(read_sync or ReadSync.ANSWERED),
         backfill=backfill,
         revoked_copies=RevokedCopies(revoked_copies) if revoked_copies else None,
-        actor=ctx.actor,
     )
 
 
@@ -420,7 +550,7 @@ def release_create(
 @backfill_option
 @revoked_copies_option
 @portfolio_option
-@directory_change
+@audience_change
 def release_set(
     ctx: Context,
     name: str,
@@ -430,48 +560,45 @@ def release_set(
     backfill: Backfill | None,
     revoked_copies: str | None,
     portfolio: str,
-) -> DirectoryChange:
+) -> AudienceChange:
     """Change the flags of the release NAME."""
-    return lambda s: admin.set_release(
-        s,
-        portfolio,
+    return portfolio, admin.release_changed(
         name,
         primary=primary,
         share_vorgaenge=share_vorgaenge,
         read_sync=ReadSync(read_sync) if read_sync else None,
         backfill=backfill,
         revoked_copies=RevokedCopies(revoked_copies) if revoked_copies else None,
-        actor=ctx.actor,
     )
 
 
 @release_group.command("delete")
 @click.argument("name")
 @portfolio_option
-@directory_change
-def release_delete(ctx: Context, name: str, portfolio: str) -> DirectoryChange:
+@audience_change
+def release_delete(ctx: Context, name: str, portfolio: str) -> AudienceChange:
     """Delete the release NAME (its members lose what it gave them)."""
-    return lambda s: admin.delete_release(s, portfolio, name, ctx.actor)
+    return portfolio, admin.release_deleted(name)
 
 
 @release_group.command("add-member")
 @click.argument("name")
 @click.argument("address")
 @portfolio_option
-@directory_change
-def release_add_member(ctx: Context, name: str, address: str, portfolio: str) -> DirectoryChange:
+@audience_change
+def release_add_member(ctx: Context, name: str, address: str, portfolio: str) -> AudienceChange:
     """Add the member ADDRESS to the release NAME."""
-    return lambda s: admin.add_release_member(s, portfolio, name, address, ctx.actor)
+    return portfolio, admin.release_membership(name, address, joins=True)
 
 
 @release_group.command("remove-member")
 @click.argument("name")
 @click.argument("address")
 @portfolio_option
-@directory_change
-def release_remove_member(ctx: Context, name: str, address: str, portfolio: str) -> DirectoryChange:
+@audience_change
+def release_remove_member(ctx: Context, name: str, address: str, portfolio: str) -> AudienceChange:
     """Remove the member ADDRESS from the release NAME."""
-    return lambda s: admin.remove_release_member(s, portfolio, name, address, ctx.actor)
+    return portfolio, admin.release_membership(name, address, joins=False)
 
 
 @release_group.command("show")

@@ -412,6 +412,16 @@ async def _release(session: AsyncSession, pid: int, name: str) -> ReleaseRow:
     return row
 
 
+async def refuse_deleting_with_history(
+    session: AsyncSession, portfolio_id: int, changes: Sequence[Change]
+) -> None:
+    """The conflict that deleting a member with history meets when applied, raised before anything is
+    written: a preview must meet it too, not plan a change that cannot be made."""
+    for change in changes:
+        if change.kind == "member" and change.action == "delete":
+            await _refuse_delete_with_history(session, await _member(session, portfolio_id, change.name))
+
+
 async def _refuse_delete_with_history(session: AsyncSession, member: MemberRow) -> None:
     # Messages and copies are the Vorgang's history and the member's mailbox; deleting the member
     # would orphan both. Removing the member from every release withdraws the rights instead.

@@ -411,3 +411,28 @@ async def list_vorgaenge(
         )
         for vid, reference, key, subject, created, last_at, n, held in found
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class VorgangLabel:
+    """How a Vorgang is named to people: its reference and subject."""
+
+    reference: str
+    subject: str
+
+
+async def vorgang_labels(
+    session: AsyncSession, portfolio_id: int, ids: Sequence[int]
+) -> dict[int, VorgangLabel]:
+    """The reference and subject of each of the portfolio's Vorgänge ``ids``, read in bounded chunks."""
+    found: dict[int, VorgangLabel] = {}
+    wanted = sorted(set(ids))
+    for start in range(0, len(wanted), 1000):
+        chunk = wanted[start : start + 1000]
+        for vid, reference, subject in await session.execute(
+            select(VorgangRow.id, VorgangRow.reference, VorgangRow.subject).where(
+                VorgangRow.portfolio_id == portfolio_id, VorgangRow.id.in_(chunk)
+            )
+        ):
+            found[int(vid)] = VorgangLabel(reference, subject)
+    return found

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -40,6 +40,7 @@ from gateway.db.models import (
     utc,
 )
 from gateway.domain.model import Participant, ParticipantRole, ReadSync, Release
+from gateway.domain.preview import Batch
 from gateway.domain.readsync import SyncedFlag
 from gateway.domain.reconcile import ExistingCopy, MessageFacts, MessagePlan, ReleasePolicy, plan_message
 from gateway.errors import NotFound
@@ -285,30 +286,21 @@ class _StoredCopy:
     kept_from: int | None
 
 
-def work_batch(
-    connection: Connection,
-    run: RunLease,
-    node: str,
-    now: dt.datetime,
-    lease: float,
-    batch_size: int,
-    *,
-    keep_plans: bool = False,
-) -> BatchDone:
-    """Reconcile the next ``batch_size`` messages of the run's portfolio, in this one transaction."""
-    state = connection.execute(
-        select(RUNS.c.state, RUNS.c.leased_by, RUNS.c.cursor, RUNS.c.processed, RUNS.c.total)
-        .where(RUNS.c.id == run.id)
-        .with_for_update()
-    ).first()
-    if state is None or state[0] != "open" or state[1] != node:
-        # Finished, or taken over by another process after our lease ran out: that one goes on.
-        return BatchDone(run.id, 0, 0, 0, 0, 0, 0, finished=False, lost_lease=True)
-    cursor, processed, total = int(state[2]), int(state[3]), int(state[4])
-    pid = run.portfolio_id
+@dataclass(frozen=True, slots=True)
+class _ReadBatch:
+    messages: tuple[tuple[int, MessageFacts], ...]
+    """(Vorgang id, facts) per message, in id order."""
+    stored: dict[int, dict[int, _StoredCopy]]
+    """The copies of each message by member."""
+    gone: dict[int, ReleasePolicy]
+
+
+def _read_batch(connection: Connection, pid: int, cursor: int, batch_size: int) -> _ReadBatch | None:
+    """The next ``batch_size`` messages of the portfolio after ``cursor`` as the planner takes them; None
+    when there are none left. Reconciliation and its preview read through here, so both plan the same."""
     messages = list(
         connection.execute(
-            select(MessageRow.id, MessageRow.received_at, MessageRow.sender_member_id)
+            select(MessageRow.id, MessageRow.received_at, MessageRow.sender_member_id, MessageRow.vorgang_id)
             # Only mail that is fanned out at all: quarantined mail, auto-replies, bounces and loops are
             # kept in the Vorgang without copies, and a directory change must not hand them out.
             .where(
@@ -319,8 +311,7 @@ def work_batch(
         )
     )
     if not messages:
-        return _finish(connection, run, node, processed, now)
-
+        return None
     ids = [int(m[0]) for m in messages]
     participants: dict[int, list[Participant]] = defaultdict(list)
     for message_id, member_id, role in connection.execute(
@@ -345,7 +336,6 @@ def work_batch(
         stored[int(row[1])][int(row[2])] = _StoredCopy(
             int(row[0]), int(row[2]), row[3], bool(row[4]), bool(row[5]), row[6], row[7]
         )
-    releases, policies = portfolio_releases(connection, pid)
     # Copies kept from a release that was deleted while it kept revoked copies stay kept.
     gone = {
         c.kept_from: ReleasePolicy(remove_revoked=False)
@@ -353,31 +343,81 @@ def work_batch(
         for c in copies.values()
         if c.kept_from is not None and c.shared_via is None
     }
+    facts = tuple(
+        (
+            int(vorgang_id),
+            MessageFacts(
+                int(message_id),
+                pid,
+                utc(received_at),
+                tuple(participants.get(int(message_id), ())),
+                tuple(
+                    ExistingCopy(
+                        c.member_id,
+                        live=c.state in LIVE_STATES,
+                        seen=c.seen,
+                        answered=c.answered,
+                        shared_via=c.shared_via if c.shared_via is not None else c.kept_from,
+                    )
+                    for c in stored.get(int(message_id), {}).values()
+                ),
+                author=author,
+            ),
+        )
+        for message_id, received_at, author, vorgang_id in messages
+    )
+    return _ReadBatch(facts, stored, gone)
+
+
+def message_batches(connection: Connection, portfolio_id: int, batch_size: int) -> Iterator[Batch]:
+    """The portfolio's messages in batches, read as :func:`work_batch` reads them, for a preview.
+
+    A generator over one connection: each batch is read when the previous one has been planned, so a
+    portfolio of any size is never in memory at once.
+    """
+    cursor = 0
+    while (read := _read_batch(connection, portfolio_id, cursor, batch_size)) is not None:
+        yield Batch(read.messages, read.gone)
+        cursor = read.messages[-1][1].message_id
+
+
+def work_batch(
+    connection: Connection,
+    run: RunLease,
+    node: str,
+    now: dt.datetime,
+    lease: float,
+    batch_size: int,
+    *,
+    keep_plans: bool = False,
+) -> BatchDone:
+    """Reconcile the next ``batch_size`` messages of the run's portfolio, in this one transaction."""
+    state = connection.execute(
+        select(RUNS.c.state, RUNS.c.leased_by, RUNS.c.cursor, RUNS.c.processed, RUNS.c.total)
+        .where(RUNS.c.id == run.id)
+        .with_for_update()
+    ).first()
+    if state is None or state[0] != "open" or state[1] != node:
+        # Finished, or taken over by another process after our lease ran out: that one goes on.
+        return BatchDone(run.id, 0, 0, 0, 0, 0, 0, finished=False, lost_lease=True)
+    cursor, processed, total = int(state[2]), int(state[3]), int(state[4])
+    pid = run.portfolio_id
+    read = _read_batch(connection, pid, cursor, batch_size)
+    if read is None:
+        return _finish(connection, run, node, processed, now)
+    ids = [facts.message_id for _, facts in read.messages]
+    stored = read.stored
+    releases, policies = portfolio_releases(connection, pid)
+    gone = read.gone
 
     plans: list[MessagePlan] = []
     inserts: list[NewCopy] = []
     revived: list[dict[str, Any]] = []
     revoking: list[dict[str, Any]] = []
     kept = 0
-    for message_id, received_at, author in messages:
-        copies = stored.get(int(message_id), {})
-        facts = MessageFacts(
-            int(message_id),
-            pid,
-            _aware(received_at) or now,
-            tuple(participants.get(int(message_id), ())),
-            tuple(
-                ExistingCopy(
-                    c.member_id,
-                    live=c.state in LIVE_STATES,
-                    seen=c.seen,
-                    answered=c.answered,
-                    shared_via=c.shared_via if c.shared_via is not None else c.kept_from,
-                )
-                for c in copies.values()
-            ),
-            author=author,
-        )
+    for _, facts in read.messages:
+        message_id = facts.message_id
+        copies = stored.get(message_id, {})
         plan = plan_message(facts, releases, policies, now, gone=gone)
         if keep_plans:
             plans.append(plan)
@@ -388,7 +428,7 @@ def work_batch(
             if old is None:
                 inserts.append(
                     NewCopy(
-                        int(message_id),
+                        message_id,
                         pid,
                         b.member_id,
                         shared_via_release_id=b.via,
@@ -412,7 +452,7 @@ def work_batch(
     _revive(connection, revived, now)
     _revoke(connection, revoking, now)
     backfilled, revoked = len(inserts) + len(revived), len(revoking)
-    processed += len(messages)
+    processed += len(ids)
     connection.execute(
         update(RUNS)
         .where(RUNS.c.id == run.id)
