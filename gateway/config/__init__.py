@@ -39,8 +39,8 @@ from gateway.config.sections import (
 )
 
 __all__ = [
-    "AdminHttpSettings",
     "DEFAULT_CONFIG_PATH",
+    "AdminHttpSettings",
     "DatabaseSettings",
     "DomainsSettings",
     "FanoutSettings",

@@ -27,11 +27,9 @@ class StoredSession:
 async def open_session(
     session: AsyncSession, account_id: int, token_hash: str, csrf_token: str, now: dt.datetime
 ) -> None:
-    session.add(
-        AdminSessionRow(
-            token_hash=token_hash, account_id=account_id, csrf_token=csrf_token, created_at=now, last_seen_at=now
-        )
-    )
+    row = AdminSessionRow(token_hash=token_hash, account_id=account_id, csrf_token=csrf_token)
+    row.created_at = row.last_seen_at = now
+    session.add(row)
     await session.flush()
 
 
