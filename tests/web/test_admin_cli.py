@@ -45,7 +45,8 @@ def test_add_set_list_remove(console_seeded: Gateway, tmp_path: Path) -> None:
         "admin.account_delete",
     ]
     assert all(e["actor"].startswith("cli:") for e in events if e["detail"].get("login") == "anna")
-    assert "secret" not in json.dumps(events) and "ein-gutes-passwort" not in json.dumps(events)
+    assert "secret" not in json.dumps(events)
+    assert "ein-gutes-passwort" not in json.dumps(events)
 
 
 def test_add_if_missing_is_idempotent(console_seeded: Gateway, tmp_path: Path) -> None:

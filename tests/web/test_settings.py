@@ -33,7 +33,8 @@ def test_config_check_names_every_mistake(tmp_path: Path) -> None:
         "listeners.admin_http.port",
         "listeners.admin_http.tls_key: give tls_cert and tls_key together",
         "listeners.admin_http.trusted_proxy_header: must be an HTTP header name",
-        'listeners.admin_http.trusted_proxies: must be IP addresses or networks like 127.0.0.1 or 10.0.0.0/24, got "proxy.example"',
+        "listeners.admin_http.trusted_proxies: must be IP addresses or networks",
+        '10.0.0.0/24, got "proxy.example"',
         "listeners.admin_http.session_idle_timeout",
         "listeners.admin_http.max_upload_size",
     ):
@@ -55,5 +56,7 @@ def test_trusted_proxies_by_address_and_network(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     settings = load_settings(config, {}).listeners.admin_http
-    assert settings.trusts("127.0.0.1") and settings.trusts("10.0.0.77")
-    assert not settings.trusts("10.0.1.1") and not settings.trusts("not-an-address")
+    assert settings.trusts("127.0.0.1")
+    assert settings.trusts("10.0.0.77")
+    assert not settings.trusts("10.0.1.1")
+    assert not settings.trusts("not-an-address")
