@@ -71,6 +71,8 @@ class WebServer:
             raise OperationalError(
                 f"cannot load the TLS certificate {settings.tls_cert} and key {settings.tls_key}: {exc}"
             ) from exc
+        # What uvicorn's own serve() does before startup; here without its signal handlers.
+        self.server.lifespan = self.config.lifespan_class(self.config)
         await self.server.startup(sockets=[sock])
         # main_loop keeps the Date header current and ends when should_exit is set.
         self._task = asyncio.create_task(self.server.main_loop(), name="admin_http")
