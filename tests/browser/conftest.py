@@ -30,8 +30,7 @@ class Console:
 
 
 def _add_console(gateway: RunningGateway, place: Path) -> None:
-    with gateway.config.open("a", encoding="utf-8") as file:
-        file.write("\n[listeners.admin_http]\nport = 0\n")
+    # write_config (tests/e2e) has [listeners.admin_http] on port 0 already.
     gateway.cli("portfolio", "create", OTHER, "--display-name", "Makler Zwei KG")
     for login, password, options in (
         (OPERATOR, OPERATOR_PASSWORD, ["--role", "operator"]),
