@@ -71,7 +71,10 @@ async def admin_add(
     if_missing: bool,
 ) -> None:
     """Add the console account LOGIN."""
-    if if_missing and await in_transaction(ctx, lambda s: accounts.find(s, login), write=False):
+    existing = (
+        await in_transaction(ctx, lambda s: accounts.find(s, login), write=False) if if_missing else None
+    )
+    if existing is not None:
         click.echo(f"{login} exists already; left as it is")
         return
     password = _password(password_file, no_password)
