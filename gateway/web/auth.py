@@ -106,6 +106,7 @@ async def _proxy_visitor(console: Console, session: AsyncSession, login: str, cl
         log.warning("the trusted proxy at %s named %r, which is no admin account", client, login)
         return None
     token, csrf = new_token(), new_token()
+    await _forget_expired(console, session)
     await admin_sessions.open_session(session, account.id, token_hash(token), csrf, _now())
     await record_event(
         session,
@@ -137,6 +138,7 @@ async def log_in(console: Console, login: str, password: str, client: str) -> Lo
             failures.succeeded(name, client)
             token = new_token()
             async with console.sessions() as session:
+                await _forget_expired(console, session)
                 await admin_sessions.open_session(session, account.id, token_hash(token), new_token(), _now())
                 await record_event(
                     session,
@@ -187,6 +189,17 @@ async def log_out(console: Console, request: Request, who: Visitor) -> None:
             Event(EventKind.ADMIN_LOGOUT, f"web:{login}", _now(), detail={"login": login}),
         )
         await session.commit()
+
+
+async def _forget_expired(console: Console, session: AsyncSession) -> None:
+    # Sessions nobody presents again (a closed browser) are removed when the next one opens, so the
+    # table holds no more than the sessions of one max_age.
+    now = _now()
+    await admin_sessions.close_expired(
+        session,
+        idle_before=now - dt.timedelta(seconds=console.settings.session_idle_timeout),
+        created_before=now - dt.timedelta(seconds=console.settings.session_max_age),
+    )
 
 
 def form_token(request: Request) -> str:

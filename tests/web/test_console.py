@@ -103,6 +103,19 @@ async def test_an_idle_or_too_old_session_has_expired(
     assert await web.sql("SELECT id FROM admin_sessions") == []
 
 
+async def test_expired_sessions_are_removed_when_the_next_one_opens(web: ConsoleUnderTest) -> None:
+    first = web.make()
+    await first.login(OPERATOR, OPERATOR_PASSWORD)
+    await web.age_sessions(last_seen=31 * 60)  # the browser was closed and never came back
+    await web.make().login(ZWEI, ZWEI_PASSWORD)
+    assert [
+        row[0]
+        for row in await web.sql(
+            "SELECT a.login FROM admin_sessions s JOIN admin_accounts a ON a.id = s.account_id"
+        )
+    ] == [ZWEI]
+
+
 async def test_a_session_used_within_the_idle_timeout_lives_on(
     web: ConsoleUnderTest, browser: Browser
 ) -> None:
