@@ -21,6 +21,8 @@ run: $(BIN)/gateway
 	$(BIN)/gateway --config $(CONFIG) directory load config/example/directory.yaml
 	$(BIN)/gateway --config $(CONFIG) backoffice password ams -p makler-muster \
 		--password-file config/example/ams.password
+	$(BIN)/gateway --config $(CONFIG) admin add admin --role operator --if-missing \
+		--password-file config/example/admin.password
 	$(BIN)/gateway --config $(CONFIG) serve
 
 ## Set up and run the whole test suite (SQLite and the PostgreSQL on 127.0.0.1:5432).

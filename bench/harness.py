@@ -233,6 +233,8 @@ def gateway_config(
     return (
         f'[gateway]\ndata_dir = "data"\n[database]\nurl = "{url}"\n'
         f"[listeners.submission]\nport = {port}\n[listeners.mx]\nenabled = false\n"
+        # No web console: the benchmarks measure mail, and a fixed port would clash between runs.
+        "[listeners.admin_http]\nenabled = false\n"
         # The benchmark measures throughput from one client address, not the per-client limiter.
         "[limits]\nmax_messages_per_minute_per_client = 10000000\n"
         f'[logging]\nlevel = "{log_level}"\n'

@@ -92,6 +92,7 @@ def start_gateway(workdir: Path, database: str | None, extra_limits: str) -> Gat
         f'[database]\nurl = "{url}"\n'
         f'[domains]\nreply_domain = "{REPLY_DOMAIN}"\n'
         f"[listeners.submission]\nport = {submission}\n[listeners.mx]\nport = {mx}\n"
+        "[listeners.admin_http]\nenabled = false\n"
         f"[limits]\n{extra_limits}\n"
         '[logging]\nlevel = "WARNING"\n',
         encoding="utf-8",

@@ -55,6 +55,9 @@ from gateway.stages.parsepool import MailReader, ParsePool
 from gateway.stages.reconcile import Reconciler
 from gateway.stages.relay import Relay
 from gateway.stages.reply import ReplyContext, ReplyStage
+from gateway.web.app import create_app
+from gateway.web.console import Console
+from gateway.web.server import WebServer
 
 log = logging.getLogger("gateway.service")
 
@@ -165,6 +168,25 @@ class Service:
         self.parse_pools: dict[str, ParsePool] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
+        # The admin web console reads and changes the directory through the admin API on the async engine.
+        self.web: WebServer | None = None
+        admin_http = settings.listeners.admin_http
+        if admin_http.enabled:
+            limits = settings.limits
+            self.console = Console(
+                admin_http,
+                session_factory(self.engine),
+                LoginLimits(
+                    delay=limits.auth_failure_delay,
+                    max_delay=limits.auth_failure_max_delay,
+                    window=limits.auth_failure_window,
+                    per_address=limits.auth_max_failures_per_address,
+                    per_login=limits.auth_max_failures_per_login,
+                ),
+                node=settings.gateway.node_name,
+                tls=admin_http.tls_cert is not None,
+            )
+            self.web = WebServer(create_app(self.console), admin_http)
 
     async def startup(self) -> None:
         # Refuse an unmigrated database before taking any mail: every message would get 451.
@@ -207,6 +229,12 @@ class Service:
         for name, listener in self.listeners.items():
             host, port = listener.address
             log.info("listening: %s on %s:%d", name, host, port, extra={"listener": name, "port": port})
+        if self.web is not None:
+            await self.web.start()
+            host, port = self.web.address
+            log.info(
+                "listening: admin_http on %s:%d", host, port, extra={"listener": "admin_http", "port": port}
+            )
         log.info("gateway ready: database %s", self.engine.url.render_as_string(hide_password=True))
 
     async def _start_mx(self, config: ListenerSettings) -> Listener:
@@ -365,6 +393,8 @@ class Service:
 
     async def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
         log.info("gateway stopping")
+        if self.web is not None:
+            await self.web.stop()
         for listener in self.listeners.values():
             listener.state.closing = True
             listener.server.close()

@@ -31,7 +31,7 @@ ARCHITECTURE = REPO / "docs" / "architecture.md"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("service",),
-    ("stages",),
+    ("stages", "web"),
     ("mailbox", "admin", "routing", "senderauth"),
     ("db",),
     ("config", "keys", "logs", "tls", "workers", "smtp_replies"),

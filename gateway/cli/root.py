@@ -139,6 +139,7 @@ portfolio_option = click.option(
 # so does every parse worker that re-runs the console script (gateway.stages.parsepool).
 # tests/stages/test_cli_lazy.py checks that this table and the modules agree.
 COMMAND_MODULES = {
+    "admin": "admins",
     "backoffice": "directory",
     "config": "system",
     "db": "system",

@@ -13,6 +13,7 @@ Everything callers use is importable from ``gateway.config`` itself.
 from gateway.config.loader import DEFAULT_CONFIG_PATH, config_path, load_settings
 from gateway.config.report import describe
 from gateway.config.sections import (
+    AdminHttpSettings,
     DatabaseSettings,
     DomainsSettings,
     FanoutSettings,
@@ -39,6 +40,7 @@ from gateway.config.sections import (
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "AdminHttpSettings",
     "DatabaseSettings",
     "DomainsSettings",
     "FanoutSettings",

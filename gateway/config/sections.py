@@ -234,19 +234,108 @@ class MxListenerSettings(ListenerSettings):
     """Trust the network path: allows AUTH without TLS, so it must bind to a loopback address."""
 
 
+class AdminHttpSettings(Section):
+    """``[listeners.admin_http]``: the admin web console (gateway.web), served by ``gateway serve``."""
+
+    enabled: bool = True
+    """Start the web console with ``gateway serve``."""
+
+    host: str = "127.0.0.1"
+    """Address to bind to; anything but loopback wants TLS (tls_cert, tls_key) or a reverse proxy."""
+
+    port: Port = 8025
+    """TCP port; 0 picks a free port (tests)."""
+
+    tls_cert: ResolvedPath | None = None
+    """PEM certificate chain for HTTPS; give tls_key with it. With TLS the session cookie is Secure."""
+
+    tls_key: ResolvedPath | None = None
+    """PEM private key for tls_cert."""
+
+    session_idle_timeout: Annotated[float, Field(gt=0)] = 1800.0
+    """Seconds a console session lives without a request before it must log in again."""
+
+    session_max_age: Annotated[float, Field(gt=0)] = 12 * 3600.0
+    """Seconds a console session lives at most, however busy."""
+
+    max_connections: PositiveInt = 100
+    """Concurrent HTTP connections and requests; beyond it the console answers 503."""
+
+    max_upload_size: ByteSize = 25 * MIB
+    """Largest request body (a form, an uploaded .eml) in bytes; a larger one is answered 413."""
+
+    trusted_proxy_header: str | None = None
+    """Header a trusted reverse proxy sets to the login of the admin it authenticated (for example
+    "X-Remote-User"); unset: no proxy login. The login must be an existing admin account."""
+
+    trusted_proxies: tuple[str, ...] = ()
+    """Client addresses (or networks, "10.0.0.0/24") of the reverse proxies whose trusted_proxy_header
+    counts; from any other peer the header is ignored."""
+
+    @field_validator("tls_key")
+    @classmethod
+    def _tls_cert_and_key_together(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if "tls_cert" not in info.data:
+            return value
+        cert = info.data["tls_cert"]
+        if (cert is None) != (value is None):
+            raise ValueError("give tls_cert and tls_key together (certificate and key) or neither")
+        return value
+
+    @field_validator("trusted_proxy_header")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9-]+", value):
+            raise ValueError(f"must be an HTTP header name (letters, digits, -), got {show(value)}")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"must be IP addresses or networks like 127.0.0.1 or 10.0.0.0/24, got {show(entry)}"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _header_needs_proxies(self) -> Self:
+        if self.trusted_proxy_header is not None and not self.trusted_proxies:
+            raise FieldProblem(
+                "trusted_proxies",
+                "is empty while trusted_proxy_header is set: name the reverse proxies' addresses, "
+                "or anyone could log in by sending the header",
+            )
+        return self
+
+    def trusts(self, peer: str) -> bool:
+        """Whether ``peer`` (a client address) is one of the trusted reverse proxies."""
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in ipaddress.ip_network(entry, strict=False) for entry in self.trusted_proxies)
+
+
 def loopback_only(listener: ListenerSettings) -> bool:
     """Whether ``listener`` binds to a loopback address only (reachable from this machine alone)."""
     return _is_loopback(listener.host)
 
 
 class ListenersSettings(Section):
-    """``[listeners.*]``: the two SMTP listeners."""
+    """``[listeners.*]``: the two SMTP listeners and the admin web console."""
 
     submission: SubmissionListenerSettings = Field(default_factory=SubmissionListenerSettings)
     """Submission listener for back offices."""
 
     mx: MxListenerSettings = Field(default_factory=MxListenerSettings)
     """MX listener for replies and intake addresses."""
+
+    admin_http: AdminHttpSettings = Field(default_factory=AdminHttpSettings)
+    """The admin web console (HTTP)."""
 
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -22,8 +22,8 @@ from gateway.db.models import EVENTS, EventRow, MemberRow, MessageRow, Portfolio
 @dataclass(frozen=True, slots=True)
 class Event:
     """One entry of the log. ``actor`` says who: ``gateway:<node>``, ``member:<address>``,
-    ``backoffice:<login>`` or ``cli:<login>``; the ids say what it is about (no foreign keys: the log
-    outlives what it names)."""
+    ``backoffice:<login>``, ``cli:<login>`` or ``web:<login>`` (the web console); the ids say what it
+    is about (no foreign keys: the log outlives what it names)."""
 
     kind: EventKind
     actor: str
@@ -74,6 +74,14 @@ class EventKind(StrEnum):
     AUTH_FAILED = "auth.failed"
     AUTH_THROTTLED = "auth.throttled"
     BACKOFFICE_PASSWORD = "backoffice.password"
+    # The web console (gateway.web): logins and admin accounts (`gateway admin`).
+    ADMIN_LOGIN = "admin.login"
+    ADMIN_LOGIN_FAILED = "admin.login_failed"
+    ADMIN_LOGIN_THROTTLED = "admin.login_throttled"
+    ADMIN_LOGOUT = "admin.logout"
+    ADMIN_ACCOUNT_CREATE = "admin.account_create"
+    ADMIN_ACCOUNT_UPDATE = "admin.account_update"
+    ADMIN_ACCOUNT_DELETE = "admin.account_delete"
     # What admins do to the queues (`gateway queue`).
     QUEUE_RETRIED = "queue.retried"
     QUEUE_DROPPED = "queue.dropped"

@@ -570,3 +570,52 @@ EVENTS = cast(Table, EventRow.__table__)
 RELAYS = cast(Table, RelayRow.__table__)
 QUARANTINE = cast(Table, QuarantineRow.__table__)
 RUNS = cast(Table, ReconcileRunRow.__table__)
+
+
+class AdminRole(StrEnum):
+    """What an admin account of the web console may do (``admin_accounts.role``)."""
+
+    OPERATOR = "operator"  # everything, in every portfolio
+    PORTFOLIO_ADMIN = "portfolio_admin"  # only the portfolios in admin_account_portfolios
+
+
+class AdminAccountRow(Base):
+    """A person who logs in to the web console (gateway.web); ``gateway admin`` manages them."""
+
+    __tablename__ = "admin_accounts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    login: Mapped[str] = mapped_column(String(200), unique=True)
+    # NULL: the account logs in only through a trusted reverse proxy's header, never with a password.
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[dt.datetime] = mapped_column(default=_now)
+
+
+class AdminAccountPortfolioRow(Base):
+    """A portfolio a portfolio admin administers."""
+
+    __tablename__ = "admin_account_portfolios"
+
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("admin_accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    portfolio_id: Mapped[int] = mapped_column(
+        ForeignKey("portfolios.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class AdminSessionRow(Base):
+    """A logged-in console session; stored so that every node of the gateway knows it.
+
+    Only a hash of the cookie's token is kept: a copy of the table logs nobody in.
+    """
+
+    __tablename__ = "admin_sessions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("admin_accounts.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column()
+    last_seen_at: Mapped[dt.datetime] = mapped_column()

@@ -324,6 +324,9 @@ reply_domain = "{REPLY_DOMAIN}"
 [listeners.mx]
 port = 0
 
+[listeners.admin_http]
+port = 0
+
 [relay]
 poll_interval = 0.2
 retry_base = 0.3

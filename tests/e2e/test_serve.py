@@ -53,7 +53,10 @@ def test_serve_needs_the_reply_token_key(config_file: Path) -> None:
 def test_serve_starts_and_stops_cleanly_on_sigterm(config_file: Path) -> None:
     # Ports the system picks: the defaults (2587, 2525) may be held by `make run` on the same machine.
     with config_file.open("a", encoding="utf-8") as file:
-        file.write("\n[listeners.submission]\nport = 0\n\n[listeners.mx]\nport = 0\n")
+        file.write(
+            "\n[listeners.submission]\nport = 0\n\n[listeners.mx]\nport = 0\n"
+            "\n[listeners.admin_http]\nport = 0\n"
+        )
     assert _run("--config", str(config_file), "secrets", "init").returncode == 0
     with subprocess.Popen(
         [GATEWAY, "--config", str(config_file), "serve"], stderr=subprocess.PIPE, text=True
