@@ -81,4 +81,14 @@ TEXTS: dict[str, str] = {
     "portfolio.read_sync": "Lesestatus",
     "portfolio.release_members": "Mitglieder",
     "portfolio.none": "keine",
+    "portfolio.areas": "Bereiche des Bestands",
+    #
+    # --- releases.py, members (anchor: add this area's ids below this line) ---
+    #
+    #
+    # --- who-sees, vorgaenge, events (anchor: add this area's ids below this line) ---
+    #
+    #
+    # --- quarantine, queues, rules (anchor: add this area's ids below this line) ---
+    #
 }

@@ -72,4 +72,14 @@ TEXTS: dict[str, str] = {
     "portfolio.read_sync": "Read state",
     "portfolio.release_members": "Members",
     "portfolio.none": "none",
+    "portfolio.areas": "Areas of the portfolio",
+    #
+    # --- releases.py, members (anchor: add this area's ids below this line) ---
+    #
+    #
+    # --- who-sees, vorgaenge, events (anchor: add this area's ids below this line) ---
+    #
+    #
+    # --- quarantine, queues, rules (anchor: add this area's ids below this line) ---
+    #
 }
