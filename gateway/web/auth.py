@@ -23,7 +23,7 @@ from starlette.responses import Response
 
 from gateway.db import admin_accounts, admin_sessions
 from gateway.db.events import Event, EventKind, record_event
-from gateway.domain.admin_sessions import Expiry, expiry, new_token, token_hash
+from gateway.domain.admin_sessions import Expiry, expiry, new_token, token_hash, worth_touching
 from gateway.domain.passwords import hash_password, verify_password
 from gateway.web.console import Console, Visitor
 
@@ -96,7 +96,8 @@ async def _session_visitor(console: Console, session: AsyncSession, token: str) 
     account = await admin_accounts.account_by_id(session, stored.account_id)
     if account is None:
         return None
-    await admin_sessions.touch_session(session, stored.id, now)
+    if worth_touching(stored.last_seen_at, now, idle=settings.session_idle_timeout):
+        await admin_sessions.touch_session(session, stored.id, now)
     return Visitor(account, stored.id, stored.csrf_token)
 
 
