@@ -264,6 +264,10 @@ class AdminHttpSettings(Section):
     max_upload_size: ByteSize = 25 * MIB
     """Largest request body (a form, an uploaded .eml) in bytes; a larger one is answered 413."""
 
+    request_timeout: Annotated[float, Field(gt=0)] = 60.0
+    """Seconds a request may take from its first byte to the end of its answer; a client that sends
+    its request slower (a slowloris) or never finishes it is disconnected."""
+
     trusted_proxy_header: str | None = None
     """Header a trusted reverse proxy sets to the login of the admin it authenticated (for example
     "X-Remote-User"); unset: no proxy login. The login must be an existing admin account."""
