@@ -92,8 +92,12 @@ async def test_message(visit: Visit) -> Response:
     form = {name: visit.form.get(name, "").strip() for name in TEST_FIELDS}
     upload = (await visit.request.form()).get("message")
     raw: bytes | None = None
-    if isinstance(upload, UploadFile) and upload.filename:
-        raw = await upload.read()
+    if isinstance(upload, UploadFile):
+        try:
+            if upload.filename:
+                raw = await upload.read()
+        finally:
+            await upload.close()
     portfolio = form["portfolio"] or None
     if raw is None and form["gateway_id"]:
         try:
