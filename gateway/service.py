@@ -168,7 +168,8 @@ class Service:
         self.parse_pools: dict[str, ParsePool] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
-        # The admin web console reads and changes the directory through the admin API on the async engine.
+        # The admin web console reads and changes the directory through the admin API on the async engine;
+        # its quarantine and queue actions run on this process's writer and wake the fan-out and relay.
         self.web: WebServer | None = None
         admin_http = settings.listeners.admin_http
         if admin_http.enabled:
