@@ -56,7 +56,7 @@ from gateway.stages.reconcile import Reconciler
 from gateway.stages.relay import Relay
 from gateway.stages.reply import ReplyContext, ReplyStage
 from gateway.web.app import create_app
-from gateway.web.console import Console
+from gateway.web.console import Console, Operations
 from gateway.web.server import WebServer
 
 log = logging.getLogger("gateway.service")
@@ -168,7 +168,8 @@ class Service:
         self.parse_pools: dict[str, ParsePool] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
-        # The admin web console reads and changes the directory through the admin API on the async engine.
+        # The admin web console reads and changes the directory through the admin API on the async engine;
+        # its quarantine and queue actions run on this process's writer and wake the fan-out and relay.
         self.web: WebServer | None = None
         admin_http = settings.listeners.admin_http
         if admin_http.enabled:
@@ -185,8 +186,14 @@ class Service:
                 ),
                 node=settings.gateway.node_name,
                 tls=admin_http.tls_cert is not None,
+                operations=Operations(settings, self.writer, self.rules, self._wake_workers),
             )
             self.web = WebServer(create_app(self.console), admin_http)
+
+    def _wake_workers(self) -> None:
+        """The console released mail or put queue items due: the fan-out and the relay look now."""
+        self.fanout.wake()
+        self.relay.wake()
 
     async def startup(self) -> None:
         # Refuse an unmigrated database before taking any mail: every message would get 451.

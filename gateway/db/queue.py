@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, case, func, literal, or_, select, update
 
+from gateway.db.events import Event, EventKind, append_events
 from gateway.db.models import (
     COPIES,
     CopyRow,
@@ -30,6 +31,7 @@ from gateway.db.models import (
 )
 from gateway.domain.rules import CopyHeaders
 from gateway.domain.trace import Trace
+from gateway.errors import InputError, NotFound
 
 
 @dataclass(frozen=True, slots=True)
@@ -867,4 +869,62 @@ def portfolio_ids(connection: Connection, names: set[str]) -> list[tuple[str, in
         for n, i in connection.execute(
             select(PortfolioRow.name, PortfolioRow.id).where(PortfolioRow.name.in_(names))
         )
+    ]
+
+
+# --- an admin's hand on the queues (``gateway queue`` and the console's queues page) -----------------------
+
+
+def find_items(connection: Connection, ids: Sequence[str]) -> list[QueueItem]:
+    """The items named by ``ids`` (``copy-17``, ``relay-4``); NotFound names any that wait in no queue."""
+    try:
+        found = queue_items(connection, ids=ids)
+    except ValueError as exc:
+        raise NotFound(str(exc)) from None
+    missing = set(ids) - {i.id for i in found}
+    if missing:
+        raise NotFound(
+            f"not in any queue: {', '.join(sorted(missing))} (delivered, sent or dropped, or never there; "
+            "`gateway queue list` shows what waits)"
+        )
+    return found
+
+
+def retry(
+    connection: Connection,
+    items: Sequence[QueueItem],
+    actor: str,
+    now: dt.datetime,
+    relay_lifetime: float,
+) -> list[QueueItem]:
+    """``retry_items``, with a ``queue.retried`` event per item done, naming ``actor``."""
+    done = retry_items(connection, items, now, relay_lifetime)
+    append_events(connection, _portfolio_events(connection, done, EventKind.QUEUE_RETRIED, actor, now))
+    return done
+
+
+def drop(connection: Connection, items: Sequence[QueueItem], actor: str, now: dt.datetime) -> list[QueueItem]:
+    """``drop_items``, with a ``queue.dropped`` event per item done, naming ``actor``; a removal among
+    them is an InputError (nothing is dropped)."""
+    try:
+        done = drop_items(connection, items, now)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    append_events(connection, _portfolio_events(connection, done, EventKind.QUEUE_DROPPED, actor, now))
+    return done
+
+
+def _portfolio_events(
+    connection: Connection, items: Sequence[QueueItem], kind: EventKind, actor: str, now: dt.datetime
+) -> list[Event]:
+    ids = dict(portfolio_ids(connection, {i.portfolio for i in items}))
+    return [
+        Event(
+            kind,
+            actor,
+            now,
+            portfolio_id=ids[i.portfolio],
+            detail={"item": i.id, "kind": i.kind, "state": i.state, "to": list(i.to), "message": i.message},
+        )
+        for i in items
     ]
