@@ -70,6 +70,9 @@ async def _log(visit: Visit, portfolio: str | None) -> Response:
                 )
             except NotFound:
                 await _which_not_found(visit, session, asked, problems)
+                if portfolio is not None and "portfolio" in problems:
+                    raise  # the path's portfolio: the page does not exist
+
     newest_first = found[::-1]
     shown = newest_first[:PAGE_SIZE]
     path = f"/portfolios/{portfolio}/events" if portfolio is not None else "/events"
