@@ -99,7 +99,11 @@ class Readiness:
 
 def _write_probe(root: Path) -> None:
     """Create and remove a file in ``root``: what the fan-out needs there (also true for root,
-    for whom permission bits alone say little)."""
-    descriptor, name = tempfile.mkstemp(prefix=".readyz-", dir=root)
+    for whom permission bits alone say little). A root not made yet is made by the first copy: then
+    the nearest directory above it must take one."""
+    where = root
+    while not where.exists() and where.parent != where:
+        where = where.parent
+    descriptor, name = tempfile.mkstemp(prefix=".readyz-", dir=where)
     os.close(descriptor)
     os.unlink(name)
