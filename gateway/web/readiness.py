@@ -19,8 +19,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import MailboxSettings
-from gateway.db.migrate import require_current
-from gateway.errors import DatabaseNotReady
+from gateway.db.migrate import schema_state
 
 log = logging.getLogger("gateway.web")
 
@@ -52,15 +51,15 @@ class Readiness:
     async def _database(self) -> str | None:
         try:
             async with asyncio.timeout(self.timeout):
-                await require_current(self.engine)
-        except DatabaseNotReady:
-            return "database: not at this gateway's schema; run `gateway db upgrade`"
+                state = await schema_state(self.engine)
         except TimeoutError:
             log.warning("readiness: the database did not answer within %.0f s", self.timeout)
             return f"database: no answer within {self.timeout:.0f} s"
         except Exception as exc:
             log.warning("readiness: the database is not reachable: %s", exc)
             return "database: not reachable"
+        if not state.up_to_date:
+            return "database: not at this gateway's schema; run `gateway db upgrade`"
         return None
 
     async def _mailbox(self) -> str | None:
