@@ -50,8 +50,10 @@ def main() -> None:
             engine.dispose()
             prepared.drop_databases([database])
     kind = "PostgreSQL" if args.postgres else "SQLite"
-    print(f"{kind}, {args.messages} messages: stored_state median {statistics.median(times):.1f} ms, "
-          f"slowest {max(times):.1f} ms of {args.runs}")
+    print(
+        f"{kind}, {args.messages} messages: stored_state median {statistics.median(times):.1f} ms, "
+        f"slowest {max(times):.1f} ms of {args.runs}"
+    )
 
 
 if __name__ == "__main__":
