@@ -28,6 +28,7 @@ from gateway.db.models import (
     RelayState,
     ReleaseRow,
     VorgangRow,
+    utc,
 )
 from gateway.domain.rules import CopyHeaders
 from gateway.domain.trace import Trace
@@ -68,6 +69,8 @@ class CopyJob(TakenCopy):
     copy_headers: CopyHeaders = field(default_factory=CopyHeaders)
     # How the message arrived: the copy's Received line (None: stored before traces were kept).
     trace: Trace | None = None
+    # When the copy was queued (its message accepted, or the copy back-filled): the delivery latency.
+    queued_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,7 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
             ReleaseRow.name,
             CopyRow.seen,
             CopyRow.answered,
+            CopyRow.created_at,
         )
         .join(PortfolioRow, PortfolioRow.id == CopyRow.portfolio_id)
         .join(MemberRow, MemberRow.id == CopyRow.member_id)
@@ -180,6 +184,7 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
             first_attempt=f[2] == 0 and taken[f[0]] is None,
             copy_headers=edits[f[7]],
             trace=traces[f[7]],
+            queued_at=utc(f[16]),
         )
         for f in facts
     ]
@@ -318,6 +323,8 @@ class FlagJob(TakenCopy):
 
     seen: bool
     answered: bool
+    # When the flags became due: the row's last change before this claim (the flag propagation latency).
+    pending_since: dt.datetime | None = None
 
 
 def claim_flags(
@@ -325,14 +332,28 @@ def claim_flags(
 ) -> list[FlagJob]:
     rows = _claim_jobs(
         connection,
-        (CopyRow.seen, CopyRow.answered),
+        (CopyRow.seen, CopyRow.answered, CopyRow.updated_at),
         (CopyRow.state == CopyState.DELIVERED, CopyRow.flags_pending.is_(True)),
         node,
         now,
         lease,
         limit,
     )
-    return [FlagJob(*row) for row in rows]
+    return [
+        FlagJob(
+            id=r[0],
+            copy_id=r[1],
+            attempts=r[2],
+            portfolio_id=r[3],
+            portfolio=r[4],
+            member_id=r[5],
+            address=r[6],
+            seen=r[7],
+            answered=r[8],
+            pending_since=utc(r[9]),
+        )
+        for r in rows
+    ]
 
 
 def _claim_jobs(

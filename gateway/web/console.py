@@ -21,8 +21,11 @@ from gateway.config import AdminHttpSettings, Settings
 from gateway.db.admin_accounts import AdminAccount
 from gateway.db.writer import Writer
 from gateway.domain.logins import FailedLogins, LoginLimits
+from gateway.metrics import Metrics
 from gateway.routing.live import RoutingRules
+from gateway.web.exposition import Exposition
 from gateway.web.i18n import Texts
+from gateway.web.readiness import Readiness
 
 T = TypeVar("T")
 
@@ -78,6 +81,10 @@ class Console:
     node: str = "gateway"
     tls: bool = False
     texts: Texts = field(default_factory=Texts)
+    metrics: Metrics = field(default_factory=Metrics)
+    # /metrics and /readyz (gateway.web.health); None where nobody wired them (tests of other pages).
+    exposition: Exposition | None = None
+    readiness: Readiness | None = None
     failures: FailedLogins = field(init=False)
     environment: Environment = field(init=False)
     # (text id, path, who may see it: "account" or "operator", order), filled by the app from the areas
