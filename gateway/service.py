@@ -373,8 +373,9 @@ class Service:
                     self.writer,
                     LoginLimits(
                         delay=limits.auth_failure_delay,
-                        # A wait past the idle timeout would end the session it was to slow down.
-                        max_delay=min(limits.auth_failure_max_delay, limits.idle_timeout / 2),
+                        # The wait is ours, not the client's idleness: it may exceed idle_timeout
+                        # (GatewaySMTP._timeout_cb).
+                        max_delay=limits.auth_failure_max_delay,
                         window=limits.auth_failure_window,
                         per_address=limits.auth_max_failures_per_address,
                         per_login=limits.auth_max_failures_per_login,

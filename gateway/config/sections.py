@@ -660,7 +660,8 @@ class LimitsSettings(Section):
     same address, up to auth_failure_max_delay."""
 
     auth_failure_max_delay: Annotated[float, Field(ge=0)] = 16.0
-    """The longest a failed login's answer is held back (never more than half of idle_timeout)."""
+    """The longest a failed login's answer is held back; the wait does not count as the client's
+    idleness, so it may be longer than idle_timeout."""
 
     auth_failure_window: Annotated[float, Field(gt=0)] = 900.0
     """Seconds a failed login counts towards the limits below."""

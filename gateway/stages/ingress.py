@@ -329,6 +329,7 @@ class GatewaySMTP(SMTP):
         self._slot = client_key(self._client)
         self._reading_data = False
         self._handling = False
+        self._checking_login = False  # a password check under way: the answer is ours to give
         self._expired: Reply | None = None
         self._deadline: asyncio.TimerHandle | None = None
         now = self.loop.time()
@@ -424,8 +425,10 @@ class GatewaySMTP(SMTP):
 
     def _timeout_cb(self) -> None:
         # aiosmtpd's idle timer hangs up without a word; the client should hear why. A message being
-        # stored is not cut: its own answer tells the client more.
-        if self._handling:
+        # stored is not cut: its own answer tells the client more. Nor is a login being checked (a
+        # failed login's deliberate delay, a slow password check on a loaded machine): idle is the
+        # client's silence after our answer, and push() starts that clock.
+        if self._handling or self._checking_login:
             self._reset_timeout()
             return
         self.close_with(Reply.IDLE_TOO_LONG)
@@ -434,6 +437,7 @@ class GatewaySMTP(SMTP):
 
     async def push(self, status: AnyStr) -> None:
         self._silent_since = self.loop.time()
+        SMTP._reset_timeout(self)  # the client's turn: its idle time starts now, not at its command
         if isinstance(status, str):
             # Never a surrogate from a client's undecodable bytes in an answer (aiosmtpd would raise).
             line = with_enhanced_code(status).encode("utf-8", "replace").decode("utf-8")
@@ -619,10 +623,13 @@ class GatewaySMTP(SMTP):
             return result
         assert self.session is not None
         client = _client_of(self.session.peer)
+        self._checking_login = True
         try:
             account = await self.accounts.verify(result.auth_data.login, result.auth_data.password, client)
         except LoginsThrottled:
             return AuthResult(success=False, handled=False, message=str(Reply.LOGINS_THROTTLED))
+        finally:
+            self._checking_login = False
         if account is None:
             return AuthResult(success=False, handled=False)
         return AuthResult(success=True, auth_data=account)

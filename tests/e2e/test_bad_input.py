@@ -37,6 +37,9 @@ def limited(
             max_recipients=3,
             idle_timeout=1.5,
             max_line_length=998,
+            # Longer than idle_timeout: the delay of a failed login's answer is ours, not the client's
+            # idleness (test_authentication_answers).
+            auth_failure_delay=3.0,
         )
         gateway.start()
         try:
@@ -86,7 +89,9 @@ def test_authentication_answers(limited: RunningGateway) -> None:
             client.login(LOGIN, "not the password")
         assert wrong.value.smtp_code == 535
         assert wrong.value.smtp_error.startswith(b"5.7.8")
-        assert time.monotonic() - started >= 0.9, "a failed login costs time"
+        # The answer came after the failure delay, longer than idle_timeout: a session waiting for our
+        # answer is not idle, and is not cut while we make it wait.
+        assert time.monotonic() - started >= 2.9, "a failed login costs time"
         client.login(LOGIN, PASSWORD)
     still_serving(limited)
 
