@@ -10,7 +10,14 @@ The package's modules, one job each:
 Everything callers use is importable from ``gateway.config`` itself.
 """
 
-from gateway.config.loader import DEFAULT_CONFIG_PATH, config_path, load_settings
+from gateway.config.loader import (
+    DEFAULT_CONFIG_PATH,
+    SYSTEM_CONFIG_PATH,
+    FoundConfig,
+    config_path,
+    find_config,
+    load_settings,
+)
 from gateway.config.report import describe
 from gateway.config.sections import (
     AdminHttpSettings,
@@ -40,11 +47,13 @@ from gateway.config.sections import (
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "SYSTEM_CONFIG_PATH",
     "AdminHttpSettings",
     "DatabaseSettings",
     "DomainsSettings",
     "FanoutSettings",
     "FlagSyncSettings",
+    "FoundConfig",
     "GatewaySettings",
     "ImapMemberSettings",
     "ImapSettings",
@@ -64,6 +73,7 @@ __all__ = [
     "VorgaengeSettings",
     "config_path",
     "describe",
+    "find_config",
     "load_settings",
     "loopback_only",
 ]
