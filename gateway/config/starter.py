@@ -65,7 +65,7 @@ def _relocated(text: str) -> str:
     for pattern, line in _RELOCATIONS:
         text, count = pattern.subn(line, text)
         # The shipped file is config/gateway.toml; had its lines moved, a starter set would point outside
-        # DIR. tests/stages/test_starter.py builds one and checks where it points.
+        # DIR. tests/deploy/test_starter.py builds one and checks where it points.
         assert count == 1, f"the example configuration has no line {pattern.pattern!r}"
     return _REPOSITORY_COMMENT.sub(".", text)
 

@@ -49,7 +49,9 @@ def pg_dump_command(database_url: str, file: Path) -> str:
     return f"pg_dump --format=custom --file={shlex.quote(str(file))} --dbname={shlex.quote(target)}"
 
 
-def backup_sqlite(database_url: str, file: Path, progress: Progress | None = None) -> Backup:
+def backup_sqlite(
+    database_url: str, file: Path, progress: Progress | None = None, *, pages_per_step: int = PAGES_PER_STEP
+) -> Backup:
     """Copy the SQLite database of ``database_url`` to ``file``, consistently, while others write to it.
 
     Raises InputError when ``file`` exists or the URL is not a SQLite file (for PostgreSQL the message
@@ -73,7 +75,7 @@ def backup_sqlite(database_url: str, file: Path, progress: Progress | None = Non
 
     partial = file.with_name(f".{file.name}.partial-{os.getpid()}")
     try:
-        _copy(source, partial, progress)
+        _copy(source, partial, progress, pages_per_step)
         # link() refuses an existing name, so a file that appeared meanwhile is not replaced either.
         os.link(partial, file)
     except FileExistsError:
@@ -87,7 +89,7 @@ def backup_sqlite(database_url: str, file: Path, progress: Progress | None = Non
     return Backup(file, file.stat().st_size, _revision(file))
 
 
-def _copy(source: Path, target: Path, progress: Progress | None) -> None:
+def _copy(source: Path, target: Path, progress: Progress | None, pages_per_step: int) -> None:
     # mode=rw: never create an empty database where the real one was expected.
     reader = sqlite3.connect(f"file:{source}?mode=rw", uri=True, isolation_level=None)
     writer = sqlite3.connect(target, isolation_level=None)
@@ -101,7 +103,7 @@ def _copy(source: Path, target: Path, progress: Progress | None) -> None:
             if progress is not None:
                 progress(total - remaining, total)
 
-        reader.backup(writer, pages=PAGES_PER_STEP, progress=step)
+        reader.backup(writer, pages=pages_per_step, progress=step)
         reader.execute("COMMIT")
         # A backup is one self-contained file: no -wal beside it to lose when it is copied about.
         writer.execute("PRAGMA journal_mode=DELETE")
