@@ -44,7 +44,7 @@ def test_the_checkout_config_comes_before_the_system_one() -> None:
 
 def test_the_system_config_when_there_is_no_checkout_config() -> None:
     found = find_config(None, {}, existing(SYSTEM_CONFIG_PATH))
-    assert SYSTEM_CONFIG_PATH == Path("/etc/vorgang-gateway/gateway.toml")
+    assert Path("/etc/vorgang-gateway/gateway.toml") == SYSTEM_CONFIG_PATH
     assert (found.path, found.found_by) == (SYSTEM_CONFIG_PATH, "found at /etc/vorgang-gateway/gateway.toml")
 
 
