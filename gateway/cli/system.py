@@ -136,9 +136,19 @@ async def db_status(ctx: Context, as_json: bool) -> None:
     finally:
         await engine.dispose()
     if as_json:
-        emit_json({"current": state.current, "head": state.head, "up_to_date": state.up_to_date})
+        emit_json(
+            {
+                "current": state.current,
+                "head": state.head,
+                "up_to_date": state.up_to_date,
+                "known": state.known,
+            }
+        )
     elif state.up_to_date:
         click.echo(f"database is up to date (revision {state.current})")
+    elif not state.known:
+        click.echo(state.newer_than_code())
+        sys.exit(EXIT_FAILURE)
     else:
         click.echo(
             f"database is at {state.current or 'no schema'}, this gateway needs {state.head}: "
