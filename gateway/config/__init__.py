@@ -4,7 +4,9 @@ The package's modules, one job each:
 
 - ``types``: the annotated value types (paths relative to the config file, sizes, addresses …);
 - ``sections``: one frozen model per section of config/gateway.toml, with every default the gateway has;
-- ``loader``: reading the file and the overrides, and turning pydantic's errors into problems for people;
+- ``loader``: finding the file (``--config``, ``$GATEWAY_CONFIG``, ``./config``, ``/etc``), reading it and
+  the overrides, and turning pydantic's errors into problems for people;
+- ``starter``: the starter set ``gateway init`` writes, from the examples shipped in ``example/``;
 - ``report``: the resolved settings as data (``gateway config show``), secrets masked.
 
 Everything callers use is importable from ``gateway.config`` itself.
