@@ -140,3 +140,22 @@ def test_a_missing_database_is_an_operational_error(tmp_path: Path) -> None:
     result = Gateway(config)("db", "backup", str(tmp_path / "copy.db"), expect=1)
     assert result.stderr == f"gateway: error: there is no database at {tmp_path / 'data' / 'gateway.db'}\n"
     assert not (tmp_path / "data" / "gateway.db").exists(), "none was created"
+
+
+def test_a_big_database_reports_its_progress(tmp_path: Path) -> None:
+    source = tmp_path / "big.db"
+    with sqlite3.connect(source) as connection:
+        connection.execute("CREATE TABLE item (body BLOB)")
+        # 72 MiB: over the 64 MiB from which the command reports progress.
+        connection.executemany("INSERT INTO item VALUES (randomblob(1048576))", [()] * 72)
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[gateway]\ndata_dir = "data"\n[database]\nurl = "sqlite+aiosqlite:///{source}"\n')
+    result = Gateway(config)("db", "backup", str(tmp_path / "copy.db"))
+    lines = result.stderr.splitlines()
+    assert all(line.startswith("copied ") for line in lines)
+    assert lines[-1].startswith("copied 100% (")
+    assert 3 <= len(lines) <= 11, "about every tenth, not every step"
+    assert result.stdout.startswith(f"wrote {tmp_path / 'copy.db'} (72.")
+
+    quiet = Gateway(config)("db", "backup", "--quiet", str(tmp_path / "copy2.db"))
+    assert quiet.stderr == ""
