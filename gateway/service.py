@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import datetime as dt
 import logging
 import signal
 import ssl
@@ -24,6 +25,7 @@ from aiosmtpd.smtp import SMTP
 
 from gateway.config import ListenerSettings, Settings, SubmissionListenerSettings
 from gateway.db.engine import create_engine, session_factory
+from gateway.db.gauges import stored_state
 from gateway.db.migrate import require_current
 from gateway.db.names import directory_names
 from gateway.db.senderauth import sender_auth_refusal
@@ -35,6 +37,7 @@ from gateway.logs import configure_logging
 from gateway.mailbox import Mailbox, MaildirMailbox
 from gateway.mailbox.imap import ImapMailbox
 from gateway.mailbox.routed import RoutedMailbox
+from gateway.metrics import Metrics
 from gateway.routing.live import RoutingRules
 from gateway.senderauth.dns import DnsResolver, SystemResolver
 from gateway.smtp_replies import Reply
@@ -56,7 +59,9 @@ from gateway.stages.reconcile import Reconciler
 from gateway.stages.relay import Relay
 from gateway.stages.reply import ReplyContext, ReplyStage
 from gateway.web.app import create_app
-from gateway.web.console import Console
+from gateway.web.console import Console, Operations
+from gateway.web.exposition import Exposition
+from gateway.web.readiness import Readiness
 from gateway.web.server import WebServer
 
 log = logging.getLogger("gateway.service")
@@ -110,6 +115,8 @@ class Service:
         self, settings: Settings, *, mailbox: Mailbox | None = None, resolver: DnsResolver | None = None
     ) -> None:
         self.settings = settings
+        # This process's instruments, on a registry of its own (gateway.metrics); /metrics serves them.
+        self.metrics = Metrics()
         self.engine = create_engine(settings.database_url, echo=settings.database.echo)
         self.writer = Writer(settings.database_url, echo=settings.database.echo)
         self.mailbox = mailbox or mailbox_for(settings)
@@ -120,6 +127,7 @@ class Service:
             node=settings.gateway.node_name,
             vorgang_header=settings.vorgaenge.vorgang_header,
             tag_subject=settings.vorgaenge.tag_subject,
+            metrics=self.metrics,
         )
         handoff: HandOff | None = None
         if settings.fanout.enabled:
@@ -133,6 +141,7 @@ class Service:
             settings.relay,
             node=settings.gateway.node_name,
             hostname=settings.gateway.hostname,
+            metrics=self.metrics,
         )
         # Copies that wait: the back office of their mail is told through the relay (gateway.stages.notices).
         self.fanout.notices = NoticeSettings(
@@ -161,6 +170,7 @@ class Service:
             settings.rules.dir,
             interval=settings.rules.reload_interval,
             names=lambda: self.writer.run(directory_names),
+            metrics=self.metrics,
         )
         self.handoff = handoff
         self.listeners: dict[str, Listener] = {}
@@ -168,7 +178,8 @@ class Service:
         self.parse_pools: dict[str, ParsePool] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
-        # The admin web console reads and changes the directory through the admin API on the async engine.
+        # The admin web console reads and changes the directory through the admin API on the async engine;
+        # its quarantine and queue actions run on this process's writer and wake the fan-out and relay.
         self.web: WebServer | None = None
         admin_http = settings.listeners.admin_http
         if admin_http.enabled:
@@ -185,8 +196,36 @@ class Service:
                 ),
                 node=settings.gateway.node_name,
                 tls=admin_http.tls_cert is not None,
+                operations=Operations(settings, self.writer, self.rules, self._wake_workers),
+                metrics=self.metrics,
+                exposition=Exposition(
+                    self.metrics,
+                    lambda: self.writer.run(stored_state, dt.datetime.now(dt.UTC)),
+                ),
+                readiness=Readiness(self.engine, settings.mailbox, self._unbound_listeners),
             )
             self.web = WebServer(create_app(self.console), admin_http)
+
+    def _wake_workers(self) -> None:
+        """The console released mail or put queue items due: the fan-out and the relay look now."""
+        self.fanout.wake()
+        self.relay.wake()
+
+    def _unbound_listeners(self) -> list[str]:
+        """The configured SMTP listeners that are not serving (not yet started, or closed)."""
+        configured = [
+            name
+            for name, listener in (
+                ("submission", self.settings.listeners.submission),
+                ("mx", self.settings.listeners.mx),
+            )
+            if listener.enabled
+        ]
+        return [
+            name
+            for name in configured
+            if name not in self.listeners or not self.listeners[name].server.is_serving()
+        ]
 
     async def startup(self) -> None:
         # Refuse an unmigrated database before taking any mail: every message would get 451.
@@ -308,6 +347,7 @@ class Service:
             max_unauthenticated=max_unauthenticated,
             evict_idle_after=limits.evict_idle_after,
             max_data_memory=config.max_data_memory,
+            metrics=self.metrics,
         )
 
     async def _parse_pool(self, name: str) -> ParsePool:
@@ -340,6 +380,7 @@ class Service:
                         per_login=limits.auth_max_failures_per_login,
                     ),
                     node=self.settings.gateway.node_name,
+                    metrics=self.metrics,
                 ),
                 "requires_auth": auth,
                 "deadlines": SessionDeadlines(
@@ -375,6 +416,7 @@ class Service:
             server = await loop.create_server(factory, host=config.host, port=config.port)
         except OSError as exc:
             raise OperationalError(f"cannot listen on {config.host}:{config.port} for {name}: {exc}") from exc
+        self.metrics.watch_sessions(name, lambda: len(state.protocols))
         return Listener(state, server)
 
     def _stage_ended(self, task: asyncio.Task[None]) -> None:

@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("stages", "web"),
     ("mailbox", "admin", "routing", "senderauth"),
     ("db",),
-    ("config", "keys", "logs", "tls", "workers", "smtp_replies"),
+    ("config", "keys", "logs", "metrics", "tls", "workers", "smtp_replies"),
     ("domain", "errors", "__init__"),
 )
 

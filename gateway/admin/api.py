@@ -21,6 +21,7 @@ from gateway.db import accounts, events, messages
 from gateway.db import directory as db
 from gateway.db.events import EventFilter, EventView
 from gateway.db.messages import (
+    VORGANG_STATES,
     VorgangLabel,
     VorgangSummary,
     VorgangView,
@@ -547,16 +548,42 @@ async def list_vorgaenge(
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
     search: str | None = None,
+    backoffice: str | None = None,
+    state: str | None = None,
     limit: int = 50,
+    offset: int = 0,
 ) -> list[VorgangSummary]:
-    """The portfolio's Vorgänge, most recently active first; with ``member`` those the member sees."""
+    """The portfolio's Vorgänge, most recently active first; with ``member`` those the member sees, with
+    ``backoffice`` those with mail of that back office, with ``state`` those with a copy in that state
+    (or ``quarantined``: with a held message)."""
     row = await db.get_portfolio(session, portfolio)
     member_id = None
     if member is not None:
         (member_id,) = await _member_ids(session, member, row.id, portfolio)
+    backoffice_id = None
+    if backoffice is not None:
+        backoffice_id = await messages.backoffice_id(session, row.id, backoffice)
+        if backoffice_id is None:
+            raise NotFound(f"there is no back office {backoffice} in portfolio {portfolio}")
+    if state is not None and state not in VORGANG_STATES:
+        raise InputError(f"there is no state {state!r} (states: {', '.join(VORGANG_STATES)})")
     return await messages.list_vorgaenge(
-        session, row.id, member_id=member_id, since=since, until=until, search=search, limit=limit
+        session,
+        row.id,
+        member_id=member_id,
+        since=since,
+        until=until,
+        search=search,
+        backoffice_id=backoffice_id,
+        state=state,
+        limit=limit,
+        offset=offset,
     )
+
+
+async def raw_message(session: AsyncSession, gateway_id: str) -> bytes:
+    """The stored bytes of the message ``gateway_id``, as received (for operators)."""
+    return bytes((await get_message(session, gateway_id.strip())).raw)
 
 
 async def _member_ids(
@@ -586,9 +613,11 @@ async def read_events(
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
     after_id: int | None = None,
+    before_id: int | None = None,
     limit: int = 100,
 ) -> list[EventView]:
-    """The event log filtered by names as admins know them (portfolio, address, VG-…, gw-…)."""
+    """The event log filtered by names as admins know them (portfolio, address, VG-…, gw-…); with a
+    portfolio, a message of another portfolio is not found."""
     portfolio_id = (await db.get_portfolio(session, portfolio)).id if portfolio else None
     member_ids = await _member_ids(session, member, portfolio_id, portfolio) if member else None
     vorgang_ids = None
@@ -602,7 +631,12 @@ async def read_events(
             raise NotFound(
                 f"there is no Vorgang {vorgang}{where} (`gateway vorgang list -p PORTFOLIO` lists them)"
             )
-    message_id = (await get_message(session, message.strip())).id if message else None
+    message_id = None
+    if message:
+        found = await get_message(session, message.strip())
+        if portfolio_id is not None and found.portfolio_id != portfolio_id:
+            raise NotFound(f"there is no message with id {message.strip()!r} in portfolio {portfolio}")
+        message_id = found.id
     narrowed = EventFilter(
         portfolio_id=portfolio_id,
         member_ids=member_ids,
@@ -612,6 +646,7 @@ async def read_events(
         since=since,
         until=until,
         after_id=after_id,
+        before_id=before_id,
     )
     return await events.read_events(session, narrowed, limit)
 
@@ -632,12 +667,53 @@ class Explanation:
         member = self.members[member_id]
         return member.display_name or member.address
 
+    def rows(self) -> list[AudienceRow]:
+        """The audience in its order, each member with the reasons in words."""
+        return [
+            AudienceRow(
+                self.members[mid].address,
+                self.members[mid].display_name,
+                tuple(r.describe(self.name_of) for r in self.audience.via(mid)),
+            )
+            for mid in self.audience.ordered()
+        ]
 
-async def who_can_see_message(session: AsyncSession, gateway_id: str) -> Explanation:
+    def text(self) -> str:
+        """The explanation as `gateway who-can-see` prints it and the console shows it, line by line."""
+        rows = self.rows()
+        subject = f"message {self.message}" if self.message else "such a message"
+        lines = [f"{subject} in portfolio {self.portfolio} is seen by {len(rows)} member(s):"]
+        for row in rows:
+            lines.append(f"  {row.label}")
+            lines.extend(f"      {reason}" for reason in row.reasons)
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class AudienceRow:
+    """One member of an audience with why they may see the message."""
+
+    address: str
+    name: str  # "" when the member has no display name
+    reasons: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} <{self.address}>" if self.name else self.address
+
+
+async def who_can_see_message(
+    session: AsyncSession, gateway_id: str, portfolio: str | None = None
+) -> Explanation:
+    """Who may see the stored message ``gateway_id``; with ``portfolio`` only a message of that portfolio
+    (another portfolio's is not found, as if it did not exist)."""
+    gateway_id = gateway_id.strip()
     message = await get_message(session, gateway_id)
-    portfolio = await session.get(PortfolioRow, message.portfolio_id)
-    assert portfolio is not None, "messages keep their portfolio"
-    snap = await db.snapshot(session, portfolio)
+    if portfolio is not None and message.portfolio_id != (await db.get_portfolio(session, portfolio)).id:
+        raise NotFound(f"there is no message with id {gateway_id!r} in portfolio {portfolio}")
+    owner = await session.get(PortfolioRow, message.portfolio_id)
+    assert owner is not None, "messages keep their portfolio"
+    snap = await db.snapshot(session, owner)
     result = audience(snap.portfolio_id, await participants_of(session, message), snap.releases)
     return Explanation(snap.portfolio_name, gateway_id, result, snap.members)
 

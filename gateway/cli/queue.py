@@ -21,7 +21,6 @@ from gateway.cli.root import Context, cli, command, emit_json, json_option, pass
 from gateway.cli.views import WHEN
 from gateway.cli.work import on_writer
 from gateway.db import queue
-from gateway.db.events import Event, EventKind, append_events
 from gateway.db.queue import QueueFilter, QueueItem
 from gateway.errors import InputError
 
@@ -124,7 +123,7 @@ async def queue_list(
 @command
 async def queue_show(ctx: Context, item_id: str, as_json: bool) -> None:
     """One item (copy-N or relay-N, as `gateway queue list` names it), with its last error."""
-    (item,) = await on_writer(ctx, lambda c: _find(c, [item_id]))
+    (item,) = await on_writer(ctx, lambda c: queue.find_items(c, [item_id]))
     if as_json:
         emit_json(_data(item))
         return
@@ -139,20 +138,6 @@ async def queue_show(ctx: Context, item_id: str, as_json: bool) -> None:
     click.echo(f"  last error: {item.last_error or '-'}")
 
 
-def _find(connection: Connection, ids: Sequence[str]) -> list[QueueItem]:
-    try:
-        found = queue.queue_items(connection, ids=ids)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    missing = set(ids) - {i.id for i in found}
-    if missing:
-        raise InputError(
-            f"not in any queue: {', '.join(sorted(missing))} (delivered, sent or dropped, or never there; "
-            "`gateway queue list` shows what waits)"
-        )
-    return found
-
-
 def _chosen(
     connection: Connection,
     ids: Sequence[str],
@@ -164,7 +149,7 @@ def _chosen(
     if not ids and not every:
         raise InputError("give the IDs to act on, or --all (with --state, --member, … to narrow it)")
     if ids:
-        return _find(connection, ids)
+        return queue.find_items(connection, ids)
     return queue.queue_items(connection, filters, limit=1_000_000)
 
 
@@ -187,12 +172,11 @@ async def queue_retry(
     as_json: bool,
 ) -> None:
     """Try these items now (held and given-up ones too); a running `gateway serve` takes them."""
-    lifetime = ctx.settings.relay.lifetime
+    lifetime, actor = ctx.settings.relay.lifetime, ctx.actor
     done = await _act_on(
         ctx,
         _chosen_by(ids, every, QueueFilter(portfolio, member, state, kind, before)),
-        lambda connection, items, now: queue.retry_items(connection, items, now, lifetime),
-        EventKind.QUEUE_RETRIED,
+        lambda connection, items, now: queue.retry(connection, items, actor, now, lifetime),
     )
     _tell(done, "due now", as_json)
     if not as_json:
@@ -224,11 +208,11 @@ async def queue_drop(
         if not sys.stdin.isatty():
             raise InputError("dropped items are never tried again; add --yes to confirm without a terminal")
         click.confirm("drop these items for good?", abort=True)
+    actor = ctx.actor
     done = await _act_on(
         ctx,
         _chosen_by(ids, every, QueueFilter(portfolio, member, state, kind, before)),
-        queue.drop_items,
-        EventKind.QUEUE_DROPPED,
+        lambda connection, items, now: queue.drop(connection, items, actor, now),
     )
     _tell(done, "dropped", as_json)
     if not as_json:
@@ -245,19 +229,11 @@ async def _act_on(
     ctx: Context,
     chosen: Callable[[Connection], list[QueueItem]],
     act: Callable[[Connection, Sequence[QueueItem], datetime.datetime], list[QueueItem]],
-    kind: EventKind,
 ) -> list[QueueItem]:
-    """Apply ``act`` to the chosen items in one transaction, with an event per item for its portfolio."""
-    actor = ctx.actor
+    """Apply ``act`` (which records its events) to the chosen items in one transaction."""
 
     def work(connection: Connection) -> list[QueueItem]:
-        now = datetime.datetime.now(datetime.UTC)
-        try:
-            done = act(connection, chosen(connection), now)
-        except ValueError as exc:  # an item in a state the action does not apply to
-            raise InputError(str(exc)) from None
-        append_events(connection, _portfolio_events(connection, done, kind, actor, now))
-        return done
+        return act(connection, chosen(connection), datetime.datetime.now(datetime.UTC))
 
     return await on_writer(ctx, work)
 
@@ -268,19 +244,3 @@ def _tell(done: Sequence[QueueItem], what: str, as_json: bool) -> None:
         return
     for item in done:
         click.echo(f"{what}: {item.id} ({item.kind} to {', '.join(item.to)})")
-
-
-def _portfolio_events(
-    connection: Connection, items: Sequence[QueueItem], kind: EventKind, actor: str, now: datetime.datetime
-) -> list[Event]:
-    ids = dict(queue.portfolio_ids(connection, {i.portfolio for i in items}))
-    return [
-        Event(
-            kind,
-            actor,
-            now,
-            portfolio_id=ids[i.portfolio],
-            detail={"item": i.id, "kind": i.kind, "state": i.state, "to": list(i.to), "message": i.message},
-        )
-        for i in items
-    ]

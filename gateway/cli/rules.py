@@ -35,7 +35,7 @@ rules_dir_option = click.option(
 @command
 async def rules_check(ctx: Context, directory: Path | None, files_only: bool, as_json: bool) -> None:
     """Validate every rules file; print FILE:LINE:COL: reason for each problem (exit status 2)."""
-    from gateway.routing.dryrun import check_rules_dir
+    from gateway.routing.dryrun import check_lines, check_rules_dir
 
     where = directory or ctx.settings.rules.dir
     report = await check_rules_dir(None, where)
@@ -53,15 +53,8 @@ async def rules_check(ctx: Context, directory: Path | None, files_only: bool, as
             }
         )
     else:
-        for problem in report.problems:
-            click.echo(str(problem))
-        if not report.problems:
-            click.echo(
-                f"{where}: {len(report.rules)} rule(s) in {len(report.files)} file(s), valid; "
-                f"rule set {report.digest}"
-            )
-            for rule in report.rules:
-                click.echo(f"  {rule.label()}")
+        for line in check_lines(report):
+            click.echo(line)
     if report.problems:
         count = len(report.problems)
         click.echo(
@@ -99,7 +92,7 @@ async def rules_test(
     as_json: bool,
 ) -> None:
     """Show what the rules would do with MESSAGE (an .eml file), without changing anything."""
-    from gateway.routing.dryrun import dry_run, read_message
+    from gateway.routing.dryrun import dry_run, dry_run_lines, read_message
 
     raw = read_message(message)
     where = directory or ctx.settings.rules.dir
@@ -151,50 +144,5 @@ async def rules_test(
             }
         )
         return
-    click.echo(f"rule set {run.rule_set} ({len(run.files)} file(s))")
-    click.echo(
-        f'message "{run.subject}" from <{run.sender}> to {", ".join(run.recipients)}, {run.size} bytes'
-    )
-    who = f"back office {run.backoffice}" if run.backoffice else "no back office"
-    click.echo(f"{who}, portfolio {run.portfolio}, listener {run.listener}")
-    click.echo("rules:")
-    tried = sorted(
-        [(h.rule, "hit ", h.why) for h in decision.hits] + [(m.rule, "miss", m.why) for m in decision.misses],
-        key=lambda t: (t[0].where.file, t[0].where.line),
-    )
-    for rule, outcome, why in tried:
-        click.echo(f"  {outcome}  {rule.label()}")
-        for reason in why:
-            click.echo(f"          {reason}")
-    for rule in run.not_tried:
-        click.echo(f"  ----  {rule.label()}: not tried (an earlier hit stopped)")
-    if not tried and not run.not_tried:
-        click.echo("  (no rules)")
-    by = f" (by {decision.decided_by.label()})" if decision.decided_by else " (no rule gave a verdict)"
-    click.echo(f"verdict: {decision.verdict.value}{by}")
-    for note in [*decision.notes, *run.notes]:
-        click.echo(f"note: {note}")
-    for address, reply in run.refused_recipients:
-        click.echo(f"RCPT TO:<{address}> would be answered: {reply}")
-    if run.stored:
-        key = f", key {run.vorgang_key}" if run.vorgang_key else ""
-        if run.vorgang:
-            click.echo(f"vorgang: {run.vorgang} (found by {run.found}{key})")
-        else:
-            click.echo(f"vorgang: a new Vorgang{key}")
-        for name, value in decision.set_headers:
-            click.echo(f"copies: set {name}: {value}")
-        if decision.strip_headers:
-            click.echo(f"copies: strip {', '.join(decision.strip_headers)}")
-        for address in run.skipped_participants:
-            click.echo(f"note: participant {address} is no member of portfolio {run.portfolio}; left out")
-        if decision.verdict.value == "quarantine":
-            click.echo("quarantined: no copies until an admin releases it; these would get one then:")
-        click.echo(f"audience ({len(run.audience)}):")
-        for member in run.audience:
-            click.echo(f"  {member.name} <{member.address}>" if member.name else f"  {member.address}")
-            for reason in member.reasons:
-                click.echo(f"      {reason}")
-    else:
-        click.echo("nothing is stored")
-    click.echo(f"answer: {run.answer}")
+    for line in dry_run_lines(run):
+        click.echo(line)

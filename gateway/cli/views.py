@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import datetime
 import json
-import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -22,6 +21,7 @@ from gateway.cli.work import database, in_transaction, on_writer
 from gateway.db import quarantine
 from gateway.db.events import EventView
 from gateway.domain.model import ParticipantRole
+from gateway.domain.times import InvalidTime, parse_when
 from gateway.errors import InputError
 
 # --- Vorgänge -----------------------------------------------------------------------------------------
@@ -75,24 +75,10 @@ class _When(click.ParamType[datetime.datetime]):
     ) -> datetime.datetime:
         if isinstance(value, datetime.datetime):
             return value
-        text = str(value).strip()
-        span = re.fullmatch(r"(\d+)\s*([smhdw])", text)
-        if span:
-            units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-            back = datetime.timedelta(**{units[span[2]]: int(span[1])})
-            return datetime.datetime.now(datetime.UTC) - back
         try:
-            when = datetime.datetime.fromisoformat(text)
-        except ValueError:
-            self.fail(
-                f"{text!r} is neither a time like 2026-11-27 or 2026-11-27T09:30 (UTC unless a zone is "
-                "given) nor a span back from now like 30m, 2h, 7d",
-                param,
-                ctx,
-            )
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=datetime.UTC)
-        return when.astimezone(datetime.UTC)
+            return parse_when(str(value), datetime.datetime.now(datetime.UTC))
+        except InvalidTime as exc:
+            self.fail(str(exc), param, ctx)
 
 
 WHEN = _When()
@@ -418,14 +404,7 @@ def _print_event(e: EventView, *, json_line: bool = False) -> None:
     about = "  ".join(x for x in (e.portfolio, e.vorgang, e.message, e.member) if x)
     click.echo(f"{e.at}  #{e.id}  {e.kind:<22} {about}  by {e.actor}")
     if e.detail:
-        click.echo(f"    {_detail_text(e.detail)}")
-
-
-def _detail_text(detail: dict[str, Any]) -> str:
-    return "  ".join(
-        f"{k}={v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)}"
-        for k, v in detail.items()
-    )
+        click.echo(f"    {e.detail_text()}")
 
 
 # --- who can see -----------------------------------------------------------------------------------------
@@ -462,22 +441,11 @@ async def who_can_see(
         explanation = await in_transaction(
             ctx, lambda s: admin.who_can_see_hypothetical(s, portfolio, addressed), write=False
         )
-    audience = explanation.audience
-    rows: list[dict[str, Any]] = [
-        {
-            "address": explanation.members[mid].address,
-            "name": explanation.members[mid].display_name,
-            "reasons": [r.describe(explanation.name_of) for r in audience.via(mid)],
-        }
-        for mid in audience.ordered()
-    ]
     if as_json:
+        rows = [
+            {"address": row.address, "name": row.name, "reasons": list(row.reasons)}
+            for row in explanation.rows()
+        ]
         emit_json({"portfolio": explanation.portfolio, "message": explanation.message, "audience": rows})
         return
-    subject = f"message {explanation.message}" if explanation.message else "such a message"
-    click.echo(f"{subject} in portfolio {explanation.portfolio} is seen by {len(rows)} member(s):")
-    for row in rows:
-        label = f"{row['name']} <{row['address']}>" if row["name"] else str(row["address"])
-        click.echo(f"  {label}")
-        for reason in row["reasons"]:
-            click.echo(f"      {reason}")
+    click.echo(explanation.text(), nl=False)

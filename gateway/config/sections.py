@@ -264,6 +264,10 @@ class AdminHttpSettings(Section):
     max_upload_size: ByteSize = 25 * MIB
     """Largest request body (a form, an uploaded .eml) in bytes; a larger one is answered 413."""
 
+    request_timeout: Annotated[float, Field(gt=0)] = 60.0
+    """Seconds a request may take from its first byte to the end of its answer; a client that sends
+    its request slower (a slowloris) or never finishes it is disconnected."""
+
     trusted_proxy_header: str | None = None
     """Header a trusted reverse proxy sets to the login of the admin it authenticated (for example
     "X-Remote-User"); unset: no proxy login. The login must be an existing admin account."""
@@ -271,6 +275,13 @@ class AdminHttpSettings(Section):
     trusted_proxies: tuple[str, ...] = ()
     """Client addresses (or networks, "10.0.0.0/24") of the reverse proxies whose trusted_proxy_header
     counts; from any other peer the header is ignored."""
+
+    metrics_public: bool = False
+    """Serve /metrics to anyone who reaches the console; false: only to the metrics_allow addresses."""
+
+    metrics_allow: tuple[str, ...] = ("127.0.0.1", "::1")
+    """Client addresses (or networks, "10.0.0.0/24") that may read /metrics when metrics_public is false:
+    the Prometheus server. /healthz and /readyz are open to all; they tell nothing secret."""
 
     @field_validator("tls_key")
     @classmethod
@@ -289,7 +300,7 @@ class AdminHttpSettings(Section):
             raise ValueError(f"must be an HTTP header name (letters, digits, -), got {show(value)}")
         return value
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "metrics_allow")
     @classmethod
     def _proxy_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for entry in value:
@@ -318,6 +329,16 @@ class AdminHttpSettings(Section):
         except ValueError:
             return False
         return any(address in ipaddress.ip_network(entry, strict=False) for entry in self.trusted_proxies)
+
+    def may_scrape(self, peer: str) -> bool:
+        """Whether ``peer`` (a client address) may read /metrics."""
+        if self.metrics_public:
+            return True
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in ipaddress.ip_network(entry, strict=False) for entry in self.metrics_allow)
 
 
 def loopback_only(listener: ListenerSettings) -> bool:

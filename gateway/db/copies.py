@@ -142,4 +142,5 @@ def handed_job(
         first_attempt=True,
         copy_headers=message.copy_headers,
         trace=message.trace,
+        queued_at=message.received_at,
     )

@@ -8,6 +8,7 @@ of one ``EventKind``; the log is append-only (database triggers refuse UPDATE an
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -145,6 +146,7 @@ class EventFilter:
     since: dt.datetime | None = None
     until: dt.datetime | None = None
     after_id: int | None = None  # keyset for scripts that read the log in pieces or follow it
+    before_id: int | None = None  # keyset for paging back through the log, newest first (the console)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,11 +161,25 @@ class EventView:
     message: str | None  # the gateway id (gw-…)
     detail: dict[str, Any]
 
+    def detail_text(self) -> str:
+        """The detail as ``key=value`` pairs, as `gateway events` and the console show it."""
+        return "  ".join(
+            f"{k}={v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)}"
+            for k, v in self.detail.items()
+        )
+
+
+def kind_known(kind: str) -> bool:
+    """Whether ``kind`` names an ``EventKind`` or a family of them (``copy``, ``copy.*``)."""
+    family = kind.removesuffix(".*").removesuffix(".")
+    return any(k.value == kind or k.value.startswith(family + ".") for k in EventKind)
+
 
 async def read_events(session: AsyncSession, where: EventFilter, limit: int) -> list[EventView]:
     """The newest ``limit`` events that pass the filter, oldest first (as a log reads).
 
-    With ``after_id`` the oldest ``limit`` events after that one instead, so a script can page forward.
+    With ``after_id`` the oldest ``limit`` events after that one instead, so a script can page forward;
+    with ``before_id`` only events older than that one (the next page back).
     """
     query = (
         select(
@@ -199,6 +215,8 @@ async def read_events(session: AsyncSession, where: EventFilter, limit: int) -> 
         query = query.where(EventRow.at >= where.since)
     if where.until is not None:
         query = query.where(EventRow.at < where.until)
+    if where.before_id is not None:
+        query = query.where(EventRow.id < where.before_id)
     if where.after_id is not None:
         query = query.where(EventRow.id > where.after_id).order_by(EventRow.id).limit(limit)
         rows = list(await session.execute(query))

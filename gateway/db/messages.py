@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.db.models import (
     MESSAGES,
     PARTICIPANTS,
+    BackOfficeRow,
     CopyRow,
     CopyState,
     Direction,
@@ -186,6 +187,8 @@ class CopyView:
     shared_via: str | None
     mailbox_ref: str | None
     last_error: str | None
+    seen: bool = False
+    answered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,14 +262,18 @@ async def vorgang_view(
             ReleaseRow.name,
             CopyRow.mailbox_ref,
             CopyRow.last_error,
+            CopyRow.seen,
+            CopyRow.answered,
         )
         .join(MemberRow, MemberRow.id == CopyRow.member_id)
         .outerjoin(ReleaseRow, ReleaseRow.id == CopyRow.shared_via_release_id)
         .where(CopyRow.message_id.in_(list(copies)), CopyRow.portfolio_id == portfolio_id)
         .order_by(CopyRow.id)
     )
-    for message_pk, copy_id, address, state, attempts, shared_via, ref, error in rows:
-        copies[message_pk].append(CopyView(copy_id, address, state, attempts, shared_via, ref, error))
+    for message_pk, copy_id, address, state, attempts, shared_via, ref, error, seen, answered in rows:
+        copies[message_pk].append(
+            CopyView(copy_id, address, state, attempts, shared_via, ref, error, bool(seen), bool(answered))
+        )
     relays = {
         message_pk: RelayView(tuple(to), state, attempts, reply, error)
         for message_pk, to, state, attempts, reply, error in await session.execute(
@@ -297,6 +304,19 @@ async def vorgang_view(
     )
 
 
+# What ``list_vorgaenge`` can filter by: Vorgänge with a copy in one of these states, or a held message.
+QUARANTINED = "quarantined"
+VORGANG_STATES: tuple[str, ...] = (*(s.value for s in CopyState), QUARANTINED)
+
+
+async def backoffice_id(session: AsyncSession, portfolio_id: int, name: str) -> int | None:
+    """The id of the portfolio's back office ``name``; None when it has none of that name."""
+    found = await session.scalar(
+        select(BackOfficeRow.id).where(BackOfficeRow.portfolio_id == portfolio_id, BackOfficeRow.name == name)
+    )
+    return None if found is None else int(found)
+
+
 @dataclass(frozen=True, slots=True)
 class VorgangSummary:
     """One line of ``gateway vorgang list``: a Vorgang with its size and whether its copies are through."""
@@ -319,12 +339,18 @@ async def list_vorgaenge(
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
     search: str | None = None,
+    backoffice_id: int | None = None,
+    state: str | None = None,
     limit: int = 50,
+    offset: int = 0,
 ) -> list[VorgangSummary]:
-    """The portfolio's Vorgänge with mail in [since, until), most recently active first.
+    """The portfolio's Vorgänge with mail in [since, until), most recently active first, ``offset`` of
+    them skipped.
 
     With ``member_id`` only those with a message the member has a copy of (revoked ones excepted) or
-    took part in. ``search`` matches the subject, reference or key, case-insensitively. Grouping runs
+    took part in. With ``backoffice_id`` only those with a message of that back office; with ``state``
+    (one of ``VORGANG_STATES``) only those with a copy in that state, or with a quarantined message.
+    ``search`` matches the subject, reference or key, case-insensitively. Grouping runs
     in the database, and the copy counts are read for the page shown only, so a portfolio of any size
     costs one pass over its messages.
     """
@@ -357,6 +383,7 @@ async def list_vorgaenge(
         .where(VorgangRow.portfolio_id == portfolio_id)
         .order_by(active.desc(), VorgangRow.id.desc())
         .limit(limit)
+        .offset(offset)
     )
     if since is not None:
         query = query.where(active >= since)
@@ -369,6 +396,24 @@ async def list_vorgaenge(
             func.lower(VorgangRow.subject).contains(text, autoescape=True)
             | func.lower(VorgangRow.reference).contains(text, autoescape=True)
             | func.lower(func.coalesce(VorgangRow.key, "")).contains(text, autoescape=True)
+        )
+    if backoffice_id is not None:
+        query = query.where(
+            VorgangRow.id.in_(
+                select(MessageRow.vorgang_id).where(
+                    MessageRow.backoffice_id == backoffice_id, MessageRow.portfolio_id == portfolio_id
+                )
+            )
+        )
+    if state == QUARANTINED:
+        query = query.where(per_vorgang.c.quarantined > 0)
+    elif state is not None:
+        query = query.where(
+            VorgangRow.id.in_(
+                select(MessageRow.vorgang_id)
+                .join(CopyRow, CopyRow.message_id == MessageRow.id)
+                .where(CopyRow.state == state, CopyRow.portfolio_id == portfolio_id)
+            )
         )
     if member_id is not None:
         # Two joins from the member's rows (both indexed by member), not one OR over two IN lists, which

@@ -22,6 +22,7 @@ from gateway.db.events import Event, EventKind, append_events
 from gateway.db.models import (
     QUARANTINE,
     CopyRow,
+    MemberRow,
     MessageKind,
     MessageRow,
     ParticipantRow,
@@ -30,11 +31,22 @@ from gateway.db.models import (
     VorgangRow,
     utc,
 )
-from gateway.domain.audience import audience
+from gateway.domain.audience import Audience, audience
 from gateway.domain.model import Participant
 from gateway.errors import NotFound
 
-__all__ = ["NewQuarantine", "Quarantined", "drop", "hold", "list_quarantined", "release", "show"]
+__all__ = [
+    "NewQuarantine",
+    "Quarantined",
+    "WouldSee",
+    "drop",
+    "hold",
+    "list_quarantined",
+    "release",
+    "released_copies",
+    "show",
+    "would_see",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +95,15 @@ class Quarantined:
 
 
 def list_quarantined(
-    connection: Connection, portfolio: str | None = None, gateway_id: str | None = None
+    connection: Connection,
+    portfolio: str | None = None,
+    gateway_id: str | None = None,
+    *,
+    limit: int | None = None,
+    offset: int = 0,
 ) -> list[Quarantined]:
-    """The messages waiting for an admin, oldest first; of one portfolio, or of all (or the one named)."""
+    """The messages waiting for an admin, oldest first; of one portfolio, or of all (or the one named);
+    a page of them with ``limit`` and ``offset`` (the console lists them page by page)."""
     query = (
         select(
             MessageRow.gateway_id,
@@ -108,6 +126,8 @@ def list_quarantined(
         query = query.where(PortfolioRow.name == portfolio)
     if gateway_id is not None:
         query = query.where(MessageRow.gateway_id == gateway_id)
+    if limit is not None:
+        query = query.limit(limit).offset(offset)
     return [
         Quarantined(
             gateway_id=str(r[0]),
@@ -168,12 +188,8 @@ def _held(connection: Connection, portfolio: str, gateway_id: str) -> _Held:
     return _Held(int(row[0]), int(row[1]), int(row[2]), str(row[3]), str(row[4]))
 
 
-def release(
-    connection: Connection, portfolio: str, gateway_id: str, actor: str, now: dt.datetime
-) -> list[str]:
-    """Give the quarantined message its copies for the audience it has now; their addresses."""
-    held = _held(connection, portfolio, gateway_id)
-    acceptance.hold_directory(connection, held.portfolio_id)
+def _audience(connection: Connection, held: _Held) -> Audience:
+    """The audience the held message has under the directory as it is now (DESIGN.md §3)."""
     participants = [
         Participant(int(member_id), role)
         for member_id, role in connection.execute(
@@ -183,7 +199,36 @@ def release(
         )
     ]
     releases = acceptance.sharing_releases(connection, held.portfolio_id, {p.member_id for p in participants})
-    seen = audience(held.portfolio_id, participants, releases)
+    return audience(held.portfolio_id, participants, releases)
+
+
+@dataclass(frozen=True, slots=True)
+class WouldSee:
+    """A member who would get a copy if the message were released now, with every reason why."""
+
+    address: str
+    reasons: tuple[str, ...]
+
+
+def would_see(connection: Connection, portfolio: str, gateway_id: str) -> list[WouldSee]:
+    """Who would get a copy of the quarantined message if it were released now (read only)."""
+    held = _held(connection, portfolio, gateway_id)
+    seen = _audience(connection, held)
+    addresses = acceptance.member_addresses(connection, seen.members)
+
+    def name_of(member_id: int) -> str:
+        return addresses.get(member_id, f"member {member_id}")
+
+    return [WouldSee(addresses[m], tuple(r.describe(name_of) for r in seen.via(m))) for m in seen.ordered()]
+
+
+def release(
+    connection: Connection, portfolio: str, gateway_id: str, actor: str, now: dt.datetime
+) -> list[str]:
+    """Give the quarantined message its copies for the audience it has now; their addresses."""
+    held = _held(connection, portfolio, gateway_id)
+    acceptance.hold_directory(connection, held.portfolio_id)
+    seen = _audience(connection, held)
     # A copy row another stage made meanwhile (reconciliation after a directory change) is kept, not
     # duplicated: one copy per member and message.
     existing = {
@@ -203,6 +248,25 @@ def release(
         connection, held, EventKind.MESSAGE_RELEASED, actor, now, {"gateway_id": gateway_id, "audience": to}
     )
     return to
+
+
+def released_copies(connection: Connection, portfolio: str, gateway_id: str) -> list[tuple[str, str]]:
+    """(member address, copy state) of every copy of a message of ``portfolio``, by address: what
+    became of a released message. NotFound when the portfolio has no such message."""
+    message_pk = connection.scalar(
+        select(MessageRow.id)
+        .join(PortfolioRow, PortfolioRow.id == MessageRow.portfolio_id)
+        .where(MessageRow.gateway_id == gateway_id, PortfolioRow.name == portfolio)
+    )
+    if message_pk is None:
+        raise NotFound(f"there is no message {gateway_id} in portfolio {portfolio}")
+    rows = connection.execute(
+        select(MemberRow.address, CopyRow.state)
+        .join(MemberRow, MemberRow.id == CopyRow.member_id)
+        .where(CopyRow.message_id == message_pk)
+        .order_by(MemberRow.address)
+    )
+    return [(str(address), str(state)) for address, state in rows]
 
 
 def drop(connection: Connection, portfolio: str, gateway_id: str, actor: str, now: dt.datetime) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, case, func, literal, or_, select, update
 
+from gateway.db.events import Event, EventKind, append_events
 from gateway.db.models import (
     COPIES,
     CopyRow,
@@ -27,9 +28,11 @@ from gateway.db.models import (
     RelayState,
     ReleaseRow,
     VorgangRow,
+    utc,
 )
 from gateway.domain.rules import CopyHeaders
 from gateway.domain.trace import Trace
+from gateway.errors import InputError, NotFound
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,8 @@ class CopyJob(TakenCopy):
     copy_headers: CopyHeaders = field(default_factory=CopyHeaders)
     # How the message arrived: the copy's Received line (None: stored before traces were kept).
     trace: Trace | None = None
+    # When the copy was queued (its message accepted, or the copy back-filled): the delivery latency.
+    queued_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +139,7 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
             ReleaseRow.name,
             CopyRow.seen,
             CopyRow.answered,
+            CopyRow.created_at,
         )
         .join(PortfolioRow, PortfolioRow.id == CopyRow.portfolio_id)
         .join(MemberRow, MemberRow.id == CopyRow.member_id)
@@ -178,6 +184,7 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
             first_attempt=f[2] == 0 and taken[f[0]] is None,
             copy_headers=edits[f[7]],
             trace=traces[f[7]],
+            queued_at=utc(f[16]),
         )
         for f in facts
     ]
@@ -316,6 +323,8 @@ class FlagJob(TakenCopy):
 
     seen: bool
     answered: bool
+    # When the flags became due: the row's last change before this claim (the flag propagation latency).
+    pending_since: dt.datetime | None = None
 
 
 def claim_flags(
@@ -323,14 +332,28 @@ def claim_flags(
 ) -> list[FlagJob]:
     rows = _claim_jobs(
         connection,
-        (CopyRow.seen, CopyRow.answered),
+        (CopyRow.seen, CopyRow.answered, CopyRow.updated_at),
         (CopyRow.state == CopyState.DELIVERED, CopyRow.flags_pending.is_(True)),
         node,
         now,
         lease,
         limit,
     )
-    return [FlagJob(*row) for row in rows]
+    return [
+        FlagJob(
+            id=r[0],
+            copy_id=r[1],
+            attempts=r[2],
+            portfolio_id=r[3],
+            portfolio=r[4],
+            member_id=r[5],
+            address=r[6],
+            seen=r[7],
+            answered=r[8],
+            pending_since=utc(r[9]),
+        )
+        for r in rows
+    ]
 
 
 def _claim_jobs(
@@ -867,4 +890,62 @@ def portfolio_ids(connection: Connection, names: set[str]) -> list[tuple[str, in
         for n, i in connection.execute(
             select(PortfolioRow.name, PortfolioRow.id).where(PortfolioRow.name.in_(names))
         )
+    ]
+
+
+# --- an admin's hand on the queues (``gateway queue`` and the console's queues page) -----------------------
+
+
+def find_items(connection: Connection, ids: Sequence[str]) -> list[QueueItem]:
+    """The items named by ``ids`` (``copy-17``, ``relay-4``); NotFound names any that wait in no queue."""
+    try:
+        found = queue_items(connection, ids=ids)
+    except ValueError as exc:
+        raise NotFound(str(exc)) from None
+    missing = set(ids) - {i.id for i in found}
+    if missing:
+        raise NotFound(
+            f"not in any queue: {', '.join(sorted(missing))} (delivered, sent or dropped, or never there; "
+            "`gateway queue list` shows what waits)"
+        )
+    return found
+
+
+def retry(
+    connection: Connection,
+    items: Sequence[QueueItem],
+    actor: str,
+    now: dt.datetime,
+    relay_lifetime: float,
+) -> list[QueueItem]:
+    """``retry_items``, with a ``queue.retried`` event per item done, naming ``actor``."""
+    done = retry_items(connection, items, now, relay_lifetime)
+    append_events(connection, _portfolio_events(connection, done, EventKind.QUEUE_RETRIED, actor, now))
+    return done
+
+
+def drop(connection: Connection, items: Sequence[QueueItem], actor: str, now: dt.datetime) -> list[QueueItem]:
+    """``drop_items``, with a ``queue.dropped`` event per item done, naming ``actor``; a removal among
+    them is an InputError (nothing is dropped)."""
+    try:
+        done = drop_items(connection, items, now)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    append_events(connection, _portfolio_events(connection, done, EventKind.QUEUE_DROPPED, actor, now))
+    return done
+
+
+def _portfolio_events(
+    connection: Connection, items: Sequence[QueueItem], kind: EventKind, actor: str, now: dt.datetime
+) -> list[Event]:
+    ids = dict(portfolio_ids(connection, {i.portfolio for i in items}))
+    return [
+        Event(
+            kind,
+            actor,
+            now,
+            portfolio_id=ids[i.portfolio],
+            detail={"item": i.id, "kind": i.kind, "state": i.state, "to": list(i.to), "message": i.message},
+        )
+        for i in items
     ]

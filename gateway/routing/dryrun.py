@@ -20,18 +20,27 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.db import acceptance
 from gateway.db import directory as db
 from gateway.db.accounts import find_account
-from gateway.db.models import BackOfficeRow, PortfolioRow
+from gateway.db.models import BackOfficeRow, MessageRow, PortfolioRow
 from gateway.db.names import directory_names
 from gateway.domain.addresses import InvalidAddress, normalise_address
-from gateway.domain.parsing import parse_message
+from gateway.domain.parsing import ParsedMessage, parse_message
 from gateway.domain.routing_plan import Refused, Routed, RoutingPlan, lookups, plan_submission
-from gateway.domain.rules import Decision, Rule
+from gateway.domain.rules import Decision, Rule, RuleSet
 from gateway.errors import InputError, NotFound, Problem, RulesFileError
 from gateway.routing.files import directory_problems, load_rules
 from gateway.routing.live import decide, refusal, stored_answer
 from gateway.smtp_replies import Reply
 
-__all__ = ["CheckReport", "DryRun", "check_rules_dir", "dry_run", "read_message"]
+__all__ = [
+    "CheckReport",
+    "DryRun",
+    "check_lines",
+    "check_rules_dir",
+    "dry_run",
+    "dry_run_lines",
+    "read_message",
+    "stored_message",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +64,18 @@ async def check_rules_dir(session: AsyncSession | None, directory: Path) -> Chec
         problems = directory_problems(loaded.references, names)
     rule_set = loaded.rule_set
     return CheckReport(directory, rule_set.files, rule_set.rules, rule_set.digest, tuple(problems))
+
+
+def check_lines(report: CheckReport) -> list[str]:
+    """What ``gateway rules check`` prints for ``report``: each problem as FILE:LINE:COL: reason, or
+    the valid rule set with its rules."""
+    if report.problems:
+        return [str(problem) for problem in report.problems]
+    return [
+        f"{report.directory}: {len(report.rules)} rule(s) in {len(report.files)} file(s), valid; "
+        f"rule set {report.digest}",
+        *(f"  {rule.label()}" for rule in report.rules),
+    ]
 
 
 # --- dry runs ----------------------------------------------------------------------------------------------
@@ -93,6 +114,20 @@ class DryRun:
     notes: list[str] = field(default_factory=list)
 
 
+async def stored_message(session: AsyncSession, gateway_id: str) -> tuple[bytes, str]:
+    """The bytes of a stored message and its portfolio's name, to dry-run it again."""
+    row = (
+        await session.execute(
+            select(MessageRow.raw, PortfolioRow.name)
+            .join(PortfolioRow, PortfolioRow.id == MessageRow.portfolio_id)
+            .where(MessageRow.gateway_id == gateway_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"there is no message with id {gateway_id!r}")
+    return bytes(row[0]), str(row[1])
+
+
 def read_message(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -111,15 +146,21 @@ async def dry_run(
     portfolio: str | None = None,
     mail_from: str | None = None,
     rcpt_to: Sequence[str] = (),
+    parsed: ParsedMessage | None = None,
+    rule_set: RuleSet | None = None,
 ) -> DryRun:
     """What the gateway would do with ``raw`` (read only: nothing is written).
 
     The rules decide as the listener decides (``gateway.routing.live.decide``), the facts are read as
     acceptance reads them (``gateway.db.acceptance.routing_facts``), and the plan is the one acceptance
     carries out (``gateway.domain.routing_plan``); what is read besides is only for printing it.
+    ``rule_set`` is the set to try (default: the files in ``directory``) and ``parsed`` the message's
+    facts when the caller has parsed it already (the console parses untrusted uploads off its loop).
     """
-    rule_set = load_rules(directory).rule_set
-    parsed = parse_message(raw, vorgang_header=vorgang_header)
+    if rule_set is None:
+        rule_set = load_rules(directory).rule_set
+    if parsed is None:
+        parsed = parse_message(raw, vorgang_header=vorgang_header)
     backoffice, own_portfolio = await _backoffice(session, auth, portfolio)
     sender = (
         mail_from if mail_from is not None else (parsed.from_addresses[0] if parsed.from_addresses else "")
@@ -243,3 +284,52 @@ async def _backoffice(
         names = ", ".join(p for _, p in found)
         raise InputError(f"back offices named {auth} are in several portfolios ({names}); give --portfolio")
     return found[0]
+
+
+def dry_run_lines(run: DryRun) -> list[str]:
+    """What ``gateway rules test`` prints for ``run``; the console shows the same lines."""
+    decision = run.decision
+    lines = [
+        f"rule set {run.rule_set} ({len(run.files)} file(s))",
+        f'message "{run.subject}" from <{run.sender}> to {", ".join(run.recipients)}, {run.size} bytes',
+    ]
+    who = f"back office {run.backoffice}" if run.backoffice else "no back office"
+    lines.append(f"{who}, portfolio {run.portfolio}, listener {run.listener}")
+    lines.append("rules:")
+    tried = sorted(
+        [(h.rule, "hit ", h.why) for h in decision.hits] + [(m.rule, "miss", m.why) for m in decision.misses],
+        key=lambda t: (t[0].where.file, t[0].where.line),
+    )
+    for rule, outcome, why in tried:
+        lines.append(f"  {outcome}  {rule.label()}")
+        lines.extend(f"          {reason}" for reason in why)
+    lines.extend(f"  ----  {rule.label()}: not tried (an earlier hit stopped)" for rule in run.not_tried)
+    if not tried and not run.not_tried:
+        lines.append("  (no rules)")
+    by = f" (by {decision.decided_by.label()})" if decision.decided_by else " (no rule gave a verdict)"
+    lines.append(f"verdict: {decision.verdict.value}{by}")
+    lines.extend(f"note: {note}" for note in [*decision.notes, *run.notes])
+    lines.extend(f"RCPT TO:<{a}> would be answered: {reply}" for a, reply in run.refused_recipients)
+    if run.stored:
+        key = f", key {run.vorgang_key}" if run.vorgang_key else ""
+        if run.vorgang:
+            lines.append(f"vorgang: {run.vorgang} (found by {run.found}{key})")
+        else:
+            lines.append(f"vorgang: a new Vorgang{key}")
+        lines.extend(f"copies: set {name}: {value}" for name, value in decision.set_headers)
+        if decision.strip_headers:
+            lines.append(f"copies: strip {', '.join(decision.strip_headers)}")
+        lines.extend(
+            f"note: participant {address} is no member of portfolio {run.portfolio}; left out"
+            for address in run.skipped_participants
+        )
+        if decision.verdict.value == "quarantine":
+            lines.append("quarantined: no copies until an admin releases it; these would get one then:")
+        lines.append(f"audience ({len(run.audience)}):")
+        for member in run.audience:
+            lines.append(f"  {member.name} <{member.address}>" if member.name else f"  {member.address}")
+            lines.extend(f"      {reason}" for reason in member.reasons)
+    else:
+        lines.append("nothing is stored")
+    lines.append(f"answer: {run.answer}")
+    return lines

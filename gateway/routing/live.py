@@ -20,6 +20,7 @@ from gateway.domain.parsing import ParsedMessage, header_fields
 from gateway.domain.routing_plan import Refused, rules_refusal
 from gateway.domain.rules import EMPTY_RULE_SET, Decision, DirectoryNames, RuleSet, Submitted
 from gateway.errors import RulesFileError
+from gateway.metrics import Metrics
 from gateway.routing.files import directory_problems, load_rules, rules_files
 from gateway.smtp_replies import Reply
 
@@ -104,8 +105,10 @@ class RoutingRules:
         *,
         interval: float = 2.0,
         names: Callable[[], Awaitable[DirectoryNames]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.directory = directory
+        self.metrics = metrics or Metrics()
         self.interval = interval
         self.names = names
         self.current: RuleSet = EMPTY_RULE_SET
@@ -151,6 +154,7 @@ class RoutingRules:
             rule_set = await self._check()
         except RulesFileError as exc:
             self.refusals += 1
+            self.metrics.rule_reloads.labels("failed").inc()
             log.error(
                 "rules not reloaded; rule set %s stays in force: %s%s",
                 self.current.digest,
@@ -161,12 +165,14 @@ class RoutingRules:
             return False
         except Exception as exc:  # a database hiccup while checking names: keep the rules, try next time
             self.refusals += 1
+            self.metrics.rule_reloads.labels("failed").inc()
             self._stamp = ()
             log.error("rules not reloaded; rule set %s stays in force: %s", self.current.digest, exc)
             return False
         changed = rule_set.digest != self.current.digest
         self.current = rule_set
         self.reloads += 1
+        self.metrics.rule_reloads.labels("ok").inc()
         self._log_loaded("reloaded" if changed else "reloaded, unchanged,")
         return True
 

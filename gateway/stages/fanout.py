@@ -34,6 +34,7 @@ from gateway.domain.parsing import ParsedMessage, parse_message
 from gateway.domain.retry import backoff, describe
 from gateway.domain.tokens import TokenKeys, make_token, reference_id, reply_address
 from gateway.mailbox import Delivery, Flag, Located, Mailbox, MailboxOwner
+from gateway.metrics import Metrics
 from gateway.stages import notices
 from gateway.stages.notices import NoticeSettings
 from gateway.workers import work_until_cancelled
@@ -130,8 +131,10 @@ class FanOut:
         reply_path: ReplyPath | None = None,
         notices: NoticeSettings | None = None,
         on_notice: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.writer = writer
+        self.metrics = metrics or Metrics()
         self.notices = notices
         self.on_notice = on_notice
         self._last_sweep = 0.0
@@ -299,6 +302,9 @@ class FanOut:
             if error is not None
         ]
         await self.writer.run(queue.record_flags, done, failed, now)
+        for job in done:
+            if job.pending_since is not None:
+                self.metrics.flag_latency.observe(max(0.0, (now - job.pending_since).total_seconds()))
 
     async def _remove(self, jobs: Sequence[RemovalJob]) -> None:
         """Take revoked copies out of every folder of their members' mailboxes; retry what fails."""
@@ -374,6 +380,14 @@ class FanOut:
                 )
             )
         await self.writer.run(_record, outcomes, now, retry_at, events)
+        # Counted once recorded: a batch whose record failed is written again, and counted then.
+        for o in outcomes:
+            if o.error is not None:
+                self.metrics.copy_failures.inc()
+                continue
+            self.metrics.copies_written.inc()
+            if o.job.queued_at is not None:
+                self.metrics.delivery_latency.observe(max(0.0, (now - o.job.queued_at).total_seconds()))
 
 
 def _record(

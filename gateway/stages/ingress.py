@@ -40,6 +40,7 @@ from gateway.domain.tokens import is_reply_address
 from gateway.domain.trace import Arrival, protocol
 from gateway.errors import NotRead, NotStored
 from gateway.mailbox.base import Mailbox, MailboxOwner
+from gateway.metrics import Metrics
 from gateway.routing.live import RoutingRules, decide, refusal, stored_answer
 from gateway.smtp_replies import Reply, with_enhanced_code
 from gateway.stages.acceptance import (
@@ -77,9 +78,17 @@ class Accounts:
     so a back office that opens a session per message does not pay the scrypt cost each time.
     """
 
-    def __init__(self, writer: Writer, limits: LoginLimits | None = None, *, node: str = "") -> None:
+    def __init__(
+        self,
+        writer: Writer,
+        limits: LoginLimits | None = None,
+        *,
+        node: str = "",
+        metrics: Metrics | None = None,
+    ) -> None:
         self.writer = writer
         self.node = node
+        self.metrics = metrics or Metrics()
         self.failures = FailedLogins(limits or LoginLimits())
         self._verified: dict[tuple[str, bytes], tuple[Account, float]] = {}
         _unknown_login_hash()  # once, at startup, not in the first failed login's time
@@ -111,6 +120,7 @@ class Accounts:
                 self._verified[key] = (account, time.monotonic() + CACHE_SECONDS)
                 return account
             failure = self.failures.failed(name, client, time.monotonic())
+            self.metrics.logins_failed.labels("smtp").inc()
         finally:
             self.failures.end(name, client)
         log.warning(
@@ -198,6 +208,8 @@ class ListenerState:
     closing: bool = False
     protocols: set[SMTP] = field(default_factory=set)
     recent: dict[str, deque[float]] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics, repr=False)
+    """Where the listener's messages, answered at the end of DATA, are counted."""
     max_recent_clients: int = RECENT_CLIENTS
     _limit_events: Counter[str] = field(default_factory=Counter)
     _limit_clients: set[str] = field(default_factory=set)
@@ -515,6 +527,7 @@ class GatewaySMTP(SMTP):
                 return
             if message.refusal is not None:
                 self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
+                self.state.metrics.answered_message(self.state.name, str(message.refusal))
                 await self.push(str(message.refusal))
                 return
             content = message.content()
@@ -523,6 +536,7 @@ class GatewaySMTP(SMTP):
             self._reading_data, self._handling = False, True
             status = await self._call_handler_hook("DATA")
             self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
+            self.state.metrics.answered_message(self.state.name, with_enhanced_code(status))
             await self.push(status)
         finally:
             message.release()

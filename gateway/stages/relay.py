@@ -36,6 +36,7 @@ from gateway.db.writer import Writer
 from gateway.domain.dsn import build_failure_report
 from gateway.domain.retry import backoff, describe
 from gateway.mailbox import Mailbox, MailboxOwner
+from gateway.metrics import Metrics
 from gateway.workers import work_until_cancelled
 
 log = logging.getLogger("gateway.stages.relay")
@@ -44,13 +45,30 @@ BATCH = 20
 _ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 
 
+# The label of an attempt's result in gateway_relay_attempts_total.
+_RESULTS = {
+    RelayState.SENT: "sent",
+    RelayState.PENDING: "retry",
+    RelayState.FAILED: "failed",
+    RelayState.DROPPED: "failed",
+}
+
+
 class Relay:
     """The relay worker: ``run()`` loops until cancelled; ``wake()`` says a mail is waiting."""
 
     def __init__(
-        self, writer: Writer, mailbox: Mailbox, settings: RelaySettings, *, node: str, hostname: str
+        self,
+        writer: Writer,
+        mailbox: Mailbox,
+        settings: RelaySettings,
+        *,
+        node: str,
+        hostname: str,
+        metrics: Metrics | None = None,
     ) -> None:
         self.writer = writer
+        self.metrics = metrics or Metrics()
         self.mailbox = mailbox
         self.settings = settings
         self.node = node
@@ -91,6 +109,7 @@ class Relay:
             # a report that raised in a new way). The mail is retried with backoff like any other.
             log.exception("relay of %s failed unexpectedly", job.relay_message_id)
             result = self._retry(job, f"unexpected error: {describe(exc)}")
+        self.metrics.relay_attempts.labels(_RESULTS[result.state]).inc()
         try:
             await self.writer.run(_record, [result], self.node)
         except Exception as exc:

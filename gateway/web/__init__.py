@@ -9,12 +9,15 @@ One job per module:
     auth.py       logging in and out, sessions from cookies or a trusted proxy's header
     i18n.py       the language of a request and ``t()``; the texts are in texts_de.py and texts_en.py
     server.py     uvicorn in the service's own event loop
+    exposition.py /metrics: the process's instruments and the stored queues, in Prometheus' format
+    readiness.py  /readyz's checks: database, mailboxes, listeners
 
 Pages, one module per area (each holds an ``area = Area(...)``; ``app.py`` finds them all):
 
     login.py      login, logout, language switch
     overview.py   the start page (Übersicht): the portfolios the account may see
     portfolios.py a portfolio: back offices, members, releases
+    health.py     /healthz, /readyz, /metrics (public routes; /metrics checks the peer itself)
 
 A new area is a module here with an ``area``, its templates under templates/ named after it, and its
 texts in texts_de.py and texts_en.py under its own prefix; nothing else needs to change.

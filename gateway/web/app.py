@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -117,7 +117,10 @@ class BodyLimit:
             return
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await PlainTextResponse("Request body too large", status_code=413)(scope, receive, send)
+                # The console's own 413 page, in the visitor's language, as for a body found too large
+                # while it is read.
+                response = await _http_error(Request(scope), BodyTooLarge())
+                await response(scope, receive, send)
                 return
         seen = 0
 

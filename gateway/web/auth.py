@@ -151,6 +151,7 @@ async def log_in(console: Console, login: str, password: str, client: str) -> Lo
             log.info("console login %s from %s", name, client)
             return LoginResult(Outcome.LOGGED_IN, token)
         failure = failures.failed(name, client, time.monotonic())
+        console.metrics.logins_failed.labels("console").inc()
     finally:
         failures.end(name, client)
     log.warning(

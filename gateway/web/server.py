@@ -12,6 +12,7 @@ import socket
 
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway.config import AdminHttpSettings
 from gateway.errors import OperationalError
@@ -20,6 +21,49 @@ KEEP_ALIVE = 5
 # A request's headers beyond this many bytes are refused (h11): no peer makes the server hold more.
 MAX_HEADER_BYTES = 64 * 1024
 GRACE = 5
+
+
+class BoundedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request, from its first byte to its answer.
+
+    uvicorn bounds the wait between requests (keep-alive) but not the time a request takes to arrive:
+    a client sending one header byte a second holds its connection, and enough of them hold every
+    slot (``limit_concurrency``) while sending almost nothing. Each request here gets
+    ``request_timeout`` seconds; past it the connection is closed, whatever state it is in.
+    """
+
+    request_timeout: float = 60.0
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None:
+            self._arm()  # the first byte of the next request on a kept-alive connection
+        super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        self._disarm()
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._deadline = self.loop.call_later(self.request_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
 
 class WebServer:
@@ -36,7 +80,9 @@ class WebServer:
             timeout_keep_alive=KEEP_ALIVE,
             timeout_graceful_shutdown=GRACE,
             h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-            http="h11",
+            http=type(
+                "ConsoleH11Protocol", (BoundedH11Protocol,), {"request_timeout": settings.request_timeout}
+            ),
             ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
             ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         )
