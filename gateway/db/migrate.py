@@ -6,6 +6,7 @@ so migrations, ``gateway serve`` and the tests all use one way of connecting.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,9 @@ def head_revision() -> str:
     return head
 
 
+@functools.cache
 def known_revisions() -> frozenset[str]:
+    """Every revision this gateway ships; read once (the /readyz probe asks at every request)."""
     return frozenset(
         script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()
     )
