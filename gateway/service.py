@@ -509,8 +509,11 @@ def keep_large_buffers_mapped() -> None:
         log.debug("mallopt is not available; large buffers are left to the allocator's defaults")
 
 
-def run(settings: Settings) -> None:
-    """Run the gateway in the foreground until SIGTERM or SIGINT; return normally on a clean stop."""
+def run(settings: Settings, configuration: str | None = None) -> None:
+    """Run the gateway in the foreground until SIGTERM or SIGINT; return normally on a clean stop.
+
+    ``configuration`` says which file the settings came from and how it was found, for the log."""
     configure_logging(settings.logging.level, settings.logging.format)
+    log.info("configuration: %s", configuration or settings.source or "built-in defaults")
     keep_large_buffers_mapped()
     asyncio.run(serve(settings))

@@ -2,7 +2,7 @@
 # Installs the Debian packages the test suite talks to (real clients and servers we did not write).
 # Used by `make test` and so by CI; does nothing when they are all there.
 set -euo pipefail
-packages=(swaks dovecot-imapd isync chromium)
+packages=(swaks dovecot-imapd isync chromium systemd)
 need=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")

@@ -5,7 +5,7 @@ programmatic API (``gateway.admin.api``, ``gateway.routing.dryrun``, the storage
 
     root.py        the ``gateway`` group and its lazy command table; context, errors -> exit status, JSON
     work.py        how a command reaches the database: sessions, one transaction, the writer
-    system.py      config check, db upgrade|status, secrets, tls, serve
+    system.py      init, config check, db upgrade|status|backup, secrets, tls, serve
     directory.py   directory load|export, portfolio, member, release, backoffice
     reconcile.py   reconcile status|run
     views.py       vorgang list|show, who-can-see, quarantine, events

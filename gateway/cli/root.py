@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from gateway import __version__
-from gateway.errors import GatewayError, InputError, OperationalError, ProblemsError
+from gateway.errors import ConfigError, GatewayError, InputError, OperationalError, Problem, ProblemsError
 
 if TYPE_CHECKING:
-    from gateway.config import Settings
+    from gateway.config import FoundConfig, Settings
     from gateway.domain.directory import Change
 
 T = TypeVar("T")
@@ -46,10 +46,26 @@ class Context:
         self.actor = f"cli:{_login()}"
 
     @property
-    def config_file(self) -> Path:
-        from gateway.config import config_path  # pydantic and the loader only for commands that read it
+    def found_config(self) -> FoundConfig:
+        """The configuration file and how it was found; ConfigError when the search found none."""
+        # pydantic and the loader only for commands that read the configuration
+        from gateway.config import DEFAULT_CONFIG_PATH, SYSTEM_CONFIG_PATH, find_config
 
-        return config_path(self._config, os.environ)
+        found = find_config(self._config, os.environ)
+        if not found.found:
+            raise ConfigError(
+                "no configuration file: give --config FILE, set $GATEWAY_CONFIG, or write a starter set "
+                "with `gateway init DIR`; looked at",
+                [
+                    Problem(f"./{DEFAULT_CONFIG_PATH}", "no such file"),
+                    Problem(str(SYSTEM_CONFIG_PATH), "no such file"),
+                ],
+            )
+        return found
+
+    @property
+    def config_file(self) -> Path:
+        return self.found_config.path
 
     @property
     def settings(self) -> Settings:
@@ -145,6 +161,7 @@ COMMAND_MODULES = {
     "db": "system",
     "directory": "directory",
     "events": "views",
+    "init": "system",
     "member": "directory",
     "portfolio": "directory",
     "quarantine": "views",
@@ -179,7 +196,10 @@ class LazyGroup(click.Group):
     "-c",
     "--config",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Configuration file (default: $GATEWAY_CONFIG, else config/gateway.toml).",
+    help=(
+        "Configuration file (default: $GATEWAY_CONFIG, else ./config/gateway.toml, else "
+        "/etc/vorgang-gateway/gateway.toml)."
+    ),
 )
 @click.version_option(__version__, prog_name="gateway")
 @click.pass_context

@@ -1,5 +1,5 @@
-"""Commands for the gateway itself: ``config check``, ``db upgrade|status``, ``secrets``, ``tls``,
-``serve``."""
+"""Commands for the gateway itself: ``init``, ``config check``, ``db upgrade|status|backup``, ``secrets``,
+``tls``, ``serve``."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from gateway.cli.root import (
     json_option,
     pass_context,
 )
-from gateway.config import Settings, describe, load_settings, loopback_only
+from gateway.config import FoundConfig, Settings, describe, load_settings, loopback_only
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.migrate import require_current, schema_state, upgrade
 from gateway.db.senderauth import sender_auth_refusal
@@ -45,12 +45,13 @@ def config_group() -> None:
 def config_check(ctx: Context, file: Path | None, as_json: bool) -> None:
     """Validate FILE (default: the configured file) and print the resolved settings."""
     with errors_for_people():
-        settings = load_settings(file or ctx.config_file, os.environ)
-        data = describe(settings)
+        found = FoundConfig(file, "argument") if file is not None else ctx.found_config
+        settings = load_settings(found.path, os.environ)
+        data = describe(settings) | {"found_by": found.found_by}
         if as_json:
             emit_json(data)
         else:
-            click.echo(f"# {settings.source or 'built-in defaults'}: valid")
+            click.echo(f"# {settings.source} ({found.found_by}): valid")
             for line in _flatten(data):
                 click.echo(line)
         # sender_auth is per portfolio, in the database: checked where the database can be read; the
@@ -135,15 +136,72 @@ async def db_status(ctx: Context, as_json: bool) -> None:
     finally:
         await engine.dispose()
     if as_json:
-        emit_json({"current": state.current, "head": state.head, "up_to_date": state.up_to_date})
+        emit_json(
+            {
+                "current": state.current,
+                "head": state.head,
+                "up_to_date": state.up_to_date,
+                "known": state.known,
+            }
+        )
     elif state.up_to_date:
         click.echo(f"database is up to date (revision {state.current})")
+    elif not state.known:
+        click.echo(state.newer_than_code())
+        sys.exit(EXIT_FAILURE)
     else:
         click.echo(
             f"database is at {state.current or 'no schema'}, this gateway needs {state.head}: "
             "run `gateway db upgrade`"
         )
         sys.exit(EXIT_FAILURE)
+
+
+@db_group.command("backup")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines, only the result.")
+@pass_context
+def db_backup(ctx: Context, file: Path, quiet: bool) -> None:
+    """Copy the SQLite database to FILE, consistently, while the gateway runs (never overwrites FILE).
+
+    For PostgreSQL it prints the pg_dump command to run instead (exit status 2). Restore: docs/deploy.md.
+    """
+    from gateway.db.backup import backup_sqlite
+
+    shown = [-1]
+
+    def progress(done: int, total: int) -> None:
+        # Only big files say how far they are: ten lines at most.
+        percent = 100 * done // total if total else 100
+        if not quiet and total >= _PROGRESS_FROM_PAGES and percent // 10 > shown[0]:
+            shown[0] = percent // 10
+            click.echo(f"copied {percent}% ({done} of {total} pages)", err=True)
+
+    with errors_for_people():
+        result = backup_sqlite(ctx.settings.database_url, file, progress)
+        size = f"{result.size / 2**20:.1f} MiB"
+        click.echo(f"wrote {result.path} ({size}, schema revision {result.revision or 'none'})")
+
+
+# 64 MiB of 4 KiB pages: smaller databases are copied in well under a second.
+_PROGRESS_FROM_PAGES = 16_384
+
+
+@cli.command("init")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+def init(directory: Path) -> None:
+    """Write a starter set into DIRECTORY: gateway.toml (paths relative to it), directory.yaml, rules/ and
+    a README saying what to edit. Never overwrites: exits 2 naming what exists."""
+    from gateway.config.starter import write_starter
+
+    with errors_for_people():
+        try:
+            starter = write_starter(directory)
+        except OSError as exc:
+            raise OperationalError(f"cannot write the starter set into {directory}: {exc}") from exc
+        for path in starter.written:
+            click.echo(f"wrote {path}")
+        click.echo(f"next: edit them, then `gateway --config {starter.config} config check` (docs/deploy.md)")
 
 
 @cli.command("serve")
@@ -153,7 +211,8 @@ def serve(ctx: Context) -> None:
     from gateway.service import run
 
     with errors_for_people():
-        run(ctx.settings)
+        found = ctx.found_config
+        run(ctx.settings, f"{found.path.absolute()} ({found.found_by})")
 
 
 # --- secrets ---------------------------------------------------------------------------------------------

@@ -4,13 +4,22 @@ The package's modules, one job each:
 
 - ``types``: the annotated value types (paths relative to the config file, sizes, addresses …);
 - ``sections``: one frozen model per section of config/gateway.toml, with every default the gateway has;
-- ``loader``: reading the file and the overrides, and turning pydantic's errors into problems for people;
+- ``loader``: finding the file (``--config``, ``$GATEWAY_CONFIG``, ``./config``, ``/etc``), reading it and
+  the overrides, and turning pydantic's errors into problems for people;
+- ``starter``: the starter set ``gateway init`` writes, from the examples shipped in ``example/``;
 - ``report``: the resolved settings as data (``gateway config show``), secrets masked.
 
 Everything callers use is importable from ``gateway.config`` itself.
 """
 
-from gateway.config.loader import DEFAULT_CONFIG_PATH, config_path, load_settings
+from gateway.config.loader import (
+    DEFAULT_CONFIG_PATH,
+    SYSTEM_CONFIG_PATH,
+    FoundConfig,
+    config_path,
+    find_config,
+    load_settings,
+)
 from gateway.config.report import describe
 from gateway.config.sections import (
     AdminHttpSettings,
@@ -40,11 +49,13 @@ from gateway.config.sections import (
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "SYSTEM_CONFIG_PATH",
     "AdminHttpSettings",
     "DatabaseSettings",
     "DomainsSettings",
     "FanoutSettings",
     "FlagSyncSettings",
+    "FoundConfig",
     "GatewaySettings",
     "ImapMemberSettings",
     "ImapSettings",
@@ -64,6 +75,7 @@ __all__ = [
     "VorgaengeSettings",
     "config_path",
     "describe",
+    "find_config",
     "load_settings",
     "loopback_only",
 ]

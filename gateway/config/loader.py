@@ -24,7 +24,7 @@ import os
 import re
 import tomllib
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
@@ -37,17 +37,43 @@ from gateway.config.types import FieldProblem, PathContext, show
 from gateway.errors import ConfigError, Problem
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
+SYSTEM_CONFIG_PATH = Path("/etc/vorgang-gateway/gateway.toml")
 CONFIG_VARIABLE = "GATEWAY_CONFIG"
 
 
-def config_path(explicit: Path | None, environ: Mapping[str, str]) -> Path:
-    """The configuration file to read: the one given, else ``$GATEWAY_CONFIG``, else the default."""
+@dataclass(frozen=True, slots=True)
+class FoundConfig:
+    """The configuration file chosen, how it was chosen (for the log and ``config check``), and whether
+    the search found a file at all (when it did not, ``path`` is the first place it looked)."""
+
+    path: Path
+    found_by: str
+    found: bool = True
+
+
+def find_config(
+    explicit: Path | None, environ: Mapping[str, str], exists: Callable[[Path], bool] = Path.is_file
+) -> FoundConfig:
+    """The configuration file to read: the one given (``--config``), else ``$GATEWAY_CONFIG``, else
+    ``./config/gateway.toml`` (a checkout), else ``/etc/vorgang-gateway/gateway.toml`` (an installed node).
+
+    A file named by ``--config`` or the variable is taken even when it is missing, so that a typo is
+    reported rather than silently replaced by another file; the two places are taken only if they exist.
+    """
     if explicit is not None:
-        return explicit
+        return FoundConfig(explicit, "--config")
     for name, value in environ.items():
         if name.upper() == CONFIG_VARIABLE and value.strip():
-            return Path(value)
-    return DEFAULT_CONFIG_PATH
+            return FoundConfig(Path(value), f"${CONFIG_VARIABLE}")
+    for place in (DEFAULT_CONFIG_PATH, SYSTEM_CONFIG_PATH):
+        if exists(place):
+            return FoundConfig(place, "found at " + ("./" if not place.is_absolute() else "") + str(place))
+    return FoundConfig(DEFAULT_CONFIG_PATH, "none found", found=False)
+
+
+def config_path(explicit: Path | None, environ: Mapping[str, str]) -> Path:
+    """The configuration file to read (``find_config``'s path)."""
+    return find_config(explicit, environ).path
 
 
 def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:

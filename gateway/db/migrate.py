@@ -6,6 +6,7 @@ so migrations, ``gateway serve`` and the tests all use one way of connecting.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,18 +35,41 @@ def head_revision() -> str:
     return head
 
 
+@functools.cache
+def known_revisions() -> frozenset[str]:
+    """Every revision this gateway ships; read once (the /readyz probe asks at every request)."""
+    return frozenset(
+        script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SchemaState:
     current: str | None
     head: str
+    known: bool = True
+    """False when ``current`` is no revision of this gateway's: a newer gateway migrated the database."""
 
     @property
     def up_to_date(self) -> bool:
         return self.current == self.head
 
+    def newer_than_code(self) -> str:
+        """Why this gateway cannot work on a database a newer one migrated, and what to do."""
+        return (
+            f"the database is at schema revision {self.current}, which this gateway (at most {self.head}) "
+            "does not know: a newer gateway version migrated it; run that version on this node too "
+            "(docs/deploy.md, Upgrading)"
+        )
+
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> SchemaState:
     """Migrate the database behind ``engine`` to ``revision`` in one transaction."""
+
+    before = await schema_state(engine)
+    if not before.known:
+        # Alembic would fail with "Can't locate revision"; a downgrade is never done behind an admin's back.
+        raise DatabaseNotReady(before.newer_than_code())
 
     def run(connection: Connection) -> None:
         config = alembic_config()
@@ -69,7 +93,9 @@ async def schema_state(engine: AsyncEngine) -> SchemaState:
             revision = await connection.run_sync(current)
     except (SQLAlchemyError, OSError) as exc:
         raise DatabaseNotReady(f"cannot open the database {engine.url.render_as_string()}: {exc}") from exc
-    return SchemaState(current=revision, head=head_revision())
+    return SchemaState(
+        current=revision, head=head_revision(), known=revision is None or revision in known_revisions()
+    )
 
 
 async def require_current(engine: AsyncEngine) -> None:
@@ -80,6 +106,8 @@ async def require_current(engine: AsyncEngine) -> None:
             f"the database {engine.url.render_as_string()} has no gateway schema yet; "
             "run `gateway db upgrade` first"
         )
+    if not state.known:
+        raise DatabaseNotReady(state.newer_than_code())
     if not state.up_to_date:
         raise DatabaseNotReady(
             f"the database is at schema revision {state.current}, this gateway needs {state.head}; "
