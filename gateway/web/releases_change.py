@@ -87,26 +87,34 @@ def conflict_errors(visit: Visit, wanted: PortfolioSpec, primary_field: str) -> 
 
 async def carry_out(visit: Visit, proposal: Proposal, reshow: Reshow) -> Response:
     """Check the proposal; preview it when it needs one and is not confirmed; else make it."""
+    outcome = await _decide(visit, proposal)
+    if isinstance(outcome, tuple):
+        # The form is shown again after the session is closed: its page opens one of its own.
+        return await reshow(*outcome)
+    return outcome
+
+
+async def _decide(visit: Visit, proposal: Proposal) -> Response | tuple[FormErrors, int]:
     portfolio = visit.portfolio
     confirmed = visit.form.get("confirm") == "1"
     async with visit.console.sessions() as session:
         current = await api.show_portfolio(session, portfolio)
         if proposal.precheck is not None and (errors := proposal.precheck(current)):
-            return await reshow(errors, 400)
+            return errors, 400
         try:
             wanted = proposal.edit(current)
         except DirectoryConflict as exc:
-            return await reshow({proposal.field: [str(exc)]}, 409)
+            return {proposal.field: [str(exc)]}, 409
         except InputError as exc:
-            return await reshow({proposal.field: [str(exc)]}, 400)
+            return {proposal.field: [str(exc)]}, 400
         if errors := conflict_errors(visit, wanted, proposal.primary_field):
-            return await reshow(errors, 409)
+            return errors, 409
         directory = fingerprint(current)
         if needs_preview(current, wanted) and not (confirmed and visit.form.get("directory") == directory):
             try:
                 shown = await api.preview_change(session, portfolio, proposal.edit)
             except DirectoryConflict as exc:
-                return await reshow({"": [str(exc)]}, 409)
+                return {"": [str(exc)]}, 409
             return visit.render(
                 "releases_preview.html",
                 proposal=proposal,
@@ -120,7 +128,7 @@ async def carry_out(visit: Visit, proposal: Proposal, reshow: Reshow) -> Respons
         try:
             await api.make_change(session, portfolio, proposal.edit, visit.actor)
         except DirectoryConflict as exc:
-            return await reshow({"": [str(exc)]}, 409)
+            return {"": [str(exc)]}, 409
         runs = [run for name, run, _ in session.info.get(RECONCILE_RUNS, []) if name == portfolio]
         await session.commit()
     if runs:
