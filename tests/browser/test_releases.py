@@ -5,7 +5,10 @@ primary-release conflict shown next to the field."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -18,9 +21,17 @@ pytestmark = pytest.mark.browser
 
 WITH_GF = "Kunde B mit GF"
 GF_B = "gf-b@kunde-b.example"
+GF_A = "gf-a@kunde-a.example"
 SB_B1 = "sb-b1@kunde-b.example"
 SB_B2 = "sb-b2@kunde-b.example"
 RELEASE = f"/portfolios/{MUSTER}/releases/Kunde%20B%20mit%20GF"
+T = TypeVar("T")
+
+
+def outside(work: Callable[..., T], *args: object) -> T:
+    """Run ``work`` in another thread: the CLI runs its own event loop, and Playwright's runs in this one."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(work, *args).result()
 
 
 def mail_files(root: Path, address: str) -> set[Path]:
@@ -30,6 +41,7 @@ def mail_files(root: Path, address: str) -> set[Path]:
 
 def test_the_primary_conflict_is_shown_next_to_the_field(page: Page, console: Console) -> None:
     log_in(page, console, OPERATOR, OPERATOR_PASSWORD)
+    expect(page.get_by_role("heading", name="Übersicht")).to_be_visible()
     page.goto(console.url + RELEASE)
     page.get_by_label("Hauptfreischaltung").check()
     page.get_by_role("button", name="Speichern").click()
@@ -46,17 +58,18 @@ def test_ticking_vorgaenge_teilen_previews_confirms_and_back_fills_the_maildirs(
     page: Page, console: Console
 ) -> None:
     gateway = console.gateway
-    gateway.cli("release", "set", WITH_GF, "--no-share-vorgaenge", "-p", MUSTER)
+    outside(gateway.cli, "release", "set", WITH_GF, "--no-share-vorgaenge", "-p", MUSTER)
     marker = f"Teilen-{time.monotonic_ns()}"
     send_from_backoffice(gateway, SB_B1, f"{marker} Schaden SB-B1", f"<{marker}.sb-b1@makler-muster.example>")
     send_from_backoffice(gateway, GF_B, f"{marker} Vertrag GF-B", f"<{marker}.gf-b@makler-muster.example>")
-    delivered = gateway.wait_for_copies(marker, 2)
-    # Without sharing each has only their own.
-    assert {a: len(c) for a, c in delivered.items()} == {SB_B1: 1, GF_B: 1}
+    delivered = outside(gateway.wait_for_copies, marker, 4)
+    # Without "Kunde B mit GF": SB-B1's reaches the clerks of B, GF-B's the managing directors.
+    assert {a: len(c) for a, c in delivered.items()} == {SB_B1: 1, SB_B2: 1, GF_B: 1, GF_A: 1}
     root = gateway.maildir_root
     before = {a: mail_files(root, a) for a in (GF_B, SB_B1, SB_B2)}
 
     log_in(page, console, OPERATOR, OPERATOR_PASSWORD)
+    expect(page.get_by_role("heading", name="Übersicht")).to_be_visible()
     page.goto(console.url + RELEASE)
     sharing = page.get_by_label("Vorgänge teilen")
     expect(sharing).not_to_be_checked()
@@ -76,8 +89,9 @@ def test_ticking_vorgaenge_teilen_previews_confirms_and_back_fills_the_maildirs(
     expect(page.get_by_role("status")).to_contain_text("Fertig", timeout=60_000)
     screenshot(page, "release-progress")
 
-    copies = gateway.wait_for_copies(marker, 5)
-    assert {a: len(c) for a, c in copies.items()} == {SB_B1: 2, GF_B: 2, SB_B2: 1}
+    copies = outside(gateway.wait_for_copies, marker, 7)
+    # GF-B gains SB-B1's, the clerks of B gain GF-B's (DESIGN.md §3); GF-A gains nothing.
+    assert {a: len(c) for a, c in copies.items()} == {SB_B1: 2, SB_B2: 2, GF_B: 2, GF_A: 1}
     for address in (GF_B, SB_B1, SB_B2):
         new = mail_files(root, address) - before[address]
         assert len(new) == 1, (address, new)  # the back-filled copy, a file that was not there before
