@@ -82,6 +82,8 @@ def conflict_errors(visit: Visit, wanted: PortfolioSpec, primary_field: str) -> 
                 "share_vorgaenge",
                 visit.t("releases.error.sharing_unavailable", release=found.release, portfolio=wanted.name),
             )
+    if primary_field in errors:
+        add(errors, primary_field, visit.t("releases.error.primary_rule"))  # once, after the members
     return errors
 
 

@@ -146,10 +146,10 @@ TEXTS: dict[str, str] = {
     "releases.new_title": "Neue Freischaltung",
     "releases.create": "Anlegen",
     "releases.error.see_fields": "Bitte prüfen Sie die markierten Felder.",
-    "releases.error.primary": (
-        "{member} wäre zugleich in den Hauptfreischaltungen {releases}. Ein Mitglied kann je Bestand nur "
-        "in einer Hauptfreischaltung sein; für weitere Rechte nehmen Sie es in eine Freischaltung auf, "
-        "die keine Hauptfreischaltung ist."
+    "releases.error.primary": "{member} wäre zugleich in den Hauptfreischaltungen {releases}.",
+    "releases.error.primary_rule": (
+        "Ein Mitglied kann je Bestand nur in einer Hauptfreischaltung sein; für weitere Rechte nehmen "
+        "Sie es in eine Freischaltung auf, die keine Hauptfreischaltung ist."
     ),
     "releases.error.sharing_unavailable": (
         "„{release}“ kann keine Vorgänge teilen: Der Bestand {portfolio} bietet „Vorgänge teilen“ nicht an."

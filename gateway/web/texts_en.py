@@ -132,9 +132,10 @@ TEXTS: dict[str, str] = {
     "releases.new_title": "New release",
     "releases.create": "Create",
     "releases.error.see_fields": "Please check the marked fields.",
-    "releases.error.primary": (
-        "{member} would be in the primary releases {releases} at once. A member can be in only one "
-        "primary release per portfolio; to give more rights, add it to a release that is not primary."
+    "releases.error.primary": "{member} would be in the primary releases {releases} at once.",
+    "releases.error.primary_rule": (
+        "A member can be in only one primary release per portfolio; to give more rights, add it to a "
+        "release that is not primary."
     ),
     "releases.error.sharing_unavailable": (
         "“{release}” cannot share Vorgänge: portfolio {portfolio} does not offer “Vorgänge teilen”."
