@@ -222,6 +222,14 @@ def runs(
     return [_view(row) for row in opened + finished]
 
 
+def run_of(connection: Connection, portfolio: str, run_id: int) -> RunView:
+    """The run ``run_id`` of the portfolio; NotFound when there is none (or it is another portfolio's)."""
+    found = runs(connection, portfolio_id=portfolio_id_of(connection, portfolio), run_id=run_id, recent=1)
+    if not found:
+        raise NotFound(f"there is no reconcile run {run_id} in portfolio {portfolio}")
+    return found[0]
+
+
 def _view(row: Any) -> RunView:
     m = row._mapping
     times = ("lease_until", "created_at", "updated_at", "finished_at")
