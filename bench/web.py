@@ -47,6 +47,7 @@ from gateway.web.console import Console  # noqa: E402
 
 LOGIN, PASSWORD = "bench-op", "bench-operator-password"
 TARGET = 0.100  # seconds of server time a page may take (issue 15)
+NOT_PAGES = ("/login", "/healthz", "/readyz", "/metrics")
 CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
 
 
@@ -72,6 +73,7 @@ async def facts(url: str, messages: int) -> dict[str, str]:
         "address": big.member(0),
         "member": big.member(0),
         "login": LOGIN,
+        "item": "copy-1",
     }
 
 
@@ -94,7 +96,13 @@ def pages(values: dict[str, str]) -> tuple[list[str], list[str]]:
     paths, unfilled = [], []
     for area in areas():
         for route in area.routes:
-            if "GET" not in (route.methods or ()) or route.path in ("/login",):
+            # Not pages: the login (the baseline) and what monitoring reads (docs/operations.md).
+            if "GET" not in (route.methods or ()) or route.path in (
+                "/login",
+                "/healthz",
+                "/readyz",
+                "/metrics",
+            ):
                 continue
             names = re.findall(r"\{(\w+)(?::\w+)?\}", route.path)
             missing = [n for n in names if n not in values]
@@ -128,6 +136,7 @@ async def measure(url: str, messages: int, runs: int) -> list[tuple[str, int, fl
                 rows.append(await timed(anonymous, "/login (baseline)", "/login", runs))
             for path in [*plain, *extra_pages(values)]:
                 rows.append(await timed(client, path, path, runs))
+            rows.append(await timed_preview(client, values, runs))
     finally:
         await engine.dispose()
     for route in unfilled:
@@ -145,6 +154,32 @@ async def timed(client: httpx.AsyncClient, label: str, path: str, runs: int) -> 
         took.append(time.perf_counter() - started)
         status = response.status_code
     return label, status, statistics.median(took), max(took)
+
+
+async def timed_preview(
+    client: httpx.AsyncClient, values: dict[str, str], runs: int
+) -> tuple[str, int, float, float]:
+    """The preview of switching "Vorgänge teilen" off for the release: a POST that plans every message
+    of the portfolio with reconciliation's planner and writes nothing (the admin confirms later)."""
+    path = f"/portfolios/{values['portfolio']}/releases/{values['release']}"
+    page = await client.get(path)
+    token = CSRF_RE.search(page.text)
+    assert token is not None, f"no form on {path}"
+    form = {
+        "csrf": token.group(1),
+        "primary": "on",
+        "read_sync": "answered",
+        "backfill": "all",
+        "revoked_copies": "remove",
+    }  # share_vorgaenge unticked
+    took: list[float] = []
+    status = 0
+    for _ in range(runs):
+        started = time.perf_counter()
+        response = await client.post(path, data=form)
+        took.append(time.perf_counter() - started)
+        status = response.status_code
+    return f"POST {path} (preview: sharing off)", status, statistics.median(took), max(took)
 
 
 def main() -> None:
