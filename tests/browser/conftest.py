@@ -101,5 +101,8 @@ def log_in(page: Page, console: Console, login: str, password: str) -> None:
     page.keyboard.type(login)
     page.keyboard.press("Tab")
     page.keyboard.type(password)
-    page.keyboard.press("Enter")
+    # Wait for the answer to the form, not merely for the current page's load: a navigation started
+    # right after would otherwise abort the login's own (net::ERR_ABORTED).
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
     page.wait_for_load_state()
