@@ -110,25 +110,26 @@ def involved(
     messages with a participant among its members, before or after; a deleted member leaves each of its
     releases. The audience is not all a plan takes: a copy a former member kept through a release is
     revoked once that release removes revoked copies, whoever took part, so a release whose
-    ``revoked_copies`` changes is named in ``releases``. Backfill settings act only on members the audience
-    gains, who come through a participant again. ``release_ids``/``member_ids`` are the stored ids by
-    name/address (new ones need none: nothing stored names them).
+    ``revoked_copies`` changes is named in ``releases``, sharing or not. Backfill settings act only on
+    members the audience gains, who come through a participant again. ``release_ids``/``member_ids``
+    are the stored ids by name/address (new ones need none: nothing stored names them).
     """
     if current is None:
         return Involved(frozenset())
     touched: set[str] = set()
-    revocation: set[str] = set()
     for change in audience_changes(current, result, changes):
         if change.kind == "membership":
             touched.add(change.release)
         elif change.kind == "release":
             touched.add(change.name)
-            if any(key == "revoked_copies" for key, _ in change.fields):
-                revocation.add(change.name)
         elif change.kind == "member":
             touched.update(
                 m for spec in current.members if spec.address == change.name for m in spec.releases
             )
+    # Kept copies through a release that now removes them are revoked, whether the release shares or not.
+    revocation = {
+        c.name for c in changes if c.kind == "release" and any(key == "revoked_copies" for key, _ in c.fields)
+    }
     addresses = {
         spec.address
         for directory in (current, result)
