@@ -53,7 +53,7 @@ from gateway.domain.directory import (
 )
 from gateway.domain.model import Member, Participant, ParticipantRole, ReadSync
 from gateway.domain.passwords import WeakPassword, hash_password
-from gateway.domain.preview import Preview, fold, plan_batches, planned_directory
+from gateway.domain.preview import Preview, fold, involved, plan_batches, planned_directory
 from gateway.domain.reconcile import Backfill, RevokedCopies
 from gateway.domain.senders import InvalidVersion, parse_ams_version
 from gateway.errors import DirectoryConflict, InputError, NotFound
@@ -757,6 +757,8 @@ class ChangePreview:
     preview: Preview
     members: Mapping[int, MemberSpec]
     vorgaenge: Mapping[int, VorgangLabel]
+    has_messages: bool = False
+    """Whether the portfolio has messages at all (the preview plans only those the change involves)."""
 
     def name_of(self, member_id: int) -> str:
         member = self.members[member_id]
@@ -797,26 +799,29 @@ async def preview_change(
         return ChangePreview(portfolio, changes, False, Preview(), {}, {})
     await db.refuse_deleting_with_history(session, row.id, changes)
     snap = await db.snapshot(session, row)
-    directory = planned_directory(
-        current,
-        result,
-        row.id,
-        {r.name: r.id for r in snap.releases},
-        {m.address: m.id for m in snap.members.values()},
-    )
+    release_ids = {r.name: r.id for r in snap.releases}
+    member_ids = {m.address: m.id for m in snap.members.values()}
+    directory = planned_directory(current, result, row.id, release_ids, member_ids)
+    # Only the messages whose plan the change can alter are read: a change to a 5-member release in a
+    # portfolio of 100,000 messages plans the few thousand its members took part in, not all of them.
+    # The others plan as they did before the change, which is nothing the change does.
+    only = involved(current, result, changes, release_ids, member_ids)
     moment = now or dt.datetime.now(dt.UTC)
     pid = row.id
     preview = await session.run_sync(
-        lambda s: fold(plan_batches(message_batches(s.connection(), pid, batch_size), directory, moment))
+        lambda s: fold(
+            plan_batches(message_batches(s.connection(), pid, batch_size, only), directory, moment)
+        )
     )
+    has_messages = await messages.has_messages(session, pid)
     # Members the change deletes are named as they were; the others as the change leaves them.
     members = {
         member_id: named.get(address_) or _former_member(snap.members, member_id)
         for address_, member_id in directory.member_ids.items()
     }
-    reconciles = bool(audience_changes(current, result, changes)) and preview.messages > 0
+    reconciles = bool(audience_changes(current, result, changes)) and has_messages
     labels = await vorgang_labels(session, pid, sorted(preview.vorgaenge()))
-    return ChangePreview(portfolio, changes, reconciles, preview, members, labels)
+    return ChangePreview(portfolio, changes, reconciles, preview, members, labels, has_messages)
 
 
 def _former_member(members: Mapping[int, Member], member_id: int) -> MemberSpec:

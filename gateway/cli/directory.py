@@ -121,7 +121,8 @@ def preview_lines(shown: admin.ChangePreview) -> list[str]:
     lines = [f"preview for portfolio {shown.portfolio} (nothing changed):"]
     lines += [f"  would {c.describe()}" for c in shown.changes] or ["  nothing to change"]
     if not p.messages:
-        lines.append("no messages yet: no copy to back-fill or remove")
+        none = "no message involves the releases changed" if shown.has_messages else "no messages yet"
+        lines.append(f"{none}: no copy to back-fill or remove")
         return lines
     run = "a reconcile run would follow" if shown.reconciles else "the change starts no reconcile run"
     lines.append(f"{_counted(p.messages, 'message', 'messages')} planned; {run}")

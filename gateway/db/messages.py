@@ -169,6 +169,14 @@ async def get_message(session: AsyncSession, gateway_id: str) -> MessageRow:
     return row
 
 
+async def has_messages(session: AsyncSession, portfolio_id: int) -> bool:
+    """Whether the portfolio has any stored message."""
+    found = await session.scalar(
+        select(MessageRow.id).where(MessageRow.portfolio_id == portfolio_id).limit(1)
+    )
+    return found is not None
+
+
 async def participants_of(session: AsyncSession, message: MessageRow) -> list[Participant]:
     rows = await session.execute(
         select(ParticipantRow.member_id, ParticipantRow.role).where(
@@ -350,36 +358,21 @@ async def list_vorgaenge(
     With ``member_id`` only those with a message the member has a copy of (revoked ones excepted) or
     took part in. With ``backoffice_id`` only those with a message of that back office; with ``state``
     (one of ``VORGANG_STATES``) only those with a copy in that state, or with a quarantined message.
-    ``search`` matches the subject, reference or key, case-insensitively. Grouping runs
-    in the database, and the copy counts are read for the page shown only, so a portfolio of any size
-    costs one pass over its messages.
+    ``search`` matches the subject, reference or key, case-insensitively. The sizes and copy counts are
+    read for the page shown only.
     """
-    # The messages are grouped by Vorgang on their own first: joined to the Vorgänge row by row,
-    # SQLite walked the portfolio's messages once per Vorgang.
-    per_vorgang = (
-        select(
-            MessageRow.vorgang_id.label("vorgang_id"),
-            func.max(MessageRow.received_at).label("last"),
-            func.count(MessageRow.id).label("messages"),
-            func.sum(case((MessageRow.kind == "quarantined", 1), else_=0)).label("quarantined"),
-        )
-        .where(MessageRow.portfolio_id == portfolio_id)
-        .group_by(MessageRow.vorgang_id)
-        .subquery()
+    # The order is each Vorgang's last message, one probe of (vorgang_id, received_at) per Vorgang, and
+    # the counts are read for the page shown only: grouping every message of the portfolio before the
+    # LIMIT cost 174 ms at 100,000 messages.
+    last = (
+        select(func.max(MessageRow.received_at))
+        .where(MessageRow.vorgang_id == VorgangRow.id)
+        .correlate(VorgangRow)
+        .scalar_subquery()
     )
-    active = func.coalesce(per_vorgang.c.last, VorgangRow.created_at)
+    active = func.coalesce(last, VorgangRow.created_at)
     query = (
-        select(
-            VorgangRow.id,
-            VorgangRow.reference,
-            VorgangRow.key,
-            VorgangRow.subject,
-            VorgangRow.created_at,
-            per_vorgang.c.last,
-            per_vorgang.c.messages,
-            per_vorgang.c.quarantined,
-        )
-        .outerjoin(per_vorgang, per_vorgang.c.vorgang_id == VorgangRow.id)
+        select(VorgangRow.id, VorgangRow.reference, VorgangRow.key, VorgangRow.subject, VorgangRow.created_at)
         .where(VorgangRow.portfolio_id == portfolio_id)
         .order_by(active.desc(), VorgangRow.id.desc())
         .limit(limit)
@@ -406,7 +399,13 @@ async def list_vorgaenge(
             )
         )
     if state == QUARANTINED:
-        query = query.where(per_vorgang.c.quarantined > 0)
+        query = query.where(
+            VorgangRow.id.in_(
+                select(MessageRow.vorgang_id).where(
+                    MessageRow.portfolio_id == portfolio_id, MessageRow.kind == MessageKind.QUARANTINED
+                )
+            )
+        )
     elif state is not None:
         query = query.where(
             VorgangRow.id.in_(
@@ -434,28 +433,44 @@ async def list_vorgaenge(
         )
         query = query.where(VorgangRow.id.in_(union(has_copy, took_part)))
     found = list(await session.execute(query))
-    counts: dict[int, dict[str, int]] = {int(row[0]): {} for row in found}
-    if counts:
+    shown = [int(row[0]) for row in found]
+    sizes: dict[int, tuple[dt.datetime, int, int]] = {}
+    counts: dict[int, dict[str, int]] = {vid: {} for vid in shown}
+    if shown:
+        for vorgang_id, last_at, n, held in await session.execute(
+            select(
+                MessageRow.vorgang_id,
+                func.max(MessageRow.received_at),
+                func.count(MessageRow.id),
+                func.sum(case((MessageRow.kind == MessageKind.QUARANTINED, 1), else_=0)),
+            )
+            .where(MessageRow.portfolio_id == portfolio_id, MessageRow.vorgang_id.in_(shown))
+            .group_by(MessageRow.vorgang_id)
+        ):
+            sizes[int(vorgang_id)] = (last_at, int(n), int(held or 0))
         for vorgang_id, state, n in await session.execute(
             select(MessageRow.vorgang_id, CopyRow.state, func.count())
             .join(CopyRow, CopyRow.message_id == MessageRow.id)
-            .where(MessageRow.portfolio_id == portfolio_id, MessageRow.vorgang_id.in_(list(counts)))
+            .where(MessageRow.portfolio_id == portfolio_id, MessageRow.vorgang_id.in_(shown))
             .group_by(MessageRow.vorgang_id, CopyRow.state)
         ):
             counts[int(vorgang_id)][str(state)] = int(n)
-    return [
-        VorgangSummary(
-            reference=str(reference),
-            key=key,
-            subject=str(subject),
-            created_at=utc(created).isoformat(timespec="seconds"),
-            last_message_at=utc(last_at).isoformat(timespec="seconds") if last_at is not None else None,
-            messages=int(n or 0),
-            quarantined=int(held or 0),
-            copies=counts[int(vid)],
+    summaries = []
+    for vid, reference, key, subject, created in found:
+        last_at, n, held = sizes.get(int(vid), (None, 0, 0))
+        summaries.append(
+            VorgangSummary(
+                reference=str(reference),
+                key=key,
+                subject=str(subject),
+                created_at=utc(created).isoformat(timespec="seconds"),
+                last_message_at=utc(last_at).isoformat(timespec="seconds") if last_at is not None else None,
+                messages=n,
+                quarantined=held,
+                copies=counts[int(vid)],
+            )
         )
-        for vid, reference, key, subject, created, last_at, n, held in found
-    ]
+    return summaries
 
 
 @dataclass(frozen=True, slots=True)

@@ -326,6 +326,8 @@ class MessageRow(Base):
         Index("ix_messages_sha256", "portfolio_id", "sha256"),
         # Reconciliation reads a portfolio's messages in id order, batch by batch (keyset).
         Index("ix_messages_portfolio_id", "portfolio_id", "id"),
+        # The Vorgänge list orders by each Vorgang's last message: one probe per Vorgang.
+        Index("ix_messages_vorgang_received", "vorgang_id", "received_at"),
         # A back office re-sending the same message (same Message-ID, same bytes) gets the first one back.
         Index("uq_messages_resend", "backoffice_id", "message_id", "sha256", unique=True),
     )
@@ -496,7 +498,11 @@ class EventRow(Base):
     """
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_portfolio_at", "portfolio_id", "at"),)
+    __table_args__ = (
+        Index("ix_events_portfolio_at", "portfolio_id", "at"),
+        # The console reads a portfolio's log newest first: ORDER BY id DESC walks this index.
+        Index("ix_events_portfolio_id", "portfolio_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(default=_now, server_default=func.now())

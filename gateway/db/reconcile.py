@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, case, exists, func, insert, or_, select, update
 
 from gateway.db.acceptance import RELEASE_FACTS
 from gateway.db.copies import NewCopy, insert_copies
@@ -40,7 +40,7 @@ from gateway.db.models import (
     utc,
 )
 from gateway.domain.model import Participant, ParticipantRole, ReadSync, Release
-from gateway.domain.preview import Batch
+from gateway.domain.preview import Batch, Involved
 from gateway.domain.readsync import SyncedFlag
 from gateway.domain.reconcile import ExistingCopy, MessageFacts, MessagePlan, ReleasePolicy, plan_message
 from gateway.errors import NotFound
@@ -303,21 +303,25 @@ class _ReadBatch:
     gone: dict[int, ReleasePolicy]
 
 
-def _read_batch(connection: Connection, pid: int, cursor: int, batch_size: int) -> _ReadBatch | None:
+def _read_batch(
+    connection: Connection, pid: int, cursor: int, batch_size: int, only: Involved | None = None
+) -> _ReadBatch | None:
     """The next ``batch_size`` messages of the portfolio after ``cursor`` as the planner takes them; None
-    when there are none left. Reconciliation and its preview read through here, so both plan the same."""
-    messages = list(
-        connection.execute(
-            select(MessageRow.id, MessageRow.received_at, MessageRow.sender_member_id, MessageRow.vorgang_id)
-            # Only mail that is fanned out at all: quarantined mail, auto-replies, bounces and loops are
-            # kept in the Vorgang without copies, and a directory change must not hand them out.
-            .where(
-                MessageRow.portfolio_id == pid, MessageRow.id > cursor, MessageRow.kind == MessageKind.MESSAGE
-            )
-            .order_by(MessageRow.id)
-            .limit(batch_size)
-        )
+    when there are none left. Reconciliation and its preview read through here, so both plan the same.
+
+    With ``only``, just the messages it involves (a participant among its members, or a copy through
+    one of its releases)."""
+    query = (
+        select(MessageRow.id, MessageRow.received_at, MessageRow.sender_member_id, MessageRow.vorgang_id)
+        # Only mail that is fanned out at all: quarantined mail, auto-replies, bounces and loops are
+        # kept in the Vorgang without copies, and a directory change must not hand them out.
+        .where(MessageRow.portfolio_id == pid, MessageRow.id > cursor, MessageRow.kind == MessageKind.MESSAGE)
+        .order_by(MessageRow.id)
+        .limit(batch_size)
     )
+    if only is not None:
+        query = query.where(_involving(only))
+    messages = list(connection.execute(query))
     if not messages:
         return None
     ids = [int(m[0]) for m in messages]
@@ -377,14 +381,33 @@ def _read_batch(connection: Connection, pid: int, cursor: int, batch_size: int) 
     return _ReadBatch(facts, stored, gone)
 
 
-def message_batches(connection: Connection, portfolio_id: int, batch_size: int) -> Iterator[Batch]:
-    """The portfolio's messages in batches, read as :func:`work_batch` reads them, for a preview.
+def _involving(only: Involved) -> Any:
+    # Probes per message along the (portfolio_id, id) keyset, on the participants' and copies' keys that
+    # start with message_id: the walk stops after a batch is found, and no member's rows are sorted.
+    took_part = exists().where(
+        ParticipantRow.message_id == MessageRow.id, ParticipantRow.member_id.in_(sorted(only.members))
+    )
+    if not only.releases:
+        return took_part
+    releases = sorted(only.releases)
+    through = exists().where(
+        CopyRow.message_id == MessageRow.id,
+        or_(CopyRow.shared_via_release_id.in_(releases), CopyRow.kept_from_release_id.in_(releases)),
+    )
+    return or_(took_part, through)
+
+
+def message_batches(
+    connection: Connection, portfolio_id: int, batch_size: int, only: Involved | None = None
+) -> Iterator[Batch]:
+    """The portfolio's messages in batches, read as :func:`work_batch` reads them, for a preview; with
+    ``only``, just the messages it involves.
 
     A generator over one connection: each batch is read when the previous one has been planned, so a
     portfolio of any size is never in memory at once.
     """
     cursor = 0
-    while (read := _read_batch(connection, portfolio_id, cursor, batch_size)) is not None:
+    while (read := _read_batch(connection, portfolio_id, cursor, batch_size, only)) is not None:
         yield Batch(read.messages, read.gone)
         cursor = read.messages[-1][1].message_id
 

@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gateway.domain.directory import PortfolioSpec, ReleaseSpec
+from gateway.domain.directory import Change, PortfolioSpec, ReleaseSpec, audience_changes
 from gateway.domain.model import Release
 from gateway.domain.reconcile import MessageFacts, MessagePlan, ReleasePolicy, RevokedCopies, plan_message
 
 __all__ = [
     "Batch",
+    "Involved",
     "MemberPreview",
     "PlannedDirectory",
     "Preview",
     "fold",
+    "involved",
     "plan_batches",
     "planned_directory",
 ]
@@ -82,6 +84,62 @@ def planned_directory(
 
 def _policy(spec: ReleaseSpec) -> ReleasePolicy:
     return ReleasePolicy(spec.backfill, RevokedCopies(spec.revoked_copies) is RevokedCopies.REMOVE)
+
+
+@dataclass(frozen=True, slots=True)
+class Involved:
+    """The messages whose plan a change can alter: those with a participant among ``members``, or a copy
+    through one of ``releases``. The other messages keep the plan they had, so a preview need not read
+    them."""
+
+    members: frozenset[int]
+    releases: frozenset[int] = frozenset()
+
+
+def involved(
+    current: PortfolioSpec | None,
+    result: PortfolioSpec,
+    changes: Sequence[Change],
+    release_ids: Mapping[str, int],
+    member_ids: Mapping[str, int],
+) -> Involved:
+    """Who a change involves: the members before and after the change of every release it touches.
+
+    A message's audience is its participants and the members of sharing releases that contain one of
+    them (DESIGN.md §3), so a release whose members or sharing change alters only the audience of
+    messages with a participant among its members, before or after; a deleted member leaves each of its
+    releases. The audience is not all a plan takes: a copy a former member kept through a release is
+    revoked once that release removes revoked copies, whoever took part, so a release whose
+    ``revoked_copies`` changes is named in ``releases``, sharing or not. Backfill settings act only on
+    members the audience gains, who come through a participant again. ``release_ids``/``member_ids``
+    are the stored ids by name/address (new ones need none: nothing stored names them).
+    """
+    if current is None:
+        return Involved(frozenset())
+    touched: set[str] = set()
+    for change in audience_changes(current, result, changes):
+        if change.kind == "membership":
+            touched.add(change.release)
+        elif change.kind == "release":
+            touched.add(change.name)
+        elif change.kind == "member":
+            touched.update(
+                m for spec in current.members if spec.address == change.name for m in spec.releases
+            )
+    # Kept copies through a release that now removes them are revoked, whether the release shares or not.
+    revocation = {
+        c.name for c in changes if c.kind == "release" and any(key == "revoked_copies" for key, _ in c.fields)
+    }
+    addresses = {
+        spec.address
+        for directory in (current, result)
+        for spec in directory.members
+        if touched.intersection(spec.releases)
+    }
+    return Involved(
+        frozenset(member_ids[a] for a in addresses if a in member_ids),
+        frozenset(release_ids[name] for name in revocation if name in release_ids),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -180,7 +180,14 @@ TEXTS: dict[str, str] = {
     "releases.preview.no_messages": (
         "Der Bestand hat noch keine Nachrichten: Es wird nichts nachgeliefert oder entfernt."
     ),
-    "releases.preview.planned": "{n} Nachrichten geprüft, mit derselben Planung wie der Abgleich danach.",
+    "releases.preview.none_involved": (
+        "Keine Nachricht hat einen Teilnehmer in den betroffenen Freischaltungen: Es wird nichts"
+        " nachgeliefert oder entfernt."
+    ),
+    "releases.preview.planned": (
+        "{n} Nachrichten geprüft (die mit Teilnehmern in den betroffenen Freischaltungen), mit derselben"
+        " Planung wie der Abgleich danach."
+    ),
     "releases.preview.gained": "Kopien, die nachgeliefert werden",
     "releases.preview.lost": "Kopien, die entfernt werden",
     "releases.preview.kept": "Kopien, die bleiben, obwohl nicht mehr geteilt",

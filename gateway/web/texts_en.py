@@ -163,7 +163,13 @@ TEXTS: dict[str, str] = {
     "releases.preview.nothing": "Nothing: it is set so already.",
     "releases.preview.effect": "What happens to the existing messages",
     "releases.preview.no_messages": "The portfolio has no messages yet: nothing is delivered or removed.",
-    "releases.preview.planned": "{n} messages checked, planned as the reconciliation afterwards plans them.",
+    "releases.preview.none_involved": (
+        "No message has a participant in the releases the change touches: nothing is delivered or removed."
+    ),
+    "releases.preview.planned": (
+        "{n} messages checked (those with participants in the releases the change touches), planned as"
+        " the reconciliation afterwards plans them."
+    ),
     "releases.preview.gained": "Copies delivered",
     "releases.preview.lost": "Copies removed",
     "releases.preview.kept": "Copies kept though no longer shared",

@@ -25,7 +25,9 @@ from gateway.db.models import (
     ReleaseRow,
     VorgangRow,
 )
+from gateway.db.reconcile import message_batches
 from gateway.db.writer import Writer
+from gateway.domain.preview import Involved
 from tests.conftest import Gateway
 from tests.stages.conftest import PORTFOLIO, accept
 from tests.stages.test_reconcile import GF_B, SB_B1, WITH_GF, admin, reconciler
@@ -110,7 +112,8 @@ async def test_ticking_vorgaenge_teilen_previews_exactly_the_copies_reconciliati
     assert await writer.run(footprint) == untouched, "a preview writes nothing"
     assert preview["changes"] == ["update release Kunde B mit GF (share_vorgaenge=true)"]
     assert preview["reconciles"] is True
-    assert preview["messages"] == 4
+    # GF-A's mail has no participant in the release: its plan cannot change, and it is not read.
+    assert preview["messages"] == 3
     # DESIGN.md §3: GF-B now sees SB-B1's mail; the clerks of B see GF-B's; nobody gets GF-A's own.
     gains = previewed(preview, "gains")
     assert {member for member, _ in gains} == {GF_B, SB_B1, SB_B2}
@@ -236,3 +239,42 @@ async def test_text_preview_and_directory_load_preview(
         await preview_of(gateway, "release", "add-member", WITH_GF, GF_B), "gains"
     )
     assert await writer.run(footprint) == untouched
+
+
+async def test_a_preview_reads_only_the_messages_with_a_participant_in_the_changed_release(
+    writer: Writer, with_login: Gateway
+) -> None:
+    gateway = with_login
+    await admin(gateway, "release", "remove-member", WITH_GF, GF_B, "-p", PORTFOLIO)
+    await accept(writer, SB_B1, "B eins")
+    await accept(writer, SB_B2, "B zwei")
+    elsewhere = {await accept(writer, SB_A1, f"A {n}") for n in range(3)}
+    elsewhere.add(await accept(writer, GF_A, "GF-A"))
+
+    def read(connection: Connection, only: Involved | None) -> set[str]:
+        pid = connection.scalar(select(MessageRow.portfolio_id).limit(1))
+        assert pid is not None
+        ids = [f.message_id for b in message_batches(connection, pid, 2, only) for _, f in b.messages]
+        names = {
+            int(pk): str(gid) for pk, gid in connection.execute(select(MessageRow.id, MessageRow.gateway_id))
+        }
+        return {names[i] for i in ids}
+
+    def members_of_with_gf(connection: Connection) -> Involved:
+        wanted = MemberRow.address.in_((SB_B1, SB_B2, GF_B))
+        return Involved(frozenset(connection.scalars(select(MemberRow.id).where(wanted))))
+
+    only = await writer.run(members_of_with_gf)
+    everything = await writer.run(read, None)
+    involved_ones = await writer.run(read, only)
+    assert involved_ones == everything - elsewhere, "Kunde A's and GF-A's mail is not read"
+    assert len(involved_ones) == 2
+
+    preview = await preview_of(gateway, "release", "add-member", WITH_GF, GF_B)
+    assert preview["messages"] == 2
+    # The result is what reconciliation, which reads every message, then does.
+    before, after = await changed_by(writer, gateway, "release", "add-member", WITH_GF, GF_B)
+    new = {cid for cid in after if cid not in before}
+    assert sum(previewed(preview, "gains").values()) == 2
+    assert await writer.run(by_member_and_vorgang, new) == previewed(preview, "gains")
+    assert {cid: s for cid, s in after.items() if cid in before} == before, "no other copy changed"
