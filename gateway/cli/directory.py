@@ -299,7 +299,7 @@ def portfolio_create(ctx: Context, name: str, display_name: str, sender_auth: st
 
 @portfolio_group.command("set")
 @click.argument("name")
-@click.option("--display-name", default=None)
+@click.option("--display-name", default=None, help="Name shown to people.")
 @click.option(
     "--share-vorgaenge-available/--no-share-vorgaenge-available",
     default=None,
@@ -544,8 +544,16 @@ def release_create(
 
 @release_group.command("set")
 @click.argument("name")
-@click.option("--primary/--no-primary", default=None)
-@click.option("--share-vorgaenge/--no-share-vorgaenge", default=None)
+@click.option(
+    "--primary/--no-primary",
+    default=None,
+    help="Make it the portfolio's primary release (Hauptfreischaltung), or an ordinary one.",
+)
+@click.option(
+    "--share-vorgaenge/--no-share-vorgaenge",
+    default=None,
+    help="Whether members see and answer each other's Vorgänge ('Vorgänge teilen').",
+)
 @read_sync_option
 @backfill_option
 @revoked_copies_option
@@ -713,9 +721,20 @@ def backoffice_add(
 
 @backoffice_group.command("set")
 @click.argument("name")
-@click.option("--ams-version", default=None)
-@click.option("--add-address", "add_addresses", multiple=True)
-@click.option("--remove-address", "remove_addresses", multiple=True)
+@click.option(
+    "--ams-version",
+    default=None,
+    help="Version of the back office, like 4.8.0.64470 (decides who replies are relayed as).",
+)
+@click.option(
+    "--add-address", "add_addresses", multiple=True, help="Another address it sends from (repeatable)."
+)
+@click.option(
+    "--remove-address",
+    "remove_addresses",
+    multiple=True,
+    help="An address it no longer sends from (repeatable).",
+)
 @relay_options
 @click.option(
     "--no-relay", is_flag=True, help="Remove the relay settings: the back office receives no replies."

@@ -70,35 +70,43 @@ def _login() -> str:
 pass_context = click.make_pass_decorator(Context)
 
 
-def fail(message: str, status: int) -> NoReturn:
-    click.echo(f"gateway: error: {message}", err=True)
+def fail(message: str, status: int, *, as_json: bool = False, problems: Sequence[str] = ()) -> NoReturn:
+    """Say what went wrong on stderr and exit with ``status``; under --json as one JSON object
+    ({"error", "status", and "problems" when there are several}) so that scripts need not parse prose."""
+    if as_json:
+        data: dict[str, object] = {"error": message, "status": status}
+        if problems:
+            data["problems"] = list(problems)
+        click.echo(json.dumps(data, ensure_ascii=False), err=True)
+    else:
+        click.echo(f"gateway: error: {message}", err=True)
+        for problem in problems:
+            click.echo(f"  {problem}", err=True)
     sys.exit(status)
 
 
 @contextmanager
-def errors_for_people() -> Iterator[None]:
+def errors_for_people(*, as_json: bool = False) -> Iterator[None]:
     """Turn the gateway's errors into one clear message and the documented exit status."""
     try:
         yield
     except ProblemsError as exc:
-        click.echo(f"gateway: error: {exc.summary}", err=True)
-        for problem in exc.problems:
-            click.echo(f"  {problem}", err=True)
-        sys.exit(EXIT_INPUT)
+        fail(exc.summary, EXIT_INPUT, as_json=as_json, problems=[str(p) for p in exc.problems])
     except InputError as exc:
-        fail(str(exc), EXIT_INPUT)
+        fail(str(exc), EXIT_INPUT, as_json=as_json)
     except OperationalError as exc:
-        fail(str(exc), EXIT_FAILURE)
+        fail(str(exc), EXIT_FAILURE, as_json=as_json)
     except GatewayError as exc:
-        fail(str(exc), EXIT_FAILURE)
+        fail(str(exc), EXIT_FAILURE, as_json=as_json)
 
 
 def command(func: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async command body in a fresh event loop, with errors turned into messages."""
+    """Run an async command body in a fresh event loop, with errors turned into messages (JSON ones
+    when the command was asked for --json)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        with errors_for_people():
+        with errors_for_people(as_json=bool(kwargs.get("as_json"))):
             asyncio.run(func(*args, **kwargs))
 
     return wrapper

@@ -30,7 +30,7 @@ from gateway.config import Settings, describe, load_settings, loopback_only
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.migrate import require_current, schema_state, upgrade
 from gateway.db.senderauth import sender_auth_refusal
-from gateway.errors import GatewayError, OperationalError
+from gateway.errors import GatewayError, InputError, OperationalError
 
 
 @cli.group("config")
@@ -44,7 +44,7 @@ def config_group() -> None:
 @pass_context
 def config_check(ctx: Context, file: Path | None, as_json: bool) -> None:
     """Validate FILE (default: the configured file) and print the resolved settings."""
-    with errors_for_people():
+    with errors_for_people(as_json=as_json):
         settings = load_settings(file or ctx.config_file, os.environ)
         data = describe(settings)
         if as_json:
@@ -59,7 +59,7 @@ def config_check(ctx: Context, file: Path | None, as_json: bool) -> None:
         if note:
             click.echo(f"# {note}", err=True)
         if refusal:
-            fail(refusal, EXIT_INPUT)
+            fail(refusal, EXIT_INPUT, as_json=as_json)
 
 
 async def _sender_auth_check(settings: Settings) -> tuple[str | None, str | None]:
@@ -149,7 +149,11 @@ async def db_status(ctx: Context, as_json: bool) -> None:
 @cli.command("serve")
 @pass_context
 def serve(ctx: Context) -> None:
-    """Run the gateway until SIGTERM or SIGINT."""
+    """Run the gateway until SIGTERM or SIGINT.
+
+    SIGHUP reloads the routing rules (rules/ files; an invalid set is refused and the rules in force
+    stay); the gateway also reloads them by itself when the files change.
+    """
     from gateway.service import run
 
     with errors_for_people():
@@ -193,7 +197,8 @@ def secrets_new_key(ctx: Context, file: Path) -> None:
         except OSError as exc:
             raise OperationalError(f"cannot write {file}: {exc}") from exc
         if not created:
-            raise OperationalError(f"{file} exists already; a key is never overwritten (choose another name)")
+            # The admin named the file: that is an input to change, not the gateway failing (exit 2).
+            raise InputError(f"{file} exists already; a key is never overwritten (choose another name)")
         click.echo(f"wrote a new reply-token key to {file}")
 
 

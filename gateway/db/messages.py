@@ -230,7 +230,10 @@ async def vorgang_view(
         )
     )
     if vorgang is None:
-        raise NotFound(f"there is no Vorgang {reference} in portfolio {portfolio}")
+        raise NotFound(
+            f"there is no Vorgang {reference} in portfolio {portfolio} "
+            f"(`gateway vorgang list -p {portfolio}` lists them)"
+        )
     messages = list(
         await session.execute(
             select(
@@ -290,7 +293,15 @@ async def vorgang_view(
         vorgang.subject,
         tuple(
             MessageView(
-                gid, direction, at.isoformat(), subject, mid, tuple(copies[pk]), kind, author, relays.get(pk)
+                gid,
+                direction,
+                utc(at).isoformat(timespec="seconds"),
+                subject,
+                mid,
+                tuple(copies[pk]),
+                kind,
+                author,
+                relays.get(pk),
             )
             for pk, gid, direction, at, subject, mid, kind, author in messages
         ),

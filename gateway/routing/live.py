@@ -167,7 +167,7 @@ class RoutingRules:
         changed = rule_set.digest != self.current.digest
         self.current = rule_set
         self.reloads += 1
-        self._log_loaded("reloaded" if changed else "reloaded, unchanged,")
+        self._log_loaded("reloaded" if changed else "reloaded (unchanged)")
         return True
 
     async def watch(self) -> None:
