@@ -6,13 +6,15 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import click
 from click.testing import CliRunner
 
-from gateway.cli.root import COMMAND_MODULES, cli
+from gateway.cli.root import COMMAND_MODULES, COMMAND_SUMMARIES, cli
 from tests.conftest import Gateway
 
 
@@ -89,3 +91,32 @@ def test_new_key_on_an_existing_file_is_an_input_error(tmp_path: Path) -> None:
     assert again.exit_code == 2
     assert re.search(r"exists already; a key is never overwritten", again.stderr)
     assert key.read_bytes() == first
+
+
+def test_the_summaries_help_lists_are_those_of_the_commands() -> None:
+    """`gateway --help` lists the commands from COMMAND_SUMMARIES without importing them; each must be
+    the first paragraph of the command's own help (add one there for a new command)."""
+    for module in sorted(set(COMMAND_MODULES.values())):
+        importlib.import_module(f"gateway.cli.{module}")
+    own = {
+        name: " ".join((cli.commands[name].help or "").split("\n\n")[0].split()) for name in COMMAND_MODULES
+    }
+    assert own == COMMAND_SUMMARIES
+
+
+def test_help_lists_every_command_without_importing_one() -> None:
+    probe = (
+        "import sys\n"
+        "from gateway.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ('gateway.cli.', 'sqlalchemy', 'pydantic')\n"
+        "print('LOADED', sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    listed, loaded = out.split("LOADED")
+    for name in COMMAND_MODULES:
+        assert re.search(rf"^  {re.escape(name)}\s+\S", listed, re.MULTILINE), name
+    assert loaded.strip() == "['gateway.cli.root']"
