@@ -5,11 +5,13 @@ The package's modules, one job each:
 - ``types``: the annotated value types (paths relative to the config file, sizes, addresses …);
 - ``sections``: one frozen model per section of config/gateway.toml, with every default the gateway has;
 - ``loader``: reading the file and the overrides, and turning pydantic's errors into problems for people;
-- ``report``: the resolved settings as data (``gateway config show``), secrets masked.
+- ``report``: the resolved settings as data (``gateway config show``), secrets masked;
+- ``files``: the files the settings name (TLS certificates and keys, a password file) are there.
 
 Everything callers use is importable from ``gateway.config`` itself.
 """
 
+from gateway.config.files import missing_files, require_files
 from gateway.config.loader import DEFAULT_CONFIG_PATH, config_path, load_settings
 from gateway.config.report import describe
 from gateway.config.sections import (
@@ -66,4 +68,6 @@ __all__ = [
     "describe",
     "load_settings",
     "loopback_only",
+    "missing_files",
+    "require_files",
 ]
