@@ -4,6 +4,7 @@ writing where the configuration reads, and a database password kept in a file (i
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from gateway.config import load_settings
+from gateway.errors import ConfigError
 from tests.conftest import Gateway
 
 REPOSITORY = Path(__file__).resolve().parent.parent.parent
@@ -100,3 +102,15 @@ def test_a_database_password_comes_from_a_file_and_is_never_shown(tmp_path: Path
     (tmp_path / "db.password").unlink()
     missing = gateway("config", "check", expect=2)
     assert "database.password_file: cannot read" in missing.stderr
+
+
+def test_the_environment_examples_in_the_example_configuration_name_real_settings() -> None:
+    text = (REPOSITORY / "config" / "gateway.toml").read_text(encoding="utf-8")
+    examples = re.findall(r"(GATEWAY_[A-Z_]+__[A-Z_]+(?:__[A-Z_]+)?)=(\S+)", text)
+    assert len(examples) >= 3
+    for name, value in examples:
+        settings = load_settings(None, {name: value.strip("'")})  # a ConfigError names a wrong one
+        assert settings is not None
+    # and a misspelt one is refused, so the loop above proves something
+    with pytest.raises(ConfigError):
+        load_settings(None, {"GATEWAY_DOMAINS__INTAKE_ADDRESSES": '["intake@broker.example"]'})
