@@ -19,7 +19,7 @@ run: $(BIN)/gateway
 	$(BIN)/gateway --config $(CONFIG) db upgrade
 	$(BIN)/gateway --config $(CONFIG) secrets init
 	$(BIN)/gateway --config $(CONFIG) directory load config/example/directory.yaml
-	$(BIN)/gateway --config $(CONFIG) backoffice password ams -p makler-muster \
+	$(BIN)/gateway --config $(CONFIG) backoffice password ams -p makler-muster --if-missing \
 		--password-file config/example/ams.password
 	$(BIN)/gateway --config $(CONFIG) admin add admin --role operator --if-missing \
 		--password-file config/example/admin.password

@@ -781,11 +781,16 @@ def backoffice_remove(ctx: Context, name: str, portfolio: str) -> DirectoryChang
     type=click.File("r"),
     help="Read the password from this file ('-' for standard input) instead of asking.",
 )
+@click.option(
+    "--if-missing",
+    is_flag=True,
+    help="Keep the password of a login that exists (for setup scripts such as `make run`).",
+)
 @portfolio_option
 @pass_context
 @command
 async def backoffice_password(
-    ctx: Context, name: str, login: str | None, password_file: Any, portfolio: str
+    ctx: Context, name: str, login: str | None, password_file: Any, if_missing: bool, portfolio: str
 ) -> None:
     """Set the password the back office NAME logs in with on the submission listener."""
     if password_file is not None:
@@ -793,8 +798,14 @@ async def backoffice_password(
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     login, created = await in_transaction(
-        ctx, lambda s: admin.set_backoffice_password(s, portfolio, name, password, login, ctx.actor)
+        ctx,
+        lambda s: admin.set_backoffice_password(
+            s, portfolio, name, password, login, ctx.actor, if_missing=if_missing
+        ),
     )
+    if created is None:
+        click.echo(f"kept the password of login {login} for back office {name} (--if-missing)")
+        return
     click.echo(f"{'created' if created else 'changed'} login {login} for back office {name}")
 
 

@@ -114,3 +114,20 @@ def test_the_environment_examples_in_the_example_configuration_name_real_setting
     # and a misspelt one is refused, so the loop above proves something
     with pytest.raises(ConfigError):
         load_settings(None, {"GATEWAY_DOMAINS__INTAKE_ADDRESSES": '["intake@broker.example"]'})
+
+
+def test_backoffice_password_if_missing_sets_it_once(seeded: Gateway, tmp_path: Path) -> None:
+    """`make run` runs this on every start: the first sets the password, later ones change nothing."""
+    first, second = tmp_path / "first.password", tmp_path / "second.password"
+    first.write_text("erstes-Passwort-42\n", encoding="utf-8")
+    second.write_text("zweites-Passwort-42\n", encoding="utf-8")
+    args = ("backoffice", "password", "ams", "-p", "makler-muster", "--if-missing", "--password-file")
+    assert "created login ams@makler-muster.example" in seeded(*args, str(first)).stdout
+    kept = seeded(*args, str(second)).stdout
+    assert "kept the password of login ams@makler-muster.example" in kept
+    events = json.loads(seeded("events", "--kind", "backoffice.password", "--json").stdout)
+    assert len(events) == 1, "a start that keeps the password records nothing"
+    # Without --if-missing the password is changed, as before.
+    changed = seeded("backoffice", "password", "ams", "-p", "makler-muster", "--password-file", str(second))
+    assert "changed login" in changed.stdout
+    assert len(json.loads(seeded("events", "--kind", "backoffice.password", "--json").stdout)) == 2
