@@ -19,14 +19,15 @@ run: $(BIN)/gateway
 	$(BIN)/gateway --config $(CONFIG) db upgrade
 	$(BIN)/gateway --config $(CONFIG) secrets init
 	$(BIN)/gateway --config $(CONFIG) directory load config/example/directory.yaml
-	$(BIN)/gateway --config $(CONFIG) backoffice password ams -p makler-muster \
+	$(BIN)/gateway --config $(CONFIG) backoffice password ams -p makler-muster --if-missing \
 		--password-file config/example/ams.password
 	$(BIN)/gateway --config $(CONFIG) admin add admin --role operator --if-missing \
 		--password-file config/example/admin.password
 	$(BIN)/gateway --config $(CONFIG) serve
 
 ## Set up and run the whole test suite (SQLite and the PostgreSQL on 127.0.0.1:5432).
-## The corpus tests read real-world mail from ../shared/corpora unless GATEWAY_TEST_CORPORA says otherwise.
+## The corpus tests read real-world mail from ../shared/corpora unless GATEWAY_TEST_CORPORA says otherwise;
+## without the folder they are skipped and the summary says why (GATEWAY_REQUIRE_CORPORA=1 fails instead).
 test: $(BIN)/gateway
 	scripts/install-debian-packages.sh
 	GATEWAY_TEST_CORPORA="$${GATEWAY_TEST_CORPORA:-$(abspath ..)/shared/corpora}" $(BIN)/pytest

@@ -345,3 +345,16 @@ def seeded(gateway: Gateway, database_url: str) -> Gateway:
 
 
 from tests.dovecot_fixtures import dovecot  # noqa: E402, F401  (the private Dovecot for IMAP tests)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say at the end of the run when the corpus tests did not run, and why (tests/corpora.py)."""
+    from tests import corpora
+
+    if corpora.PROBLEM and not corpora.required():
+        terminalreporter.write_sep("=", "corpus tests skipped", yellow=True)
+        terminalreporter.write_line(
+            f"the tests of real-world mail were skipped: {corpora.PROBLEM}. Everything else ran. "
+            f"To run them, set {corpora.VARIABLE} to the mail corpora; "
+            f"{corpora.REQUIRE}=1 (as .ci/run sets) makes their absence a failure."
+        )

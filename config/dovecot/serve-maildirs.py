@@ -10,7 +10,8 @@ Maildir in more than one portfolio), the password the development password given
 Members whose Maildir appears later (their first copy) can log in within two seconds.
 
 Dovecot runs in the foreground as the user who owns the Maildirs (when started as root) or as the
-caller, with the settings of config/dovecot/dovecot.conf and its own files under ``--run-dir``
+caller; when root owns them (the gateway runs as root, as `make run` does on a fresh machine), they are
+given to ``nobody`` (or ``--user``), and each new copy within two seconds, with the settings of config/dovecot/dovecot.conf and its own files under ``--run-dir``
 (default ``<maildir_root>/../dovecot-dev``): index and control files live there, so nothing but the
 mail itself is shared with the gateway. Flags a client sets are renames in the Maildir, which the
 gateway's flag sync reads. Ctrl-C stops it. See docs/imap.md.
@@ -30,6 +31,8 @@ from pathlib import Path
 
 SHIPPED_CONFIG = Path(__file__).resolve().parent / "dovecot.conf"
 RESCAN_SECONDS = 2.0
+# Who Dovecot runs as when started as root on Maildirs root owns (the gateway ran as root).
+TAKE_OVER_USER = "nobody"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
 
+    take_over = os.getuid() == 0 and root.stat().st_uid == 0
+    if take_over:
+        hand_over(root, user)
+        print(
+            f"{root} belongs to root (the gateway runs as root) and Dovecot gives no mail access to root: "
+            f"the Maildirs are given to {user.pw_name}, and each new copy within {RESCAN_SECONDS:.0f} s; "
+            "the gateway, as root, still reads and writes them.",
+            flush=True,
+        )
     prepare(run_dir, user, args.port)
     accounts = write_users(run_dir, root, args.password, user)
     process = subprocess.Popen(
@@ -91,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     while not stopping and process.poll() is None:
         time.sleep(0.1)
         if time.monotonic() >= next_scan:
+            if take_over:
+                hand_over(root, user)
             now = write_users(run_dir, root, args.password, user)
             announce({name: path for name, path in now.items() if name not in accounts})
             accounts = now
@@ -135,12 +149,29 @@ def run_user(name: str | None, root: Path) -> pwd.struct_passwd:
     except FileNotFoundError:
         raise SystemExit(f"serve-maildirs: {root} does not exist yet: no copy was delivered") from None
     if owner.pw_uid == 0:
-        raise SystemExit(
-            f"serve-maildirs: {root} belongs to root, and Dovecot gives no mail access to root. Run the "
-            "gateway and this command as an ordinary user, or give the Maildirs to one (chown -R) and "
-            "pass --user"
-        )
+        # The gateway runs as root (`make run` on a fresh machine): the Maildirs go to an ordinary user
+        # (main() hands them over, and every new copy after them), since Dovecot refuses root.
+        return pwd.getpwnam(TAKE_OVER_USER)
     return owner
+
+
+def hand_over(root: Path, user: pwd.struct_passwd) -> int:
+    """Give everything under ``root`` that root owns to ``user``; how many paths changed hands.
+
+    The gateway, running as root, keeps writing new copies as root (mode 0600); Dovecot, running as
+    ``user``, could not read them. Root still reads, renames and writes what ``user`` owns, so the
+    gateway is not affected.
+    """
+    changed = 0
+    for directory, subdirectories, files in os.walk(root):
+        for path in [directory, *(os.path.join(directory, name) for name in (*subdirectories, *files))]:
+            try:
+                if os.lstat(path).st_uid == 0:
+                    os.lchown(path, user.pw_uid, user.pw_gid)
+                    changed += 1
+            except FileNotFoundError:
+                continue  # moved by the gateway or a client meanwhile; the next scan finds it
+    return changed
 
 
 def prepare(run_dir: Path, user: pwd.struct_passwd, port: int) -> None:

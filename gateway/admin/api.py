@@ -501,11 +501,18 @@ async def remove_backoffice(session: AsyncSession, portfolio: str, name: str, ac
 
 
 async def set_backoffice_password(
-    session: AsyncSession, portfolio: str, name: str, password: str, login: str | None, actor: str
-) -> tuple[str, bool]:
+    session: AsyncSession,
+    portfolio: str,
+    name: str,
+    password: str,
+    login: str | None,
+    actor: str,
+    *,
+    if_missing: bool = False,
+) -> tuple[str, bool | None]:
     """Set the SMTP AUTH password of a back office; the login defaults to its first sending address.
 
-    Returns the login and whether it is new.
+    Returns the login and whether it is new (None: it existed, and ``if_missing`` left it alone).
     """
     spec = await _spec(session, portfolio)
     backoffice = _backoffice(spec, name)
@@ -517,7 +524,9 @@ async def set_backoffice_password(
         hashed = hash_password(password)
     except WeakPassword as exc:
         raise InputError(str(exc)) from None
-    created = await accounts.set_password(session, portfolio, name, login, hashed, actor)
+    created = await accounts.set_password(
+        session, portfolio, name, login, hashed, actor, if_missing=if_missing
+    )
     return login, created
 
 

@@ -300,7 +300,7 @@ def portfolio_create(ctx: Context, name: str, display_name: str, sender_auth: st
 
 @portfolio_group.command("set")
 @click.argument("name")
-@click.option("--display-name", default=None)
+@click.option("--display-name", default=None, help="Name shown to people.")
 @click.option(
     "--share-vorgaenge-available/--no-share-vorgaenge-available",
     default=None,
@@ -545,8 +545,16 @@ def release_create(
 
 @release_group.command("set")
 @click.argument("name")
-@click.option("--primary/--no-primary", default=None)
-@click.option("--share-vorgaenge/--no-share-vorgaenge", default=None)
+@click.option(
+    "--primary/--no-primary",
+    default=None,
+    help="Make it the portfolio's primary release (Hauptfreischaltung), or an ordinary one.",
+)
+@click.option(
+    "--share-vorgaenge/--no-share-vorgaenge",
+    default=None,
+    help="Whether members see and answer each other's Vorgänge ('Vorgänge teilen').",
+)
 @read_sync_option
 @backfill_option
 @revoked_copies_option
@@ -714,9 +722,20 @@ def backoffice_add(
 
 @backoffice_group.command("set")
 @click.argument("name")
-@click.option("--ams-version", default=None)
-@click.option("--add-address", "add_addresses", multiple=True)
-@click.option("--remove-address", "remove_addresses", multiple=True)
+@click.option(
+    "--ams-version",
+    default=None,
+    help="Version of the back office, like 4.8.0.64470 (decides who replies are relayed as).",
+)
+@click.option(
+    "--add-address", "add_addresses", multiple=True, help="Another address it sends from (repeatable)."
+)
+@click.option(
+    "--remove-address",
+    "remove_addresses",
+    multiple=True,
+    help="An address it no longer sends from (repeatable).",
+)
 @relay_options
 @click.option(
     "--no-relay", is_flag=True, help="Remove the relay settings: the back office receives no replies."
@@ -763,11 +782,16 @@ def backoffice_remove(ctx: Context, name: str, portfolio: str) -> DirectoryChang
     type=click.File("r"),
     help="Read the password from this file ('-' for standard input) instead of asking.",
 )
+@click.option(
+    "--if-missing",
+    is_flag=True,
+    help="Keep the password of a login that exists (for setup scripts such as `make run`).",
+)
 @portfolio_option
 @pass_context
 @command
 async def backoffice_password(
-    ctx: Context, name: str, login: str | None, password_file: Any, portfolio: str
+    ctx: Context, name: str, login: str | None, password_file: Any, if_missing: bool, portfolio: str
 ) -> None:
     """Set the password the back office NAME logs in with on the submission listener."""
     if password_file is not None:
@@ -775,8 +799,14 @@ async def backoffice_password(
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     login, created = await in_transaction(
-        ctx, lambda s: admin.set_backoffice_password(s, portfolio, name, password, login, ctx.actor)
+        ctx,
+        lambda s: admin.set_backoffice_password(
+            s, portfolio, name, password, login, ctx.actor, if_missing=if_missing
+        ),
     )
+    if created is None:
+        click.echo(f"kept the password of login {login} for back office {name} (--if-missing)")
+        return
     click.echo(f"{'created' if created else 'changed'} login {login} for back office {name}")
 
 

@@ -79,7 +79,13 @@ def _line(item: QueueItem, now: datetime.datetime) -> str:
 
 @queue_group.command("list")
 @_filters
-@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option(
+    "--limit",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="At most this many items.",
+)
 @json_option
 @pass_context
 @command
@@ -122,7 +128,7 @@ async def queue_list(
 @pass_context
 @command
 async def queue_show(ctx: Context, item_id: str, as_json: bool) -> None:
-    """One item (copy-N or relay-N, as `gateway queue list` names it), with its last error."""
+    """The item ID (copy-N or relay-N, as `gateway queue list` names it), with its last error."""
     (item,) = await on_writer(ctx, lambda c: queue.find_items(c, [item_id]))
     if as_json:
         emit_json(_data(item))
@@ -171,7 +177,8 @@ async def queue_retry(
     before: datetime.datetime | None,
     as_json: bool,
 ) -> None:
-    """Try these items now (held and given-up ones too); a running `gateway serve` takes them."""
+    """Try the items ID... (or --all that match) now, held and given-up ones too; a running `gateway serve`
+    takes them."""
     lifetime, actor = ctx.settings.relay.lifetime, ctx.actor
     done = await _act_on(
         ctx,
@@ -203,7 +210,8 @@ async def queue_drop(
     yes: bool,
     as_json: bool,
 ) -> None:
-    """Stop trying these items for good (the rows and the event log keep that they were dropped)."""
+    """Stop trying the items ID... (or --all that match) for good; the rows and the event log keep that they
+    were dropped."""
     if not yes:
         if not sys.stdin.isatty():
             raise InputError("dropped items are never tried again; add --yes to confirm without a terminal")

@@ -62,7 +62,7 @@ async def reconcile_status(ctx: Context, portfolio: str | None, recent: int, as_
         click.echo(
             f"run {r.id}  {r.portfolio}  {r.state}  {_progress(r)} messages  backfilled {r.backfilled}  "
             f"revoked {r.revoked}  kept {r.kept}  {'finished' if r.finished_at else 'updated'} "
-            f"{when:%Y-%m-%d %H:%M:%S}"
+            f"{when.isoformat(timespec='seconds')}"
         )
         click.echo(f"    because: {r.reason}")
         if r.state == "open" and r.leased_by:

@@ -86,35 +86,43 @@ def _login() -> str:
 pass_context = click.make_pass_decorator(Context)
 
 
-def fail(message: str, status: int) -> NoReturn:
-    click.echo(f"gateway: error: {message}", err=True)
+def fail(message: str, status: int, *, as_json: bool = False, problems: Sequence[str] = ()) -> NoReturn:
+    """Say what went wrong on stderr and exit with ``status``; under --json as one JSON object
+    ({"error", "status", and "problems" when there are several}) so that scripts need not parse prose."""
+    if as_json:
+        data: dict[str, object] = {"error": message, "status": status}
+        if problems:
+            data["problems"] = list(problems)
+        click.echo(json.dumps(data, ensure_ascii=False), err=True)
+    else:
+        click.echo(f"gateway: error: {message}", err=True)
+        for problem in problems:
+            click.echo(f"  {problem}", err=True)
     sys.exit(status)
 
 
 @contextmanager
-def errors_for_people() -> Iterator[None]:
+def errors_for_people(*, as_json: bool = False) -> Iterator[None]:
     """Turn the gateway's errors into one clear message and the documented exit status."""
     try:
         yield
     except ProblemsError as exc:
-        click.echo(f"gateway: error: {exc.summary}", err=True)
-        for problem in exc.problems:
-            click.echo(f"  {problem}", err=True)
-        sys.exit(EXIT_INPUT)
+        fail(exc.summary, EXIT_INPUT, as_json=as_json, problems=[str(p) for p in exc.problems])
     except InputError as exc:
-        fail(str(exc), EXIT_INPUT)
+        fail(str(exc), EXIT_INPUT, as_json=as_json)
     except OperationalError as exc:
-        fail(str(exc), EXIT_FAILURE)
+        fail(str(exc), EXIT_FAILURE, as_json=as_json)
     except GatewayError as exc:
-        fail(str(exc), EXIT_FAILURE)
+        fail(str(exc), EXIT_FAILURE, as_json=as_json)
 
 
 def command(func: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async command body in a fresh event loop, with errors turned into messages."""
+    """Run an async command body in a fresh event loop, with errors turned into messages (JSON ones
+    when the command was asked for --json)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        with errors_for_people():
+        with errors_for_people(as_json=bool(kwargs.get("as_json"))):
             asyncio.run(func(*args, **kwargs))
 
     return wrapper
@@ -177,8 +185,57 @@ COMMAND_MODULES = {
 }
 
 
+# What `gateway --help` says of each command, so that listing them imports none of their modules (each
+# is the first paragraph of the command's own help; tests/stages/test_cli_answers.py checks they agree).
+COMMAND_SUMMARIES = {
+    "admin": "Accounts of the admin web console: operators (everything) and portfolio admins (their "
+    "portfolios).",
+    "backoffice": "Register the back-office systems (ams …) that send into a portfolio.",
+    "config": "Inspect the configuration.",
+    "db": "Create and migrate the database.",
+    "directory": "Load and export the whole directory as YAML.",
+    "events": "The event log: who changed what, which message went where; the newest LIMIT, oldest first.",
+    "init": "Write a starter set into DIRECTORY: gateway.toml (paths relative to it), directory.yaml, rules/ "
+    "and a README saying what to edit.",
+    "member": "Add, rename, remove and list members.",
+    "portfolio": "Create and configure portfolios (Bestände).",
+    "quarantine": "Messages a routing rule held back: look at them, release them to their audience, or "
+    "drop them.",
+    "queue": "What waits in the queues (copies, flags, removals, relays): list, show, retry, drop.",
+    "reconcile": "Bring existing copies in line with the directory (back-fill, revocation); "
+    "docs/reconcile.md.",
+    "release": "Create and change releases (Freischaltungen) and their members.",
+    "rules": "Check the routing rules files (rules/*.yaml) and try them on a saved message.",
+    "secrets": "Create the reply-token keys the configuration names.",
+    "serve": "Run the gateway until SIGTERM or SIGINT.",
+    "tls": "TLS helpers for development.",
+    "vorgang": "Look at Vorgänge (cases) and where their copies stand.",
+    "who-can-see": "Who may see MESSAGE (a gateway message id), or a message --to/--cc/--from members, "
+    "and why.",
+}
+
+
 class LazyGroup(click.Group):
     """The root group: knows its commands by name and imports a command's module on first use."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # click's own, with the summaries above for commands not loaded: `--help` imports nothing more.
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            if name not in self.commands and name in COMMAND_SUMMARIES:
+                # A stand-in with the same help shortens it as click shortens the command's own.
+                stand_in = click.Command(name, help=COMMAND_SUMMARIES[name])
+                rows.append((name, stand_in.get_short_help_str(limit)))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(COMMAND_MODULES) | set(self.commands))

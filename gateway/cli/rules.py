@@ -1,8 +1,10 @@
-"""Commands for the routing rules: ``rules check`` (FILE:LINE:COL problems) and ``rules test MESSAGE.eml``."""
+"""Commands for the routing rules: ``rules check`` (FILE:LINE:COL problems) and ``rules test MESSAGE``
+(an .eml file or a stored message's gw-… id)."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -12,6 +14,13 @@ from gateway.cli.root import EXIT_INPUT, Context, cli, command, emit_json, json_
 from gateway.cli.work import in_transaction
 
 # --- routing rules ---------------------------------------------------------------------------------------
+
+_GATEWAY_ID = re.compile(r"gw-[0-9a-f]{8,64}")
+
+
+def _names_stored_message(message: str) -> bool:
+    """A gw-… id, and no file of that name (which would be the .eml the admin meant)."""
+    return bool(_GATEWAY_ID.fullmatch(message)) and not Path(message).exists()
 
 
 @cli.group("rules")
@@ -66,9 +75,11 @@ async def rules_check(ctx: Context, directory: Path | None, files_only: bool, as
 
 
 @rules_group.command("test")
-@click.argument("message", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("message")
 @click.option(
-    "--listener", default="submission", show_default=True, help="The listener the message comes in on."
+    "--listener",
+    default=None,
+    help="The listener the message comes in on (default: submission, or the stored one's).",
 )
 @click.option("--auth", metavar="BACKOFFICE", help="The back office that submits it: its login or its name.")
 @click.option("-p", "--portfolio", envvar="GATEWAY_PORTFOLIO", help="The portfolio, if --auth names none.")
@@ -82,8 +93,8 @@ async def rules_check(ctx: Context, directory: Path | None, files_only: bool, as
 @command
 async def rules_test(
     ctx: Context,
-    message: Path,
-    listener: str,
+    message: str,
+    listener: str | None,
     auth: str | None,
     portfolio: str | None,
     mail_from: str | None,
@@ -91,11 +102,28 @@ async def rules_test(
     directory: Path | None,
     as_json: bool,
 ) -> None:
-    """Show what the rules would do with MESSAGE (an .eml file), without changing anything."""
+    """Show what the rules would do with MESSAGE, without changing anything.
+
+    MESSAGE is an .eml file, or the gateway id (gw-…) of a message a back office submitted, such as a
+    quarantined one: then its stored bytes are tried with the envelope it really came with (back office,
+    portfolio, sender, recipients, listener); --auth, --from, --to and --listener still override those.
+    """
     from gateway.routing.dryrun import dry_run, dry_run_lines, read_message
 
-    raw = read_message(message)
+    if _names_stored_message(message):
+        from gateway.db.messages import stored_submission
+
+        stored = await in_transaction(ctx, lambda s: stored_submission(s, message), write=False)
+        raw = stored.raw
+        if auth is None:
+            auth, portfolio = stored.login, portfolio or stored.portfolio
+        mail_from = stored.envelope_sender if mail_from is None else mail_from
+        rcpt_to = rcpt_to or stored.recipients
+        listener = listener or stored.listener
+    else:
+        raw = read_message(Path(message))
     where = directory or ctx.settings.rules.dir
+    listener = listener or "submission"
     run = await in_transaction(
         ctx,
         lambda s: dry_run(

@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.cli.root import (
     EXIT_FAILURE,
@@ -26,11 +24,11 @@ from gateway.cli.root import (
     json_option,
     pass_context,
 )
-from gateway.config import FoundConfig, Settings, describe, load_settings, loopback_only
-from gateway.db.engine import create_engine, session_factory
-from gateway.db.migrate import require_current, schema_state, upgrade
-from gateway.db.senderauth import sender_auth_refusal
-from gateway.errors import GatewayError, OperationalError
+from gateway.config import FoundConfig, Settings, describe, load_settings, loopback_only, require_files
+
+# SQLAlchemy, Alembic and the database modules are imported where a command needs them: `config check`
+# without a database, and every `--help` here, start without them (bench/cli_start.py).
+from gateway.errors import GatewayError, InputError, OperationalError
 
 
 @cli.group("config")
@@ -44,9 +42,10 @@ def config_group() -> None:
 @pass_context
 def config_check(ctx: Context, file: Path | None, as_json: bool) -> None:
     """Validate FILE (default: the configured file) and print the resolved settings."""
-    with errors_for_people():
+    with errors_for_people(as_json=as_json):
         found = FoundConfig(file, "argument") if file is not None else ctx.found_config
         settings = load_settings(found.path, os.environ)
+        require_files(settings)
         data = describe(settings) | {"found_by": found.found_by}
         if as_json:
             emit_json(data)
@@ -60,21 +59,23 @@ def config_check(ctx: Context, file: Path | None, as_json: bool) -> None:
         if note:
             click.echo(f"# {note}", err=True)
         if refusal:
-            fail(refusal, EXIT_INPUT)
+            fail(refusal, EXIT_INPUT, as_json=as_json)
 
 
 async def _sender_auth_check(settings: Settings) -> tuple[str | None, str | None]:
     """(why the portfolios' sender_auth cannot stand, a note for the admin); both None when all is well."""
     mx = settings.listeners.mx
     exposed = mx.enabled and not loopback_only(mx) and not settings.replies.border_mta_authenticates
-    url = make_url(settings.database_url)
-    if (
-        url.drivername.startswith("sqlite")
-        and url.database
-        and not await asyncio.to_thread(Path(url.database).exists)
-    ):
+    sqlite_file = _sqlite_file(settings.database_url)
+    if sqlite_file is not None and not await asyncio.to_thread(sqlite_file.exists):
         # Opening it would create an empty database file: there is nothing to check yet.
         return None, _unchecked(settings, "no database yet") if exposed else None
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.db.engine import create_engine, session_factory
+    from gateway.db.migrate import require_current
+    from gateway.db.senderauth import sender_auth_refusal
+
     engine = create_engine(settings.database_url)
     try:
         await require_current(engine)
@@ -84,6 +85,16 @@ async def _sender_auth_check(settings: Settings) -> tuple[str | None, str | None
         return None, _unchecked(settings, str(exc)) if exposed else None
     finally:
         await engine.dispose()
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite database URL (sqlite[+driver]:///PATH[?…]); None for other databases
+    and for SQLite in memory. Read without SQLAlchemy, which `config check` need not load for it."""
+    scheme, sep, rest = url.partition(":///")
+    if not sep or scheme.split("+")[0] != "sqlite":
+        return None
+    path = rest.split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
 
 
 def _unchecked(settings: Settings, why: str) -> str:
@@ -112,6 +123,9 @@ def db_group() -> None:
 @command
 async def db_upgrade(ctx: Context) -> None:
     """Migrate the database to this gateway's schema (creates it when new)."""
+    from gateway.db.engine import create_engine
+    from gateway.db.migrate import schema_state, upgrade
+
     engine = create_engine(ctx.settings.database_url)
     try:
         before = await schema_state(engine)
@@ -130,6 +144,9 @@ async def db_upgrade(ctx: Context) -> None:
 @command
 async def db_status(ctx: Context, as_json: bool) -> None:
     """Show the database's schema revision and whether it is current."""
+    from gateway.db.engine import create_engine
+    from gateway.db.migrate import schema_state
+
     engine = create_engine(ctx.settings.database_url)
     try:
         state = await schema_state(engine)
@@ -207,10 +224,15 @@ def init(directory: Path) -> None:
 @cli.command("serve")
 @pass_context
 def serve(ctx: Context) -> None:
-    """Run the gateway until SIGTERM or SIGINT."""
+    """Run the gateway until SIGTERM or SIGINT.
+
+    SIGHUP reloads the routing rules (rules/ files; an invalid set is refused and the rules in force
+    stay); the gateway also reloads them by itself when the files change.
+    """
     from gateway.service import run
 
     with errors_for_people():
+        require_files(ctx.settings)
         found = ctx.found_config
         run(ctx.settings, f"{found.path.absolute()} ({found.found_by})")
 
@@ -252,7 +274,8 @@ def secrets_new_key(ctx: Context, file: Path) -> None:
         except OSError as exc:
             raise OperationalError(f"cannot write {file}: {exc}") from exc
         if not created:
-            raise OperationalError(f"{file} exists already; a key is never overwritten (choose another name)")
+            # The admin named the file: that is an input to change, not the gateway failing (exit 2).
+            raise InputError(f"{file} exists already; a key is never overwritten (choose another name)")
         click.echo(f"wrote a new reply-token key to {file}")
 
 
@@ -263,21 +286,40 @@ def tls_group() -> None:
 
 @tls_group.command("selfsigned")
 @click.option(
-    "--cert", type=click.Path(path_type=Path, dir_okay=False), required=True, help="Certificate file."
+    "--cert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("tls/cert.pem"),
+    show_default=True,
+    help="Certificate file; a relative path is in the configuration's folder, as tls_cert reads it.",
 )
 @click.option(
-    "--key", type=click.Path(path_type=Path, dir_okay=False), required=True, help="Private key file."
+    "--key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("tls/key.pem"),
+    show_default=True,
+    help="Private key file; a relative path is in the configuration's folder, as tls_key reads it.",
 )
 @click.option("--hostname", default=None, help="Name in the certificate (default: gateway.hostname).")
 @pass_context
 def tls_selfsigned(ctx: Context, cert: Path, key: Path, hostname: str | None) -> None:
-    """Write a self-signed certificate and key for local STARTTLS (point listeners.*.tls_cert/key at them)."""
+    """Write a self-signed certificate and key for local STARTTLS (point listeners.*.tls_cert/key at them).
+
+    Relative paths are taken from the configuration file's folder, where tls_cert and tls_key are read
+    from, so the lines it prints can go into the configuration as they are.
+    """
     from gateway.tls import write_selfsigned
 
     with errors_for_people():
         name = hostname or ctx.settings.gateway.hostname
+        folder = ctx.config_file.absolute().parent
+        cert_file, key_file = folder / cert, folder / key  # an absolute path stays as it is
+        if cert_file.exists() or key_file.exists():
+            raise InputError(
+                f"{cert_file if cert_file.exists() else key_file} exists already; not overwritten"
+            )
         try:
-            write_selfsigned(cert, key, name)
+            write_selfsigned(cert_file, key_file, name)
         except OSError as exc:
-            raise OperationalError(f"cannot write {cert} / {key}: {exc}") from exc
-        click.echo(f"wrote {cert} and {key} for {name}")
+            raise OperationalError(f"cannot write {cert_file} / {key_file}: {exc}") from exc
+        click.echo(f"wrote {cert_file} and {key_file} for {name}; in {ctx.config_file}:")
+        click.echo(f'  tls_cert = "{cert}"\n  tls_key = "{key}"')

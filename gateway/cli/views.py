@@ -192,7 +192,7 @@ async def quarantine_list(ctx: Context, portfolio: str | None, as_json: bool) ->
 @pass_context
 @command
 async def quarantine_show(ctx: Context, gateway_id: str, portfolio: str, raw: bool, as_json: bool) -> None:
-    """One quarantined message: why it is held, and its header (or, with --raw, all of it)."""
+    """The quarantined message GATEWAY_ID: why it is held, and its header (or, with --raw, all of it)."""
     held, data = await on_writer(ctx, lambda c: quarantine.show(c, portfolio, gateway_id))
     if raw:
         sys.stdout.buffer.write(data)
@@ -217,7 +217,8 @@ async def quarantine_show(ctx: Context, gateway_id: str, portfolio: str, raw: bo
 async def quarantine_release(
     ctx: Context, gateway_ids: tuple[str, ...], portfolio: str, as_json: bool
 ) -> None:
-    """Give quarantined messages the copies their audience has now; `gateway serve` writes them.
+    """Give the quarantined messages GATEWAY_ID... the copies their audience has now; `gateway serve`
+    writes them.
 
     All or nothing: if one id is not held, none is released.
     """
@@ -249,7 +250,8 @@ async def quarantine_release(
 async def quarantine_drop(
     ctx: Context, gateway_ids: tuple[str, ...], portfolio: str, yes: bool, as_json: bool
 ) -> None:
-    """Delete quarantined messages for good (the event log keeps that they were, and who dropped them)."""
+    """Delete the quarantined messages GATEWAY_ID... for good (the event log keeps that they were, and who
+    dropped them)."""
     if not yes:
         if not sys.stdin.isatty():
             raise InputError(

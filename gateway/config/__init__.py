@@ -7,11 +7,13 @@ The package's modules, one job each:
 - ``loader``: finding the file (``--config``, ``$GATEWAY_CONFIG``, ``./config``, ``/etc``), reading it and
   the overrides, and turning pydantic's errors into problems for people;
 - ``starter``: the starter set ``gateway init`` writes, from the examples shipped in ``example/``;
-- ``report``: the resolved settings as data (``gateway config show``), secrets masked.
+- ``report``: the resolved settings as data (``gateway config show``), secrets masked;
+- ``files``: the files the settings name (TLS certificates and keys, a password file) are there.
 
 Everything callers use is importable from ``gateway.config`` itself.
 """
 
+from gateway.config.files import missing_files, require_files
 from gateway.config.loader import (
     DEFAULT_CONFIG_PATH,
     SYSTEM_CONFIG_PATH,
@@ -78,4 +80,6 @@ __all__ = [
     "find_config",
     "load_settings",
     "loopback_only",
+    "missing_files",
+    "require_files",
 ]

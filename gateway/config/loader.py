@@ -369,6 +369,11 @@ def _secret_hint(section: Sequence[str]) -> str:
             "password_file (master_password_file for a master user), or the environment variable "
             "holding it in password_env (master_password_env)"
         )
+    if tuple(section) == ("database",):
+        return (
+            "secrets are never written into the configuration; put the database password in a file only "
+            "the gateway can read and name it in database.password_file"
+        )
     return (
         "secrets are never written into the configuration; put the secret in a file only the "
         "gateway can read and name that file in secrets.token_key_files"

@@ -48,6 +48,7 @@ from gateway.config.types import (
     to_upper,
 )
 from gateway.domain.data_memory import session_footprint
+from gateway.errors import ConfigError, Problem
 
 ENV_PREFIX = "GATEWAY_"
 """Environment variables ``GATEWAY_<SECTION>__<KEY>`` override settings (gateway/config/loader.py)."""
@@ -108,6 +109,22 @@ class DatabaseSettings(Section):
 
     echo: bool = False
     """Log every SQL statement (debugging only: it logs message data)."""
+
+    password_file: ResolvedPath | None = None
+    """File holding the database server's password (first line), merged into ``url`` when the gateway
+    connects; the URL then names no password. Read afresh at each start, never logged or shown."""
+
+    @model_validator(mode="after")
+    def _password_file_needs_a_server_url(self) -> Self:
+        if self.password_file is None:
+            return self
+        if self.url is None or make_url(self.url).drivername.startswith("sqlite"):
+            raise FieldProblem("password_file", "is only for a database server: set url to its URL too")
+        if make_url(self.url).password is not None:
+            raise FieldProblem(
+                "password_file", "is set, and url names a password as well: keep the password in one place"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -920,14 +937,34 @@ class Settings(BaseModel):
     @property
     def database_url(self) -> str:
         """The database URL to use: ``database.url``, else a SQLite file in data_dir."""
-        if self.database.url is not None:
+        if self.database.url is None:
+            return f"sqlite+aiosqlite:///{self.gateway.data_dir / 'gateway.db'}"
+        if self.database.password_file is None:
             return self.database.url
-        return f"sqlite+aiosqlite:///{self.gateway.data_dir / 'gateway.db'}"
+        return (
+            make_url(self.database.url)
+            .set(password=read_password_file("database.password_file", self.database.password_file))
+            .render_as_string(hide_password=False)
+        )
 
     @property
     def source(self) -> Path | None:
         """The configuration file these settings were read from; None for defaults and environment only."""
         return self._source
+
+
+def read_password_file(key: str, path: Path) -> str:
+    """The password in the file ``key`` names (its first line); ConfigError naming both when there is none."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            "configuration is invalid: 1 problem", [Problem(key, f"cannot read {path}: {exc.strerror}")]
+        ) from exc
+    password = text.splitlines()[0].strip() if text.strip() else ""
+    if not password:
+        raise ConfigError("configuration is invalid: 1 problem", [Problem(key, f"{path} is empty")])
+    return password
 
 
 def _data_dir_of(table: object, context: object) -> Path | None:

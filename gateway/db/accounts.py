@@ -58,9 +58,17 @@ def find_account(connection: Connection, login: str) -> Account | None:
 
 
 async def set_password(
-    session: AsyncSession, portfolio: str, backoffice: str, login: str, password_hash: str, actor: str
-) -> bool:
-    """Give ``login`` of the back office this password hash; True when the login is new."""
+    session: AsyncSession,
+    portfolio: str,
+    backoffice: str,
+    login: str,
+    password_hash: str,
+    actor: str,
+    *,
+    if_missing: bool = False,
+) -> bool | None:
+    """Give ``login`` of the back office this password hash; True when the login is new, None when it
+    exists and ``if_missing`` keeps its password (no change, no event)."""
     found = (
         await session.execute(
             select(BackOfficeRow)
@@ -75,6 +83,8 @@ async def set_password(
         raise DirectoryConflict(
             f"the login {login} belongs to another back office; choose another with --login"
         )
+    if account is not None and if_missing:
+        return None
     created = account is None
     if account is None:
         account = BackOfficeAccountRow(backoffice_id=found.id, portfolio_id=found.portfolio_id, login=login)

@@ -18,10 +18,12 @@ from gateway.db.models import (
     CopyRow,
     CopyState,
     Direction,
+    EventRow,
     MemberRow,
     MessageKind,
     MessageRow,
     ParticipantRow,
+    PortfolioRow,
     RelayRow,
     ReleaseRow,
     VorgangRow,
@@ -32,7 +34,7 @@ from gateway.domain.parsing import MAX_HEADER_BYTES
 from gateway.domain.rules import CopyHeaders
 from gateway.domain.submitters import address_that_fits, ids_that_fit
 from gateway.domain.trace import Trace
-from gateway.errors import NotFound
+from gateway.errors import InputError, NotFound
 
 
 def new_gateway_id() -> str:
@@ -241,7 +243,10 @@ async def vorgang_view(
         )
     )
     if vorgang is None:
-        raise NotFound(f"there is no Vorgang {reference} in portfolio {portfolio}")
+        raise NotFound(
+            f"there is no Vorgang {reference} in portfolio {portfolio} "
+            f"(`gateway vorgang list -p {portfolio}` lists them)"
+        )
     messages = list(
         await session.execute(
             select(
@@ -305,7 +310,15 @@ async def vorgang_view(
         vorgang.subject,
         tuple(
             MessageView(
-                gid, direction, at.isoformat(), subject, mid, tuple(copies[pk]), kind, author, relays.get(pk)
+                gid,
+                direction,
+                utc(at).isoformat(timespec="seconds"),
+                subject,
+                mid,
+                tuple(copies[pk]),
+                kind,
+                author,
+                relays.get(pk),
             )
             for pk, gid, direction, at, subject, mid, kind, author in messages
         ),
@@ -496,3 +509,66 @@ async def vorgang_labels(
         ):
             found[int(vid)] = VorgangLabel(reference, subject)
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSubmission:
+    """A message a back office submitted, with the envelope it came in (``gateway rules test gw-…``)."""
+
+    raw: bytes
+    portfolio: str
+    envelope_sender: str
+    recipients: tuple[str, ...]
+    listener: str
+    login: str  # the back office's SMTP login
+
+
+async def stored_submission(session: AsyncSession, gateway_id: str) -> StoredSubmission:
+    """The bytes of the message ``gateway_id`` and its envelope: the sender is stored with the message,
+    the recipients, listener and login with the event that recorded its acceptance or quarantine."""
+    row = (
+        await session.execute(
+            select(
+                MessageRow.id,
+                MessageRow.raw,
+                MessageRow.envelope_sender,
+                MessageRow.direction,
+                PortfolioRow.name,
+            )
+            .join(PortfolioRow, PortfolioRow.id == MessageRow.portfolio_id)
+            .where(MessageRow.gateway_id == gateway_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"there is no message {gateway_id} (`gateway vorgang show` and `events` name them)")
+    message_pk, raw, envelope_sender, direction, portfolio = row
+    if direction != Direction.INBOUND:
+        raise InputError(
+            f"{gateway_id} is a member's {direction} mail, not a back office's submission: rules apply to "
+            "what back offices submit"
+        )
+    event = (
+        await session.execute(
+            select(EventRow.actor, EventRow.detail)
+            .where(
+                EventRow.message_id == message_pk,
+                EventRow.kind.in_(("message.accepted", "message.quarantined")),
+            )
+            .order_by(EventRow.id)
+            .limit(1)
+        )
+    ).first()
+    if event is None or not isinstance(event[1], dict) or not event[1].get("recipients"):
+        raise InputError(
+            f"the envelope of {gateway_id} was not recorded; save it with `gateway quarantine show "
+            f"{gateway_id} -p {portfolio} --raw` and give --auth, --from and --to"
+        )
+    actor, detail = event
+    return StoredSubmission(
+        raw=bytes(raw),
+        portfolio=str(portfolio),
+        envelope_sender=str(envelope_sender or ""),
+        recipients=tuple(str(r) for r in detail["recipients"]),
+        listener=str(detail.get("listener") or "submission"),
+        login=str(actor).removeprefix("backoffice:"),
+    )

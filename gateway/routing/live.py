@@ -173,7 +173,7 @@ class RoutingRules:
         self.current = rule_set
         self.reloads += 1
         self.metrics.rule_reloads.labels("ok").inc()
-        self._log_loaded("reloaded" if changed else "reloaded, unchanged,")
+        self._log_loaded("reloaded" if changed else "reloaded (unchanged)")
         return True
 
     async def watch(self) -> None:

@@ -15,7 +15,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias, TypeVar
@@ -388,6 +388,23 @@ class FanOut:
             self.metrics.copies_written.inc()
             if o.job.queued_at is not None:
                 self.metrics.delivery_latency.observe(max(0.0, (now - o.job.queued_at).total_seconds()))
+        _log_written(outcomes)
+
+
+def _log_written(outcomes: Sequence[Outcome]) -> None:
+    """One line per member and batch: how many copies went into the mailbox (failures log their own)."""
+    written: Counter[tuple[str, str]] = Counter(
+        (o.job.portfolio, o.job.address) for o in outcomes if o.error is None
+    )
+    for (portfolio, address), count in written.items():
+        log.info(
+            "wrote %d %s for %s in %s",
+            count,
+            "copy" if count == 1 else "copies",
+            address,
+            portfolio,
+            extra={"member": address, "portfolio": portfolio, "copies": count},
+        )
 
 
 def _record(

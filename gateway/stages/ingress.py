@@ -879,8 +879,10 @@ class SubmissionHandler(_Hooks):
         finally:
             self.state.in_data -= 1
         log.info(
-            "accepted %s vorgang %s audience %d%s%s",
+            "accepted %s from %s (peer %s) vorgang %s audience %d%s%s",
             accepted.gateway_id,
+            account.login,
+            submission.peer,
             accepted.vorgang,
             accepted.audience,
             " (re-send)" if accepted.duplicate else "",
@@ -891,6 +893,7 @@ class SubmissionHandler(_Hooks):
                 "audience": accepted.audience,
                 "found": accepted.found,
                 "backoffice": account.login,
+                "peer": submission.peer,
                 "quarantined": accepted.quarantined,
                 "rules": decision.routed_by if decision is not None else [],
             },

@@ -133,7 +133,13 @@ class Relay:
             # directory) lets the mail go out, and said as it is, for `gateway queue show`.
             log.exception("relay of %s failed unexpectedly", job.relay_message_id)
             return await self._failed(job, f"unexpected error: {describe(exc)}", permanent=False)
-        log.info("relayed %s to %s: %s", job.relay_message_id, ", ".join(job.recipients), reply)
+        log.info(
+            "relayed %s to %s (attempt %d): %s",
+            job.relay_message_id,
+            ", ".join(job.recipients),
+            job.attempts + 1,
+            reply,
+        )
         return RelayResult(job, RelayState.SENT, reply=reply)
 
     def _retry(self, job: RelayJob, error: str) -> RelayResult:
@@ -171,11 +177,23 @@ class Relay:
         now = dt.datetime.now(dt.UTC)
         retry_at = now + dt.timedelta(seconds=backoff(job.attempts + 1, self.settings))
         if not permanent and retry_at < job.expires_at:
-            log.warning("relay of %s failed, retrying at %s: %s", job.relay_message_id, retry_at, error)
+            log.warning(
+                "relay of %s to %s failed (attempt %d), retrying at %s: %s",
+                job.relay_message_id,
+                ", ".join(job.recipients),
+                job.attempts + 1,
+                retry_at.isoformat(timespec="seconds"),
+                error,
+            )
             return RelayResult(job, RelayState.PENDING, error=error, retry_at=retry_at)
         if not job.envelope_sender:
             # A notification (null reverse-path): nobody gets a report about it (RFC 5321 §4.5.5).
-            log.warning("notification %s not delivered, given up: %s", job.relay_message_id, error)
+            log.warning(
+                "notification %s not delivered (attempt %d), given up: %s",
+                job.relay_message_id,
+                job.attempts + 1,
+                error,
+            )
             return RelayResult(job, RelayState.FAILED, error=error)
         # The server's own enhanced code says most ("5.1.1": no such mailbox); 4.4.7: time ran out.
         given = _ENHANCED.search(error)
@@ -200,7 +218,13 @@ class Relay:
             return RelayResult(
                 job, RelayState.PENDING, error=f"{error}; report not written: {exc}", retry_at=retry_at
             )
-        log.warning("relay of %s failed for good: %s", job.relay_message_id, error)
+        log.warning(
+            "relay of %s to %s failed for good (attempt %d): %s",
+            job.relay_message_id,
+            ", ".join(job.recipients),
+            job.attempts + 1,
+            error,
+        )
         return RelayResult(job, RelayState.FAILED, error=error)
 
     async def _report(

@@ -196,9 +196,18 @@ class ReplyStage:
             recorded = _recorded_head(mail.raw, ctx.max_recorded_size)
             what = MessageKind(kind.kind.value)
             return await self._store(
-                membermail.store_not_an_answer, stored, answered, what, kind.reason, recorded, ctx.storage
+                mail.peer,
+                membermail.store_not_an_answer,
+                stored,
+                answered,
+                what,
+                kind.reason,
+                recorded,
+                ctx.storage,
             )
-        return await self._store(membermail.store_reply, stored, answered, ctx.storage, self._lease())
+        return await self._store(
+            mail.peer, membermail.store_reply, stored, answered, ctx.storage, self._lease()
+        )
 
     async def _open(self, mail: Incoming, portfolio_name: str, kind: Classification) -> str:
         """Mail from a member to a portfolio's intake address: a new Vorgang (DESIGN.md §2)."""
@@ -218,7 +227,12 @@ class ReplyStage:
         if refused is not None:
             return refused
         return await self._store(
-            membermail.open_vorgang, _member_mail(mail), portfolio, self.context.storage, self._lease()
+            mail.peer,
+            membermail.open_vorgang,
+            _member_mail(mail),
+            portfolio,
+            self.context.storage,
+            self._lease(),
         )
 
     async def _check_sender(
@@ -254,6 +268,7 @@ class ReplyStage:
 
     async def _store(
         self,
+        peer: str,
         transaction: Callable[
             ..., membermail.Stored | membermail.Refusal | membermail.Resent | membermail.Recorded
         ],
@@ -273,22 +288,29 @@ class ReplyStage:
                 return Reply.ACCEPTED.with_text(f"Accepted as {outcome.gateway_id} in {outcome.vorgang}")
             return Reply.RECORDED.with_text(f"Recorded in {outcome.vorgang} as {outcome.kind}; not relayed")
         if isinstance(outcome, membermail.Recorded):
-            log.info("recorded %s in %s: %s", outcome.kind, outcome.vorgang, outcome.reason)
+            log.info("recorded %s from %s in %s: %s", outcome.kind, peer, outcome.vorgang, outcome.reason)
             return Reply.RECORDED.with_text(f"Recorded in {outcome.vorgang} as {outcome.kind}; not relayed")
         if self.handoff is not None and outcome.jobs:
             self.handoff.take(outcome.jobs)
         self.on_copies()
         if outcome.relayed:
             self.on_relay()
+        # "queued for relay", not "relayed": the relay worker sends it later and logs its own attempts.
         log.info(
-            "%s %s from %s in %s: %d copies%s",
+            "accepted %s %s from %s (peer %s) in %s: %d copies, %s",
             outcome.direction,
             outcome.gateway_id,
             outcome.author,
+            peer,
             outcome.vorgang,
             outcome.copies,
-            ", relayed" if outcome.relayed else ", no back office to relay to",
-            extra={"gateway_id": outcome.gateway_id, "vorgang": outcome.vorgang, "author": outcome.author},
+            "queued for relay" if outcome.relayed else "no back office to relay to",
+            extra={
+                "gateway_id": outcome.gateway_id,
+                "vorgang": outcome.vorgang,
+                "author": outcome.author,
+                "peer": peer,
+            },
         )
         return Reply.ACCEPTED.with_text(f"Accepted as {outcome.gateway_id} in {outcome.vorgang}")
 

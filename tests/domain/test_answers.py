@@ -1,8 +1,8 @@
 """What arrives at reply addresses: answers, auto-replies, bounces and loops, and what a bounce reports.
 
 Hand-written samples live in ``tests/data/answers/``; the real-world ones come from the shared corpora
-(``GATEWAY_TEST_CORPORA``, found the way ``tests/stages/test_corpus.py`` finds them, and a failure, not a
-skip, when they are missing).
+(``GATEWAY_TEST_CORPORA``, found by ``tests/corpora.py``: skipped with the reason when they are missing,
+a failure where ``GATEWAY_REQUIRE_CORPORA=1``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from gateway.domain.answers import (
     classify,
     delivery_report,
 )
-from tests.stages.test_corpus import PROBLEM, ROOT, SAMPLES
+from tests import corpora
+from tests.corpora import PROBLEM, ROOT, SAMPLES
 
 DATA = Path(__file__).parent.parent / "data"
 ANSWERS = DATA / "answers"
@@ -821,7 +822,7 @@ def corpus(folder: str, pattern: str = "*") -> list[str]:
 if PROBLEM:
 
     def test_corpora_are_there() -> None:
-        pytest.fail(PROBLEM)
+        corpora.missing()
 
 else:
     assert ROOT is not None

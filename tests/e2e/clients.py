@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import os
 import smtplib
 import time
 import uuid
@@ -21,6 +20,7 @@ from sqlalchemy import select
 
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.models import MessageRow
+from tests import corpora
 from tests.e2e.conftest import LOGIN, PASSWORD, REPLY_DOMAIN, RunningGateway
 from tests.seed import ADDRESS
 
@@ -32,9 +32,8 @@ NO_FLAGS: frozenset[str] = frozenset()
 
 
 def corpus() -> Path:
-    folder = os.environ.get("GATEWAY_TEST_CORPORA")
-    assert folder, "GATEWAY_TEST_CORPORA names the mail corpora (make test and .ci/run set it)"
-    return Path(folder)
+    """The mail corpora; a test without them is skipped, or fails where they are required."""
+    return corpora.folder()
 
 
 def smtp(gateway: RunningGateway) -> smtplib.SMTP:

@@ -18,9 +18,10 @@ from sqlalchemy import select
 
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.models import MessageRow
+from tests import corpora
+from tests.corpora import ROOT, SAMPLES
 from tests.e2e.conftest import LOGIN, PASSWORD, RunningGateway, prepare
 from tests.seed import ADDRESS
-from tests.stages.test_corpus import PROBLEM, ROOT, SAMPLES
 
 # smtplib sends bytes as they are (dot-stuffed, with a final CRLF); the gateway reads a bare LF as a line
 # end and stores it as CRLF (Postfix's "normalize"), so this is what it must have stored.
@@ -56,6 +57,7 @@ def as_stored(sample: bytes) -> bytes:
 
 @pytest.fixture
 def corpus_gateway(tmp_path: Path, database_url: str) -> Iterator[RunningGateway]:
+    corpora.folder()  # no gateway is started for a test that is skipped or fails for want of the corpora
     gateway = prepare(tmp_path, database_url, max_message_size="8MiB")
     gateway.start()
     try:
@@ -80,7 +82,6 @@ def stored_raw(database_url: str) -> dict[str, bytes]:
 def test_every_corpus_sample_through_the_submission_listener(
     corpus_gateway: RunningGateway, database_url: str
 ) -> None:
-    assert not PROBLEM, PROBLEM
     assert ROOT is not None
     accepted: dict[str, bytes] = {}
     refused: dict[str, tuple[int, bytes]] = {}

@@ -230,6 +230,67 @@ async def test_serve_maildirs_lets_a_mail_client_read_the_gateway_s_maildirs() -
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="only a gateway running as root writes root-owned Maildirs")
+async def test_serve_maildirs_serves_the_maildirs_of_a_gateway_running_as_root() -> None:
+    """`make run` as root writes root-owned Maildirs, which Dovecot refuses: the command gives them to
+    nobody, and each copy the gateway writes after it starts, so that docs/imap.md works as written."""
+    root = Path(tempfile.mkdtemp(prefix="gw-serve-root-"))
+    os.chmod(root, 0o755)  # Dovecot, as nobody, walks down to the Maildirs
+    process: subprocess.Popen[str] | None = None
+    try:
+        data = root / "data"
+        config = root / "gateway.toml"
+        config.write_text(f'[gateway]\ndata_dir = "{data}"\n')
+        box = MaildirMailbox(data / "mail", hostname="gw1")
+        owner = MailboxOwner("makler-muster", MEMBER)
+        await box.append(owner, "c1", b"X-Gateway-Copy-Id: c1\r\n" + MESSAGE)
+        assert (data / "mail").stat().st_uid == 0
+
+        port = free_port()
+        process = serve_maildirs(config, port)
+        client = await asyncio.to_thread(wait_and_login, port, MEMBER)
+        assert client.select("INBOX") == ("OK", [b"1"])
+        client.logout()
+        # A copy the gateway (root) writes while Dovecot runs is readable within the rescan.
+        await box.append(owner, "c2", b"X-Gateway-Copy-Id: c2\r\n" + MESSAGE)
+        deadline = time.monotonic() + 10
+        while True:
+            # Until the file is handed over Dovecot lists it but cannot open it ("Internal error").
+            client = await asyncio.to_thread(wait_and_login, port, MEMBER)
+            try:
+                status, data_ = client.select("INBOX")
+                fetched = client.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (X-Gateway-Copy-Id)])")[1]
+                client.logout()
+            except imaplib.IMAP4.error as exc:
+                client.shutdown()
+                status, data_, fetched = "error", [], [str(exc)]
+            if data_ == [b"2"] and sum(isinstance(item, tuple) for item in fetched) == 2:
+                break
+            assert time.monotonic() < deadline, (status, data_, fetched)
+            await asyncio.sleep(0.3)
+        # The gateway still reads what Dovecot's user owns now: a flag the client set is seen.
+        client = await asyncio.to_thread(wait_and_login, port, MEMBER)
+        client.select("INBOX")
+        assert client.uid("STORE", "1", "+FLAGS", r"(\Seen)")[0] == "OK"
+        client.logout()
+        changes, _ = await box.flag_changes(owner, None)
+        assert FlagChange("c1", "INBOX", frozenset({Flag.SEEN})) in changes
+
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=15)
+        assert process.returncode == 0, output
+        assert "belongs to root (the gateway runs as root)" in output
+        assert "given to nobody" in output
+    finally:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # the command stops its Dovecot (another session) too
+            try:
+                process.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def serve_maildirs(config: Path, port: int) -> subprocess.Popen[str]:
     """The documented command (docs/imap.md), as a person runs it."""
     return subprocess.Popen(

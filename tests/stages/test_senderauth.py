@@ -27,6 +27,7 @@ from gateway.domain.senderauth_rules import authentication_results_of
 from gateway.senderauth import check as senderauth
 from gateway.senderauth.check import Policy, Verdict, check_sender
 from gateway.senderauth.dns import StaticResolver
+from tests import corpora
 
 FROM = "anna.schmidt@kunde.example"
 DOMAIN = "kunde.example"
@@ -664,7 +665,7 @@ async def test_dkim_work_runs_off_the_event_loop(key: Key, monkeypatch: pytest.M
 
 # --- real-world mail -------------------------------------------------------------------------------------
 
-CORPORA = os.environ.get("GATEWAY_TEST_CORPORA", "")
+CORPORA = os.environ.get(corpora.VARIABLE, "")
 
 
 def corpus_samples() -> list[Path]:
@@ -674,10 +675,8 @@ def corpus_samples() -> list[Path]:
     )
 
 
-@pytest.mark.skipif(
-    not CORPORA, reason="GATEWAY_TEST_CORPORA is not set (tests/stages/test_corpus.py fails then)"
-)
 async def test_every_corpus_sample_gets_a_verdict(key: Key) -> None:
+    corpora.folder()  # skipped without the corpora, a failure where they are required
     samples = corpus_samples()
     assert samples, f"no samples in {CORPORA}"
     for path in samples:
