@@ -196,7 +196,7 @@ COMMAND_SUMMARIES = {
     "directory": "Load and export the whole directory as YAML.",
     "events": "The event log: who changed what, which message went where; the newest LIMIT, oldest first.",
     "init": "Write a starter set into DIRECTORY: gateway.toml (paths relative to it), directory.yaml, rules/ "
-    "and a README saying what to edit.",
+    "and a README saying what to edit. Never overwrites: exits 2 naming what exists.",
     "member": "Add, rename, remove and list members.",
     "portfolio": "Create and configure portfolios (Bestände).",
     "quarantine": "Messages a routing rule held back: look at them, release them to their audience, or "
