@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, create_engine, insert, select
+from sqlalchemy import Connection, create_engine, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -301,6 +301,18 @@ def fill_messages(url: str, portfolio: str, messages: int) -> tuple[str, str]:
             connection.execute(insert(ParticipantRow), participants)
             connection.execute(insert(CopyRow), copies)
             connection.execute(insert(EventRow), events)
+    # What acceptance keeps on each Vorgang as it stores mail; these rows were written around it.
+    with engine.begin() as connection:
+        newest = (
+            select(func.max(MessageRow.received_at))
+            .where(MessageRow.vorgang_id == VorgangRow.id)
+            .scalar_subquery()
+        )
+        connection.execute(
+            update(VorgangRow)
+            .where(VorgangRow.portfolio_id == pid)
+            .values(last_message_at=func.coalesce(newest, VorgangRow.created_at))
+        )
     if make_url(url).get_backend_name() == "postgresql":
         # What autovacuum does after such growth; without statistics the planner misjudges the tables.
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:

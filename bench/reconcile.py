@@ -45,7 +45,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert, select, update
+from sqlalchemy import Engine, create_engine, event, func, insert, select, update
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -264,6 +264,18 @@ def setup(workdir: Path, messages: int) -> str:
                     for n, row, message_pk in zip(numbers, rows, message_ids, strict=True)
                 ],
             )
+    # What acceptance keeps on each Vorgang as it stores mail; these rows were written around it.
+    with engine.begin() as connection:
+        newest = (
+            select(func.max(MessageRow.received_at))
+            .where(MessageRow.vorgang_id == VorgangRow.id)
+            .scalar_subquery()
+        )
+        connection.execute(
+            update(VorgangRow)
+            .where(VorgangRow.portfolio_id == pid)
+            .values(last_message_at=func.coalesce(newest, VorgangRow.created_at))
+        )
     took = time.perf_counter() - started
     print(f"  bulk insert: {messages:,} messages, participants, copies and events in {took:.1f} s")
     if POSTGRES is not None:

@@ -252,6 +252,7 @@ def new_vorgaenge(
                 "key": key,
                 "subject": subject[:1000],
                 "created_at": now,
+                "last_message_at": now,
             }
             for ref, subject, key in zip(references, subjects, keys or [None] * count, strict=True)
         ],

@@ -51,6 +51,12 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _opened_at(context: Any) -> dt.datetime:
+    """A new Vorgang's last activity when the insert does not say: when it was opened."""
+    opened = context.get_current_parameters().get("created_at")
+    return opened if isinstance(opened, dt.datetime) else _now()
+
+
 def utc(value: dt.datetime) -> dt.datetime:
     """A stored time as an aware UTC datetime: SQLite hands back the UTC it stored without its zone,
     PostgreSQL an aware value in the session's zone."""
@@ -290,12 +296,18 @@ class VorgangRow(InPortfolio, Base):
         # A routing rule's key (``claim-4711``) names one Vorgang per portfolio; two gateway processes
         # opening it at the same moment collide here, and acceptance's retry then finds the other's.
         Index("uq_vorgaenge_key", "portfolio_id", "key", unique=True),
+        # The Vorgänge list pages by last activity: read backwards, the first page is 50 index entries.
+        Index("ix_vorgaenge_last_message", "portfolio_id", "last_message_at", "id"),
     )
 
     reference: Mapped[str] = mapped_column(String(40))
     key: Mapped[str | None] = mapped_column(String(200))
     subject: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
+    # When its last message arrived; until it has one (or after its only one was dropped from
+    # quarantine), when it was opened. Kept by ``gateway.db.messages.insert_messages`` in the storing
+    # transaction, so the list needs no look at the messages to order by it.
+    last_message_at: Mapped[dt.datetime] = mapped_column(default=_opened_at)
 
 
 class VorgangCounterRow(Base):

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from gateway.db import acceptance
 from gateway.db.copies import copies_for, insert_copies
 from gateway.db.events import Event, EventKind, append_events
+from gateway.db.messages import recount_last_message
 from gateway.db.models import (
     QUARANTINE,
     CopyRow,
@@ -274,6 +275,8 @@ def drop(connection: Connection, portfolio: str, gateway_id: str, actor: str, no
     held = _held(connection, portfolio, gateway_id)
     _event(connection, held, EventKind.MESSAGE_DROPPED, actor, now, {"gateway_id": gateway_id})
     connection.execute(delete(MessageRow).where(MessageRow.id == held.message_pk))
+    # The list orders by last activity: the dropped message no longer counts as the Vorgang's last.
+    recount_last_message(connection, held.vorgang_id)
 
 
 def _event(

@@ -142,3 +142,43 @@ async def test_every_migration_keeps_the_rows_there_are(empty_database_url: str)
         assert await counts() == [1, 1, 1]
     finally:
         await engine.dispose()
+
+
+async def test_0012_stores_each_vorgangs_last_message_from_its_messages(empty_database_url: str) -> None:
+    """A Vorgang gets its newest message's time, not its oldest's; one without messages its opening."""
+    from sqlalchemy import text
+
+    engine = create_engine(empty_database_url)
+    rows = (
+        "INSERT INTO portfolios (id, name, display_name, share_vorgaenge_available, created_at) "
+        "VALUES (1, 'p', '', false, '2026-01-01 08:00:00')",
+        "INSERT INTO vorgaenge (id, portfolio_id, reference, subject, created_at) "
+        "VALUES (1, 1, 'VG-2026-000001', 's', '2026-01-01 09:00:00')",
+        "INSERT INTO vorgaenge (id, portfolio_id, reference, subject, created_at) "
+        "VALUES (2, 1, 'VG-2026-000002', 'leer', '2026-01-02 09:00:00')",
+        *(
+            "INSERT INTO messages (id, gateway_id, portfolio_id, vorgang_id, direction, raw, size, sha256, "
+            f"subject, envelope_sender, received_at) VALUES ({n}, 'gw-{n}', 1, 1, 'inbound', :raw, 1, "
+            f"'h{n}', 's', '', '{at}')"
+            for n, at in ((1, "2026-01-01 09:00:00"), (2, "2026-03-01 10:00:00"), (3, "2026-02-01 10:00:00"))
+        ),
+    )
+    try:
+        await upgrade(engine, "0011_console_indexes")
+        async with engine.begin() as connection:
+            for statement in rows:
+                await connection.execute(text(statement), {"raw": b"x"})
+        await upgrade(engine)
+        async with engine.connect() as connection:
+            newest = await connection.scalar(
+                text(
+                    "SELECT count(*) FROM vorgaenge JOIN messages ON messages.id = 2 "
+                    "WHERE vorgaenge.id = 1 AND vorgaenge.last_message_at = messages.received_at"
+                )
+            )
+            opened = await connection.scalar(
+                text("SELECT count(*) FROM vorgaenge WHERE id = 2 AND last_message_at = created_at")
+            )
+        assert (newest, opened) == (1, 1)
+    finally:
+        await engine.dispose()
