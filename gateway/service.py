@@ -438,6 +438,7 @@ class Service:
         log.info("gateway stopping")
         if self.web is not None:
             await self.web.stop()
+            await self.console.previews.close()
         for listener in self.listeners.values():
             listener.state.closing = True
             listener.server.close()

@@ -7,15 +7,17 @@ session and leave committing to the caller; they raise ``GatewayError``s and nev
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import os.path
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from gateway.db import accounts, events, messages
 from gateway.db import directory as db
@@ -53,7 +55,16 @@ from gateway.domain.directory import (
 )
 from gateway.domain.model import Member, Participant, ParticipantRole, ReadSync
 from gateway.domain.passwords import WeakPassword, hash_password
-from gateway.domain.preview import Preview, fold, involved, plan_batches, planned_directory
+from gateway.domain.preview import (
+    Batch,
+    Involved,
+    PlannedDirectory,
+    Preview,
+    Tally,
+    involved,
+    plan_batches,
+    planned_directory,
+)
 from gateway.domain.reconcile import Backfill, RevokedCopies
 from gateway.domain.senders import InvalidVersion, parse_ams_version
 from gateway.errors import DirectoryConflict, InputError, NotFound
@@ -788,6 +799,38 @@ async def preview_change(
     The directory's rules are checked first, as when the change is made, so a change that would break
     one raises the same ``DirectoryConflict`` and plans nothing. Nothing is written, and nothing locked.
     """
+    checked = await prepare_preview(session, portfolio, wanted, prune=prune, now=now)
+    return await plan_preview(session, checked, batch_size=batch_size)
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewWork:
+    """A change checked against the directory, ready to be planned message by message.
+
+    What :func:`prepare_preview` finds quickly (the directory's rules, the releases after the change, the
+    members it involves) apart from what takes time (planning the messages): the console answers the
+    form with the first and plans in the background (docs/web.md).
+    """
+
+    portfolio: str
+    portfolio_id: int | None  # None: a portfolio the change creates, with no messages
+    changes: tuple[Change, ...]
+    directory: PlannedDirectory | None
+    only: Involved
+    members: Mapping[int, MemberSpec]
+    audience_changes: bool
+    now: dt.datetime
+
+
+async def prepare_preview(
+    session: AsyncSession,
+    portfolio: str,
+    wanted: PortfolioSpec | Edit,
+    *,
+    prune: bool = True,
+    now: dt.datetime | None = None,
+) -> PreviewWork:
+    """Check a change of ``portfolio`` as :func:`preview_change` does, without planning any message yet."""
     if callable(wanted):
         row: PortfolioRow | None = await db.get_portfolio(session, portfolio)
     else:
@@ -802,10 +845,10 @@ async def preview_change(
     if problems := check_portfolio(result):
         raise DirectoryConflict("; ".join(v.reason for v in problems))
     changes = tuple(plan_changes(current, result))
-    named = {m.address: m for m in result.members}
+    moment = now or dt.datetime.now(dt.UTC)
     if row is None:
         # A new portfolio has no messages yet: nothing to plan.
-        return ChangePreview(portfolio, changes, False, Preview(), {}, {})
+        return PreviewWork(portfolio, None, changes, None, Involved(frozenset()), {}, False, moment)
     await db.refuse_deleting_with_history(session, row.id, changes)
     snap = await db.snapshot(session, row)
     release_ids = {r.name: r.id for r in snap.releases}
@@ -815,22 +858,57 @@ async def preview_change(
     # portfolio of 100,000 messages plans the few thousand its members took part in, not all of them.
     # The others plan as they did before the change, which is nothing the change does.
     only = involved(current, result, changes, release_ids, member_ids)
-    moment = now or dt.datetime.now(dt.UTC)
-    pid = row.id
-    preview = await session.run_sync(
-        lambda s: fold(
-            plan_batches(message_batches(s.connection(), pid, batch_size, only), directory, moment)
-        )
-    )
-    has_messages = await messages.has_messages(session, pid)
+    named = {m.address: m for m in result.members}
     # Members the change deletes are named as they were; the others as the change leaves them.
     members = {
         member_id: named.get(address_) or _former_member(snap.members, member_id)
         for address_, member_id in directory.member_ids.items()
     }
-    reconciles = bool(audience_changes(current, result, changes)) and has_messages
+    altered = bool(audience_changes(current, result, changes))
+    return PreviewWork(portfolio, row.id, changes, directory, only, members, altered, moment)
+
+
+async def plan_preview(
+    session: AsyncSession,
+    work: PreviewWork,
+    *,
+    batch_size: int = PREVIEW_BATCH,
+    planned: Callable[[int], None] | None = None,
+) -> ChangePreview:
+    """Plan every message ``work`` involves, a batch at a time, and name what the plans do.
+
+    Between batches the event loop serves others (SMTP sessions, pages of the same process): planning
+    a batch holds it for a few milliseconds, never for the whole preview. ``planned`` hears the number
+    of messages planned so far after each batch.
+    """
+    pid, directory = work.portfolio_id, work.directory
+    if pid is None or directory is None:
+        return ChangePreview(work.portfolio, work.changes, False, Preview(), {}, {})
+    tally = Tally()
+    reading: Iterator[Batch] | None = None
+
+    def next_batch(s: Session) -> bool:
+        nonlocal reading
+        if reading is None:
+            # One generator over the session's one connection: each step reads the batch after the last.
+            reading = message_batches(s.connection(), pid, batch_size, work.only)
+        batch = next(reading, None)
+        if batch is None:
+            return False
+        tally.add(plan_batches((batch,), directory, work.now))
+        return True
+
+    while await session.run_sync(next_batch):
+        if planned is not None:
+            planned(tally.messages)
+        await asyncio.sleep(0)
+    preview = tally.preview()
+    has_messages = await messages.has_messages(session, pid)
+    reconciles = work.audience_changes and has_messages
     labels = await vorgang_labels(session, pid, sorted(preview.vorgaenge()))
-    return ChangePreview(portfolio, changes, reconciles, preview, members, labels, has_messages)
+    return ChangePreview(
+        work.portfolio, work.changes, reconciles, preview, work.members, labels, has_messages
+    )
 
 
 def _former_member(members: Mapping[int, Member], member_id: int) -> MemberSpec:

@@ -31,6 +31,7 @@ __all__ = [
     "MemberPreview",
     "PlannedDirectory",
     "Preview",
+    "Tally",
     "fold",
     "involved",
     "plan_batches",
@@ -235,25 +236,40 @@ class Preview:
         )
 
 
+class Tally:
+    """The fold of plans as they come, batch by batch: a preview computed in steps, with its count so far."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self._tallies: dict[int, tuple[Counter[int], Counter[int], Counter[int], Counter[int]]] = defaultdict(
+            lambda: (Counter(), Counter(), Counter(), Counter())
+        )
+
+    def add(self, planned: Iterable[Planned]) -> None:
+        """Count each plan's back-filled, revoked, kept and held-back copies per member and Vorgang."""
+        tallies = self._tallies
+        for item in planned:
+            self.messages += 1
+            plan, vorgang = item.plan, item.vorgang_id
+            for b in plan.backfill:
+                tallies[b.member_id][0][vorgang] += 1
+            for r in plan.revoke:
+                tallies[r.member_id][1][vorgang] += 1
+            for k in plan.kept:
+                tallies[k.member_id][2][vorgang] += 1
+            for n in plan.not_backfilled:
+                tallies[n.member_id][3][vorgang] += 1
+
+    def preview(self) -> Preview:
+        members = tuple(
+            MemberPreview(member_id, *(dict(sorted(c.items())) for c in self._tallies[member_id]))
+            for member_id in sorted(self._tallies)
+        )
+        return Preview(self.messages, members)
+
+
 def fold(planned: Iterable[Planned]) -> Preview:
     """Count each plan's back-filled, revoked, kept and held-back copies per member and Vorgang."""
-    messages = 0
-    tallies: dict[int, tuple[Counter[int], Counter[int], Counter[int], Counter[int]]] = defaultdict(
-        lambda: (Counter(), Counter(), Counter(), Counter())
-    )
-    for item in planned:
-        messages += 1
-        plan, vorgang = item.plan, item.vorgang_id
-        for b in plan.backfill:
-            tallies[b.member_id][0][vorgang] += 1
-        for r in plan.revoke:
-            tallies[r.member_id][1][vorgang] += 1
-        for k in plan.kept:
-            tallies[k.member_id][2][vorgang] += 1
-        for n in plan.not_backfilled:
-            tallies[n.member_id][3][vorgang] += 1
-    members = tuple(
-        MemberPreview(member_id, *(dict(sorted(c.items())) for c in tallies[member_id]))
-        for member_id in sorted(tallies)
-    )
-    return Preview(messages, members)
+    tally = Tally()
+    tally.add(planned)
+    return tally.preview()

@@ -25,6 +25,7 @@ from gateway.metrics import Metrics
 from gateway.routing.live import RoutingRules
 from gateway.web.exposition import Exposition
 from gateway.web.i18n import Texts
+from gateway.web.preview_tasks import PreviewTasks
 from gateway.web.readiness import Readiness
 
 T = TypeVar("T")
@@ -90,6 +91,8 @@ class Console:
     # (text id, path, who may see it: "account" or "operator", order), filled by the app from the areas
     navigation: list[tuple[str, str, str, int]] = field(default_factory=list)
     operations: Operations = field(default_factory=Operations)
+    # Previews of directory changes planning or planned on this node (gateway.web.preview_tasks).
+    previews: PreviewTasks = field(default_factory=PreviewTasks)
 
     def __post_init__(self) -> None:
         self.failures = FailedLogins(self.login_limits)

@@ -1,6 +1,10 @@
 """A directory change asked for by a console form: checked, previewed and confirmed when it can alter
 who sees existing messages, made through the admin API, and followed to the reconcile run it recorded.
 
+The form is answered at once: the change is checked (the directory's conflicts go next to their field)
+and its preview planned in the background (``gateway.web.preview_tasks``), on a page of its own that
+fills in when the planning is done (``gateway.web.previews``).
+
 The confirmation is a second POST of the same form fields (plus ``confirm``): the change is rebuilt
 from them and checked again against the directory as it is then, with the account's scope checked by
 the route as on every request; nothing in the hidden fields grants anything. The form also carries
@@ -27,6 +31,7 @@ from gateway.domain.release_conflicts import (
     needs_preview,
 )
 from gateway.errors import DirectoryConflict, InputError
+from gateway.web.preview_tasks import Busy, Shown
 from gateway.web.routes import Visit
 
 # The problems of a form: field name -> messages in the visitor's language; "" is the form as a whole.
@@ -40,6 +45,11 @@ Precheck = Callable[[PortfolioSpec], FormErrors]
 SHOWN_VORGAENGE = 8
 # Form fields that steer the confirmation rather than describe the change.
 CONTROL_FIELDS = frozenset({"csrf", "confirm", "directory"})
+# Messages planned between two turns of the event loop in a console's preview: a few milliseconds each
+# (bench/web.py), so the process's SMTP sessions and pages are served while a preview plans.
+PLAN_BATCH = 100
+# Seconds a refused preview (too many computing) is told to wait: about what one takes on a big portfolio.
+RETRY_AFTER = 2
 
 
 @dataclass(frozen=True)
@@ -114,19 +124,15 @@ async def _decide(visit: Visit, proposal: Proposal) -> Response | tuple[FormErro
         directory = fingerprint(current)
         if needs_preview(current, wanted) and not (confirmed and visit.form.get("directory") == directory):
             try:
-                shown = await api.preview_change(session, portfolio, proposal.edit)
+                work = await api.prepare_preview(session, portfolio, proposal.edit)
             except DirectoryConflict as exc:
                 return {"": [str(exc)]}, 409
-            return visit.render(
-                "releases_preview.html",
-                proposal=proposal,
-                shown=shown,
-                directory=directory,
-                stale=confirmed,
-                changes=[describe(visit, c) for c in shown.changes],
-                rows=preview_rows(shown),
-                carried={k: v for k, v in visit.form.items() if k not in CONTROL_FIELDS},
+            carried = {k: v for k, v in visit.form.items() if k not in CONTROL_FIELDS}
+            changes = tuple(describe(visit, c) for c in work.changes)
+            shown = Shown(
+                proposal.action, proposal.title, proposal.back, carried, directory, confirmed, changes
             )
+            return _start_preview(visit, work, shown)
         try:
             await api.make_change(session, portfolio, proposal.edit, visit.actor)
         except DirectoryConflict as exc:
@@ -136,6 +142,36 @@ async def _decide(visit: Visit, proposal: Proposal) -> Response | tuple[FormErro
     if runs:
         return RedirectResponse(f"/portfolios/{path_part(portfolio)}/reconcile/{runs[-1]}", status_code=303)
     return RedirectResponse(proposal.back + "?saved=1", status_code=303)
+
+
+def preview_path(portfolio: str, preview_id: str) -> str:
+    return f"/portfolios/{path_part(portfolio)}/previews/{preview_id}"
+
+
+def _start_preview(visit: Visit, work: api.PreviewWork, shown: Shown) -> Response:
+    """Plan the checked change in the background and send the admin to its page (303), or say why not."""
+    sessions = visit.console.sessions
+
+    async def planning(checked: Callable[[int], None]) -> api.ChangePreview:
+        # A session of its own: the form's request, and its session, end with the redirect.
+        async with sessions() as session:
+            return await api.plan_preview(session, work, batch_size=PLAN_BATCH, planned=checked)
+
+    try:
+        kept = visit.console.previews.start(visit.account.id, visit.portfolio, shown, planning)
+    except Busy as busy:
+        yours = preview_path(visit.portfolio, busy.yours.id) if busy.yours is not None else None
+        page = visit.render(
+            "releases_preview_notice.html",
+            429,
+            code=429,
+            text=visit.t("releases.preview.busy_yours" if yours else "releases.preview.busy"),
+            link=yours or shown.back,
+            link_text=visit.t("releases.preview.to_yours" if yours else "releases.preview.back"),
+        )
+        page.headers["Retry-After"] = str(RETRY_AFTER)
+        return page
+    return RedirectResponse(preview_path(visit.portfolio, kept.id), status_code=303)
 
 
 # --- how a preview is shown --------------------------------------------------------------------------

@@ -205,6 +205,23 @@ TEXTS: dict[str, str] = {
     "releases.preview.no_copies": "Keine Kopie wird nachgeliefert oder entfernt.",
     "releases.preview.confirm": "Bestätigen und ändern",
     "releases.preview.cancel": "Abbrechen",
+    "releases.preview.computing": "Vorschau wird berechnet …",
+    "releases.preview.checked": "{n} Nachrichten geprüft",
+    "releases.preview.refused": "Die Änderung ist so nicht möglich:",
+    "releases.preview.failed": "Die Vorschau konnte nicht berechnet werden.",
+    "releases.preview.start_again": "Die Änderung neu beginnen",
+    "releases.preview.gone": (
+        "Diese Vorschau gibt es nicht (mehr). Eine Vorschau wird nur einige Minuten aufbewahrt, und nur"
+        " von dem Server, der sie berechnet hat. Bitte beginnen Sie die Änderung neu."
+    ),
+    "releases.preview.busy": (
+        "Gerade werden zu viele Vorschauen berechnet. Bitte senden Sie das Formular in ein paar Sekunden"
+        " noch einmal."
+    ),
+    "releases.preview.busy_yours": (
+        "Ihre vorige Vorschau wird noch berechnet; eine weitere beginnt erst, wenn sie fertig ist."
+    ),
+    "releases.preview.to_yours": "Zur Vorschau, die berechnet wird",
     "releases.change.release_create": "Freischaltung „{name}“ anlegen",
     "releases.change.release_update": "Freischaltung „{name}“ ändern",
     "releases.change.release_delete": "Freischaltung „{name}“ löschen",

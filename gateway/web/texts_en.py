@@ -185,6 +185,22 @@ TEXTS: dict[str, str] = {
     "releases.preview.no_copies": "No copy is delivered or removed.",
     "releases.preview.confirm": "Confirm and change",
     "releases.preview.cancel": "Cancel",
+    "releases.preview.computing": "Computing the preview …",
+    "releases.preview.checked": "{n} messages checked",
+    "releases.preview.refused": "The change is not possible like this:",
+    "releases.preview.failed": "The preview could not be computed.",
+    "releases.preview.start_again": "Start the change again",
+    "releases.preview.gone": (
+        "This preview does not exist (any more). A preview is kept for a few minutes only, and only by"
+        " the server that computed it. Please start the change again."
+    ),
+    "releases.preview.busy": (
+        "Too many previews are being computed right now. Please send the form again in a few seconds."
+    ),
+    "releases.preview.busy_yours": (
+        "Your previous preview is still being computed; another one starts when it is done."
+    ),
+    "releases.preview.to_yours": "To the preview being computed",
     "releases.change.release_create": "create release “{name}”",
     "releases.change.release_update": "change release “{name}”",
     "releases.change.release_delete": "delete release “{name}”",

@@ -77,6 +77,8 @@ def test_ticking_vorgaenge_teilen_previews_confirms_and_back_fills_the_maildirs(
     page.get_by_role("button", name="Speichern").click()
 
     expect(page.get_by_role("heading", name="Vorschau der Änderung")).to_be_visible()
+    # The preview is planned in the background; its page's script shows it when it is done.
+    expect(page.get_by_role("button", name="Bestätigen und ändern")).to_be_visible(timeout=60_000)
     table = page.get_by_role("table")
     expect(table.get_by_role("row").filter(has_text=GF_B)).to_contain_text(f"{marker} Schaden SB-B1")
     expect(table.get_by_role("row").filter(has_text=SB_B2)).to_contain_text(f"{marker} Vertrag GF-B")

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import html
+import itertools
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
 
+from gateway.admin import api
+from gateway.db.engine import session_factory
 from gateway.db.writer import Writer
 from gateway.web.app import areas
+from gateway.web.preview_tasks import Shown
 from gateway.web.routes import Scope
 from tests.stages.conftest import accept
 from tests.stages.test_reconcile import reconciler
@@ -56,6 +60,22 @@ def confirmation(page: str) -> dict[str, str]:
     """The fields of a preview's confirmation form, as the browser would send them back."""
     form = page[page.index('class="confirm"') :]
     return {name: html.unescape(value) for name, value in HIDDEN_RE.findall(form)}
+
+
+async def previewed(browser: Browser, answer: httpx.Response) -> httpx.Response:
+    """The page a change's POST sent the admin to, once its preview is planned (as the page's script
+    waits: polling the JSON)."""
+    assert answer.status_code == 303, answer.text
+    location = answer.headers["location"]
+    assert re.fullmatch(r"/portfolios/[\w-]+/previews/[\w-]{20,}", location), location
+    for _ in range(3000):
+        state = (await browser.client.get(location + "/progress")).json()
+        if state["done"]:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        pytest.fail(f"the preview {location} was never done")
+    return await browser.client.get(location)
 
 
 async def cli(web: ConsoleUnderTest, *args: str) -> None:
@@ -172,7 +192,13 @@ async def test_ticking_vorgaenge_teilen_previews_the_back_fill_and_confirming_ma
     copies_before = await web.sql("SELECT COUNT(*) FROM copies")
     fields = {"share_vorgaenge": "on", "read_sync": "answered", "backfill": "all", "revoked_copies": "remove"}
 
-    preview = await op.post(release_url(WITH_GF), fields, from_page=release_url(WITH_GF))
+    posted = await op.post(release_url(WITH_GF), fields, from_page=release_url(WITH_GF))
+    # Answered at once: the preview is planned in the background, on a page of its own.
+    assert posted.status_code == 303
+    computing = await op.client.get(posted.headers["location"])
+    assert computing.status_code == 200
+    assert "Freischaltung „Kunde B mit GF“ ändern (Vorgänge teilen: ja)" in html.unescape(computing.text)
+    preview = await previewed(op, posted)
     assert preview.status_code == 200
     text = html.unescape(preview.text)
     assert "Vorschau der Änderung" in text
@@ -231,10 +257,10 @@ async def test_a_confirmation_of_a_directory_that_changed_meanwhile_shows_the_ne
     await cli(web, "release", "set", WITH_GF, "--no-share-vorgaenge", "-p", MUSTER)
     await accept(writer, SB_B1, "Schaden SB-B1")
     fields = {"share_vorgaenge": "on", "read_sync": "answered", "backfill": "all", "revoked_copies": "remove"}
-    preview = await op.post(release_url(WITH_GF), fields, from_page=release_url(WITH_GF))
+    preview = await previewed(op, await op.post(release_url(WITH_GF), fields, from_page=release_url(WITH_GF)))
     await cli(web, "release", "remove-member", WITH_GF, SB_B2, "-p", MUSTER)
 
-    again = await op.client.post(release_url(WITH_GF), data=confirmation(preview.text))
+    again = await previewed(op, await op.client.post(release_url(WITH_GF), data=confirmation(preview.text)))
     assert again.status_code == 200
     assert "Das Verzeichnis wurde inzwischen geändert" in html.unescape(again.text)
     assert await sharing_of(web, WITH_GF) is False
@@ -247,7 +273,7 @@ async def test_removing_a_member_from_a_release_previews_the_revocation(
     web: ConsoleUnderTest, op: Browser, writer: Writer
 ) -> None:
     await accept(writer, SB_B1, "Schaden SB-B1")
-    preview = await op.post(release_url(WITH_GF) + "/members/remove", {"member": GF_B})
+    preview = await previewed(op, await op.post(release_url(WITH_GF) + "/members/remove", {"member": GF_B}))
     assert preview.status_code == 200
     text = html.unescape(preview.text)
     assert f"{GF_B} aus „Kunde B mit GF“ entfernen" in text
@@ -259,6 +285,130 @@ async def test_removing_a_member_from_a_release_previews_the_revocation(
     assert GF_B not in await memberships(web, WITH_GF)
     [event] = await web.events("membership.remove")
     assert event["actor"] == f"web:{OPERATOR}"
+
+
+async def account_id(web: ConsoleUnderTest, login: str) -> int:
+    [(found,)] = await web.sql("SELECT id FROM admin_accounts WHERE login = :l", l=login)
+    return int(found)
+
+
+async def test_a_preview_is_found_only_by_its_account_under_its_portfolio_and_only_for_a_while(
+    web: ConsoleUnderTest, op: Browser, tmp_path: Path
+) -> None:
+    posted = await op.post(release_url(WITH_GF) + "/members/remove", {"member": GF_B})
+    page = await previewed(op, posted)
+    assert "Bestätigen und ändern" in page.text
+    location = posted.headers["location"]
+    preview_id = location.rsplit("/", 1)[1]
+
+    def gone(answer: httpx.Response) -> None:
+        assert answer.status_code == 404
+        assert "Diese Vorschau gibt es nicht (mehr)" in html.unescape(answer.text)
+        assert "Die Änderung neu beginnen" in html.unescape(answer.text)  # a link to start again
+
+    unknown = await op.client.get(f"/portfolios/{MUSTER}/previews/kein-solcher-preview-id-000")
+    gone(unknown)
+    assert f'href="/portfolios/{MUSTER}"' in unknown.text
+    assert (await op.client.get(f"/portfolios/{MUSTER}/previews/unbekannt/progress")).status_code == 404
+    # The operator administers makler-zwei too: the id is bound to its portfolio as well.
+    gone(await op.client.get(f"/portfolios/{OTHER}/previews/{preview_id}"))
+
+    # Another operator: the same answer as for an id that does not exist.
+    password = tmp_path / "op2.password"
+    password.write_text("zweiter-betrieb-1\n", encoding="utf-8")
+    await cli(web, "admin", "add", "op2", "--role", "operator", "--password-file", str(password))
+    other = web.make()
+    other.console.previews = op.console.previews  # the same node, so the same memory
+    assert (await other.login("op2", "zweiter-betrieb-1")).status_code == 303
+    gone(await other.client.get(location))
+    assert (await other.client.get(location + "/progress")).status_code == 404
+
+    # Kept a few minutes: afterwards it is gone for its own account too.
+    store = op.console.previews
+    assert store.find(preview_id, await account_id(web, OPERATOR), MUSTER) is not None
+    store.clock = lambda: 10**9
+    gone(await op.client.get(location))
+
+
+async def test_a_further_preview_is_refused_with_429_while_others_are_computing(
+    web: ConsoleUnderTest, op: Browser
+) -> None:
+    store = op.console.previews
+    hold = asyncio.Event()
+
+    async def waiting(checked: Callable[[int], None]) -> api.ChangePreview:
+        checked(7)
+        await hold.wait()
+        raise RuntimeError("never shown")
+
+    shown = Shown("/", "t", release_url(WITH_GF), {}, "fp", False, ())
+    mine = store.start(await account_id(web, OPERATOR), MUSTER, shown, waiting)
+    await asyncio.sleep(0)
+    # The account's own one is still computing: refused, with a link to it.
+    busy = await op.post(release_url(WITH_GF) + "/members/remove", {"member": GF_B})
+    assert busy.status_code == 429
+    assert busy.headers["retry-after"].isdigit()
+    assert "Ihre vorige Vorschau wird noch berechnet" in busy.text
+    assert f'href="/portfolios/{MUSTER}/previews/{mine.id}"' in busy.text
+    state = (await op.client.get(f"/portfolios/{MUSTER}/previews/{mine.id}/progress")).json()
+    assert (state["done"], state["checked"], state["text"]) == (False, 7, "7 Nachrichten geprüft")
+    page = await op.client.get(f"/portfolios/{MUSTER}/previews/{mine.id}")
+    assert "Vorschau wird berechnet" in page.text
+    assert 'src="/static/releases.js"' in page.text
+    assert "Neu laden" in page.text
+    assert "Bestätigen und ändern" not in page.text
+
+    hold.set()
+    assert mine.task is not None
+    await mine.task
+    # A failure says only that it failed; the log has why.
+    failed = await op.client.get(f"/portfolios/{MUSTER}/previews/{mine.id}")
+    assert "Die Vorschau konnte nicht berechnet werden." in failed.text
+    assert "never shown" not in failed.text
+
+    # Over the bound of the node (here none may compute): refused, nothing started, nothing changed.
+    store.computing = 0
+    full = await op.post(release_url(WITH_GF) + "/members/remove", {"member": GF_B})
+    assert full.status_code == 429
+    assert "zu viele Vorschauen" in full.text
+    assert GF_B in await memberships(web, WITH_GF)
+    store.computing = 2
+    assert (await op.post(release_url(WITH_GF) + "/members/remove", {"member": GF_B})).status_code == 303
+
+
+async def test_planning_a_preview_gives_the_event_loop_back_between_batches(
+    web: ConsoleUnderTest, writer: Writer
+) -> None:
+    for n in range(3):
+        await accept(writer, SB_B1, f"Schaden {n}")
+    turns = 0
+    stop = asyncio.Event()
+
+    async def other_work() -> None:
+        # Stands for an SMTP session of the same process: it runs whenever the loop is free.
+        nonlocal turns
+        while not stop.is_set():
+            turns += 1
+            await asyncio.sleep(0)
+
+    seen: list[tuple[int, int]] = []
+    sessions = session_factory(web.engine)
+    ticker = asyncio.create_task(other_work())
+    try:
+        async with sessions() as session:
+            work = await api.prepare_preview(
+                session, MUSTER, api.release_membership(WITH_GF, GF_B, joins=False)
+            )
+            result = await api.plan_preview(
+                session, work, batch_size=1, planned=lambda n: seen.append((n, turns))
+            )
+    finally:
+        stop.set()
+        await ticker
+    assert [n for n, _ in seen] == [1, 2, 3]
+    assert result.preview.messages == 3
+    # The other work ran between every two batches.
+    assert all(later > earlier for (_, earlier), (_, later) in itertools.pairwise(seen))
 
 
 # --- the directory's errors next to their field ---------------------------------------------------------
@@ -351,7 +501,9 @@ async def test_creating_a_release_and_its_errors(web: ConsoleUnderTest, op: Brow
 
 
 async def test_deleting_a_release_is_confirmed_first(web: ConsoleUnderTest, op: Browser) -> None:
-    preview = await op.post(release_url(WITH_GF) + "/delete", from_page=f"/portfolios/{MUSTER}")
+    preview = await previewed(
+        op, await op.post(release_url(WITH_GF) + "/delete", from_page=f"/portfolios/{MUSTER}")
+    )
     assert preview.status_code == 200
     text = html.unescape(preview.text)
     assert "Freischaltung „Kunde B mit GF“ löschen" in text
@@ -391,7 +543,7 @@ async def test_members_are_added_renamed_and_removed(web: ConsoleUnderTest, op: 
     assert (await op.post(path + "/rename", {"member": "niemand@x.example"})).status_code == 404
 
     # A member in a sharing release: its removal is previewed, then confirmed.
-    preview = await op.post(path + "/remove", {"member": SB_A1})
+    preview = await previewed(op, await op.post(path + "/remove", {"member": SB_A1}))
     assert preview.status_code == 200
     assert "aus dem Bestand entfernen" in html.unescape(preview.text)
     assert (await op.client.post(path + "/remove", data=confirmation(preview.text))).status_code == 303
@@ -437,6 +589,12 @@ async def test_a_portfolio_admin_of_makler_zwei_reaches_nothing_of_makler_muster
     await accept(writer, SB_B1, "Schaden")
     await cli(web, "release", "remove-member", WITH_GF, GF_B, "-p", MUSTER)
     [(run_id,)] = await web.sql("SELECT id FROM reconcile_runs")
+    # A makler-muster preview, started by an operator on the same node.
+    operator = web.make()
+    operator.console.previews = browser.console.previews  # the same node
+    assert (await operator.login(OPERATOR, OPERATOR_PASSWORD)).status_code == 303
+    preview = (await previewed(operator, await operator.post(release_url(WITH_GF) + "/delete"))).url.path
+    assert (await operator.client.get(preview)).status_code == 200
     assert (await browser.login(ZWEI, ZWEI_PASSWORD)).status_code == 303
     real = [
         ("GET", release_url(WITH_GF), {}),
@@ -444,6 +602,8 @@ async def test_a_portfolio_admin_of_makler_zwei_reaches_nothing_of_makler_muster
         ("GET", f"/portfolios/{MUSTER}/releases", {}),
         ("GET", f"/portfolios/{MUSTER}/reconcile/{run_id}", {}),
         ("GET", f"/portfolios/{MUSTER}/reconcile/{run_id}/progress", {}),
+        ("GET", preview, {}),
+        ("GET", preview + "/progress", {}),
         ("POST", release_url(WITH_GF), {"share_vorgaenge": "", "read_sync": "off", "confirm": "1"}),
         ("POST", release_url(WITH_GF) + "/members", {"member": SB_A1, "confirm": "1"}),
         ("POST", release_url(WITH_GF) + "/members/remove", {"member": SB_B1, "confirm": "1"}),

@@ -1,11 +1,13 @@
-// The progress of a reconcile run, refreshed while it is open: polls the run's JSON (same origin, same
-// session) and updates the figures; the page works without it (its "reload" link shows the latest).
+// The progress of a reconcile run (#run) or of a preview being computed (#preview), refreshed while it
+// lasts: polls the page's JSON (same origin, same session) and updates the figures; a preview's page is
+// loaded again when it is done, to show the preview. The pages work without it ("reload" link).
 (function () {
   "use strict";
-  var run = document.getElementById("run");
+  var run = document.getElementById("run") || document.getElementById("preview");
   if (!run || run.getAttribute("data-done") === "yes") { return; }
   var url = run.getAttribute("data-progress");
   var bar = document.getElementById("run-progress");
+  var reloads = run.hasAttribute("data-reload-when-done");
   var failures = 0;
 
   function show(state) {
@@ -26,13 +28,17 @@
   function poll() {
     fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" } })
       .then(function (response) {
+        // A preview that is gone (expired, another node): its page says so and how to start again.
+        if (response.status === 404 && reloads) { window.location.reload(); return null; }
         if (!response.ok) { throw new Error(String(response.status)); }
         return response.json();
       })
       .then(function (state) {
+        if (state === null) { return; }
         failures = 0;
         show(state);
-        if (!state.done) { window.setTimeout(poll, 1000); }
+        if (state.done && reloads) { window.location.reload(); return; }
+        if (!state.done) { window.setTimeout(poll, reloads ? 500 : 1000); }
       })
       .catch(function () {
         // A lost session or a restarting gateway: try a few more times, then leave the reload link.
@@ -40,5 +46,5 @@
         if (failures < 5) { window.setTimeout(poll, 3000); }
       });
   }
-  window.setTimeout(poll, 500);
+  window.setTimeout(poll, reloads ? 250 : 500);
 }());
