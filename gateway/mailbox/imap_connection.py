@@ -298,8 +298,11 @@ class ImapConnection:
         with suppress(MailboxError):
             await self.run("LOGOUT", lambda: self._protocol.logout())
         self.abort()
-        # A TLS transport finishes closing (close_notify) after close() returns; waiting for the loss
-        # of the connection, briefly, keeps a caller that ends its event loop next from leaking it.
+        await self.closed()
+
+    async def closed(self) -> None:
+        """Wait, briefly, until an aborted connection is gone. A TLS transport finishes closing
+        (close_notify) after close() returns; a caller that ends its event loop next would leak it."""
         with suppress(TimeoutError):
             async with asyncio.timeout(min(self.timeout, 2.0)):
                 await asyncio.shield(self.lost)
@@ -606,6 +609,10 @@ class ImapProbe:
             if address is not None and password is not None:
                 self.step = "login"
                 await connection.login(server.login.user_for(address), password)
+        except MailboxError:
+            connection.abort()
+            await connection.closed()
+            raise
         except BaseException:
             connection.abort()
             raise

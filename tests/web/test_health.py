@@ -13,7 +13,7 @@ import datetime as dt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.config import MailboxSettings
+from gateway.config import ImapMemberSettings, MailboxSettings
 from gateway.db.gauges import StoredState, stored_state
 from gateway.web.exposition import Exposition
 from gateway.web.readiness import Readiness
@@ -145,6 +145,35 @@ async def test_readyz_names_the_password_when_its_file_is_gone(
     assert status == 503
     assert text.startswith("not ready:\nmailboxes: IMAP password failed: the master password cannot be read")
     assert str(dovecot.master_password_file) not in text
+
+
+async def test_readyz_logs_in_for_no_member_with_a_server_of_its_own(
+    web: ConsoleUnderTest, dovecot: Dovecot
+) -> None:
+    """Members with a table under [mailbox.imap.members] are not logged in for; with only those there is
+    nobody to log in for, and connecting (with STARTTLS) is all that is checked: a wrong master password
+    goes unnoticed there, as the operations page says."""
+    addresses = [address for (address,) in await web.sql("SELECT DISTINCT address FROM members")]
+    settings = dovecot.imap_settings(tls="starttls").model_copy(
+        update={"members": {a: ImapMemberSettings(folder="Elsewhere") for a in addresses}}
+    )
+    browser = web.make()
+    browser.console.readiness = Readiness(
+        web.engine,
+        MailboxSettings(backend="imap", imap=settings),
+        lambda: [],
+        timeout=TIMEOUT,
+        ssl_context=dovecot.ssl_context(),
+    )
+    dovecot.master_password_file.write_text("not-the-master-password\n")
+
+    assert await readyz(browser) == (200, "ready\n")
+    assert "Login: user=" not in dovecot.log_text()
+
+    dovecot.stop()
+    status, text = await readyz(browser)
+    assert status == 503
+    assert text.startswith("not ready:\nmailboxes: IMAP connect failed: ")
 
 
 # --- the failed-login counter --------------------------------------------------------------------------
