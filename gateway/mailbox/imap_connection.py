@@ -1,5 +1,6 @@
 """One logged-in IMAP session of a member and the pool of them: where the server is, how the gateway logs
-in, and how each command is run against aioimaplib's traps.
+in, and how each command is run against aioimaplib's traps. ``ImapProbe`` makes the same connection
+and login once, for /readyz, and says at which step it failed.
 
 aioimaplib returns raw response lines and has traps, each designed around here:
 
