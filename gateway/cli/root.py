@@ -215,8 +215,45 @@ COMMAND_SUMMARIES = {
 }
 
 
+def _asked_for_json(args: Sequence[str]) -> bool:
+    """Whether the command line asks for --json (before a ``--``, after which words are arguments)."""
+    words = list(args)
+    return "--json" in words[: words.index("--")] if "--" in words else "--json" in words
+
+
+@contextmanager
+def _usage_errors(*, as_json: bool) -> Iterator[None]:
+    """click's own errors (unknown option, missing argument, bad choice) as the gateway's are, under
+    --json: one JSON object on stderr, exit 2. Without --json click says them itself, with the usage."""
+    try:
+        yield
+    except click.ClickException as exc:
+        if not as_json:
+            raise
+        message = exc.format_message()
+        context = getattr(exc, "ctx", None)
+        if isinstance(context, click.Context):
+            message = f"{message.rstrip('.')}; `{context.command_path} --help` says what it takes"
+        fail(message, exc.exit_code, as_json=True)
+
+
 class LazyGroup(click.Group):
-    """The root group: knows its commands by name and imports a command's module on first use."""
+    """The root group: knows its commands by name and imports a command's module on first use, and
+    answers click's usage errors in JSON under --json."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        as_json = _asked_for_json(args)
+        with _usage_errors(as_json=as_json):
+            context = super().make_context(info_name, args, parent, **extra)
+        context.meta["gateway.json"] = as_json
+        return context
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # Every subcommand is parsed (and every group below resolves its own) inside this call.
+        with _usage_errors(as_json=bool(ctx.meta.get("gateway.json"))):
+            return super().invoke(ctx)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # click's own, with the summaries above for commands not loaded: `--help` imports nothing more.

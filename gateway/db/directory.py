@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -495,3 +495,12 @@ def portfolio_policy(connection: Connection, portfolio_id: int) -> str:
     if value is None:
         raise NotFound(f"there is no portfolio with id {portfolio_id}")
     return SenderAuth(value)
+
+
+async def member_on_default_server(session: AsyncSession, elsewhere: Collection[str]) -> str | None:
+    """The first member address (alphabetically) not in ``elsewhere``: one whose mailbox is on the IMAP
+    server of ``[mailbox.imap]``, for /readyz to log in for; None when there is none."""
+    query = select(MemberRow.address).order_by(MemberRow.address).limit(1)
+    if elsewhere:
+        query = query.where(MemberRow.address.not_in(list(elsewhere)))
+    return (await session.execute(query)).scalar_one_or_none()

@@ -1,5 +1,6 @@
 """One logged-in IMAP session of a member and the pool of them: where the server is, how the gateway logs
-in, and how each command is run against aioimaplib's traps.
+in, and how each command is run against aioimaplib's traps. ``ImapProbe`` makes the same connection
+and login once, for /readyz, and says at which step it failed.
 
 aioimaplib returns raw response lines and has traps, each designed around here:
 
@@ -298,8 +299,11 @@ class ImapConnection:
         with suppress(MailboxError):
             await self.run("LOGOUT", lambda: self._protocol.logout())
         self.abort()
-        # A TLS transport finishes closing (close_notify) after close() returns; waiting for the loss
-        # of the connection, briefly, keeps a caller that ends its event loop next from leaking it.
+        await self.closed()
+
+    async def closed(self) -> None:
+        """Wait, briefly, until an aborted connection is gone. A TLS transport finishes closing
+        (close_notify) after close() returns; a caller that ends its event loop next would leak it."""
         with suppress(TimeoutError):
             async with asyncio.timeout(min(self.timeout, 2.0)):
                 await asyncio.shield(self.lost)
@@ -514,9 +518,9 @@ def _close_client(client: Any) -> None:
         transport.close()
 
 
-async def _open(server: ImapServer, address: str, password: str, seconds: float) -> ImapConnection:
-    """A session logged in for ``address`` (``address*master``, or the member's own login), CONDSTORE
-    enabled where offered; ``seconds`` per step."""
+async def _greeted(server: ImapServer, seconds: float) -> ImapConnection:
+    """A connection the server has greeted (over TLS from the start where ``tls = "tls"``), not yet
+    logged in; ``_Unreachable`` when it cannot be had within ``seconds``."""
     loop = asyncio.get_running_loop()
     lost: asyncio.Future[None] = loop.create_future()
 
@@ -546,7 +550,13 @@ async def _open(server: ImapServer, address: str, password: str, seconds: float)
         hello.cancel()
         _close_client(client)
         raise
-    connection = ImapConnection(client, lost, server, seconds)
+    return ImapConnection(client, lost, server, seconds)
+
+
+async def _open(server: ImapServer, address: str, password: str, seconds: float) -> ImapConnection:
+    """A session logged in for ``address`` (``address*master``, or the member's own login), CONDSTORE
+    enabled where offered; ``seconds`` per step."""
+    connection = await _greeted(server, seconds)
     try:
         if server.tls == "starttls":
             await connection.starttls()
@@ -562,6 +572,53 @@ async def _open(server: ImapServer, address: str, password: str, seconds: float)
         connection.abort()
         raise
     return connection
+
+
+ProbeStep = Literal["password", "connect", "TLS", "login", "logout"]
+
+
+class ImapProbe:
+    """One look at whether the gateway can work on ``server`` now, for /readyz: read the password,
+    connect with the server's TLS setting, STARTTLS where configured, log in for a member exactly as the
+    fan-out does, LOGOUT. ``step`` is how far it got, so a caller that gives up at its deadline can say
+    where the server stopped answering."""
+
+    def __init__(self, server: ImapServer, seconds: float) -> None:
+        self.server = server
+        self.seconds = seconds
+        self.step: ProbeStep = "password"
+
+    async def run(self, address: str | None) -> None:
+        """``MailboxError`` when a step fails; without ``address`` (no member to log in for) the login
+        is left out."""
+        server = self.server
+        self.step = "password"
+        password = await server.login.password.read(server.login.what) if address is not None else None
+        self.step = "TLS" if server.tls == "tls" else "connect"
+        try:
+            connection = await _greeted(server, self.seconds)
+        except _Unreachable as exc:
+            # With implicit TLS the handshake is part of connecting: a refused or reset connection is
+            # the connection's fault, anything the TLS layer raised is TLS's.
+            if not isinstance(exc.__cause__, ssl.SSLError):
+                self.step = "connect"
+            raise
+        try:
+            if server.tls == "starttls":
+                self.step = "TLS"
+                await connection.starttls()
+            if address is not None and password is not None:
+                self.step = "login"
+                await connection.login(server.login.user_for(address), password)
+        except MailboxError:
+            connection.abort()
+            await connection.closed()
+            raise
+        except BaseException:
+            connection.abort()
+            raise
+        self.step = "logout"
+        await connection.logout()
 
 
 # --- the pool --------------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 mailbox backend reachable, every configured listener bound.
 
 Each check has a deadline, so a database or IMAP server that swallows packets makes /readyz answer
-503 in seconds instead of hanging the prober. The reasons are for the operator reading a probe's
-output: which part, and what to do; never a password, a URL with credentials or a stack trace (the
-log has the details).
+503 in seconds instead of hanging the prober. The IMAP check logs in as the fan-out does
+(``gateway.mailbox.imap_connection.ImapProbe``). The reasons are for the operator reading a probe's
+output: which part and which step (connect, TLS, login), and what to look at; never a password, a
+URL with credentials, a member's address or a stack trace (the log has the details).
 """
 
 from __future__ import annotations
@@ -12,14 +13,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from gateway.config import MailboxSettings
+from gateway.db.directory import member_on_default_server
 from gateway.db.migrate import schema_state
+from gateway.errors import MailboxError
+from gateway.mailbox.imap_connection import ImapProbe, ImapServer, ProbeStep
 
 log = logging.getLogger("gateway.web")
 
@@ -36,8 +42,10 @@ class Readiness:
         unbound_listeners: Callable[[], list[str]],
         *,
         timeout: float = CHECK_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.engine = engine
+        self.ssl_context = ssl_context  # the certificates to trust; None: the system's, as the fan-out
         self.mailbox = mailbox
         self.unbound_listeners = unbound_listeners
         self.timeout = timeout
@@ -76,24 +84,49 @@ class Readiness:
         return None
 
     async def _imap(self) -> str | None:
-        """The IMAP server answers with its greeting (the members' logins are the fan-out's to try)."""
-        imap = self.mailbox.imap
-        writer = None
+        """What the fan-out does first with every copy: connect with [mailbox.imap]'s TLS setting, log
+        in for a member with the master user, LOGOUT, through the gateway's own IMAP code. The member is
+        one whose mailbox is on that server; with none in the directory there is nobody to log in for,
+        and connecting (and TLS) is all that is checked. Members with a server of their own
+        (``[mailbox.imap.members]``) are the fan-out's to find out about."""
+        settings = self.mailbox.imap
+        try:
+            server = ImapServer.from_settings(settings, ssl_context=self.ssl_context)
+        except ValueError:
+            return "mailboxes: [mailbox.imap] names no master_user and master password"
+        probe = ImapProbe(server, self.timeout)
         try:
             async with asyncio.timeout(self.timeout):
-                reader, writer = await asyncio.open_connection(imap.host, imap.port)
-                greeting = await reader.readline()
-            if not greeting.startswith((b"* OK", b"* PREAUTH")):
-                return "mailboxes: the IMAP server does not greet as an IMAP server"
+                await probe.run(await self._member(settings.members.keys()))
         except TimeoutError:
-            return f"mailboxes: the IMAP server did not answer within {self.timeout:.0f} s"
-        except OSError as exc:
-            log.warning("readiness: the IMAP server %s:%d is not reachable: %s", imap.host, imap.port, exc)
-            return "mailboxes: the IMAP server is not reachable"
-        finally:
-            if writer is not None:
-                writer.close()
+            log.warning(
+                "readiness: IMAP %s: no answer within %.0f s at %s", server.where, self.timeout, probe.step
+            )
+            return f"mailboxes: IMAP {probe.step}: no answer within {self.timeout:.0f} s"
+        except MailboxError as exc:
+            log.warning("readiness: IMAP %s failed at %s: %s", server.where, probe.step, exc)
+            return f"mailboxes: IMAP {probe.step} failed: {_IMAP_HINTS[probe.step]}"
         return None
+
+    async def _member(self, elsewhere: Collection[str]) -> str | None:
+        """A member to log in for; None when there is none, or when the database cannot say (its own
+        check reports that)."""
+        try:
+            async with AsyncSession(self.engine) as session:
+                return await member_on_default_server(session, elsewhere)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("readiness: no member to log in to IMAP for, the database did not say: %s", exc)
+            return None
+
+
+# What to look at, per step that failed; the details (the server's words, the file) are in the log.
+_IMAP_HINTS: dict[ProbeStep, str] = {
+    "password": "the master password cannot be read (master_password_file or master_password_env)",
+    "connect": "the server is not reachable (host and port of [mailbox.imap])",
+    "TLS": "no TLS session with the server (its certificate, and the tls setting of [mailbox.imap])",
+    "login": "the server refused the master user's login (master_user and its password)",
+    "logout": "the server broke off the session",
+}
 
 
 def _write_probe(root: Path) -> None:

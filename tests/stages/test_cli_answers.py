@@ -120,3 +120,55 @@ def test_help_lists_every_command_without_importing_one() -> None:
     for name in COMMAND_MODULES:
         assert re.search(rf"^  {re.escape(name)}\s+\S", listed, re.MULTILINE), name
     assert loaded.strip() == "['gateway.cli.root']"
+
+
+# --- click's own usage errors under --json -----------------------------------------------------------------
+
+USAGE_ERRORS = {
+    "unknown option": (
+        ["vorgang", "list", "-p", "makler-muster", "--frob", "--json"],
+        "No such option '--frob'",
+    ),
+    "missing argument": (["vorgang", "show", "--json"], "Missing argument 'REFERENCE'"),
+    "bad choice": (
+        ["queue", "list", "--state", "nonsense", "--json"],
+        "Invalid value for '--state': 'nonsense' is not one of",
+    ),
+    "unknown command": (["vorgang", "lst", "--json"], "No such command 'lst'"),
+    "bad number": (["events", "--limit", "many", "--json"], "Invalid value for '--limit'"),
+}
+
+
+def test_clicks_usage_errors_under_json_are_one_json_object_on_stderr() -> None:
+    for case, (args, said) in USAGE_ERRORS.items():
+        result = CliRunner().invoke(cli, args, prog_name="gateway")
+        assert result.exit_code == 2, case
+        assert result.stdout == "", case
+        error = json.loads(result.stderr)
+        assert set(error) == {"error", "status"}, case
+        assert error["status"] == 2, case
+        assert error["error"].startswith(said), (case, error)
+        assert f"`gateway {args[0]}" in error["error"], case  # the command whose --help to read
+
+
+def test_without_json_click_says_its_usage_errors_itself() -> None:
+    result = CliRunner().invoke(cli, ["vorgang", "show"], prog_name="gateway")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Usage: gateway vorgang show")
+    assert "Error: Missing argument 'REFERENCE'." in result.stderr
+
+
+def test_json_after_a_double_dash_is_an_argument_not_a_request_for_json() -> None:
+    result = CliRunner().invoke(cli, ["vorgang", "show", "--frob", "--", "--json"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Usage: ")
+
+
+def test_the_console_script_answers_a_usage_error_in_json() -> None:
+    """Through `python -m gateway` (the installed script's main()), not only click's test runner."""
+    answer = subprocess.run(
+        [sys.executable, "-m", "gateway", "vorgang", "show", "--json"], capture_output=True, text=True
+    )
+    assert answer.returncode == 2
+    assert answer.stdout == ""
+    assert json.loads(answer.stderr)["error"].startswith("Missing argument 'REFERENCE'")
