@@ -10,6 +10,7 @@ acceptance reads them, so what it shows is by construction what the running gate
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,9 +54,12 @@ class CheckReport:
 
 
 async def check_rules_dir(session: AsyncSession | None, directory: Path) -> CheckReport:
-    """Every problem of the rules in ``directory``; names are checked when ``session`` is given."""
+    """Every problem of the rules in ``directory``; names are checked when ``session`` is given.
+
+    The files are read and parsed in a thread: the web console calls this inside ``gateway serve``,
+    whose event loop serves the SMTP sessions meanwhile."""
     try:
-        loaded = load_rules(directory)
+        loaded = await asyncio.to_thread(load_rules, directory)
     except RulesFileError as exc:
         return CheckReport(directory, problems=exc.problems)
     problems: list[Problem] = []

@@ -7,9 +7,10 @@ With ``GATEWAY_SCREENSHOTS=docs/web`` set, ``screenshot()`` writes PNGs for docs
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,20 +42,30 @@ def _add_console(gateway: RunningGateway, place: Path) -> None:
         gateway.cli("admin", "add", login, *options, "--password-file", str(secret))
 
 
-@pytest.fixture(scope="module")
-def console(
-    tmp_path_factory: pytest.TempPathFactory, module_database_kind: str, request: pytest.FixtureRequest
+@contextlib.contextmanager
+def running_console(
+    tmp_path_factory: pytest.TempPathFactory,
+    kind: str,
+    request: pytest.FixtureRequest,
+    before_start: Callable[[RunningGateway, Path], None] = _add_console,
 ) -> Iterator[Console]:
-    """A running gateway with the seed's directory, makler-zwei, ``op`` and ``zwei``, and its console."""
-    with a_shared_gateway(
-        tmp_path_factory, module_database_kind, "maildir", request, before_start=_add_console
-    ) as gateway:
+    """A running gateway with the seed's directory and what ``before_start`` adds, and its console."""
+    with a_shared_gateway(tmp_path_factory, kind, "maildir", request, before_start=before_start) as gateway:
         found = [
             m for line in gateway.log if (m := re.search(r"listening: admin_http on ([\d.]+):(\d+)", line))
         ]
         assert found, "".join(gateway.log)
         host, port = found[0].groups()
         yield Console(gateway, f"http://{host}:{port}")
+
+
+@pytest.fixture(scope="module")
+def console(
+    tmp_path_factory: pytest.TempPathFactory, module_database_kind: str, request: pytest.FixtureRequest
+) -> Iterator[Console]:
+    """A running gateway with the seed's directory, makler-zwei, ``op`` and ``zwei``, and its console."""
+    with running_console(tmp_path_factory, module_database_kind, request) as console:
+        yield console
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ from typing import TypeVar
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import Console, _add_console, log_in, screenshot
+from tests.browser.conftest import Console, _add_console, log_in, running_console, screenshot
 from tests.e2e.clients import BACKOFFICE
-from tests.e2e.conftest import PASSWORD, RunningGateway, a_shared_gateway
+from tests.e2e.conftest import PASSWORD, RunningGateway
 from tests.seed import ADDRESS, SEEN_BY
 from tests.web.conftest import MUSTER, OPERATOR, OPERATOR_PASSWORD
 
@@ -47,15 +47,8 @@ def console(
     tmp_path_factory: pytest.TempPathFactory, module_database_kind: str, request: pytest.FixtureRequest
 ) -> Iterator[Console]:
     """The browser tests' gateway and console (tests/browser/conftest.py), with a quarantining rule."""
-    with a_shared_gateway(
-        tmp_path_factory, module_database_kind, "maildir", request, before_start=_with_rules
-    ) as gateway:
-        found = [
-            m for line in gateway.log if (m := re.search(r"listening: admin_http on ([\d.]+):(\d+)", line))
-        ]
-        assert found, "".join(gateway.log)
-        host, port = found[0].groups()
-        yield Console(gateway, f"http://{host}:{port}")
+    with running_console(tmp_path_factory, module_database_kind, request, _with_rules) as console:
+        yield console
 
 
 def submit(gateway: RunningGateway, to: str, subject: str) -> str:
