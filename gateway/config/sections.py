@@ -113,6 +113,10 @@ class DatabaseSettings(Section):
     """File holding the database server's password (first line), merged into ``url`` when the gateway
     connects; the URL then names no password. Read afresh at each start, never logged or shown."""
 
+    schema_check_interval: Annotated[float, Field(gt=0)] = 30.0
+    """Seconds between two looks of a running gateway at the database's schema revision, so that it
+    notices within a minute when another node migrated the database past it (gateway.stages.schema_watch)."""
+
     @model_validator(mode="after")
     def _password_file_needs_a_server_url(self) -> Self:
         if self.password_file is None:

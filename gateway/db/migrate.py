@@ -14,6 +14,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -93,6 +94,12 @@ async def schema_state(engine: AsyncEngine) -> SchemaState:
     return SchemaState(
         current=revision, head=head_revision(), known=revision is None or revision in known_revisions()
     )
+
+
+def stored_revision(connection: Connection) -> str | None:
+    """The database's schema revision, in one statement (the running service asks every half minute,
+    gateway.stages.schema_watch); None when there is none."""
+    return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 async def require_current(engine: AsyncEngine) -> None:
