@@ -6,8 +6,14 @@ the child's user plus system time (os.wait4), which a busy shared machine distur
 time. `config check` and `portfolio list` run against a configuration in a temporary directory with a
 migrated SQLite database and the seed's directory (config/example/directory.yaml) loaded.
 
+With ``--baseline DIR`` (another checkout, say of main: ``git worktree add /tmp/base main``) every
+gateway command also runs from that checkout's code, with this virtualenv's interpreter and packages
+(``python -P -m gateway`` with ``PYTHONPATH=DIR``, which is what the console script does), taking turns run
+by run with this tree's; the last column is this tree's CPU as a fraction of the baseline's.
+
     .venv/bin/python bench/cli_start.py                 # 20 runs of each after 3 warm-up runs
     .venv/bin/python bench/cli_start.py --runs 50
+    .venv/bin/python bench/cli_start.py --baseline /tmp/base
 """
 
 from __future__ import annotations
@@ -48,15 +54,22 @@ def _once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     return wall, usage.ru_utime + usage.ru_stime
 
 
-def measure(name: str, argv: list[str], env: dict[str, str], runs: int, warmup: int) -> Timing:
+def measure(
+    name: str, variants: list[tuple[list[str], dict[str, str]]], runs: int, warmup: int
+) -> list[Timing]:
+    """One Timing per (argv, env) variant of the command; the variants take turns run by run, so a
+    change in the machine's load falls on all of them alike."""
     for _ in range(warmup):
-        _once(argv, env)
-    walls, cpus = [], []
+        for argv, env in variants:
+            _once(argv, env)
+    walls: list[list[float]] = [[] for _ in variants]
+    cpus: list[list[float]] = [[] for _ in variants]
     for _ in range(runs):
-        wall, cpu = _once(argv, env)
-        walls.append(wall)
-        cpus.append(cpu)
-    return Timing(name, walls, cpus)
+        for n, (argv, env) in enumerate(variants):
+            wall, cpu = _once(argv, env)
+            walls[n].append(wall)
+            cpus[n].append(cpu)
+    return [Timing(name, w, c) for w, c in zip(walls, cpus, strict=True)]
 
 
 def _prepared(folder: Path, env: dict[str, str]) -> Path:
@@ -73,13 +86,16 @@ def _prepared(folder: Path, env: dict[str, str]) -> Path:
     return config
 
 
-def _row(t: Timing, base: Timing) -> str:
+def _row(t: Timing, base: Timing, before: Timing | None = None) -> str:
     wall, cpu = statistics.mean(t.wall), statistics.mean(t.cpu)
     sd = statistics.stdev(t.wall) if len(t.wall) > 1 else 0.0
-    return (
-        f"{t.name:<28} {wall * 1000:8.1f} ± {sd * 1000:5.1f} {min(t.wall) * 1000:8.1f} "
+    row = (
+        f"{t.name:<34} {wall * 1000:8.1f} ± {sd * 1000:5.1f} {min(t.wall) * 1000:8.1f} "
         f"{cpu * 1000:8.1f} {cpu / statistics.mean(base.cpu):7.1f}x"
     )
+    if before is not None:
+        row += f" {cpu / statistics.mean(before.cpu):9.2f}"
+    return row
 
 
 def main() -> None:
@@ -88,27 +104,50 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=20, help="measured runs of each command")
     parser.add_argument("--warmup", type=int, default=3, help="runs before measuring (disk cache)")
+    parser.add_argument(
+        "--baseline", type=Path, help="a checkout to compare with (its gateway/ runs with this virtualenv)"
+    )
     args = parser.parse_args()
+    if args.baseline is not None and not (args.baseline / "gateway" / "cli").is_dir():
+        sys.exit(f"--baseline {args.baseline}: no gateway/cli there; give the root of a checkout")
     print(f"$ {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"cpus {os.cpu_count()}, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     gateway = str(BIN / "gateway")
+    rows: list[tuple[Timing, Timing | None]] = []
     with tempfile.TemporaryDirectory(prefix="cli-start-") as tmp:
         config = _prepared(Path(tmp), env)
         commands = {
-            "python -c pass (baseline)": [sys.executable, "-c", "pass"],
-            "gateway --version": [gateway, "--version"],
-            "gateway --help": [gateway, "--help"],
-            "gateway config check": [gateway, "--config", str(config), "config", "check"],
-            "gateway portfolio list": [gateway, "--config", str(config), "portfolio", "list"],
+            "gateway --version": ["--version"],
+            "gateway --help": ["--help"],
+            "gateway config check": ["--config", str(config), "config", "check"],
+            "gateway portfolio list": ["--config", str(config), "portfolio", "list"],
         }
-        timings = [measure(name, argv, env, args.runs, args.warmup) for name, argv in commands.items()]
+        [interpreter] = measure(
+            "python -c pass (baseline)", [([sys.executable, "-c", "pass"], env)], args.runs, args.warmup
+        )
+        rows.append((interpreter, None))
+        for name, tail in commands.items():
+            variants = [([gateway, *tail], env)]
+            if args.baseline is not None:
+                before_env = env | {"PYTHONPATH": str(args.baseline.resolve())}
+                # -P: the working directory (this checkout) must not come before PYTHONPATH.
+                variants.append(([sys.executable, "-P", "-m", "gateway", *tail], before_env))
+            timings = measure(name, variants, args.runs, args.warmup)
+            rows.append((timings[0], timings[1] if len(timings) > 1 else None))
     print(f"\n{args.runs} runs each after {args.warmup} warm-up runs; times in ms")
     print("wall: mean ± standard deviation, and the fastest run; cpu: mean user+system of the process;")
-    print("x: cpu as a multiple of the baseline's (the interpreter's own start)\n")
-    print(f"{'command':<28} {'wall':>8}   {'sd':>5} {'min':>8} {'cpu':>8} {'x':>8}")
-    for t in timings:
-        print(_row(t, timings[0]))
+    print("x: cpu as a multiple of the baseline's (the interpreter's own start)")
+    header = f"{'command':<34} {'wall':>8}   {'sd':>5} {'min':>8} {'cpu':>8} {'x':>8}"
+    if args.baseline is not None:
+        print(f"before: the same command from {args.baseline} (rows marked so); cpu/before: this tree's")
+        print("cpu as a fraction of that")
+        header += f" {'cpu/before':>9}"
+    print(f"\n{header}")
+    for timing, before in rows:
+        print(_row(timing, interpreter, before))
+        if before is not None:
+            print(_row(Timing(f"  before: {timing.name}", before.wall, before.cpu), interpreter))
 
 
 if __name__ == "__main__":

@@ -87,6 +87,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.schema_newer = Gauge(
+            "gateway_schema_newer_than_node",
+            "1 while the database is at a schema revision this node does not know: another node migrated "
+            "it, upgrade this node (docs/deploy.md, Upgrading); 0 otherwise",
+            registry=r,
+        )
         self.rule_reloads = Counter(
             "gateway_rules_reloads",
             "Reloads of the routing rules, by result (ok, failed: the old rules stay in force)",

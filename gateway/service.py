@@ -58,6 +58,7 @@ from gateway.stages.parsepool import MailReader, ParsePool
 from gateway.stages.reconcile import Reconciler
 from gateway.stages.relay import Relay
 from gateway.stages.reply import ReplyContext, ReplyStage
+from gateway.stages.schema_watch import SchemaWatch
 from gateway.web.app import create_app
 from gateway.web.console import Console, Operations
 from gateway.web.exposition import Exposition
@@ -257,6 +258,13 @@ class Service:
             self._tasks.append(asyncio.create_task(self.flagsync.run(), name="flagsync"))
         if self.settings.reconcile.enabled:
             self._tasks.append(asyncio.create_task(self.reconciler.run(), name="reconcile"))
+        # Another node may migrate the database under this one (a rolling upgrade): say so within a minute.
+        self._tasks.append(
+            asyncio.create_task(
+                SchemaWatch(self.writer, self.settings.database.schema_check_interval, self.metrics).run(),
+                name="schema-watch",
+            )
+        )
         for task in self._tasks:
             task.add_done_callback(self._stage_ended)
         submission = self.settings.listeners.submission

@@ -7,7 +7,6 @@ could not do the work (database unreachable, not migrated). Every command that p
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import getpass
 import importlib
@@ -122,6 +121,9 @@ def command(func: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., Non
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> None:
+        # Imported here: `--version`, `--help` and `config check` start without asyncio (bench/cli_start.py).
+        import asyncio
+
         with errors_for_people(as_json=bool(kwargs.get("as_json"))):
             asyncio.run(func(*args, **kwargs))
 

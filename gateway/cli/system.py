@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -55,36 +54,39 @@ def config_check(ctx: Context, file: Path | None, as_json: bool) -> None:
                 click.echo(line)
         # sender_auth is per portfolio, in the database: checked where the database can be read; the
         # same check stops `gateway serve` and `directory load` (gateway.domain.mx_exposure).
-        refusal, note = asyncio.run(_sender_auth_check(settings))
+        refusal, note = _sender_auth_check(settings)
         if note:
             click.echo(f"# {note}", err=True)
         if refusal:
             fail(refusal, EXIT_INPUT, as_json=as_json)
 
 
-async def _sender_auth_check(settings: Settings) -> tuple[str | None, str | None]:
-    """(why the portfolios' sender_auth cannot stand, a note for the admin); both None when all is well."""
+def _sender_auth_check(settings: Settings) -> tuple[str | None, str | None]:
+    """(why the portfolios' sender_auth cannot stand, a note for the admin); both None when all is well.
+
+    Read with a few plain statements (gateway.db.peek), not the engine and Alembic: this is most of what
+    `config check` does, and it should answer at once (bench/cli_start.py)."""
+    from gateway.db.peek import portfolios_without_sender_auth
+    from gateway.domain.mx_exposure import off_refusal
+
     mx = settings.listeners.mx
     exposed = mx.enabled and not loopback_only(mx) and not settings.replies.border_mta_authenticates
     sqlite_file = _sqlite_file(settings.database_url)
-    if sqlite_file is not None and not await asyncio.to_thread(sqlite_file.exists):
-        # Opening it would create an empty database file: there is nothing to check yet.
+    if sqlite_file is not None and not sqlite_file.exists():
+        # There is nothing to check yet (and `db upgrade` creates it).
         return None, _unchecked(settings, "no database yet") if exposed else None
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from gateway.db.engine import create_engine, session_factory
-    from gateway.db.migrate import require_current
-    from gateway.db.senderauth import sender_auth_refusal
-
-    engine = create_engine(settings.database_url)
     try:
-        await require_current(engine)
-        async with session_factory(engine)() as session:
-            return await sender_auth_refusal(session, settings), None
-    except (GatewayError, SQLAlchemyError, OSError) as exc:
+        off = portfolios_without_sender_auth(settings.database_url)
+    except GatewayError as exc:
         return None, _unchecked(settings, str(exc)) if exposed else None
-    finally:
-        await engine.dispose()
+    refusal = off_refusal(
+        off,
+        mx_enabled=mx.enabled,
+        mx_host=mx.host,
+        mx_loopback_only=loopback_only(mx),
+        border_mta_authenticates=settings.replies.border_mta_authenticates,
+    )
+    return refusal, None
 
 
 def _sqlite_file(url: str) -> Path | None:

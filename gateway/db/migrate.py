@@ -14,10 +14,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.db.revisions import behind_code, newer_than_code, no_schema
 from gateway.errors import DatabaseNotReady
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -56,11 +58,7 @@ class SchemaState:
 
     def newer_than_code(self) -> str:
         """Why this gateway cannot work on a database a newer one migrated, and what to do."""
-        return (
-            f"the database is at schema revision {self.current}, which this gateway (at most {self.head}) "
-            "does not know: a newer gateway version migrated it; run that version on this node too "
-            "(docs/deploy.md, Upgrading)"
-        )
+        return newer_than_code(str(self.current), self.head)
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> SchemaState:
@@ -98,18 +96,18 @@ async def schema_state(engine: AsyncEngine) -> SchemaState:
     )
 
 
+def stored_revision(connection: Connection) -> str | None:
+    """The database's schema revision, in one statement (the running service asks every half minute,
+    gateway.stages.schema_watch); None when there is none."""
+    return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
 async def require_current(engine: AsyncEngine) -> None:
     """Refuse to work on a database that is not at the code's schema, naming the command that fixes it."""
     state = await schema_state(engine)
     if state.current is None:
-        raise DatabaseNotReady(
-            f"the database {engine.url.render_as_string()} has no gateway schema yet; "
-            "run `gateway db upgrade` first"
-        )
+        raise DatabaseNotReady(no_schema(engine.url.render_as_string()))
     if not state.known:
         raise DatabaseNotReady(state.newer_than_code())
     if not state.up_to_date:
-        raise DatabaseNotReady(
-            f"the database is at schema revision {state.current}, this gateway needs {state.head}; "
-            "run `gateway db upgrade` first"
-        )
+        raise DatabaseNotReady(behind_code(state.current, state.head))

@@ -27,10 +27,13 @@ async def readyz(visit: Visit) -> Response:
     readiness = visit.console.readiness
     if readiness is None:
         return PlainTextResponse("not ready: readiness is not checked by this server\n", status_code=503)
-    problems = await readiness.problems()
-    if problems:
-        return PlainTextResponse("not ready:\n" + "".join(f"{p}\n" for p in problems), status_code=503)
-    return PlainTextResponse("ready\n")
+    report = await readiness.report()
+    warnings = "".join(f"warning: {w}\n" for w in report.warnings)
+    if report.problems:
+        return PlainTextResponse(
+            "not ready:\n" + "".join(f"{p}\n" for p in report.problems) + warnings, status_code=503
+        )
+    return PlainTextResponse("ready\n" + warnings)
 
 
 @area.route("/metrics", scope=Scope.PUBLIC, name="metrics")

@@ -1,6 +1,11 @@
 """Whether this gateway can do its work now (/readyz): the database reachable and migrated, the
 mailbox backend reachable, every configured listener bound.
 
+A database that another node migrated past this one (a rolling upgrade, docs/deploy.md) is no reason
+to take the node out of service: a release's migrations only add, so it goes on working, and during the
+upgrade it may be one of the few nodes running. It is a warning in the answer, which stays 200
+(gateway.stages.schema_watch logs it and sets the gauge).
+
 Each check has a deadline, so a database or IMAP server that swallows packets makes /readyz answer
 503 in seconds instead of hanging the prober. The IMAP check logs in as the fan-out does
 (``gateway.mailbox.imap_connection.ImapProbe``). The reasons are for the operator reading a probe's
@@ -16,6 +21,7 @@ import os
 import ssl
 import tempfile
 from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,6 +36,14 @@ from gateway.mailbox.imap_connection import ImapProbe, ImapServer, ProbeStep
 log = logging.getLogger("gateway.web")
 
 CHECK_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What /readyz says: ready when there are no problems; warnings are said either way."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 class Readiness:
@@ -51,24 +65,33 @@ class Readiness:
         self.timeout = timeout
 
     async def problems(self) -> list[str]:
-        found = await asyncio.gather(self._database(), self._mailbox())
-        problems = [p for p in found if p is not None]
-        problems += [f"listener {name}: not listening" for name in self.unbound_listeners()]
-        return problems
+        return (await self.report()).problems
 
-    async def _database(self) -> str | None:
+    async def report(self) -> Report:
+        (database, schema_warning), mailbox = await asyncio.gather(self._database(), self._mailbox())
+        problems = [p for p in (database, mailbox) if p is not None]
+        problems += [f"listener {name}: not listening" for name in self.unbound_listeners()]
+        return Report(problems, [schema_warning] if schema_warning is not None else [])
+
+    async def _database(self) -> tuple[str | None, str | None]:
+        """(the problem, the warning) of the database check."""
         try:
             async with asyncio.timeout(self.timeout):
                 state = await schema_state(self.engine)
         except TimeoutError:
             log.warning("readiness: the database did not answer within %.0f s", self.timeout)
-            return f"database: no answer within {self.timeout:.0f} s"
+            return f"database: no answer within {self.timeout:.0f} s", None
         except Exception as exc:
             log.warning("readiness: the database is not reachable: %s", exc)
-            return "database: not reachable"
+            return "database: not reachable", None
+        if not state.known:
+            return None, (
+                f"database: schema {state.current} is newer than this node's {state.head} (another node "
+                "migrated it): upgrade this node"
+            )
         if not state.up_to_date:
-            return "database: not at this gateway's schema; run `gateway db upgrade`"
-        return None
+            return "database: not at this gateway's schema; run `gateway db upgrade`", None
+        return None, None
 
     async def _mailbox(self) -> str | None:
         if self.mailbox.backend == "imap":

@@ -676,6 +676,7 @@ def test_describe_is_json_and_masks_the_database_password() -> None:
         "url": "postgresql+asyncpg://gateway:***@db.internal:5432/gateway",
         "echo": False,
         "password_file": None,
+        "schema_check_interval": 30.0,
     }
     assert settings.database_url == "postgresql+asyncpg://gateway:s3cret@db.internal:5432/gateway"
 
@@ -693,4 +694,5 @@ def test_describe_shows_resolved_paths_and_source(tmp_path: Path) -> None:
         "url": f"sqlite+aiosqlite:///{tmp_path / 'etc' / 'state' / 'gateway.db'}",
         "echo": False,
         "password_file": None,
+        "schema_check_interval": 30.0,
     }
