@@ -1,5 +1,11 @@
-"""Across the nodes: a member answers a copy one node wrote through the other node's MX, and an admin
-changes a release while both nodes take mail (issue 17, "What it must show").
+"""Two nodes on one PostgreSQL database while neither fails (issue 17, "What it must show"): a burst split
+over both, a member answering through the other node's MX a copy one node wrote, and an admin changing a
+release while both take mail. Every copy is in its member's mailbox exactly once, every relay reaches the
+back office once.
+
+The leases are the long ones (``LONG_LEASE``): nothing here needs a take-over, and on a loaded machine a
+node can take longer than the short test lease to write what it was handed; on main that alone makes the
+other node write it too (issue 17, item 1), which ``test_failover.py`` shows on purpose.
 """
 
 from __future__ import annotations
@@ -14,20 +20,43 @@ import pytest
 from tests.cluster.conftest import (
     HOST,
     LOGIN,
+    LONG_LEASE,
     PASSWORD,
     PORTFOLIO,
     Cluster,
-    Sender,
     accepted,
+    all_answers,
     message_id,
     recipient,
+    senders,
 )
-from tests.e2e.clients import reply_address_of, send_reply
+from tests.e2e.clients import reply_address_of, send_reply, wait_until
 from tests.seed import ADDRESS, SEEN_BY
 
 pytestmark = pytest.mark.postgres
 
+
+@pytest.fixture
+def cluster_lease() -> float:
+    return LONG_LEASE
+
+
 WITH_GF = "Kunde B mit GF"
+BURST = 120
+
+
+@pytest.mark.parametrize("cluster_backend", ["maildir", "imap"])
+def test_a_burst_split_over_both_nodes(cluster: Cluster) -> None:
+    clients = senders(cluster, "split", BURST)
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(timeout=120)
+    answers = all_answers(clients)
+    assert accepted(clients) == set(range(BURST)), [a for a in answers if a.code != 250][:5]
+    by_node = {name: sum(1 for a in answers if a.code == 250 and a.node == name) for name in ("n1", "n2")}
+    assert min(by_node.values()) >= BURST // 3, f"both nodes took a share: {by_node}"
+    cluster.assert_burst_reached_its_audience("split", range(BURST))
 
 
 @pytest.mark.parametrize("cluster_backend", ["imap"])
@@ -46,7 +75,8 @@ def test_a_reply_through_the_other_nodes_mx(cluster: Cluster) -> None:
         client.login(LOGIN, PASSWORD)
         client.send_message(mail)
     cluster.quiet()
-    assert cluster.n1.logged(r"wrote 1 copy for sb-b2@kunde-b\.example"), "n1 wrote SB-B2's copy"
+    # The fan-out logs a write after recording it: the line may follow the database by a moment.
+    assert wait_until(lambda: cluster.n1.logged(r"wrote 1 copy for sb-b2@kunde-b\.example")), "n1 wrote it"
     assert not cluster.n2.logged(r"for sb-b2@kunde-b\.example"), "n2 wrote nothing for SB-B2 yet"
     stored = cluster.admin.stored(ADDRESS["SB-B2"])
     (copy,) = [c.message for c in stored if c.message["Message-ID"] == original]
@@ -79,7 +109,6 @@ def test_a_reply_through_the_other_nodes_mx(cluster: Cluster) -> None:
 
 
 MESSAGES = 90
-CLIENTS = 4
 
 
 def test_a_release_change_while_both_nodes_take_mail(cluster: Cluster) -> None:
@@ -87,11 +116,7 @@ def test_a_release_change_while_both_nodes_take_mail(cluster: Cluster) -> None:
     off for "Kunde B mit GF". Afterwards every message's copies are exactly whom ``gateway who-can-see``
     names now, each once: GF-B lost what SB-B1 and SB-B2 received before (revoked from the mailbox) and
     never got what came after; the clerks of B lost GF-B's."""
-    nodes = [cluster.n1, cluster.n2]
-    clients = [
-        Sender("release", nodes[i % 2 :] + nodes[: i % 2], range(i, MESSAGES, CLIENTS), per_session=3)
-        for i in range(CLIENTS)
-    ]
+    clients = senders(cluster, "release", MESSAGES, per_session=3)
     for client in clients:
         client.start()
     deadline = time.monotonic() + 60
