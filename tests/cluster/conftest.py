@@ -22,6 +22,7 @@ node holds at the moment it is frozen with SIGSTOP.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -36,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import Engine, create_engine, text
 
 from gateway.db.writer import sync_url
@@ -50,7 +53,6 @@ from tests.e2e.conftest import (
     RunningGateway,
     configure,
     prepare,
-    running_sink,
 )
 from tests.seed import ADDRESS, SEEN_BY
 
@@ -59,6 +61,11 @@ LEASE = 3.0
 
 LONG_LEASE = 60.0
 """The leases where no node fails or stalls: the default ``[fanout] lease``."""
+
+TAKEOVER_LEASE = 10.0
+"""The leases where a node dies or freezes but the test is not about a node slower than its lease: long
+enough that a node on a loaded test machine writes what it was handed in time, short enough for the
+other node to take over within the test."""
 
 NODES = ("n1", "n2")
 PEOPLE = sorted(SEEN_BY)
@@ -225,7 +232,7 @@ class Node(RunningGateway):
     name: str = ""
     frozen: bool = field(default=False)
 
-    def start(self, timeout: float = 30) -> None:
+    def start(self, timeout: float = 120) -> None:
         self.launch()
         self.wait_ready(timeout)
 
@@ -237,7 +244,7 @@ class Node(RunningGateway):
             env=os.environ | {"PYTHONUNBUFFERED": "1", "PGAPPNAME": self.name},
         )
 
-    def wait_ready(self, timeout: float = 30) -> None:
+    def wait_ready(self, timeout: float = 120) -> None:
         """Read the log until the node says it is ready (as ``RunningGateway.start``), noting its ports."""
         assert self.process is not None
         assert self.process.stderr is not None
@@ -327,7 +334,7 @@ class Cluster:
     """Two nodes, their shared database and mailboxes, the back office's sink; see the module docstring."""
 
     def __init__(
-        self, base: Path, database_url: str, sink: BackOfficeSink, dovecot: Dovecot | None, lease: float
+        self, base: Path, database_url: str, sink: GatedSink, dovecot: Dovecot | None, lease: float
     ) -> None:
         self.base = base
         self.lease = lease
@@ -467,6 +474,13 @@ class Cluster:
         )
         return {copy_id for (copy_id,) in rows}
 
+    def relaying(self) -> list[str]:
+        """The nodes holding a lease on a relay still pending (a member's reply being sent)."""
+        rows = self.rows(
+            text("SELECT leased_by FROM relays WHERE state = 'pending' AND leased_by IS NOT NULL")
+        )
+        return [node for (node,) in rows]
+
     # --- the members' view ------------------------------------------------------------------------------
 
     def in_mailboxes(self) -> Counter[tuple[str, str]]:
@@ -588,14 +602,75 @@ def _copy_id_header(path: Path) -> str | None:
     return None
 
 
+# --- the back office's SMTP server ----------------------------------------------------------------------
+
+
+class GatedSink(BackOfficeSink):
+    """The back-office sink (every mail kept), able to hold new sessions at EHLO until ``release()``: a
+    slow back office, so that a node can be frozen in the middle of relaying. Counts its sessions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._open = threading.Event()
+        self._open.set()
+        self.held = 0
+        self.sessions = 0
+        self.ended = 0
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    async def handle_EHLO(  # noqa: N802
+        self, server: object, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        if not self._open.is_set():
+            self.held += 1
+            await asyncio.get_running_loop().run_in_executor(None, self._open.wait)
+        session.host_name = hostname  # the hook replaces aiosmtpd's own EHLO bookkeeping
+        return responses
+
+    def up(self) -> None:
+        sink = self
+
+        class CountingSMTP(SMTP):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                sink.sessions += 1
+                super().connection_made(transport)
+
+            def connection_lost(self, error: Exception | None) -> None:
+                sink.ended += 1
+                super().connection_lost(error)
+
+        class CountingController(Controller):
+            def factory(self) -> SMTP:
+                return CountingSMTP(self.handler, **self.SMTP_kwargs)
+
+        self._controller = CountingController(self, hostname=HOST, port=self.port, decode_data=False)
+        self._controller.start()
+
+    def all_sessions_ended(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.ended < self.sessions:
+            assert time.monotonic() < deadline, f"{self.sessions - self.ended} sessions still open"
+            time.sleep(0.05)
+
+
 # --- fixtures -------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def cluster_sink() -> Iterator[BackOfficeSink]:
+def cluster_sink() -> Iterator[GatedSink]:
     """The back office's SMTP server: keeps every mail the cluster relays."""
-    with running_sink() as server:
+    server = GatedSink()
+    server.up()
+    try:
         yield server
+    finally:
+        server.release()
+        server.down()
 
 
 @pytest.fixture
@@ -614,7 +689,7 @@ def cluster_lease() -> float:
 @pytest.fixture
 def cluster(
     tmp_path: Path,
-    cluster_sink: BackOfficeSink,
+    cluster_sink: GatedSink,
     cluster_backend: str,
     cluster_lease: float,
     request: pytest.FixtureRequest,
