@@ -308,12 +308,13 @@ _QUEUED = text(
 )
 
 # The node is inside a transaction that accepts mail: it took the Vorgang counter or inserts messages.
+# (to_regclass: a table a later schema drops is no error, it just matches nothing.)
 _IN_ACCEPTANCE = text(
     """
     SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
     WHERE a.application_name = :node AND a.datname = current_database() AND l.granted
       AND l.mode = 'RowExclusiveLock'
-      AND l.relation IN ('vorgang_counters'::regclass, 'messages'::regclass)
+      AND l.relation IN (to_regclass('vorgang_counters'), to_regclass('messages'))
     """
 )
 

@@ -2,9 +2,10 @@
 or sends what another node took over, and never holds the others up for longer than a bounded wait").
 
 kill -9 of one node in the middle of a burst: the other completes every accepted message's copies once
-their lease (``LEASE``) ends; the time from the kill to the last of them written is printed (``pytest -s``).
-The two stall tests fail on the main branch of 2026-12-07 (bad6396) and are meant to: they are the proof
-the fixes of issue 17 must pass. Why each fails there is said in its docstring.
+their lease ends; the time from the kill to the last of them written is printed (``pytest -s``).
+The three stall tests (copies, a relay, a frozen node's locks) fail on the main branch of 2026-12-07
+(bad6396) and are meant to: they are the proof the fixes of issue 17 must pass. Why each fails there is
+said in its docstring.
 """
 
 from __future__ import annotations
