@@ -283,8 +283,9 @@ class Node(RunningGateway):
         self.frozen = False
 
     def kill(self) -> None:
-        """kill -9, and wait until the process is gone (its sockets closed by the kernel)."""
+        """kill -9 (a frozen process too), and wait until it is gone (its sockets closed by the kernel)."""
         os.kill(self.pid, signal.SIGKILL)
+        self.frozen = False
         assert self.process is not None
         self.process.wait(timeout=30)
         if self._reader is not None:
