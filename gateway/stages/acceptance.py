@@ -59,6 +59,15 @@ MAX_BATCH = 200
 # after the first arrival lets them share the next transaction instead of trickling into several.
 # Measured with bench/ingest.py (10 sessions, SQLite): accepting alone 430 -> 530 msg/s.
 GATHER = 0.002
+# A batch that met another transaction is stored again this many times before its messages are
+# answered one by one (split in halves) or with 451.
+CONFLICT_RETRIES = 3
+# A message another node is storing at the same moment is tried again after this pause (growing
+# while it waits), for at most BUSY_WAIT seconds (the stage's ``busy_wait``, [database] lock_timeout
+# in a running gateway), then answered 451.
+BUSY_PAUSE = 0.01
+BUSY_PAUSE_MAX = 0.5
+BUSY_WAIT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +98,15 @@ class Accepted:
 
 
 Waiting = tuple[Submission, "asyncio.Future[Accepted]"]
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """A message of a batch left for a later one: another transaction (another node) is storing the
+    same bytes right now (``gateway.db.acceptance.busy_resends``)."""
+
+
+BUSY = Busy()
 
 
 # --- what a back office may submit (checked by the listener before a message is queued) ----------------
@@ -161,14 +179,19 @@ class Acceptance:
         hostname: str,
         on_accepted: Callable[[], None] = lambda: None,
         handoff: HandOff | None = None,
+        busy_wait: float = BUSY_WAIT,
     ) -> None:
         self.writer = writer
         self.hostname = hostname
         self.on_accepted = on_accepted
         self.handoff = handoff
+        self.busy_wait = busy_wait
         self._queue: asyncio.Queue[Waiting] = asyncio.Queue()
         self._idle = asyncio.Event()
         self._idle.set()
+        # Messages left for a later batch (``Busy``): since when, and how many wait to be queued again.
+        self._busy_since: dict[asyncio.Future[Accepted], float] = {}
+        self._later = 0
 
     async def submit(self, submission: Submission) -> Accepted:
         """Store ``submission``; returns once it is committed. Raises NotStored when it could not be.
@@ -195,13 +218,13 @@ class Acceptance:
 
     async def drain(self) -> None:
         """Wait until everything queued is stored (on shutdown, after the listeners stopped taking mail)."""
-        while not (self._queue.empty() and self._idle.is_set()):
+        while not (self._queue.empty() and self._idle.is_set() and self._later == 0):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), 0.1)
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + self._later
 
     async def _store(self, batch: list[Waiting]) -> None:
         started = time.perf_counter()
@@ -224,44 +247,97 @@ class Acceptance:
         (DESIGN.md §8): such a failure splits the part in halves, each stored on its own, until the
         message at fault is alone and only it is answered ``451``. The halves go in order, so a message
         that answers an earlier one of the batch finds it stored. A fault of the database itself
-        (unreachable, locked, disk full) would fail any part alike: everything of it gets ``451`` at once.
+        (unreachable, a lock wait past ``lock_timeout``, disk full) would fail any part alike:
+        everything of it gets ``451`` at once.
+
+        Another node storing some of the same messages at the same moment is no fault (issue 17): the
+        messages it holds come back ``Busy`` and are queued again (``_later``), the others are stored;
+        a conflict the database reports (a unique key another transaction just committed, a deadlock)
+        stores the part again, up to ``CONFLICT_RETRIES`` times.
         """
         submissions = [submission for submission, _ in part]
-        try:
+        attempt = 0
+        while True:
             try:
                 results, jobs = await self._store_once(submissions)
-            except IntegrityError:
-                # Another process stored one of these re-sent messages at the same moment; a second
-                # go finds it. Anything else, or failing again, is handled below.
-                results, jobs = await self._store_once(submissions)
-        except Exception as exc:
-            if len(part) > 1 and not _fails_everything(exc):
-                log.warning(
-                    "a batch of %d could not be stored (%s); storing it in halves to find the one at fault",
-                    len(part),
-                    _first_line(exc),
-                )
-                half = len(part) // 2
-                first, first_jobs = await self._store_part(part[:half])
-                second, second_jobs = await self._store_part(part[half:])
-                return first + second, first_jobs + second_jobs
-            # No session may wait forever: it gets 451, and the transaction was rolled back, so nothing
-            # of it is stored.
-            which = ", ".join(s.parsed.message_id or "a message without Message-ID" for s in submissions)
-            if isinstance(exc, SQLAlchemyError | OSError):
-                log.error("could not store %d message(s) (%s): %s", len(part), which, _first_line(exc))
-            else:
-                log.exception("could not store %d message(s) (%s)", len(part), which)
-            for _, future in part:
-                if not future.done():
-                    future.set_exception(NotStored(_first_line(exc)))
-            return 0, []
-        for (_, future), result in zip(part, results, strict=True):
+                break
+            except Exception as exc:
+                if attempt < CONFLICT_RETRIES and _conflict(exc):
+                    attempt += 1
+                    # Another transaction committed what this one was about to store, or the two
+                    # waited for each other: a second go reads what it committed.
+                    log.info(
+                        "a batch of %d met another transaction (%s); storing it again (attempt %d)",
+                        len(part),
+                        _first_line(exc),
+                        attempt + 1,
+                    )
+                    continue
+                return await self._not_stored(part, exc)
+        stored = 0
+        for (submission, future), result in zip(part, results, strict=True):
+            if isinstance(result, Busy):
+                self._again(submission, future)
+                continue
+            stored += 1
+            self._busy_since.pop(future, None)
             if not future.done():
                 future.set_result(result)
-        return len(part), jobs
+        return stored, jobs
 
-    async def _store_once(self, submissions: list[Submission]) -> tuple[list[Accepted], list[CopyJob]]:
+    async def _not_stored(self, part: list[Waiting], exc: Exception) -> tuple[int, list[CopyJob]]:
+        submissions = [submission for submission, _ in part]
+        if len(part) > 1 and not _fails_everything(exc):
+            log.warning(
+                "a batch of %d could not be stored (%s); storing it in halves to find the one at fault",
+                len(part),
+                _first_line(exc),
+            )
+            half = len(part) // 2
+            first, first_jobs = await self._store_part(part[:half])
+            second, second_jobs = await self._store_part(part[half:])
+            return first + second, first_jobs + second_jobs
+        # No session may wait forever: it gets 451, and the transaction was rolled back, so nothing
+        # of it is stored. Message-IDs and the driver's first line only: no subject, no bytes.
+        which = ", ".join(s.parsed.message_id or "a message without Message-ID" for s in submissions)
+        if isinstance(exc, SQLAlchemyError | OSError):
+            log.error("could not store %d message(s) (%s): %s", len(part), which, _first_line(exc))
+        else:
+            log.exception("could not store %d message(s) (%s)", len(part), which)
+        for _, future in part:
+            self._busy_since.pop(future, None)
+            if not future.done():
+                future.set_exception(NotStored(_first_line(exc)))
+        return 0, []
+
+    def _again(self, submission: Submission, future: asyncio.Future[Accepted]) -> None:
+        """Queue a ``Busy`` message again after a short pause, until ``busy_wait`` has passed since it
+        was first left for later; then it is answered ``451`` (the node storing it may be stalled)."""
+        now = time.monotonic()
+        since = self._busy_since.setdefault(future, now)
+        if future.done():
+            self._busy_since.pop(future, None)
+            return
+        if now - since >= self.busy_wait:
+            self._busy_since.pop(future, None)
+            log.warning(
+                "%s: another transaction kept storing it for %.1f s; answered 451",
+                submission.parsed.message_id,
+                now - since,
+            )
+            future.set_exception(NotStored("another transaction is storing the same message"))
+            return
+        self._later += 1
+
+        def again() -> None:
+            self._later -= 1
+            self._queue.put_nowait((submission, future))
+
+        # Short at first (the other transaction commits within milliseconds), longer while it lasts.
+        pause = min(max(BUSY_PAUSE, (now - since) / 4), BUSY_PAUSE_MAX)
+        asyncio.get_running_loop().call_later(pause, again)
+
+    async def _store_once(self, submissions: list[Submission]) -> tuple[list[Accepted | Busy], list[CopyJob]]:
         lease = None
         if self.handoff is not None:
             until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.handoff.lease)
@@ -275,6 +351,21 @@ def _fails_everything(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, SAOperationalError | InterfaceError | OSError)
+
+
+# SQLSTATEs of a transaction that met another one: a unique key it committed meanwhile, a
+# serialization failure, a deadlock. Storing again resolves each.
+_CONFLICTS = frozenset({"23505", "40001", "40P01"})
+
+
+def _conflict(exc: BaseException) -> bool:
+    if not isinstance(exc, DBAPIError) or exc.connection_invalidated:
+        return False
+    state = getattr(exc.orig, "sqlstate", None)
+    if state is None:
+        # sqlite3 names no SQLSTATE; its IntegrityError may be another process's commit too.
+        return isinstance(exc, IntegrityError)
+    return state in _CONFLICTS
 
 
 def _first_line(exc: BaseException) -> str:
@@ -330,20 +421,38 @@ def _accept_batch(
     submissions: Sequence[Submission],
     hostname: str,
     lease: tuple[str, dt.datetime] | None = None,
-) -> tuple[list[Accepted], list[CopyJob]]:
-    """Store one batch; the answer for each submission, and (with ``lease``) the copies, leased to
-    ``lease[0]`` until ``lease[1]``, as jobs for the fan-out in this process."""
+) -> tuple[list[Accepted | Busy], list[CopyJob]]:
+    """Store one batch; the answer for each submission (``BUSY``: not stored, for a later batch), and
+    (with ``lease``) the copies, leased to ``lease[0]`` until ``lease[1]``, as jobs for the fan-out in
+    this process."""
     now = dt.datetime.now(dt.UTC)
-    results: list[Accepted | None] = [None] * len(submissions)
+    results: list[Accepted | Busy | None] = [None] * len(submissions)
     by_backoffice: dict[int, list[int]] = defaultdict(list)
     for index, s in enumerate(submissions):
         by_backoffice[s.account.backoffice_id].append(index)
     digests = [hashlib.sha256(s.raw).hexdigest() for s in submissions]
 
+    # Messages another node is storing right now are left for a later batch (``Busy``), and so are
+    # mail of this batch that names one of them (it may thread onto it): nothing here waits for them.
+    busy = acceptance.busy_resends(
+        connection,
+        {
+            (s.account.backoffice_id, m, digests[i])
+            for i, s in enumerate(submissions)
+            if (m := s.parsed.message_id)
+        },
+    )
+    busy_ids = {message_id for _, message_id, _ in busy}
+    for i, s in enumerate(submissions):
+        named = {s.parsed.message_id, *s.parsed.references, *s.parsed.in_reply_to} - {None}
+        if named & busy_ids:
+            results[i] = BUSY
+
     # Re-sends: already stored (earlier batch), or twice in this batch (the first one counts).
     first_in_batch: dict[tuple[int, str, str], int] = {}
     fresh: list[int] = []
     for backoffice_id, indexes in by_backoffice.items():
+        indexes = [i for i in indexes if results[i] is not BUSY]
         keys = {(m, digests[i]) for i in indexes if (m := submissions[i].parsed.message_id)}
         stored = acceptance.find_resends(connection, backoffice_id, keys)
         for i in indexes:
@@ -379,7 +488,7 @@ def _accept_batch(
     references, jobs = _write(connection, planned, now, lease)
     for i, plan in planned.items():
         result = results[i]
-        assert result is not None
+        assert isinstance(result, Accepted)
         results[i] = Accepted(
             result.gateway_id,
             references[plan.vorgang_id],
@@ -393,7 +502,7 @@ def _accept_batch(
             s = submissions[i]
             twin = first_in_batch[(s.account.backoffice_id, s.parsed.message_id or "", digests[i])]
             original = results[twin]
-            assert original is not None
+            assert isinstance(original, Accepted)
             results[i] = Accepted(
                 original.gateway_id,
                 original.vorgang,
