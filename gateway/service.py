@@ -14,10 +14,10 @@ what is queued, stop the fan-out between copies (a copy it had begun is found ag
 from __future__ import annotations
 
 import asyncio
-import math
 import ctypes
 import datetime as dt
 import logging
+import math
 import signal
 import ssl
 from dataclasses import dataclass
