@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -327,6 +328,7 @@ class Acceptance:
             )
             future.set_exception(NotStored("another transaction is storing the same message"))
             return
+        log.debug("%s: another transaction is storing it; queued again", submission.parsed.message_id)
         self._later += 1
 
         def again() -> None:
@@ -369,9 +371,22 @@ def _conflict(exc: BaseException) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    """The driver's message without SQLAlchemy's statement and parameters (they hold mail content)."""
-    text = str(exc.orig) if isinstance(exc, DBAPIError) and exc.orig is not None else str(exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    """What went wrong, fit for a log line: the driver's first line without SQLAlchemy's statement and
+    parameters, and without the values PostgreSQL quotes in it (a unique key's, an invalid input's),
+    which may be mail content; the constraint by name. Other errors by their kind and errno only."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        orig = exc.orig
+        text = str(orig).strip()
+        line = text.splitlines()[0] if text else type(orig).__name__
+        line = _QUOTED.sub('"…"', line)
+        constraint = getattr(getattr(orig, "diag", None), "constraint_name", None)
+        return f"{line} ({constraint})" if constraint else line
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__} {exc.errno}: {exc.strerror}" if exc.errno else type(exc).__name__
+    return type(exc).__name__
+
+
+_QUOTED = re.compile(r'"[^"]*"')
 
 
 # --- one batch ---------------------------------------------------------------------------------------------
