@@ -11,21 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, func, select, text, update
 
-from gateway.config import DatabaseSettings
+from gateway.config import DatabaseSettings, FlagSyncSettings
+from gateway.db import flagsync as flagsync_db
 from gateway.db.accounts import find_account
 from gateway.db.engine import create_engine
 from gateway.db.models import CopyRow, MessageRow, VorgangCounterRow, VorgangRow
 from gateway.db.writer import Writer
 from gateway.domain.parsing import parse_message
 from gateway.errors import NotStored
+from gateway.mailbox import MailboxOwner
 from gateway.stages.acceptance import Acceptance, Accepted, Submission, _accept_batch
+from gateway.stages.flagsync import FlagSync, _apply
 from tests.conftest import Gateway
+from tests.stages.conftest import PORTFOLIO
+from tests.stages.test_flagsync import NOTIFICATIONS, SB_B1, World, read_sync
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -323,3 +330,73 @@ async def in_sessions(
     parts = [shared[k::8] for k in range(8)] + [own[k::4] for k in range(4)]
     await asyncio.wait_for(asyncio.gather(*(session(part) for part in parts)), HANG)
     return answers
+
+
+# --- item 4: two flag watchers record a member's change once -----------------------------------------------
+
+
+async def test_two_flag_watchers_record_one_change_once(
+    with_login: Gateway, writer: Writer, other_writer: Writer, tmp_path: Path
+) -> None:
+    """Two nodes see SB-B1 answer a message in the same look at the mailbox. The first records it and
+    stalls before its commit; the second's update waits for it, then finds the flag recorded and
+    changes nothing: one ``flag.set``, one ``flag.propagated`` per co-member (before issue 17: two
+    ``flag.set`` for the one change)."""
+    world = World(writer, tmp_path / "mail")
+    await read_sync(writer, "answered")
+    await world.deliver("Beantwortet")
+    world.client_sets(SB_B1, "R")
+    (mailbox,) = [m for m in await writer.run(flagsync_db.watched) if m.address == SB_B1]
+    changes, _ = await world.mailbox.flag_changes(MailboxOwner(PORTFOLIO, SB_B1), None)
+
+    with other_writer.engine.connect() as first:
+        transaction = first.begin()
+        by_first = _apply(first, mailbox, changes, "n1", NOTIFICATIONS)
+        second = asyncio.create_task(writer.run(_apply, mailbox, changes, "n2", NOTIFICATIONS))
+        await waiting_for_a_lock(other_writer)
+        transaction.commit()
+    by_second = await asyncio.wait_for(second, HANG)
+
+    assert (by_first.by_member, by_first.propagated) == (1, 2)
+    assert (by_second.by_member, by_second.propagated) == (0, 0)
+    assert len(await world.events("flag.set")) == 1
+    assert len(await world.events("flag.propagated")) == 2
+
+
+async def test_two_flag_watchers_at_once_record_each_change_once(
+    with_login: Gateway, writer: Writer, other_writer: Writer, tmp_path: Path
+) -> None:
+    """The round of issue 17 that counted 20 ``flag.set`` for 10 copies: two flag watchers (nodes) look
+    at the mailboxes at the same time after SB-B1 answered ten messages."""
+    world = World(writer, tmp_path / "mail")
+    await read_sync(writer, "answered")
+    for i in range(10):
+        await world.deliver(f"Runde {i}")
+    for path in world.files(SB_B1):
+        base = path.name.partition(":")[0]
+        os.rename(path, path.parent.parent / "cur" / f"{base}:2,R")
+    watchers = [
+        FlagSync(w, world.mailbox, FlagSyncSettings(), node=node, notifications=NOTIFICATIONS)
+        for w, node in ((writer, "n1"), (other_writer, "n2"))
+    ]
+    propagated = await asyncio.wait_for(asyncio.gather(*(w.run_once() for w in watchers)), HANG)
+
+    assert sum(propagated) == 20, propagated
+    assert len(await world.events("flag.set")) == 10
+    assert len(await world.events("flag.propagated")) == 20
+
+
+async def waiting_for_a_lock(writer: Writer) -> None:
+    """Return once a session of the test's database waits for a lock (polled on a connection of
+    ``writer`` that is not in use)."""
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    with writer.engine.connect() as connection:
+        for _ in range(int(HANG / 0.01)):
+            if connection.scalar(query):
+                return
+            connection.rollback()
+            await asyncio.sleep(0.01)
+    raise AssertionError("no session waited for a lock")
