@@ -7,6 +7,13 @@ delay. A session hears ``250`` only after the commit that holds its message. If 
 batch for what one message holds, the batch is stored again in halves until only that message is left
 out and answered ``451``; if the database itself fails, every message of the batch gets ``451`` and
 nothing of them is stored (DESIGN.md §8).
+
+Several nodes may share one PostgreSQL database (issue 17). A message another node is storing at the
+same moment (the same bytes through both MX hosts) is left for a later batch and then answered as the
+re-send it is, while the rest of the batch is stored; nothing waits for the other node, and only that
+message hears ``451`` if the other node stalls for longer than ``busy_wait``. A conflict the database
+reports (a unique key just committed elsewhere, a deadlock) stores the batch again, a bounded number of
+times. Log lines name messages by Message-ID and gateway id, never by their content.
 """
 
 from __future__ import annotations
