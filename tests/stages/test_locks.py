@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, func, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from gateway.config import DatabaseSettings, FlagSyncSettings
 from gateway.db import flagsync as flagsync_db
@@ -28,7 +29,7 @@ from gateway.db.writer import Writer
 from gateway.domain.parsing import parse_message
 from gateway.errors import NotStored
 from gateway.mailbox import MailboxOwner
-from gateway.stages.acceptance import Acceptance, Accepted, Submission, _accept_batch
+from gateway.stages.acceptance import Acceptance, Accepted, Submission, _accept_batch, _first_line
 from gateway.stages.flagsync import FlagSync, _apply
 from tests.conftest import Gateway
 from tests.stages.conftest import PORTFOLIO
@@ -230,6 +231,35 @@ async def test_every_connection_bounds_its_waits(database_url: str) -> None:
     assert shown["idle_in_transaction_session_timeout"] == "7s"
     assert shown["tcp_keepalives_count"] == "2"
     assert shown["statement_timeout"] == "0", "a migration may take long"
+
+
+async def test_database_errors_carry_no_mail_content(database_url: str) -> None:
+    """A statement the database refuses: the exception names the statement but not its parameters (every
+    engine is made with hide_parameters), and what acceptance logs of it drops the values PostgreSQL
+    quotes in its own message (here the invalid input itself)."""
+
+    def refused(connection: Connection) -> None:
+        connection.execute(text("SELECT CAST(:v AS integer), :w"), {"v": SECRET, "w": f"{SECRET}-Betreff"})
+
+    writer = Writer(database_url)
+    try:
+        with pytest.raises(DBAPIError) as caught:
+            await writer.run(refused)
+    finally:
+        await writer.close()
+    assert f"{SECRET}-Betreff" not in str(caught.value)
+    assert "parameters hidden" in str(caught.value)
+    assert SECRET not in _first_line(caught.value)
+    assert _first_line(caught.value).startswith("invalid input syntax for type integer")
+
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            with pytest.raises(DBAPIError) as caught:
+                await connection.run_sync(refused)
+    finally:
+        await engine.dispose()
+    assert f"{SECRET}-Betreff" not in str(caught.value)
 
 
 # --- item 4: the same bytes on two nodes at once; each message its own answer ------------------------------
