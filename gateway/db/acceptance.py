@@ -295,9 +295,41 @@ def busy_resends(connection: Connection, keys: Collection[ResendKey]) -> set[Res
     ``find_resends``, so that its read comes after the other transaction's commit. SQLite has one
     writer at a time: nothing is busy there.
     """
-    if not keys or connection.dialect.name != "postgresql":
+    named = {"resend\0{}\0{}\0{}".format(*key): key for key in keys}
+    return {named[name] for name in _busy(connection, named)}
+
+
+def busy_vorgaenge(
+    connection: Connection, vorgang_ids: Collection[int], keys: Collection[tuple[int, str]]
+) -> tuple[set[int], set[tuple[int, str]]]:
+    """Of the Vorgänge ``vorgang_ids`` that mail of a batch joins, and the rule-derived ``keys``
+    (portfolio id, key) of Vorgänge it opens, those another transaction is writing right now; this
+    one holds the rest, as ``busy_resends`` does for messages.
+
+    Storing a message moves its Vorgang's ``last_message_at``, which locks the Vorgang's row until
+    commit, and a Vorgang opened with a key holds the key's place in the unique index: a node that
+    stalls there would make every other node's mail into that Vorgang wait. Only that mail is left
+    for a later batch; the rest of the batch is stored.
+    """
+    named_ids = {f"vorgang\0{vorgang_id}": vorgang_id for vorgang_id in vorgang_ids}
+    named_keys = {f"vorgang-key\0{pid}\0{key}": (pid, key) for pid, key in keys}
+    busy = _busy(connection, named_ids.keys() | named_keys.keys())
+    return (
+        {named_ids[name] for name in busy if name in named_ids},
+        {named_keys[name] for name in busy if name in named_keys},
+    )
+
+
+def _busy(connection: Connection, names: Collection[str]) -> set[str]:
+    """Of the advisory locks ``names``, those another transaction holds; this one takes the rest.
+
+    Each is tried once and none waited for (``pg_try_advisory_xact_lock``), so two batches never wait
+    for each other over these, nor deadlock; taken, they are held until this transaction ends. SQLite
+    has one writer at a time: nothing is busy there.
+    """
+    if not names or connection.dialect.name != "postgresql":
         return set()
-    by_lock = {_lock_key(key): key for key in keys}
+    by_lock = {_lock_key(name): name for name in names}
     busy = connection.execute(_TRY_LOCKS, {"keys": list(by_lock)}).scalars()
     return {by_lock[int(lock)] for lock in busy}
 
@@ -306,9 +338,7 @@ def busy_resends(connection: Connection, keys: Collection[ResendKey]) -> set[Res
 _TRY_LOCKS = text("SELECT k FROM unnest(CAST(:keys AS bigint[])) AS k WHERE NOT pg_try_advisory_xact_lock(k)")
 
 
-def _lock_key(key: ResendKey) -> int:
-    """The advisory lock of a re-send key: 64 bits of its hash, as PostgreSQL's signed bigint. Two
-    messages sharing a lock by chance only means one waits for the other's batch to commit."""
-    backoffice_id, message_id, sha256 = key
-    digest = hashlib.sha256(f"resend\0{backoffice_id}\0{message_id}\0{sha256}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+def _lock_key(name: str) -> int:
+    """The advisory lock of a name: 64 bits of its hash, as PostgreSQL's signed bigint. Two names
+    sharing a lock by chance only means that one waits for the other's batch to commit."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)

@@ -504,6 +504,10 @@ def _accept_batch(
     for portfolio_id, indexes in sorted(by_portfolio.items()):
         planned |= _plan_portfolio(connection, portfolio_id, indexes, submissions, digests, hostname, now)
 
+    # Mail into a Vorgang another node is writing right now (or opening it by the same rule key) is
+    # left for a later batch as well, rather than waiting for that node's commit.
+    _leave_busy_vorgaenge(connection, planned, results)
+
     for i, plan in planned.items():
         copies = len(plan.audience.members) if plan.audience and not plan.quarantined else 0
         results[i] = Accepted(plan.gateway_id, "", plan.found.value, copies, False, plan.quarantined)
@@ -524,6 +528,9 @@ def _accept_batch(
             s = submissions[i]
             twin = first_in_batch[(s.account.backoffice_id, s.parsed.message_id or "", digests[i])]
             original = results[twin]
+            if isinstance(original, Busy):
+                results[i] = BUSY
+                continue
             assert isinstance(original, Accepted)
             results[i] = Accepted(
                 original.gateway_id,
@@ -534,6 +541,32 @@ def _accept_batch(
                 quarantined=original.quarantined,
             )
     return [r for r in results if r is not None], jobs
+
+
+def _leave_busy_vorgaenge(
+    connection: Connection, planned: dict[int, _Planned], results: list[Accepted | Busy | None]
+) -> None:
+    """Take the plans whose Vorgang another transaction is writing out of ``planned``, as ``BUSY``.
+
+    A Vorgang opened in this batch is shared by the plans with its placeholder id; its rule-derived
+    key, if any, is its first plan's (as ``_write`` opens it)."""
+    opened: dict[tuple[int, int], str | None] = {}
+    for plan in planned.values():
+        if plan.vorgang_id < 0:
+            opened.setdefault((plan.submission.account.portfolio_id, plan.vorgang_id), plan.key)
+    busy_ids, busy_keys = acceptance.busy_vorgaenge(
+        connection,
+        {plan.vorgang_id for plan in planned.values() if plan.vorgang_id > 0},
+        {(pid, key) for (pid, _), key in opened.items() if key is not None},
+    )
+    if not busy_ids and not busy_keys:
+        return
+    for i, plan in list(planned.items()):
+        pid = plan.submission.account.portfolio_id
+        key = opened.get((pid, plan.vorgang_id))
+        if plan.vorgang_id in busy_ids or (key is not None and (pid, key) in busy_keys):
+            del planned[i]
+            results[i] = BUSY
 
 
 def _plan_portfolio(

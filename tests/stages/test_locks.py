@@ -45,12 +45,13 @@ HANG = 30.0
 SECRET = "Geheimer-Inhalt"
 
 
-async def submission(writer: Writer, subject: str, *, body: str = "Text") -> Submission:
+async def submission(writer: Writer, subject: str, *, message_id: str | None = None) -> Submission:
     account = await writer.run(find_account, LOGIN)
     assert account is not None
+    message_id = message_id or f"<{subject.replace(' ', '-')}@ams.example>"
     raw = (
         f"From: {LOGIN}\r\nTo: {TO}\r\nSubject: {subject} {SECRET}\r\n"
-        f"Message-ID: <{subject.replace(' ', '-')}@ams.example>\r\n\r\n{body} {SECRET}\r\n"
+        f"Message-ID: {message_id}\r\n\r\nText {SECRET}\r\n"
     ).encode()
     return Submission(account, LOGIN, (TO,), raw, parse_message(raw), "submission", "x")
 
@@ -136,6 +137,34 @@ async def test_a_stalled_acceptance_holds_no_other_node_up(
     # The frozen transaction is gone (rolled back): its number stays unused, a documented gap.
     counts = await node.writer.run(stored)
     assert counts == {"messages": 6, "vorgaenge": 6}
+
+
+async def test_mail_into_a_vorgang_a_stalled_node_writes_waits_alone(
+    with_login: Gateway, node: Node, other_writer: Writer
+) -> None:
+    """The other node stored a message into an existing Vorgang and stalls before its commit (holding
+    the Vorgang's row). This node's mail into that Vorgang waits for it; its other mail is stored at
+    once; after the other node's commit the waiting message joins the Vorgang."""
+    (first,) = await node.accept(await submission(node.writer, "Schaden"))
+    assert isinstance(first, Accepted)
+    tagged = f"[{first.vorgang}] Nachtrag"
+    with other_writer.engine.connect() as other:
+        transaction = other.begin()
+        (theirs,), _ = _accept_batch(
+            other, [await submission(node.writer, tagged, message_id="<n1@ams.example>")], "gw2"
+        )
+        assert isinstance(theirs, Accepted)
+        assert theirs.vorgang == first.vorgang
+        submit = node.acceptance.submit
+        joining = asyncio.create_task(submit(await submission(node.writer, tagged, message_id="<n2@x>")))
+        others = [await submission(node.writer, f"anderes {i}") for i in range(3)]
+        stored_meanwhile = await asyncio.wait_for(asyncio.gather(*(submit(s) for s in others)), HANG)
+        assert all(r.vorgang != first.vorgang for r in stored_meanwhile)
+        assert not joining.done(), "mail into the Vorgang the other node writes waits for it"
+        transaction.commit()
+    joined = await asyncio.wait_for(joining, HANG)
+    assert joined.vorgang == first.vorgang
+    assert not joined.duplicate
 
 
 async def test_a_lock_held_past_lock_timeout_is_answered_451(
