@@ -17,6 +17,7 @@ import asyncio
 import ctypes
 import datetime as dt
 import logging
+import math
 import signal
 import ssl
 from dataclasses import dataclass
@@ -118,8 +119,10 @@ class Service:
         self.settings = settings
         # This process's instruments, on a registry of its own (gateway.metrics); /metrics serves them.
         self.metrics = Metrics()
-        self.engine = create_engine(settings.database_url, echo=settings.database.echo)
-        self.writer = Writer(settings.database_url, echo=settings.database.echo)
+        self.engine = create_engine(
+            settings.database_url, echo=settings.database.echo, database=settings.database
+        )
+        self.writer = Writer(settings.database_url, echo=settings.database.echo, database=settings.database)
         self.mailbox = mailbox or mailbox_for(settings)
         self.fanout = FanOut(
             self.writer,
@@ -134,7 +137,12 @@ class Service:
         if settings.fanout.enabled:
             handoff = HandOff(settings.gateway.node_name, settings.fanout.lease, self.fanout.take)
         self.acceptance = Acceptance(
-            self.writer, hostname=settings.gateway.hostname, on_accepted=self.fanout.wake, handoff=handoff
+            self.writer,
+            hostname=settings.gateway.hostname,
+            on_accepted=self.fanout.wake,
+            handoff=handoff,
+            # A message another node is storing waits for it as long as a lock would (0: no limit).
+            busy_wait=settings.database.lock_timeout or math.inf,
         )
         self.relay = Relay(
             self.writer,

@@ -108,7 +108,7 @@ async def reconcile_run(ctx: Context, portfolio: str | None, wait: bool, as_json
         click.echo("`gateway reconcile status` shows the progress; `gateway serve` works the runs")
         return
     settings = ctx.settings
-    writer = Writer(settings.database_url, echo=settings.database.echo)
+    writer = Writer(settings.database_url, echo=settings.database.echo, database=settings.database)
     node = f"cli:{socket.gethostname()}:{os.getpid()}"
     finished: list[reconcile_db.RunView] = []
     try:

@@ -29,7 +29,7 @@ T = TypeVar("T")
 async def database(ctx: Context) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     """Sessions on the configured, migrated database, for a command that needs more than one."""
     settings = ctx.settings
-    engine = create_engine(settings.database_url, echo=settings.database.echo)
+    engine = create_engine(settings.database_url, echo=settings.database.echo, database=settings.database)
     try:
         await require_current(engine)
         yield session_factory(engine)
@@ -55,12 +55,12 @@ async def in_transaction(
 async def on_writer(ctx: Context, work: Callable[[Connection], T]) -> T:
     """Run ``work`` in one transaction on the writer's Core connection, on the migrated database."""
     settings = ctx.settings
-    engine = create_engine(settings.database_url, echo=settings.database.echo)
+    engine = create_engine(settings.database_url, echo=settings.database.echo, database=settings.database)
     try:
         await require_current(engine)
     finally:
         await engine.dispose()
-    writer = Writer(settings.database_url, echo=settings.database.echo)
+    writer = Writer(settings.database_url, echo=settings.database.echo, database=settings.database)
     try:
         return await writer.run(work)
     except (DBAPIError, SQLAlchemyError) as exc:

@@ -116,6 +116,33 @@ class DatabaseSettings(Section):
     schema_check_interval: Annotated[float, Field(gt=0)] = 30.0
     """Seconds between two looks of a running gateway at the database's schema revision, so that it
     notices within a minute when another node migrated the database past it (gateway.stages.schema_watch)."""
+    # Bounded waits on PostgreSQL (issue 17): a node that stalls, or dies without closing its
+    # connections, must hold the others up for seconds, never for as long as it is gone.
+    lock_timeout: Annotated[float, Field(ge=0)] = 5.0
+    """Seconds a statement waits for a lock another transaction holds before it gives up (PostgreSQL's
+    ``lock_timeout``): acceptance answers that batch ``451 4.3.0`` and queue work tries again later.
+    0: wait without limit."""
+
+    statement_timeout: Annotated[float, Field(ge=0)] = 30.0
+    """Seconds one statement of the serving work (acceptance, queues, flag sync) may run before the
+    server cancels it (PostgreSQL's ``statement_timeout``). Migrations and admin commands are not
+    limited. 0: no limit."""
+
+    idle_in_transaction_timeout: Annotated[float, Field(ge=0)] = 10.0
+    """Seconds a connection may sit in an open transaction without sending anything before the server
+    ends it and frees its locks (PostgreSQL's ``idle_in_transaction_session_timeout``): a node frozen
+    mid-transaction holds the others up at most this long. 0: no limit."""
+
+    keepalives_idle: PositiveInt = 5
+    """Seconds of silence on a database connection before TCP keepalive probes start, on both ends
+    (libpq ``keepalives_idle``, the server's ``tcp_keepalives_idle``): a node whose machine or network
+    is gone has its connection, and so its locks, freed after about idle + interval x count seconds."""
+
+    keepalives_interval: PositiveInt = 2
+    """Seconds between two unanswered keepalive probes."""
+
+    keepalives_count: PositiveInt = 3
+    """Unanswered keepalive probes after which the connection counts as dead."""
 
     @model_validator(mode="after")
     def _password_file_needs_a_server_url(self) -> Self:

@@ -8,12 +8,13 @@ statement per batch (not per message), through Core tables rather than the ORM's
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, insert, select
+from sqlalchemy import Connection, Table, and_, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.db.models import (
@@ -223,26 +224,13 @@ def new_vorgaenge(
     """Open one Vorgang per subject with the portfolio's next numbers of this year; (id, reference) each.
 
     ``keys`` gives each new Vorgang its rule-derived key (None: none), so later mail with the key finds it.
-
-    One upsert takes all the numbers: the row lock it holds until commit makes concurrent sessions and
-    processes queue for it on PostgreSQL; on SQLite the write lock does the same.
+    The numbers are taken by ``take_numbers``, on PostgreSQL outside this transaction.
     """
     if not subjects:
         return []
     count = len(subjects)
-    dialect = connection.dialect.name
-    upsert: Any = (postgresql if dialect == "postgresql" else sqlite).insert(VorgangCounterRow)
-    last = (
-        connection.execute(
-            upsert.values(portfolio_id=portfolio_id, year=now.year, last_number=count)
-            .on_conflict_do_update(
-                index_elements=["portfolio_id", "year"],
-                set_={"last_number": VorgangCounterRow.last_number + count},
-            )
-            .returning(VorgangCounterRow.last_number)
-        )
-    ).scalar_one()
-    references = [format_reference(now.year, int(last) - count + 1 + i) for i in range(count)]
+    last = take_numbers(connection, portfolio_id, now.year, count)
+    references = [format_reference(now.year, last - count + 1 + i) for i in range(count)]
     result = connection.execute(
         insert(VORGAENGE).returning(VORGAENGE.c.id, sort_by_parameter_order=True),
         [
@@ -258,3 +246,99 @@ def new_vorgaenge(
         ],
     )
     return [(int(row[0]), ref) for row, ref in zip(result, references, strict=True)]
+
+
+def take_numbers(connection: Connection, portfolio_id: int, year: int, count: int) -> int:
+    """Take the portfolio's next ``count`` Vorgang numbers of ``year``; the last of them.
+
+    One upsert takes them all. On PostgreSQL it runs in a transaction of its own on a second
+    connection of the engine, committed at once: the counter row is locked for that one statement,
+    not for the whole acceptance transaction, so a node that stalls mid-transaction holds no other
+    node's new Vorgänge up (issue 17). The price: numbers taken by a transaction that then rolls
+    back are not used, so a portfolio's numbers may have gaps; they stay unique and increase in the
+    order they were taken. SQLite has one writer at a time, so there the upsert joins the
+    transaction, and a rollback gives the numbers back.
+    """
+    if connection.dialect.name != "postgresql":
+        return _count_up(connection, sqlite.insert(VorgangCounterRow), portfolio_id, year, count)
+    with connection.engine.connect() as own:
+        own.execution_options(isolation_level="AUTOCOMMIT")
+        return _count_up(own, postgresql.insert(VorgangCounterRow), portfolio_id, year, count)
+
+
+def _count_up(connection: Connection, upsert: Any, portfolio_id: int, year: int, count: int) -> int:
+    return int(
+        connection.execute(
+            upsert.values(portfolio_id=portfolio_id, year=year, last_number=count)
+            .on_conflict_do_update(
+                index_elements=["portfolio_id", "year"],
+                set_={"last_number": VorgangCounterRow.last_number + count},
+            )
+            .returning(VorgangCounterRow.last_number)
+        ).scalar_one()
+    )
+
+
+ResendKey = tuple[int, str, str]
+"""What makes a message a re-send: (back office id, Message-ID, sha256 of its bytes)."""
+
+
+def busy_resends(connection: Connection, keys: Collection[ResendKey]) -> set[ResendKey]:
+    """Of ``keys``, those another transaction is storing right now; this transaction holds the rest.
+
+    Two nodes that receive the same bytes at once must store them once and answer both sessions
+    (issue 17). On PostgreSQL each key is a transaction-level advisory lock, taken without waiting
+    (``pg_try_advisory_xact_lock``): a message whose key another transaction holds is left for a
+    later batch, which finds it stored (a re-send) or takes the lock; a message whose key this one
+    holds can be looked up and stored without meeting the other's uncommitted row in the unique
+    index, so no two batches wait for each other or deadlock over shared messages. Ask before
+    ``find_resends``, so that its read comes after the other transaction's commit. SQLite has one
+    writer at a time: nothing is busy there.
+    """
+    named = {"resend\0{}\0{}\0{}".format(*key): key for key in keys}
+    return {named[name] for name in _busy(connection, named)}
+
+
+def busy_vorgaenge(
+    connection: Connection, vorgang_ids: Collection[int], keys: Collection[tuple[int, str]]
+) -> tuple[set[int], set[tuple[int, str]]]:
+    """Of the Vorgänge ``vorgang_ids`` that mail of a batch joins, and the rule-derived ``keys``
+    (portfolio id, key) of Vorgänge it opens, those another transaction is writing right now; this
+    one holds the rest, as ``busy_resends`` does for messages.
+
+    Storing a message moves its Vorgang's ``last_message_at``, which locks the Vorgang's row until
+    commit, and a Vorgang opened with a key holds the key's place in the unique index: a node that
+    stalls there would make every other node's mail into that Vorgang wait. Only that mail is left
+    for a later batch; the rest of the batch is stored.
+    """
+    named_ids = {f"vorgang\0{vorgang_id}": vorgang_id for vorgang_id in vorgang_ids}
+    named_keys = {f"vorgang-key\0{pid}\0{key}": (pid, key) for pid, key in keys}
+    busy = _busy(connection, named_ids.keys() | named_keys.keys())
+    return (
+        {named_ids[name] for name in busy if name in named_ids},
+        {named_keys[name] for name in busy if name in named_keys},
+    )
+
+
+def _busy(connection: Connection, names: Collection[str]) -> set[str]:
+    """Of the advisory locks ``names``, those another transaction holds; this one takes the rest.
+
+    Each is tried once and none waited for (``pg_try_advisory_xact_lock``), so two batches never wait
+    for each other over these, nor deadlock; taken, they are held until this transaction ends. SQLite
+    has one writer at a time: nothing is busy there.
+    """
+    if not names or connection.dialect.name != "postgresql":
+        return set()
+    by_lock = {_lock_key(name): name for name in names}
+    busy = connection.execute(_TRY_LOCKS, {"keys": list(by_lock)}).scalars()
+    return {by_lock[int(lock)] for lock in busy}
+
+
+# Each key tried once, none waited for; those another transaction holds come back.
+_TRY_LOCKS = text("SELECT k FROM unnest(CAST(:keys AS bigint[])) AS k WHERE NOT pg_try_advisory_xact_lock(k)")
+
+
+def _lock_key(name: str) -> int:
+    """The advisory lock of a name: 64 bits of its hash, as PostgreSQL's signed bigint. Two names
+    sharing a lock by chance only means that one waits for the other's batch to commit."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)

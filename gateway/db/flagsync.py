@@ -92,9 +92,21 @@ def known_flags(connection: Connection, member_id: int, copy_ids: Collection[str
     ]
 
 
-def record_flag(connection: Connection, copy_pk: int, flag: SyncedFlag, *, on: bool) -> None:
-    """What the member did to the copy's flag in their mailbox, as the gateway now knows it."""
-    connection.execute(update(CopyRow).where(CopyRow.id == copy_pk).values({_COLUMN[flag]: on}))
+def record_flag(connection: Connection, copy_pk: int, flag: SyncedFlag, *, on: bool) -> bool:
+    """What the member did to the copy's flag in their mailbox, as the gateway now knows it; True when
+    this transaction changed it.
+
+    Compare-and-set: the row changes only while the flag is still the opposite of ``on``, as
+    ``known_flags`` read it. Two nodes watching the same mailbox see the member's change both; on
+    PostgreSQL the second UPDATE waits for the first to commit, finds the flag set already (the row
+    is read again after the wait) and changes nothing, so only the first records the change and
+    carries it on (issue 17). SQLite has one writer at a time, so the condition always holds there.
+    """
+    column = _COLUMN[flag]
+    result = connection.execute(
+        update(CopyRow).where(CopyRow.id == copy_pk, column.is_(not on)).values({column: on})
+    )
+    return result.rowcount == 1
 
 
 def message_flags(
@@ -118,16 +130,20 @@ def carry_flag(
     member_id: int,
     flag: SyncedFlag,
     now: dt.datetime,
-) -> None:
+) -> bool:
     """Set ``flag`` on the member's copy of the message: a delivered copy is due for it in the mailbox
-    now; a pending one gets it with its first write."""
+    now; a pending one gets it with its first write. True when this transaction set it; False when
+    the copy has it already (another node carried it a moment ago: compare-and-set as ``record_flag``).
+    """
     delivered = CopyRow.state == CopyState.DELIVERED
-    connection.execute(
+    column = _COLUMN[flag]
+    result = connection.execute(
         update(CopyRow)
         .where(
             CopyRow.message_id == message_pk,
             CopyRow.member_id == member_id,
             CopyRow.portfolio_id == portfolio_id,
+            column.is_(False),
         )
         .values(
             {
@@ -138,6 +154,7 @@ def carry_flag(
             }
         )
     )
+    return bool(result.rowcount)
 
 
 def unnotified_mail(connection: Connection, portfolio_id: int, message_pk: int) -> MessageHead | None:

@@ -18,7 +18,8 @@ from typing import Concatenate, ParamSpec, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from gateway.db.engine import sqlite_on_begin, sqlite_on_connect
+from gateway.config import DatabaseSettings
+from gateway.db.engine import postgres_connect_args, sqlite_on_begin, sqlite_on_connect
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -41,14 +42,27 @@ class Writer:
     set-based statements, and the session's unit of work and ORM execution added a third to each.
     """
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, database: DatabaseSettings | None = None) -> None:
         target = sync_url(url)
         if make_url(target).get_backend_name() == "sqlite":
-            self.engine: Engine = create_engine(target, echo=echo, pool_size=1, max_overflow=0)
+            self.engine: Engine = create_engine(
+                target, echo=echo, hide_parameters=True, pool_size=1, max_overflow=0
+            )
             event.listen(self.engine, "connect", sqlite_on_connect)
             event.listen(self.engine, "begin", sqlite_on_begin)
         else:
-            self.engine = create_engine(target, echo=echo, pool_size=1, max_overflow=0, pool_pre_ping=True)
+            # Two connections: the transaction's, and the one on which the Vorgang numbers are taken
+            # in short transactions of their own (gateway.db.acceptance.take_numbers), so that no
+            # acceptance transaction holds the counter while it lasts.
+            self.engine = create_engine(
+                target,
+                echo=echo,
+                hide_parameters=True,
+                pool_size=2,
+                max_overflow=0,
+                pool_pre_ping=True,
+                connect_args=postgres_connect_args(target, database or DatabaseSettings(), serving=True),
+            )
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
 
     async def run(

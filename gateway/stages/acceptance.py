@@ -7,6 +7,13 @@ delay. A session hears ``250`` only after the commit that holds its message. If 
 batch for what one message holds, the batch is stored again in halves until only that message is left
 out and answered ``451``; if the database itself fails, every message of the batch gets ``451`` and
 nothing of them is stored (DESIGN.md §8).
+
+Several nodes may share one PostgreSQL database (issue 17). A message another node is storing at the
+same moment (the same bytes through both MX hosts) is left for a later batch and then answered as the
+re-send it is, while the rest of the batch is stored; nothing waits for the other node, and only that
+message hears ``451`` if the other node stalls for longer than ``busy_wait``. A conflict the database
+reports (a unique key just committed elsewhere, a deadlock) stores the batch again, a bounded number of
+times. Log lines name messages by Message-ID and gateway id, never by their content.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -59,6 +67,15 @@ MAX_BATCH = 200
 # after the first arrival lets them share the next transaction instead of trickling into several.
 # Measured with bench/ingest.py (10 sessions, SQLite): accepting alone 430 -> 530 msg/s.
 GATHER = 0.002
+# A batch that met another transaction is stored again this many times before its messages are
+# answered one by one (split in halves) or with 451.
+CONFLICT_RETRIES = 3
+# A message another node is storing at the same moment is tried again after this pause (growing
+# while it waits), for at most BUSY_WAIT seconds (the stage's ``busy_wait``, [database] lock_timeout
+# in a running gateway), then answered 451.
+BUSY_PAUSE = 0.01
+BUSY_PAUSE_MAX = 0.5
+BUSY_WAIT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +106,15 @@ class Accepted:
 
 
 Waiting = tuple[Submission, "asyncio.Future[Accepted]"]
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """A message of a batch left for a later one: another transaction (another node) is storing the
+    same bytes right now (``gateway.db.acceptance.busy_resends``)."""
+
+
+BUSY = Busy()
 
 
 # --- what a back office may submit (checked by the listener before a message is queued) ----------------
@@ -161,14 +187,19 @@ class Acceptance:
         hostname: str,
         on_accepted: Callable[[], None] = lambda: None,
         handoff: HandOff | None = None,
+        busy_wait: float = BUSY_WAIT,
     ) -> None:
         self.writer = writer
         self.hostname = hostname
         self.on_accepted = on_accepted
         self.handoff = handoff
+        self.busy_wait = busy_wait
         self._queue: asyncio.Queue[Waiting] = asyncio.Queue()
         self._idle = asyncio.Event()
         self._idle.set()
+        # Messages left for a later batch (``Busy``): since when, and how many wait to be queued again.
+        self._busy_since: dict[asyncio.Future[Accepted], float] = {}
+        self._later = 0
 
     async def submit(self, submission: Submission) -> Accepted:
         """Store ``submission``; returns once it is committed. Raises NotStored when it could not be.
@@ -195,13 +226,13 @@ class Acceptance:
 
     async def drain(self) -> None:
         """Wait until everything queued is stored (on shutdown, after the listeners stopped taking mail)."""
-        while not (self._queue.empty() and self._idle.is_set()):
+        while not (self._queue.empty() and self._idle.is_set() and self._later == 0):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), 0.1)
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + self._later
 
     async def _store(self, batch: list[Waiting]) -> None:
         started = time.perf_counter()
@@ -224,44 +255,98 @@ class Acceptance:
         (DESIGN.md §8): such a failure splits the part in halves, each stored on its own, until the
         message at fault is alone and only it is answered ``451``. The halves go in order, so a message
         that answers an earlier one of the batch finds it stored. A fault of the database itself
-        (unreachable, locked, disk full) would fail any part alike: everything of it gets ``451`` at once.
+        (unreachable, a lock wait past ``lock_timeout``, disk full) would fail any part alike:
+        everything of it gets ``451`` at once.
+
+        Another node storing some of the same messages at the same moment is no fault (issue 17): the
+        messages it holds come back ``Busy`` and are queued again (``_later``), the others are stored;
+        a conflict the database reports (a unique key another transaction just committed, a deadlock)
+        stores the part again, up to ``CONFLICT_RETRIES`` times.
         """
         submissions = [submission for submission, _ in part]
-        try:
+        attempt = 0
+        while True:
             try:
                 results, jobs = await self._store_once(submissions)
-            except IntegrityError:
-                # Another process stored one of these re-sent messages at the same moment; a second
-                # go finds it. Anything else, or failing again, is handled below.
-                results, jobs = await self._store_once(submissions)
-        except Exception as exc:
-            if len(part) > 1 and not _fails_everything(exc):
-                log.warning(
-                    "a batch of %d could not be stored (%s); storing it in halves to find the one at fault",
-                    len(part),
-                    _first_line(exc),
-                )
-                half = len(part) // 2
-                first, first_jobs = await self._store_part(part[:half])
-                second, second_jobs = await self._store_part(part[half:])
-                return first + second, first_jobs + second_jobs
-            # No session may wait forever: it gets 451, and the transaction was rolled back, so nothing
-            # of it is stored.
-            which = ", ".join(s.parsed.message_id or "a message without Message-ID" for s in submissions)
-            if isinstance(exc, SQLAlchemyError | OSError):
-                log.error("could not store %d message(s) (%s): %s", len(part), which, _first_line(exc))
-            else:
-                log.exception("could not store %d message(s) (%s)", len(part), which)
-            for _, future in part:
-                if not future.done():
-                    future.set_exception(NotStored(_first_line(exc)))
-            return 0, []
-        for (_, future), result in zip(part, results, strict=True):
+                break
+            except Exception as exc:
+                if attempt < CONFLICT_RETRIES and _conflict(exc):
+                    attempt += 1
+                    # Another transaction committed what this one was about to store, or the two
+                    # waited for each other: a second go reads what it committed.
+                    log.info(
+                        "a batch of %d met another transaction (%s); storing it again (attempt %d)",
+                        len(part),
+                        _first_line(exc),
+                        attempt + 1,
+                    )
+                    continue
+                return await self._not_stored(part, exc)
+        stored = 0
+        for (submission, future), result in zip(part, results, strict=True):
+            if isinstance(result, Busy):
+                self._again(submission, future)
+                continue
+            stored += 1
+            self._busy_since.pop(future, None)
             if not future.done():
                 future.set_result(result)
-        return len(part), jobs
+        return stored, jobs
 
-    async def _store_once(self, submissions: list[Submission]) -> tuple[list[Accepted], list[CopyJob]]:
+    async def _not_stored(self, part: list[Waiting], exc: Exception) -> tuple[int, list[CopyJob]]:
+        submissions = [submission for submission, _ in part]
+        if len(part) > 1 and not _fails_everything(exc):
+            log.warning(
+                "a batch of %d could not be stored (%s); storing it in halves to find the one at fault",
+                len(part),
+                _first_line(exc),
+            )
+            half = len(part) // 2
+            first, first_jobs = await self._store_part(part[:half])
+            second, second_jobs = await self._store_part(part[half:])
+            return first + second, first_jobs + second_jobs
+        # No session may wait forever: it gets 451, and the transaction was rolled back, so nothing
+        # of it is stored. Message-IDs and the driver's first line only: no subject, no bytes.
+        which = ", ".join(s.parsed.message_id or "a message without Message-ID" for s in submissions)
+        if isinstance(exc, SQLAlchemyError | OSError):
+            log.error("could not store %d message(s) (%s): %s", len(part), which, _first_line(exc))
+        else:
+            log.exception("could not store %d message(s) (%s)", len(part), which)
+        for _, future in part:
+            self._busy_since.pop(future, None)
+            if not future.done():
+                future.set_exception(NotStored(_first_line(exc)))
+        return 0, []
+
+    def _again(self, submission: Submission, future: asyncio.Future[Accepted]) -> None:
+        """Queue a ``Busy`` message again after a short pause, until ``busy_wait`` has passed since it
+        was first left for later; then it is answered ``451`` (the node storing it may be stalled)."""
+        now = time.monotonic()
+        since = self._busy_since.setdefault(future, now)
+        if future.done():
+            self._busy_since.pop(future, None)
+            return
+        if now - since >= self.busy_wait:
+            self._busy_since.pop(future, None)
+            log.warning(
+                "%s: another transaction kept storing it for %.1f s; answered 451",
+                submission.parsed.message_id,
+                now - since,
+            )
+            future.set_exception(NotStored("another transaction is storing the same message"))
+            return
+        log.debug("%s: another transaction is storing it; queued again", submission.parsed.message_id)
+        self._later += 1
+
+        def again() -> None:
+            self._later -= 1
+            self._queue.put_nowait((submission, future))
+
+        # Short at first (the other transaction commits within milliseconds), longer while it lasts.
+        pause = min(max(BUSY_PAUSE, (now - since) / 4), BUSY_PAUSE_MAX)
+        asyncio.get_running_loop().call_later(pause, again)
+
+    async def _store_once(self, submissions: list[Submission]) -> tuple[list[Accepted | Busy], list[CopyJob]]:
         lease = None
         if self.handoff is not None:
             until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.handoff.lease)
@@ -277,10 +362,38 @@ def _fails_everything(exc: BaseException) -> bool:
     return isinstance(exc, SAOperationalError | InterfaceError | OSError)
 
 
+# SQLSTATEs of a transaction that met another one: a unique key it committed meanwhile, a
+# serialization failure, a deadlock. Storing again resolves each.
+_CONFLICTS = frozenset({"23505", "40001", "40P01"})
+
+
+def _conflict(exc: BaseException) -> bool:
+    if not isinstance(exc, DBAPIError) or exc.connection_invalidated:
+        return False
+    state = getattr(exc.orig, "sqlstate", None)
+    if state is None:
+        # sqlite3 names no SQLSTATE; its IntegrityError may be another process's commit too.
+        return isinstance(exc, IntegrityError)
+    return state in _CONFLICTS
+
+
 def _first_line(exc: BaseException) -> str:
-    """The driver's message without SQLAlchemy's statement and parameters (they hold mail content)."""
-    text = str(exc.orig) if isinstance(exc, DBAPIError) and exc.orig is not None else str(exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    """What went wrong, fit for a log line: the driver's first line without SQLAlchemy's statement and
+    parameters, and without the values PostgreSQL quotes in it (a unique key's, an invalid input's),
+    which may be mail content; the constraint by name. Other errors by their kind and errno only."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        orig = exc.orig
+        text = str(orig).strip()
+        line = text.splitlines()[0] if text else type(orig).__name__
+        line = _QUOTED.sub('"…"', line)
+        constraint = getattr(getattr(orig, "diag", None), "constraint_name", None)
+        return f"{line} ({constraint})" if constraint else line
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__} {exc.errno}: {exc.strerror}" if exc.errno else type(exc).__name__
+    return type(exc).__name__
+
+
+_QUOTED = re.compile(r'"[^"]*"')
 
 
 # --- one batch ---------------------------------------------------------------------------------------------
@@ -330,20 +443,38 @@ def _accept_batch(
     submissions: Sequence[Submission],
     hostname: str,
     lease: tuple[str, dt.datetime] | None = None,
-) -> tuple[list[Accepted], list[CopyJob]]:
-    """Store one batch; the answer for each submission, and (with ``lease``) the copies, leased to
-    ``lease[0]`` until ``lease[1]``, as jobs for the fan-out in this process."""
+) -> tuple[list[Accepted | Busy], list[CopyJob]]:
+    """Store one batch; the answer for each submission (``BUSY``: not stored, for a later batch), and
+    (with ``lease``) the copies, leased to ``lease[0]`` until ``lease[1]``, as jobs for the fan-out in
+    this process."""
     now = dt.datetime.now(dt.UTC)
-    results: list[Accepted | None] = [None] * len(submissions)
+    results: list[Accepted | Busy | None] = [None] * len(submissions)
     by_backoffice: dict[int, list[int]] = defaultdict(list)
     for index, s in enumerate(submissions):
         by_backoffice[s.account.backoffice_id].append(index)
     digests = [hashlib.sha256(s.raw).hexdigest() for s in submissions]
 
+    # Messages another node is storing right now are left for a later batch (``Busy``), and so are
+    # mail of this batch that names one of them (it may thread onto it): nothing here waits for them.
+    busy = acceptance.busy_resends(
+        connection,
+        {
+            (s.account.backoffice_id, m, digests[i])
+            for i, s in enumerate(submissions)
+            if (m := s.parsed.message_id)
+        },
+    )
+    busy_ids = {message_id for _, message_id, _ in busy}
+    for i, s in enumerate(submissions):
+        named = {s.parsed.message_id, *s.parsed.references, *s.parsed.in_reply_to} - {None}
+        if named & busy_ids:
+            results[i] = BUSY
+
     # Re-sends: already stored (earlier batch), or twice in this batch (the first one counts).
     first_in_batch: dict[tuple[int, str, str], int] = {}
     fresh: list[int] = []
     for backoffice_id, indexes in by_backoffice.items():
+        indexes = [i for i in indexes if results[i] is not BUSY]
         keys = {(m, digests[i]) for i in indexes if (m := submissions[i].parsed.message_id)}
         stored = acceptance.find_resends(connection, backoffice_id, keys)
         for i in indexes:
@@ -373,13 +504,17 @@ def _accept_batch(
     for portfolio_id, indexes in sorted(by_portfolio.items()):
         planned |= _plan_portfolio(connection, portfolio_id, indexes, submissions, digests, hostname, now)
 
+    # Mail into a Vorgang another node is writing right now (or opening it by the same rule key) is
+    # left for a later batch as well, rather than waiting for that node's commit.
+    _leave_busy_vorgaenge(connection, planned, results)
+
     for i, plan in planned.items():
         copies = len(plan.audience.members) if plan.audience and not plan.quarantined else 0
         results[i] = Accepted(plan.gateway_id, "", plan.found.value, copies, False, plan.quarantined)
     references, jobs = _write(connection, planned, now, lease)
     for i, plan in planned.items():
         result = results[i]
-        assert result is not None
+        assert isinstance(result, Accepted)
         results[i] = Accepted(
             result.gateway_id,
             references[plan.vorgang_id],
@@ -393,7 +528,10 @@ def _accept_batch(
             s = submissions[i]
             twin = first_in_batch[(s.account.backoffice_id, s.parsed.message_id or "", digests[i])]
             original = results[twin]
-            assert original is not None
+            if isinstance(original, Busy):
+                results[i] = BUSY
+                continue
+            assert isinstance(original, Accepted)
             results[i] = Accepted(
                 original.gateway_id,
                 original.vorgang,
@@ -403,6 +541,32 @@ def _accept_batch(
                 quarantined=original.quarantined,
             )
     return [r for r in results if r is not None], jobs
+
+
+def _leave_busy_vorgaenge(
+    connection: Connection, planned: dict[int, _Planned], results: list[Accepted | Busy | None]
+) -> None:
+    """Take the plans whose Vorgang another transaction is writing out of ``planned``, as ``BUSY``.
+
+    A Vorgang opened in this batch is shared by the plans with its placeholder id; its rule-derived
+    key, if any, is its first plan's (as ``_write`` opens it)."""
+    opened: dict[tuple[int, int], str | None] = {}
+    for plan in planned.values():
+        if plan.vorgang_id < 0:
+            opened.setdefault((plan.submission.account.portfolio_id, plan.vorgang_id), plan.key)
+    busy_ids, busy_keys = acceptance.busy_vorgaenge(
+        connection,
+        {plan.vorgang_id for plan in planned.values() if plan.vorgang_id > 0},
+        {(pid, key) for (pid, _), key in opened.items() if key is not None},
+    )
+    if not busy_ids and not busy_keys:
+        return
+    for i, plan in list(planned.items()):
+        pid = plan.submission.account.portfolio_id
+        key = opened.get((pid, plan.vorgang_id))
+        if plan.vorgang_id in busy_ids or (key is not None and (pid, key) in busy_keys):
+            del planned[i]
+            results[i] = BUSY
 
 
 def _plan_portfolio(

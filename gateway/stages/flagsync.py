@@ -228,7 +228,9 @@ def _apply(
             if has == was or (was and copy.flags_pending):
                 # Unchanged; or not cleared by the member but not written yet by the gateway.
                 continue
-            flagsync.record_flag(connection, copy.pk, flag, on=has)
+            if not flagsync.record_flag(connection, copy.pk, flag, on=has):
+                # Another node recorded this change of the member's a moment ago, and carried it on.
+                continue
             by_member += 1
             events.append(
                 Event(
@@ -355,8 +357,11 @@ def _propagate(
     plan = propagation(
         FlagEvent(mailbox.member_id, portfolio_id, flag, added=True), taking_part, releases, copies
     )
+    carried = 0
     for target in plan.propagations:
-        flagsync.carry_flag(connection, portfolio_id, message_pk, target.member_id, flag, now)
+        if not flagsync.carry_flag(connection, portfolio_id, message_pk, target.member_id, flag, now):
+            continue  # the copy got the flag from another member's change a moment ago
+        carried += 1
         events.append(
             Event(
                 EventKind.FLAG_PROPAGATED,
@@ -372,4 +377,4 @@ def _propagate(
                 },
             )
         )
-    return len(plan.propagations)
+    return carried

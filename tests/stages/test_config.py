@@ -663,6 +663,17 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 # --- describe ---------------------------------------------------------------------------------------
 
 
+# [database]'s bounded waits on PostgreSQL, at their defaults (docs/configuration.md).
+WAITS = {
+    "lock_timeout": 5.0,
+    "statement_timeout": 30.0,
+    "idle_in_transaction_timeout": 10.0,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+
+
 def test_describe_is_json_and_masks_the_database_password() -> None:
     settings = load_settings(
         None, {"GATEWAY_DATABASE__URL": '"postgresql+asyncpg://gateway:s3cret@db.internal:5432/gateway"'}
@@ -677,6 +688,7 @@ def test_describe_is_json_and_masks_the_database_password() -> None:
         "echo": False,
         "password_file": None,
         "schema_check_interval": 30.0,
+        **WAITS,
     }
     assert settings.database_url == "postgresql+asyncpg://gateway:s3cret@db.internal:5432/gateway"
 
@@ -695,4 +707,5 @@ def test_describe_shows_resolved_paths_and_source(tmp_path: Path) -> None:
         "echo": False,
         "password_file": None,
         "schema_check_interval": 30.0,
+        **WAITS,
     }
