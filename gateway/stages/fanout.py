@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
 import logging
 import time
 from collections import Counter, deque
@@ -339,7 +338,7 @@ class FanOut:
             for job, error in results
             if error is not None
         ]
-        lost = await self.writer.run(functools.partial(queue.record_flags, node=self.node), done, failed, now)
+        lost = await self.writer.run(queue.record_flags, done, failed, now, node=self.node)
         done = [job for job in done if job.id not in lost]
         for job in done:
             if job.pending_since is not None:
