@@ -216,8 +216,8 @@ async def test_a_stale_record_does_not_overwrite_the_new_owner_s(
     outcomes = [Outcome(delivered, mailbox_ref="new/x.gateway"), Outcome(failed, error="disk full")]
     retry_at = {failed.id: (False, now + dt.timedelta(seconds=10))}
     recorded = await writer.run(queue.record, outcomes, now, retry_at, node="n1")
-    assert recorded.lost == {delivered.id, failed.id}
     assert await writer.run(copy_rows) == before, "leased to n2, pending, untouched"
+    assert recorded.lost == {delivered.id, failed.id}
     # Nor can n1 confirm its old leases any more: the write would not even start.
     assert await writer.run(queue.confirm, queue.JobKind.COPY, n1_jobs, "n1", now, 60.0) == set()
     # n2's own record goes through.
