@@ -190,6 +190,8 @@ def _still_held(
                 COPIES.c.leased_by == node,
                 _waiting_for(kind),
             )
+            # In id order, as every record locks them: two records never wait for each other's rows.
+            .order_by(COPIES.c.id)
             .with_for_update()
         )
     }

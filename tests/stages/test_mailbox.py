@@ -48,11 +48,7 @@ async def mailbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         box = ImapMailbox.from_settings(dovecot.imap_settings(), timeout=10)
         _DOVECOT[id(box)] = dovecot
     else:
-        box = (
-            MaildirMailbox(tmp_path / "mail")
-            if request.param == "maildir"
-            else MemoryMailbox()
-        )
+        box = MaildirMailbox(tmp_path / "mail") if request.param == "maildir" else MemoryMailbox()
     yield box
     await box.close()
     _DOVECOT.pop(id(box), None)
