@@ -134,11 +134,19 @@ class JobKind(enum.Enum):
 
 
 def _waiting_for(kind: JobKind) -> Any:
+    """The row still waits for a job of ``kind``: a condition for rows already found by their ids.
+
+    The state is compared as ``state || ''``, which no index serves: SQLite's planner would otherwise
+    take the queue's index on ``state`` (it guesses an equality there finds a few rows) and read every
+    pending copy of a backlog to find a batch's hundred by their ids (7 ms at 20,000 pending, against
+    1 ms by the primary key).
+    """
+    state = COPIES.c.state.concat("")
     if kind is JobKind.COPY:
-        return COPIES.c.state == CopyState.PENDING
+        return state == CopyState.PENDING.value
     if kind is JobKind.FLAGS:
-        return and_(COPIES.c.state == CopyState.DELIVERED, COPIES.c.flags_pending.is_(True))
-    return COPIES.c.state == CopyState.REVOKING
+        return and_(state == CopyState.DELIVERED.value, COPIES.c.flags_pending.is_(True))
+    return state == CopyState.REVOKING.value
 
 
 def confirm(
@@ -164,6 +172,8 @@ def confirm(
         for pk in connection.scalars(
             update(COPIES)
             .where(
+                # The ids alone as well: SQLite finds rows by a row-value IN only by scanning the table.
+                COPIES.c.id.in_([j.id for j in jobs]),
                 tuple_(COPIES.c.id, COPIES.c.lease_token).in_([(j.id, j.lease_token) for j in jobs]),
                 COPIES.c.leased_by == node,
                 _waiting_for(kind),
@@ -186,6 +196,8 @@ def _still_held(
         for pk in connection.scalars(
             select(COPIES.c.id)
             .where(
+                # The ids alone as well: SQLite finds rows by a row-value IN only by scanning the table.
+                COPIES.c.id.in_([j.id for j in jobs]),
                 tuple_(COPIES.c.id, COPIES.c.lease_token).in_([(j.id, j.lease_token) for j in jobs]),
                 COPIES.c.leased_by == node,
                 _waiting_for(kind),

@@ -195,6 +195,8 @@ def confirm(
         for pk in connection.scalars(
             update(RelayRow)
             .where(
+                # The ids alone as well: SQLite finds rows by a row-value IN only by scanning the table.
+                RelayRow.id.in_([j.id for j in jobs]),
                 tuple_(RelayRow.id, RelayRow.lease_token).in_([(j.id, j.lease_token) for j in jobs]),
                 RelayRow.leased_by == node,
                 RelayRow.state == RelayState.PENDING,
