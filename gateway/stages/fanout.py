@@ -263,8 +263,8 @@ class FanOut:
     async def _deliver(self, jobs: Sequence[CopyJob]) -> list[Outcome]:
         """Write ``jobs``' copies; the outcome of each copy still leased to this node (the others are
         left out: another node took them over)."""
-        deliveries: list[Delivery] = []
-        outcomes: list[Outcome | None] = []
+        # Each job's bytes to deliver, or the outcome already (a copy that could not be rendered).
+        rendered: list[tuple[CopyJob, Delivery | Outcome]] = []
         # The copies of one message differ only in the gateway's headers: read the message once.
         parsed: dict[int, ParsedMessage] = {}
         for job in jobs:
@@ -279,27 +279,19 @@ class FanOut:
                     parsed=parsed[job.message_pk],
                 )
             except Exception as exc:  # a message the renderer cannot handle is one failed copy, no more
-                outcomes.append(self._failed(job, exc))
+                rendered.append((job, self._failed(job, exc)))
                 continue
             flags = frozenset(
                 flag for flag, on in ((Flag.SEEN, job.seen), (Flag.ANSWERED, job.answered)) if on
             )
-            deliveries.append(
-                Delivery(
-                    MailboxOwner(job.portfolio, job.address), job.copy_id, data, flags, job.first_attempt
-                )
-            )
-            outcomes.append(None)
+            owner = MailboxOwner(job.portfolio, job.address)
+            rendered.append((job, Delivery(owner, job.copy_id, data, flags, job.first_attempt)))
         # The copies are rendered; now, as late as one statement per batch allows, the lease check.
         # (A node that stalls between this check and the write itself is the residual window:
         # Maildir's file name, the same on every node, makes its link() collide with the other's.)
         held = {job.id for job in await self._confirm(queue.JobKind.COPY, jobs)}
-        if len(held) < len(jobs):
-            kept = [i for i, job in enumerate(jobs) if job.id in held]
-            writing = [i for i, (job, o) in enumerate(zip(jobs, outcomes, strict=True)) if o is None]
-            deliveries = [d for i, d in zip(writing, deliveries, strict=True) if jobs[i].id in held]
-            jobs = [jobs[i] for i in kept]
-            outcomes = [outcomes[i] for i in kept]
+        rendered = [(job, item) for job, item in rendered if job.id in held]
+        deliveries = [item for _, item in rendered if isinstance(item, Delivery)]
         try:
             results: list[Located | Exception] = (
                 await self.mailbox.append_batch(deliveries) if deliveries else []
@@ -308,13 +300,13 @@ class FanOut:
             results = [exc] * len(deliveries)
         written = iter(results)
         done: list[Outcome] = []
-        for job, outcome in zip(jobs, outcomes, strict=True):
-            if outcome is None:
+        for job, item in rendered:
+            if isinstance(item, Delivery):
                 result = next(written)
-                outcome = (
+                item = (
                     self._failed(job, result) if isinstance(result, Exception) else Outcome(job, result.ref)
                 )
-            done.append(outcome)
+            done.append(item)
         return done
 
     async def _catch_up_flags(self, jobs: Sequence[FlagJob]) -> None:
