@@ -27,10 +27,12 @@ from gateway.db.models import CopyRow, EventRow, MemberRow, MessageRow, RelayRow
 from gateway.db.queue import CopyJob, Outcome
 from gateway.db.writer import Writer
 from gateway.mailbox import Delivery, Flag, Located, MailboxError, MailboxOwner, MaildirMailbox
+from gateway.mailbox.imap import ImapMailbox
 from gateway.stages.acceptance import HandOff
 from gateway.stages.fanout import FanOut
 from gateway.stages.relay import Relay
 from tests.conftest import Gateway
+from tests.dovecot import Dovecot
 from tests.e2e.conftest import BackOfficeSink, running_sink
 from tests.stages.conftest import PORTFOLIO, accept
 
@@ -193,6 +195,31 @@ async def test_a_node_frozen_after_its_claim_writes_nothing_the_other_took_over(
         r.copy_id: (r.state, r.attempts, r.leased_by, r.last_error) for r in await writer.run(copy_rows)
     }
     assert after_n1 == after_n2, "n1 recorded nothing over n2's records"
+
+
+async def test_copies_of_a_stalled_node_reach_an_imap_mailbox_once(
+    writer: Writer, second_writer: Writer, dovecot: Dovecot
+) -> None:
+    """The same with the IMAP backend (a private Dovecot), where no file name can collide: the confirm
+    alone keeps n1 from appending what n2 appended."""
+    handed: list[CopyJob] = []
+    await accept(writer, "sb-b1@kunde-b.example", "Gestoppt", handoff=HandOff("n1", 60.0, handed.extend))
+    for job in handed:
+        dovecot.add_user(job.address)
+    n1_box, n2_box = (ImapMailbox.from_settings(dovecot.imap_settings(), timeout=10) for _ in range(2))
+    try:
+        await lease_runs_out(writer, "n1")
+        assert await fanout(second_writer, n2_box, "n2").run_once() == 3
+        n1 = fanout(writer, n1_box, "n1")
+        n1.take(handed)
+        await n1.run_once()
+        for job in handed:
+            found = await n2_box.find(MailboxOwner(PORTFOLIO, job.address), job.copy_id)
+            assert len(found) == 1, job.address
+        assert {r.state for r in await writer.run(copy_rows)} == {"delivered"}
+    finally:
+        await n1_box.close()
+        await n2_box.close()
 
 
 async def test_a_stale_record_does_not_overwrite_the_new_owner_s(
