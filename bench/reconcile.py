@@ -419,7 +419,7 @@ def phase_fanout(database: str, workdir: Path, limit: float) -> dict[str, Any]:
 
     async def drain() -> dict[str, Any]:
         writer = Writer(async_url(database))
-        mailbox = MaildirMailbox(workdir / "mail", hostname="bench")
+        mailbox = MaildirMailbox(workdir / "mail")
         fanout = FanOut(
             writer,
             mailbox,

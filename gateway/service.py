@@ -105,7 +105,6 @@ def mailbox_for(settings: Settings) -> Mailbox:
         return ImapMailbox.from_settings(settings.mailbox.imap)
     return MaildirMailbox(
         settings.mailbox.maildir_root,
-        hostname=settings.gateway.node_name,
         batch_sync=settings.mailbox.maildir_sync == "batch",
     )
 

@@ -449,6 +449,9 @@ class CopyRow(Base):
     # The node (``gateway.node_name``) that took the copy from the queue; until ``next_attempt_at`` no
     # one else takes it, and the node itself takes back its own leases when it restarts after a crash.
     leased_by: Mapped[str | None] = mapped_column(String(200))
+    # Fencing: one more on every claim; a node writes and records only while the row still has the
+    # token its claim handed out (gateway.db.queue.confirm, docs/scaling-fencing.md).
+    lease_token: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     mailbox_ref: Mapped[str | None] = mapped_column(String(500))
     seen: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -569,6 +572,8 @@ class RelayRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(default=_now)
     leased_by: Mapped[str | None] = mapped_column(String(200))
+    # Fencing, as on copies: one more on every claim (gateway.db.relayqueue.confirm).
+    lease_token: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     expires_at: Mapped[dt.datetime] = mapped_column()
     last_error: Mapped[str | None] = mapped_column(Text)
     # The back office's answer to the last attempt, e.g. "250 2.0.0 Ok: queued as 4711".

@@ -4,16 +4,24 @@ On PostgreSQL several gateway processes share the queue: ``FOR UPDATE SKIP LOCKE
 different copies without waiting for the others. SQLite has one writer at a time, and the clause is
 left out there by SQLAlchemy; the lease (``next_attempt_at`` in the future plus ``leased_by``) does the
 rest on both.
+
+A lease can run out under a node that is still working: a process frozen (SIGSTOP, a VM paused, swap)
+longer than the lease, while another node takes its copies over. Leases are therefore fenced: every
+claim adds one to the row's ``lease_token`` and the job carries the new value. Before the fan-out
+touches a mailbox it confirms the batch's leases in one statement (``confirm``) and drops the jobs it
+lost; every record (``record``, ``record_flags``, ``record_removals``) applies only to rows still
+leased to the node under the job's token, so a stale node never overwrites what the new owner recorded.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, case, func, literal, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, func, literal, or_, select, tuple_, update
 
 from gateway.db.events import Event, EventKind, append_events
 from gateway.db.models import (
@@ -71,6 +79,9 @@ class CopyJob(TakenCopy):
     trace: Trace | None = None
     # When the copy was queued (its message accepted, or the copy back-filled): the delivery latency.
     queued_at: dt.datetime | None = None
+    # The row's lease token under this job's lease (``confirm``); a copy handed over by acceptance
+    # (``gateway.db.copies.handed_job``) was stored leased with the first token, 0.
+    lease_token: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +104,108 @@ def release_own_leases(connection: Connection, node: str, now: dt.datetime) -> i
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def _lease(connection: Connection, ids: Sequence[int], node: str, now: dt.datetime, lease: float) -> None:
-    """Reserve taken copies for ``node`` until the lease ends (every kind of job on the copy queue)."""
-    connection.execute(
-        update(CopyRow)
-        .where(CopyRow.id.in_(ids))
-        .values(next_attempt_at=now + dt.timedelta(seconds=lease), leased_by=node)
-    )
+def _lease(
+    connection: Connection, ids: Sequence[int], node: str, now: dt.datetime, lease: float
+) -> dict[int, int]:
+    """Reserve taken copies for ``node`` until the lease ends (every kind of job on the copy queue);
+    returns each copy's new lease token. The token grows on every claim, so a node whose lease was
+    taken over, even by itself after a restart, holds a token no row has any more."""
+    return {
+        int(pk): int(token)
+        for pk, token in connection.execute(
+            update(CopyRow)
+            .where(CopyRow.id.in_(ids))
+            .values(
+                next_attempt_at=now + dt.timedelta(seconds=lease),
+                leased_by=node,
+                lease_token=CopyRow.lease_token + 1,
+            )
+            .returning(CopyRow.id, CopyRow.lease_token)
+        )
+    }
+
+
+class JobKind(enum.Enum):
+    """The three jobs on the copy queue, by the state a copy is in while its job waits."""
+
+    COPY = "copy"  # pending: write the copy
+    FLAGS = "flags"  # delivered with flags_pending: set its flags in the mailbox
+    REMOVAL = "removal"  # revoking: take it out of every folder
+
+
+def _waiting_for(kind: JobKind) -> Any:
+    """The row still waits for a job of ``kind``: a condition for rows already found by their ids.
+
+    The state is compared as ``state || ''``, which no index serves: SQLite's planner would otherwise
+    take the queue's index on ``state`` (it guesses an equality there finds a few rows) and read every
+    pending copy of a backlog to find a batch's hundred by their ids (EXPLAIN QUERY PLAN shows which).
+    """
+    state = COPIES.c.state.concat("")
+    if kind is JobKind.COPY:
+        return state == CopyState.PENDING.value
+    if kind is JobKind.FLAGS:
+        return and_(state == CopyState.DELIVERED.value, COPIES.c.flags_pending.is_(True))
+    return state == CopyState.REVOKING.value
+
+
+def confirm(
+    connection: Connection,
+    kind: JobKind,
+    jobs: Sequence[CopyJob | FlagJob | RemovalJob],
+    node: str,
+    now: dt.datetime,
+    lease: float,
+) -> set[int]:
+    """Confirm, right before writing, that ``node`` still holds the leases of ``jobs``, and extend them
+    by ``lease`` seconds; returns the row ids still held. One statement for the whole batch.
+
+    A lease is held while the row is leased to ``node`` under the job's token and still waits for this
+    kind of job. Another node that took the row over after the lease ran out has raised the token; a
+    copy revoked, delivered or given up meanwhile waits for something else: either way the job is lost
+    and must not touch the mailbox.
+    """
+    if not jobs:
+        return set()
+    return {
+        int(pk)
+        for pk in connection.scalars(
+            update(COPIES)
+            .where(
+                # The ids alone as well: SQLite finds rows by a row-value IN only by scanning the table.
+                COPIES.c.id.in_([j.id for j in jobs]),
+                tuple_(COPIES.c.id, COPIES.c.lease_token).in_([(j.id, j.lease_token) for j in jobs]),
+                COPIES.c.leased_by == node,
+                _waiting_for(kind),
+            )
+            .values(next_attempt_at=now + dt.timedelta(seconds=lease))
+            .returning(COPIES.c.id)
+        )
+    }
+
+
+def _still_held(
+    connection: Connection, kind: JobKind, jobs: Sequence[CopyJob | FlagJob | RemovalJob], node: str
+) -> set[int]:
+    """The rows of ``jobs`` still leased to ``node`` under each job's token, locked until the commit
+    (PostgreSQL; SQLite has one writer): what a record may change."""
+    if not jobs:
+        return set()
+    return {
+        int(pk)
+        for pk in connection.scalars(
+            select(COPIES.c.id)
+            .where(
+                # The ids alone as well: SQLite finds rows by a row-value IN only by scanning the table.
+                COPIES.c.id.in_([j.id for j in jobs]),
+                tuple_(COPIES.c.id, COPIES.c.lease_token).in_([(j.id, j.lease_token) for j in jobs]),
+                COPIES.c.leased_by == node,
+                _waiting_for(kind),
+            )
+            # In id order, as every record locks them: two records never wait for each other's rows.
+            .order_by(COPIES.c.id)
+            .with_for_update()
+        )
+    }
 
 
 def claim(connection: Connection, node: str, now: dt.datetime, lease: float, limit: int) -> list[CopyJob]:
@@ -120,7 +226,7 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
     ids = list(taken)
     if not ids:
         return []
-    _lease(connection, ids, node, now, lease)
+    tokens = _lease(connection, ids, node, now, lease)
     rows = connection.execute(
         select(
             CopyRow.id,
@@ -185,6 +291,7 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
             copy_headers=edits[f[7]],
             trace=traces[f[7]],
             queued_at=utc(f[16]),
+            lease_token=tokens[f[0]],
         )
         for f in facts
     ]
@@ -221,19 +328,35 @@ def _probes(connection: Connection, now: dt.datetime, limit: int) -> list[int]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What ``record`` did: held copies released because their mailbox took a copy, and the copies it
+    left alone because this node no longer held them (another node took them over, or reconciliation
+    revoked them while they were written)."""
+
+    released: int = 0
+    lost: frozenset[int] = frozenset()
+
+
 def record(
     connection: Connection,
     outcomes: Sequence[Outcome],
     now: dt.datetime,
     retry_at: dict[int, tuple[bool, dt.datetime]],
-) -> int:
+    *,
+    node: str,
+) -> Recorded:
     """Store how each attempt went; ``retry_at`` maps a failed copy to (held?, its next attempt).
 
     A copy written releases the held copies of its mailbox (they are due at once); a copy held pushes
-    the next try of its mailbox's other held copies to its own. Returns how many held copies were
-    released."""
+    the next try of its mailbox's other held copies to its own. Only copies still leased to ``node``
+    under their job's token are recorded (fencing): a node that stalled past its lease must not
+    overwrite what the node that took the copy over recorded."""
     # Only a copy still pending is recorded: reconciliation may have revoked it while it was being
     # written (it waited for this lease to end), and a revoked copy must not turn delivered again.
+    held_now = _still_held(connection, JobKind.COPY, [o.job for o in outcomes], node)
+    lost = frozenset(o.job.id for o in outcomes if o.job.id not in held_now)
+    outcomes = [o for o in outcomes if o.job.id in held_now]
     delivered = [o for o in outcomes if o.error is None]
     if delivered:
         # Flags set while the write was under way (an answer came in) are caught up by claim_flags,
@@ -244,7 +367,11 @@ def record(
         due_now = literal(now, COPIES.c.next_attempt_at.type)
         connection.execute(
             update(COPIES)
-            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == CopyState.PENDING)
+            .where(
+                COPIES.c.id == bindparam("b_id"),
+                COPIES.c.lease_token == bindparam("b_token"),
+                COPIES.c.state == CopyState.PENDING,
+            )
             .values(
                 state=CopyState.DELIVERED,
                 flags_pending=flags_changed,
@@ -256,7 +383,13 @@ def record(
                 updated_at=now,
             ),
             [
-                {"b_id": o.job.id, "b_ref": o.mailbox_ref, "b_answered": o.job.answered, "b_seen": o.job.seen}
+                {
+                    "b_id": o.job.id,
+                    "b_token": o.job.lease_token,
+                    "b_ref": o.mailbox_ref,
+                    "b_answered": o.job.answered,
+                    "b_seen": o.job.seen,
+                }
                 for o in delivered
             ],
         )
@@ -282,7 +415,11 @@ def record(
     if failed:
         connection.execute(
             update(COPIES)
-            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == CopyState.PENDING)
+            .where(
+                COPIES.c.id == bindparam("b_id"),
+                COPIES.c.lease_token == bindparam("b_token"),
+                COPIES.c.state == CopyState.PENDING,
+            )
             .values(
                 state=bindparam("b_state"),
                 attempts=COPIES.c.attempts + 1,
@@ -294,6 +431,7 @@ def record(
             [
                 {
                     "b_id": o.job.id,
+                    "b_token": o.job.lease_token,
                     "b_state": CopyState.HELD if retry_at[o.job.id][0] else CopyState.PENDING,
                     "b_next": retry_at[o.job.id][1],
                     "b_error": (o.error or "")[:2000],
@@ -314,7 +452,7 @@ def record(
                 .values(next_attempt_at=bindparam("b_next")),
                 [{"b_member": o.job.member_id, "b_next": retry_at[o.job.id][1]} for o in held],
             )
-    return released
+    return Recorded(released, lost)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,12 +463,13 @@ class FlagJob(TakenCopy):
     answered: bool
     # When the flags became due: the row's last change before this claim (the flag propagation latency).
     pending_since: dt.datetime | None = None
+    lease_token: int = 0  # the row's lease token under this job's lease (``confirm``)
 
 
 def claim_flags(
     connection: Connection, node: str, now: dt.datetime, lease: float, limit: int
 ) -> list[FlagJob]:
-    rows = _claim_jobs(
+    rows, tokens = _claim_jobs(
         connection,
         (CopyRow.seen, CopyRow.answered, CopyRow.updated_at),
         (CopyRow.state == CopyState.DELIVERED, CopyRow.flags_pending.is_(True)),
@@ -351,6 +490,7 @@ def claim_flags(
             seen=r[7],
             answered=r[8],
             pending_since=utc(r[9]),
+            lease_token=tokens[r[0]],
         )
         for r in rows
     ]
@@ -364,9 +504,9 @@ def _claim_jobs(
     now: dt.datetime,
     lease: float,
     limit: int,
-) -> list[Any]:
+) -> tuple[list[Any], dict[int, int]]:
     """Take due copies that meet ``where`` with a lease: each with its id, copy id, attempts, portfolio
-    (id, name), member (id, address), then the ``extra`` columns."""
+    (id, name), member (id, address), then the ``extra`` columns; and each one's new lease token."""
     rows = list(
         connection.execute(
             select(
@@ -388,9 +528,9 @@ def _claim_jobs(
             .with_for_update(of=CopyRow, skip_locked=True)
         )
     )
-    if rows:
-        _lease(connection, [r[0] for r in rows], node, now, lease)
-    return rows
+    if not rows:
+        return [], {}
+    return rows, _lease(connection, [r[0] for r in rows], node, now, lease)
 
 
 def record_flags(
@@ -398,8 +538,17 @@ def record_flags(
     done: Sequence[FlagJob],
     failed: Sequence[tuple[FlagJob, str, dt.datetime]],
     now: dt.datetime,
-) -> None:
-    """Flags written (``done``), or not (with the error and the next attempt)."""
+    *,
+    node: str,
+) -> frozenset[int]:
+    """Flags written (``done``), or not (with the error and the next attempt); only for copies still
+    leased to ``node`` under the job's token. Returns the copies left alone (lost)."""
+    held_now = _still_held(connection, JobKind.FLAGS, [*done, *(j for j, _, _ in failed)], node)
+    lost = frozenset(j.id for j in done if j.id not in held_now) | {
+        j.id for j, _, _ in failed if j.id not in held_now
+    }
+    done = [j for j in done if j.id in held_now]
+    failed = [f for f in failed if f[0].id in held_now]
     if done:
         # Only what was written counts: a flag set in the database meanwhile keeps the copy pending.
         # Also only a copy still delivered: one revoked meanwhile keeps the removal's due time.
@@ -407,6 +556,7 @@ def record_flags(
             update(COPIES)
             .where(
                 COPIES.c.id == bindparam("b_id"),
+                COPIES.c.lease_token == bindparam("b_token"),
                 COPIES.c.state == CopyState.DELIVERED,
                 COPIES.c.seen == bindparam("b_seen"),
                 COPIES.c.answered == bindparam("b_answered"),
@@ -414,34 +564,45 @@ def record_flags(
             .values(
                 flags_pending=False, next_attempt_at=None, leased_by=None, last_error=None, updated_at=now
             ),
-            [{"b_id": j.id, "b_seen": j.seen, "b_answered": j.answered} for j in done],
+            [
+                {"b_id": j.id, "b_token": j.lease_token, "b_seen": j.seen, "b_answered": j.answered}
+                for j in done
+            ],
         )
         connection.execute(
             update(COPIES)
             .where(
                 COPIES.c.id == bindparam("b_id"),
+                COPIES.c.lease_token == bindparam("b_token"),
                 COPIES.c.state == CopyState.DELIVERED,
                 COPIES.c.flags_pending.is_(True),
             )
             .values(next_attempt_at=now, leased_by=None),
-            [{"b_id": j.id} for j in done],
+            [{"b_id": j.id, "b_token": j.lease_token} for j in done],
         )
     # Counted like a removal's, so the shared backoff grows for a flag job that keeps failing.
-    _retry_later(connection, CopyState.DELIVERED, [(j.id, error, at) for j, error, at in failed], now)
+    _retry_later(
+        connection, CopyState.DELIVERED, [(j.id, j.lease_token, error, at) for j, error, at in failed], now
+    )
+    return lost
 
 
 def _retry_later(
     connection: Connection,
     state: CopyState,
-    failed: Sequence[tuple[int, str, dt.datetime]],
+    failed: Sequence[tuple[int, int, str, dt.datetime]],
     now: dt.datetime,
 ) -> None:
-    """Record failed attempts at copies still in ``state`` (copy id, error, next attempt): a flag job
-    or a removal is tried again, never given up."""
+    """Record failed attempts at copies still in ``state`` (copy id, lease token, error, next attempt):
+    a flag job or a removal is tried again, never given up."""
     if failed:
         connection.execute(
             update(COPIES)
-            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == state)
+            .where(
+                COPIES.c.id == bindparam("b_id"),
+                COPIES.c.lease_token == bindparam("b_token"),
+                COPIES.c.state == state,
+            )
             .values(
                 attempts=COPIES.c.attempts + 1,
                 next_attempt_at=bindparam("b_next"),
@@ -449,7 +610,10 @@ def _retry_later(
                 last_error=bindparam("b_error"),
                 updated_at=now,
             ),
-            [{"b_id": pk, "b_next": at, "b_error": error[:2000]} for pk, error, at in failed],
+            [
+                {"b_id": pk, "b_token": token, "b_next": at, "b_error": error[:2000]}
+                for pk, token, error, at in failed
+            ],
         )
 
 
@@ -459,6 +623,7 @@ class RemovalJob(TakenCopy):
 
     message_pk: int
     vorgang_id: int
+    lease_token: int = 0  # the row's lease token under this job's lease (``confirm``)
 
 
 def claim_removals(
@@ -466,7 +631,7 @@ def claim_removals(
 ) -> list[RemovalJob]:
     """Take due ``revoking`` copies with a lease, like flag jobs (a copy still being written by the
     fan-out is not due before that write's lease ends; reconciliation set it so)."""
-    rows = _claim_jobs(
+    rows, tokens = _claim_jobs(
         connection,
         (CopyRow.message_id, MessageRow.vorgang_id),
         (CopyRow.state == CopyState.REVOKING,),
@@ -475,7 +640,21 @@ def claim_removals(
         lease,
         limit,
     )
-    return [RemovalJob(*row) for row in rows]
+    return [
+        RemovalJob(
+            id=r[0],
+            copy_id=r[1],
+            attempts=r[2],
+            portfolio_id=r[3],
+            portfolio=r[4],
+            member_id=r[5],
+            address=r[6],
+            message_pk=r[7],
+            vorgang_id=r[8],
+            lease_token=tokens[r[0]],
+        )
+        for r in rows
+    ]
 
 
 def record_removals(
@@ -483,16 +662,29 @@ def record_removals(
     done: Sequence[RemovalJob],
     failed: Sequence[tuple[RemovalJob, str, dt.datetime]],
     now: dt.datetime,
-) -> None:
+    *,
+    node: str,
+) -> frozenset[int]:
     """Copies removed (``done``: now ``revoked``), or not (with the error and the next attempt).
 
-    Only a copy still ``revoking`` is recorded: a member entitled again meanwhile has the row back as
-    pending, and the fan-out writes it again once this lease has ended.
+    Only a copy still ``revoking`` and leased to ``node`` under the job's token is recorded: a member
+    entitled again meanwhile has the row back as pending, and the fan-out writes it again once this
+    lease has ended. Returns the copies left alone (lost).
     """
+    held_now = _still_held(connection, JobKind.REMOVAL, [*done, *(j for j, _, _ in failed)], node)
+    lost = frozenset(j.id for j in done if j.id not in held_now) | {
+        j.id for j, _, _ in failed if j.id not in held_now
+    }
+    done = [j for j in done if j.id in held_now]
+    failed = [f for f in failed if f[0].id in held_now]
     if done:
         connection.execute(
             update(COPIES)
-            .where(COPIES.c.id == bindparam("b_id"), COPIES.c.state == CopyState.REVOKING)
+            .where(
+                COPIES.c.id == bindparam("b_id"),
+                COPIES.c.lease_token == bindparam("b_token"),
+                COPIES.c.state == CopyState.REVOKING,
+            )
             .values(
                 state=CopyState.REVOKED,
                 attempts=COPIES.c.attempts + 1,
@@ -502,9 +694,12 @@ def record_removals(
                 mailbox_ref=None,
                 updated_at=now,
             ),
-            [{"b_id": j.id} for j in done],
+            [{"b_id": j.id, "b_token": j.lease_token} for j in done],
         )
-    _retry_later(connection, CopyState.REVOKING, [(j.id, error, at) for j, error, at in failed], now)
+    _retry_later(
+        connection, CopyState.REVOKING, [(j.id, j.lease_token, error, at) for j, error, at in failed], now
+    )
+    return lost
 
 
 # --- copies that wait too long: given up, and the messages whose back office must hear of it -----------

@@ -4,6 +4,12 @@ each attempt recorded.
 Like the copy queue (``gateway.db.queue``): ``FOR UPDATE SKIP LOCKED`` lets several processes share it on
 PostgreSQL, the lease (``next_attempt_at`` in the future plus ``leased_by``) keeps a taken mail from
 being sent twice while its attempt runs, and a restarted node takes its own leases back at once.
+
+Leases are fenced as the copy queue's are: every claim adds one to the row's ``lease_token`` and the
+job carries it; the relay confirms a batch's leases in one statement right before it sends
+(``confirm``) and records an attempt only while the row still has the node's lease and token
+(``record``), so a node frozen past the lease while another sent the mail neither sends it again
+nor overwrites what the other recorded.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.db.directory import RelayTarget, relay_target
@@ -91,6 +97,7 @@ class RelayJob:
     expires_at: dt.datetime
     backoffice_id: int | None
     target: RelayTarget | None
+    lease_token: int = 0  # the row's lease token under this job's lease (``confirm``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +147,20 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
     )
     if not rows:
         return []
-    connection.execute(
-        update(RelayRow)
-        .where(RelayRow.id.in_([r[0] for r in rows]))
-        .values(next_attempt_at=now + dt.timedelta(seconds=lease), leased_by=node)
-    )
+    # One more on the token with every claim: a node that held the lease before holds a stale token.
+    tokens = {
+        int(pk): int(token)
+        for pk, token in connection.execute(
+            update(RelayRow)
+            .where(RelayRow.id.in_([r[0] for r in rows]))
+            .values(
+                next_attempt_at=now + dt.timedelta(seconds=lease),
+                leased_by=node,
+                lease_token=RelayRow.lease_token + 1,
+            )
+            .returning(RelayRow.id, RelayRow.lease_token)
+        )
+    }
     targets: dict[int, RelayTarget | None] = {}
     for row in rows:
         if row[11] is not None and row[11] not in targets:
@@ -159,12 +175,45 @@ def claim(connection: Connection, node: str, now: dt.datetime, lease: float, lim
             expires_at=utc(row[10]),
             backoffice_id=row[11],
             target=targets.get(row[11]) if row[11] is not None else None,
+            lease_token=tokens[row[0]],
         )
         for row in rows
     ]
 
 
-def record(connection: Connection, results: Sequence[RelayResult], now: dt.datetime) -> None:
+def confirm(
+    connection: Connection, jobs: Sequence[RelayJob], node: str, now: dt.datetime, lease: float
+) -> set[int]:
+    """Confirm, right before sending, that ``node`` still holds the leases of ``jobs`` (leased to it,
+    under the job's token, still pending) and extend them by ``lease`` seconds; returns the relay ids
+    still held. One statement for the batch. A job not returned was taken over by another node after
+    its lease ran out (or dropped by an admin): it must not be sent."""
+    if not jobs:
+        return set()
+    return {
+        int(pk)
+        for pk in connection.scalars(
+            update(RelayRow)
+            .where(
+                # The ids alone as well: SQLite finds rows by a row-value IN only by scanning the table.
+                RelayRow.id.in_([j.id for j in jobs]),
+                tuple_(RelayRow.id, RelayRow.lease_token).in_([(j.id, j.lease_token) for j in jobs]),
+                RelayRow.leased_by == node,
+                RelayRow.state == RelayState.PENDING,
+            )
+            .values(next_attempt_at=now + dt.timedelta(seconds=lease))
+            .returning(RelayRow.id)
+        )
+    }
+
+
+def record(
+    connection: Connection, results: Sequence[RelayResult], now: dt.datetime, *, node: str
+) -> list[RelayResult]:
+    """Store how each attempt went, for mail still leased to ``node`` under the job's token; returns
+    the results recorded. A result left out belongs to a lease another node took over meanwhile:
+    what that node recorded stands."""
+    recorded = []
     for result in results:
         values: dict[str, object] = {
             "state": result.state.value,
@@ -177,4 +226,16 @@ def record(connection: Connection, results: Sequence[RelayResult], now: dt.datet
         }
         if result.state is RelayState.SENT:
             values["sent_at"] = now
-        connection.execute(update(RelayRow).where(RelayRow.id == result.job.id).values(**values))
+        done = connection.execute(
+            update(RelayRow)
+            .where(
+                RelayRow.id == result.job.id,
+                RelayRow.leased_by == node,
+                RelayRow.lease_token == result.job.lease_token,
+                RelayRow.state == RelayState.PENDING,
+            )
+            .values(**values)
+        )
+        if getattr(done, "rowcount", 0):
+            recorded.append(result)
+    return recorded

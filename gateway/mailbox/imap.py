@@ -39,6 +39,16 @@ gateway/mailbox/imap_connection.py's, IDLE gateway/mailbox/imap_idle.py's.
 
 Any trouble on the way raises ``MailboxError``; the caller retries later, and since ``append`` looks for
 the copy first (unless it is the first attempt) a retry never delivers twice.
+
+With several gateway nodes (docs/scaling-fencing.md) the fan-out confirms its leases in the database
+right before it calls ``append_batch``, and a copy another node took over is not appended at all. A
+copy taken over always goes out as a retry (its row shows an earlier lease), so the node that took
+it over searches every folder for the copy id before it APPENDs. What remains is a window IMAP
+offers no way to close: a node that stalls after its confirm and before its own APPEND reaches the
+server, for longer than the lease, while the other node searches (finding nothing) and appends. IMAP
+has no "append unless a message with this header exists"; the window is the time between the confirm
+and the APPEND command (waiting for a pooled connection, a login), which is why nothing else runs
+between them.
 """
 
 from __future__ import annotations

@@ -4,11 +4,18 @@ Layout: ``<root>/<portfolio>/<address>/`` is a standard Maildir (``cur/ new/ tmp
 0o700 on the first delivery, and its Maildir++ subfolders are ``.<Folder>/`` beside them, with "." as
 the hierarchy separator as Dovecot's Maildir++ layout has it; the top level is folder ``"INBOX"``.
 
-A copy's file name is ``<copy_id>.<hostname>[:2,<info>]``. The copy id at the front is how the gateway
-finds its copies again in any folder: mail clients and Dovecot keep a file's base name when they change
-its flags or move it (Dovecot keeps it as the message's GUID even when copying between folders), and may
-only append ``,S=<size>,W=<vsize>`` before the ``:``. Files whose name does not start with a valid copy
-id are members' own mail and are never touched.
+A copy's file name is ``<copy_id>.gateway[:2,<info>]``: derived from the copy id alone, the same on
+every gateway node. The copy id is unique across the database, so the name is unique as the Maildir
+specification asks (it suggests time, pid and host only to make names unique). Two nodes that write
+the same copy, one of them stalled past its fan-out lease, link() the same name into the same
+directory, and exactly one wins; the other finds the copy there (docs/scaling-fencing.md). Files named
+``<copy_id>.<hostname>`` by earlier versions are found the same way.
+
+The copy id at the front is how the gateway finds its copies again in any folder: mail clients and
+Dovecot keep a file's base name when they change its flags or move it (Dovecot keeps it as the
+message's GUID even when copying between folders), and may only append ``,S=<size>,W=<vsize>`` before
+the ``:``. Files whose name does not start with a valid copy id are members' own mail and are never
+touched.
 
 Every operation runs its blocking file I/O in one worker thread (``asyncio.to_thread``), so the event
 loop never waits for the disk and one operation sees one consistent pass over the directories.
@@ -21,7 +28,6 @@ import ctypes
 import errno
 import os
 import secrets
-import socket
 import sys
 import threading
 import time
@@ -54,12 +60,14 @@ _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 
 
-def sanitise_hostname(hostname: str) -> str:
-    """The host part of a Maildir file name: "/" and ":" escaped as the Maildir specification says.
+# What follows the copy id in a copy's file name. Not the host or node name: a name every node derives
+# alike is what lets link() refuse a second delivery of a copy by another node.
+_SUFFIX = "gateway"
 
-    "," is escaped as well (as Dovecot does), because a "," in the base name starts Dovecot's size fields.
-    """
-    return (hostname or "localhost").replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
+
+def copy_file_name(copy_id: str) -> str:
+    """The base name of ``copy_id``'s file (without the ``:2,<flags>`` info), the same on every node."""
+    return f"{copy_id}.{_SUFFIX}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +149,23 @@ def _scan(owner_dir: Path, copy_id: str | None = None) -> list[_File]:
                 file = _File(name_copy_id, folder, folder_dir, subdir, name)
                 found[(folder, file.base)] = file
     return list(found.values())
+
+
+# The info letters the gateway's copies carry in INBOX without a client's help: none, \\Answered and
+# \\Seen from the fan-out, and what a client adds when it opens a new mail ("" in cur/).
+_OWN_LETTERS = ("", "R", "S", "RS")
+
+
+def _in_inbox(owner_dir: Path, copy_id: str) -> list[_File]:
+    """The copy's file in INBOX under one of the names the gateway gives it, found by stat() alone
+    (no listing): ``new/<name>`` or ``cur/<name>:2,<letters>`` for the usual letters."""
+    name = copy_file_name(copy_id)
+    candidates = [("new", name)] + [("cur", f"{name}:2,{letters}") for letters in _OWN_LETTERS]
+    return [
+        _File(copy_id, INBOX, owner_dir, subdir, filename)
+        for subdir, filename in candidates
+        if os.path.lexists(owner_dir / subdir / filename)
+    ]
 
 
 # A directory whose mtime is this recent may change again within the file system's timestamp granularity
@@ -248,12 +273,11 @@ class _KeyedLocks:
 class MaildirMailbox(Mailbox):
     """The Mailbox protocol over Maildirs under ``root``; see the module docstring for the layout."""
 
-    def __init__(self, root: Path, *, hostname: str | None = None, batch_sync: bool = True) -> None:
+    def __init__(self, root: Path, *, batch_sync: bool = True) -> None:
         self.root = root
         # One syncfs(2) after a batch of copies instead of an fsync per file and directory: on the
         # project's VM each fsync costs 0.75 ms of kernel time, a synced batch 0.05 ms per copy.
         self.batch_sync = batch_sync and _SYNCFS is not None
-        self.hostname = sanitise_hostname(socket.gethostname() if hostname is None else hostname)
         self._locks = _KeyedLocks()
         self._quiet: dict[Path, tuple[str, tuple[tuple[str, int], ...]]] = {}
 
@@ -396,12 +420,15 @@ class MaildirMailbox(Mailbox):
             self._locks.hold((str(owner_dir), copy_id)),
         ):
             # Listing every folder costs time that grows with the mailbox; a first attempt cannot
-            # have left a copy behind, and link() below still refuses a second file of the same name.
-            existing = [] if first_attempt else _scan(owner_dir, copy_id)
+            # have left a copy behind (the fan-out confirmed its lease just before), and link() below
+            # refuses a second file of the same name, whichever node writes it. A few stat() calls
+            # for the names the gateway gives a copy in INBOX also catch a node that resumes after
+            # the other wrote the copy with other flags (so under another name) or a client read it.
+            existing = _in_inbox(owner_dir, copy_id) if first_attempt else _scan(owner_dir, copy_id)
             if existing:
                 return existing[0].located(owner_dir), None
             self._create_maildir(owner_dir)
-            name = f"{copy_id}.{self.hostname}"
+            name = copy_file_name(copy_id)
             # Without flags the copy goes to new/, where clients pick it up as newly arrived; flags can
             # only be written in a cur/ name, so a copy delivered with flags goes straight to cur/.
             if flags:
@@ -416,7 +443,7 @@ class MaildirMailbox(Mailbox):
                 self._write(temporary, data, sync=sync)
                 try:
                     # link() refuses to replace an existing name, unlike rename(): the last guard
-                    # against a second delivery of the same copy.
+                    # against a second delivery of the same copy, by this node or another one.
                     os.link(temporary, f"{target_dir}/{filename}")
                 except FileExistsError:
                     existing = _scan(owner_dir, copy_id)

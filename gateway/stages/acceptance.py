@@ -170,6 +170,11 @@ class HandOff:
     the commit: the fan-out then needs no transaction to claim them and no read of the message back.
     If the process dies first, the lease runs out (or the restarted node releases it) and the copies
     are taken from the queue like any other.
+
+    Handed copies are first attempts under the first lease token (0, as stored), and like every job
+    they are fenced: the fan-out confirms the lease right before writing them, so a node that stalled
+    between this commit and the write, past the lease while another node took them over, drops them
+    instead of writing them a second time (docs/scaling-fencing.md).
     """
 
     node: str

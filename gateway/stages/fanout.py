@@ -7,6 +7,11 @@ so the order "write, then mark delivered" loses nothing and repeats nothing visi
 The fan-out also carries the database's view of a copy into the mailbox afterwards: flags that must
 catch up (``flags_pending``) and copies reconciliation revoked (``revoking``), which it removes from
 every folder of the member's mailbox, members move mail, and then marks ``revoked``.
+
+Every job is fenced (docs/scaling-fencing.md): right before a batch touches the mailboxes, one
+statement confirms that this node still holds each job's lease (``gateway.db.queue.confirm``), and the
+jobs it lost, because the node stalled past the lease and another took them over, are dropped
+unwritten. Records apply only under the node's own lease, so a late one never overwrites the other's.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from gateway.stages.notices import NoticeSettings
 from gateway.workers import work_until_cancelled
 
 J = TypeVar("J")
+Job = TypeVar("Job", CopyJob, FlagJob, RemovalJob)
 Claim: TypeAlias = Callable[[Connection, str, dt.datetime, float, int], list[J]]
 
 log = logging.getLogger("gateway.stages.fanout")
@@ -238,9 +244,27 @@ class FanOut:
         if recording is not None:
             await recording
 
+    async def _confirm(self, kind: queue.JobKind, jobs: Sequence[Job]) -> list[Job]:
+        """The jobs whose leases this node still holds, extended (one statement for the batch); the
+        others were taken over while this node was away, and are left to the node that took them."""
+        held = await self.writer.run(
+            queue.confirm, kind, jobs, self.node, dt.datetime.now(dt.UTC), self.settings.lease
+        )
+        lost = [job.copy_id for job in jobs if job.id not in held]
+        if lost:
+            log.warning(
+                "%d %s job(s) left to another node, their leases taken over while this node waited: %s",
+                len(lost),
+                kind.value,
+                _some(lost),
+            )
+        return [job for job in jobs if job.id in held]
+
     async def _deliver(self, jobs: Sequence[CopyJob]) -> list[Outcome]:
-        deliveries: list[Delivery] = []
-        outcomes: list[Outcome | None] = []
+        """Write ``jobs``' copies; the outcome of each copy still leased to this node (the others are
+        left out: another node took them over)."""
+        # Each job's bytes to deliver, or the outcome already (a copy that could not be rendered).
+        rendered: list[tuple[CopyJob, Delivery | Outcome]] = []
         # The copies of one message differ only in the gateway's headers: read the message once.
         parsed: dict[int, ParsedMessage] = {}
         for job in jobs:
@@ -255,30 +279,34 @@ class FanOut:
                     parsed=parsed[job.message_pk],
                 )
             except Exception as exc:  # a message the renderer cannot handle is one failed copy, no more
-                outcomes.append(self._failed(job, exc))
+                rendered.append((job, self._failed(job, exc)))
                 continue
             flags = frozenset(
                 flag for flag, on in ((Flag.SEEN, job.seen), (Flag.ANSWERED, job.answered)) if on
             )
-            deliveries.append(
-                Delivery(
-                    MailboxOwner(job.portfolio, job.address), job.copy_id, data, flags, job.first_attempt
-                )
-            )
-            outcomes.append(None)
+            owner = MailboxOwner(job.portfolio, job.address)
+            rendered.append((job, Delivery(owner, job.copy_id, data, flags, job.first_attempt)))
+        # The copies are rendered; now, as late as one statement per batch allows, the lease check.
+        # (A node that stalls between this check and the write itself is the residual window:
+        # Maildir's file name, the same on every node, makes its link() collide with the other's.)
+        held = {job.id for job in await self._confirm(queue.JobKind.COPY, jobs)}
+        rendered = [(job, item) for job, item in rendered if job.id in held]
+        deliveries = [item for _, item in rendered if isinstance(item, Delivery)]
         try:
-            results: list[Located | Exception] = await self.mailbox.append_batch(deliveries)
+            results: list[Located | Exception] = (
+                await self.mailbox.append_batch(deliveries) if deliveries else []
+            )
         except Exception as exc:
             results = [exc] * len(deliveries)
         written = iter(results)
         done: list[Outcome] = []
-        for job, outcome in zip(jobs, outcomes, strict=True):
-            if outcome is None:
+        for job, item in rendered:
+            if isinstance(item, Delivery):
                 result = next(written)
-                outcome = (
+                item = (
                     self._failed(job, result) if isinstance(result, Exception) else Outcome(job, result.ref)
                 )
-            done.append(outcome)
+            done.append(item)
         return done
 
     async def _catch_up_flags(self, jobs: Sequence[FlagJob]) -> None:
@@ -293,6 +321,7 @@ class FanOut:
                 return job, describe(exc)
             return job, None
 
+        jobs = await self._confirm(queue.JobKind.FLAGS, jobs)
         results = await asyncio.gather(*(one(job) for job in jobs))
         now = dt.datetime.now(dt.UTC)
         done = [job for job, error in results if error is None]
@@ -301,7 +330,8 @@ class FanOut:
             for job, error in results
             if error is not None
         ]
-        await self.writer.run(queue.record_flags, done, failed, now)
+        lost = await self.writer.run(queue.record_flags, done, failed, now, node=self.node)
+        done = [job for job in done if job.id not in lost]
         for job in done:
             if job.pending_since is not None:
                 self.metrics.flag_latency.observe(max(0.0, (now - job.pending_since).total_seconds()))
@@ -317,6 +347,7 @@ class FanOut:
                 return job, 0, describe(exc)
             return job, removed, None
 
+        jobs = await self._confirm(queue.JobKind.REMOVAL, jobs)
         results = await asyncio.gather(*(one(job) for job in jobs))
         now = dt.datetime.now(dt.UTC)
         done = [job for job, _, error in results if error is None]
@@ -328,12 +359,17 @@ class FanOut:
             if error is not None
         ]
         events = [
-            self._event(EventKind.COPY_REVOKED, job, now, removed=removed)
-            if error is None
-            else self._event(EventKind.COPY_REVOKE_FAILED, job, now, attempt=job.attempts + 1, error=error)
+            (
+                job.id,
+                self._event(EventKind.COPY_REVOKED, job, now, removed=removed)
+                if error is None
+                else self._event(
+                    EventKind.COPY_REVOKE_FAILED, job, now, attempt=job.attempts + 1, error=error
+                ),
+            )
             for job, removed, error in results
         ]
-        await self.writer.run(_record_removals, done, failed, now, events)
+        await self.writer.run(_record_removals, done, failed, now, events, self.node)
 
     def _event(self, kind: EventKind, job: CopyJob | RemovalJob, now: dt.datetime, **detail: object) -> Event:
         """An event about one copy: whose, in which Vorgang, and ``detail`` after its id and address."""
@@ -356,7 +392,7 @@ class FanOut:
     async def _record(self, outcomes: Sequence[Outcome]) -> None:
         now = dt.datetime.now(dt.UTC)
         retry_at: dict[int, tuple[bool, dt.datetime]] = {}
-        events: list[Event] = []
+        events: list[tuple[int, Event]] = []
         for o in outcomes:
             job = o.job
             if o.error is None:
@@ -370,16 +406,23 @@ class FanOut:
             wait = self.settings.held_retry if held else backoff(attempts, self.settings)
             retry_at[job.id] = (held, now + dt.timedelta(seconds=wait))
             events.append(
-                self._event(
-                    # Held once; a failed probe of a held mailbox is one more failure.
-                    EventKind.COPY_HELD if attempts == self.settings.max_attempts else EventKind.COPY_FAILED,
-                    job,
-                    now,
-                    attempt=attempts,
-                    error=o.error,
+                (
+                    job.id,
+                    self._event(
+                        # Held once; a failed probe of a held mailbox is one more failure.
+                        EventKind.COPY_HELD
+                        if attempts == self.settings.max_attempts
+                        else EventKind.COPY_FAILED,
+                        job,
+                        now,
+                        attempt=attempts,
+                        error=o.error,
+                    ),
                 )
             )
-        await self.writer.run(_record, outcomes, now, retry_at, events)
+        lost = await self.writer.run(_record, outcomes, now, retry_at, events, self.node)
+        # Only what was recorded counts: another node took the rest over and counts it.
+        outcomes = [o for o in outcomes if o.job.id not in lost]
         # Counted once recorded: a batch whose record failed is written again, and counted then.
         for o in outcomes:
             if o.error is not None:
@@ -412,12 +455,21 @@ def _record(
     outcomes: Sequence[Outcome],
     now: dt.datetime,
     retry_at: dict[int, tuple[bool, dt.datetime]],
-    events: Sequence[Event],
-) -> None:
-    released = queue.record(connection, outcomes, now, retry_at)
-    if released:
-        log.info("%d held copies are due again: their mailboxes took a copy", released)
-    append_events(connection, events)
+    events: Sequence[tuple[int, Event]],
+    node: str,
+) -> frozenset[int]:
+    """Record a batch and its events; returns the copies not recorded (no longer this node's)."""
+    recorded = queue.record(connection, outcomes, now, retry_at, node=node)
+    if recorded.released:
+        log.info("%d held copies are due again: their mailboxes took a copy", recorded.released)
+    if recorded.lost:
+        log.warning(
+            "%d copies written by this node were not recorded, taken over or revoked meanwhile: %s",
+            len(recorded.lost),
+            _some([o.job.copy_id for o in outcomes if o.job.id in recorded.lost]),
+        )
+    append_events(connection, [event for pk, event in events if pk not in recorded.lost])
+    return recorded.lost
 
 
 def _record_removals(
@@ -425,10 +477,17 @@ def _record_removals(
     done: Sequence[RemovalJob],
     failed: Sequence[tuple[RemovalJob, str, dt.datetime]],
     now: dt.datetime,
-    events: Sequence[Event],
+    events: Sequence[tuple[int, Event]],
+    node: str,
 ) -> None:
-    queue.record_removals(connection, done, failed, now)
-    append_events(connection, events)
+    lost = queue.record_removals(connection, done, failed, now, node=node)
+    append_events(connection, [event for pk, event in events if pk not in lost])
+
+
+def _some(copy_ids: Sequence[str], shown: int = 10) -> str:
+    """Copy ids for a log line: the first ``shown``, and how many more."""
+    more = len(copy_ids) - shown
+    return ", ".join(copy_ids[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _flags(*, seen: bool, answered: bool) -> frozenset[Flag]:

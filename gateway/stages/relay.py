@@ -12,6 +12,11 @@ the failure never writes a second one.
 A mail from the null reverse-path (a read notification) never produces a DSN: nothing answers a
 notification (RFC 5321 §4.5.5, RFC 8098 §3), and the member did not write it. It is marked failed,
 with the reason in the event log.
+
+Several nodes share the queue, and a node can stall (frozen, paused) past its lease while another
+takes the mail over. So the relay confirms its leases in the database right before it sends a batch,
+and again before it puts a DSN into a mailbox, and sends or writes nothing for a lease it lost; its
+records apply only under its own lease (``gateway.db.relayqueue``, docs/scaling-fencing.md).
 """
 
 from __future__ import annotations
@@ -98,8 +103,23 @@ class Relay:
         jobs = await self.writer.run(relayqueue.claim, self.node, now, self.settings.lease, BATCH)
         if not jobs:
             return 0
-        await asyncio.gather(*(self._one(job) for job in jobs))
+        # Fencing: the last word of the database right before anything goes out. A node that stalled
+        # since its claim (longer than the lease) finds the mail taken over, and leaves it to the other.
+        held = await self._confirm(jobs)
+        await asyncio.gather(*(self._one(job) for job in jobs if job.id in held))
         return len(jobs)
+
+    async def _confirm(self, jobs: Sequence[RelayJob]) -> set[int]:
+        held = await self.writer.run(
+            relayqueue.confirm, jobs, self.node, dt.datetime.now(dt.UTC), self.settings.lease
+        )
+        for job in jobs:
+            if job.id not in held:
+                log.warning(
+                    "relay of %s left to another node: its lease was taken over while this node waited",
+                    job.relay_message_id,
+                )
+        return held
 
     async def _one(self, job: RelayJob) -> None:
         try:
@@ -109,6 +129,8 @@ class Relay:
             # a report that raised in a new way). The mail is retried with backoff like any other.
             log.exception("relay of %s failed unexpectedly", job.relay_message_id)
             result = self._retry(job, f"unexpected error: {describe(exc)}")
+        if result is None:
+            return  # the lease was lost before a DSN was written: the node that took it over goes on
         self.metrics.relay_attempts.labels(_RESULTS[result.state]).inc()
         try:
             await self.writer.run(_record, [result], self.node)
@@ -117,7 +139,7 @@ class Relay:
             # again. If it was sent, the back office gets it twice; the database was away, not our choice.
             log.error("the outcome of relaying %s was not recorded: %s", job.relay_message_id, exc)
 
-    async def _attempt(self, job: RelayJob) -> RelayResult:
+    async def _attempt(self, job: RelayJob) -> RelayResult | None:
         try:
             reply = await self._send(job)
         except aiosmtplib.SMTPRecipientsRefused as exc:
@@ -173,7 +195,9 @@ class Relay:
             log.warning("relayed %s, but refused for %s", job.relay_message_id, refused)
         return f"250 {message}"  # no exception: the server took the mail with a 2xx
 
-    async def _failed(self, job: RelayJob, error: str, *, permanent: bool) -> RelayResult:
+    async def _failed(self, job: RelayJob, error: str, *, permanent: bool) -> RelayResult | None:
+        """What became of a failed attempt: retried, failed (with a DSN for the member who wrote), or
+        None when the lease was taken over before the DSN could be written (nothing to record)."""
         now = dt.datetime.now(dt.UTC)
         retry_at = now + dt.timedelta(seconds=backoff(job.attempts + 1, self.settings))
         if not permanent and retry_at < job.expires_at:
@@ -205,6 +229,9 @@ class Relay:
             else f"The back office's mail server could not be reached in time; last error: {error}"
         )
         try:
+            if not await self._confirm([job]):
+                # Taken over while the attempt ran: the other node reports (or sends), not this one.
+                return None
             await self._report(job, status=status, action=action, diagnostic=error, explanation=explanation)
         except ValueError as exc:
             # The report cannot be built from what this mail holds; trying again would not change that.
@@ -279,7 +306,15 @@ _EVENT = {
 
 def _record(connection: Connection, results: Sequence[RelayResult], node: str) -> None:
     now = dt.datetime.now(dt.UTC)
-    relayqueue.record(connection, results, now)
+    recorded = relayqueue.record(connection, results, now, node=node)
+    kept = {id(r) for r in recorded}
+    for r in results:
+        if id(r) not in kept:
+            log.warning(
+                "the outcome of relaying %s was not recorded: another node took it over meanwhile",
+                r.job.relay_message_id,
+            )
+    results = recorded
     append_events(
         connection,
         (

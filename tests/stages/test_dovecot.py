@@ -171,7 +171,7 @@ async def test_serve_maildirs_lets_a_mail_client_read_the_gateway_s_maildirs() -
         data = root / "data"
         config = root / "gateway.toml"
         config.write_text(f'[gateway]\ndata_dir = "{data}"\n')
-        box = MaildirMailbox(data / "mail", hostname="gw1")
+        box = MaildirMailbox(data / "mail")
         owner = MailboxOwner("makler-muster", MEMBER)
         await box.append(owner, "c1", b"X-Gateway-Copy-Id: c1\r\n" + MESSAGE)
         await box.append(owner, "c2", b"X-Gateway-Copy-Id: c2\r\n" + MESSAGE, frozenset({Flag.ANSWERED}))
@@ -241,7 +241,7 @@ async def test_serve_maildirs_serves_the_maildirs_of_a_gateway_running_as_root()
         data = root / "data"
         config = root / "gateway.toml"
         config.write_text(f'[gateway]\ndata_dir = "{data}"\n')
-        box = MaildirMailbox(data / "mail", hostname="gw1")
+        box = MaildirMailbox(data / "mail")
         owner = MailboxOwner("makler-muster", MEMBER)
         await box.append(owner, "c1", b"X-Gateway-Copy-Id: c1\r\n" + MESSAGE)
         assert (data / "mail").stat().st_uid == 0

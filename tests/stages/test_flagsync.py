@@ -34,7 +34,7 @@ NOTIFICATIONS = ReadNotifications(hostname="gw.example", lifetime=3600)
 class World:
     def __init__(self, writer: Writer, root: Path, mailbox: Mailbox | None = None) -> None:
         self.writer = writer
-        self.maildir = MaildirMailbox(root, hostname="gw1")
+        self.maildir = MaildirMailbox(root)
         self.mailbox: Mailbox = mailbox or self.maildir
         self.fanout = FanOut(
             writer,

@@ -29,7 +29,8 @@ from tests.dovecot import Dovecot
 
 OWNER = MailboxOwner("makler-muster", "sb-a1@kunde-a.example")
 OTHER = MailboxOwner("makler-muster", "sb-a2@kunde-a.example")
-HOST = "gw1.example"
+# What follows the copy id in the name of a copy's file: fixed, the same on every gateway node.
+HOST = "gateway"
 MESSAGE = b"From: ams@makler.example\r\nSubject: Schaden 4711\r\n\r\nHallo\r\n"
 
 
@@ -47,11 +48,7 @@ async def mailbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         box = ImapMailbox.from_settings(dovecot.imap_settings(), timeout=10)
         _DOVECOT[id(box)] = dovecot
     else:
-        box = (
-            MaildirMailbox(tmp_path / "mail", hostname=HOST)
-            if request.param == "maildir"
-            else MemoryMailbox()
-        )
+        box = MaildirMailbox(tmp_path / "mail") if request.param == "maildir" else MemoryMailbox()
     yield box
     await box.close()
     _DOVECOT.pop(id(box), None)
@@ -59,7 +56,7 @@ async def mailbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 
 @pytest.fixture
 def maildir(tmp_path: Path) -> MaildirMailbox:
-    return MaildirMailbox(tmp_path / "mail", hostname=HOST)
+    return MaildirMailbox(tmp_path / "mail")
 
 
 # --- what a member's mail client does, on either implementation ------------------------------------------
@@ -373,20 +370,47 @@ async def test_maildir_flag_renames_move_between_new_and_cur(maildir: MaildirMai
     assert [p.name for p in files_of(maildir, OWNER, "c1")] == [f"c1.{HOST}:2,"]
 
 
-async def test_hostname_is_sanitised_as_the_maildir_spec_says(tmp_path: Path) -> None:
-    box = MaildirMailbox(tmp_path, hostname="gw/1:2,3")
-    located = await box.append(OWNER, "c1", MESSAGE)
-    assert located.ref == "new/c1.gw\\0571\\0722\\0543"
-    assert await box.find(OWNER, "c1") == [located]
+async def test_two_nodes_writing_one_copy_at_once_leave_one_file(tmp_path: Path) -> None:
+    """The file name comes from the copy id alone, so link() lets exactly one node win (issue 17)."""
+    n1, n2 = MaildirMailbox(tmp_path), MaildirMailbox(tmp_path)
+    copy_ids = [f"c{n}" for n in range(40)]
+    for copy_id in copy_ids:
+        # Both as first attempts (no look for the copy): each thinks it holds the lease.
+        one, two = await asyncio.gather(
+            n1.append(OWNER, copy_id, MESSAGE, first_attempt=True),
+            n2.append(OWNER, copy_id, MESSAGE, first_attempt=True),
+        )
+        assert one == two
+    for copy_id in copy_ids:
+        assert [p.name for p in files_of(n1, OWNER, copy_id)] == [f"{copy_id}.{HOST}"]
 
 
-async def test_copies_written_by_another_gateway_host_are_found(tmp_path: Path) -> None:
-    await MaildirMailbox(tmp_path, hostname="gw1").append(OWNER, "c1", MESSAGE)
-    other_node = MaildirMailbox(tmp_path, hostname="gw2")
+async def test_a_node_resuming_after_another_wrote_the_copy_with_flags_writes_none(tmp_path: Path) -> None:
+    n1, n2 = MaildirMailbox(tmp_path), MaildirMailbox(tmp_path)
+    written = await n2.append(OWNER, "c1", MESSAGE, frozenset({Flag.ANSWERED}))
+    assert written.ref == f"cur/c1.{HOST}:2,R"
+    await n2.add_flags(OWNER, "c1", frozenset({Flag.SEEN}))  # the member read it meanwhile
+    # The stalled node took the copy before the answer, so it would write it without flags, to new/.
+    found = await n1.append(OWNER, "c1", MESSAGE, first_attempt=True)
+    assert found.ref == f"cur/c1.{HOST}:2,RS"
+    assert [p.name for p in files_of(n1, OWNER, "c1")] == [f"c1.{HOST}:2,RS"]
 
-    [located] = await other_node.find(OWNER, "c1")
-    assert located.ref == "new/c1.gw1"
-    assert await other_node.append(OWNER, "c1", MESSAGE) == located
+
+async def test_copies_named_by_earlier_versions_are_found(tmp_path: Path) -> None:
+    """Before issue 17 a copy's name carried the node's host name; those copies are still the copy."""
+    box = MaildirMailbox(tmp_path)
+    owner_dir = box.maildir_path(OWNER)
+    for sub in ("cur", "new", "tmp"):
+        (owner_dir / sub).mkdir(parents=True)
+    (owner_dir / "new" / "c1.gw1.example").write_bytes(MESSAGE)
+
+    [located] = await box.find(OWNER, "c1")
+    assert located.ref == "new/c1.gw1.example"
+    assert await box.append(OWNER, "c1", MESSAGE) == located
+    [flagged] = await box.add_flags(OWNER, "c1", frozenset({Flag.SEEN}))
+    assert flagged.ref == "cur/c1.gw1.example:2,S"
+    assert await box.remove(OWNER, "c1") == 1
+    assert files_of(box, OWNER, "c1") == []
 
 
 async def test_members_own_mail_and_dovecot_names(maildir: MaildirMailbox) -> None:
@@ -523,7 +547,7 @@ async def test_a_file_that_keeps_moving_is_a_temporary_error(
 async def test_file_system_trouble_is_a_mailbox_error(tmp_path: Path) -> None:
     root = tmp_path / "not-a-directory"
     root.write_bytes(b"")
-    box = MaildirMailbox(root, hostname=HOST)
+    box = MaildirMailbox(root)
 
     with pytest.raises(MailboxError) as caught:
         await box.append(OWNER, "c1", MESSAGE)
@@ -574,7 +598,7 @@ async def test_a_batch_answers_each_copy_in_order_and_one_bad_copy_fails_alone(m
 async def test_a_maildir_batch_is_synced_before_it_counts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_sync: bool
 ) -> None:
-    box = MaildirMailbox(tmp_path / "mail", hostname=HOST, batch_sync=batch_sync)
+    box = MaildirMailbox(tmp_path / "mail", batch_sync=batch_sync)
     synced: list[str] = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append("fsync"), real_fsync(fd))[1])

@@ -223,11 +223,13 @@ async def test_a_copy_being_written_is_removed_only_after_its_lease_and_never_tu
     assert due > now + dt.timedelta(seconds=50), "not due before the write's lease ends"
     assert await writer.run(queue.claim_removals, "n1", dt.datetime.now(dt.UTC), 60.0, 100) == []
 
-    # The write lands and is recorded: the copy stays revoking.
+    # The fan-out confirms its leases right before writing (issue 17): GF-B's copy waits for its
+    # removal now, so it is not written at all; the others are. The copy stays revoking.
     outcomes = await fan._deliver(jobs)
+    assert gf_job.id not in {o.job.id for o in outcomes}
     await fan._record(outcomes)
     assert [c.state for c in await writer.run(copies_of, GF_B)] == ["revoking"]
-    assert len(await mailbox.find(MailboxOwner(PORTFOLIO, GF_B), gf_job.copy_id)) == 1
+    assert await mailbox.find(MailboxOwner(PORTFOLIO, GF_B), gf_job.copy_id) == []
 
     # After the lease the fan-out removes it.
     await writer.run(
