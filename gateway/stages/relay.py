@@ -14,9 +14,10 @@ notification (RFC 5321 §4.5.5, RFC 8098 §3), and the member did not write it. 
 with the reason in the event log.
 
 Several nodes share the queue, and a node can stall (frozen, paused) past its lease while another
-takes the mail over. So the relay confirms its leases in the database right before it sends a batch,
-and again before it puts a DSN into a mailbox, and sends or writes nothing for a lease it lost; its
-records apply only under its own lease (``gateway.db.relayqueue``, docs/scaling-fencing.md).
+takes the mail over. So the relay confirms its leases in the database before it connects, again once
+connected (right before MAIL FROM), and before it puts a DSN into a mailbox, and sends or writes
+nothing for a lease it lost; its records apply only under its own lease (``gateway.db.relayqueue``,
+docs/scaling-fencing.md).
 """
 
 from __future__ import annotations
@@ -142,6 +143,8 @@ class Relay:
     async def _attempt(self, job: RelayJob) -> RelayResult | None:
         try:
             reply = await self._send(job)
+        except _LeaseLost:
+            return None  # the node that took the mail over sends it and records it
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [e.code for e in exc.recipients]
             text = "; ".join(f"{e.code} {e.message}" for e in exc.recipients)
@@ -188,6 +191,11 @@ class Relay:
             local_hostname=self.hostname,
         )
         async with client:
+            # Fencing again once connected: a node can stall in the handshake (a slow back office, a
+            # frozen process) past its lease while another node sends the mail. The check sits right
+            # before MAIL FROM, the first command that commits the back office to anything.
+            if not await self._confirm([job]):
+                raise _LeaseLost
             errors, message = await client.sendmail(job.envelope_sender, list(job.recipients), job.data)
         if errors:
             # Some recipients refused, others taken: the back office has the mail; say who refused.
@@ -273,6 +281,10 @@ class Relay:
             explanation=explanation,
         )
         await self.mailbox.append(MailboxOwner(job.portfolio, job.member_address), f"dsn{job.id}", report)
+
+
+class _LeaseLost(Exception):
+    """The relay's lease on a mail was taken over while this node connected: send nothing."""
 
 
 class _TargetProblem(Exception):
