@@ -23,16 +23,11 @@ async def work_until_cancelled(
     log: logging.Logger,
     name: str,
     settle: float = 0.0,
-    cadence: bool = False,
 ) -> None:
     """Call ``run_once`` (how many items it took) again at once while it finds work; when it finds none,
     wait until ``wake`` is set or ``poll_interval`` passes, then ``settle`` seconds more, so that a burst
-    being stored gathers into one batch. With ``cadence`` the ``poll_interval`` counts from the start of
-    the last call, not its end: a watcher that polls looks every ``poll_interval``, however long a look
-    takes (at once again when a look took longer)."""
-    loop = asyncio.get_running_loop()
+    being stored gathers into one batch."""
     while True:
-        started = loop.time()
         try:
             busy = await run_once()
         except (SQLAlchemyError, OSError) as exc:
@@ -47,9 +42,8 @@ async def work_until_cancelled(
             await asyncio.sleep(poll_interval)
         if busy:
             continue
-        wait = max(poll_interval - (loop.time() - started), 0.0) if cadence else poll_interval
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), wait)
+            await asyncio.wait_for(wake.wait(), poll_interval)
             if settle:
                 await asyncio.sleep(settle)
         wake.clear()

@@ -26,10 +26,9 @@ notify delay (Dovecot: 0.5 s) rather than up to a poll interval. With ``idle_all
 copies has a watch, up to ``idle_mailboxes`` (each is a connection of its own); members who changed a
 flag within ``idle_window`` come first, so when there are more mailboxes than watches the readers keep
 theirs and a member beyond the limit gets one as soon as a poll finds their change. Polling goes on for
-all mailboxes (a watch covers only the folder copies arrive in, and the mailboxes beyond the limit), on
-a fixed cadence: a round starts ``poll_interval`` after the last one started, and its looks run a few at
-a time, so a long round does not stretch the time until a change is found. Looks at one mailbox never
-overlap, so its token stays consistent.
+all mailboxes (a watch covers only the folder copies arrive in, and the mailboxes beyond the limit),
+``poll_interval`` after the last round ended; a round's looks run a few at a time, so that many
+mailboxes do not stretch it. Looks at one mailbox never overlap, so its token stays consistent.
 """
 
 from __future__ import annotations
@@ -115,13 +114,10 @@ class FlagSync:
             return 0  # always wait for the next poll
 
         try:
+            # The next round waits a whole interval after this one ended: on a busy machine, where a
+            # round takes long, the watcher polls less rather than without a pause.
             await work_until_cancelled(
-                look,
-                self._wake,
-                poll_interval=self.settings.poll_interval,
-                log=log,
-                name="flag sync",
-                cadence=True,
+                look, self._wake, poll_interval=self.settings.poll_interval, log=log, name="flag sync"
             )
         finally:
             await self.stop_watching()
