@@ -87,6 +87,7 @@ sys.path.insert(0, str(REPO))  # tests/dovecot.py: the private Dovecot the tests
 from tests.dovecot import Dovecot, DovecotError, dovecot_version
 
 TEAM_SIZE = 5
+QUIET = 10.0  # seconds of nothing to do after the flag tries: what the flag watcher costs meanwhile
 FANOUT_BATCH = 100  # [fanout] batch_size's default: the copies one fan-out round hands to the mailbox
 LMTP_BINARY = Path("/usr/lib/dovecot/lmtp")
 LMTP_INSTALL = "apt-get install dovecot-lmtpd"
@@ -293,6 +294,7 @@ class Result:
     flag_latencies: list[tuple[float, bool]] = field(default_factory=list)  # (seconds, reader was warm)
     absent: str | None = None
     duplicates: int = 0  # copies (X-Gateway-Copy-Id) a member holds more than once
+    quiet_cpu: tuple[float, float] | None = None  # CPU s/s of the gateway and Dovecot with nothing to do
 
     @property
     def copy_rate(self) -> float:
@@ -374,6 +376,13 @@ def gateway_target(args: argparse.Namespace, audiences: Audiences, workdir: Path
             result.connections = connections.peak
             if args.flag_tries and result.complete:
                 result.flag_latencies = flag_latency(counter, audiences, args)
+            # What watching for flags costs when nobody does anything: CPU over a quiet spell.
+            quiet_gateway, quiet_dovecot = cpu_seconds(process.pid), tree_cpu_seconds(master)
+            time.sleep(QUIET)
+            result.quiet_cpu = (
+                (cpu_seconds(process.pid) - quiet_gateway) / QUIET,
+                (tree_cpu_seconds(master) - quiet_dovecot) / QUIET,
+            )
             appended = {member: counter.messages(member) for member in members}
             result.duplicates = duplicates(appended)
         finally:
@@ -682,6 +691,12 @@ def report(results: list[Result], flags: list[tuple[float, bool]]) -> None:
     for r in results:
         if r.duplicates:
             print(f"NOT EXACTLY ONCE: {r.name} put {r.duplicates} copies into a mailbox twice")
+    for r in results:
+        if r.quiet_cpu is not None:
+            print(
+                f"quiet ({QUIET:g} s, nothing to do): {r.name} CPU {r.quiet_cpu[0] * 1000:.0f} ms/s, "
+                f"its Dovecot {r.quiet_cpu[1] * 1000:.0f} ms/s (the flag watcher's polls and IDLE sessions)"
+            )
     for name, values in flag_figures(flags):
         print(
             f"flag latency, \\Seen to the 4 co-members, {name}, {len(values)} tries: p50 "
