@@ -24,8 +24,11 @@ private Dovecot (tests/dovecot.py; rootless, Maildir, master user), so every mai
     STORE, as its mail client would), and the time until the four co-members' copies show \\Seen in
     Dovecot (NOOP + UID FETCH FLAGS every 10 ms); `--flag-tries` tries, each after a random pause of up
     to a second so the tries do not fall into step with the gateway's once-a-second flag watcher.
-    The readers take turns: a member's first flag is found by the watcher's polling, a later one by
-    the IDLE session the watcher then keeps on that member's mailbox; both are reported apart.
+    The readers take turns, and a member's first flag and a later one are reported apart: by default
+    the watcher holds IDLE on every member's INBOX ([flagsync] idle_all, 20 mailboxes here against
+    idle_mailboxes = 50), so both travel through IDLE; with `--flagsync 'idle_all = false'` a first
+    flag is found by the once-a-second poll and only later ones through IDLE (the code before
+    idle_all, and a member beyond idle_mailboxes).
 
 It prints copies/s and messages/s end to end, the ratios gateway / raw APPEND and gateway / Postfix+LMTP,
 CPU per message (the target's processes and Dovecot's apart), peak memory, the most IMAP connections
@@ -84,6 +87,7 @@ sys.path.insert(0, str(REPO))  # tests/dovecot.py: the private Dovecot the tests
 from tests.dovecot import Dovecot, DovecotError, dovecot_version
 
 TEAM_SIZE = 5
+QUIET = 10.0  # seconds of nothing to do after the flag tries: what the flag watcher costs meanwhile
 FANOUT_BATCH = 100  # [fanout] batch_size's default: the copies one fan-out round hands to the mailbox
 LMTP_BINARY = Path("/usr/lib/dovecot/lmtp")
 LMTP_INSTALL = "apt-get install dovecot-lmtpd"
@@ -290,6 +294,7 @@ class Result:
     flag_latencies: list[tuple[float, bool]] = field(default_factory=list)  # (seconds, reader was warm)
     absent: str | None = None
     duplicates: int = 0  # copies (X-Gateway-Copy-Id) a member holds more than once
+    quiet_cpu: tuple[float, float] | None = None  # CPU s/s of the gateway and Dovecot with nothing to do
 
     @property
     def copy_rate(self) -> float:
@@ -333,7 +338,8 @@ def gateway_target(args: argparse.Namespace, audiences: Audiences, workdir: Path
             fanout_batch=args.fanout_batch,
             extra=f'[mailbox]\nbackend = "imap"\n[mailbox.imap]\nhost = "{imap.host}"\nport = {imap.port}\n'
             f'tls = "none"\nmaster_user = "{imap.master_user}"\n'
-            f'master_password_file = "{imap.master_password_file}"\n',
+            f'master_password_file = "{imap.master_password_file}"\n'
+            + (f"[flagsync]\n{args.flagsync.replace(';', chr(10))}\n" if args.flagsync else ""),
         )
         gateway = prepare_gateway(workdir, config, directory)
         log_path = Path(args.log) if args.log else workdir / "gateway.log"
@@ -370,6 +376,13 @@ def gateway_target(args: argparse.Namespace, audiences: Audiences, workdir: Path
             result.connections = connections.peak
             if args.flag_tries and result.complete:
                 result.flag_latencies = flag_latency(counter, audiences, args)
+            # What watching for flags costs when nobody does anything: CPU over a quiet spell.
+            quiet_gateway, quiet_dovecot = cpu_seconds(process.pid), tree_cpu_seconds(master)
+            time.sleep(QUIET)
+            result.quiet_cpu = (
+                (cpu_seconds(process.pid) - quiet_gateway) / QUIET,
+                (tree_cpu_seconds(master) - quiet_dovecot) / QUIET,
+            )
             appended = {member: counter.messages(member) for member in members}
             result.duplicates = duplicates(appended)
         finally:
@@ -396,8 +409,8 @@ def flag_latency(
 ) -> list[tuple[float, bool]]:
     """Seconds from a member's UID STORE +FLAGS (\\Seen) until the co-members' copies show \\Seen, and
     whether that member had set a flag before in this measurement ("warm": the gateway's flag watcher
-    then holds an IDLE session on its mailbox; a member's first change is found by polling). The
-    readers take turns, so the first tries are cold and the later ones warm."""
+    holds an IDLE session on its mailbox then whatever its settings; without idle_all a member's first
+    change is found by polling). The readers take turns, so the first tries are cold, the later warm."""
     rng = random.Random(5)
     clients = counter.clients
     for client in clients.values():
@@ -518,11 +531,18 @@ async def append_all(
 
 
 def multiappend(client: aioimaplib.IMAP4, messages: list[bytes]) -> Any:
-    """One APPEND of several messages (RFC 3502), the first literal synchronizing as aioimaplib sends
-    it, the others LITERAL+ in the same write: what the gateway sends for a member's share of a batch."""
+    """One APPEND of several messages (RFC 3502), every literal LITERAL+ and all in one write (one round
+    trip): what the gateway sends for a member's share of a batch (gateway/mailbox/imap_connection.py)."""
     protocol = client.protocol
-    protocol.literal_data = messages[0] + b"".join(b" {%d+}\r\n" % len(m) + m for m in messages[1:])
-    command = aioimaplib.Command("APPEND", protocol.new_tag(), "INBOX", f"{{{len(messages[0])}}}")
+    data = messages[0] + b"".join(b" {%d+}\r\n" % len(m) + m for m in messages[1:])
+    command = aioimaplib.Command("APPEND", protocol.new_tag(), "INBOX", f"{{{len(messages[0])}+}}")
+
+    def send(line: str, scrub: str | None = None) -> None:
+        del protocol.send
+        protocol.transport.write(f"{line}\r\n".encode() + data + b"\r\n")
+
+    protocol.literal_data = None
+    protocol.send = send
     return protocol.execute(command)
 
 
@@ -632,8 +652,8 @@ def ratio(a: Result | None, b: Result | None) -> float | None:
 
 FLAG_CLASSES = (
     ("all tries", lambda warm: True),
-    ("a member's first flag (polling)", lambda warm: not warm),
-    ("a member who set one before (IDLE)", lambda warm: warm),
+    ("a member's first flag", lambda warm: not warm),
+    ("a member who set one before", lambda warm: warm),
 )
 
 
@@ -671,6 +691,12 @@ def report(results: list[Result], flags: list[tuple[float, bool]]) -> None:
     for r in results:
         if r.duplicates:
             print(f"NOT EXACTLY ONCE: {r.name} put {r.duplicates} copies into a mailbox twice")
+    for r in results:
+        if r.quiet_cpu is not None:
+            print(
+                f"quiet ({QUIET:g} s, nothing to do): {r.name} CPU {r.quiet_cpu[0] * 1000:.0f} ms/s, "
+                f"its Dovecot {r.quiet_cpu[1] * 1000:.0f} ms/s (the flag watcher's polls and IDLE sessions)"
+            )
     for name, values in flag_figures(flags):
         print(
             f"flag latency, \\Seen to the 4 co-members, {name}, {len(values)} tries: p50 "
@@ -764,6 +790,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--fanout-batch", type=int, help=f"the gateway's [fanout] batch_size (default {FANOUT_BATCH})"
+    )
+    parser.add_argument(
+        "--flagsync",
+        help="the gateway's [flagsync] settings, ';' between two, to measure another way of noticing "
+        "flags: 'idle_all = false' (IDLE only after a poll found a member's change), 'idle = false; "
+        "poll_interval = 0.25' (a faster poll alone)",
     )
     parser.add_argument("--no-postfix", action="store_true", help="leave out Postfix + LMTP")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for every copy")

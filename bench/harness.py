@@ -237,6 +237,9 @@ def gateway_config(
         "[listeners.admin_http]\nenabled = false\n"
         # The benchmark measures throughput from one client address, not the per-client limiter.
         "[limits]\nmax_messages_per_minute_per_client = 10000000\n"
+        # Logins under way count against the failed-login limits (gateway.domain.logins): twenty
+        # sessions logging in at once from one address would otherwise be refused past the tenth.
+        "auth_max_failures_per_address = 1000\nauth_max_failures_per_login = 1000\n"
         f'[logging]\nlevel = "{log_level}"\n'
         f"[fanout]\nenabled = {'true' if fanout else 'false'}\n"
         f"{f'batch_size = {fanout_batch}' if fanout_batch else ''}\n{extra}"

@@ -782,14 +782,21 @@ class FlagSyncSettings(Section):
     """Seconds between two looks at every mailbox holding gateway copies."""
 
     idle: bool = True
-    """Watch the mailboxes of members who are reading right now with IMAP IDLE besides polling, so a
-    flag they set travels in the server's notify delay (IMAP backend; Maildir is only polled)."""
+    """Watch mailboxes with IMAP IDLE besides polling, so a flag set there travels in the server's
+    notify delay rather than up to a poll interval (IMAP backend; Maildir is only polled)."""
+
+    idle_all: bool = True
+    """Watch every mailbox holding gateway copies with IDLE (up to ``idle_mailboxes``), not only those
+    of members who changed a flag within ``idle_window``: a member's first flag then travels as fast
+    as a later one. Off: a mailbox is watched only after a poll found its member's change."""
 
     idle_mailboxes: Annotated[StrictInt, Field(ge=0)] = 50
-    """Most mailboxes watched with IDLE at once (each holds one IMAP connection)."""
+    """Most mailboxes watched with IDLE at once, each on an IMAP connection of its own (outside the
+    pool's ``max_connections``). Members who changed a flag lately come first; the others are polled."""
 
     idle_window: Annotated[float, Field(gt=0)] = 900.0
-    """Seconds a mailbox stays watched after its member's last flag change."""
+    """Seconds a member counts as reading after their last flag change: their mailbox keeps its IDLE
+    watch before those of members who did not (and, without ``idle_all``, only then has one)."""
 
     idle_refresh: Annotated[float, Field(gt=0, le=1740)] = 300.0
     """Seconds after which IDLE is ended and started again: RFC 2177 asks for at most 29 minutes, and

@@ -163,8 +163,9 @@ class ChangeWatch(Protocol):
     """
 
     async def wait(self, seconds: float) -> bool:
-        """Wait at most ``seconds``; True as soon as the store reported a change, False when
-        nothing happened. Trouble raises ``MailboxError``; the next call starts afresh."""
+        """Wait at most ``seconds``; True as soon as the store reported a flag change, False when
+        nothing happened (new or removed messages are the poll's to find). Trouble raises
+        ``MailboxError``; the next call starts afresh."""
         ...
 
     async def close(self) -> None:

@@ -443,9 +443,11 @@ class ImapConnection:
         """One APPEND of all ``messages`` (MULTIAPPEND, RFC 3502: all are appended or none); UIDVALIDITY
         and their UIDs in order, or None when the server refused them with NO (none was appended).
 
-        The first literal is synchronizing, as aioimaplib sends it; the others follow it in the same
-        write as LITERAL+ literals, so the whole batch costs two round trips and one transaction in
-        the server. A missing folder is created (TRYCREATE).
+        Every literal is a LITERAL+ one (RFC 7888), the first too: the command line and all the
+        messages go in one write, so the whole batch costs one round trip and one transaction in the
+        server. (aioimaplib sends a literal only after the server's "+", a round trip more per
+        command, which on a busy server is the longer part of the wait.) A missing folder is created
+        (TRYCREATE).
         """
         (first, first_flags), rest = messages[0], messages[1:]
         tail = b"".join(
@@ -459,11 +461,10 @@ class ImapConnection:
             arguments = [
                 quote(folder),
                 *([flag_list(first_flags)] if first_flags else []),
-                f"{{{len(first)}}}",
+                f"{{{len(first)}+}}",
             ]
-            protocol.literal_data = first + tail  # written after the server's "+"
             command = aioimaplib.Command("APPEND", protocol.new_tag(), *arguments, loop=protocol.loop)
-            return cast(Awaitable[Any], protocol.execute(command))
+            return _with_literals(protocol, command, first + tail)
 
         for attempt in range(2):
             reply = await self.run(what, call)
@@ -486,6 +487,30 @@ class ImapConnection:
             self.abort()
             raise MailboxError(errno.EIO, f"IMAP {what} refused: {reply.text}", self.server.where)
         raise AssertionError("unreachable")
+
+
+def _with_literals(protocol: Any, command: Any, data: bytes) -> Awaitable[Any]:
+    """aioimaplib's ``execute`` of ``command``, whose line ends in a LITERAL+ announcement, with
+    ``data`` (the literals and whatever follows them) written right after the line, in the same
+    write. aioimaplib writes a command's line in ``send`` and waits for no "+" when it holds no
+    literal data, so ``send`` is replaced for this one command; everything else (the pending command,
+    its answer, its timeout) stays aioimaplib's."""
+
+    def send(line: str, scrub: str | None = None) -> None:
+        del protocol.send  # aioimaplib's own again, for the next command
+        protocol.transport.write(f"{line}\r\n".encode() + data + b"\r\n")
+
+    protocol.literal_data = None
+    protocol.send = send
+    execution = protocol.execute(command)
+
+    async def run() -> Any:
+        try:
+            return await execution
+        finally:
+            protocol.__dict__.pop("send", None)  # a command that never went out
+
+    return run()
 
 
 def _errno(exc: BaseException) -> int:

@@ -1,9 +1,10 @@
 """IMAP IDLE on one member's copies folder, with a watchdog: the IMAP backend's ``ChangeWatch``.
 
-The flag watcher polls every mailbox; for members who are reading right now it also keeps an IDLE
-session open, so a flag they set reaches their co-members in about the server's notify delay (Dovecot:
-~0.5 s) instead of up to a poll interval. The session is a connection of its own outside the pool (IDLE
-holds it for minutes), opened read-only (EXAMINE, so the gateway never takes \\Recent from the member).
+The flag watcher polls every mailbox and also keeps an IDLE session open on as many as it may
+(``[flagsync] idle_mailboxes``), so a flag a member sets reaches their co-members in about the server's
+notify delay (Dovecot: 0.5 s) instead of up to a poll interval. The session is a connection of its own
+outside the pool (IDLE holds it for minutes), opened read-only (EXAMINE, so the gateway never takes
+\\Recent from the member).
 
 Each ``wait`` is one IDLE round: IDLE, wait for a push or the timeout, DONE. Changes made between two
 rounds are announced by the server when the next IDLE starts, so none falls between. aioimaplib's IDLE
@@ -28,13 +29,16 @@ import aioimaplib
 from gateway.errors import MailboxError
 from gateway.mailbox.imap_connection import ImapConnection
 
-# What a server pushes during IDLE that can mean a flag changed or a copy came or went (RFC 3501 7.3,
-# 7.4): FETCH carries new FLAGS, EXISTS/EXPUNGE/VANISHED a message added or removed.
-_CHANGES = (b"FETCH", b"EXISTS", b"EXPUNGE", b"VANISHED")
+# What a server pushes during IDLE when flags changed (RFC 3501 7.4.2): FETCH with the new FLAGS. A
+# message added or removed (EXISTS, EXPUNGE, VANISHED) is not a flag change: the fan-out's own appends
+# would otherwise wake the watch once per batch and member, and a copy a member moves in with flags
+# set is found by the next poll.
+_CHANGES = (b"FETCH",)
 
 
 def pushed_change(lines: list[bytes]) -> bool:
-    """Whether untagged lines pushed during IDLE (``* `` already stripped by aioimaplib) tell of a change."""
+    """Whether untagged lines pushed during IDLE (``* `` already stripped by aioimaplib) tell of a flag
+    change."""
     for line in lines:
         words = bytes(line).split(None, 2)
         if any(word.upper() in _CHANGES for word in words[:2]):

@@ -20,11 +20,15 @@ itself (a propagation) is never a member's read, for the reason above, so it sen
 mail never has a relay row of its own (only members' mail is relayed), so the relay queue's one row per
 message is the once-only guard: a second member's read, a re-read, a second gateway process finds it.
 
-Members who are reading right now are watched more closely: once a look finds a flag a member set or
-cleared, a store that can push changes (IMAP IDLE, ``Mailbox.watch``) keeps a watch on that mailbox for
-``idle_window`` seconds after the member's last change, and every push triggers a look at that mailbox
-at once. Polling goes on for all mailboxes (a watch covers only the folder copies arrive in); looks at
-one mailbox never overlap, so its token stays consistent.
+Mailboxes are also watched closely where the store can push changes (IMAP IDLE, ``Mailbox.watch``):
+every push of a flag change triggers a look at that mailbox at once, so a flag travels in the server's
+notify delay (Dovecot: 0.5 s) rather than up to a poll interval. With ``idle_all`` every mailbox holding
+copies has a watch, up to ``idle_mailboxes`` (each is a connection of its own); members who changed a
+flag within ``idle_window`` come first, so when there are more mailboxes than watches the readers keep
+theirs and a member beyond the limit gets one as soon as a poll finds their change. Polling goes on for
+all mailboxes (a watch covers only the folder copies arrive in, and the mailboxes beyond the limit),
+``poll_interval`` after the last round ended; a round's looks run a few at a time, so that many
+mailboxes do not stretch it. Looks at one mailbox never overlap, so its token stays consistent.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ from gateway.domain.mdn import build_read_notification, notification_request
 from gateway.domain.readsync import FlagEvent, SyncedFlag, propagation
 from gateway.mailbox import ChangeWatch, Flag, FlagChange, Mailbox, MailboxError, MailboxOwner
 from gateway.workers import work_until_cancelled
+
+# Looks at mailboxes under way at once in a poll round: short rounds, few of the pool's connections.
+_LOOKS_AT_ONCE = 4
 
 log = logging.getLogger("gateway.stages.flagsync")
 
@@ -92,7 +99,8 @@ class FlagSync:
         self._wake = asyncio.Event()  # nobody wakes the watcher: it polls
         self._known: dict[MailboxOwner, Watched] = {}
         self._looking: dict[MailboxOwner, asyncio.Lock] = {}
-        self._active_until: dict[MailboxOwner, float] = {}
+        # When each member last changed a flag (loop time): who counts as reading now.
+        self._last_change: dict[MailboxOwner, float] = {}
         self._watches: dict[MailboxOwner, asyncio.Task[None]] = {}
 
     @property
@@ -106,6 +114,8 @@ class FlagSync:
             return 0  # always wait for the next poll
 
         try:
+            # The next round waits a whole interval after this one ended: on a busy machine, where a
+            # round takes long, the watcher polls less rather than without a pause.
             await work_until_cancelled(
                 look, self._wake, poll_interval=self.settings.poll_interval, log=log, name="flag sync"
             )
@@ -116,13 +126,18 @@ class FlagSync:
         """Look at every mailbox once; returns how many copies got a flag from a co-member."""
         watched = await self.writer.run(flagsync.watched)
         self._known = {_owner(mailbox): mailbox for mailbox in watched}
-        propagated = 0
-        for mailbox in watched:
-            propagated += await self._look(mailbox)
-        return propagated
+        self._arrange_watches()
+        slots = asyncio.Semaphore(_LOOKS_AT_ONCE)
+
+        async def look(mailbox: Watched) -> int:
+            async with slots:
+                return await self._look(mailbox)
+
+        return sum(await asyncio.gather(*(look(mailbox) for mailbox in watched)))
 
     async def stop_watching(self) -> None:
         watches = list(self._watches.values())
+        self._watches.clear()
         for task in watches:
             task.cancel()
         await asyncio.gather(*watches, return_exceptions=True)
@@ -151,31 +166,60 @@ class FlagSync:
         return applied.propagated
 
     def _member_active(self, owner: MailboxOwner) -> None:
-        """The member is reading now: watch the mailbox closely for the next ``idle_window`` seconds."""
-        if not self.settings.idle or self.settings.idle_mailboxes == 0:
-            return
-        loop = asyncio.get_running_loop()
-        self._active_until[owner] = loop.time() + self.settings.idle_window
-        if owner in self._watches:
-            return
-        watch = self.mailbox.watch(owner)
-        if watch is None:
-            return
-        if len(self._watches) >= self.settings.idle_mailboxes:
-            # The member who has been quiet longest makes room; their mailbox is still polled.
-            quietest = min(self._watches, key=lambda o: self._active_until.get(o, 0.0))
-            self._watches[quietest].cancel()
-            del self._watches[quietest]
-        task = asyncio.create_task(self._watch(owner, watch), name=f"flag watch {owner.address}")
-        self._watches[owner] = task
+        """The member is reading now: their mailbox comes first for a watch for ``idle_window`` seconds."""
+        self._last_change[owner] = asyncio.get_running_loop().time()
+        if owner not in self._watches:
+            self._arrange_watches()
+
+    def _wanted_watches(self) -> list[MailboxOwner]:
+        """The mailboxes that should have a watch now, at most ``idle_mailboxes``: members who changed a
+        flag within ``idle_window`` (the latest first), then, with ``idle_all``, the others (those
+        watched already first, so that nobody's watch is dropped for another's, then in member order)."""
+        settings = self.settings
+        if not settings.idle or settings.idle_mailboxes == 0:
+            return []
+        since = asyncio.get_running_loop().time() - settings.idle_window
+        for owner, at in list(self._last_change.items()):
+            if at < since or owner not in self._known:
+                del self._last_change[owner]
+        reading = sorted(self._last_change, key=lambda owner: -self._last_change[owner])
+        wanted = reading[: settings.idle_mailboxes]
+        if settings.idle_all and len(wanted) < settings.idle_mailboxes:
+            chosen = set(wanted)
+            others = [o for o in self._known if o not in chosen]
+            others.sort(key=lambda owner: owner not in self._watches)  # stable: member order otherwise
+            wanted += others[: settings.idle_mailboxes - len(wanted)]
+        return wanted
+
+    def _arrange_watches(self) -> None:
+        """Start the watches that are wanted and missing, end those no longer wanted."""
+        wanted = self._wanted_watches()
+        keep = set(wanted)
+        for owner in [o for o in self._watches if o not in keep]:
+            # The member who has been quiet longest made room; their mailbox is still polled.
+            self._watches.pop(owner).cancel()
+        for owner in wanted:
+            if owner in self._watches:
+                continue
+            watch = self.mailbox.watch(owner)
+            if watch is None:
+                continue  # the store cannot push (Maildir): polling alone
+            task = asyncio.create_task(self._watch(owner, watch), name=f"flag watch {owner.address}")
+            self._watches[owner] = task
 
     async def _watch(self, owner: MailboxOwner, watch: ChangeWatch) -> None:
         loop = asyncio.get_running_loop()
         log.debug("watching %s closely", owner.address)
         try:
-            while (left := self._active_until.get(owner, 0.0) - loop.time()) > 0:
+            while True:
+                seconds = self.settings.idle_refresh
+                changed_at = self._last_change.get(owner)
+                if changed_at is not None:
+                    # When the member stops counting as reading, the watches are arranged anew.
+                    ends = changed_at + self.settings.idle_window
+                    seconds = min(seconds, max(ends - loop.time(), 0.0))
                 try:
-                    changed = await watch.wait(min(self.settings.idle_refresh, left))
+                    changed = await watch.wait(seconds)
                 except MailboxError as exc:
                     # The next wait reconnects; meanwhile polling keeps finding what changed.
                     log.info("watch on %s interrupted: %s", owner.address, exc)
@@ -187,10 +231,15 @@ class FlagSync:
                         await self._look(mailbox)
                     except Exception:
                         log.exception("flags of %s not looked at after a push", owner.address)
+                if (
+                    changed_at is not None
+                    and self._last_change.get(owner) == changed_at
+                    and loop.time() >= changed_at + self.settings.idle_window
+                ):
+                    self._arrange_watches()  # may end this very watch (cancelled at its next wait)
         finally:
             if self._watches.get(owner) is asyncio.current_task():
                 del self._watches[owner]
-            self._active_until.pop(owner, None)
             with contextlib.suppress(MailboxError, asyncio.CancelledError):
                 await watch.close()
             log.debug("no longer watching %s closely", owner.address)

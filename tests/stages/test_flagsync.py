@@ -153,14 +153,89 @@ async def test_clearing_stays_local_and_a_second_read_counts_again(world: World)
     assert sorted(rows.values()) == [False, True, True]
 
 
-# --- IMAP: polling plus IDLE on the mailboxes of members who are reading ------------------------------
+# --- IMAP: polling plus IDLE on every mailbox, readers first -------------------------------------------
+
+
+async def imap_world(writer: Writer, tmp_path: Path, dovecot: Dovecot, settings: FlagSyncSettings) -> World:
+    for address in (SB_B1, SB_B2, GF_B):
+        dovecot.add_user(address)
+    imap = ImapMailbox.from_settings(dovecot.imap_settings(), timeout=5)
+    world = World(writer, tmp_path / "mail", imap)
+    world.flagsync = FlagSync(writer, imap, settings, node="n1", notifications=NOTIFICATIONS)
+    return world
+
+
+async def test_every_mailbox_is_watched_so_a_first_flag_travels_before_the_next_poll(
+    writer: Writer, tmp_path: Path, dovecot: Dovecot
+) -> None:
+    """The poll interval is five minutes here and the first poll finds nothing: SB-B1's first read
+    reaches the co-members only because the watcher holds IDLE on every mailbox with copies
+    (``idle_all``), not only on those of members a poll found reading."""
+    world = await imap_world(writer, tmp_path, dovecot, FlagSyncSettings(poll_interval=300, idle_refresh=2))
+    watching = None
+    try:
+        await read_sync(writer, "seen")
+        await world.deliver("Erste")
+        first = await copy_of(writer, SB_B1, "Erste")
+        watching = asyncio.create_task(world.flagsync.run())  # its first look is the poll
+        everyone = {MailboxOwner(PORTFOLIO, address) for address in (SB_B1, SB_B2, GF_B)}
+        assert await until(lambda: world.flagsync.watched_closely == everyone, 30)
+        assert await seen_count(writer) == 0
+        await asyncio.sleep(0.5)  # the watches' IDLE is under way (a change before it is the poll's)
+
+        await asyncio.to_thread(dovecot.member_stores, SB_B1, first, "+FLAGS", "(\\Seen)")
+        # A generous bound for a loaded machine, far before the next poll (300 s): so through IDLE.
+        assert await until(lambda: seen_count_now(writer, 3), 30), "propagated before the next poll"
+    finally:
+        if watching is not None:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+        await world.mailbox.close()
+    assert not world.flagsync.watched_closely, "the watches end with the watcher"
+
+
+async def test_beyond_idle_mailboxes_the_readers_get_the_watches(
+    writer: Writer, tmp_path: Path, dovecot: Dovecot
+) -> None:
+    """Three mailboxes, two watches: one mailbox is only polled until its member reads; then that member
+    has a watch (another mailbox makes room) and their next read travels through IDLE."""
+    settings = FlagSyncSettings(poll_interval=300, idle_refresh=2, idle_mailboxes=2)
+    world = await imap_world(writer, tmp_path, dovecot, settings)
+    watching = None
+    try:
+        await read_sync(writer, "seen")
+        await world.deliver("Erste")
+        await world.deliver("Zweite")
+        watching = asyncio.create_task(world.flagsync.run())
+        assert await until(lambda: len(world.flagsync.watched_closely) == 2, 30)
+        await asyncio.sleep(1.0)  # a third watch would have started by now
+        assert len(world.flagsync.watched_closely) == 2, "never more watches than idle_mailboxes"
+        (polled,) = {SB_B1, SB_B2, GF_B} - {owner.address for owner in world.flagsync.watched_closely}
+
+        first = await copy_of(writer, polled, "Erste")
+        await asyncio.to_thread(dovecot.member_stores, polled, first, "+FLAGS", "(\\Seen)")
+        await world.flagsync.run_once()  # the poll finds it (the watches cannot: no IDLE there)
+        assert await seen_count(writer) == 3
+        assert MailboxOwner(PORTFOLIO, polled) in world.flagsync.watched_closely
+        assert await until(lambda: len(world.flagsync.watched_closely) == 2, 30), "one made room"
+        await asyncio.sleep(0.5)  # the new watch's IDLE is under way
+
+        second = await copy_of(writer, polled, "Zweite")
+        await asyncio.to_thread(dovecot.member_stores, polled, second, "+FLAGS", "(\\Seen)")
+        assert await until(lambda: seen_count_now(writer, 6), 30), "propagated before the next poll"
+    finally:
+        if watching is not None:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+        await world.mailbox.close()
 
 
 async def test_a_reading_member_is_watched_with_idle_between_polls(
     writer: Writer, tmp_path: Path, dovecot: Dovecot
 ) -> None:
-    """The poll interval is five minutes here: after SB-B1's first read (found by the first poll), SB-B1's
-    next read reaches the co-members through IDLE in about a second; the watch ends with the window."""
+    """Without ``idle_all``, and a poll interval of five minutes: after SB-B1's first read (found by the
+    first poll), SB-B1's next read reaches the co-members through IDLE in about a second; the watch
+    ends with the window."""
     for address in (SB_B1, SB_B2, GF_B):
         dovecot.add_user(address)
     imap = ImapMailbox.from_settings(dovecot.imap_settings(), timeout=5)
@@ -168,7 +243,7 @@ async def test_a_reading_member_is_watched_with_idle_between_polls(
     world.flagsync = FlagSync(
         writer,
         imap,
-        FlagSyncSettings(poll_interval=300, idle_window=20, idle_refresh=2),
+        FlagSyncSettings(poll_interval=300, idle_all=False, idle_window=20, idle_refresh=2),
         node="n1",
         notifications=NOTIFICATIONS,
     )

@@ -369,6 +369,53 @@ async def test_a_members_first_attempts_go_in_one_multiappend(
         assert dovecot.copy_counts(owner.address) == {f"{owner.address[:5]}-{n}": 1 for n in range(3)}
 
 
+async def test_a_multiappend_is_one_round_trip(tmp_path: Path) -> None:
+    """Every literal of the MULTIAPPEND is LITERAL+, the first too, so the command and the messages go
+    out at once: a server that never sends "+" (it need not, RFC 7888) still gets the whole batch,
+    where waiting for a continuation would end in the 2 s timeout."""
+    received: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK fake IMAP ready\r\n")
+        caps = b"IMAP4rev1 UIDPLUS MULTIAPPEND LITERAL+"
+        while line := await reader.readline():
+            tag, command = line.split()[:2]
+            command = command.upper()
+            if command == b"CAPABILITY":
+                writer.write(b"* CAPABILITY " + caps + b"\r\n" + tag + b" OK done\r\n")
+            elif command == b"LOGIN":
+                writer.write(tag + b" OK done\r\n")
+            elif command == b"APPEND":
+                while line.rstrip().endswith(b"+}"):
+                    size = int(line.rstrip()[:-2].rpartition(b"{")[2])
+                    received.append(await reader.readexactly(size))
+                    line = await reader.readline()  # the next announcement, or the end of the command
+                writer.write(tag + b" OK [APPENDUID 7 %d:%d] done\r\n" % (1, len(received)))
+            elif command == b"LOGOUT":
+                writer.write(b"* BYE\r\n" + tag + b" OK done\r\n")
+                break
+            else:
+                writer.write(tag + b" BAD not in this fake\r\n")
+            await writer.drain()
+        writer.close()
+
+    server, port = await fake_server(serve)
+    box = ImapMailbox.from_settings(fake_settings(port, tmp_path), timeout=2)
+    try:
+        deliveries = [
+            Delivery(OWNER, f"m{n}", copy(f"m{n}"), frozenset({Flag.SEEN}) if n else frozenset(), True)
+            for n in range(3)
+        ]
+        results = await asyncio.wait_for(box.append_batch(deliveries), HANG)
+    finally:
+        await box.close()
+        server.close()
+    assert [r.ref for r in results if isinstance(r, Located)] == [
+        f"INBOX;UIDVALIDITY=7/;UID={n}" for n in (1, 2, 3)
+    ], results
+    assert received == [copy(f"m{n}") for n in range(3)], "each message as it was, in order"
+
+
 async def test_a_refused_multiappend_goes_one_by_one(
     imap: ImapMailbox, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
 ) -> None:
