@@ -191,9 +191,15 @@ class Relay:
             local_hostname=self.hostname,
         )
         async with client:
-            # Fencing again once connected: a node can stall in the handshake (a slow back office, a
-            # frozen process) past its lease while another node sends the mail. The check sits right
+            # Fencing again after the greeting (connect() has done STARTTLS and AUTH where configured;
+            # EHLO is done here if it was not): a node can stall in the handshake (a slow back office,
+            # a frozen process) past its lease while another node sends the mail. The check sits right
             # before MAIL FROM, the first command that commits the back office to anything.
+            if client.is_ehlo_or_helo_needed:
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
             if not await self._confirm([job]):
                 raise _LeaseLost
             errors, message = await client.sendmail(job.envelope_sender, list(job.recipients), job.data)
