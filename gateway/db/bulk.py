@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Column, Connection, Table, TextClause, text
+from sqlalchemy import Column, Connection, String, Table, TextClause, text
 from sqlalchemy.engine import Dialect
 
 _STATEMENTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], TextClause] = {}
@@ -28,10 +28,19 @@ def unnest(
     of the type of its column in ``columns``, named as the column unless ``names`` says otherwise."""
     quote = dialect.identifier_preparer.quote
     arrays = ", ".join(
-        f"CAST(:{prefix}_{i} AS {column.type.compile(dialect=dialect)}[])" for i, column in enumerate(columns)
+        f"CAST(:{prefix}_{i} AS {element_type(column, dialect)}[])" for i, column in enumerate(columns)
     )
     named = ", ".join(quote(name) for name in (names or [column.name for column in columns]))
     return f"unnest({arrays}) WITH ORDINALITY AS {prefix}({named}, ordinality)"
+
+
+def element_type(column: Column[Any], dialect: Dialect) -> str:
+    """The type the array of ``column``'s values is cast to: the column's, but a string's without its
+    length. A cast to VARCHAR(n) would cut a longer value short; the INSERT's own assignment to the
+    column refuses it ("value too long"), as the executemany path does."""
+    if isinstance(column.type, String):
+        return String().compile(dialect=dialect)
+    return column.type.compile(dialect=dialect)
 
 
 def arrays(
