@@ -121,7 +121,7 @@ async def drive(
     run.elapsed = time.perf_counter() - run.started
 
 
-def wait_listening(port: int, timeout: float = 30) -> None:
+def wait_listening(port: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
