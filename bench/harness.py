@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,10 +48,15 @@ class Run:
     peak_rss_kib: int | None = None
     server_cpu: float = 0.0
     client_cpu: float = 0.0
+    database_cpu: float | None = None  # PostgreSQL's backends for this run (None: not measured)
 
     @property
     def rate(self) -> float:
         return len(self.latencies) / self.elapsed if self.elapsed else 0.0
+
+    def per_message(self, seconds: float) -> float:
+        """``seconds`` of CPU as milliseconds per message accepted."""
+        return seconds * 1000 / max(len(self.latencies), 1)
 
     def pct(self, p: float) -> float:
         data = sorted(self.latencies)
@@ -79,12 +84,21 @@ Envelope = Callable[[int], tuple[str, list[str]]]
 
 
 async def drive(
-    run: Run, port: int, messages: int, concurrency: int, size: int, login: bool, envelope: Envelope
+    run: Run,
+    port: int | Sequence[int],
+    messages: int,
+    concurrency: int,
+    size: int,
+    login: bool,
+    envelope: Envelope,
 ) -> None:
-    """Submit `messages` over `concurrency` aiosmtplib sessions (each sends one message after another)."""
-    numbers = iter(range(messages))
+    """Submit `messages` over `concurrency` aiosmtplib sessions (each sends one message after another).
 
-    async def session() -> None:
+    With several ports (one per gateway node) the sessions are split over them in turn."""
+    numbers = iter(range(messages))
+    ports = [port] if isinstance(port, int) else list(port)
+
+    async def session(port: int) -> None:
         client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=60, start_tls=False)
         await client.connect()
         if login:
@@ -103,11 +117,11 @@ async def drive(
         await client.quit()
 
     run.started = time.perf_counter()
-    await asyncio.gather(*(session() for _ in range(concurrency)))
+    await asyncio.gather(*(session(ports[k % len(ports)]) for k in range(concurrency)))
     run.elapsed = time.perf_counter() - run.started
 
 
-def wait_listening(port: int, timeout: float = 30) -> None:
+def wait_listening(port: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -395,3 +409,69 @@ def private_postfix(port: int, main_cf: Callable[[Path], str]) -> Iterator[Postf
             if code != 0 and "not running" not in output:
                 print(f"postfix: `postfix -c {conf} stop` exited {code}: {output}", file=sys.stderr)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --- PostgreSQL: a fresh database per run, and the CPU of its backends ---------------------------------
+
+
+def postgres_dsn(url: str, database: str | None = None) -> str:
+    """A libpq connection string for a SQLAlchemy URL (any driver), optionally naming another database."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url).set(drivername="postgresql")
+    if database is not None:
+        parsed = parsed.set(database=database)
+    return parsed.render_as_string(hide_password=False)
+
+
+def fresh_postgres(url: str) -> None:
+    """Drop and create the database `url` names (through the server's `postgres` database)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).database
+    if not name:
+        raise SystemExit(f"{url}: the URL names no database")
+    with psycopg.connect(postgres_dsn(url, "postgres"), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+
+
+class PostgresCpu:
+    """CPU time of the PostgreSQL backends serving one database, read from /proc (the server runs on this
+    machine). `start()` notes the backends connected now, `stop()` returns the CPU they (and backends
+    that connected in between, counted from zero) used since. The server's shared processes (WAL writer,
+    checkpointer) are left out: other databases on the same server use them too."""
+
+    def __init__(self, url: str) -> None:
+        from sqlalchemy.engine import make_url
+
+        self.dsn = postgres_dsn(url, "postgres")
+        self.database = make_url(url).database
+        self.before: dict[int, float] = {}
+        self.backends = 0
+
+    def _backends(self) -> dict[int, float]:
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as admin:
+            pids = [
+                int(pid)
+                for (pid,) in admin.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend'",
+                    (self.database,),
+                )
+            ]
+        seconds = {}
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                seconds[pid] = cpu_seconds(pid)
+        return seconds
+
+    def start(self) -> None:
+        self.before = self._backends()
+
+    def stop(self) -> float:
+        after = self._backends()
+        self.backends = len(after)
+        return sum(seconds - self.before.get(pid, 0.0) for pid, seconds in after.items())

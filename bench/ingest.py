@@ -13,7 +13,12 @@ It prints messages/s accepted, p50/p95/p99 time to 250, the time until every cop
 message, and the ratios to the baselines.
 
     .venv/bin/python bench/ingest.py --messages 3000 --concurrency 10
-    .venv/bin/python bench/ingest.py --database postgresql+asyncpg://postgres@127.0.0.1/bench_ingest
+    .venv/bin/python bench/ingest.py --database postgresql+psycopg://postgres@127.0.0.1/bench_ingest
+    .venv/bin/python bench/ingest.py --compare-databases             # SQLite and PostgreSQL, and the ratio
+    .venv/bin/python bench/ingest.py --compare-databases --nodes 2   # and two nodes on PostgreSQL
+
+With PostgreSQL the database is dropped and created for each run, and the CPU of its backends is read
+from /proc (the server must run on this machine for that column).
 """
 
 from __future__ import annotations
@@ -36,11 +41,13 @@ from harness import (
     POSTFIX_INSTALL,
     REPO,
     PostfixUnavailable,
+    PostgresCpu,
     Run,
     TreeMemory,
     cpu_seconds,
     drive,
     free_port,
+    fresh_postgres,
     gateway_config,
     peak_rss,
     prepare_gateway,
@@ -60,6 +67,8 @@ PEOPLE = {
     "gf-b@kunde-b.example": 4,
 }
 POSTFIX_NAME = "postfix (queue -> relay to a sink)"
+# Where --compare-databases and --nodes run PostgreSQL unless --database names another database.
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/bench_ingest"
 
 
 def to_one_person(number: int) -> tuple[str, list[str]]:
@@ -146,43 +155,68 @@ def wait_for_copies(run: Run, root: Path, messages: int, timeout: float = 300) -
         print(f"  only {len(files)} of {expected} copies arrived within {timeout:.0f} s", file=sys.stderr)
 
 
-def gateway_run(args: argparse.Namespace, workdir: Path) -> Run:
-    port = free_port()
+def gateway_run(args: argparse.Namespace, workdir: Path, database: str | None, nodes: int = 1) -> Run:
+    """One target: `nodes` `gateway serve` processes on one database and one Maildir root (each its own
+    node_name and submission port), the sessions split over them; SQLite when `database` is None."""
+    if database is not None:
+        fresh_postgres(database)
+    ports = [free_port() for _ in range(nodes)]
     config = gateway_config(
-        workdir, port, args.database, args.log_level, fanout=not (args.no_fanout or args.split)
-    )
+        workdir, ports[0], database, args.log_level, fanout=not (args.no_fanout or args.split)
+    ).replace("[gateway]\n", '[gateway]\nnode_name = "bench-node-1"\n')
     gateway = prepare_gateway(workdir, config, REPO / "config/example/directory.yaml")
-    log = open(args.log, "w") if args.log else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the process
-    process = subprocess.Popen([*gateway, "serve"], stderr=log, text=True)
+    commands = [[*gateway, "serve"]]
+    for number in range(2, nodes + 1):
+        # Every node shares the first one's directory: the same database, Maildir root and token keys.
+        node_config = workdir / f"node{number}.toml"
+        node_config.write_text(
+            config.replace(
+                f"[listeners.submission]\nport = {ports[0]}",
+                f"[listeners.submission]\nport = {ports[number - 1]}",
+            ).replace('node_name = "bench-node-1"', f'node_name = "bench-node-{number}"'),
+            encoding="utf-8",
+        )
+        commands.append([gateway[0], "--config", str(node_config), "serve"])
+    log = open(args.log, "a") if args.log else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the processes
+    processes = [subprocess.Popen(command, stderr=log, text=True) for command in commands]
     helper = None
     if args.split:
         # A second process on the same database that only writes copies: fan-out on the other core.
         fanout_config = workdir / "fanout.toml"
         fanout_config.write_text(
             config.replace("[fanout]\nenabled = false", "[fanout]\nenabled = true")
-            .replace(f"[listeners.submission]\nport = {port}", "[listeners.submission]\nenabled = false")
-            .replace("[gateway]\n", '[gateway]\nnode_name = "fanout-node"\n'),
+            .replace(f"[listeners.submission]\nport = {ports[0]}", "[listeners.submission]\nenabled = false")
+            .replace('node_name = "bench-node-1"', 'node_name = "fanout-node"'),
             encoding="utf-8",
         )
         helper = subprocess.Popen([gateway[0], "--config", str(fanout_config), "serve"], stderr=log)
     profiler = None
     try:
-        wait_listening(port)
+        for port in ports:
+            wait_listening(port)
         if args.profile:
-            profiler = start_profiler(process.pid, args.profile)
-        run = Run(f"gateway ({'PostgreSQL' if args.database else 'SQLite'})")
-        before, client_before = cpu_seconds(process.pid), time.process_time()
-        asyncio.run(drive(run, port, args.messages, args.concurrency, args.size, True, to_one_person))
+            profiler = start_profiler(processes[0].pid, args.profile)
+        name = "PostgreSQL" if database else "SQLite"
+        run = Run(f"gateway ({name}{f', {nodes} nodes' if nodes > 1 else ''})")
+        postgres = PostgresCpu(database) if database else None
+        if postgres is not None:
+            postgres.start()
+        before, client_before = sum(cpu_seconds(p.pid) for p in processes), time.process_time()
+        asyncio.run(drive(run, ports, args.messages, args.concurrency, args.size, True, to_one_person))
         run.client_cpu = time.process_time() - client_before
         if not args.no_fanout:
             wait_for_copies(run, workdir / "data" / "mail", args.messages)
-        run.server_cpu = cpu_seconds(process.pid) - before
-        run.peak_rss_kib = peak_rss(process.pid)
+        run.server_cpu = sum(cpu_seconds(p.pid) for p in processes) - before
+        if postgres is not None:
+            run.database_cpu = postgres.stop()
+        run.peak_rss_kib = max(peak_rss(p.pid) or 0 for p in processes)
         return run
     finally:
         stop_profiler(profiler)
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(timeout=60)
         if helper is not None:
             helper.send_signal(signal.SIGTERM)
             helper.wait(timeout=60)
@@ -276,19 +310,34 @@ def report(runs: list[Run], baseline: Run, postfix: Run | None = None) -> None:
     print(
         f"{'target':<34} {'msg/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6} "
         f"{'copies done s':>13} {'copy p95 s':>10} {'peak RSS MiB':>12} {'vs aiosmtpd':>11}{versus} "
-        f"{'server CPU ms/msg':>17} {'client CPU ms/msg':>17}"
+        f"{'server CPU ms/msg':>17} {'client CPU ms/msg':>17} {'PostgreSQL CPU ms/msg':>21}"
     )
     for run in runs:
         copy95 = statistics.quantiles(run.copy_latencies, n=20)[18] if len(run.copy_latencies) > 20 else None
         versus = f" {run.rate / postfix.rate:>10.0%}" if postfix is not None and postfix.rate else ""
+        database = "-" if run.database_cpu is None else f"{run.per_message(run.database_cpu):.2f}"
         print(
             f"{run.name:<34} {run.rate:>8.0f} {run.pct(50):>8.1f} {run.pct(95):>8.1f} {run.pct(99):>8.1f} "
             f"{run.errors:>6} {run.copies_done if run.copies_done is not None else float('nan'):>13.2f} "
             f"{copy95 if copy95 is not None else float('nan'):>10.3f} "
             f"{(run.peak_rss_kib or 0) / 1024:>12.1f} {run.rate / baseline.rate:>11.0%}{versus} "
-            f"{run.server_cpu * 1000 / max(len(run.latencies), 1):>17.2f} "
-            f"{run.client_cpu * 1000 / max(len(run.latencies), 1):>17.2f}"
+            f"{run.per_message(run.server_cpu):>17.2f} {run.per_message(run.client_cpu):>17.2f} "
+            f"{database:>21}"
         )
+
+
+def ratios(first: Run, second: Run) -> str:
+    """`second` against `first`: messages/s, the gateway's CPU per message, and with PostgreSQL's own."""
+    gateway = second.per_message(second.server_cpu) / first.per_message(first.server_cpu)
+    text = (
+        f"{second.name} / {first.name}: msg/s {second.rate / first.rate:.0%}, gateway CPU/msg {gateway:.0%}"
+    )
+    if second.database_cpu is not None:
+        both = second.per_message(second.server_cpu + second.database_cpu) / first.per_message(
+            first.server_cpu + (first.database_cpu or 0.0)
+        )
+        text += f", gateway + PostgreSQL CPU/msg {both:.0%}"
+    return text
 
 
 def main() -> None:
@@ -298,26 +347,65 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--size", type=int, default=1024, help="approximate message size in bytes")
-    parser.add_argument("--database", help="PostgreSQL URL (default: SQLite in a temporary directory)")
+    parser.add_argument(
+        "--database", help="PostgreSQL URL, dropped and created for each run (default: SQLite)"
+    )
+    parser.add_argument(
+        "--compare-databases",
+        action="store_true",
+        help=f"SQLite and PostgreSQL (--database, else {DEFAULT_POSTGRES}) side by side, with the ratio",
+    )
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="also this many nodes on one PostgreSQL database and Maildir root, next to one node",
+    )
     parser.add_argument(
         "--no-fanout", action="store_true", help="measure accepting alone (no copies written)"
     )
     parser.add_argument("--split", action="store_true", help="fan-out in a second gateway process")
-    parser.add_argument("--log", help="write the gateway's log to this file")
+    parser.add_argument("--no-postfix", action="store_true", help="leave the Postfix baseline out")
+    parser.add_argument("--log", help="append the gateways' logs to this file")
     parser.add_argument("--log-level", default="WARNING", help="the gateway's log level (default WARNING)")
     parser.add_argument("--profile", help="record the gateway with py-spy into this file (collapsed stacks)")
     args = parser.parse_args()
+    postgres = args.database or (DEFAULT_POSTGRES if args.compare_databases or args.nodes > 1 else None)
+    if postgres is not None and not postgres.startswith("postgresql"):
+        parser.error(f"--database {postgres}: a PostgreSQL URL is needed (SQLite is the default)")
+    load = ", ".join(f"{figure:.1f}" for figure in os.getloadavg())
     print(
         f"{args.messages} messages of ~{args.size} bytes over {args.concurrency} sessions, "
-        f"{os.cpu_count()} CPU(s)"
+        f"{os.cpu_count()} CPU(s), load average {load}"
     )
-    workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    print(f"command: {' '.join(sys.argv)}")
+    workdirs: list[Path] = []
+
+    def workdir() -> Path:
+        workdirs.append(Path(tempfile.mkdtemp(prefix="bench-ingest-")))
+        return workdirs[-1]
+
     try:
         baseline = aiosmtpd_run(args)
-        gateway = gateway_run(args, workdir)
-        runs = [baseline, gateway]
+        runs = [baseline]
+        compared: list[tuple[Run, Run]] = []
+        sqlite = None
+        if postgres is None or args.compare_databases:
+            sqlite = gateway_run(args, workdir(), None)
+            runs.append(sqlite)
+        if postgres is not None:
+            one = gateway_run(args, workdir(), postgres)
+            runs.append(one)
+            if sqlite is not None:
+                compared.append((sqlite, one))
+            if args.nodes > 1:
+                several = gateway_run(args, workdir(), postgres, args.nodes)
+                runs.append(several)
+                compared.append((one, several))
         postfix, notes = None, []
-        if POSTFIX.exists():
+        if args.no_postfix:
+            pass
+        elif POSTFIX.exists():
             try:
                 postfix = postfix_run(args, notes)
                 runs.append(postfix)
@@ -326,10 +414,20 @@ def main() -> None:
         else:
             print(f"postfix: not installed ({POSTFIX_INSTALL} to compare against its queue)")
         report(runs, baseline, postfix)
+        for first, second in compared:
+            print(ratios(first, second))
+        if postgres is not None:
+            notes.append(
+                "PostgreSQL CPU: the backends serving the bench database, read from /proc; the server's "
+                "shared processes (WAL writer, checkpointer) are not counted. Server CPU: all nodes'."
+            )
+        load = ", ".join(f"{figure:.1f}" for figure in os.getloadavg())
+        notes.append(f"load average at the end: {load}")
         for note in notes:
             print(note)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        for path in workdirs:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":

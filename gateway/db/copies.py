@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, insert
 
+from gateway.db import bulk
 from gateway.db.messages import NewMessage
 from gateway.db.models import COPIES, CopyState
 from gateway.db.queue import CopyJob
@@ -110,6 +111,11 @@ def insert_copies(
         }
         for c in copies
     ]
+    if connection.dialect.name == "postgresql":
+        # One statement of the same text for any number of copies (gateway.db.bulk).
+        stored = bulk.insert_rows(connection, COPIES, rows, returning=("id", "copy_id") if lease else ())
+        ids = {str(row[1]): int(row[0]) for row in stored}
+        return [ids[c.copy_id] for c in copies] if lease else []
     if lease is None:
         connection.execute(insert(COPIES), rows)
         return []

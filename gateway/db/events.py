@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.db import bulk
 from gateway.db.models import EVENTS, EventRow, MemberRow, MessageRow, PortfolioRow, VorgangRow, utc
 
 
@@ -123,7 +124,9 @@ def append_events(connection: Connection, events: Iterable[Event]) -> None:
         }
         for e in events
     ]
-    if rows:
+    if rows and connection.dialect.name == "postgresql":
+        bulk.insert_rows(connection, EVENTS, rows)  # one statement for any number (gateway.db.bulk)
+    elif rows:
         connection.execute(insert(EVENTS), rows)
 
 

@@ -7,21 +7,26 @@ import datetime as dt
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
     LargeBinary,
+    TextClause,
     bindparam,
     case,
     exists,
     func,
     insert,
     select,
+    text,
     update,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.db import bulk
 from gateway.db.models import (
     MESSAGES,
     PARTICIPANTS,
@@ -113,6 +118,8 @@ def insert_messages(connection: Connection, messages: Sequence[NewMessage]) -> l
         }
         for m in messages
     ]
+    if connection.dialect.name == "postgresql":
+        return _insert_messages_postgresql(connection, messages, rows)
     result = connection.execute(insert(MESSAGES).returning(MESSAGES.c.id, sort_by_parameter_order=True), rows)
     pks = [int(row[0]) for row in result]
     taking_part = [
@@ -124,6 +131,78 @@ def insert_messages(connection: Connection, messages: Sequence[NewMessage]) -> l
         connection.execute(insert(PARTICIPANTS), taking_part)
     _note_last_messages(connection, messages)
     return pks
+
+
+# A participant as the one statement of ``insert_messages`` takes it: its message by gateway id.
+_PARTICIPANT_SOURCE = (
+    MESSAGES.c.gateway_id,
+    PARTICIPANTS.c.member_id,
+    PARTICIPANTS.c.role,
+    PARTICIPANTS.c.portfolio_id,
+)
+_STORE: dict[tuple[str, ...], TextClause] = {}
+
+
+def _store_statement(dialect: Dialect, columns: Sequence[str]) -> TextClause:
+    """The messages, their participants and their Vorgänge's ``last_message_at`` in one statement.
+
+    The parts of one ``WITH`` run as one statement (one round trip); the participants find their
+    message's new id by its gateway id. The Vorgänge are locked in the order of their ids before they
+    are updated, as the executemany path updates them, so two nodes never wait for each other in a
+    circle; and only moved forward, never back.
+    """
+    key = (dialect.name, *columns)
+    statement = _STORE.get(key)
+    if statement is None:
+        quote = dialect.identifier_preparer.quote
+        names = ", ".join(quote(column) for column in columns)
+        messages = bulk.unnest([MESSAGES.c[column] for column in columns], dialect, "m")
+        participants = bulk.unnest(
+            _PARTICIPANT_SOURCE, dialect, "p", ["gateway_id", "member_id", "role", "portfolio_id"]
+        )
+        latest = bulk.unnest([VORGAENGE.c.id, VORGAENGE.c.last_message_at], dialect, "l", ["id", "at"])
+        statement = _STORE[key] = text(
+            f"WITH new AS (INSERT INTO messages ({names}) SELECT {names} FROM {messages} "
+            "ORDER BY ordinality RETURNING id, gateway_id), "
+            "taking_part AS (INSERT INTO participants (message_id, member_id, role, portfolio_id) "
+            f"SELECT new.id, p.member_id, p.role, p.portfolio_id FROM {participants} "
+            "JOIN new ON new.gateway_id = p.gateway_id), "
+            f"locked AS (SELECT vorgaenge.id FROM vorgaenge JOIN {latest} ON l.id = vorgaenge.id "
+            "ORDER BY vorgaenge.id FOR NO KEY UPDATE OF vorgaenge), "
+            f"moved AS (UPDATE vorgaenge SET last_message_at = l.at FROM {latest} "
+            "WHERE vorgaenge.id = l.id AND vorgaenge.id IN (SELECT id FROM locked) "
+            "AND vorgaenge.last_message_at < l.at) "
+            "SELECT id, gateway_id FROM new"
+        )
+    return statement
+
+
+def _insert_messages_postgresql(
+    connection: Connection, messages: Sequence[NewMessage], rows: Sequence[dict[str, Any]]
+) -> list[int]:
+    """``insert_messages`` on PostgreSQL: one statement, one round trip, whatever the batch's size."""
+    dialect = connection.dialect
+    columns = list(rows[0])
+    taking_part = [
+        (m.gateway_id, p.member_id, p.role.value, m.portfolio_id)
+        for m in messages
+        for p in dict.fromkeys(m.participants)
+    ]
+    newest: dict[int, dt.datetime] = {}
+    for m in messages:
+        if m.vorgang_id not in newest or m.received_at > newest[m.vorgang_id]:
+            newest[m.vorgang_id] = m.received_at
+    params = bulk.arrays(
+        [MESSAGES.c[column] for column in columns],
+        [[row[column] for column in columns] for row in rows],
+        dialect,
+        "m",
+    )
+    params |= bulk.arrays(_PARTICIPANT_SOURCE, taking_part, dialect, "p")
+    params |= bulk.arrays([VORGAENGE.c.id, VORGAENGE.c.last_message_at], list(newest.items()), dialect, "l")
+    stored = connection.execute(_store_statement(dialect, columns), params)
+    ids = {str(gateway_id): int(pk) for pk, gateway_id in stored}
+    return [ids[m.gateway_id] for m in messages]
 
 
 def _note_last_messages(connection: Connection, messages: Sequence[NewMessage]) -> None:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from collections.abc import Callable
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from gateway.config import DatabaseSettings
 from gateway.db.engine import postgres_connect_args, sqlite_on_begin, sqlite_on_connect
@@ -34,6 +37,44 @@ def sync_url(url: str) -> str:
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
+# A connection idle this long (seconds) is pinged before its next transaction.
+PING_AFTER = 1.0
+
+
+def ping_when_idle(engine: Engine, idle: float) -> None:
+    """Ping the server before a transaction only when the connection has been idle ``idle`` seconds.
+
+    SQLAlchemy's ``pool_pre_ping`` pings before every transaction: on PostgreSQL one more round trip for
+    each of the writer's transactions, which follow each other within milliseconds under load. A
+    connection that was just used is alive as far as a ping could tell; one that has waited (a server
+    restart, a dropped TCP connection, an idle timeout) is pinged, and replaced if the ping fails
+    (SQLAlchemy's pessimistic disconnect handling). If the server goes away within ``idle`` of the last
+    transaction, the next one fails like any transaction that meets a lost connection: SQLAlchemy
+    invalidates the connection, the callers answer as they do for a database fault (451 for mail), and
+    the transaction after it runs on a new connection.
+    """
+
+    @event.listens_for(engine, "connect")
+    def connected(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["used"] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def checked_in(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["used"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def checked_out(
+        dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+    ) -> None:
+        if time.monotonic() - record.info.get("used", 0.0) < idle:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            # The pool drops this connection and checks out a new one (up to three times).
+            raise DisconnectionError(f"the idle database connection is gone: {exc}") from exc
+
+
 class Writer:
     """One thread with one synchronous engine; ``await writer.run(work, ...)`` runs ``work(connection, ...)``
     in a transaction there and returns its result (or raises its exception).
@@ -42,7 +83,14 @@ class Writer:
     set-based statements, and the session's unit of work and ORM execution added a third to each.
     """
 
-    def __init__(self, url: str, *, echo: bool = False, database: DatabaseSettings | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        database: DatabaseSettings | None = None,
+        ping_after: float = PING_AFTER,
+    ) -> None:
         target = sync_url(url)
         if make_url(target).get_backend_name() == "sqlite":
             self.engine: Engine = create_engine(
@@ -60,9 +108,9 @@ class Writer:
                 hide_parameters=True,
                 pool_size=2,
                 max_overflow=0,
-                pool_pre_ping=True,
                 connect_args=postgres_connect_args(target, database or DatabaseSettings(), serving=True),
             )
+            ping_when_idle(self.engine, ping_after)
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
 
     async def run(
