@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -21,14 +22,23 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from aiosmtpd.smtp import Envelope, Session
 
 from gateway import __version__
 from tests.conftest import a_database
-from tests.e2e.clients import message, wait_until
-from tests.e2e.conftest import GATEWAY, LOGIN, PASSWORD, RunningGateway, prepare
+from tests.e2e.clients import (
+    copy_for,
+    message,
+    reply_address_of,
+    send_from_backoffice,
+    send_reply,
+    wait_until,
+)
+from tests.e2e.conftest import GATEWAY, LOGIN, PASSWORD, BackOfficeSink, RunningGateway, configure, prepare
 from tests.seed import ADDRESS
 
 FAST_NODES = "heartbeat_interval = 0.5\nnode_timeout = 3.0\n"
@@ -251,3 +261,111 @@ def test_more_than_one_worker_on_sqlite_is_refused(tmp_path: Path, request: pyte
         assert result.returncode == 2
         assert "gateway.workers" in result.stderr
         assert "SQLite, which has one writer" in result.stderr
+
+
+# --- take-over of a dead node's leases --------------------------------------------------------------------
+
+
+class HoldingSink(BackOfficeSink):
+    """A back office that holds the first mail in DATA until released (then refuses it, 451), and takes
+    every later one: the first attempt is in flight when its node dies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    async def handle_DATA(self, server: object, session: Session, envelope: Envelope) -> str:  # noqa: N802
+        self.attempts += 1
+        if self.attempts == 1:
+            await asyncio.to_thread(self.release.wait, 120)
+            return "451 4.3.0 the first attempt's node is gone"
+        return await super().handle_DATA(server, session, envelope)
+
+    def down(self) -> None:
+        self.release.set()
+        super().down()
+
+
+def node_config(gateway: RunningGateway, name: str, *edits: tuple[str, str]) -> Path:
+    """A configuration of another node beside ``gateway``'s: the same database, Maildir root and keys,
+    named ``name``, with each (old, new) of ``edits`` replaced in its text."""
+    text = gateway.config.read_text(encoding="utf-8")
+    text = text.replace("[gateway]\n", f'[gateway]\nnode_name = "{name}"\n' + FAST_NODES, 1)
+    for old, new in edits:
+        assert old in text
+        text = text.replace(old, new, 1)
+    path = gateway.config.with_name(f"{name}.toml")
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_relay_in_flight_on_a_killed_node_is_sent_by_another_within_node_timeout(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Node A takes the reply's relay with a lease of an hour and is killed (SIGKILL) in the middle of
+    DATA. Node B looks at its relay queue only once an hour, so only the take-over (A silent for
+    node_timeout = 3 s: its leases end, B's workers are woken) sends the mail before the test gives up."""
+    with a_database("postgresql", tmp_path, request) as database_url, running_holding_sink() as sink:
+        base = prepare(tmp_path, database_url)
+        configure(base, sink, tmp_path)
+        a = RunningGateway(
+            node_config(base, "node-a", ("[relay]\n", "[relay]\nlease = 3600.0\n")),
+            base.maildir_root,
+            base.cli,
+            database_url=database_url,
+        )
+        b = RunningGateway(
+            node_config(base, "node-b", ("[relay]\npoll_interval = 0.2", "[relay]\npoll_interval = 3600.0")),
+            base.maildir_root,
+            base.cli,
+            database_url=database_url,
+        )
+        a.start()
+        b.start()
+        try:
+            marker = "Uebernahme"
+            send_from_backoffice(a, ADDRESS["SB-A1"], marker, "<uebernahme@ams.example>")
+            copy = copy_for(a, "SB-A1", marker)
+            reply = EmailMessage()
+            reply["From"] = f"SB-A1 <{ADDRESS['SB-A1']}>"
+            reply["To"] = str(copy["Reply-To"])
+            reply["Subject"] = f"Re: {copy['Subject']}"
+            reply["Message-ID"] = "<antwort-uebernahme@kunde-a.example>"
+            reply["In-Reply-To"] = str(copy["Message-ID"])
+            reply["References"] = str(copy["References"])
+            reply.set_content("Die Fotos folgen.\n")
+            code, text = send_reply(a, reply.as_bytes(), reply_address_of(copy), ADDRESS["SB-A1"])
+            assert code == 250, text
+            assert wait_until(lambda: sink.attempts == 1, timeout=30), "node A's relay never reached DATA"
+
+            a.stop(signal.SIGKILL)
+
+            (relayed,) = sink.wait_for(1, timeout=60)
+            assert relayed.message["Message-ID"] is not None
+            sink.release.set()
+            b.settled("relay")
+            assert len(sink.received) == 1, "relayed once"
+            shown = nodes(b)
+            assert shown["node-a"]["state"] == "stale"
+            assert shown["node-a"]["taken_over_by"] == "node-b"
+            assert shown["node-b"]["state"] == "alive"
+            assert re.search(
+                r"node node-a is silent for more than 3 s: took over its leases \(\d+ copy jobs, 1 relays",
+                "".join(b.log),
+            )
+        finally:
+            sink.release.set()
+            for node in (a, b):
+                if node.process is not None and node.process.poll() is None:
+                    node.stop()
+            print("".join(a.log), "".join(b.log))
+
+
+@contextlib.contextmanager
+def running_holding_sink() -> Iterator[HoldingSink]:
+    server = HoldingSink()
+    server.up()
+    try:
+        yield server
+    finally:
+        server.down()
