@@ -200,10 +200,15 @@ def release_leases(connection: Connection, node: str, now: dt.datetime) -> Relea
     return Released(node, copies.rowcount or 0, relays.rowcount or 0, runs.rowcount or 0)
 
 
-def stopped(connection: Connection, name: str, pid: int, now: dt.datetime) -> None:
-    """Record a clean stop (only while the row is still this process's)."""
-    connection.execute(
+def stopped(connection: Connection, name: str, pid: int, now: dt.datetime) -> Released | None:
+    """Record a clean stop (only while the row is still this process's), and make what the node still
+    leases due now: its workers have stopped, so the other nodes need not wait for those leases to end.
+    None when the row was another process's."""
+    done = connection.execute(
         update(NodeRow)
         .where(NodeRow.name == name, NodeRow.pid == pid)
         .values(state=NodeState.STOPPED, heartbeat_at=now)
     )
+    if not done.rowcount:
+        return None
+    return release_leases(connection, name, now)

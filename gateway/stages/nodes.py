@@ -12,7 +12,6 @@ for ``node_timeout`` and makes their leases due at once, and wakes this node's w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -197,8 +196,20 @@ class Nodes:
     async def stop(self) -> None:
         """Record a clean stop (when this process had recorded itself), and close the connection."""
         if self.registered:
-            with contextlib.suppress(SQLAlchemyError, OSError):
-                await self.writer.run(db.stopped, self.name, self.pid, dt.datetime.now(dt.UTC))
+            try:
+                released = await self.writer.run(db.stopped, self.name, self.pid, dt.datetime.now(dt.UTC))
+            except (SQLAlchemyError, OSError) as exc:
+                log.error("node %s: the stop was not recorded: %s", self.name, exc)
+            else:
+                if released is not None and (released.copies or released.relays or released.runs):
+                    log.info(
+                        "node %s stopped; what it had begun is due for the other nodes now (%d copy jobs, "
+                        "%d relays, %d reconcile runs)",
+                        self.name,
+                        released.copies,
+                        released.relays,
+                        released.runs,
+                    )
         await self.writer.close()
 
 

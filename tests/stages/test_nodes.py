@@ -313,3 +313,21 @@ async def test_gateway_nodes_lists_state_heartbeat_age_and_version(
     assert "gone" in text
     assert "stale" in text
     assert key_fingerprint(KEYS) in text
+
+
+async def test_a_clean_stop_makes_what_the_node_still_leases_due_for_the_others(
+    with_login: Gateway, writer: Writer
+) -> None:
+    now = _now()
+    await _register(writer, identity("leaving", pid=5), now)
+    await accept(writer, "gf-a@kunde-a.example", "Abschied")
+    assert len(await writer.run(queue.claim, "leaving", _now(), HOUR, 100)) == 2
+
+    released = await writer.run(nodes.stopped, "leaving", 5, _now())
+
+    assert released == nodes.Released("leaving", copies=2, relays=0, runs=0)
+    taken = await writer.run(queue.claim, "staying", _now(), 60.0, 100)
+    assert len(taken) == 2
+    assert not any(job.first_attempt for job in taken)
+    # Another process's stop under the name releases nothing.
+    assert await writer.run(nodes.stopped, "leaving", 6, _now()) is None
