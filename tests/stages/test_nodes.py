@@ -21,14 +21,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, select, update
 
-from gateway.config import Settings
+from gateway.config import Settings, load_settings
 from gateway.db import nodes, queue, reconcile, relayqueue
 from gateway.db.models import CopyRow, MessageRow, NodeRow, PortfolioRow
 from gateway.db.relayqueue import NewRelay
 from gateway.db.writer import Writer
 from gateway.domain.nodes import NodeIdentity, NodeRecord
 from gateway.domain.tokens import TokenKeys
-from gateway.errors import OperationalError
+from gateway.errors import ConfigError, OperationalError
 from gateway.keys import create_token_key, key_fingerprint, key_ids, load_token_keys
 from gateway.stages.nodes import MARKER, Nodes
 from tests.conftest import Gateway
@@ -331,3 +331,15 @@ async def test_a_clean_stop_makes_what_the_node_still_leases_due_for_the_others(
     assert not any(job.first_attempt for job in taken)
     # Another process's stop under the name releases nothing.
     assert await writer.run(nodes.stopped, "leaving", 6, _now()) is None
+
+
+def test_a_node_timeout_shorter_than_two_heartbeats_is_a_configuration_problem(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text("[gateway]\nheartbeat_interval = 5\nnode_timeout = 8\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as problem:
+        load_settings(path, {})
+    assert [str(p) for p in problem.value.problems] == [
+        "gateway.node_timeout: is 8 s, less than two heartbeats (10 s at heartbeat_interval): one "
+        "late heartbeat would make the other nodes take this one's work over; raise node_timeout or lower "
+        "heartbeat_interval"
+    ]
