@@ -338,9 +338,12 @@ def test_a_relay_in_flight_on_a_killed_node_is_sent_by_another_within_node_timeo
             assert code == 250, text
             assert wait_until(lambda: sink.attempts == 1, timeout=30), "node A's relay never reached DATA"
 
+            killed = time.monotonic()
             a.stop(signal.SIGKILL)
 
             (relayed,) = sink.wait_for(1, timeout=60)
+            # A figure for the report, not an assertion: node_timeout (3 s) plus up to one heartbeat.
+            print(f"failover: the relay went out {time.monotonic() - killed:.1f} s after node A was killed")
             assert relayed.message["Message-ID"] is not None
             sink.release.set()
             b.settled("relay")
@@ -369,3 +372,22 @@ def running_holding_sink() -> Iterator[HoldingSink]:
         yield server
     finally:
         server.down()
+
+
+def test_workers_that_cannot_start_stop_the_supervisor_with_their_reason(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    with a_database("postgresql", tmp_path, request) as database_url:
+        gateway = prepare(tmp_path, database_url)
+        (tmp_path / "data" / "secrets" / "token.key").unlink()
+        result = subprocess.run(
+            [GATEWAY, "--config", str(gateway.config), "serve", "--workers", "2"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 1
+        assert "token.key does not exist; create it with `gateway secrets init`" in result.stderr
+        assert "could not start; stopping the others" in result.stderr
+        assert "Traceback" not in result.stderr
