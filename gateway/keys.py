@@ -8,6 +8,8 @@ that fixes it rather than letting it run with tokens nobody can check.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 from collections.abc import Sequence
@@ -56,3 +58,18 @@ def create_token_key(path: Path) -> bool:
     with os.fdopen(fd, "w", encoding="ascii") as file:
         file.write(secrets.token_hex(KEY_BYTES) + "\n")
     return True
+
+
+# A key's id is a MAC of this text under the key: it names the key, and reveals nothing of it (HMAC is
+# a pseudo-random function of the key). Distinct from the token MAC's purpose, so no id is ever a token.
+_KEY_ID_PURPOSE = b"vorgang-gateway token key id v1\x00"
+
+
+def key_ids(keys: TokenKeys) -> tuple[str, ...]:
+    """An id for each key, in order (the first signs): 16 hexadecimal characters, never the key."""
+    return tuple(hmac.new(key, _KEY_ID_PURPOSE, hashlib.sha256).hexdigest()[:16] for key in keys.keys)
+
+
+def key_fingerprint(keys: TokenKeys) -> str:
+    """One fingerprint of the key set, the same on every node with the same keys in the same order."""
+    return hashlib.sha256("\n".join(key_ids(keys)).encode("ascii")).hexdigest()[:16]

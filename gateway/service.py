@@ -18,6 +18,7 @@ import ctypes
 import datetime as dt
 import logging
 import math
+import os
 import signal
 import ssl
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ from gateway.stages.ingress import (
     SessionDeadlines,
     SubmissionHandler,
 )
+from gateway.stages.nodes import Nodes
 from gateway.stages.notices import NoticeSettings
 from gateway.stages.parsepool import MailReader, ParsePool
 from gateway.stages.reconcile import Reconciler
@@ -113,7 +115,12 @@ class Service:
     """One gateway process: ``startup``, ``wait``, ``shutdown`` (uvicorn's Server shape)."""
 
     def __init__(
-        self, settings: Settings, *, mailbox: Mailbox | None = None, resolver: DnsResolver | None = None
+        self,
+        settings: Settings,
+        *,
+        mailbox: Mailbox | None = None,
+        resolver: DnsResolver | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.settings = settings
         # This process's instruments, on a registry of its own (gateway.metrics); /metrics serves them.
@@ -181,6 +188,11 @@ class Service:
             metrics=self.metrics,
         )
         self.handoff = handoff
+        # This node in the node table: its start checks, heartbeat, and the take-over of dead nodes,
+        # whose leases become due at once; the workers are woken to take them (gateway.stages.nodes).
+        self.nodes = Nodes(settings, on_takeover=self._wake_all, on_replaced=self.stop)
+        # ``gateway serve --workers N`` shares each listener's port among its processes (SO_REUSEPORT).
+        self.reuse_port = reuse_port
         self.listeners: dict[str, Listener] = {}
         # Each listener reads received mail in worker processes of its own (gateway.stages.parsepool).
         self.parse_pools: dict[str, ParsePool] = {}
@@ -212,7 +224,13 @@ class Service:
                 ),
                 readiness=Readiness(self.engine, settings.mailbox, self._unbound_listeners),
             )
-            self.web = WebServer(create_app(self.console), admin_http)
+            self.web = WebServer(create_app(self.console), admin_http, reuse_port=reuse_port)
+
+    def _wake_all(self) -> None:
+        """A dead node's leases became due: every worker here looks for them now."""
+        self.fanout.wake()
+        self.relay.wake()
+        self.reconciler.wake()
 
     def _wake_workers(self) -> None:
         """The console released mail or put queue items due: the fan-out and the relay look now."""
@@ -247,6 +265,9 @@ class Service:
         # Every copy carries a signed reply address; without the keys the gateway does not start.
         self.keys = await asyncio.to_thread(load_token_keys, self.settings.secrets.token_key_files)
         self.fanout.reply_path = ReplyPath(self.keys, self.settings.domains.reply_domain)
+        # Before any lease is taken back: a second process under this node's name must not take the
+        # first one's leases; and the keys and Maildir storage must be the other nodes' (stages/nodes.py).
+        await self.nodes.start(self.keys)
         # Rules that cannot be read keep the gateway from starting: it would route as if they did not exist.
         await self.rules.load()
         if self.settings.fanout.enabled:
@@ -254,6 +275,7 @@ class Service:
         if self.settings.relay.enabled:
             await self.relay.start()
         self._tasks = [
+            asyncio.create_task(self.nodes.run(), name="heartbeat"),
             asyncio.create_task(self.acceptance.run(), name="acceptance"),
             asyncio.create_task(self.rules.watch(), name="rules"),
         ]
@@ -289,7 +311,11 @@ class Service:
             log.info(
                 "listening: admin_http on %s:%d", host, port, extra={"listener": "admin_http", "port": port}
             )
-        log.info("gateway ready: database %s", self.engine.url.render_as_string(hide_password=True))
+        log.info(
+            "gateway ready: node %s, database %s",
+            self.settings.gateway.node_name,
+            self.engine.url.render_as_string(hide_password=True),
+        )
 
     async def _start_mx(self, config: ListenerSettings) -> Listener:
         settings, limits = self.settings, self.settings.limits
@@ -429,7 +455,9 @@ class Service:
             return smtp
 
         try:
-            server = await loop.create_server(factory, host=config.host, port=config.port)
+            server = await loop.create_server(
+                factory, host=config.host, port=config.port, reuse_port=self.reuse_port or None
+            )
         except OSError as exc:
             raise OperationalError(f"cannot listen on {config.host}:{config.port} for {name}: {exc}") from exc
         self.metrics.watch_sessions(name, lambda: len(state.protocols))
@@ -488,17 +516,24 @@ class Service:
         await self.mailbox.close()
         await self.writer.close()
         await self.engine.dispose()
+        # Last: until here the node beat, so nobody took over what it was finishing.
+        await self.nodes.stop()
         log.info("gateway stopped")
 
 
-async def serve(settings: Settings) -> None:
-    service = Service(settings)
+async def serve(settings: Settings, *, ready_fd: int | None = None) -> None:
+    """Run one gateway process; as a worker of ``serve --workers`` (``ready_fd``: the supervisor's pipe,
+    told once the process takes mail) it shares the listeners' ports with the other workers."""
+    service = Service(settings, reuse_port=ready_fd is not None)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, service.stop)
     loop.add_signal_handler(signal.SIGHUP, service.rules.request_reload)
     try:
         await service.startup()
+        if ready_fd is not None:
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
         await service.wait()
     finally:
         await service.shutdown()
@@ -525,11 +560,16 @@ def keep_large_buffers_mapped() -> None:
         log.debug("mallopt is not available; large buffers are left to the allocator's defaults")
 
 
-def run(settings: Settings, configuration: str | None = None) -> None:
+def run(settings: Settings, configuration: str | None = None, *, ready_fd: int | None = None) -> None:
     """Run the gateway in the foreground until SIGTERM or SIGINT; return normally on a clean stop.
 
-    ``configuration`` says which file the settings came from and how it was found, for the log."""
+    ``configuration`` says which file the settings came from and how it was found, for the log;
+    ``ready_fd`` is given to a worker of ``serve --workers`` (gateway.supervisor)."""
     configure_logging(settings.logging.level, settings.logging.format)
-    log.info("configuration: %s", configuration or settings.source or "built-in defaults")
+    if ready_fd is None:
+        log.info("configuration: %s", configuration or settings.source or "built-in defaults")
+    else:
+        # Its own children (parse pools) must not hold the supervisor's pipe open.
+        os.set_inheritable(ready_fd, False)
     keep_large_buffers_mapped()
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, ready_fd=ready_fd))

@@ -30,7 +30,7 @@ ARCHITECTURE = REPO / "docs" / "architecture.md"
 # Top to bottom, as drawn in docs/architecture.md; the components of one layer do not import each other.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
-    ("service",),
+    ("service", "supervisor"),
     ("stages", "web"),
     ("mailbox", "admin", "routing", "senderauth"),
     ("db",),

@@ -173,6 +173,7 @@ COMMAND_MODULES = {
     "events": "views",
     "init": "system",
     "member": "directory",
+    "nodes": "nodes",
     "portfolio": "directory",
     "quarantine": "views",
     "queue": "queue",
@@ -200,6 +201,8 @@ COMMAND_SUMMARIES = {
     "init": "Write a starter set into DIRECTORY: gateway.toml (paths relative to it), directory.yaml, rules/ "
     "and a README saying what to edit. Never overwrites: exits 2 naming what exists.",
     "member": "Add, rename, remove and list members.",
+    "nodes": "The gateway processes sharing the database: state (alive, stale, stopped), heartbeat age, "
+    "version.",
     "portfolio": "Create and configure portfolios (Bestände).",
     "quarantine": "Messages a routing rule held back: look at them, release them to their audience, or "
     "drop them.",

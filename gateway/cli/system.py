@@ -224,19 +224,40 @@ def init(directory: Path) -> None:
 
 
 @cli.command("serve")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes sharing the listeners, each a node of its own (PostgreSQL only; default: "
+    "[gateway] workers, 1).",
+)
+@click.option("--worker-ready-fd", type=int, default=None, hidden=True)
 @pass_context
-def serve(ctx: Context) -> None:
+def serve(ctx: Context, workers: int | None, worker_ready_fd: int | None) -> None:
     """Run the gateway until SIGTERM or SIGINT.
 
     SIGHUP reloads the routing rules (rules/ files; an invalid set is refused and the rules in force
-    stay); the gateway also reloads them by itself when the files change.
+    stay); the gateway also reloads them by itself when the files change. With --workers N (or
+    [gateway] workers) N processes named <node_name>-1 … -N share the listeners; a supervisor passes
+    the signals on and starts a worker that ended again (docs/scaling-nodes.md).
     """
-    from gateway.service import run
+    from gateway.config import workers_refusal
 
     with errors_for_people():
-        require_files(ctx.settings)
+        settings = ctx.settings
+        require_files(settings)
         found = ctx.found_config
-        run(ctx.settings, f"{found.path.absolute()} ({found.found_by})")
+        count = workers if workers is not None else settings.gateway.workers
+        if worker_ready_fd is None and count > 1:
+            refusal = workers_refusal(count, settings.database_url_unresolved)
+            if refusal is not None:
+                raise InputError(f"--workers {refusal}")
+            from gateway.supervisor import supervise
+
+            sys.exit(supervise(settings, found.path.absolute(), count))
+        from gateway.service import run
+
+        run(settings, f"{found.path.absolute()} ({found.found_by})", ready_fd=worker_ready_fd)
 
 
 # --- secrets ---------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from gateway.config.sections import (
     SubmissionListenerSettings,
     VorgaengeSettings,
     loopback_only,
+    workers_refusal,
 )
 
 __all__ = [
@@ -82,4 +83,5 @@ __all__ = [
     "loopback_only",
     "missing_files",
     "require_files",
+    "workers_refusal",
 ]

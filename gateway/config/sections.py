@@ -89,6 +89,29 @@ class GatewaySettings(Section):
     node_name: Word = DEFAULT_HOSTNAME
     """Name of this process among several sharing one database (queue leases, logs). Default: hostname."""
 
+    heartbeat_interval: Annotated[float, Field(gt=0)] = 2.0
+    """Seconds between two heartbeats of this node in the node table (`gateway nodes`)."""
+
+    node_timeout: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds without a heartbeat after which the other nodes count a node as dead and take over its
+    leases at once (copies, flags, removals, relays, reconcile runs) instead of waiting for them to end."""
+
+    workers: Annotated[int, Field(ge=1)] = 1
+    """Processes `gateway serve` runs, sharing the listeners, each a node of its own named
+    "<node_name>-<i>" (PostgreSQL only: SQLite has one writer). 1: one process, named node_name."""
+
+    @model_validator(mode="after")
+    def _timeout_spans_heartbeats(self) -> Self:
+        # One late heartbeat (a busy machine, a slow commit) must not make the others take over.
+        if self.node_timeout < 2 * self.heartbeat_interval:
+            raise FieldProblem(
+                "node_timeout",
+                f"is {self.node_timeout:g} s, less than two heartbeats ({2 * self.heartbeat_interval:g} s "
+                "at heartbeat_interval): one late heartbeat would make the other nodes take this one's "
+                "work over; raise node_timeout or lower heartbeat_interval",
+            )
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _node_name_defaults_to_hostname(cls, data: Any) -> Any:
@@ -969,6 +992,20 @@ class Settings(BaseModel):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _workers_need_a_database_server(self) -> Self:
+        refusal = workers_refusal(self.gateway.workers, self.database_url_unresolved)
+        if refusal is not None:
+            raise FieldProblem("gateway.workers", refusal)
+        return self
+
+    @property
+    def database_url_unresolved(self) -> str:
+        """``database_url`` without reading the password file (enough to tell which database it is)."""
+        if self.database.url is None:
+            return f"sqlite+aiosqlite:///{self.gateway.data_dir / 'gateway.db'}"
+        return self.database.url
+
     @property
     def database_url(self) -> str:
         """The database URL to use: ``database.url``, else a SQLite file in data_dir."""
@@ -986,6 +1023,17 @@ class Settings(BaseModel):
     def source(self) -> Path | None:
         """The configuration file these settings were read from; None for defaults and environment only."""
         return self._source
+
+
+def workers_refusal(workers: int, database_url: str) -> str | None:
+    """Why ``workers`` processes cannot share ``database_url``; None when they can."""
+    if workers > 1 and make_url(database_url).get_backend_name() == "sqlite":
+        return (
+            f"is {workers}, but the database is SQLite, which has one writer: several processes would "
+            "queue on its lock instead of working side by side; use 1, or a PostgreSQL [database] url "
+            "(docs/scaling-nodes.md)"
+        )
+    return None
 
 
 def read_password_file(key: str, path: Path) -> str:

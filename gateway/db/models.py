@@ -583,6 +583,36 @@ class RelayRow(Base):
     sent_at: Mapped[dt.datetime | None] = mapped_column()
 
 
+class NodeRow(Base):
+    """One gateway process sharing the database (``gateway.node_name``): who it is, and its heartbeat.
+
+    ``gateway serve`` records itself at start (refused while another live process has the name), beats
+    every ``heartbeat_interval`` and marks itself ``stopped`` on a clean stop. A node whose heartbeat is
+    older than ``node_timeout`` is marked ``stale`` by the first other node that notices, in the same
+    transaction that makes its leases due (gateway.db.nodes). The key and Maildir columns let a starting
+    node check that it shares the others' token keys and Maildir storage.
+    """
+
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # alive -> stopped (clean stop) | stale (another node took its leases over)
+    state: Mapped[str] = mapped_column(String(20))
+    pid: Mapped[int] = mapped_column(Integer)
+    host: Mapped[str] = mapped_column(String(255))
+    version: Mapped[str] = mapped_column(String(50))
+    started_at: Mapped[dt.datetime] = mapped_column()
+    heartbeat_at: Mapped[dt.datetime] = mapped_column()
+    # The token keys' ids in file order (the first signs), and one fingerprint of the set; never the keys.
+    key_ids: Mapped[str] = mapped_column(String(1000))
+    key_fingerprint: Mapped[str] = mapped_column(String(64))
+    # The key files' paths (newline-separated), for a refusal that says which files to copy.
+    key_files: Mapped[str] = mapped_column(Text)
+    # The id in the Maildir root's marker file; NULL for a node whose mailboxes are on an IMAP server.
+    maildir_marker: Mapped[str | None] = mapped_column(String(64))
+    taken_over_by: Mapped[str | None] = mapped_column(String(200))
+
+
 # The Core tables behind the models, for set-based statements (executemany inserts and updates): the ORM
 # would read a list of parameters as its own bulk operation by primary key.
 MESSAGES = cast(Table, MessageRow.__table__)

@@ -67,8 +67,10 @@ class BoundedH11Protocol(H11Protocol):
 
 
 class WebServer:
-    def __init__(self, app: Starlette, settings: AdminHttpSettings) -> None:
+    def __init__(self, app: Starlette, settings: AdminHttpSettings, *, reuse_port: bool = False) -> None:
         self.settings = settings
+        # Several worker processes of one gateway listen on the same port (``serve --workers``).
+        self.reuse_port = reuse_port
         self.config = uvicorn.Config(
             app,
             lifespan="off",
@@ -102,6 +104,8 @@ class WebServer:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((settings.host, settings.port))
             sock.listen(128)
         except OSError as exc:

@@ -92,7 +92,9 @@ class MaildirMailboxes:
     def addresses(self) -> list[str]:
         if not self.root.exists():
             return []
-        return sorted({member.name for portfolio in self.root.iterdir() for member in portfolio.iterdir()})
+        # Only folders: the root also holds the storage marker of the nodes (gateway.stages.nodes).
+        portfolios = [folder for folder in self.root.iterdir() if folder.is_dir()]
+        return sorted({member.name for portfolio in portfolios for member in portfolio.iterdir()})
 
     def read(self, address: str) -> list[StoredCopy]:
         found = []

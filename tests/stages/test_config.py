@@ -701,6 +701,9 @@ def test_describe_shows_resolved_paths_and_source(tmp_path: Path) -> None:
         "hostname": "gateway.localhost",
         "data_dir": str(tmp_path / "etc" / "state"),
         "node_name": "gateway.localhost",
+        "heartbeat_interval": 2.0,
+        "node_timeout": 10.0,
+        "workers": 1,
     }
     assert described["database"] == {
         "url": f"sqlite+aiosqlite:///{tmp_path / 'etc' / 'state' / 'gateway.db'}",
