@@ -1027,7 +1027,7 @@ class Settings(BaseModel):
 
 def workers_refusal(workers: int, database_url: str) -> str | None:
     """Why ``workers`` processes cannot share ``database_url``; None when they can."""
-    if workers > 1 and make_url(database_url).get_backend_name() == "sqlite":
+    if workers > 1 and DatabaseUrl.parse(database_url).backend == "sqlite":
         return (
             f"is {workers}, but the database is SQLite, which has one writer: several processes would "
             "queue on its lock instead of working side by side; use 1, or a PostgreSQL [database] url "
