@@ -344,6 +344,7 @@ def seeded(gateway: Gateway, database_url: str) -> Gateway:
     return gateway
 
 
+from tests.cpu import pytest_runtest_protocol  # noqa: E402, F401  (CPU per test with GATEWAY_TEST_CPU)
 from tests.dovecot_fixtures import dovecot  # noqa: E402, F401  (the private Dovecot for IMAP tests)
 
 
