@@ -224,6 +224,8 @@ class RunningGateway:
             # process is ended here rather than left serving (and costing CPU) for the rest of the run.
             self.process.kill()
             self.process.wait(timeout=30)
+            if self.process.stderr is not None:
+                self.process.stderr.close()
         raise AssertionError("gateway did not start:\n" + "".join(self.log))
 
     def _drain(self) -> None:
