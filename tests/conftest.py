@@ -344,7 +344,31 @@ def seeded(gateway: Gateway, database_url: str) -> Gateway:
     return gateway
 
 
+from tests.cpu import pytest_runtest_protocol  # noqa: E402, F401  (CPU per test with GATEWAY_TEST_CPU)
 from tests.dovecot_fixtures import dovecot  # noqa: E402, F401  (the private Dovecot for IMAP tests)
+
+# Test ids whose fixtures are shared across modules, so pytest-xdist hands each group to one worker as one
+# unit (``--dist loadscope`` would split them by module, and each worker would start the shared gateways
+# and chromium again): the browser tests share one gateway per database kind and one chromium.
+SHARED_ACROSS_MODULES = ("tests/browser/",)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``--dist loadscope`` with the groups of ``SHARED_ACROSS_MODULES`` each one scope; other modes as
+    pytest-xdist has them."""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedScopes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            for group in SHARED_ACROSS_MODULES:
+                if nodeid.startswith(group):
+                    return group
+            return super()._split_scope(nodeid)
+
+    return SharedScopes(config, log)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

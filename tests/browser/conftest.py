@@ -1,18 +1,27 @@
 """The console in a real browser: a real ``gateway serve`` (the e2e helpers) with its admin_http listener
 on a free port, and Debian's chromium driven by Playwright (``executable_path``; Playwright's own browser
-downloads are never used). Each test gets a fresh browser context (no cookies of another test).
+downloads are never used).
+
+Starting a gateway and a chromium is most of a browser test's cost, so every browser module shares them:
+one gateway per database kind (``console``) and one chromium for the session (issue 14, item 7). Each
+test gets a fresh browser context (no cookies of another test) and sends mail with a subject of its own.
+A test that changes the gateway's directory puts it back before it ends; the one that needs the
+gateway's mail to itself (test_releases.py) runs first (``pytest_collection_modifyitems``), and
+pytest-xdist keeps the browser modules on one worker (tests/conftest.py, ``pytest_xdist_make_scheduler``).
 
 With ``GATEWAY_SCREENSHOTS=docs/web`` set, ``screenshot()`` writes PNGs for docs/web.md there.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
@@ -20,6 +29,7 @@ from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 from tests.e2e.conftest import RunningGateway, a_shared_gateway
 from tests.web.conftest import OPERATOR, OPERATOR_PASSWORD, OTHER, ZWEI, ZWEI_PASSWORD
 
+T = TypeVar("T")
 CHROMIUM = os.environ.get("GATEWAY_TEST_CHROMIUM", "/usr/bin/chromium")
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -28,6 +38,16 @@ REPO = Path(__file__).resolve().parent.parent.parent
 class Console:
     gateway: RunningGateway
     url: str
+
+
+# The rule of test_ops.py: the console's gateway quarantines invoices. No other browser test sends one.
+RULES = """\
+version: 1
+rules:
+  - name: invoices-to-accounting
+    match: {subject: {regex: '^Rechnung'}}
+    quarantine: "Rechnungen prüft die Buchhaltung vor dem Versand"
+"""
 
 
 def _add_console(gateway: RunningGateway, place: Path) -> None:
@@ -40,6 +60,16 @@ def _add_console(gateway: RunningGateway, place: Path) -> None:
         secret = place / f"{login}.password"
         secret.write_text(password + "\n", encoding="utf-8")
         gateway.cli("admin", "add", login, *options, "--password-file", str(secret))
+    rules = gateway.config.parent / "rules"
+    rules.mkdir(exist_ok=True)
+    (rules / "10-invoices.yaml").write_text(RULES, encoding="utf-8")
+
+
+def off_loop(work: Callable[..., T], *args: object) -> T:
+    """Run ``work`` in a thread of its own: Playwright's sync API keeps an event loop running in the
+    test's thread, and the gateway's CLI and database setup each run one of their own (asyncio.run)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        return thread.submit(work, *args).result()
 
 
 @contextlib.contextmanager
@@ -49,38 +79,79 @@ def running_console(
     request: pytest.FixtureRequest,
     before_start: Callable[[RunningGateway, Path], None] = _add_console,
 ) -> Iterator[Console]:
-    """A running gateway with the seed's directory and what ``before_start`` adds, and its console."""
-    with a_shared_gateway(tmp_path_factory, kind, "maildir", request, before_start=before_start) as gateway:
+    """A running gateway with the seed's directory and what ``before_start`` adds, and its console.
+
+    Set up and stopped off the test's thread (``off_loop``), so it may come and go while chromium runs.
+    """
+    shared = a_shared_gateway(tmp_path_factory, kind, "maildir", request, before_start=before_start)
+    gateway = off_loop(shared.__enter__)
+    try:
         found = [
             m for line in gateway.log if (m := re.search(r"listening: admin_http on ([\d.]+):(\d+)", line))
         ]
         assert found, "".join(gateway.log)
         host, port = found[0].groups()
         yield Console(gateway, f"http://{host}:{port}")
+    finally:
+        off_loop(shared.__exit__, None, None, None)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def console_database_kind(request: pytest.FixtureRequest) -> str:
+    """The database of the console's gateway; every browser test runs once with each."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
 def console(
-    tmp_path_factory: pytest.TempPathFactory, module_database_kind: str, request: pytest.FixtureRequest
+    tmp_path_factory: pytest.TempPathFactory, console_database_kind: str, request: pytest.FixtureRequest
 ) -> Iterator[Console]:
-    """A running gateway with the seed's directory, makler-zwei, ``op`` and ``zwei``, and its console."""
-    with running_console(tmp_path_factory, module_database_kind, request) as console:
+    """A running gateway with the seed's directory, makler-zwei, ``op`` and ``zwei``, the invoice rule
+    (``RULES``), and its console; shared by every browser test on this database kind."""
+    with running_console(tmp_path_factory, console_database_kind, request) as console:
         yield console
 
 
-@pytest.fixture(scope="module")
-def playwright(console: Console) -> Iterator[Playwright]:
-    # Playwright's sync API runs an event loop in this thread until it stops; the gateway's setup and
-    # teardown (asyncio.run for the database) must happen outside it, so the console comes first.
+@pytest.fixture(scope="session")
+def playwright(request: pytest.FixtureRequest) -> Iterator[Playwright]:
+    # Session fixtures are torn down in the reverse order of their setup, and those of the databases end
+    # with asyncio.run, which cannot run while Playwright's loop does: they are set up first.
+    kinds = {
+        getattr(item, "callspec", None) and item.callspec.params.get("console_database_kind")
+        for item in request.session.items
+    }
+    for kind, fixture in (("sqlite", "sqlite_template"), ("postgresql", "postgres_pool")):
+        if kind in kinds:
+            request.getfixturevalue(fixture)
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def chromium(playwright: Playwright) -> Iterator[Browser]:
     browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
     yield browser
     browser.close()
+
+
+# test_releases.py counts every message the release's run back-fills, so it runs before any other browser
+# test has mail delivered by the shared gateway; the others look only at mail of their own.
+FIRST = ("tests/browser/test_releases.py",)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Within each database kind, test_releases.py first; pytest has grouped the items by kind already."""
+    places = [n for n, item in enumerate(items) if item.nodeid.startswith("tests/browser/")]
+
+    def order(n: int) -> tuple[str, bool, int]:
+        callspec = getattr(items[n], "callspec", None)
+        kind = str(callspec.params.get("console_database_kind", "")) if callspec else ""
+        return (kind, not items[n].nodeid.startswith(FIRST), n)
+
+    browser = [items[n] for n in sorted(places, key=order)]
+    for place, item in zip(places, browser, strict=True):
+        items[place] = item
 
 
 @pytest.fixture

@@ -1,54 +1,25 @@
 """Quarantine, queues and rules in chromium, on a real ``gateway serve``: a rule in the gateway's rules
-directory quarantines mail submitted over SMTP; an operator releases it in the console and its copies
-arrive in the members' Maildirs on disk. Screenshots of the three pages for docs/web.md."""
+directory (``RULES`` in tests/browser/conftest.py) quarantines mail submitted over SMTP; an operator
+releases it in the console and its copies arrive in the members' Maildirs on disk. Screenshots of the
+three pages for docs/web.md."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import re
 import smtplib
 import uuid
-from collections.abc import Callable, Iterator
 from email.message import EmailMessage
-from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import Console, _add_console, log_in, running_console, screenshot
+from tests.browser.conftest import Console, log_in, off_loop, screenshot
 from tests.e2e.clients import BACKOFFICE
 from tests.e2e.conftest import PASSWORD, RunningGateway
 from tests.seed import ADDRESS, SEEN_BY
 from tests.web.conftest import MUSTER, OPERATOR, OPERATOR_PASSWORD
 
 pytestmark = pytest.mark.browser
-
-T = TypeVar("T")
-
-RULES = """\
-version: 1
-rules:
-  - name: invoices-to-accounting
-    match: {subject: {regex: '^Rechnung'}}
-    quarantine: "Rechnungen prüft die Buchhaltung vor dem Versand"
-"""
-
-
-def _with_rules(gateway: RunningGateway, place: Path) -> None:
-    _add_console(gateway, place)
-    rules = gateway.config.parent / "rules"
-    rules.mkdir(exist_ok=True)
-    (rules / "10-invoices.yaml").write_text(RULES, encoding="utf-8")
-
-
-@pytest.fixture(scope="module")
-def console(
-    tmp_path_factory: pytest.TempPathFactory, module_database_kind: str, request: pytest.FixtureRequest
-) -> Iterator[Console]:
-    """The browser tests' gateway and console (tests/browser/conftest.py), with a quarantining rule."""
-    with running_console(tmp_path_factory, module_database_kind, request, _with_rules) as console:
-        yield console
 
 
 def submit(gateway: RunningGateway, to: str, subject: str) -> str:
@@ -66,12 +37,6 @@ def submit(gateway: RunningGateway, to: str, subject: str) -> str:
         code, answer = client.data(message.as_bytes())
     assert code == 250, answer
     return answer.decode()
-
-
-def off_loop(work: Callable[[], T]) -> T:
-    """Run ``work`` in a thread of its own: the CLI runs an event loop, and Playwright's runs in this one."""
-    with concurrent.futures.ThreadPoolExecutor(1) as thread:
-        return thread.submit(work).result()
 
 
 def test_a_released_message_reaches_the_members_maildirs(page: Page, console: Console) -> None:

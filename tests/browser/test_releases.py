@@ -58,7 +58,7 @@ def test_ticking_vorgaenge_teilen_previews_confirms_and_back_fills_the_maildirs(
 ) -> None:
     gateway = console.gateway
     outside(gateway.cli, "release", "set", WITH_GF, "--no-share-vorgaenge", "-p", MUSTER)
-    marker = "Teilen"  # this module's gateway has no other mail
+    marker = "Teilen"  # no other browser test sends a subject with it
     send_from_backoffice(gateway, SB_B1, f"{marker} Schaden SB-B1", f"<{marker}.sb-b1@makler-muster.example>")
     send_from_backoffice(gateway, GF_B, f"{marker} Vertrag GF-B", f"<{marker}.gf-b@makler-muster.example>")
     delivered = outside(gateway.wait_for_copies, marker, 4)

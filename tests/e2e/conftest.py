@@ -221,6 +221,13 @@ class RunningGateway:
                 self._reader = threading.Thread(target=self._drain, daemon=True)
                 self._reader.start()
                 return
+        if self.process.poll() is None:
+            # Not ready in time: the caller's cleanup never runs for a start that failed, so the
+            # process is ended here rather than left serving (and costing CPU) for the rest of the run.
+            self.process.kill()
+            self.process.wait(timeout=30)
+            if self.process.stderr is not None:
+                self.process.stderr.close()
         raise AssertionError("gateway did not start:\n" + "".join(self.log))
 
     def _drain(self) -> None:

@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import a_database
 from tests.e2e.clients import SB_A1, login, message, send_raw, wait_until
-from tests.e2e.conftest import LOGIN, RunningGateway, prepare
+from tests.e2e.conftest import LOGIN, RunningGateway, a_shared_gateway, prepare
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -57,10 +57,24 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+# A small size limit: a message over it is refused at the end of DATA, with its code.
+LIMITS: dict[str, object] = {"max_message_size": 20_000, "auth_failure_delay": 0.0}
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, module_database_kind: str, request: pytest.FixtureRequest
+) -> Iterator[RunningGateway]:
+    """One gateway for the tests that read its figures: each compares them with those read before it
+    acted, and leaves no session open or copy pending behind it."""
+    with a_shared_gateway(tmp_path_factory, module_database_kind, "maildir", request, **LIMITS) as gateway:
+        yield gateway
+
+
 @pytest.fixture
-def gateway(tmp_path: Path, database_url: str) -> Iterator[RunningGateway]:
-    # A small size limit: a message over it is refused at the end of DATA, with its code.
-    gateway = prepare(tmp_path, database_url, max_message_size=20_000, auth_failure_delay=0.0)
+def own_gateway(tmp_path: Path, database_url: str) -> Iterator[RunningGateway]:
+    """A gateway of the test's own, for one that breaks a part of it for a while."""
+    gateway = prepare(tmp_path, database_url, **LIMITS)
     gateway.start()
     try:
         yield gateway
@@ -139,7 +153,8 @@ def test_healthz_and_readyz_when_all_is_well(gateway: RunningGateway) -> None:
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_readyz_fails_while_the_maildir_root_cannot_be_written(gateway: RunningGateway) -> None:
+def test_readyz_fails_while_the_maildir_root_cannot_be_written(own_gateway: RunningGateway) -> None:
+    gateway = own_gateway
     # A file where the directory was: nobody, root included, can create a mailbox in it.
     root = gateway.maildir_root
     root.mkdir(parents=True, exist_ok=True)

@@ -133,27 +133,27 @@ def test_the_seeds_flow(gateway: RunningGateway, backoffice: BackOfficeSink, cli
     ("ams_version", "expected_from"), [("4.8.0.64469", "SB-B1"), ("4.8.0.64470", "SB-B2")]
 )
 def test_legacy_ams_gets_the_original_participant_as_from(
+    gateway: RunningGateway,
+    backoffice: BackOfficeSink,
     tmp_path: Path,
-    database_url: str,
-    sink: BackOfficeSink,
-    mailbox_server: Dovecot | None,
     ams_version: str,
     expected_from: str,
 ) -> None:
-    gateway = prepare(tmp_path, database_url, dovecot=mailbox_server)
-    configure(gateway, sink, tmp_path, ams_version=ams_version)
-    gateway.start()
+    # The module's gateway at this ams version for the test, and back at the one it has (configure's).
+    configure(gateway, backoffice, tmp_path, ams_version=ams_version)
     try:
-        send_from_backoffice(gateway, ADDRESS["SB-B1"], "Legacy", "<legacy@ams.example>")
-        copy = copy_for(gateway, "SB-B2", "Legacy")
-        raw = client_reply("thunderbird", author=ADDRESS["SB-B2"], copy=copy, subject="Legacy")
+        marker = unique("Legacy")
+        original = f"<legacy-{marker.replace(' ', '-')}@ams.example>"
+        send_from_backoffice(gateway, ADDRESS["SB-B1"], marker, original)
+        copy = copy_for(gateway, "SB-B2", marker)
+        raw = client_reply("thunderbird", author=ADDRESS["SB-B2"], copy=copy, subject=marker)
         code, text = send_reply(gateway, raw, reply_address_of(copy), ADDRESS["SB-B2"])
         assert code == 250, text
-        (relayed,) = sink.wait_for(1)
+        (relayed,) = backoffice.wait_for(1)
         assert relayed.message["From"].addresses[0].addr_spec == ADDRESS[expected_from]
         assert relayed.message["X-Gateway-Actual-Sender"] == ADDRESS["SB-B2"]
     finally:
-        gateway.stop()
+        configure(gateway, backoffice, tmp_path)
 
 
 # --- refusals -------------------------------------------------------------------------------------------
