@@ -239,7 +239,7 @@ def serve(ctx: Context, workers: int | None, worker_ready_fd: int | None) -> Non
     SIGHUP reloads the routing rules (rules/ files; an invalid set is refused and the rules in force
     stay); the gateway also reloads them by itself when the files change. With --workers N (or
     [gateway] workers) N processes named <node_name>-1 … -N share the listeners; a supervisor passes
-    the signals on and starts a worker that ended again (docs/scaling-nodes.md).
+    the signals on and starts a worker that ended again (docs/scaling.md).
     """
     from gateway.config import workers_refusal
 

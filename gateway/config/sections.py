@@ -1031,7 +1031,7 @@ def workers_refusal(workers: int, database_url: str) -> str | None:
         return (
             f"is {workers}, but the database is SQLite, which has one writer: several processes would "
             "queue on its lock instead of working side by side; use 1, or a PostgreSQL [database] url "
-            "(docs/scaling-nodes.md)"
+            "(docs/scaling.md)"
         )
     return None
 

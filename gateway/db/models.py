@@ -450,7 +450,7 @@ class CopyRow(Base):
     # one else takes it, and the node itself takes back its own leases when it restarts after a crash.
     leased_by: Mapped[str | None] = mapped_column(String(200))
     # Fencing: one more on every claim; a node writes and records only while the row still has the
-    # token its claim handed out (gateway.db.queue.confirm, docs/scaling-fencing.md).
+    # token its claim handed out (gateway.db.queue.confirm, docs/scaling.md).
     lease_token: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     mailbox_ref: Mapped[str | None] = mapped_column(String(500))

@@ -40,7 +40,7 @@ gateway/mailbox/imap_connection.py's, IDLE gateway/mailbox/imap_idle.py's.
 Any trouble on the way raises ``MailboxError``; the caller retries later, and since ``append`` looks for
 the copy first (unless it is the first attempt) a retry never delivers twice.
 
-With several gateway nodes (docs/scaling-fencing.md) the fan-out confirms its leases in the database
+With several gateway nodes (docs/scaling.md) the fan-out confirms its leases in the database
 right before it calls ``append_batch``, and a copy another node took over is not appended at all. A
 copy taken over always goes out as a retry (its row shows an earlier lease), so the node that took
 it over searches every folder for the copy id before it APPENDs. What remains is a window IMAP

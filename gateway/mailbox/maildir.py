@@ -8,7 +8,7 @@ A copy's file name is ``<copy_id>.gateway[:2,<info>]``: derived from the copy id
 every gateway node. The copy id is unique across the database, so the name is unique as the Maildir
 specification asks (it suggests time, pid and host only to make names unique). Two nodes that write
 the same copy, one of them stalled past its fan-out lease, link() the same name into the same
-directory, and exactly one wins; the other finds the copy there (docs/scaling-fencing.md). Files named
+directory, and exactly one wins; the other finds the copy there (docs/scaling.md). Files named
 ``<copy_id>.<hostname>`` by earlier versions are found the same way.
 
 The copy id at the front is how the gateway finds its copies again in any folder: mail clients and

@@ -174,7 +174,7 @@ class HandOff:
     Handed copies are first attempts under the first lease token (0, as stored), and like every job
     they are fenced: the fan-out confirms the lease right before writing them, so a node that stalled
     between this commit and the write, past the lease while another node took them over, drops them
-    instead of writing them a second time (docs/scaling-fencing.md).
+    instead of writing them a second time (docs/scaling.md).
     """
 
     node: str

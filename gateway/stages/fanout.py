@@ -8,7 +8,7 @@ The fan-out also carries the database's view of a copy into the mailbox afterwar
 catch up (``flags_pending``) and copies reconciliation revoked (``revoking``), which it removes from
 every folder of the member's mailbox, members move mail, and then marks ``revoked``.
 
-Every job is fenced (docs/scaling-fencing.md): right before a batch touches the mailboxes, one
+Every job is fenced (docs/scaling.md): right before a batch touches the mailboxes, one
 statement confirms that this node still holds each job's lease (``gateway.db.queue.confirm``), and the
 jobs it lost, because the node stalled past the lease and another took them over, are dropped
 unwritten. Records apply only under the node's own lease, so a late one never overwrites the other's.

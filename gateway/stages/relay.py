@@ -17,7 +17,7 @@ Several nodes share the queue, and a node can stall (frozen, paused) past its le
 takes the mail over. So the relay confirms its leases in the database before it connects, again once
 connected (right before MAIL FROM), and before it puts a DSN into a mailbox, and sends or writes
 nothing for a lease it lost; its records apply only under its own lease (``gateway.db.relayqueue``,
-docs/scaling-fencing.md).
+docs/scaling.md).
 """
 
 from __future__ import annotations

@@ -96,13 +96,13 @@ def running_console(
         off_loop(shared.__exit__, None, None, None)
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="package", params=["sqlite", "postgresql"])
 def console_database_kind(request: pytest.FixtureRequest) -> str:
     """The database of the console's gateway; every browser test runs once with each."""
     return str(request.param)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def console(
     tmp_path_factory: pytest.TempPathFactory, console_database_kind: str, request: pytest.FixtureRequest
 ) -> Iterator[Console]:
@@ -112,10 +112,12 @@ def console(
         yield console
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def playwright(request: pytest.FixtureRequest) -> Iterator[Playwright]:
-    # Session fixtures are torn down in the reverse order of their setup, and those of the databases end
-    # with asyncio.run, which cannot run while Playwright's loop does: they are set up first.
+    # Playwright's sync API keeps an event loop running in this thread while it lives, and every
+    # asyncio.run in the same worker fails meanwhile: so it lives for the browser tests only (package
+    # scope; xdist gives the whole folder to one worker, see tests/conftest.py), and the database
+    # fixtures, whose setup and teardown use asyncio.run, are set up before it.
     kinds = {
         getattr(item, "callspec", None) and item.callspec.params.get("console_database_kind")
         for item in request.session.items
@@ -127,7 +129,7 @@ def playwright(request: pytest.FixtureRequest) -> Iterator[Playwright]:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chromium(playwright: Playwright) -> Iterator[Browser]:
     browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
     yield browser

@@ -6,8 +6,8 @@ share one freshly migrated PostgreSQL database holding the seed's directory, one
 private Dovecot), and one set of reply-token key files. Leases are short (``LEASE`` seconds for copies,
 relays and reconcile runs) so that a node that died or stalls is taken over within a test's patience;
 tests in which no node fails use ``LONG_LEASE`` (their module overrides ``cluster_lease``), because on a
-loaded machine a node may take longer than ``LEASE`` to write what it was handed, and on main that
-alone lets the other node write it too (issue 17, item 1; docs/scaling.md).
+loaded machine a node may take longer than ``LEASE`` to write what it was handed, and then the other
+node takes the work over (fencing keeps it to one write, but the test would measure take-overs).
 The back office's relay points at a local aiosmtpd sink that keeps every mail it is given.
 
 Nothing here waits a fixed time: ``Cluster.quiet()`` waits until the database says every queue is empty

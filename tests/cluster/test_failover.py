@@ -3,9 +3,8 @@ or sends what another node took over, and never holds the others up for longer t
 
 kill -9 of one node in the middle of a burst: the other completes every accepted message's copies once
 their lease ends; the time from the kill to the last of them written is printed (``pytest -s``).
-The three stall tests (copies, a relay, a frozen node's locks) fail on the main branch of 2026-12-07
-(bad6396) and are meant to: they are the proof the fixes of issue 17 must pass. Why each fails there is
-said in its docstring.
+The three stall tests (copies, a relay, a frozen node's locks) failed before issue 17's fixes (main at
+bad6396) and pass with them; each docstring says what failed then, so a regression is recognised.
 """
 
 from __future__ import annotations
@@ -71,10 +70,11 @@ def test_a_node_stalled_past_its_lease_writes_nothing_twice(cluster: Cluster) ->
     """n1 is frozen holding copies it was handed and had not written; once its lease ends n2 writes them;
     then n1 goes on. Every copy must still be in its mailbox once.
 
-    On main this fails: n1 resumes exactly where it stopped and writes the copies a second time (``<copy
-    id>.n1`` beside n2's ``<copy id>.n2``): acceptance handed them to its fan-out as first attempts,
-    nothing confirms the lease before the write, the Maildir skips its look for an earlier file on a
-    first attempt, and the file names carry the node's name, so nothing collides.
+    Before fencing (bad6396) this failed: n1 resumed exactly where it stopped and wrote the copies a
+    second time (``<copy id>.n1`` beside n2's ``<copy id>.n2``): nothing confirmed the lease before
+    the write, the Maildir skipped its look for an earlier file on a first attempt, and the file names
+    carried the node's name, so nothing collided. Now the lease token is confirmed before the write
+    and the file name is the copy id's alone (docs/scaling.md, Fencing).
     """
     held: set[str] = set()
     for attempt in range(20):
@@ -98,9 +98,9 @@ def test_a_frozen_node_does_not_hold_up_the_other(cluster: Cluster) -> None:
     n2 must go on answering every client within BOUND s, with 250 (at least once) or 451 4.3.0, and
     every message that got its 250 reaches its audience once.
 
-    On main this fails: n2's acceptance waits for the row of ``vorgang_counters`` that the frozen n1's
-    open transaction updated (Vorgang numbers are allocated inside the acceptance transaction, and no
-    ``lock_timeout`` bounds the wait), so n2 answers nobody until n1 is thawed.
+    Before issue 17 (bad6396) this failed: n2's acceptance waited for the row of ``vorgang_counters``
+    that the frozen n1's open transaction updated (numbers were taken inside the acceptance
+    transaction, and no ``lock_timeout`` bounded the wait), so n2 answered nobody until n1 thawed.
 
     The lease (TAKEOVER_LEASE) outlasts the freeze: n1's copies are not taken over meanwhile, so this
     test is about item 2 alone (the test above is about item 1).
@@ -214,9 +214,9 @@ def test_a_node_stalled_past_its_relay_lease_sends_nothing_twice(cluster: Cluste
     answer its EHLO); the other relays it once the lease ends; the frozen node resumes. The back office
     must get the reply once.
 
-    On main this fails: the resumed node goes on with the SMTP conversation it had begun and sends the
-    mail a second time; nothing confirms its lease before the mail is sent (issue 17, item 1: "the
-    relay's five-minute lease follows the same pattern").
+    Before fencing (bad6396) this failed: the resumed node went on with the SMTP conversation it had
+    begun and sent the mail a second time. A confirm before connecting was not enough either (the
+    stall falls in the handshake); the relay now confirms again after EHLO, right before MAIL FROM.
     """
     mail = (
         f"From: ams@makler-muster.example\r\nTo: {ADDRESS['SB-B1']}\r\nSubject: Schaden 815\r\n"

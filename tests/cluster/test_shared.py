@@ -4,8 +4,8 @@ release while both take mail. Every copy is in its member's mailbox exactly once
 back office once.
 
 The leases are the long ones (``LONG_LEASE``): nothing here needs a take-over, and on a loaded machine a
-node can take longer than the short test lease to write what it was handed; on main that alone makes the
-other node write it too (issue 17, item 1), which ``test_failover.py`` shows on purpose.
+node can take longer than the short test lease to write what it was handed, and the other node would
+take it over (fencing keeps that to one write; ``test_failover.py`` shows it on purpose).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Every claim of a copy or relayed mail adds one to its row's token and hands the 
 job. Before a node writes to a mailbox or sends to a back office it confirms its lease with a
 conditional UPDATE on (id, leased_by, lease_token), and it records the outcome under the same
 condition, so a node that stalled past its lease while another took the row over writes and records
-nothing (docs/scaling-fencing.md). Existing rows start at 0, as new ones do.
+nothing (docs/scaling.md). Existing rows start at 0, as new ones do.
 """
 
 from __future__ import annotations
