@@ -27,11 +27,10 @@ import os
 import re
 import signal
 import smtplib
-import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,6 @@ from gateway.db.writer import sync_url
 from tests.conftest import a_database
 from tests.dovecot import Dovecot
 from tests.e2e.conftest import (
-    GATEWAY,
     LOGIN,
     PASSWORD,
     PORTFOLIO,
@@ -233,36 +231,11 @@ class Node(RunningGateway):
     frozen: bool = field(default=False)
 
     def start(self, timeout: float = 120) -> None:
-        self.launch()
-        self.wait_ready(timeout)
+        super().start(timeout)
 
-    def launch(self) -> None:
-        self.process = subprocess.Popen(
-            [GATEWAY, "--config", str(self.config), "serve"],
-            stderr=subprocess.PIPE,
-            text=True,
-            env=os.environ | {"PYTHONUNBUFFERED": "1", "PGAPPNAME": self.name},
-        )
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        """Read the log until the node says it is ready (as ``RunningGateway.start``), noting its ports."""
-        assert self.process is not None
-        assert self.process.stderr is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.process.stderr.readline()
-            if not line and self.process.poll() is not None:
-                break
-            self.log.append(line)
-            if match := re.search(r"listening: submission on [\d.]+:(\d+)", line):
-                self.port = int(match.group(1))
-            if match := re.search(r"listening: mx on [\d.]+:(\d+)", line):
-                self.mx_port = int(match.group(1))
-            if "gateway ready" in line:
-                self._reader = threading.Thread(target=self._drain, daemon=True)
-                self._reader.start()
-                return
-        raise AssertionError(f"node {self.name} did not start:\n" + "".join(self.log))
+    def launch(self, env: Mapping[str, str] | None = None) -> None:
+        # Its PostgreSQL sessions carry its name, so a test can see in pg_locks what the node holds.
+        super().launch({"PGAPPNAME": self.name} | dict(env or {}))
 
     @property
     def pid(self) -> int:
@@ -395,7 +368,7 @@ class Cluster:
         for node in self.nodes.values():
             node.launch()
         for node in self.nodes.values():
-            node.wait_ready()
+            node.wait_ready(timeout=120)
 
     def stop(self) -> None:
         """SIGTERM to every live node at once (a frozen one thawed first), then wait for each."""

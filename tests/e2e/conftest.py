@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import InitVar, dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -199,12 +199,22 @@ class RunningGateway:
         self.mailboxes = given_mailboxes or MaildirMailboxes(self.maildir_root)
 
     def start(self, timeout: float = 30) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self, env: Mapping[str, str] | None = None) -> None:
+        """Start ``gateway serve`` without waiting for it (``wait_ready`` does)."""
         self.process = subprocess.Popen(
             [GATEWAY, "--config", str(self.config), "serve"],
             stderr=subprocess.PIPE,
             text=True,
-            env=os.environ | {"PYTHONUNBUFFERED": "1"},
+            env=os.environ | {"PYTHONUNBUFFERED": "1"} | dict(env or {}),
         )
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Read the log until the gateway says it is ready, noting its ports; a gateway not ready in
+        time is killed and the test fails with its log."""
+        assert self.process is not None
         assert self.process.stderr is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
