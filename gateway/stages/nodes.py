@@ -52,21 +52,29 @@ def read_marker(root: Path) -> str | None:
 def write_marker(root: Path) -> str:
     """Mark ``root`` as a storage of its own (unless a node sharing it did so first); its id."""
     path = root / MARKER
+    storage = secrets.token_hex(16)
+    # Written whole under a name of its own, then linked into place: link() refuses an existing name,
+    # so of two nodes starting at once exactly one marks the storage, and the other never reads a
+    # marker that is created but not yet written (which would look empty).
+    temporary = root / f"{MARKER}.{os.getpid()}.{storage}"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        found = read_marker(root)
-        if found is None:
-            raise OperationalError(f"the Maildir storage marker {path} is empty; remove it") from None
-        return found
+        with open(temporary, "x", encoding="ascii") as file:
+            file.write(storage + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            found = read_marker(root)
+            if found is None:
+                raise OperationalError(f"the Maildir storage marker {path} is empty; remove it") from None
+            return found
     except OSError as exc:
         raise OperationalError(f"cannot write the Maildir storage marker {path}: {exc}") from exc
-    storage = secrets.token_hex(16)
-    with os.fdopen(fd, "w", encoding="ascii") as file:
-        file.write(storage + "\n")
-        file.flush()
-        os.fsync(file.fileno())
+    finally:
+        temporary.unlink(missing_ok=True)
     return storage
 
 

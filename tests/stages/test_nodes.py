@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
 import json
 import socket
@@ -30,7 +31,7 @@ from gateway.domain.nodes import NodeIdentity, NodeRecord
 from gateway.domain.tokens import TokenKeys
 from gateway.errors import ConfigError, OperationalError
 from gateway.keys import create_token_key, key_fingerprint, key_ids, load_token_keys
-from gateway.stages.nodes import MARKER, Nodes
+from gateway.stages.nodes import MARKER, Nodes, read_marker, write_marker
 from tests.conftest import Gateway
 from tests.stages.conftest import PORTFOLIO, accept
 
@@ -343,3 +344,15 @@ def test_a_node_timeout_shorter_than_two_heartbeats_is_a_configuration_problem(t
         "late heartbeat would make the other nodes take this one's work over; raise node_timeout or lower "
         "heartbeat_interval"
     ]
+
+
+def test_nodes_marking_one_storage_at_once_agree_on_its_id(tmp_path: Path) -> None:
+    """Many nodes starting together on one empty Maildir root: one marks it, every other reads that
+    mark, and none finds the marker created but still empty (the race of a create-then-write)."""
+    for round_ in range(20):
+        root = tmp_path / f"mail-{round_}"
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            ids = list(pool.map(write_marker, [root] * 8))
+        assert len(set(ids)) == 1, ids
+        assert read_marker(root) == ids[0]
+        assert sorted(p.name for p in root.iterdir()) == [MARKER]  # no temporary left behind
