@@ -24,6 +24,7 @@ from gateway.db.models import (
     CopyState,
     Direction,
     EventRow,
+    MemberRow,
     MessageKind,
     MessageRow,
     ParticipantRow,
@@ -45,6 +46,7 @@ __all__ = [
 
 _GONE = (CopyState.REVOKING.value, CopyState.REVOKED.value, CopyState.DROPPED.value)
 _ACCEPTED = ("message.accepted", "message.quarantined")
+_ROLE_ORDER = {"to": 0, "cc": 1, "bcc": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,12 +137,15 @@ def submissions_after(
     ids = [int(r[0]) for r in rows]
     envelopes = _envelopes(connection, ids)
     participants: dict[int, set[tuple[int, str]]] = defaultdict(set)
-    for message_pk, member_id, role in connection.execute(
-        select(ParticipantRow.message_id, ParticipantRow.member_id, ParticipantRow.role).where(
-            ParticipantRow.message_id.in_(ids)
-        )
+    named: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for message_pk, member_id, role, address in connection.execute(
+        select(ParticipantRow.message_id, ParticipantRow.member_id, ParticipantRow.role, MemberRow.address)
+        .join(MemberRow, MemberRow.id == ParticipantRow.member_id)
+        .where(ParticipantRow.message_id.in_(ids))
     ):
-        participants[int(message_pk)].add((int(member_id), str(getattr(role, "value", role))))
+        role_name = str(getattr(role, "value", role))
+        participants[int(message_pk)].add((int(member_id), role_name))
+        named[int(message_pk)].append((role_name, str(address)))
     copies: dict[int, set[int]] = defaultdict(set)
     for message_pk, member_id in connection.execute(
         select(CopyRow.message_id, CopyRow.member_id).where(
@@ -152,6 +157,10 @@ def submissions_after(
     found: list[StoredSubmission] = []
     for pk, gateway_id, message_id, subject, vorgang_id, kind, raw, sender, backoffice, key in rows:
         recipients, listener = envelopes.get(int(pk), (None, "submission"))
+        if recipients is None:
+            # Stored before acceptance recorded the envelope: the stored participants stand in for it.
+            people = sorted(named.get(int(pk), ()), key=lambda p: (_ROLE_ORDER.get(p[0], 3), p[1]))
+            recipients = tuple(address for _, address in people) or None
         opened = first.get(int(vorgang_id)) == int(pk)
         history = History(
             row=int(pk),
