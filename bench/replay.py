@@ -28,7 +28,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -137,7 +136,8 @@ def phase(database: str, workdir: Path, name: str, since_days: float) -> dict[st
         }
     result["seconds"] = time.perf_counter() - started
     result["cpu"] = time.process_time() - cpu
-    result["rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would be the parent's peak.
+    result["rss_kib"] = reconcile.vm_hwm_kib()
     engine.dispose()
     return result
 
