@@ -189,7 +189,8 @@ async def rules_test(
 @click.option(
     "--rules",
     "candidate_dir",
-    type=click.Path(path_type=Path, file_okay=False),
+    # Must exist: a folder that does not would be "no rules" and replay as a candidate that drops them all.
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
     required=True,
     help="The candidate rules folder, not live yet.",
 )

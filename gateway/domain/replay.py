@@ -46,6 +46,7 @@ VorgangRef = int | str
 """A stored Vorgang's id, or ``"new:<gateway id>"``: one that message opens, never stored."""
 
 EXAMPLES = 5  # examples kept per rule and kind of change
+NO_RULE = "(no rule)"
 
 
 class ChangeKind(enum.StrEnum):
@@ -282,7 +283,7 @@ def blame(live: Decision, candidate: Decision, kind: ChangeKind) -> str:
     rule = _rule_of(live, kind)
     if rule is not None:
         return f"{rule.label()}, no longer applied"
-    return "(no rule)"
+    return NO_RULE
 
 
 def changes(live: Outcome, candidate: Outcome, history: History, *, moved_by: str | None) -> list[Change]:
@@ -310,6 +311,9 @@ def changes(live: Outcome, candidate: Outcome, history: History, *, moved_by: st
             rule = moved_by
         else:
             rule = blame(live.plan.decision, candidate.plan.decision, kind)
+            if rule == NO_RULE and ChangeKind.VERDICT in kinds:
+                # Not stored, or quarantined: the Vorgang and the copies go with the verdict's rule.
+                rule = blame(live.plan.decision, candidate.plan.decision, ChangeKind.VERDICT)
         found.append(Change(kind, rule, history.gateway_id, history.subject, before, after))
     return found
 

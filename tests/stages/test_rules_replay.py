@@ -159,6 +159,8 @@ async def test_invalid_rules_are_refused_with_file_line_col_before_anything_runs
     assert f"{broken / '10-test.yaml'}:4:" in result.stderr
     assert result.stdout == ""
     assert "replayed" not in result.stderr  # no message was read
+    missing = await replay(with_login, "--rules", str(tmp_path / "no-such-folder"), expect=2)
+    assert "does not exist" in missing.stderr
 
 
 async def test_a_rule_naming_no_portfolio_member_is_refused_too(
@@ -217,3 +219,38 @@ async def test_progress_on_stderr(writer: Writer, with_login: Gateway, tmp_path:
     result = await replay(with_login, "--rules", str(candidate(tmp_path, REKEYED)), "--batch", "2", "--json")
     json.loads(result.stdout)  # progress never mixes into the JSON
     assert "replayed 6 of 6 messages" in result.stderr
+
+
+async def test_verdict_and_participant_changes_are_put_down_to_their_rules(
+    writer: Writer, with_login: Gateway, tmp_path: Path
+) -> None:
+    ids = await store(writer, tmp_path)
+    folder = candidate(
+        tmp_path,
+        LIVE
+        + """
+  - name: no-general-mail
+    match: {subject: {regex: '^Allgemeines'}}
+    reject: {code: 550, status: 5.7.1, text: "not here"}
+  - name: gf-b-sees-claim-200
+    match: {subject: {regex: 'Schaden 200'}}
+    participants: [gf-b@kunde-b.example]
+""",
+    )
+    report = json.loads((await replay(with_login, "--rules", str(folder), "--json")).stdout)
+    at = str(folder / "10-test.yaml")
+    assert changed(report, "verdict") == {f"no-general-mail ({at}:7:5)": {ids[5]}}
+    assert changed(report, "participants") == {f"gf-b-sees-claim-200 ({at}:10:5)": {ids[4]}}
+    assert changed(report, "audience") == {f"gf-b-sees-claim-200 ({at}:10:5)": {ids[4]}}
+    # The refused message is not stored in the candidate's world: no Vorgang either.
+    assert changed(report, "vorgang") == {f"no-general-mail ({at}:7:5)": {ids[5]}}
+    verdict = next(g for g in report["changes"] if g["kind"] == "verdict")
+    assert [(e["before"], e["after"]) for e in verdict["examples"]] == [
+        ("accept", "refused (a rule rejects it)")
+    ]
+    audience = next(g for g in report["changes"] if g["kind"] == "audience")
+    [example] = audience["examples"]
+    # GF-B saw GF-A's mail already (Geschäftsführer); as a participant GF-B brings in "Kunde B mit GF".
+    assert ADDRESS["SB-B1"] not in example["before"]
+    assert ADDRESS["SB-B1"] in example["after"]
+    assert report["changed_messages"] == 2
