@@ -16,9 +16,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, update
+import pytest
+from sqlalchemy import Connection, text, update
+from sqlalchemy.exc import DBAPIError
 
 from gateway.db.models import MessageRow
+from gateway.db.replay import reading_engine
 from gateway.db.writer import Writer
 from tests.conftest import Gateway
 from tests.seed import ADDRESS
@@ -254,3 +257,12 @@ async def test_verdict_and_participant_changes_are_put_down_to_their_rules(
     assert ADDRESS["SB-B1"] not in example["before"]
     assert ADDRESS["SB-B1"] in example["after"]
     assert report["changed_messages"] == 2
+
+
+def test_the_replay_reads_through_a_connection_that_cannot_write(database_url: str) -> None:
+    engine = reading_engine(database_url)
+    try:
+        with pytest.raises(DBAPIError), engine.begin() as connection:
+            connection.execute(text("DELETE FROM portfolios"))
+    finally:
+        engine.dispose()
