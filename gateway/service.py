@@ -482,6 +482,7 @@ class Service:
         if self.web is not None:
             await self.web.stop()
             await self.console.previews.close()
+            await self.console.replays.close()
         for listener in self.listeners.values():
             listener.state.closing = True
             listener.server.close()

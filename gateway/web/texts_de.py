@@ -538,4 +538,32 @@ TEXTS: dict[str, str] = {
     "rules.unreadable": "Die Nachricht ließ sich nicht in der vorgesehenen Zeit lesen.",
     "rules.files_invalid": "Die Regeldateien sind ungültig; erst nach ihrer Korrektur lässt sich testen.",
     "rules.not_run": "Der Test lief nicht:",
+    "rules.replay": "Kandidaten nachspielen",
+    "rules.replay_intro": (
+        "Einen Regelsatz-Kandidaten über die gespeicherte Post eines Zeitraums laufen lassen, wie "
+        "`gateway rules replay`: Regeldateien hochladen oder die geltenden Dateien unten bearbeiten. Der "
+        "Kandidat wird zuerst geprüft und nie in Kraft gesetzt; nichts wird geändert. Uploads bis "
+        "{limit} Bytes insgesamt."
+    ),
+    "rules.replay_upload": "Regeldateien des Kandidaten (.yaml, mehrere möglich)",
+    "rules.replay_edit": "oder die geltenden Dateien als Kandidat bearbeiten (wenn nichts hochgeladen ist)",
+    "rules.replay_portfolio": "Bestand (leer: alle)",
+    "rules.replay_since": "Zeitraum (30d, 12h, 2w oder ein Datum)",
+    "rules.replay_run": "Nachspielen",
+    "rules.replay_invalid": "Der Kandidat hat {n} Problem(e); nichts wurde nachgespielt:",
+    "rules.replay_no_files": "Bitte Regeldateien hochladen oder die geltenden bearbeiten.",
+    "rules.replay_bad_name": "Eine Regeldatei heißt etwa 20-schaden.yaml (Buchstaben, Ziffern, . _ -).",
+    "rules.replay_too_many": "Höchstens {n} Regeldateien.",
+    "rules.replay_not_run": "Das Nachspielen lief nicht:",
+    "rules.replay_busy": "Es läuft schon ein Nachspielen; bitte warten Sie, bis es fertig ist.",
+    "rules.replay_to_yours": "Zu Ihrem Nachspielen",
+    "rules.replay_title": "Nachspielen des Kandidaten {digest}",
+    "rules.replay_running": "Wird nachgespielt…",
+    "rules.replay_progress": "{done} von {total} Nachrichten",
+    "rules.replay_reload": "Neu laden",
+    "rules.replay_result": "Unterschied zu den geltenden Regeln",
+    "rules.replay_not_activated": "Der Kandidat ist nicht in Kraft: die geltenden Regeln bleiben.",
+    "rules.replay_failed": "Das Nachspielen ist fehlgeschlagen; das Protokoll sagt warum.",
+    "rules.replay_gone": "Dieses Nachspielen ist auf diesem Knoten (nicht mehr) bekannt.",
+    "rules.replay_back": "Zurück zu den Regeln",
 }

@@ -506,4 +506,31 @@ TEXTS: dict[str, str] = {
     "rules.unreadable": "The message could not be read in the time allowed.",
     "rules.files_invalid": "The rules files are invalid; fix them before testing.",
     "rules.not_run": "The test did not run:",
+    "rules.replay": "Replay a candidate",
+    "rules.replay_intro": (
+        "Run a candidate rule set over the stored mail of a span, as `gateway rules replay` does: upload "
+        "rules files, or edit the live files below. The candidate is checked first and never activated; "
+        "nothing is changed. Uploads up to {limit} bytes in all."
+    ),
+    "rules.replay_upload": "Candidate rules files (.yaml, several allowed)",
+    "rules.replay_edit": "or edit the live files as the candidate (used when nothing is uploaded)",
+    "rules.replay_portfolio": "Portfolio (empty: all)",
+    "rules.replay_since": "Span (30d, 12h, 2w or a date)",
+    "rules.replay_run": "Replay",
+    "rules.replay_invalid": "The candidate has {n} problem(s); nothing was replayed:",
+    "rules.replay_no_files": "Please upload rules files or edit the live ones.",
+    "rules.replay_bad_name": "A rules file must be named like 20-claims.yaml (letters, digits, . _ -).",
+    "rules.replay_too_many": "At most {n} rules files.",
+    "rules.replay_not_run": "The replay did not run:",
+    "rules.replay_busy": "A replay is running already; please wait until it is done.",
+    "rules.replay_to_yours": "To your replay",
+    "rules.replay_title": "Replay of candidate {digest}",
+    "rules.replay_running": "Replaying…",
+    "rules.replay_progress": "{done} of {total} messages",
+    "rules.replay_reload": "Reload",
+    "rules.replay_result": "Difference to the live rules",
+    "rules.replay_not_activated": "The candidate is not activated: the live rules stay in force.",
+    "rules.replay_failed": "The replay failed; the log says why.",
+    "rules.replay_gone": "This replay is not known (any more) on this node.",
+    "rules.replay_back": "Back to the rules",
 }
