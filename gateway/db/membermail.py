@@ -21,7 +21,7 @@ from gateway.db.acceptance import hold_directory, member_addresses, new_vorgaeng
 from gateway.db.copies import Lease, copies_for, handed_job, insert_copies
 from gateway.db.events import Event, EventKind, append_events
 from gateway.db.messages import NewMessage, insert_message, new_gateway_id
-from gateway.db.models import Direction, HeldState, MessageKind, MessageRow, RelayRow
+from gateway.db.models import MESSAGES, Direction, HeldState, MessageKind, MessageRow, RelayRow
 from gateway.db.queue import CopyJob
 from gateway.db.relayqueue import NewRelay, queue_relay
 from gateway.db.replies import (
@@ -351,7 +351,7 @@ def decide_held(
 
 def _inserted_again(connection: Connection, held: collisions.HeldReply) -> _Inserted:
     """The stored message of a held reply, as ``_deliver`` takes it."""
-    row = connection.execute(select(MessageRow).where(MessageRow.id == held.message_pk)).scalar_one()
+    row = connection.execute(select(MESSAGES).where(MESSAGES.c.id == held.message_pk)).one()
     answered = answered_of_message(connection, held.answered_pk, held.member_id)
     target = thread_target(connection, answered) if answered is not None else None
     message = NewMessage(

@@ -18,7 +18,7 @@ import datetime as dt
 import email
 import email.policy
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from email.utils import format_datetime
 
 from gateway.domain.headers import bytes_to_text, decode_header_value
@@ -70,11 +70,7 @@ def answer_excerpt(raw: bytes) -> str:
     if isinstance(message, EmailMessage):
         part = message.get_body(preferencelist=("plain",))
         if part is not None:
-            try:
-                content = part.get_content()
-            except (LookupError, ValueError, AssertionError):
-                content = ""
-            text = content if isinstance(content, str) else ""
+            text = _text_of(part)
     kept: list[str] = []
     for line in text[:_MAX_PART_BYTES].splitlines():
         stripped = line.rstrip()
@@ -87,6 +83,24 @@ def answer_excerpt(raw: bytes) -> str:
             break
     excerpt = "\n".join(kept).strip()
     return excerpt[:EXCERPT_CHARACTERS] + ("…" if len(excerpt) > EXCERPT_CHARACTERS else "")
+
+
+def _text_of(part: MIMEPart) -> str:
+    """A text part's text: in its declared charset, else UTF-8, else windows-1252 (mail without a
+    charset is often 8-bit anyway)."""
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    charset = part.get_content_charset()
+    if charset:
+        try:
+            return payload.decode(charset, "replace")
+        except LookupError:
+            pass
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return payload.decode("windows-1252", "replace")
 
 
 def build_held_notice(notice: HeldNotice) -> bytes:

@@ -401,6 +401,12 @@ class ReplyStage:
             return Reply.ACCEPTED.with_text(text)
         if decided.state is wanted:
             return Reply.ACCEPTED.with_text(f"{text} (decided before)")
+        await self._refused(
+            mail,
+            f"held reply {held_id} is {decided.state.value} already ({decided.decided_by}); "
+            f"asked to be {wanted.value}",
+            portfolio=portfolio,
+        )
         return Reply.REFUSED.with_text(
             f"Your held reply in {decided.vorgang} was {decided.state.value} already "
             f"({decided.decided_by or 'by the gateway'}); nothing was changed"
