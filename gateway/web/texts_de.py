@@ -411,6 +411,32 @@ TEXTS: dict[str, str] = {
     #
     #
     # --- quarantine, queues, rules (anchor: add this area's ids below this line) ---
+    "held.link": "Zurückgehaltene Antworten",
+    "held.title": "Zurückgehaltene Antworten in {name}",
+    "held.intro": (
+        "Antworten, die sich mit der früheren Antwort eines Kollegen auf dieselbe Nachricht überschnitten "
+        "haben (Kollisionsschutz). Jede wartet auf ihren Verfasser, einen Admin oder die Haltefrist der "
+        "Freischaltung; die erste Entscheidung gilt."
+    ),
+    "held.caption": "Zurückgehaltene Antworten, älteste zuerst",
+    "held.none": "Keine Antwort wird zurückgehalten.",
+    "held.done": "Zurückgehaltene Antwort {id}: {state}.",
+    "held.reply": "Antwort",
+    "held.vorgang": "Vorgang",
+    "held.member": "Verfasst von",
+    "held.crossed": "Überschneidung",
+    "held.crossed_by": "mit der Antwort von {who}, angenommen {at}",
+    "held.due": "Entschieden am",
+    "held.then.release": "gesendet",
+    "held.then.withdraw": "zurückgezogen",
+    "held.decide": "Entscheiden",
+    "held.release": "Senden",
+    "held.withdraw": "Zurückziehen",
+    "held.state.held": "weiter zurückgehalten",
+    "held.state.released": "freigegeben, sie geht an das Maklersystem",
+    "held.state.withdrawn": "zurückgezogen, nichts wurde gesendet",
+    "held.state.notified": "mit Hinweis weitergeleitet",
+    "held.state.": "",
     #
     "nav.queues": "Warteschlangen",
     "nav.rules": "Regeln",

@@ -386,6 +386,31 @@ TEXTS: dict[str, str] = {
     #
     #
     # --- quarantine, queues, rules (anchor: add this area's ids below this line) ---
+    "held.link": "Held replies",
+    "held.title": "Held replies of {name}",
+    "held.intro": (
+        "Replies that crossed a colleague's earlier answer to the same message (collision guard). Each "
+        "waits for its author, an admin or the release's hold timeout; the first decision counts."
+    ),
+    "held.caption": "Held replies, oldest first",
+    "held.none": "No reply is held.",
+    "held.done": "Held reply {id}: {state}.",
+    "held.reply": "Reply",
+    "held.vorgang": "Vorgang",
+    "held.member": "Written by",
+    "held.crossed": "Crossed",
+    "held.crossed_by": "the answer of {who}, accepted {at}",
+    "held.due": "Decided then",
+    "held.then.release": "sent",
+    "held.then.withdraw": "withdrawn",
+    "held.decide": "Decide",
+    "held.release": "Send it",
+    "held.withdraw": "Withdraw it",
+    "held.state.held": "still held",
+    "held.state.released": "released, it goes to the back office",
+    "held.state.withdrawn": "withdrawn, nothing was sent",
+    "held.state.notified": "relayed with a notice",
+    "held.state.": "",
     #
     "nav.queues": "Queues",
     "nav.rules": "Rules",
