@@ -118,7 +118,11 @@ def test_withdraw_relays_nothing(gateway: RunningGateway, backoffice: BackOffice
     gateway.settled()
     assert len(backoffice.received) == 1
     # Nor did the withdrawn reply reach SB-B2 or GF-B.
-    assert not [m for m in gateway.mailbox(SB_B2) if "Bitte schicken Sie" in str(m.get_body())]
+    assert not [
+        m
+        for m in gateway.mailbox(SB_B2)
+        if marker in str(m["Subject"]) and "Bitte schicken Sie" in str(m.get_body())
+    ]
 
 
 def test_an_admin_releases_from_the_cli(gateway: RunningGateway, backoffice: BackOfficeSink) -> None:
