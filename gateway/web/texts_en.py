@@ -100,6 +100,24 @@ TEXTS: dict[str, str] = {
     "releases.help.backfill": (
         "What a member newly given access through this release receives of the messages that exist already."
     ),
+    "releases.field.collision_guard": "Collision guard",
+    "releases.guard.which": "A reply that crosses a colleague's earlier answer",
+    "releases.guard.default": "default (hold where Vorgänge are shared)",
+    "releases.guard.hold": "hold it and ask its author",
+    "releases.guard.notify": "send it and tell its author",
+    "releases.guard.off": "send it (off)",
+    "releases.field.hold_timeout": "Hold at most",
+    "releases.field.after_hold_timeout": "then",
+    "releases.after.release": "send it",
+    "releases.after.withdraw": "withdraw it",
+    "releases.help.collision_guard": (
+        "A member who answers a message a colleague answered after the member's copy arrived may not "
+        "have seen that answer. A held reply waits for its author's choice, an admin or this time "
+        "(e.g. 4h, 2d)."
+    ),
+    "releases.error.collision_guard": "Please choose what happens to a crossing reply.",
+    "releases.error.hold_timeout": "Please give a time between 1m and 30d, such as 4h or 2d.",
+    "releases.error.after_hold_timeout": "Please choose what happens after the hold time.",
     "releases.help.revoked": "What happens to copies a member may no longer see after a change.",
     "releases.help.delete": (
         "The members lose what this release gave them. You see first which copies that concerns."
