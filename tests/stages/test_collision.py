@@ -39,12 +39,15 @@ from gateway.stages.acceptance import HandOff
 from gateway.stages.held import HeldReplies
 from gateway.stages.parsepool import read_arrival
 from gateway.stages.reply import Incoming, ReplyContext, ReplyStage
+from tests.conftest import Gateway
 from tests.stages.conftest import PORTFOLIO, accept
+from tests.stages.test_reconcile import admin, reconciler
 from tests.stages.test_reply import KEYS
 
 REPLY_DOMAIN = "reply.gateway.test"
 SB_B1 = "sb-b1@kunde-b.example"
 SB_B2 = "sb-b2@kunde-b.example"
+GF_B = "gf-b@kunde-b.example"
 
 
 def stage(writer: Writer) -> ReplyStage:
@@ -352,3 +355,25 @@ async def test_legacy_ams_gets_the_same_guard(writer: Writer) -> None:
     # The legacy back office hears from the Vorgang's original participant; the actual sender travels along.
     assert f"X-Gateway-Actual-Sender: {SB_B1}".encode() in data
     assert b"Bitte Unterlagen schicken." in data
+
+
+async def test_reconciliation_hands_out_no_copy_of_a_held_reply_and_the_cli_releases_it(
+    writer: Writer, with_login: Gateway
+) -> None:
+    await held_situation(writer)
+    # A directory change that widens audiences: reconciliation plans every message of the portfolio.
+    await admin(with_login, "release", "remove-member", "Kunde B mit GF", GF_B, "-p", PORTFOLIO)
+    await admin(with_login, "release", "add-member", "Kunde B mit GF", GF_B, "-p", PORTFOLIO)
+    running = reconciler(writer)
+    while await running.run_once():
+        pass
+    assert await copies_of_message(writer, "<b1@kunde-b.example>") == 0, "the held reply's copies wait"
+    (held,) = await writer.run(held_replies)
+    out = await admin(with_login, "held", "release", held.held_id)
+    assert f"released {held.held_id}" in out
+    assert await copies_of_message(writer, "<b1@kunde-b.example>") == 2  # SB-B2 and GF-B
+    assert [a for a, _ in await relays(writer)] == [SB_B2, SB_B1]
+    [actor] = await writer.run(
+        lambda c: list(c.scalars(select(EventRow.actor).where(EventRow.kind == "reply.released")))
+    )
+    assert str(actor).startswith("cli:")
