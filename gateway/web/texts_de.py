@@ -111,6 +111,24 @@ TEXTS: dict[str, str] = {
         "Was ein Mitglied, das durch diese Freischaltung neu Zugriff bekommt, von den bereits "
         "vorhandenen Nachrichten erhält."
     ),
+    "releases.field.collision_guard": "Kollisionsschutz",
+    "releases.guard.which": "Eine Antwort, die sich mit der früheren Antwort eines Kollegen überschneidet",
+    "releases.guard.default": "Standard (zurückhalten, wo Vorgänge geteilt werden)",
+    "releases.guard.hold": "zurückhalten und den Verfasser fragen",
+    "releases.guard.notify": "senden und den Verfasser informieren",
+    "releases.guard.off": "senden (aus)",
+    "releases.field.hold_timeout": "Höchstens zurückhalten",
+    "releases.field.after_hold_timeout": "danach",
+    "releases.after.release": "senden",
+    "releases.after.withdraw": "zurückziehen",
+    "releases.help.collision_guard": (
+        "Wer eine Nachricht beantwortet, die ein Kollege beantwortet hat, nachdem die Kopie ankam, hat "
+        "diese Antwort womöglich nicht gesehen. Eine zurückgehaltene Antwort wartet auf die Wahl des "
+        "Verfassers, einen Admin oder diese Zeit (z. B. 4h, 2d)."
+    ),
+    "releases.error.collision_guard": "Bitte wählen Sie, was mit einer überschneidenden Antwort geschieht.",
+    "releases.error.hold_timeout": "Bitte geben Sie eine Zeit zwischen 1m und 30d an, etwa 4h oder 2d.",
+    "releases.error.after_hold_timeout": "Bitte wählen Sie, was nach der Haltezeit geschieht.",
     "releases.help.revoked": (
         "Was mit Kopien geschieht, die ein Mitglied durch eine Änderung nicht mehr sehen darf."
     ),
@@ -411,6 +429,32 @@ TEXTS: dict[str, str] = {
     #
     #
     # --- quarantine, queues, rules (anchor: add this area's ids below this line) ---
+    "held.link": "Zurückgehaltene Antworten",
+    "held.title": "Zurückgehaltene Antworten in {name}",
+    "held.intro": (
+        "Antworten, die sich mit der früheren Antwort eines Kollegen auf dieselbe Nachricht überschnitten "
+        "haben (Kollisionsschutz). Jede wartet auf ihren Verfasser, einen Admin oder die Haltefrist der "
+        "Freischaltung; die erste Entscheidung gilt."
+    ),
+    "held.caption": "Zurückgehaltene Antworten, älteste zuerst",
+    "held.none": "Keine Antwort wird zurückgehalten.",
+    "held.done": "Zurückgehaltene Antwort {id}: {state}.",
+    "held.reply": "Antwort",
+    "held.vorgang": "Vorgang",
+    "held.member": "Verfasst von",
+    "held.crossed": "Überschneidung",
+    "held.crossed_by": "mit der Antwort von {who}, angenommen {at}",
+    "held.due": "Ohne Entscheidung am",
+    "held.then.release": "dann gesendet",
+    "held.then.withdraw": "dann zurückgezogen",
+    "held.decide": "Entscheiden",
+    "held.release": "Senden",
+    "held.withdraw": "Zurückziehen",
+    "held.state.held": "weiter zurückgehalten",
+    "held.state.released": "freigegeben, sie geht an das Maklersystem",
+    "held.state.withdrawn": "zurückgezogen, nichts wurde gesendet",
+    "held.state.notified": "mit Hinweis weitergeleitet",
+    "held.state.": "",
     #
     "nav.queues": "Warteschlangen",
     "nav.rules": "Regeln",

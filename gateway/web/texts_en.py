@@ -100,6 +100,24 @@ TEXTS: dict[str, str] = {
     "releases.help.backfill": (
         "What a member newly given access through this release receives of the messages that exist already."
     ),
+    "releases.field.collision_guard": "Collision guard",
+    "releases.guard.which": "A reply that crosses a colleague's earlier answer",
+    "releases.guard.default": "default (hold where Vorgänge are shared)",
+    "releases.guard.hold": "hold it and ask its author",
+    "releases.guard.notify": "send it and tell its author",
+    "releases.guard.off": "send it (off)",
+    "releases.field.hold_timeout": "Hold at most",
+    "releases.field.after_hold_timeout": "then",
+    "releases.after.release": "send it",
+    "releases.after.withdraw": "withdraw it",
+    "releases.help.collision_guard": (
+        "A member who answers a message a colleague answered after the member's copy arrived may not "
+        "have seen that answer. A held reply waits for its author's choice, an admin or this time "
+        "(e.g. 4h, 2d)."
+    ),
+    "releases.error.collision_guard": "Please choose what happens to a crossing reply.",
+    "releases.error.hold_timeout": "Please give a time between 1m and 30d, such as 4h or 2d.",
+    "releases.error.after_hold_timeout": "Please choose what happens after the hold time.",
     "releases.help.revoked": "What happens to copies a member may no longer see after a change.",
     "releases.help.delete": (
         "The members lose what this release gave them. You see first which copies that concerns."
@@ -386,6 +404,31 @@ TEXTS: dict[str, str] = {
     #
     #
     # --- quarantine, queues, rules (anchor: add this area's ids below this line) ---
+    "held.link": "Held replies",
+    "held.title": "Held replies of {name}",
+    "held.intro": (
+        "Replies that crossed a colleague's earlier answer to the same message (collision guard). Each "
+        "waits for its author, an admin or the release's hold timeout; the first decision counts."
+    ),
+    "held.caption": "Held replies, oldest first",
+    "held.none": "No reply is held.",
+    "held.done": "Held reply {id}: {state}.",
+    "held.reply": "Reply",
+    "held.vorgang": "Vorgang",
+    "held.member": "Written by",
+    "held.crossed": "Crossed",
+    "held.crossed_by": "the answer of {who}, accepted {at}",
+    "held.due": "Without a decision at",
+    "held.then.release": "then sent",
+    "held.then.withdraw": "then withdrawn",
+    "held.decide": "Decide",
+    "held.release": "Send it",
+    "held.withdraw": "Withdraw it",
+    "held.state.held": "still held",
+    "held.state.released": "released, it goes to the back office",
+    "held.state.withdrawn": "withdrawn, nothing was sent",
+    "held.state.notified": "relayed with a notice",
+    "held.state.": "",
     #
     "nav.queues": "Queues",
     "nav.rules": "Rules",
