@@ -141,3 +141,23 @@ def test_an_admin_releases_from_the_cli(gateway: RunningGateway, backoffice: Bac
     assert "released already" in again.stderr
     missing = gateway.cli("held", "release", "h0000000000000000000", expect=2)
     assert "gateway held list" in missing.stderr
+
+
+def test_an_admin_withdraws_from_the_cli(gateway: RunningGateway, backoffice: BackOfficeSink) -> None:
+    marker, _, _ = crossed(gateway, backoffice)
+    listed = json.loads(gateway.cli("held", "list", "--json").stdout)
+    (held,) = [h for h in listed if marker in h["subject"]]
+    out = gateway.cli("held", "withdraw", held["id"]).stdout
+    assert f"withdrew {held['id']}" in out
+    gateway.settled()
+    assert len(backoffice.received) == 1, "a withdrawn reply is never relayed"
+    after = json.loads(gateway.cli("held", "list", "--json", "--all").stdout)
+    assert [h["state"] for h in after if h["id"] == held["id"]] == ["withdrawn"]
+    # Nor did it reach the co-members.
+    assert not [
+        m
+        for m in gateway.mailbox(SB_B2)
+        if marker in str(m["Subject"]) and "Bitte schicken Sie" in str(m.get_body())
+    ]
+    again = gateway.cli("held", "release", held["id"], expect=2)
+    assert "withdrawn already" in again.stderr
