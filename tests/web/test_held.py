@@ -65,6 +65,21 @@ async def test_an_operator_lists_and_releases_a_held_reply_once(ops: Ops) -> Non
     assert await ops.web.events("reply.withdrawn") == []
 
 
+async def test_an_operator_withdraws_a_held_reply(ops: Ops) -> None:
+    held_id = await a_held_reply(ops)
+    browser = await logged_in(ops)
+    base = f"/portfolios/{MUSTER}/held"
+    withdrawn = await browser.post(f"{base}/{held_id}/withdraw", from_page=base)
+    assert withdrawn.status_code == 303
+    assert withdrawn.headers["location"] == f"{base}?done={held_id}&state=withdrawn"
+    [event] = await ops.web.events("reply.withdrawn")
+    assert event["actor"] == f"web:{OPERATOR}"
+    assert await ops.web.sql("SELECT state FROM held_replies") == [("withdrawn",)]
+    # Only SB-B2's answer is queued for the back office; the withdrawn one never is.
+    assert len(await ops.web.sql("SELECT id FROM relays")) == 1
+    assert await ops.web.events("reply.released") == []
+
+
 async def test_a_portfolio_admin_of_another_portfolio_decides_nothing(ops: Ops) -> None:
     held_id = await a_held_reply(ops)
     zwei = await logged_in(ops, ZWEI, ZWEI_PASSWORD)
