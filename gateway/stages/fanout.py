@@ -41,6 +41,7 @@ from gateway.domain.tokens import TokenKeys, make_token, reference_id, reply_add
 from gateway.mailbox import Delivery, Flag, Located, Mailbox, MailboxOwner
 from gateway.metrics import Metrics
 from gateway.stages import notices
+from gateway.stages.mailbox_lanes import Lanes, Waiting
 from gateway.stages.notices import NoticeSettings
 from gateway.workers import work_until_cancelled
 
@@ -51,6 +52,10 @@ Claim: TypeAlias = Callable[[Connection, str, dt.datetime, float, int], list[J]]
 log = logging.getLogger("gateway.stages.fanout")
 
 COALESCE = 0.05
+# Seconds a lease confirmation is trusted while the copy waits in its mailbox's lane; older ones are
+# confirmed again right before the write. Well under a node timeout (at least two heartbeats): a node
+# that stalled long enough for the others to take its leases over finds out before it writes.
+CONFIRMED_FOR = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +160,21 @@ class FanOut:
         # When each kind of job was last claimed from the database (copies, flags, removals).
         self._claimed: dict[str, float] = {"copies": 0.0, "flags": 0.0, "removals": 0.0}
         self._recording: asyncio.Future[None] | None = None
+        # Copies confirmed for writing wait in their mailbox's lane (gateway.stages.mailbox_lanes), at
+        # most batches_in_flight batches of them; what the lanes wrote is recorded in as few
+        # transactions as the writer allows (one record for several mailboxes' writes).
+        self.lanes = Lanes(
+            mailbox,
+            limit=settings.batch_size * settings.batches_in_flight,
+            group=settings.batch_size,
+            confirm=self._confirm_copies,
+            written=self._written,
+            confirmed_for=CONFIRMED_FOR,
+        )
+        self._outcomes: list[Outcome] = []
+        self._record_error: Exception | None = None
+        # Set when copies are handed over: a fan-out waiting for its lanes goes on to take them.
+        self._more = asyncio.Event()
 
     def wake(self) -> None:
         self._wake.set()
@@ -173,6 +193,7 @@ class FanOut:
         """New copies from acceptance in this process, already leased to this node (``HandOff``)."""
         self._handed.extend(jobs)
         self._wake.set()
+        self._more.set()
 
     async def start(self) -> None:
         released = await self.writer.run(queue.release_own_leases, self.node, dt.datetime.now(dt.UTC))
@@ -192,19 +213,23 @@ class FanOut:
                 settle=COALESCE,
             )
         finally:
-            # A batch written while the next one went out is recorded before the worker stops.
-            if self._recording is not None:
+            # What the lanes wrote is recorded before the worker stops; copies still waiting in a
+            # lane stay leased and are taken again later (a retry looks before it writes).
+            await self.lanes.close()
+            if self._outcomes or self._recording is not None or self._record_error is not None:
                 try:
-                    await asyncio.shield(self._recorded())
+                    await asyncio.shield(self._flushed())
                 except Exception as exc:  # its copies stay leased and are retried: none is lost
-                    log.warning("the last batch of copies was not recorded: %s", exc)
+                    log.warning("the last copies written were not recorded: %s", exc)
 
     async def run_once(self) -> int:
-        """Write one batch of copies: those handed over by acceptance first, else due ones from the
-        queue (which is still read every ``poll_interval`` under load, so retries are not starved).
-        Returns how many were taken."""
+        """Take one batch of copies: those handed over by acceptance first, else due ones from the
+        queue (which is still read every ``poll_interval`` under load, so retries are not starved);
+        render them, confirm their leases and put them into their mailboxes' lanes. While more handed
+        copies wait it returns at once (the lanes write on); otherwise it waits until the lanes have
+        written and recorded everything, or until new copies are handed over. Returns how many were taken."""
         if not self._handed:
-            await self._recorded()
+            await self._settled()
         # First, copies that waited too long: given up (before anyone takes them again), or late
         # enough that the back office is told. A look every ten polls is soon enough for that.
         if (
@@ -225,24 +250,69 @@ class FanOut:
             await self._remove(removals)
         if not jobs:
             return len(flag_jobs) + len(removals)
-        # Copies of one mailbox go together: a Maildir then syncs each directory once per batch.
-        jobs.sort(key=lambda job: (job.portfolio, job.address))
-        outcomes = await self._deliver(jobs)
-        # While more handed copies wait, this batch is recorded as the next one is written (an IMAP
-        # server's round trips overlap the database's commit). Its copies stay leased until then, so
-        # nobody takes them again; the writer keeps the records in order.
-        previous, self._recording = self._recording, asyncio.ensure_future(self._record(outcomes))
-        if previous is not None:
-            await previous
+        await self._deliver(jobs)
         if not self._handed:
-            await self._recorded()
+            await self._settled()
         return len(jobs)
 
-    async def _recorded(self) -> None:
-        """Wait until the batch still being recorded is (its error, if any, is raised here)."""
-        recording, self._recording = self._recording, None
-        if recording is not None:
-            await recording
+    async def _settled(self) -> None:
+        """Wait until the lanes wrote every copy and it is recorded, or until new copies are handed
+        over meanwhile (then they are taken at once). A failed record's error is raised here."""
+        self._more.clear()
+        if self.lanes.busy and not self._handed:
+            lanes = asyncio.ensure_future(self.lanes.settled())
+            more = asyncio.ensure_future(self._more.wait())
+            try:
+                await asyncio.wait((lanes, more), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                lanes.cancel()
+                more.cancel()
+        if self.lanes.busy:
+            self._raise_record_error()
+        else:
+            await self._flushed()
+
+    async def _flushed(self) -> None:
+        """Wait until every outcome so far is recorded (a failed record's error is raised here)."""
+        self._flush()
+        while self._recording is not None:
+            # Shielded: a worker cancelled meanwhile (shutdown) does not cancel the record.
+            await asyncio.shield(self._recording)
+        self._raise_record_error()
+
+    def _raise_record_error(self) -> None:
+        error, self._record_error = self._record_error, None
+        if error is not None:
+            raise error
+
+    def _written(self, results: list[tuple[CopyJob, Located | Exception]]) -> None:
+        """A lane's write: its outcomes join those to record, in the next record if one is under way."""
+        self._outcomes += [
+            self._failed(job, result) if isinstance(result, Exception) else Outcome(job, result.ref)
+            for job, result in results
+        ]
+        self._flush()
+
+    def _flush(self) -> None:
+        """Record every outcome gathered so far in one transaction, then whatever gathered meanwhile,
+        unless a record is under way already (it takes the new ones next)."""
+        if self._recording is not None or not self._outcomes:
+            return
+
+        async def record() -> None:
+            try:
+                while self._outcomes:
+                    outcomes, self._outcomes = self._outcomes, []
+                    try:
+                        await self._record(outcomes)
+                    except Exception as exc:
+                        # Not recorded: the copies stay leased and are taken again after the lease (a
+                        # retry looks for each before it writes). The worker hears of it (run_once).
+                        self._record_error = self._record_error or exc
+            finally:
+                self._recording = None
+
+        self._recording = asyncio.ensure_future(record())
 
     async def _confirm(self, kind: queue.JobKind, jobs: Sequence[Job]) -> list[Job]:
         """The jobs whose leases this node still holds, extended (one statement for the batch); the
@@ -260,9 +330,13 @@ class FanOut:
             )
         return [job for job in jobs if job.id in held]
 
-    async def _deliver(self, jobs: Sequence[CopyJob]) -> list[Outcome]:
-        """Write ``jobs``' copies; the outcome of each copy still leased to this node (the others are
-        left out: another node took them over)."""
+    async def _confirm_copies(self, jobs: list[CopyJob]) -> list[CopyJob]:
+        return await self._confirm(queue.JobKind.COPY, jobs)
+
+    async def _deliver(self, jobs: Sequence[CopyJob]) -> None:
+        """Render ``jobs``' copies, confirm their leases and put those still held into their mailboxes'
+        lanes (the others are left out: another node took them over). A copy that cannot be rendered
+        is a failed outcome at once."""
         # Each job's bytes to deliver, or the outcome already (a copy that could not be rendered).
         rendered: list[tuple[CopyJob, Delivery | Outcome]] = []
         # The copies of one message differ only in the gateway's headers: read the message once.
@@ -287,27 +361,22 @@ class FanOut:
             owner = MailboxOwner(job.portfolio, job.address)
             rendered.append((job, Delivery(owner, job.copy_id, data, flags, job.first_attempt)))
         # The copies are rendered; now, as late as one statement per batch allows, the lease check.
-        # (A node that stalls between this check and the write itself is the residual window:
-        # Maildir's file name, the same on every node, makes its link() collide with the other's.)
+        # A copy that then waits in its lane longer than CONFIRMED_FOR is checked again before its
+        # write. (A node that stalls between the last check and the write itself is the residual
+        # window: Maildir's file name, the same on every node, makes its link() collide with the other's.)
         held = {job.id for job in await self._confirm(queue.JobKind.COPY, jobs)}
-        rendered = [(job, item) for job, item in rendered if job.id in held]
-        deliveries = [item for _, item in rendered if isinstance(item, Delivery)]
-        try:
-            results: list[Located | Exception] = (
-                await self.mailbox.append_batch(deliveries) if deliveries else []
-            )
-        except Exception as exc:
-            results = [exc] * len(deliveries)
-        written = iter(results)
-        done: list[Outcome] = []
-        for job, item in rendered:
-            if isinstance(item, Delivery):
-                result = next(written)
-                item = (
-                    self._failed(job, result) if isinstance(result, Exception) else Outcome(job, result.ref)
-                )
-            done.append(item)
-        return done
+        confirmed = asyncio.get_running_loop().time()
+        failed = [item for job, item in rendered if job.id in held and isinstance(item, Outcome)]
+        if failed:
+            self._outcomes += failed
+            self._flush()
+        await self.lanes.put(
+            [
+                Waiting(job, item, confirmed)
+                for job, item in rendered
+                if job.id in held and isinstance(item, Delivery)
+            ]
+        )
 
     async def _catch_up_flags(self, jobs: Sequence[FlagJob]) -> None:
         """Set on delivered copies the flags the database has for them (clearing stays local)."""
