@@ -33,7 +33,7 @@ from gateway.db.events import Event, EventKind, append_events
 from gateway.db.queue import CopyJob, FlagJob, Outcome, RemovalJob
 from gateway.db.writer import Writer
 from gateway.domain import gateway_headers as own
-from gateway.domain.copies import render_copy
+from gateway.domain.copies import CopyTemplate, render_copy
 from gateway.domain.outbound import address_field
 from gateway.domain.parsing import ParsedMessage, parse_message
 from gateway.domain.retry import backoff, describe
@@ -73,10 +73,13 @@ def copy_bytes(
     tag_subject: bool,
     reply_path: ReplyPath | None = None,
     parsed: ParsedMessage | None = None,
+    templates: dict[tuple[object, ...], CopyTemplate] | None = None,
 ) -> bytes:
     """A copy of ``job``'s message for its member (DESIGN.md §5 for the reply address).
 
-    ``parsed`` is ``job.raw`` parsed, when the caller has it already (all copies of a message share it).
+    ``parsed`` is ``job.raw`` parsed, when the caller has it already (all copies of a message share it);
+    ``templates`` keeps the message read for its copies (``CopyTemplate``), when the caller renders
+    several copies of one message: each then adds only its own headers.
     """
     headers: list[tuple[str, str | bytes]] = []
     if job.trace is not None:
@@ -118,13 +121,23 @@ def copy_bytes(
         # replies can thread to it.
         headers.append(("Message-ID", job.message_id))
         remove.append("Message-ID")
-    return render_copy(
-        job.raw,
-        headers=headers,
-        remove=remove,
-        remove_prefixes=[own.PREFIX],
-        subject_prefix=f"[{job.vorgang}]" if tag_subject else None,
-    )
+    subject_prefix = f"[{job.vorgang}]" if tag_subject else None
+    if templates is None:
+        return render_copy(
+            job.raw,
+            headers=headers,
+            remove=remove,
+            remove_prefixes=[own.PREFIX],
+            subject_prefix=subject_prefix,
+        )
+    # The same message read with the same removals and prefix: the same template, whoever the member.
+    key = (job.message_pk, tuple(remove), subject_prefix)
+    template = templates.get(key)
+    if template is None:
+        template = templates[key] = CopyTemplate.of(
+            job.raw, remove=remove, remove_prefixes=[own.PREFIX], subject_prefix=subject_prefix
+        )
+    return template.render(headers)
 
 
 class FanOut:
@@ -173,11 +186,12 @@ class FanOut:
         )
         self._outcomes: list[Outcome] = []
         self._record_error: Exception | None = None
-        # Set when copies are handed over: a fan-out waiting for its lanes goes on to take them.
+        # Set when copies are handed over or queued: a fan-out waiting for its lanes goes on to take them.
         self._more = asyncio.Event()
 
     def wake(self) -> None:
         self._wake.set()
+        self._more.set()
 
     async def _claim(self, what: str, claim: Claim[J], *, due: bool) -> list[J]:
         """Due ``what`` jobs from the database, taken with a lease: at once when ``due``, else once per
@@ -225,11 +239,13 @@ class FanOut:
     async def run_once(self) -> int:
         """Take one batch of copies: those handed over by acceptance first, else due ones from the
         queue (which is still read every ``poll_interval`` under load, so retries are not starved);
-        render them, confirm their leases and put them into their mailboxes' lanes. While more handed
-        copies wait it returns at once (the lanes write on); otherwise it waits until the lanes have
-        written and recorded everything, or until new copies are handed over. Returns how many were taken."""
-        if not self._handed:
-            await self._settled()
+        render them, confirm their leases and put them into their mailboxes' lanes. While more copies
+        wait it returns at once (the lanes write on); otherwise it waits until the lanes have
+        written and recorded everything, or until new copies are handed over or queued (``wake``),
+        which the next call takes. Returns how many were taken."""
+        # Copies handed over or queued from now on are for the next call (this one looks now).
+        self._more.clear()
+        self._raise_record_error()
         # First, copies that waited too long: given up (before anyone takes them again), or late
         # enough that the back office is told. A look every ten polls is soon enough for that.
         if (
@@ -251,15 +267,17 @@ class FanOut:
         if not jobs:
             return len(flag_jobs) + len(removals)
         await self._deliver(jobs)
-        if not self._handed:
+        # More is waiting when copies were handed over or the queue gave a full batch: take it while
+        # the lanes write on. Otherwise wait for them (a caller that runs one batch sees it recorded).
+        if not self._handed and len(jobs) < self.settings.batch_size:
             await self._settled()
         return len(jobs)
 
     async def _settled(self) -> None:
-        """Wait until the lanes wrote every copy and it is recorded, or until new copies are handed
-        over meanwhile (then they are taken at once). A failed record's error is raised here."""
-        self._more.clear()
-        if self.lanes.busy and not self._handed:
+        """Wait until the lanes wrote every copy and it is recorded, or until new copies were handed
+        over or queued since this ``run_once`` looked (the next one takes them while the lanes write
+        on: a slow mailbox holds back its own copies only). A failed record's error is raised here."""
+        if self.lanes.busy and not self._more.is_set():
             lanes = asyncio.ensure_future(self.lanes.settled())
             more = asyncio.ensure_future(self._more.wait())
             try:
@@ -337,10 +355,14 @@ class FanOut:
         """Render ``jobs``' copies, confirm their leases and put those still held into their mailboxes'
         lanes (the others are left out: another node took them over). A copy that cannot be rendered
         is a failed outcome at once."""
+        # First room in the lanes: the batch is rendered and confirmed only when it can go out, so at
+        # most batches_in_flight batches are held, and the confirmation is fresh when they do.
+        await self.lanes.room(len(jobs))
         # Each job's bytes to deliver, or the outcome already (a copy that could not be rendered).
         rendered: list[tuple[CopyJob, Delivery | Outcome]] = []
         # The copies of one message differ only in the gateway's headers: read the message once.
         parsed: dict[int, ParsedMessage] = {}
+        templates: dict[tuple[object, ...], CopyTemplate] = {}
         for job in jobs:
             try:
                 if job.message_pk not in parsed:
@@ -351,6 +373,7 @@ class FanOut:
                     tag_subject=self.tag_subject,
                     reply_path=self.reply_path,
                     parsed=parsed[job.message_pk],
+                    templates=templates,
                 )
             except Exception as exc:  # a message the renderer cannot handle is one failed copy, no more
                 rendered.append((job, self._failed(job, exc)))

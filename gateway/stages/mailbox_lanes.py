@@ -86,12 +86,15 @@ class Lanes:
     def busy(self) -> bool:
         return not self._empty.is_set()
 
-    async def put(self, copies: Sequence[Waiting]) -> None:
-        """Queue ``copies`` in their owners' lanes; waits first until they fit under ``limit`` (a batch
-        larger than the limit goes in alone)."""
-        while self._in_flight and self._in_flight + len(copies) > self.limit:
+    async def room(self, copies: int) -> None:
+        """Wait until ``copies`` more fit under ``limit`` (a batch larger than the limit fits alone)."""
+        while self._in_flight and self._in_flight + copies > self.limit:
             self._room.clear()
             await self._room.wait()
+
+    async def put(self, copies: Sequence[Waiting]) -> None:
+        """Queue ``copies`` in their owners' lanes, once they fit under ``limit``."""
+        await self.room(len(copies))
         for waiting in copies:
             owner = waiting.delivery.owner
             self._waiting.setdefault(owner, deque()).append(waiting)
