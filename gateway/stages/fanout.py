@@ -186,6 +186,7 @@ class FanOut:
         )
         self._outcomes: list[Outcome] = []
         self._record_error: Exception | None = None
+        self._flush_later: asyncio.TimerHandle | None = None
         # Set when copies are handed over or queued: a fan-out waiting for its lanes goes on to take them.
         self._more = asyncio.Event()
 
@@ -256,6 +257,8 @@ class FanOut:
             swept = await self.writer.run(notices.sweep, self.notices, dt.datetime.now(dt.UTC), self.node)
             if swept.notices and self.on_notice is not None:
                 self.on_notice()
+        if self._handed and self.lanes.busy:
+            await self._gather_handed()
         jobs = [self._handed.popleft() for _ in range(min(len(self._handed), self.settings.batch_size))]
         jobs += await self._claim("copies", queue.claim, due=not jobs)
         flag_jobs = await self._claim("flags", queue.claim_flags, due=not jobs)
@@ -272,6 +275,18 @@ class FanOut:
         if not self._handed and len(jobs) < self.settings.batch_size:
             await self._settled()
         return len(jobs)
+
+    async def _gather_handed(self) -> None:
+        """While the lanes are busy writing, let handed copies gather into a full batch for up to
+        COALESCE seconds: one lease confirmation (a commit) for a batch rather than for every few copies
+        an acceptance commit hands over."""
+        try:
+            async with asyncio.timeout(COALESCE):
+                while len(self._handed) < self.settings.batch_size and self.lanes.busy:
+                    self._more.clear()
+                    await self._more.wait()
+        except TimeoutError:
+            pass
 
     async def _settled(self) -> None:
         """Wait until the lanes wrote every copy and it is recorded, or until new copies were handed
@@ -304,16 +319,24 @@ class FanOut:
             raise error
 
     def _written(self, results: list[tuple[CopyJob, Located | Exception]]) -> None:
-        """A lane's write: its outcomes join those to record, in the next record if one is under way."""
+        """A lane's write: its outcomes join those to record. They are recorded together once a batch
+        has gathered, or COALESCE seconds after the first (one commit for several mailboxes' writes,
+        so the writer stays free for acceptance), or at once when the fan-out waits for them."""
         self._outcomes += [
             self._failed(job, result) if isinstance(result, Exception) else Outcome(job, result.ref)
             for job, result in results
         ]
-        self._flush()
+        if len(self._outcomes) >= self.settings.batch_size:
+            self._flush()
+        elif self._flush_later is None:
+            self._flush_later = asyncio.get_running_loop().call_later(COALESCE, self._flush)
 
     def _flush(self) -> None:
         """Record every outcome gathered so far in one transaction, then whatever gathered meanwhile,
         unless a record is under way already (it takes the new ones next)."""
+        if self._flush_later is not None:
+            self._flush_later.cancel()
+            self._flush_later = None
         if self._recording is not None or not self._outcomes:
             return
 
