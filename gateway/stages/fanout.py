@@ -53,9 +53,16 @@ log = logging.getLogger("gateway.stages.fanout")
 
 COALESCE = 0.05
 # Seconds a lease confirmation is trusted while the copy waits in its mailbox's lane; older ones are
-# confirmed again right before the write. Well under a node timeout (at least two heartbeats): a node
-# that stalled long enough for the others to take its leases over finds out before it writes.
+# confirmed again right before the write. At most this; the service makes it shorter where the node
+# settings ask (``confirmed_for``): a node stopped right after its confirmation is taken over no sooner
+# than node_timeout - heartbeat_interval later, and its lease lasts ``lease`` from the confirmation.
 CONFIRMED_FOR = 1.0
+
+
+def confirmed_for(*, lease: float, heartbeat_interval: float, node_timeout: float) -> float:
+    """How long a confirmation is trusted: CONFIRMED_FOR, or half the shortest time in which another
+    node could take the copy over, where that is shorter."""
+    return min(CONFIRMED_FOR, lease / 2, max(node_timeout - heartbeat_interval, 0.0) / 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +163,7 @@ class FanOut:
         notices: NoticeSettings | None = None,
         on_notice: Callable[[], None] | None = None,
         metrics: Metrics | None = None,
+        trust_confirmation: float = CONFIRMED_FOR,
     ) -> None:
         self.writer = writer
         self.metrics = metrics or Metrics()
@@ -182,7 +190,7 @@ class FanOut:
             group=settings.batch_size,
             confirm=self._confirm_copies,
             written=self._written,
-            confirmed_for=CONFIRMED_FOR,
+            confirmed_for=min(trust_confirmation, settings.lease / 2),
         )
         self._outcomes: list[Outcome] = []
         self._record_error: Exception | None = None

@@ -20,7 +20,7 @@ from gateway.db import queue
 from gateway.db.models import CopyRow, MemberRow, MessageRow
 from gateway.db.writer import Writer
 from gateway.mailbox import Delivery, Located, MailboxOwner, MemoryMailbox
-from gateway.stages.fanout import FanOut
+from gateway.stages.fanout import FanOut, confirmed_for
 from gateway.stages.mailbox_lanes import Waiting
 from tests.seed import ADDRESS
 from tests.stages.conftest import PORTFOLIO, accept
@@ -186,3 +186,18 @@ async def test_a_copy_that_waited_past_its_confirmation_is_confirmed_again(
     await fan.lanes.put([waiting(jobs[1], now - 10)])
     await fan.lanes.settled()
     assert mailbox.writes == [[jobs[0].copy_id]], "the taken-over copy was not written"
+
+
+@pytest.mark.parametrize(
+    ("lease", "heartbeat_interval", "node_timeout", "trusted"),
+    [
+        (60.0, 2.0, 10.0, 1.0),  # the defaults: CONFIRMED_FOR
+        (60.0, 0.5, 1.0, 0.25),  # fast heartbeats: half of what a take-over needs after a stop
+        (1.0, 2.0, 10.0, 0.5),  # a short lease: half of it
+    ],
+)
+def test_a_confirmation_is_trusted_for_less_than_a_take_over_needs(
+    lease: float, heartbeat_interval: float, node_timeout: float, trusted: float
+) -> None:
+    got = confirmed_for(lease=lease, heartbeat_interval=heartbeat_interval, node_timeout=node_timeout)
+    assert got == trusted
