@@ -12,6 +12,11 @@ Every job is fenced (docs/scaling.md): right before a batch touches the mailboxe
 statement confirms that this node still holds each job's lease (``gateway.db.queue.confirm``), and the
 jobs it lost, because the node stalled past the lease and another took them over, are dropped
 unwritten. Records apply only under the node's own lease, so a late one never overwrites the other's.
+
+Confirmed copies are written by their mailboxes' lanes (``gateway.stages.mailbox_lanes``): the fan-out
+takes the next batch while the last one's slowest mailbox is still being written, and what the lanes
+wrote is recorded in few transactions. A copy that waited in its lane past ``confirmed_for`` is
+confirmed again before its write.
 """
 
 from __future__ import annotations
