@@ -116,6 +116,11 @@ class Lanes:
         for lane in lanes:
             lane.cancel()
         await asyncio.gather(*lanes, return_exceptions=True)
+        # What waited unwritten is dropped here (still leased in the database, it is taken again).
+        self._waiting.clear()
+        self._in_flight = 0
+        self._room.set()
+        self._empty.set()
 
     async def _lane(self, owner: MailboxOwner) -> None:
         queue = self._waiting[owner]

@@ -201,3 +201,29 @@ def test_a_confirmation_is_trusted_for_less_than_a_take_over_needs(
 ) -> None:
     got = confirmed_for(lease=lease, heartbeat_interval=heartbeat_interval, node_timeout=node_timeout)
     assert got == trusted
+
+
+async def test_closing_the_lanes_drops_what_waits_and_leaves_it_leased(writer: Writer) -> None:
+    await accept(writer, ADDRESS["SB-B1"], "Closed")
+    mailbox = Stalling(ADDRESS["GF-B"])
+    fan = fanout(writer, mailbox)
+    jobs = await writer.run(queue.claim, "n1", dt.datetime.now(dt.UTC), 60.0, 10)
+    assert len(jobs) == 3
+    now = asyncio.get_running_loop().time()
+    data = b"Subject: x\r\n\r\nx\r\n"
+    await fan.lanes.put(
+        [
+            Waiting(job, Delivery(MailboxOwner(job.portfolio, job.address), job.copy_id, data), now)
+            for job in jobs
+        ]
+    )
+    await asyncio.wait_for(mailbox.hanging.wait(), HANG)
+    await fan.lanes.close()  # shutdown while GF-B's write hangs
+    assert not fan.lanes.busy
+    assert fan.lanes.in_flight == 0
+    assert not mailbox._instances(MailboxOwner(PORTFOLIO, ADDRESS["GF-B"]))
+    gf_b = next(job for job in jobs if job.address == ADDRESS["GF-B"])
+    row = await writer.run(
+        lambda c: c.execute(select(CopyRow.state, CopyRow.leased_by).where(CopyRow.id == gf_b.id)).one()
+    )
+    assert tuple(row) == ("pending", "n1"), "not written, still leased: taken again later"
