@@ -45,7 +45,7 @@ from gateway.routing.live import RoutingRules
 from gateway.senderauth.dns import DnsResolver, SystemResolver
 from gateway.smtp_replies import Reply
 from gateway.stages.acceptance import Acceptance, HandOff
-from gateway.stages.fanout import FanOut, ReplyPath
+from gateway.stages.fanout import FanOut, ReplyPath, confirmed_for
 from gateway.stages.flagsync import FlagSync, ReadNotifications
 from gateway.stages.held import HeldReplies
 from gateway.stages.ingress import (
@@ -140,6 +140,11 @@ class Service:
             vorgang_header=settings.vorgaenge.vorgang_header,
             tag_subject=settings.vorgaenge.tag_subject,
             metrics=self.metrics,
+            trust_confirmation=confirmed_for(
+                lease=settings.fanout.lease,
+                heartbeat_interval=settings.gateway.heartbeat_interval,
+                node_timeout=settings.gateway.node_timeout,
+            ),
         )
         handoff: HandOff | None = None
         if settings.fanout.enabled:

@@ -765,6 +765,11 @@ class FanoutSettings(Section):
     batch_size: PositiveInt = 100
     """Copies taken from the queue in one go."""
 
+    batches_in_flight: PositiveInt = 4
+    """Batches of copies being written at once: each mailbox writes its copies as soon as its last
+    write is through, so the next batch goes out while the last one's slowest mailbox finishes. At
+    most ``batch_size * batches_in_flight`` copies are held in memory for writing."""
+
     max_attempts: PositiveInt = 12
     """Attempts before a copy is held for an admin (with exponential backoff in between)."""
 

@@ -32,7 +32,7 @@ from typing import Literal
 
 from gateway.domain.headers import decode_header_value
 
-__all__ = ["header_values", "render_copy"]
+__all__ = ["CopyTemplate", "header_values", "render_copy"]
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 # Python's header line (email.feedparser.headerRE without its "From " and continuation cases).
@@ -99,52 +99,98 @@ def render_copy(
     Raises ``ValueError`` for a header name that cannot be one (empty, spaces, a colon, non-ASCII), or a
     pre-encoded value that is not printable ASCII.
     """
-    raw = bytes(raw)
-    for name, _ in headers:
-        if not _NAME.fullmatch(name):
-            raise ValueError(f"not a header name: {name!r}")
-    removing = {name.strip().lower() for name in remove}
-    prefixes = tuple(p.strip().lower() for p in remove_prefixes if p.strip())
-    prefix = _clean(subject_prefix) if subject_prefix is not None else ""
+    return CopyTemplate.of(
+        raw, remove=remove, remove_prefixes=remove_prefixes, subject_prefix=subject_prefix
+    ).render(headers)
 
-    items, section_end = _header_items(raw)
 
-    # Our headers go above the first field: after an mbox "From " line (which Python's parser takes as
-    # the envelope only on the very first line) and after continuation lines that continue nothing,
-    # which would otherwise become part of our last header's value.
-    skip = 0
-    while skip < len(items) and (
-        items[skip].kind == "orphan" or (items[skip].kind == "envelope" and items[skip].start == 0)
-    ):
-        skip += 1
-    insert_at = items[skip - 1].end if skip else 0
+@dataclass(frozen=True, slots=True)
+class CopyTemplate:
+    """What every copy of one message shares: the message read, the removals made and the subject
+    prefixed once (``of``); each copy then adds only its own headers on top (``render``). The copies
+    of one message differ only in those, so the fan-out reads a message once for all its copies."""
 
-    fields = [item for item in items if item.kind == "field"]
-    eol = b"\r\n" if fields and fields[0].eol == b"\r\n" else b"\n"
-    kept = [
-        item
-        for item in items[skip:]
-        if not (item.kind == "field" and (item.name in removing or item.name.startswith(prefixes)))
-    ]
-    subject = next((i for i in kept if i.kind == "field" and i.visible and i.name == "subject"), None)
+    head: bytes  # what stays above our headers (an mbox "From " line, orphan continuation lines)
+    pieces: tuple[bytes, ...]  # the kept header items, then the body
+    eol: bytes  # the line end of added lines
+    subject: bytes | None  # a Subject line to add (the message had none), else None
+    rest: bytes  # the pieces joined below added lines
 
-    added = [_header_line(name, value, eol) for name, value in headers]
-    rewritten: bytes | None = None
-    if prefix and subject is None:
-        added.append(_header_line("Subject", prefix, eol))
-    elif prefix and subject is not None:
-        rewritten = _prefixed_subject(raw, subject, prefix)
+    @classmethod
+    def of(
+        cls,
+        raw: bytes,
+        *,
+        remove: Collection[str] = (),
+        remove_prefixes: Collection[str] = (),
+        subject_prefix: str | None = None,
+    ) -> CopyTemplate:
+        """``raw`` read for ``render_copy``'s ``remove``, ``remove_prefixes`` and ``subject_prefix``."""
+        raw = bytes(raw)
+        removing = {name.strip().lower() for name in remove}
+        prefixes = tuple(p.strip().lower() for p in remove_prefixes if p.strip())
+        prefix = _clean(subject_prefix) if subject_prefix is not None else ""
 
-    out = bytearray(raw[:insert_at])
-    if added and insert_at and out.endswith(b"\r"):
-        out += b"\n"  # a lone CR ends no line for Dovecot: our first header would join the skipped one
-    elif added and insert_at and not out.endswith(b"\n"):
-        out += eol  # the skipped line was the last one and had no line end of its own
-    out += b"".join(added)
-    for item in kept:
-        _join(out, rewritten if item is subject and rewritten is not None else raw[item.start : item.end])
-    _join(out, raw[section_end:])
-    return bytes(out)
+        items, section_end = _header_items(raw)
+
+        # Our headers go above the first field: after an mbox "From " line (which Python's parser takes
+        # as the envelope only on the very first line) and after continuation lines that continue
+        # nothing, which would otherwise become part of our last header's value.
+        skip = 0
+        while skip < len(items) and (
+            items[skip].kind == "orphan" or (items[skip].kind == "envelope" and items[skip].start == 0)
+        ):
+            skip += 1
+        insert_at = items[skip - 1].end if skip else 0
+
+        fields = [item for item in items if item.kind == "field"]
+        eol = b"\r\n" if fields and fields[0].eol == b"\r\n" else b"\n"
+        kept = [
+            item
+            for item in items[skip:]
+            if not (item.kind == "field" and (item.name in removing or item.name.startswith(prefixes)))
+        ]
+        subject = next((i for i in kept if i.kind == "field" and i.visible and i.name == "subject"), None)
+
+        subject_line: bytes | None = None
+        rewritten: bytes | None = None
+        if prefix and subject is None:
+            subject_line = _header_line("Subject", prefix, eol)
+        elif prefix and subject is not None:
+            rewritten = _prefixed_subject(raw, subject, prefix)
+        pieces = (
+            *(
+                rewritten if item is subject and rewritten is not None else raw[item.start : item.end]
+                for item in kept
+            ),
+            raw[section_end:],
+        )
+        # Below added lines, which end in a line end, the pieces join as they do after any line.
+        rest = bytearray()
+        for piece in pieces:
+            _join(rest, piece)
+        return cls(raw[:insert_at], pieces, eol, subject_line, bytes(rest))
+
+    def render(self, headers: Sequence[tuple[str, str | bytes]]) -> bytes:
+        """One copy: ``headers`` added on top (see ``render_copy``)."""
+        for name, _ in headers:
+            if not _NAME.fullmatch(name):
+                raise ValueError(f"not a header name: {name!r}")
+        added = [_header_line(name, value, self.eol) for name, value in headers]
+        if self.subject is not None:
+            added.append(self.subject)
+        out = bytearray(self.head)
+        if not added:
+            for piece in self.pieces:
+                _join(out, piece)
+            return bytes(out)
+        if out.endswith(b"\r"):
+            out += b"\n"  # a lone CR ends no line for Dovecot: our first header would join the skipped one
+        elif out and not out.endswith(b"\n"):
+            out += self.eol  # the skipped line was the last one and had no line end of its own
+        out += b"".join(added)
+        out += self.rest
+        return bytes(out)
 
 
 def header_values(raw: bytes, name: str) -> list[bytes]:

@@ -6,7 +6,8 @@ notify delay (Dovecot: 0.5 s) instead of up to a poll interval. The session is a
 outside the pool (IDLE holds it for minutes), opened read-only (EXAMINE, so the gateway never takes
 \\Recent from the member).
 
-Each ``wait`` is one IDLE round: IDLE, wait for a push or the timeout, DONE. Changes made between two
+Each ``wait`` is one IDLE round: IDLE, wait for a push that tells of a flag change or the timeout,
+DONE; other pushes (the fan-out's appends) are read and the round waits on. Changes made between two
 rounds are announced by the server when the next IDLE starts, so none falls between. aioimaplib's IDLE
 has traps handled here:
 
@@ -100,24 +101,36 @@ class IdleWatch:
             connection, "IDLE", watchdog, asyncio.ensure_future(client.idle_start(timeout=max(seconds, 0.0)))
         )
         changed = False
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + max(seconds, 0.0)
         try:
-            lines = await self._until(
-                connection,
-                "IDLE",
-                # aioimaplib stops the wait itself after ``seconds`` (it pushes a stop marker); the
-                # extra seconds only guard against that marker never coming.
-                seconds + watchdog,
-                asyncio.ensure_future(client.wait_server_push(timeout=seconds + watchdog)),
-            )
-            if lines != aioimaplib.STOP_WAIT_SERVER_PUSH:
+            # Pushes that tell of no flag change (the fan-out's own appends: EXISTS, RECENT) do not end
+            # the round: it waits on in the same IDLE, rather than DONE and IDLE again for every
+            # MULTIAPPEND into the mailbox (both cost the gateway and the server a round trip).
+            stopped = False
+            while not (changed or stopped):
+                left = max(ends - loop.time(), 0.0)
+                lines = await self._until(
+                    connection,
+                    "IDLE",
+                    # aioimaplib stops the wait itself once the round's time is up (it pushes a stop
+                    # marker); the extra seconds only guard against that marker never coming.
+                    left + watchdog,
+                    asyncio.ensure_future(client.wait_server_push(timeout=left + watchdog)),
+                )
+                if lines == aioimaplib.STOP_WAIT_SERVER_PUSH:
+                    break
                 if pushed_bye(lines):
                     raise MailboxError(errno.ECONNRESET, "IMAP IDLE: the server said BYE", self.where)
                 changed = pushed_change(lines)
                 # Pushes that came in the same moment belong to this round too.
                 while not protocol.idle_queue.empty():
                     more = protocol.idle_queue.get_nowait()
-                    if more != aioimaplib.STOP_WAIT_SERVER_PUSH:
+                    if more == aioimaplib.STOP_WAIT_SERVER_PUSH:
+                        stopped = True
+                    else:
                         changed = changed or pushed_change(more)
+                stopped = stopped or loop.time() >= ends
         finally:
             if connection.usable and client.has_pending_idle():
                 client.idle_done()

@@ -12,6 +12,11 @@ Every job is fenced (docs/scaling.md): right before a batch touches the mailboxe
 statement confirms that this node still holds each job's lease (``gateway.db.queue.confirm``), and the
 jobs it lost, because the node stalled past the lease and another took them over, are dropped
 unwritten. Records apply only under the node's own lease, so a late one never overwrites the other's.
+
+Confirmed copies are written by their mailboxes' lanes (``gateway.stages.mailbox_lanes``): the fan-out
+takes the next batch while the last one's slowest mailbox is still being written, and what the lanes
+wrote is recorded in few transactions. A copy that waited in its lane past ``confirmed_for`` is
+confirmed again before its write.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from gateway.db.events import Event, EventKind, append_events
 from gateway.db.queue import CopyJob, FlagJob, Outcome, RemovalJob
 from gateway.db.writer import Writer
 from gateway.domain import gateway_headers as own
-from gateway.domain.copies import render_copy
+from gateway.domain.copies import CopyTemplate, render_copy
 from gateway.domain.outbound import address_field
 from gateway.domain.parsing import ParsedMessage, parse_message
 from gateway.domain.retry import backoff, describe
@@ -41,6 +46,7 @@ from gateway.domain.tokens import TokenKeys, make_token, reference_id, reply_add
 from gateway.mailbox import Delivery, Flag, Located, Mailbox, MailboxOwner
 from gateway.metrics import Metrics
 from gateway.stages import notices
+from gateway.stages.mailbox_lanes import Lanes, Waiting
 from gateway.stages.notices import NoticeSettings
 from gateway.workers import work_until_cancelled
 
@@ -51,6 +57,17 @@ Claim: TypeAlias = Callable[[Connection, str, dt.datetime, float, int], list[J]]
 log = logging.getLogger("gateway.stages.fanout")
 
 COALESCE = 0.05
+# Seconds a lease confirmation is trusted while the copy waits in its mailbox's lane; older ones are
+# confirmed again right before the write. At most this; the service makes it shorter where the node
+# settings ask (``confirmed_for``): a node stopped right after its confirmation is taken over no sooner
+# than node_timeout - heartbeat_interval later, and its lease lasts ``lease`` from the confirmation.
+CONFIRMED_FOR = 1.0
+
+
+def confirmed_for(*, lease: float, heartbeat_interval: float, node_timeout: float) -> float:
+    """How long a confirmation is trusted: CONFIRMED_FOR, or half the shortest time in which another
+    node could take the copy over, where that is shorter."""
+    return min(CONFIRMED_FOR, lease / 2, max(node_timeout - heartbeat_interval, 0.0) / 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +85,13 @@ def copy_bytes(
     tag_subject: bool,
     reply_path: ReplyPath | None = None,
     parsed: ParsedMessage | None = None,
+    templates: dict[tuple[object, ...], CopyTemplate] | None = None,
 ) -> bytes:
     """A copy of ``job``'s message for its member (DESIGN.md §5 for the reply address).
 
-    ``parsed`` is ``job.raw`` parsed, when the caller has it already (all copies of a message share it).
+    ``parsed`` is ``job.raw`` parsed, when the caller has it already (all copies of a message share it);
+    ``templates`` keeps the message read for its copies (``CopyTemplate``), when the caller renders
+    several copies of one message: each then adds only its own headers.
     """
     headers: list[tuple[str, str | bytes]] = []
     if job.trace is not None:
@@ -113,13 +133,23 @@ def copy_bytes(
         # replies can thread to it.
         headers.append(("Message-ID", job.message_id))
         remove.append("Message-ID")
-    return render_copy(
-        job.raw,
-        headers=headers,
-        remove=remove,
-        remove_prefixes=[own.PREFIX],
-        subject_prefix=f"[{job.vorgang}]" if tag_subject else None,
-    )
+    subject_prefix = f"[{job.vorgang}]" if tag_subject else None
+    if templates is None:
+        return render_copy(
+            job.raw,
+            headers=headers,
+            remove=remove,
+            remove_prefixes=[own.PREFIX],
+            subject_prefix=subject_prefix,
+        )
+    # The same message read with the same removals and prefix: the same template, whoever the member.
+    key = (job.message_pk, tuple(remove), subject_prefix)
+    template = templates.get(key)
+    if template is None:
+        template = templates[key] = CopyTemplate.of(
+            job.raw, remove=remove, remove_prefixes=[own.PREFIX], subject_prefix=subject_prefix
+        )
+    return template.render(headers)
 
 
 class FanOut:
@@ -138,6 +168,7 @@ class FanOut:
         notices: NoticeSettings | None = None,
         on_notice: Callable[[], None] | None = None,
         metrics: Metrics | None = None,
+        trust_confirmation: float = CONFIRMED_FOR,
     ) -> None:
         self.writer = writer
         self.metrics = metrics or Metrics()
@@ -155,9 +186,26 @@ class FanOut:
         # When each kind of job was last claimed from the database (copies, flags, removals).
         self._claimed: dict[str, float] = {"copies": 0.0, "flags": 0.0, "removals": 0.0}
         self._recording: asyncio.Future[None] | None = None
+        # Copies confirmed for writing wait in their mailbox's lane (gateway.stages.mailbox_lanes), at
+        # most batches_in_flight batches of them; what the lanes wrote is recorded in as few
+        # transactions as the writer allows (one record for several mailboxes' writes).
+        self.lanes = Lanes(
+            mailbox,
+            limit=settings.batch_size * settings.batches_in_flight,
+            group=settings.batch_size,
+            confirm=self._confirm_copies,
+            written=self._written,
+            confirmed_for=min(trust_confirmation, settings.lease / 2),
+        )
+        self._outcomes: list[Outcome] = []
+        self._record_error: Exception | None = None
+        self._flush_later: asyncio.TimerHandle | None = None
+        # Set when copies are handed over or queued: a fan-out waiting for its lanes goes on to take them.
+        self._more = asyncio.Event()
 
     def wake(self) -> None:
         self._wake.set()
+        self._more.set()
 
     async def _claim(self, what: str, claim: Claim[J], *, due: bool) -> list[J]:
         """Due ``what`` jobs from the database, taken with a lease: at once when ``due``, else once per
@@ -173,6 +221,7 @@ class FanOut:
         """New copies from acceptance in this process, already leased to this node (``HandOff``)."""
         self._handed.extend(jobs)
         self._wake.set()
+        self._more.set()
 
     async def start(self) -> None:
         released = await self.writer.run(queue.release_own_leases, self.node, dt.datetime.now(dt.UTC))
@@ -192,19 +241,25 @@ class FanOut:
                 settle=COALESCE,
             )
         finally:
-            # A batch written while the next one went out is recorded before the worker stops.
-            if self._recording is not None:
+            # What the lanes wrote is recorded before the worker stops; copies still waiting in a
+            # lane stay leased and are taken again later (a retry looks before it writes).
+            await self.lanes.close()
+            if self._outcomes or self._recording is not None or self._record_error is not None:
                 try:
-                    await asyncio.shield(self._recorded())
+                    await asyncio.shield(self._flushed())
                 except Exception as exc:  # its copies stay leased and are retried: none is lost
-                    log.warning("the last batch of copies was not recorded: %s", exc)
+                    log.warning("the last copies written were not recorded: %s", exc)
 
     async def run_once(self) -> int:
-        """Write one batch of copies: those handed over by acceptance first, else due ones from the
-        queue (which is still read every ``poll_interval`` under load, so retries are not starved).
-        Returns how many were taken."""
-        if not self._handed:
-            await self._recorded()
+        """Take one batch of copies: those handed over by acceptance first, else due ones from the
+        queue (which is still read every ``poll_interval`` under load, so retries are not starved);
+        render them, confirm their leases and put them into their mailboxes' lanes. While more copies
+        wait it returns at once (the lanes write on); otherwise it waits until the lanes have
+        written and recorded everything, or until new copies are handed over or queued (``wake``),
+        which the next call takes. Returns how many were taken."""
+        # Copies handed over or queued from now on are for the next call (this one looks now).
+        self._more.clear()
+        self._raise_record_error()
         # First, copies that waited too long: given up (before anyone takes them again), or late
         # enough that the back office is told. A look every ten polls is soon enough for that.
         if (
@@ -215,6 +270,8 @@ class FanOut:
             swept = await self.writer.run(notices.sweep, self.notices, dt.datetime.now(dt.UTC), self.node)
             if swept.notices and self.on_notice is not None:
                 self.on_notice()
+        if self._handed and self.lanes.busy:
+            await self._gather_handed()
         jobs = [self._handed.popleft() for _ in range(min(len(self._handed), self.settings.batch_size))]
         jobs += await self._claim("copies", queue.claim, due=not jobs)
         flag_jobs = await self._claim("flags", queue.claim_flags, due=not jobs)
@@ -225,24 +282,91 @@ class FanOut:
             await self._remove(removals)
         if not jobs:
             return len(flag_jobs) + len(removals)
-        # Copies of one mailbox go together: a Maildir then syncs each directory once per batch.
-        jobs.sort(key=lambda job: (job.portfolio, job.address))
-        outcomes = await self._deliver(jobs)
-        # While more handed copies wait, this batch is recorded as the next one is written (an IMAP
-        # server's round trips overlap the database's commit). Its copies stay leased until then, so
-        # nobody takes them again; the writer keeps the records in order.
-        previous, self._recording = self._recording, asyncio.ensure_future(self._record(outcomes))
-        if previous is not None:
-            await previous
-        if not self._handed:
-            await self._recorded()
+        await self._deliver(jobs)
+        # More is waiting when copies were handed over or the queue gave a full batch: take it while
+        # the lanes write on. Otherwise wait for them (a caller that runs one batch sees it recorded).
+        if not self._handed and len(jobs) < self.settings.batch_size:
+            await self._settled()
         return len(jobs)
 
-    async def _recorded(self) -> None:
-        """Wait until the batch still being recorded is (its error, if any, is raised here)."""
-        recording, self._recording = self._recording, None
-        if recording is not None:
-            await recording
+    async def _gather_handed(self) -> None:
+        """While the lanes are busy writing, let handed copies gather into a full batch for up to
+        COALESCE seconds: one lease confirmation (a commit) for a batch rather than for every few copies
+        an acceptance commit hands over."""
+        try:
+            async with asyncio.timeout(COALESCE):
+                while len(self._handed) < self.settings.batch_size and self.lanes.busy:
+                    self._more.clear()
+                    await self._more.wait()
+        except TimeoutError:
+            pass
+
+    async def _settled(self) -> None:
+        """Wait until the lanes wrote every copy and it is recorded, or until new copies were handed
+        over or queued since this ``run_once`` looked (the next one takes them while the lanes write
+        on: a slow mailbox holds back its own copies only). A failed record's error is raised here."""
+        if self.lanes.busy and not self._more.is_set():
+            lanes = asyncio.ensure_future(self.lanes.settled())
+            more = asyncio.ensure_future(self._more.wait())
+            try:
+                await asyncio.wait((lanes, more), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                lanes.cancel()
+                more.cancel()
+        if self.lanes.busy:
+            self._raise_record_error()
+        else:
+            await self._flushed()
+
+    async def _flushed(self) -> None:
+        """Wait until every outcome so far is recorded (a failed record's error is raised here)."""
+        self._flush()
+        while self._recording is not None:
+            # Shielded: a worker cancelled meanwhile (shutdown) does not cancel the record.
+            await asyncio.shield(self._recording)
+        self._raise_record_error()
+
+    def _raise_record_error(self) -> None:
+        error, self._record_error = self._record_error, None
+        if error is not None:
+            raise error
+
+    def _written(self, results: list[tuple[CopyJob, Located | Exception]]) -> None:
+        """A lane's write: its outcomes join those to record. They are recorded together once a batch
+        has gathered, or COALESCE seconds after the first (one commit for several mailboxes' writes,
+        so the writer stays free for acceptance), or at once when the fan-out waits for them."""
+        self._outcomes += [
+            self._failed(job, result) if isinstance(result, Exception) else Outcome(job, result.ref)
+            for job, result in results
+        ]
+        if len(self._outcomes) >= self.settings.batch_size:
+            self._flush()
+        elif self._flush_later is None:
+            self._flush_later = asyncio.get_running_loop().call_later(COALESCE, self._flush)
+
+    def _flush(self) -> None:
+        """Record every outcome gathered so far in one transaction, then whatever gathered meanwhile,
+        unless a record is under way already (it takes the new ones next)."""
+        if self._flush_later is not None:
+            self._flush_later.cancel()
+            self._flush_later = None
+        if self._recording is not None or not self._outcomes:
+            return
+
+        async def record() -> None:
+            try:
+                while self._outcomes:
+                    outcomes, self._outcomes = self._outcomes, []
+                    try:
+                        await self._record(outcomes)
+                    except Exception as exc:
+                        # Not recorded: the copies stay leased and are taken again after the lease (a
+                        # retry looks for each before it writes). The worker hears of it (run_once).
+                        self._record_error = self._record_error or exc
+            finally:
+                self._recording = None
+
+        self._recording = asyncio.ensure_future(record())
 
     async def _confirm(self, kind: queue.JobKind, jobs: Sequence[Job]) -> list[Job]:
         """The jobs whose leases this node still holds, extended (one statement for the batch); the
@@ -260,13 +384,21 @@ class FanOut:
             )
         return [job for job in jobs if job.id in held]
 
-    async def _deliver(self, jobs: Sequence[CopyJob]) -> list[Outcome]:
-        """Write ``jobs``' copies; the outcome of each copy still leased to this node (the others are
-        left out: another node took them over)."""
+    async def _confirm_copies(self, jobs: list[CopyJob]) -> list[CopyJob]:
+        return await self._confirm(queue.JobKind.COPY, jobs)
+
+    async def _deliver(self, jobs: Sequence[CopyJob]) -> None:
+        """Render ``jobs``' copies, confirm their leases and put those still held into their mailboxes'
+        lanes (the others are left out: another node took them over). A copy that cannot be rendered
+        is a failed outcome at once."""
+        # First room in the lanes: the batch is rendered and confirmed only when it can go out, so at
+        # most batches_in_flight batches are held, and the confirmation is fresh when they do.
+        await self.lanes.room(len(jobs))
         # Each job's bytes to deliver, or the outcome already (a copy that could not be rendered).
         rendered: list[tuple[CopyJob, Delivery | Outcome]] = []
         # The copies of one message differ only in the gateway's headers: read the message once.
         parsed: dict[int, ParsedMessage] = {}
+        templates: dict[tuple[object, ...], CopyTemplate] = {}
         for job in jobs:
             try:
                 if job.message_pk not in parsed:
@@ -277,6 +409,7 @@ class FanOut:
                     tag_subject=self.tag_subject,
                     reply_path=self.reply_path,
                     parsed=parsed[job.message_pk],
+                    templates=templates,
                 )
             except Exception as exc:  # a message the renderer cannot handle is one failed copy, no more
                 rendered.append((job, self._failed(job, exc)))
@@ -287,27 +420,22 @@ class FanOut:
             owner = MailboxOwner(job.portfolio, job.address)
             rendered.append((job, Delivery(owner, job.copy_id, data, flags, job.first_attempt)))
         # The copies are rendered; now, as late as one statement per batch allows, the lease check.
-        # (A node that stalls between this check and the write itself is the residual window:
-        # Maildir's file name, the same on every node, makes its link() collide with the other's.)
+        # A copy that then waits in its lane longer than CONFIRMED_FOR is checked again before its
+        # write. (A node that stalls between the last check and the write itself is the residual
+        # window: Maildir's file name, the same on every node, makes its link() collide with the other's.)
         held = {job.id for job in await self._confirm(queue.JobKind.COPY, jobs)}
-        rendered = [(job, item) for job, item in rendered if job.id in held]
-        deliveries = [item for _, item in rendered if isinstance(item, Delivery)]
-        try:
-            results: list[Located | Exception] = (
-                await self.mailbox.append_batch(deliveries) if deliveries else []
-            )
-        except Exception as exc:
-            results = [exc] * len(deliveries)
-        written = iter(results)
-        done: list[Outcome] = []
-        for job, item in rendered:
-            if isinstance(item, Delivery):
-                result = next(written)
-                item = (
-                    self._failed(job, result) if isinstance(result, Exception) else Outcome(job, result.ref)
-                )
-            done.append(item)
-        return done
+        confirmed = asyncio.get_running_loop().time()
+        failed = [item for job, item in rendered if job.id in held and isinstance(item, Outcome)]
+        if failed:
+            self._outcomes += failed
+            self._flush()
+        await self.lanes.put(
+            [
+                Waiting(job, item, confirmed)
+                for job, item in rendered
+                if job.id in held and isinstance(item, Delivery)
+            ]
+        )
 
     async def _catch_up_flags(self, jobs: Sequence[FlagJob]) -> None:
         """Set on delivered copies the flags the database has for them (clearing stays local)."""

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.domain.copies import render_copy
+from gateway.domain.copies import CopyTemplate, render_copy
 
 OURS = [
     ("X-Gateway-Vorgang", "VG-2026-000001"),
@@ -341,6 +341,23 @@ def test_any_bytes_show_exactly_their_headers_plus_ours(raw: bytes, headers: lis
     removing = {name.lower() for name in names}
     original = [name for name in parse(raw) if name.lower() not in removing]
     assert parse(render_copy(raw, headers=headers, remove=names)).keys() == names + original
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_message, added_headers, added_headers, st.booleans())
+def test_one_template_renders_each_copy_as_if_it_were_the_only_one(
+    raw: bytes, first: list[tuple[str, str]], second: list[tuple[str, str]], prefix: bool
+) -> None:
+    # The fan-out reads a message once for all its copies (gateway.stages.fanout): every copy from the
+    # one template is the copy a fresh read of the message would give, whatever came before it.
+    remove, subject_prefix = ["X-Gateway-Copy-Id", "Bcc"], PREFIX if prefix else None
+    template = CopyTemplate.of(raw, remove=remove, subject_prefix=subject_prefix)
+    rendered = [template.render(first), template.render(second), template.render(first), template.render([])]
+    assert rendered == [
+        render_copy(raw, headers=headers, remove=remove, subject_prefix=subject_prefix)
+        for headers in (first, second, first, [])
+    ]
+    assert rendered[0] == rendered[2]
 
 
 @settings(max_examples=500, deadline=None)

@@ -74,6 +74,27 @@ async def test_a_flag_set_in_the_members_client_ends_the_wait_at_once(
     assert logins(dovecot, OWNER.address) == 3
 
 
+async def test_appends_do_not_end_the_idle_round_a_later_flag_does(
+    imap: ImapMailbox, dovecot: Dovecot
+) -> None:
+    # The fan-out appending into a watched mailbox: Dovecot pushes EXISTS, which the round reads and
+    # waits on in the same IDLE (no DONE and IDLE again per MULTIAPPEND); the member's flag then ends it.
+    await imap.append(OWNER, "c1", copy("c1"))
+    watch = imap.watch(OWNER)
+    try:
+        waiting = asyncio.create_task(watch.wait(3600))
+        await asyncio.sleep(0.5)  # IDLE is under way
+        for n in range(2, 5):
+            await imap.append(OWNER, f"c{n}", copy(f"c{n}"))
+        # Past Dovecot's notify delay (0.5 s): the EXISTS pushes have come, each in a read of its own.
+        await asyncio.sleep(1.5)
+        assert not waiting.done(), "new copies are no flag change: the round goes on"
+        await asyncio.to_thread(dovecot.member_stores, OWNER.address, "c3", "+FLAGS", "(\\Seen)")
+        assert await asyncio.wait_for(waiting, HANG) is True
+    finally:
+        await watch.close()
+
+
 async def test_a_quiet_mailbox_ends_the_wait_at_its_timeout(imap: ImapMailbox, dovecot: Dovecot) -> None:
     await imap.append(OWNER, "c1", copy("c1"))
     watch = imap.watch(OWNER)
