@@ -17,6 +17,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, and_, insert, select, text
 from sqlalchemy.dialects import sqlite
 
+from gateway.db import bulk
 from gateway.db.models import (
     VORGAENGE,
     MemberRow,
@@ -231,20 +232,23 @@ def new_vorgaenge(
     count = len(subjects)
     last = take_numbers(connection, portfolio_id, now.year, count)
     references = [format_reference(now.year, last - count + 1 + i) for i in range(count)]
-    result = connection.execute(
-        insert(VORGAENGE).returning(VORGAENGE.c.id, sort_by_parameter_order=True),
-        [
-            {
-                "portfolio_id": portfolio_id,
-                "reference": ref,
-                "key": key,
-                "subject": subject[:1000],
-                "created_at": now,
-                "last_message_at": now,
-            }
-            for ref, subject, key in zip(references, subjects, keys or [None] * count, strict=True)
-        ],
-    )
+    rows = [
+        {
+            "portfolio_id": portfolio_id,
+            "reference": ref,
+            "key": key,
+            "subject": subject[:1000],
+            "created_at": now,
+            "last_message_at": now,
+        }
+        for ref, subject, key in zip(references, subjects, keys or [None] * count, strict=True)
+    ]
+    if connection.dialect.name == "postgresql":
+        # One statement of the same text for any number (gateway.db.bulk); matched by reference.
+        ids = {ref: int(pk) for pk, ref in bulk.insert_rows(connection, VORGAENGE, rows, ("id", "reference"))}
+        return [(ids[ref], ref) for ref in references]
+    opening = insert(VORGAENGE).returning(VORGAENGE.c.id, sort_by_parameter_order=True)
+    result = connection.execute(opening, rows)
     return [(int(row[0]), ref) for row, ref in zip(result, references, strict=True)]
 
 
