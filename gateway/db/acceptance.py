@@ -139,20 +139,30 @@ def routing_facts(connection: Connection, portfolio_id: int, portfolio: str, wan
     """What the routing plans of some messages of one portfolio need to know (``wanted``), one
     statement of each kind: the Vorgänge they may name, the members they name, and the releases that
     share Vorgänge with any of those members (all an audience can reach, DESIGN.md §3)."""
+    return routing_facts_and_addresses(connection, portfolio_id, portfolio, wanted)[0]
+
+
+def routing_facts_and_addresses(
+    connection: Connection, portfolio_id: int, portfolio: str, wanted: Lookups
+) -> tuple[RoutingFacts, dict[int, str]]:
+    """``routing_facts``, and the address of every member they name: each member an audience of
+    these plans can hold, so that storing them needs no other read (``member_addresses``)."""
     by_reference = vorgaenge_by_reference(connection, portfolio_id, wanted.references)
     threads = vorgaenge_by_message_id(connection, portfolio_id, wanted.message_ids)
     by_message_id = {message_id: vid for message_id, (vid, _) in threads.items()}
     by_key = vorgaenge_by_key(connection, portfolio_id, wanted.keys)
     members = member_ids(connection, portfolio_id, wanted.addresses)
-    return RoutingFacts(
+    releases, addresses = _sharing_releases(connection, portfolio_id, set(members.values()))
+    facts = RoutingFacts(
         portfolio_id,
         portfolio,
         members=members,
-        releases=tuple(sharing_releases(connection, portfolio_id, set(members.values()))),
+        releases=tuple(releases),
         vorgaenge_by_reference=by_reference,
         vorgaenge_by_message_id=by_message_id,
         vorgaenge_by_key=by_key,
     )
+    return facts, addresses | {member_id: address for address, member_id in members.items()}
 
 
 def hold_directory(connection: Connection, portfolio_id: int) -> None:
@@ -194,25 +204,36 @@ def sharing_releases(
     Only these can widen an audience (DESIGN.md §3), so this is all the audience rule needs, however
     large the portfolio's directory is.
     """
+    return _sharing_releases(connection, portfolio_id, participants)[0]
+
+
+def _sharing_releases(
+    connection: Connection, portfolio_id: int, participants: Collection[int]
+) -> tuple[list[Release], dict[int, str]]:
+    """``sharing_releases``, and the addresses of their members (read in the same statement)."""
     if not participants:
-        return []
+        return [], {}
     via = _VIA
     rows = connection.execute(
-        select(*RELEASE_FACTS, ReleaseMemberRow.member_id)
+        select(*RELEASE_FACTS, ReleaseMemberRow.member_id, MemberRow.address)
         .join(via, and_(via.c.release_id == ReleaseRow.id, via.c.member_id.in_(participants)))
         .join(ReleaseMemberRow, ReleaseMemberRow.release_id == ReleaseRow.id)
+        .join(MemberRow, MemberRow.id == ReleaseMemberRow.member_id)
         .where(ReleaseRow.portfolio_id == portfolio_id, ReleaseRow.share_vorgaenge.is_(True))
         .distinct()
     )
     members: dict[int, set[int]] = defaultdict(set)
     facts: dict[int, tuple[Any, ...]] = {}
-    for release_id, name, primary, share, read_sync, member_id in rows:
+    addresses: dict[int, str] = {}
+    for release_id, name, primary, share, read_sync, member_id, address in rows:
         facts[release_id] = (name, primary, share, read_sync)
         members[release_id].add(int(member_id))
-    return [
+        addresses[int(member_id)] = str(address)
+    releases = [
         Release(rid, portfolio_id, name, primary, share, read_sync, frozenset(members[rid]))
         for rid, (name, primary, share, read_sync) in facts.items()
     ]
+    return releases, addresses
 
 
 def new_vorgaenge(

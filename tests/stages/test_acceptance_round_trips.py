@@ -117,9 +117,9 @@ async def test_a_batch_costs_postgresql_the_same_statements_whatever_its_size(
     if database_url.startswith("postgresql"):
         assert twenty == one, (one, twenty)
         # The locks on the messages' bytes (so that two nodes storing the same mail do not wait on each
-        # other), reading (re-sends, the directory, members, releases), numbering and opening the
-        # Vorgänge, the audience's addresses, and the three writes: messages, events, copies.
-        assert len(twenty) <= 11, twenty
+        # other), reading (re-sends, the directory, members, releases with their members' addresses),
+        # numbering and opening the Vorgänge, and the three writes: messages, events, copies.
+        assert len(twenty) <= 10, twenty
     facts = await writer.run(stored, 1, 20)
     assert facts == {
         "copies": {f"batch {n}": PEOPLE[list(PEOPLE)[n % 6]] for n in range(1, 21)},
