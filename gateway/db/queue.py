@@ -525,9 +525,12 @@ def _record_delivered_postgresql(
     return held, released
 
 
-# The rows locked in id order first (two records never wait for each other's rows); the delivered
-# ones updated from arrays (one text for any batch size); a copy whose flags changed while it was
-# written is due at once for claim_flags; the held copies of the mailboxes that took a copy are due.
+# The rows locked in id order first (two records never wait for each other's rows), found by their
+# ids (``state || ''``: the queue's index on the state would lead the planner to read every pending
+# copy of a backlog, as ``_waiting_for`` says); the delivered ones updated from arrays (one text for
+# any batch size); a copy whose flags changed while it was written is due at once for claim_flags;
+# the held copies of the mailboxes that took a copy are due (found among the held ones, few, by the
+# queue's index: ``member_id + 0`` keeps the planner off the index of every copy a member ever got).
 _RECORD_DELIVERED = text(
     """
 WITH commit_mode AS (
@@ -536,7 +539,8 @@ WITH commit_mode AS (
     SELECT copies.id FROM copies
     JOIN unnest(CAST(:ids AS bigint[]), CAST(:tokens AS bigint[])) AS job(id, token)
         ON copies.id = job.id AND copies.lease_token = job.token
-    WHERE copies.leased_by = CAST(:node AS text) AND copies.state = 'pending'
+    WHERE copies.id = ANY(CAST(:ids AS bigint[])) AND copies.leased_by = CAST(:node AS text)
+        AND (copies.state || '') = 'pending'
     ORDER BY copies.id
     FOR UPDATE OF copies
 ), written AS (
@@ -554,13 +558,13 @@ WITH commit_mode AS (
         CAST(:d_ids AS bigint[]), CAST(:d_tokens AS bigint[]), CAST(:d_refs AS text[]),
         CAST(:d_answered AS boolean[]), CAST(:d_seen AS boolean[])
     ) AS d(id, token, ref, answered, seen)
-    WHERE copies.id = d.id AND copies.lease_token = d.token AND copies.state = 'pending'
+    WHERE copies.id = d.id AND copies.lease_token = d.token AND (copies.state || '') = 'pending'
         AND copies.id IN (SELECT id FROM held)
     RETURNING copies.member_id
 ), released AS (
     UPDATE copies SET state = 'pending', next_attempt_at = CAST(:now AS timestamptz),
         updated_at = CAST(:now AS timestamptz)
-    WHERE copies.member_id IN (SELECT member_id FROM written) AND copies.state = 'held'
+    WHERE copies.state = 'held' AND copies.member_id + 0 IN (SELECT member_id FROM written)
     RETURNING copies.id
 )
 SELECT 'held', id FROM held
