@@ -1,8 +1,8 @@
 """What fencing costs the fan-out's database work (issue 17 item 1): one confirm statement per batch.
 
 The fan-out takes a batch of copies (``claim``), confirms its leases right before writing them
-(``confirm``: one conditional UPDATE for the batch) and records the outcome (``record``, which now
-first reads which rows are still held, under a row lock). This measures, per batch of copies, the
+(``confirm``: one statement for the batch, a write only for leases half gone) and records the outcome
+(``record``, which first locks the rows still held). This measures, per batch of copies, the
 wall time of each of the three transactions as the fan-out runs them (through the writer thread), on
 SQLite or PostgreSQL, and prints the confirm's share of the queue work of a batch. No mailbox is
 written: the mailbox's own time (Maildir: about 0.1 ms per copy here) comes on top of all three.

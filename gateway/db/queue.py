@@ -21,7 +21,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, case, func, literal, or_, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    tuple_,
+    union_all,
+    update,
+)
 
 from gateway.db.events import Event, EventKind, append_events
 from gateway.db.models import (
@@ -156,31 +169,42 @@ def confirm(
     now: dt.datetime,
     lease: float,
 ) -> set[int]:
-    """Confirm, right before writing, that ``node`` still holds the leases of ``jobs``, and extend them
-    by ``lease`` seconds; returns the row ids still held. One statement for the whole batch.
+    """Confirm, right before writing, that ``node`` still holds the leases of ``jobs``; returns the row
+    ids still held. One statement for the whole batch on PostgreSQL.
 
     A lease is held while the row is leased to ``node`` under the job's token and still waits for this
     kind of job. Another node that took the row over after the lease ran out has raised the token; a
     copy revoked, delivered or given up meanwhile waits for something else: either way the job is lost
     and must not touch the mailbox.
+
+    A lease with less than half of ``lease`` left is extended to ``lease`` from ``now``, under the
+    row's lock. One with more left is confirmed by reading it: no lease runs out in that half, and
+    nothing else takes a row over but a node that is declared dead (``gateway.db.nodes``), which ends
+    the lease (and leaves it to this branch's other half). Copies that acceptance just handed over
+    hold a fresh lease, so their confirm writes nothing, and its commit does not wait for the disk.
     """
     if not jobs:
         return set()
-    return {
-        int(pk)
-        for pk in connection.scalars(
-            update(COPIES)
-            .where(
-                # The ids alone as well: SQLite finds rows by a row-value IN only by scanning the table.
-                COPIES.c.id.in_([j.id for j in jobs]),
-                tuple_(COPIES.c.id, COPIES.c.lease_token).in_([(j.id, j.lease_token) for j in jobs]),
-                COPIES.c.leased_by == node,
-                _waiting_for(kind),
-            )
-            .values(next_attempt_at=now + dt.timedelta(seconds=lease))
-            .returning(COPIES.c.id)
-        )
-    }
+    held = (
+        # The ids alone as well: SQLite finds rows by a row-value IN only by scanning the table.
+        COPIES.c.id.in_([j.id for j in jobs]),
+        tuple_(COPIES.c.id, COPIES.c.lease_token).in_([(j.id, j.lease_token) for j in jobs]),
+        COPIES.c.leased_by == node,
+        _waiting_for(kind),
+    )
+    half = now + dt.timedelta(seconds=lease / 2)
+    extend = (
+        update(COPIES)
+        .where(*held, COPIES.c.next_attempt_at < half)
+        .values(next_attempt_at=now + dt.timedelta(seconds=lease))
+        .returning(COPIES.c.id)
+    )
+    fresh = select(COPIES.c.id).where(*held, COPIES.c.next_attempt_at >= half)
+    if connection.dialect.name == "postgresql":
+        extended = extend.cte("extended")
+        both = union_all(fresh, select(extended.c.id))
+        return {int(pk) for pk in connection.scalars(both)}
+    return {int(pk) for pk in connection.scalars(extend)} | {int(pk) for pk in connection.scalars(fresh)}
 
 
 def _still_held(
@@ -354,10 +378,16 @@ def record(
     overwrite what the node that took the copy over recorded."""
     # Only a copy still pending is recorded: reconciliation may have revoked it while it was being
     # written (it waited for this lease to end), and a revoked copy must not turn delivered again.
-    held_now = _still_held(connection, JobKind.COPY, [o.job for o in outcomes], node)
+    postgresql = connection.dialect.name == "postgresql"
+    released = 0
+    if postgresql:
+        # There the copies written are recorded by the statement that locks the batch's rows.
+        held_now, released = _record_delivered_postgresql(connection, outcomes, now, node)
+    else:
+        held_now = _still_held(connection, JobKind.COPY, [o.job for o in outcomes], node)
     lost = frozenset(o.job.id for o in outcomes if o.job.id not in held_now)
     outcomes = [o for o in outcomes if o.job.id in held_now]
-    delivered = [o for o in outcomes if o.error is None]
+    delivered = [] if postgresql else [o for o in outcomes if o.error is None]
     if delivered:
         # Flags set while the write was under way (an answer came in) are caught up by claim_flags,
         # which takes them once due: at once, not never (NULL).
@@ -394,7 +424,6 @@ def record(
                 for o in delivered
             ],
         )
-    released = 0
     if delivered:
         # The mailbox works again: what it held back is written now, not at the next probe.
         released = int(
@@ -454,6 +483,98 @@ def record(
                 [{"b_member": o.job.member_id, "b_next": retry_at[o.job.id][1]} for o in held],
             )
     return Recorded(released, lost)
+
+
+def _record_delivered_postgresql(
+    connection: Connection, outcomes: Sequence[Outcome], now: dt.datetime, node: str
+) -> tuple[set[int], int]:
+    """``record``'s work for the copies written, in one statement on PostgreSQL: lock every row of
+    ``outcomes`` still leased to ``node`` under its job's token (in id order, as ``_still_held``),
+    mark the written ones delivered, and make the held copies of their mailboxes due. Returns the
+    rows still held (the failed ones among them are recorded by ``record``) and how many held
+    copies were released.
+
+    A batch that only wrote copies commits without waiting for the disk (``synchronous_commit`` off
+    for this transaction alone). A server crash that loses the record leaves the copies pending and
+    leased to this node, as a gateway crash after the write and before the record does: the next
+    attempt (after the lease, or at once when the node starts again) finds each copy in its mailbox by
+    its id and records it then, so nothing is written twice. Failures are recorded with their events,
+    and wait for the disk as every other transaction does.
+    """
+    if not outcomes:
+        return set(), 0
+    delivered = [o for o in outcomes if o.error is None]
+    params: dict[str, Any] = {
+        "ids": [o.job.id for o in outcomes],
+        "tokens": [o.job.lease_token for o in outcomes],
+        "node": node,
+        "now": now,
+        "d_ids": [o.job.id for o in delivered],
+        "d_tokens": [o.job.lease_token for o in delivered],
+        "d_refs": [o.mailbox_ref for o in delivered],
+        "d_answered": [o.job.answered for o in delivered],
+        "d_seen": [o.job.seen for o in delivered],
+        "asynchronous": len(delivered) == len(outcomes),
+    }
+    held: set[int] = set()
+    released = 0
+    for what, value in connection.execute(_RECORD_DELIVERED, params):
+        if what == "held":
+            held.add(int(value))
+        elif what == "released":
+            released = int(value)
+    return held, released
+
+
+# The rows locked in id order first (two records never wait for each other's rows), found by their
+# ids (``state || ''``: the queue's index on the state would lead the planner to read every pending
+# copy of a backlog, as ``_waiting_for`` says); the delivered ones updated from arrays (one text for
+# any batch size); a copy whose flags changed while it was written is due at once for claim_flags;
+# the held copies of the mailboxes that took a copy are due (found among the held ones, few, by the
+# queue's index: ``member_id + 0`` keeps the planner off the index of every copy a member ever got).
+_RECORD_DELIVERED = text(
+    """
+WITH commit_mode AS (
+    SELECT set_config('synchronous_commit', 'off', true) WHERE CAST(:asynchronous AS boolean)
+), held AS (
+    SELECT copies.id FROM copies
+    JOIN unnest(CAST(:ids AS bigint[]), CAST(:tokens AS bigint[])) AS job(id, token)
+        ON copies.id = job.id AND copies.lease_token = job.token
+    WHERE copies.id = ANY(CAST(:ids AS bigint[])) AND copies.leased_by = CAST(:node AS text)
+        AND (copies.state || '') = 'pending'
+    ORDER BY copies.id
+    FOR UPDATE OF copies
+), written AS (
+    UPDATE copies SET
+        state = 'delivered',
+        flags_pending = (copies.answered <> d.answered OR copies.seen <> d.seen),
+        mailbox_ref = d.ref,
+        attempts = copies.attempts + 1,
+        next_attempt_at = CASE WHEN copies.answered <> d.answered OR copies.seen <> d.seen
+            THEN CAST(:now AS timestamptz) END,
+        leased_by = NULL,
+        last_error = NULL,
+        updated_at = CAST(:now AS timestamptz)
+    FROM unnest(
+        CAST(:d_ids AS bigint[]), CAST(:d_tokens AS bigint[]), CAST(:d_refs AS text[]),
+        CAST(:d_answered AS boolean[]), CAST(:d_seen AS boolean[])
+    ) AS d(id, token, ref, answered, seen)
+    WHERE copies.id = d.id AND copies.lease_token = d.token AND (copies.state || '') = 'pending'
+        AND copies.id IN (SELECT id FROM held)
+    RETURNING copies.member_id
+), released AS (
+    UPDATE copies SET state = 'pending', next_attempt_at = CAST(:now AS timestamptz),
+        updated_at = CAST(:now AS timestamptz)
+    WHERE copies.state = 'held' AND copies.member_id + 0 IN (SELECT member_id FROM written)
+    RETURNING copies.id
+)
+SELECT 'held', id FROM held
+UNION ALL
+SELECT 'released', count(*) FROM released
+UNION ALL
+SELECT 'asynchronous', 0 FROM commit_mode
+"""
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,8 @@ import logging
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection
@@ -416,6 +416,8 @@ class _Planned:
     # The plan's Vorgang; negative: a Vorgang opened in this batch, replaced by its id once inserted.
     vorgang_id: int
     trace: Trace | None = None
+    # The address of each member the routing facts named (the audience's among them).
+    addresses: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def found(self) -> Found:
@@ -602,7 +604,9 @@ def _plan_portfolio(
         for i in indexes
     ]
     portfolio = submissions[indexes[0]].account.portfolio
-    facts = acceptance.routing_facts(connection, portfolio_id, portfolio, lookups(routed))
+    facts, addresses = acceptance.routing_facts_and_addresses(
+        connection, portfolio_id, portfolio, lookups(routed)
+    )
     planned: dict[int, _Planned] = {}
     for i, plan in zip(indexes, plan_submissions(routed, facts), strict=True):
         s = submissions[i]
@@ -613,7 +617,7 @@ def _plan_portfolio(
                 s.account.portfolio,
             )
         trace = Trace(s.arrival, hostname, gateway_ids[i], now) if s.arrival is not None else None
-        planned[i] = _Planned(s, digests[i], plan, gateway_ids[i], plan.vorgang_id, trace)
+        planned[i] = _Planned(s, digests[i], plan, gateway_ids[i], plan.vorgang_id, trace, addresses)
     return planned
 
 
@@ -660,7 +664,9 @@ def _write(
     held: list[NewQuarantine] = []
     copies: list[NewCopy] = []
     audience_ids = {m for p in plans if p.audience for m in p.audience.members}
-    addresses = acceptance.member_addresses(connection, audience_ids)
+    # The routing facts named them all (read with the releases); a read only for any they did not.
+    addresses = {m: a for p in plans for m, a in p.addresses.items() if m in audience_ids}
+    addresses |= acceptance.member_addresses(connection, audience_ids - addresses.keys())
     for plan, pk in zip(plans, message_pks, strict=True):
         pid = plan.submission.account.portfolio_id
         assert plan.audience is not None
