@@ -547,6 +547,7 @@ WITH commit_mode AS (
 ), written AS (
     UPDATE copies SET
         state = 'delivered',
+        delivered_at = CAST(:now AS timestamptz),
         flags_pending = (copies.answered <> d.answered OR copies.seen <> d.seen),
         mailbox_ref = d.ref,
         attempts = copies.attempts + 1,
