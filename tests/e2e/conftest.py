@@ -26,6 +26,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
+from tests import cpu
 from tests.conftest import EXAMPLE_DIRECTORY, Gateway, a_database, seed_database
 from tests.dovecot import Dovecot, private_dovecot
 from tests.dovecot import _folders as imap_folders
@@ -204,6 +205,7 @@ class RunningGateway:
 
     def launch(self, env: Mapping[str, str] | None = None) -> None:
         """Start ``gateway serve`` without waiting for it (``wait_ready`` does)."""
+        cpu.STARTS[0] += 1
         self.process = subprocess.Popen(
             [GATEWAY, "--config", str(self.config), "serve"],
             stderr=subprocess.PIPE,
