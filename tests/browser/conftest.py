@@ -7,7 +7,7 @@ one gateway per database kind (``console``) and one chromium for the session (is
 test gets a fresh browser context (no cookies of another test) and sends mail with a subject of its own.
 A test that changes the gateway's directory puts it back before it ends; the one that needs the
 gateway's mail to itself (test_releases.py) runs first (``pytest_collection_modifyitems``), and
-pytest-xdist keeps the browser modules on one worker (tests/conftest.py, ``pytest_xdist_make_scheduler``).
+pytest-xdist runs the browser tests of one database kind on one worker (tests/conftest.py, ``shared_group``).
 
 With ``GATEWAY_SCREENSHOTS=docs/web`` set, ``screenshot()`` writes PNGs for docs/web.md there.
 """
@@ -116,8 +116,8 @@ def console(
 def playwright(request: pytest.FixtureRequest) -> Iterator[Playwright]:
     # Playwright's sync API keeps an event loop running in this thread while it lives, and every
     # asyncio.run in the same worker fails meanwhile: so it lives for the browser tests only (package
-    # scope; xdist gives the whole folder to one worker, see tests/conftest.py), and the database
-    # fixtures, whose setup and teardown use asyncio.run, are set up before it.
+    # scope; xdist runs a database kind's browser tests on one worker as one unit, see tests/conftest.py),
+    # and the database fixtures, whose setup and teardown use asyncio.run, are set up before it.
     kinds = {
         getattr(item, "callspec", None) and item.callspec.params.get("console_database_kind")
         for item in request.session.items
