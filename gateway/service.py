@@ -28,6 +28,7 @@ from aiosmtpd.smtp import SMTP
 from gateway.config import ListenerSettings, Settings, SubmissionListenerSettings
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.gauges import stored_state
+from gateway.db.membermail import ReplyStorage
 from gateway.db.names import directory_names
 from gateway.db.schema_state import require_current
 from gateway.db.senderauth import sender_auth_refusal
@@ -46,6 +47,7 @@ from gateway.smtp_replies import Reply
 from gateway.stages.acceptance import Acceptance, HandOff
 from gateway.stages.fanout import FanOut, ReplyPath
 from gateway.stages.flagsync import FlagSync, ReadNotifications
+from gateway.stages.held import HeldReplies
 from gateway.stages.ingress import (
     Accounts,
     GatewaySMTP,
@@ -60,7 +62,7 @@ from gateway.stages.notices import NoticeSettings
 from gateway.stages.parsepool import MailReader, ParsePool
 from gateway.stages.reconcile import Reconciler
 from gateway.stages.relay import Relay
-from gateway.stages.reply import ReplyContext, ReplyStage
+from gateway.stages.reply import BOUNCES_LOCAL_PART, ReplyContext, ReplyStage
 from gateway.stages.schema_watch import SchemaWatch
 from gateway.web.app import create_app
 from gateway.web.console import Console, Operations
@@ -231,6 +233,7 @@ class Service:
         self.fanout.wake()
         self.relay.wake()
         self.reconciler.wake()
+        self.held.wake()
 
     def _wake_workers(self) -> None:
         """The console released mail or put queue items due: the fan-out and the relay look now."""
@@ -265,6 +268,22 @@ class Service:
         # Every copy carries a signed reply address; without the keys the gateway does not start.
         self.keys = await asyncio.to_thread(load_token_keys, self.settings.secrets.token_key_files)
         self.fanout.reply_path = ReplyPath(self.keys, self.settings.domains.reply_domain)
+        # Replies the collision guard held: notices to their authors, and the hold timeouts.
+        self.held = HeldReplies(
+            self.writer,
+            self.mailbox,
+            keys=self.keys,
+            storage=ReplyStorage(
+                self.settings.domains.reply_domain,
+                self.settings.gateway.hostname,
+                self.settings.gateway.node_name,
+                self.settings.relay.lifetime,
+                f"{BOUNCES_LOCAL_PART}@{self.settings.domains.reply_domain}",
+            ),
+            poll_interval=self.settings.reconcile.poll_interval,
+            on_relay=self.relay.wake,
+            on_copies=self.fanout.wake,
+        )
         # Before any lease is taken back: a second process under this node's name must not take the
         # first one's leases; and the keys and Maildir storage must be the other nodes' (stages/nodes.py).
         await self.nodes.start(self.keys)
@@ -278,6 +297,7 @@ class Service:
             asyncio.create_task(self.nodes.run(), name="heartbeat"),
             asyncio.create_task(self.acceptance.run(), name="acceptance"),
             asyncio.create_task(self.rules.watch(), name="rules"),
+            asyncio.create_task(self.held.run(), name="held"),
         ]
         if self.settings.fanout.enabled:
             self._tasks.append(asyncio.create_task(self.fanout.run(), name="fanout"))
@@ -336,6 +356,7 @@ class Service:
             handoff=self.handoff,
             on_relay=self.relay.wake,
             on_copies=self.fanout.wake,
+            on_held=self.held.wake,
         )
         state = self._listener_state("mx", config)
         handler = MxHandler(
@@ -482,6 +503,7 @@ class Service:
         if self.web is not None:
             await self.web.stop()
             await self.console.previews.close()
+            await self.console.replays.close()
         for listener in self.listeners.values():
             listener.state.closing = True
             listener.server.close()

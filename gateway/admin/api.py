@@ -36,6 +36,7 @@ from gateway.db.models import MemberRow, PortfolioRow, VorgangRow
 from gateway.db.reconcile import message_batches
 from gateway.domain.addresses import InvalidAddress, normalise_address
 from gateway.domain.audience import Audience, audience
+from gateway.domain.collision import AfterTimeout, CollisionGuard
 from gateway.domain.directory import (
     DEFAULT_SENDER_AUTH,
     BackOfficeSpec,
@@ -229,6 +230,29 @@ def _release(spec: PortfolioSpec, name: str) -> ReleaseSpec:
     return release
 
 
+@dataclass(frozen=True, slots=True)
+class GuardSettings:
+    """The collision guard's settings of a release as a command gives them; None leaves one as it is.
+
+    ``collision_guard`` "default" clears the setting: the release then follows its sharing."""
+
+    collision_guard: CollisionGuard | str | None = None
+    hold_timeout: int | None = None
+    after_hold_timeout: AfterTimeout | None = None
+
+    def changed(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        if self.collision_guard is not None:
+            out["collision_guard"] = (
+                None if self.collision_guard == "default" else CollisionGuard(self.collision_guard)
+            )
+        if self.hold_timeout is not None:
+            out["hold_timeout"] = self.hold_timeout
+        if self.after_hold_timeout is not None:
+            out["after_hold_timeout"] = self.after_hold_timeout
+        return out
+
+
 async def create_release(
     session: AsyncSession,
     portfolio: str,
@@ -240,6 +264,7 @@ async def create_release(
     actor: str,
     backfill: Backfill | None = None,
     revoked_copies: RevokedCopies | None = None,
+    guard: GuardSettings | None = None,
 ) -> list[Change]:
     edit = release_created(
         name,
@@ -248,6 +273,7 @@ async def create_release(
         read_sync=read_sync,
         backfill=backfill,
         revoked_copies=revoked_copies,
+        guard=guard,
     )
     return await _apply(session, edit(await _spec(session, portfolio)), actor)
 
@@ -260,6 +286,7 @@ def release_created(
     read_sync: ReadSync,
     backfill: Backfill | None = None,
     revoked_copies: RevokedCopies | None = None,
+    guard: GuardSettings | None = None,
 ) -> Edit:
     """The edit that creates the release ``name``."""
 
@@ -276,6 +303,8 @@ def release_created(
             backfill=backfill or Backfill(),
             revoked_copies=revoked_copies or RevokedCopies.REMOVE,
         )
+        if guard is not None:
+            release = dataclasses.replace(release, **guard.changed())  # type: ignore[arg-type]
         return dataclasses.replace(spec, releases=(*spec.releases, release))
 
     return edit
@@ -291,6 +320,7 @@ async def set_release(
     read_sync: ReadSync | None = None,
     backfill: Backfill | None = None,
     revoked_copies: RevokedCopies | None = None,
+    guard: GuardSettings | None = None,
     actor: str,
 ) -> list[Change]:
     edit = release_changed(
@@ -300,6 +330,7 @@ async def set_release(
         read_sync=read_sync,
         backfill=backfill,
         revoked_copies=revoked_copies,
+        guard=guard,
     )
     return await _apply(session, edit(await _spec(session, portfolio)), actor)
 
@@ -312,9 +343,10 @@ def release_changed(
     read_sync: ReadSync | None = None,
     backfill: Backfill | None = None,
     revoked_copies: RevokedCopies | None = None,
+    guard: GuardSettings | None = None,
 ) -> Edit:
     """The edit that changes the flags of the release ``name``; None leaves a flag as it is."""
-    changed = {
+    changed: dict[str, object] = {
         k: v
         for k, v in (
             ("primary", primary),
@@ -325,6 +357,8 @@ def release_changed(
         )
         if v is not None
     }
+    if guard is not None:
+        changed |= guard.changed()
 
     def edit(spec: PortfolioSpec) -> PortfolioSpec:
         new = dataclasses.replace(_release(spec, name), **changed)  # type: ignore[arg-type]

@@ -21,6 +21,11 @@ once, and nothing is applied unless the whole file is valid. The format::
           # backfill: all (default) | days:N | none -- what a newly entitled member receives of
           # existing messages; revoked_copies: remove (default) | keep -- copies lost through it
           - {name: Kunde B mit GF, share_vorgaenge: true, backfill: "days:90", revoked_copies: remove}
+          # collision_guard: hold (default where Vorgänge are shared) | notify | off -- a reply that
+          # crosses a co-member's answer; hold_timeout: 24h (default) and after_hold_timeout:
+          # release (default) | withdraw -- what becomes of a held reply nobody decided on
+          - {name: Kunde C, share_vorgaenge: true, collision_guard: hold, hold_timeout: 4h,
+             after_hold_timeout: withdraw}
         members:
           - address: sb-a1@kunde-a.example
             name: SB-A1
@@ -41,6 +46,13 @@ from typing import Any, TypeVar
 import yaml
 
 from gateway.domain.addresses import InvalidAddress, normalise_address
+from gateway.domain.collision import (
+    DEFAULT_HOLD_TIMEOUT,
+    AfterTimeout,
+    CollisionGuard,
+    format_duration,
+    parse_duration,
+)
 from gateway.domain.directory import (
     RELAY_PORT,
     RELAY_TIMEOUT,
@@ -317,6 +329,9 @@ RELEASE_KEYS = {
     "read_sync": False,
     "backfill": False,
     "revoked_copies": False,
+    "collision_guard": False,
+    "hold_timeout": False,
+    "after_hold_timeout": False,
 }
 
 
@@ -339,6 +354,16 @@ def _release(reader: _Reader, node: yaml.Node) -> ReleaseSpec | None:
         except ValueError:
             choices = ", ".join(r.value for r in ReadSync)
             reader.fail(keys["read_sync"], f"read_sync {value!r} is not one of {choices}")
+    guard = None
+    if "collision_guard" in keys:
+        guard = reader.choice(keys["collision_guard"], "collision_guard", CollisionGuard, CollisionGuard.HOLD)
+    hold_timeout = DEFAULT_HOLD_TIMEOUT
+    if "hold_timeout" in keys:
+        value = reader.text(keys["hold_timeout"], "hold_timeout", format_duration(DEFAULT_HOLD_TIMEOUT))
+        try:
+            hold_timeout = parse_duration(value)
+        except ValueError as exc:
+            reader.fail(keys["hold_timeout"], str(exc))
     return ReleaseSpec(
         name=reader.text(keys.get("name"), "release name"),
         primary=reader.flag(keys.get("primary"), "primary"),
@@ -348,6 +373,11 @@ def _release(reader: _Reader, node: yaml.Node) -> ReleaseSpec | None:
         backfill=backfill,
         revoked_copies=reader.choice(
             keys.get("revoked_copies"), "revoked_copies", RevokedCopies, RevokedCopies.REMOVE
+        ),
+        collision_guard=guard,
+        hold_timeout=hold_timeout,
+        after_hold_timeout=reader.choice(
+            keys.get("after_hold_timeout"), "after_hold_timeout", AfterTimeout, AfterTimeout.RELEASE
         ),
     )
 
@@ -411,6 +441,19 @@ def release_data(release: ReleaseSpec) -> dict[str, object]:
         "read_sync": release.read_sync.value,
         "backfill": str(release.backfill),
         "revoked_copies": release.revoked_copies.value,
+        # The guard's settings only where they differ from the defaults (so files written before read
+        # the same); a guard not set follows share_vorgaenge when that is switched later.
+        **({"collision_guard": release.collision_guard.value} if release.collision_guard else {}),
+        **(
+            {"hold_timeout": format_duration(release.hold_timeout)}
+            if release.hold_timeout != DEFAULT_HOLD_TIMEOUT
+            else {}
+        ),
+        **(
+            {"after_hold_timeout": release.after_hold_timeout.value}
+            if release.after_hold_timeout is not AfterTimeout.RELEASE
+            else {}
+        ),
     }
 
 

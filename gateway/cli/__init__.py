@@ -11,6 +11,7 @@ programmatic API (``gateway.admin.api``, ``gateway.routing.dryrun``, the storage
     views.py       vorgang list|show, who-can-see, quarantine, events
     rules.py       rules check|test
     queue.py       queue list|show|retry|drop
+    held.py        held list|release|withdraw: replies the collision guard held
     admins.py      admin add|set|remove|list: the web console's accounts
 """
 

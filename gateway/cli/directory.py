@@ -14,6 +14,7 @@ import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.admin import api as admin
+from gateway.admin.api import GuardSettings
 from gateway.admin.directory_file import (
     dump_directory,
     member_data,
@@ -33,6 +34,14 @@ from gateway.cli.root import (
 )
 from gateway.cli.work import in_transaction
 from gateway.db.senderauth import sender_auth_refusal
+from gateway.domain.collision import (
+    DEFAULT_HOLD_TIMEOUT,
+    AfterTimeout,
+    CollisionGuard,
+    default_guard,
+    format_duration,
+    parse_duration,
+)
 from gateway.domain.directory import (
     Change,
     MemberSpec,
@@ -415,6 +424,9 @@ def _release_line(r: ReleaseSpec) -> str:
         for key, value, default in (
             ("backfill", str(r.backfill), "all"),
             ("revoked_copies", r.revoked_copies.value, RevokedCopies.REMOVE.value),
+            ("collision_guard", r.guard.value, default_guard(r.share_vorgaenge).value),
+            ("hold_timeout", format_duration(r.hold_timeout), format_duration(DEFAULT_HOLD_TIMEOUT)),
+            ("after_hold_timeout", r.after_hold_timeout.value, AfterTimeout.RELEASE.value),
         )
         if value != default
     )
@@ -513,6 +525,52 @@ revoked_copies_option = click.option(
 )
 
 
+def _hold_timeout(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def guard_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The collision guard's options of ``release create`` and ``release set`` (docs/collisions.md)."""
+    for option in reversed(
+        (
+            click.option(
+                "--collision-guard",
+                type=click.Choice([*(g.value for g in CollisionGuard), "default"]),
+                help="A reply that crosses a co-member's answer: hold (default where Vorgänge are "
+                "shared), notify, off; 'default' follows share_vorgaenge.",
+            ),
+            click.option(
+                "--hold-timeout",
+                callback=_hold_timeout,
+                metavar="DURATION",
+                help="How long a held reply waits for its author (e.g. 4h, 2d; default 24h).",
+            ),
+            click.option(
+                "--after-hold-timeout",
+                type=click.Choice([a.value for a in AfterTimeout]),
+                help="What becomes of a held reply nobody decided on: release (default) or withdraw.",
+            ),
+        )
+    ):
+        function = option(function)
+    return function
+
+
+def _guard(
+    collision_guard: str | None, hold_timeout: int | None, after_hold_timeout: str | None
+) -> GuardSettings | None:
+    if collision_guard is None and hold_timeout is None and after_hold_timeout is None:
+        return None
+    return GuardSettings(
+        collision_guard, hold_timeout, AfterTimeout(after_hold_timeout) if after_hold_timeout else None
+    )
+
+
 @release_group.command("create")
 @click.argument("name")
 @click.option("--primary", is_flag=True, help="Make it a primary release (Hauptfreischaltung).")
@@ -520,6 +578,7 @@ revoked_copies_option = click.option(
 @read_sync_option
 @backfill_option
 @revoked_copies_option
+@guard_options
 @portfolio_option
 @audience_change
 def release_create(
@@ -530,6 +589,9 @@ def release_create(
     read_sync: str | None,
     backfill: Backfill | None,
     revoked_copies: str | None,
+    collision_guard: str | None,
+    hold_timeout: int | None,
+    after_hold_timeout: str | None,
     portfolio: str,
 ) -> AudienceChange:
     """Create the release NAME."""
@@ -540,6 +602,7 @@ def release_create(
         read_sync=ReadSync(read_sync or ReadSync.ANSWERED),
         backfill=backfill,
         revoked_copies=RevokedCopies(revoked_copies) if revoked_copies else None,
+        guard=_guard(collision_guard, hold_timeout, after_hold_timeout),
     )
 
 
@@ -558,6 +621,7 @@ def release_create(
 @read_sync_option
 @backfill_option
 @revoked_copies_option
+@guard_options
 @portfolio_option
 @audience_change
 def release_set(
@@ -568,6 +632,9 @@ def release_set(
     read_sync: str | None,
     backfill: Backfill | None,
     revoked_copies: str | None,
+    collision_guard: str | None,
+    hold_timeout: int | None,
+    after_hold_timeout: str | None,
     portfolio: str,
 ) -> AudienceChange:
     """Change the flags of the release NAME."""
@@ -578,6 +645,7 @@ def release_set(
         read_sync=ReadSync(read_sync) if read_sync else None,
         backfill=backfill,
         revoked_copies=RevokedCopies(revoked_copies) if revoked_copies else None,
+        guard=_guard(collision_guard, hold_timeout, after_hold_timeout),
     )
 
 

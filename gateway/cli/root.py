@@ -171,6 +171,7 @@ COMMAND_MODULES = {
     "db": "system",
     "directory": "directory",
     "events": "views",
+    "held": "held",
     "init": "system",
     "member": "directory",
     "nodes": "nodes",
@@ -198,6 +199,7 @@ COMMAND_SUMMARIES = {
     "db": "Create and migrate the database.",
     "directory": "Load and export the whole directory as YAML.",
     "events": "The event log: who changed what, which message went where; the newest LIMIT, oldest first.",
+    "held": "Replies the collision guard held: list them, release or withdraw one.",
     "init": "Write a starter set into DIRECTORY: gateway.toml (paths relative to it), directory.yaml, rules/ "
     "and a README saying what to edit. Never overwrites: exits 2 naming what exists.",
     "member": "Add, rename, remove and list members.",

@@ -1,11 +1,13 @@
-"""Commands for the routing rules: ``rules check`` (FILE:LINE:COL problems) and ``rules test MESSAGE``
-(an .eml file or a stored message's gw-… id)."""
+"""Commands for the routing rules: ``rules check`` (FILE:LINE:COL problems), ``rules test MESSAGE``
+(an .eml file or a stored message's gw-… id) and ``rules replay`` (a candidate folder over stored mail)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -173,4 +175,86 @@ async def rules_test(
         )
         return
     for line in dry_run_lines(run):
+        click.echo(line)
+
+
+@rules_group.command("replay")
+@click.option(
+    "--since",
+    default="30d",
+    show_default=True,
+    help="The span: mail stored since this long ago (30d, 12h, 2w) or since a date (2026-11-01).",
+)
+@click.option("-p", "--portfolio", envvar="GATEWAY_PORTFOLIO", help="Only this portfolio (default: all).")
+@click.option(
+    "--rules",
+    "candidate_dir",
+    # Must exist: a folder that does not would be "no rules" and replay as a candidate that drops them all.
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    required=True,
+    help="The candidate rules folder, not live yet.",
+)
+@click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 10_000), hidden=True)
+@json_option
+@pass_context
+@command
+async def rules_replay(
+    ctx: Context, since: str, portfolio: str | None, candidate_dir: Path, batch: int, as_json: bool
+) -> None:
+    """Replay a candidate rule folder over the stored mail and show what it would change.
+
+    Every back-office message stored in the span is routed again, in the order it was stored, by the
+    live rules ([rules] dir) and by the candidate, with the routing plan acceptance uses, and the two
+    are compared: messages whose verdict, Vorgang, key, participants or audience would change, grouped
+    by rule. Where even the live rules no longer reproduce what was stored (the directory changed
+    since), that is listed apart. Nothing is changed. Progress goes to stderr.
+    """
+    import datetime as dt
+
+    from gateway.cli.work import require_migrated
+    from gateway.db.replay import reading_engine
+    from gateway.routing.files import load_rules
+    from gateway.routing.replay import (
+        Progress,
+        load_candidate,
+        parse_since,
+        replay,
+        result_json,
+        result_lines,
+    )
+
+    settings = ctx.settings
+    start = parse_since(since, dt.datetime.now(dt.UTC))
+    # The candidate's files first: a folder with a problem stops here, before the database is read.
+    load_rules(candidate_dir)
+    await require_migrated(ctx)
+    engine = reading_engine(settings.database_url, settings.database)
+    try:
+        candidate = load_candidate(engine, candidate_dir)
+        live = load_rules(settings.rules.dir).rule_set
+        shown = [0.0]
+
+        def progress(p: Progress) -> None:
+            now = time.monotonic()
+            if now - shown[0] >= 1.0 or p.done == p.total:
+                shown[0] = now
+                click.echo(f"replayed {p.done} of {p.total} messages, {p.rate:.0f}/s", err=True)
+
+        result = await asyncio.to_thread(
+            replay,
+            engine,
+            live,
+            candidate,
+            portfolio=portfolio,
+            since=start,
+            vorgang_header=settings.vorgaenge.vorgang_header,
+            batch=batch,
+            progress=progress,
+        )
+    finally:
+        engine.dispose()
+    if as_json:
+        emit_json(result_json(result))
+        return
+    for line in result_lines(result):
         click.echo(line)

@@ -79,3 +79,13 @@ def _tell_about_runs(runs: Sequence[tuple[str, int, bool]]) -> None:
             "(`gateway reconcile status` shows the progress)",
             err=True,
         )
+
+
+async def require_migrated(ctx: Context) -> None:
+    """Refuse to go on unless the configured database is migrated to the code's schema."""
+    settings = ctx.settings
+    engine = create_engine(settings.database_url, echo=settings.database.echo, database=settings.database)
+    try:
+        await require_current(engine)
+    finally:
+        await engine.dispose()

@@ -33,6 +33,7 @@ from gateway.db.models import (
     ReleaseMemberRow,
     ReleaseRow,
 )
+from gateway.domain.collision import DEFAULT_HOLD_TIMEOUT, AfterTimeout, CollisionGuard
 from gateway.domain.directory import (
     DEFAULT_SENDER_AUTH,
     RELAY_PORT,
@@ -133,6 +134,9 @@ async def read_spec(session: AsyncSession, portfolio: PortfolioRow) -> Portfolio
                 r.read_sync,
                 backfill=Backfill.parse(r.backfill),
                 revoked_copies=RevokedCopies(r.revoked_copies),
+                collision_guard=CollisionGuard(r.collision_guard) if r.collision_guard else None,
+                hold_timeout=r.hold_timeout,
+                after_hold_timeout=AfterTimeout(r.after_hold_timeout),
             )
             for r in releases
         ),
@@ -287,6 +291,9 @@ async def _apply_one(session: AsyncSession, portfolio: PortfolioRow, change: Cha
                     read_sync=ReadSync(str(f["read_sync"])),
                     backfill=str(f.get("backfill", "all")),
                     revoked_copies=str(f.get("revoked_copies", RevokedCopies.REMOVE.value)),
+                    collision_guard=_optional_text(f.get("collision_guard")),
+                    hold_timeout=int(str(f.get("hold_timeout", DEFAULT_HOLD_TIMEOUT))),
+                    after_hold_timeout=str(f.get("after_hold_timeout", AfterTimeout.RELEASE.value)),
                 )
             )
         else:
@@ -504,3 +511,7 @@ async def member_on_default_server(session: AsyncSession, elsewhere: Collection[
     if elsewhere:
         query = query.where(MemberRow.address.not_in(list(elsewhere)))
     return (await session.execute(query)).scalar_one_or_none()
+
+
+def _optional_text(value: object) -> str | None:
+    return None if value is None else str(value)

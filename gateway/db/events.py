@@ -51,6 +51,11 @@ class EventKind(StrEnum):
     INTAKE_ACCEPTED = "intake.accepted"  # a member opened a Vorgang at an intake address
     REPLY_NOT_AN_ANSWER = "reply.not_an_answer"
     REPLY_REFUSED = "reply.refused"
+    # The collision guard (docs/collisions.md): a reply held, and what became of it.
+    REPLY_HELD = "reply.held"
+    REPLY_RELEASED = "reply.released"
+    REPLY_WITHDRAWN = "reply.withdrawn"
+    REPLY_NOTICE = "reply.notice"  # the notice written into the author's mailbox
     # Copies (gateway.stages.fanout, gateway.stages.notices).
     COPY_FAILED = "copy.failed"
     COPY_HELD = "copy.held"

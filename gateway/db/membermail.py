@@ -16,11 +16,12 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from gateway.db import collisions
 from gateway.db.acceptance import hold_directory, member_addresses, new_vorgaenge, sharing_releases
 from gateway.db.copies import Lease, copies_for, handed_job, insert_copies
 from gateway.db.events import Event, EventKind, append_events
 from gateway.db.messages import NewMessage, insert_message, new_gateway_id
-from gateway.db.models import Direction, MessageKind, MessageRow, RelayRow
+from gateway.db.models import MESSAGES, Direction, HeldState, MessageKind, MessageRow, RelayRow
 from gateway.db.queue import CopyJob
 from gateway.db.relayqueue import NewRelay, queue_relay
 from gateway.db.replies import (
@@ -28,17 +29,20 @@ from gateway.db.replies import (
     Author,
     Portfolio,
     ThreadTarget,
+    answered_of_message,
     audience_now,
     mark_answered,
     member_by_address,
     member_mail_by_digest,
     members_by_address,
     original_participant,
+    participants,
     portfolio_target,
     thread_target,
 )
 from gateway.domain.answers import DeliveryReport
 from gateway.domain.audience import AsParticipant, Audience, audience
+from gateway.domain.collision import Decision, Verdict, decide
 from gateway.domain.model import Participant, ParticipantRole
 from gateway.domain.outbound import RelayHeaders, recipients_kept, render_relay, threading_ids
 from gateway.domain.parsing import ParsedMessage
@@ -116,7 +120,7 @@ def store_reply(
     answered: Answered,
     storage: ReplyStorage,
     lease: Lease | None,
-) -> Stored | Refusal | Resent:
+) -> Stored | Refusal | Resent | Held:
     """A member's answer to the message ``answered``: stored, copied, relayed and flagged ``\\Answered``,
     if its author may answer it now."""
     pid = answered.portfolio_id
@@ -129,8 +133,27 @@ def store_reply(
         return entitled
     author, seen_by = entitled
     now = dt.datetime.now(dt.UTC)
-    stored = _store_member_mail(
-        connection, mail, storage, lease, now, Portfolio(pid, answered.portfolio), author, answered
+    portfolio = Portfolio(pid, answered.portfolio)
+    inserted = _insert_member_mail(connection, mail, storage, now, portfolio, author, answered)
+    # The collision guard (docs/collisions.md): the facts as stored, decided in gateway.domain.collision.
+    names = (*mail.parsed.in_reply_to, *mail.parsed.references)
+    reply, earlier = collisions.collision_facts(
+        connection, pid, answered.message_pk, author.id, inserted.message_pk, now, names
+    )
+    decision = decide(reply, earlier, collisions.guarded_releases(connection, pid, author.id))
+    if decision.verdict is Verdict.HOLD:
+        return _hold(connection, mail, answered, author, inserted, decision, now)
+    stored = _deliver(
+        connection,
+        inserted,
+        mail.parsed.to,
+        mail.parsed.cc,
+        storage,
+        lease,
+        now,
+        portfolio,
+        author,
+        mail.peer,
     )
     # A blind (Bcc) recipient's answer marks only their own copy: \Answered on the others' would tell
     # them somebody they cannot see got the message (DESIGN.md §3).
@@ -138,6 +161,22 @@ def store_reply(
     flagged = mark_answered(
         connection, pid, answered.message_pk, now, only_member=author.id if blind else None
     )
+    crossed: dict[str, Any] = {}
+    if decision.verdict is Verdict.NOTIFY:
+        # Relayed at once; the author is told afterwards, by the held-replies worker's notice.
+        held_id = collisions.insert_held(
+            connection,
+            portfolio_id=pid,
+            message_pk=inserted.message_pk,
+            member_id=author.id,
+            answered_pk=answered.message_pk,
+            decision=decision,
+            state=HeldState.NOTIFIED,
+            now=now,
+            to=mail.parsed.to,
+            cc=mail.parsed.cc,
+        )
+        crossed = {"crossed": _crossing(decision) | {"held_id": held_id, "guard": "notify"}}
     _record_stored(
         connection,
         now,
@@ -148,8 +187,195 @@ def store_reply(
         answers_copy=answered.copy_id,
         token_member_id=answered.member_id,
         answered_copies_flagged=flagged,
+        **crossed,
     )
     return stored
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A reply the collision guard held: stored, not copied, not relayed (docs/collisions.md)."""
+
+    gateway_id: str
+    vorgang: str
+    author: str
+    held_id: str
+    jobs: tuple[CopyJob, ...] = ()
+
+
+def _crossing(decision: Decision) -> dict[str, Any]:
+    assert decision.collides_with is not None
+    assert decision.release is not None
+    return {
+        "collides_with": decision.collides_with.message_pk,
+        "collides_with_accepted_at": decision.collides_with.accepted_at.isoformat(),
+        "release": decision.release.name,
+        "why": decision.why,
+    }
+
+
+def _hold(
+    connection: Connection,
+    mail: MemberMail,
+    answered: Answered,
+    author: Author,
+    inserted: _Inserted,
+    decision: Decision,
+    now: dt.datetime,
+) -> Held:
+    """Keep the reply without copies, relay or ``\\Answered``: it may yet be withdrawn, and co-members
+    must not see an answer the back office never gets."""
+    pid = answered.portfolio_id
+    held_id = collisions.insert_held(
+        connection,
+        portfolio_id=pid,
+        message_pk=inserted.message_pk,
+        member_id=author.id,
+        answered_pk=answered.message_pk,
+        decision=decision,
+        state=HeldState.HELD,
+        now=now,
+        to=mail.parsed.to,
+        cc=mail.parsed.cc,
+    )
+    assert decision.release is not None
+    event = Event(
+        EventKind.REPLY_HELD,
+        f"member:{author.address}",
+        now,
+        portfolio_id=pid,
+        member_id=author.id,
+        vorgang_id=answered.vorgang_id,
+        message_id=inserted.message_pk,
+        detail={
+            "gateway_id": inserted.message.gateway_id,
+            "vorgang": answered.vorgang,
+            "held_id": held_id,
+            "answers_copy": answered.copy_id,
+            "hold_timeout": decision.release.hold_timeout,
+            "after_hold_timeout": decision.release.after_timeout.value,
+            "peer": mail.peer,
+            **_crossing(decision),
+        },
+    )
+    append_events(connection, [event])
+    return Held(inserted.message.gateway_id, answered.vorgang, author.address, held_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """What became of a held reply an answer to its notice, an admin or the timeout decided on."""
+
+    held_id: str
+    state: HeldState  # what it is now
+    done_now: bool  # this call moved it (False: it was decided before, by ``decided_by``)
+    decided_by: str | None
+    vorgang: str
+    relayed: bool = False
+    copies: int = 0
+    why: str = ""
+
+
+def decide_held(
+    connection: Connection,
+    held_id: str,
+    wanted: HeldState,
+    actor: str,
+    storage: ReplyStorage,
+    *,
+    portfolio_ids: Sequence[int] | None = None,
+    reason: str = "",
+) -> Decided | None:
+    """Release or withdraw the held reply ``held_id``, exactly once; None when there is no such reply
+    (in ``portfolio_ids``, when given: an admin's scope).
+
+    Released: copied to its audience and queued for the back office under the directory as it is now,
+    and every copy of the answered message gets ``\\Answered``, as if it had just been accepted; if its
+    author may no longer answer that message (removed from the release meanwhile), it is withdrawn.
+    """
+    found = collisions.held_reply(connection, held_id)
+    if found is None or (portfolio_ids is not None and found.portfolio_id not in portfolio_ids):
+        return None
+    pid = found.portfolio_id
+    hold_directory(connection, pid)
+    now = dt.datetime.now(dt.UTC)
+    why = reason
+    if wanted is HeldState.RELEASED and found.member_id not in audience_now(
+        connection, pid, found.answered_pk
+    ):
+        wanted = HeldState.WITHDRAWN
+        why = "its author may no longer answer the message (the directory changed while it was held)"
+    if not collisions.take_decision(connection, held_id, wanted, actor, now):
+        again = collisions.held_reply(connection, held_id)
+        assert again is not None
+        return Decided(held_id, again.state, False, again.decided_by, found.vorgang)
+    stored: Stored | None = None
+    if wanted is HeldState.RELEASED:
+        portfolio = Portfolio(pid, found.portfolio)
+        author = Author(found.member_id, found.member, found.member_name)
+        inserted = _inserted_again(connection, found)
+        stored = _deliver(
+            connection, inserted, found.to, found.cc, storage, None, now, portfolio, author, "held"
+        )
+        mark_answered(connection, pid, found.answered_pk, now)
+    kind = EventKind.REPLY_RELEASED if wanted is HeldState.RELEASED else EventKind.REPLY_WITHDRAWN
+    detail: dict[str, Any] = {"held_id": held_id, "vorgang": found.vorgang, "reason": why}
+    if stored is not None:
+        detail |= {k: v for k, v in stored.detail.items() if k != "message_pk"}
+    append_events(
+        connection,
+        [
+            Event(
+                kind,
+                actor,
+                now,
+                portfolio_id=pid,
+                member_id=found.member_id,
+                vorgang_id=found.vorgang_id,
+                message_id=found.message_pk,
+                detail=detail,
+            )
+        ],
+    )
+    return Decided(
+        held_id,
+        wanted,
+        True,
+        actor,
+        found.vorgang,
+        relayed=stored.relayed if stored else False,
+        copies=stored.copies if stored else 0,
+        why=why,
+    )
+
+
+def _inserted_again(connection: Connection, held: collisions.HeldReply) -> _Inserted:
+    """The stored message of a held reply, as ``_deliver`` takes it."""
+    row = connection.execute(select(MESSAGES).where(MESSAGES.c.id == held.message_pk)).one()
+    answered = answered_of_message(connection, held.answered_pk, held.member_id)
+    target = thread_target(connection, answered) if answered is not None else None
+    message = NewMessage(
+        gateway_id=row.gateway_id,
+        portfolio_id=row.portfolio_id,
+        vorgang_id=row.vorgang_id,
+        direction=Direction(row.direction),
+        backoffice_id=row.backoffice_id,
+        raw=bytes(row.raw),
+        sha256=row.sha256,
+        message_id=row.message_id or f"<{row.gateway_id}@held>",
+        message_id_assigned=row.message_id_assigned,
+        in_reply_to=tuple((row.in_reply_to or "").split()),
+        references=tuple((row.references or "").split()),
+        subject=row.subject,
+        from_address=row.from_address,
+        envelope_sender=row.envelope_sender,
+        received_at=row.received_at,
+        sender_member_id=row.sender_member_id,
+        answers_message_id=row.answers_message_id,
+        trace=Trace.from_json(row.trace),
+    )
+    taking_part = participants(connection, held.portfolio_id, held.message_pk)
+    return _Inserted(message, held.message_pk, (held.vorgang_id, held.vorgang), target, taking_part)
 
 
 def open_vorgang(
@@ -371,6 +597,17 @@ def _record_stored(
     append_events(connection, [event])
 
 
+@dataclass(frozen=True, slots=True)
+class _Inserted:
+    """A member's mail stored as a message, before its copies and relay."""
+
+    message: NewMessage
+    message_pk: int
+    vorgang: tuple[int, str]
+    target: ThreadTarget | None
+    taking_part: list[Participant]
+
+
 def _store_member_mail(
     connection: Connection,
     mail: MemberMail,
@@ -386,6 +623,31 @@ def _store_member_mail(
 
     The caller holds the portfolio's directory (``hold_directory``) from its first read of it.
     """
+    inserted = _insert_member_mail(connection, mail, storage, now, portfolio, author, answered)
+    return _deliver(
+        connection,
+        inserted,
+        mail.parsed.to,
+        mail.parsed.cc,
+        storage,
+        lease,
+        now,
+        portfolio,
+        author,
+        mail.peer,
+    )
+
+
+def _insert_member_mail(
+    connection: Connection,
+    mail: MemberMail,
+    storage: ReplyStorage,
+    now: dt.datetime,
+    portfolio: Portfolio,
+    author: Author,
+    answered: Answered | None,
+) -> _Inserted:
+    """The message row of a member's mail, with its participants; nothing copied or queued yet."""
     if answered is None:
         ((vorgang_id, reference),) = new_vorgaenge(connection, portfolio.id, [mail.parsed.subject], now)
         vorgang, answers, target = (vorgang_id, reference), None, portfolio_target(connection, portfolio.id)
@@ -399,9 +661,6 @@ def _store_member_mail(
         Participant(member_id, ParticipantRole.CC if address in cc else ParticipantRole.TO)
         for address, member_id in sorted(named.items())
     ]
-    releases = sharing_releases(connection, pid, {p.member_id for p in taking_part})
-    seen_by = audience(pid, taking_part, releases)
-
     direction = Direction.REPLY if answers is not None else Direction.INTAKE
     gateway_id = new_gateway_id()
     trace = Trace(mail.arrival, storage.hostname, gateway_id, now) if mail.arrival is not None else None
@@ -427,6 +686,33 @@ def _store_member_mail(
         participants=taking_part,
     )
     message_pk = insert_message(connection, message)
+    return _Inserted(message, message_pk, vorgang, target, taking_part)
+
+
+def _deliver(
+    connection: Connection,
+    inserted: _Inserted,
+    to: Sequence[str],
+    cc: Sequence[str],
+    storage: ReplyStorage,
+    lease: Lease | None,
+    now: dt.datetime,
+    portfolio: Portfolio,
+    author: Author,
+    peer: str,
+) -> Stored:
+    """Copy a stored member's mail to its audience (under today's directory) and queue it for the back
+    office: at once, or when the collision guard releases a held reply."""
+    message, message_pk, vorgang, target = (
+        inserted.message,
+        inserted.message_pk,
+        inserted.vorgang,
+        inserted.target,
+    )
+    pid = portfolio.id
+    taking_part = inserted.taking_part
+    releases = sharing_releases(connection, pid, {p.member_id for p in taking_part})
+    seen_by = audience(pid, taking_part, releases)
     # The author's own client keeps the mail in Sent; a copy in the inbox would only be noise.
     copies = copies_for(message_pk, pid, seen_by, leaving_out={author.id})
     copy_pks = insert_copies(connection, copies, now, lease)
@@ -434,7 +720,9 @@ def _store_member_mail(
 
     relay: dict[str, Any] = {"relayed": False, "why_not": "the portfolio has no back office to relay to"}
     if target is not None and target.backoffice_address is not None:
-        relay = _queue_relay(connection, mail, message, message_pk, vorgang[1], author, target, storage, now)
+        relay = _queue_relay(
+            connection, message.raw, to, cc, message, message_pk, vorgang[1], author, target, storage, now
+        )
     # Copies stored under a lease go to the fan-out of this process at once.
     jobs = (
         [
@@ -448,15 +736,15 @@ def _store_member_mail(
     )
     detail = {
         "message_pk": message_pk,
-        "gateway_id": gateway_id,
+        "gateway_id": message.gateway_id,
         "vorgang": vorgang[1],
         "audience": sorted(addresses.values()),
-        "peer": mail.peer,
+        "peer": peer,
         **relay,
     }
     return Stored(
-        direction,
-        gateway_id,
+        Direction(message.direction),
+        message.gateway_id,
         vorgang[0],
         vorgang[1],
         author.address,
@@ -469,7 +757,9 @@ def _store_member_mail(
 
 def _queue_relay(
     connection: Connection,
-    mail: MemberMail,
+    raw: bytes,
+    to_given: Sequence[str],
+    cc_given: Sequence[str],
     message: NewMessage,
     message_pk: int,
     vorgang: str,
@@ -495,8 +785,8 @@ def _queue_relay(
         named = member_by_address(connection, portfolio_id, sender.from_address)
         name = named.display_name if named else ""
     to, cc = recipients_kept(
-        mail.parsed.to,
-        mail.parsed.cc,
+        to_given,
+        cc_given,
         backoffice=target.backoffice_address,
         reply_domain=storage.reply_domain,
     )
@@ -505,7 +795,7 @@ def _queue_relay(
     )
     relay_message_id = f"<{message.gateway_id}@{storage.hostname}>"
     data = render_relay(
-        mail.raw,
+        raw,
         RelayHeaders(
             from_address=sender.from_address,
             from_name=name,

@@ -256,6 +256,11 @@ class ReleaseRow(InPortfolio, Base):
     # gateway.domain.reconcile.
     backfill: Mapped[str] = mapped_column(String(20), default="all", server_default="all")
     revoked_copies: Mapped[str] = mapped_column(String(10), default="remove", server_default="remove")
+    # The collision guard (gateway.domain.collision): "off", "hold", "notify", or NULL for the default
+    # of the release's sharing; how long a held reply waits (seconds), and "release" or "withdraw" then.
+    collision_guard: Mapped[str | None] = mapped_column(String(10))
+    hold_timeout: Mapped[int] = mapped_column(Integer, default=86400, server_default="86400")
+    after_hold_timeout: Mapped[str] = mapped_column(String(10), default="release", server_default="release")
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
 
 
@@ -459,8 +464,60 @@ class CopyRow(Base):
     # A delivered copy whose flags in the mailbox must catch up with ``seen``/``answered`` (set, never
     # cleared there: clearing stays local, DESIGN.md §4); the fan-out takes these like pending copies.
     flags_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # When the fan-out recorded the copy written into the mailbox (the collision guard's "the replier
+    # had the message from then on"); NULL until then, and for copies delivered before it was kept.
+    delivered_at: Mapped[dt.datetime | None] = mapped_column()
     created_at: Mapped[dt.datetime] = mapped_column(default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(default=_now, onupdate=_now)
+
+
+class HeldState(StrEnum):
+    """Where a reply the collision guard stopped stands (``held_replies.state``)."""
+
+    HELD = "held"  # stored, not copied, not relayed: waiting for the member, an admin or the timeout
+    RELEASED = "released"  # copied and relayed as any reply
+    WITHDRAWN = "withdrawn"  # kept in the Vorgang for the record; never copied, never relayed
+    NOTIFIED = "notified"  # collision_guard notify: relayed at once, only the notice was owed
+
+
+class HeldReplyRow(Base):
+    """A reply that crossed a co-member's earlier answer (gateway.domain.collision), and its notice.
+
+    A held reply is a stored message without copies and without a relay row: both are made when it is
+    released (its copies wait too, because it may be withdrawn and co-members must not have seen an
+    answer the back office never got). The notice to its author is written into their mailbox by the
+    held-replies worker (``notice_written_at``), and names the two addresses that release or withdraw it.
+    """
+
+    __tablename__ = "held_replies"
+    __table_args__ = (
+        _same_portfolio("message_id", "messages"),
+        Index("ix_held_replies_state", "state", "due_at"),
+        Index("ix_held_replies_notice", "notice_written_at", "notice_next_at"),
+    )
+
+    message_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    portfolio_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    # The id the notice's reply addresses carry (lower-case letters and digits, "h" first).
+    held_id: Mapped[str] = mapped_column(String(40), unique=True)
+    member_id: Mapped[int] = mapped_column(BigInteger)
+    answers_message_id: Mapped[int] = mapped_column(BigInteger)
+    collides_with_message_id: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(20))
+    # The release whose guard held it, and its settings then: a later change does not move a deadline.
+    release_name: Mapped[str] = mapped_column(String(200))
+    after_hold_timeout: Mapped[str] = mapped_column(String(10))
+    held_at: Mapped[dt.datetime] = mapped_column()
+    due_at: Mapped[dt.datetime | None] = mapped_column()
+    decided_at: Mapped[dt.datetime | None] = mapped_column()
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    # The To and Cc of the reply, for the relayed mail rendered when it is released.
+    to_addresses: Mapped[list[str]] = mapped_column(JSON)
+    cc_addresses: Mapped[list[str]] = mapped_column(JSON)
+    notice_written_at: Mapped[dt.datetime | None] = mapped_column()
+    notice_next_at: Mapped[dt.datetime | None] = mapped_column()
+    notice_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    notice_error: Mapped[str | None] = mapped_column(Text)
 
 
 class ReconcileRunRow(InPortfolio, Base):

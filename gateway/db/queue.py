@@ -374,6 +374,7 @@ def record(
             )
             .values(
                 state=CopyState.DELIVERED,
+                delivered_at=now,
                 flags_pending=flags_changed,
                 mailbox_ref=bindparam("b_ref"),
                 attempts=COPIES.c.attempts + 1,

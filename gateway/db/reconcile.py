@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, exists, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, bindparam, case, exists, func, insert, or_, select, update
 
 from gateway.db.acceptance import RELEASE_FACTS
 from gateway.db.copies import NewCopy, insert_copies
@@ -31,6 +31,8 @@ from gateway.db.models import (
     RUNS,
     CopyRow,
     CopyState,
+    HeldReplyRow,
+    HeldState,
     MessageKind,
     MessageRow,
     ParticipantRow,
@@ -123,7 +125,7 @@ def request_run(
     total = int(
         connection.scalar(
             select(func.count()).where(
-                MessageRow.portfolio_id == portfolio_id, MessageRow.kind == MessageKind.MESSAGE
+                MessageRow.portfolio_id == portfolio_id, MessageRow.kind == MessageKind.MESSAGE, _not_held()
             )
         )
         or 0
@@ -303,6 +305,14 @@ class _ReadBatch:
     gone: dict[int, ReleasePolicy]
 
 
+def _not_held() -> ColumnElement[bool]:
+    """The message is no reply the collision guard holds or withdrew."""
+    return ~exists().where(
+        HeldReplyRow.message_id == MessageRow.id,
+        HeldReplyRow.state.in_((HeldState.HELD.value, HeldState.WITHDRAWN.value)),
+    )
+
+
 def _read_batch(
     connection: Connection, pid: int, cursor: int, batch_size: int, only: Involved | None = None
 ) -> _ReadBatch | None:
@@ -316,6 +326,9 @@ def _read_batch(
         # Only mail that is fanned out at all: quarantined mail, auto-replies, bounces and loops are
         # kept in the Vorgang without copies, and a directory change must not hand them out.
         .where(MessageRow.portfolio_id == pid, MessageRow.id > cursor, MessageRow.kind == MessageKind.MESSAGE)
+        # Nor replies the collision guard holds or withdrew: their copies wait for (or never get) a
+        # release (docs/collisions.md).
+        .where(_not_held())
         .order_by(MessageRow.id)
         .limit(batch_size)
     )

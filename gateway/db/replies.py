@@ -97,6 +97,18 @@ def answered_by_copy(connection: Connection, copy_id: str) -> Answered | None:
     )
 
 
+def answered_of_message(connection: Connection, message_pk: int, member_id: int) -> Answered | None:
+    """A copy of the message ``message_pk`` as ``answered_by_copy`` reads it: ``member_id``'s own
+    copy where there is one, else the first (a held reply's author may have answered from another's)."""
+    copy_id = connection.scalars(
+        select(CopyRow.copy_id)
+        .where(CopyRow.message_id == message_pk)
+        .order_by((CopyRow.member_id != member_id), CopyRow.id)
+        .limit(1)
+    ).first()
+    return None if copy_id is None else answered_by_copy(connection, copy_id)
+
+
 @dataclass(frozen=True, slots=True)
 class ThreadTarget:
     """The back-office mail a reply answers on the back office's side: whom to send to, how to thread."""

@@ -7,6 +7,8 @@ disagree about what is allowed. Each spec keeps the line it came from (0 when it
 Two settings serve the reply path (DESIGN.md §5): a portfolio's ``sender_auth`` says how a member's reply
 must prove its sender, and a back office's ``relay`` says where members' replies to it are delivered.
 Two more serve reconciliation: a release's ``backfill`` and ``revoked_copies`` (``gateway.domain.reconcile``).
+Three serve the collision guard (``gateway.domain.collision``): a release's ``collision_guard`` (None: the
+default, ``hold`` where it shares Vorgänge, else ``off``), its ``hold_timeout`` and ``after_hold_timeout``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from gateway.domain.collision import DEFAULT_HOLD_TIMEOUT, AfterTimeout, CollisionGuard, default_guard
 from gateway.domain.model import ReadSync
 from gateway.domain.reconcile import Backfill, RevokedCopies
 
@@ -158,6 +161,16 @@ class ReleaseSpec:
     # through it (DESIGN.md §3's retroactivity, per release; gateway.domain.reconcile).
     backfill: Backfill = field(default_factory=Backfill)
     revoked_copies: RevokedCopies = RevokedCopies.REMOVE
+    # What a reply that crosses a co-member's answer does (None: the default for the release's
+    # sharing), how long a held one waits, and what becomes of it then (gateway.domain.collision).
+    collision_guard: CollisionGuard | None = None
+    hold_timeout: int = DEFAULT_HOLD_TIMEOUT
+    after_hold_timeout: AfterTimeout = AfterTimeout.RELEASE
+
+    @property
+    def guard(self) -> CollisionGuard:
+        """The guard in force: the one set, else the default for the release's sharing."""
+        return self.collision_guard or default_guard(self.share_vorgaenge)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +228,15 @@ def sharing_still_used(portfolio: str, releases: Iterable[str]) -> str:
     )
 
 
+def guard_without_sharing(portfolio: str, release: str, guard: CollisionGuard | None) -> str:
+    shown = guard.value if guard is not None else ""
+    return (
+        f'release "{release}" of portfolio {portfolio} has collision_guard {shown} but does not share '
+        "Vorgänge: its members never see each other's answers, so nothing can collide; switch "
+        "share_vorgaenge on, or leave collision_guard out (it is off where nothing is shared)"
+    )
+
+
 def check_portfolio(portfolio: PortfolioSpec) -> list[Violation]:
     """Every rule a portfolio's directory breaks, in line order."""
     found: list[Violation] = []
@@ -242,6 +264,11 @@ def check_portfolio(portfolio: PortfolioSpec) -> list[Violation]:
             for r in portfolio.releases
             if r.share_vorgaenge
         ]
+    found += [
+        Violation(r.line, guard_without_sharing(portfolio.name, r.name, r.collision_guard))
+        for r in portfolio.releases
+        if r.collision_guard not in (None, CollisionGuard.OFF) and not r.share_vorgaenge
+    ]
     for member in portfolio.members:
         primaries: list[str] = []
         for index, name in enumerate(member.releases):
@@ -431,7 +458,7 @@ def plan_changes(current: PortfolioSpec | None, wanted: PortfolioSpec) -> list[C
                 ("share_vorgaenge", r.share_vorgaenge),
                 ("read_sync", r.read_sync.value),
                 # The policies only when they differ from the defaults: the usual create reads as before.
-                *_changed(ReleaseSpec(name), r, ("backfill", "revoked_copies")),
+                *_changed(ReleaseSpec(name), r, ("backfill", "revoked_copies", *GUARD_FIELDS)),
             ),
         )
         for name, r in new_rel.items()
@@ -452,7 +479,8 @@ def plan_changes(current: PortfolioSpec | None, wanted: PortfolioSpec) -> list[C
     return changes
 
 
-RELEASE_FIELDS = ("primary", "share_vorgaenge", "read_sync", "backfill", "revoked_copies")
+GUARD_FIELDS = ("collision_guard", "hold_timeout", "after_hold_timeout")
+RELEASE_FIELDS = ("primary", "share_vorgaenge", "read_sync", "backfill", "revoked_copies", *GUARD_FIELDS)
 _POLICY_KEYS = frozenset({"share_vorgaenge", "backfill", "revoked_copies"})
 
 

@@ -36,15 +36,19 @@ __all__ = [
     "MAC_LENGTH",
     "MAX_COPY_ID_LENGTH",
     "MIN_KEY_BYTES",
+    "HeldAction",
     "TokenKeys",
     "TokenParts",
+    "held_token",
     "is_reply_address",
     "make_token",
     "parse_token",
+    "read_held_token",
     "reference_id",
     "reply_address",
     "token_from_address",
     "token_from_references",
+    "verify_held_token",
 ]
 
 LOCAL_PART = "reply"
@@ -208,6 +212,60 @@ def token_from_references(message_ids: Sequence[str], reply_domain: str) -> str 
         if parts is not None:
             return parts.token
     return None
+
+
+# The collision guard's notice (gateway.domain.held_notice) names two addresses per held reply, "send
+# mine anyway" and "withdraw mine", spelled like reply tokens: the action's letter and the held reply's
+# id (which starts with "h", as no copy id does), then a MAC. The MAC has its own purpose string and
+# binds the member too, so such a token never verifies as a copy's token, nor for another member.
+_HELD_PURPOSE = b"vorgang-gateway held reply v1\x00"
+_HELD_ID = re.compile(r"h[a-z0-9]{4,30}", re.ASCII)
+
+
+class HeldAction(str):
+    """``s`` (send anyway) or ``w`` (withdraw)."""
+
+    SEND = "s"
+    WITHDRAW = "w"
+
+
+def held_token(keys: TokenKeys, *, portfolio: str, held_id: str, member_id: int, action: str) -> str:
+    """The token of the address that does ``action`` (``HeldAction``) to the held reply ``held_id``."""
+    if action not in (HeldAction.SEND, HeldAction.WITHDRAW) or not _HELD_ID.fullmatch(held_id):
+        raise ValueError(f"no held-reply token for action {action!r} and id {held_id!r}")
+    name = action + held_id
+    return name + _held_mac(keys.keys[0], portfolio, name, member_id)
+
+
+def read_held_token(parts: TokenParts) -> tuple[str, str] | None:
+    """(action, held id) when ``parts`` is spelled like a held-reply token, else None (a copy's token)."""
+    action, held_id = parts.copy_id[:1], parts.copy_id[1:]
+    if action in (HeldAction.SEND, HeldAction.WITHDRAW) and _HELD_ID.fullmatch(held_id):
+        return action, held_id
+    return None
+
+
+def verify_held_token(keys: TokenKeys, parts: TokenParts, *, portfolio: str, member_id: int) -> bool:
+    """Whether ``parts`` is the held-reply token of its id for ``member_id`` in ``portfolio``."""
+    valid = False
+    for key in keys.keys:
+        valid |= hmac.compare_digest(_held_mac(key, portfolio, parts.copy_id, member_id), parts.mac)
+    return valid
+
+
+def _held_mac(key: bytes, portfolio: str, name: str, member_id: int) -> str:
+    if not portfolio:
+        raise ValueError("a held-reply token needs the name of its portfolio")
+    encoded = portfolio.encode("utf-8", "surrogatepass")
+    message = (
+        _HELD_PURPOSE
+        + len(encoded).to_bytes(4, "big")
+        + encoded
+        + member_id.to_bytes(8, "big", signed=True)
+        + name.encode("ascii")
+    )
+    digest = hmac.new(key, message, hashlib.sha256).digest()[:_MAC_BYTES]
+    return base64.b32encode(digest).decode("ascii").lower()
 
 
 def _mac(key: bytes, portfolio: str, copy_id: str) -> str:

@@ -33,10 +33,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.db import membermail, replies
+from gateway.db import collisions, membermail, replies
 from gateway.db.copies import Lease
 from gateway.db.directory import portfolio_policy
-from gateway.db.models import CopyState, MessageKind
+from gateway.db.models import CopyState, HeldState, MessageKind
 from gateway.db.writer import Writer
 from gateway.domain import gateway_headers
 from gateway.domain.answers import Classification, DeliveryReport, Kind
@@ -45,10 +45,14 @@ from gateway.domain.refusals import NOT_ENTITLED_TO_ANSWER
 from gateway.domain.senderauth_rules import Policy
 from gateway.domain.submitters import message_id_too_long
 from gateway.domain.tokens import (
+    HeldAction,
     TokenKeys,
+    TokenParts,
     parse_token,
+    read_held_token,
     token_from_address,
     token_from_references,
+    verify_held_token,
     verify_token,
 )
 from gateway.domain.trace import Arrival
@@ -121,7 +125,9 @@ class ReplyStage:
         handoff: HandOff | None = None,
         on_relay: Callable[[], None] = lambda: None,
         on_copies: Callable[[], None] = lambda: None,
+        on_held: Callable[[], None] = lambda: None,
     ) -> None:
+        self.on_held = on_held
         self.writer = writer
         self.keys = keys
         self.context = context
@@ -146,6 +152,10 @@ class ReplyStage:
         opened_in = next((ctx.intake[r] for r in mail.recipients if r in ctx.intake), None)
         token = _token_of(mail, ctx.reply_domain)
         parts = None if token is None else parse_token(token)
+        held = None if parts is None else read_held_token(parts)
+        if held is not None and parts is not None and opened_in is None:
+            # An answer to a collision notice's address: send the held reply anyway, or withdraw it.
+            return await self._decide_held(mail, parts, *held)
         answered = None if parts is None else await self.writer.run(replies.answered_by_copy, parts.copy_id)
         if opened_in is not None and (
             parts is None
@@ -270,7 +280,12 @@ class ReplyStage:
         self,
         peer: str,
         transaction: Callable[
-            ..., membermail.Stored | membermail.Refusal | membermail.Resent | membermail.Recorded
+            ...,
+            membermail.Stored
+            | membermail.Refusal
+            | membermail.Resent
+            | membermail.Recorded
+            | membermail.Held,
         ],
         *args: Any,
     ) -> str:
@@ -287,6 +302,20 @@ class ReplyStage:
             if outcome.kind == Kind.ANSWER.value:
                 return Reply.ACCEPTED.with_text(f"Accepted as {outcome.gateway_id} in {outcome.vorgang}")
             return Reply.RECORDED.with_text(f"Recorded in {outcome.vorgang} as {outcome.kind}; not relayed")
+        if isinstance(outcome, membermail.Held):
+            # The notice goes into the author's mailbox from the held-replies worker (durable).
+            self.on_held()
+            log.info(
+                "held %s from %s in %s (collision guard): %s",
+                outcome.gateway_id,
+                outcome.author,
+                outcome.vorgang,
+                outcome.held_id,
+            )
+            return Reply.ACCEPTED.with_text(
+                f"Accepted as {outcome.gateway_id} in {outcome.vorgang}, held: a colleague answered "
+                "first; a notice in your mailbox says how to send or withdraw it"
+            )
         if isinstance(outcome, membermail.Recorded):
             log.info("recorded %s from %s in %s: %s", outcome.kind, peer, outcome.vorgang, outcome.reason)
             return Reply.RECORDED.with_text(f"Recorded in {outcome.vorgang} as {outcome.kind}; not relayed")
@@ -313,6 +342,75 @@ class ReplyStage:
             },
         )
         return Reply.ACCEPTED.with_text(f"Accepted as {outcome.gateway_id} in {outcome.vorgang}")
+
+    async def _decide_held(self, mail: Incoming, parts: TokenParts, action: str, held_id: str) -> str:
+        """A member's answer to a collision notice (docs/collisions.md): the held reply released or
+        withdrawn, once. The address is bound to the held reply and its author; the sender check is the
+        one replies pass."""
+        found = await self.writer.run(collisions.held_reply, held_id)
+        if found is None or not verify_held_token(
+            self.keys, parts, portfolio=found.portfolio, member_id=found.member_id
+        ):
+            await self._refused(mail, f"held-reply code {parts.token!r} is not valid")
+            return Reply.REFUSED.with_text(
+                "The address is not valid (it was changed, or it is not one of this gateway's): "
+                "please use the addresses in the notice as they are"
+            )
+        portfolio = replies.Portfolio(found.portfolio_id, found.portfolio)
+        if mail.classification.kind is not Kind.ANSWER:
+            # An out-of-office or a bounce decides nothing: only the member does.
+            await self._refused(
+                mail, f"{mail.classification.kind.value} to held reply {held_id}", portfolio=portfolio
+            )
+            return Reply.RECORDED.with_text("Recorded; an automatic mail does not decide on a held reply")
+        from_address = _from_of(mail)
+        if from_address.lower() != found.member.lower():
+            await self._refused(
+                mail,
+                f"{from_address or 'no From'} is not the author of held reply {held_id}",
+                portfolio=portfolio,
+            )
+            return Reply.REFUSED.with_text(NOT_ENTITLED_TO_ANSWER)
+        refused = await self._check_sender(mail, found.portfolio_id, from_address, portfolio=portfolio)
+        if refused is not None:
+            return refused
+        wanted = HeldState.RELEASED if action == HeldAction.SEND else HeldState.WITHDRAWN
+        try:
+            decided = await self.writer.run(
+                membermail.decide_held,
+                held_id,
+                wanted,
+                f"member:{found.member}",
+                self.context.storage,
+                reason="the author answered the notice",
+            )
+        except Exception as exc:
+            log.error("could not decide on held reply %s: %s", held_id, exc)
+            raise NotStored(str(exc)) from exc
+        if decided is None:
+            return Reply.REFUSED.with_text("This held reply does not exist any more")
+        if decided.done_now and decided.state is HeldState.RELEASED:
+            self.on_copies()
+            self.on_relay()
+        log.info("held reply %s: %s by %s", held_id, decided.state.value, decided.decided_by)
+        if decided.state is HeldState.RELEASED:
+            text = f"Your held reply in {decided.vorgang} goes to the back office now"
+        else:
+            text = f"Your held reply in {decided.vorgang} was withdrawn: nothing was sent"
+        if decided.done_now:
+            return Reply.ACCEPTED.with_text(text)
+        if decided.state is wanted:
+            return Reply.ACCEPTED.with_text(f"{text} (decided before)")
+        await self._refused(
+            mail,
+            f"held reply {held_id} is {decided.state.value} already ({decided.decided_by}); "
+            f"asked to be {wanted.value}",
+            portfolio=portfolio,
+        )
+        return Reply.REFUSED.with_text(
+            f"Your held reply in {decided.vorgang} was {decided.state.value} already "
+            f"({decided.decided_by or 'by the gateway'}); nothing was changed"
+        )
 
     def _lease(self) -> Lease | None:
         if self.handoff is None:

@@ -27,6 +27,7 @@ from gateway.web.exposition import Exposition
 from gateway.web.i18n import Texts
 from gateway.web.preview_tasks import PreviewTasks
 from gateway.web.readiness import Readiness
+from gateway.web.replay_tasks import ReplayTasks
 
 T = TypeVar("T")
 
@@ -93,6 +94,8 @@ class Console:
     operations: Operations = field(default_factory=Operations)
     # Previews of directory changes planning or planned on this node (gateway.web.preview_tasks).
     previews: PreviewTasks = field(default_factory=PreviewTasks)
+    # Rule replays running or run on this node (gateway.web.replay_tasks).
+    replays: ReplayTasks = field(default_factory=ReplayTasks)
 
     def __post_init__(self) -> None:
         self.failures = FailedLogins(self.login_limits)

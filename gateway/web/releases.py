@@ -8,7 +8,15 @@ from collections.abc import Mapping
 from starlette.responses import JSONResponse, Response
 
 from gateway.admin import api
+from gateway.admin.api import GuardSettings
 from gateway.db.reconcile import RunView, run_of
+from gateway.domain.collision import (
+    DEFAULT_HOLD_TIMEOUT,
+    AfterTimeout,
+    CollisionGuard,
+    format_duration,
+    parse_duration,
+)
 from gateway.domain.directory import PortfolioSpec, ReleaseSpec
 from gateway.domain.model import ReadSync
 from gateway.domain.reconcile import Backfill, RevokedCopies
@@ -52,7 +60,32 @@ def values_of(release: ReleaseSpec) -> dict[str, str]:
         "backfill": "days" if backfill.startswith("days:") else backfill,
         "backfill_days": backfill.removeprefix("days:") if backfill.startswith("days:") else "",
         "revoked_copies": release.revoked_copies.value,
+        "collision_guard": release.collision_guard.value if release.collision_guard else "default",
+        "hold_timeout": format_duration(release.hold_timeout),
+        "after_hold_timeout": release.after_hold_timeout.value,
     }
+
+
+GUARDS = ("default", *(g.value for g in CollisionGuard))
+
+
+def _guard_settings(visit: Visit, form: Mapping[str, str], errors: FormErrors) -> GuardSettings:
+    """The collision guard's fields (docs/collisions.md); problems go into ``errors``."""
+    guard = form.get("collision_guard", "default")
+    if guard not in GUARDS:
+        add(errors, "collision_guard", visit.t("releases.error.collision_guard"))
+        guard = "default"
+    timeout = None
+    try:
+        timeout = parse_duration(form.get("hold_timeout", "24h"))
+    except ValueError:
+        add(errors, "hold_timeout", visit.t("releases.error.hold_timeout"))
+    after = None
+    try:
+        after = AfterTimeout(form.get("after_hold_timeout", AfterTimeout.RELEASE.value))
+    except ValueError:
+        add(errors, "after_hold_timeout", visit.t("releases.error.after_hold_timeout"))
+    return GuardSettings(guard, timeout, after)
 
 
 def _settings(
@@ -108,6 +141,7 @@ async def _release_page(
         portfolio_path=f"/portfolios/{path_part(spec.name)}",
         read_syncs=READ_SYNCS,
         revocations=REVOCATIONS,
+        guards=GUARDS,
     )
 
 
@@ -121,6 +155,7 @@ async def change_release(visit: Visit) -> Response:
     """The settings form: flags and policies of the release."""
     name = _release_name(visit)
     read_sync, backfill, revoked, errors = _settings(visit, visit.form)
+    guard = _guard_settings(visit, visit.form, errors)
 
     async def reshow(found: FormErrors, status: int) -> Response:
         return await _release_page(visit, name, values=visit.form, errors=found, status=status)
@@ -134,6 +169,7 @@ async def change_release(visit: Visit) -> Response:
         read_sync=read_sync,
         backfill=backfill,
         revoked_copies=revoked,
+        guard=guard,
     )
     path = release_path(visit.portfolio, name)
     proposal = Proposal(path, edit, visit.t("releases.preview.settings", release=name), path)
@@ -220,6 +256,9 @@ NEW_RELEASE = {
     "backfill": "all",
     "backfill_days": "",
     "revoked_copies": RevokedCopies.REMOVE.value,
+    "collision_guard": "default",
+    "hold_timeout": format_duration(DEFAULT_HOLD_TIMEOUT),
+    "after_hold_timeout": AfterTimeout.RELEASE.value,
 }
 
 
@@ -237,6 +276,7 @@ async def _new_page(
         portfolio_path=f"/portfolios/{path_part(spec.name)}",
         read_syncs=READ_SYNCS,
         revocations=REVOCATIONS,
+        guards=GUARDS,
     )
 
 
@@ -250,6 +290,7 @@ async def create_release(visit: Visit) -> Response:
     form = {**NEW_RELEASE, **visit.form}
     name = form["name"].strip()
     read_sync, backfill, revoked, errors = _settings(visit, form)
+    guard = _guard_settings(visit, form, errors)
     if not name:
         add(errors, "name", visit.t("releases.error.name"))
 
@@ -266,6 +307,7 @@ async def create_release(visit: Visit) -> Response:
         read_sync=read_sync,
         backfill=backfill,
         revoked_copies=revoked,
+        guard=guard,
     )
     path = release_path(visit.portfolio, name)
     proposal = Proposal(

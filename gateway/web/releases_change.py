@@ -22,6 +22,7 @@ from starlette.responses import RedirectResponse, Response
 
 from gateway.admin import api
 from gateway.db.directory import RECONCILE_RUNS
+from gateway.domain.collision import format_duration
 from gateway.domain.directory import Change, PortfolioSpec
 from gateway.domain.release_conflicts import (
     PrimaryConflict,
@@ -225,6 +226,12 @@ def _value(visit: Visit, key: str, value: object) -> str:
         return visit.t(f"releases.read_sync.{value}")
     if key == "revoked_copies":
         return visit.t(f"releases.revoked.{value}")
+    if key == "collision_guard":
+        return visit.t(f"releases.guard.{value or 'default'}")
+    if key == "after_hold_timeout":
+        return visit.t(f"releases.after.{value}")
+    if key == "hold_timeout" and isinstance(value, int):
+        return format_duration(value)
     if key == "backfill":
         text = str(value)
         if text.startswith("days:"):

@@ -1,11 +1,13 @@
 """The routing rules in the console (operators only): the files with their check result (the checker
-of ``gateway rules check``), the rule set in force, and "test a message": an uploaded .eml or a stored
-message through the dry run of ``gateway rules test``, shown in the same words."""
+of ``gateway rules check``), the rule set in force, "test a message": an uploaded .eml or a stored
+message through the dry run of ``gateway rules test``, shown in the same words, and the form of the
+replay of a candidate (run by ``gateway.web.rules_replay``)."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
@@ -38,9 +40,15 @@ async def _page(
     problems: dict[str, str] | None = None,
     detail: str = "",
     result: list[str] | None = None,
+    replay_form: dict[str, str] | None = None,
+    replay_problems: list[str] | None = None,
+    replay_refusal: str = "",
+    candidate_texts: list[tuple[str, str]] | None = None,
 ) -> Response:
     """The rules page; ``problems`` maps a field of the test form to a message id, ``detail`` is the
-    dry run's own refusal."""
+    dry run's own refusal. The ``replay_…`` values are the replay form's (``gateway.web.rules_replay``):
+    its fields, the candidate's FILE:LINE:COL problems or another refusal, and the candidate's files as
+    sent (default: the live files, to edit)."""
     operations = visit.console.operations
     directory = operations.settings.rules.dir
     async with visit.console.sessions() as session:
@@ -51,6 +59,8 @@ async def _page(
         for path in paths
     ]
     in_force, loaded_here = await _in_force(visit)
+    if candidate_texts is None:
+        candidate_texts = await asyncio.to_thread(_texts, paths)
     return visit.render(
         "rules.html",
         status,
@@ -65,7 +75,25 @@ async def _page(
         detail=detail,
         result=result,
         limit=visit.console.settings.max_upload_size,
+        replay_form=replay_form or {},
+        replay_problems=replay_problems or [],
+        replay_refusal=replay_refusal,
+        candidate_texts=candidate_texts,
     )
+
+
+rules_page = _page  # the replay's form lives on this page (gateway.web.rules_replay)
+
+
+def _texts(paths: list[Path]) -> list[tuple[str, str]]:
+    """The live rules files by name and text, for the replay form to edit (an unreadable one is left out)."""
+    found = []
+    for path in paths:
+        try:
+            found.append((path.name, path.read_text("utf-8")))
+        except (OSError, UnicodeDecodeError):
+            continue
+    return found
 
 
 async def _in_force(visit: Visit) -> tuple[RuleSet | None, bool]:

@@ -111,6 +111,24 @@ TEXTS: dict[str, str] = {
         "Was ein Mitglied, das durch diese Freischaltung neu Zugriff bekommt, von den bereits "
         "vorhandenen Nachrichten erhält."
     ),
+    "releases.field.collision_guard": "Kollisionsschutz",
+    "releases.guard.which": "Eine Antwort, die sich mit der früheren Antwort eines Kollegen überschneidet",
+    "releases.guard.default": "Standard (zurückhalten, wo Vorgänge geteilt werden)",
+    "releases.guard.hold": "zurückhalten und den Verfasser fragen",
+    "releases.guard.notify": "senden und den Verfasser informieren",
+    "releases.guard.off": "senden (aus)",
+    "releases.field.hold_timeout": "Höchstens zurückhalten",
+    "releases.field.after_hold_timeout": "danach",
+    "releases.after.release": "senden",
+    "releases.after.withdraw": "zurückziehen",
+    "releases.help.collision_guard": (
+        "Wer eine Nachricht beantwortet, die ein Kollege beantwortet hat, nachdem die Kopie ankam, hat "
+        "diese Antwort womöglich nicht gesehen. Eine zurückgehaltene Antwort wartet auf die Wahl des "
+        "Verfassers, einen Admin oder diese Zeit (z. B. 4h, 2d)."
+    ),
+    "releases.error.collision_guard": "Bitte wählen Sie, was mit einer überschneidenden Antwort geschieht.",
+    "releases.error.hold_timeout": "Bitte geben Sie eine Zeit zwischen 1m und 30d an, etwa 4h oder 2d.",
+    "releases.error.after_hold_timeout": "Bitte wählen Sie, was nach der Haltezeit geschieht.",
     "releases.help.revoked": (
         "Was mit Kopien geschieht, die ein Mitglied durch eine Änderung nicht mehr sehen darf."
     ),
@@ -411,6 +429,32 @@ TEXTS: dict[str, str] = {
     #
     #
     # --- quarantine, queues, rules (anchor: add this area's ids below this line) ---
+    "held.link": "Zurückgehaltene Antworten",
+    "held.title": "Zurückgehaltene Antworten in {name}",
+    "held.intro": (
+        "Antworten, die sich mit der früheren Antwort eines Kollegen auf dieselbe Nachricht überschnitten "
+        "haben (Kollisionsschutz). Jede wartet auf ihren Verfasser, einen Admin oder die Haltefrist der "
+        "Freischaltung; die erste Entscheidung gilt."
+    ),
+    "held.caption": "Zurückgehaltene Antworten, älteste zuerst",
+    "held.none": "Keine Antwort wird zurückgehalten.",
+    "held.done": "Zurückgehaltene Antwort {id}: {state}.",
+    "held.reply": "Antwort",
+    "held.vorgang": "Vorgang",
+    "held.member": "Verfasst von",
+    "held.crossed": "Überschneidung",
+    "held.crossed_by": "mit der Antwort von {who}, angenommen {at}",
+    "held.due": "Ohne Entscheidung am",
+    "held.then.release": "dann gesendet",
+    "held.then.withdraw": "dann zurückgezogen",
+    "held.decide": "Entscheiden",
+    "held.release": "Senden",
+    "held.withdraw": "Zurückziehen",
+    "held.state.held": "weiter zurückgehalten",
+    "held.state.released": "freigegeben, sie geht an das Maklersystem",
+    "held.state.withdrawn": "zurückgezogen, nichts wurde gesendet",
+    "held.state.notified": "mit Hinweis weitergeleitet",
+    "held.state.": "",
     #
     "nav.queues": "Warteschlangen",
     "nav.rules": "Regeln",
@@ -538,4 +582,32 @@ TEXTS: dict[str, str] = {
     "rules.unreadable": "Die Nachricht ließ sich nicht in der vorgesehenen Zeit lesen.",
     "rules.files_invalid": "Die Regeldateien sind ungültig; erst nach ihrer Korrektur lässt sich testen.",
     "rules.not_run": "Der Test lief nicht:",
+    "rules.replay": "Kandidaten nachspielen",
+    "rules.replay_intro": (
+        "Einen Regelsatz-Kandidaten über die gespeicherte Post eines Zeitraums laufen lassen, wie "
+        "`gateway rules replay`: Regeldateien hochladen oder die geltenden Dateien unten bearbeiten. Der "
+        "Kandidat wird zuerst geprüft und nie in Kraft gesetzt; nichts wird geändert. Uploads bis "
+        "{limit} Bytes insgesamt."
+    ),
+    "rules.replay_upload": "Regeldateien des Kandidaten (.yaml, mehrere möglich)",
+    "rules.replay_edit": "oder die geltenden Dateien als Kandidat bearbeiten (wenn nichts hochgeladen ist)",
+    "rules.replay_portfolio": "Bestand (leer: alle)",
+    "rules.replay_since": "Zeitraum (30d, 12h, 2w oder ein Datum)",
+    "rules.replay_run": "Nachspielen",
+    "rules.replay_invalid": "Der Kandidat hat {n} Problem(e); nichts wurde nachgespielt:",
+    "rules.replay_no_files": "Bitte Regeldateien hochladen oder die geltenden bearbeiten.",
+    "rules.replay_bad_name": "Eine Regeldatei heißt etwa 20-schaden.yaml (Buchstaben, Ziffern, . _ -).",
+    "rules.replay_too_many": "Höchstens {n} Regeldateien.",
+    "rules.replay_not_run": "Das Nachspielen lief nicht:",
+    "rules.replay_busy": "Es läuft schon ein Nachspielen; bitte warten Sie, bis es fertig ist.",
+    "rules.replay_to_yours": "Zu Ihrem Nachspielen",
+    "rules.replay_title": "Nachspielen des Kandidaten {digest}",
+    "rules.replay_running": "Wird nachgespielt…",
+    "rules.replay_progress": "{done} von {total} Nachrichten",
+    "rules.replay_reload": "Neu laden",
+    "rules.replay_result": "Unterschied zu den geltenden Regeln",
+    "rules.replay_not_activated": "Der Kandidat ist nicht in Kraft: die geltenden Regeln bleiben.",
+    "rules.replay_failed": "Das Nachspielen ist fehlgeschlagen; das Protokoll sagt warum.",
+    "rules.replay_gone": "Dieses Nachspielen ist auf diesem Knoten (nicht mehr) bekannt.",
+    "rules.replay_back": "Zurück zu den Regeln",
 }

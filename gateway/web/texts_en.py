@@ -100,6 +100,24 @@ TEXTS: dict[str, str] = {
     "releases.help.backfill": (
         "What a member newly given access through this release receives of the messages that exist already."
     ),
+    "releases.field.collision_guard": "Collision guard",
+    "releases.guard.which": "A reply that crosses a colleague's earlier answer",
+    "releases.guard.default": "default (hold where Vorgänge are shared)",
+    "releases.guard.hold": "hold it and ask its author",
+    "releases.guard.notify": "send it and tell its author",
+    "releases.guard.off": "send it (off)",
+    "releases.field.hold_timeout": "Hold at most",
+    "releases.field.after_hold_timeout": "then",
+    "releases.after.release": "send it",
+    "releases.after.withdraw": "withdraw it",
+    "releases.help.collision_guard": (
+        "A member who answers a message a colleague answered after the member's copy arrived may not "
+        "have seen that answer. A held reply waits for its author's choice, an admin or this time "
+        "(e.g. 4h, 2d)."
+    ),
+    "releases.error.collision_guard": "Please choose what happens to a crossing reply.",
+    "releases.error.hold_timeout": "Please give a time between 1m and 30d, such as 4h or 2d.",
+    "releases.error.after_hold_timeout": "Please choose what happens after the hold time.",
     "releases.help.revoked": "What happens to copies a member may no longer see after a change.",
     "releases.help.delete": (
         "The members lose what this release gave them. You see first which copies that concerns."
@@ -386,6 +404,31 @@ TEXTS: dict[str, str] = {
     #
     #
     # --- quarantine, queues, rules (anchor: add this area's ids below this line) ---
+    "held.link": "Held replies",
+    "held.title": "Held replies of {name}",
+    "held.intro": (
+        "Replies that crossed a colleague's earlier answer to the same message (collision guard). Each "
+        "waits for its author, an admin or the release's hold timeout; the first decision counts."
+    ),
+    "held.caption": "Held replies, oldest first",
+    "held.none": "No reply is held.",
+    "held.done": "Held reply {id}: {state}.",
+    "held.reply": "Reply",
+    "held.vorgang": "Vorgang",
+    "held.member": "Written by",
+    "held.crossed": "Crossed",
+    "held.crossed_by": "the answer of {who}, accepted {at}",
+    "held.due": "Without a decision at",
+    "held.then.release": "then sent",
+    "held.then.withdraw": "then withdrawn",
+    "held.decide": "Decide",
+    "held.release": "Send it",
+    "held.withdraw": "Withdraw it",
+    "held.state.held": "still held",
+    "held.state.released": "released, it goes to the back office",
+    "held.state.withdrawn": "withdrawn, nothing was sent",
+    "held.state.notified": "relayed with a notice",
+    "held.state.": "",
     #
     "nav.queues": "Queues",
     "nav.rules": "Rules",
@@ -506,4 +549,31 @@ TEXTS: dict[str, str] = {
     "rules.unreadable": "The message could not be read in the time allowed.",
     "rules.files_invalid": "The rules files are invalid; fix them before testing.",
     "rules.not_run": "The test did not run:",
+    "rules.replay": "Replay a candidate",
+    "rules.replay_intro": (
+        "Run a candidate rule set over the stored mail of a span, as `gateway rules replay` does: upload "
+        "rules files, or edit the live files below. The candidate is checked first and never activated; "
+        "nothing is changed. Uploads up to {limit} bytes in all."
+    ),
+    "rules.replay_upload": "Candidate rules files (.yaml, several allowed)",
+    "rules.replay_edit": "or edit the live files as the candidate (used when nothing is uploaded)",
+    "rules.replay_portfolio": "Portfolio (empty: all)",
+    "rules.replay_since": "Span (30d, 12h, 2w or a date)",
+    "rules.replay_run": "Replay",
+    "rules.replay_invalid": "The candidate has {n} problem(s); nothing was replayed:",
+    "rules.replay_no_files": "Please upload rules files or edit the live ones.",
+    "rules.replay_bad_name": "A rules file must be named like 20-claims.yaml (letters, digits, . _ -).",
+    "rules.replay_too_many": "At most {n} rules files.",
+    "rules.replay_not_run": "The replay did not run:",
+    "rules.replay_busy": "A replay is running already; please wait until it is done.",
+    "rules.replay_to_yours": "To your replay",
+    "rules.replay_title": "Replay of candidate {digest}",
+    "rules.replay_running": "Replaying…",
+    "rules.replay_progress": "{done} of {total} messages",
+    "rules.replay_reload": "Reload",
+    "rules.replay_result": "Difference to the live rules",
+    "rules.replay_not_activated": "The candidate is not activated: the live rules stay in force.",
+    "rules.replay_failed": "The replay failed; the log says why.",
+    "rules.replay_gone": "This replay is not known (any more) on this node.",
+    "rules.replay_back": "Back to the rules",
 }

@@ -13,15 +13,19 @@ from gateway.domain.tokens import (
     MAC_LENGTH,
     MAX_COPY_ID_LENGTH,
     MIN_KEY_BYTES,
+    HeldAction,
     TokenKeys,
     TokenParts,
+    held_token,
     is_reply_address,
     make_token,
     parse_token,
+    read_held_token,
     reference_id,
     reply_address,
     token_from_address,
     token_from_references,
+    verify_held_token,
     verify_token,
 )
 
@@ -472,3 +476,37 @@ def test_references_without_a_token_id_give_none(ids: list[str]) -> None:
 def test_the_token_id_is_found_among_any_other_ids(copy_id: str, others: list[str]) -> None:
     made = token(copy_id=copy_id)
     assert token_from_references([*others, reference_id(made, DOMAIN), *others], DOMAIN) == made
+
+
+# --- the collision notice's addresses (docs/collisions.md) ----------------------------------------------
+
+
+def test_held_tokens_are_bound_to_their_reply_member_and_action() -> None:
+    keys = TokenKeys([b"k" * 32])
+    token = held_token(
+        keys, portfolio="mm", held_id="h0123456789abcdef0123", member_id=7, action=HeldAction.SEND
+    )
+    parts = parse_token(token)
+    assert parts is not None
+    assert token_from_address(reply_address(token, "reply.example"), "reply.example") == token
+    assert read_held_token(parts) == ("s", "h0123456789abcdef0123")
+    assert verify_held_token(keys, parts, portfolio="mm", member_id=7)
+    # Not for another member, another portfolio, under another key; never as a copy's token.
+    assert not verify_held_token(keys, parts, portfolio="mm", member_id=8)
+    assert not verify_held_token(keys, parts, portfolio="other", member_id=7)
+    assert not verify_held_token(TokenKeys([b"x" * 32]), parts, portfolio="mm", member_id=7)
+    assert not verify_token(keys, parts, portfolio="mm")
+    # The other action's address is another token; swapping the letter breaks the MAC.
+    withdraw = held_token(
+        keys, portfolio="mm", held_id="h0123456789abcdef0123", member_id=7, action=HeldAction.WITHDRAW
+    )
+    assert withdraw != token
+    swapped = parse_token("w" + token[1:])
+    assert swapped is not None
+    assert not verify_held_token(keys, swapped, portfolio="mm", member_id=7)
+    # A copy's token is no held token.
+    copy = parse_token(make_token(keys, portfolio="mm", copy_id="c0123456789abcdef0123"))
+    assert copy is not None
+    assert read_held_token(copy) is None
+    with pytest.raises(ValueError, match="held-reply token"):
+        held_token(keys, portfolio="mm", held_id="c01234", member_id=7, action=HeldAction.SEND)

@@ -629,3 +629,33 @@ async def test_a_portfolio_admin_of_makler_zwei_reaches_nothing_of_makler_muster
     assert changed == []
     # Their own portfolio's pages they reach.
     assert (await browser.client.get(f"/portfolios/{OTHER}/members")).status_code == 200
+
+
+# --- the collision guard's settings (docs/collisions.md) ------------------------------------------------
+
+
+async def test_the_collision_guard_is_set_on_the_release_page(web: ConsoleUnderTest, op: Browser) -> None:
+    page = (await op.client.get(release_url(WITH_GF))).text
+    assert '<option value="default" selected>' in page
+    assert 'id="hold_timeout" name="hold_timeout" value="1d"' in page
+    fields = {"share_vorgaenge": "on", "read_sync": "answered", "backfill": "all", "revoked_copies": "remove"}
+    guard = {"collision_guard": "notify", "hold_timeout": "4h", "after_hold_timeout": "withdraw"}
+    answer = await op.post(release_url(WITH_GF), {**fields, **guard})
+    assert answer.status_code == 303, answer.text
+    [row] = await web.sql(
+        "SELECT collision_guard, hold_timeout, after_hold_timeout FROM releases WHERE name = :n", n=WITH_GF
+    )
+    assert tuple(row) == ("notify", 14400, "withdraw")
+    shown = (await op.client.get(release_url(WITH_GF))).text
+    assert '<option value="notify" selected>' in shown
+    assert 'value="4h"' in shown
+
+    bad = await op.post(release_url(WITH_GF), {**fields, **guard, "hold_timeout": "ewig"})
+    assert bad.status_code == 400
+    assert "zwischen 1m und 30d" in problem(bad.text, "hold_timeout")
+    assert 'value="ewig"' in bad.text, "kept as typed"
+    # Holding where nothing is shared is refused with the directory's reason.
+    no_sharing = {**fields, "share_vorgaenge": "", "collision_guard": "hold", "hold_timeout": "4h"}
+    refused = await op.post(release_url(WITH_GF), {**no_sharing, "confirm": "1"})
+    assert refused.status_code == 409
+    assert "does not share" in html.unescape(refused.text)
