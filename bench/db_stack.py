@@ -66,7 +66,7 @@ from gateway.admin import api  # noqa: E402
 from gateway.admin.directory_file import read_directory_file  # noqa: E402
 from gateway.db.engine import create_engine as create_async_engine  # noqa: E402
 from gateway.db.engine import session_factory  # noqa: E402
-from gateway.db.migrate import head_revision, require_current, upgrade  # noqa: E402
+from gateway.db.migrate import head_revision, upgrade  # noqa: E402
 from gateway.db.models import (  # noqa: E402
     CopyRow,
     EventRow,
@@ -77,6 +77,7 @@ from gateway.db.models import (  # noqa: E402
     VorgangRow,
 )
 from gateway.db.names import directory_names  # noqa: E402
+from gateway.db.schema_state import require_current  # noqa: E402
 from gateway.db.writer import Writer, sync_url  # noqa: E402
 from gateway.domain.directory import DirectorySpec, MemberSpec  # noqa: E402
 from gateway.domain.model import ParticipantRole  # noqa: E402

@@ -29,8 +29,8 @@ from gateway.config import ListenerSettings, Settings, SubmissionListenerSetting
 from gateway.db.engine import create_engine, session_factory
 from gateway.db.gauges import stored_state
 from gateway.db.membermail import ReplyStorage
-from gateway.db.migrate import require_current
 from gateway.db.names import directory_names
+from gateway.db.schema_state import require_current
 from gateway.db.senderauth import sender_auth_refusal
 from gateway.db.writer import Writer
 from gateway.domain.logins import LoginLimits

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import shutil
 import sqlite3
@@ -18,6 +19,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -347,28 +349,119 @@ def seeded(gateway: Gateway, database_url: str) -> Gateway:
 from tests.cpu import pytest_runtest_protocol  # noqa: E402, F401  (CPU per test with GATEWAY_TEST_CPU)
 from tests.dovecot_fixtures import dovecot  # noqa: E402, F401  (the private Dovecot for IMAP tests)
 
-# Test ids whose fixtures are shared across modules, so pytest-xdist hands each group to one worker as one
-# unit (``--dist loadscope`` would split them by module, and each worker would start the shared gateways
-# and chromium again): the browser tests share one gateway per database kind and one chromium.
-SHARED_ACROSS_MODULES = ("tests/browser/",)
+# --- spreading the tests over pytest-xdist's workers (issue 14, item 7) --------------------------------
+#
+# A test runs on any worker unless it shares a fixture (module or package scope: a running gateway,
+# chromium): then it runs where every other test on that fixture instance runs, which starts it once.
+# So a module of shared gateways per database and mailbox backend is up to four units, not one, and
+# tests with fixtures of their own spread over all workers. The workers collect the tests, the
+# controller hands them out: the first worker writes each test's group (``shared_group``) to the file
+# named by ``GROUPS``, and the controller's scheduler reads it. (pytest-xdist's own ``xdist_group``
+# would do the first half, but its nodeid suffix has no effect since pytest 9.2.)
+
+GROUPS = "GATEWAY_TEST_GROUPS"
+
+
+def shared_group(item: pytest.Item) -> str | None:
+    """The group of tests that share a module- or package-scoped fixture instance with ``item``; None
+    when it shares none (session-scoped fixtures exist once per worker anyway)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    callspec = getattr(item, "callspec", None)
+    module = item.nodeid.split("::")[0]
+    owner = ""
+    params: list[str] = []
+    for name in info.names_closure:
+        definitions = info.name2fixturedefs.get(name)
+        if not definitions or definitions[-1].scope not in ("class", "module", "package"):
+            continue
+        # pytest keeps a package-scoped instance per folder of test modules, a module-scoped one per module
+        # (a class-scoped one per class: its module is a group wide enough).
+        where = module.rpartition("/")[0] + "/" if definitions[-1].scope == "package" else module
+        owner = where if not owner or len(where) < len(owner) else owner
+        if callspec is not None and name in callspec.params:
+            value = callspec.params[name]
+            # Every worker must name the group alike: a value's own text only when it is plain data.
+            shown = value if isinstance(value, str | int | float | bool) else callspec.indices[name]
+            params.append(f"{name}={shown}")
+    if not owner:
+        return None
+    return f"{owner}[{','.join(sorted(params))}]"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The controller names the file before it starts the workers, which inherit its environment.
+    if config.getoption("dist", "no") != "no" and not hasattr(config, "workerinput"):
+        os.environ[GROUPS] = str(Path(tempfile.mkdtemp(prefix="gw-groups-")) / "groups.json")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if config.getoption("dist", "no") != "no" and not hasattr(config, "workerinput") and GROUPS in os.environ:
+        shutil.rmtree(Path(os.environ.pop(GROUPS)).parent, ignore_errors=True)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER") != "gw0" or GROUPS not in os.environ:
+        return
+    groups = {item.nodeid: group for item in items if (group := shared_group(item)) is not None}
+    path = Path(os.environ[GROUPS])
+    path.with_suffix(".part").write_text(json.dumps(groups), encoding="utf-8")
+    path.with_suffix(".part").replace(path)  # whole or not at all
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: two workers per core (at most four more than the cores). An end-to-end test spends most
+    of its time waiting for its gateway, Dovecot or PostgreSQL, whose work runs on the other processes;
+    one worker per core left the cores idle a third of the time. PYTEST_XDIST_AUTO_NUM_WORKERS overrides it.
+    """
+    cores = len(os.sched_getaffinity(0))
+    return min(2 * cores, cores + 4)
+
+
+# Rough wall seconds of one test by folder, from a run with GATEWAY_TEST_CPU (tests/cpu.py): what the
+# scheduler needs to hand out the long units first.
+_COST = {"tests/cluster/": 15.0, "tests/browser/": 6.0, "tests/e2e/": 5.0, "tests/deploy/": 5.0}
+
+
+def _cost(nodeid: str) -> float:
+    return next((cost for folder, cost in _COST.items() if nodeid.startswith(folder)), 0.2)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-    """``--dist loadscope`` with the groups of ``SHARED_ACROSS_MODULES`` each one scope; other modes as
-    pytest-xdist has them."""
-    if config.getoption("dist") != "loadscope":
+    """``--dist loadgroup`` with the groups of ``shared_group``, handing out the costliest units first;
+    other modes as pytest-xdist has them.
+
+    pytest-xdist hands out units in the order of their number of tests: the thousand quick domain tests
+    first and a long end-to-end group last, which then runs alone at the end while the other workers
+    idle. Longest first keeps every worker busy to the end.
+    """
+    if config.getoption("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    class SharedScopes(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            for group in SHARED_ACROSS_MODULES:
-                if nodeid.startswith(group):
-                    return group
-            return super()._split_scope(nodeid)
+    class SharedFixturesLongestFirst(LoadScopeScheduling):
+        groups: dict[str, str] | None = None
+        ordered = False
 
-    return SharedScopes(config, log)
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:
+                # Read once all workers collected: the first one wrote it before it said so.
+                self.groups = json.loads(Path(os.environ[GROUPS]).read_text(encoding="utf-8"))
+            return self.groups.get(nodeid, nodeid)
+
+        def _assign_work_unit(self, node: Any) -> None:
+            if not self.ordered:
+                # Once, when schedule() has made the units and hands out the first ones.
+                units = sorted(self.workqueue.items(), key=lambda unit: -sum(map(_cost, unit[1])))
+                self.workqueue.clear()
+                self.workqueue.update(units)
+                self.ordered = True
+            super()._assign_work_unit(node)
+
+    return SharedFixturesLongestFirst(config, log)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -3,7 +3,8 @@
 With ``GATEWAY_TEST_CPU=/some/prefix`` set, every pytest process (each xdist worker) appends one JSON
 line per test to ``<prefix>.<worker>.jsonl``: the test's id, its module, its wall seconds and its CPU
 seconds (user and system, this process and the children it waited for in that time, such as ``gateway
-serve``, Dovecot and chromium; fixture setup and teardown count to the test that ran them). Wall time
+serve``, Dovecot and chromium; fixture setup and teardown count to the test that ran them), and how many
+``gateway serve`` processes it started (``RunningGateway.launch`` counts them in ``STARTS``). Wall time
 on a shared machine says little; CPU seconds compare runs. ``python -m tests.cpu <prefix>`` sums them
 by module (or by folder with ``--by folder``), heaviest first.
 
@@ -25,6 +26,9 @@ import pytest
 
 VARIABLE = "GATEWAY_TEST_CPU"
 
+STARTS = [0]
+"""``gateway serve`` processes this pytest process started so far (one item, so that it can be counted)."""
+
 
 def _cpu() -> float:
     now = os.times()
@@ -37,13 +41,14 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if not prefix:
         yield
         return
-    cpu, wall = _cpu(), time.monotonic()
+    cpu, wall, starts = _cpu(), time.monotonic(), STARTS[0]
     yield
     record = {
         "test": item.nodeid,
         "module": item.nodeid.split("::")[0],
         "cpu": round(_cpu() - cpu, 3),
         "wall": round(time.monotonic() - wall, 3),
+        "starts": STARTS[0] - starts,
     }
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     with open(f"{prefix}.{worker}.jsonl", "a", encoding="utf-8") as file:
@@ -59,6 +64,7 @@ def main() -> None:
     cpu: dict[str, float] = defaultdict(float)
     wall: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
+    starts: dict[str, int] = defaultdict(int)
     prefix = Path(options.prefix)
     for path in sorted(prefix.parent.glob(prefix.name + ".*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -69,10 +75,14 @@ def main() -> None:
             cpu[key] += record["cpu"]
             wall[key] += record["wall"]
             count[key] += 1
-    print(f"{'cpu s':>8} {'wall s':>8} {'tests':>6}  {options.by}")
+            starts[key] += record.get("starts", 0)
+    print(f"{'cpu s':>8} {'wall s':>8} {'tests':>6} {'starts':>6}  {options.by}")
     for key in sorted(cpu, key=cpu.__getitem__, reverse=True)[: options.top]:
-        print(f"{cpu[key]:8.1f} {wall[key]:8.1f} {count[key]:6d}  {key}")
-    print(f"{sum(cpu.values()):8.1f} {sum(wall.values()):8.1f} {sum(count.values()):6d}  total")
+        print(f"{cpu[key]:8.1f} {wall[key]:8.1f} {count[key]:6d} {starts[key]:6d}  {key}")
+    print(
+        f"{sum(cpu.values()):8.1f} {sum(wall.values()):8.1f} {sum(count.values()):6d} "
+        f"{sum(starts.values()):6d}  total"
+    )
 
 
 if __name__ == "__main__":

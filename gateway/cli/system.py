@@ -126,7 +126,8 @@ def db_group() -> None:
 async def db_upgrade(ctx: Context) -> None:
     """Migrate the database to this gateway's schema (creates it when new)."""
     from gateway.db.engine import create_engine
-    from gateway.db.migrate import schema_state, upgrade
+    from gateway.db.migrate import upgrade
+    from gateway.db.schema_state import schema_state
 
     engine = create_engine(ctx.settings.database_url)
     try:
@@ -147,7 +148,7 @@ async def db_upgrade(ctx: Context) -> None:
 async def db_status(ctx: Context, as_json: bool) -> None:
     """Show the database's schema revision and whether it is current."""
     from gateway.db.engine import create_engine
-    from gateway.db.migrate import schema_state
+    from gateway.db.schema_state import schema_state
 
     engine = create_engine(ctx.settings.database_url)
     try:

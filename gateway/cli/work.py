@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.cli.root import Context
 from gateway.db.directory import RECONCILE_RUNS
 from gateway.db.engine import create_engine, session_factory
-from gateway.db.migrate import require_current
+from gateway.db.schema_state import require_current
 from gateway.db.writer import Writer
 from gateway.errors import StorageError
 

@@ -1,7 +1,7 @@
 """Noticing that another node migrated the database past this one: a look at the schema revision every
 ``[database] schema_check_interval`` seconds (30), with one warning in the log and a gauge in /metrics.
 
-A node checks the schema when it starts (``gateway.db.migrate.require_current``). During a rolling
+A node checks the schema when it starts (``gateway.db.schema_state.require_current``). During a rolling
 upgrade on PostgreSQL (docs/deploy.md, Upgrading) node A runs ``gateway db upgrade`` while B and C go on
 with the older code. A release's migrations only add (unless its notes say otherwise), so B and C keep
 working; but nobody should forget that they are behind, so each says so within a minute: the log names
@@ -19,8 +19,8 @@ import logging
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.db.migrate import stored_revision
 from gateway.db.revisions import shipped
+from gateway.db.schema_state import stored_revision
 from gateway.db.writer import Writer
 from gateway.metrics import Metrics
 

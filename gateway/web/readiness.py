@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from gateway.config import MailboxSettings
 from gateway.db.directory import member_on_default_server
-from gateway.db.migrate import schema_state
+from gateway.db.schema_state import schema_state
 from gateway.errors import MailboxError
 from gateway.mailbox.imap_connection import ImapProbe, ImapServer, ProbeStep
 

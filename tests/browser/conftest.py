@@ -7,7 +7,7 @@ one gateway per database kind (``console``) and one chromium for the session (is
 test gets a fresh browser context (no cookies of another test) and sends mail with a subject of its own.
 A test that changes the gateway's directory puts it back before it ends; the one that needs the
 gateway's mail to itself (test_releases.py) runs first (``pytest_collection_modifyitems``), and
-pytest-xdist keeps the browser modules on one worker (tests/conftest.py, ``pytest_xdist_make_scheduler``).
+pytest-xdist runs the browser tests of one database kind on one worker (tests/conftest.py, ``shared_group``).
 
 With ``GATEWAY_SCREENSHOTS=docs/web`` set, ``screenshot()`` writes PNGs for docs/web.md there.
 """
@@ -26,7 +26,7 @@ from typing import TypeVar
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
-from tests.e2e.conftest import RunningGateway, a_shared_gateway
+from tests.e2e.conftest import RunningGateway, a_shared_gateway, running_sink
 from tests.web.conftest import OPERATOR, OPERATOR_PASSWORD, OTHER, ZWEI, ZWEI_PASSWORD
 
 T = TypeVar("T")
@@ -83,7 +83,13 @@ def running_console(
 
     Set up and stopped off the test's thread (``off_loop``), so it may come and go while chromium runs.
     """
-    shared = a_shared_gateway(tmp_path_factory, kind, "maildir", request, before_start=before_start)
+    # The back office's relay goes to a sink of its own: left at the example directory's fixed port, a
+    # relayed reply (test_held.py) stayed pending unless something else happened to listen there, and
+    # every later test's settled() waited for it in vain (issue 14, item 8).
+    sink = running_sink()
+    shared = a_shared_gateway(
+        tmp_path_factory, kind, "maildir", request, off_loop(sink.__enter__), before_start=before_start
+    )
     gateway = off_loop(shared.__enter__)
     try:
         found = [
@@ -94,6 +100,7 @@ def running_console(
         yield Console(gateway, f"http://{host}:{port}")
     finally:
         off_loop(shared.__exit__, None, None, None)
+        off_loop(sink.__exit__, None, None, None)
 
 
 @pytest.fixture(scope="package", params=["sqlite", "postgresql"])
@@ -116,8 +123,8 @@ def console(
 def playwright(request: pytest.FixtureRequest) -> Iterator[Playwright]:
     # Playwright's sync API keeps an event loop running in this thread while it lives, and every
     # asyncio.run in the same worker fails meanwhile: so it lives for the browser tests only (package
-    # scope; xdist gives the whole folder to one worker, see tests/conftest.py), and the database
-    # fixtures, whose setup and teardown use asyncio.run, are set up before it.
+    # scope; xdist runs a database kind's browser tests on one worker as one unit, see tests/conftest.py),
+    # and the database fixtures, whose setup and teardown use asyncio.run, are set up before it.
     kinds = {
         getattr(item, "callspec", None) and item.callspec.params.get("console_database_kind")
         for item in request.session.items

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 from gateway.db.engine import create_engine
-from gateway.db.migrate import alembic_config, head_revision, schema_state, upgrade
+from gateway.db.migrate import alembic_config, head_revision, upgrade
 from gateway.db.models import Base
+from gateway.db.schema_state import schema_state
 from tests.conftest import Gateway
 
 
@@ -45,6 +47,68 @@ async def test_upgrade_creates_every_table_and_downgrade_removes_them(empty_data
         async with engine.connect() as connection:
             assert not set(Base.metadata.tables) & await connection.run_sync(tables)
         assert (await upgrade(engine)).up_to_date
+    finally:
+        await engine.dispose()
+
+
+async def test_the_schema_state_reads_what_alembic_reads(empty_database_url: str) -> None:
+    """``schema_state`` reads the revision without Alembic (gateway.db.schema_state); Alembic's migration
+    context and script directory say the same of a database never migrated, one at an older revision,
+    one at the head, one downgraded to nothing (the version table empty) and one a newer gateway
+    migrated."""
+    from alembic.runtime.migration import MigrationContext
+
+    from gateway.db.migrate import known_revisions
+
+    engine = create_engine(empty_database_url)
+
+    def alembics(connection: Connection) -> str | None:
+        return MigrationContext.configure(connection).get_current_revision()
+
+    def set_revision(connection: Connection, revision: str) -> None:
+        connection.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+
+    def to(revision: str) -> Callable[[Connection], None]:
+        def run(connection: Connection) -> None:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            if revision == "base":
+                command.downgrade(config, revision)
+            else:
+                command.upgrade(config, revision)
+
+        return run
+
+    async def both() -> tuple[tuple[str | None, bool, str], tuple[str | None, bool, str]]:
+        state = await schema_state(engine)
+        async with engine.connect() as connection:
+            current = await connection.run_sync(alembics)
+        return (state.current, state.known, state.head), (
+            current,
+            current is None or current in known_revisions(),
+            head_revision(),
+        )
+
+    try:
+        seen = []
+        for step in ("0003", "head", "base"):
+            if not seen:
+                mine, theirs = await both()
+                assert mine == theirs
+                seen.append(mine[0])
+            async with engine.begin() as connection:
+                await connection.run_sync(to(step))
+            mine, theirs = await both()
+            assert mine == theirs
+            seen.append(mine[0])
+        async with engine.begin() as connection:
+            await connection.run_sync(to("head"))
+            await connection.run_sync(set_revision, "0099_from_a_newer_gateway")
+        mine, theirs = await both()
+        assert mine == theirs
+        seen.append(mine[0])
+        assert seen == [None, "0003", head_revision(), None, "0099_from_a_newer_gateway"]
+        assert mine[1] is False, "a newer gateway's revision is not known"
     finally:
         await engine.dispose()
 

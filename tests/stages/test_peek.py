@@ -11,9 +11,10 @@ import pytest
 from sqlalchemy import text
 
 from gateway.db.engine import create_engine, session_factory
-from gateway.db.migrate import head_revision, known_revisions, require_current, upgrade
+from gateway.db.migrate import head_revision, known_revisions, upgrade
 from gateway.db.peek import SENDER_AUTH_OFF, portfolios_without_sender_auth
 from gateway.db.revisions import shipped
+from gateway.db.schema_state import require_current
 from gateway.db.senderauth import portfolios_without_sender_auth as by_engine
 from gateway.domain.directory import SenderAuth
 from gateway.errors import DatabaseNotReady
