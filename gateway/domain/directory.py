@@ -21,7 +21,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from gateway.domain.collision import DEFAULT_HOLD_TIMEOUT, AfterTimeout, CollisionGuard, default_guard
+from gateway.domain.collision import (
+    DEFAULT_HOLD_TIMEOUT,
+    AfterTimeout,
+    CollisionGuard,
+    default_guard,
+    format_duration,
+)
 from gateway.domain.model import ReadSync
 from gateway.domain.reconcile import Backfill, RevokedCopies
 
@@ -334,17 +340,19 @@ class Change:
         if self.kind == "membership":
             preposition = "to" if self.action == "add" else "from"
             return f'{self.action} member {self.name} {preposition} release "{self.release}"'
-        shown = ", ".join(f"{k}={_show(v)}" for k, v in self.fields)
+        shown = ", ".join(f"{k}={_show(k, v)}" for k, v in self.fields)
         return f"{self.action} {self.kind} {self.name!s}" + (f" ({shown})" if shown else "")
 
 
-def _show(value: object) -> str:
+def _show(key: str, value: object) -> str:
     if value is None:
         return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):
         return "[" + ", ".join(str(v) for v in value) + "]"
+    if key == "hold_timeout" and isinstance(value, int):
+        return format_duration(value)  # as the directory file and --hold-timeout write it: 4h, not 14400
     return str(value)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.admin.directory_file import dump_directory, parse_directory
 from gateway.domain.collision import AfterTimeout, CollisionGuard
-from gateway.domain.directory import ReleaseSpec, check_portfolio, plan_changes
+from gateway.domain.directory import Change, ReleaseSpec, check_portfolio, plan_changes
 from gateway.errors import DirectoryFileError
 
 FILE = """\
@@ -85,3 +85,10 @@ def test_a_change_of_the_guard_is_planned_as_a_release_update() -> None:
     (change,) = plan_changes(spec, wanted)
     assert change.describe() == "update release Team (collision_guard=off)"
     assert ReleaseSpec("x").guard is CollisionGuard.OFF
+
+
+def test_a_change_shows_the_hold_timeout_as_it_is_written() -> None:
+    change = Change(
+        "update", "release", "Kunde B mit GF", (("hold_timeout", 14400), ("after_hold_timeout", "withdraw"))
+    )
+    assert change.describe() == "update release Kunde B mit GF (hold_timeout=4h, after_hold_timeout=withdraw)"
