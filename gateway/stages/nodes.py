@@ -139,8 +139,16 @@ class Nodes:
         now = dt.datetime.now(dt.UTC)
         if me.maildir_root is not None and me.maildir_marker is None:
             records = await self.writer.run(db.all_nodes)
-            if marker_wanted(me, records, now, self.timeout):
-                marker = await asyncio.to_thread(write_marker, Path(me.maildir_root))
+            # Look again now that the others' rows are read: a node starting at the same moment links
+            # its marker into place before it records itself, so once its row is visible, so is its
+            # marker. Read only before the rows, the marker could be missing while the row is not,
+            # and this node would be refused as if it were on other storage.
+            root = Path(me.maildir_root)
+            found = await asyncio.to_thread(read_marker, root)
+            if found is not None:
+                me = dataclasses.replace(me, maildir_marker=found)
+            elif marker_wanted(me, records, now, self.timeout):
+                marker = await asyncio.to_thread(write_marker, root)
                 me = dataclasses.replace(me, maildir_marker=marker)
                 log.info("marked the Maildir root %s as storage %s", me.maildir_root, marker)
         registration = await self.writer.run(db.register, me, now, self.timeout, gone=_gone)

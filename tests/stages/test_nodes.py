@@ -287,6 +287,32 @@ async def test_nodes_must_share_the_token_keys_and_the_maildir_storage(
     assert states == {"a": "stopped", "b": "stopped", "c": "stopped", "g": "stopped"}
 
 
+async def test_a_node_that_looked_before_the_first_marked_the_storage_starts_on_it(
+    with_login: Gateway, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two nodes starting at once: b read the Maildir root before a linked its marker, then finds a
+    recorded. b must look again, not refuse as if it were on other storage (seen in CI)."""
+    key, shared = tmp_path / "k.key", tmp_path / "shared-mail"
+    create_token_key(key)
+    b = Nodes(settings_for(database_url, tmp_path, "b", [key], shared))
+    early = await b.identity(load_token_keys([key]))
+    assert early.maildir_marker is None, "b looked before anyone marked the storage"
+    first = await _start(settings_for(database_url, tmp_path, "a", [key], shared))
+    marker = (shared / MARKER).read_text().strip()
+
+    async def as_read_before(keys: TokenKeys) -> NodeIdentity:
+        return early
+
+    monkeypatch.setattr(b, "identity", as_read_before)
+    try:
+        await b.start(load_token_keys([key]))
+        records = {r.name: r.identity.maildir_marker for r in await b.writer.run(nodes.all_nodes)}
+        assert records == {"a": marker, "b": marker}
+    finally:
+        await b.stop()
+        await first.stop()
+
+
 async def _shown_states(gateway: Gateway) -> dict[str, str]:
     result = await asyncio.to_thread(gateway, "nodes", "--json")
     return {row["name"]: row["state"] for row in json.loads(result.stdout)}
