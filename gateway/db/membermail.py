@@ -164,17 +164,8 @@ def store_reply(
     crossed: dict[str, Any] = {}
     if decision.verdict is Verdict.NOTIFY:
         # Relayed at once; the author is told afterwards, by the held-replies worker's notice.
-        held_id = collisions.insert_held(
-            connection,
-            portfolio_id=pid,
-            message_pk=inserted.message_pk,
-            member_id=author.id,
-            answered_pk=answered.message_pk,
-            decision=decision,
-            state=HeldState.NOTIFIED,
-            now=now,
-            to=mail.parsed.to,
-            cc=mail.parsed.cc,
+        held_id = _insert_held(
+            connection, mail, answered, author, inserted, decision, HeldState.NOTIFIED, now
         )
         crossed = {"crossed": _crossing(decision) | {"held_id": held_id, "guard": "notify"}}
     _record_stored(
@@ -214,6 +205,31 @@ def _crossing(decision: Decision) -> dict[str, Any]:
     }
 
 
+def _insert_held(
+    connection: Connection,
+    mail: MemberMail,
+    answered: Answered,
+    author: Author,
+    inserted: _Inserted,
+    decision: Decision,
+    state: HeldState,
+    now: dt.datetime,
+) -> str:
+    """The guard's row for a reply it held (``HELD``) or relayed with a notice owed (``NOTIFIED``)."""
+    return collisions.insert_held(
+        connection,
+        portfolio_id=answered.portfolio_id,
+        message_pk=inserted.message_pk,
+        member_id=author.id,
+        answered_pk=answered.message_pk,
+        decision=decision,
+        state=state,
+        now=now,
+        to=mail.parsed.to,
+        cc=mail.parsed.cc,
+    )
+
+
 def _hold(
     connection: Connection,
     mail: MemberMail,
@@ -226,18 +242,7 @@ def _hold(
     """Keep the reply without copies, relay or ``\\Answered``: it may yet be withdrawn, and co-members
     must not see an answer the back office never gets."""
     pid = answered.portfolio_id
-    held_id = collisions.insert_held(
-        connection,
-        portfolio_id=pid,
-        message_pk=inserted.message_pk,
-        member_id=author.id,
-        answered_pk=answered.message_pk,
-        decision=decision,
-        state=HeldState.HELD,
-        now=now,
-        to=mail.parsed.to,
-        cc=mail.parsed.cc,
-    )
+    held_id = _insert_held(connection, mail, answered, author, inserted, decision, HeldState.HELD, now)
     assert decision.release is not None
     event = Event(
         EventKind.REPLY_HELD,
