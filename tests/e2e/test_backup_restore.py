@@ -31,10 +31,16 @@ from tests.seed import ADDRESS
 PG_CONNECTION = ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres"]
 
 
-def sh(*args: str) -> str:
+def sh(*args: str, ok: tuple[int, ...] = (0,)) -> str:
     result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 0, f"{shlex.join(args)}\n{result.stdout}\n{result.stderr}"
+    assert result.returncode in ok, f"{shlex.join(args)}\n{result.stdout}\n{result.stderr}"
     return result.stdout
+
+
+# docs/deploy.md's command for the Maildirs of a running gateway. GNU tar exits 1 ("some files differ")
+# when a directory gains or loses an entry while it reads it, as new/ and tmp/ do while mail arrives;
+# the archive is sound, since a message is written under tmp/ and renamed, never changed in place.
+TAR_LIVE_MAILDIRS = ("--exclude=*/tmp/*", "--warning=no-file-changed", "--warning=no-file-removed")
 
 
 def copies_in_database(database_url: str) -> dict[str, str]:
@@ -118,7 +124,17 @@ def test_backup_lose_the_data_directory_restore_and_carry_on(
             result = gateway.cli("db", "backup", str(backups / "gateway.dump"), expect=2)
             (pg_dump,) = [line.strip() for line in result.stderr.splitlines() if "pg_dump --" in line]
             sh(*shlex.split(pg_dump))
-        sh("tar", "--create", "--file", str(backups / "mail.tar"), "--directory", str(data), "mail")
+        sh(
+            "tar",
+            "--create",
+            "--file",
+            str(backups / "mail.tar"),
+            "--directory",
+            str(data),
+            *TAR_LIVE_MAILDIRS,
+            "mail",
+            ok=(0, 1),
+        )
         sender.join(60)
         gateway.settled()
         assert gateway.stop() == 0
