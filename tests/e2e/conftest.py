@@ -32,6 +32,7 @@ from tests.dovecot import Dovecot, private_dovecot
 from tests.dovecot import _folders as imap_folders
 from tests.dovecot import _ok as imap_ok
 from tests.dovecot import _quote as imap_quote
+from tests.preloaded import PreloadedProcess, launch_gateway
 from tests.seed import ADDRESS
 
 GATEWAY = str(Path(sys.executable).parent / "gateway")
@@ -189,7 +190,7 @@ class RunningGateway:
     given_mailboxes: InitVar[Mailboxes | None] = None
     """Where the members' mailboxes are; None: the gateway's Maildirs under ``maildir_root``."""
     mailboxes: Mailboxes = field(init=False)
-    process: subprocess.Popen[str] | None = None
+    process: PreloadedProcess | subprocess.Popen[str] | None = None
     port: int = 0
     mx_port: int = 0
     log: list[str] = field(default_factory=list)
@@ -208,11 +209,9 @@ class RunningGateway:
     def launch(self, env: Mapping[str, str] | None = None) -> None:
         """Start ``gateway serve`` without waiting for it (``wait_ready`` does)."""
         cpu.STARTS[0] += 1
-        self.process = subprocess.Popen(
+        self.process = launch_gateway(
             [GATEWAY, "--config", str(self.config), "serve"],
-            stderr=subprocess.PIPE,
-            text=True,
-            env=os.environ | {"PYTHONUNBUFFERED": "1"} | dict(env or {}),
+            os.environ | {"PYTHONUNBUFFERED": "1"} | dict(env or {}),
         )
 
     def wait_ready(self, timeout: float = 120) -> None:

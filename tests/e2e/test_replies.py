@@ -189,10 +189,11 @@ def test_refusals_each_with_its_code_and_an_event(
     code, text = reply_as("GF-A", address)
     assert code == 550, "GF-A shares a release with GF-B, but not one that shows SB-B1's mail"
 
-    # SB-B2 saw the message through two releases; taken out of both, the token no longer helps.
+    # SB-B2 saw the message through two releases; taken out of both, the token no longer helps. (Its copy
+    # is read before: the reconcile worker takes it out of SB-B2's mailbox once SB-B2 is out.)
+    sb_b2_copy = copy_for(own_gateway, "SB-B2", "Refusals")
     own_gateway.cli("release", "remove-member", "Kunde B Sachbearbeiter", ADDRESS["SB-B2"], "-p", PORTFOLIO)
     own_gateway.cli("release", "remove-member", "Kunde B mit GF", ADDRESS["SB-B2"], "-p", PORTFOLIO)
-    sb_b2_copy = copy_for(own_gateway, "SB-B2", "Refusals")
     raw = client_reply("thunderbird", author=ADDRESS["SB-B2"], copy=sb_b2_copy, subject="Refusals")
     code, text = send_reply(own_gateway, raw, reply_address_of(sb_b2_copy), ADDRESS["SB-B2"])
     assert (code, text[:5]) == (550, b"5.7.1"), "removed from the release since the copy was made"
