@@ -28,6 +28,7 @@ from sqlalchemy import (
     case,
     func,
     literal,
+    not_,
     or_,
     select,
     text,
@@ -193,6 +194,15 @@ def confirm(
         _waiting_for(kind),
     )
     half = now + dt.timedelta(seconds=lease / 2)
+    held_ids = _confirm_held(connection, held, now, half, lease)
+    if len(held_ids) < len(jobs):
+        end_lost_leases(connection, kind, [j for j in jobs if j.id not in held_ids], node, now)
+    return held_ids
+
+
+def _confirm_held(
+    connection: Connection, held: tuple[Any, ...], now: dt.datetime, half: dt.datetime, lease: float
+) -> set[int]:
     extend = (
         update(COPIES)
         .where(*held, COPIES.c.next_attempt_at < half)
@@ -205,6 +215,33 @@ def confirm(
         both = union_all(fresh, select(extended.c.id))
         return {int(pk) for pk in connection.scalars(both)}
     return {int(pk) for pk in connection.scalars(extend)} | {int(pk) for pk in connection.scalars(fresh)}
+
+
+def end_lost_leases(
+    connection: Connection,
+    kind: JobKind,
+    jobs: Sequence[CopyJob | FlagJob | RemovalJob],
+    node: str,
+    now: dt.datetime,
+) -> None:
+    """Make due at once the rows of ``jobs`` that still carry ``node``'s lease but no longer wait for a
+    job of ``kind``: a copy reconciliation revoked while this node held it for writing waits for the end
+    of that lease before its removal is due (the write might be under way); once this node has given
+    the job up, unwritten or written, nothing is under way and the removal need not wait out the lease
+    (a minute by default). Rows another node took over carry its lease, and are left alone."""
+    if not jobs:
+        return
+    connection.execute(
+        update(COPIES)
+        .where(
+            COPIES.c.id.in_([j.id for j in jobs]),
+            tuple_(COPIES.c.id, COPIES.c.lease_token).in_([(j.id, j.lease_token) for j in jobs]),
+            COPIES.c.leased_by == node,
+            not_(_waiting_for(kind)),
+            COPIES.c.next_attempt_at > now,
+        )
+        .values(next_attempt_at=now)
+    )
 
 
 def _still_held(
@@ -386,6 +423,7 @@ def record(
     else:
         held_now = _still_held(connection, JobKind.COPY, [o.job for o in outcomes], node)
     lost = frozenset(o.job.id for o in outcomes if o.job.id not in held_now)
+    end_lost_leases(connection, JobKind.COPY, [o.job for o in outcomes if o.job.id in lost], node, now)
     outcomes = [o for o in outcomes if o.job.id in held_now]
     delivered = [] if postgresql else [o for o in outcomes if o.error is None]
     if delivered:

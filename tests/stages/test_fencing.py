@@ -23,7 +23,8 @@ from sqlalchemy import Connection, select, update
 
 from gateway.config import FanoutSettings, RelaySettings
 from gateway.db import queue, relayqueue
-from gateway.db.models import CopyRow, EventRow, MemberRow, MessageRow, RelayRow, RelayState
+from gateway.db import reconcile as reconcile_rows
+from gateway.db.models import CopyRow, EventRow, MemberRow, MessageRow, RelayRow, RelayState, utc
 from gateway.db.queue import CopyJob, Outcome
 from gateway.db.writer import Writer
 from gateway.mailbox import Delivery, Flag, Located, MailboxError, MailboxOwner, MaildirMailbox
@@ -195,6 +196,36 @@ async def test_a_node_frozen_after_its_claim_writes_nothing_the_other_took_over(
         r.copy_id: (r.state, r.attempts, r.leased_by, r.last_error) for r in await writer.run(copy_rows)
     }
     assert after_n1 == after_n2, "n1 recorded nothing over n2's records"
+
+
+async def test_a_copy_revoked_while_its_node_held_it_is_removed_once_the_node_gives_it_up(
+    writer: Writer, tmp_path: Path
+) -> None:
+    # Reconciliation revokes a copy the fan-out holds for writing: its removal waits for that lease (the
+    # write may be under way). The fan-out then finds the job lost before it writes anything; from
+    # then on nothing is under way, and the removal is due at once, not when the minute's lease ends.
+    await accept(writer, "gf-a@kunde-a.example", "Entzogen beim Schreiben")
+    box = Watched(tmp_path / "mail")
+    frozen = Frozen(writer, queue.claim)
+    node = fanout(frozen, box, "n1")
+    run = asyncio.create_task(node.run_once())
+    await frozen.frozen.wait()
+    [revoked, kept] = await writer.run(copy_rows)
+    await writer.run(lambda c: reconcile_rows._revoke(c, [{"b_id": revoked.id}], dt.datetime.now(dt.UTC)))
+    [waiting] = [r for r in await writer.run(copy_rows) if r.id == revoked.id]
+    assert (waiting.state, waiting.leased_by) == ("revoking", "n1")
+    assert utc(waiting.next_attempt_at) > dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30), (
+        "the lease's end"
+    )
+
+    frozen.thaw()
+    assert await run == 2
+    assert box.touched == [kept.copy_id], "the revoked copy was not written"
+    [due] = [r for r in await writer.run(copy_rows) if r.id == revoked.id]
+    assert utc(due.next_attempt_at) <= dt.datetime.now(dt.UTC), "due now that nothing is under way"
+    assert await node.run_once() == 1, "the removal, at the next look"
+    after = {r.copy_id: r.state for r in await writer.run(copy_rows)}
+    assert after == {revoked.copy_id: "revoked", kept.copy_id: "delivered"}
 
 
 async def test_copies_of_a_stalled_node_reach_an_imap_mailbox_once(
