@@ -8,8 +8,10 @@ and "Kunde B mit GF" (SB-B1, SB-B2, GF-B) carry a message to SB-B1 to all three.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -234,16 +236,45 @@ async def test_a_reading_member_is_watched_with_idle_between_polls(
     writer: Writer, tmp_path: Path, dovecot: Dovecot
 ) -> None:
     """Without ``idle_all``, and a poll interval of five minutes: after SB-B1's first read (found by the
-    first poll), SB-B1's next read reaches the co-members through IDLE in about a second; the watch
-    ends with the window."""
+    first poll), SB-B1's next read reaches the co-members through IDLE in about a second."""
+    async with reading_member(writer, tmp_path, dovecot, idle_window=600, idle_refresh=2) as world:
+        await asyncio.to_thread(dovecot.member_stores, SB_B1, world.second, "+FLAGS", "(\\Seen)")
+        # A generous bound for a loaded machine, far before the next poll (300 s): so through IDLE.
+        assert await until(lambda: seen_count_now(writer, 6), 30), "propagated before the next poll"
+        assert MailboxOwner(PORTFOLIO, SB_B1) in world.flagsync.watched_closely
+
+
+async def test_the_watch_of_a_reading_member_ends_with_the_window(
+    writer: Writer, tmp_path: Path, dovecot: Dovecot
+) -> None:
+    """The window after SB-B1's last change ends the watch (and logs its connection out)."""
+    async with reading_member(writer, tmp_path, dovecot, idle_window=3, idle_refresh=1) as world:
+        assert await until(lambda: not world.flagsync.watched_closely, 60)
+
+
+class ReadingMember(World):
+    first: str
+    second: str
+
+
+@contextlib.asynccontextmanager
+async def reading_member(
+    writer: Writer, tmp_path: Path, dovecot: Dovecot, *, idle_window: float, idle_refresh: float
+) -> AsyncIterator[ReadingMember]:
+    """Two messages to SB-B1's release, SB-B1 read the first; the flag watcher (a poll every five
+    minutes, IDLE only for readers) running, and its first poll found SB-B1's read and gave SB-B1 a
+    watch. The window is long enough for a loaded machine: with 8 s, a run with four test workers and
+    two builds beside it saw the watch end before SB-B1's second read."""
     for address in (SB_B1, SB_B2, GF_B):
         dovecot.add_user(address)
     imap = ImapMailbox.from_settings(dovecot.imap_settings(), timeout=5)
-    world = World(writer, tmp_path / "mail", imap)
+    world = ReadingMember(writer, tmp_path / "mail", imap)
     world.flagsync = FlagSync(
         writer,
         imap,
-        FlagSyncSettings(poll_interval=300, idle_all=False, idle_window=20, idle_refresh=2),
+        FlagSyncSettings(
+            poll_interval=300, idle_all=False, idle_window=idle_window, idle_refresh=idle_refresh
+        ),
         node="n1",
         notifications=NOTIFICATIONS,
     )
@@ -252,21 +283,12 @@ async def test_a_reading_member_is_watched_with_idle_between_polls(
         await read_sync(writer, "seen")
         await world.deliver("Erste")
         await world.deliver("Zweite")
-        first, second = [await copy_of(writer, SB_B1, subject) for subject in ("Erste", "Zweite")]
-        await asyncio.to_thread(dovecot.member_stores, SB_B1, first, "+FLAGS", "(\\Seen)")
+        world.first, world.second = [await copy_of(writer, SB_B1, subject) for subject in ("Erste", "Zweite")]
+        await asyncio.to_thread(dovecot.member_stores, SB_B1, world.first, "+FLAGS", "(\\Seen)")
         watching = asyncio.create_task(world.flagsync.run())  # its first look is the poll
         assert await until(lambda: MailboxOwner(PORTFOLIO, SB_B1) in world.flagsync.watched_closely, 30)
         assert await seen_count(writer) == 3
-
-        await asyncio.to_thread(dovecot.member_stores, SB_B1, second, "+FLAGS", "(\\Seen)")
-        # A generous bound for a loaded machine, far before the next poll (300 s): so through IDLE.
-        assert await until(lambda: seen_count_now(writer, 6), 30), "propagated before the next poll"
-
-        # The window after SB-B1's last change ends the watch and logs its connection out. It is 20 s
-        # here: short, so that the test need not wait long for its end, yet longer than a loaded machine
-        # takes between the first poll and SB-B1's second read (with 8 s, a run with four test workers
-        # and two builds beside it saw the watch end first and the second read wait for the poll).
-        assert await until(lambda: not world.flagsync.watched_closely, 60)
+        yield world
     finally:
         if watching is not None:
             watching.cancel()
