@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import email
 import email.policy
+import functools
 import imaplib
 import json
 import os
@@ -64,6 +65,16 @@ class StoredCopy:
     message: EmailMessage
 
 
+@functools.lru_cache(maxsize=8192)
+def parsed(raw: bytes) -> EmailMessage:
+    """``raw`` as a message, parsed once: a test polls the members' mailboxes, which hold the same
+    messages poll after poll (the module's gateway's and earlier tests' too), and parsing them again
+    each time was most of a waiting test's CPU. A test must not change what it reads."""
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
 class Mailboxes(Protocol):
     """What a test may look at in the members' mailboxes, the same whichever backend holds them."""
 
@@ -110,7 +121,7 @@ class MaildirMailboxes:
                     StoredCopy(
                         "INBOX" if folder == "." else folder.removeprefix("."),
                         frozenset(MAILDIR_FLAGS.get(letter, letter) for letter in info),
-                        email.message_from_bytes(path.read_bytes(), policy=email.policy.default),
+                        parsed(path.read_bytes()),
                     )
                 )
         return found
@@ -171,8 +182,7 @@ class ImapMailboxes:
                 if isinstance(item, tuple):
                     # \Recent belongs to the session, not to the message.
                     flags = {flag.decode() for flag in imaplib.ParseFlags(item[0])} - {"\\Recent"}
-                    message = email.message_from_bytes(item[1], policy=email.policy.default)
-                    found.append(StoredCopy(folder, frozenset(flags), message))
+                    found.append(StoredCopy(folder, frozenset(flags), parsed(item[1])))
         return found
 
     def close(self) -> None:
