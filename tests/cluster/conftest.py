@@ -344,15 +344,13 @@ class Cluster:
         config = config.replace("[listeners.admin_http]\n", "[listeners.admin_http]\nenabled = false\n", 1)
         config = config.replace("[fanout]\n", f"[fanout]\nlease = {self.lease}\n", 1)
         config = config.replace("[relay]\n", f"[relay]\nlease = {self.lease}\n", 1)
+        config = config.replace("[reconcile]\n", f"[reconcile]\nlease = {self.lease}\n", 1)
         root = f'maildir_root = "{self.maildir_root}"\n'
         if "\n[mailbox]\n" in config:
             config = config.replace("\n[mailbox]\n", f"\n[mailbox]\n{root}", 1)
         else:
             config += f"\n[mailbox]\n{root}"
-        config += (
-            f'\n[secrets]\ntoken_key_files = ["{self.shared / "secrets" / "token.key"}"]\n'
-            f"\n[reconcile]\nlease = {self.lease}\npoll_interval = 0.5\n"
-        )
+        config += f'\n[secrets]\ntoken_key_files = ["{self.shared / "secrets" / "token.key"}"]\n'
         path = folder / "gateway.toml"
         path.write_text(config, encoding="utf-8")
         return Node(

@@ -369,6 +369,10 @@ retry_max = 1.0
 poll_interval = 0.2
 retry_base = 0.2
 
+# Quick looks for the reconcile runs and held replies that a CLI command records (the default is 5 s).
+[reconcile]
+poll_interval = 0.5
+
 [limits]
 {limit_lines}
 """,

@@ -215,9 +215,11 @@ def test_creating_and_shrinking_kunde_b_mit_gf_back_fills_and_revokes_exactly_se
     else:
         extra = ""
         members = MaildirMembers(gateway.maildir_root)
-    with gateway.config.open("a", encoding="utf-8") as config:
-        # Small batches, so the run takes several; quick looks for runs the CLI records.
-        config.write(extra + "\n[reconcile]\nbatch_size = 2\npoll_interval = 0.2\n")
+    # Small batches, so the run takes several.
+    text = gateway.config.read_text(encoding="utf-8").replace(
+        "[reconcile]\n", "[reconcile]\nbatch_size = 2\n", 1
+    )
+    gateway.config.write_text(text + extra, encoding="utf-8")
     # Before any mail: "Kunde B mit GF" does not exist (no run: there is nothing to reconcile yet).
     gateway.cli("directory", "load", "--prune", str(directory(tmp_path, "without", without_release)))
     gateway.start()
