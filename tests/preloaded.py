@@ -87,6 +87,8 @@ def _serve(listener: socket.socket) -> _Launch:
     os.set_blocking(wakeup_write, False)
     signal.set_wakeup_fd(wakeup_write)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    # Ctrl-C reaches the whole process group: the test process ends, and with it our stdin.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     children: dict[int, socket.socket] = {}
     while True:
         readable, _, _ = select.select([listener, sys.stdin, wakeup_read], [], [])
@@ -107,6 +109,7 @@ def _serve(listener: socket.socket) -> _Launch:
                     os.dup2(fd, target)
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
                 # Closed as objects first (closed only by number, a socket object would close whatever
                 # later reuses its number when it is collected); then every other descriptor, so the
                 # child has its standard streams only, as subprocess.Popen(close_fds=True) leaves one.

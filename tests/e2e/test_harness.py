@@ -64,3 +64,6 @@ def test_a_preloaded_gateway_stops_on_signals_and_its_cpu_is_counted(
     assert preloaded.CHILD_CPU[0] - counted > 0.1, "a start's CPU time counts to the test (tests/cpu.py)"
     again = gateway.restarted()
     assert again.stop() == 0, "SIGTERM: a clean stop"
+    # The preloader ignores SIGINT (Ctrl-C ends the test process, and so the preloader); a gateway it
+    # forked must not.
+    assert gateway.restarted().stop(signal.SIGINT) == 0, "SIGINT: a clean stop too"
