@@ -20,6 +20,7 @@ from gateway.db.messages import NewMessage
 from gateway.db.models import COPIES, CopyState
 from gateway.db.queue import CopyJob
 from gateway.domain.audience import AsParticipant, Audience, SharedThrough
+from gateway.domain.parsing import ParsedMessage
 
 
 def new_copy_id() -> str:
@@ -124,9 +125,17 @@ def insert_copies(
 
 
 def handed_job(
-    copy: NewCopy, copy_pk: int, message: NewMessage, *, portfolio: str, vorgang: str, address: str
+    copy: NewCopy,
+    copy_pk: int,
+    message: NewMessage,
+    *,
+    portfolio: str,
+    vorgang: str,
+    address: str,
+    parsed: ParsedMessage | None = None,
 ) -> CopyJob:
-    """The fan-out's job for a copy just stored under a lease: what ``gateway.db.queue.claim`` would read."""
+    """The fan-out's job for a copy just stored under a lease: what ``gateway.db.queue.claim`` would read,
+    and ``parsed``, ``message.raw``'s header facts where the caller read them."""
     return CopyJob(
         id=copy_pk,
         copy_id=copy.copy_id,
@@ -149,4 +158,5 @@ def handed_job(
         copy_headers=message.copy_headers,
         trace=message.trace,
         queued_at=message.received_at,
+        parsed=parsed,
     )
