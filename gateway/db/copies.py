@@ -120,8 +120,11 @@ def insert_copies(
     if lease is None:
         connection.execute(insert(COPIES), rows)
         return []
-    result = connection.execute(insert(COPIES).returning(COPIES.c.id, sort_by_parameter_order=True), rows)
-    return [int(row[0]) for row in result]
+    # Matched by copy id: SQLAlchemy inserts the rows in one multi-row statement when the order of the
+    # ids is not asked for, and row by row, a statement per copy, when it is (sort_by_parameter_order).
+    result = connection.execute(insert(COPIES).returning(COPIES.c.id, COPIES.c.copy_id), rows)
+    ids = {str(copy_id): int(pk) for pk, copy_id in result}
+    return [ids[c.copy_id] for c in copies]
 
 
 def handed_job(
