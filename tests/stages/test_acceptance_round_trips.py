@@ -4,8 +4,9 @@ it holds (issue 17).
 On PostgreSQL each statement is a round trip to the server. The messages with their participants and
 their Vorgänge's last activity, the events and the copies each go in one statement of the same text
 for any number of rows (``gateway.db.bulk``); SQLite keeps the executemany path, where a statement
-costs a function call, but sends no statement per message or copy either. Either way the rows stored are the ones the plans say. The fan-out's lease
-check and record of a batch of copies are one statement each, as arrays too.
+costs a function call, but sends no statement per message or copy either. Either way the rows stored
+are the ones the plans say. The fan-out's lease check and record of a batch of copies are one
+statement each, as arrays too.
 """
 
 from __future__ import annotations
