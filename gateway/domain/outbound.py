@@ -150,12 +150,12 @@ def address_field(display_name: str, address: str) -> bytes:
 
 # Every copy of a message shows the sender's name with its own reply address: the name is quoted or
 # encoded once for all of them.
+_PLACEHOLDER = "a@b"
+
+
 @functools.lru_cache(maxsize=1024)
 def _shown_name(name: str) -> str:
     """``name`` as formataddr writes it before the address: quoted where it must be, RFC 2047 encoded
     when it is not ASCII. (formataddr encodes only the name, never the address itself, so the name's
     part does not depend on the address.)"""
     return formataddr((name, _PLACEHOLDER), charset="utf-8").removesuffix(f" <{_PLACEHOLDER}>")
-
-
-_PLACEHOLDER = "a@b"

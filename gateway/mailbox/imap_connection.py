@@ -498,9 +498,10 @@ class _FetchReading(aioimaplib.FetchCommand):  # type: ignore[misc]  # aioimapli
     response lines added since it was last asked, not all of them again.
 
     aioimaplib asks after every response line, and its own check scans every line so far for the
-    last ``n FETCH (`` line: a FETCH of 200 copies' headers (600 lines) cost 180,000 line matches,
-    the flag watcher's first look at a mailbox the largest share of the gateway's CPU in some runs of
-    bench/fanout_imap.py. The answer is the same: the parentheses balance from the last FETCH line on.
+    last ``n FETCH (`` line: a FETCH of 200 copies' headers (600 lines) cost 180,000 line matches, and
+    the flag watcher's first look at a full mailbox up to a tenth of the gateway's samples in some
+    rounds of bench/fanout_imap.py. The answer is the same: the parentheses balance from the last FETCH
+    line on.
     Response lines are only ever appended, so where the last FETCH line is carries over.
     """
 
