@@ -268,9 +268,11 @@ def new_vorgaenge(
         # One statement of the same text for any number (gateway.db.bulk); matched by reference.
         ids = {ref: int(pk) for pk, ref in bulk.insert_rows(connection, VORGAENGE, rows, ("id", "reference"))}
         return [(ids[ref], ref) for ref in references]
-    opening = insert(VORGAENGE).returning(VORGAENGE.c.id, sort_by_parameter_order=True)
-    result = connection.execute(opening, rows)
-    return [(int(row[0]), ref) for row, ref in zip(result, references, strict=True)]
+    # Matched by reference: one multi-row statement, where sort_by_parameter_order would make SQLAlchemy
+    # insert row by row (gateway.db.copies.insert_copies).
+    opening = insert(VORGAENGE).returning(VORGAENGE.c.id, VORGAENGE.c.reference)
+    ids = {str(ref): int(pk) for pk, ref in connection.execute(opening, rows)}
+    return [(ids[ref], ref) for ref in references]
 
 
 def take_numbers(connection: Connection, portfolio_id: int, year: int, count: int) -> int:

@@ -20,6 +20,7 @@ from gateway.db.messages import NewMessage
 from gateway.db.models import COPIES, CopyState
 from gateway.db.queue import CopyJob
 from gateway.domain.audience import AsParticipant, Audience, SharedThrough
+from gateway.domain.parsing import ParsedMessage
 
 
 def new_copy_id() -> str:
@@ -119,14 +120,25 @@ def insert_copies(
     if lease is None:
         connection.execute(insert(COPIES), rows)
         return []
-    result = connection.execute(insert(COPIES).returning(COPIES.c.id, sort_by_parameter_order=True), rows)
-    return [int(row[0]) for row in result]
+    # Matched by copy id: SQLAlchemy inserts the rows in one multi-row statement when the order of the
+    # ids is not asked for, and row by row, a statement per copy, when it is (sort_by_parameter_order).
+    result = connection.execute(insert(COPIES).returning(COPIES.c.id, COPIES.c.copy_id), rows)
+    ids = {str(copy_id): int(pk) for pk, copy_id in result}
+    return [ids[c.copy_id] for c in copies]
 
 
 def handed_job(
-    copy: NewCopy, copy_pk: int, message: NewMessage, *, portfolio: str, vorgang: str, address: str
+    copy: NewCopy,
+    copy_pk: int,
+    message: NewMessage,
+    *,
+    portfolio: str,
+    vorgang: str,
+    address: str,
+    parsed: ParsedMessage | None = None,
 ) -> CopyJob:
-    """The fan-out's job for a copy just stored under a lease: what ``gateway.db.queue.claim`` would read."""
+    """The fan-out's job for a copy just stored under a lease: what ``gateway.db.queue.claim`` would read,
+    and ``parsed``, ``message.raw``'s header facts where the caller read them."""
     return CopyJob(
         id=copy_pk,
         copy_id=copy.copy_id,
@@ -149,4 +161,5 @@ def handed_job(
         copy_headers=message.copy_headers,
         trace=message.trace,
         queued_at=message.received_at,
+        parsed=parsed,
     )

@@ -120,8 +120,11 @@ def insert_messages(connection: Connection, messages: Sequence[NewMessage]) -> l
     ]
     if connection.dialect.name == "postgresql":
         return _insert_messages_postgresql(connection, messages, rows)
-    result = connection.execute(insert(MESSAGES).returning(MESSAGES.c.id, sort_by_parameter_order=True), rows)
-    pks = [int(row[0]) for row in result]
+    # Matched by gateway id: one multi-row statement, where sort_by_parameter_order would make SQLAlchemy
+    # insert row by row (gateway.db.copies.insert_copies).
+    result = connection.execute(insert(MESSAGES).returning(MESSAGES.c.id, MESSAGES.c.gateway_id), rows)
+    by_gateway_id = {str(gateway_id): int(pk) for pk, gateway_id in result}
+    pks = [by_gateway_id[m.gateway_id] for m in messages]
     taking_part = [
         {"message_id": pk, "member_id": p.member_id, "role": p.role.value, "portfolio_id": m.portfolio_id}
         for m, pk in zip(messages, pks, strict=True)

@@ -52,6 +52,7 @@ from gateway.db.models import (
     VorgangRow,
     utc,
 )
+from gateway.domain.parsing import ParsedMessage
 from gateway.domain.rules import CopyHeaders
 from gateway.domain.trace import Trace
 from gateway.errors import InputError, NotFound
@@ -96,6 +97,9 @@ class CopyJob(TakenCopy):
     # The row's lease token under this job's lease (``confirm``); a copy handed over by acceptance
     # (``gateway.db.copies.handed_job``) was stored leased with the first token, 0.
     lease_token: int = 0
+    # The message's header facts as acceptance read them (in a parse worker), when it handed the copy
+    # over: the fan-out then need not read the message again on the event loop. None when claimed.
+    parsed: ParsedMessage | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -297,7 +297,11 @@ def _header_line(name: str, value: str | bytes, eol: bytes) -> bytes:
         return eol.join(_fold(f"{name}: ".encode("ascii") + value.strip())) + eol
     text = _clean(value)
     if text.isascii() and "=?" not in text:
-        return eol.join(_fold(f"{name}: {text}".encode("ascii"))) + eol
+        line = f"{name}: {text}".encode("ascii")
+        # Most of our values (ids, tokens, addresses, the trace) fit on one line as they are.
+        if len(line) <= _LINE_LENGTH and not line.endswith(b" "):
+            return line + eol
+        return eol.join(_fold(line)) + eol
     # Header folds between encoded words and may open with an empty line when the name is long;
     # empty lines are dropped, because a line of only whitespace ends the header section for some
     # readers. What is left is ASCII: encoded words and the spaces between them.
@@ -336,4 +340,7 @@ def _encoded(prefix: str) -> bytes:
 
 
 def _clean(value: str) -> str:
+    if value.isascii() and value.isprintable():
+        # No control character and no surrogate to take out: the translation would change nothing.
+        return value.strip()
     return _SURROGATES.sub("\ufffd", value).translate(_CONTROLS).strip()

@@ -11,6 +11,7 @@ addresses, tokens in References, Bcc) are dropped: the back office must never le
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,5 +142,20 @@ def _without_reply_addresses(value: str, reply_domain: str) -> str:
 
 def address_field(display_name: str, address: str) -> bytes:
     """``"Name" <address>`` as header bytes, the name RFC 2047 encoded when it is not ASCII."""
-    # formataddr quotes what needs quoting and encodes only the name, never the address itself.
-    return formataddr((display_name.strip(), address), charset="utf-8").encode("ascii")
+    name = display_name.strip()
+    if not name:
+        return formataddr(("", address)).encode("ascii")
+    return f"{_shown_name(name)} <{address}>".encode("ascii")
+
+
+# Every copy of a message shows the sender's name with its own reply address: the name is quoted or
+# encoded once for all of them.
+_PLACEHOLDER = "a@b"
+
+
+@functools.lru_cache(maxsize=1024)
+def _shown_name(name: str) -> str:
+    """``name`` as formataddr writes it before the address: quoted where it must be, RFC 2047 encoded
+    when it is not ASCII. (formataddr encodes only the name, never the address itself, so the name's
+    part does not depend on the address.)"""
+    return formataddr((name, _PLACEHOLDER), charset="utf-8").removesuffix(f" <{_PLACEHOLDER}>")

@@ -20,6 +20,7 @@ count at ingress (``max_received_hops``) still sees a loop grow by one line per 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -98,6 +99,17 @@ class Trace:
 def received(trace: Trace, for_address: str | None = None) -> str:
     """``from HELO ([address]) by HOST with PROTOCOL id ID for <address>; DATE``: every part the
     session did not give, or gave in a form a header must not carry, is left out."""
+    head, date = _session_parts(trace)
+    if for_address and "<" not in for_address and ">" not in for_address and " " not in for_address:
+        return f"{head} for <{for_address}>; {date}"
+    return f"{head}; {date}"
+
+
+# A message's copies are rendered one after another, each with its own ``for``: the session's part of
+# the line (an address parsed, a date formatted) is the same for all of them and is worked out once.
+@functools.lru_cache(maxsize=1024)
+def _session_parts(trace: Trace) -> tuple[str, str]:
+    """The line up to ``for`` and the date after it."""
     parts: list[str] = []
     literal = _address_literal(trace.arrival.address)
     helo = trace.arrival.helo.strip()
@@ -110,9 +122,7 @@ def received(trace: Trace, for_address: str | None = None) -> str:
         parts.append(f"with {trace.arrival.protocol}")
     if _ID.fullmatch(trace.id):
         parts.append(f"id {trace.id}")
-    if for_address and "<" not in for_address and ">" not in for_address and " " not in for_address:
-        parts.append(f"for <{for_address}>")
-    return " ".join(parts) + "; " + format_datetime(trace.at.astimezone(dt.UTC))
+    return " ".join(parts), format_datetime(trace.at.astimezone(dt.UTC))
 
 
 def _address_literal(address: str) -> str | None:

@@ -59,7 +59,7 @@ import functools
 import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +130,31 @@ class _KeyedLocks:
             held.users -= 1
             if not held.users:
                 del self._held[key]
+
+    @asynccontextmanager
+    async def hold_all(self, keys: Sequence[tuple[str, str]]) -> AsyncIterator[None]:
+        """Every lock of ``keys``, taken in the order given: callers that sort them never deadlock.
+        What ``hold`` of each would do, without a context manager per copy of a batch."""
+        entries: list[tuple[tuple[str, str], _Held]] = []
+        for key in dict.fromkeys(keys):  # one key twice would wait for itself
+            held = self._held.get(key)
+            if held is None:
+                held = self._held[key] = _Held(asyncio.Lock())
+            held.users += 1
+            entries.append((key, held))
+        taken = 0
+        try:
+            for _, held in entries:
+                await held.lock.acquire()
+                taken += 1
+            yield
+        finally:
+            for _, held in entries[:taken]:
+                held.lock.release()
+            for key, held in entries:
+                held.users -= 1
+                if not held.users:
+                    del self._held[key]
 
 
 # --- the mailbox -----------------------------------------------------------------------------------------
@@ -336,9 +361,8 @@ class ImapMailbox(Mailbox):
         keys = sorted((owner.address, deliveries[index].copy_id) for index, _ in chunk)
         located: dict[int, Located] = {}
         try:
-            async with AsyncExitStack() as locks:
-                for key in keys:  # in order: two batches holding some of the same keys wait, never deadlock
-                    await locks.enter_async_context(self._copy_locks.hold(key))
+            # In order: two batches holding some of the same keys wait, never deadlock.
+            async with self._copy_locks.hold_all(keys):
                 with self._context(f"append {len(chunk)} copies", owner):
                     async with self._pool.session(owner.address) as connection:
                         await self._append_chunk_on(connection, deliveries, chunk, located)

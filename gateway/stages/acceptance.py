@@ -690,7 +690,15 @@ def _write(
         reference, address = references[plan.vorgang_id], addresses[copy.member_id]
         portfolio = plan.submission.account.portfolio
         jobs.append(
-            handed_job(copy, copy_pk, message, portfolio=portfolio, vorgang=reference, address=address)
+            handed_job(
+                copy,
+                copy_pk,
+                message,
+                portfolio=portfolio,
+                vorgang=reference,
+                address=address,
+                parsed=plan.submission.parsed,  # of s.raw, the bytes stored (``_message``)
+            )
         )
     return references, jobs
 

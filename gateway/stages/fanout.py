@@ -402,7 +402,11 @@ class FanOut:
         for job in jobs:
             try:
                 if job.message_pk not in parsed:
-                    parsed[job.message_pk] = parse_message(job.raw, vorgang_header=self.vorgang_header)
+                    # Acceptance hands its copies over with the message read already; a copy taken
+                    # from the queue is read here, once for all its message's copies in the batch.
+                    parsed[job.message_pk] = job.parsed or parse_message(
+                        job.raw, vorgang_header=self.vorgang_header
+                    )
                 data = copy_bytes(
                     job,
                     vorgang_header=self.vorgang_header,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import email.utils
 from email import policy
 from email.parser import BytesParser
 
@@ -181,3 +182,14 @@ def test_reply_tokens_are_taken_out_of_the_trace_the_member_side_wrote() -> None
         f"from laptop by mx.kunde-b.example for <reply@{REPLY_DOMAIN}>; Mon, 7 Dec 2026 04:58:00 +0000"
     ]
     assert b"reply+" not in relayed
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "  ", "Max Mustermann", "Müller, Hans", 'A "quoted" name', "back\\slash", "ü" * 60, "=?utf-8?q?x?="],
+)
+def test_an_address_field_is_what_formataddr_writes(name: str) -> None:
+    # The name's part is worked out once per name; the field must not change for it.
+    for address in ("reply+abc@reply.example", "x@y.example"):
+        expected = email.utils.formataddr((name.strip(), address), charset="utf-8").encode("ascii")
+        assert address_field(name, address) == expected

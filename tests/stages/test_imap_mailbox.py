@@ -19,7 +19,7 @@ import pytest
 
 from gateway.config import ImapSettings
 from gateway.mailbox import Delivery, Flag, FlagChange, Located, MailboxError, MailboxOwner
-from gateway.mailbox.imap import ImapMailbox
+from gateway.mailbox.imap import ImapMailbox, _KeyedLocks
 from gateway.mailbox.imap_connection import ImapConnection, ImapLogin, ImapServer, Secret
 from gateway.mailbox.imap_protocol import parse_ref
 from tests.dovecot import Dovecot
@@ -568,3 +568,29 @@ async def test_a_server_that_hangs_up_mid_command_fails_the_command_at_once(
 def test_the_server_settings_name_the_server() -> None:
     server = ImapServer("mail.example", 993, "tls", ImapLogin("gw", Secret(file=Path("/run/secret"))))
     assert server.where == "imap://mail.example:993"
+
+
+async def test_a_batch_holds_its_copies_locks_and_one_waiting_for_them_gives_them_back() -> None:
+    """A member's MULTIAPPEND holds every copy's lock (``_KeyedLocks.hold_all``): a second write of one
+    of those copies waits for it; a batch cancelled while it waits for a lock keeps none of them."""
+    locks = _KeyedLocks()
+    keys = [("m@x.example", "c1"), ("m@x.example", "c2"), ("m@x.example", "c2")]
+    order: list[str] = []
+    async with locks.hold_all(keys):
+
+        async def single() -> None:
+            async with locks.hold(("m@x.example", "c2")):
+                order.append("single")
+
+        waiting = asyncio.ensure_future(single())
+        blocked = asyncio.ensure_future(
+            locks.hold_all([("m@x.example", "c0"), ("m@x.example", "c1")]).__aenter__()
+        )
+        await asyncio.sleep(0.01)
+        order.append("batch done")
+        blocked.cancel()
+    await waiting
+    with pytest.raises(asyncio.CancelledError):
+        await blocked
+    assert order == ["batch done", "single"]
+    assert locks._held == {}  # every lock given back and dropped, the cancelled batch's c0 too

@@ -4,15 +4,18 @@ after the text piece that announces it; the tagged text last), taken from Doveco
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import re
 
+import aioimaplib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.mailbox import Flag
+from gateway.mailbox.imap_connection import _FetchReading
 from gateway.mailbox.imap_protocol import (
     FolderState,
     Listed,
@@ -482,3 +485,34 @@ def test_the_bytes_appended_name_their_copy(copy_id: str, body: bytes) -> None:
     header = appended[: appended.find(b"\r\n\r\n") + 2]
     assert header_values(header) == [copy_id]
     assert message_for_append(copy_id, appended) == appended, "appending twice changes nothing"
+
+
+# Lines of a UID FETCH response as aioimaplib hands them to its command: FETCH lines, literal data (a
+# bytearray, which its check skips), the closing parenthesis after a literal, and odd ones.
+FETCH_LINES = st.sampled_from(
+    [
+        b"1 FETCH (UID 5 FLAGS () BODY[HEADER.FIELDS (X-Gateway-Copy-Id)] {40}",
+        bytearray(b"X-Gateway-Copy-Id: c0123\r\n\r\n"),
+        bytearray(b"Subject: (unbalanced\r\n"),
+        b")",
+        b" UID 7)",
+        b"2 FETCH (UID 6 FLAGS (\\Seen))",
+        b"3 FETCH (FLAGS (\\Answered) UID 8 BODY[HEADER.FIELDS (X-Gateway-Copy-Id)] {2}",
+        b"OK Fetch completed.",
+        b"(",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(FETCH_LINES, max_size=40))
+async def test_a_fetch_is_complete_when_aioimaplib_would_say_so(lines: list[bytes]) -> None:
+    """``_FetchReading`` reads only the lines added since it was last asked: after every line, its
+    answer to "still incomplete?" is aioimaplib's own."""
+    loop = asyncio.get_running_loop()
+    theirs = aioimaplib.FetchCommand("A1", "1:*", "(UID FLAGS)", prefix="UID", loop=loop)
+    ours = _FetchReading("A1", "1:*", "(UID FLAGS)", prefix="UID", loop=loop)
+    for line in lines:
+        theirs.append_to_resp(line)
+        ours.append_to_resp(line)
+        assert ours.wait_data() == theirs.wait_data()
