@@ -75,6 +75,31 @@ def ping_when_idle(engine: Engine, idle: float) -> None:
             raise DisconnectionError(f"the idle database connection is gone: {exc}") from exc
 
 
+def keep_idle_timeout_armed(engine: Engine) -> None:
+    """Follow every ``executemany`` on PostgreSQL with a statement of its own, so that the server's
+    ``idle_in_transaction_session_timeout`` holds for what comes after it.
+
+    psycopg sends an ``executemany`` as a pipeline that it ends with a Sync and then a Flush. The server
+    arms that timeout when it answers a Sync, and disarms it when the next message arrives: the Flush,
+    which does not arm it again. A node frozen (SIGSTOP) between such a statement and its commit then
+    kept the rows it had locked for as long as it stayed frozen, hidden from the other nodes' queue
+    claims (``SKIP LOCKED``), where the timeout is meant to free them within seconds (issue 17). One more
+    round trip per ``executemany``; a batch's transaction has a few.
+    """
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def rearm(
+        _connection: Connection,
+        cursor: Any,
+        _statement: str,
+        _parameters: Any,
+        _context: Any,
+        executemany: bool,
+    ) -> None:
+        if executemany:
+            cursor.connection.execute("SELECT 1")
+
+
 class Writer:
     """One thread with one synchronous engine; ``await writer.run(work, ...)`` runs ``work(connection, ...)``
     in a transaction there and returns its result (or raises its exception).
@@ -111,6 +136,7 @@ class Writer:
                 connect_args=postgres_connect_args(target, database or DatabaseSettings(), serving=True),
             )
             ping_when_idle(self.engine, ping_after)
+            keep_idle_timeout_armed(self.engine)
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
 
     async def run(

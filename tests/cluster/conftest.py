@@ -402,7 +402,17 @@ class Cluster:
                         "WHERE state IN ('pending', 'revoking') OR flags_pending LIMIT 10"
                     )
                 )
-                raise AssertionError(f"the queues did not empty within {timeout} s: {waiting}")
+                # Which session holds them up, and in what state: a node frozen in a transaction shows
+                # here as "idle in transaction" with its last statement.
+                sessions = self.rows(
+                    text(
+                        "SELECT application_name, state, xact_start, left(query, 120) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+                raise AssertionError(
+                    f"the queues did not empty within {timeout} s: {waiting}\nsessions: {sessions}"
+                )
             time.sleep(0.05)
 
     def copies(self) -> list[StoredCopy]:

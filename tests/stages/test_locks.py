@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, func, select, text, update
+from sqlalchemy import Connection, bindparam, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from gateway.config import DatabaseSettings, FlagSyncSettings
@@ -203,6 +203,36 @@ async def test_a_frozen_transaction_is_ended_by_the_server(with_login: Gateway, 
             frozen.begin()
             frozen.execute(update(VorgangCounterRow).values(last_number=VorgangCounterRow.last_number))
             (result,) = await n.accept(await submission(waiting, "danach"))
+            assert isinstance(result, Accepted), result
+            with pytest.raises(Exception, match="idle-in-transaction timeout"):
+                frozen.execute(text("SELECT 1"))
+            frozen.rollback()
+        await n.close()
+    finally:
+        await frozen_node.close()
+        await waiting.close()
+
+
+async def test_a_transaction_frozen_after_an_executemany_is_ended_by_the_server_too(
+    with_login: Gateway, database_url: str
+) -> None:
+    """As above, the lock taken by an ``executemany`` (psycopg pipelines it; its closing Flush had left
+    the server's idle timeout disarmed, and a node frozen after one held its rows until it resumed)."""
+    frozen_node = Writer(database_url, database=DatabaseSettings(idle_in_transaction_timeout=0.5))
+    waiting = Writer(database_url, database=DatabaseSettings(lock_timeout=HANG))
+    try:
+        n = Node(waiting)
+        (warm,) = await n.accept(await submission(waiting, "vorher"))
+        assert isinstance(warm, Accepted)
+        with frozen_node.engine.connect() as frozen:
+            frozen.begin()
+            touch = (
+                update(VorgangCounterRow)
+                .where(VorgangCounterRow.last_number >= bindparam("b_least"))
+                .values(last_number=VorgangCounterRow.last_number)
+            )
+            frozen.execute(touch, [{"b_least": 0}, {"b_least": 0}])
+            (result,) = await asyncio.wait_for(n.accept(await submission(waiting, "danach")), HANG)
             assert isinstance(result, Accepted), result
             with pytest.raises(Exception, match="idle-in-transaction timeout"):
                 frozen.execute(text("SELECT 1"))
