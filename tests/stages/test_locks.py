@@ -189,7 +189,20 @@ async def test_a_lock_held_past_lock_timeout_is_answered_451(
         await writer.close()
 
 
-async def test_a_frozen_transaction_is_ended_by_the_server(with_login: Gateway, database_url: str) -> None:
+# What the frozen node last sent: one statement, or an ``executemany`` (psycopg pipelines it; its closing
+# Flush had left the server's idle timeout disarmed, and a node frozen after one held its rows until it
+# resumed).
+TOUCH_COUNTER = (
+    update(VorgangCounterRow)
+    .where(VorgangCounterRow.last_number >= bindparam("b_least"))
+    .values(last_number=VorgangCounterRow.last_number)
+)
+
+
+@pytest.mark.parametrize("rows", [[{"b_least": 0}], [{"b_least": 0}, {"b_least": 0}]], ids=["one", "many"])
+async def test_a_frozen_transaction_is_ended_by_the_server(
+    with_login: Gateway, database_url: str, rows: list[dict[str, int]]
+) -> None:
     """A node frozen in a transaction holding the counter: after ``idle_in_transaction_timeout`` the
     server ends its session and frees the lock, and the waiting node goes on (a lock timeout longer
     than that: it is the server that ends the wait, not the waiter giving up)."""
@@ -201,37 +214,7 @@ async def test_a_frozen_transaction_is_ended_by_the_server(with_login: Gateway, 
         assert isinstance(warm, Accepted)
         with frozen_node.engine.connect() as frozen:
             frozen.begin()
-            frozen.execute(update(VorgangCounterRow).values(last_number=VorgangCounterRow.last_number))
-            (result,) = await n.accept(await submission(waiting, "danach"))
-            assert isinstance(result, Accepted), result
-            with pytest.raises(Exception, match="idle-in-transaction timeout"):
-                frozen.execute(text("SELECT 1"))
-            frozen.rollback()
-        await n.close()
-    finally:
-        await frozen_node.close()
-        await waiting.close()
-
-
-async def test_a_transaction_frozen_after_an_executemany_is_ended_by_the_server_too(
-    with_login: Gateway, database_url: str
-) -> None:
-    """As above, the lock taken by an ``executemany`` (psycopg pipelines it; its closing Flush had left
-    the server's idle timeout disarmed, and a node frozen after one held its rows until it resumed)."""
-    frozen_node = Writer(database_url, database=DatabaseSettings(idle_in_transaction_timeout=0.5))
-    waiting = Writer(database_url, database=DatabaseSettings(lock_timeout=HANG))
-    try:
-        n = Node(waiting)
-        (warm,) = await n.accept(await submission(waiting, "vorher"))
-        assert isinstance(warm, Accepted)
-        with frozen_node.engine.connect() as frozen:
-            frozen.begin()
-            touch = (
-                update(VorgangCounterRow)
-                .where(VorgangCounterRow.last_number >= bindparam("b_least"))
-                .values(last_number=VorgangCounterRow.last_number)
-            )
-            frozen.execute(touch, [{"b_least": 0}, {"b_least": 0}])
+            frozen.execute(TOUCH_COUNTER, rows)
             (result,) = await asyncio.wait_for(n.accept(await submission(waiting, "danach")), HANG)
             assert isinstance(result, Accepted), result
             with pytest.raises(Exception, match="idle-in-transaction timeout"):
