@@ -175,7 +175,8 @@ def confirm(
     lease: float,
 ) -> set[int]:
     """Confirm, right before writing, that ``node`` still holds the leases of ``jobs``; returns the row
-    ids still held. One statement for the whole batch on PostgreSQL.
+    ids still held. One statement for the whole batch on PostgreSQL, and one more when some were lost
+    (``end_lost_leases``).
 
     A lease is held while the row is leased to ``node`` under the job's token and still waits for this
     kind of job. Another node that took the row over after the lease ran out has raised the token; a
